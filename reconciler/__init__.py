@@ -1,0 +1,1 @@
+"""reconciler: a declarative GitOps reconciler for Docker hosts."""

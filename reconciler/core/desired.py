@@ -1,0 +1,119 @@
+"""Plain mapping (+ where each node stood in the file) -> ``DesiredState``, or every error at once.
+
+Guarantees: either a valid ``DesiredState`` or ``InvalidDesiredState`` whose messages read
+``FILE:LINE:COL: apps.web.ports[0]: message``, sorted by position; an unknown key names the nearest
+valid one. Positions come from the shell's YAML reader (1-based); a path it does not know falls back to
+its nearest known parent, so every message has a place.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from reconciler.core.model import AppSpec, DesiredFile, DesiredState, HealthSpec
+from reconciler.errors import InvalidDesiredState
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Where each node of the document starts: ``values[path]`` and, for mapping entries, ``keys[path]``."""
+
+    values: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def of(self, path: Path, *, key: bool = False) -> tuple[int, int]:
+        table = self.keys if key else self.values
+        for cut in range(len(path), -1, -1):
+            where = table.get(path[:cut]) or self.values.get(path[:cut])
+            if where is not None:
+                return where
+        return (1, 1)
+
+
+def dotted(path: Path) -> str:
+    """``("apps", "web", "ports", 0)`` -> ``apps.web.ports[0]``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top)"
+
+
+def _model_at(path: Path) -> type[BaseModel] | None:
+    if len(path) == 0:
+        return DesiredFile
+    if len(path) == 2 and path[0] == "apps":
+        return AppSpec
+    if len(path) == 3 and path[0] == "apps" and path[2] == "health":
+        return HealthSpec
+    return None
+
+
+def _data_path(data: Any, loc: tuple[str | int, ...]) -> Path:
+    """Keep the parts of a pydantic ``loc`` that index into the data (it adds union and validator tags)."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if part == "[key]":
+            break
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list | tuple) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(node, Mapping) and isinstance(part, str) and _model_at(tuple(path)) is not None:
+            path.append(part)  # a missing or unknown key of a model: still a real place
+            break
+        else:
+            continue
+        path.append(part)
+    return tuple(path)
+
+
+def _message(error: Any, path: Path) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(path[:-1])
+        valid = sorted(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(path[-1]), valid, n=1, cutoff=0.5)
+        hint = (
+            f"; did you mean {close[0]!r}?"
+            if close
+            else (f"; valid keys: {', '.join(valid)}" if valid else "")
+        )
+        return f"unknown key {path[-1]!r}{hint}"
+    if kind == "missing":
+        return "required key is missing"
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
+
+
+def load_desired(data: Any, positions: Positions, *, filename: str, revision: str = "") -> DesiredState:
+    """Validate ``data`` (the file as plain Python) into a ``DesiredState``; raise with every error."""
+    if data is None:
+        raise InvalidDesiredState([f"{filename}:1:1: the file is empty; it needs at least 'apps:'"])
+    if not isinstance(data, Mapping):
+        line, col = positions.of(())
+        raise InvalidDesiredState([f"{filename}:{line}:{col}: the top level must be a mapping with 'apps:'"])
+    try:
+        parsed = DesiredFile.model_validate(data)
+    except ValidationError as exc:
+        found: list[tuple[tuple[int, int], str]] = []
+        for error in exc.errors():
+            path = _data_path(data, tuple(error["loc"]))
+            key = error["type"] in ("extra_forbidden", "missing") or "[key]" in error["loc"]
+            where = positions.of(path, key=key)
+            if error["type"] == "missing":
+                where = positions.of(path[:-1], key=True)
+            text = f"{filename}:{where[0]}:{where[1]}: {dotted(path)}: {_message(error, path)}"
+            found.append((where, text))
+        unique = dict.fromkeys(text for _, text in sorted(found))
+        raise InvalidDesiredState(list(unique)) from None
+    return DesiredState(apps=parsed.apps, revision=revision, path=filename)

@@ -1,0 +1,95 @@
+"""Health codes and the deploy gate as a pure state machine: samples in, verdict out.
+
+Guarantees:
+- ``Gate.observe`` never sleeps or reads a clock: the caller passes each sample's time, so timeouts are
+  tested without waiting.
+- Fail fast: a container that is not running, restarted, or reports Docker ``unhealthy`` fails the gate
+  at the sample that shows it; a probe that fails after the container was healthy fails it too.
+- Passing needs ``healthy_for`` seconds of consecutive good samples; never passing within ``timeout``
+  seconds of the start fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from reconciler.core.model import HealthSpec
+
+
+class Health(StrEnum):
+    """Ordered from best to worst, as gitops-engine orders its health codes."""
+
+    HEALTHY = "healthy"
+    PROGRESSING = "progressing"
+    UNHEALTHY = "unhealthy"
+    MISSING = "missing"
+
+    def is_worse(self, other: Health) -> bool:
+        order = list(Health)
+        return order.index(self) > order.index(other)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One look at a container: is it running, how often did it restart, did the probe pass."""
+
+    at: float
+    running: bool
+    restarts: int = 0
+    probe_ok: bool = True
+    docker_health: str = ""  # "", starting, healthy, unhealthy
+    detail: str = ""
+
+
+class Verdict(StrEnum):
+    PENDING = "pending"
+    PASSED = "passed"
+    FAILED = "failed"
+
+    @property
+    def done(self) -> bool:
+        return self is not Verdict.PENDING
+
+
+@dataclass(frozen=True)
+class Gate:
+    spec: HealthSpec
+    started_at: float
+    restarts_at_start: int = 0
+    healthy_since: float | None = None
+    verdict: Verdict = Verdict.PENDING
+    reason: str = ""
+
+    def observe(self, sample: Sample) -> Gate:
+        """The gate after ``sample``; a decided gate stays decided."""
+        if self.verdict.done:
+            return self
+        if not sample.running:
+            return self._fail(sample.detail or "the container is not running")
+        if sample.restarts > self.restarts_at_start:
+            return self._fail(f"the container restarted ({sample.restarts - self.restarts_at_start}x)")
+        if sample.docker_health == "unhealthy":
+            return self._fail("Docker reports the container unhealthy" + (f": {sample.detail}" if sample.detail else ""))
+        good = sample.docker_health == "healthy" if self.spec.probe == "docker" else sample.probe_ok
+        if good:
+            since = self.healthy_since if self.healthy_since is not None else sample.at
+            if sample.at - since >= self.spec.healthy_for:
+                return replace(self, healthy_since=since, verdict=Verdict.PASSED)
+            return replace(self, healthy_since=since)
+        if self.healthy_since is not None:
+            return self._fail("it was healthy, then the probe failed" + (f": {sample.detail}" if sample.detail else ""))
+        if sample.at - self.started_at >= self.spec.timeout:
+            detail = f": {sample.detail}" if sample.detail else ""
+            return self._fail(f"not healthy after {self.spec.timeout:g}s{detail}")
+        return self
+
+    def _fail(self, reason: str) -> Gate:
+        return replace(self, verdict=Verdict.FAILED, reason=reason)
+
+    def next_sample_at(self, now: float) -> float:
+        """When to look again: one ``interval`` on, but never past the moment the gate could pass."""
+        wake = now + self.spec.interval
+        if self.healthy_since is not None:
+            wake = min(wake, self.healthy_since + self.spec.healthy_for)
+        return max(wake, now)

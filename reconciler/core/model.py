@@ -1,0 +1,331 @@
+"""Frozen records of what should run (desired) and what runs (observed).
+
+Guarantees: every record is immutable and validated on construction; a ``DesiredState`` that exists
+satisfies the version-1 file format (strict: unknown keys are rejected). ``schemas/`` is generated from
+``DesiredFile`` so editors and CI validate against exactly these rules. Durations are seconds (float)
+once parsed; in the file they are ``500ms``, ``30s``, ``10m``, ``1h``.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+DURATION_PATTERN = r"^\d+(\.\d+)?(ms|s|m|h)$"
+
+
+def parse_duration(value: object) -> float:
+    """``"500ms" | "30s" | "10m" | "1h"`` -> seconds. Bare numbers are refused: units are never guessed."""
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        raise ValueError(f"a duration needs a unit: write {value}s (units: ms, s, m, h)")
+    if not isinstance(value, str):
+        raise ValueError("a duration is a string such as 500ms, 30s, 10m or 1h")
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration: use 500ms, 30s, 10m or 1h")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest file spelling of ``seconds`` (inverse of ``parse_duration`` for whole units)."""
+    for unit in ("h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["500ms", "30s", "10m"]}),
+]
+
+APP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_IMAGE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*$")
+_IMAGE_HOST = re.compile(r"^[a-zA-Z0-9.-]+(:[0-9]+)?$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_PORT = re.compile(
+    r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):)?(?:(?P<host>\d{1,5}):)?(?P<container>\d{1,5})"
+    r"(?:/(?P<proto>tcp|udp))?$"
+)
+_VOLUME = re.compile(r"^(?P<source>[^:]+):(?P<target>/[^:]*)(?::(?P<mode>ro|rw))?$")
+_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+STABLE = "stable"
+
+
+def _check_port(port: str) -> str:
+    match = _PORT.match(port)
+    if not match:
+        raise ValueError(f"{port!r} is not [IP:]HOST:CONTAINER[/udp]")
+    for part in ("host", "container"):
+        number = match.group(part)
+        if number is not None and not 0 < int(number) < 65536:
+            raise ValueError(f"port {number} is out of range 1-65535")
+    return port
+
+
+def _check_volume(volume: str) -> str:
+    match = _VOLUME.match(volume)
+    if not match:
+        raise ValueError(f"{volume!r} is not SOURCE:/CONTAINER/PATH[:ro|rw]")
+    source = match.group("source")
+    if not source.startswith("/") and not _VOLUME_NAME.match(source):
+        raise ValueError(f"{source!r} is neither a volume name nor an absolute path")
+    return volume
+
+
+def _check_app_name(name: str) -> str:
+    if not APP_NAME.match(name):
+        raise ValueError(
+            f"app name {name!r}: lowercase letters, digits, '-' and '_', starting with a letter or digit"
+        )
+    return name
+
+
+PortStr = Annotated[str, AfterValidator(_check_port)]
+VolumeStr = Annotated[str, AfterValidator(_check_volume)]
+AppName = Annotated[str, AfterValidator(_check_app_name)]
+
+
+class Strict(BaseModel):
+    """Frozen, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HealthSpec(Strict):
+    """How a deploy proves itself. At most one probe; none means "running, no restart, for healthy_for"."""
+
+    http: str | None = Field(None, description="URL that must answer 2xx or 3xx, from the server")
+    tcp: str | None = Field(None, description="HOST:PORT that must accept a connection")
+    exec: tuple[str, ...] | None = Field(None, description="argv run in the container; exit 0 is healthy")
+    docker: bool = Field(False, description="use the image's own Docker HEALTHCHECK")
+    interval: Duration = Field(1.0, description="time between probes")
+    timeout: Duration = Field(30.0, description="not healthy by then: the deploy failed")
+    healthy_for: Duration = Field(5.0, description="must stay healthy this long to count as good")
+
+    @field_validator("http")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+    @field_validator("tcp")
+    @classmethod
+    def _tcp(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[^\s:]+:\d{1,5}$", value):
+            raise ValueError(f"{value!r} is not HOST:PORT")
+        return value
+
+    @field_validator("exec")
+    @classmethod
+    def _exec(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and not value:
+            raise ValueError("exec needs at least the program to run")
+        return value
+
+    @model_validator(mode="after")
+    def _one_probe(self) -> HealthSpec:
+        probes = [name for name in ("http", "tcp", "exec") if getattr(self, name) is not None]
+        if self.docker:
+            probes.append("docker")
+        if len(probes) > 1:
+            raise ValueError(f"choose one probe, not {' and '.join(probes)}")
+        return self
+
+    @property
+    def probe(self) -> str | None:
+        """``http``, ``tcp``, ``exec``, ``docker``, or None for the running-only gate."""
+        for name in ("http", "tcp", "exec"):
+            if getattr(self, name) is not None:
+                return name
+        return "docker" if self.docker else None
+
+
+DEFAULT_HEALTH = HealthSpec()
+
+
+def _scalar_to_str(value: object) -> object:
+    # YAML reads `PORT: 8000` and `DEBUG: true` as int and bool; docker wants strings, so does compose.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+EnvValue = Annotated[str, BeforeValidator(_scalar_to_str)]
+
+
+class AppSpec(Strict):
+    """One app: one container named after the app."""
+
+    image: str = Field(description="repository, no tag, e.g. registry.example.com/team/myapp")
+    version: str = Field(description="tag | sha256:<digest> | stable")
+    ports: tuple[PortStr, ...] = Field((), description="[IP:]HOST:CONTAINER[/udp]")
+    env: dict[str, EnvValue] = Field(default_factory=dict, description="values are never printed")
+    env_file: str | None = Field(None, description="KEY=VALUE file read on the server when applying")
+    volumes: tuple[VolumeStr, ...] = Field((), description="NAME_OR_ABS_PATH:CONTAINER_PATH[:ro|rw]")
+    command: tuple[str, ...] | None = Field(None, description="argv; default: the image's CMD")
+    restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
+    init: bool = Field(False, description="run an init as PID 1 (docker --init)")
+    stop_timeout: Duration = Field(10.0, description="SIGTERM, then SIGKILL after this long")
+    health: HealthSpec | None = None
+    stable_after: Duration = Field(600.0, description="healthy this long after a deploy: promoted to stable")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if "@" in value:
+            raise ValueError("image is the repository only; put the digest in version: sha256:...")
+        last = value.rsplit("/", 1)[-1]
+        if ":" in last:
+            raise ValueError(f"image is the repository only; put the tag in version: {last.split(':', 1)[1]}")
+        host, _, rest = value.partition("/")
+        ok = bool(_IMAGE.match(value)) or (
+            bool(rest) and bool(_IMAGE_HOST.match(host)) and bool(_IMAGE.match(rest))
+        )
+        if not ok:
+            raise ValueError(f"{value!r} is not an image repository")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if value.startswith("sha256:"):
+            if not _DIGEST.match(value):
+                raise ValueError("a digest is sha256: followed by 64 hex characters")
+        elif not _TAG.match(value):
+            raise ValueError(f"{value!r} is not a tag, a sha256: digest or stable")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_.]*$", key):
+                raise ValueError(f"{key!r} is not an environment variable name")
+        return value
+
+    @field_validator("env_file")
+    @classmethod
+    def _env_file(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("env_file must be an absolute path on the server")
+        return value
+
+    @property
+    def gate(self) -> HealthSpec:
+        return self.health or DEFAULT_HEALTH
+
+
+class DesiredFile(Strict):
+    """The whole desired-state.yaml, version 1."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="reconciler desired-state.yaml",
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
+
+    apps: dict[AppName, AppSpec] = Field(description="app name (also the container name) -> what runs")
+
+
+class DesiredState(Strict):
+    """A validated file at one commit. ``revision`` is the full commit sha (empty for a plain file)."""
+
+    apps: dict[str, AppSpec]
+    revision: str = ""
+    path: str = "desired-state.yaml"
+
+    @property
+    def short(self) -> str:
+        return self.revision[:8] if self.revision else "(no commit)"
+
+
+class Role(StrEnum):
+    """Where a container of ours stands, read from its name: ``app``, ``app.prev``, ``app.next``, ``app.failed``."""
+
+    CURRENT = "current"
+    PREVIOUS = "previous"
+    NEXT = "next"
+    FAILED = "failed"  # the last release that failed its gate, kept stopped for its logs
+
+    @property
+    def suffix(self) -> str:
+        return {Role.CURRENT: "", Role.PREVIOUS: ".prev", Role.NEXT: ".next", Role.FAILED: ".failed"}[self]
+
+
+def container_name(app: str, role: Role = Role.CURRENT) -> str:
+    return app + role.suffix
+
+
+class ObservedContainer(Strict):
+    """A container as the engine lists it. ``managed`` only when it carries our labels."""
+
+    id: str
+    name: str
+    state: str  # created | running | paused | restarting | removing | exited | dead
+    image_id: str
+    managed: bool = False
+    app: str | None = None
+    role: Role | None = None
+    fingerprint: dict[str, Any] = Field(default_factory=dict)
+    commit: str = ""
+    version: str = ""
+    digest: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("running", "restarting")
+
+
+class ObservedState(Strict):
+    """Every container on the engine (ours and others), from one listing call."""
+
+    containers: tuple[ObservedContainer, ...] = ()
+
+    def named(self, name: str) -> ObservedContainer | None:
+        for container in self.containers:
+            if container.name == name:
+                return container
+        return None
+
+
+def parse_port(port: str) -> tuple[str, int | None, int, str]:
+    """``"[IP:]HOST:CONTAINER[/udp]"`` -> (ip or "", host port or None, container port, "tcp"|"udp")."""
+    match = _PORT.match(port)
+    if not match:
+        raise ValueError(f"{port!r} is not [IP:]HOST:CONTAINER[/udp]")
+    host = match.group("host")
+    return (
+        (match.group("ip") or "").strip("[]"),
+        int(host) if host else None,
+        int(match.group("container")),
+        match.group("proto") or "tcp",
+    )
+
+
+def image_ref(spec: AppSpec) -> str:
+    """The reference docker pulls: ``repo:tag`` or ``repo@sha256:...`` (``stable`` is a local tag)."""
+    separator = "@" if spec.version.startswith("sha256:") else ":"
+    return f"{spec.image}{separator}{spec.version}"

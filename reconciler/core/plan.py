@@ -1,0 +1,255 @@
+"""plan(desired, resolutions, observed) -> Plan: what to do to each container, and why. Pure.
+
+Guarantees:
+- Only containers that carry our labels are ever the subject of a change; a container with an app's
+  name that is not ours is a ``conflict`` (touched only with ``adopt``).
+- Every action carries its reasons as ``Change(field, was, now)``; env changes name keys, never values.
+- An app whose image could not be resolved gets an ``error`` action and no change.
+- Planning the state that results from applying a plan (``simulate``) gives a plan with no changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from reconciler.core.model import (
+    AppSpec,
+    DesiredState,
+    ObservedContainer,
+    ObservedState,
+    Role,
+    container_name,
+)
+
+
+class ActionKind(StrEnum):
+    CREATE = "create"
+    REPLACE = "replace"
+    START = "start"
+    REMOVE = "remove"
+    CONFLICT = "conflict"
+    ERROR = "error"
+
+    @property
+    def changes(self) -> bool:
+        """True for kinds that change the engine; conflicts and errors are only reported."""
+        return self in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.START, ActionKind.REMOVE)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where an app's ``image:version`` points. ``image_id`` is empty when the image is not local yet."""
+
+    ref: str  # what to pull or create from: repo:tag or repo@sha256:...
+    image_id: str = ""  # local image id (config digest) once present
+    digest: str = ""  # registry manifest digest, when known
+    error: str = ""  # why it could not be resolved (tag not found, no stable version, ...)
+
+
+@dataclass(frozen=True)
+class Change:
+    field: str
+    was: str
+    now: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.was} -> {self.now}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Everything apply needs to create an app's container."""
+
+    app: str
+    spec: AppSpec
+    resolution: Resolution
+    fingerprint: Mapping[str, Any]
+    revision: str
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    app: str
+    container: str  # the container acted on (or that conflicts)
+    reasons: tuple[Change, ...] = ()
+    target: Target | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    revision: str
+    actions: tuple[Action, ...] = field(default_factory=tuple)
+
+    @property
+    def changes(self) -> tuple[Action, ...]:
+        return tuple(action for action in self.actions if action.kind.changes)
+
+    @property
+    def problems(self) -> tuple[Action, ...]:
+        return tuple(action for action in self.actions if not action.kind.changes)
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.actions
+
+
+def _secret_hash(app: str, key: str, value: str) -> str:
+    # Salted with app and key so equal values in two places do not look alike in labels.
+    return hashlib.sha256(f"{app}\0{key}\0{value}".encode()).hexdigest()[:16]
+
+
+def fingerprint(app: str, spec: AppSpec, *, env_file_hash: str = "") -> dict[str, Any]:
+    """The container-shaping fields of ``spec`` as plain JSON values; env values only as salted hashes.
+
+    Health and stable_after are absent on purpose: changing how we judge a container does not
+    require a new one.
+    """
+    return {
+        "env": {key: _secret_hash(app, key, value) for key, value in sorted(spec.env.items())},
+        "env_file": [spec.env_file, env_file_hash] if spec.env_file else None,
+        "ports": sorted(spec.ports),
+        "volumes": sorted(spec.volumes),
+        "command": list(spec.command) if spec.command is not None else None,
+        "restart": spec.restart,
+        "init": spec.init,
+        "stop_timeout": spec.stop_timeout,
+    }
+
+
+def spec_hash(print_: Mapping[str, Any], image_id: str) -> str:
+    blob = json.dumps({"fingerprint": print_, "image": image_id}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, list):
+        return "[" + ", ".join(str(item) for item in value) + "]"
+    return str(value)
+
+
+def _short_image(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12] or "(none)"
+
+
+def diff(observed: ObservedContainer, target: Target) -> tuple[Change, ...]:
+    """The fields in which ``observed`` differs from ``target``, in a stable order."""
+    changes: list[Change] = []
+    wanted = target.resolution
+    if not wanted.image_id or wanted.image_id != observed.image_id:
+        now = _short_image(wanted.image_id) if wanted.image_id else f"{wanted.ref} (to pull)"
+        was = f"{observed.version or '?'} {_short_image(observed.image_id)}"
+        changes.append(Change("image", was, f"{target.spec.version} {now}"))
+    have, want = observed.fingerprint, target.fingerprint
+    have_env: Mapping[str, str] = have.get("env") or {}
+    want_env: Mapping[str, str] = want.get("env") or {}
+    if have_env != want_env:
+        added = sorted(set(want_env) - set(have_env))
+        removed = sorted(set(have_env) - set(want_env))
+        changed = sorted(k for k in set(want_env) & set(have_env) if want_env[k] != have_env[k])
+        parts = [f"{label} {', '.join(keys)}" for label, keys in
+                 (("added", added), ("removed", removed), ("changed", changed)) if keys]
+        changes.append(Change("env", "keys", "; ".join(parts)))
+    for name in ("env_file", "ports", "volumes", "command", "restart", "init", "stop_timeout"):
+        if have.get(name) != want.get(name):
+            was, now = have.get(name), want.get(name)
+            if name == "env_file":  # the path only: the hash stands for the contents
+                was = (was or [None])[0]
+                now = (now or [None])[0]
+                if was == now:
+                    changes.append(Change("env_file", str(now), f"{now} (contents changed)"))
+                    continue
+            changes.append(Change(name, _show(was), _show(now)))
+    return tuple(changes)
+
+
+def plan(
+    desired: DesiredState,
+    resolutions: Mapping[str, Resolution],
+    observed: ObservedState,
+    *,
+    env_file_hashes: Mapping[str, str] | None = None,
+    adopt: bool = False,
+) -> Plan:
+    """Pair each app of ``desired`` with its containers in ``observed`` and decide what to do."""
+    actions: list[Action] = []
+    hashes = env_file_hashes or {}
+    for app, spec in sorted(desired.apps.items()):
+        resolution = resolutions.get(app) or Resolution(ref="", error="not resolved")
+        current = observed.named(container_name(app))
+        foreign = [
+            c for c in (observed.named(container_name(app, role)) for role in Role)
+            if c is not None and not c.managed
+        ]
+        if foreign and not adopt:
+            for container in foreign:
+                actions.append(Action(
+                    ActionKind.CONFLICT, app, container.name,
+                    message=f"container {container.name} exists and was not created by reconciler; "
+                    "remove or rename it, or pass --adopt to take it over",
+                ))
+            continue
+        if resolution.error:
+            actions.append(Action(ActionKind.ERROR, app, container_name(app), message=resolution.error))
+            continue
+        target = Target(
+            app=app,
+            spec=spec,
+            resolution=resolution,
+            fingerprint=fingerprint(app, spec, env_file_hash=hashes.get(app, "")),
+            revision=desired.revision,
+        )
+        stale_next = observed.named(container_name(app, Role.NEXT))
+        if stale_next is not None:
+            actions.append(Action(ActionKind.REMOVE, app, stale_next.name,
+                                  (Change("container", "left by an interrupted deploy", "removed"),)))
+        if current is None:
+            actions.append(Action(ActionKind.CREATE, app, container_name(app),
+                                  (Change("container", "missing", "created"),), target))
+        elif not current.managed:
+            actions.append(Action(ActionKind.REPLACE, app, current.name,
+                                  (Change("owner", "not reconciler", "adopted"),), target))
+        elif reasons := diff(current, target):
+            actions.append(Action(ActionKind.REPLACE, app, current.name, reasons, target))
+        elif not current.running:
+            actions.append(Action(ActionKind.START, app, current.name,
+                                  (Change("state", current.state, "running"),), target))
+    for container in observed.containers:
+        if container.managed and container.app is not None and container.app not in desired.apps:
+            actions.append(Action(ActionKind.REMOVE, container.app, container.name,
+                                  (Change("app", "not in the file", "removed"),)))
+    return Plan(revision=desired.revision, actions=tuple(actions))
+
+
+def simulate(result_of: Plan, observed: ObservedState) -> ObservedState:
+    """The observed state that a fully successful apply of ``result_of`` leaves behind (for tests)."""
+    containers = {c.name: c for c in observed.containers}
+    for action in result_of.changes:
+        if action.kind is ActionKind.REMOVE:
+            containers.pop(action.container, None)
+        elif action.kind is ActionKind.START:
+            containers[action.container] = containers[action.container].model_copy(update={"state": "running"})
+        else:
+            assert action.target is not None
+            target = action.target
+            old = containers.pop(action.container, None)
+            if old is not None:
+                containers[container_name(action.app, Role.PREVIOUS)] = old.model_copy(
+                    update={"name": container_name(action.app, Role.PREVIOUS), "state": "exited",
+                            "role": Role.PREVIOUS}
+                )
+            containers[action.container] = ObservedContainer(
+                id=f"sim-{action.app}", name=action.container, state="running",
+                image_id=target.resolution.image_id or f"pulled:{target.resolution.ref}",
+                managed=True, app=action.app, role=Role.CURRENT,
+                fingerprint=dict(target.fingerprint), commit=target.revision, version=target.spec.version,
+            )
+    return ObservedState(containers=tuple(containers.values()))

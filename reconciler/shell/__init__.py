@@ -1,0 +1,1 @@
+"""The imperative shell: one module per outside system (docker, git, the state directory)."""

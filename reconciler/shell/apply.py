@@ -1,0 +1,291 @@
+"""Runs a Plan step by step against the engine: pull, create, swap, start, health gate, roll back.
+
+Guarantees:
+- Nothing of an app is touched until its new container exists: a missing tag, a refused pull, an
+  unreadable env_file or a refused create leaves the running container exactly as it was.
+- A deploy keeps the container it replaces, stopped, as ``APP.prev`` (only the newest one), so that a
+  rollback needs no pull and no create. A container adopted with ``--adopt`` is kept as ``APP.adopted``
+  and never removed by us.
+- A new container that will not start or fails its health gate is stopped and kept as ``APP.failed``
+  (for its logs), and the container it replaced is started again and gated again.
+- One app's failure does not stop the others; every app gets an ``Outcome`` and a journal row.
+- Each step is announced to ``on_step(app, step)`` before it runs, so tests can stop the process at
+  any step; time is read from ``clock`` and waited with ``sleep``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import socket
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler.core.health import Gate, Sample, Verdict
+from reconciler.core.model import AppSpec, HealthSpec, ObservedContainer, ObservedState, Role, container_name
+from reconciler.core.plan import Action, ActionKind, Plan
+from reconciler.core.report import Outcome, Result
+from reconciler.errors import ReconcileError
+from reconciler.shell.docker import Engine
+from reconciler.shell.journal import Journal
+
+ADOPTED = ".adopted"
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """``KEY=VALUE`` lines (``#`` comments, blank lines, optional ``export``); errors never show content."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ReconcileError(f"env_file {path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+    env: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not key.strip():
+            raise ReconcileError(f"env_file {path}:{number}: not KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key.strip()] = value
+    return env
+
+
+def env_file_hash(path: str) -> str:
+    """A hash of the env_file's bytes, so that editing the file on the server is drift."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return "unreadable"
+
+
+def _probe_http(url: str, timeout: float) -> tuple[bool, str]:
+    parts = urllib.parse.urlsplit(url)
+    conn_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = conn_type(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"GET {url}: {exc.__class__.__name__}: {exc}"
+    finally:
+        conn.close()
+    return status < 400, f"GET {url}: {status}"
+
+
+def _probe_tcp(address: str, timeout: float) -> tuple[bool, str]:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True, f"tcp {address}: open"
+    except OSError as exc:
+        return False, f"tcp {address}: {exc.strerror or exc}"
+
+
+@dataclass
+class Applier:
+    engine: Engine
+    journal: Journal
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    on_step: Callable[[str, str], None] = field(default=lambda app, step: None)
+    log: Callable[[str], None] = field(default=lambda line: None)
+
+    # -- health ------------------------------------------------------------------------------------
+
+    def sample(self, container_id: str, spec: HealthSpec) -> Sample:
+        now = self.clock()
+        state = self.engine.container_state(container_id)
+        if state is None:
+            return Sample(at=now, running=False, detail="the container is gone")
+        status = state.get("State", {})
+        health = (status.get("Health") or {}).get("Status", "")
+        restarts = int(state.get("RestartCount") or 0)
+        if not status.get("Running") or status.get("Restarting"):
+            detail = f"the container exited with code {status.get('ExitCode')}"
+            if status.get("Error"):
+                detail += f" ({status['Error']})"
+            return Sample(at=now, running=False, restarts=restarts, docker_health=health, detail=detail)
+        ok, detail = True, ""
+        probe_timeout = max(0.2, min(spec.interval, 2.0))
+        if spec.http is not None:
+            ok, detail = _probe_http(spec.http, probe_timeout)
+        elif spec.tcp is not None:
+            ok, detail = _probe_tcp(spec.tcp, probe_timeout)
+        elif spec.exec is not None:
+            ok = self.engine.exec_ok(container_id, list(spec.exec))
+            detail = f"exec {' '.join(spec.exec)}: {'exit 0' if ok else 'failed'}"
+        return Sample(at=self.clock(), running=True, restarts=restarts, probe_ok=ok, docker_health=health,
+                      detail=detail)
+
+    def gate(self, container_id: str, spec: HealthSpec, *, started_at: float | None = None) -> Gate:
+        """Probe the container until the gate decides."""
+        state = self.engine.container_state(container_id) or {}
+        gate = Gate(spec=spec, started_at=self.clock() if started_at is None else started_at,
+                    restarts_at_start=int(state.get("RestartCount") or 0))
+        while True:
+            gate = gate.observe(self.sample(container_id, spec))
+            if gate.verdict.done:
+                return gate
+            now = self.clock()
+            self.sleep(max(0.0, gate.next_sample_at(now) - now))
+
+    # -- the plan --------------------------------------------------------------------------------
+
+    def apply(self, plan: Plan, observed: ObservedState) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for action in plan.actions:
+            if not action.kind.changes:
+                outcomes.append(Outcome(action.app, action.kind, action.container, Result.SKIPPED, action.message))
+                continue
+            try:
+                if action.kind is ActionKind.REMOVE:
+                    outcomes.append(self._remove(action, observed, plan.revision))
+                elif action.kind is ActionKind.START:
+                    outcomes.append(self._start(action, observed, plan.revision))
+                else:
+                    outcomes.append(self._deploy(action, observed, plan.revision))
+            except ReconcileError as exc:
+                outcomes.append(Outcome(action.app, action.kind, action.container, Result.FAILED, str(exc)))
+        return outcomes
+
+    def _step(self, app: str, step: str) -> None:
+        self.on_step(app, step)
+
+    def _remove(self, action: Action, observed: ObservedState, revision: str) -> Outcome:
+        container = observed.named(action.container)
+        if container is None or not container.managed:
+            return Outcome(action.app, action.kind, action.container, Result.SKIPPED, "not ours or already gone")
+        entry = self.journal.start(revision=revision, app=action.app, action="remove",
+                                   from_version=container.version, from_image=container.image_id)
+        self._step(action.app, "remove")
+        if container.running:
+            self.engine.stop(container.id, container.name, float(container.fingerprint.get("stop_timeout") or 10))
+        self.engine.remove(container.id, container.name)
+        self.journal.finish(entry, result="succeeded")
+        self.log(f"removed {container.name}")
+        return Outcome(action.app, action.kind, action.container, Result.APPLIED)
+
+    def _start(self, action: Action, observed: ObservedState, revision: str) -> Outcome:
+        container = observed.named(action.container)
+        assert container is not None and action.target is not None
+        spec = action.target.spec
+        entry = self.journal.start(revision=revision, app=action.app, action="start",
+                                   from_version=container.version, to_version=container.version,
+                                   from_image=container.image_id, to_image=container.image_id)
+        self._step(action.app, "start")
+        self.engine.start(container.id, container.name)
+        gate = self.gate(container.id, spec.gate)
+        if gate.verdict is Verdict.PASSED:
+            self.journal.finish(entry, result="succeeded")
+            return Outcome(action.app, action.kind, action.container, Result.APPLIED)
+        self.journal.finish(entry, result="failed", message=gate.reason)
+        return Outcome(action.app, action.kind, action.container, Result.FAILED, f"started, but {gate.reason}")
+
+    def _deploy(self, action: Action, observed: ObservedState, revision: str) -> Outcome:
+        target = action.target
+        assert target is not None
+        app, spec, resolution = action.app, target.spec, target.resolution
+        current = observed.named(container_name(app))
+        next_name = container_name(app, Role.NEXT)
+        entry = self.journal.start(
+            revision=revision, app=app, action=str(action.kind),
+            from_version=current.version if current else "", to_version=spec.version,
+            from_image=current.image_id if current else "", to_image=resolution.image_id or resolution.ref,
+        )
+        new_id = ""
+        try:
+            if not resolution.image_id:
+                self._step(app, "pull")
+                self.engine.pull(resolution.ref)
+            env = {**(read_env_file(spec.env_file) if spec.env_file else {}), **spec.env}
+            self._step(app, "create")
+            new_id = self.engine.create(target, next_name, env=env)
+        except ReconcileError as exc:
+            if new_id:
+                self.engine.remove(new_id, next_name)
+            self.journal.finish(entry, result="failed", message=str(exc))
+            return Outcome(app, action.kind, app, Result.FAILED, f"{exc}; {self._left_as_it_was(current)}")
+        kept = self._set_aside(app, current, observed)
+        self._step(app, "rename-new")
+        self.engine.rename(new_id, app)
+        self._step(app, "start-new")
+        started_at = self.clock()
+        try:
+            self.engine.start(new_id, app)
+        except ReconcileError as exc:
+            return self._roll_back(action, entry, new_id, kept, spec, f"it did not start: {exc}")
+        gate = self.gate(new_id, spec.gate, started_at=started_at)
+        if gate.verdict is not Verdict.PASSED:
+            return self._roll_back(action, entry, new_id, kept, spec, gate.reason)
+        self.journal.finish(entry, result="succeeded")
+        was = f"{current.version or '?'} -> " if current else ""
+        self.log(f"deployed {app} {was}{spec.version}")
+        return Outcome(app, action.kind, app, Result.APPLIED, f"{was}{spec.version}")
+
+    @staticmethod
+    def _left_as_it_was(current: ObservedContainer | None) -> str:
+        if current is None:
+            return "nothing was running, nothing was started"
+        return f"{current.name} left as it was ({current.version or current.state})"
+
+    def _set_aside(
+        self, app: str, current: ObservedContainer | None, observed: ObservedState
+    ) -> tuple[ObservedContainer, str] | None:
+        """Stop the running container and move it out of the app's name; return it and its new name."""
+        if current is None:
+            return None
+        self._step(app, "stop-old")
+        if current.running:
+            self.engine.stop(current.id, current.name, float(current.fingerprint.get("stop_timeout") or 10))
+        self._step(app, "keep-old")
+        if current.managed:
+            keep_as = container_name(app, Role.PREVIOUS)
+            older = observed.named(keep_as)
+            if older is not None and older.managed:
+                self.engine.remove(older.id, older.name)
+        else:
+            keep_as = app + ADOPTED
+        self.engine.rename(current.id, keep_as)
+        return current, keep_as
+
+    def _roll_back(
+        self, action: Action, entry: int, new_id: str, kept: tuple[ObservedContainer, str] | None,
+        spec: AppSpec, reason: str,
+    ) -> Outcome:
+        app = action.app
+        self._step(app, "roll-back")
+        self.engine.stop(new_id, app, spec.stop_timeout)
+        failed_name = container_name(app, Role.FAILED)
+        stale = self.engine.container_state(failed_name)
+        if stale is not None:
+            self.engine.remove(failed_name, failed_name)
+        self.engine.rename(new_id, failed_name)
+        if kept is None:
+            self.journal.finish(entry, result="failed", message=reason)
+            self.log(f"deploy of {app} {spec.version} failed: {reason}")
+            return Outcome(app, action.kind, app, Result.FAILED,
+                           f"{spec.version} failed: {reason}; kept stopped as {failed_name}; nothing to roll back to")
+        previous, _ = kept
+        self.engine.rename(previous.id, app)
+        self.engine.start(previous.id, app)
+        previous_spec = spec.gate  # the gate of the file at hand: the old container must pass it too
+        gate = self.gate(previous.id, previous_spec)
+        back = previous.version or previous.name
+        if gate.verdict is Verdict.PASSED:
+            self.journal.finish(entry, result="rolled-back", message=reason)
+            self.log(f"deploy of {app} {spec.version} failed ({reason}); rolled back to {back}")
+            return Outcome(app, action.kind, app, Result.ROLLED_BACK,
+                           f"{spec.version} failed: {reason}; rolled back to {back}")
+        self.journal.finish(entry, result="failed", message=f"{reason}; rollback: {gate.reason}")
+        return Outcome(app, action.kind, app, Result.FAILED,
+                       f"{spec.version} failed: {reason}; rolled back to {back}, which failed too: {gate.reason}")
+
+
+def env_hashes(apps: Mapping[str, AppSpec]) -> dict[str, str]:
+    return {name: env_file_hash(spec.env_file) for name, spec in apps.items() if spec.env_file}

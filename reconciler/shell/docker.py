@@ -1,0 +1,228 @@
+"""The only module that talks to the Docker engine (through the Docker SDK).
+
+Guarantees:
+- Every SDK or transport error leaves this module as a ``ReconcileError``: ``EngineUnavailable`` (names
+  the host) when the engine does not answer, ``ImageError`` for a missing tag or refused pull,
+  ``ContainerError`` for a create/start that the engine refused (port taken, bad mount).
+- ``observe()`` is one listing call for the whole engine.
+- Containers are created with our labels; nothing here decides whether a container may be touched:
+  that is the planner's job (only labelled containers are ever passed to stop/remove/rename).
+- Registry credentials come from the docker CLI's ``config.json`` (``DOCKER_CONFIG``) and never leave
+  the SDK; no message built here contains an env value or a credential.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from reconciler.core import images as image_match
+from reconciler.core.model import ObservedContainer, ObservedState, Role, parse_port
+from reconciler.core.plan import Target, spec_hash
+from reconciler.errors import EngineUnavailable, ImageError, ReconcileError
+
+LABEL = "io.reconciler"
+MANAGED = f"{LABEL}.managed"
+API_VERSION = "1.41"  # docker 20.10 and later; fixed so that connecting costs no version round-trip
+
+T = TypeVar("T")
+
+
+class ContainerError(ReconcileError):
+    """The engine refused to create, start or stop a container (port taken, bad mount, ...)."""
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, docker.errors.APIError):
+        return str(exc.explanation or exc).strip()
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+class Engine:
+    """A connected Docker engine. ``host`` is what the user named (or the SDK's default socket)."""
+
+    def __init__(self, client: Any, host: str) -> None:
+        self.client = client
+        self.api = client.api
+        self.host = host
+
+    @contextmanager
+    def _calls(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except ReconcileError:
+            raise
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError) as exc:
+            raise EngineUnavailable(f"Docker engine at {self.host} does not answer ({what}): {_reason(exc)}") from None
+        except docker.errors.DockerException as exc:
+            if isinstance(exc, docker.errors.APIError) and exc.status_code is not None:
+                raise ContainerError(f"{what}: {_reason(exc)}") from None
+            raise EngineUnavailable(f"Docker engine at {self.host}: {what}: {_reason(exc)}") from None
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        with self._calls(what):
+            return fn()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def observe(self) -> ObservedState:
+        rows = self.call("list containers", lambda: self.api.containers(all=True))
+        return ObservedState(containers=tuple(observed_from_row(row) for row in rows))
+
+    def local_images(self) -> tuple[image_match.LocalImage, ...]:
+        return image_match.from_engine(self.call("list images", lambda: self.api.images()))
+
+    def registry_digest(self, ref: str) -> str:
+        """The manifest digest of ``ref`` as the registry reports it; nothing is pulled."""
+        try:
+            with self._calls(f"look up {ref}"):
+                data = self.api.inspect_distribution(ref)
+        except ContainerError as exc:
+            raise ImageError(f"image {ref} not found in its registry: {exc}".replace(f"look up {ref}: ", "")) from None
+        return str(data["Descriptor"]["digest"])
+
+    def container_state(self, container_id: str) -> Mapping[str, Any] | None:
+        """The container's ``State`` block, or None when it is gone."""
+        try:
+            with self._calls("inspect container"):
+                return dict(self.api.inspect_container(container_id)["State"])
+        except ContainerError:
+            return None
+
+    # -- changing --------------------------------------------------------------------------------
+
+    def pull(self, ref: str) -> str:
+        """Pull ``ref``; return the local image id. A missing tag or refused login is an ``ImageError``."""
+        try:
+            with self._calls(f"pull {ref}"):
+                for event in self.api.pull(ref, stream=True, decode=True):
+                    if "error" in event:
+                        raise ImageError(f"pull {ref}: {str(event['error']).strip()}")
+                return str(self.api.inspect_image(ref)["Id"])
+        except ContainerError as exc:
+            raise ImageError(str(exc)) from None
+
+    def create(self, target: Target, name: str, *, env: Mapping[str, str]) -> str:
+        """Create (not start) the container for ``target`` under ``name``; return its id."""
+        spec = target.spec
+        resolution = target.resolution
+        ports: dict[str, list[Any]] = {}
+        for port in spec.ports:
+            ip, host_port, container_port, proto = parse_port(port)
+            binding: Any = (ip, host_port) if ip else host_port
+            ports.setdefault(f"{container_port}/{proto}", []).append(binding)
+        restart: dict[str, Any] = {"Name": spec.restart}
+        if spec.restart == "on-failure":
+            restart["MaximumRetryCount"] = 0
+        labels = {
+            MANAGED: "true",
+            f"{LABEL}.app": target.app,
+            f"{LABEL}.commit": target.revision,
+            f"{LABEL}.version": spec.version,
+            f"{LABEL}.digest": resolution.digest or resolution.image_id,
+            f"{LABEL}.spec-hash": spec_hash(target.fingerprint, resolution.image_id),
+            f"{LABEL}.fingerprint": json.dumps(target.fingerprint, sort_keys=True, separators=(",", ":")),
+        }
+        host_config = self.api.create_host_config(
+            port_bindings={key: value if len(value) > 1 else value[0] for key, value in ports.items()},
+            binds=list(spec.volumes),
+            restart_policy=restart,
+            init=spec.init,
+        )
+        with self._calls(f"create {name}"):
+            created = self.api.create_container(
+                image=resolution.ref,
+                name=name,
+                command=list(spec.command) if spec.command is not None else None,
+                environment=[f"{key}={value}" for key, value in env.items()],
+                ports=[tuple(key.split("/")) if key.endswith("/udp") else int(key.split("/")[0]) for key in ports],
+                labels=labels,
+                host_config=host_config,
+                stop_timeout=math.ceil(spec.stop_timeout),
+            )
+        return str(created["Id"])
+
+    def start(self, container_id: str, name: str) -> None:
+        with self._calls(f"start {name}"):
+            self.api.start(container_id)
+
+    def stop(self, container_id: str, name: str, timeout: float) -> None:
+        with self._calls(f"stop {name}"):
+            self.api.stop(container_id, timeout=math.ceil(timeout))
+
+    def rename(self, container_id: str, name: str) -> None:
+        with self._calls(f"rename to {name}"):
+            self.api.rename(container_id, name)
+
+    def remove(self, container_id: str, name: str) -> None:
+        try:
+            with self._calls(f"remove {name}"):
+                self.api.remove_container(container_id, force=True, v=False)
+        except ContainerError as exc:
+            if "No such container" not in str(exc):
+                raise
+
+    def exec_ok(self, container_id: str, argv: list[str]) -> bool:
+        """Run ``argv`` in the container; True when it exits 0."""
+        try:
+            with self._calls("exec health probe"):
+                exec_id = self.api.exec_create(container_id, argv, stdout=False, stderr=False)["Id"]
+                self.api.exec_start(exec_id)
+                return int(self.api.exec_inspect(exec_id).get("ExitCode") or 0) == 0
+        except ContainerError:
+            return False
+
+
+def observed_from_row(row: Mapping[str, Any]) -> ObservedContainer:
+    """One row of ``GET /containers/json`` as an ``ObservedContainer``; ours only with our labels."""
+    labels: Mapping[str, str] = row.get("Labels") or {}
+    names = row.get("Names") or ["/"]
+    name = str(names[0]).lstrip("/")
+    managed = labels.get(MANAGED) == "true" and bool(labels.get(f"{LABEL}.app"))
+    app = labels.get(f"{LABEL}.app") if managed else None
+    role: Role | None = None
+    if app is not None:
+        role = next((r for r in Role if name == app + r.suffix), None)
+    try:
+        fingerprint = json.loads(labels.get(f"{LABEL}.fingerprint", "{}")) if managed else {}
+    except ValueError:
+        fingerprint = {}
+    return ObservedContainer(
+        id=str(row.get("Id", "")),
+        name=name,
+        state=str(row.get("State", "")),
+        image_id=str(row.get("ImageID", "")),
+        managed=managed and role is not None,
+        app=app if role is not None else None,
+        role=role,
+        fingerprint=fingerprint if isinstance(fingerprint, dict) else {},
+        commit=labels.get(f"{LABEL}.commit", ""),
+        version=labels.get(f"{LABEL}.version", ""),
+        digest=labels.get(f"{LABEL}.digest", ""),
+    )
+
+
+def connect(host: str | None = None, *, timeout: float = 60.0) -> Engine:
+    """Connect to ``host`` (else ``DOCKER_HOST``, else the local socket) and check that it answers."""
+    named = host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    try:
+        client = docker.DockerClient(
+            base_url=named,
+            version=API_VERSION,
+            timeout=int(timeout),
+            use_ssh_client=named.startswith("ssh://"),
+        )
+    except docker.errors.DockerException as exc:
+        raise EngineUnavailable(f"Docker engine at {named}: {_reason(exc)}") from None
+    engine = Engine(client, named)
+    engine.call("ping", client.ping)
+    return engine

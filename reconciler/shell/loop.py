@@ -1,0 +1,123 @@
+"""One reconcile pass, end to end: read the commit, observe, resolve, plan, and (unless dry) apply.
+
+Guarantees:
+- The desired state is read from a commit (``Source``), never from a working tree.
+- A dry run takes no lock, pulls nothing and changes nothing on the engine: images are resolved from
+  the local image list, else from the registry's API.
+- An apply holds the state directory's lock and observes the engine *after* taking it, so two passes
+  never plan against the same stale view.
+- Per pass: one container listing and one image listing, whatever the number of apps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler.core import images as image_match
+from reconciler.core.desired import load_desired
+from reconciler.core.model import STABLE, DesiredState, ObservedState, image_ref
+from reconciler.core.plan import Plan, Resolution, plan
+from reconciler.core.report import Outcome
+from reconciler.errors import ImageError
+from reconciler.shell.docker import Engine, connect
+from reconciler.shell.git import open_source
+from reconciler.shell.journal import Journal, locked
+from reconciler.shell.yamlfile import parse_yaml
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where to read from and what to act on; the CLI builds this from flags and the environment."""
+
+    repo: str = "."
+    ref: str = "HEAD"
+    file: str = "desired-state.yaml"
+    state_dir: Path = Path("state")
+    docker_host: str | None = None
+    lock_timeout: float = 0.0
+    adopt: bool = False
+
+
+@dataclass
+class PassResult:
+    desired: DesiredState
+    plan: Plan
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(outcome.result.ok for outcome in self.outcomes)
+
+
+def read_desired(settings: Settings) -> DesiredState:
+    """The validated desired state at ``settings.ref`` of ``settings.repo``."""
+    source = open_source(settings.repo, state_dir=settings.state_dir)
+    try:
+        revision = source.resolve(settings.ref)
+        text = source.read(revision, settings.file)
+    finally:
+        source.close()
+    data, positions = parse_yaml(text, filename=settings.file)
+    return load_desired(data, positions, filename=settings.file, revision=revision)
+
+
+def resolve(engine: Engine, desired: DesiredState) -> dict[str, Resolution]:
+    """Each app's image as a local image id, else as a registry digest (to pull), else an error."""
+    local = engine.local_images()
+    resolutions: dict[str, Resolution] = {}
+    for app, spec in desired.apps.items():
+        ref = image_ref(spec)
+        found = image_match.find_local(ref, local)
+        if found is not None:
+            resolutions[app] = Resolution(ref=ref, image_id=found.id,
+                                          digest=image_match.registry_digest(found, spec.image))
+        elif spec.version == STABLE:
+            resolutions[app] = Resolution(
+                ref=ref, error=f"{ref}: no stable version yet (a deploy is promoted after stable_after healthy)")
+        else:
+            try:
+                resolutions[app] = Resolution(ref=ref, digest=engine.registry_digest(ref))
+            except ImageError as exc:
+                resolutions[app] = Resolution(ref=ref, error=str(exc))
+    return resolutions
+
+
+def plan_against(engine: Engine, desired: DesiredState, settings: Settings) -> tuple[Plan, ObservedState]:
+    from reconciler.shell.apply import env_hashes
+
+    observed = engine.observe()
+    resolutions = resolve(engine, desired)
+    return plan(desired, resolutions, observed, env_file_hashes=env_hashes(desired.apps),
+                adopt=settings.adopt), observed
+
+
+def reconcile_once(
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    on_step: Callable[[str, str], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> PassResult:
+    """Read, plan, and unless ``dry_run`` apply; raise ``ReconcileError`` for what stops the whole pass."""
+    desired = read_desired(settings)
+    engine = connect(settings.docker_host)
+    if dry_run:
+        the_plan, _ = plan_against(engine, desired, settings)
+        return PassResult(desired, the_plan)
+    from reconciler.shell.apply import Applier
+
+    with locked(settings.state_dir, timeout=settings.lock_timeout):
+        the_plan, observed = plan_against(engine, desired, settings)
+        journal = Journal(settings.state_dir)
+        try:
+            applier = Applier(engine, journal)
+            if on_step is not None:
+                applier.on_step = on_step
+            if log is not None:
+                applier.log = log
+            outcomes = applier.apply(the_plan, observed)
+        finally:
+            journal.close()
+    return PassResult(desired, the_plan, outcomes)

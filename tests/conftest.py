@@ -1,0 +1,126 @@
+"""Fixtures over real parts: the Docker engine, images, registries, git repositories.
+
+Nothing here fakes anything (DESIGN.md, "Real parts in tests"):
+
+- `docker_client` (session): a client to the local engine. No engine: the test FAILS, it never
+  skips. At session end it removes everything this run made (see `run_prefix`).
+- `run_prefix` (session): "rt" + 6 hex digits; every image, container and volume name a test
+  makes starts with it.
+- `images` (session): `ImageFactory`, `images.build(repo, tag, *, body=tag, healthy=True,
+  exit_at_start=False, port=8000, env=None, docker_healthcheck=False) -> "repo:tag"`.
+- `registry` / `auth_registry` (session): `Registry` processes on 127.0.0.1 (no auth /
+  htpasswd auth).
+- `git_remote` (function): `GitRemote`, a bare repo `remote.git` on `main` and a clone.
+- `app_names` (function): `AppNames`, `app_names("web") -> "<prefix>-web-<n>"`; removes
+  `{app}`, `{app}.prev`, `{app}.next` after the test.
+
+Tests that use the engine get the `docker` marker automatically (`-m "not docker"` skips them).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import (
+    AppNames,
+    EngineUnavailable,
+    GitRemote,
+    ImageFactory,
+    Registry,
+    RegistryError,
+    cleanup_run,
+    connect,
+)
+from tests.support.engine import new_run_prefix
+from tests.support.images import BusyboxMissing, find_static_busybox
+
+_ENGINE_FIXTURES = {"docker_client", "images", "registry", "auth_registry", "app_names"}
+_registry_hosts: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _ENGINE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture(scope="session")
+def run_prefix() -> str:
+    return new_run_prefix()
+
+
+@pytest.fixture(scope="session")
+def docker_client(run_prefix: str) -> Iterator[Any]:
+    try:
+        client = connect()
+    except EngineUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield client
+    finally:
+        errors = cleanup_run(client, run_prefix, registry_hosts=_registry_hosts)
+        if errors:
+            print(
+                f"\n[conftest] cleanup of run {run_prefix} left:\n  " + "\n  ".join(errors), file=sys.stderr
+            )
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def images(docker_client: Any, run_prefix: str) -> ImageFactory:
+    try:
+        find_static_busybox()
+    except BusyboxMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return ImageFactory(docker_client, run_prefix)
+
+
+def _start_registry(registry: Registry) -> Iterator[Registry]:
+    try:
+        registry.start()
+    except RegistryError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    _registry_hosts.append(registry.host)
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    yield from _start_registry(Registry(docker_client, tmp_path_factory.mktemp("registry")))
+
+
+@pytest.fixture(scope="session")
+def auth_registry(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    yield from _start_registry(
+        Registry(
+            docker_client,
+            tmp_path_factory.mktemp("auth-registry"),
+            username="reconciler",
+            password=secrets.token_hex(12),
+        )
+    )
+
+
+@pytest.fixture
+def git_remote(tmp_path: Path) -> GitRemote:
+    return GitRemote(tmp_path / "git")
+
+
+@pytest.fixture
+def app_names(docker_client: Any, run_prefix: str) -> Iterator[AppNames]:
+    names = AppNames(docker_client, run_prefix)
+    try:
+        yield names
+    finally:
+        errors = names.cleanup()
+        if errors:
+            print("\n[conftest] app cleanup left:\n  " + "\n  ".join(errors), file=sys.stderr)
