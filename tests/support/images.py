@@ -4,7 +4,8 @@ Guarantees:
 - `ImageFactory.build(...)` returns "repo:tag" of an image on the engine that serves, with
   busybox httpd on the given port, `/index.html` (the body, byte for byte, no newline added),
   `/health` ("ok", absent when healthy=False so it answers 404), and `/cgi-bin/env` (the
-  container's environment, one VAR=value a line). CMD is httpd in the foreground; with
+  container's environment, sorted, one VAR=value a line; httpd's CGI variables included). An
+  empty `/data` folder is there for volume tests. CMD is httpd in the foreground; with
   exit_at_start=True it is a shell that exits 1 at once.
 - The image has `PATH=/bin` and the label `RUN_LABEL=<run prefix>`, so cleanup finds it.
 - Repos are prefixed with the run prefix ("app" -> "<prefix>/app") unless they start with a
@@ -34,7 +35,10 @@ APPLETS = (
     "sh", "ash", "httpd", "wget", "sleep", "cat", "echo", "env", "ls", "true", "false", "test", "[",
     "printf", "kill", "ps", "hostname", "nc", "touch", "rm", "mkdir", "grep", "id", "date", "uname",
     "cp", "mv", "ln", "chmod", "head", "tail", "wc", "sed", "tr", "stat", "readlink", "pwd", "sync",
+    "sort", "tee", "awk", "seq", "find", "xargs", "dd", "du", "df", "netstat",
 )  # fmt: skip
+DIRECTORIES = (("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("data", 0o755), ("www", 0o755),
+               ("www/cgi-bin", 0o755))  # fmt: skip
 
 CGI_ENV = b'#!/bin/sh\necho "Content-Type: text/plain"\necho\nenv | sort\n'
 
@@ -156,8 +160,7 @@ class ImageFactory:
             busybox = find_static_busybox().read_bytes()
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-                for name, mode in (("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("www", 0o755),
-                                   ("www/cgi-bin", 0o755), ("data", 0o755)):  # fmt: skip
+                for name, mode in DIRECTORIES:
                     info = tarfile.TarInfo(name)
                     info.type = tarfile.DIRTYPE
                     info.mode = mode
