@@ -35,22 +35,62 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-RepoOpt = Annotated[str | None, typer.Option("--repo", envvar="RECONCILE_REPO", show_default=False,
-                                             help="Clone, bare repository or URL holding the file. [default: .]")]
-RefOpt = Annotated[str | None, typer.Option("--ref", envvar="RECONCILE_REF", show_default=False,
-                                            help="Commit, branch or tag to read. [default: HEAD]")]
-FileOpt = Annotated[str | None, typer.Option("--file", envvar="RECONCILE_FILE", show_default=False,
-                                             help="Path of the file inside the repo. [default: desired-state.yaml]")]
-StateOpt = Annotated[Path | None, typer.Option("--state-dir", envvar="RECONCILE_STATE_DIR", show_default=False,
-                                               help="Journal, mirrors and lock. [default: state]")]
-HostOpt = Annotated[str | None, typer.Option("--docker-host", envvar="DOCKER_HOST", show_default=False,
-                                             help="Docker engine, e.g. ssh://deploy@server. [default: local socket]")]
-OutputOpt = Annotated[Output | None, typer.Option("--output", "-o", show_default=False,
-                                                  help="text or json. [default: text]")]
+RepoOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--repo",
+        envvar="RECONCILE_REPO",
+        show_default=False,
+        help="Clone, bare repository or URL holding the file. [default: .]",
+    ),
+]
+RefOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ref", envvar="RECONCILE_REF", show_default=False, help="Commit, branch or tag to read. [default: HEAD]"
+    ),
+]
+FileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--file",
+        envvar="RECONCILE_FILE",
+        show_default=False,
+        help="Path of the file inside the repo. [default: desired-state.yaml]",
+    ),
+]
+StateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        envvar="RECONCILE_STATE_DIR",
+        show_default=False,
+        help="Journal, mirrors and lock. [default: state]",
+    ),
+]
+HostOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--docker-host",
+        envvar="DOCKER_HOST",
+        show_default=False,
+        help="Docker engine, e.g. ssh://deploy@server. [default: local socket]",
+    ),
+]
+OutputOpt = Annotated[
+    Output | None, typer.Option("--output", "-o", show_default=False, help="text or json. [default: text]")
+]
 
 DEFAULTS: dict[str, Any] = {
-    "repo": ".", "ref": "HEAD", "file": "desired-state.yaml", "state_dir": Path("state"),
-    "docker_host": None, "output": Output.text, "lock_timeout": 0.0, "adopt": False, "dry_run": False,
+    "repo": ".",
+    "ref": "HEAD",
+    "file": "desired-state.yaml",
+    "state_dir": Path("state"),
+    "docker_host": None,
+    "output": Output.text,
+    "lock_timeout": 0.0,
+    "adopt": False,
+    "dry_run": False,
 }
 
 
@@ -98,10 +138,17 @@ def _emit(data: Any) -> None:
 def main_command(
     ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the drift and change nothing.")] = False,
-    adopt: Annotated[bool, typer.Option("--adopt", help="Take over containers with an app's name that "
-                                        "reconciler did not create (kept stopped as APP.adopted).")] = False,
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another "
-                                                "reconcile's lock.")] = 0.0,
+    adopt: Annotated[
+        bool,
+        typer.Option(
+            "--adopt",
+            help="Take over containers with an app's name that "
+            "reconciler did not create (kept stopped as APP.adopted).",
+        ),
+    ] = False,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", help="Seconds to wait for another reconcile's lock.")
+    ] = 0.0,
     repo: RepoOpt = None,
     ref: RefOpt = None,
     file: FileOpt = None,
@@ -111,12 +158,26 @@ def main_command(
 ) -> None:
     """Converge once (or, with --dry-run, show what would change). Exit 0 converged or in sync,
     1 error, 2 drift (--dry-run)."""
-    ctx.obj = {"repo": repo, "ref": ref, "file": file, "state_dir": state_dir, "docker_host": docker_host,
-               "output": output}
+    ctx.obj = {
+        "repo": repo,
+        "ref": ref,
+        "file": file,
+        "state_dir": state_dir,
+        "docker_host": docker_host,
+        "output": output,
+    }
     if ctx.invoked_subcommand is not None:
         return
-    settings = _settings(ctx, repo=repo, ref=ref, file=file, state_dir=state_dir, docker_host=docker_host,
-                         lock_timeout=lock_timeout, adopt=adopt)
+    settings = _settings(
+        ctx,
+        repo=repo,
+        ref=ref,
+        file=file,
+        state_dir=state_dir,
+        docker_host=docker_host,
+        lock_timeout=lock_timeout,
+        adopt=adopt,
+    )
     fmt = _option(ctx, "output", output)
     from reconciler.core import report
     from reconciler.shell.loop import reconcile_once
@@ -132,8 +193,13 @@ def main_command(
             raise typer.Exit(1)
         raise typer.Exit(0 if plan.in_sync else 2)
     if fmt is Output.json:
-        _emit({**report.plan_as_dict(plan, file=settings.file),
-               "outcomes": [outcome.as_dict() for outcome in result.outcomes], "ok": result.ok})
+        _emit(
+            {
+                **report.plan_as_dict(plan, file=settings.file),
+                "outcomes": [outcome.as_dict() for outcome in result.outcomes],
+                "ok": result.ok,
+            }
+        )
     else:
         typer.echo("\n".join(report.outcome_lines(result.outcomes, revision=plan.revision)))
     raise typer.Exit(0 if result.ok else 1)
@@ -142,8 +208,10 @@ def main_command(
 @app.command()
 def validate(
     ctx: typer.Context,
-    path: Annotated[Path | None, typer.Argument(help="A plain file to check. Without it: --file at --ref "
-                                                "of --repo.", show_default=False)] = None,
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="A plain file to check. Without it: --file at --ref of --repo.", show_default=False),
+    ] = None,
     repo: RepoOpt = None,
     ref: RefOpt = None,
     file: FileOpt = None,
@@ -201,8 +269,17 @@ def history(
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.started_at))
         took = f" {entry.finished_at - entry.started_at:.1f}s" if entry.finished_at else ""
         change = f"{entry.from_version or '-'} -> {entry.to_version or '-'}"
-        line = f"{when}  {entry.revision[:8] or '-':8}  {entry.app:<20} {entry.action:<8} {change:<24} {entry.result}{took}"
+        commit = entry.revision[:8] or "-"
+        line = f"{when}  {commit:8}  {entry.app:<20} {entry.action:<8} {change:<24} {entry.result}{took}"
         typer.echo(line + (f"  {entry.message}" if entry.message else ""))
+
+
+@app.command(hidden=True)
+def schema() -> None:
+    """Print the JSON Schema of desired-state.yaml (the source of schemas/desired-state.schema.json)."""
+    from reconciler.core.schema import render
+
+    typer.echo(render(), nl=False)
 
 
 def main() -> None:

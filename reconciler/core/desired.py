@@ -62,16 +62,16 @@ def _data_path(data: Any, loc: tuple[str | int, ...]) -> Path:
     for part in loc:
         if part == "[key]":
             break
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
+        if isinstance(node, Mapping):
+            if part in node:
+                node = node[part]
+                path.append(part)
+            elif isinstance(part, str) and _model_at(tuple(path)) is not None:
+                path.append(part)  # a missing or unknown key of a model: still a real place
+                break
         elif isinstance(node, list | tuple) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
-        elif isinstance(node, Mapping) and isinstance(part, str) and _model_at(tuple(path)) is not None:
-            path.append(part)  # a missing or unknown key of a model: still a real place
-            break
-        else:
-            continue
-        path.append(part)
+            path.append(part)
     return tuple(path)
 
 
@@ -81,11 +81,7 @@ def _message(error: Any, path: Path) -> str:
         model = _model_at(path[:-1])
         valid = sorted(model.model_fields) if model else []
         close = difflib.get_close_matches(str(path[-1]), valid, n=1, cutoff=0.5)
-        hint = (
-            f"; did you mean {close[0]!r}?"
-            if close
-            else (f"; valid keys: {', '.join(valid)}" if valid else "")
-        )
+        hint = f"; did you mean {close[0]!r}?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
         return f"unknown key {path[-1]!r}{hint}"
     if kind == "missing":
         return "required key is missing"

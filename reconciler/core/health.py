@@ -70,7 +70,9 @@ class Gate:
         if sample.restarts > self.restarts_at_start:
             return self._fail(f"the container restarted ({sample.restarts - self.restarts_at_start}x)")
         if sample.docker_health == "unhealthy":
-            return self._fail("Docker reports the container unhealthy" + (f": {sample.detail}" if sample.detail else ""))
+            return self._fail(
+                "Docker reports the container unhealthy" + (f": {sample.detail}" if sample.detail else "")
+            )
         good = sample.docker_health == "healthy" if self.spec.probe == "docker" else sample.probe_ok
         if good:
             since = self.healthy_since if self.healthy_since is not None else sample.at

@@ -22,9 +22,9 @@ class LocalImage:
 def normalize(ref: str) -> str:
     for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/", "index.docker.io/"):
         if ref.startswith(prefix):
-            return ref[len(prefix):]
+            return ref[len(prefix) :]
     if ref.startswith("library/"):
-        return ref[len("library/"):]
+        return ref[len("library/") :]
     return ref
 
 

@@ -93,9 +93,7 @@ def _check_volume(volume: str) -> str:
 
 def _check_app_name(name: str) -> str:
     if not APP_NAME.match(name):
-        raise ValueError(
-            f"app name {name!r}: lowercase letters, digits, '-' and '_', starting with a letter or digit"
-        )
+        raise ValueError(f"app name {name!r}: lowercase letters, digits, '-' and '_', starting with a letter or digit")
     return name
 
 
@@ -172,7 +170,9 @@ def _scalar_to_str(value: object) -> object:
     return value
 
 
-EnvValue = Annotated[str, BeforeValidator(_scalar_to_str)]
+EnvValue = Annotated[
+    str, BeforeValidator(_scalar_to_str), WithJsonSchema({"type": ["string", "number", "boolean"]})
+]
 
 
 class AppSpec(Strict):
@@ -200,9 +200,7 @@ class AppSpec(Strict):
         if ":" in last:
             raise ValueError(f"image is the repository only; put the tag in version: {last.split(':', 1)[1]}")
         host, _, rest = value.partition("/")
-        ok = bool(_IMAGE.match(value)) or (
-            bool(rest) and bool(_IMAGE_HOST.match(host)) and bool(_IMAGE.match(rest))
-        )
+        ok = bool(_IMAGE.match(value)) or (bool(rest) and bool(_IMAGE_HOST.match(host)) and bool(_IMAGE.match(rest)))
         if not ok:
             raise ValueError(f"{value!r} is not an image repository")
         return value

@@ -145,9 +145,9 @@ def diff(observed: ObservedContainer, target: Target) -> tuple[Change, ...]:
     changes: list[Change] = []
     wanted = target.resolution
     if not wanted.image_id or wanted.image_id != observed.image_id:
-        now = _short_image(wanted.image_id) if wanted.image_id else f"{wanted.ref} (to pull)"
-        was = f"{observed.version or '?'} {_short_image(observed.image_id)}"
-        changes.append(Change("image", was, f"{target.spec.version} {now}"))
+        new_image = _short_image(wanted.image_id) if wanted.image_id else f"{wanted.ref} (to pull)"
+        old_image = f"{observed.version or '?'} {_short_image(observed.image_id)}"
+        changes.append(Change("image", old_image, f"{target.spec.version} {new_image}"))
     have, want = observed.fingerprint, target.fingerprint
     have_env: Mapping[str, str] = have.get("env") or {}
     want_env: Mapping[str, str] = want.get("env") or {}
@@ -155,12 +155,16 @@ def diff(observed: ObservedContainer, target: Target) -> tuple[Change, ...]:
         added = sorted(set(want_env) - set(have_env))
         removed = sorted(set(have_env) - set(want_env))
         changed = sorted(k for k in set(want_env) & set(have_env) if want_env[k] != have_env[k])
-        parts = [f"{label} {', '.join(keys)}" for label, keys in
-                 (("added", added), ("removed", removed), ("changed", changed)) if keys]
+        parts = [
+            f"{label} {', '.join(keys)}"
+            for label, keys in (("added", added), ("removed", removed), ("changed", changed))
+            if keys
+        ]
         changes.append(Change("env", "keys", "; ".join(parts)))
     for name in ("env_file", "ports", "volumes", "command", "restart", "init", "stop_timeout"):
         if have.get(name) != want.get(name):
-            was, now = have.get(name), want.get(name)
+            was: Any = have.get(name)
+            now: Any = want.get(name)
             if name == "env_file":  # the path only: the hash stands for the contents
                 was = (was or [None])[0]
                 now = (now or [None])[0]
@@ -186,16 +190,19 @@ def plan(
         resolution = resolutions.get(app) or Resolution(ref="", error="not resolved")
         current = observed.named(container_name(app))
         foreign = [
-            c for c in (observed.named(container_name(app, role)) for role in Role)
-            if c is not None and not c.managed
+            c for c in (observed.named(container_name(app, role)) for role in Role) if c is not None and not c.managed
         ]
         if foreign and not adopt:
             for container in foreign:
-                actions.append(Action(
-                    ActionKind.CONFLICT, app, container.name,
-                    message=f"container {container.name} exists and was not created by reconciler; "
-                    "remove or rename it, or pass --adopt to take it over",
-                ))
+                actions.append(
+                    Action(
+                        ActionKind.CONFLICT,
+                        app,
+                        container.name,
+                        message=f"container {container.name} exists and was not created by reconciler; "
+                        "remove or rename it, or pass --adopt to take it over",
+                    )
+                )
             continue
         if resolution.error:
             actions.append(Action(ActionKind.ERROR, app, container_name(app), message=resolution.error))
@@ -209,23 +216,35 @@ def plan(
         )
         stale_next = observed.named(container_name(app, Role.NEXT))
         if stale_next is not None:
-            actions.append(Action(ActionKind.REMOVE, app, stale_next.name,
-                                  (Change("container", "left by an interrupted deploy", "removed"),)))
+            actions.append(
+                Action(
+                    ActionKind.REMOVE,
+                    app,
+                    stale_next.name,
+                    (Change("container", "left by an interrupted deploy", "removed"),),
+                )
+            )
         if current is None:
-            actions.append(Action(ActionKind.CREATE, app, container_name(app),
-                                  (Change("container", "missing", "created"),), target))
+            actions.append(
+                Action(
+                    ActionKind.CREATE, app, container_name(app), (Change("container", "missing", "created"),), target
+                )
+            )
         elif not current.managed:
-            actions.append(Action(ActionKind.REPLACE, app, current.name,
-                                  (Change("owner", "not reconciler", "adopted"),), target))
+            actions.append(
+                Action(ActionKind.REPLACE, app, current.name, (Change("owner", "not reconciler", "adopted"),), target)
+            )
         elif reasons := diff(current, target):
             actions.append(Action(ActionKind.REPLACE, app, current.name, reasons, target))
         elif not current.running:
-            actions.append(Action(ActionKind.START, app, current.name,
-                                  (Change("state", current.state, "running"),), target))
+            actions.append(
+                Action(ActionKind.START, app, current.name, (Change("state", current.state, "running"),), target)
+            )
     for container in observed.containers:
         if container.managed and container.app is not None and container.app not in desired.apps:
-            actions.append(Action(ActionKind.REMOVE, container.app, container.name,
-                                  (Change("app", "not in the file", "removed"),)))
+            actions.append(
+                Action(ActionKind.REMOVE, container.app, container.name, (Change("app", "not in the file", "removed"),))
+            )
     return Plan(revision=desired.revision, actions=tuple(actions))
 
 
@@ -243,13 +262,18 @@ def simulate(result_of: Plan, observed: ObservedState) -> ObservedState:
             old = containers.pop(action.container, None)
             if old is not None:
                 containers[container_name(action.app, Role.PREVIOUS)] = old.model_copy(
-                    update={"name": container_name(action.app, Role.PREVIOUS), "state": "exited",
-                            "role": Role.PREVIOUS}
+                    update={"name": container_name(action.app, Role.PREVIOUS), "state": "exited", "role": Role.PREVIOUS}
                 )
             containers[action.container] = ObservedContainer(
-                id=f"sim-{action.app}", name=action.container, state="running",
+                id=f"sim-{action.app}",
+                name=action.container,
+                state="running",
                 image_id=target.resolution.image_id or f"pulled:{target.resolution.ref}",
-                managed=True, app=action.app, role=Role.CURRENT,
-                fingerprint=dict(target.fingerprint), commit=target.revision, version=target.spec.version,
+                managed=True,
+                app=action.app,
+                role=Role.CURRENT,
+                fingerprint=dict(target.fingerprint),
+                commit=target.revision,
+                version=target.spec.version,
             )
     return ObservedState(containers=tuple(containers.values()))

@@ -33,8 +33,13 @@ class Outcome:
     message: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"app": self.app, "action": str(self.kind), "container": self.container,
-                "result": str(self.result), "message": self.message}
+        return {
+            "app": self.app,
+            "action": str(self.kind),
+            "container": self.container,
+            "result": str(self.result),
+            "message": self.message,
+        }
 
 
 def plan_as_dict(plan: Plan, *, file: str) -> dict[str, Any]:
@@ -70,8 +75,10 @@ def plan_lines(plan: Plan, *, file: str) -> list[str]:
     if plan.in_sync:
         return [f"{file} @ {short}: in sync, nothing to do"]
     changing = len(plan.changes)
-    lines = [f"{file} @ {short}: {changing} change{'s' if changing != 1 else ''}"
-             + (f", {len(plan.problems)} problem{'s' if len(plan.problems) != 1 else ''}" if plan.problems else "")]
+    lines = [
+        f"{file} @ {short}: {changing} change{'s' if changing != 1 else ''}"
+        + (f", {len(plan.problems)} problem{'s' if len(plan.problems) != 1 else ''}" if plan.problems else "")
+    ]
     for action in plan.actions:
         head = f"  {_SIGN[action.kind]} {action.kind.value:<8} {action.container}"
         lines.append(head + (f": {action.message}" if action.message else ""))

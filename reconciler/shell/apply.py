@@ -120,14 +120,18 @@ class Applier:
         elif spec.exec is not None:
             ok = self.engine.exec_ok(container_id, list(spec.exec))
             detail = f"exec {' '.join(spec.exec)}: {'exit 0' if ok else 'failed'}"
-        return Sample(at=self.clock(), running=True, restarts=restarts, probe_ok=ok, docker_health=health,
-                      detail=detail)
+        return Sample(
+            at=self.clock(), running=True, restarts=restarts, probe_ok=ok, docker_health=health, detail=detail
+        )
 
     def gate(self, container_id: str, spec: HealthSpec, *, started_at: float | None = None) -> Gate:
         """Probe the container until the gate decides."""
         state = self.engine.container_state(container_id) or {}
-        gate = Gate(spec=spec, started_at=self.clock() if started_at is None else started_at,
-                    restarts_at_start=int(state.get("RestartCount") or 0))
+        gate = Gate(
+            spec=spec,
+            started_at=self.clock() if started_at is None else started_at,
+            restarts_at_start=int(state.get("RestartCount") or 0),
+        )
         while True:
             gate = gate.observe(self.sample(container_id, spec))
             if gate.verdict.done:
@@ -161,8 +165,13 @@ class Applier:
         container = observed.named(action.container)
         if container is None or not container.managed:
             return Outcome(action.app, action.kind, action.container, Result.SKIPPED, "not ours or already gone")
-        entry = self.journal.start(revision=revision, app=action.app, action="remove",
-                                   from_version=container.version, from_image=container.image_id)
+        entry = self.journal.start(
+            revision=revision,
+            app=action.app,
+            action="remove",
+            from_version=container.version,
+            from_image=container.image_id,
+        )
         self._step(action.app, "remove")
         if container.running:
             self.engine.stop(container.id, container.name, float(container.fingerprint.get("stop_timeout") or 10))
@@ -175,9 +184,15 @@ class Applier:
         container = observed.named(action.container)
         assert container is not None and action.target is not None
         spec = action.target.spec
-        entry = self.journal.start(revision=revision, app=action.app, action="start",
-                                   from_version=container.version, to_version=container.version,
-                                   from_image=container.image_id, to_image=container.image_id)
+        entry = self.journal.start(
+            revision=revision,
+            app=action.app,
+            action="start",
+            from_version=container.version,
+            to_version=container.version,
+            from_image=container.image_id,
+            to_image=container.image_id,
+        )
         self._step(action.app, "start")
         self.engine.start(container.id, container.name)
         gate = self.gate(container.id, spec.gate)
@@ -194,9 +209,13 @@ class Applier:
         current = observed.named(container_name(app))
         next_name = container_name(app, Role.NEXT)
         entry = self.journal.start(
-            revision=revision, app=app, action=str(action.kind),
-            from_version=current.version if current else "", to_version=spec.version,
-            from_image=current.image_id if current else "", to_image=resolution.image_id or resolution.ref,
+            revision=revision,
+            app=app,
+            action=str(action.kind),
+            from_version=current.version if current else "",
+            to_version=spec.version,
+            from_image=current.image_id if current else "",
+            to_image=resolution.image_id or resolution.ref,
         )
         new_id = ""
         try:
@@ -255,8 +274,13 @@ class Applier:
         return current, keep_as
 
     def _roll_back(
-        self, action: Action, entry: int, new_id: str, kept: tuple[ObservedContainer, str] | None,
-        spec: AppSpec, reason: str,
+        self,
+        action: Action,
+        entry: int,
+        new_id: str,
+        kept: tuple[ObservedContainer, str] | None,
+        spec: AppSpec,
+        reason: str,
     ) -> Outcome:
         app = action.app
         self._step(app, "roll-back")
@@ -269,8 +293,13 @@ class Applier:
         if kept is None:
             self.journal.finish(entry, result="failed", message=reason)
             self.log(f"deploy of {app} {spec.version} failed: {reason}")
-            return Outcome(app, action.kind, app, Result.FAILED,
-                           f"{spec.version} failed: {reason}; kept stopped as {failed_name}; nothing to roll back to")
+            return Outcome(
+                app,
+                action.kind,
+                app,
+                Result.FAILED,
+                f"{spec.version} failed: {reason}; kept stopped as {failed_name}; nothing to roll back to",
+            )
         previous, _ = kept
         self.engine.rename(previous.id, app)
         self.engine.start(previous.id, app)
@@ -280,11 +309,17 @@ class Applier:
         if gate.verdict is Verdict.PASSED:
             self.journal.finish(entry, result="rolled-back", message=reason)
             self.log(f"deploy of {app} {spec.version} failed ({reason}); rolled back to {back}")
-            return Outcome(app, action.kind, app, Result.ROLLED_BACK,
-                           f"{spec.version} failed: {reason}; rolled back to {back}")
+            return Outcome(
+                app, action.kind, app, Result.ROLLED_BACK, f"{spec.version} failed: {reason}; rolled back to {back}"
+            )
         self.journal.finish(entry, result="failed", message=f"{reason}; rollback: {gate.reason}")
-        return Outcome(app, action.kind, app, Result.FAILED,
-                       f"{spec.version} failed: {reason}; rolled back to {back}, which failed too: {gate.reason}")
+        return Outcome(
+            app,
+            action.kind,
+            app,
+            Result.FAILED,
+            f"{spec.version} failed: {reason}; rolled back to {back}, which failed too: {gate.reason}",
+        )
 
 
 def env_hashes(apps: Mapping[str, AppSpec]) -> dict[str, str]:

@@ -91,10 +91,10 @@ class Engine:
         return str(data["Descriptor"]["digest"])
 
     def container_state(self, container_id: str) -> Mapping[str, Any] | None:
-        """The container's ``State`` block, or None when it is gone."""
+        """The container's inspect data (``State``, ``RestartCount``, ...), or None when it is gone."""
         try:
             with self._calls("inspect container"):
-                return dict(self.api.inspect_container(container_id)["State"])
+                return dict(self.api.inspect_container(container_id))
         except ContainerError:
             return None
 

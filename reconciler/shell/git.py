@@ -89,7 +89,9 @@ def open_source(repo: str, *, state_dir: Path, fetch: bool = True) -> Source:
         except git.exc.NoSuchPathError:
             raise SourceError(f"{repo}: no such directory") from None
         except git.exc.InvalidGitRepositoryError:
-            raise SourceError(f"{repo}: not a git repository (give --repo a clone, a bare repository or a URL)") from None
+            raise SourceError(
+                f"{repo}: not a git repository (give --repo a clone, a bare repository or a URL)"
+            ) from None
     path = _mirror_path(repo, state_dir)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

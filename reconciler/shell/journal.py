@@ -78,8 +78,16 @@ class Journal:
             raise ReconcileError(f"state directory {state_dir}: {exc}") from None
 
     def start(
-        self, *, revision: str, app: str, action: str, from_version: str = "", to_version: str = "",
-        from_image: str = "", to_image: str = "", now: float | None = None,
+        self,
+        *,
+        revision: str,
+        app: str,
+        action: str,
+        from_version: str = "",
+        to_version: str = "",
+        from_image: str = "",
+        to_image: str = "",
+        now: float | None = None,
     ) -> int:
         cursor = self.db.execute(
             "INSERT INTO deploys (started_at, revision, app, action, from_version, to_version, from_image,"
@@ -118,17 +126,26 @@ def locked(state_dir: Path, *, timeout: float = 0.0) -> Iterator[None]:
     except Timeout:
         try:
             holder = json.loads(owner.read_text())
-            who = (f"pid {holder['pid']} on {holder['host']} ({holder['command']}), "
-                   f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['since']))}")
+            who = (
+                f"pid {holder['pid']} on {holder['host']} ({holder['command']}), "
+                f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['since']))}"
+            )
         except (OSError, ValueError, KeyError):
             who = "another process"
-        raise LockHeld(f"state directory {state_dir} is locked by {who}; waited {timeout:g}s "
-                       "(--lock-timeout to wait longer)") from None
+        raise LockHeld(
+            f"state directory {state_dir} is locked by {who}; waited {timeout:g}s (--lock-timeout to wait longer)"
+        ) from None
     try:
-        owner.write_text(json.dumps({
-            "pid": os.getpid(), "host": socket.gethostname(),
-            "command": " ".join(["reconcile", *sys.argv[1:]])[:200], "since": time.time(),
-        }))
+        owner.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "command": " ".join(["reconcile", *sys.argv[1:]])[:200],
+                    "since": time.time(),
+                }
+            )
+        )
         yield
     finally:
         lock.release()

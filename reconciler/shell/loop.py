@@ -71,11 +71,13 @@ def resolve(engine: Engine, desired: DesiredState) -> dict[str, Resolution]:
         ref = image_ref(spec)
         found = image_match.find_local(ref, local)
         if found is not None:
-            resolutions[app] = Resolution(ref=ref, image_id=found.id,
-                                          digest=image_match.registry_digest(found, spec.image))
+            resolutions[app] = Resolution(
+                ref=ref, image_id=found.id, digest=image_match.registry_digest(found, spec.image)
+            )
         elif spec.version == STABLE:
             resolutions[app] = Resolution(
-                ref=ref, error=f"{ref}: no stable version yet (a deploy is promoted after stable_after healthy)")
+                ref=ref, error=f"{ref}: no stable version yet (a deploy is promoted after stable_after healthy)"
+            )
         else:
             try:
                 resolutions[app] = Resolution(ref=ref, digest=engine.registry_digest(ref))
@@ -89,8 +91,9 @@ def plan_against(engine: Engine, desired: DesiredState, settings: Settings) -> t
 
     observed = engine.observe()
     resolutions = resolve(engine, desired)
-    return plan(desired, resolutions, observed, env_file_hashes=env_hashes(desired.apps),
-                adopt=settings.adopt), observed
+    return plan(
+        desired, resolutions, observed, env_file_hashes=env_hashes(desired.apps), adopt=settings.adopt
+    ), observed
 
 
 def reconcile_once(
