@@ -77,6 +77,16 @@ HostOpt = Annotated[
         help="Docker engine, e.g. ssh://deploy@server. [default: local socket]",
     ),
 ]
+InstanceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--instance",
+        envvar="RECONCILE_INSTANCE",
+        show_default=False,
+        help="Name of this reconciler on the engine; containers of another instance are never touched. "
+        "[default: default]",
+    ),
+]
 OutputOpt = Annotated[
     Output | None, typer.Option("--output", "-o", show_default=False, help="text or json. [default: text]")
 ]
@@ -87,6 +97,7 @@ DEFAULTS: dict[str, Any] = {
     "file": "desired-state.yaml",
     "state_dir": Path("state"),
     "docker_host": None,
+    "instance": "default",
     "output": Output.text,
     "lock_timeout": 0.0,
     "adopt": False,
@@ -154,6 +165,7 @@ def main_command(
     file: FileOpt = None,
     state_dir: StateOpt = None,
     docker_host: HostOpt = None,
+    instance: InstanceOpt = None,
     output: OutputOpt = None,
 ) -> None:
     """Converge once (or, with --dry-run, show what would change). Exit 0 converged or in sync,
@@ -164,6 +176,7 @@ def main_command(
         "file": file,
         "state_dir": state_dir,
         "docker_host": docker_host,
+        "instance": instance,
         "output": output,
     }
     if ctx.invoked_subcommand is not None:
@@ -175,6 +188,7 @@ def main_command(
         file=file,
         state_dir=state_dir,
         docker_host=docker_host,
+        instance=instance,
         lock_timeout=lock_timeout,
         adopt=adopt,
     )

@@ -170,9 +170,7 @@ def _scalar_to_str(value: object) -> object:
     return value
 
 
-EnvValue = Annotated[
-    str, BeforeValidator(_scalar_to_str), WithJsonSchema({"type": ["string", "number", "boolean"]})
-]
+EnvValue = Annotated[str, BeforeValidator(_scalar_to_str), WithJsonSchema({"type": ["string", "number", "boolean"]})]
 
 
 class AppSpec(Strict):

@@ -5,8 +5,10 @@ Guarantees:
   the host) when the engine does not answer, ``ImageError`` for a missing tag or refused pull,
   ``ContainerError`` for a create/start that the engine refused (port taken, bad mount).
 - ``observe()`` is one listing call for the whole engine.
-- Containers are created with our labels; nothing here decides whether a container may be touched:
-  that is the planner's job (only labelled containers are ever passed to stop/remove/rename).
+- Containers are created with our labels, including the instance name: a container of another
+  instance (another repo or file managing the same engine) is never ours. Nothing here decides
+  whether a container may be touched: that is the planner's job (only containers with our labels
+  are ever passed to stop, remove or rename).
 - Registry credentials come from the docker CLI's ``config.json`` (``DOCKER_CONFIG``) and never leave
   the SDK; no message built here contains an env value or a credential.
 """
@@ -31,6 +33,7 @@ from reconciler.errors import EngineUnavailable, ImageError, ReconcileError
 
 LABEL = "io.reconciler"
 MANAGED = f"{LABEL}.managed"
+INSTANCE = f"{LABEL}.instance"
 API_VERSION = "1.41"  # docker 20.10 and later; fixed so that connecting costs no version round-trip
 
 T = TypeVar("T")
@@ -50,10 +53,11 @@ def _reason(exc: BaseException) -> str:
 class Engine:
     """A connected Docker engine. ``host`` is what the user named (or the SDK's default socket)."""
 
-    def __init__(self, client: Any, host: str) -> None:
+    def __init__(self, client: Any, host: str, *, instance: str = "default") -> None:
         self.client = client
         self.api = client.api
         self.host = host
+        self.instance = instance
 
     @contextmanager
     def _calls(self, what: str) -> Iterator[None]:
@@ -76,7 +80,7 @@ class Engine:
 
     def observe(self) -> ObservedState:
         rows = self.call("list containers", lambda: self.api.containers(all=True))
-        return ObservedState(containers=tuple(observed_from_row(row) for row in rows))
+        return ObservedState(containers=tuple(observed_from_row(row, instance=self.instance) for row in rows))
 
     def local_images(self) -> tuple[image_match.LocalImage, ...]:
         return image_match.from_engine(self.call("list images", lambda: self.api.images()))
@@ -125,6 +129,7 @@ class Engine:
             restart["MaximumRetryCount"] = 0
         labels = {
             MANAGED: "true",
+            INSTANCE: self.instance,
             f"{LABEL}.app": target.app,
             f"{LABEL}.commit": target.revision,
             f"{LABEL}.version": spec.version,
@@ -182,12 +187,17 @@ class Engine:
             return False
 
 
-def observed_from_row(row: Mapping[str, Any]) -> ObservedContainer:
-    """One row of ``GET /containers/json`` as an ``ObservedContainer``; ours only with our labels."""
+def observed_from_row(row: Mapping[str, Any], *, instance: str = "default") -> ObservedContainer:
+    """One row of ``GET /containers/json`` as an ``ObservedContainer``; ours only with our labels and
+    ``instance``."""
     labels: Mapping[str, str] = row.get("Labels") or {}
     names = row.get("Names") or ["/"]
     name = str(names[0]).lstrip("/")
-    managed = labels.get(MANAGED) == "true" and bool(labels.get(f"{LABEL}.app"))
+    managed = (
+        labels.get(MANAGED) == "true"
+        and bool(labels.get(f"{LABEL}.app"))
+        and labels.get(INSTANCE, "default") == instance
+    )
     app = labels.get(f"{LABEL}.app") if managed else None
     role: Role | None = None
     if app is not None:
@@ -211,7 +221,7 @@ def observed_from_row(row: Mapping[str, Any]) -> ObservedContainer:
     )
 
 
-def connect(host: str | None = None, *, timeout: float = 60.0) -> Engine:
+def connect(host: str | None = None, *, instance: str = "default", timeout: float = 60.0) -> Engine:
     """Connect to ``host`` (else ``DOCKER_HOST``, else the local socket) and check that it answers."""
     named = host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
@@ -223,6 +233,6 @@ def connect(host: str | None = None, *, timeout: float = 60.0) -> Engine:
         )
     except docker.errors.DockerException as exc:
         raise EngineUnavailable(f"Docker engine at {named}: {_reason(exc)}") from None
-    engine = Engine(client, named)
+    engine = Engine(client, named, instance=instance)
     engine.call("ping", client.ping)
     return engine

@@ -38,6 +38,7 @@ class Settings:
     docker_host: str | None = None
     lock_timeout: float = 0.0
     adopt: bool = False
+    instance: str = "default"
 
 
 @dataclass
@@ -105,7 +106,7 @@ def reconcile_once(
 ) -> PassResult:
     """Read, plan, and unless ``dry_run`` apply; raise ``ReconcileError`` for what stops the whole pass."""
     desired = read_desired(settings)
-    engine = connect(settings.docker_host)
+    engine = connect(settings.docker_host, instance=settings.instance)
     if dry_run:
         the_plan, _ = plan_against(engine, desired, settings)
         return PassResult(desired, the_plan)

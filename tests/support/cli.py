@@ -4,10 +4,13 @@ Guarantees: `run_cli` runs `python -m reconciler ARGS` with the interpreter runn
 no stdin, text output captured, and an environment that is the tests' own minus every
 `RECONCILE_*`/`RECONCILER_*` variable, plus the overrides given (a None value removes a
 variable). It never raises for a non-zero exit: tests read `returncode`.
+Each test gets its own `RECONCILE_INSTANCE` (from the running test's id), so one test's
+`reconcile` never prunes the containers of another test or of anything else on the engine.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -17,9 +20,16 @@ from pathlib import Path
 STRIPPED_PREFIXES = ("RECONCILE_", "RECONCILER_")
 
 
+def test_instance() -> str:
+    """A reconciler instance name of the running test's own (stable within the test)."""
+    test_id = os.environ.get("PYTEST_CURRENT_TEST", "no-test").rsplit(" (", 1)[0]
+    return "test-" + hashlib.sha256(test_id.encode()).hexdigest()[:12]
+
+
 def cli_env(overrides: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """os.environ without RECONCILE_*/RECONCILER_*, then `overrides` (None deletes)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(STRIPPED_PREFIXES)}
+    env["RECONCILE_INSTANCE"] = test_instance()
     for key, value in (overrides or {}).items():
         if value is None:
             env.pop(key, None)
