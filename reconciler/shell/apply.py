@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -253,23 +254,32 @@ class Applier:
             return "nothing was running, nothing was started"
         return f"{current.name} left as it was ({current.version or current.state})"
 
+    def _remove_quietly(self, container: ObservedContainer) -> None:
+        try:
+            self.engine.remove(container.id, container.name)
+        except ReconcileError as exc:
+            self.log(f"could not remove {container.name}: {exc}")
+
     def _set_aside(
         self, app: str, current: ObservedContainer | None, observed: ObservedState
     ) -> tuple[ObservedContainer, str] | None:
         """Stop the running container and move it out of the app's name; return it and its new name."""
         if current is None:
             return None
+        keep_as = container_name(app, Role.PREVIOUS) if current.managed else app + ADOPTED
+        older = observed.named(keep_as)
+        # The older kept container is stopped already; removing it while the current one stops keeps
+        # that call off the time during which the app answers nothing.
+        remover = None
+        if current.managed and older is not None and older.managed:
+            remover = threading.Thread(target=self._remove_quietly, args=(older,), daemon=True)
+            remover.start()
         self._step(app, "stop-old")
         if current.running:
             self.engine.stop(current.id, current.name, float(current.fingerprint.get("stop_timeout") or 10))
         self._step(app, "keep-old")
-        if current.managed:
-            keep_as = container_name(app, Role.PREVIOUS)
-            older = observed.named(keep_as)
-            if older is not None and older.managed:
-                self.engine.remove(older.id, older.name)
-        else:
-            keep_as = app + ADOPTED
+        if remover is not None:
+            remover.join()
         self.engine.rename(current.id, keep_as)
         return current, keep_as
 

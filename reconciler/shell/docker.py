@@ -91,7 +91,10 @@ class Engine:
             with self._calls(f"look up {ref}"):
                 data = self.api.inspect_distribution(ref)
         except ContainerError as exc:
-            raise ImageError(f"image {ref} not found in its registry: {exc}".replace(f"look up {ref}: ", "")) from None
+            reason = str(exc).removeprefix(f"look up {ref}: ")
+            if "manifest unknown" in reason or "not found" in reason:
+                raise ImageError(f"image {ref} does not exist in its registry ({reason})") from None
+            raise ImageError(f"image {ref}: its registry cannot be asked ({reason})") from None
         return str(data["Descriptor"]["digest"])
 
     def container_state(self, container_id: str) -> Mapping[str, Any] | None:
