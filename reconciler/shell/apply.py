@@ -231,18 +231,19 @@ class Applier:
                 self.engine.remove(new_id, next_name)
             self.journal.finish(entry, result="failed", message=str(exc))
             return Outcome(app, action.kind, app, Result.FAILED, f"{exc}; {self._left_as_it_was(current)}")
-        kept = self._set_aside(app, current, observed)
-        self._step(app, "rename-new")
-        self.engine.rename(new_id, app)
-        self._step(app, "start-new")
         started_at = self.clock()
         try:
+            self._set_aside(app, current, observed)
+            self._step(app, "rename-new")
+            self.engine.rename(new_id, app)
+            self._step(app, "start-new")
+            started_at = self.clock()
             self.engine.start(new_id, app)
         except ReconcileError as exc:
-            return self._roll_back(action, entry, new_id, kept, spec, f"it did not start: {exc}")
+            return self._roll_back(action, entry, new_id, current, spec, f"it did not start: {exc}")
         gate = self.gate(new_id, spec.gate, started_at=started_at)
         if gate.verdict is not Verdict.PASSED:
-            return self._roll_back(action, entry, new_id, kept, spec, gate.reason)
+            return self._roll_back(action, entry, new_id, current, spec, gate.reason)
         self.journal.finish(entry, result="succeeded")
         was = f"{current.version or '?'} -> " if current else ""
         self.log(f"deployed {app} {was}{spec.version}")
@@ -260,12 +261,10 @@ class Applier:
         except ReconcileError as exc:
             self.log(f"could not remove {container.name}: {exc}")
 
-    def _set_aside(
-        self, app: str, current: ObservedContainer | None, observed: ObservedState
-    ) -> tuple[ObservedContainer, str] | None:
-        """Stop the running container and move it out of the app's name; return it and its new name."""
+    def _set_aside(self, app: str, current: ObservedContainer | None, observed: ObservedState) -> None:
+        """Stop the running container and move it out of the app's name (to APP.prev or APP.adopted)."""
         if current is None:
-            return None
+            return
         keep_as = container_name(app, Role.PREVIOUS) if current.managed else app + ADOPTED
         older = observed.named(keep_as)
         # The older kept container is stopped already; removing it while the current one stops keeps
@@ -281,26 +280,37 @@ class Applier:
         if remover is not None:
             remover.join()
         self.engine.rename(current.id, keep_as)
-        return current, keep_as
+
+    def _attempt(self, what: str, fn: Callable[[], object], problems: list[str]) -> None:
+        """Run one step of a rollback; a failure is noted and the rollback goes on."""
+        try:
+            fn()
+        except ReconcileError as exc:
+            problems.append(f"{what}: {exc}")
 
     def _roll_back(
         self,
         action: Action,
         entry: int,
         new_id: str,
-        kept: tuple[ObservedContainer, str] | None,
+        previous: ObservedContainer | None,
         spec: AppSpec,
         reason: str,
     ) -> Outcome:
+        """Keep the new container stopped as APP.failed and bring ``previous`` back under the app's name.
+
+        Works from whatever point the deploy reached: containers are found by id, not by name.
+        """
         app = action.app
-        self._step(app, "roll-back")
-        self.engine.stop(new_id, app, spec.stop_timeout)
         failed_name = container_name(app, Role.FAILED)
+        problems: list[str] = []
+        self._step(app, "roll-back")
+        self._attempt("stop the new container", lambda: self.engine.stop(new_id, app, spec.stop_timeout), problems)
         stale = self.engine.container_state(failed_name)
-        if stale is not None:
-            self.engine.remove(failed_name, failed_name)
-        self.engine.rename(new_id, failed_name)
-        if kept is None:
+        if stale is not None and stale.get("Id") != new_id:
+            self._attempt("remove the older failed one", lambda: self.engine.remove(failed_name, failed_name), problems)
+        self._attempt("keep it as " + failed_name, lambda: self.engine.rename(new_id, failed_name), problems)
+        if previous is None:
             self.journal.finish(entry, result="failed", message=reason)
             self.log(f"deploy of {app} {spec.version} failed: {reason}")
             return Outcome(
@@ -310,25 +320,26 @@ class Applier:
                 Result.FAILED,
                 f"{spec.version} failed: {reason}; kept stopped as {failed_name}; nothing to roll back to",
             )
-        previous, _ = kept
-        self.engine.rename(previous.id, app)
-        self.engine.start(previous.id, app)
-        previous_spec = spec.gate  # the gate of the file at hand: the old container must pass it too
-        gate = self.gate(previous.id, previous_spec)
+        where = self.engine.container_state(previous.id) or {}
+        if str(where.get("Name", "")).lstrip("/") != app:
+            self._attempt(f"rename the previous one to {app}", lambda: self.engine.rename(previous.id, app), problems)
+        self._attempt("start the previous one", lambda: self.engine.start(previous.id, app), problems)
         back = previous.version or previous.name
-        if gate.verdict is Verdict.PASSED:
+        gate = self.gate(previous.id, spec.gate)  # the old container must pass the file's gate too
+        if gate.verdict is Verdict.PASSED and not problems:
             self.journal.finish(entry, result="rolled-back", message=reason)
             self.log(f"deploy of {app} {spec.version} failed ({reason}); rolled back to {back}")
             return Outcome(
                 app, action.kind, app, Result.ROLLED_BACK, f"{spec.version} failed: {reason}; rolled back to {back}"
             )
-        self.journal.finish(entry, result="failed", message=f"{reason}; rollback: {gate.reason}")
+        trouble = "; ".join([*problems, *([gate.reason] if gate.verdict is not Verdict.PASSED else [])])
+        self.journal.finish(entry, result="failed", message=f"{reason}; rollback: {trouble}")
         return Outcome(
             app,
             action.kind,
             app,
             Result.FAILED,
-            f"{spec.version} failed: {reason}; rolled back to {back}, which failed too: {gate.reason}",
+            f"{spec.version} failed: {reason}; rolling back to {back} failed too: {trouble}",
         )
 
 
