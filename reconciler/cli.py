@@ -196,7 +196,7 @@ def main_command(
     from reconciler.core import report
     from reconciler.shell.loop import reconcile_once
 
-    result = _guarded(lambda: reconcile_once(settings, dry_run=dry_run))
+    result = _guarded(lambda: reconcile_once(settings, dry_run=dry_run, on_step=_kill_hook()))
     plan = result.plan
     if dry_run:
         if fmt is Output.json:
@@ -286,6 +286,120 @@ def history(
         commit = entry.revision[:8] or "-"
         line = f"{when}  {commit:8}  {entry.app:<20} {entry.action:<8} {change:<24} {entry.result}{took}"
         typer.echo(line + (f"  {entry.message}" if entry.message else ""))
+
+
+def _kill_hook() -> Callable[[str, str], None] | None:
+    """``RECONCILE_KILL_AT=STEP`` (or ``APP:STEP``): SIGKILL this process when a deploy reaches STEP.
+
+    A fault-injection hook for crash-safety tests and drills; unset, it costs nothing.
+    """
+    import os
+
+    wanted = os.environ.get("RECONCILE_KILL_AT")
+    if not wanted:
+        return None
+
+    def hook(app: str, step: str) -> None:
+        if wanted in (step, f"{app}:{step}"):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+@app.command()
+def agent(
+    ctx: typer.Context,
+    branch: Annotated[
+        str | None,
+        typer.Option(
+            "--branch",
+            "-b",
+            envvar="RECONCILE_BRANCH",
+            show_default=False,
+            help="Branch to follow. [default: the repository's HEAD]",
+        ),
+    ] = None,
+    interval: Annotated[
+        str, typer.Option("--interval", envvar="RECONCILE_INTERVAL", help="How often to fetch and converge.")
+    ] = "60s",
+    self_heal: Annotated[
+        bool, typer.Option("--self-heal/--no-self-heal", help="Correct containers changed by hand, or only report.")
+    ] = True,
+    log_format: Annotated[Output, typer.Option("--log-format", help="text or json lines on stderr.")] = Output.text,
+    repo: RepoOpt = None,
+    file: FileOpt = None,
+    state_dir: StateOpt = None,
+    docker_host: HostOpt = None,
+    instance: InstanceOpt = None,
+) -> None:
+    """Follow a branch and keep this host converged to it: health-gated deploys, automatic rollback,
+    self-heal, promotion to stable. SIGHUP: a pass now. SIGTERM: finish the step, exit 0."""
+    from reconciler.core.model import parse_duration
+    from reconciler.shell.agent import AgentSettings, run_agent
+
+    try:
+        every = parse_duration(interval)
+    except ValueError as exc:
+        _fail(f"--interval: {exc}")
+    settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=state_dir, docker_host=docker_host,
+                         instance=instance)  # fmt: skip
+    config = AgentSettings(settings=settings, branch=branch, interval=every, self_heal=self_heal)
+    code = _guarded(lambda: run_agent(config, log_format=log_format.value, on_step=_kill_hook()))
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    repo: RepoOpt = None,
+    ref: RefOpt = None,
+    file: FileOpt = None,
+    state_dir: StateOpt = None,
+    docker_host: HostOpt = None,
+    instance: InstanceOpt = None,
+    output: OutputOpt = None,
+) -> None:
+    """Per app: desired vs running, health, last applied and attempted commit, stable, failed releases."""
+    from reconciler.core.report import status_lines
+    from reconciler.shell.status import collect
+
+    settings = _settings(ctx, repo=repo, ref=ref, file=file, state_dir=state_dir, docker_host=docker_host,
+                         instance=instance)  # fmt: skip
+    result = _guarded(lambda: collect(settings))
+    if _option(ctx, "output", output) is Output.json:
+        _emit(result)
+    else:
+        typer.echo("\n".join(status_lines(result)))
+
+
+@app.command()
+def retry(
+    ctx: typer.Context,
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="The app whose failed release to try again.")],
+    state_dir: StateOpt = None,
+) -> None:
+    """Forget APP's failed release so the agent tries it again (now, if an agent runs)."""
+    import os
+    import signal
+
+    from reconciler.shell.agent import state_pid
+    from reconciler.shell.journal import Journal
+
+    directory: Path = _option(ctx, "state_dir", state_dir)
+    journal = _guarded(lambda: Journal(directory))
+    try:
+        cleared = journal.clear_failures(app_name)
+    finally:
+        journal.close()
+    if not cleared:
+        _fail(f"{app_name}: no failed release recorded in {directory}; nothing to retry")
+    pid = state_pid(directory)
+    if pid is not None:
+        os.kill(pid, signal.SIGHUP)
+    typer.echo(f"{app_name}: failed release forgotten; " + (f"agent (pid {pid}) asked for a pass now"
+               if pid else "the next reconcile or agent pass tries it again"))  # fmt: skip
 
 
 @app.command(hidden=True)

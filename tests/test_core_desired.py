@@ -535,11 +535,15 @@ def test_reader_never_returns_non_plain_values(extra: str) -> None:
         assert _plain_types(data), f"parse_yaml returned {data!r}"
 
 
-def test_a_date_in_env_is_still_refused_with_a_place() -> None:
-    # Whatever the reader returns, the file as a whole must not load with a date where a string goes.
-    errors = errors_of(one_app("env: {RELEASED: 2024-01-01}"))
-    assert len(errors) == 1
-    assert errors[0].startswith(f"{FILE}:5:")
+def test_an_unquoted_date_in_env_stays_the_text_that_was_written() -> None:
+    data, positions = parse_yaml(one_app("env: {RELEASED: 2024-01-01}"), filename=FILE)
+    desired = load_desired(data, positions, filename=FILE)
+    assert desired.apps["web"].env == {"RELEASED": "2024-01-01"}
+
+
+def test_a_yaml_tag_is_refused_with_a_place() -> None:
+    errors = errors_of(one_app("env: {TOKEN: !vault abc}"))
+    assert errors == [f"{FILE}:5:18: apps.web.env.TOKEN: the YAML tag !vault is not supported; write the value plainly"]
 
 
 # -- durations ---------------------------------------------------------------------------------------

@@ -91,7 +91,9 @@ def _message(error: Any, path: Path) -> str:
     return message
 
 
-def load_desired(data: Any, positions: Positions, *, filename: str, revision: str = "") -> DesiredState:
+def load_desired(
+    data: Any, positions: Positions, *, filename: str, revision: str = "", author: str = ""
+) -> DesiredState:
     """Validate ``data`` (the file as plain Python) into a ``DesiredState``; raise with every error."""
     if data is None:
         raise InvalidDesiredState([f"{filename}:1:1: the file is empty; it needs at least 'apps:'"])
@@ -112,4 +114,4 @@ def load_desired(data: Any, positions: Positions, *, filename: str, revision: st
             found.append((where, text))
         unique = dict.fromkeys(text for _, text in sorted(found))
         raise InvalidDesiredState(list(unique)) from None
-    return DesiredState(apps=parsed.apps, revision=revision, path=filename)
+    return DesiredState(apps=parsed.apps, revision=revision, path=filename, author=author)

@@ -75,8 +75,11 @@ class Gate:
             )
         good = sample.docker_health == "healthy" if self.spec.probe == "docker" else sample.probe_ok
         if good:
+            if self.healthy_since is None and sample.at - self.started_at >= self.spec.timeout:
+                return self._fail(f"not healthy after {self.spec.timeout:g}s")
             since = self.healthy_since if self.healthy_since is not None else sample.at
-            if sample.at - since >= self.spec.healthy_for:
+            # The same sum as next_sample_at: a sample taken at that moment must pass.
+            if sample.at >= since + self.spec.healthy_for:
                 return replace(self, healthy_since=since, verdict=Verdict.PASSED)
             return replace(self, healthy_since=since)
         if self.healthy_since is not None:

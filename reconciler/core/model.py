@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 DURATION_PATTERN = r"^\d+(\.\d+)?(ms|s|m|h)$"
 
@@ -115,9 +115,11 @@ class HealthSpec(Strict):
     tcp: str | None = Field(None, description="HOST:PORT that must accept a connection")
     exec: tuple[str, ...] | None = Field(None, description="argv run in the container; exit 0 is healthy")
     docker: bool = Field(False, description="use the image's own Docker HEALTHCHECK")
-    interval: Duration = Field(1.0, description="time between probes")
-    timeout: Duration = Field(30.0, description="not healthy by then: the deploy failed")
-    healthy_for: Duration = Field(5.0, description="must stay healthy this long to count as good")
+    interval: Duration = Field("1s", validate_default=True, description="time between probes")
+    timeout: Duration = Field("30s", validate_default=True, description="not healthy by then: the deploy failed")
+    healthy_for: Duration = Field(
+        "5s", validate_default=True, description="must stay healthy this long to count as good"
+    )
 
     @field_validator("http")
     @classmethod
@@ -179,15 +181,17 @@ class AppSpec(Strict):
     image: str = Field(description="repository, no tag, e.g. registry.example.com/team/myapp")
     version: str = Field(description="tag | sha256:<digest> | stable")
     ports: tuple[PortStr, ...] = Field((), description="[IP:]HOST:CONTAINER[/udp]")
-    env: dict[str, EnvValue] = Field(default_factory=dict, description="values are never printed")
+    env: dict[str, EnvValue] = Field(default_factory=dict, repr=False, description="values are never printed")
     env_file: str | None = Field(None, description="KEY=VALUE file read on the server when applying")
     volumes: tuple[VolumeStr, ...] = Field((), description="NAME_OR_ABS_PATH:CONTAINER_PATH[:ro|rw]")
     command: tuple[str, ...] | None = Field(None, description="argv; default: the image's CMD")
     restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
     init: bool = Field(False, description="run an init as PID 1 (docker --init)")
-    stop_timeout: Duration = Field(10.0, description="SIGTERM, then SIGKILL after this long")
+    stop_timeout: Duration = Field("10s", validate_default=True, description="SIGTERM, then SIGKILL after this long")
     health: HealthSpec | None = None
-    stable_after: Duration = Field(600.0, description="healthy this long after a deploy: promoted to stable")
+    stable_after: Duration = Field(
+        "10m", validate_default=True, description="healthy this long after a deploy: promoted to stable"
+    )
 
     @field_validator("image")
     @classmethod
@@ -252,6 +256,7 @@ class DesiredState(Strict):
     apps: dict[str, AppSpec]
     revision: str = ""
     path: str = "desired-state.yaml"
+    author: str = ""  # of the commit, "Name <email>"
 
     @property
     def short(self) -> str:
@@ -289,6 +294,7 @@ class ObservedContainer(Strict):
     commit: str = ""
     version: str = ""
     digest: str = ""
+    spec_hash: str = ""
 
     @property
     def running(self) -> bool:

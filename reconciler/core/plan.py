@@ -50,6 +50,11 @@ class Resolution:
     digest: str = ""  # registry manifest digest, when known
     error: str = ""  # why it could not be resolved (tag not found, no stable version, ...)
 
+    @property
+    def identity(self) -> str:
+        """What the image *is*, the same before and after a pull: the registry digest, else the local id."""
+        return self.digest or self.image_id
+
 
 @dataclass(frozen=True)
 class Change:
@@ -70,6 +75,11 @@ class Target:
     resolution: Resolution
     fingerprint: Mapping[str, Any]
     revision: str
+
+    @property
+    def spec_hash(self) -> str:
+        """Identity of the release of this app: image identity and container-shaping fields."""
+        return spec_hash(self.fingerprint, self.resolution.identity)
 
 
 @dataclass(frozen=True)
@@ -123,8 +133,8 @@ def fingerprint(app: str, spec: AppSpec, *, env_file_hash: str = "") -> dict[str
     }
 
 
-def spec_hash(print_: Mapping[str, Any], image_id: str) -> str:
-    blob = json.dumps({"fingerprint": print_, "image": image_id}, sort_keys=True)
+def spec_hash(print_: Mapping[str, Any], image: str) -> str:
+    blob = json.dumps({"fingerprint": print_, "image": image}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

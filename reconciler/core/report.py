@@ -6,6 +6,7 @@ names the commit it came from.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -18,6 +19,8 @@ class Result(StrEnum):
     FAILED = "failed"  # nothing changed for this app, or it could not be brought back
     ROLLED_BACK = "rolled-back"  # the new release failed its gate; the previous one runs again
     SKIPPED = "skipped"  # conflict or unresolvable image: reported, not touched
+    SUPERSEDED = "superseded"  # started, but its gate was abandoned for a newer commit or a shutdown
+    HELD = "held"  # the file asks for a release that already failed: not tried again
 
     @property
     def ok(self) -> bool:
@@ -31,6 +34,7 @@ class Outcome:
     container: str
     result: Result
     message: str = ""
+    release_failed: bool = False  # the new release itself did not start or failed its gate
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -95,3 +99,34 @@ def outcome_lines(outcomes: list[Outcome], *, revision: str) -> list[str]:
         text = f"{outcome.result.value:<11} {outcome.kind.value:<8} {outcome.container} @ {short}"
         lines.append(text + (f": {outcome.message}" if outcome.message else ""))
     return lines
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """``reconcile status`` as a person reads it (``status`` is what ``shell.status.collect`` returns)."""
+    out = []
+    head = f"{status['file']} @ {(status['revision'] or '?')[:8]}"
+    agent = f"agent running (pid {status['agent_pid']})" if status["agent_pid"] else "no agent running"
+    out.append(f"{head}; {agent}")
+    if status["desired_error"]:
+        out.append(f"!! desired state unreadable: {status['desired_error']}")
+    if status["suspended"]:
+        out.append(f"!! SUSPENDED: {status['suspended']} — the agent changes nothing until `reconcile resume`")
+    for app in status["apps"]:
+        sync = "in sync" if app["in_sync"] else "DRIFT"
+        out.append(
+            f"{app['app']}: desired {app['desired'] or '-'}, running {app['running'] or '-'} ({app['state']}, "
+            f"{app['health']}), {sync}, stable {app['stable'] or '-'}"
+        )
+        for key in ("last_applied", "last_attempted"):
+            entry = app[key]
+            if entry:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry["at"])) + "Z"
+                out.append(
+                    f"    {key.replace('_', ' ')}: {entry['version']} @ {entry['commit']} {entry['result']} {when}"
+                )
+        if app["held"]:
+            out.append(f"    held back: {app['held']} (`reconcile retry {app['app']}` to try again)")
+        for failed in app["failed"]:
+            role = "failed" if failed["culprit"] else "rolled back with its commit"
+            out.append(f"    {role}: {failed['version']} @ {failed['commit']}: {failed['reason']}")
+    return out

@@ -8,7 +8,14 @@ Guarantees:
   and never removed by us.
 - A new container that will not start or fails its health gate is stopped and kept as ``APP.failed``
   (for its logs), and the container it replaced is started again and gated again.
-- One app's failure does not stop the others; every app gets an ``Outcome`` and a journal row.
+- When there is no running container to set aside (a crash, a ``docker rm``), the kept ``APP.prev``
+  is what a failed release rolls back to.
+- One app's failure does not stop the others; every app gets an ``Outcome`` and a journal row. With
+  ``atomic=True`` (the agent), a release that fails takes the whole commit back: every app this pass
+  deployed returns to what ran before it.
+- A gate whose wait ``interrupted()`` abandons (a newer commit, SIGTERM) leaves the new container
+  running and its journal row ``superseded``; ``verify_unfinished`` gates it (or a deploy a crash
+  cut short) on the next pass and keeps it or rolls it back.
 - Each step is announced to ``on_step(app, step)`` before it runs, so tests can stop the process at
   any step; time is read from ``clock`` and waited with ``sleep``.
 """
@@ -31,7 +38,7 @@ from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.report import Outcome, Result
 from reconciler.errors import ReconcileError
 from reconciler.shell.docker import Engine
-from reconciler.shell.journal import Journal
+from reconciler.shell.journal import UNVERIFIED, Journal
 
 ADOPTED = ".adopted"
 
@@ -88,6 +95,17 @@ def _probe_tcp(address: str, timeout: float) -> tuple[bool, str]:
         return False, f"tcp {address}: {exc.strerror or exc}"
 
 
+@dataclass(frozen=True)
+class Deployed:
+    """A release this pass put in place: enough to take it back if its commit fails elsewhere."""
+
+    app: str
+    container_id: str
+    previous: ObservedContainer | None
+    spec: AppSpec
+    entry: int
+
+
 @dataclass
 class Applier:
     engine: Engine
@@ -96,6 +114,8 @@ class Applier:
     sleep: Callable[[float], None] = time.sleep
     on_step: Callable[[str, str], None] = field(default=lambda app, step: None)
     log: Callable[[str], None] = field(default=lambda line: None)
+    interrupted: Callable[[], bool] = field(default=lambda: False)
+    author: str = ""
 
     # -- health ------------------------------------------------------------------------------------
 
@@ -126,7 +146,7 @@ class Applier:
         )
 
     def gate(self, container_id: str, spec: HealthSpec, *, started_at: float | None = None) -> Gate:
-        """Probe the container until the gate decides."""
+        """Probe the container until the gate decides, or ``interrupted()`` (then it stays pending)."""
         state = self.engine.container_state(container_id) or {}
         gate = Gate(
             spec=spec,
@@ -135,15 +155,16 @@ class Applier:
         )
         while True:
             gate = gate.observe(self.sample(container_id, spec))
-            if gate.verdict.done:
+            if gate.verdict.done or self.interrupted():
                 return gate
             now = self.clock()
             self.sleep(max(0.0, gate.next_sample_at(now) - now))
 
     # -- the plan --------------------------------------------------------------------------------
 
-    def apply(self, plan: Plan, observed: ObservedState) -> list[Outcome]:
+    def apply(self, plan: Plan, observed: ObservedState, *, atomic: bool = False) -> list[Outcome]:
         outcomes: list[Outcome] = []
+        deployed: list[Deployed] = []
         for action in plan.actions:
             if not action.kind.changes:
                 outcomes.append(Outcome(action.app, action.kind, action.container, Result.SKIPPED, action.message))
@@ -154,24 +175,33 @@ class Applier:
                 elif action.kind is ActionKind.START:
                     outcomes.append(self._start(action, observed, plan.revision))
                 else:
-                    outcomes.append(self._deploy(action, observed, plan.revision))
+                    outcome, done = self._deploy(action, observed, plan.revision)
+                    outcomes.append(outcome)
+                    if done is not None:
+                        deployed.append(done)
             except ReconcileError as exc:
                 outcomes.append(Outcome(action.app, action.kind, action.container, Result.FAILED, str(exc)))
+            if atomic and outcomes[-1].release_failed:
+                break  # the commit is going back: deploying the rest of it would only be undone
+        culprits = [outcome.app for outcome in outcomes if outcome.release_failed]
+        if atomic and culprits and deployed:
+            reason = f"rolled back with the rest of commit {plan.revision[:8]}: {', '.join(culprits)} failed"
+            undone = {done.app: self._undo(done, reason) for done in reversed(deployed)}
+            outcomes = [undone.get(outcome.app, outcome) for outcome in outcomes]
         return outcomes
 
     def _step(self, app: str, step: str) -> None:
         self.on_step(app, step)
 
+    def _journal_start(self, revision: str, app: str, action: str, **fields: str) -> int:
+        return self.journal.start(revision=revision, app=app, action=action, author=self.author, **fields)
+
     def _remove(self, action: Action, observed: ObservedState, revision: str) -> Outcome:
         container = observed.named(action.container)
         if container is None or not container.managed:
             return Outcome(action.app, action.kind, action.container, Result.SKIPPED, "not ours or already gone")
-        entry = self.journal.start(
-            revision=revision,
-            app=action.app,
-            action="remove",
-            from_version=container.version,
-            from_image=container.image_id,
+        entry = self._journal_start(
+            revision, action.app, "remove", from_version=container.version, from_image=container.image_id
         )
         self._step(action.app, "remove")
         if container.running:
@@ -184,39 +214,60 @@ class Applier:
     def _start(self, action: Action, observed: ObservedState, revision: str) -> Outcome:
         container = observed.named(action.container)
         assert container is not None and action.target is not None
-        spec = action.target.spec
-        entry = self.journal.start(
-            revision=revision,
-            app=action.app,
-            action="start",
+        app, spec = action.app, action.target.spec
+        last = self.journal.last(app)
+        recovering = last is not None and last.result in UNVERIFIED
+        entry = self._journal_start(
+            revision,
+            app,
+            "start",
             from_version=container.version,
             to_version=container.version,
             from_image=container.image_id,
             to_image=container.image_id,
+            spec_hash=container.spec_hash,
         )
-        self._step(action.app, "start")
-        self.engine.start(container.id, container.name)
+        if recovering and last is not None:
+            self.journal.finish(last.id, result="interrupted", message="finished by a later pass")
+        self._step(app, "start")
+        try:
+            if container.state == "paused":
+                self.engine.unpause(container.id, container.name)
+            else:
+                self.engine.start(container.id, container.name)
+        except ReconcileError as exc:
+            self.journal.finish(entry, result="failed", message=str(exc))
+            raise
         gate = self.gate(container.id, spec.gate)
         if gate.verdict is Verdict.PASSED:
             self.journal.finish(entry, result="succeeded")
-            return Outcome(action.app, action.kind, action.container, Result.APPLIED)
+            self.log(f"started {container.name} ({container.version})")
+            return Outcome(app, action.kind, action.container, Result.APPLIED, f"started {container.version}")
+        previous = observed.named(container_name(app, Role.PREVIOUS))
+        if recovering and previous is not None and previous.managed:
+            # A deploy cut short by a crash: its release never proved itself, the kept one did.
+            return self._roll_back(action, entry, container.id, previous, spec, f"after a restart, {gate.reason}")
         self.journal.finish(entry, result="failed", message=gate.reason)
-        return Outcome(action.app, action.kind, action.container, Result.FAILED, f"started, but {gate.reason}")
+        return Outcome(app, action.kind, action.container, Result.FAILED, f"started, but {gate.reason}")
 
-    def _deploy(self, action: Action, observed: ObservedState, revision: str) -> Outcome:
+    def _deploy(self, action: Action, observed: ObservedState, revision: str) -> tuple[Outcome, Deployed | None]:
         target = action.target
         assert target is not None
         app, spec, resolution = action.app, target.spec, target.resolution
         current = observed.named(container_name(app))
+        kept = observed.named(container_name(app, Role.PREVIOUS))
+        # With nothing running under the app's name, the kept container is what to fall back to.
+        fallback = current if current is not None else (kept if kept is not None and kept.managed else None)
         next_name = container_name(app, Role.NEXT)
-        entry = self.journal.start(
-            revision=revision,
-            app=app,
-            action=str(action.kind),
-            from_version=current.version if current else "",
+        entry = self._journal_start(
+            revision,
+            app,
+            str(action.kind),
+            from_version=fallback.version if fallback else "",
             to_version=spec.version,
-            from_image=current.image_id if current else "",
+            from_image=fallback.image_id if fallback else "",
             to_image=resolution.image_id or resolution.ref,
+            spec_hash=target.spec_hash,
         )
         new_id = ""
         try:
@@ -230,7 +281,8 @@ class Applier:
             if new_id:
                 self.engine.remove(new_id, next_name)
             self.journal.finish(entry, result="failed", message=str(exc))
-            return Outcome(app, action.kind, app, Result.FAILED, f"{exc}; {self._left_as_it_was(current)}")
+            return Outcome(app, action.kind, app, Result.FAILED, f"{exc}; {self._left_as_it_was(current)}"), None
+        self.log(f"deploying {app} {fallback.version + ' -> ' if fallback else ''}{spec.version}")
         started_at = self.clock()
         try:
             self._set_aside(app, current, observed)
@@ -240,14 +292,57 @@ class Applier:
             started_at = self.clock()
             self.engine.start(new_id, app)
         except ReconcileError as exc:
-            return self._roll_back(action, entry, new_id, current, spec, f"it did not start: {exc}")
+            return self._roll_back(action, entry, new_id, fallback, spec, f"it did not start: {exc}"), None
+        self._step(app, "gate")
         gate = self.gate(new_id, spec.gate, started_at=started_at)
+        if gate.verdict is Verdict.PENDING:
+            self.journal.finish(entry, result="superseded", message="the health gate was abandoned")
+            return Outcome(app, action.kind, app, Result.SUPERSEDED, f"{spec.version} started, gate abandoned"), None
         if gate.verdict is not Verdict.PASSED:
-            return self._roll_back(action, entry, new_id, current, spec, gate.reason)
+            return self._roll_back(action, entry, new_id, fallback, spec, gate.reason), None
         self.journal.finish(entry, result="succeeded")
-        was = f"{current.version or '?'} -> " if current else ""
+        was = f"{fallback.version or '?'} -> " if fallback else ""
         self.log(f"deployed {app} {was}{spec.version}")
-        return Outcome(app, action.kind, app, Result.APPLIED, f"{was}{spec.version}")
+        done = Deployed(app, new_id, fallback, spec, entry)
+        return Outcome(app, action.kind, app, Result.APPLIED, f"{was}{spec.version}"), done
+
+    def verify_unfinished(self, observed: ObservedState, gates: Mapping[str, HealthSpec]) -> list[Outcome]:
+        """Give a verdict to deploys that never got one (a crash, SIGTERM, a newer commit mid-gate).
+
+        The release still running under the app's name is gated now; a failure rolls back to
+        ``APP.prev``. A row whose release is no longer what runs is closed as ``interrupted``.
+        """
+        outcomes: list[Outcome] = []
+        for entry in self.journal.unverified():
+            current = observed.named(entry.app)
+            matches = (
+                current is not None
+                and current.managed
+                and current.running
+                and bool(entry.spec_hash)
+                and current.spec_hash == entry.spec_hash
+            )
+            if entry.app not in gates or current is None or not matches:
+                self.journal.finish(entry.id, result="interrupted", message="cut short; planned again")
+                continue
+            self._step(entry.app, "verify")
+            gate = self.gate(current.id, gates[entry.app])
+            action = Action(ActionKind.REPLACE, entry.app, entry.app)
+            if gate.verdict is Verdict.PENDING:
+                continue
+            if gate.verdict is Verdict.PASSED:
+                self.journal.finish(entry.id, result="succeeded", message="verified by a later pass")
+                self.log(f"deployed {entry.app} {entry.to_version} (verified after an interruption)")
+                outcomes.append(Outcome(entry.app, action.kind, entry.app, Result.APPLIED, entry.to_version))
+                continue
+            previous = observed.named(container_name(entry.app, Role.PREVIOUS))
+            spec = AppSpec(image="verify/unused", version=entry.to_version or "unknown", health=gates[entry.app])
+            outcomes.append(
+                self._roll_back(
+                    action, entry.id, current.id, previous if previous and previous.managed else None, spec, gate.reason
+                )
+            )
+        return outcomes
 
     @staticmethod
     def _left_as_it_was(current: ObservedContainer | None) -> str:
@@ -288,6 +383,14 @@ class Applier:
         except ReconcileError as exc:
             problems.append(f"{what}: {exc}")
 
+    def _bring_back(self, app: str, previous: ObservedContainer, gate: HealthSpec, problems: list[str]) -> Gate:
+        """Put ``previous`` under the app's name again, start it and gate it (found by id, wherever it is)."""
+        where = self.engine.container_state(previous.id) or {}
+        if str(where.get("Name", "")).lstrip("/") != app:
+            self._attempt(f"rename the previous one to {app}", lambda: self.engine.rename(previous.id, app), problems)
+        self._attempt("start the previous one", lambda: self.engine.start(previous.id, app), problems)
+        return self.gate(previous.id, gate)
+
     def _roll_back(
         self,
         action: Action,
@@ -307,40 +410,50 @@ class Applier:
         self._step(app, "roll-back")
         self._attempt("stop the new container", lambda: self.engine.stop(new_id, app, spec.stop_timeout), problems)
         stale = self.engine.container_state(failed_name)
-        if stale is not None and stale.get("Id") != new_id:
-            self._attempt("remove the older failed one", lambda: self.engine.remove(failed_name, failed_name), problems)
-        self._attempt("keep it as " + failed_name, lambda: self.engine.rename(new_id, failed_name), problems)
+        if stale is not None and stale.get("Id") != new_id and not self.engine.owns(stale):
+            # The name is taken by a container that is not ours: never touch it; drop the failed release.
+            self._attempt("remove the failed release", lambda: self.engine.remove(new_id, app), problems)
+        else:
+            if stale is not None and stale.get("Id") != new_id:
+                self._attempt(
+                    "remove the older failed one", lambda: self.engine.remove(failed_name, failed_name), problems
+                )
+            self._attempt("keep it as " + failed_name, lambda: self.engine.rename(new_id, failed_name), problems)
         if previous is None:
             self.journal.finish(entry, result="failed", message=reason)
-            self.log(f"deploy of {app} {spec.version} failed: {reason}")
-            return Outcome(
-                app,
-                action.kind,
-                app,
-                Result.FAILED,
-                f"{spec.version} failed: {reason}; kept stopped as {failed_name}; nothing to roll back to",
-            )
-        where = self.engine.container_state(previous.id) or {}
-        if str(where.get("Name", "")).lstrip("/") != app:
-            self._attempt(f"rename the previous one to {app}", lambda: self.engine.rename(previous.id, app), problems)
-        self._attempt("start the previous one", lambda: self.engine.start(previous.id, app), problems)
+            self.log(f"deploy of {app} {spec.version} failed: {reason}; nothing to roll back to")
+            message = f"{spec.version} failed: {reason}; kept stopped as {failed_name}; nothing to roll back to"
+            return Outcome(app, action.kind, app, Result.FAILED, message, release_failed=True)
         back = previous.version or previous.name
-        gate = self.gate(previous.id, spec.gate)  # the old container must pass the file's gate too
+        gate = self._bring_back(app, previous, spec.gate, problems)  # the old one must pass the file's gate
         if gate.verdict is Verdict.PASSED and not problems:
             self.journal.finish(entry, result="rolled-back", message=reason)
             self.log(f"deploy of {app} {spec.version} failed ({reason}); rolled back to {back}")
-            return Outcome(
-                app, action.kind, app, Result.ROLLED_BACK, f"{spec.version} failed: {reason}; rolled back to {back}"
-            )
-        trouble = "; ".join([*problems, *([gate.reason] if gate.verdict is not Verdict.PASSED else [])])
+            message = f"{spec.version} failed: {reason}; rolled back to {back}"
+            return Outcome(app, action.kind, app, Result.ROLLED_BACK, message, release_failed=True)
+        trouble = "; ".join([*problems, *([gate.reason] if gate.verdict is Verdict.FAILED else [])])
         self.journal.finish(entry, result="failed", message=f"{reason}; rollback: {trouble}")
-        return Outcome(
-            app,
-            action.kind,
-            app,
-            Result.FAILED,
-            f"{spec.version} failed: {reason}; rolling back to {back} failed too: {trouble}",
-        )
+        self.log(f"deploy of {app} {spec.version} failed ({reason}); rolling back to {back} failed: {trouble}")
+        message = f"{spec.version} failed: {reason}; rolling back to {back} failed too: {trouble}"
+        return Outcome(app, action.kind, app, Result.FAILED, message, release_failed=True)
+
+    def _undo(self, done: Deployed, reason: str) -> Outcome:
+        """Take back a release that passed its gate, because another app of its commit failed."""
+        app = done.app
+        problems: list[str] = []
+        self._step(app, "undo")
+        self._attempt("stop it", lambda: self.engine.stop(done.container_id, app, done.spec.stop_timeout), problems)
+        self._attempt("remove it", lambda: self.engine.remove(done.container_id, app), problems)
+        if done.previous is not None:
+            gate = self._bring_back(app, done.previous, done.spec.gate, problems)
+            if gate.verdict is Verdict.FAILED:
+                problems.append(gate.reason)
+        back = done.previous.version if done.previous else "nothing (it is new in this commit)"
+        message = f"{reason}; back to {back}" + (f"; {'; '.join(problems)}" if problems else "")
+        self.journal.finish(done.entry, result="rolled-back" if not problems else "failed", message=message)
+        self.log(f"{app}: {message}")
+        kind = ActionKind.REPLACE if done.previous else ActionKind.CREATE
+        return Outcome(app, kind, app, Result.ROLLED_BACK if not problems else Result.FAILED, message)
 
 
 def env_hashes(apps: Mapping[str, AppSpec]) -> dict[str, str]:

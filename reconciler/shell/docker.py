@@ -20,6 +20,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 
 import docker
@@ -28,7 +29,7 @@ import requests.exceptions
 
 from reconciler.core import images as image_match
 from reconciler.core.model import ObservedContainer, ObservedState, Role, parse_port
-from reconciler.core.plan import Target, spec_hash
+from reconciler.core.plan import Target
 from reconciler.errors import EngineUnavailable, ImageError, ReconcileError
 
 LABEL = "io.reconciler"
@@ -136,8 +137,8 @@ class Engine:
             f"{LABEL}.app": target.app,
             f"{LABEL}.commit": target.revision,
             f"{LABEL}.version": spec.version,
-            f"{LABEL}.digest": resolution.digest or resolution.image_id,
-            f"{LABEL}.spec-hash": spec_hash(target.fingerprint, resolution.image_id),
+            f"{LABEL}.digest": resolution.identity,
+            f"{LABEL}.spec-hash": target.spec_hash,
             f"{LABEL}.fingerprint": json.dumps(target.fingerprint, sort_keys=True, separators=(",", ":")),
         }
         host_config = self.api.create_host_config(
@@ -163,6 +164,15 @@ class Engine:
         with self._calls(f"start {name}"):
             self.api.start(container_id)
 
+    def unpause(self, container_id: str, name: str) -> None:
+        with self._calls(f"unpause {name}"):
+            self.api.unpause(container_id)
+
+    def owns(self, inspected: Mapping[str, Any]) -> bool:
+        """Whether an inspected container carries our labels (and this instance's)."""
+        labels = (inspected.get("Config") or {}).get("Labels") or {}
+        return labels.get(MANAGED) == "true" and labels.get(INSTANCE, "default") == self.instance
+
     def stop(self, container_id: str, name: str, timeout: float) -> None:
         with self._calls(f"stop {name}"):
             self.api.stop(container_id, timeout=math.ceil(timeout))
@@ -178,6 +188,21 @@ class Engine:
         except ContainerError as exc:
             if "No such container" not in str(exc):
                 raise
+
+    def started_at(self, container_id: str) -> float:
+        """When the container last started (epoch seconds; 0 when unknown)."""
+        state = self.container_state(container_id) or {}
+        stamp = str((state.get("State") or {}).get("StartedAt") or "")
+        try:
+            # Docker writes nanoseconds; fromisoformat takes at most microseconds.
+            head, _, fraction = stamp.rstrip("Z").partition(".")
+            return datetime.fromisoformat(f"{head}.{(fraction + '000000')[:6]}+00:00").timestamp()
+        except ValueError:
+            return 0.0
+
+    def tag(self, image_id: str, repository: str, tag: str) -> None:
+        with self._calls(f"tag {repository}:{tag}"):
+            self.api.tag(image_id, repository, tag, force=True)
 
     def exec_ok(self, container_id: str, argv: list[str]) -> bool:
         """Run ``argv`` in the container; True when it exits 0."""
@@ -221,6 +246,7 @@ def observed_from_row(row: Mapping[str, Any], *, instance: str = "default") -> O
         commit=labels.get(f"{LABEL}.commit", ""),
         version=labels.get(f"{LABEL}.version", ""),
         digest=labels.get(f"{LABEL}.digest", ""),
+        spec_hash=labels.get(f"{LABEL}.spec-hash", ""),
     )
 
 

@@ -72,6 +72,14 @@ class Source:
         data: bytes = blob.data_stream.read()
         return data
 
+    def author(self, sha: str) -> str:
+        """``Name <email>`` of the commit's author ("" when it cannot be read)."""
+        try:
+            person = self.repo.commit(sha).author
+        except (git.exc.BadName, ValueError, git.exc.GitCommandError):
+            return ""
+        return f"{person.name} <{person.email}>"
+
     def close(self) -> None:
         self.repo.close()
 

@@ -52,16 +52,21 @@ class PassResult:
         return all(outcome.result.ok for outcome in self.outcomes)
 
 
+def parse_desired(text: bytes, file: str, revision: str, *, author: str = "") -> DesiredState:
+    data, positions = parse_yaml(text, filename=file)
+    return load_desired(data, positions, filename=file, revision=revision, author=author)
+
+
 def read_desired(settings: Settings) -> DesiredState:
     """The validated desired state at ``settings.ref`` of ``settings.repo``."""
     source = open_source(settings.repo, state_dir=settings.state_dir)
     try:
         revision = source.resolve(settings.ref)
         text = source.read(revision, settings.file)
+        author = source.author(revision)
     finally:
         source.close()
-    data, positions = parse_yaml(text, filename=settings.file)
-    return load_desired(data, positions, filename=settings.file, revision=revision)
+    return parse_desired(text, settings.file, revision, author=author)
 
 
 def resolve(engine: Engine, desired: DesiredState) -> dict[str, Resolution]:
@@ -87,10 +92,13 @@ def resolve(engine: Engine, desired: DesiredState) -> dict[str, Resolution]:
     return resolutions
 
 
-def plan_against(engine: Engine, desired: DesiredState, settings: Settings) -> tuple[Plan, ObservedState]:
+def plan_against(
+    engine: Engine, desired: DesiredState, settings: Settings, *, observed: ObservedState | None = None
+) -> tuple[Plan, ObservedState]:
+    """Observe (unless given), resolve and plan."""
     from reconciler.shell.apply import env_hashes
 
-    observed = engine.observe()
+    observed = observed if observed is not None else engine.observe()
     resolutions = resolve(engine, desired)
     return plan(
         desired, resolutions, observed, env_file_hashes=env_hashes(desired.apps), adopt=settings.adopt
@@ -116,7 +124,7 @@ def reconcile_once(
         the_plan, observed = plan_against(engine, desired, settings)
         journal = Journal(settings.state_dir)
         try:
-            applier = Applier(engine, journal)
+            applier = Applier(engine, journal, author=desired.author)
             if on_step is not None:
                 applier.on_step = on_step
             if log is not None:

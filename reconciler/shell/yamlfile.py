@@ -1,22 +1,24 @@
 """The only reader of YAML: text -> plain Python values plus the line:col of every node.
 
 Guarantees: a syntax error, a duplicate key or a tag we do not accept becomes ``InvalidDesiredState``
-with ``FILE:LINE:COL``; the plain values hold only dict, list, str, int, float, bool and None.
+with ``FILE:LINE:COL``; the plain values hold only dict, list, str, int, float, bool and None (an
+unquoted date stays the text that was written). An empty value is placed at its key.
 """
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from reconciler.core.desired import Path, Positions
+from reconciler.core.desired import Path, Positions, dotted
 from reconciler.errors import InvalidDesiredState
 
 
-def _plain(node: Any, path: Path, positions: Positions) -> Any:
+def _plain(node: Any, path: Path, positions: Positions, unsupported: list[tuple[Path, str]]) -> Any:
     if isinstance(node, CommentedMap):
         out: dict[Any, Any] = {}
         for key, value in node.items():
@@ -27,8 +29,10 @@ def _plain(node: Any, path: Path, positions: Positions) -> Any:
                 pass
             else:
                 positions.keys[child] = (key_line + 1, key_col + 1)
-                positions.values[child] = (value_line + 1, value_col + 1)
-            out[key] = _plain(value, child, positions)
+                # An empty value has no token of its own: ruamel places it at the next one.
+                where = (key_line, key_col) if value is None else (value_line, value_col)
+                positions.values[child] = (where[0] + 1, where[1] + 1)
+            out[key] = _plain(value, child, positions, unsupported)
         return out
     if isinstance(node, CommentedSeq):
         items = []
@@ -40,7 +44,7 @@ def _plain(node: Any, path: Path, positions: Positions) -> Any:
                 pass
             else:
                 positions.values[child] = (line + 1, col + 1)
-            items.append(_plain(value, child, positions))
+            items.append(_plain(value, child, positions, unsupported))
         return items
     if isinstance(node, str):
         return str(node)  # drop ruamel's scalar subclasses (quoting styles)
@@ -50,6 +54,11 @@ def _plain(node: Any, path: Path, positions: Positions) -> Any:
         return int(node)
     if isinstance(node, float):
         return float(node)
+    if isinstance(node, datetime.date):  # `2024-01-01` unquoted: keep what was written
+        return node.isoformat()
+    if isinstance(node, TaggedScalar):
+        unsupported.append((path, f"the YAML tag {node.tag.value} is not supported; write the value plainly"))
+        return None
     return node
 
 
@@ -69,4 +78,10 @@ def parse_yaml(text: str | bytes, *, filename: str) -> tuple[Any, Positions]:
         raise InvalidDesiredState([f"{filename}:1:1: {first}"]) from None
     if isinstance(document, CommentedMap | CommentedSeq):
         positions.values[()] = (document.lc.line + 1, document.lc.col + 1)
-    return _plain(document, (), positions), positions
+    unsupported: list[tuple[Path, str]] = []
+    data = _plain(document, (), positions, unsupported)
+    if unsupported:
+        raise InvalidDesiredState(
+            [f"{filename}:{':'.join(map(str, positions.of(path)))}: {dotted(path)}: {why}" for path, why in unsupported]
+        )
+    return data, positions

@@ -1,0 +1,44 @@
+"""The agent's log: one line per event, as text or JSON, never the same condition twice in a row.
+
+Guarantees: ``emit`` writes exactly one line and flushes it; ``once(key, ...)`` writes only when the
+condition under ``key`` is new or its message changed, and ``clear(key)`` reports whether it was
+set, so "remote unreachable" is logged once and "recovered" once, however many passes fail between.
+Callers pass only names, versions, commits and reasons: never env values.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+
+class Events:
+    def __init__(self, *, fmt: str = "text", stream: TextIO | None = None) -> None:
+        self.fmt = fmt
+        self.stream = stream if stream is not None else sys.stderr
+        self._active: dict[str, str] = {}
+
+    def emit(self, event: str, message: str, **fields: Any) -> None:
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        if self.fmt == "json":
+            line = json.dumps({"time": stamp, "event": event, "message": message, **fields}, sort_keys=False)
+        else:
+            extra = "".join(f" {key}={value}" for key, value in fields.items() if value not in (None, ""))
+            line = f"{stamp} {event:<18} {message}{extra}"
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def once(self, key: str, event: str, message: str, **fields: Any) -> None:
+        if self._active.get(key) == message:
+            return
+        self._active[key] = message
+        self.emit(event, message, **fields)
+
+    def clear(self, key: str) -> bool:
+        return self._active.pop(key, None) is not None
+
+    def active(self, prefix: str) -> list[str]:
+        return [key for key in self._active if key.startswith(prefix)]

@@ -1,0 +1,102 @@
+"""``reconcile status``: per app, what git asks for against what runs, and what the journal knows.
+
+Guarantees: read-only (no lock, no change to the engine or the journal); one health probe per running
+app; an app that is only on the engine (ours, gone from the file) is listed too. A desired state that
+cannot be read is reported in the result rather than failing it: status is what you run when
+something is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.core.failures import held_back
+from reconciler.core.model import DesiredState, container_name
+from reconciler.errors import ReconcileError
+from reconciler.shell.agent import SUSPENDED, state_pid
+from reconciler.shell.apply import Applier
+from reconciler.shell.docker import connect
+from reconciler.shell.journal import Journal
+from reconciler.shell.loop import Settings, plan_against, read_desired
+
+
+def collect(settings: Settings) -> dict[str, Any]:
+    desired: DesiredState | None = None
+    desired_error = ""
+    try:
+        desired = read_desired(settings)
+    except ReconcileError as exc:
+        desired_error = str(exc)
+    engine = connect(settings.docker_host, instance=settings.instance)
+    observed = engine.observe()
+    journal = Journal(settings.state_dir)
+    try:
+        applier = Applier(engine, journal)
+        plan = plan_against(engine, desired, settings, observed=observed)[0] if desired is not None else None
+        drift = {action.app for action in plan.actions} if plan is not None else set()
+        targets = {a.app: a.target.spec_hash for a in (plan.actions if plan else ()) if a.target is not None}
+        failures = journal.failures()
+        held = held_back(failures, targets)
+        names = set(desired.apps if desired else ()) | {c.app for c in observed.containers if c.managed and c.app}
+        apps = []
+        for app in sorted(names):
+            spec = desired.apps.get(app) if desired else None
+            current = observed.named(container_name(app))
+            ours = current is not None and current.managed
+            if current is None:
+                health = "missing"
+            elif not ours:
+                health = "not ours"
+            elif not current.running:
+                health = current.state
+            elif spec is not None:
+                sample = applier.sample(current.id, spec.gate)
+                healthy = sample.running and sample.probe_ok and sample.docker_health in ("", "healthy")
+                health = "healthy" if healthy else f"unhealthy: {sample.detail}"
+            else:
+                health = "running"
+            applied = journal.last(app, result="succeeded")
+            attempted = journal.last(app)
+            stable = journal.stable(app)
+            apps.append(
+                {
+                    "app": app,
+                    "desired": spec.version if spec else None,
+                    "running": current.version if ours and current is not None else None,
+                    "state": current.state if current is not None else "missing",
+                    "health": health,
+                    "in_sync": app not in drift,
+                    "last_applied": _entry(applied),
+                    "last_attempted": _entry(attempted),
+                    "stable": stable.version if stable else None,
+                    "held": held[app].reason if app in held else None,
+                    "failed": [
+                        {"version": f.version, "commit": f.revision[:8], "reason": f.reason, "culprit": f.culprit}
+                        for f in failures
+                        if f.app == app
+                    ],
+                }
+            )
+        suspended = journal.flag(SUSPENDED)
+        return {
+            "revision": desired.revision if desired else None,
+            "file": settings.file,
+            "desired_error": desired_error or None,
+            "agent_pid": state_pid(settings.state_dir),
+            "suspended": suspended,
+            "apps": apps,
+        }
+    finally:
+        journal.close()
+
+
+def _entry(entry: Any) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    return {
+        "commit": entry.revision[:8],
+        "version": entry.to_version,
+        "result": entry.result,
+        "at": entry.finished_at or entry.started_at,
+        "message": entry.message,
+    }
