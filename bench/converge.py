@@ -12,6 +12,7 @@ docker-registry, as the tests do). It removes what it creates.
 from __future__ import annotations
 
 import argparse
+import http.client
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def body_of(url: str) -> str:
         # A short timeout: a connection accepted while the container starts may hang; ask again instead.
         with urllib.request.urlopen(url, timeout=0.05) as response:  # noqa: S310 - loopback only
             return str(response.read().decode())
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return ""
 
 

@@ -203,7 +203,7 @@ def main_command(
             _emit(report.plan_as_dict(plan, file=settings.file))
         else:
             typer.echo("\n".join(report.plan_lines(plan, file=settings.file)))
-        if any(action.kind == "error" for action in plan.actions):
+        if plan.problems:  # a conflict or an unresolvable image: applying would fail too
             raise typer.Exit(1)
         raise typer.Exit(0 if plan.in_sync else 2)
     if fmt is Output.json:
@@ -270,7 +270,7 @@ def history(
     from reconciler.shell.journal import Journal
 
     directory: Path = _option(ctx, "state_dir", state_dir)
-    journal = _guarded(lambda: Journal(directory))
+    journal = _guarded(lambda: Journal(directory, create=False))
     entries = journal.history(app=app_name, limit=limit)
     journal.close()
     if _option(ctx, "output", output) is Output.json:
@@ -388,7 +388,7 @@ def retry(
     from reconciler.shell.journal import Journal
 
     directory: Path = _option(ctx, "state_dir", state_dir)
-    journal = _guarded(lambda: Journal(directory))
+    journal = _guarded(lambda: Journal(directory, create=False))
     try:
         cleared = journal.clear_failures(app_name)
     finally:

@@ -129,7 +129,7 @@ def test_create_when_missing() -> None:
             ActionKind.CREATE,
             "web",
             "web",
-            (Change("container", "missing", "created"),),
+            (Change("container", "missing", "created"), Change("image", "(none)", "v1 111111111111")),
             Target(
                 app="web",
                 spec=web,
@@ -339,7 +339,14 @@ def test_conflict_for_an_unmanaged_container_with_an_apps_name(role: Role) -> No
     assert result.problems == result.actions
     action = result.actions[0]
     assert action.target is None and action.reasons == ()
-    assert name in action.message and "--adopt" in action.message
+    assert name in action.message
+    # --adopt takes over only the app's own container; the names reconciler keeps stay blocked.
+    assert ("--adopt" in action.message) == (role is Role.CURRENT)
+    adopted = plan(desired({"web": web}), {"web": resolved(web)}, observed(foreign(name)), adopt=True)
+    if role is Role.CURRENT:
+        assert kinds(adopted) == [(ActionKind.REPLACE, "web")]
+    else:
+        assert kinds(adopted) == [(ActionKind.CONFLICT, name)]
 
 
 def test_conflict_blocks_every_change_of_that_app_only() -> None:
@@ -750,6 +757,7 @@ def test_plan_lines_name_the_short_commit_and_every_action() -> None:
         "or pass --adopt to take it over",
         "  + create   web",
         "      container: missing -> created",
+        "      image: (none) -> v1 111111111111",
         "  > start    worker",
         "      state: exited -> running",
         "  - remove   gone",

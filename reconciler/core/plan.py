@@ -150,12 +150,16 @@ def _short_image(image_id: str) -> str:
     return image_id.removeprefix("sha256:")[:12] or "(none)"
 
 
+def _wanted_image(resolution: Resolution) -> str:
+    return _short_image(resolution.image_id) if resolution.image_id else f"{resolution.ref} (to pull)"
+
+
 def diff(observed: ObservedContainer, target: Target) -> tuple[Change, ...]:
     """The fields in which ``observed`` differs from ``target``, in a stable order."""
     changes: list[Change] = []
     wanted = target.resolution
     if not wanted.image_id or wanted.image_id != observed.image_id:
-        new_image = _short_image(wanted.image_id) if wanted.image_id else f"{wanted.ref} (to pull)"
+        new_image = _wanted_image(wanted)
         old_image = f"{observed.version or '?'} {_short_image(observed.image_id)}"
         changes.append(Change("image", old_image, f"{target.spec.version} {new_image}"))
     have, want = observed.fingerprint, target.fingerprint
@@ -202,17 +206,24 @@ def plan(
         foreign = [
             c for c in (observed.named(container_name(app, role)) for role in Role) if c is not None and not c.managed
         ]
-        if foreign and not adopt:
-            for container in foreign:
-                actions.append(
-                    Action(
-                        ActionKind.CONFLICT,
-                        app,
-                        container.name,
-                        message=f"container {container.name} exists and was not created by reconciler; "
-                        "remove or rename it, or pass --adopt to take it over",
-                    )
+        # --adopt takes over the app's own container; a stranger under one of the names we keep
+        # (APP.prev, APP.next, APP.failed) is never ours to move.
+        blocking = [c for c in foreign if not adopt or c.name != container_name(app)]
+        for container in blocking:
+            hint = (
+                "remove or rename it, or pass --adopt to take it over"
+                if container.name == container_name(app)
+                else f"remove or rename it: reconciler keeps {app}'s containers under that name"
+            )
+            actions.append(
+                Action(
+                    ActionKind.CONFLICT,
+                    app,
+                    container.name,
+                    message=f"container {container.name} exists and was not created by reconciler; {hint}",
                 )
+            )
+        if blocking:
             continue
         if resolution.error:
             actions.append(Action(ActionKind.ERROR, app, container_name(app), message=resolution.error))
@@ -235,11 +246,9 @@ def plan(
                 )
             )
         if current is None:
-            actions.append(
-                Action(
-                    ActionKind.CREATE, app, container_name(app), (Change("container", "missing", "created"),), target
-                )
-            )
+            image = Change("image", "(none)", f"{spec.version} {_wanted_image(resolution)}")
+            created = (Change("container", "missing", "created"), image)
+            actions.append(Action(ActionKind.CREATE, app, container_name(app), created, target))
         elif not current.managed:
             actions.append(
                 Action(ActionKind.REPLACE, app, current.name, (Change("owner", "not reconciler", "adopted"),), target)

@@ -41,6 +41,7 @@ from reconciler.shell.docker import Engine
 from reconciler.shell.journal import UNVERIFIED, Journal
 
 ADOPTED = ".adopted"
+WATCH_STEP = 0.1  # seconds between looks at a gated container's state
 
 
 def read_env_file(path: str) -> dict[str, str]:
@@ -157,8 +158,19 @@ class Applier:
             gate = gate.observe(self.sample(container_id, spec))
             if gate.verdict.done or self.interrupted():
                 return gate
-            now = self.clock()
-            self.sleep(max(0.0, gate.next_sample_at(now) - now))
+            self._wait_watching(container_id, gate.next_sample_at(self.clock()), gate.restarts_at_start)
+
+    def _wait_watching(self, container_id: str, until: float, restarts: int) -> None:
+        """Sleep until ``until``, but look at the container every 100 ms and return early when it stopped
+        or restarted: a release that exits fails its gate at once, not one probe interval later."""
+        while (left := until - self.clock()) > 0:
+            self.sleep(min(left, WATCH_STEP))
+            if self.interrupted():
+                return
+            state = self.engine.container_state(container_id)
+            status = (state or {}).get("State") or {}
+            if state is None or not status.get("Running") or int(state.get("RestartCount") or 0) > restarts:
+                return
 
     # -- the plan --------------------------------------------------------------------------------
 

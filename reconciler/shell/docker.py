@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -44,11 +45,32 @@ class ContainerError(ReconcileError):
     """The engine refused to create, start or stop a container (port taken, bad mount, ...)."""
 
 
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, docker.errors.APIError):
         return str(exc.explanation or exc).strip()
     text = str(exc).strip() or type(exc).__name__
+    # urllib3 wraps the one fact that matters ("Connection refused") in three layers of reprs.
+    found = _ERRNO.search(text)
+    if found:
+        return found.group(1).strip().rstrip(".").lower()
     return text.splitlines()[0][:300]
+
+
+def _lookup_failure(ref: str, reason: str) -> str:
+    """What a failed registry look-up of ``ref`` means to the user (the image is not local either)."""
+    lowered = reason.lower()
+    if "manifest unknown" in lowered or "not found" in lowered:
+        return f"image {ref} does not exist in its registry ({reason})"
+    if any(word in lowered for word in ("no basic auth credentials", "unauthorized", "denied", "authentication")):
+        host = ref.split("/", 1)[0] if "/" in ref else "docker.io"
+        return (
+            f"image {ref}: the registry refused access ({reason}); log in with `docker login {host}`, "
+            "or point DOCKER_CONFIG at a config.json that holds its credentials"
+        )
+    return f"image {ref} is not on this host, and its registry cannot be asked ({reason})"
 
 
 class Engine:
@@ -93,9 +115,7 @@ class Engine:
                 data = self.api.inspect_distribution(ref)
         except ContainerError as exc:
             reason = str(exc).removeprefix(f"look up {ref}: ")
-            if "manifest unknown" in reason or "not found" in reason:
-                raise ImageError(f"image {ref} does not exist in its registry ({reason})") from None
-            raise ImageError(f"image {ref}: its registry cannot be asked ({reason})") from None
+            raise ImageError(_lookup_failure(ref, reason)) from None
         return str(data["Descriptor"]["digest"])
 
     def container_state(self, container_id: str) -> Mapping[str, Any] | None:

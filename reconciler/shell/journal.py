@@ -28,7 +28,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from reconciler.core.failures import Failure
-from reconciler.errors import LockHeld, ReconcileError
+from reconciler.errors import LockHeld, ReconcileError, SourceError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deploys (
@@ -114,8 +114,10 @@ class Promotion:
 class Journal:
     """The ``journal.db`` of a state directory."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, create: bool = True) -> None:
         self.path = state_dir / "journal.db"
+        if not create and not self.path.exists():
+            raise SourceError(f"no journal at {self.path}: nothing was applied with this --state-dir")
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
