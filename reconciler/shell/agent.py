@@ -157,6 +157,9 @@ class Agent:
 
         class RefsChanged(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
+                # Only writes: our own reads of the refs raise open/close events, which must not wake us.
+                if event.event_type not in ("created", "modified", "moved", "deleted", "closed"):
+                    return
                 path = str(event.src_path) + " " + str(getattr(event, "dest_path", ""))
                 if "refs" in path or "HEAD" in path:
                     agent.changed.set()
