@@ -285,7 +285,8 @@ def history(
         change = f"{entry.from_version or '-'} -> {entry.to_version or '-'}"
         commit = entry.revision[:8] or "-"
         line = f"{when}  {commit:8}  {entry.app:<20} {entry.action:<8} {change:<24} {entry.result}{took}"
-        typer.echo(line + (f"  {entry.message}" if entry.message else ""))
+        by = f"  by {entry.author}" if entry.author else ""
+        typer.echo(line + by + (f"  {entry.message}" if entry.message else ""))
 
 
 def _kill_hook() -> Callable[[str, str], None] | None:
@@ -328,6 +329,10 @@ def agent(
         bool, typer.Option("--self-heal/--no-self-heal", help="Correct containers changed by hand, or only report.")
     ] = True,
     log_format: Annotated[Output, typer.Option("--log-format", help="text or json lines on stderr.")] = Output.text,
+    publish_stable: Annotated[
+        bool,
+        typer.Option("--publish-stable", help="On promotion, push the stable git tags and IMAGE:stable."),
+    ] = False,
     repo: RepoOpt = None,
     file: FileOpt = None,
     state_dir: StateOpt = None,
@@ -345,7 +350,9 @@ def agent(
         _fail(f"--interval: {exc}")
     settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=state_dir, docker_host=docker_host,
                          instance=instance)  # fmt: skip
-    config = AgentSettings(settings=settings, branch=branch, interval=every, self_heal=self_heal)
+    config = AgentSettings(
+        settings=settings, branch=branch, interval=every, self_heal=self_heal, publish_stable=publish_stable
+    )
     code = _guarded(lambda: run_agent(config, log_format=log_format.value, on_step=_kill_hook()))
     raise typer.Exit(code)
 
@@ -402,6 +409,253 @@ def retry(
                if pid else "the next reconcile or agent pass tries it again"))  # fmt: skip
 
 
+PushOpt = Annotated[bool, typer.Option("--push", help="Push the commit to the branch's remote.")]
+BranchOpt = Annotated[
+    str | None,
+    typer.Option("--branch", help="Commit on a new branch and push it (to open a pull request from)."),
+]
+
+
+def _source_for_writing(ctx: typer.Context, repo: str | None) -> Any:
+    from reconciler.shell.git import is_url, open_source
+
+    where = _option(ctx, "repo", repo)
+    if is_url(where):
+        _fail(f"--repo {where}: this command commits, so it needs a clone (git clone {where})")
+    return _guarded(lambda: open_source(where, state_dir=Path("."), fetch=False))
+
+
+def _written(written: Any, message: str) -> None:
+    where = f"pushed to {written.pushed_to}" if written.pushed_to else "not pushed (--push to push it)"
+    again = " after the remote moved (edit re-applied on its tip)" if written.retried else ""
+    typer.echo(f"committed {written.revision[:8]} on {written.branch}: {message}; {where}{again}")
+
+
+@app.command()
+def rollback(
+    ctx: typer.Context,
+    app_name: Annotated[
+        str | None, typer.Argument(metavar="[APP]", help="The app; without --to, list its versions.")
+    ] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="A version, `stable`, or `previous`.", show_default=False)
+    ] = None,
+    push: PushOpt = False,
+    branch: BranchOpt = None,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local",
+            help="Break-glass: swap the kept previous container back in now, without git; "
+            "suspends the agent until `reconcile resume`.",
+        ),
+    ] = False,
+    repo: RepoOpt = None,
+    file: FileOpt = None,
+    state_dir: StateOpt = None,
+    docker_host: HostOpt = None,
+    instance: InstanceOpt = None,
+) -> None:
+    """Roll APP (or, with --to stable|previous and no APP, every app) back, as a commit."""
+    from reconciler.shell import release
+
+    settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=state_dir, docker_host=docker_host,
+                         instance=instance)  # fmt: skip
+    if local:
+        if app_name is None or to not in (None, release.PREVIOUS):
+            _fail("--local swaps APP back to its kept previous container: reconcile rollback APP --local")
+        typer.echo(_guarded(lambda: release.swap_back(settings, app_name)))
+        typer.echo(
+            f"!! the agent is suspended and the host differs from git. Make git match with "
+            f"`reconcile rollback {app_name} --to previous --push` (or a commit of your own), then `reconcile resume`."
+        )
+        return
+    if app_name is None and to is None:
+        _fail("name an app (reconcile rollback APP) or roll every app back with --to stable|previous")
+    source = _source_for_writing(ctx, repo)
+    journal = release.state_dir_journal(settings.state_dir)
+    try:
+        desired = _guarded(lambda: release.desired_at_head(source, settings.file))
+        apps = [app_name] if app_name is not None else sorted(desired.apps)
+        for name in apps:
+            if name not in desired.apps:
+                _fail(f"{name}: no such app in {settings.file} (apps: {', '.join(sorted(desired.apps))})")
+        if to is None:
+            assert app_name is not None
+            _list_versions(source, settings, desired, app_name, journal)
+            return
+        if app_name is None and to not in (release.PREVIOUS, "stable"):
+            _fail(f"--to {to} for every app: use stable or previous, or name the app")
+        edits = _guarded(lambda: _rollback_edits(source, settings, desired, apps, to, journal, single=app_name))
+        if not edits:
+            _fail("nothing to change: every app already runs that version")
+        message = "rollback " + "; ".join(edit.describe() for edit in edits)
+        written = _guarded(lambda: release.write(source, file=settings.file, edits=edits, message=message,
+                                                 push=push, branch=branch))  # fmt: skip
+        _written(written, message)
+    finally:
+        if journal is not None:
+            journal.close()
+
+
+def _rollback_edits(
+    source: Any, settings: Any, desired: Any, apps: list[str], to: str, journal: Any, *, single: str | None
+) -> list[Any]:
+    from reconciler.errors import UserError
+    from reconciler.shell import release
+
+    edits = []
+    branch = source.branch()
+    for name in apps:
+        spec = desired.apps[name]
+        seen = release.versions_seen(source, branch, settings.file, name)
+        if to == "stable":
+            new, origin = release.stable_version(name, journal=journal, source=source, file=settings.file), "stable"
+        elif to == release.PREVIOUS:
+            new, origin = release.previous_version(name, spec.version, journal=journal, seen=seen), release.PREVIOUS
+        else:
+            new, origin = to, ""
+        if new == spec.version:
+            if single is not None:
+                raise UserError(f"{name} is already at {new} in {settings.file}")
+            continue
+        release.check_exists(spec.image, new, seen=seen, settings=settings)
+        edits.append(release.Edit(name, spec.version, new, origin))
+    return edits
+
+
+def _list_versions(source: Any, settings: Any, desired: Any, app_name: str, journal: Any) -> None:
+    import time
+
+    from reconciler.errors import UserError
+    from reconciler.shell import release
+
+    spec = desired.apps[app_name]
+    seen = release.versions_seen(source, source.branch(), settings.file, app_name)
+    typer.echo(f"{app_name}: {settings.file} asks for {spec.version} @ {desired.short}")
+    finders: list[tuple[str, Callable[[], str]]] = [
+        ("previous", lambda: release.previous_version(app_name, spec.version, journal=journal, seen=seen)),
+        ("stable", lambda: release.stable_version(app_name, journal=journal, source=source, file=settings.file)),
+    ]
+    for label, find in finders:
+        try:
+            typer.echo(f"  --to {label:<9} {find()}")
+        except UserError as exc:
+            typer.echo(f"  --to {label:<9} (none: {exc})")
+    typer.echo("  versions in git history, newest first:")
+    for item in seen:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(item.when))
+        typer.echo(f"    {item.version:<16} {item.revision[:8]}  {when}Z  {item.author}")
+
+
+@app.command(name="set-version")
+def set_version(
+    ctx: typer.Context,
+    app_name: Annotated[str, typer.Argument(metavar="APP")],
+    version: Annotated[str, typer.Argument(metavar="VERSION", help="A tag or sha256:<digest>.")],
+    push: PushOpt = False,
+    branch: BranchOpt = None,
+    repo: RepoOpt = None,
+    file: FileOpt = None,
+    docker_host: HostOpt = None,
+) -> None:
+    """Set APP's version in the file and commit it: what CI runs after it built and pushed an image."""
+    from reconciler.shell import release
+
+    settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=None, docker_host=docker_host)
+    source = _source_for_writing(ctx, repo)
+    desired = _guarded(lambda: release.desired_at_head(source, settings.file))
+    if app_name not in desired.apps:
+        _fail(f"{app_name}: no such app in {settings.file} (apps: {', '.join(sorted(desired.apps))})")
+    spec = desired.apps[app_name]
+    if spec.version == version:
+        _fail(f"{app_name} is already at {version} in {settings.file}; nothing to commit")
+    seen = release.versions_seen(source, source.branch(), settings.file, app_name)
+    _guarded(lambda: release.check_exists(spec.image, version, seen=seen, settings=settings))
+    edit = release.Edit(app_name, spec.version, version)
+    message = f"set-version {edit.describe()}"
+    written = _guarded(lambda: release.write(source, file=settings.file, edits=[edit], message=message, push=push,
+                                             branch=branch))  # fmt: skip
+    _written(written, message)
+
+
+@app.command()
+def revert(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(metavar="SHA", help="The deploy commit to revert.")],
+    push: PushOpt = False,
+    repo: RepoOpt = None,
+    file: FileOpt = None,
+) -> None:
+    """`git revert` a deploy commit (validated before it is committed); never a force push."""
+    from reconciler.shell import release
+
+    settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=None)
+    source = _source_for_writing(ctx, repo)
+    written = _guarded(lambda: release.revert(source, revision, file=settings.file, push=push))
+    _written(written, f"revert {revision[:8]}")
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    app_name: Annotated[str, typer.Argument(metavar="APP")],
+    publish: Annotated[
+        bool, typer.Option("--publish", help="Also push the stable git tags and IMAGE:stable to their remotes.")
+    ] = False,
+    repo: RepoOpt = None,
+    state_dir: StateOpt = None,
+    docker_host: HostOpt = None,
+    instance: InstanceOpt = None,
+) -> None:
+    """Mark what runs now as APP's stable version (journal, IMAGE:stable, git tags stable and stable/APP)."""
+    from reconciler.shell import release
+
+    settings = _settings(ctx, repo=repo, ref=None, state_dir=state_dir, docker_host=docker_host, instance=instance)
+    text, problems = _guarded(lambda: release.promote_running(settings, app_name, publish=publish))
+    typer.echo(text)
+    for problem in problems:
+        typer.echo(f"warning: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def suspend(
+    ctx: typer.Context,
+    reason: Annotated[str, typer.Option("--reason", help="Why; shown by status and the agent's log.")] = "by hand",
+    state_dir: StateOpt = None,
+) -> None:
+    """During an incident: the agent changes nothing until `reconcile resume`."""
+    _set_suspended(ctx, state_dir, f"{reason}")
+    typer.echo("suspended: the agent changes nothing until `reconcile resume`")
+
+
+@app.command()
+def resume(ctx: typer.Context, state_dir: StateOpt = None) -> None:
+    """Let the agent converge again (a pass starts now if it runs)."""
+    _set_suspended(ctx, state_dir, None)
+    typer.echo("resumed: the agent converges to git again")
+
+
+def _set_suspended(ctx: typer.Context, state_dir: Path | None, reason: str | None) -> None:
+    import os
+    import signal
+
+    from reconciler.shell.agent import state_pid
+    from reconciler.shell.journal import SUSPENDED, Journal
+
+    directory: Path = _option(ctx, "state_dir", state_dir)
+    journal = _guarded(lambda: Journal(directory))
+    try:
+        journal.set_flag(SUSPENDED, reason)
+    finally:
+        journal.close()
+    pid = state_pid(directory)
+    if pid is not None:
+        os.kill(pid, signal.SIGHUP)
+
+
 @app.command(hidden=True)
 def schema() -> None:
     """Print the JSON Schema of desired-state.yaml (the source of schemas/desired-state.schema.json)."""
@@ -411,8 +665,19 @@ def schema() -> None:
 
 
 def main() -> None:
+    import os
+
     try:
         app()
     except ReconcileError as exc:  # a command that forgot _guarded still never shows a traceback
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        if os.environ.get("RECONCILE_DEBUG"):
+            raise
+        typer.echo(
+            f"internal error: {type(exc).__name__}: {exc} (a bug in reconciler: rerun with RECONCILE_DEBUG=1 "
+            "for the traceback, and report it)",
+            err=True,
+        )
         sys.exit(1)

@@ -32,7 +32,7 @@ from types import FrameType
 from typing import Any
 
 from reconciler.core.failures import held_back
-from reconciler.core.model import DesiredState, ObservedState, container_name
+from reconciler.core.model import STABLE, DesiredState, ObservedState, container_name
 from reconciler.core.plan import Action, ActionKind, Change, Plan
 from reconciler.core.report import Outcome, Result
 from reconciler.errors import (
@@ -47,10 +47,9 @@ from reconciler.shell.apply import Applier
 from reconciler.shell.docker import Engine, connect
 from reconciler.shell.events import Events
 from reconciler.shell.git import Source, open_source
-from reconciler.shell.journal import Journal, locked
+from reconciler.shell.journal import SUSPENDED, Journal, locked
 from reconciler.shell.loop import Settings, parse_desired, plan_against
-
-SUSPENDED = "suspended"
+from reconciler.shell.release import publish_stable
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,7 @@ class AgentSettings:
     self_heal: bool = True
     watch: bool = True
     lock_timeout: float = 30.0
+    publish_stable: bool = False  # push the stable git tags and IMAGE:stable on promotion
 
     @property
     def ref(self) -> str:
@@ -454,13 +454,17 @@ class Agent:
     def _promote(self, app: str, image: str, version: str, image_id: str, revision: str, *, how: str) -> None:
         assert self.journal is not None and self.engine is not None
         concrete = version
-        if version == "stable":
+        if version == STABLE:
             previous = self.journal.stable(app)
             concrete = previous.version if previous is not None else version
-        self.engine.tag(image_id, image, "stable")
-        self.journal.promote(app=app, image=image, version=concrete, image_id=image_id, revision=revision, how=how)
+        problems = publish_stable(
+            self.engine, self.journal, self.source, app=app, image=image, version=concrete, image_id=image_id,
+            revision=revision, how=how, publish=self.config.publish_stable,
+        )  # fmt: skip
         self.events.emit("stable.promoted", f"{app} {concrete} is stable ({image}:stable)", app=app,
                          commit=revision[:8])  # fmt: skip
+        for problem in problems:
+            self.events.emit("stable.unpublished", f"{app}: {problem}", app=app)
 
     def _stable_due(self) -> float:
         """Seconds until the next app could be promoted (the loop wakes then to look)."""

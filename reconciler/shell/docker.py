@@ -224,6 +224,13 @@ class Engine:
         with self._calls(f"tag {repository}:{tag}"):
             self.api.tag(image_id, repository, tag, force=True)
 
+    def push(self, repository: str, tag: str) -> None:
+        """Push ``repository:tag`` to its registry (credentials as for pulls)."""
+        with self._calls(f"push {repository}:{tag}"):
+            for event in self.api.push(repository, tag=tag, stream=True, decode=True):
+                if "error" in event:
+                    raise ImageError(f"push {repository}:{tag}: {str(event['error']).strip()}")
+
     def exec_ok(self, container_id: str, argv: list[str]) -> bool:
         """Run ``argv`` in the container; True when it exits 0."""
         try:

@@ -11,8 +11,12 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
+import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +86,123 @@ class Source:
 
     def close(self) -> None:
         self.repo.close()
+
+    # -- writing: commits, branches, tags, pushes ------------------------------------------------
+
+    def _git(self, *args: str, env: dict[str, str] | None = None) -> str:
+        try:
+            return str(self.repo.git.execute(["git", *args], env=env))
+        except git.exc.GitCommandError as exc:
+            raise SourceError(f"git {args[0]}: {_first_line(exc)}") from None
+
+    def identity_env(self) -> dict[str, str]:
+        """Author and committer: the repository's git config, else ``reconciler`` (CI has none)."""
+        env = dict(os.environ)
+        try:
+            self.repo.git.config("user.email")
+        except git.exc.GitCommandError:
+            for role in ("AUTHOR", "COMMITTER"):
+                env.setdefault(f"GIT_{role}_NAME", "reconciler")
+                env.setdefault(f"GIT_{role}_EMAIL", f"reconciler@{socket.gethostname()}")
+        return env
+
+    def branch(self) -> str:
+        """The checked-out branch (HEAD's), for a clone or a bare repository."""
+        try:
+            return str(self.repo.git.symbolic_ref("--short", "HEAD"))
+        except git.exc.GitCommandError:
+            raise SourceError(f"{self.display}: HEAD is detached; check out a branch first") from None
+
+    def commit_file(self, *, base: str, path: str, content: bytes, message: str) -> str:
+        """A new commit on top of ``base`` whose only change is ``path`` := ``content``; no ref moves."""
+        with tempfile.TemporaryDirectory(prefix="reconciler-index-") as tmp:
+            env = {**self.identity_env(), "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self._git("read-tree", base, env=env)
+            listed = self._git("ls-tree", base, "--", path, env=env).split()
+            mode = listed[0] if listed else "100644"
+            staged = Path(tmp) / "content"
+            staged.write_bytes(content)
+            blob = self._git("hash-object", "-w", "--path", path, str(staged), env=env)
+            self._git("update-index", "--add", "--cacheinfo", f"{mode},{blob.strip()},{path}", env=env)
+            tree = self._git("write-tree", env=env).strip()
+            return self._git("commit-tree", tree, "-p", base, "-m", message, env=env).strip()
+
+    def is_dirty(self, path: str) -> bool:
+        return not self.repo.bare and self.repo.is_dirty(index=True, working_tree=True, path=path)
+
+    def advance(self, branch: str, old: str, new: str) -> None:
+        """Move ``branch`` from ``old`` to ``new`` (a descendant); a clone's checkout follows."""
+        if not self.repo.bare and self.branch() == branch:
+            self._git("reset", "--keep", new)
+        else:
+            self._git("update-ref", f"refs/heads/{branch}", new, old)
+
+    def upstream(self, branch: str) -> tuple[str, str]:
+        """(remote, branch) that ``branch`` tracks; ``origin`` and the same name when it tracks nothing."""
+        try:
+            remote = str(self.repo.git.config(f"branch.{branch}.remote"))
+            merge = str(self.repo.git.config(f"branch.{branch}.merge")).removeprefix("refs/heads/")
+            return remote, merge
+        except git.exc.GitCommandError:
+            if not self.repo.remotes:
+                raise SourceError(f"{self.display}: no remote to push to (git remote add origin URL)") from None
+            return self.repo.remotes[0].name, branch
+
+    def push(self, remote: str, sha: str, ref: str, *, force: bool = False) -> bool:
+        """Push ``sha`` to ``ref`` on ``remote``; False when refused because the remote moved on."""
+        try:
+            self.repo.git.push(*(["--force"] if force else []), remote, f"{sha}:{ref}")
+        except git.exc.GitCommandError as exc:
+            text = str(exc.stderr or "")
+            if any(word in text for word in ("non-fast-forward", "fetch first", "rejected")):
+                return False
+            raise RemoteUnavailable(f"git push to {remote}: {_first_line(exc)}") from None
+        return True
+
+    def fetch_branch(self, remote: str, branch: str) -> str:
+        """Fetch ``branch`` of ``remote``; its tip."""
+        try:
+            self.repo.git.fetch(remote, f"refs/heads/{branch}")
+        except git.exc.GitCommandError as exc:
+            raise RemoteUnavailable(f"git fetch {remote}: {_first_line(exc)}") from None
+        return self.resolve("FETCH_HEAD")
+
+    def push_tags(self, remote: str, tags: list[str]) -> None:
+        """Push ``tags`` to ``remote``, moving them there too (a stable tag is meant to move)."""
+        try:
+            self.repo.git.push("--force", remote, *(f"refs/tags/{tag}:refs/tags/{tag}" for tag in tags))
+        except git.exc.GitCommandError as exc:
+            raise RemoteUnavailable(f"git push to {remote}: {_first_line(exc)}") from None
+
+    def revert_commit(self, sha: str) -> None:
+        """``git revert --no-edit sha`` on the checkout; a conflict is undone and reported."""
+        try:
+            self.repo.git.execute(["git", "revert", "--no-edit", sha], env=self.identity_env())
+        except git.exc.GitCommandError as exc:
+            with contextlib.suppress(git.exc.GitCommandError):
+                self.repo.git.revert("--abort")
+            raise SourceError(f"git revert {sha[:8]}: {_first_line(exc)}") from None
+
+    def set_ref(self, ref: str, sha: str) -> None:
+        self._git("update-ref", ref, sha)
+
+    def is_ancestor(self, older: str, newer: str) -> bool:
+        try:
+            self.repo.git.merge_base("--is-ancestor", older, newer)
+        except git.exc.GitCommandError:
+            return False
+        return True
+
+    def tag(self, name: str, sha: str) -> None:
+        self._git("tag", "-f", name, sha)
+
+    def history(self, ref: str, path: str, *, limit: int = 200) -> list[tuple[str, float, str]]:
+        """(sha, commit time, author) of the commits that changed ``path``, newest first."""
+        try:
+            commits = list(self.repo.iter_commits(ref, paths=path, max_count=limit))
+        except (git.exc.GitCommandError, ValueError):
+            return []
+        return [(c.hexsha, float(c.committed_date), f"{c.author.name} <{c.author.email}>") for c in commits]
 
 
 def _mirror_path(url: str, state_dir: Path) -> Path:

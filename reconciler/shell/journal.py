@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS flags (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 UNVERIFIED = ("started", "superseded")
+SUSPENDED = "suspended"  # the flag that stops the agent from changing anything; its value says why
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from typing import Any
 from reconciler.core.failures import held_back
 from reconciler.core.model import DesiredState, container_name
 from reconciler.errors import ReconcileError
-from reconciler.shell.agent import SUSPENDED, state_pid
+from reconciler.shell.agent import state_pid
 from reconciler.shell.apply import Applier
 from reconciler.shell.docker import connect
-from reconciler.shell.journal import Journal
+from reconciler.shell.journal import SUSPENDED, Journal
 from reconciler.shell.loop import Settings, plan_against, read_desired
 
 

@@ -85,3 +85,49 @@ def parse_yaml(text: str | bytes, *, filename: str) -> tuple[Any, Positions]:
             [f"{filename}:{':'.join(map(str, positions.of(path)))}: {dotted(path)}: {why}" for path, why in unsupported]
         )
     return data, positions
+
+
+def _scalar(value: str, style: str | None) -> str:
+    """``value`` as a YAML scalar in ``style`` (the one the file used), quoted when plain would not read
+    back as the same string (``1.10``, ``true``, ``2024-01-01``)."""
+    if style == "'":
+        return "'" + value.replace("'", "''") + "'"
+    if style == '"':
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    try:
+        plain = YAML(typ="safe", pure=True).load(f"k: {value}\n")
+    except YAMLError:
+        plain = None
+    if isinstance(plain, dict) and plain.get("k") == value and isinstance(plain.get("k"), str):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def set_versions(text: str, versions: dict[str, str], *, filename: str) -> str:
+    """``text`` with ``apps.APP.version`` replaced for each app of ``versions``, byte for byte elsewhere.
+
+    Only the version scalar is spliced: comments, key order, quoting (the old value's style is kept),
+    flow style and blank lines stay as they were.
+    """
+    try:
+        root = YAML(typ="rt").compose(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
+        raise InvalidDesiredState([f"{filename}:{where}: {exc.problem or 'invalid YAML'}"]) from None
+    spans: dict[str, Any] = {}
+    for key, value in getattr(root, "value", None) or ():
+        if getattr(key, "value", None) == "apps" and isinstance(value.value, list):
+            for app_key, app_node in value.value:
+                for field_key, field_node in getattr(app_node, "value", None) or ():
+                    if getattr(field_key, "value", None) == "version" and not isinstance(field_node.value, list):
+                        spans[app_key.value] = field_node
+    missing = sorted(set(versions) - set(spans))
+    if missing:
+        raise InvalidDesiredState([f"{filename}: apps.{app}.version: not found" for app in missing])
+    out = text
+    # Splice from the end so earlier offsets stay valid.
+    for app in sorted(versions, key=lambda name: spans[name].start_mark.index, reverse=True):
+        node = spans[app]
+        out = out[: node.start_mark.index] + _scalar(versions[app], node.style) + out[node.end_mark.index :]
+    return out

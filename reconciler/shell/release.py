@@ -1,0 +1,371 @@
+"""Changes of what runs, written as commits: set-version, rollback, revert; and stable, suspend, break-glass.
+
+Guarantees:
+- An edit changes only ``apps.APP.version`` scalars of the file at the branch's tip, byte for byte
+  elsewhere; the new file is validated before anything is committed; the commit message names the app,
+  from, to, and where the target came from (``stable`` and ``previous`` are written as the concrete
+  version they resolved to).
+- Nothing rewrites history: a commit goes on top of the branch (or on a new branch for a pull request);
+  a push refused because the remote moved is retried once on top of the new tip, only when the local
+  branch had nothing of its own that the retry would drop.
+- A version is accepted only when the app ran it before (git history) or its image exists (the engine's
+  images, else the registry): a typo fails with a message and no commit.
+- Break-glass (``rollback --local``) suspends the agent first, then swaps the kept previous container back
+  in with no git and no pull; ``status`` says the host differs from git until ``resume``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.core.model import (
+    DEFAULT_HEALTH,
+    STABLE,
+    AppSpec,
+    DesiredState,
+    HealthSpec,
+    Role,
+    container_name,
+    image_ref,
+)
+from reconciler.errors import ReconcileError, SourceError, UserError
+from reconciler.shell.docker import Engine
+from reconciler.shell.git import Source
+from reconciler.shell.journal import SUSPENDED, Journal
+from reconciler.shell.loop import Settings, parse_desired, read_desired
+from reconciler.shell.yamlfile import parse_yaml, set_versions
+
+PREVIOUS = "previous"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A version an app had in the file's history."""
+
+    version: str
+    revision: str
+    when: float
+    author: str
+
+
+@dataclass(frozen=True)
+class Edit:
+    app: str
+    old: str
+    new: str
+    origin: str = ""  # "stable" or "previous" when resolved from it
+
+    def describe(self) -> str:
+        text = f"{self.app} {self.old} -> {self.new}"
+        return text + (f" (the {self.origin} version)" if self.origin else "")
+
+
+@dataclass(frozen=True)
+class Written:
+    revision: str
+    branch: str
+    pushed_to: str = ""  # "origin/main", or "" when only committed locally
+    retried: bool = False
+
+
+def versions_seen(source: Source, ref: str, file: str, app: str) -> list[Seen]:
+    """The app's versions in the file's history, newest first, each with the commit that set it."""
+    seen: list[Seen] = []
+    for sha, when, author in source.history(ref, file):
+        try:
+            data, _ = parse_yaml(source.read(sha, file), filename=file)
+            version = str(data["apps"][app]["version"])
+        except (ReconcileError, KeyError, TypeError):
+            continue
+        if seen and seen[-1].version == version:
+            seen[-1] = Seen(version, sha, when, author)  # the oldest commit that set it
+        else:
+            seen.append(Seen(version, sha, when, author))
+    return seen
+
+
+def stable_version(app: str, *, journal: Journal | None, source: Source, file: str) -> str:
+    """The version ``stable`` points at: the journal's promotion, else the ``stable/APP`` or ``stable`` tag."""
+    if journal is not None:
+        promoted = journal.stable(app)
+        if promoted is not None:
+            return promoted.version
+    for tag in (f"stable/{app}", STABLE):
+        try:
+            sha = source.resolve(f"refs/tags/{tag}")
+            data, _ = parse_yaml(source.read(sha, file), filename=file)
+            return str(data["apps"][app]["version"])
+        except (ReconcileError, KeyError, TypeError):
+            continue
+    raise UserError(f"{app}: no stable version yet (no promotion in the journal, no stable tag in git)")
+
+
+def previous_version(app: str, current: str, *, journal: Journal | None, seen: list[Seen]) -> str:
+    """The version that ran before ``current``: from the journal's deploys, else from git history."""
+    if journal is not None:
+        for entry in journal.history(app=app, limit=500):
+            if entry.result == "succeeded" and entry.to_version and entry.to_version not in (current, STABLE):
+                return entry.to_version
+    for item in seen:
+        if item.version != current:
+            return item.version
+    raise UserError(f"{app}: no previous version (it has only ever been {current})")
+
+
+def check_exists(image: str, version: str, *, seen: list[Seen], settings: Settings) -> None:
+    """Refuse a version the app never ran whose image cannot be found either."""
+    if version == STABLE or any(item.version == version for item in seen):
+        return
+    from reconciler.core import images as image_match
+    from reconciler.shell.docker import connect
+
+    ref = image_ref(AppSpec(image=image, version=version))
+    engine = connect(settings.docker_host, instance=settings.instance)
+    if image_match.find_local(ref, engine.local_images()) is None:
+        engine.registry_digest(ref)  # raises ImageError naming what is wrong
+
+
+def write(
+    source: Source,
+    *,
+    file: str,
+    edits: list[Edit],
+    message: str,
+    push: bool = False,
+    branch: str | None = None,
+) -> Written:
+    """Commit ``edits`` on top of the checked-out branch (or as a new ``branch``), and push if asked."""
+    current_branch = source.branch()
+    if source.is_dirty(file):
+        raise UserError(f"{file} has uncommitted changes in {source.display}; commit or stash them first")
+    base = source.resolve(current_branch)
+    versions = {edit.app: edit.new for edit in edits}
+
+    def commit_on(tip: str) -> str:
+        text = source.read(tip, file).decode()
+        changed = set_versions(text, versions, filename=file)
+        parse_desired(changed.encode(), file, "")  # validate before anything is committed
+        if changed == text:
+            raise UserError(f"nothing to change: {', '.join(f'{a} is already {v}' for a, v in versions.items())}")
+        return source.commit_file(base=tip, path=file, content=changed.encode(), message=message)
+
+    commit = commit_on(base)
+    remote, remote_branch = source.upstream(current_branch)
+    if branch is not None:
+        if not source.push(remote, commit, f"refs/heads/{branch}"):
+            raise UserError(f"branch {branch} already exists on {remote} with other commits; choose another name")
+        if not _has_branch(source, branch):
+            source.set_ref(f"refs/heads/{branch}", commit)
+        return Written(commit, branch, pushed_to=f"{remote}/{branch}")
+    source.advance(current_branch, base, commit)
+    if not push:
+        return Written(commit, current_branch)
+    if source.push(remote, commit, f"refs/heads/{remote_branch}"):
+        return Written(commit, current_branch, pushed_to=f"{remote}/{remote_branch}")
+    # The remote moved on. Re-apply the edit on its tip, once, unless that would drop local commits.
+    tip = source.fetch_branch(remote, remote_branch)
+    if not source.is_ancestor(base, tip):
+        raise UserError(
+            f"{current_branch} and {remote}/{remote_branch} have diverged; pull (and resolve) first, then retry"
+        )
+    retried = commit_on(tip)
+    if not source.push(remote, retried, f"refs/heads/{remote_branch}"):
+        raise UserError(f"{remote}/{remote_branch} moved again while pushing; retry the command")
+    source.advance(current_branch, commit, retried)
+    return Written(retried, current_branch, pushed_to=f"{remote}/{remote_branch}", retried=True)
+
+
+def _has_branch(source: Source, branch: str) -> bool:
+    try:
+        source.resolve(f"refs/heads/{branch}")
+    except SourceError:
+        return False
+    return True
+
+
+def desired_at_head(source: Source, file: str) -> DesiredState:
+    sha = source.resolve(source.branch())
+    return parse_desired(source.read(sha, file), file, sha)
+
+
+# -- stable ------------------------------------------------------------------------------------------
+
+
+def publish_stable(
+    engine: Engine,
+    journal: Journal,
+    source: Source | None,
+    *,
+    app: str,
+    image: str,
+    version: str,
+    image_id: str,
+    revision: str,
+    how: str,
+    publish: bool = False,
+) -> list[str]:
+    """Mark ``image_id`` (``image:version`` from ``revision``) as the app's stable release.
+
+    Always: the journal records it and the engine tags ``IMAGE:stable``; the git tags ``stable`` and
+    ``stable/APP`` move to ``revision`` in ``source``. With ``publish``: both git tags and the image
+    tag are pushed. Returns what could not be done (for the log); the promotion itself stands.
+    """
+    problems: list[str] = []
+    engine.tag(image_id, image, STABLE)
+    journal.promote(app=app, image=image, version=version, image_id=image_id, revision=revision, how=how)
+    tags = [STABLE, f"stable/{app}"]
+    if source is not None and revision:
+        try:
+            for tag in tags:
+                source.tag(tag, revision)
+        except ReconcileError as exc:
+            problems.append(f"git tag: {exc}")
+    if not publish:
+        return problems
+    if source is not None and revision and source.repo.remotes:
+        try:
+            source.push_tags(source.repo.remotes[0].name, tags)
+        except ReconcileError as exc:
+            problems.append(f"git push of the stable tags: {exc}")
+    try:
+        engine.push(image, STABLE)
+    except ReconcileError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def promote_running(settings: Settings, app: str, *, publish: bool) -> tuple[str, list[str]]:
+    """``reconcile promote``: what runs now under the app's name becomes its stable release."""
+    from reconciler.shell.docker import connect
+    from reconciler.shell.git import open_source
+
+    engine = connect(settings.docker_host, instance=settings.instance)
+    current = engine.observe().named(container_name(app))
+    if current is None or not current.managed or not current.running:
+        raise UserError(f"{app}: no running container of reconciler's to promote")
+    journal = Journal(settings.state_dir)
+    try:
+        version = current.version
+        if version == STABLE:
+            promoted = journal.stable(app)
+            version = promoted.version if promoted is not None else version
+        image = str((engine.container_state(current.id) or {}).get("Config", {}).get("Image", "")).rsplit(":", 1)[0]
+        try:
+            source: Source | None = open_source(settings.repo, state_dir=settings.state_dir, fetch=False)
+        except ReconcileError:
+            source = None
+        try:
+            problems = publish_stable(
+                engine, journal, source, app=app, image=image, version=version, image_id=current.image_id,
+                revision=current.commit, how="manual", publish=publish,
+            )  # fmt: skip
+        finally:
+            if source is not None:
+                source.close()
+    finally:
+        journal.close()
+    return f"{app}: {version} ({image}, commit {current.commit[:8]}) is stable", problems
+
+
+def revert(source: Source, revision: str, *, file: str, push: bool) -> Written:
+    """``git revert`` of ``revision`` on the checked-out branch, validated; pushed with one retry."""
+    if source.repo.bare:
+        raise UserError(f"{source.display}: revert needs a clone with a working tree")
+    branch = source.branch()
+    if source.is_dirty(file):
+        raise UserError(f"{file} has uncommitted changes in {source.display}; commit or stash them first")
+    full = source.resolve(revision)
+    base = source.resolve(branch)
+
+    def revert_on_checkout() -> str:
+        source.revert_commit(full)
+        head = source.resolve(branch)
+        try:
+            parse_desired(source.read(head, file), file, head)
+        except ReconcileError:
+            source.advance(branch, head, source.resolve(f"{head}~1"))
+            raise
+        return head
+
+    commit = revert_on_checkout()
+    if not push:
+        return Written(commit, branch)
+    remote, remote_branch = source.upstream(branch)
+    if source.push(remote, commit, f"refs/heads/{remote_branch}"):
+        return Written(commit, branch, pushed_to=f"{remote}/{remote_branch}")
+    tip = source.fetch_branch(remote, remote_branch)
+    if not source.is_ancestor(base, tip):
+        raise UserError(f"{branch} and {remote}/{remote_branch} have diverged; pull (and resolve) first, then retry")
+    source.advance(branch, commit, tip)
+    retried = revert_on_checkout()
+    if not source.push(remote, retried, f"refs/heads/{remote_branch}"):
+        raise UserError(f"{remote}/{remote_branch} moved again while pushing; retry the command")
+    return Written(retried, branch, pushed_to=f"{remote}/{remote_branch}", retried=True)
+
+
+# -- break-glass -------------------------------------------------------------------------------------
+
+
+def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> str:
+    """Put ``APP.prev`` back under the app's name at once (no git, no pull) and suspend the agent."""
+    from reconciler.shell.apply import Applier
+    from reconciler.shell.docker import connect
+    from reconciler.shell.journal import locked
+
+    engine = connect(settings.docker_host, instance=settings.instance)
+    journal = Journal(settings.state_dir)
+    try:
+        observed = engine.observe()
+        current = observed.named(container_name(app))
+        previous = observed.named(container_name(app, Role.PREVIOUS))
+        if previous is None or not previous.managed:
+            raise UserError(f"{app}: no kept previous container ({app}.prev) to swap back to")
+        if current is not None and not current.managed:
+            raise UserError(f"{app}: container {app} was not created by reconciler; not touching it")
+        was = current.version if current is not None else "nothing"
+        reason = (
+            f"break-glass rollback of {app} to {previous.version} (was {was}) at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}Z; git still asks for {was}"
+        )
+        journal.set_flag(SUSPENDED, reason)  # first, so that an agent between passes does not undo it
+        with locked(settings.state_dir, timeout=lock_timeout):
+            entry = journal.start(
+                revision=previous.commit, app=app, action="rollback-local", from_version=was,
+                to_version=previous.version, from_image=current.image_id if current else "",
+                to_image=previous.image_id, spec_hash=previous.spec_hash,
+            )  # fmt: skip
+            swap = f"{app}.swap"
+            if current is not None:
+                if current.running:
+                    engine.stop(current.id, current.name, float(current.fingerprint.get("stop_timeout") or 10))
+                engine.rename(current.id, swap)
+            engine.rename(previous.id, app)
+            engine.start(previous.id, app)
+            if current is not None:
+                engine.rename(current.id, container_name(app, Role.PREVIOUS))
+            journal.finish(entry, result="succeeded", message="break-glass: host differs from git until resume")
+        gate = Applier(engine, journal).sample(previous.id, previous_gate(settings, app))
+        state = "answering" if gate.running and gate.probe_ok else f"started, not healthy yet ({gate.detail})"
+        return f"{app}: {previous.version} runs again ({state}); {was} kept stopped as {app}.prev"
+    finally:
+        journal.close()
+
+
+def previous_gate(settings: Settings, app: str) -> HealthSpec:
+    """The app's health spec from the committed file, when it can be read; the default gate otherwise."""
+
+    try:
+        spec = read_desired(settings).apps.get(app)
+    except ReconcileError:
+        return DEFAULT_HEALTH
+    return spec.gate if spec is not None else DEFAULT_HEALTH
+
+
+def state_dir_journal(state_dir: Path) -> Journal | None:
+    """The journal when this machine has one (the server); None on a laptop or a CI runner."""
+    try:
+        return Journal(state_dir, create=False)
+    except ReconcileError:
+        return None
