@@ -52,9 +52,7 @@ def run_git(*args: str, cwd: Path | None = None) -> str:
         "-c", "core.hooksPath=/dev/null",
         *args,
     ]  # fmt: skip
-    result = subprocess.run(
-        cmd, cwd=cwd, env=git_env(), capture_output=True, text=True, stdin=subprocess.DEVNULL
-    )
+    result = subprocess.run(cmd, cwd=cwd, env=git_env(), capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         raise GitError(f"git {' '.join(args)} (in {cwd}) exited {result.returncode}:\n{result.stderr}")
     return result.stdout.rstrip("\n")
@@ -113,9 +111,7 @@ class GitRemote:
     def remote_head(self) -> str | None:
         """The remote's `main` sha, or None before the first push."""
         try:
-            return run_git(
-                "--git-dir", str(self.bare_path), "rev-parse", "--verify", "-q", f"refs/heads/{BRANCH}"
-            )
+            return run_git("--git-dir", str(self.bare_path), "rev-parse", "--verify", "-q", f"refs/heads/{BRANCH}")
         except GitError:
             return None
 

@@ -54,8 +54,7 @@ def find_static_busybox() -> Path:
             if _is_static_elf(path.read_bytes()):
                 return path
             raise BusyboxMissing(
-                f"{path} is dynamically linked and cannot run in an empty image: "
-                "apt-get install -y busybox-static"
+                f"{path} is dynamically linked and cannot run in an empty image: apt-get install -y busybox-static"
             )
     raise BusyboxMissing("no /bin/busybox: apt-get install -y busybox-static")
 
