@@ -271,8 +271,7 @@ class Agent:
             author=desired.author,
         )
         observed = self.engine.observe()
-        gates = {app: spec.gate for app, spec in desired.apps.items()}
-        verified = applier.verify_unfinished(observed, gates)
+        verified = applier.verify_unfinished(observed, desired.apps)
         self._report(verified, revision)
         self._remember_failures(verified, None, revision)
         if verified:
@@ -376,27 +375,35 @@ class Agent:
         return False
 
     def _remember_failures(self, outcomes: list[Outcome], plan: Plan | None, revision: str) -> None:
+        """Record the release that failed (the culprit) and every other new release of its commit (the
+        companions, rolled back or never tried), so that none of them deploys alone."""
         assert self.journal is not None
-        culprits = [outcome for outcome in outcomes if outcome.release_failed]
+        culprits = {outcome.app: outcome for outcome in outcomes if outcome.release_failed}
         if not culprits:
             return
-        targets = {a.app: a.target for a in (plan.actions if plan else ()) if a.target is not None}
-        for outcome in outcomes:
-            target = targets.get(outcome.app)
-            spec_hash = target.spec_hash if target is not None else ""
-            if not spec_hash and outcome.release_failed:
-                last = self.journal.last(outcome.app)
-                spec_hash = last.spec_hash if last else ""
-            if not spec_hash or outcome.result not in (Result.ROLLED_BACK, Result.FAILED):
+        why = "; ".join(f"{app}: {outcome.message}" for app, outcome in culprits.items())
+        recorded: set[str] = set()
+        for action in plan.actions if plan is not None else ():
+            target = action.target
+            if target is None or action.kind not in (ActionKind.CREATE, ActionKind.REPLACE):
                 continue
+            if action.app not in culprits and self._is_drift(action, self.journal):
+                continue  # a heal of what already ran is no part of the new release
+            culprit = culprits.get(action.app)
             self.journal.record_failure(
-                app=outcome.app,
-                spec_hash=spec_hash,
+                app=action.app,
+                spec_hash=target.spec_hash,
                 revision=revision,
-                version=target.spec.version if target is not None else "",
-                reason=outcome.message,
-                culprit=outcome.release_failed,
+                version=target.spec.version,
+                reason=culprit.message if culprit is not None else f"rolled back with its commit ({why})",
+                culprit=culprit is not None,
             )
+            recorded.add(action.app)
+        for app, outcome in culprits.items():  # found by verify_unfinished: no plan action of its own
+            last = self.journal.last(app)
+            if app not in recorded and last is not None and last.spec_hash:
+                self.journal.record_failure(app=app, spec_hash=last.spec_hash, revision=revision,
+                                            version=last.to_version, reason=outcome.message, culprit=True)  # fmt: skip
 
     def _report(self, outcomes: list[Outcome], revision: str) -> None:
         events = {

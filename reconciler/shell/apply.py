@@ -178,6 +178,8 @@ class Applier:
         outcomes: list[Outcome] = []
         deployed: list[Deployed] = []
         for action in plan.actions:
+            if self.interrupted():
+                break  # a newer commit or a shutdown: the rest of this plan is stale
             if not action.kind.changes:
                 outcomes.append(Outcome(action.app, action.kind, action.container, Result.SKIPPED, action.message))
                 continue
@@ -318,7 +320,7 @@ class Applier:
         done = Deployed(app, new_id, fallback, spec, entry)
         return Outcome(app, action.kind, app, Result.APPLIED, f"{was}{spec.version}"), done
 
-    def verify_unfinished(self, observed: ObservedState, gates: Mapping[str, HealthSpec]) -> list[Outcome]:
+    def verify_unfinished(self, observed: ObservedState, specs: Mapping[str, AppSpec]) -> list[Outcome]:
         """Give a verdict to deploys that never got one (a crash, SIGTERM, a newer commit mid-gate).
 
         The release still running under the app's name is gated now; a failure rolls back to
@@ -334,11 +336,11 @@ class Applier:
                 and bool(entry.spec_hash)
                 and current.spec_hash == entry.spec_hash
             )
-            if entry.app not in gates or current is None or not matches:
+            if entry.app not in specs or current is None or not matches:
                 self.journal.finish(entry.id, result="interrupted", message="cut short; planned again")
                 continue
             self._step(entry.app, "verify")
-            gate = self.gate(current.id, gates[entry.app])
+            gate = self.gate(current.id, specs[entry.app].gate)
             action = Action(ActionKind.REPLACE, entry.app, entry.app)
             if gate.verdict is Verdict.PENDING:
                 continue
@@ -348,12 +350,8 @@ class Applier:
                 outcomes.append(Outcome(entry.app, action.kind, entry.app, Result.APPLIED, entry.to_version))
                 continue
             previous = observed.named(container_name(entry.app, Role.PREVIOUS))
-            spec = AppSpec(image="verify/unused", version=entry.to_version or "unknown", health=gates[entry.app])
-            outcomes.append(
-                self._roll_back(
-                    action, entry.id, current.id, previous if previous and previous.managed else None, spec, gate.reason
-                )
-            )
+            kept = previous if previous is not None and previous.managed else None
+            outcomes.append(self._roll_back(action, entry.id, current.id, kept, specs[entry.app], gate.reason))
         return outcomes
 
     @staticmethod
