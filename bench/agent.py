@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.converge import body_of, until_body  # noqa: E402
+from bench.converge import body_of, remove_containers, until_body  # noqa: E402
 from tests.support import GitRemote, ImageFactory, cleanup_run, connect, free_port  # noqa: E402
 from tests.support.engine import new_run_prefix  # noqa: E402
 
@@ -203,11 +203,7 @@ def main() -> None:
             results["idle_rss_mb"] = rss_mb(pid)
         finally:
             agent.stop()
-            for name in (our_name, f"{our_name}.prev", f"{our_name}.failed", raw_name):
-                try:
-                    client.api.remove_container(name, force=True)
-                except Exception:  # noqa: BLE001 - best-effort cleanup
-                    pass
+            remove_containers(client, [our_name, f"{our_name}.prev", f"{our_name}.failed", raw_name])
             cleanup_run(client, prefix)
     overhead = results["ours_s"] - results["raw_s"]
     print(

@@ -12,6 +12,7 @@ docker-registry, as the tests do). It removes what it creates.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import statistics
 import subprocess
@@ -21,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import docker.errors
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,10 +37,17 @@ RECONCILE = [sys.executable, "-m", "reconciler"]
 def body_of(url: str) -> str:
     try:
         # A short timeout: a connection accepted while the container starts may hang; ask again instead.
-        with urllib.request.urlopen(url, timeout=0.05) as response:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=0.05) as response:
             return str(response.read().decode())
     except (OSError, http.client.HTTPException):
         return ""
+
+
+def remove_containers(client: Any, names: list[str]) -> None:
+    """Best-effort: a container that is already gone is fine."""
+    for name in names:
+        with contextlib.suppress(docker.errors.APIError):
+            client.api.remove_container(name, force=True)
 
 
 def until_body(url: str, body: str, started: float, limit: float = 60.0) -> float:
@@ -112,11 +122,7 @@ def bench_replace(images: ImageFactory, registry: Registry, work: Path, rounds: 
         answered, finished = deploy_ours(f"o{index}")
         ours.append(answered)
         ours_exit.append(finished)
-    for name in (raw_name, our_name, f"{our_name}.prev"):
-        try:
-            client.api.remove_container(name, force=True)
-        except Exception:  # noqa: BLE001 - best-effort cleanup
-            pass
+    remove_containers(client, [raw_name, our_name, f"{our_name}.prev"])
     return {
         "raw_s": statistics.median(raw),
         "ours_answering_s": statistics.median(ours),
@@ -161,12 +167,7 @@ def bench_dry_run(images: ImageFactory, work: Path, apps: int, runs: int) -> dic
             pass_times.append(time.monotonic() - started)
             assert result.plan.in_sync
     finally:
-        for name in names:
-            for suffix in ("", ".prev"):
-                try:
-                    client.api.remove_container(name + suffix, force=True)
-                except Exception:  # noqa: BLE001 - best-effort cleanup
-                    pass
+        remove_containers(client, [name + suffix for name in names for suffix in ("", ".prev")])
     return {"process_median_s": statistics.median(process_times), "pass_median_s": statistics.median(pass_times)}
 
 

@@ -45,7 +45,7 @@ class ContainerError(ReconcileError):
     """The engine refused to create, start or stop a container (port taken, bad mount, ...)."""
 
 
-_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)|\w+Error\(-?\d+, '([^']+)'\)")
 
 
 def _reason(exc: BaseException) -> str:
@@ -55,7 +55,7 @@ def _reason(exc: BaseException) -> str:
     # urllib3 wraps the one fact that matters ("Connection refused") in three layers of reprs.
     found = _ERRNO.search(text)
     if found:
-        return found.group(1).strip().rstrip(".").lower()
+        return (found.group(1) or found.group(2)).strip().rstrip(".").lower()
     return text.splitlines()[0][:300]
 
 
