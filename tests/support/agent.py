@@ -1,0 +1,489 @@
+"""Running `reconcile agent` as a real subprocess in tests, and reading its event log.
+
+Guarantees:
+- `AgentProcess.start()` runs `python -m reconciler agent ARGS` with the tests' interpreter, no
+  stdin, and `cli_env(env)` (the running test's own `RECONCILE_INSTANCE`). Two daemon threads read
+  stderr and stdout line by line into `lines` / `stdout` as they come, so a test can wait for an
+  event while the agent keeps running.
+- Each stderr line is parsed into a `LogLine`: a JSON object (``--log-format json``) or the text
+  form ``TIME EVENT MESSAGE key=value...``. A line that is neither keeps `event == ""`.
+- `wait_for` returns as soon as a matching line is there, fails at once (with the log) when the
+  process has died, and fails after its deadline saying what it waited for and showing the log.
+- `stop()` sends SIGTERM, waits, then SIGKILLs; it never raises and is safe to call twice, so a
+  fixture can always call it.
+- `World` is one test's world (its git remote, state directory, engine client, images, agents);
+  `open_world()` stops every agent it started when the test ends, before the `app_names` fixture
+  removes the containers (a fixture that uses it must request `app_names` so that it is torn down
+  first: a running agent would heal the containers back).
+- The desired-state helpers (`app_yaml`, `desired`) write apps the way the agent tests need them:
+  `init: true`, `stop_timeout: 2s`, ports on 127.0.0.1, a fast HTTP health gate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import docker.errors
+
+from .cli import cli_env, run_cli
+from .gitrepo import GitRemote
+from .images import ImageFactory
+from .net import http_get, wait_http
+
+_TEXT_LINE = re.compile(r"^(?P<time>\d{4}-\d\d-\d\dT[\d:.]+Z) (?P<event>[a-z][a-z0-9.-]*)\s+(?P<message>.*)$")
+_TEXT_FIELD = re.compile(r" (?P<key>[a-z_]+)=(?P<value>\S*)$")
+
+# Every event the agent documents; a line with another name is a surprise worth a look.
+KNOWN_EVENTS = frozenset(
+    {
+        "agent.started",
+        "agent.stopped",
+        "agent.suspended",
+        "agent.resumed",
+        "commit.seen",
+        "deploy.succeeded",
+        "deploy.rolled-back",
+        "deploy.failed",
+        "deploy.superseded",
+        "deploy.held",
+        "deploy.done",
+        "drift.healing",
+        "drift.found",
+        "remote.unreachable",
+        "remote.recovered",
+        "engine.unreachable",
+        "engine.recovered",
+        "lock.held",
+        "lock.recovered",
+        "stable.promoted",
+        "stable.unpublished",
+        "app.removed",
+        "desired.invalid",
+        "pass.error",
+    }
+)
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line the agent wrote on stderr."""
+
+    raw: str
+    event: str = ""
+    message: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)  # the JSON object, or the text form's key=value fields
+
+    @classmethod
+    def parse(cls, raw: str) -> LogLine:
+        if raw.startswith("{"):
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                return cls(raw)
+            if isinstance(data, dict):
+                return cls(raw, str(data.get("event", "")), str(data.get("message", "")), data)
+            return cls(raw)
+        match = _TEXT_LINE.match(raw)
+        if match is None:
+            return cls(raw)
+        # The text form ends with the event's fields as ` key=value`: peel them off the end.
+        message, fields = match["message"], {}
+        while (found := _TEXT_FIELD.search(message)) is not None:
+            fields[found["key"]] = found["value"]
+            message = message[: found.start()]
+        return cls(raw, match["event"], message, {"time": match["time"], **dict(reversed(list(fields.items())))})
+
+    @property
+    def at(self) -> float:
+        """When the agent wrote the line (its own clock, seconds since the epoch)."""
+        stamp = str(self.data.get("time") or self.raw.split(" ", 1)[0])
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+    @property
+    def app(self) -> str:
+        return str(self.data.get("app") or "")
+
+    @property
+    def commit(self) -> str:
+        return str(self.data.get("commit") or "")
+
+    def mentions(self, *words: str) -> bool:
+        return all(word in self.raw for word in words)
+
+
+class AgentDied(AssertionError):
+    """The agent exited while a test waited for it."""
+
+
+class AgentProcess:
+    """One `reconcile agent` process; see the module docstring."""
+
+    def __init__(
+        self,
+        args: Iterable[str | Path],
+        *,
+        env: Mapping[str, str | None] | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.args = [str(a) for a in args]
+        self.env = dict(env or {})
+        self.state_dir = state_dir
+        self.process: subprocess.Popen[str] | None = None
+        self.lines: list[LogLine] = []
+        self.stdout: list[str] = []
+        self._changed = threading.Condition()
+        self._readers: list[threading.Thread] = []
+
+    # -- process ---------------------------------------------------------------------------------
+
+    def start(self) -> AgentProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "agent", *self.args],
+            env=cli_env(self.env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        assert self.process.stderr is not None and self.process.stdout is not None
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.process.stderr, self._add_line), daemon=True),
+            threading.Thread(target=self._read, args=(self.process.stdout, self.stdout.append), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+        return self
+
+    def _read(self, stream: IO[str], sink: Callable[[str], None]) -> None:
+        for raw in stream:
+            with self._changed:
+                sink(raw.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def _add_line(self, raw: str) -> None:
+        self.lines.append(LogLine.parse(raw))
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "the agent was not started"
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def signal(self, signum: int) -> None:
+        assert self.alive(), f"the agent is not running (exit {self.returncode})\n{self.log()}"
+        os.kill(self.pid, signum)
+
+    def hup(self) -> None:
+        """SIGHUP: a pass now."""
+        self.signal(signal.SIGHUP)
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the process to end (and its output to be read); its exit code."""
+        assert self.process is not None
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the agent did not exit within {timeout}s\n{self.log()}") from None
+        for reader in self._readers:
+            reader.join(timeout=5)
+        return code
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait for the exit code."""
+        self.signal(signal.SIGTERM)
+        return self.wait_exit(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout`; never raises."""
+        process = self.process
+        if process is None:
+            return
+        with contextlib.suppress(Exception):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    stream.close()
+
+    # -- the log -----------------------------------------------------------------------------------
+
+    def log(self) -> str:
+        """Everything the agent wrote so far, for assertion messages."""
+        with self._changed:
+            text = "\n".join(line.raw for line in self.lines)
+            out = "\n".join(self.stdout)
+        return f"--- agent stderr ({self.args})\n{text}" + (f"\n--- agent stdout\n{out}" if out else "")
+
+    def mark(self) -> int:
+        """A position in the log, to wait only for what comes after it."""
+        with self._changed:
+            return len(self.lines)
+
+    def events(self, event: str | None = None, *words: str, app: str | None = None, since: int = 0) -> list[LogLine]:
+        """The lines of `event` (any event when None) about `app` (its `app` field) with every one of `words`."""
+        with self._changed:
+            lines = list(self.lines[since:])
+        return [
+            ln
+            for ln in lines
+            if (event is None or ln.event == event) and (app is None or ln.app == app) and ln.mentions(*words)
+        ]
+
+    def wait_for(
+        self, event: str, *words: str, app: str | None = None, since: int = 0, timeout: float = 30.0
+    ) -> LogLine:
+        """The first line of `event` (about `app`, with `words`) at or after `since`; waits up to `timeout`."""
+        what = f"event {event}" + (f" app={app}" if app else "") + "".join(f" {word!r}" for word in words)
+        return self.wait_until(lambda: next(iter(self.events(event, *words, app=app, since=since)), None), what,
+                               timeout)  # fmt: skip
+
+    def wait_until(self, found: Callable[[], LogLine | None], what: str, timeout: float) -> LogLine:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                line = found()
+                if line is not None:
+                    return line
+                if not self.alive() and all(not r.is_alive() for r in self._readers):
+                    raise AgentDied(f"the agent exited ({self.returncode}) before {what}\n{self.log()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {what} within {timeout}s\n{self.log()}")
+                self._changed.wait(min(left, 0.2))
+
+    def watching(self) -> bool:
+        """True once the process holds an inotify descriptor (the watcher on a local repository is up)."""
+        try:
+            fds = list(Path(f"/proc/{self.pid}/fd").iterdir())
+        except OSError:
+            return False
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == "anon_inode:inotify":
+                    return True
+        return False
+
+    def wait_watching(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.watching():
+            assert self.alive(), f"the agent exited ({self.returncode})\n{self.log()}"
+            assert time.monotonic() < deadline, f"the agent set up no watcher within {timeout}s\n{self.log()}"
+            time.sleep(0.05)
+
+    def assert_clean_log(self) -> None:
+        """No traceback, and every stderr line is an event line (text or JSON)."""
+        text = self.log()
+        assert "Traceback" not in text, text
+        strays = [line.raw for line in self.lines if not line.event]
+        assert not strays, f"lines that are not events: {strays}\n{text}"
+
+
+def agent_args(
+    repo: str,
+    state_dir: Path,
+    *,
+    interval: str = "60s",
+    branch: str = "main",
+    extra: Iterable[str] = (),
+) -> list[str]:
+    return ["--repo", repo, "--branch", branch, "--state-dir", str(state_dir), "--interval", interval, *extra]
+
+
+# -- a test's world: desired-state files, containers, the CLI ------------------------------------------
+
+FILE = "desired-state.yaml"
+
+
+def app_yaml(
+    name: str,
+    image: str,
+    version: str,
+    port: int,
+    *,
+    timeout: str = "5s",
+    healthy_for: str = "500ms",
+    stable_after: str | None = None,
+) -> str:
+    """One app under `apps:`: loopback port, `init: true`, short stop timeout, a fast HTTP gate."""
+    lines = [
+        f"  {name}:",
+        f"    image: {image}",
+        f"    version: {version}",
+        f'    ports: ["127.0.0.1:{port}:8000"]',
+        "    init: true",
+        "    stop_timeout: 2s",
+        "    health:",
+        f"      http: http://127.0.0.1:{port}/health",
+        "      interval: 200ms",
+        f"      timeout: {timeout}",
+        f"      healthy_for: {healthy_for}",
+    ]
+    if stable_after is not None:
+        lines.append(f"    stable_after: {stable_after}")
+    return "\n".join(lines) + "\n"
+
+
+def desired(*apps: str) -> str:
+    return "apps:\n" + "".join(apps) if apps else "apps: {}\n"
+
+
+def inspect(client: Any, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(client.api.inspect_container(name))
+    except docker.errors.NotFound:
+        return None
+
+
+def must_inspect(client: Any, name: str) -> dict[str, Any]:
+    info = inspect(client, name)
+    assert info is not None, f"no container {name}; containers: {container_names(client)}"
+    return info
+
+
+def is_running(info: Mapping[str, Any] | None) -> bool:
+    return info is not None and bool(info["State"]["Running"])
+
+
+def labels(info: Mapping[str, Any]) -> dict[str, str]:
+    return dict(info["Config"]["Labels"] or {})
+
+
+def container_names(client: Any) -> list[str]:
+    return sorted(n.lstrip("/") for c in client.api.containers(all=True) for n in c.get("Names") or [])
+
+
+def names_of(client: Any, app: str) -> set[str]:
+    return {n for n in container_names(client) if n == app or n.startswith(app + ".")}
+
+
+def body(port: int, timeout: float = 10.0) -> str:
+    return wait_http(f"http://127.0.0.1:{port}/", timeout)
+
+
+def wait_body(port: int, expected: str, timeout: float, agent: AgentProcess | None = None) -> None:
+    """Wait until the app on `port` serves `expected` at /."""
+    deadline = time.monotonic() + timeout
+    last = "no attempt"
+    while time.monotonic() < deadline:
+        try:
+            status, text = http_get(f"http://127.0.0.1:{port}/", timeout=1.0)
+            if status == 200 and text == expected:
+                return
+            last = f"HTTP {status} {text!r}"
+        except OSError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.05)
+    raise AssertionError(
+        f"port {port} did not serve {expected!r} within {timeout}s (last: {last})"
+        + (f"\n{agent.log()}" if agent else "")
+    )
+
+
+def show(result: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}--- stderr\n{result.stderr}"
+
+
+@dataclass
+class World:
+    """One test's world: the git remote it pushes to, a state directory, the engine, its agents."""
+
+    remote: GitRemote
+    state: Path
+    client: Any
+    images: ImageFactory
+    agents: list[AgentProcess] = field(default_factory=list)
+
+    @property
+    def repo(self) -> str:
+        return str(self.remote.bare_path)
+
+    def web(self) -> str:
+        return self.images.repo("web")
+
+    def commit(self, text: str, message: str = "update desired state") -> str:
+        """Commit `text` as desired-state.yaml and push it; return the commit's sha."""
+        return self.remote.commit_file(FILE, text, message)
+
+    def agent(
+        self,
+        *extra: str,
+        interval: str = "60s",
+        repo: str | None = None,
+        env: Mapping[str, str | None] | None = None,
+    ) -> AgentProcess:
+        """Start `reconcile agent` on the remote's `main` and wait for `agent.started`."""
+        args = agent_args(repo or self.repo, self.state, interval=interval, extra=extra)
+        process = AgentProcess(args, env=env, state_dir=self.state)
+        self.agents.append(process)
+        process.start()
+        process.wait_for("agent.started", timeout=30)
+        return process
+
+    def cli(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        result = run_cli(*args)
+        for stream in (result.stdout, result.stderr):
+            assert "Traceback" not in stream, show(result)
+        return result
+
+    def status(self) -> subprocess.CompletedProcess[str]:
+        result = self.cli("status", "--repo", self.repo, "--ref", "main", "--state-dir", self.state)
+        assert result.returncode == 0, show(result)
+        return result
+
+    def status_of(self, app: str) -> dict[str, Any]:
+        result = self.cli("status", "--repo", self.repo, "--ref", "main", "--state-dir", self.state, "--output", "json")
+        assert result.returncode == 0, show(result)
+        data = json.loads(result.stdout)
+        mine = [entry for entry in data["apps"] if entry["app"] == app]
+        assert len(mine) == 1, data
+        entry: dict[str, Any] = mine[0]
+        entry["_top"] = {k: v for k, v in data.items() if k != "apps"}
+        return entry
+
+    def close(self) -> None:
+        """Stop every agent this world started (SIGTERM, then SIGKILL) and print their logs; never raises."""
+        for process in self.agents:
+            process.stop(timeout=20)
+            print(process.log())  # pytest shows it when the test fails
+
+
+@contextlib.contextmanager
+def open_world(remote: GitRemote, state: Path, client: Any, images: ImageFactory) -> Iterator[World]:
+    """A `World` whose agents are all stopped at the end, and whose logs must then be clean."""
+    world = World(remote=remote, state=state, client=client, images=images)
+    try:
+        yield world
+    finally:
+        world.close()
+    for process in world.agents:
+        process.assert_clean_log()
