@@ -464,10 +464,11 @@ def rollback(
     if local:
         if app_name is None or to not in (None, release.PREVIOUS):
             _fail("--local swaps APP back to its kept previous container: reconcile rollback APP --local")
-        typer.echo(_guarded(lambda: release.swap_back(settings, app_name)))
+        text, version = _guarded(lambda: release.swap_back(settings, app_name))
+        typer.echo(text)
         typer.echo(
             f"!! the agent is suspended and the host differs from git. Make git match with "
-            f"`reconcile rollback {app_name} --to previous --push` (or a commit of your own), then `reconcile resume`."
+            f"`reconcile rollback {app_name} --to {version} --push` (or a commit of your own), then `reconcile resume`."
         )
         return
     if app_name is None and to is None:
@@ -608,7 +609,7 @@ def promote(
     docker_host: HostOpt = None,
     instance: InstanceOpt = None,
 ) -> None:
-    """Mark what runs now as APP's stable version (journal, IMAGE:stable, git tags stable and stable/APP)."""
+    """Mark what runs now as APP's stable version (journal, IMAGE:stable, git tags stable and stable-APP)."""
     from reconciler.shell import release
 
     settings = _settings(ctx, repo=repo, ref=None, state_dir=state_dir, docker_host=docker_host, instance=instance)
@@ -643,17 +644,44 @@ def _set_suspended(ctx: typer.Context, state_dir: Path | None, reason: str | Non
     import signal
 
     from reconciler.shell.agent import state_pid
-    from reconciler.shell.journal import SUSPENDED, Journal
+    from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal
 
     directory: Path = _option(ctx, "state_dir", state_dir)
     journal = _guarded(lambda: Journal(directory))
     try:
         journal.set_flag(SUSPENDED, reason)
+        if reason is None:
+            for app in journal.flags(BREAK_GLASS):
+                journal.set_flag(BREAK_GLASS + app, None)
     finally:
         journal.close()
     pid = state_pid(directory)
     if pid is not None:
         os.kill(pid, signal.SIGHUP)
+
+
+class Shell(StrEnum):
+    bash = "bash"
+    zsh = "zsh"
+    fish = "fish"
+
+
+@app.command()
+def completion(
+    shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")],
+    install: Annotated[bool, typer.Option("--install", help="Write it where SHELL loads completions.")] = False,
+) -> None:
+    """Print (or --install) tab completion for SHELL: `source <(reconcile completion bash)`.
+
+    Like --install-completion, but for the shell you name rather than the one it detects."""
+    from typer._completion_shared import get_completion_script
+    from typer._completion_shared import install as install_script
+
+    if install:
+        where, _ = install_script(shell=shell.value, prog_name="reconcile", complete_var="_RECONCILE_COMPLETE")
+        typer.echo(f"{shell.value} completion installed in {where}; open a new shell")
+        return
+    typer.echo(get_completion_script(prog_name="reconcile", complete_var="_RECONCILE_COMPLETE", shell=shell.value))
 
 
 @app.command(hidden=True)
@@ -668,7 +696,7 @@ def main() -> None:
     import os
 
     try:
-        app()
+        app(prog_name="reconcile")
     except ReconcileError as exc:  # a command that forgot _guarded still never shows a traceback
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)

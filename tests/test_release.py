@@ -444,10 +444,10 @@ def test_rollback_to_stable_writes_the_concrete_version(world: World) -> None:
     old_head = world.set(web.name, "v2")
     world.converge()
 
-    # A laptop without the journal finds stable from the git tag `stable/APP` in its clone.
+    # A laptop without the journal finds stable from the git tag `stable-APP` in its clone.
     laptop = cli("--repo", world.clone, "--state-dir", world.tmp / "laptop", "rollback", web.name)
     assert re.search(r"--to stable\s+v1$", laptop.stdout, re.M), show(laptop)
-    assert world.remote.git("rev-parse", f"refs/tags/stable/{web.name}^{{commit}}") == deployed
+    assert world.remote.git("rev-parse", f"refs/tags/stable-{web.name}^{{commit}}") == deployed
 
     result = world.ok("rollback", web.name, "--to", "stable", "--push")
 
@@ -584,7 +584,7 @@ def test_promote_records_stable_tags_the_image_and_the_commit(world: World) -> N
     assert re.search(rf"^{re.escape(web.name)}: .*stable v1$", world.status_text(), re.M)
     v1_id = world.client.images.get(f"{web.image}:v1").id
     assert world.client.images.get(f"{web.image}:stable").id == v1_id
-    for tag in ("stable", f"stable/{web.name}"):
+    for tag in ("stable", f"stable-{web.name}"):
         assert world.remote.git("rev-parse", f"refs/tags/{tag}^{{commit}}") == deployed
     assert "stable" not in world.bare_git("tag", "--list")  # not published without --publish
 
@@ -600,7 +600,7 @@ def test_promote_publish_pushes_the_image_and_the_git_tags(world: World, registr
 
     assert result.stderr == "", show(result)
     assert registry.manifest_digest(name, "stable") == registry.manifest_digest(name, "v1")
-    for tag in ("stable", f"stable/{name}"):
+    for tag in ("stable", f"stable-{name}"):
         assert world.bare_git("rev-parse", f"refs/tags/{tag}^{{commit}}") == deployed
 
 
@@ -648,7 +648,7 @@ def test_the_agent_promotes_and_publishes_stable_with_publish_stable(world: Worl
     time.sleep(0.5)  # what could not be published is logged right after the promotion
     assert not agent.events("stable.unpublished"), agent.log()
     assert registry.manifest_digest(name, "stable") == registry.manifest_digest(name, "v1")
-    for tag in ("stable", f"stable/{name}"):
+    for tag in ("stable", f"stable-{name}"):
         assert world.bare_git("rev-parse", f"refs/tags/{tag}^{{commit}}") == deployed
     mine = next(app for app in world.status()["apps"] if app["app"] == name)
     assert mine["stable"] == "v1"
@@ -704,7 +704,7 @@ def test_break_glass_swaps_the_previous_container_back_at_once_and_suspends(worl
     assert result.returncode == 0, show(result)
     assert answered == "v1"
     assert took < 2.0, f"break-glass took {took:.2f}s\n{show(result)}"
-    assert "suspended" in result.stdout and f"rollback {web.name} --to previous --push" in result.stdout
+    assert "suspended" in result.stdout and f"rollback {web.name} --to v1 --push" in result.stdout
     assert label(world.client, web.name + ".prev", "version") == "v2"  # kept, stopped, for the way back
     status = world.status()
     mine = next(app for app in status["apps"] if app["app"] == web.name)
@@ -713,7 +713,7 @@ def test_break_glass_swaps_the_previous_container_back_at_once_and_suspends(worl
     text = world.status_text()
     assert "SUSPENDED" in text and "git still asks for v2" in text, text
     # How to get back in line: make git match, then resume.
-    assert f"rollback {web.name} --to previous" in text, text
+    assert f"rollback {web.name} --to v1 --push" in text, text
     history = cli("history", "--state-dir", world.state).stdout
     assert re.search(rf"{re.escape(web.name)}\s+rollback-local\s+v2 -> v1\s+succeeded", history), history
 
@@ -806,7 +806,7 @@ def test_show_completion_for_the_shell_it_runs_in() -> None:
 )
 def test_show_completion_for_a_shell_named_on_the_command_line(shell: str, marker: str) -> None:
     result = subprocess.run(
-        [str(reconcile_script()), "--show-completion", shell], capture_output=True, text=True, timeout=30, check=False
+        [str(reconcile_script()), "completion", shell], capture_output=True, text=True, timeout=30, check=False
     )
 
     assert result.returncode == 0, show(result)

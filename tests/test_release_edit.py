@@ -156,12 +156,21 @@ def test_a_plain_version_that_would_read_back_as_another_type_gets_quoted(app: s
 
 
 @pytest.mark.parametrize(
-    "version", ["v1.2.3", "1.2.3", "latest", "2024.01.01", "release_7", "sha-abc123", "nan", "inf", "yes", "on"]
+    "version", ["v1.2.3", "1.2.3", "latest", "2024.01.01", "release_7", "sha-abc123", "nan", "inf"]
 )
 def test_a_version_that_reads_back_as_itself_stays_plain(version: str) -> None:
     after = set_versions(RICH, {"cron": version}, filename=FILE)
 
     assert changed(RICH, after) == [("    version: v4\n", f"    version: {version}\n")]
+    assert versions(after)["cron"] == version
+
+
+@pytest.mark.parametrize("version", ["yes", "on", "off", "no"])
+def test_a_yaml_1_1_boolean_is_quoted_even_in_a_yaml_1_2_file(version: str) -> None:
+    # Strings in YAML 1.2, booleans in 1.1: quoted, so that no reader of either version sees a bool.
+    after = set_versions(RICH, {"cron": version}, filename=FILE)
+
+    assert changed(RICH, after) == [("    version: v4\n", f'    version: "{version}"\n')]
     assert versions(after)["cron"] == version
 
 

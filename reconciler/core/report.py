@@ -35,6 +35,7 @@ class Outcome:
     result: Result
     message: str = ""
     release_failed: bool = False  # the new release itself did not start or failed its gate
+    revision: str = ""  # the commit of the release, when it is not the pass's own (a late verdict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +112,12 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         out.append(f"!! desired state unreadable: {status['desired_error']}")
     if status["suspended"]:
         out.append(f"!! SUSPENDED: {status['suspended']} — the agent changes nothing until `reconcile resume`")
+    for app, version in sorted(status.get("break_glass", {}).items()):
+        out.append(
+            f"!! the host differs from git: {app} runs {version} by a local rollback. Make git match first: "
+            f"`reconcile rollback {app} --to {version} --push`, then `reconcile resume` (resuming before that "
+            "redeploys what git asks for)"
+        )
     for app in status["apps"]:
         sync = "in sync" if app["in_sync"] else "DRIFT"
         out.append(

@@ -20,6 +20,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -111,6 +112,11 @@ class Agent:
                 interval=f"{self.config.interval:g}s",
                 self_heal=self.config.self_heal,
             )
+            if self.config.watch:
+                # Watch before the first pass, so that a push during it is not missed.
+                with contextlib.suppress(ReconcileError):
+                    self.source = open_source(settings.repo, state_dir=settings.state_dir, fetch=False)
+                    observer = self._watch(self.source)
             while not self.stopping:
                 wait = self.tick()
                 if observer is None and self.config.watch and self.source is not None:
@@ -179,7 +185,8 @@ class Agent:
 
     def _problem(self, key: str, event: str, message: str) -> float:
         """Log a condition once, count it, and return how long to wait before trying again."""
-        self.events.once(key, event, message)
+        # One line per outage: the same outage reads differently from call to call (ping, list, ...).
+        self.events.once(key, event, message, again_if_changed=False)
         self.failing[key] = self.failing.get(key, 0) + 1
         return float(min(self.config.interval, 2 ** min(self.failing[key], 6)))
 
@@ -272,8 +279,9 @@ class Agent:
         )
         observed = self.engine.observe()
         verified = applier.verify_unfinished(observed, desired.apps)
-        self._report(verified, revision)
-        self._remember_failures(verified, None, revision)
+        for outcome in verified:  # each under the commit that released it, not the one being planned
+            self._report([outcome], outcome.revision or revision)
+            self._remember_failures([outcome], None, outcome.revision or revision)
         if verified:
             observed = self.engine.observe()
         plan, observed = plan_against(self.engine, desired, self.config.settings, observed=observed)
@@ -311,11 +319,12 @@ class Agent:
             if failure is None or action.kind not in (ActionKind.CREATE, ActionKind.REPLACE):
                 actions.append(action)
                 continue
+            role = "failed" if failure.culprit else "was rolled back with its commit"
             self.events.once(
                 f"held:{action.app}",
                 "deploy.held",
-                f"{action.app}: release {failure.version} of {failure.revision[:8]} failed ({failure.reason});"
-                f" not tried again until a commit changes {action.app} or `reconcile retry {action.app}`",
+                f"{action.app}: release {failure.version} of {failure.revision[:8]} {role}; not tried again until"
+                f" a commit changes {action.app} or `reconcile retry {action.app}` (`reconcile status` says why)",
                 app=action.app,
             )
             current = observed.named(container_name(action.app))

@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from reconciler.core.health import Gate, Sample, Verdict
@@ -347,11 +347,17 @@ class Applier:
             if gate.verdict is Verdict.PASSED:
                 self.journal.finish(entry.id, result="succeeded", message="verified by a later pass")
                 self.log(f"deployed {entry.app} {entry.to_version} (verified after an interruption)")
-                outcomes.append(Outcome(entry.app, action.kind, entry.app, Result.APPLIED, entry.to_version))
+                outcomes.append(
+                    Outcome(
+                        entry.app, action.kind, entry.app, Result.APPLIED, entry.to_version, revision=entry.revision
+                    )
+                )
                 continue
             previous = observed.named(container_name(entry.app, Role.PREVIOUS))
             kept = previous if previous is not None and previous.managed else None
-            outcomes.append(self._roll_back(action, entry.id, current.id, kept, specs[entry.app], gate.reason))
+            released = specs[entry.app].model_copy(update={"version": entry.to_version or specs[entry.app].version})
+            outcome = self._roll_back(action, entry.id, current.id, kept, released, gate.reason)
+            outcomes.append(replace(outcome, revision=entry.revision))
         return outcomes
 
     @staticmethod

@@ -31,8 +31,9 @@ class Events:
         self.stream.write(line + "\n")
         self.stream.flush()
 
-    def once(self, key: str, event: str, message: str, **fields: Any) -> None:
-        if self._active.get(key) == message:
+    def once(self, key: str, event: str, message: str, *, again_if_changed: bool = True, **fields: Any) -> None:
+        """Emit unless ``key`` is active with the same message (with any message: ``again_if_changed=False``)."""
+        if key in self._active and (not again_if_changed or self._active[key] == message):
             return
         self._active[key] = message
         self.emit(event, message, **fields)

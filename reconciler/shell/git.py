@@ -35,9 +35,13 @@ def is_url(repo: str) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     if isinstance(exc, git.exc.GitCommandError):
-        text = str(exc.stderr or "").strip().removeprefix("stderr:").strip().strip("'").strip()
+        text = str(exc.stderr or "").strip().removeprefix("stderr:").strip()
+        if len(text) >= 2 and text[0] == text[-1] == "'":  # GitPython quotes the whole of stderr
+            text = text[1:-1]
         lines = [line.strip() for line in text.splitlines() if line.strip()]
-        return lines[-1] if lines else f"git exited {exc.status}"
+        # git says what went wrong on its first fatal:/error: line; the lines after it are advice.
+        first = next((line for line in lines if line.startswith(("fatal:", "error:"))), lines[0] if lines else "")
+        return first.removeprefix("fatal: ").removeprefix("error: ") or f"git exited {exc.status}"
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 

@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS flags (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 UNVERIFIED = ("started", "superseded")
 SUSPENDED = "suspended"  # the flag that stops the agent from changing anything; its value says why
+BREAK_GLASS = "break-glass:"  # + app: the version a local rollback put back, until git says so too
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,10 @@ class Journal:
             self.db.execute("DELETE FROM flags WHERE key = ?", (key,))
         else:
             self.db.execute("INSERT OR REPLACE INTO flags (key, value) VALUES (?, ?)", (key, value))
+
+    def flags(self, prefix: str) -> dict[str, str]:
+        rows = self.db.execute("SELECT key, value FROM flags WHERE key LIKE ?", (prefix + "%",)).fetchall()
+        return {str(row["key"]).removeprefix(prefix): str(row["value"]) for row in rows}
 
     def close(self) -> None:
         self.db.close()

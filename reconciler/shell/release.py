@@ -33,7 +33,7 @@ from reconciler.core.model import (
 from reconciler.errors import ReconcileError, SourceError, UserError
 from reconciler.shell.docker import Engine
 from reconciler.shell.git import Source
-from reconciler.shell.journal import SUSPENDED, Journal
+from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal
 from reconciler.shell.loop import Settings, parse_desired, read_desired
 from reconciler.shell.yamlfile import parse_yaml, set_versions
 
@@ -86,13 +86,18 @@ def versions_seen(source: Source, ref: str, file: str, app: str) -> list[Seen]:
     return seen
 
 
+def stable_tag(app: str) -> str:
+    """The git tag of the app's stable commit (``stable/APP`` cannot live beside the tag ``stable``)."""
+    return f"{STABLE}-{app}"
+
+
 def stable_version(app: str, *, journal: Journal | None, source: Source, file: str) -> str:
-    """The version ``stable`` points at: the journal's promotion, else the ``stable/APP`` or ``stable`` tag."""
+    """The version ``stable`` points at: the journal's promotion, else the ``stable-APP`` or ``stable`` tag."""
     if journal is not None:
         promoted = journal.stable(app)
         if promoted is not None:
             return promoted.version
-    for tag in (f"stable/{app}", STABLE):
+    for tag in (stable_tag(app), STABLE):
         try:
             sha = source.resolve(f"refs/tags/{tag}")
             data, _ = parse_yaml(source.read(sha, file), filename=file)
@@ -159,21 +164,24 @@ def write(
         if not _has_branch(source, branch):
             source.set_ref(f"refs/heads/{branch}", commit)
         return Written(commit, branch, pushed_to=f"{remote}/{branch}")
-    source.advance(current_branch, base, commit)
     if not push:
+        source.advance(current_branch, base, commit)
         return Written(commit, current_branch)
+    # The local branch moves only once the remote took the commit: a refused push leaves nothing behind.
     if source.push(remote, commit, f"refs/heads/{remote_branch}"):
+        source.advance(current_branch, base, commit)
         return Written(commit, current_branch, pushed_to=f"{remote}/{remote_branch}")
     # The remote moved on. Re-apply the edit on its tip, once, unless that would drop local commits.
     tip = source.fetch_branch(remote, remote_branch)
     if not source.is_ancestor(base, tip):
         raise UserError(
-            f"{current_branch} and {remote}/{remote_branch} have diverged; pull (and resolve) first, then retry"
+            f"{current_branch} and {remote}/{remote_branch} have diverged; nothing was committed: pull (and "
+            "resolve) first, then retry"
         )
     retried = commit_on(tip)
     if not source.push(remote, retried, f"refs/heads/{remote_branch}"):
-        raise UserError(f"{remote}/{remote_branch} moved again while pushing; retry the command")
-    source.advance(current_branch, commit, retried)
+        raise UserError(f"{remote}/{remote_branch} moved again while pushing; nothing was committed: retry")
+    source.advance(current_branch, base, retried)
     return Written(retried, current_branch, pushed_to=f"{remote}/{remote_branch}", retried=True)
 
 
@@ -209,19 +217,19 @@ def publish_stable(
     """Mark ``image_id`` (``image:version`` from ``revision``) as the app's stable release.
 
     Always: the journal records it and the engine tags ``IMAGE:stable``; the git tags ``stable`` and
-    ``stable/APP`` move to ``revision`` in ``source``. With ``publish``: both git tags and the image
+    ``stable-APP`` move to ``revision`` in ``source``. With ``publish``: both git tags and the image
     tag are pushed. Returns what could not be done (for the log); the promotion itself stands.
     """
     problems: list[str] = []
     engine.tag(image_id, image, STABLE)
     journal.promote(app=app, image=image, version=version, image_id=image_id, revision=revision, how=how)
-    tags = [STABLE, f"stable/{app}"]
+    tags = [STABLE, stable_tag(app)]
     if source is not None and revision:
         try:
             for tag in tags:
                 source.tag(tag, revision)
         except ReconcileError as exc:
-            problems.append(f"git tag: {exc}")
+            problems.append(str(exc))
     if not publish:
         return problems
     if source is not None and revision and source.repo.remotes:
@@ -308,8 +316,10 @@ def revert(source: Source, revision: str, *, file: str, push: bool) -> Written:
 # -- break-glass -------------------------------------------------------------------------------------
 
 
-def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> str:
-    """Put ``APP.prev`` back under the app's name at once (no git, no pull) and suspend the agent."""
+def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tuple[str, str]:
+    """Put ``APP.prev`` back under the app's name at once (no git, no pull) and suspend the agent.
+
+    Returns what happened, and the version that runs now."""
     from reconciler.shell.apply import Applier
     from reconciler.shell.docker import connect
     from reconciler.shell.journal import locked
@@ -330,6 +340,7 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> st
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}Z; git still asks for {was}"
         )
         journal.set_flag(SUSPENDED, reason)  # first, so that an agent between passes does not undo it
+        journal.set_flag(f"{BREAK_GLASS}{app}", previous.version)
         with locked(settings.state_dir, timeout=lock_timeout):
             entry = journal.start(
                 revision=previous.commit, app=app, action="rollback-local", from_version=was,
@@ -348,7 +359,7 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> st
             journal.finish(entry, result="succeeded", message="break-glass: host differs from git until resume")
         gate = Applier(engine, journal).sample(previous.id, previous_gate(settings, app))
         state = "answering" if gate.running and gate.probe_ok else f"started, not healthy yet ({gate.detail})"
-        return f"{app}: {previous.version} runs again ({state}); {was} kept stopped as {app}.prev"
+        return f"{app}: {previous.version} runs again ({state}); {was} kept stopped as {app}.prev", previous.version
     finally:
         journal.close()
 

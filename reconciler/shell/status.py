@@ -16,7 +16,7 @@ from reconciler.errors import ReconcileError
 from reconciler.shell.agent import state_pid
 from reconciler.shell.apply import Applier
 from reconciler.shell.docker import connect
-from reconciler.shell.journal import SUSPENDED, Journal
+from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal
 from reconciler.shell.loop import Settings, plan_against, read_desired
 
 
@@ -78,12 +78,14 @@ def collect(settings: Settings) -> dict[str, Any]:
                 }
             )
         suspended = journal.flag(SUSPENDED)
+        break_glass = journal.flags(BREAK_GLASS)
         return {
             "revision": desired.revision if desired else None,
             "file": settings.file,
             "desired_error": desired_error or None,
             "agent_pid": state_pid(settings.state_dir),
             "suspended": suspended,
+            "break_glass": break_glass,
             "apps": apps,
         }
     finally:

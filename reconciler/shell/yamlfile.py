@@ -8,6 +8,8 @@ unquoted date stays the text that was written). An empty value is placed at its 
 from __future__ import annotations
 
 import datetime
+import re
+import warnings
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -87,6 +89,25 @@ def parse_yaml(text: str | bytes, *, filename: str) -> tuple[Any, Positions]:
     return data, positions
 
 
+_PROPERTIES = re.compile(r"(?:[&!]\S*\s+)+")
+
+
+def _reads_back(value: str, version: tuple[int, int]) -> bool:
+    """Whether ``value`` written plain reads back as that string under YAML ``version``.
+
+    Both 1.1 and 1.2 are asked: a file may declare ``%YAML 1.1``, where ``yes`` and ``on`` are booleans.
+    """
+    loader = YAML(typ="safe", pure=True)
+    loader.version = version
+    try:
+        with warnings.catch_warnings():  # ruamel warns about 1.1 spellings such as 1e5: that is the question
+            warnings.simplefilter("ignore")
+            plain = loader.load(f"k: {value}\n")
+    except YAMLError:
+        return False
+    return isinstance(plain, dict) and isinstance(plain.get("k"), str) and plain["k"] == value
+
+
 def _scalar(value: str, style: str | None) -> str:
     """``value`` as a YAML scalar in ``style`` (the one the file used), quoted when plain would not read
     back as the same string (``1.10``, ``true``, ``2024-01-01``)."""
@@ -94,11 +115,7 @@ def _scalar(value: str, style: str | None) -> str:
         return "'" + value.replace("'", "''") + "'"
     if style == '"':
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    try:
-        plain = YAML(typ="safe", pure=True).load(f"k: {value}\n")
-    except YAMLError:
-        plain = None
-    if isinstance(plain, dict) and plain.get("k") == value and isinstance(plain.get("k"), str):
+    if all(_reads_back(value, version) for version in ((1, 1), (1, 2))):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -129,5 +146,9 @@ def set_versions(text: str, versions: dict[str, str], *, filename: str) -> str:
     # Splice from the end so earlier offsets stay valid.
     for app in sorted(versions, key=lambda name: spans[name].start_mark.index, reverse=True):
         node = spans[app]
-        out = out[: node.start_mark.index] + _scalar(versions[app], node.style) + out[node.end_mark.index :]
+        start, end = node.start_mark.index, node.end_mark.index
+        # The node's span starts at its anchor or tag (`&v v1`, `!!str v1`): keep those, swap the value.
+        properties = _PROPERTIES.match(out, start, end)
+        start = properties.end() if properties else start
+        out = out[:start] + _scalar(versions[app], node.style) + out[end:]
     return out
