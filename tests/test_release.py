@@ -37,7 +37,7 @@ from tests.support import (
     run_git,
     wait_http,
 )
-from tests.support.release import Agent
+from tests.support.agent import AgentProcess, agent_args
 
 FILE = "desired-state.yaml"
 ALICE = "Alice Deployer <alice@example.invalid>"
@@ -115,7 +115,7 @@ class World:
     names: AppNames
     tmp: Path
     apps: dict[str, App] = field(default_factory=dict)
-    agents: list[Agent] = field(default_factory=list)
+    agents: list[AgentProcess] = field(default_factory=list)
 
     @property
     def clone(self) -> Path:
@@ -206,9 +206,9 @@ class World:
     def clone_file(self) -> str:
         return (self.clone / FILE).read_text()
 
-    def agent(self, *extra: str) -> Agent:
+    def agent(self, *extra: str) -> AgentProcess:
         """`reconcile agent` following the remote's main (60 s interval: the watcher wakes it on a push)."""
-        process = Agent(self.bare, self.state, extra=extra)
+        process = AgentProcess(agent_args(self.bare, self.state, extra=extra), state_dir=self.state)
         self.agents.append(process)
         process.start()
         process.wait_for("agent.started", timeout=30)
