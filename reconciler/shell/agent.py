@@ -94,6 +94,7 @@ class Agent:
     failing: dict[str, int] = field(default_factory=dict)  # what keeps failing -> how many times in a row
     stable_watch: dict[str, _Stable] = field(default_factory=dict)
     revision: str = ""
+    retry_in: float = float("inf")  # a sooner pass to retry what failed in this one (the remote)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -229,7 +230,8 @@ class Agent:
         for outcome in outcomes:
             if outcome.result is Result.SUPERSEDED:
                 return 0.0  # a newer commit is waiting
-        return min(self._next_interval(), self._stable_due())
+        retry, self.retry_in = self.retry_in, float("inf")
+        return min(self._next_interval(), self._stable_due(), retry)
 
     def _read(self) -> tuple[str, DesiredState]:
         settings = self.config.settings
@@ -237,10 +239,16 @@ class Agent:
             self.source = open_source(settings.repo, state_dir=settings.state_dir, fetch=False)
             self.last_fetch = 0.0
         now = time.monotonic()
-        if self.source.mirrored and (now - self.last_fetch >= self.config.interval * 0.5 or self.changed.is_set()):
-            self.source.fetch()
-            self.last_fetch = now
-            self._recovered("remote", "remote.recovered", f"git remote {settings.repo} answers again")
+        due = now - self.last_fetch >= self.config.interval * 0.5 or self.changed.is_set() or "remote" in self.failing
+        if self.source.mirrored and due:
+            try:
+                self.source.fetch()
+            except RemoteUnavailable as exc:
+                # Go on with what the mirror last fetched: drift is still healed while the remote is away.
+                self.retry_in = self._problem("remote", "remote.unreachable", str(exc))
+            else:
+                self.last_fetch = now
+                self._recovered("remote", "remote.recovered", f"git remote {settings.repo} answers again")
         self.changed.clear()
         revision = self.source.resolve(self.config.ref)
         if revision != self.revision:
