@@ -215,7 +215,7 @@ def main_command(
             }
         )
     else:
-        typer.echo("\n".join(report.outcome_lines(result.outcomes, revision=plan.revision)))
+        typer.echo("\n".join(report.outcome_lines(result.outcomes, revision=plan.revision, file=settings.file)))
     raise typer.Exit(0 if result.ok else 1)
 
 

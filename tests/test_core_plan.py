@@ -811,13 +811,13 @@ def test_outcome_lines_and_dicts() -> None:
         report.Outcome("api", ActionKind.REPLACE, "api", report.Result.ROLLED_BACK, "health: not healthy after 30s"),
         report.Outcome("db", ActionKind.CONFLICT, "db", report.Result.SKIPPED, "not ours"),
     ]
-    assert report.outcome_lines(outcomes, revision=REVISION) == [
+    assert report.outcome_lines(outcomes, revision=REVISION, file="f.yaml") == [
         "applied     create   web @ 01234567",
         "rolled-back replace  api @ 01234567: health: not healthy after 30s",
         "skipped     conflict db @ 01234567: not ours",
     ]
-    assert report.outcome_lines([], revision=REVISION) == ["@ 01234567: in sync, nothing to do"]
-    assert report.outcome_lines([], revision="") == ["@ (no commit): in sync, nothing to do"]
+    assert report.outcome_lines([], revision=REVISION, file="f.yaml") == ["f.yaml @ 01234567: in sync, nothing to do"]
+    assert report.outcome_lines([], revision="", file="f.yaml") == ["f.yaml @ (no commit): in sync, nothing to do"]
     assert outcomes[1].as_dict() == {
         "app": "api",
         "action": "replace",

@@ -91,10 +91,10 @@ def plan_lines(plan: Plan, *, file: str) -> list[str]:
     return lines
 
 
-def outcome_lines(outcomes: list[Outcome], *, revision: str) -> list[str]:
+def outcome_lines(outcomes: list[Outcome], *, revision: str, file: str) -> list[str]:
     short = revision[:8] or "(no commit)"
     if not outcomes:
-        return [f"@ {short}: in sync, nothing to do"]
+        return [f"{file} @ {short}: in sync, nothing to do"]
     lines = []
     for outcome in outcomes:
         text = f"{outcome.result.value:<11} {outcome.kind.value:<8} {outcome.container} @ {short}"
