@@ -115,12 +115,14 @@ class Promotion:
 class Journal:
     """The ``journal.db`` of a state directory."""
 
-    def __init__(self, state_dir: Path, *, create: bool = True) -> None:
-        self.path = state_dir / "journal.db"
-        if not create and not self.path.exists():
+    def __init__(self, state_dir: Path | None, *, create: bool = True) -> None:
+        """The journal of ``state_dir``; ``None`` gives an empty one in memory (to read like a real one)."""
+        self.path = state_dir / "journal.db" if state_dir is not None else Path(":memory:")
+        if state_dir is not None and not create and not self.path.exists():
             raise SourceError(f"no journal at {self.path}: nothing was applied with this --state-dir")
         try:
-            state_dir.mkdir(parents=True, exist_ok=True)
+            if state_dir is not None:
+                state_dir.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
             self.db.row_factory = sqlite3.Row
             self.db.executescript(SCHEMA)

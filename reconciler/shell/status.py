@@ -29,7 +29,8 @@ def collect(settings: Settings) -> dict[str, Any]:
         desired_error = str(exc)
     engine = connect(settings.docker_host, instance=settings.instance)
     observed = engine.observe()
-    journal = Journal(settings.state_dir)
+    # Read-only: a host where nothing was applied yet has no state directory, and gets none from us.
+    journal = Journal(settings.state_dir if (settings.state_dir / "journal.db").exists() else None)
     try:
         applier = Applier(engine, journal)
         plan = plan_against(engine, desired, settings, observed=observed)[0] if desired is not None else None
