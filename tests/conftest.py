@@ -66,9 +66,7 @@ def docker_client(run_prefix: str) -> Iterator[Any]:
     finally:
         errors = cleanup_run(client, run_prefix, registry_hosts=_registry_hosts)
         if errors:
-            print(
-                f"\n[conftest] cleanup of run {run_prefix} left:\n  " + "\n  ".join(errors), file=sys.stderr
-            )
+            print(f"\n[conftest] cleanup of run {run_prefix} left:\n  " + "\n  ".join(errors), file=sys.stderr)
         client.close()
 
 

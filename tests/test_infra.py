@@ -31,9 +31,7 @@ def _run(client: Any, ref: str, name: str, port: int, **kwargs: Any) -> Any:
     )
 
 
-def test_healthy_image_serves_body_and_health(
-    docker_client: Any, images: ImageFactory, app_names: AppNames
-) -> None:
+def test_healthy_image_serves_body_and_health(docker_client: Any, images: ImageFactory, app_names: AppNames) -> None:
     ref = images.build("web", "v1", env={"GREETING": "hello world"})
     assert ref == f"{images.prefix}/web:v1"
     port = free_port()
@@ -72,9 +70,7 @@ def test_exit_at_start_exits_1(docker_client: Any, images: ImageFactory, app_nam
     assert container.wait(timeout=10)["StatusCode"] == 1
 
 
-def test_docker_healthcheck_reports_healthy(
-    docker_client: Any, images: ImageFactory, app_names: AppNames
-) -> None:
+def test_docker_healthcheck_reports_healthy(docker_client: Any, images: ImageFactory, app_names: AppNames) -> None:
     ref = images.build("web", "hc", docker_healthcheck=True, port=8080)
     container = docker_client.containers.run(ref, name=app_names("hc"), detach=True, init=True)
     deadline = time.monotonic() + 15
@@ -88,9 +84,7 @@ def test_docker_healthcheck_reports_healthy(
     assert status == "healthy"
 
 
-def test_app_names_cleanup_removes_app_prev_next(
-    docker_client: Any, images: ImageFactory, run_prefix: str
-) -> None:
+def test_app_names_cleanup_removes_app_prev_next(docker_client: Any, images: ImageFactory, run_prefix: str) -> None:
     names = AppNames(docker_client, run_prefix)
     app = names("sweep")
     assert app.startswith(f"{run_prefix}-sweep-")
@@ -104,9 +98,7 @@ def test_app_names_cleanup_removes_app_prev_next(
         docker_client.volumes.get(f"{app}-data")
 
 
-def test_cleanup_run_removes_only_its_prefix(
-    docker_client: Any, images: ImageFactory, run_prefix: str
-) -> None:
+def test_cleanup_run_removes_only_its_prefix(docker_client: Any, images: ImageFactory, run_prefix: str) -> None:
     ref = images.build("web", "v1")
     mine = f"{run_prefix}-sub"
     docker_client.containers.create(ref, name=f"{mine}-a")
@@ -122,9 +114,7 @@ def test_cleanup_run_removes_only_its_prefix(
         other.remove(force=True)
 
 
-def test_registry_push_and_manifest_digest(
-    docker_client: Any, images: ImageFactory, registry: Registry
-) -> None:
+def test_registry_push_and_manifest_digest(docker_client: Any, images: ImageFactory, registry: Registry) -> None:
     ref = images.build("web", "v1")
     pushed = registry.push(ref, "demo/web", "v1")
     assert pushed == f"{registry.host}/demo/web:v1"
