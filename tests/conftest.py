@@ -13,6 +13,11 @@ Nothing here fakes anything (DESIGN.md, "Real parts in tests"):
 - `git_remote` (function): `GitRemote`, a bare repo `remote.git` on `main` and a clone.
 - `app_names` (function): `AppNames`, `app_names("web") -> "<prefix>-web-<n>"`; removes
   `{app}`, `{app}.prev`, `{app}.next` after the test.
+- `site` (function): `Site` (tests/support/state.py), the test's git remote, a state directory
+  `tmp_path / "state"`, the engine and the images, for tests of the command line.
+- `world` (function): `World` (tests/support/agent.py), the same parts as `site` plus the agents
+  the test starts; they are all stopped before `app_names` removes the containers, and their logs
+  must then be clean. tests/test_release.py overrides it with a `world` of its own.
 
 Tests that use the engine get the `docker` marker automatically (`-m "not docker"` skips them).
 """
@@ -37,8 +42,10 @@ from tests.support import (
     cleanup_run,
     connect,
 )
+from tests.support.agent import World, open_world
 from tests.support.engine import new_run_prefix
 from tests.support.images import BusyboxMissing, find_static_busybox
+from tests.support.state import Site
 
 _ENGINE_FIXTURES = {"docker_client", "images", "registry", "auth_registry", "app_names"}
 _registry_hosts: list[str] = []
@@ -122,3 +129,17 @@ def app_names(docker_client: Any, run_prefix: str) -> Iterator[AppNames]:
         errors = names.cleanup()
         if errors:
             print("\n[conftest] app cleanup left:\n  " + "\n  ".join(errors), file=sys.stderr)
+
+
+@pytest.fixture
+def site(git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory) -> Site:
+    return Site(remote=git_remote, state=tmp_path / "state", client=docker_client, images=images)
+
+
+@pytest.fixture
+def world(
+    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
+) -> Iterator[World]:
+    # Requests app_names so that every agent is stopped before the apps' containers are removed.
+    with open_world(git_remote, tmp_path / "state", docker_client, images) as opened:
+        yield opened

@@ -11,52 +11,33 @@ seconds was triggered by the watcher on the bare repository or by SIGHUP, not by
 test pushes, it waits for the first pass to end and the watcher to be up (`wait_watching`: an inotify
 descriptor in the agent's /proc/PID/fd); a push during the first pass has a test of its own.
 The engine restart test is in tests/test_agent_engine_restart.py: it disturbs the whole engine.
+The `world` fixture is in tests/conftest.py; the helpers are in tests/support/agent.py and
+tests/support/state.py.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import AppNames, GitRemote, ImageFactory, free_port, http_get
-from tests.support.agent import (
-    FILE,
-    KNOWN_EVENTS,
-    AgentProcess,
-    LogLine,
-    World,
-    app_yaml,
-    body,
-    desired,
-    inspect,
-    is_running,
-    labels,
-    must_inspect,
-    names_of,
-    open_world,
-    show,
-    wait_body,
-)
+from tests.support import AppNames, ImageFactory, free_port, http_get, state
+from tests.support.agent import KNOWN_EVENTS, AgentProcess, LogLine, World, wait_body
+from tests.support.state import FILE, cli, desired, inspect, is_running, labels, must_inspect, names_of, show
 
 DEPLOY_EVENTS = ("deploy.succeeded", "deploy.rolled-back", "deploy.failed", "deploy.superseded")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-
-@pytest.fixture
-def world(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
-) -> Iterator[World]:
-    # Requests app_names so that every agent is stopped before the apps' containers are removed.
-    with open_world(git_remote, tmp_path / "state", docker_client, images) as site:
-        yield site
+# The apps of these tests fail their gate after 5 s unless a test says otherwise, and get 10 s to answer.
+app_yaml = functools.partial(state.app_yaml, timeout="5s")
+body = functools.partial(state.body, timeout=10.0)
 
 
 def deploy_lines(agent: AgentProcess, app: str, since: int = 0) -> list[LogLine]:
@@ -138,8 +119,7 @@ def test_push_during_the_first_pass_is_not_missed(world: World, images: ImageFac
 
 
 def history_rows(world: World, app: str) -> list[dict[str, Any]]:
-    result = world.cli("history", "--state-dir", world.state, "--app", app, "--output", "json", "--limit", "100")
-    assert result.returncode == 0, show(result)
+    result = world.history("--app", app, "--output", "json", "--limit", "100")
     rows: list[dict[str, Any]] = json.loads(result.stdout)
     return rows
 
@@ -195,14 +175,14 @@ def test_broken_releases_roll_back_are_held_and_retried_only_on_demand(
 
     # `reconcile retry` forgets the failure and wakes the agent: one more attempt, rolled back again.
     mark = agent.mark()
-    retry = world.cli("retry", app, "--state-dir", world.state)
+    retry = cli("retry", app, "--state-dir", world.state)
     assert retry.returncode == 0, show(retry)
     assert f"pid {agent.pid}" in retry.stdout, show(retry)
     again = agent.wait_for("deploy.rolled-back", app=app, since=mark, timeout=20)
     assert crash[:8] in again.raw
     assert body(port) == "v1"
     assert len(deploy_lines(agent, app, since=mark)) == 1, agent.log()
-    nothing = world.cli("retry", app_names("nothing-failed"), "--state-dir", world.state)
+    nothing = cli("retry", app_names("nothing-failed"), "--state-dir", world.state)
     assert nothing.returncode == 1 and "nothing to retry" in nothing.stderr, show(nothing)
 
     # A release that answers 404 on its health URL.
@@ -476,8 +456,7 @@ def test_agent_killed_at_a_step_of_a_deploy_is_converged_by_the_next_agent(
     expected = "v1" if broken else "v2"
     app, port = app_names("web"), free_port()
     world.commit(desired(app_yaml(app, world.web(), "v1", port, timeout="2s")), "v1")
-    first = world.cli("--repo", world.repo, "--state-dir", world.state)
-    assert first.returncode == 0, show(first)
+    world.converge()
     assert body(port) == "v1"
 
     doomed = world.agent(env={"RECONCILE_KILL_AT": f"{app}:{step}"})

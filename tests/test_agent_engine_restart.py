@@ -17,20 +17,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support import AppNames, GitRemote, ImageFactory, free_port
-from tests.support.agent import (
-    World,
-    app_yaml,
-    desired,
-    is_running,
-    must_inspect,
-    open_world,
-    wait_body,
-)
+from tests.support import AppNames, ImageFactory, free_port
+from tests.support.agent import World, wait_body
+from tests.support.state import app_yaml, desired, is_running, must_inspect
 
 DOCKER_PID = Path("/var/run/docker.pid")
 DOCKERD_LOG = Path("/tmp/dockerd.log")
@@ -117,20 +109,12 @@ def engine(app_names: AppNames) -> Iterator[list[str]]:
             wait_engine()
 
 
-@pytest.fixture
-def world(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
-) -> Iterator[World]:
-    with open_world(git_remote, tmp_path / "state", docker_client, images) as site:
-        yield site
-
-
 def test_agent_survives_an_engine_restart_and_the_app_answers_again(
     engine: list[str], world: World, images: ImageFactory, app_names: AppNames
 ) -> None:
     images.build("web", "v1")
     app, port = app_names("web"), free_port()
-    sha = world.commit(desired(app_yaml(app, world.web(), "v1", port)), "v1")
+    sha = world.commit(desired(app_yaml(app, world.web(), "v1", port, timeout="5s")), "v1")
     agent = world.agent(interval="3s")
     agent.wait_for("deploy.succeeded", app=app, timeout=20)
     wait_body(port, "v1", 5, agent)

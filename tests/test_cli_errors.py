@@ -1,8 +1,8 @@
 """End to end: what `reconcile` tells the user when something is wrong, and that it changes nothing then.
 
 Every failure is a message on stderr (never a traceback) and exit 1; a running container stays as it
-was. Real CLI, real engine, real git, real registry, as in tests/test_converge.py (whose helpers
-these tests share).
+was. Real CLI, real engine, real git, real registry, as in tests/test_converge.py (the helpers both
+use are in tests/support/state.py).
 """
 
 from __future__ import annotations
@@ -12,21 +12,9 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-from tests.support import AppNames, GitRemote, ImageFactory, Registry, cli_env, free_port
-from tests.test_converge import (
-    FILE,
-    app_yaml,
-    body,
-    cli,
-    desired,
-    inspect,
-    is_running,
-    make_site,
-    must_inspect,
-    show,
-)
+from tests.support import AppNames, ImageFactory, Registry, cli_env, free_port
+from tests.support.state import FILE, Site, app_yaml, body, cli, desired, inspect, is_running, must_inspect, show
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,15 +44,14 @@ def invalid_file(app: str, image: str, port: int) -> str:
 
 
 def test_invalid_committed_file_names_each_error_with_line_and_column_and_changes_nothing(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
+    site: Site, images: ImageFactory, app_names: AppNames
 ) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
     images.build("web", "v1")
     images.build("web", "v2")
     app, port = app_names("web"), free_port()
     site.commit(desired(app_yaml(app, site.web(), "v1", port)))
     site.converge()
-    before = must_inspect(docker_client, app)["Id"]
+    before = must_inspect(site.client, app)["Id"]
     site.commit(invalid_file(app, site.web(), port), "typo")
 
     runs = {
@@ -84,15 +71,12 @@ def test_invalid_committed_file_names_each_error_with_line_and_column_and_change
         assert len([ln for ln in lines if ln.startswith(f"{FILE}:")]) == 2, f"{what}: {show(result)}"
         assert "nothing was changed" in lines[-1]
         assert result.stdout == ""
-    info = must_inspect(docker_client, app)
+    info = must_inspect(site.client, app)
     assert info["Id"] == before and is_running(info)
     assert body(port) == "v1"
 
 
-def test_yaml_syntax_error_has_its_place(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory
-) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
+def test_yaml_syntax_error_has_its_place(site: Site) -> None:
     site.commit("apps:\n  web:\n    image: example/web\n    version: [v1\n", "broken yaml")
 
     for result in (site.reconcile(), site.dry_run(), cli("validate", "--repo", site.repo)):
@@ -123,10 +107,7 @@ def test_validate_a_plain_file_outside_git(tmp_path: Path) -> None:
     assert len(stderr_lines(missing)) == 1 and "missing.yaml" in missing.stderr, show(missing)
 
 
-def test_missing_repo_ref_or_file_is_one_clear_line(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
-) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
+def test_missing_repo_ref_or_file_is_one_clear_line(site: Site, tmp_path: Path, app_names: AppNames) -> None:
     site.commit(desired(app_yaml(app_names("web"), site.web(), "v1", free_port())))
 
     no_repo = site.reconcile(repo=str(tmp_path / "nowhere"))
@@ -148,14 +129,8 @@ def test_missing_repo_ref_or_file_is_one_clear_line(
 
 
 def test_tag_missing_in_the_registry_is_a_clear_error(
-    git_remote: GitRemote,
-    tmp_path: Path,
-    docker_client: Any,
-    images: ImageFactory,
-    app_names: AppNames,
-    registry: Registry,
+    site: Site, images: ImageFactory, app_names: AppNames, registry: Registry
 ) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
     app, port = app_names("web"), free_port()
     repo = f"{images.prefix}/missing"
     registry.push(images.build("web", "v1"), repo, "v1")
@@ -167,7 +142,7 @@ def test_tag_missing_in_the_registry_is_a_clear_error(
         line = [ln for ln in (result.stdout + result.stderr).splitlines() if wanted in ln]
         assert line and app in line[0], show(result)
         assert any(word in line[0] for word in ("not exist", "not found", "unknown")), show(result)
-    assert inspect(docker_client, app) is None
+    assert inspect(site.client, app) is None
 
 
 # -- 10. the lock -------------------------------------------------------------------------------------------
@@ -183,9 +158,8 @@ with locked(Path(sys.argv[1])):
 
 
 def test_lock_held_names_the_holder_and_lock_timeout_waits(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
+    site: Site, images: ImageFactory, app_names: AppNames
 ) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
     images.build("web", "v1")
     app, port = app_names("web"), free_port()
     site.commit(desired(app_yaml(app, site.web(), "v1", port)))
@@ -208,7 +182,7 @@ def test_lock_held_names_the_holder_and_lock_timeout_waits(
         assert len(stderr_lines(refused)) == 1, show(refused)
         assert f"pid {holder.pid}" in refused.stderr, show(refused)
         assert "--lock-timeout" in refused.stderr
-        assert inspect(docker_client, app) is None
+        assert inspect(site.client, app) is None
         assert dry.returncode == 2, f"a dry run takes no lock: {show(dry)}"
 
         with ThreadPoolExecutor(1) as pool:
@@ -231,10 +205,7 @@ def test_lock_held_names_the_holder_and_lock_timeout_waits(
 # -- 11. no engine ---------------------------------------------------------------------------------------------
 
 
-def test_engine_not_answering_is_one_line_naming_the_host(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
-) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
+def test_engine_not_answering_is_one_line_naming_the_host(site: Site, app_names: AppNames) -> None:
     site.commit(desired(app_yaml(app_names("web"), site.web(), "v1", free_port())))
     dead = f"tcp://127.0.0.1:{free_port()}"
 

@@ -5,134 +5,35 @@ repositories (a bare "remote" and a clone), locally built busybox images and rea
 asserts what a user sees: exit codes, the lines printed, the body the container serves, and what
 `docker ps -a` shows. Each test has its own app names and its own state directory.
 
-The helpers at the top (`Site`, `app_yaml`, `cli`, ...) are shared with tests/test_cli_errors.py.
+The helpers (`Site`, `app_yaml`, `cli`, ...) are in tests/support/state.py; the `site` fixture is in
+tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import subprocess
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-
-from tests.support import (
-    MANAGED_LABEL,
-    AppNames,
-    GitRemote,
-    ImageFactory,
-    Registry,
-    free_port,
-    http_get,
-    run_cli,
-    run_git,
-    wait_http,
+from tests.support import MANAGED_LABEL, AppNames, ImageFactory, Registry, free_port, http_get, run_git
+from tests.support.state import (
+    FILE,
+    Site,
+    app_yaml,
+    body,
+    cli,
+    desired,
+    inspect,
+    is_running,
+    labels,
+    must_inspect,
+    names_of,
+    output,
+    show,
 )
 
-FILE = "desired-state.yaml"
-# A gate that passes after 500ms of good probes keeps a deploy around a second; a release that never
-# becomes healthy fails after HEALTH_TIMEOUT (tests of failing releases pass a shorter one).
-HEALTH_TIMEOUT = "10s"
-
-
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def cli(
-    *args: str | Path, cwd: str | Path | None = None, env: Mapping[str, str | None] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """`reconcile ARGS`; whatever happens, the user never sees a Python traceback."""
-    result = run_cli(*args, cwd=cwd, env=env)
-    for stream in (result.stdout, result.stderr):
-        assert "Traceback" not in stream, f"traceback in output of reconcile {args}:\n{stream}"
-    return result
-
-
-def output(result: subprocess.CompletedProcess[str]) -> str:
-    return result.stdout + result.stderr
-
-
-def show(result: subprocess.CompletedProcess[str]) -> str:
-    """For assertion messages."""
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}--- stderr\n{result.stderr}"
-
-
-def app_yaml(
-    name: str,
-    image: str,
-    version: str,
-    port: int,
-    *,
-    env: Mapping[str, str] | None = None,
-    timeout: str = HEALTH_TIMEOUT,
-) -> str:
-    """One app entry of desired-state.yaml, indented under `apps:`, gated on GET /health.
-
-    `init: true` and a short stop timeout: busybox as PID 1 ignores SIGTERM (DESIGN.md).
-    """
-    lines = [
-        f"  {name}:",
-        f"    image: {image}",
-        f"    version: {version}",
-        f'    ports: ["127.0.0.1:{port}:8000"]',
-        "    init: true",
-        "    stop_timeout: 2s",
-    ]
-    if env:
-        lines.append("    env:")
-        lines += [f"      {key}: {json.dumps(value)}" for key, value in env.items()]
-    lines += [
-        "    health:",
-        f"      http: http://127.0.0.1:{port}/health",
-        "      interval: 200ms",
-        f"      timeout: {timeout}",
-        "      healthy_for: 500ms",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def desired(*apps: str) -> str:
-    return "apps:\n" + "".join(apps) if apps else "apps: {}\n"
-
-
-def inspect(client: Any, name: str) -> dict[str, Any] | None:
-    """`docker inspect NAME`, or None when there is no such container."""
-    try:
-        return dict(client.api.inspect_container(name))
-    except docker.errors.NotFound:
-        return None
-
-
-def must_inspect(client: Any, name: str) -> dict[str, Any]:
-    info = inspect(client, name)
-    assert info is not None, f"container {name} does not exist; containers: {container_names(client)}"
-    return info
-
-
-def is_running(info: Mapping[str, Any]) -> bool:
-    return bool(info["State"]["Running"])
-
-
-def labels(info: Mapping[str, Any]) -> dict[str, str]:
-    return dict(info["Config"]["Labels"] or {})
-
-
-def container_names(client: Any) -> list[str]:
-    return sorted(n.lstrip("/") for c in client.api.containers(all=True) for n in c.get("Names") or [])
-
-
-def names_of(client: Any, app: str) -> set[str]:
-    """Every container named APP or APP.<something> (what `docker ps -a` shows for the app)."""
-    return {n for n in container_names(client) if n == app or n.startswith(app + ".")}
-
-
-def body(port: int, timeout: float = 5.0) -> str:
-    """What the app on `port` serves at / (waits a little for it to answer)."""
-    return wait_http(f"http://127.0.0.1:{port}/", timeout)
 
 
 def served_env(port: int) -> list[str]:
@@ -141,60 +42,12 @@ def served_env(port: int) -> list[str]:
     return text.splitlines()
 
 
-@dataclass
-class Site:
-    """One test's world: a git remote with a clone, a state directory, the engine, the images."""
-
-    remote: GitRemote
-    state: Path
-    client: Any
-    images: ImageFactory
-
-    @property
-    def repo(self) -> str:
-        return self.remote.url
-
-    def web(self) -> str:
-        """The repository of the test web images (built with `images.build("web", TAG)`)."""
-        return self.images.repo("web")
-
-    def commit(self, text: str, message: str = "update desired state") -> str:
-        """Commit `text` as desired-state.yaml and push it; return the commit's sha."""
-        return self.remote.commit_file(FILE, text, message)
-
-    def reconcile(
-        self, *args: str | Path, repo: str | None = None, env: Mapping[str, str | None] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        return cli("--repo", repo or self.repo, "--state-dir", self.state, *args, env=env)
-
-    def converge(self, *args: str | Path, repo: str | None = None) -> subprocess.CompletedProcess[str]:
-        """`reconcile`, which must succeed."""
-        result = self.reconcile(*args, repo=repo)
-        assert result.returncode == 0, show(result)
-        return result
-
-    def dry_run(
-        self, *args: str | Path, repo: str | None = None, env: Mapping[str, str | None] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        return self.reconcile("--dry-run", *args, repo=repo, env=env)
-
-    def history(self, *args: str) -> subprocess.CompletedProcess[str]:
-        result = cli("history", "--state-dir", self.state, *args)
-        assert result.returncode == 0, show(result)
-        return result
-
-
-def make_site(git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory) -> Site:
-    return Site(remote=git_remote, state=tmp_path / "state", client=docker_client, images=images)
-
-
 # -- 1. first deploy, history ---------------------------------------------------------------------
 
 
 def test_first_deploy_runs_the_committed_version_and_history_shows_it(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
+    site: Site, images: ImageFactory, app_names: AppNames
 ) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
     images.build("web", "v1")
     app, port = app_names("web"), free_port()
     sha = site.commit(desired(app_yaml(app, site.web(), "v1", port)), "deploy v1")
@@ -204,13 +57,13 @@ def test_first_deploy_runs_the_committed_version_and_history_shows_it(
     assert sha[:8] in result.stdout, show(result)
     assert app in result.stdout
     assert body(port) == "v1"
-    info = must_inspect(docker_client, app)
+    info = must_inspect(site.client, app)
     assert is_running(info)
     assert labels(info)[MANAGED_LABEL] == "true"
     assert labels(info)["io.reconciler.app"] == app
     assert labels(info)["io.reconciler.commit"] == sha
     assert labels(info)["io.reconciler.version"] == "v1"
-    assert names_of(docker_client, app) == {app}
+    assert names_of(site.client, app) == {app}
 
     text = site.history().stdout
     line = next((ln for ln in text.splitlines() if app in ln), None)
@@ -230,22 +83,21 @@ def test_first_deploy_runs_the_committed_version_and_history_shows_it(
 
 
 def test_upgrade_replaces_and_keeps_exactly_one_previous_stopped(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
+    site: Site, images: ImageFactory, app_names: AppNames
 ) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
     for tag in ("v1", "v2", "v3"):
         images.build("web", tag)
     app, port = app_names("web"), free_port()
     site.commit(desired(app_yaml(app, site.web(), "v1", port)), "v1")
     site.converge()
-    v1_id = must_inspect(docker_client, app)["Id"]
+    v1_id = must_inspect(site.client, app)["Id"]
 
     sha2 = site.commit(desired(app_yaml(app, site.web(), "v2", port)), "v2")
     result = site.converge()
 
     assert sha2[:8] in result.stdout, show(result)
     assert body(port) == "v2"
-    current, prev = must_inspect(docker_client, app), must_inspect(docker_client, app + ".prev")
+    current, prev = must_inspect(site.client, app), must_inspect(site.client, app + ".prev")
     assert is_running(current) and labels(current)["io.reconciler.version"] == "v2"
     assert not is_running(prev)
     assert prev["Id"] == v1_id
@@ -256,8 +108,8 @@ def test_upgrade_replaces_and_keeps_exactly_one_previous_stopped(
     site.converge()
 
     assert body(port) == "v3"
-    assert names_of(docker_client, app) == {app, app + ".prev"}
-    prev = must_inspect(docker_client, app + ".prev")
+    assert names_of(site.client, app) == {app, app + ".prev"}
+    prev = must_inspect(site.client, app + ".prev")
     assert labels(prev)["io.reconciler.version"] == "v2"
     assert not is_running(prev)
 
@@ -265,15 +117,12 @@ def test_upgrade_replaces_and_keeps_exactly_one_previous_stopped(
 # -- 3. no-op ----------------------------------------------------------------------------------------
 
 
-def test_second_run_changes_nothing(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
-) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
+def test_second_run_changes_nothing(site: Site, images: ImageFactory, app_names: AppNames) -> None:
     images.build("web", "v1")
     app, port = app_names("web"), free_port()
     sha = site.commit(desired(app_yaml(app, site.web(), "v1", port)))
     site.converge()
-    before = must_inspect(docker_client, app)
+    before = must_inspect(site.client, app)
 
     again = site.converge()
     dry = site.dry_run()
@@ -281,38 +130,35 @@ def test_second_run_changes_nothing(
     assert "in sync" in again.stdout, show(again)
     assert dry.returncode == 0, show(dry)
     assert "in sync" in dry.stdout and sha[:8] in dry.stdout
-    after = must_inspect(docker_client, app)
+    after = must_inspect(site.client, app)
     assert after["Id"] == before["Id"]
     assert after["State"]["StartedAt"] == before["State"]["StartedAt"]
-    assert names_of(docker_client, app) == {app}
+    assert names_of(site.client, app) == {app}
     assert body(port) == "v1"
 
 
 # -- 4. the working tree never deploys ------------------------------------------------------------
 
 
-def test_uncommitted_edit_in_the_clone_is_not_deployed(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
-) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
+def test_uncommitted_edit_in_the_clone_is_not_deployed(site: Site, images: ImageFactory, app_names: AppNames) -> None:
     images.build("web", "v1")
     images.build("web", "v2")
     app, port = app_names("web"), free_port()
-    clone = str(git_remote.clone_path)
+    clone = str(site.remote.clone_path)
     site.commit(desired(app_yaml(app, site.web(), "v1", port)))
     site.converge(repo=clone)
-    before = must_inspect(docker_client, app)["Id"]
+    before = must_inspect(site.client, app)["Id"]
 
-    git_remote.write(FILE, desired(app_yaml(app, site.web(), "v2", port)))
+    site.remote.write(FILE, desired(app_yaml(app, site.web(), "v2", port)))
     dry_unstaged = site.dry_run(repo=clone)
-    git_remote.git("add", FILE)
+    site.remote.git("add", FILE)
     dry_staged = site.dry_run(repo=clone)
     applied = site.reconcile(repo=clone)
 
     for result in (dry_unstaged, dry_staged, applied):
         assert result.returncode == 0, show(result)
         assert "in sync" in result.stdout, show(result)
-    assert must_inspect(docker_client, app)["Id"] == before
+    assert must_inspect(site.client, app)["Id"] == before
     assert body(port) == "v1"
 
 
@@ -320,16 +166,15 @@ def test_uncommitted_edit_in_the_clone_is_not_deployed(
 
 
 def test_unknown_tag_leaves_the_running_container_and_other_apps_converge(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
+    site: Site, images: ImageFactory, app_names: AppNames
 ) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
     images.build("web", "v1")
     images.build("web", "v2")
     web, other = app_names("web"), app_names("other")
     web_port, other_port = free_port(), free_port()
     site.commit(desired(app_yaml(web, site.web(), "v1", web_port)))
     site.converge()
-    before = must_inspect(docker_client, web)["Id"]
+    before = must_inspect(site.client, web)["Id"]
 
     site.commit(
         desired(
@@ -346,43 +191,42 @@ def test_unknown_tag_leaves_the_running_container_and_other_apps_converge(
     problem = [ln for ln in output(result).splitlines() if "v9-no-such-tag" in ln]
     assert problem and web in problem[0], show(result)
     assert f"{site.web()}:v9-no-such-tag" in problem[0]
-    info = must_inspect(docker_client, web)
+    info = must_inspect(site.client, web)
     assert info["Id"] == before and is_running(info)
     assert body(web_port) == "v1"
     assert body(other_port) == "v2"
-    assert is_running(must_inspect(docker_client, other))
+    assert is_running(must_inspect(site.client, other))
 
 
 # -- 7. manual changes are healed ----------------------------------------------------------------------
 
 
 def test_manually_stopped_container_is_started_and_removed_one_recreated(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
+    site: Site, images: ImageFactory, app_names: AppNames
 ) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
     images.build("web", "v1")
     app, port = app_names("web"), free_port()
     site.commit(desired(app_yaml(app, site.web(), "v1", port)))
     site.converge()
-    first_id = must_inspect(docker_client, app)["Id"]
+    first_id = must_inspect(site.client, app)["Id"]
 
-    docker_client.api.stop(app, timeout=2)
+    site.client.api.stop(app, timeout=2)
     dry = site.dry_run()
     assert dry.returncode == 2, show(dry)
     start_line = [ln for ln in dry.stdout.splitlines() if app in ln]
     assert start_line and "start" in start_line[0], show(dry)
     assert "running" in dry.stdout
     site.converge()
-    info = must_inspect(docker_client, app)
+    info = must_inspect(site.client, app)
     assert is_running(info) and info["Id"] == first_id
     assert body(port) == "v1"
 
-    docker_client.api.remove_container(app, force=True)
+    site.client.api.remove_container(app, force=True)
     dry = site.dry_run()
     assert dry.returncode == 2, show(dry)
     assert "create" in dry.stdout and app in dry.stdout
     site.converge()
-    info = must_inspect(docker_client, app)
+    info = must_inspect(site.client, app)
     assert is_running(info) and info["Id"] != first_id
     assert body(port) == "v1"
     assert site.dry_run().returncode == 0
@@ -392,15 +236,12 @@ def test_manually_stopped_container_is_started_and_removed_one_recreated(
 
 
 def test_foreign_container_with_the_apps_name_is_a_conflict_until_adopted(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
+    site: Site, images: ImageFactory, app_names: AppNames
 ) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
     v1 = images.build("web", "v1")
     images.build("web", "v2")
     app, port = app_names("web"), free_port()
-    foreign = docker_client.containers.run(
-        v1, name=app, detach=True, init=True, ports={"8000/tcp": ("127.0.0.1", port)}
-    )
+    foreign = site.client.containers.run(v1, name=app, detach=True, init=True, ports={"8000/tcp": ("127.0.0.1", port)})
     assert body(port) == "v1"
     site.commit(desired(app_yaml(app, site.web(), "v2", port)))
 
@@ -413,19 +254,19 @@ def test_foreign_container_with_the_apps_name_is_a_conflict_until_adopted(
         line = [ln for ln in run.stdout.splitlines() if app in ln]
         assert line and "conflict" in line[0], show(run)
         assert "--adopt" in run.stdout
-    info = must_inspect(docker_client, app)
+    info = must_inspect(site.client, app)
     assert info["Id"] == foreign.id and is_running(info)
     assert MANAGED_LABEL not in labels(info)
     assert body(port) == "v1"
-    assert names_of(docker_client, app) == {app}
+    assert names_of(site.client, app) == {app}
 
     adopted = site.reconcile("--adopt")
 
     assert adopted.returncode == 0, show(adopted)
     assert body(port) == "v2"
-    ours = must_inspect(docker_client, app)
+    ours = must_inspect(site.client, app)
     assert ours["Id"] != foreign.id and labels(ours)[MANAGED_LABEL] == "true"
-    kept = must_inspect(docker_client, app + ".adopted")
+    kept = must_inspect(site.client, app + ".adopted")
     assert kept["Id"] == foreign.id and not is_running(kept)
     again = site.dry_run()
     assert again.returncode == 0 and "in sync" in again.stdout, show(again)
@@ -435,24 +276,23 @@ def test_foreign_container_with_the_apps_name_is_a_conflict_until_adopted(
 
 
 def test_app_removed_from_the_file_is_pruned_but_foreign_containers_stay(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
+    site: Site, tmp_path: Path, images: ImageFactory, app_names: AppNames
 ) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
     v1 = images.build("web", "v1")
     images.build("web", "v2")
     gone, kept = app_names("gone"), app_names("kept")
     gone_port, kept_port = free_port(), free_port()
-    stray = docker_client.containers.run(v1, name=app_names("stray"), detach=True, init=True)
+    stray = site.client.containers.run(v1, name=app_names("stray"), detach=True, init=True)
     site.commit(desired(app_yaml(gone, site.web(), "v1", gone_port), app_yaml(kept, site.web(), "v1", kept_port)))
     site.converge()
     site.commit(desired(app_yaml(gone, site.web(), "v2", gone_port), app_yaml(kept, site.web(), "v1", kept_port)))
     site.converge()
-    assert names_of(docker_client, gone) == {gone, gone + ".prev"}
-    kept_id = must_inspect(docker_client, kept)["Id"]
+    assert names_of(site.client, gone) == {gone, gone + ".prev"}
+    kept_id = must_inspect(site.client, kept)["Id"]
 
     # Another reconciler instance on the same engine, with an app of its own, from another file.
     neighbour, neighbour_port = app_names("neighbour"), free_port()
-    git_remote.commit_file("neighbour.yaml", desired(app_yaml(neighbour, site.web(), "v1", neighbour_port)), "n")
+    site.remote.commit_file("neighbour.yaml", desired(app_yaml(neighbour, site.web(), "v1", neighbour_port)), "n")
     other = cli(
         "--repo",
         site.repo,
@@ -463,7 +303,7 @@ def test_app_removed_from_the_file_is_pruned_but_foreign_containers_stay(
         env={"RECONCILE_INSTANCE": f"neighbour-of-{kept}"},
     )
     assert other.returncode == 0, show(other)
-    neighbour_id = must_inspect(docker_client, neighbour)["Id"]
+    neighbour_id = must_inspect(site.client, neighbour)["Id"]
 
     site.commit(desired(app_yaml(kept, site.web(), "v1", kept_port)), f"remove {gone}")
     dry = site.dry_run()
@@ -472,12 +312,12 @@ def test_app_removed_from_the_file_is_pruned_but_foreign_containers_stay(
     assert dry.returncode == 2, show(dry)
     assert "remove" in dry.stdout and gone in dry.stdout
     assert "remove" in result.stdout and gone in result.stdout
-    assert names_of(docker_client, gone) == set()
-    assert must_inspect(docker_client, kept)["Id"] == kept_id
+    assert names_of(site.client, gone) == set()
+    assert must_inspect(site.client, kept)["Id"] == kept_id
     assert body(kept_port) == "v1"
     stray.reload()
     assert stray.status == "running"
-    assert must_inspect(docker_client, neighbour)["Id"] == neighbour_id
+    assert must_inspect(site.client, neighbour)["Id"] == neighbour_id
     assert body(neighbour_port) == "v1"
     assert neighbour not in result.stdout
     assert site.dry_run().returncode == 0
@@ -500,32 +340,26 @@ def local_tags(client: Any, repository: str) -> list[str]:
 
 
 def test_registry_image_dry_run_resolves_without_pulling_then_reconcile_pulls(
-    git_remote: GitRemote,
-    tmp_path: Path,
-    docker_client: Any,
-    images: ImageFactory,
-    app_names: AppNames,
-    registry: Registry,
+    site: Site, images: ImageFactory, app_names: AppNames, registry: Registry
 ) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
     app, port = app_names("web"), free_port()
     repo = f"{images.prefix}/{app}"
     remote_repo = f"{registry.host}/{repo}"
     digest1 = registry_only(images, registry, repo, "r1", "registry r1")
     digest2 = registry_only(images, registry, repo, "r2", "registry r2")
-    assert local_tags(docker_client, remote_repo) == []
+    assert local_tags(site.client, remote_repo) == []
     site.commit(desired(app_yaml(app, remote_repo, "r1", port)))
 
     dry = site.dry_run()
 
     assert dry.returncode == 2, show(dry)
-    assert local_tags(docker_client, remote_repo) == [], "a dry run pulled the image"
+    assert local_tags(site.client, remote_repo) == [], "a dry run pulled the image"
 
     site.converge()
 
     assert body(port) == "registry r1"
-    assert labels(must_inspect(docker_client, app))["io.reconciler.digest"] == digest1
-    assert local_tags(docker_client, remote_repo) == [f"{remote_repo}:r1"]
+    assert labels(must_inspect(site.client, app))["io.reconciler.digest"] == digest1
+    assert local_tags(site.client, remote_repo) == [f"{remote_repo}:r1"]
     assert site.dry_run().returncode == 0
 
     site.commit(desired(app_yaml(app, remote_repo, "r2", port)))
@@ -537,25 +371,19 @@ def test_registry_image_dry_run_resolves_without_pulling_then_reconcile_pulls(
     assert dry_json.returncode == 2, show(dry_json)
     changes = [c for a in json.loads(dry_json.stdout)["actions"] if a["app"] == app for c in a["changes"]]
     assert any(c["field"] == "image" and "to pull" in c["now"] for c in changes), changes
-    assert local_tags(docker_client, remote_repo) == [f"{remote_repo}:r1"], "a dry run pulled the image"
+    assert local_tags(site.client, remote_repo) == [f"{remote_repo}:r1"], "a dry run pulled the image"
 
     site.converge()
 
     assert body(port) == "registry r2"
-    assert labels(must_inspect(docker_client, app))["io.reconciler.digest"] == digest2
-    prev = must_inspect(docker_client, app + ".prev")
+    assert labels(must_inspect(site.client, app))["io.reconciler.digest"] == digest2
+    prev = must_inspect(site.client, app + ".prev")
     assert labels(prev)["io.reconciler.version"] == "r1" and not is_running(prev)
 
 
 def test_private_registry_pull_uses_docker_config_and_never_prints_the_password(
-    git_remote: GitRemote,
-    tmp_path: Path,
-    docker_client: Any,
-    images: ImageFactory,
-    app_names: AppNames,
-    auth_registry: Registry,
+    site: Site, tmp_path: Path, images: ImageFactory, app_names: AppNames, auth_registry: Registry
 ) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
     app, port = app_names("web"), free_port()
     repo = f"{images.prefix}/{app}"
     registry_only(images, auth_registry, repo, "p1", "private")
@@ -575,7 +403,7 @@ def test_private_registry_pull_uses_docker_config_and_never_prints_the_password(
         assert run.returncode == 1, show(run)
         assert f"{auth_registry.host}/{repo}:p1" in output(run), show(run)
         assert "credentials" in output(run) or "denied" in output(run), show(run)
-    assert inspect(docker_client, app) is None
+    assert inspect(site.client, app) is None
 
     dry = site.dry_run(env=with_creds)
     pulled = site.reconcile(env=with_creds)
@@ -593,13 +421,12 @@ def test_private_registry_pull_uses_docker_config_and_never_prints_the_password(
 
 
 def test_repo_url_is_mirrored_and_follows_pushes_and_force_pushes(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
+    site: Site, images: ImageFactory, app_names: AppNames
 ) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
     images.build("web", "v1")
     images.build("web", "v2")
     app, port = app_names("web"), free_port()
-    url = git_remote.bare_path.as_uri()
+    url = site.remote.bare_path.as_uri()
     assert url.startswith("file://")
     first = site.commit(desired(app_yaml(app, site.web(), "v1", port)), "v1")
 
@@ -614,30 +441,27 @@ def test_repo_url_is_mirrored_and_follows_pushes_and_force_pushes(
     result = site.converge(repo=url)
     assert second[:8] in result.stdout and body(port) == "v2"
 
-    git_remote.reset_hard(first)
-    git_remote.push(force=True)
+    site.remote.reset_hard(first)
+    site.remote.push(force=True)
     dry = site.dry_run(repo=url)
     assert dry.returncode == 2 and first[:8] in dry.stdout, show(dry)
     result = site.converge(repo=url)
     assert first[:8] in result.stdout, show(result)
     assert body(port) == "v1"
-    assert labels(must_inspect(docker_client, app))["io.reconciler.commit"] == first
+    assert labels(must_inspect(site.client, app))["io.reconciler.commit"] == first
 
 
 # -- 14. health gate and rollback -------------------------------------------------------------------------
 
 
-def test_release_failing_its_health_gate_is_rolled_back(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
-) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
+def test_release_failing_its_health_gate_is_rolled_back(site: Site, images: ImageFactory, app_names: AppNames) -> None:
     images.build("web", "v1")
     images.build("web", "v2-no-health", healthy=False)
     images.build("web", "v3-crash", exit_at_start=True)
     app, port = app_names("web"), free_port()
     site.commit(desired(app_yaml(app, site.web(), "v1", port, timeout="2s")))
     site.converge()
-    v1_id = must_inspect(docker_client, app)["Id"]
+    v1_id = must_inspect(site.client, app)["Id"]
 
     site.commit(desired(app_yaml(app, site.web(), "v2-no-health", port, timeout="2s")))
     result = site.reconcile()
@@ -645,9 +469,9 @@ def test_release_failing_its_health_gate_is_rolled_back(
     assert result.returncode == 1, show(result)
     assert "rolled back" in result.stdout, show(result)
     assert body(port) == "v1"
-    current = must_inspect(docker_client, app)
+    current = must_inspect(site.client, app)
     assert current["Id"] == v1_id and is_running(current)
-    failed = must_inspect(docker_client, app + ".failed")
+    failed = must_inspect(site.client, app + ".failed")
     assert not is_running(failed)
     assert labels(failed)["io.reconciler.version"] == "v2-no-health"
 
@@ -657,10 +481,10 @@ def test_release_failing_its_health_gate_is_rolled_back(
     assert result.returncode == 1, show(result)
     assert "rolled back" in result.stdout, show(result)
     assert body(port) == "v1"
-    assert must_inspect(docker_client, app)["Id"] == v1_id
-    failed = must_inspect(docker_client, app + ".failed")
+    assert must_inspect(site.client, app)["Id"] == v1_id
+    failed = must_inspect(site.client, app + ".failed")
     assert labels(failed)["io.reconciler.version"] == "v3-crash" and not is_running(failed)
-    assert not {n for n in names_of(docker_client, app) if n.startswith(app + ".failed")} - {app + ".failed"}
+    assert not {n for n in names_of(site.client, app) if n.startswith(app + ".failed")} - {app + ".failed"}
 
     entries = json.loads(site.history("--output", "json").stdout)
     assert [e["result"] for e in entries if e["app"] == app][:2] == ["rolled-back", "rolled-back"]
@@ -670,9 +494,8 @@ def test_release_failing_its_health_gate_is_rolled_back(
 
 
 def test_port_taken_by_something_else_fails_that_app_only(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
+    site: Site, images: ImageFactory, app_names: AppNames
 ) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
     images.build("web", "v1")
     blocked, fine = app_names("blocked"), app_names("fine")
     fine_port = free_port()
@@ -690,18 +513,15 @@ def test_port_taken_by_something_else_fails_that_app_only(
         assert "failed" in line[0] and str(taken) in line[0], show(result)
         assert "already in use" in line[0] or "already allocated" in line[0], show(result)
         assert body(fine_port) == "v1"
-        assert is_running(must_inspect(docker_client, fine))
-        blocked_info = inspect(docker_client, blocked)
+        assert is_running(must_inspect(site.client, fine))
+        blocked_info = inspect(site.client, blocked)
         assert blocked_info is None or not is_running(blocked_info)
 
 
 # -- 16. env values are never printed ---------------------------------------------------------------------
 
 
-def test_env_values_never_appear_in_output_or_history(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
-) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
+def test_env_values_never_appear_in_output_or_history(site: Site, images: ImageFactory, app_names: AppNames) -> None:
     images.build("web", "v1")
     app, port = app_names("web"), free_port()
     old, new = "s3cr3t-value", "an0ther-s3cr3t"
@@ -724,17 +544,14 @@ def test_env_values_never_appear_in_output_or_history(
     for text in [*(output(r) for r in (first, dry, dry_json, applied)), history]:
         assert old not in text and new not in text, text
     for name in (app, app + ".prev"):
-        assert old not in json.dumps(labels(must_inspect(docker_client, name)))
-        assert new not in json.dumps(labels(must_inspect(docker_client, name)))
+        assert old not in json.dumps(labels(must_inspect(site.client, name)))
+        assert new not in json.dumps(labels(must_inspect(site.client, name)))
 
 
 # -- 18. --output json ---------------------------------------------------------------------------------------
 
 
-def test_dry_run_json_has_revision_actions_and_changes(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
-) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
+def test_dry_run_json_has_revision_actions_and_changes(site: Site, images: ImageFactory, app_names: AppNames) -> None:
     images.build("web", "v1")
     images.build("web", "v2")
     app, new_app = app_names("web"), app_names("new")
@@ -771,14 +588,13 @@ def test_dry_run_json_has_revision_actions_and_changes(
 
 
 def test_options_work_after_the_command_name_and_from_the_environment(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
+    site: Site, images: ImageFactory, app_names: AppNames
 ) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
     images.build("web", "v1")
     images.build("web", "v2")
     app, port = app_names("web"), free_port()
     first = site.commit(desired(app_yaml(app, site.web(), "v1", port)), "v1")
-    second = git_remote.commit_file("deploy/prod.yaml", desired(app_yaml(app, site.web(), "v2", port)), "prod v2")
+    second = site.remote.commit_file("deploy/prod.yaml", desired(app_yaml(app, site.web(), "v2", port)), "prod v2")
     from_env = {"RECONCILE_REPO": site.repo, "RECONCILE_STATE_DIR": str(site.state)}
 
     dry = cli("--dry-run", env=from_env)
@@ -801,7 +617,7 @@ def test_options_work_after_the_command_name_and_from_the_environment(
     at_first = site.dry_run("--ref", first)
     assert at_first.returncode == 2 and first[:8] in at_first.stdout, show(at_first)
 
-    in_clone = cli("--state-dir", site.state, "--dry-run", cwd=git_remote.clone_path)
+    in_clone = cli("--state-dir", site.state, "--dry-run", cwd=site.remote.clone_path)
     assert in_clone.returncode == 2 and second[:8] in in_clone.stdout, show(in_clone)
 
     text_after = cli("history", "--state-dir", site.state)
@@ -822,7 +638,7 @@ def test_options_work_after_the_command_name_and_from_the_environment(
     ):
         assert result.returncode == 0, show(result)
         assert first[:8] in result.stdout and "valid" in result.stdout, show(result)
-    in_clone_validate = cli("validate", "--file", "deploy/prod.yaml", cwd=git_remote.clone_path)
+    in_clone_validate = cli("validate", "--file", "deploy/prod.yaml", cwd=site.remote.clone_path)
     assert in_clone_validate.returncode == 0 and second[:8] in in_clone_validate.stdout, show(in_clone_validate)
 
 
@@ -830,14 +646,8 @@ def test_options_work_after_the_command_name_and_from_the_environment(
 
 
 def test_dry_run_of_a_first_deploy_says_which_image_will_be_pulled(
-    git_remote: GitRemote,
-    tmp_path: Path,
-    docker_client: Any,
-    images: ImageFactory,
-    app_names: AppNames,
-    registry: Registry,
+    site: Site, images: ImageFactory, app_names: AppNames, registry: Registry
 ) -> None:
-    site = make_site(git_remote, tmp_path, docker_client, images)
     app, port = app_names("web"), free_port()
     repo = f"{images.prefix}/{app}"
     remote_repo = f"{registry.host}/{repo}"
@@ -848,7 +658,7 @@ def test_dry_run_of_a_first_deploy_says_which_image_will_be_pulled(
     dry_json = site.dry_run("--output", "json")
 
     assert dry.returncode == 2 and dry_json.returncode == 2, show(dry)
-    assert local_tags(docker_client, remote_repo) == []
+    assert local_tags(site.client, remote_repo) == []
     changes = [c for a in json.loads(dry_json.stdout)["actions"] if a["app"] == app for c in a["changes"]]
     assert any("to pull" in c["now"] and f"{remote_repo}:r1" in c["now"] for c in changes), changes
     assert "to pull" in dry.stdout and f"{remote_repo}:r1" in dry.stdout, show(dry)

@@ -12,6 +12,7 @@ CI does. One state directory per test holds the journal both sides share (it is 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -23,73 +24,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import docker.errors
 import pytest
 
-from tests.support import (
-    AppNames,
-    GitRemote,
-    ImageFactory,
-    Registry,
-    RegistryError,
-    free_port,
-    run_cli,
-    run_git,
-    wait_http,
-)
+from tests.support import AppNames, GitRemote, ImageFactory, Registry, RegistryError, free_port, run_git, state
 from tests.support.agent import AgentProcess, agent_args
+from tests.support.state import FILE, app_yaml, body, inspect, labels, output, show
 
-FILE = "desired-state.yaml"
 ALICE = "Alice Deployer <alice@example.invalid>"
 BOB = "Bob Builder <bob@example.invalid>"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-
-def app_yaml(name: str, image: str, version: str, port: int, *, stable_after: str | None = None) -> str:
-    """One app under `apps:`, with a comment to keep: loopback port, init, a fast HTTP gate."""
-    return (
-        f"  {name}:   # {name} stays commented\n"
-        f"    image: {image}\n"
-        f"    version: {version}\n"
-        f'    ports: ["127.0.0.1:{port}:8000"]\n'
-        "    init: true\n"
-        "    stop_timeout: 2s\n"
-        "    health:\n"
-        f"      http: http://127.0.0.1:{port}/health\n"
-        "      interval: 200ms\n"
-        "      timeout: 5s\n"
-        "      healthy_for: 300ms\n" + (f"    stable_after: {stable_after}\n" if stable_after else "")
-    )
-
-
-def show(result: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}--- stderr\n{result.stderr}"
-
-
-def output(result: subprocess.CompletedProcess[str]) -> str:
-    return result.stdout + result.stderr
-
-
-def cli(*args: str | Path, env: Mapping[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
-    """`reconcile ARGS`; whatever happens, no traceback."""
-    result = run_cli(*args, env=env)
-    for stream in (result.stdout, result.stderr):
-        assert "Traceback" not in stream and "internal error" not in stream, show(result)
-    return result
-
-
-def body(port: int, timeout: float = 5.0) -> str:
-    return wait_http(f"http://127.0.0.1:{port}/", timeout)
+# The CLI's last-resort message for an unexpected exception fails these tests too, not only a traceback.
+cli = functools.partial(state.cli, forbidden=("Traceback", "internal error"))
 
 
 def label(client: Any, name: str, key: str) -> str | None:
-    try:
-        info = client.api.inspect_container(name)
-    except docker.errors.NotFound:
-        return None
-    return str((info["Config"]["Labels"] or {}).get(f"io.reconciler.{key}"))
+    info = inspect(client, name)
+    return None if info is None else str(labels(info).get(f"io.reconciler.{key}"))
 
 
 @dataclass
@@ -101,7 +54,17 @@ class App:
     stable_after: str | None = None
 
     def yaml(self) -> str:
-        return app_yaml(self.name, self.image, self.version, self.port, stable_after=self.stable_after)
+        """The app under `apps:`, with a comment to keep: loopback port, init, a fast HTTP gate."""
+        return app_yaml(
+            self.name,
+            self.image,
+            self.version,
+            self.port,
+            timeout="5s",
+            healthy_for="300ms",
+            stable_after=self.stable_after,
+            comment=f"{self.name} stays commented",
+        )
 
 
 @dataclass

@@ -11,12 +11,12 @@ Guarantees:
   process has died, and fails after its deadline saying what it waited for and showing the log.
 - `stop()` sends SIGTERM, waits, then SIGKILLs; it never raises and is safe to call twice, so a
   fixture can always call it.
-- `World` is one test's world (its git remote, state directory, engine client, images, agents);
-  `open_world()` stops every agent it started when the test ends, before the `app_names` fixture
-  removes the containers (a fixture that uses it must request `app_names` so that it is torn down
-  first: a running agent would heal the containers back).
-- The desired-state helpers (`app_yaml`, `desired`) write apps the way the agent tests need them:
-  `init: true`, `stop_timeout: 2s`, ports on 127.0.0.1, a fast HTTP health gate.
+- `World` is one test's world (its git remote, state directory, engine client, images, agents):
+  a `Site` (tests/support/state.py, where the desired-state, engine and CLI helpers are) that also
+  starts agents. `open_world()` stops every agent it started when the test ends, before the
+  `app_names` fixture removes the containers (a fixture that uses it must request `app_names` so
+  that it is torn down first: a running agent would heal the containers back).
+- `wait_body` waits until an app serves a given body, and shows the agent's log when it does not.
 """
 
 from __future__ import annotations
@@ -36,12 +36,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-import docker.errors
-
-from .cli import cli_env, run_cli
+from .cli import cli_env
 from .gitrepo import GitRemote
 from .images import ImageFactory
-from .net import http_get, wait_http
+from .net import http_get
+from .state import Site, cli, show
 
 _TEXT_LINE = re.compile(r"^(?P<time>\d{4}-\d\d-\d\dT[\d:.]+Z) (?P<event>[a-z][a-z0-9.-]*)\s+(?P<message>.*)$")
 _TEXT_FIELD = re.compile(r" (?P<key>[a-z_]+)=(?P<value>\S*)$")
@@ -319,77 +318,6 @@ def agent_args(
     return ["--repo", repo, "--branch", branch, "--state-dir", str(state_dir), "--interval", interval, *extra]
 
 
-# -- a test's world: desired-state files, containers, the CLI ------------------------------------------
-
-FILE = "desired-state.yaml"
-
-
-def app_yaml(
-    name: str,
-    image: str,
-    version: str,
-    port: int,
-    *,
-    timeout: str = "5s",
-    healthy_for: str = "500ms",
-    stable_after: str | None = None,
-) -> str:
-    """One app under `apps:`: loopback port, `init: true`, short stop timeout, a fast HTTP gate."""
-    lines = [
-        f"  {name}:",
-        f"    image: {image}",
-        f"    version: {version}",
-        f'    ports: ["127.0.0.1:{port}:8000"]',
-        "    init: true",
-        "    stop_timeout: 2s",
-        "    health:",
-        f"      http: http://127.0.0.1:{port}/health",
-        "      interval: 200ms",
-        f"      timeout: {timeout}",
-        f"      healthy_for: {healthy_for}",
-    ]
-    if stable_after is not None:
-        lines.append(f"    stable_after: {stable_after}")
-    return "\n".join(lines) + "\n"
-
-
-def desired(*apps: str) -> str:
-    return "apps:\n" + "".join(apps) if apps else "apps: {}\n"
-
-
-def inspect(client: Any, name: str) -> dict[str, Any] | None:
-    try:
-        return dict(client.api.inspect_container(name))
-    except docker.errors.NotFound:
-        return None
-
-
-def must_inspect(client: Any, name: str) -> dict[str, Any]:
-    info = inspect(client, name)
-    assert info is not None, f"no container {name}; containers: {container_names(client)}"
-    return info
-
-
-def is_running(info: Mapping[str, Any] | None) -> bool:
-    return info is not None and bool(info["State"]["Running"])
-
-
-def labels(info: Mapping[str, Any]) -> dict[str, str]:
-    return dict(info["Config"]["Labels"] or {})
-
-
-def container_names(client: Any) -> list[str]:
-    return sorted(n.lstrip("/") for c in client.api.containers(all=True) for n in c.get("Names") or [])
-
-
-def names_of(client: Any, app: str) -> set[str]:
-    return {n for n in container_names(client) if n == app or n.startswith(app + ".")}
-
-
-def body(port: int, timeout: float = 10.0) -> str:
-    return wait_http(f"http://127.0.0.1:{port}/", timeout)
-
-
 def wait_body(port: int, expected: str, timeout: float, agent: AgentProcess | None = None) -> None:
     """Wait until the app on `port` serves `expected` at /."""
     deadline = time.monotonic() + timeout
@@ -409,30 +337,14 @@ def wait_body(port: int, expected: str, timeout: float, agent: AgentProcess | No
     )
 
 
-def show(result: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}--- stderr\n{result.stderr}"
+# -- a test's world: the command line's, plus agents ------------------------------------------------
 
 
 @dataclass
-class World:
+class World(Site):
     """One test's world: the git remote it pushes to, a state directory, the engine, its agents."""
 
-    remote: GitRemote
-    state: Path
-    client: Any
-    images: ImageFactory
     agents: list[AgentProcess] = field(default_factory=list)
-
-    @property
-    def repo(self) -> str:
-        return str(self.remote.bare_path)
-
-    def web(self) -> str:
-        return self.images.repo("web")
-
-    def commit(self, text: str, message: str = "update desired state") -> str:
-        """Commit `text` as desired-state.yaml and push it; return the commit's sha."""
-        return self.remote.commit_file(FILE, text, message)
 
     def agent(
         self,
@@ -449,19 +361,13 @@ class World:
         process.wait_for("agent.started", timeout=30)
         return process
 
-    def cli(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
-        result = run_cli(*args)
-        for stream in (result.stdout, result.stderr):
-            assert "Traceback" not in stream, show(result)
-        return result
-
     def status(self) -> subprocess.CompletedProcess[str]:
-        result = self.cli("status", "--repo", self.repo, "--ref", "main", "--state-dir", self.state)
+        result = cli("status", "--repo", self.repo, "--ref", "main", "--state-dir", self.state)
         assert result.returncode == 0, show(result)
         return result
 
     def status_of(self, app: str) -> dict[str, Any]:
-        result = self.cli("status", "--repo", self.repo, "--ref", "main", "--state-dir", self.state, "--output", "json")
+        result = cli("status", "--repo", self.repo, "--ref", "main", "--state-dir", self.state, "--output", "json")
         assert result.returncode == 0, show(result)
         data = json.loads(result.stdout)
         mine = [entry for entry in data["apps"] if entry["app"] == app]
