@@ -44,6 +44,19 @@ def deploy_lines(agent: AgentProcess, app: str, since: int = 0) -> list[LogLine]
     return [line for event in DEPLOY_EVENTS for line in agent.events(event, app=app, since=since)]
 
 
+def agent_after_first_pass(world: World, *apps: str, extra: tuple[str, ...] = ()) -> AgentProcess:
+    """`world.agent(*extra)`, once its first pass has deployed each of `apps` and its watcher is up.
+
+    From then on a push wakes the agent through the watcher; a push during the first pass has a test of
+    its own (test_push_during_the_first_pass_is_not_missed).
+    """
+    agent = world.agent(*extra)
+    for app in apps:
+        agent.wait_for("deploy.succeeded", app=app, timeout=20)
+    agent.wait_watching()
+    return agent
+
+
 # -- 1. deploy on push, upgrade on push --------------------------------------------------------------
 
 
@@ -133,9 +146,7 @@ def test_broken_releases_roll_back_are_held_and_retried_only_on_demand(
     images.build("web", "v4")
     app, port = app_names("web"), free_port()
     world.commit(desired(app_yaml(app, world.web(), "v1", port, timeout="2s")), "v1")
-    agent = world.agent()
-    agent.wait_for("deploy.succeeded", app=app, timeout=20)
-    agent.wait_watching()  # first pass over, watcher up: see test_push_during_the_first_pass_is_not_missed
+    agent = agent_after_first_pass(world, app)
     v1_id = must_inspect(world.client, app)["Id"]
 
     # A release that exits at start.
@@ -245,9 +256,7 @@ def test_newer_commit_during_a_gate_supersedes_it(world: World, images: ImageFac
     images.build("web", "v3")
     app, port = app_names("web"), free_port()
     world.commit(desired(app_yaml(app, world.web(), "v1", port)), "v1")
-    agent = world.agent()
-    agent.wait_for("deploy.succeeded", app=app, timeout=20)
-    agent.wait_watching()  # first pass over, watcher up: see test_push_during_the_first_pass_is_not_missed
+    agent = agent_after_first_pass(world, app)
 
     mark = agent.mark()
     slow = world.commit(desired(app_yaml(app, world.web(), "v2", port, healthy_for="4s")), "v2, slow gate")
@@ -282,10 +291,7 @@ def test_multi_app_commit_with_one_failure_takes_every_app_back(
     world.commit(
         desired(app_yaml(good, world.web(), "v1", good_port), app_yaml(bad, world.web(), "v1", bad_port)), "both v1"
     )
-    agent = world.agent()
-    agent.wait_for("deploy.succeeded", app=good, timeout=20)
-    agent.wait_for("deploy.succeeded", app=bad, timeout=20)
-    agent.wait_watching()  # first pass over, watcher up: see test_push_during_the_first_pass_is_not_missed
+    agent = agent_after_first_pass(world, good, bad)
 
     mark = agent.mark()
     sha = world.commit(
@@ -323,9 +329,7 @@ def test_stopped_or_removed_container_is_healed_at_the_next_pass(
     images.build("web", "v1")
     app, port = app_names("web"), free_port()
     world.commit(desired(app_yaml(app, world.web(), "v1", port)), "v1")
-    agent = world.agent()
-    agent.wait_for("deploy.succeeded", app=app, timeout=20)
-    agent.wait_watching()  # first pass over, watcher up: see test_push_during_the_first_pass_is_not_missed
+    agent = agent_after_first_pass(world, app)
     first_id = must_inspect(world.client, app)["Id"]
 
     mark = agent.mark()
@@ -356,9 +360,7 @@ def test_no_self_heal_only_reports_drift(world: World, images: ImageFactory, app
     images.build("web", "v1")
     app, port = app_names("web"), free_port()
     world.commit(desired(app_yaml(app, world.web(), "v1", port)), "v1")
-    agent = world.agent("--no-self-heal")
-    agent.wait_for("deploy.succeeded", app=app, timeout=20)  # deploys from git still happen
-    agent.wait_watching()  # first pass over, watcher up: see test_push_during_the_first_pass_is_not_missed
+    agent = agent_after_first_pass(world, app, extra=("--no-self-heal",))  # deploys from git still happen
     assert body(port) == "v1"
 
     mark = agent.mark()
@@ -586,9 +588,7 @@ def test_log_format_json_every_line_is_an_event_object(world: World, images: Ima
     images.build("web", "v2-no-health", healthy=False)
     app, port = app_names("web"), free_port()
     first = world.commit(desired(app_yaml(app, world.web(), "v1", port, timeout="1s")), "v1")
-    agent = world.agent("--log-format", "json")
-    agent.wait_for("deploy.succeeded", app=app, timeout=20)
-    agent.wait_watching()
+    agent = agent_after_first_pass(world, app, extra=("--log-format", "json"))
     broken = world.commit(desired(app_yaml(app, world.web(), "v2-no-health", port, timeout="1s")), "broken")
     agent.wait_for("deploy.rolled-back", app=app, timeout=20)
     agent.hup()
