@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import docker
@@ -70,16 +70,22 @@ def _tag_is_ours(tag: str, prefix: str, registry_hosts: Iterable[str]) -> bool:
     return bool(rest) and ("." in first or ":" in first or first == "localhost") and rest.startswith(prefix)
 
 
+def _remove(what: str, remove: Callable[..., object], *args: Any, **kwargs: Any) -> list[str]:
+    """`remove(*args, **kwargs)`: no failure when it worked or `what` was gone already, else `WHAT: error`."""
+    try:
+        remove(*args, **kwargs)
+    except docker.errors.NotFound:
+        pass
+    except Exception as exc:
+        return [f"{what}: {exc}"]
+    return []
+
+
 def remove_containers(client: Any, names: Iterable[str]) -> list[str]:
     """Force-remove the containers with exactly these names (missing ones are fine)."""
     errors: list[str] = []
     for name in names:
-        try:
-            client.api.remove_container(name, force=True, v=True)
-        except docker.errors.NotFound:
-            pass
-        except Exception as exc:
-            errors.append(f"container {name}: {exc}")
+        errors += _remove(f"container {name}", client.api.remove_container, name, force=True, v=True)
     return errors
 
 
@@ -115,12 +121,7 @@ def cleanup_run(client: Any, prefix: str, *, registry_hosts: Iterable[str] = ())
     for volume in volumes:
         name = volume.get("Name", "")
         if _has_prefix(name, prefix):
-            try:
-                client.api.remove_volume(name, force=True)
-            except docker.errors.NotFound:
-                pass
-            except Exception as exc:
-                errors.append(f"volume {name}: {exc}")
+            errors += _remove(f"volume {name}", client.api.remove_volume, name, force=True)
 
     try:
         labelled = client.api.images(all=True, filters={"label": f"{RUN_LABEL}={prefix}"})
@@ -128,12 +129,7 @@ def cleanup_run(client: Any, prefix: str, *, registry_hosts: Iterable[str] = ())
         errors.append(f"listing images: {exc}")
         labelled = []
     for info in labelled:
-        try:
-            client.api.remove_image(info["Id"], force=True)
-        except docker.errors.NotFound:
-            pass
-        except Exception as exc:
-            errors.append(f"image {info['Id']}: {exc}")
+        errors += _remove(f"image {info['Id']}", client.api.remove_image, info["Id"], force=True)
 
     try:
         images = client.api.images()
@@ -143,12 +139,7 @@ def cleanup_run(client: Any, prefix: str, *, registry_hosts: Iterable[str] = ())
     for info in images:
         for tag in info.get("RepoTags") or []:
             if tag != "<none>:<none>" and _tag_is_ours(tag, prefix, hosts):
-                try:
-                    client.api.remove_image(tag, force=True)
-                except docker.errors.NotFound:
-                    pass
-                except Exception as exc:
-                    errors.append(f"image {tag}: {exc}")
+                errors += _remove(f"image {tag}", client.api.remove_image, tag, force=True)
     return errors
 
 
@@ -198,10 +189,5 @@ class AppNames:
             for volume in volumes:
                 vname = volume.get("Name", "")
                 if vname == app or vname.startswith(app + "-"):
-                    try:
-                        self.client.api.remove_volume(vname, force=True)
-                    except docker.errors.NotFound:
-                        pass
-                    except Exception as exc:
-                        errors.append(f"volume {vname}: {exc}")
+                    errors += _remove(f"volume {vname}", self.client.api.remove_volume, vname, force=True)
         return errors
