@@ -42,6 +42,13 @@ def errors_of(text: str | bytes) -> list[str]:
     return error.errors
 
 
+def the_error(text: str | bytes) -> str:
+    """The one error `text` is refused with (the test fails when there are more or none)."""
+    errors = errors_of(text)
+    assert len(errors) == 1
+    return errors[0]
+
+
 def one_app(*extra: str, image: str = "myrepo/web", version: str = "v1") -> str:
     """``apps.web`` with image on line 3 (value at col 12), version on line 4 (col 14), extra from line 5."""
     lines = ["apps:", "  web:", f"    image: {image}", f"    version: {version}", *(f"    {line}" for line in extra)]
@@ -276,10 +283,9 @@ def test_unknown_key_names_the_nearest_valid_one(text: str, expected: str) -> No
 def test_an_empty_value_is_placed_on_its_own_line(text: str, line: int, path: str) -> None:
     # A key with no value (YAML null) must be reported where it is written, not at the next token
     # (another key, another app, or a line past the end of the file).
-    errors = errors_of(text)
-    assert len(errors) == 1
-    assert errors[0].split(": ")[1] == path
-    assert _position(errors[0])[0] == line, errors[0]
+    error = the_error(text)
+    assert error.split(": ")[1] == path
+    assert _position(error)[0] == line, error
 
 
 def test_unknown_key_in_a_flow_mapping_has_its_column() -> None:
@@ -309,42 +315,36 @@ def test_top_level_list_after_a_comment_points_at_the_list() -> None:
 
 
 def test_yaml_syntax_error_has_a_place() -> None:
-    errors = errors_of("apps:\n  web:\n    image: a\n\tversion: v1\n")
-    assert len(errors) == 1
-    assert errors[0].startswith(f"{FILE}:4:1: ")
-    assert "\\t" in errors[0]
+    error = the_error("apps:\n  web:\n    image: a\n\tversion: v1\n")
+    assert error.startswith(f"{FILE}:4:1: ")
+    assert "\\t" in error
 
 
 def test_unclosed_flow_mapping_points_at_where_it_ends() -> None:
-    errors = errors_of("apps:\n  web: {image: a, version: v1\n")
-    assert len(errors) == 1
-    assert errors[0].startswith(f"{FILE}:3:1: ")
+    error = the_error("apps:\n  web: {image: a, version: v1\n")
+    assert error.startswith(f"{FILE}:3:1: ")
 
 
 def test_duplicate_key_points_at_the_second_one() -> None:
-    errors = errors_of("apps:\n  web:\n    image: a\n    image: b\n    version: v1\n")
-    assert len(errors) == 1
-    assert errors[0].startswith(f"{FILE}:4:5: ")
-    assert 'duplicate key "image"' in errors[0]
+    error = the_error("apps:\n  web:\n    image: a\n    image: b\n    version: v1\n")
+    assert error.startswith(f"{FILE}:4:5: ")
+    assert 'duplicate key "image"' in error
 
 
 def test_duplicate_app_is_an_error_too() -> None:
-    errors = errors_of("apps:\n  web: {image: a, version: v1}\n  web: {image: b, version: v2}\n")
-    assert len(errors) == 1
-    assert errors[0].startswith(f"{FILE}:3:3: ")
-    assert 'duplicate key "web"' in errors[0]
+    error = the_error("apps:\n  web: {image: a, version: v1}\n  web: {image: b, version: v2}\n")
+    assert error.startswith(f"{FILE}:3:3: ")
+    assert 'duplicate key "web"' in error
 
 
 def test_apps_must_be_a_mapping() -> None:
-    errors = errors_of("apps:\n  - web\n")
-    assert len(errors) == 1
-    assert errors[0].startswith(f"{FILE}:2:3: apps: ")
+    error = the_error("apps:\n  - web\n")
+    assert error.startswith(f"{FILE}:2:3: apps: ")
 
 
 def test_an_app_must_be_a_mapping() -> None:
-    errors = errors_of("apps:\n  web: 3\n")
-    assert len(errors) == 1
-    assert errors[0].startswith(f"{FILE}:2:8: apps.web: ")
+    error = the_error("apps:\n  web: 3\n")
+    assert error.startswith(f"{FILE}:2:8: apps.web: ")
 
 
 # -- fields ----------------------------------------------------------------------------------------
