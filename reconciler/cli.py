@@ -487,7 +487,9 @@ def rollback(
             return
         if app_name is None and to not in (release.PREVIOUS, "stable"):
             _fail(f"--to {to} for every app: use stable or previous, or name the app")
-        edits = _guarded(lambda: _rollback_edits(source, settings, desired, apps, to, journal, single=app_name))
+        edits = _guarded(
+            lambda: release.rollback_edits(source, settings, desired, apps, to, journal=journal, single=app_name)
+        )
         if not edits:
             _fail("nothing to change: every app already runs that version")
         message = "rollback " + "; ".join(edit.describe() for edit in edits)
@@ -499,52 +501,17 @@ def rollback(
             journal.close()
 
 
-def _rollback_edits(
-    source: Any, settings: Any, desired: Any, apps: list[str], to: str, journal: Any, *, single: str | None
-) -> list[Any]:
-    from reconciler.errors import UserError
-    from reconciler.shell import release
-
-    edits = []
-    branch = source.branch()
-    for name in apps:
-        spec = desired.apps[name]
-        seen = release.versions_seen(source, branch, settings.file, name)
-        if to == "stable":
-            new, origin = release.stable_version(name, journal=journal, source=source, file=settings.file), "stable"
-        elif to == release.PREVIOUS:
-            new, origin = release.previous_version(name, spec.version, journal=journal, seen=seen), release.PREVIOUS
-        else:
-            new, origin = to, ""
-        if new == spec.version:
-            if single is not None:
-                raise UserError(f"{name} is already at {new} in {settings.file}")
-            continue
-        release.check_exists(spec.image, new, seen=seen, settings=settings)
-        edits.append(release.Edit(name, spec.version, new, origin))
-    return edits
-
-
 def _list_versions(source: Any, settings: Any, desired: Any, app_name: str, journal: Any) -> None:
     import time
 
-    from reconciler.errors import UserError
     from reconciler.shell import release
 
-    spec = desired.apps[app_name]
-    seen = release.versions_seen(source, source.branch(), settings.file, app_name)
-    typer.echo(f"{app_name}: {settings.file} asks for {spec.version} @ {desired.short}")
-    finders: list[tuple[str, Callable[[], str]]] = [
-        ("previous", lambda: release.previous_version(app_name, spec.version, journal=journal, seen=seen)),
-        ("stable", lambda: release.stable_version(app_name, journal=journal, source=source, file=settings.file)),
-    ]
-    for label, find in finders:
-        try:
-            typer.echo(f"  --to {label:<9} {find()}")
-        except UserError as exc:
-            typer.echo(f"  --to {label:<9} (none: {exc})")
+    choices = release.choices(source, settings.file, desired, app_name, journal=journal)
+    typer.echo(f"{app_name}: {settings.file} asks for {choices.current} @ {desired.short}")
+    for label, found in (("previous", choices.previous), ("stable", choices.stable)):
+        typer.echo(f"  --to {label:<9} {found}")
     typer.echo("  versions in git history, newest first:")
-    for item in seen:
+    for item in choices.seen:
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(item.when))
         typer.echo(f"    {item.version:<16} {item.revision[:8]}  {when}Z  {item.author}")
 

@@ -17,6 +17,7 @@ Guarantees:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,64 @@ def previous_version(app: str, current: str, *, journal: Journal | None, seen: l
         if item.version != current:
             return item.version
     raise UserError(f"{app}: no previous version (it has only ever been {current})")
+
+
+@dataclass(frozen=True)
+class Choices:
+    """What ``reconcile rollback APP`` lists: where the app can go back to."""
+
+    current: str
+    previous: str  # a version, or "(none: why)"
+    stable: str
+    seen: list[Seen]
+
+
+def choices(source: Source, file: str, desired: DesiredState, app: str, *, journal: Journal | None) -> Choices:
+    spec = desired.apps[app]
+    seen = versions_seen(source, source.branch(), file, app)
+    found: list[str] = []
+    finders: list[Callable[[], str]] = [
+        lambda: previous_version(app, spec.version, journal=journal, seen=seen),
+        lambda: stable_version(app, journal=journal, source=source, file=file),
+    ]
+    for find in finders:
+        try:
+            found.append(find())
+        except UserError as exc:
+            found.append(f"(none: {exc})")
+    return Choices(spec.version, found[0], found[1], seen)
+
+
+def rollback_edits(
+    source: Source,
+    settings: Settings,
+    desired: DesiredState,
+    apps: list[str],
+    to: str,
+    *,
+    journal: Journal | None,
+    single: str | None,
+) -> list[Edit]:
+    """The edit that takes each of ``apps`` to ``to`` (a version, ``stable`` or ``previous``), resolved and
+    checked; apps already there are skipped, unless ``single`` names the one app asked for."""
+    edits = []
+    branch = source.branch()
+    for name in apps:
+        spec = desired.apps[name]
+        seen = versions_seen(source, branch, settings.file, name)
+        if to == STABLE:
+            new, origin = stable_version(name, journal=journal, source=source, file=settings.file), STABLE
+        elif to == PREVIOUS:
+            new, origin = previous_version(name, spec.version, journal=journal, seen=seen), PREVIOUS
+        else:
+            new, origin = to, ""
+        if new == spec.version:
+            if single is not None:
+                raise UserError(f"{name} is already at {new} in {settings.file}")
+            continue
+        check_exists(spec.image, new, seen=seen, settings=settings)
+        edits.append(Edit(name, spec.version, new, origin))
+    return edits
 
 
 def check_exists(image: str, version: str, *, seen: list[Seen], settings: Settings) -> None:
