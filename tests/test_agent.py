@@ -320,6 +320,41 @@ def test_multi_app_commit_with_one_failure_takes_every_app_back(
     assert [f["culprit"] for f in good_status["failed"]] == [False], good_status
 
 
+def test_a_commit_with_an_app_that_cannot_be_resolved_deploys_none_of_its_apps(
+    world: World, images: ImageFactory, app_names: AppNames
+) -> None:
+    images.build("web", "v1")
+    images.build("web", "v2")
+    good, bad = app_names("a-good"), app_names("b-bad")
+    good_port, bad_port = free_port(), free_port()
+    world.commit(
+        desired(app_yaml(good, world.web(), "v1", good_port), app_yaml(bad, world.web(), "v1", bad_port)), "both v1"
+    )
+    agent = agent_after_first_pass(world, good, bad)
+
+    mark = agent.mark()
+    sha = world.commit(
+        desired(app_yaml(good, world.web(), "v2", good_port), app_yaml(bad, world.web(), "v404", bad_port)),
+        "both move on; one to a tag that does not exist",
+    )
+    blocked = agent.wait_for("commit.blocked", since=mark, timeout=20)
+    assert sha[:8] in blocked.message and bad in blocked.message and "v404" in blocked.message, blocked.raw
+    agent.hup()
+    agent.hup()
+    time.sleep(1.0)
+    assert body(good_port) == "v1" and body(bad_port) == "v1", agent.log()
+    assert not agent.events("deploy.succeeded", since=mark), agent.log()
+    assert len(agent.events("commit.blocked", since=mark)) == 1, agent.log()  # logged once, not every pass
+
+    mark = agent.mark()
+    world.commit(
+        desired(app_yaml(good, world.web(), "v2", good_port), app_yaml(bad, world.web(), "v2", bad_port)), "fixed"
+    )
+    agent.wait_for("deploy.succeeded", app=good, since=mark, timeout=20)
+    agent.wait_for("deploy.succeeded", app=bad, since=mark, timeout=20)
+    assert body(good_port) == "v2" and body(bad_port) == "v2"
+
+
 # -- 6. self-heal -------------------------------------------------------------------------------------------
 
 

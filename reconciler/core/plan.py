@@ -110,6 +110,9 @@ class Plan:
         return not self.actions
 
 
+STALE_NEXT = Change("container", "left by an interrupted deploy", "removed")
+
+
 def _secret_hash(app: str, key: str, value: str) -> str:
     # Salted with app and key so equal values in two places do not look alike in labels.
     return hashlib.sha256(f"{app}\0{key}\0{value}".encode()).hexdigest()[:16]
@@ -242,7 +245,7 @@ def plan(
                     ActionKind.REMOVE,
                     app,
                     stale_next.name,
-                    (Change("container", "left by an interrupted deploy", "removed"),),
+                    (STALE_NEXT,),
                 )
             )
         if current is None:

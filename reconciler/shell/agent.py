@@ -34,7 +34,7 @@ from typing import Any
 
 from reconciler.core.failures import held_back
 from reconciler.core.model import STABLE, DesiredState, ObservedState, container_name
-from reconciler.core.plan import Action, ActionKind, Change, Plan
+from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Change, Plan
 from reconciler.core.report import Outcome, Result
 from reconciler.errors import (
     EngineUnavailable,
@@ -294,6 +294,7 @@ class Agent:
             observed = self.engine.observe()
         plan, observed = plan_against(self.engine, desired, self.config.settings, observed=observed)
         plan = self._hold_back(plan, observed, journal)
+        plan = self._whole_or_nothing(plan, journal)
         plan = self._heal_or_report(plan, observed, journal)
         if not plan.changes:
             self._report([Outcome(a.app, a.kind, a.container, Result.SKIPPED, a.message) for a in plan.problems],
@@ -360,6 +361,27 @@ class Agent:
         only = old.model_copy(update={"apps": {app: old.apps[app]}})
         plan, _ = plan_against(self.engine, only, settings, observed=observed)
         return [action for action in plan.actions if action.app == app and action.kind is ActionKind.CREATE]
+
+    def _whole_or_nothing(self, plan: Plan, journal: Journal) -> Plan:
+        """While an app of the commit cannot be deployed at all (its image cannot be resolved, a stranger
+        holds its name), deploy none of the commit's new releases: never half a release. Heals go on."""
+        blocked = [action for action in plan.actions if action.kind in (ActionKind.ERROR, ActionKind.CONFLICT)]
+        if not blocked:
+            self.events.clear("blocked")
+            return plan
+        kept = tuple(
+            action
+            for action in plan.actions
+            if action.kind not in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.REMOVE)
+            or self._is_drift(action, journal)
+            or action.reasons[:1] == (STALE_NEXT,)
+        )
+        if any(
+            a.kind in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.REMOVE) for a in plan.actions if a not in kept
+        ):
+            why = "; ".join(f"{action.app}: {action.message}" for action in blocked)
+            self.events.once("blocked", "commit.blocked", f"{plan.revision[:8]} not deployed while {why}")
+        return replace(plan, actions=kept)
 
     def _heal_or_report(self, plan: Plan, observed: ObservedState, journal: Journal) -> Plan:
         """Tell drift (the host changed under us) from deploys (git changed); heal it or only report it."""
