@@ -111,6 +111,7 @@ class Plan:
 
 
 STALE_NEXT = Change("container", "left by an interrupted deploy", "removed")
+PRUNED = Change("app", "not in the file", "removed")
 
 
 def _secret_hash(app: str, key: str, value: str) -> str:
@@ -264,9 +265,7 @@ def plan(
             )
     for container in observed.containers:
         if container.managed and container.app is not None and container.app not in desired.apps:
-            actions.append(
-                Action(ActionKind.REMOVE, container.app, container.name, (Change("app", "not in the file", "removed"),))
-            )
+            actions.append(Action(ActionKind.REMOVE, container.app, container.name, (PRUNED,)))
     return Plan(revision=desired.revision, actions=tuple(actions))
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from reconciler.core.failures import held_back
 from reconciler.core.model import STABLE, DesiredState, ObservedState, container_name
-from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Change, Plan
+from reconciler.core.plan import PRUNED, STALE_NEXT, Action, ActionKind, Change, Plan
 from reconciler.core.report import Outcome, Result
 from reconciler.errors import (
     EngineUnavailable,
@@ -324,6 +324,8 @@ class Agent:
             return plan
         actions: list[Action] = []
         for action in plan.actions:
+            if action.reasons[:1] == (PRUNED,):
+                continue  # removing apps is part of the commit that is held back: not on its own
             failure = held.get(action.app)
             if failure is None or action.kind not in (ActionKind.CREATE, ActionKind.REPLACE):
                 actions.append(action)
