@@ -19,6 +19,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -277,9 +279,37 @@ def observed_from_row(row: Mapping[str, Any], *, instance: str = "default") -> O
     )
 
 
+SSH_TIMEOUT = 20.0  # seconds for an ssh:// host to log in and answer `docker version`
+
+
+def _ssh_preflight(url: str) -> None:
+    """Log in to an ``ssh://`` engine host once with the ssh client, as the SDK will, and ask the far
+    side's docker for its version: so that an unreachable host, a refused key or a missing docker is
+    one clear line in seconds, rather than ssh's own stderr and a hang inside the SDK."""
+    parts = urllib.parse.urlsplit(url)
+    target = f"{parts.username}@{parts.hostname}" if parts.username else str(parts.hostname)
+    port = ["-p", str(parts.port)] if parts.port else []  # none: the user's ssh config decides
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(SSH_TIMEOUT / 2)}", *port, "--", target,
+            "docker", "version", "--format", "{{.Server.Version}}"]  # fmt: skip
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=SSH_TIMEOUT, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise EngineUnavailable(f"Docker engine at {url}: no ssh client on this machine") from None
+    except subprocess.TimeoutExpired:
+        raise EngineUnavailable(
+            f"Docker engine at {url} does not answer: ssh gave no answer in {SSH_TIMEOUT:g}s"
+        ) from None
+    if done.returncode != 0:
+        lines = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        why = lines[-1] if lines else f"ssh exited {done.returncode}"
+        raise EngineUnavailable(f"Docker engine at {url} does not answer: {why}")
+
+
 def connect(host: str | None = None, *, instance: str = "default", timeout: float = 60.0) -> Engine:
     """Connect to ``host`` (else ``DOCKER_HOST``, else the local socket) and check that it answers."""
     named = host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if named.startswith("ssh://"):
+        _ssh_preflight(named)
     try:
         client = docker.DockerClient(
             base_url=named,
