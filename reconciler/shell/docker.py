@@ -15,11 +15,17 @@ Guarantees:
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import math
 import os
 import re
+import shutil
+import socket
 import subprocess
+import tempfile
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -283,14 +289,10 @@ SSH_TIMEOUT = 20.0  # seconds for an ssh:// host to log in and answer `docker ve
 
 
 def _ssh_preflight(url: str) -> None:
-    """Log in to an ``ssh://`` engine host once with the ssh client, as the SDK will, and ask the far
+    """Log in to an ``ssh://`` engine host once with the ssh client, as the tunnel will, and ask the far
     side's docker for its version: so that an unreachable host, a refused key or a missing docker is
     one clear line in seconds, rather than ssh's own stderr and a hang inside the SDK."""
-    parts = urllib.parse.urlsplit(url)
-    target = f"{parts.username}@{parts.hostname}" if parts.username else str(parts.hostname)
-    port = ["-p", str(parts.port)] if parts.port else []  # none: the user's ssh config decides
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(SSH_TIMEOUT / 2)}", *port, "--", target,
-            "docker", "version", "--format", "{{.Server.Version}}"]  # fmt: skip
+    argv = [*_ssh_argv(url), "docker", "version", "--format", "{{.Server.Version}}"]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=SSH_TIMEOUT, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
@@ -305,18 +307,75 @@ def _ssh_preflight(url: str) -> None:
         raise EngineUnavailable(f"Docker engine at {url} does not answer: {why}")
 
 
+class SshTunnel:
+    """A private unix socket that reaches an ``ssh://`` engine: each connection to it runs
+    ``ssh HOST docker system dial-stdio`` and relays bytes both ways (what ``docker -H ssh://`` does).
+
+    By hand because the SDK's own ssh transport imports paramiko (and cryptography) into every run,
+    ssh or not, which costs more than the rest of our start-up; ssh's stderr is kept out of ours.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.argv = [*_ssh_argv(url), "docker", "system", "dial-stdio"]
+        self.dir = tempfile.mkdtemp(prefix="reconcile-ssh-")
+        self.path = os.path.join(self.dir, "docker.sock")
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.path)
+        self.server.listen(8)
+        atexit.register(shutil.rmtree, self.dir, True)
+        threading.Thread(target=self._serve, name="ssh-tunnel", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.path}"
+
+    def _serve(self) -> None:
+        while True:
+            conn, _ = self.server.accept()
+            process = subprocess.Popen(
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0
+            )
+            threading.Thread(target=self._upstream, args=(conn, process), daemon=True).start()
+            threading.Thread(target=self._downstream, args=(conn, process), daemon=True).start()
+
+    @staticmethod
+    def _upstream(conn: socket.socket, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdin is not None
+        with contextlib.suppress(OSError):
+            while data := conn.recv(65536):
+                process.stdin.write(data)
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+
+    @staticmethod
+    def _downstream(conn: socket.socket, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        with contextlib.suppress(OSError):
+            while data := process.stdout.read(65536):
+                conn.sendall(data)
+        with contextlib.suppress(OSError):
+            conn.close()
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(5)
+
+
+def _ssh_argv(url: str) -> list[str]:
+    parts = urllib.parse.urlsplit(url)
+    target = f"{parts.username}@{parts.hostname}" if parts.username else str(parts.hostname)
+    port = ["-p", str(parts.port)] if parts.port else []  # none: the user's ssh config decides
+    return ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(SSH_TIMEOUT / 2)}", *port, "--", target]
+
+
 def connect(host: str | None = None, *, instance: str = "default", timeout: float = 60.0) -> Engine:
     """Connect to ``host`` (else ``DOCKER_HOST``, else the local socket) and check that it answers."""
     named = host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    base_url = named
     if named.startswith("ssh://"):
         _ssh_preflight(named)
+        base_url = SshTunnel(named).url
     try:
-        client = docker.DockerClient(
-            base_url=named,
-            version=API_VERSION,
-            timeout=int(timeout),
-            use_ssh_client=named.startswith("ssh://"),
-        )
+        client = docker.DockerClient(base_url=base_url, version=API_VERSION, timeout=int(timeout))
     except docker.errors.DockerException as exc:
         raise EngineUnavailable(f"Docker engine at {named}: {_reason(exc)}") from None
     engine = Engine(client, named, instance=instance)
