@@ -2,7 +2,7 @@
 
 The README promises `DOCKER_HOST=ssh://deploy@server reconcile --dry-run`. Here every part of that
 is real: an OpenSSH server on 127.0.0.1 with its own host key (tests/support/sshd.py), a freshly
-made client key, the real `ssh` client that the Docker SDK runs (`use_ssh_client`), which runs
+made client key, the real `ssh` client that reconciler's tunnel runs, which runs
 `docker system dial-stdio` on the far side, and the real engine behind it. The "remote" engine is
 the local one, so the tests can look at what `reconcile` did through ssh; the server's log shows
 that each run did go through ssh.

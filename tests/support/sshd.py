@@ -12,7 +12,7 @@ Guarantees:
 - The client side is the real OpenSSH `ssh`: `client_env()` puts `<dir>/bin` first on PATH, where
   `ssh` is a two-line script that runs the real one with `-F <dir>/ssh_config`. OpenSSH reads
   `~/.ssh/config` from the passwd entry's home, never from `$HOME`, so a wrapper on PATH is the
-  way to give a program that runs `ssh` (docker-py's `use_ssh_client`) a config of its own. That
+  way to give a program that runs `ssh` (reconciler's ssh tunnel) a config of its own. That
   config, for `Host 127.0.0.1`: this server's port (so `ssh://root@127.0.0.1` needs no port),
   the client key only (`IdentitiesOnly`), a known_hosts file holding this server's host key with
   `StrictHostKeyChecking yes` (a wrong key fails, no prompt), `BatchMode yes` (never a password
