@@ -348,6 +348,8 @@ def agent(
         every = parse_duration(interval)
     except ValueError as exc:
         _fail(f"--interval: {exc}")
+    if every < 1:
+        _fail("--interval: at least 1s (a local repository is watched anyway: a push converges at once)")
     settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=state_dir, docker_host=docker_host,
                          instance=instance)  # fmt: skip
     config = AgentSettings(

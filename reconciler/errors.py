@@ -8,7 +8,8 @@ traceback. The tree::
     ├── UserError                   needs a human: fix the file, the ref, the name; retrying will not help
     │   ├── InvalidDesiredState     desired-state.yaml broken or invalid (carries every FILE:LINE:COL error)
     │   ├── SourceError             repo, ref or file not found
-    │   └── ImageError              image or tag does not exist, or access denied
+    │   ├── ImageError              image or tag does not exist, or access denied
+    │   └── ContainerError          the engine refused a container (port taken, bad mount, name in use)
     └── TransientError              clears by itself: retry later, keep what runs
         ├── EngineUnavailable       the Docker engine does not answer
         ├── RemoteUnavailable       the git remote does not answer
@@ -40,6 +41,10 @@ class SourceError(UserError):
 
 class ImageError(UserError):
     """An image or tag does not exist, or the registry refused access."""
+
+
+class ContainerError(UserError):
+    """The engine refused to create, start, stop or rename a container (port taken, bad mount, ...)."""
 
 
 class TransientError(ReconcileError):

@@ -18,7 +18,7 @@ from reconciler.core.model import HealthSpec
 
 
 class Health(StrEnum):
-    """Ordered from best to worst, as gitops-engine orders its health codes."""
+    """What ``status`` says of an app's container, ordered from best to worst (gitops-engine's order)."""
 
     HEALTHY = "healthy"
     PROGRESSING = "progressing"

@@ -9,6 +9,7 @@ once parsed; in the file they are ``500ms``, ``30s``, ``10m``, ``1h``.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -124,8 +125,14 @@ class HealthSpec(Strict):
     @field_validator("http")
     @classmethod
     def _http(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"{value!r} is not an http(s) URL")
+        if value is not None:
+            parts = urllib.parse.urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{value!r} is not an http(s) URL")
+            try:
+                parts.port  # noqa: B018 - raises on a port that is not a number in range
+            except ValueError:
+                raise ValueError(f"{value!r}: the port is not a number from 1 to 65535") from None
         return value
 
     @field_validator("tcp")

@@ -20,7 +20,6 @@ class Result(StrEnum):
     ROLLED_BACK = "rolled-back"  # the new release failed its gate; the previous one runs again
     SKIPPED = "skipped"  # conflict or unresolvable image: reported, not touched
     SUPERSEDED = "superseded"  # started, but its gate was abandoned for a newer commit or a shutdown
-    HELD = "held"  # the file asks for a release that already failed: not tried again
 
     @property
     def ok(self) -> bool:

@@ -43,6 +43,7 @@ from reconciler.errors import (
     ReconcileError,
     RemoteUnavailable,
     SourceError,
+    UserError,
 )
 from reconciler.shell.apply import Applier
 from reconciler.shell.docker import Engine, connect
@@ -101,9 +102,15 @@ class Agent:
     def run(self) -> int:
         settings = self.config.settings
         self._signals()
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
         pid_file = settings.state_dir / "agent.pid"
-        pid_file.write_text(str(os.getpid()))
+        other = state_pid(settings.state_dir)
+        if other is not None and other != os.getpid():
+            raise UserError(f"an agent (pid {other}) already runs on {settings.state_dir}; one per state directory")
+        try:
+            settings.state_dir.mkdir(parents=True, exist_ok=True)
+            pid_file.write_text(str(os.getpid()))
+        except OSError as exc:
+            raise UserError(f"state directory {settings.state_dir}: {exc.strerror or exc}") from None
         observer = None
         try:
             self.journal = Journal(settings.state_dir)
@@ -226,6 +233,10 @@ class Agent:
             return self._problem("lock", "lock.held", str(exc))
         except ReconcileError as exc:
             self.events.emit("pass.error", str(exc), commit=revision[:8])
+            return self._next_interval()
+        except Exception as exc:  # a bug must not take the host's agent down: log it, try again later
+            self.events.emit("pass.crashed", f"internal error: {type(exc).__name__}: {exc}", commit=revision[:8])
+            self.engine = None
             return self._next_interval()
         for outcome in outcomes:
             if outcome.result is Result.SUPERSEDED:

@@ -22,6 +22,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import socket
@@ -76,7 +77,10 @@ def env_file_hash(path: str) -> str:
 def _probe_http(url: str, timeout: float) -> tuple[bool, str]:
     parts = urllib.parse.urlsplit(url)
     conn_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = conn_type(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        conn = conn_type(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    except ValueError as exc:  # a port out of range; validation refuses it, a probe never raises
+        return False, f"GET {url}: {exc}"
     try:
         conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
         status = conn.getresponse().status
@@ -195,9 +199,9 @@ class Applier:
                         deployed.append(done)
             except ReconcileError as exc:
                 outcomes.append(Outcome(action.app, action.kind, action.container, Result.FAILED, str(exc)))
-            if atomic and outcomes[-1].release_failed:
+            if atomic and _breaks_release(outcomes[-1]):
                 break  # the commit is going back: deploying the rest of it would only be undone
-        culprits = [outcome.app for outcome in outcomes if outcome.release_failed]
+        culprits = [outcome.app for outcome in outcomes if _breaks_release(outcome)]
         if atomic and culprits and deployed:
             reason = f"rolled back with the rest of commit {plan.revision[:8]}: {', '.join(culprits)} failed"
             undone = {done.app: self._undo(done, reason) for done in reversed(deployed)}
@@ -232,7 +236,7 @@ class Applier:
         last = self.journal.last(app)
         recovering = last is not None and last.result in UNVERIFIED
         entry = self._journal_start(
-            revision,
+            container.commit or revision,  # what runs is the release of the container's commit
             app,
             "start",
             from_version=container.version,
@@ -332,7 +336,6 @@ class Applier:
             matches = (
                 current is not None
                 and current.managed
-                and current.running
                 and bool(entry.spec_hash)
                 and current.spec_hash == entry.spec_hash
             )
@@ -340,6 +343,9 @@ class Applier:
                 self.journal.finish(entry.id, result="interrupted", message="cut short; planned again")
                 continue
             self._step(entry.app, "verify")
+            if not current.running:  # cut short between its rename and its start
+                with contextlib.suppress(ReconcileError):  # not started: the gate sees it, and rolls back
+                    self.engine.start(current.id, current.name)
             gate = self.gate(current.id, specs[entry.app].gate)
             action = Action(ActionKind.REPLACE, entry.app, entry.app)
             if gate.verdict is Verdict.PENDING:
@@ -470,6 +476,12 @@ class Applier:
         self.log(f"{app}: {message}")
         kind = ActionKind.REPLACE if done.previous else ActionKind.CREATE
         return Outcome(app, kind, app, Result.ROLLED_BACK if not problems else Result.FAILED, message)
+
+
+def _breaks_release(outcome: Outcome) -> bool:
+    """A new release that did not come up (failed its gate, or its pull, env_file or create failed)."""
+    deploy = outcome.kind in (ActionKind.CREATE, ActionKind.REPLACE)
+    return outcome.release_failed or (deploy and outcome.result is Result.FAILED)
 
 
 def env_hashes(apps: Mapping[str, AppSpec]) -> dict[str, str]:

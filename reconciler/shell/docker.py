@@ -35,11 +35,12 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
 from reconciler.core import images as image_match
 from reconciler.core.model import ObservedContainer, ObservedState, Role, parse_port
 from reconciler.core.plan import Target
-from reconciler.errors import EngineUnavailable, ImageError, ReconcileError
+from reconciler.errors import ContainerError, EngineUnavailable, ImageError, ReconcileError
 
 LABEL = "io.reconciler"
 MANAGED = f"{LABEL}.managed"
@@ -47,10 +48,6 @@ INSTANCE = f"{LABEL}.instance"
 API_VERSION = "1.41"  # docker 20.10 and later; fixed so that connecting costs no version round-trip
 
 T = TypeVar("T")
-
-
-class ContainerError(ReconcileError):
-    """The engine refused to create, start or stop a container (port taken, bad mount, ...)."""
 
 
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)|\w+Error\(-?\d+, '([^']+)'\)")
@@ -96,7 +93,8 @@ class Engine:
             yield
         except ReconcileError:
             raise
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError) as exc:
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            # Any transport failure, also mid-stream (an engine restarting during a pull): it clears.
             raise EngineUnavailable(f"Docker engine at {self.host} does not answer ({what}): {_reason(exc)}") from None
         except docker.errors.DockerException as exc:
             if isinstance(exc, docker.errors.APIError) and exc.status_code is not None:
@@ -169,13 +167,13 @@ class Engine:
             f"{LABEL}.spec-hash": target.spec_hash,
             f"{LABEL}.fingerprint": json.dumps(target.fingerprint, sort_keys=True, separators=(",", ":")),
         }
-        host_config = self.api.create_host_config(
-            port_bindings={key: value if len(value) > 1 else value[0] for key, value in ports.items()},
-            binds=list(spec.volumes),
-            restart_policy=restart,
-            init=spec.init,
-        )
         with self._calls(f"create {name}"):
+            host_config = self.api.create_host_config(
+                port_bindings={key: value if len(value) > 1 else value[0] for key, value in ports.items()},
+                binds=list(spec.volumes),
+                restart_policy=restart,
+                init=spec.init,
+            )
             created = self.api.create_container(
                 image=resolution.ref,
                 name=name,
@@ -362,8 +360,13 @@ class SshTunnel:
 
 def _ssh_argv(url: str) -> list[str]:
     parts = urllib.parse.urlsplit(url)
-    target = f"{parts.username}@{parts.hostname}" if parts.username else str(parts.hostname)
-    port = ["-p", str(parts.port)] if parts.port else []  # none: the user's ssh config decides
+    try:
+        port = ["-p", str(parts.port)] if parts.port else []  # none: the user's ssh config decides
+    except ValueError:
+        raise EngineUnavailable(f"{url}: the port is not a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise EngineUnavailable(f"{url}: no host; write ssh://[user@]host[:port]")
+    target = f"{parts.username}@{parts.hostname}" if parts.username else parts.hostname
     return ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(SSH_TIMEOUT / 2)}", *port, "--", target]
 
 

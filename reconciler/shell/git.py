@@ -158,7 +158,10 @@ class Source:
             self.repo.git.push(*(["--force"] if force else []), remote, f"{sha}:{ref}")
         except git.exc.GitCommandError as exc:
             text = str(exc.stderr or "")
-            if any(word in text for word in ("non-fast-forward", "fetch first", "rejected")):
+            if "[remote rejected]" in text:  # a hook or a protected branch: a human has to look
+                refused = next((line.strip() for line in text.splitlines() if "[remote rejected]" in line), text)
+                raise SourceError(f"git push to {remote} refused: {refused.lstrip('! ')}") from None
+            if any(word in text for word in ("non-fast-forward", "fetch first", "[rejected]")):
                 return False
             raise RemoteUnavailable(f"git push to {remote}: {_first_line(exc)}") from None
         return True

@@ -255,9 +255,12 @@ def locked(state_dir: Path, *, timeout: float = 0.0) -> Iterator[None]:
     crash never leaves a stale lock. (By hand rather than the filelock package, whose import alone
     costs every ``reconcile`` run more than this whole function.)
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
     owner = state_dir / "lock.owner"
-    handle = (state_dir / "lock").open("a")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handle = (state_dir / "lock").open("a")
+    except OSError as exc:
+        raise ReconcileError(f"state directory {state_dir}: {exc.strerror or exc}") from None
     deadline = time.monotonic() + timeout
     try:
         while True:

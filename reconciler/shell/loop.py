@@ -121,7 +121,6 @@ def reconcile_once(
     from reconciler.shell.apply import Applier
 
     with locked(settings.state_dir, timeout=settings.lock_timeout):
-        the_plan, observed = plan_against(engine, desired, settings)
         journal = Journal(settings.state_dir)
         try:
             applier = Applier(engine, journal, author=desired.author)
@@ -129,7 +128,10 @@ def reconcile_once(
                 applier.on_step = on_step
             if log is not None:
                 applier.log = log
-            outcomes = applier.apply(the_plan, observed)
+            # A deploy that an earlier run never finished (killed mid-gate) gets its verdict first.
+            verified = applier.verify_unfinished(engine.observe(), desired.apps)
+            the_plan, observed = plan_against(engine, desired, settings)
+            outcomes = verified + applier.apply(the_plan, observed)
         finally:
             journal.close()
     return PassResult(desired, the_plan, outcomes)

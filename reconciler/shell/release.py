@@ -16,6 +16,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from reconciler.core.model import (
     AppSpec,
     DesiredState,
     HealthSpec,
+    ObservedContainer,
     Role,
     container_name,
     image_ref,
@@ -185,7 +187,11 @@ def check_exists(image: str, version: str, *, seen: list[Seen], settings: Settin
     from reconciler.core import images as image_match
     from reconciler.shell.docker import connect
 
-    ref = image_ref(AppSpec(image=image, version=version))
+    try:
+        ref = image_ref(AppSpec(image=image, version=version))
+    except ValueError as exc:  # pydantic's ValidationError: the version is not a tag or a digest
+        reason = str(exc).splitlines()[2].strip() if len(str(exc).splitlines()) > 2 else str(exc)
+        raise UserError(f"{version!r}: {reason.split(' [type=')[0].removeprefix('Value error, ')}") from None
     engine = connect(settings.docker_host, instance=settings.instance)
     if image_match.find_local(ref, engine.local_images()) is None:
         engine.registry_digest(ref)  # raises ImageError naming what is wrong
@@ -216,6 +222,9 @@ def write(
         return source.commit_file(base=tip, path=file, content=changed.encode(), message=message)
 
     commit = commit_on(base)
+    if branch is None and not push:
+        source.advance(current_branch, base, commit)
+        return Written(commit, current_branch)
     remote, remote_branch = source.upstream(current_branch)
     if branch is not None:
         if not source.push(remote, commit, f"refs/heads/{branch}"):
@@ -223,9 +232,6 @@ def write(
         if not _has_branch(source, branch):
             source.set_ref(f"refs/heads/{branch}", commit)
         return Written(commit, branch, pushed_to=f"{remote}/{branch}")
-    if not push:
-        source.advance(current_branch, base, commit)
-        return Written(commit, current_branch)
     # The local branch moves only once the remote took the commit: a refused push leaves nothing behind.
     if source.push(remote, commit, f"refs/heads/{remote_branch}"):
         source.advance(current_branch, base, commit)
@@ -303,6 +309,13 @@ def publish_stable(
     return problems
 
 
+def _repository(ref: str) -> str:
+    """``host:5000/team/app:v1`` -> ``host:5000/team/app`` (a colon in the last part is the tag's)."""
+    head, _, last = ref.rpartition("/")
+    name = last.split(":", 1)[0]
+    return f"{head}/{name}" if head else name
+
+
 def promote_running(settings: Settings, app: str, *, publish: bool) -> tuple[str, list[str]]:
     """``reconcile promote``: what runs now under the app's name becomes its stable release."""
     from reconciler.shell.docker import connect
@@ -318,7 +331,8 @@ def promote_running(settings: Settings, app: str, *, publish: bool) -> tuple[str
         if version == STABLE:
             promoted = journal.stable(app)
             version = promoted.version if promoted is not None else version
-        image = str((engine.container_state(current.id) or {}).get("Config", {}).get("Image", "")).rsplit(":", 1)[0]
+        ref = str((engine.container_state(current.id) or {}).get("Config", {}).get("Image", ""))
+        image = ref.split("@", 1)[0] if "@" in ref else _repository(ref)
         try:
             source: Source | None = open_source(settings.repo, state_dir=settings.state_dir, fetch=False)
         except ReconcileError:
@@ -386,41 +400,66 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
     engine = connect(settings.docker_host, instance=settings.instance)
     journal = Journal(settings.state_dir)
     try:
-        observed = engine.observe()
-        current = observed.named(container_name(app))
-        previous = observed.named(container_name(app, Role.PREVIOUS))
-        if previous is None or not previous.managed:
-            raise UserError(f"{app}: no kept previous container ({app}.prev) to swap back to")
-        if current is not None and not current.managed:
-            raise UserError(f"{app}: container {app} was not created by reconciler; not touching it")
-        was = current.version if current is not None else "nothing"
-        reason = (
-            f"break-glass rollback of {app} to {previous.version} (was {was}) at "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}Z; git still asks for {was}"
-        )
-        journal.set_flag(SUSPENDED, reason)  # first, so that an agent between passes does not undo it
-        journal.set_flag(f"{BREAK_GLASS}{app}", previous.version)
+        # Under the lock: no agent pass runs between what we look at and what we change, and the
+        # suspension is in place before the lock lets the next pass in.
         with locked(settings.state_dir, timeout=lock_timeout):
+            observed = engine.observe()
+            current = observed.named(container_name(app))
+            previous = observed.named(container_name(app, Role.PREVIOUS))
+            if previous is None or not previous.managed:
+                raise UserError(f"{app}: no kept previous container ({app}.prev) to swap back to")
+            if current is not None and not current.managed:
+                raise UserError(f"{app}: container {app} was not created by reconciler; not touching it")
+            was = current.version if current is not None else "nothing"
             entry = journal.start(
                 revision=previous.commit, app=app, action="rollback-local", from_version=was,
                 to_version=previous.version, from_image=current.image_id if current else "",
                 to_image=previous.image_id, spec_hash=previous.spec_hash,
             )  # fmt: skip
-            swap = f"{app}.swap"
-            if current is not None:
-                if current.running:
-                    engine.stop(current.id, current.name, float(current.fingerprint.get("stop_timeout") or 10))
-                engine.rename(current.id, swap)
-            engine.rename(previous.id, app)
-            engine.start(previous.id, app)
-            if current is not None:
-                engine.rename(current.id, container_name(app, Role.PREVIOUS))
+            try:
+                _swap(engine, app, current, previous)
+            except ReconcileError as exc:
+                journal.finish(entry, result="failed", message=str(exc))
+                raise
+            journal.set_flag(
+                SUSPENDED,
+                f"break-glass rollback of {app} to {previous.version} (was {was}) at "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}Z; git still asks for {was}",
+            )
+            journal.set_flag(f"{BREAK_GLASS}{app}", previous.version)
             journal.finish(entry, result="succeeded", message="break-glass: host differs from git until resume")
         gate = Applier(engine, journal).sample(previous.id, previous_gate(settings, app))
         state = "answering" if gate.running and gate.probe_ok else f"started, not healthy yet ({gate.detail})"
         return f"{app}: {previous.version} runs again ({state}); {was} kept stopped as {app}.prev", previous.version
     finally:
         journal.close()
+
+
+def _swap(engine: Engine, app: str, current: ObservedContainer | None, previous: ObservedContainer) -> None:
+    """``previous`` under the app's name and running, ``current`` stopped as APP.prev; on a failure, put
+    every container back where it was (found by id) and start ``current`` again."""
+    swap = f"{app}.swap"
+    try:
+        if current is not None:
+            if current.running:
+                engine.stop(current.id, current.name, float(current.fingerprint.get("stop_timeout") or 10))
+            engine.rename(current.id, swap)
+        engine.rename(previous.id, app)
+        engine.start(previous.id, app)
+        if current is not None:
+            engine.rename(current.id, container_name(app, Role.PREVIOUS))
+    except ReconcileError:
+        with contextlib.suppress(ReconcileError):
+            engine.stop(previous.id, app, 10)
+        with contextlib.suppress(ReconcileError):
+            engine.rename(previous.id, container_name(app, Role.PREVIOUS))
+        if current is not None:
+            with contextlib.suppress(ReconcileError):
+                engine.rename(current.id, app)
+            if current.running:
+                with contextlib.suppress(ReconcileError):
+                    engine.start(current.id, app)
+        raise
 
 
 def previous_gate(settings: Settings, app: str) -> HealthSpec:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from reconciler.core.failures import held_back
+from reconciler.core.health import Health
 from reconciler.core.model import DesiredState, container_name
 from reconciler.errors import ReconcileError
 from reconciler.shell.agent import state_pid
@@ -45,17 +46,21 @@ def collect(settings: Settings) -> dict[str, Any]:
             current = observed.named(container_name(app))
             ours = current is not None and current.managed
             if current is None:
-                health = "missing"
+                health = str(Health.MISSING)
             elif not ours:
                 health = "not ours"
             elif not current.running:
-                health = current.state
+                health = f"{Health.UNHEALTHY}: {current.state}"
             elif spec is not None:
                 sample = applier.sample(current.id, spec.gate)
-                healthy = sample.running and sample.probe_ok and sample.docker_health in ("", "healthy")
-                health = "healthy" if healthy else f"unhealthy: {sample.detail}"
+                if sample.running and sample.probe_ok and sample.docker_health in ("", "healthy"):
+                    health = str(Health.HEALTHY)
+                elif sample.docker_health == "starting":
+                    health = str(Health.PROGRESSING)
+                else:
+                    health = f"{Health.UNHEALTHY}: {sample.detail}"
             else:
-                health = "running"
+                health = "running (no longer in the file)"
             applied = journal.last(app, result="succeeded")
             attempted = journal.last(app)
             stable = journal.stable(app)
