@@ -93,12 +93,14 @@ class Engine:
             yield
         except ReconcileError:
             raise
+        except docker.errors.APIError as exc:  # first: it is also a requests HTTPError
+            if exc.status_code is not None:
+                raise ContainerError(f"{what}: {_reason(exc)}") from None
+            raise EngineUnavailable(f"Docker engine at {self.host}: {what}: {_reason(exc)}") from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             # Any transport failure, also mid-stream (an engine restarting during a pull): it clears.
             raise EngineUnavailable(f"Docker engine at {self.host} does not answer ({what}): {_reason(exc)}") from None
         except docker.errors.DockerException as exc:
-            if isinstance(exc, docker.errors.APIError) and exc.status_code is not None:
-                raise ContainerError(f"{what}: {_reason(exc)}") from None
             raise EngineUnavailable(f"Docker engine at {self.host}: {what}: {_reason(exc)}") from None
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
