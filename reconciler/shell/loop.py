@@ -129,8 +129,12 @@ def reconcile_once(
             if log is not None:
                 applier.log = log
             # A deploy that an earlier run never finished (killed mid-gate) gets its verdict first.
-            verified = applier.verify_unfinished(engine.observe(), desired.apps)
-            the_plan, observed = plan_against(engine, desired, settings)
+            observed = engine.observe()
+            verified = applier.verify_unfinished(observed, desired.apps)
+            # One listing per pass, unless the verdict changed what runs.
+            the_plan, observed = plan_against(
+                engine, desired, settings, observed=engine.observe() if verified else observed
+            )
             outcomes = verified + applier.apply(the_plan, observed)
         finally:
             journal.close()
