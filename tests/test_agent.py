@@ -646,3 +646,56 @@ def test_log_format_json_every_line_is_an_event_object(world: World, images: Ima
     assert "v2-no-health" in rolled_back["message"], rolled_back
     assert [line.data["commit"] for line in agent.events("commit.seen")] == [first[:8], broken[:8]]
     assert agent.stdout == [], "events go to stderr; stdout stays empty"
+
+
+# -- 12. review fixes ---------------------------------------------------------------------------------------------
+
+
+def test_agent_killed_at_start_new_of_a_broken_release_is_rolled_back_by_the_next_agent(
+    world: World, images: ImageFactory, app_names: AppNames
+) -> None:
+    images.build("web", "v1")
+    images.build("web", "v2-no-health", healthy=False)
+    app, port = app_names("web"), free_port()
+    world.commit(desired(app_yaml(app, world.web(), "v1", port, timeout="2s")), "v1")
+    world.converge()
+    assert body(port) == "v1"
+
+    doomed = world.agent(env={"RECONCILE_KILL_AT": "start-new"})
+    doomed.wait_watching()
+    sha = world.commit(desired(app_yaml(app, world.web(), "v2-no-health", port, timeout="2s")), "broken")
+    code = doomed.wait_exit(timeout=30)
+    assert code == -signal.SIGKILL, f"exit {code}\n{doomed.log()}"
+    left = sorted(names_of(world.client, app))
+
+    agent = world.agent()
+    done = agent.wait_for("deploy.rolled-back", app=app, timeout=30)
+    assert "v2-no-health" in done.message, f"{done.raw}\n(the crash left {left})"
+    wait_body(port, "v1", 10, agent)
+    info = must_inspect(world.client, app)
+    assert is_running(info) and labels(info)["io.reconciler.version"] == "v1"
+    status = world.status_of(app)
+    assert status["held"], f"the failed release is held back: {status}"
+    assert [(f["version"], f["commit"]) for f in status["failed"]] == [("v2-no-health", sha[:8])], status
+
+
+def test_a_second_agent_on_the_same_state_dir_exits_1_and_the_first_keeps_running(
+    world: World, images: ImageFactory, app_names: AppNames
+) -> None:
+    images.build("web", "v1")
+    app, port = app_names("web"), free_port()
+    world.commit(desired(app_yaml(app, world.web(), "v1", port)), "v1")
+    first = agent_after_first_pass(world, app)
+    pid_file = world.state / "agent.pid"
+    assert pid_file.read_text().strip() == str(first.pid)
+
+    second = cli("agent", "--repo", world.repo, "--branch", "main", "--state-dir", world.state, "--interval", "60s")
+
+    assert second.returncode == 1, show(second)
+    assert "already runs" in second.stdout + second.stderr, show(second)
+    assert first.alive(), first.log()
+    assert pid_file.exists() and pid_file.read_text().strip() == str(first.pid)
+    assert body(port) == "v1"
+    first.hup()  # the first agent still works
+    time.sleep(0.5)
+    assert first.alive(), first.log()

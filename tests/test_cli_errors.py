@@ -221,3 +221,39 @@ def test_engine_not_answering_is_one_line_naming_the_host(site: Site, app_names:
         assert result.stdout == "", show(result)
         assert len(stderr_lines(result)) == 1, show(result)
         assert dead in result.stderr, show(result)
+
+
+# -- review fixes: bad ssh URLs and a state directory that is a file are one-line errors ---------------
+
+
+def test_a_bad_ssh_docker_host_is_one_line_and_no_internal_error(site: Site, app_names: AppNames) -> None:
+    site.commit(desired(app_yaml(app_names("web"), site.web(), "v1", free_port())))
+
+    for host in ("ssh://root@127.0.0.1:abc", "ssh://"):
+        result = cli(
+            "--repo",
+            site.repo,
+            "--state-dir",
+            site.state,
+            "--dry-run",
+            "--docker-host",
+            host,
+            forbidden=("Traceback", "internal error"),
+        )
+        assert result.returncode == 1, show(result)
+        assert len(stderr_lines(result)) == 1, show(result)
+
+
+def test_a_state_dir_that_is_a_regular_file_is_one_line_and_no_internal_error(
+    site: Site, app_names: AppNames, tmp_path: Path
+) -> None:
+    site.commit(desired(app_yaml(app_names("web"), site.web(), "v1", free_port())))
+    not_a_dir = tmp_path / "state-file"
+    not_a_dir.write_text("I am a file\n")
+
+    result = cli("--repo", site.repo, "--state-dir", not_a_dir, forbidden=("Traceback", "internal error"))
+
+    assert result.returncode == 1, show(result)
+    assert len(stderr_lines(result)) == 1, show(result)
+    assert str(not_a_dir) in result.stderr, show(result)
+    assert not_a_dir.read_text() == "I am a file\n"

@@ -662,3 +662,32 @@ def test_dry_run_of_a_first_deploy_says_which_image_will_be_pulled(
     changes = [c for a in json.loads(dry_json.stdout)["actions"] if a["app"] == app for c in a["changes"]]
     assert any("to pull" in c["now"] and f"{remote_repo}:r1" in c["now"] for c in changes), changes
     assert "to pull" in dry.stdout and f"{remote_repo}:r1" in dry.stdout, show(dry)
+
+
+# -- review fixes: a one-shot run killed mid-gate gets its verdict from the next run --------------------
+
+
+def test_one_shot_killed_mid_gate_of_a_broken_release_is_rolled_back_by_the_next_run(
+    site: Site, images: ImageFactory, app_names: AppNames
+) -> None:
+    images.build("web", "v1")
+    images.build("web", "v2-no-health", healthy=False)
+    app, port = app_names("web"), free_port()
+    site.commit(desired(app_yaml(app, site.web(), "v1", port, timeout="3s")))
+    site.converge()
+    assert body(port) == "v1"
+
+    site.commit(desired(app_yaml(app, site.web(), "v2-no-health", port, timeout="3s")))
+    killed = site.reconcile(env={"RECONCILE_KILL_AT": "gate"})
+    assert killed.returncode == -9, show(killed)
+
+    result = site.reconcile()
+
+    assert "in sync" not in output(result), show(result)
+    assert result.returncode == 1, show(result)
+    assert "rolled back" in result.stdout, show(result)
+    assert body(port) == "v1"
+    info = must_inspect(site.client, app)
+    assert is_running(info) and labels(info)["io.reconciler.version"] == "v1"
+    failed = must_inspect(site.client, app + ".failed")
+    assert labels(failed)["io.reconciler.version"] == "v2-no-health" and not is_running(failed)

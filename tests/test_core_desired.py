@@ -582,3 +582,8 @@ def test_duration_round_trip(number: int, unit: str) -> None:
     assert re.match(DURATION_PATTERN, text), text
     assert parse_duration(text) == seconds
     assert format_duration(parse_duration(text)) == text  # the shortest spelling is a fixed point
+
+
+def test_a_health_url_with_a_port_that_is_not_a_number_is_refused_with_its_place() -> None:
+    error = the_error(one_app("health: {http: 'http://127.0.0.1:abc/health'}"))
+    assert re.fullmatch(rf"{re.escape(FILE)}:5:\d+: apps\.web\.health\.http: .*port.*", error), error

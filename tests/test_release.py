@@ -774,3 +774,75 @@ def test_show_completion_for_a_shell_named_on_the_command_line(shell: str, marke
 
     assert result.returncode == 0, show(result)
     assert marker in result.stdout, show(result)
+
+
+# -- review fixes ------------------------------------------------------------------------------------
+
+
+def test_set_version_refuses_a_malformed_version_in_one_line_and_commits_nothing(world: World) -> None:
+    web = world.app()
+    base = world.commit("first deploy")
+    before = world.clone_file()
+
+    result = world.rc("set-version", web.name, "bad version!")
+
+    assert result.returncode == 1, show(result)
+    assert len([ln for ln in result.stderr.splitlines() if ln.strip()]) == 1, show(result)
+    assert world.remote.head() == base and world.remote.remote_head() == base
+    assert world.clone_file() == before
+    assert world.remote.git("status", "--porcelain") == ""
+
+
+def test_set_version_without_push_in_a_repository_without_a_remote_commits_locally(world: World) -> None:
+    web = world.app()
+    solo = world.tmp / "solo"
+    solo.mkdir()
+    run_git("init", "-q", cwd=solo)
+    (solo / FILE).write_text(world.text())
+    run_git("add", FILE, cwd=solo)
+    run_git("commit", "-q", "-m", "first deploy", cwd=solo)
+    base = run_git("rev-parse", "HEAD", cwd=solo)
+
+    result = cli("--repo", solo, "--state-dir", world.state, "set-version", web.name, "v2")
+
+    assert result.returncode == 0, show(result)
+    assert run_git("log", "-1", "--format=%s%n%P", cwd=solo).splitlines() == [f"set-version {web.name} v1 -> v2", base]
+    assert "version: v2\n" in run_git("show", f"HEAD:{FILE}", cwd=solo)
+    assert run_git("status", "--porcelain", cwd=solo) == ""
+
+
+def test_set_version_push_refused_by_a_hook_says_so_and_the_branch_does_not_move(world: World) -> None:
+    web = world.app()
+    base = world.commit("first deploy")
+    hook = world.remote.bare_path / "hooks" / "pre-receive"
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text("#!/bin/sh\necho protected\nexit 1\n")
+    hook.chmod(0o755)
+
+    result = world.rc("set-version", web.name, "v2", "--push")
+
+    assert result.returncode == 1, show(result)
+    assert "refused" in result.stderr, show(result)
+    assert "pre-receive hook declined" in result.stderr, show(result)  # the hook's own "protected" is not shown
+    assert world.remote.head() == base, show(result)
+    assert world.remote.remote_head() == base
+    assert world.bare_git("rev-parse", "main") == base
+
+
+def test_promote_of_an_app_pinned_by_digest_tags_the_repository_stable(world: World, registry: Registry) -> None:
+    name = world.names("web")
+    pushed = registry.push(world.images.build(name, "v1"), name, "v1")
+    digest = registry.manifest_digest(name, "v1")
+    registry.delete_local(pushed)
+    image = f"{registry.host}/{name}"
+    world.apps[name] = App(name, image, free_port(), digest)
+    world.commit("v1 by digest")
+    world.converge()
+    assert body(world.apps[name].port) == "v1"
+
+    result = world.ok("promote", name)
+
+    assert f"{name}: " in result.stdout, show(result)
+    stable = world.client.images.get(f"{image}:stable")
+    assert stable.id == world.client.images.get(f"{image}@{digest}").id
+    assert all("@" not in tag for tag in stable.tags), stable.tags
