@@ -823,7 +823,8 @@ def test_set_version_push_refused_by_a_hook_says_so_and_the_branch_does_not_move
 
     assert result.returncode == 1, show(result)
     assert "refused" in result.stderr, show(result)
-    assert "pre-receive hook declined" in result.stderr, show(result)  # the hook's own "protected" is not shown
+    assert "pre-receive hook declined" in result.stderr, show(result)
+    assert "protected" in result.stderr, show(result)  # what the hook said
     assert world.remote.head() == base, show(result)
     assert world.remote.remote_head() == base
     assert world.bare_git("rev-parse", "main") == base

@@ -160,7 +160,9 @@ class Source:
             text = str(exc.stderr or "")
             if "[remote rejected]" in text:  # a hook or a protected branch: a human has to look
                 refused = next((line.strip() for line in text.splitlines() if "[remote rejected]" in line), text)
-                raise SourceError(f"git push to {remote} refused: {refused.lstrip('! ')}") from None
+                said = [found.group(1).strip() for found in re.finditer(r"remote:(.*)", text) if found.group(1).strip()]
+                because = f" (the remote said: {' / '.join(said)})" if said else ""
+                raise SourceError(f"git push to {remote} refused: {refused.lstrip('! ')}{because}") from None
             if any(word in text for word in ("non-fast-forward", "fetch first", "[rejected]")):
                 return False
             raise RemoteUnavailable(f"git push to {remote}: {_first_line(exc)}") from None
