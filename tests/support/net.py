@@ -6,7 +6,9 @@ environment (``http_proxy`` and friends are ignored), and `free_port` only ever 
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -80,3 +82,16 @@ def wait_http(url: str, timeout: float = 10.0, *, status: int = 200) -> str:
         if time.monotonic() >= deadline:
             raise AssertionError(f"{url} did not answer HTTP {status} within {timeout}s (last: {last})")
         time.sleep(0.05)
+
+
+def end_process(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL after 5 s, of a server a fixture started; never raises."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        process.terminate()
+        process.wait(timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            process.kill()
+            process.wait(timeout=5)

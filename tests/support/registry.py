@@ -24,7 +24,7 @@ from typing import Any
 
 import docker.errors
 
-from .net import free_port, http_get, http_request
+from .net import end_process, free_port, http_get, http_request
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -116,17 +116,7 @@ class Registry:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        try:
-            process.terminate()
-            process.wait(timeout=5)
-        except Exception:
-            try:
-                process.kill()
-                process.wait(timeout=5)
-            except Exception:
-                pass
+        end_process(process)
 
     def _write_htpasswd(self) -> Path:
         assert self.username is not None and self.password is not None

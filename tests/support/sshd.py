@@ -29,7 +29,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .net import free_port
+from .net import end_process, free_port
 
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")
@@ -228,14 +228,4 @@ class Sshd:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        try:
-            process.terminate()
-            process.wait(timeout=5)
-        except Exception:
-            try:
-                process.kill()
-                process.wait(timeout=5)
-            except Exception:
-                pass
+        end_process(process)
