@@ -225,29 +225,37 @@ def write(
     if branch is None and not push:
         source.advance(current_branch, base, commit)
         return Written(commit, current_branch)
-    remote, remote_branch = source.upstream(current_branch)
     if branch is not None:
+        remote, _ = source.upstream(current_branch)
         if not source.push(remote, commit, f"refs/heads/{branch}"):
             raise UserError(f"branch {branch} already exists on {remote} with other commits; choose another name")
         if not _has_branch(source, branch):
             source.set_ref(f"refs/heads/{branch}", commit)
         return Written(commit, branch, pushed_to=f"{remote}/{branch}")
     # The local branch moves only once the remote took the commit: a refused push leaves nothing behind.
+    return _push_once_more(source, current_branch, base, commit, redo=commit_on, left="nothing was committed")
+
+
+def _push_once_more(
+    source: Source, branch: str, base: str, commit: str, *, redo: Callable[[str], str], left: str
+) -> Written:
+    """Push ``commit`` (made on ``base``) to ``branch``'s remote, then move ``branch`` to it. When the remote
+    moved on, ``redo`` the change on its tip and push that, once, unless that would drop local commits;
+    ``left`` says what stays behind when it gives up."""
+    remote, remote_branch = source.upstream(branch)
     if source.push(remote, commit, f"refs/heads/{remote_branch}"):
-        source.advance(current_branch, base, commit)
-        return Written(commit, current_branch, pushed_to=f"{remote}/{remote_branch}")
-    # The remote moved on. Re-apply the edit on its tip, once, unless that would drop local commits.
+        source.advance(branch, base, commit)
+        return Written(commit, branch, pushed_to=f"{remote}/{remote_branch}")
     tip = source.fetch_branch(remote, remote_branch)
     if not source.is_ancestor(base, tip):
         raise UserError(
-            f"{current_branch} and {remote}/{remote_branch} have diverged; nothing was committed: pull (and "
-            "resolve) first, then retry"
+            f"{branch} and {remote}/{remote_branch} have diverged; {left}: pull (and resolve) first, then retry"
         )
-    retried = commit_on(tip)
+    retried = redo(tip)
     if not source.push(remote, retried, f"refs/heads/{remote_branch}"):
-        raise UserError(f"{remote}/{remote_branch} moved again while pushing; nothing was committed: retry")
-    source.advance(current_branch, base, retried)
-    return Written(retried, current_branch, pushed_to=f"{remote}/{remote_branch}", retried=True)
+        raise UserError(f"{remote}/{remote_branch} moved again while pushing; {left}: retry")
+    source.advance(branch, base, retried)
+    return Written(retried, branch, pushed_to=f"{remote}/{remote_branch}", retried=True)
 
 
 def _has_branch(source: Source, branch: str) -> bool:
@@ -373,17 +381,13 @@ def revert(source: Source, revision: str, *, file: str, push: bool) -> Written:
     commit = revert_on_checkout()
     if not push:
         return Written(commit, branch)
-    remote, remote_branch = source.upstream(branch)
-    if source.push(remote, commit, f"refs/heads/{remote_branch}"):
-        return Written(commit, branch, pushed_to=f"{remote}/{remote_branch}")
-    tip = source.fetch_branch(remote, remote_branch)
-    if not source.is_ancestor(base, tip):
-        raise UserError(f"{branch} and {remote}/{remote_branch} have diverged; pull (and resolve) first, then retry")
-    source.advance(branch, commit, tip)
-    retried = revert_on_checkout()
-    if not source.push(remote, retried, f"refs/heads/{remote_branch}"):
-        raise UserError(f"{remote}/{remote_branch} moved again while pushing; retry the command")
-    return Written(retried, branch, pushed_to=f"{remote}/{remote_branch}", retried=True)
+
+    def again_on(tip: str) -> str:
+        source.advance(branch, commit, tip)  # base is an ancestor of tip: this drops only our revert
+        return revert_on_checkout()
+
+    # The revert is made in the checkout, so it is committed locally before the push.
+    return _push_once_more(source, branch, base, commit, redo=again_on, left=f"the revert stays committed on {branch}")
 
 
 # -- break-glass -------------------------------------------------------------------------------------
