@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.core.desired import load_desired
+from reconciler.core.desired import Positions, load_desired
 from reconciler.core.model import (
     DURATION_PATTERN,
     AppSpec,
@@ -587,3 +587,187 @@ def test_duration_round_trip(number: int, unit: str) -> None:
 def test_a_health_url_with_a_port_that_is_not_a_number_is_refused_with_its_place() -> None:
     error = the_error(one_app("health: {http: 'http://127.0.0.1:abc/health'}"))
     assert re.fullmatch(rf"{re.escape(FILE)}:5:\d+: apps\.web\.health\.http: .*port.*", error), error
+
+
+# -- issue 7: tags, keys, numbers and secrets ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("init: !!bool x", "5:11: apps.web.init: the YAML tag !!bool is not supported; write the value plainly"),
+        ("init: !!int 1", "5:11: apps.web.init: the YAML tag !!int is not supported; write the value plainly"),
+        ("stop_timeout: !!float x", "5:19: apps.web.stop_timeout: the YAML tag !!float is not supported; write the "
+         "value plainly"),
+        ("env: !!set {A: x}", "5:10: apps.web.env: the YAML tag !!set is not supported; write the value plainly"),
+        ("env: !!omap [{A: x}]", "5:10: apps.web.env: the YAML tag !!omap is not supported; write the value plainly"),
+        ("command: !!python/object/apply:os.system [id]", "5:14: apps.web.command: the YAML tag "
+         "!!python/object/apply:os.system is not supported; write the value plainly"),
+        ("env: {!!int 1: x}", "5:11: apps.web.env: the YAML tag !!int is not supported: keys are plain strings"),
+        ("env: {? [a, [b]] : x}", "5:13: apps.web.env: keys must be plain strings, not a list"),
+        ("env: {? {a: 1} : x}", "5:13: apps.web.env: keys must be plain strings, not a mapping"),
+    ],
+)  # fmt: skip
+def test_a_tag_or_a_key_that_is_not_a_string_is_refused_where_it_is_written(extra: str, expected: str) -> None:
+    assert errors_of(one_app(extra)) == [f"{FILE}:{expected}"]
+
+
+def test_the_top_level_tag_of_the_issue_is_refused() -> None:
+    assert errors_of("apps: !!float true\n") == [
+        f"{FILE}:1:7: apps: the YAML tag !!float is not supported; write the value plainly"
+    ]
+
+
+@pytest.mark.parametrize("tag", ["!!str", "!"])
+def test_a_string_tag_makes_a_string(tag: str) -> None:
+    assert load(one_app(f"env: {{PORT: {tag} 8000}}", version=f"{tag} 7")).apps["web"].env == {"PORT": "8000"}
+
+
+def test_a_key_is_the_text_that_was_written() -> None:
+    assert errors_of(one_app("env: {1: x, 0x1F: y}")) == [
+        f"{FILE}:5:10: apps.web.env: '1' is not an environment variable name"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('apps:\n  "web\\nx": {image: a, version: v1}\n', f"{FILE}:2:3: apps['web\\nx']: app name 'web\\nx': "
+         "lowercase letters, digits, '-' and '_', starting with a letter or digit"),
+        ('apps:\n  "": {image: a, version: v1}\n', f"{FILE}:2:3: apps['']: app name '': lowercase letters, "
+         "digits, '-' and '_', starting with a letter or digit"),
+        (one_app('"x\\ny": 1'), f"{FILE}:5:5: apps.web['x\\ny']: unknown key 'x\\ny'; valid keys: command, env, "
+         "env_file, health, image, init, ports, restart, stable_after, stop_timeout, version, volumes"),
+    ],
+)  # fmt: skip
+def test_a_key_with_a_newline_or_no_text_stays_on_one_line(text: str, expected: str) -> None:
+    assert errors_of(text) == [expected]
+
+
+def test_a_duplicate_key_names_the_key_and_both_places_and_no_value() -> None:
+    errors = errors_of(one_app("env:", "  PW: first-s3cret", "  OK: x", "  PW: second-s3cret"))
+    assert errors == [f'{FILE}:8:7: apps.web.env.PW: duplicate key "PW": it is also at line 6, column 7; keep one']
+
+
+def test_a_duplicate_key_holding_a_newline_stays_on_one_line() -> None:
+    errors = errors_of(one_app("env:", '  "A\\nB": x', '  "A\\nB": y'))
+    assert errors == [
+        f"{FILE}:7:7: apps.web.env['A\\nB']: duplicate key \"A\\nB\": it is also at line 6, column 7; keep one"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('"ab\\0cd"', "the value holds a NUL character"),
+        ('"ab\\ecd"', "the value holds the control character U+001B"),
+        ('"ab\\x7fcd"', "the value holds the control character U+007F"),
+        ('"ab\\rcd"', "the value holds the control character U+000D"),
+    ],
+)
+def test_an_env_value_with_a_control_character_is_refused_without_showing_it(value: str, expected: str) -> None:
+    assert errors_of(one_app(f"env: {{PW: {value}}}")) == [f"{FILE}:5:15: apps.web.env.PW: {expected}"]
+
+
+def test_a_tab_or_a_newline_in_an_env_value_is_kept() -> None:
+    assert load(one_app('env: {PW: "a\\tb"}')).apps["web"].env == {"PW": "a\tb"}
+    assert load(one_app('env: {KEY: "line one\\nline two\\n"}')).apps["web"].env == {"KEY": "line one\nline two\n"}
+
+
+def test_a_nul_in_an_argument_is_refused() -> None:
+    assert errors_of(one_app('command: [/bin/x, "a\\0b"]')) == [
+        f"{FILE}:5:14: apps.web.command: argument 1 holds a NUL character, which no program can receive"
+    ]
+
+
+def test_an_env_value_aliased_into_a_field_that_quotes_its_value_is_not_shown() -> None:
+    text = one_app("env: {TOKEN: &t Not-An-Image}") + "  api:\n    image: *t\n    version: v1\n"
+    assert errors_of(text) == [f"{FILE}:7:12: apps.api.image: <an env value> is not an image repository"]
+
+
+def test_a_value_that_only_looks_like_an_env_value_is_still_quoted() -> None:
+    errors = errors_of(one_app("env: {A: 10x}", "stop_timeout: 10x"))
+    assert errors == [f"{FILE}:6:19: apps.web.stop_timeout: '10x' is not a duration: use 500ms, 30s, 10m or 1h"]
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [(".inf", ".inf"), ("-.inf", "-.inf"), (".nan", ".nan"), ("1e999", "1e999"), ("9" * 70, "9" * 70),
+     ("2024-01-01 10:00:00", "2024-01-01 10:00:00"), ("0.5", "0.5"), ("1_000", "1000"), ("0x1F", "31")],
+)  # fmt: skip
+def test_a_number_python_cannot_hold_stays_the_text_that_was_written(written: str, read: str) -> None:
+    data, _ = parse_yaml(one_app(f"env: {{A: {written}}}"), filename=FILE)
+    assert _plain_types(data)
+    assert load(one_app(f"env: {{A: {written}}}")).apps["web"].env == {"A": read}
+
+
+def test_the_validator_refuses_an_infinite_float_it_is_given() -> None:
+    data = {"apps": {"web": {"image": "a", "version": "v1", "env": {"A": float("inf"), "B": float("nan")}}}}
+    with pytest.raises(InvalidDesiredState) as caught:
+        load_desired(data, Positions(), filename=FILE)
+    assert caught.value.errors == [
+        f"{FILE}:1:1: apps.web.env.A: a number that is not finite (inf, nan): quote the text you mean",
+        f"{FILE}:1:1: apps.web.env.B: a number that is not finite (inf, nan): quote the text you mean",
+    ]
+
+
+def test_yaml_1_1_booleans_are_read_as_the_file_declares() -> None:
+    text = one_app("env: {A: yes, B: on}")
+    assert load(text).apps["web"].env == {"A": "yes", "B": "on"}
+    assert load("%YAML 1.1\n---\n" + text).apps["web"].env == {"A": "true", "B": "true"}
+
+
+# -- issue 7: durations and ports have bounds -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "at_limit", "over", "expected"),
+    [
+        ("stop_timeout", "1h", "61m", "'61m' is longer than 1h, the most stop_timeout may be"),
+        ("stop_timeout", "1h", "1000000000h", "'1000000000h' is longer than 1h, the most stop_timeout may be"),
+        ("stable_after", "720h", "721h", "'721h' is longer than 720h, the most stable_after may be"),
+        ("health.interval", "1h", "3601s", "'3601s' is longer than 1h, the most interval may be"),
+        ("health.interval", "1ms", "0s", "'0s' is shorter than 1ms, the least interval may be"),
+        ("health.timeout", "24h", "25h", "'25h' is longer than 24h, the most timeout may be"),
+        ("health.healthy_for", "24h", "1441m", "'1441m' is longer than 24h, the most healthy_for may be"),
+    ],
+)
+def test_every_duration_has_a_bound(field: str, at_limit: str, over: str, expected: str) -> None:
+    def line(value: str) -> str:
+        return f"health: {{{field.split('.')[1]}: {value}}}" if "." in field else f"{field}: {value}"
+
+    load(one_app(line(at_limit)))
+    [error] = errors_of(one_app(line(over)))
+    assert error.endswith(f" apps.web.{field}: {expected}"), error
+
+
+def test_a_duration_of_400_digits_is_refused_cleanly() -> None:
+    assert errors_of(one_app(f"stop_timeout: {'9' * 400}h")) == [
+        f"{FILE}:5:19: apps.web.stop_timeout: '{'9' * 40}'... is too long to be a duration"
+    ]
+
+
+@pytest.mark.parametrize("value", ["\u0661\u0660s", "1\u0660s"])  # Arabic-Indic digits: `\\d` would take them
+def test_a_duration_takes_ascii_digits_only(value: str) -> None:
+    assert errors_of(one_app(f"stop_timeout: {value}")) == [
+        f"{FILE}:5:19: apps.web.stop_timeout: {value!r} is not a duration: use 500ms, 30s, 10m or 1h"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("port", "expected"),
+    [
+        ("256.1.1.1:8080:80", "'256.1.1.1' is not an IP address (IPv4 parts are 0-255)"),
+        ("1.2.3.999:8080:80", "'1.2.3.999' is not an IP address (IPv4 parts are 0-255)"),
+        ("[1::2::3]:8080:80", "'[1::2::3]' is not an IP address (IPv4 parts are 0-255)"),
+        ("\u0661\u0662:80", "'\u0661\u0662:80' is not [IP:]HOST:CONTAINER[/udp]"),
+    ],
+)
+def test_a_port_with_a_bad_address_is_refused(port: str, expected: str) -> None:
+    assert errors_of(one_app(f'ports: ["{port}"]')) == [f"{FILE}:5:13: apps.web.ports[0]: {expected}"]
+
+
+def test_a_tcp_probe_port_out_of_range_is_refused() -> None:
+    assert errors_of(one_app("health: {tcp: 'h:99999'}")) == [
+        f"{FILE}:5:19: apps.web.health.tcp: port 99999 is out of range 1-65535"
+    ]

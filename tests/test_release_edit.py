@@ -3,6 +3,8 @@
 What a reviewer of the commit sees is the file's bytes: every test compares the edited text with the
 original line by line (only the version lines differ, and on them only the scalar), checks the old
 quoting style is kept, and that the result still parses and validates to exactly the new versions.
+Anchors and aliases: an app never changes unless it was asked for, byte for byte (an alias becomes the
+app's own scalar; a shared anchor is refused with its name and the places that share it).
 """
 
 from __future__ import annotations
@@ -191,21 +193,143 @@ def test_a_yaml_1_1_file_gets_yes_quoted() -> None:
     assert versions(after) == {"web": "yes"}, after
 
 
-def test_an_anchored_version_is_kept_or_refused_never_broken() -> None:
-    """`version: &v v1` used by another app as `*v`: splicing only the scalar keeps `&v` (and the alias
-    follows), or the edit is refused with a message naming the anchor. What it must not do is drop `&v`
-    and return a file whose alias no longer resolves."""
-    text = (
-        "apps:\n  web:\n    image: example/web\n    version: &v v1\n  api:\n    image: example/api\n    version: *v\n"
-    )
+# -- anchors and aliases: only the apps asked for ever change ---------------------------------------
 
-    try:
-        after = set_versions(text, {"web": "v2"}, filename=FILE)
-    except InvalidDesiredState as exc:
-        assert "&v" in str(exc) or "anchor" in str(exc), exc.errors
-        return
-    assert after == text.replace("&v v1", "&v v2"), after
-    assert versions(after) == {"web": "v2", "api": "v2"}
+SHARED = """\
+apps:
+  web:
+    image: example/web
+    version: &v v1
+  api:
+    image: example/api
+    version: *v   # the same release as web
+  cron: {image: example/cron, version: *v}
+"""
+
+
+def test_an_aliased_version_gets_its_own_scalar_and_the_anchor_stays() -> None:
+    after = set_versions(SHARED, {"api": "v0"}, filename=FILE)
+
+    assert changed(SHARED, after) == [
+        ("    version: *v   # the same release as web\n", "    version: v0   # the same release as web\n")
+    ]
+    assert versions(after) == {"web": "v1", "api": "v0", "cron": "v1"}
+
+
+def test_an_aliased_version_in_a_flow_mapping_gets_its_own_scalar() -> None:
+    after = set_versions(SHARED, {"cron": "1.10"}, filename=FILE)
+
+    assert changed(SHARED, after) == [
+        ("  cron: {image: example/cron, version: *v}\n", '  cron: {image: example/cron, version: "1.10"}\n')
+    ]
+    assert versions(after) == {"web": "v1", "api": "v1", "cron": "1.10"}
+
+
+def test_an_aliased_version_that_already_reads_so_is_left_as_it_is() -> None:
+    assert set_versions(SHARED, {"api": "v1"}, filename=FILE) == SHARED
+
+
+def test_the_anchor_of_a_version_others_share_is_refused_naming_the_anchor_and_them() -> None:
+    with pytest.raises(InvalidDesiredState) as caught:
+        set_versions(SHARED, {"web": "v2"}, filename=FILE)
+
+    assert caught.value.errors == [
+        f"{FILE}:4:14: apps.web.version: this value is shared through the anchor &v with apps.api.version, "
+        "apps.cron.version; changing it would change them too: give web a version of its own, or set all of "
+        "them to the same version"
+    ]
+
+
+def test_the_anchor_changes_when_every_app_that_shares_it_is_set_to_the_same_version() -> None:
+    after = set_versions(SHARED, {"web": "v2", "api": "v2", "cron": "v2"}, filename=FILE)
+
+    assert changed(SHARED, after) == [("    version: &v v1\n", "    version: &v v2\n")]
+    assert versions(after) == {"web": "v2", "api": "v2", "cron": "v2"}
+
+
+def test_the_anchor_changes_when_the_apps_that_share_it_get_their_own_versions() -> None:
+    after = set_versions(SHARED, {"web": "v2", "api": "v3", "cron": "v4"}, filename=FILE)
+
+    assert [new for _, new in changed(SHARED, after)] == [
+        "    version: &v v2\n",
+        "    version: v3   # the same release as web\n",
+        "  cron: {image: example/cron, version: v4}\n",
+    ]
+    assert versions(after) == {"web": "v2", "api": "v3", "cron": "v4"}
+
+
+def test_an_anchored_version_used_by_an_env_value_is_refused() -> None:
+    text = SHARED.replace("  cron: {image: example/cron, version: *v}", "  cron: {image: c, version: v9, env: {V: *v}}")
+
+    with pytest.raises(InvalidDesiredState) as caught:
+        set_versions(text, {"web": "v2", "api": "v2"}, filename=FILE)
+
+    [error] = caught.value.errors
+    assert error.startswith(f"{FILE}:4:14: apps.web.version: this value is shared through the anchor &v with ")
+    assert "apps.cron.env.V;" in error
+
+
+def test_an_anchored_version_no_one_else_uses_keeps_its_anchor() -> None:
+    text = "apps:\n  web:\n    image: example/web\n    version: &v v1\n"
+
+    after = set_versions(text, {"web": "v2"}, filename=FILE)
+
+    assert after == text.replace("&v v1", "&v v2")
+
+
+ALIASED_APP = """\
+apps:
+  web: &w
+    image: example/web
+    version: v1
+  api: *w
+"""
+
+
+@pytest.mark.parametrize(("app", "other"), [("web", "api"), ("api", "web")])
+def test_an_app_that_is_an_alias_of_another_is_refused_for_either(app: str, other: str) -> None:
+    with pytest.raises(InvalidDesiredState) as caught:
+        set_versions(ALIASED_APP, {app: "v2"}, filename=FILE)
+
+    assert caught.value.errors == [
+        f"{FILE}:4:14: apps.{app}.version: this value is shared through the anchor &w with apps.{other}.version; "
+        f"changing it would change them too: give {app} a version of its own, or set all of them to the same version"
+    ]
+
+
+def test_an_app_that_is_an_alias_of_another_changes_with_it_when_both_are_asked() -> None:
+    after = set_versions(ALIASED_APP, {"web": "v2", "api": "v2"}, filename=FILE)
+
+    assert changed(ALIASED_APP, after) == [("    version: v1\n", "    version: v2\n")]
+
+
+MERGED = """\
+apps:
+  web: &w {image: example/web, version: v1}
+  api:
+    <<: *w
+    image: example/api
+  db:
+    <<: *w
+    version: v9
+"""
+
+
+def test_a_version_merged_in_from_another_app_is_refused() -> None:
+    with pytest.raises(InvalidDesiredState) as caught:
+        set_versions(MERGED, {"api": "v2"}, filename=FILE)
+
+    [error] = caught.value.errors
+    assert error.startswith(f"{FILE}:2:41: apps.api.version: this value is shared through the anchor &w with ")
+    assert "apps.web.version" in error
+    assert "apps.db" not in error  # db's own version hides the merged one
+
+
+def test_an_app_s_own_version_beside_a_merge_is_edited_alone() -> None:
+    after = set_versions(MERGED, {"db": "v2"}, filename=FILE)
+
+    assert changed(MERGED, after) == [("    version: v9\n", "    version: v2\n")]
+    assert versions(after) == {"web": "v1", "api": "v1", "db": "v2"}
 
 
 def test_an_unknown_app_raises_and_names_it() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from reconciler.core import schema
 from reconciler.core.desired import load_desired
-from reconciler.core.model import DURATION_PATTERN, parse_duration
+from reconciler.core.model import DURATION_LIMITS, DURATION_PATTERN, parse_duration
 from reconciler.shell.yamlfile import parse_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +70,21 @@ def test_the_schema_is_as_strict_as_the_models() -> None:
     assert all(d["type"] == "string" and d["pattern"] == DURATION_PATTERN for d in durations)
 
 
+def test_every_duration_in_the_schema_states_its_bounds() -> None:
+    # A JSON Schema pattern cannot say "at most 1h" for a string: the description says it, as the
+    # models enforce it (an editor shows it beside the field).
+    data = checked_in_schema()
+    app, probe = data["$defs"]["AppSpec"]["properties"], data["$defs"]["HealthSpec"]["properties"]
+    described = {name: (app.get(name) or probe[name])["description"] for name in DURATION_LIMITS}
+    assert described == {
+        "stop_timeout": "SIGTERM, then SIGKILL after this long; at most 1h",
+        "interval": "time between probes; 1ms to 1h",
+        "timeout": "not healthy by then: the deploy failed; at most 24h",
+        "healthy_for": "must stay healthy this long to count as good; at most 24h",
+        "stable_after": "healthy this long after a deploy: promoted to stable; at most 720h",
+    }
+
+
 def _properties(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     if isinstance(node, dict):
         for key, value in node.get("properties", {}).items():
@@ -93,7 +108,9 @@ def test_schema_defaults_are_values_the_file_accepts() -> None:
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.parametrize("text", ["500ms", "30s", "10m", "1h", "1.5h", "0s", "10 s", "10", "1d", "s"])
+@pytest.mark.parametrize(
+    "text", ["500ms", "30s", "10m", "1h", "1.5h", "0s", "10 s", "10", "1d", "s", "\u0661s", "1.s", ".5s"]
+)
 def test_schema_duration_pattern_and_the_parser_agree(text: str) -> None:
     try:
         parse_duration(text)

@@ -3,7 +3,9 @@
 Guarantees: either a valid ``DesiredState`` or ``InvalidDesiredState`` whose messages read
 ``FILE:LINE:COL: apps.web.ports[0]: message``, sorted by position; an unknown key names the nearest
 valid one. Positions come from the shell's YAML reader (1-based); a path it does not know falls back to
-its nearest known parent, so every message has a place.
+its nearest known parent, so every message has a place. A message is one line and never shows an env
+value: keys that are not printable are escaped, and an env value that another field's validator would
+quote (it got there through a YAML alias, ``Positions.secrets``) is replaced by ``<an env value>``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class Positions:
 
     values: dict[Path, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    # Paths outside env that hold an env value (a YAML alias of it): a message about them never quotes it.
+    secrets: set[Path] = field(default_factory=set)
 
     def of(self, path: Path, *, key: bool = False) -> tuple[int, int]:
         table = self.keys if key else self.values
@@ -38,10 +42,16 @@ class Positions:
 
 
 def dotted(path: Path) -> str:
-    """``("apps", "web", "ports", 0)`` -> ``apps.web.ports[0]``."""
+    """``("apps", "web", "ports", 0)`` -> ``apps.web.ports[0]``; a key that is empty or holds a character
+    that is not printable (a newline would split the message in two) is written ``['a\\nb']``."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not part or not part.isprintable():
+            text += f"[{part!r}]"
+        else:
+            text += f".{part}" if text else part
     return text or "(top)"
 
 
@@ -91,6 +101,22 @@ def _message(error: Any, path: Path) -> str:
     return message
 
 
+def _redacted(text: str, data: Mapping[Any, Any]) -> str:
+    """``text`` without any env value of the file: an alias can carry an env value into a field whose
+    validator quotes what it refuses (``image: *token``), and env values are never printed. Applied only
+    to such fields, so that ``stop_timeout: .inf`` is still quoted when an env value is ``.inf`` too."""
+    apps = data.get("apps")
+    secrets: set[str] = set()
+    for spec in apps.values() if isinstance(apps, Mapping) else ():
+        env = spec.get("env") if isinstance(spec, Mapping) else None
+        if isinstance(env, Mapping):
+            secrets.update(value for value in env.values() if isinstance(value, str) and value)
+    for secret in sorted(secrets, key=len, reverse=True):
+        for quoted in (repr(secret), repr(secret[:40])):  # validators quote with repr, long values cut at 40
+            text = text.replace(quoted, "<an env value>")
+    return text
+
+
 def load_desired(
     data: Any, positions: Positions, *, filename: str, revision: str = "", author: str = ""
 ) -> DesiredState:
@@ -111,6 +137,8 @@ def load_desired(
             if error["type"] == "missing":
                 where = positions.of(path[:-1], key=True)
             text = f"{filename}:{where[0]}:{where[1]}: {dotted(path)}: {_message(error, path)}"
+            if any(path[:cut] in positions.secrets for cut in range(len(path) + 1)):
+                text = _redacted(text, data)
             found.append((where, text))
         unique = dict.fromkeys(text for _, text in sorted(found))
         raise InvalidDesiredState(list(unique)) from None

@@ -1,92 +1,479 @@
 """The only reader of YAML: text -> plain Python values plus the line:col of every node.
 
-Guarantees: a syntax error, a duplicate key or a tag we do not accept becomes ``InvalidDesiredState``
-with ``FILE:LINE:COL``; the plain values hold only dict, list, str, int, float, bool and None (an
-unquoted date stays the text that was written). An empty value is placed at its key.
+Guarantees:
+
+- Every problem of the text is ``InvalidDesiredState`` whose every line is ``FILE:LINE:COL: ...``; never
+  another exception, and never a value of the file in a message (keys are shown escaped, so a key
+  holding a newline stays on one line).
+- The plain values hold only dict (with ``str`` keys), list, str, int, finite float, bool and None.
+  An unquoted date, a number Python cannot hold (``1e999``, 5,000 digits) and ``.inf``/``.nan`` stay
+  the text that was written. Keys are the text written (``1:`` is the key ``"1"``); a mapping or a
+  list as a key is refused. An empty value is placed at its key.
+- No Python object is ever built from a tag: the reader walks the parser's events itself. Only
+  ``!!str``, ``!``, ``!!map`` and ``!!seq`` are accepted; any other tag is refused where it is written.
+- Bounded work: the file is at most ``RECONCILE_MAX_FILE_BYTES`` (default 1 MiB) and is refused before
+  it is parsed; at most ``MAX_DEPTH`` levels of nesting and ``MAX_NODES`` nodes, counting the nodes
+  that aliases expand to (a "billion laughs" file is refused at the alias, in milliseconds). Nothing
+  recurses deeper than ``MAX_DEPTH``.
+- Duplicate keys are refused naming the key and both places; an anchor defined twice and an alias
+  inside its own anchor are refused; ``<<`` merges are followed.
+- ``set_versions`` edits only the version scalars asked for and never changes another app: an app whose
+  ``version: *v`` is an alias gets its own scalar instead; a version that other places share through
+  an anchor is refused, naming the anchor and the places that share it.
 """
 
 from __future__ import annotations
 
-import datetime
+import math
+import os
 import re
 import warnings
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import (
+    AliasEvent,
+    DocumentStartEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+)
+from ruamel.yaml.nodes import ScalarNode
+from ruamel.yaml.reader import ReaderError
 
 from reconciler.core.desired import Path, Positions, dotted
-from reconciler.errors import InvalidDesiredState
+from reconciler.errors import InvalidDesiredState, UserError
+
+MAX_FILE_BYTES_ENV: Final = "RECONCILE_MAX_FILE_BYTES"
+DEFAULT_MAX_FILE_BYTES: Final = 1 << 20
+MAX_DEPTH: Final = 64  # the format needs 5 (apps.web.health.exec[0]); the reader recurses this deep at most
+MAX_NODES: Final = 100_000  # a file of 1,000 apps is ~20,000 nodes; the pure-Python parser reads ~30,000 a second
+_MAX_DIGITS: Final = 64  # longer integers stay text: no port, count or id has more digits
+
+_YAML_TAG: Final = "tag:yaml.org,2002:"
+_STR: Final = _YAML_TAG + "str"
+_MAP: Final = _YAML_TAG + "map"
+_SEQ: Final = _YAML_TAG + "seq"
+_MERGE: Final = _YAML_TAG + "merge"
+_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # what ruamel counts as a line break
+_KINDS: Final = {"map": "a mapping", "seq": "a list"}
+
+Where = tuple[int, int]  # 1-based line and column
+Use = tuple[Path, tuple[int, ...]]  # a path a node appears at, and the ids of the aliases followed to reach it
 
 
-def _plain(node: Any, path: Path, positions: Positions, unsupported: list[tuple[Path, str]]) -> Any:
-    if isinstance(node, CommentedMap):
-        out: dict[Any, Any] = {}
-        for key, value in node.items():
-            child = (*path, key)
-            try:
-                key_line, key_col, value_line, value_col = node.lc.data[key]
-            except (KeyError, TypeError, ValueError):
-                pass
-            else:
-                positions.keys[child] = (key_line + 1, key_col + 1)
-                # An empty value has no token of its own: ruamel places it at the next one.
-                where = (key_line, key_col) if value is None else (value_line, value_col)
-                positions.values[child] = (where[0] + 1, where[1] + 1)
-            out[key] = _plain(value, child, positions, unsupported)
-        return out
-    if isinstance(node, CommentedSeq):
-        items = []
-        for index, value in enumerate(node):
-            child = (*path, index)
-            try:
-                line, col = node.lc.data[index]
-            except (KeyError, IndexError, TypeError, ValueError):
-                pass
-            else:
-                positions.values[child] = (line + 1, col + 1)
-            items.append(_plain(value, child, positions, unsupported))
-        return items
-    if isinstance(node, str):
-        return str(node)  # drop ruamel's scalar subclasses (quoting styles)
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, datetime.date):  # `2024-01-01` unquoted: keep what was written
-        return node.isoformat()
-    if isinstance(node, TaggedScalar):
-        unsupported.append((path, f"the YAML tag {node.tag.value} is not supported; write the value plainly"))
-        return None
-    return node
+class _Refused(Exception):
+    """A problem that stops the reading: the rest of the file is too big, too deep or cannot be parsed."""
+
+    def __init__(self, where: Where, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.where, self.message, self.path = where, message, path
+
+    def located(self, filename: str) -> InvalidDesiredState:
+        at = f"{dotted(self.path)}: " if self.path else ""
+        return InvalidDesiredState([f"{filename}:{self.where[0]}:{self.where[1]}: {at}{self.message}"])
 
 
-def parse_yaml(text: str | bytes, *, filename: str) -> tuple[Any, Positions]:
-    """Parse ``text``; raise ``InvalidDesiredState`` with the place of the first syntax error."""
-    yaml = YAML(typ="rt")
-    positions = Positions()
+@dataclass(eq=False, slots=True)
+class _Node:
+    """A node as written. ``start``/``end`` are offsets in the text; an alias points at its anchored node."""
+
+    kind: str  # scalar | seq | map | alias
+    where: Where
+    start: int
+    end: int = 0
+    anchor: str | None = None
+    tag: str | None = None  # as written; None when the node has none
+    resolved: str = _STR  # a scalar's type by the YAML version's rules for plain scalars
+    value: str = ""
+    style: str | None = None
+    items: list[_Node] = field(default_factory=list)
+    pairs: list[tuple[_Node, _Node]] = field(default_factory=list)
+    target: _Node | None = None
+
+
+def _deref(node: _Node) -> tuple[_Node, tuple[_Node, ...]]:
+    """The node an alias stands for (anchored nodes are never aliases), and the alias followed, if any."""
+    if node.kind == "alias" and node.target is not None:
+        return node.target, (node,)
+    return node, ()
+
+
+def _escaped(text: str) -> str:
+    """``text`` on one line: what is not printable is written as a Python escape (``\\n``, ``\\x00``)."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def _quoted(text: str) -> str:
+    return '"' + _escaped(text).replace('"', '\\"') + '"'
+
+
+def _show_tag(tag: str) -> str:
+    return _escaped("!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag)
+
+
+def _line_col(text: str, index: int) -> Where:
+    """The 1-based place of ``text[index]``, counting line breaks as ruamel's marks do."""
+    line, start = 1, 0
+    for match in _LINE_BREAK.finditer(text, 0, index):
+        line, start = line + 1, match.end()
+    return line, index - start + 1
+
+
+def max_file_bytes() -> int:
+    """The size limit: ``RECONCILE_MAX_FILE_BYTES`` when set, else 1 MiB."""
+    raw = os.environ.get(MAX_FILE_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_FILE_BYTES
     try:
-        document = yaml.load(text)
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise UserError(f"{MAX_FILE_BYTES_ENV}={_escaped(raw)!r} is not a number of bytes above 0")
+    return limit
+
+
+def _decoded(text: str | bytes, filename: str, max_bytes: int | None) -> str:
+    """``text`` as str, refused at 1:1 when it is bigger than the limit (before any parsing)."""
+    limit = max_file_bytes() if max_bytes is None else max_bytes
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise InvalidDesiredState(
+            [f"{filename}:1:1: the file is {size} bytes; the limit is {limit} ({MAX_FILE_BYTES_ENV})"]
+        )
+    if isinstance(text, str):
+        return text
+    encoding, name = ("utf-16", "UTF-16") if text.startswith((b"\xff\xfe", b"\xfe\xff")) else ("utf-8-sig", "UTF-8")
+    try:
+        return text.decode(encoding)
+    except UnicodeDecodeError as exc:
+        good = text[: exc.start].decode(encoding, "replace")
+        line, col = _line_col(good, len(good))
+        raise InvalidDesiredState(
+            [f"{filename}:{line}:{col}: the file is not {name} text (byte 0x{text[exc.start]:02x})"]
+        ) from None
+
+
+def _compose(text: str) -> tuple[_Node | None, tuple[int, int]]:
+    """The document's node tree and its YAML version; walks the parser's events without recursion."""
+    yaml = YAML(typ="safe", pure=True)
+    resolver = yaml.resolver
+    anchors: dict[str, _Node] = {}
+    opened: dict[str, Where] = {}  # anchors of collections not yet closed: an alias to one would loop
+    stack: list[_Node] = []
+    keys: list[_Node | None] = []  # per open collection: a mapping's key waiting for its value
+    root: _Node | None = None
+    version: tuple[int, int] = (1, 2)
+    documents = nodes = 0
+
+    def attach(node: _Node) -> None:
+        nonlocal root
+        if not stack:
+            root = node
+        elif stack[-1].kind == "seq":
+            stack[-1].items.append(node)
+        elif keys[-1] is None:
+            keys[-1] = node
+        else:
+            key, keys[-1] = keys[-1], None
+            stack[-1].pairs.append((key, node))
+
+    for event in yaml.parse(text):
+        if isinstance(event, DocumentStartEvent):
+            documents += 1
+            if documents > 1:
+                where = (event.start_mark.line + 1, event.start_mark.column + 1)
+                raise _Refused(where, "a second YAML document: the file holds one document (remove this '---')")
+            continue
+        if isinstance(event, MappingEndEvent | SequenceEndEvent):
+            node = stack.pop()
+            keys.pop()
+            node.end = event.end_mark.index
+            if node.anchor is not None:
+                del opened[node.anchor]
+                anchors[node.anchor] = node
+            attach(node)
+            continue
+        if not isinstance(event, ScalarEvent | AliasEvent | MappingStartEvent | SequenceStartEvent):
+            continue
+        where = (event.start_mark.line + 1, event.start_mark.column + 1)
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise _Refused(where, f"the file has more than {MAX_NODES} YAML nodes")
+        if nodes == 1:
+            version = tuple(resolver.processing_version)
+        anchor = event.anchor
+        if isinstance(event, AliasEvent):
+            assert anchor is not None
+            if anchor in opened:
+                raise _Refused(where, f"the alias *{_escaped(anchor)} is inside the node it stands for")
+            target = anchors.get(anchor)
+            if target is None:
+                raise _Refused(where, f"the alias *{_escaped(anchor)} has no anchor &{_escaped(anchor)} before it")
+            attach(_Node("alias", where, event.start_mark.index, event.end_mark.index, anchor=anchor, target=target))
+            continue
+        if anchor is not None and (anchor in anchors or anchor in opened):
+            first = anchors[anchor].where if anchor in anchors else opened[anchor]
+            raise _Refused(
+                where, f"the anchor &{_escaped(anchor)} is defined twice (first at {first[0]}:{first[1]}); rename one"
+            )
+        tag = event.tag
+        if isinstance(event, ScalarEvent):
+            resolved = _STR if tag is not None else str(resolver.resolve(ScalarNode, event.value, event.implicit))
+            node = _Node(
+                "scalar", where, event.start_mark.index, event.end_mark.index, anchor, tag, resolved,
+                value=event.value, style=event.style,
+            )  # fmt: skip
+            if anchor is not None:
+                anchors[anchor] = node
+            attach(node)
+            continue
+        if len(stack) >= MAX_DEPTH:
+            raise _Refused(where, f"nested deeper than {MAX_DEPTH} levels")
+        kind = "map" if isinstance(event, MappingStartEvent) else "seq"
+        stack.append(_Node(kind, where, event.start_mark.index, anchor=anchor, tag=tag))
+        keys.append(None)
+        if anchor is not None:
+            opened[anchor] = where
+    return root, version
+
+
+def _read(text: str, filename: str) -> tuple[_Node | None, tuple[int, int]]:
+    """``_compose`` with every parser error located and on one line."""
+    try:
+        return _compose(text)
+    except _Refused as exc:
+        raise exc.located(filename) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
+        problem = _escaped(str(exc.problem or exc.context or "invalid YAML"))
         raise InvalidDesiredState([f"{filename}:{line}:{col}: {problem}"]) from None
+    except ReaderError as exc:
+        line, col = _line_col(text, exc.position) if isinstance(exc.position, int) else (1, 1)
+        character = f"U+{exc.character:04X}" if isinstance(exc.character, int) else "a character"
+        raise InvalidDesiredState([f"{filename}:{line}:{col}: {character} is not allowed in a YAML file"]) from None
     except YAMLError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid YAML"
-        raise InvalidDesiredState([f"{filename}:1:1: {first}"]) from None
-    if isinstance(document, CommentedMap | CommentedSeq):
-        positions.values[()] = (document.lc.line + 1, document.lc.col + 1)
-    unsupported: list[tuple[Path, str]] = []
-    data = _plain(document, (), positions, unsupported)
-    if unsupported:
-        raise InvalidDesiredState(
-            [f"{filename}:{':'.join(map(str, positions.of(path)))}: {dotted(path)}: {why}" for path, why in unsupported]
-        )
-    return data, positions
+        first = (str(exc).strip().splitlines() or ["invalid YAML"])[0]
+        raise InvalidDesiredState([f"{filename}:1:1: {_escaped(first)}"]) from None
+
+
+def _integer(text: str, yaml11: bool) -> int | None:
+    """A plain scalar the resolver calls an int, as ruamel's constructor reads it; None when it cannot."""
+    digits = text.replace("_", "")
+    sign = -1 if digits.startswith("-") else 1
+    digits = digits[1:] if digits[:1] in ("-", "+") else digits
+    if not digits or len(digits) > _MAX_DIGITS:
+        return None
+    try:
+        if digits[:2] in ("0b", "0x", "0o"):
+            return sign * int(digits[2:], {"0b": 2, "0x": 16, "0o": 8}[digits[:2]])
+        if yaml11 and ":" in digits:  # 1.1 sexagesimal, 1:30 == 90
+            number = 0
+            for part in digits.split(":"):
+                number = number * 60 + int(part)
+            return sign * number
+        if yaml11 and len(digits) > 1 and digits[0] == "0":
+            return sign * int(digits, 8)
+        return sign * int(digits)
+    except ValueError:
+        return None
+
+
+def _real(text: str) -> float | None:
+    """A plain scalar the resolver calls a float, when it is a finite one (``.inf``, ``1e999``: None)."""
+    try:
+        number = float(text.replace("_", ""))
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+class _Expander:
+    """Node tree -> plain values and positions, following aliases and merges within the caps."""
+
+    def __init__(self, version: tuple[int, int], *, record_uses: bool = False) -> None:
+        self.yaml11 = version < (1, 2)
+        self.positions = Positions()
+        self.problems: dict[tuple[Where, str], str] = {}  # one line per place and problem, however reached
+        self.produced = 0
+        self.via: list[_Node] = []  # the aliases being expanded, outermost first
+        self.uses: dict[int, list[Use]] | None = {} if record_uses else None
+        self.aliases: dict[int, _Node] = {}
+        self.shared: dict[int, list[Path]] = {}  # scalars reached through an alias: every path they have
+
+    def problem(self, node: _Node, path: Path, message: str) -> None:
+        self.problems.setdefault((node.where, message), f"{dotted(path)}: {message}")
+
+    def count(self, node: _Node, path: Path) -> None:
+        self.produced += 1
+        if self.produced > MAX_NODES:
+            if self.via:  # the place to fix is where the expansion starts
+                alias = self.via[0]
+                raise _Refused(
+                    alias.where, f"the alias *{_escaped(alias.anchor or '')} expands to more than {MAX_NODES} nodes"
+                )
+            raise _Refused(node.where, f"the file has more than {MAX_NODES} nodes", path)
+
+    def record(self, node: _Node, path: Path) -> None:
+        if self.uses is not None:
+            self.uses.setdefault(id(node), []).append((path, tuple(id(alias) for alias in self.via)))
+
+    def value(self, node: _Node, path: Path, depth: int, where: Where | None = None) -> Any:
+        self.positions.values[path] = where or node.where
+        self.record(node, path)
+        if node.kind == "alias" and node.target is not None:
+            self.aliases[id(node)] = node
+            self.via.append(node)
+            try:
+                return self.value(node.target, path, depth, where or node.where)
+            finally:
+                self.via.pop()
+        self.count(node, path)
+        if node.kind == "scalar":
+            if node.anchor is not None:
+                self.shared.setdefault(id(node), []).append(path)
+            return self.scalar(node, path)
+        if depth >= MAX_DEPTH:  # aliases can nest what the text does not
+            where = (self.via[0] if self.via else node).where
+            raise _Refused(where, f"nested deeper than {MAX_DEPTH} levels", path[:4])  # the field, not 64 [0]s
+        self.check_tag(node, path)
+        if node.kind == "seq":
+            return [self.value(item, (*path, index), depth + 1) for index, item in enumerate(node.items)]
+        out: dict[str, Any] = {}
+        for key, key_node, value_node, via in self.pairs(node, path, depth):
+            child = (*path, key)
+            self.positions.keys[child] = key_node.where
+            empty = value_node.kind == "scalar" and value_node.value == "" and value_node.style is None
+            self.via.extend(via)
+            self.aliases.update((id(alias), alias) for alias in via)
+            try:
+                # An empty value has no token of its own: the parser places it at the next one.
+                out[key] = self.value(value_node, child, depth + 1, key_node.where if empty else None)
+            finally:
+                del self.via[len(self.via) - len(via) :]
+        return out
+
+    def check_tag(self, node: _Node, path: Path) -> None:
+        allowed = {"scalar": _STR, "seq": _SEQ, "map": _MAP}[node.kind]
+        if node.tag is not None and node.tag not in ("!", allowed):
+            self.problem(node, path, f"the YAML tag {_show_tag(node.tag)} is not supported; write the value plainly")
+
+    def scalar(self, node: _Node, path: Path) -> Any:
+        if node.tag is not None:
+            self.check_tag(node, path)
+            return node.value if node.tag in ("!", _STR) else None
+        kind = node.resolved.removeprefix(_YAML_TAG)
+        if kind == "null":
+            return None
+        if kind == "bool":
+            return node.value.lower() in ("true", "yes", "on", "y")
+        if kind == "int":
+            number = _integer(node.value, self.yaml11)
+            return node.value if number is None else number
+        if kind == "float":
+            real = _real(node.value)
+            return node.value if real is None else real
+        return node.value  # str; a timestamp, `<<` or `=` as a value stay the text that was written
+
+    def key(self, node: _Node, path: Path) -> str | None:
+        """A key's text, or None (and a problem) for a key that is not a plain string."""
+        target, _ = _deref(node)
+        if target.kind != "scalar":
+            self.problem(node, path, f"keys must be plain strings, not {_KINDS.get(target.kind, 'a node')}")
+            return None
+        if target.tag is not None and target.tag not in ("!", _STR):
+            self.problem(node, path, f"the YAML tag {_show_tag(target.tag)} is not supported: keys are plain strings")
+            return None
+        return target.value
+
+    def pairs(
+        self, node: _Node, path: Path, depth: int, via: tuple[_Node, ...] = ()
+    ) -> list[tuple[str, _Node, _Node, tuple[_Node, ...]]]:
+        """A mapping's entries as the document means them: its own keys, then keys merged in by ``<<``
+        that it does not have (earlier merges win), each with the aliases followed to reach it."""
+        if depth >= MAX_DEPTH:
+            raise _Refused(node.where, f"'<<' merges nest deeper than {MAX_DEPTH} levels", path)
+        own: dict[str, tuple[_Node, _Node, tuple[_Node, ...]]] = {}
+        sources: list[tuple[_Node, tuple[_Node, ...]]] = []
+        for key_node, value_node in node.pairs:
+            written, _ = _deref(key_node)
+            if written.kind == "scalar" and written.tag is None and written.resolved == _MERGE:
+                sources.extend(self.merge_sources(value_node, path, via))
+                continue
+            key = self.key(key_node, path)
+            if key is None:
+                continue
+            if key in own:
+                first = own[key][0].where
+                self.problem(
+                    key_node,
+                    (*path, key),
+                    f"duplicate key {_quoted(key)}: it is also at line {first[0]}, column {first[1]}; keep one",
+                )
+                continue
+            own[key] = (key_node, value_node, via)
+        entries = [(key, *entry) for key, entry in own.items()]
+        for source, source_via in sources:
+            for key, key_node, value_node, entry_via in self.pairs(source, path, depth + 1, source_via):
+                self.count(key_node, path)  # flattening chains of merges is work too
+                if key not in own:
+                    own[key] = (key_node, value_node, entry_via)
+                    entries.append((key, key_node, value_node, entry_via))
+        return entries
+
+    def merge_sources(self, value: _Node, path: Path, via: tuple[_Node, ...]) -> list[tuple[_Node, tuple[_Node, ...]]]:
+        target, followed = _deref(value)
+        candidates = [value] if target.kind == "map" else target.items if target.kind == "seq" else []
+        if not candidates:
+            self.problem(value, path, "'<<' merges a mapping or a list of mappings (<<: *defaults)")
+        sources = []
+        for candidate in candidates:
+            source, more = _deref(candidate)
+            if source.kind != "map":
+                self.problem(candidate, path, "'<<' merges a mapping or a list of mappings (<<: *defaults)")
+                continue
+            sources.append((source, (*via, *followed, *more) if candidate is not value else (*via, *followed)))
+        return sources
+
+
+def _is_env(path: Path) -> bool:
+    return len(path) == 4 and path[0] == "apps" and path[2] == "env"
+
+
+def _expand(text: str, filename: str, *, record_uses: bool = False) -> tuple[_Node | None, Any, _Expander]:
+    root, version = _read(text, filename)
+    expander = _Expander(version, record_uses=record_uses)
+    data = None
+    if root is not None:
+        try:
+            data = expander.value(root, (), 0)
+        except _Refused as exc:
+            raise exc.located(filename) from None
+    for paths in expander.shared.values():
+        if any(_is_env(path) for path in paths):
+            expander.positions.secrets.update(path for path in paths if not _is_env(path))
+    if expander.problems:
+        lines = [f"{filename}:{where[0]}:{where[1]}: {text}" for (where, _), text in expander.problems.items()]
+        positions = [where for where, _ in expander.problems]
+        raise InvalidDesiredState([line for _, line in sorted(zip(positions, lines, strict=True))])
+    return root, data, expander
+
+
+def parse_yaml(text: str | bytes, *, filename: str, max_bytes: int | None = None) -> tuple[Any, Positions]:
+    """Parse ``text``; raise ``InvalidDesiredState`` with the place of every problem of the YAML itself.
+
+    ``max_bytes`` overrides ``RECONCILE_MAX_FILE_BYTES`` (default 1 MiB).
+    """
+    _, data, expander = _expand(_decoded(text, filename, max_bytes), filename)
+    return data, expander.positions
 
 
 _PROPERTIES = re.compile(r"(?:[&!]\S*\s+)+")
@@ -120,35 +507,102 @@ def _scalar(value: str, style: str | None) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _text_of(node: _Node) -> str | None:
+    """A scalar's value when the file reads it as a string."""
+    if node.kind == "scalar" and (node.tag in ("!", _STR) or (node.tag is None and node.resolved == _STR)):
+        return node.value
+    return None
+
+
+def _version_token(root: _Node | None, app: str, expander: _Expander) -> _Node | None:
+    """The token written for ``apps.APP.version`` (a scalar, or an alias of one), following aliases and
+    merges on the way; None when there is no such scalar."""
+    node = root
+    for key in ("apps", app, "version"):
+        if node is None:
+            return None
+        mapping, _ = _deref(node)
+        if mapping.kind != "map":
+            return None
+        node = next((value for name, _, value, _ in expander.pairs(mapping, (), 0) if name == key), None)
+    return node if node is not None and _deref(node)[0].kind == "scalar" else None
+
+
+def _shared_message(app: str, token: _Node, others: list[Use], own: list[Use], expander: _Expander) -> str:
+    anchors = {token.anchor} if token.anchor else set()
+    for _, via in [*others, *own]:
+        anchors.update(expander.aliases[alias].anchor or "" for alias in via)
+    names = " and ".join(f"&{_escaped(name)}" for name in sorted(anchors - {""}))
+    places = list(dict.fromkeys(dotted(path) for path, _ in others))
+    shown = ", ".join(places[:5]) + (f" and {len(places) - 5} more" if len(places) > 5 else "")
+    return (
+        f"apps.{app}.version: this value is shared through the anchor {names} with {shown}; changing it would "
+        f"change them too: give {app} a version of its own, or set all of them to the same version"
+    )
+
+
 def set_versions(text: str, versions: dict[str, str], *, filename: str) -> str:
     """``text`` with ``apps.APP.version`` replaced for each app of ``versions``, byte for byte elsewhere.
 
-    Only the version scalar is spliced: comments, key order, quoting (the old value's style is kept),
-    flow style and blank lines stay as they were.
+    Only the version token is spliced: comments, key order, quoting (the old value's style is kept),
+    flow style, anchors and blank lines stay as they were. ``version: *v`` becomes the app's own scalar
+    (the anchor and the other apps stay as they are), unless the anchor itself is set to the same value.
+    A token that another place uses too (an anchored version, or an app that is an alias of another)
+    changes only when every such place is an app set to the same version; otherwise it is refused.
     """
-    try:
-        root = YAML(typ="rt").compose(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
-        raise InvalidDesiredState([f"{filename}:{where}: {exc.problem or 'invalid YAML'}"]) from None
-    spans: dict[str, Any] = {}
-    for key, value in getattr(root, "value", None) or ():
-        if getattr(key, "value", None) == "apps" and isinstance(value.value, list):
-            for app_key, app_node in value.value:
-                for field_key, field_node in getattr(app_node, "value", None) or ():
-                    if getattr(field_key, "value", None) == "version" and not isinstance(field_node.value, list):
-                        spans[app_key.value] = field_node
-    missing = sorted(set(versions) - set(spans))
+    root, _, expander = _expand(_decoded(text, filename, None), filename, record_uses=True)
+    expander.produced = 0  # the lookups below walk what the expansion already counted
+    tokens: dict[str, _Node] = {}
+    for app in versions:
+        token = _version_token(root, app, expander)
+        if token is not None:
+            tokens[app] = token
+    missing = sorted(set(versions) - set(tokens))
     if missing:
         raise InvalidDesiredState([f"{filename}: apps.{app}.version: not found" for app in missing])
+    uses = expander.uses or {}
+    edited = {id(token): versions[app] for app, token in tokens.items() if token.kind == "scalar"}
+    replaced = {
+        id(token)
+        for app, token in tokens.items()
+        if token.kind == "alias"
+        and token.target is not None
+        and edited.get(id(token.target), _text_of(token.target)) != versions[app]
+    }
+    edits: dict[tuple[int, int], str] = {}
+    refused: list[tuple[Where, str]] = []
+    for app, token in tokens.items():
+        if token.kind == "alias" and id(token) not in replaced:
+            continue  # follows its anchor, which is (or is set to) the same value
+        own: list[Use] = []
+        others: list[Use] = []
+        for path, via in uses.get(id(token), []):
+            if path == ("apps", app, "version"):
+                own.append((path, via))
+            elif any(alias in replaced for alias in via):
+                continue  # reached through an alias that becomes a scalar of its own
+            elif (
+                len(path) == 3
+                and path[0] == "apps"
+                and path[2] == "version"
+                and versions.get(str(path[1])) == versions[app]
+            ):
+                continue  # another app set to the same value
+            else:
+                others.append((path, via))
+        if others:
+            refused.append((token.where, _shared_message(app, token, others, own, expander)))
+            continue
+        start, end = token.start, token.end
+        target, _ = _deref(token)
+        if token.kind == "scalar":
+            # The span starts at the anchor or tag (`&v v1`, `!!str v1`): keep those, swap the value.
+            properties = _PROPERTIES.match(text, start, end)
+            start = properties.end() if properties else start
+        edits[(start, end)] = _scalar(versions[app], target.style)
+    if refused:
+        raise InvalidDesiredState([f"{filename}:{line}:{col}: {message}" for (line, col), message in sorted(refused)])
     out = text
-    # Splice from the end so earlier offsets stay valid.
-    for app in sorted(versions, key=lambda name: spans[name].start_mark.index, reverse=True):
-        node = spans[app]
-        start, end = node.start_mark.index, node.end_mark.index
-        # The node's span starts at its anchor or tag (`&v v1`, `!!str v1`): keep those, swap the value.
-        properties = _PROPERTIES.match(out, start, end)
-        start = properties.end() if properties else start
-        out = out[:start] + _scalar(versions[app], node.style) + out[end:]
+    for (start, end), scalar in sorted(edits.items(), reverse=True):  # from the end: earlier offsets stay valid
+        out = out[:start] + scalar + out[end:]
     return out

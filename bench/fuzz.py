@@ -1,0 +1,297 @@
+"""Fuzzing of the desired-state reader and validator (issue 7): mutated files through ``validate``'s path.
+
+Every file goes through ``parse_yaml`` then ``load_desired``, in this process, as ``reconcile validate``
+does. An outcome is *ok* (a ``DesiredState``), *invalid* (``InvalidDesiredState`` whose every line is
+``FILE:LINE:COL: ...``), *unlocated* (an ``InvalidDesiredState`` line without its place), *leaked* (a
+message that shows the env value planted in every seed) or an *internal error* (any other exception,
+counted by type). A file that takes more than 5 s counts as a hang; at 60 s it is interrupted.
+
+The mutations are those of tests/test_fuzz.py: bytes inserted, deleted and replaced (YAML indicators,
+tabs, NULs, bytes that are not UTF-8), lines duplicated, dropped, swapped and re-indented, tags,
+anchors and aliases (also alias bombs), deep nesting, odd keys and huge numbers, several per file.
+
+Run: ``.venv/bin/python bench/fuzz.py [-n 10000] [--seed 7] [--show 5]``. Exit 0 when there is no
+internal error, no unlocated or leaking message and no hang.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import random
+import re
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import FrameType
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from reconciler.core.desired import load_desired  # noqa: E402
+from reconciler.errors import InvalidDesiredState  # noqa: E402
+from reconciler.shell.yamlfile import parse_yaml  # noqa: E402
+
+SECRET = "Zq7-secret-Vx9"  # planted as an env value in every seed; must never be printed
+LOCATED = re.compile(r"^[^:\n]+:\d+:\d+: ")
+HANG_SECONDS = 5.0
+INTERRUPT_SECONDS = 60
+
+SEEDS = [
+    f"""\
+# yaml-language-server: $schema=schemas/desired-state.schema.json
+apps:
+  web:                                   # also the container name
+    image: registry.example.com:5000/team/web
+    version: v1.2.3
+    ports: ["8000:8000", "127.0.0.1:8443:443", "53:53/udp"]
+    env:
+      LOG_LEVEL: info
+      PW: {SECRET}
+      PORT: 8000
+    env_file: /etc/web/app.env
+    volumes: ["web-data:/data", "/srv/web:/srv:ro"]
+    command: ["/bin/server", "--port", "8000"]
+    restart: always
+    init: true
+    stop_timeout: 500ms
+    health:
+      http: http://127.0.0.1:8000/health
+      interval: 500ms
+      timeout: 30s
+      healthy_for: 10m
+    stable_after: 1h
+  worker:
+    image: team/worker
+    version: stable
+    health: {{exec: [/bin/check, --quick]}}
+""",
+    f"""\
+apps:
+  web:
+    image: example/web
+    version: &v 'v1.0.0'
+    env: &common {{LOG_LEVEL: info, PW: "{SECRET}"}}
+  api:
+    image: example/api
+    version: *v
+    env: *common
+  worker: {{image: example/worker, version: v3, init: true, env: {{PW: {SECRET}}}}}
+  cron:
+    <<: &base {{image: example/cron, restart: "no"}}
+    version: v4
+    env:
+      PW: {SECRET}
+""",
+    f"""\
+%YAML 1.1
+---
+apps:
+  demo:
+    image: reconciler-demo/web
+    version: v1
+    ports: ["127.0.0.1:8080:8000"]
+    env: {{GREETING: hello, PW: {SECRET}, DEBUG: yes}}
+    health:
+      tcp: 127.0.0.1:8080
+      interval: 1s
+""",
+]
+
+INDICATORS = [*":-?[]{},&*!|>'\"%@`#\t\n ", "\x00", "\\", "\r", "\u2028", "\ufeff", "~", "<<", ": ", "- "]
+TAGS = [
+    "!!int", "!!float", "!!bool", "!!null", "!!str", "!!set", "!!omap", "!!pairs", "!!binary", "!!timestamp",
+    "!!map", "!!seq", "!", "!vault", "!!python/object/apply:os.system", "!<tag:yaml.org,2002:int>", "!!merge",
+]  # fmt: skip
+WEIRD_KEYS = [
+    "? [a, [b]]\n:", "? {a: 1}\n:", '"a\\nb":', "<<:", "~:", "null:", "1.5:", "true:", "!!int 1:", "'':",
+    '"\\0":', "*k:", "? |\n  x\n:", "0x1F:", "version:", "apps:", "-1:",
+]  # fmt: skip
+NUMBERS = [
+    "9" * 400 + "h", "1000000000h", ".inf", "-.inf", ".nan", "1e999", "9" * 5000, "0x" + "f" * 80, "1:30:00",
+    "300.1.1.1:80:80", "0s", "-1s", "1e5", "0o777", "0b_", "99999", "721h", "25h", "1_000s",
+]  # fmt: skip
+
+
+def _secret_spans(text: str) -> list[tuple[int, int]]:
+    """The lines that hold the planted value: a byte mutation there could make it a key, which is shown."""
+    return [(match.start(), match.end()) for match in re.finditer(rf"[^\n]*{re.escape(SECRET)}[^\n]*", text)]
+
+
+def _inside(spans: list[tuple[int, int]], position: int) -> bool:
+    return any(start <= position <= end for start, end in spans)
+
+
+def _tagged(line: str, tag: str) -> str:
+    """``line`` with ``tag`` before its value (or its key, when it has no value)."""
+    match = re.search(r":\s", line)
+    at = match.end() if match else len(line) - len(line.lstrip())
+    return line[:at] + tag + " " + line[at:]
+
+
+def _bomb(rng: random.Random) -> str:
+    width, levels = rng.randint(2, 10), rng.randint(3, 12)
+    lines = ["l0: &l0 [" + ", ".join(["lol"] * width) + "]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def _deep(rng: random.Random) -> str:
+    depth = rng.choice([10, 63, 64, 65, 100, 250, 1000, 5000])
+    return rng.choice(
+        [
+            "[" * depth + "]" * depth,
+            "{a: " * depth + "x" + "}" * depth,
+            "- " * depth + "x",
+            "[" * depth,
+            "".join(" " * i + f"k{i}:\n" for i in range(min(depth, 300))),
+        ]
+    )
+
+
+def mutate(text: str, rng: random.Random) -> str:
+    """One to six mutations of ``text``; the planted secret values are never cut by a byte mutation."""
+    for _ in range(rng.randint(1, 6)):
+        lines = text.split("\n")
+        line = rng.randrange(len(lines))
+        operation = rng.randrange(12)
+        spans = _secret_spans(text)
+        position = rng.randrange(len(text) + 1)
+        if operation in (0, 1, 2) and _inside(spans, position):
+            continue
+        if operation == 0:  # insert indicators or random characters
+            chunk = rng.choice(INDICATORS) if rng.random() < 0.7 else chr(rng.randrange(1, 0x3000))
+            text = text[:position] + chunk * rng.choice([1, 1, 2, 3, 50]) + text[position:]
+        elif operation == 1:  # delete a run
+            end = min(len(text), position + rng.randint(1, 12))
+            if not _inside(spans, end):
+                text = text[:position] + text[end:]
+        elif operation == 2:  # replace one character
+            text = text[:position] + rng.choice(INDICATORS) + text[position + 1 :]
+        elif operation == 3:  # duplicate, drop or swap lines
+            other = rng.randrange(len(lines))
+            choice = rng.randrange(3)
+            if choice == 0:
+                lines.insert(line, lines[line])
+            elif choice == 1 and len(lines) > 1:
+                del lines[line]
+            else:
+                lines[line], lines[other] = lines[other], lines[line]
+            text = "\n".join(lines)
+        elif operation == 4:  # re-indent a line
+            delta = rng.choice([-4, -2, -1, 1, 2, 4])
+            lines[line] = " " * delta + lines[line] if delta > 0 else lines[line][-delta:]
+            text = "\n".join(lines)
+        elif operation == 5:  # a tag on a value or a key
+            lines[line] = _tagged(lines[line], rng.choice(TAGS))
+            text = "\n".join(lines)
+        elif operation == 6:  # an anchor on one value, its alias as another
+            name = rng.choice(["a", "v", "common", "x"])
+            first, second = rng.randrange(len(lines)), rng.randrange(len(lines))
+            lines[first] = lines[first].replace(": ", f": &{name} ", 1)
+            lines[second] = re.sub(r": .*$", f": *{name}", lines[second], count=1)
+            text = "\n".join(lines)
+        elif operation == 7:  # an alias bomb, at the top or as a value
+            text = _bomb(rng) + text if rng.random() < 0.5 else text.replace("apps:", _bomb(rng) + "apps:", 1)
+        elif operation == 8:  # deep nesting in place of a value
+            lines[line] = re.sub(r": .*$", ": " + _deep(rng).replace("\n", "\n" + " " * 4), lines[line], count=1)
+            text = "\n".join(lines)
+        elif operation == 9:  # an odd key in place of a key
+            indent = len(lines[line]) - len(lines[line].lstrip())
+            lines[line] = re.sub(r"^\s*[^:\s]+:", " " * indent + rng.choice(WEIRD_KEYS), lines[line], count=1)
+            text = "\n".join(lines)
+        elif operation == 10:  # a huge or odd number in place of a value
+            lines[line] = re.sub(r": [^#\n]*", f": {rng.choice(NUMBERS)}", lines[line], count=1)
+            text = "\n".join(lines)
+        else:  # repeat a line many times (long files, duplicate keys)
+            lines[line : line + 1] = [lines[line]] * rng.choice([2, 10, 1000])
+            text = "\n".join(lines)
+    return text
+
+
+def check(data: bytes, filename: str = "fuzz.yaml") -> tuple[str, str]:
+    """(outcome, detail): ok, invalid, unlocated, leaked or internal (detail: the exception's type)."""
+    try:
+        parsed, positions = parse_yaml(data, filename=filename)
+        load_desired(parsed, positions, filename=filename)
+    except InvalidDesiredState as exc:
+        lines = str(exc).split("\n")
+        if SECRET in str(exc):
+            return "leaked", ""
+        if not all(LOCATED.match(line) for line in lines):
+            return "unlocated", next(line for line in lines if not LOCATED.match(line))
+        return "invalid", ""
+    except Exception as exc:  # what the fuzzing is for: any other exception is a bug
+        return "internal", f"{type(exc).__name__}: {traceback.format_exc(limit=-3)}"
+    return "ok", ""
+
+
+class _Interrupted(BaseException):
+    pass
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise _Interrupted
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("-n", type=int, default=10_000, help="how many mutated files (default 10000)")
+    parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    parser.add_argument("--show", type=int, default=3, help="show this many examples of each problem")
+    parser.add_argument("--save", type=Path, help="write the files with problems to this directory")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    outcomes: collections.Counter[str] = collections.Counter()
+    internal: collections.Counter[str] = collections.Counter()
+    examples: dict[str, list[str]] = collections.defaultdict(list)
+    slowest, slowest_size, hangs = 0.0, 0, 0
+    signal.signal(signal.SIGALRM, _interrupt)
+    started = time.perf_counter()
+    for index in range(args.n):
+        text = mutate(rng.choice(SEEDS), rng)
+        data = text.encode("utf-8", "surrogatepass")
+        if rng.random() < 0.05:  # bytes that are not UTF-8
+            at = rng.randrange(len(data) + 1)
+            data = data[:at] + bytes([rng.choice([0xFF, 0xC3, 0x80, 0xFE])]) + data[at:]
+        begin = time.perf_counter()
+        signal.alarm(INTERRUPT_SECONDS)
+        try:
+            outcome, detail = check(data)
+        except _Interrupted:
+            outcome, detail = "interrupted", ""
+        finally:
+            signal.alarm(0)
+        took = time.perf_counter() - begin
+        if took > slowest:
+            slowest, slowest_size = took, len(data)
+        hangs += took > HANG_SECONDS
+        outcomes[outcome] += 1
+        if outcome == "internal":
+            internal[detail.split(":", 1)[0]] += 1
+        if outcome not in ("ok", "invalid") or took > HANG_SECONDS:
+            if len(examples[outcome]) < args.show:
+                examples[outcome].append(f"#{index} ({took:.2f}s) {detail}\n{text[:400]!r}")
+            if args.save:
+                args.save.mkdir(parents=True, exist_ok=True)
+                (args.save / f"{outcome}-{index}.yaml").write_bytes(data)
+    total = time.perf_counter() - started
+    print(f"files: {args.n} (seed {args.seed}) in {total:.1f}s")
+    print(f"ok: {outcomes['ok']}")
+    print(f"invalid (located): {outcomes['invalid']}")
+    print(f"internal errors: {outcomes['internal']}" + "".join(f"\n  {k}: {v}" for k, v in internal.most_common()))
+    print(f"unlocated messages: {outcomes['unlocated']}")
+    print(f"messages showing the planted env value: {outcomes['leaked']}")
+    print(f"slowest file: {slowest:.3f}s ({slowest_size} bytes)")
+    print(f"files over {HANG_SECONDS:.0f}s: {hangs} (interrupted at {INTERRUPT_SECONDS}s: {outcomes['interrupted']})")
+    for outcome, shown in examples.items():
+        for example in shown:
+            print(f"\n[{outcome}] {example}")
+    bad = outcomes["internal"] + outcomes["unlocated"] + outcomes["leaked"] + outcomes["interrupted"] + hangs
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
