@@ -3,10 +3,19 @@
 Guarantees:
 - The desired-state file is read from a commit, never from a working tree: uncommitted edits never deploy.
 - ``--repo`` may be a local clone, a bare repository, or a URL; a URL is mirrored into the state
-  directory (``git clone --mirror``) and fetched with ``+refs/*:refs/*``, so a force-pushed branch is
-  followed to its new tip.
-- Errors leave as ``SourceError`` (bad path, ref or file: needs a human) or ``RemoteUnavailable``
-  (the remote did not answer: clears by itself).
+  directory (``git clone --mirror``) and fetched with ``+refs/heads/*`` and ``+refs/tags/*``, so a
+  force-pushed branch is followed to its new tip.
+- Errors leave as ``SourceError`` (bad path, ref or file, or a corrupt repository: needs a human) or
+  ``RemoteUnavailable`` (the remote did not answer: clears by itself); no GitPython, gitdb or OS error
+  leaves this module. A ref that exists but whose objects cannot be read is ``REPO: commit abc12345 is
+  unreadable (the repository is corrupt: git fsck)``, never "not found".
+- A mirror that is corrupt, missing or not a repository any more is moved aside
+  (``NAME.git.corrupt-TIMESTAMP``) and cloned again, with one ``warn`` line; a remote that does not
+  answer is told apart from a broken mirror by ``git ls-remote``, so a broken mirror is never blamed
+  on the remote.
+- Tags that this host writes into a mirror (``stable``, ``stable-APP``) live in
+  ``refs/reconciler/tags/``, which the fetch does not prune, and are read from there before
+  ``refs/tags/``; ``push_tags`` publishes them as ``refs/tags/NAME``.
 """
 
 from __future__ import annotations
@@ -15,17 +24,45 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import socket
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import git
 import git.exc
 
+from reconciler.core.model import Owner
 from reconciler.errors import RemoteUnavailable, SourceError
+from reconciler.shell.journal import state_dir_error
+from reconciler.shell.scrub import redact_url
+
+T = TypeVar("T")
 
 _SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")
+# What GitPython and gitdb raise for a repository they cannot read: a corrupt or missing object
+# (ValueError "SHA could not be resolved", BadObject), a failed git command, a vanished directory.
+_UNREADABLE = (git.exc.GitError, git.exc.ODBError, ValueError, OSError)
+_FETCHED = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+LOCAL_TAGS = "refs/reconciler/tags/"  # tags written into a mirror: out of reach of the fetch's --prune
+
+
+class _Unreadable(Exception):
+    """Objects of the repository cannot be read: its message is the user's line."""
+
+
+def _corrupt(display: str, what: str) -> str:
+    return f"{display}: {what} is unreadable (the repository is corrupt: git fsck)"
+
+
+def _warn_on_stderr(message: str) -> None:
+    # The command line's default; the agent passes its event log instead.
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def is_url(repo: str) -> bool:
@@ -52,39 +89,103 @@ class Source:
     repo: git.Repo
     display: str
     mirrored: bool = False
+    warn: Callable[[str], None] = _warn_on_stderr  # told when a broken mirror is cloned again
 
     def fetch(self) -> None:
         """Bring a mirror up to date with its remote (no-op for a local repository)."""
         if not self.mirrored:
             return
+        if not Path(self.repo.git_dir).is_dir():
+            self._reclone("is missing (the state directory was removed?)")
+            return
         try:
-            self.repo.git.fetch("--prune", "--force", "origin", "+refs/*:refs/*")
-        except git.exc.GitCommandError as exc:
-            raise RemoteUnavailable(f"git remote {self.display} does not answer: {_first_line(exc)}") from None
+            self.repo.git.fetch("--prune", "--force", "origin", *_FETCHED)
+        except _UNREADABLE as exc:
+            if not _answers(self.display):
+                raise RemoteUnavailable(f"git remote {self.display} does not answer: {_first_line(exc)}") from None
+            # The remote answers, so the mirror is what fails: its objects or refs are damaged.
+            self._reclone(f"cannot be fetched into ({_first_line(exc)})")
+
+    def _mended(self, work: Callable[[], T]) -> T:
+        """``work()``; in a mirror that is missing or unreadable, once more after cloning it again."""
+        if self.mirrored and not Path(self.repo.git_dir).is_dir():
+            self._reclone("is missing (the state directory was removed?)")
+        try:
+            return work()
+        except _Unreadable as exc:
+            if not self.mirrored:
+                raise SourceError(str(exc)) from None
+            self._reclone(f"is corrupt ({exc})")
+        try:
+            return work()
+        except _Unreadable as exc:
+            raise SourceError(str(exc)) from None
+
+    def _reclone(self, why: str) -> None:
+        """Move the mirror aside and clone it again, keeping the tags this host wrote into it."""
+        path = Path(self.repo.git_dir)
+        self.repo.close()
+        self.repo = _reclone(self.display, path, why, self.warn)
 
     def resolve(self, ref: str = "HEAD") -> str:
-        """The full sha that ``ref`` names."""
+        """The full sha that ``ref`` names (in a mirror, a tag this host wrote wins over the remote's)."""
+        return self._mended(lambda: self._resolve(self._local_tag(ref) or ref))
+
+    def _resolve(self, ref: str) -> str:
         try:
             return str(self.repo.commit(ref).hexsha)
-        except (git.exc.BadName, ValueError, git.exc.GitCommandError):
+        except _UNREADABLE:
+            pass
+        # The ref may exist while the commit it names cannot be read: a corrupt repository, not a typo.
+        try:
+            sha = str(self.repo.git.rev_parse("--verify", "--quiet", ref))
+        except _UNREADABLE:
             raise SourceError(f"{self.display}: ref {ref!r} not found") from None
+        try:
+            kind = str(self.repo.git.cat_file("-t", sha))
+        except _UNREADABLE:
+            raise _Unreadable(_corrupt(self.display, f"commit {sha[:8]}")) from None
+        raise SourceError(f"{self.display}: ref {ref!r} names a {kind}, not a commit")
+
+    def _local_tag(self, ref: str) -> str | None:
+        """``refs/reconciler/tags/NAME`` of a mirror, when ``ref`` is tag NAME and this host wrote it."""
+        if not self.mirrored or ref == "HEAD" or ref.startswith(LOCAL_TAGS):
+            return None
+        name = ref.removeprefix("refs/tags/")
+        if name != ref or "/" not in ref:
+            try:
+                self.repo.git.rev_parse("--verify", "--quiet", LOCAL_TAGS + name)
+            except _UNREADABLE:
+                return None
+            if name == ref and _ref_exists(self.repo, f"refs/heads/{name}"):
+                return None  # a bare name that is also a branch: git's rules, the branch
+            return LOCAL_TAGS + name
+        return None
 
     def read(self, sha: str, path: str) -> bytes:
         """The bytes of ``path`` at commit ``sha``."""
+        return self._mended(lambda: self._read(sha, path))
+
+    def _read(self, sha: str, path: str) -> bytes:
         try:
             blob = self.repo.commit(sha).tree / path
         except KeyError:
             raise SourceError(f"{path}: not found in commit {sha[:8]} of {self.display}") from None
+        except _UNREADABLE:
+            raise _Unreadable(_corrupt(self.display, f"commit {sha[:8]}")) from None
         if blob.type != "blob":
             raise SourceError(f"{path}: is not a file in commit {sha[:8]} of {self.display}")
-        data: bytes = blob.data_stream.read()
+        try:
+            data: bytes = blob.data_stream.read()
+        except _UNREADABLE:
+            raise _Unreadable(_corrupt(self.display, f"{path} in commit {sha[:8]}")) from None
         return data
 
     def author(self, sha: str) -> str:
         """``Name <email>`` of the commit's author ("" when it cannot be read)."""
         try:
             person = self.repo.commit(sha).author
-        except (git.exc.BadName, ValueError, git.exc.GitCommandError):
+        except _UNREADABLE:
             return ""
         return f"{person.name} <{person.email}>"
 
@@ -96,7 +197,7 @@ class Source:
     def _git(self, *args: str, env: dict[str, str] | None = None) -> str:
         try:
             return str(self.repo.git.execute(["git", *args], env=env))
-        except git.exc.GitCommandError as exc:
+        except _UNREADABLE as exc:
             raise SourceError(f"git {args[0]}: {_first_line(exc)}") from None
 
     def identity_env(self) -> dict[str, str]:
@@ -178,9 +279,10 @@ class Source:
 
     def push_tags(self, remote: str, tags: list[str]) -> None:
         """Push ``tags`` to ``remote``, moving them there too (a stable tag is meant to move)."""
+        here = LOCAL_TAGS if self.mirrored else "refs/tags/"
         try:
-            self.repo.git.push("--force", remote, *(f"refs/tags/{tag}:refs/tags/{tag}" for tag in tags))
-        except git.exc.GitCommandError as exc:
+            self.repo.git.push("--force", remote, *(f"{here}{tag}:refs/tags/{tag}" for tag in tags))
+        except _UNREADABLE as exc:
             raise RemoteUnavailable(f"git push to {remote}: {_first_line(exc)}") from None
 
     def revert_commit(self, sha: str) -> None:
@@ -203,15 +305,40 @@ class Source:
         return True
 
     def tag(self, name: str, sha: str) -> None:
-        self._git("tag", "-f", name, sha)
+        """Move tag ``name`` to ``sha``; in a mirror, under ``refs/reconciler/tags/`` (the fetch prunes
+        ``refs/tags/`` to what the remote has)."""
+        if self.mirrored:
+            self._git("update-ref", LOCAL_TAGS + name, sha)
+        else:
+            self._git("tag", "-f", name, sha)
 
     def history(self, ref: str, path: str, *, limit: int = 200) -> list[tuple[str, float, str]]:
         """(sha, commit time, author) of the commits that changed ``path``, newest first."""
         try:
             commits = list(self.repo.iter_commits(ref, paths=path, max_count=limit))
-        except (git.exc.GitCommandError, ValueError):
+            return [(c.hexsha, float(c.committed_date), f"{c.author.name} <{c.author.email}>") for c in commits]
+        except _UNREADABLE:
             return []
-        return [(c.hexsha, float(c.committed_date), f"{c.author.name} <{c.author.email}>") for c in commits]
+
+    def identity(self, ref: str, revision: str, file: str) -> Owner:
+        """Who deploys from ``ref`` (resolved to ``revision``): the repository (its first-parent root
+        commit, and where it lives), the branch, the file. What a container's source labels hold."""
+        if ref.startswith("refs/heads/"):
+            branch = ref.removeprefix("refs/heads/")
+        elif ref != "HEAD" and any(head.name == ref for head in self.repo.heads):
+            branch = ref
+        else:  # HEAD, a tag or a sha: the branch that HEAD is on, if any
+            try:
+                branch = str(self.repo.git.symbolic_ref("--short", "-q", "HEAD"))
+            except git.exc.GitCommandError:
+                branch = ""
+        try:
+            roots = str(self.repo.git.rev_list("--first-parent", "--max-parents=0", revision)).split()
+        except git.exc.GitCommandError:
+            roots = []
+        here = os.path.realpath(self.repo.working_tree_dir or self.repo.git_dir)
+        location = redact_url(self.display) if self.mirrored else here
+        return Owner(root=roots[-1] if roots else "", location=location, branch=branch, file=file)
 
 
 def _mirror_path(url: str, state_dir: Path) -> Path:
@@ -219,26 +346,84 @@ def _mirror_path(url: str, state_dir: Path) -> Path:
     return state_dir / "mirrors" / f"{name}-{hashlib.sha256(url.encode()).hexdigest()[:10]}.git"
 
 
-def open_source(repo: str, *, state_dir: Path, fetch: bool = True) -> Source:
-    """Open ``repo``: a path is used as it is; a URL is mirrored under ``state_dir`` and fetched."""
+def _answers(url: str) -> bool:
+    """True when the remote lists its refs: then a failed fetch is the mirror's fault, not the remote's."""
+    try:
+        git.cmd.Git().ls_remote("--heads", url, kill_after_timeout=60)
+    except _UNREADABLE:
+        return False
+    return True
+
+
+def _ref_exists(repo: git.Repo, ref: str) -> bool:
+    try:
+        repo.git.rev_parse("--verify", "--quiet", ref)
+    except _UNREADABLE:
+        return False
+    return True
+
+
+def _clone(url: str, path: Path) -> git.Repo:
+    """``git clone --mirror``; nothing is left at ``path`` when it fails."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise state_dir_error(path.parent.parent, exc) from None
+    try:
+        return git.Repo.clone_from(url, str(path), mirror=True)
+    except _UNREADABLE as exc:
+        shutil.rmtree(path, ignore_errors=True)
+        raise RemoteUnavailable(f"git remote {url} does not answer: {_first_line(exc)}") from None
+
+
+def _reclone(url: str, path: Path, why: str, warn: Callable[[str], None]) -> git.Repo:
+    """Move the mirror at ``path`` aside (``.corrupt-TIMESTAMP``) and clone ``url`` there again; the tags
+    this host wrote into it (``refs/reconciler/tags/``) are carried over when their commits came back."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    local: list[str] = []
+    if path.exists():
+        with contextlib.suppress(*_UNREADABLE):
+            listed = git.Repo(str(path)).git.for_each_ref("--format=%(objectname) %(refname)", LOCAL_TAGS)
+            local = [line for line in str(listed).splitlines() if line.strip()]
+        try:
+            path.rename(aside)
+        except OSError as exc:
+            raise state_dir_error(path.parent.parent, exc) from None
+    cloned = _clone(url, path)
+    for line in local:
+        sha, ref = line.split(" ", 1)
+        with contextlib.suppress(*_UNREADABLE):
+            cloned.git.update_ref(ref, sha)
+    where = f"moved aside to {aside.name} and" if aside.exists() else ""
+    warn(f"mirror {path} of {url} {why}: {where} cloned again".replace(":  cloned", ": cloned"))
+    return cloned
+
+
+def open_source(
+    repo: str, *, state_dir: Path, fetch: bool = True, warn: Callable[[str], None] = _warn_on_stderr
+) -> Source:
+    """Open ``repo``: a path is used as it is; a URL is mirrored under ``state_dir`` and fetched.
+
+    A mirror that is no repository any more is moved aside and cloned again, which ``warn`` reports."""
     if not is_url(repo):
         try:
-            return Source(git.Repo(repo), repo)
+            return Source(git.Repo(repo), repo, warn=warn)
         except git.exc.NoSuchPathError:
             raise SourceError(f"{repo}: no such directory") from None
         except git.exc.InvalidGitRepositoryError:
             raise SourceError(
                 f"{repo}: not a git repository (give --repo a clone, a bare repository or a URL)"
             ) from None
+        except _UNREADABLE as exc:
+            raise SourceError(f"{repo}: cannot be read: {_first_line(exc)}") from None
     path = _mirror_path(repo, state_dir)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            cloned = git.Repo.clone_from(repo, str(path), mirror=True)
-        except git.exc.GitCommandError as exc:
-            raise RemoteUnavailable(f"git remote {repo} does not answer: {_first_line(exc)}") from None
-        return Source(cloned, repo, mirrored=True)
-    source = Source(git.Repo(str(path)), repo, mirrored=True)
+        return Source(_clone(repo, path), repo, mirrored=True, warn=warn)
+    try:
+        opened = git.Repo(str(path))
+    except _UNREADABLE as exc:
+        opened = _reclone(repo, path, f"is not a repository any more ({_first_line(exc)})", warn)
+    source = Source(opened, repo, mirrored=True, warn=warn)
     if fetch:
         source.fetch()
     return source

@@ -1,18 +1,30 @@
-"""The state directory: the SQLite journal, failed releases, stable pointers, flags, and the lock.
+"""The state directory: the SQLite journal, failed releases, stable pointers, flags, the agent's pid, the lock.
 
 Guarantees:
 - Every apply of an app is one ``deploys`` row: commit and its author, app, from/to version and
-  image, spec hash, result, start and end times, and a message that never holds an env value.
+  image, spec hash, result, start and end times, and a message that never holds an env value (every
+  message and reason is scrubbed on its way in: ``shell.scrub``).
 - A row is written as ``started`` before the first change and finished after the last, so a crash
   leaves evidence of the attempt: attempted apart from applied, as Flux keeps them.
 - ``failures`` holds releases that failed their gate (the culprit) or were rolled back with it (its
   companions); ``stable`` holds every promotion, newest last; ``flags`` holds agent switches.
 - One holder of the lock per state directory; a second waits ``timeout`` seconds, then gets
   ``LockHeld`` naming the holder (pid, host, command, since when).
+- No ``sqlite3.Error`` or ``OSError`` leaves this module: each becomes a ``ReconcileError`` naming the
+  file. A read-only or full file system is a ``TransientError`` (``state directory X: read-only file
+  system``), so the agent waits for it and changes nothing meanwhile.
+- A corrupt ``journal.db`` (not a database, malformed, its tables gone) is moved aside as
+  ``journal.db.corrupt-TIMESTAMP`` and a new one is started, with one warning (``warn``); found when
+  it is opened (``PRAGMA quick_check``) or when a query fails, which is then run once more on the
+  new file. A journal deleted under an open ``Journal`` (the state directory removed) is started
+  again at its next use; one replaced by another process is reopened.
+- ``agent.pid`` is written only by the agent it names, and removed only by it (``release_pid``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -20,14 +32,17 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from reconciler.core.failures import Failure
-from reconciler.errors import LockHeld, ReconcileError, SourceError
+from reconciler.errors import LockHeld, ReconcileError, SourceError, TransientError, UserError
+from reconciler.shell.scrub import scrub
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deploys (
@@ -71,7 +86,8 @@ CREATE TABLE IF NOT EXISTS stable (
 CREATE TABLE IF NOT EXISTS flags (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-UNVERIFIED = ("started", "superseded")
+CLEANUP = "cleanup"  # the action of removing what an interrupted deploy left: not a deploy of the app
+UNVERIFIED = ("started", "superseded", "rolling-back")  # no verdict yet, or one not carried out yet
 SUSPENDED = "suspended"  # the flag that stops the agent from changing anything; its value says why
 BREAK_GLASS = "break-glass:"  # + app: the version a local rollback put back, until git says so too
 
@@ -115,19 +131,172 @@ class Promotion:
 class Journal:
     """The ``journal.db`` of a state directory."""
 
-    def __init__(self, state_dir: Path | None, *, create: bool = True) -> None:
-        """The journal of ``state_dir``; ``None`` gives an empty one in memory (to read like a real one)."""
+    def __init__(
+        self,
+        state_dir: Path | None,
+        *,
+        create: bool = True,
+        repair: bool = True,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        """The journal of ``state_dir``; ``None`` gives an empty one in memory (to read like a real one).
+
+        ``repair=False`` (``status``, which changes nothing) reports a corrupt file instead of moving it
+        aside; ``warn`` receives the one line that says a journal was moved aside (default: stderr).
+        """
+        self.state_dir = state_dir
         self.path = state_dir / "journal.db" if state_dir is not None else Path(":memory:")
+        self.repair = repair
+        self.warn = warn or _warn_on_stderr
+        self._inode: tuple[int, int] | None = None
         if state_dir is not None and not create and not self.path.exists():
             raise SourceError(f"no journal at {self.path}: nothing was applied with this --state-dir")
+        self.db = self._connect()
+
+    # -- the file: open, check, move aside, follow -------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open the file and check it once; a corrupt one is moved aside (``repair``) and a new one opened."""
+        if self.state_dir is None:
+            return _in_memory()
         try:
-            if state_dir is not None:
-                state_dir.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-            self.db.row_factory = sqlite3.Row
-            self.db.executescript(SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise ReconcileError(f"state directory {state_dir}: {exc}") from None
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise state_dir_error(self.state_dir, exc) from None
+        opened = self._open_checked()
+        if opened is not None:
+            return opened
+        if not self.repair:
+            raise ReconcileError(
+                f"journal {self.path} is corrupt; `reconcile` or the agent moves it aside and starts a new one"
+            )
+        self._move_aside("is corrupt")
+        opened = self._open_checked()
+        if opened is None:  # a new, empty file that does not check: the disk itself is at fault
+            raise ReconcileError(f"journal {self.path}: a new journal cannot be written (check the disk)")
+        return opened
+
+    def _open_checked(self) -> sqlite3.Connection | None:
+        """A connection to a sound file with our tables, or None when the file is corrupt."""
+        assert self.state_dir is not None
+        db: sqlite3.Connection | None = None
+        try:
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            checked = [str(row[0]) for row in db.execute("PRAGMA quick_check").fetchall()]
+            if checked != ["ok"]:
+                db.close()
+                return None
+            if self._writable_here():
+                db.executescript(SCHEMA)
+            elif self._tables(db) != _TABLES:
+                # Cannot be created on a read-only disk: an empty journal reads as "nothing recorded".
+                db.close()
+                return _in_memory()
+            stat = self.path.stat()
+            self._inode = (stat.st_dev, stat.st_ino)
+            return db
+        except sqlite3.Error as exc:
+            if db is not None:
+                db.close()
+            if _is_corrupt(exc):
+                return None
+            raise self._error(exc) from None
+        except OSError as exc:
+            if db is not None:
+                db.close()
+            raise state_dir_error(self.state_dir, exc) from None
+
+    def _writable_here(self) -> bool:
+        assert self.state_dir is not None
+        return os.access(self.state_dir, os.W_OK) and not _read_only(self.state_dir)
+
+    @staticmethod
+    def _tables(db: sqlite3.Connection) -> set[str]:
+        rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        return {str(row[0]) for row in rows} & _TABLES
+
+    def _move_aside(self, why: str) -> None:
+        """Rename the file (and its rollback journal, which belongs to it) to ``journal.db.corrupt-TIME``."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            # Another process may have moved it aside and started a new one already: keep that one.
+            if self._inode is not None and self._current_inode() != self._inode:
+                return
+            self.path.rename(aside)
+            for suffix in ("-journal", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.with_name(self.path.name + suffix).rename(aside.with_name(aside.name + suffix))
+        except OSError as exc:
+            assert self.state_dir is not None
+            raise state_dir_error(self.state_dir, exc) from None
+        self._inode = None
+        self.warn(f"journal {self.path} {why}: moved aside to {aside.name}; a new journal was started")
+
+    def _current_inode(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def _follow(self) -> None:
+        """Reopen when the file is gone (the state directory was removed) or was replaced by another process."""
+        if self.state_dir is None or self._inode is None:
+            return
+        current = self._current_inode()
+        if current == self._inode:
+            return
+        self.db.close()
+        self._inode = None
+        self.db = self._connect()
+        if current is None:
+            self.warn(f"journal {self.path} was deleted (with its state directory?); a new journal was started")
+
+    def check(self) -> None:
+        """Raise what stops the journal from being written now (gone, read-only, full), reopening as needed."""
+        if self.state_dir is None:
+            return
+        self._run(lambda db: db.execute("SELECT 1").fetchall())
+        if _read_only(self.state_dir):
+            raise TransientError(f"state directory {self.state_dir}: read-only file system{_FIX}")
+        free = _free_bytes(self.state_dir)
+        if free is not None and free < _MIN_FREE:
+            raise TransientError(f"state directory {self.state_dir}: no space left on device{_FIX}")
+
+    def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` on the database, with every sqlite error translated; a corrupt file is moved aside and
+        ``work`` runs once more on the new one."""
+        for attempt in (1, 2):
+            try:
+                self._follow()
+                return work(self.db)
+            except sqlite3.Error as exc:
+                if attempt == 1 and self.state_dir is not None and self.repair and _is_corrupt(exc):
+                    self.db.close()
+                    self._move_aside(f"is corrupt ({exc})")
+                    self.db = self._connect()
+                    continue
+                if attempt == 1 and getattr(exc, "sqlite_errorname", "") == "SQLITE_READONLY_DBMOVED":
+                    self._inode = (-1, -1)  # moved or deleted under us: reopen at the path
+                    continue
+                raise self._error(exc) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _error(self, exc: sqlite3.Error) -> ReconcileError:
+        """The one line for a sqlite error: the file, what is wrong, and what to do."""
+        name = str(getattr(exc, "sqlite_errorname", ""))
+        where = self.state_dir if self.state_dir is not None else Path(".")
+        if name == "SQLITE_FULL":
+            return TransientError(f"state directory {where}: no space left on device{_FIX}")
+        if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+            if self.state_dir is not None and _read_only(self.state_dir):
+                return TransientError(f"state directory {where}: read-only file system{_FIX}")
+            return ReconcileError(f"journal {self.path}: cannot be written ({exc}); check its owner and permissions")
+        if name.startswith("SQLITE_BUSY") or name.startswith("SQLITE_LOCKED"):
+            return TransientError(f"journal {self.path} is busy (another reconcile writes it); retry")
+        return ReconcileError(f"journal {self.path}: {exc}")
 
     # -- deploys -----------------------------------------------------------------------------------
 
@@ -144,18 +313,20 @@ class Journal:
         to_image: str = "",
         spec_hash: str = "",
     ) -> int:
-        cursor = self.db.execute(
+        cursor = self._run(lambda db: db.execute(
             "INSERT INTO deploys (started_at, revision, author, app, action, from_version, to_version, from_image,"
             " to_image, spec_hash, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'started')",
             (time.time(), revision, author, app, action, from_version, to_version, from_image, to_image,
              spec_hash),
-        )  # fmt: skip
+        ))  # fmt: skip
         return int(cursor.lastrowid or 0)
 
     def finish(self, entry_id: int, *, result: str, message: str = "") -> None:
-        self.db.execute(
-            "UPDATE deploys SET finished_at = ?, result = ?, message = ? WHERE id = ?",
-            (time.time(), result, message, entry_id),
+        self._run(
+            lambda db: db.execute(
+                "UPDATE deploys SET finished_at = ?, result = ?, message = ? WHERE id = ?",
+                (time.time(), result, scrub(message), entry_id),
+            )
         )
 
     def history(self, *, app: str | None = None, limit: int = 50) -> list[Entry]:
@@ -164,24 +335,25 @@ class Journal:
         if app:
             query += " WHERE app = ?"
             args = (app,)
-        rows = self.db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        rows = self._run(lambda db: db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall())
         return [Entry(**dict(row)) for row in rows]
 
     def last(self, app: str, *, result: str | None = None) -> Entry | None:
-        """The newest row of ``app`` (with ``result``, if given)."""
-        query, args = "SELECT * FROM deploys WHERE app = ?", [app]
+        """The newest deploy row of ``app`` (with ``result``, if given); cleanups are not deploys."""
+        query, args = "SELECT * FROM deploys WHERE app = ? AND action != ?", [app, CLEANUP]
         if result is not None:
             query += " AND result = ?"
             args.append(result)
-        row = self.db.execute(query + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        row = self._run(lambda db: db.execute(query + " ORDER BY id DESC LIMIT 1", args).fetchone())
         return Entry(**dict(row)) if row else None
 
     def unverified(self) -> list[Entry]:
         """Per app, the newest row when it never got a verdict (a crash or a superseded gate)."""
-        rows = self.db.execute(
-            "SELECT * FROM deploys WHERE id IN (SELECT MAX(id) FROM deploys GROUP BY app) AND result IN (?, ?)",
-            UNVERIFIED,
-        ).fetchall()
+        rows = self._run(lambda db: db.execute(
+            "SELECT * FROM deploys WHERE id IN (SELECT MAX(id) FROM deploys WHERE action != ? GROUP BY app)"
+            f" AND result IN ({', '.join('?' for _ in UNVERIFIED)})",
+            (CLEANUP, *UNVERIFIED),
+        ).fetchall())  # fmt: skip
         return [Entry(**dict(row)) for row in rows]
 
     # -- failed releases -------------------------------------------------------------------------
@@ -189,14 +361,16 @@ class Journal:
     def record_failure(
         self, *, app: str, spec_hash: str, revision: str, version: str, reason: str, culprit: bool
     ) -> None:
-        self.db.execute(
+        self._run(lambda db: db.execute(
             "INSERT INTO failures (app, spec_hash, revision, version, reason, culprit, at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (app, spec_hash, revision, version, reason, int(culprit), time.time()),
-        )
+            (app, spec_hash, revision, version, scrub(reason), int(culprit), time.time()),
+        ))  # fmt: skip
 
     def failures(self) -> list[Failure]:
-        rows = self.db.execute("SELECT * FROM failures WHERE cleared_at IS NULL ORDER BY id").fetchall()
+        rows = self._run(
+            lambda db: db.execute("SELECT * FROM failures WHERE cleared_at IS NULL ORDER BY id").fetchall()
+        )
         return [
             Failure(
                 app=row["app"], spec_hash=row["spec_hash"], revision=row["revision"], version=row["version"],
@@ -212,39 +386,140 @@ class Journal:
         if app is not None:
             query += " AND app = ?"
             args.append(app)
-        return self.db.execute(query, args).rowcount
+        return self._run(lambda db: db.execute(query, args).rowcount)
 
     # -- stable ----------------------------------------------------------------------------------
 
     def promote(self, *, app: str, image: str, version: str, image_id: str, revision: str, how: str) -> None:
-        self.db.execute(
+        self._run(lambda db: db.execute(
             "INSERT INTO stable (app, image, version, image_id, revision, promoted_at, how)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (app, image, version, image_id, revision, time.time(), how),
-        )
+        ))  # fmt: skip
 
     def stable(self, app: str) -> Promotion | None:
-        row = self.db.execute("SELECT * FROM stable WHERE app = ? ORDER BY id DESC LIMIT 1", (app,)).fetchone()
+        row = self._run(
+            lambda db: db.execute("SELECT * FROM stable WHERE app = ? ORDER BY id DESC LIMIT 1", (app,)).fetchone()
+        )
         return Promotion(**dict(row)) if row else None
 
     # -- flags -----------------------------------------------------------------------------------
 
     def flag(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM flags WHERE key = ?", (key,)).fetchone()
+        row = self._run(lambda db: db.execute("SELECT value FROM flags WHERE key = ?", (key,)).fetchone())
         return str(row["value"]) if row else None
 
     def set_flag(self, key: str, value: str | None) -> None:
         if value is None:
-            self.db.execute("DELETE FROM flags WHERE key = ?", (key,))
+            self._run(lambda db: db.execute("DELETE FROM flags WHERE key = ?", (key,)))
         else:
-            self.db.execute("INSERT OR REPLACE INTO flags (key, value) VALUES (?, ?)", (key, value))
+            self._run(lambda db: db.execute("INSERT OR REPLACE INTO flags (key, value) VALUES (?, ?)", (key, value)))
 
     def flags(self, prefix: str) -> dict[str, str]:
-        rows = self.db.execute("SELECT key, value FROM flags WHERE key LIKE ?", (prefix + "%",)).fetchall()
+        rows = self._run(
+            lambda db: db.execute("SELECT key, value FROM flags WHERE key LIKE ?", (prefix + "%",)).fetchall()
+        )
         return {str(row["key"]).removeprefix(prefix): str(row["value"]) for row in rows}
 
     def close(self) -> None:
-        self.db.close()
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+
+
+_TABLES = {"deploys", "failures", "stable", "flags"}
+_FIX = " (make it writable, or give --state-dir a directory that is); nothing that runs was changed"
+_MIN_FREE = 64 * 1024  # below this a journal write (rollback journal + pages) may not fit
+_CORRUPT_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def _in_memory() -> sqlite3.Connection:
+    db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    db.executescript(SCHEMA)
+    return db
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    """The file is damaged (not a transient condition): its bytes or its schema."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    text = str(exc)
+    return (
+        name.startswith(_CORRUPT_CODES)
+        or "malformed" in text
+        or "not a database" in text
+        or "no such table" in text
+        or "no such column" in text
+    )
+
+
+def _read_only(directory: Path) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def _warn_on_stderr(message: str) -> None:
+    # The command line's default; the agent passes its event log instead.
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def state_dir_error(state_dir: Path, exc: OSError) -> ReconcileError:
+    """The one line for a filesystem error in the state directory; read-only and full disks clear by themselves."""
+    if exc.errno == errno.EROFS:
+        return TransientError(f"state directory {state_dir}: read-only file system{_FIX}")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TransientError(f"state directory {state_dir}: no space left on device{_FIX}")
+    reason = (exc.strerror or str(exc)).lower()
+    return ReconcileError(f"state directory {state_dir}: {reason}")
+
+
+# -- the agent's pid file ------------------------------------------------------------------------------
+
+
+def read_pid(state_dir: Path) -> int | None:
+    """The pid in ``agent.pid`` when that process is alive."""
+    try:
+        pid = int((state_dir / "agent.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def claim_pid(state_dir: Path, pid: int) -> None:
+    """Make ``agent.pid`` name ``pid`` (the state directory is created again if it was removed); a live
+    other agent's pid is never overwritten."""
+    path = state_dir / "agent.pid"
+    try:
+        if path.read_text().strip() == str(pid):
+            return
+    except (OSError, ValueError):
+        pass
+    other = read_pid(state_dir)
+    if other is not None and other != pid:
+        raise UserError(f"an agent (pid {other}) already runs on {state_dir}; one per state directory")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(pid))
+    except OSError as exc:
+        raise state_dir_error(state_dir, exc) from None
+
+
+def release_pid(state_dir: Path, pid: int) -> None:
+    """Remove ``agent.pid`` only while it still names ``pid``: never another agent's."""
+    path = state_dir / "agent.pid"
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text().strip()) == pid:
+            path.unlink()
 
 
 @contextmanager
@@ -260,7 +535,7 @@ def locked(state_dir: Path, *, timeout: float = 0.0) -> Iterator[None]:
         state_dir.mkdir(parents=True, exist_ok=True)
         handle = (state_dir / "lock").open("a")
     except OSError as exc:
-        raise ReconcileError(f"state directory {state_dir}: {exc.strerror or exc}") from None
+        raise state_dir_error(state_dir, exc) from None
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -274,16 +549,18 @@ def locked(state_dir: Path, *, timeout: float = 0.0) -> Iterator[None]:
                         "(--lock-timeout to wait longer)"
                     ) from None
                 time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-        owner.write_text(
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "host": socket.gethostname(),
-                    "command": " ".join(["reconcile", *sys.argv[1:]])[:200],
-                    "since": time.time(),
-                }
+        # Who holds the lock is only shown to a waiter: a full disk must not make the pass fail here.
+        with contextlib.suppress(OSError):
+            owner.write_text(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                        "command": " ".join(["reconcile", *sys.argv[1:]])[:200],
+                        "since": time.time(),
+                    }
+                )
             )
-        )
         yield
     finally:
         handle.close()  # closing the descriptor releases the lock

@@ -8,6 +8,7 @@ Guarantees:
 - Nothing rewrites history: a commit goes on top of the branch (or on a new branch for a pull request);
   a push refused because the remote moved is retried once on top of the new tip, only when the local
   branch had nothing of its own that the retry would drop.
+  A push that fails (``revert --push`` too) leaves no commit behind.
 - A version is accepted only when the app ran it before (git history) or its image exists (the engine's
   images, else the registry): a typo fails with a message and no commit.
 - Break-glass (``rollback --local``) suspends the agent first, then swaps the kept previous container back
@@ -359,7 +360,8 @@ def promote_running(settings: Settings, app: str, *, publish: bool) -> tuple[str
 
 
 def revert(source: Source, revision: str, *, file: str, push: bool) -> Written:
-    """``git revert`` of ``revision`` on the checked-out branch, validated; pushed with one retry."""
+    """``git revert`` of ``revision`` on the checked-out branch, validated; pushed with one retry. A push
+    that is refused or fails leaves the branch and the checkout where they were: no revert commit."""
     if source.repo.bare:
         raise UserError(f"{source.display}: revert needs a clone with a working tree")
     branch = source.branch()
@@ -386,8 +388,13 @@ def revert(source: Source, revision: str, *, file: str, push: bool) -> Written:
         source.advance(branch, commit, tip)  # base is an ancestor of tip: this drops only our revert
         return revert_on_checkout()
 
-    # The revert is made in the checkout, so it is committed locally before the push.
-    return _push_once_more(source, branch, base, commit, redo=again_on, left=f"the revert stays committed on {branch}")
+    # The revert is made in the checkout, so it is committed before the push: a push that fails takes
+    # the branch back to where it was, as set-version and rollback leave nothing behind.
+    try:
+        return _push_once_more(source, branch, base, commit, redo=again_on, left="nothing was committed")
+    except ReconcileError:
+        source.advance(branch, source.resolve(branch), base)
+        raise
 
 
 # -- break-glass -------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """``reconcile status``: per app, what git asks for against what runs, and what the journal knows.
 
 Guarantees: read-only (no lock, no change to the engine or the journal); one health probe per running
-app; an app that is only on the engine (ours, gone from the file) is listed too. A desired state that
-cannot be read is reported in the result rather than failing it: status is what you run when
-something is wrong.
+app; an app that is only on the engine (ours, gone from the file) is listed too. A desired state or a
+journal that cannot be read (a corrupt repository, a corrupt ``journal.db``) is reported in the result
+(``desired_error``, ``journal_error``) rather than failing it: status is what you run when something is
+wrong. A corrupt journal is left where it is for ``reconcile`` or the agent to move aside.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ def collect(settings: Settings) -> dict[str, Any]:
     engine = connect(settings.docker_host, instance=settings.instance)
     observed = engine.observe()
     # Read-only: a host where nothing was applied yet has no state directory, and gets none from us.
-    journal = Journal(settings.state_dir if (settings.state_dir / "journal.db").exists() else None)
+    journal_error = ""
+    try:
+        journal = Journal(settings.state_dir if (settings.state_dir / "journal.db").exists() else None, repair=False)
+        journal.failures()  # a file whose first page reads but whose tables do not is found here
+    except ReconcileError as exc:
+        journal_error = str(exc)
+        journal = Journal(None)
     try:
         applier = Applier(engine, journal)
         plan = plan_against(engine, desired, settings, observed=observed)[0] if desired is not None else None
@@ -89,6 +96,7 @@ def collect(settings: Settings) -> dict[str, Any]:
             "revision": desired.revision if desired else None,
             "file": settings.file,
             "desired_error": desired_error or None,
+            "journal_error": journal_error or None,
             "agent_pid": state_pid(settings.state_dir),
             "suspended": suspended,
             "break_glass": break_glass,
