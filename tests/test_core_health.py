@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.core.health import Gate, Health, Sample, Verdict
+from reconciler.core.health import Gate, Health, Sample, Verdict, probe_timeout
 from reconciler.core.model import HealthSpec
 
 
@@ -263,6 +263,27 @@ def test_next_sample_at_is_never_in_the_past_nor_later_than_an_interval(
     assert now <= wake <= now + spec.interval
     if since is not None:
         assert wake <= max(now, since + spec.healthy_for)
+
+
+# -- each probe's own deadline -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("interval", "timeout", "expected"),
+    [("1s", "30s", 1.0), ("200ms", "2s", 0.2), ("10s", "30s", 2.0), ("5s", "1s", 1.0), ("50ms", "5s", 0.2)],
+)
+def test_a_probe_may_take_at_most_the_interval_the_timeout_or_2s_and_at_least_200ms(
+    interval: str, timeout: str, expected: float
+) -> None:
+    assert probe_timeout(health(interval=interval, timeout=timeout)) == pytest.approx(expected)
+
+
+@given(interval=st.integers(1, 100_000), timeout=st.integers(1, 100_000))
+def test_a_probe_deadline_never_outlasts_the_gate_by_more_than_its_floor(interval: int, timeout: int) -> None:
+    spec = health(interval=f"{interval}ms", timeout=f"{timeout}ms")
+    deadline = probe_timeout(spec)
+    assert 0.2 <= deadline <= 2.0
+    assert deadline <= max(0.2, spec.interval) and deadline <= max(0.2, spec.timeout)
 
 
 # -- health codes ------------------------------------------------------------------------------------------

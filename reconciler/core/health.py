@@ -7,6 +7,8 @@ Guarantees:
   at the sample that shows it; a probe that fails after the container was healthy fails it too.
 - Passing needs ``healthy_for`` seconds of consecutive good samples; never passing within ``timeout``
   seconds of the start fails.
+- Each probe has a deadline of its own (``probe_timeout``), never longer than the gate's interval or
+  timeout (nor 2 s): a probe that hangs is one failed sample, and the gate goes on.
 """
 
 from __future__ import annotations
@@ -15,6 +17,14 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from reconciler.core.model import HealthSpec
+
+PROBE_TIMEOUT_MAX = 2.0  # seconds: one hung probe must not hold the gate past its own timeout
+PROBE_TIMEOUT_MIN = 0.2  # seconds: below this, a loaded host fails healthy probes
+
+
+def probe_timeout(spec: HealthSpec) -> float:
+    """How long one probe (http, tcp or exec) may take before it counts as failed."""
+    return max(PROBE_TIMEOUT_MIN, min(spec.interval, spec.timeout, PROBE_TIMEOUT_MAX))
 
 
 class Health(StrEnum):

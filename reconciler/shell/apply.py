@@ -15,15 +15,26 @@ Guarantees:
   deployed returns to what ran before it.
 - A gate whose wait ``interrupted()`` abandons (a newer commit, SIGTERM) leaves the new container
   running and its journal row ``superseded``; ``verify_unfinished`` gates it (or a deploy a crash
-  cut short) on the next pass and keeps it or rolls it back.
+  cut short) on the next pass and keeps it or rolls it back. A rollback whose gate is abandoned so
+  is recorded as rolled back (the previous release runs), never as a failure: a pending verdict is
+  not a failed one, and no message of ours ends in an empty reason.
+- A verdict is journaled before the rollback starts (``rolling-back``) and is final: a rollback cut
+  short (SIGKILL, an engine outage) is finished by ``verify_unfinished`` at once, without gating the
+  failed release again.
+- An engine that stops answering (``EngineUnavailable``, from any step, a gate's sampling or a
+  rollback) is not a verdict on the release: it leaves this module at once, the journal row stays
+  unfinished, and ``verify_unfinished`` resumes it once the engine answers again. A gate that fails
+  first checks that the engine still answers. ``done`` holds the outcomes given before that.
+- Each probe has its own deadline (``core.health.probe_timeout``): a hung http, tcp or exec probe is
+  one failed sample, and the gate decides at its own timeout.
+- The removal of an ``APP.next`` that an interrupted deploy left is journaled as ``cleanup``, not as
+  a removal of the app.
 - Each step is announced to ``on_step(app, step)`` before it runs, so tests can stop the process at
   any step; time is read from ``clock`` and waited with ``sleep``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import http.client
 import socket
 import threading
@@ -31,47 +42,19 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
-from reconciler.core.health import Gate, Sample, Verdict
+from reconciler.core.health import Gate, Sample, Verdict, probe_timeout
 from reconciler.core.model import AppSpec, HealthSpec, ObservedContainer, ObservedState, Role, container_name
-from reconciler.core.plan import Action, ActionKind, Plan
+from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan
 from reconciler.core.report import Outcome, Result
-from reconciler.errors import ReconcileError
+from reconciler.errors import EngineUnavailable, ReconcileError
 from reconciler.shell.docker import Engine
-from reconciler.shell.journal import UNVERIFIED, Journal
+from reconciler.shell.journal import CLEANUP, UNVERIFIED, Entry, Journal
 
 ADOPTED = ".adopted"
 WATCH_STEP = 0.1  # seconds between looks at a gated container's state
-
-
-def read_env_file(path: str) -> dict[str, str]:
-    """``KEY=VALUE`` lines (``#`` comments, blank lines, optional ``export``); errors never show content."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ReconcileError(f"env_file {path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
-    env: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.removeprefix("export ").partition("=")
-        if not sep or not key.strip():
-            raise ReconcileError(f"env_file {path}:{number}: not KEY=VALUE")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        env[key.strip()] = value
-    return env
-
-
-def env_file_hash(path: str) -> str:
-    """A hash of the env_file's bytes, so that editing the file on the server is drift."""
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    except OSError:
-        return "unreadable"
+ROLLING_BACK = "rolling-back"  # a journaled verdict: the release failed, its rollback has begun
+ABANDONED = "its gate was abandoned for a newer commit or a shutdown"
 
 
 def _probe_http(url: str, timeout: float) -> tuple[bool, str]:
@@ -121,6 +104,7 @@ class Applier:
     log: Callable[[str], None] = field(default=lambda line: None)
     interrupted: Callable[[], bool] = field(default=lambda: False)
     author: str = ""
+    done: list[Outcome] = field(default_factory=list)  # the outcomes of the last ``apply`` so far
 
     # -- health ------------------------------------------------------------------------------------
 
@@ -138,14 +122,13 @@ class Applier:
                 detail += f" ({status['Error']})"
             return Sample(at=now, running=False, restarts=restarts, docker_health=health, detail=detail)
         ok, detail = True, ""
-        probe_timeout = max(0.2, min(spec.interval, 2.0))
+        deadline = probe_timeout(spec)
         if spec.http is not None:
-            ok, detail = _probe_http(spec.http, probe_timeout)
+            ok, detail = _probe_http(spec.http, deadline)
         elif spec.tcp is not None:
-            ok, detail = _probe_tcp(spec.tcp, probe_timeout)
+            ok, detail = _probe_tcp(spec.tcp, deadline)
         elif spec.exec is not None:
-            ok = self.engine.exec_ok(container_id, list(spec.exec))
-            detail = f"exec {' '.join(spec.exec)}: {'exit 0' if ok else 'failed'}"
+            ok, detail = self.engine.exec_probe(container_id, list(spec.exec), timeout=deadline)
         return Sample(
             at=self.clock(), running=True, restarts=restarts, probe_ok=ok, docker_health=health, detail=detail
         )
@@ -160,9 +143,22 @@ class Applier:
         )
         while True:
             gate = gate.observe(self.sample(container_id, spec))
+            if gate.verdict is Verdict.FAILED:
+                # An engine going away looks like a container that is gone or exited: that judges
+                # the engine, not the release.
+                self._engine_answers()
             if gate.verdict.done or self.interrupted():
                 return gate
             self._wait_watching(container_id, gate.next_sample_at(self.clock()), gate.restarts_at_start)
+
+    def _engine_answers(self) -> None:
+        """Raise ``EngineUnavailable`` unless the engine answers a ping on a new connection.
+
+        A dockerd that is shutting down has closed its socket, then stops every container, and still
+        answers on the connections already open: so the pooled ones are dropped first.
+        """
+        self.engine.api.close()
+        self.engine.call("ping", self.engine.api.ping)
 
     def _wait_watching(self, container_id: str, until: float, restarts: int) -> None:
         """Sleep until ``until``, but look at the container every 100 ms and return early when it stopped
@@ -179,7 +175,9 @@ class Applier:
     # -- the plan --------------------------------------------------------------------------------
 
     def apply(self, plan: Plan, observed: ObservedState, *, atomic: bool = False) -> list[Outcome]:
+        """Apply ``plan``; an ``EngineUnavailable`` stops it at once (``done`` says what was done before)."""
         outcomes: list[Outcome] = []
+        self.done = outcomes
         deployed: list[Deployed] = []
         for action in plan.actions:
             if self.interrupted():
@@ -197,6 +195,8 @@ class Applier:
                     outcomes.append(outcome)
                     if done is not None:
                         deployed.append(done)
+            except EngineUnavailable:
+                raise  # not this app's failure: the pass stops, and the next one resumes the journaled row
             except ReconcileError as exc:
                 outcomes.append(Outcome(action.app, action.kind, action.container, Result.FAILED, str(exc)))
             if atomic and _breaks_release(outcomes[-1]):
@@ -206,6 +206,7 @@ class Applier:
             reason = f"rolled back with the rest of commit {plan.revision[:8]}: {', '.join(culprits)} failed"
             undone = {done.app: self._undo(done, reason) for done in reversed(deployed)}
             outcomes = [undone.get(outcome.app, outcome) for outcome in outcomes]
+        self.done = outcomes
         return outcomes
 
     def _step(self, app: str, step: str) -> None:
@@ -218,16 +219,23 @@ class Applier:
         container = observed.named(action.container)
         if container is None or not container.managed:
             return Outcome(action.app, action.kind, action.container, Result.SKIPPED, "not ours or already gone")
-        entry = self._journal_start(
-            revision, action.app, "remove", from_version=container.version, from_image=container.image_id
-        )
+        if action.reasons[:1] == (STALE_NEXT,):
+            # Not a removal of the app: what runs under its name stays; only debris of a deploy goes.
+            entry = self._journal_start(revision, action.app, CLEANUP)
+            message = f"removed {container.name} left by an interrupted deploy"
+        else:
+            entry = self._journal_start(
+                revision, action.app, "remove", from_version=container.version, from_image=container.image_id
+            )
+            message = ""
         self._step(action.app, "remove")
         if container.running:
             self.engine.stop(container.id, container.name, float(container.fingerprint.get("stop_timeout") or 10))
         self.engine.remove(container.id, container.name)
-        self.journal.finish(entry, result="succeeded")
-        self.log(f"removed {container.name}")
-        return Outcome(action.app, action.kind, action.container, Result.APPLIED)
+        self.journal.finish(entry, result="succeeded", message=message)
+        self.log(message or f"removed {container.name}")
+        said = "left by an interrupted deploy; removed" if message else ""
+        return Outcome(action.app, action.kind, action.container, Result.APPLIED, said)
 
     def _start(self, action: Action, observed: ObservedState, revision: str) -> Outcome:
         container = observed.named(action.container)
@@ -253,6 +261,8 @@ class Applier:
                 self.engine.unpause(container.id, container.name)
             else:
                 self.engine.start(container.id, container.name)
+        except EngineUnavailable:
+            raise  # the row stays unfinished: the next pass starts and gates it
         except ReconcileError as exc:
             self.journal.finish(entry, result="failed", message=str(exc))
             raise
@@ -261,6 +271,10 @@ class Applier:
             self.journal.finish(entry, result="succeeded")
             self.log(f"started {container.name} ({container.version})")
             return Outcome(app, action.kind, action.container, Result.APPLIED, f"started {container.version}")
+        if gate.verdict is Verdict.PENDING:
+            self.journal.finish(entry, result="superseded", message="the health gate was abandoned")
+            message = f"started {container.version}, {ABANDONED}"
+            return Outcome(app, action.kind, action.container, Result.SUPERSEDED, message)
         previous = observed.named(container_name(app, Role.PREVIOUS))
         if recovering and previous is not None and previous.managed:
             # A deploy cut short by a crash: its release never proved itself, the kept one did.
@@ -292,9 +306,11 @@ class Applier:
             if not resolution.image_id:
                 self._step(app, "pull")
                 self.engine.pull(resolution.ref)
-            env = {**(read_env_file(spec.env_file) if spec.env_file else {}), **spec.env}
+            env = {**(self.engine.files.read(spec.env_file) if spec.env_file else {}), **spec.env}
             self._step(app, "create")
             new_id = self.engine.create(target, next_name, env=env)
+        except EngineUnavailable:
+            raise  # nothing was swapped yet; a created APP.next is cleaned up by the next pass
         except ReconcileError as exc:
             if new_id:
                 self.engine.remove(new_id, next_name)
@@ -309,6 +325,8 @@ class Applier:
             self._step(app, "start-new")
             started_at = self.clock()
             self.engine.start(new_id, app)
+        except EngineUnavailable:
+            raise  # cut short, not failed: the next pass finds the unfinished row and resumes it
         except ReconcileError as exc:
             return self._roll_back(action, entry, new_id, fallback, spec, f"it did not start: {exc}"), None
         self._step(app, "gate")
@@ -325,13 +343,20 @@ class Applier:
         return Outcome(app, action.kind, app, Result.APPLIED, f"{was}{spec.version}"), done
 
     def verify_unfinished(self, observed: ObservedState, specs: Mapping[str, AppSpec]) -> list[Outcome]:
-        """Give a verdict to deploys that never got one (a crash, SIGTERM, a newer commit mid-gate).
+        """Give a verdict to deploys that never got one (a crash, SIGTERM, an engine outage, a newer
+        commit mid-gate), and finish the rollbacks that were cut short.
 
         The release still running under the app's name is gated now; a failure rolls back to
-        ``APP.prev``. A row whose release is no longer what runs is closed as ``interrupted``.
+        ``APP.prev``. A row whose release is no longer what runs is closed as ``interrupted``. A row
+        whose verdict was journaled (``rolling-back``) is rolled back at once, never gated again.
         """
         outcomes: list[Outcome] = []
-        for entry in self.journal.unverified():
+        for entry in self._unfinished(observed, specs):
+            if entry.result == ROLLING_BACK:
+                resumed = self._resume_roll_back(entry, observed, specs)
+                if resumed is not None:
+                    outcomes.append(replace(resumed, revision=entry.revision))
+                continue
             current = observed.named(entry.app)
             matches = (
                 current is not None
@@ -344,8 +369,12 @@ class Applier:
                 continue
             self._step(entry.app, "verify")
             if not current.running:  # cut short between its rename and its start
-                with contextlib.suppress(ReconcileError):  # not started: the gate sees it, and rolls back
+                try:
                     self.engine.start(current.id, current.name)
+                except EngineUnavailable:
+                    raise
+                except ReconcileError:
+                    pass  # not started: the gate sees it, and rolls back
             gate = self.gate(current.id, specs[entry.app].gate)
             action = Action(ActionKind.REPLACE, entry.app, entry.app)
             if gate.verdict is Verdict.PENDING:
@@ -365,6 +394,45 @@ class Applier:
             outcome = self._roll_back(action, entry.id, current.id, kept, released, gate.reason)
             outcomes.append(replace(outcome, revision=entry.revision))
         return outcomes
+
+    def _unfinished(self, observed: ObservedState, specs: Mapping[str, AppSpec]) -> list[Entry]:
+        """The journal's unverified rows, and the rollbacks cut short (``rolling-back``) of known apps."""
+        entries = {entry.id: entry for entry in self.journal.unverified()}
+        apps = set(specs) | {c.app for c in observed.containers if c.managed and c.app}
+        for app in sorted(apps):
+            last = self.journal.last(app)
+            if last is not None and last.result == ROLLING_BACK:
+                entries[last.id] = last
+        return [entries[key] for key in sorted(entries)]
+
+    def _resume_roll_back(self, entry: Entry, observed: ObservedState, specs: Mapping[str, AppSpec]) -> Outcome | None:
+        """Finish a rollback cut short: its release already failed, so it is not gated again.
+
+        The failed release is found by its spec hash wherever the rollback left it (under the app's
+        name, or already kept as ``APP.failed``); what it goes back to is ``APP.prev``, or what runs
+        under the app's name when the rollback had already put it there.
+        """
+        app = entry.app
+        spec = specs.get(app)
+        if spec is None:  # gone from the file: the plan prunes the app, whatever runs
+            self.journal.finish(entry.id, result="interrupted", message=f"{entry.message}; rollback cut short")
+            return None
+        released = None
+        for role in (Role.CURRENT, Role.NEXT, Role.FAILED):
+            found = observed.named(container_name(app, role))
+            if found is not None and found.managed and entry.spec_hash and found.spec_hash == entry.spec_hash:
+                released = found
+                break
+        current = observed.named(app)
+        kept = observed.named(container_name(app, Role.PREVIOUS))
+        previous = kept if kept is not None and kept.managed else None
+        if previous is None and current is not None and current.managed and current is not released:
+            previous = current  # the rollback had put it back already; it is gated again below
+        self._step(app, "verify")
+        action = Action(ActionKind.REPLACE, app, app)
+        failed_spec = spec.model_copy(update={"version": entry.to_version or spec.version})
+        reason = entry.message or "its health gate failed"
+        return self._roll_back(action, entry.id, released.id if released else "", previous, failed_spec, reason)
 
     @staticmethod
     def _left_as_it_was(current: ObservedContainer | None) -> str:
@@ -399,9 +467,12 @@ class Applier:
         self.engine.rename(current.id, keep_as)
 
     def _attempt(self, what: str, fn: Callable[[], object], problems: list[str]) -> None:
-        """Run one step of a rollback; a failure is noted and the rollback goes on."""
+        """Run one step of a rollback; a failure is noted and the rollback goes on (not an engine outage:
+        that stops it, and the next pass finishes it from the journaled verdict)."""
         try:
             fn()
+        except EngineUnavailable:
+            raise
         except ReconcileError as exc:
             problems.append(f"{what}: {exc}")
 
@@ -424,40 +495,54 @@ class Applier:
     ) -> Outcome:
         """Keep the new container stopped as APP.failed and bring ``previous`` back under the app's name.
 
-        Works from whatever point the deploy reached: containers are found by id, not by name.
+        Works from whatever point the deploy (or an earlier rollback) reached: containers are found by
+        id, not by name; ``new_id`` is empty when the failed release is gone already.
         """
         app = action.app
         failed_name = container_name(app, Role.FAILED)
         problems: list[str] = []
+        self._engine_answers()  # a release stopped by an engine going away did not fail
+        # The verdict first: a rollback cut short from here on is finished by the next pass, not re-judged.
+        self.journal.finish(entry, result=ROLLING_BACK, message=reason)
         self._step(app, "roll-back")
-        self._attempt("stop the new container", lambda: self.engine.stop(new_id, app, spec.stop_timeout), problems)
-        stale = self.engine.container_state(failed_name)
-        if stale is not None and stale.get("Id") != new_id and not self.engine.owns(stale):
-            # The name is taken by a container that is not ours: never touch it; drop the failed release.
-            self._attempt("remove the failed release", lambda: self.engine.remove(new_id, app), problems)
-        else:
-            if stale is not None and stale.get("Id") != new_id:
-                self._attempt(
-                    "remove the older failed one", lambda: self.engine.remove(failed_name, failed_name), problems
-                )
-            self._attempt("keep it as " + failed_name, lambda: self.engine.rename(new_id, failed_name), problems)
+        if new_id:
+            self._keep_failed(app, new_id, spec, problems)
         if previous is None:
             self.journal.finish(entry, result="failed", message=reason)
             self.log(f"deploy of {app} {spec.version} failed: {reason}; nothing to roll back to")
-            message = f"{spec.version} failed: {reason}; kept stopped as {failed_name}; nothing to roll back to"
+            kept = f"kept stopped as {failed_name}; " if new_id else ""
+            message = f"{spec.version} failed: {reason}; {kept}nothing to roll back to"
             return Outcome(app, action.kind, app, Result.FAILED, message, release_failed=True)
         back = previous.version or previous.name
         gate = self._bring_back(app, previous, spec.gate, problems)  # the old one must pass the file's gate
-        if gate.verdict is Verdict.PASSED and not problems:
-            self.journal.finish(entry, result="rolled-back", message=reason)
-            self.log(f"deploy of {app} {spec.version} failed ({reason}); rolled back to {back}")
-            message = f"{spec.version} failed: {reason}; rolled back to {back}"
+        if gate.verdict is not Verdict.FAILED and not problems:
+            # An abandoned gate (PENDING) is no failure: the previous release runs, as it did before.
+            abandoned = f" ({ABANDONED})" if gate.verdict is Verdict.PENDING else ""
+            said = f"{reason}; back to {back}{abandoned}" if abandoned else reason
+            self.journal.finish(entry, result="rolled-back", message=said)
+            self.log(f"deploy of {app} {spec.version} failed ({reason}); rolled back to {back}{abandoned}")
+            message = f"{spec.version} failed: {reason}; rolled back to {back}{abandoned}"
             return Outcome(app, action.kind, app, Result.ROLLED_BACK, message, release_failed=True)
         trouble = "; ".join([*problems, *([gate.reason] if gate.verdict is Verdict.FAILED else [])])
         self.journal.finish(entry, result="failed", message=f"{reason}; rollback: {trouble}")
         self.log(f"deploy of {app} {spec.version} failed ({reason}); rolling back to {back} failed: {trouble}")
         message = f"{spec.version} failed: {reason}; rolling back to {back} failed too: {trouble}"
         return Outcome(app, action.kind, app, Result.FAILED, message, release_failed=True)
+
+    def _keep_failed(self, app: str, new_id: str, spec: AppSpec, problems: list[str]) -> None:
+        """Stop the failed release and keep it as APP.failed (dropped if a stranger holds that name)."""
+        failed_name = container_name(app, Role.FAILED)
+        self._attempt("stop the new container", lambda: self.engine.stop(new_id, app, spec.stop_timeout), problems)
+        stale = self.engine.container_state(failed_name)
+        if stale is not None and stale.get("Id") == new_id:
+            return  # kept already: a rollback resumed after it got this far
+        if stale is not None and not self.engine.owns(stale):
+            # The name is taken by a container that is not ours: never touch it; drop the failed release.
+            self._attempt("remove the failed release", lambda: self.engine.remove(new_id, app), problems)
+            return
+        if stale is not None:
+            self._attempt("remove the older failed one", lambda: self.engine.remove(failed_name, failed_name), problems)
+        self._attempt("keep it as " + failed_name, lambda: self.engine.rename(new_id, failed_name), problems)
 
     def _undo(self, done: Deployed, reason: str) -> Outcome:
         """Take back a release that passed its gate, because another app of its commit failed."""
@@ -466,11 +551,14 @@ class Applier:
         self._step(app, "undo")
         self._attempt("stop it", lambda: self.engine.stop(done.container_id, app, done.spec.stop_timeout), problems)
         self._attempt("remove it", lambda: self.engine.remove(done.container_id, app), problems)
+        abandoned = ""
         if done.previous is not None:
             gate = self._bring_back(app, done.previous, done.spec.gate, problems)
             if gate.verdict is Verdict.FAILED:
                 problems.append(gate.reason)
-        back = done.previous.version if done.previous else "nothing (it is new in this commit)"
+            elif gate.verdict is Verdict.PENDING:
+                abandoned = f" ({ABANDONED})"  # no failure: what ran before the commit runs again
+        back = (done.previous.version + abandoned) if done.previous else "nothing (it is new in this commit)"
         message = f"{reason}; back to {back}" + (f"; {'; '.join(problems)}" if problems else "")
         self.journal.finish(done.entry, result="rolled-back" if not problems else "failed", message=message)
         self.log(f"{app}: {message}")
@@ -482,7 +570,3 @@ def _breaks_release(outcome: Outcome) -> bool:
     """A new release that did not come up (failed its gate, or its pull, env_file or create failed)."""
     deploy = outcome.kind in (ActionKind.CREATE, ActionKind.REPLACE)
     return outcome.release_failed or (deploy and outcome.result is Result.FAILED)
-
-
-def env_hashes(apps: Mapping[str, AppSpec]) -> dict[str, str]:
-    return {name: env_file_hash(spec.env_file) for name, spec in apps.items() if spec.env_file}
