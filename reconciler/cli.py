@@ -101,6 +101,8 @@ DEFAULTS: dict[str, Any] = {
     "output": Output.text,
     "lock_timeout": 0.0,
     "adopt": False,
+    "prune_foreign": False,
+    "relabel": False,
     "dry_run": False,
 }
 
@@ -160,6 +162,20 @@ def main_command(
     lock_timeout: Annotated[
         float, typer.Option("--lock-timeout", help="Seconds to wait for another reconcile's lock.")
     ] = 0.0,
+    prune_foreign: Annotated[
+        bool,
+        typer.Option(
+            "--prune-foreign",
+            help="Also remove containers of this instance that another source (repository, branch or file) "
+            "deployed, when their app is not in this file.",
+        ),
+    ] = False,
+    relabel: Annotated[
+        bool,
+        typer.Option(
+            "--relabel", help="Redeploy containers deployed before containers carried their source, to label them."
+        ),
+    ] = False,
     repo: RepoOpt = None,
     ref: RefOpt = None,
     file: FileOpt = None,
@@ -191,6 +207,8 @@ def main_command(
         instance=instance,
         lock_timeout=lock_timeout,
         adopt=adopt,
+        prune_foreign=prune_foreign,
+        relabel=relabel,
     )
     fmt = _option(ctx, "output", output)
     from reconciler.core import report
@@ -215,7 +233,8 @@ def main_command(
             }
         )
     else:
-        typer.echo("\n".join(report.outcome_lines(result.outcomes, revision=plan.revision, file=settings.file)))
+        lines = report.outcome_lines(result.outcomes, revision=plan.revision, file=settings.file)
+        typer.echo("\n".join(lines + report.note_lines(plan)))
     raise typer.Exit(0 if result.ok else 1)
 
 
@@ -271,8 +290,10 @@ def history(
 
     directory: Path = _option(ctx, "state_dir", state_dir)
     journal = _guarded(lambda: Journal(directory, create=False))
-    entries = journal.history(app=app_name, limit=limit)
-    journal.close()
+    try:
+        entries = _guarded(lambda: journal.history(app=app_name, limit=limit))
+    finally:
+        journal.close()
     if _option(ctx, "output", output) is Output.json:
         _emit([entry.as_dict() for entry in entries])
         return
@@ -282,7 +303,7 @@ def history(
     for entry in entries:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.started_at))
         took = f" {entry.finished_at - entry.started_at:.1f}s" if entry.finished_at else ""
-        change = f"{entry.from_version or '-'} -> {entry.to_version or '-'}"
+        change = f"{entry.from_version or '-'} -> {entry.to_version or '-'}" if entry.action != "cleanup" else ""
         commit = entry.revision[:8] or "-"
         line = f"{when}  {commit:8}  {entry.app:<20} {entry.action:<8} {change:<24} {entry.result}{took}"
         by = f"  by {entry.author}" if entry.author else ""
@@ -377,6 +398,8 @@ def status(
     settings = _settings(ctx, repo=repo, ref=ref, file=file, state_dir=state_dir, docker_host=docker_host,
                          instance=instance)  # fmt: skip
     result = _guarded(lambda: collect(settings))
+    if result.get("journal_error"):
+        typer.echo(f"warning: {result['journal_error']}", err=True)
     if _option(ctx, "output", output) is Output.json:
         _emit(result)
     else:
@@ -399,7 +422,7 @@ def retry(
     directory: Path = _option(ctx, "state_dir", state_dir)
     journal = _guarded(lambda: Journal(directory, create=False))
     try:
-        cleared = journal.clear_failures(app_name)
+        cleared = _guarded(lambda: journal.clear_failures(app_name))
     finally:
         journal.close()
     if not cleared:
@@ -617,11 +640,15 @@ def _set_suspended(ctx: typer.Context, state_dir: Path | None, reason: str | Non
 
     directory: Path = _option(ctx, "state_dir", state_dir)
     journal = _guarded(lambda: Journal(directory))
-    try:
+
+    def change() -> None:
         journal.set_flag(SUSPENDED, reason)
         if reason is None:
             for app in journal.flags(BREAK_GLASS):
                 journal.set_flag(BREAK_GLASS + app, None)
+
+    try:
+        _guarded(change)
     finally:
         journal.close()
     pid = state_pid(directory)
@@ -664,6 +691,11 @@ def schema() -> None:
 def main() -> None:
     import os
 
+    from reconciler.shell.scrub import ScrubbedStream
+
+    # The one boundary every line we print crosses: no env value or URL password gets past it.
+    sys.stdout = ScrubbedStream(sys.stdout)
+    sys.stderr = ScrubbedStream(sys.stderr)
     try:
         app(prog_name="reconcile")
     except ReconcileError as exc:  # a command that forgot _guarded still never shows a traceback

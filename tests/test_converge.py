@@ -603,9 +603,11 @@ def test_options_work_after_the_command_name_and_from_the_environment(
     assert applied.returncode == 0, show(applied)
     assert body(port) == "v1"
 
+    # Another file is another source: the app it names is taken over only with --adopt.
     prod = {**from_env, "RECONCILE_FILE": "deploy/prod.yaml"}
-    assert cli("--dry-run", env=prod).returncode == 2
-    applied = cli(env=prod)
+    other = cli("--dry-run", env=prod)
+    assert other.returncode == 1 and f"{FILE}; not changed (--adopt to take it over)" in other.stdout, show(other)
+    applied = cli("--adopt", env=prod)
     assert applied.returncode == 0, show(applied)
     assert body(port) == "v2"
     old_ref = cli("--dry-run", env={**prod, "RECONCILE_REF": first})
@@ -615,10 +617,11 @@ def test_options_work_after_the_command_name_and_from_the_environment(
     flag_wins = cli("--dry-run", "--file", "deploy/prod.yaml", env={**from_env, "RECONCILE_FILE": "nope.yaml"})
     assert flag_wins.returncode == 0 and "in sync" in flag_wins.stdout, show(flag_wins)
     at_first = site.dry_run("--ref", first)
-    assert at_first.returncode == 2 and first[:8] in at_first.stdout, show(at_first)
+    assert at_first.returncode == 1 and first[:8] in at_first.stdout, show(at_first)
+    assert "was deployed by another source" in at_first.stdout and "deploy/prod.yaml" in at_first.stdout
 
     in_clone = cli("--state-dir", site.state, "--dry-run", cwd=site.remote.clone_path)
-    assert in_clone.returncode == 2 and second[:8] in in_clone.stdout, show(in_clone)
+    assert in_clone.returncode == 1 and second[:8] in in_clone.stdout, show(in_clone)
 
     text_after = cli("history", "--state-dir", site.state)
     text_before = cli("--state-dir", site.state, "history")

@@ -22,6 +22,7 @@ from reconciler.core.model import (
     DesiredState,
     ObservedContainer,
     ObservedState,
+    Owner,
     Role,
     container_name,
     image_ref,
@@ -38,7 +39,7 @@ from reconciler.core.plan import (
     simulate,
     spec_hash,
 )
-from reconciler.shell.docker import LABEL, MANAGED, observed_from_row
+from reconciler.shell.docker import LABEL, MANAGED, SOURCE, observed_from_row
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 IMG1 = "sha256:" + "1" * 64
@@ -505,7 +506,11 @@ IMAGE_IDS = [IMG1, IMG2, IMG3]
 DURATIONS = ["500ms", "1s", "10s", "30s", "10m", "1h"]
 STATES = ["running", "restarting", "exited", "created", "dead", "paused"]
 
-env_values = st.one_of(st.text(max_size=8), st.integers(-5, 10**6), st.booleans())
+env_values = st.one_of(
+    st.text(st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"]), max_size=8),
+    st.integers(-5, 10**6),
+    st.booleans(),
+)
 app_fields = st.fixed_dictionaries(
     {
         "image": st.sampled_from(["team/web", "nginx", "registry.local:5000/a/b"]),
@@ -778,7 +783,7 @@ def test_plan_lines_in_sync_and_singular() -> None:
 def test_plan_as_dict_shape() -> None:
     data = report.plan_as_dict(_mixed_plan(), file="desired-state.yaml")
     assert json.loads(json.dumps(data)) == data
-    assert set(data) == {"revision", "file", "in_sync", "actions"}
+    assert set(data) == {"revision", "file", "in_sync", "notes", "actions"}
     assert (data["revision"], data["file"], data["in_sync"]) == (REVISION, "desired-state.yaml", False)
     assert [(a["app"], a["action"], a["container"]) for a in data["actions"]] == [
         ("api", "replace", "api"),
@@ -801,6 +806,7 @@ def test_plan_as_dict_in_sync() -> None:
         "revision": "",
         "file": "f",
         "in_sync": True,
+        "notes": [],
         "actions": [],
     }
 
@@ -835,3 +841,98 @@ def test_action_kinds_that_change_the_engine() -> None:
         ActionKind.START,
         ActionKind.REMOVE,
     }
+
+
+# -- sources: a pass changes only what its own repository, branch and file deployed ------------------
+
+HERE = Owner(root="r00t", location="/srv/deploy", branch="main", file="desired-state.yaml")
+
+
+def owned(app: str, owner: Owner | None, *, role: Role = Role.CURRENT) -> ObservedContainer:
+    """``ours(app, ...)`` as deployed by ``owner`` (None: before containers carried their source)."""
+    container = ours(app, spec(), role=role)
+    return container.model_copy(update={"owner": owner})
+
+
+def from_here(apps: Mapping[str, AppSpec]) -> DesiredState:
+    return desired(apps).model_copy(update={"source": HERE})
+
+
+def test_the_source_labels_read_back_as_the_owner() -> None:
+    labels = {MANAGED: "true", f"{LABEL}.app": "web"} | {f"{SOURCE}.{k}": v for k, v in HERE.model_dump().items()}
+    assert observed_from_row(row("web", labels=labels)).owner == HERE
+    assert observed_from_row(row("web", labels={MANAGED: "true", f"{LABEL}.app": "web"})).owner is None
+
+
+def test_an_app_gone_from_the_file_of_its_own_source_is_removed() -> None:
+    result = plan(from_here({}), {}, observed(owned("old", HERE)))
+    assert kinds(result) == [(ActionKind.REMOVE, "old")]
+    assert result.notes == ()
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        HERE.model_copy(update={"root": "0ther", "location": "/home/me/other"}),  # another repository
+        HERE.model_copy(update={"branch": "staging"}),  # another branch of it
+        HERE.model_copy(update={"file": "staging.yaml"}),  # another file in it
+    ],
+)
+def test_a_container_of_another_source_is_never_pruned(other: Owner) -> None:
+    result = plan(from_here({}), {}, observed(owned("demo", other)))
+    assert result.actions == ()
+    assert [note.message for note in result.notes] == [
+        f"owned by another source: {other.describe()}; not removed (--prune-foreign to remove it)"
+    ]
+    assert result.in_sync  # nothing to do: a note is not drift
+    assert kinds(plan(from_here({}), {}, observed(owned("demo", other)), prune_foreign=True)) == [
+        (ActionKind.REMOVE, "demo")
+    ]
+
+
+def test_a_clone_moved_elsewhere_or_rewritten_in_place_is_the_same_source() -> None:
+    moved = HERE.model_copy(update={"location": "/home/me/clone"})
+    rewritten = HERE.model_copy(update={"root": "n3w"})
+    for owner in (moved, rewritten):
+        assert kinds(plan(from_here({}), {}, observed(owned("old", owner)))) == [(ActionKind.REMOVE, "old")]
+
+
+@pytest.mark.parametrize("role", [Role.CURRENT, Role.PREVIOUS, Role.FAILED])
+def test_an_apps_container_of_another_source_is_a_conflict_unless_adopted(role: Role) -> None:
+    web = spec()
+    other = HERE.model_copy(update={"branch": "other"})
+    state = observed(owned("web", other, role=role))
+    result = plan(from_here({"web": web}), {"web": resolved(web)}, state)
+    assert kinds(result) == [(ActionKind.CONFLICT, container_name("web", role))]
+    assert result.actions[0].message == (
+        f"container {container_name('web', role)} was deployed by another source: /srv/deploy (other) "
+        "desired-state.yaml; not changed (--adopt to take it over)"
+    )
+    if role is Role.CURRENT:
+        adopted = plan(from_here({"web": web}), {"web": resolved(web)}, state, adopt=True)
+        assert kinds(adopted) == [(ActionKind.REPLACE, "web")]
+        assert adopted.actions[0].reasons[0] == Change("source", other.describe(), HERE.describe())
+
+
+def test_a_container_without_source_labels_counts_as_ours_with_a_note() -> None:
+    web = spec()
+    state = observed(owned("web", None), owned("old", None))
+    result = plan(from_here({"web": web}), {"web": resolved(web)}, state)
+    assert kinds(result) == [(ActionKind.REMOVE, "old")]
+    assert sorted(note.container for note in result.notes) == ["old", "web"]
+    assert all("`reconcile --relabel`" in note.message for note in result.notes)
+    relabelled = plan(from_here({"web": web}), {"web": resolved(web)}, state, relabel=True)
+    assert kinds(relabelled) == [(ActionKind.REPLACE, "web"), (ActionKind.REMOVE, "old")]
+    assert relabelled.actions[0].reasons == (Change("source", "(none)", HERE.describe()),)
+
+
+def test_an_env_file_that_cannot_be_read_here_is_not_checked() -> None:
+    web = spec(env_file="/etc/web.env")
+    state = observed(ours("web", web, env_file_hash="abc"))
+    result = plan(desired({"web": web}), {"web": resolved(web)}, state, env_file_hashes={"web": None})
+    assert result.actions == ()
+    assert [note.message for note in result.notes] == [
+        "env_file /etc/web.env: not checked (it cannot be read from here)"
+    ]
+    changed = plan(desired({"web": web}), {"web": resolved(web)}, state, env_file_hashes={"web": "def"})
+    assert [c.field for c in changed.actions[0].reasons] == ["env_file"]

@@ -129,3 +129,35 @@ def test_ssh_host_that_does_not_answer_is_one_line_naming_it(site: Site, app_nam
         assert len(lines) == 1, f"{how}: not one line\n{show(result)}"
         assert dead in lines[0], f"{how}: the line does not name the host\n{show(result)}"
         assert "refused" in lines[0].lower(), f"{how}: the line does not say why\n{show(result)}"
+
+
+def test_env_file_is_read_on_the_engines_host_through_ssh_and_never_guessed(
+    site: Site, images: ImageFactory, app_names: AppNames, sshd: Sshd, tmp_path: Path
+) -> None:
+    images.build("web", "v1")
+    app, port = app_names("web"), free_port()
+    env_file = tmp_path / "server" / "web.env"
+    env_file.parent.mkdir()
+    env_file.write_text("GREETING=from-the-server\n")
+    plain = app_yaml(app, site.web(), "v1", port)
+    site.commit(desired(plain))
+    through_ssh(site, sshd)
+    before = sessions(sshd)
+    through_ssh(site, sshd, "--dry-run")
+    without = sessions(sshd) - before
+
+    site.commit(desired(plain + f"    env_file: {env_file}\n"))
+    before = sessions(sshd)
+    preview = through_ssh(site, sshd, "--dry-run")
+    assert sessions(sshd) - before > without, f"the env_file was not read through ssh:\n{show(preview)}"
+    assert preview.returncode == 2 and "env_file: (none) ->" in preview.stdout, show(preview)
+    deployed = through_ssh(site, sshd)
+    assert deployed.returncode == 0, show(deployed)
+    assert "GREETING=from-the-server" in must_inspect(site.client, app)["Config"]["Env"]
+    assert "from-the-server" not in deployed.stdout + deployed.stderr
+
+    # Not readable from where the run is (here: gone): the dry run says so, and reports no drift.
+    env_file.unlink()
+    unread = through_ssh(site, sshd, "--dry-run")
+    assert unread.returncode == 0, show(unread)
+    assert f"note: {app}: env_file {env_file}: not checked (it cannot be read from here)" in unread.stdout

@@ -3,11 +3,16 @@
 Guarantees: every record is immutable and validated on construction; a ``DesiredState`` that exists
 satisfies the version-1 file format (strict: unknown keys are rejected). ``schemas/`` is generated from
 ``DesiredFile`` so editors and CI validate against exactly these rules. Durations are seconds (float)
-once parsed; in the file they are ``500ms``, ``30s``, ``10m``, ``1h``.
+once parsed; in the file they are ``500ms``, ``30s``, ``10m``, ``1h``. Every number is bounded and finite:
+each duration has a ceiling (``DURATION_LIMITS``), ports are 1-65535 and IPv4 octets 0-255. No message
+of a validator shows an env value; env values and argv hold no NUL (env values: no control character
+but tab), which Docker and execve could not pass on.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
 import urllib.parse
 from enum import StrEnum
@@ -24,9 +29,20 @@ from pydantic import (
     model_validator,
 )
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")  # ASCII digits: `\d` takes any script's
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-DURATION_PATTERN = r"^\d+(\.\d+)?(ms|s|m|h)$"
+DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"
+
+# The longest (and shortest) each duration may be, as the file spells it. Docker takes the stop timeout
+# as whole seconds in an int; a probe interval of 0 would probe in a busy loop; past these ceilings a
+# value is a typo (10000h for 10000s), not a wish.
+DURATION_LIMITS: dict[str, tuple[str, str]] = {
+    "stop_timeout": ("0s", "1h"),
+    "interval": ("1ms", "1h"),
+    "timeout": ("0s", "24h"),
+    "healthy_for": ("0s", "24h"),
+    "stable_after": ("0s", "720h"),  # 30 days
+}
 
 
 def parse_duration(value: object) -> float:
@@ -37,8 +53,32 @@ def parse_duration(value: object) -> float:
         raise ValueError("a duration is a string such as 500ms, 30s, 10m or 1h")
     match = _DURATION.match(value)
     if not match:
-        raise ValueError(f"{value!r} is not a duration: use 500ms, 30s, 10m or 1h")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        raise ValueError(f"{_shown(value)} is not a duration: use 500ms, 30s, 10m or 1h")
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not math.isfinite(seconds):  # 400 nines are inf as a float
+        raise ValueError(f"{_shown(value)} is too long to be a duration")
+    return seconds
+
+
+def _shown(value: str) -> str:
+    """``value`` quoted for a message, cut short: a file may hold a megabyte where a duration goes."""
+    return repr(value) if len(value) <= 40 else repr(value[:40]) + "..."
+
+
+def _bounded_duration(field: str) -> Any:
+    """A validator that parses a duration and refuses one outside ``DURATION_LIMITS[field]``."""
+    shortest, longest = DURATION_LIMITS[field]
+    floor, ceiling = parse_duration(shortest), parse_duration(longest)
+
+    def check(value: object) -> float:
+        seconds = parse_duration(value)
+        if seconds > ceiling:
+            raise ValueError(f"{_shown(str(value))} is longer than {longest}, the most {field} may be")
+        if seconds < floor:
+            raise ValueError(f"{_shown(str(value))} is shorter than {shortest}, the least {field} may be")
+        return seconds
+
+    return BeforeValidator(check)
 
 
 def format_duration(seconds: float) -> str:
@@ -50,11 +90,18 @@ def format_duration(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["500ms", "30s", "10m"]}),
-]
+_DURATION_SCHEMA = WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["500ms", "30s", "10m"]})
+StopTimeout = Annotated[float, _bounded_duration("stop_timeout"), _DURATION_SCHEMA]
+Interval = Annotated[float, _bounded_duration("interval"), _DURATION_SCHEMA]
+Timeout = Annotated[float, _bounded_duration("timeout"), _DURATION_SCHEMA]
+HealthyFor = Annotated[float, _bounded_duration("healthy_for"), _DURATION_SCHEMA]
+StableAfter = Annotated[float, _bounded_duration("stable_after"), _DURATION_SCHEMA]
+
+
+def _limits(field: str) -> str:
+    shortest, longest = DURATION_LIMITS[field]
+    return f"at most {longest}" if parse_duration(shortest) == 0 else f"{shortest} to {longest}"
+
 
 APP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _IMAGE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*$")
@@ -62,8 +109,8 @@ _IMAGE_HOST = re.compile(r"^[a-zA-Z0-9.-]+(:[0-9]+)?$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _PORT = re.compile(
-    r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):)?(?:(?P<host>\d{1,5}):)?(?P<container>\d{1,5})"
-    r"(?:/(?P<proto>tcp|udp))?$"
+    r"^(?:(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-fA-F:]+\]):)?(?:(?P<host>[0-9]{1,5}):)?"
+    r"(?P<container>[0-9]{1,5})(?:/(?P<proto>tcp|udp))?$"
 )
 _VOLUME = re.compile(r"^(?P<source>[^:]+):(?P<target>/[^:]*)(?::(?P<mode>ro|rw))?$")
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
@@ -79,7 +126,37 @@ def _check_port(port: str) -> str:
         number = match.group(part)
         if number is not None and not 0 < int(number) < 65536:
             raise ValueError(f"port {number} is out of range 1-65535")
+    ip = match.group("ip")
+    if ip is not None:
+        try:
+            ipaddress.ip_address(ip.strip("[]"))
+        except ValueError:
+            raise ValueError(f"{ip!r} is not an IP address (IPv4 parts are 0-255)") from None
     return port
+
+
+# Tab and newline are text (a PEM key written with `|` has newlines); the others corrupt what they reach.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _check_env_value(value: str) -> str:
+    # The message names the character, never the value: env values are secrets.
+    bad = _CONTROL.search(value)
+    if bad is not None:
+        char = bad.group()
+        raise ValueError(
+            "the value holds a NUL character"
+            if char == "\x00"
+            else f"the value holds the control character U+{ord(char):04X}"
+        )
+    return value
+
+
+def _check_argv(argv: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    for index, arg in enumerate(argv or ()):
+        if "\x00" in arg:
+            raise ValueError(f"argument {index} holds a NUL character, which no program can receive")
+    return argv
 
 
 def _check_volume(volume: str) -> str:
@@ -116,10 +193,14 @@ class HealthSpec(Strict):
     tcp: str | None = Field(None, description="HOST:PORT that must accept a connection")
     exec: tuple[str, ...] | None = Field(None, description="argv run in the container; exit 0 is healthy")
     docker: bool = Field(False, description="use the image's own Docker HEALTHCHECK")
-    interval: Duration = Field("1s", validate_default=True, description="time between probes")
-    timeout: Duration = Field("30s", validate_default=True, description="not healthy by then: the deploy failed")
-    healthy_for: Duration = Field(
-        "5s", validate_default=True, description="must stay healthy this long to count as good"
+    interval: Interval = Field("1s", validate_default=True, description=f"time between probes; {_limits('interval')}")
+    timeout: Timeout = Field(
+        "30s", validate_default=True, description=f"not healthy by then: the deploy failed; {_limits('timeout')}"
+    )
+    healthy_for: HealthyFor = Field(
+        "5s",
+        validate_default=True,
+        description=f"must stay healthy this long to count as good; {_limits('healthy_for')}",
     )
 
     @field_validator("http")
@@ -138,8 +219,12 @@ class HealthSpec(Strict):
     @field_validator("tcp")
     @classmethod
     def _tcp(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[^\s:]+:\d{1,5}$", value):
-            raise ValueError(f"{value!r} is not HOST:PORT")
+        if value is not None:
+            match = re.match(r"^[^\s:]+:([0-9]{1,5})$", value)
+            if not match:
+                raise ValueError(f"{value!r} is not HOST:PORT")
+            if not 0 < int(match.group(1)) < 65536:
+                raise ValueError(f"port {match.group(1)} is out of range 1-65535")
         return value
 
     @field_validator("exec")
@@ -147,7 +232,7 @@ class HealthSpec(Strict):
     def _exec(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         if value is not None and not value:
             raise ValueError("exec needs at least the program to run")
-        return value
+        return _check_argv(value)
 
     @model_validator(mode="after")
     def _one_probe(self) -> HealthSpec:
@@ -174,12 +259,19 @@ def _scalar_to_str(value: object) -> object:
     # YAML reads `PORT: 8000` and `DEBUG: true` as int and bool; docker wants strings, so does compose.
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("a number that is not finite (inf, nan): quote the text you mean")
     if isinstance(value, int | float):
         return str(value)
     return value
 
 
-EnvValue = Annotated[str, BeforeValidator(_scalar_to_str), WithJsonSchema({"type": ["string", "number", "boolean"]})]
+EnvValue = Annotated[
+    str,
+    BeforeValidator(_scalar_to_str),
+    AfterValidator(_check_env_value),
+    WithJsonSchema({"type": ["string", "number", "boolean"]}),
+]
 
 
 class AppSpec(Strict):
@@ -194,10 +286,14 @@ class AppSpec(Strict):
     command: tuple[str, ...] | None = Field(None, description="argv; default: the image's CMD")
     restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
     init: bool = Field(False, description="run an init as PID 1 (docker --init)")
-    stop_timeout: Duration = Field("10s", validate_default=True, description="SIGTERM, then SIGKILL after this long")
+    stop_timeout: StopTimeout = Field(
+        "10s", validate_default=True, description=f"SIGTERM, then SIGKILL after this long; {_limits('stop_timeout')}"
+    )
     health: HealthSpec | None = None
-    stable_after: Duration = Field(
-        "10m", validate_default=True, description="healthy this long after a deploy: promoted to stable"
+    stable_after: StableAfter = Field(
+        "10m",
+        validate_default=True,
+        description=f"healthy this long after a deploy: promoted to stable; {_limits('stable_after')}",
     )
 
     @field_validator("image")
@@ -232,6 +328,11 @@ class AppSpec(Strict):
                 raise ValueError(f"{key!r} is not an environment variable name")
         return value
 
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _check_argv(value)
+
     @field_validator("env_file")
     @classmethod
     def _env_file(cls, value: str | None) -> str | None:
@@ -264,10 +365,36 @@ class DesiredState(Strict):
     revision: str = ""
     path: str = "desired-state.yaml"
     author: str = ""  # of the commit, "Name <email>"
+    source: Owner | None = None  # where it was read from; what its containers are labelled with
 
     @property
     def short(self) -> str:
         return self.revision[:8] if self.revision else "(no commit)"
+
+
+class Owner(Strict):
+    """The source that deployed a container: one repository, one branch, one file.
+
+    A repository is known by the root commit of the branch's first-parent history (a clone moved to
+    another folder is the same source) or by where it lives (history rewritten from the root at the same
+    place is still the same source). A pass changes only containers of its own source.
+    """
+
+    root: str = ""  # root commit of the branch's first-parent history
+    location: str = ""  # the URL, or the absolute path of the repository
+    branch: str = ""
+    file: str = ""
+
+    def same(self, other: Owner) -> bool:
+        if self.file != other.file or self.branch != other.branch:
+            return False
+        return (bool(self.root) and self.root == other.root) or (
+            bool(self.location) and self.location == other.location
+        )
+
+    def describe(self) -> str:
+        branch = f" ({self.branch})" if self.branch else ""
+        return f"{self.location or self.root[:12] or '?'}{branch} {self.file}"
 
 
 class Role(StrEnum):
@@ -302,6 +429,7 @@ class ObservedContainer(Strict):
     version: str = ""
     digest: str = ""
     spec_hash: str = ""
+    owner: Owner | None = None  # None: deployed before containers carried their source
 
     @property
     def running(self) -> bool:

@@ -3,6 +3,11 @@
 Guarantees:
 - Only containers that carry our labels are ever the subject of a change; a container with an app's
   name that is not ours is a ``conflict`` (touched only with ``adopt``).
+- Only containers of the desired state's own source (repository, branch, file) are changed or pruned.
+  An app's container deployed by another source is a ``conflict`` (taken over only with ``adopt``); a
+  container of another source whose app is not in the file is left alone with a ``Note`` (pruned only
+  with ``prune_foreign``). A container deployed before containers carried their source counts as this
+  source's, with a ``Note`` saying how to label it (``relabel`` redeploys it with the label).
 - Every action carries its reasons as ``Change(field, was, now)``; env changes name keys, never values.
 - An app whose image could not be resolved gets an ``error`` action and no change.
 - Planning the state that results from applying a plan (``simulate``) gives a plan with no changes.
@@ -13,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -22,6 +27,7 @@ from reconciler.core.model import (
     DesiredState,
     ObservedContainer,
     ObservedState,
+    Owner,
     Role,
     container_name,
 )
@@ -75,6 +81,7 @@ class Target:
     resolution: Resolution
     fingerprint: Mapping[str, Any]
     revision: str
+    source: Owner | None = None
 
     @property
     def spec_hash(self) -> str:
@@ -93,9 +100,20 @@ class Action:
 
 
 @dataclass(frozen=True)
+class Note:
+    """Something a person should know that is not a change: nothing is done about it."""
+
+    kind: str  # foreign (another source's, not removed), unlabelled, unchecked (env_file not read)
+    app: str
+    container: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Plan:
     revision: str
     actions: tuple[Action, ...] = field(default_factory=tuple)
+    notes: tuple[Note, ...] = field(default_factory=tuple)
 
     @property
     def changes(self) -> tuple[Action, ...]:
@@ -112,6 +130,7 @@ class Plan:
 
 STALE_NEXT = Change("container", "left by an interrupted deploy", "removed")
 PRUNED = Change("app", "not in the file", "removed")
+UNLABELLED = "deployed before containers carried their source"
 
 
 def _secret_hash(app: str, key: str, value: str) -> str:
@@ -193,23 +212,35 @@ def diff(observed: ObservedContainer, target: Target) -> tuple[Change, ...]:
     return tuple(changes)
 
 
+def _other_source(container: ObservedContainer, source: Owner | None) -> bool:
+    """Whether ``container`` (ours by its labels) was deployed by a source other than ``source``."""
+    return source is not None and container.owner is not None and not source.same(container.owner)
+
+
 def plan(
     desired: DesiredState,
     resolutions: Mapping[str, Resolution],
     observed: ObservedState,
     *,
-    env_file_hashes: Mapping[str, str] | None = None,
+    env_file_hashes: Mapping[str, str | None] | None = None,
     adopt: bool = False,
+    prune_foreign: bool = False,
+    relabel: bool = False,
 ) -> Plan:
-    """Pair each app of ``desired`` with its containers in ``observed`` and decide what to do."""
+    """Pair each app of ``desired`` with its containers in ``observed`` and decide what to do.
+
+    An env_file hash of None means its contents could not be read here: they are not compared.
+    """
     actions: list[Action] = []
+    notes: list[Note] = []
     hashes = env_file_hashes or {}
+    source = desired.source
+    unlabelled: list[ObservedContainer] = []
     for app, spec in sorted(desired.apps.items()):
         resolution = resolutions.get(app) or Resolution(ref="", error="not resolved")
         current = observed.named(container_name(app))
-        foreign = [
-            c for c in (observed.named(container_name(app, role)) for role in Role) if c is not None and not c.managed
-        ]
+        kept = [c for c in (observed.named(container_name(app, role)) for role in Role) if c is not None]
+        foreign = [c for c in kept if not c.managed]
         # --adopt takes over the app's own container; a stranger under one of the names we keep
         # (APP.prev, APP.next, APP.failed) is never ours to move.
         blocking = [c for c in foreign if not adopt or c.name != container_name(app)]
@@ -227,8 +258,29 @@ def plan(
                     message=f"container {container.name} exists and was not created by reconciler; {hint}",
                 )
             )
-        if blocking:
+        # Another source's APP.prev or APP.failed under our own running app is what an adopted app
+        # left: it goes at our next deploy. Without our app, another source is at work on that name.
+        others = [
+            c
+            for c in kept
+            if c.managed and _other_source(c, source) and (c is current or current is None or c.role is Role.NEXT)
+        ]
+        if not adopt:
+            for container in others:
+                assert container.owner is not None
+                actions.append(
+                    Action(
+                        ActionKind.CONFLICT,
+                        app,
+                        container.name,
+                        message=f"container {container.name} was deployed by another source: "
+                        f"{container.owner.describe()}; not changed (--adopt to take it over)",
+                    )
+                )
+        if blocking or (others and not adopt):
             continue
+        if current is not None and current.managed and current.owner is None:
+            unlabelled.append(current)  # its kept .prev/.failed go with it at its next deploy
         if resolution.error:
             actions.append(Action(ActionKind.ERROR, app, container_name(app), message=resolution.error))
             continue
@@ -236,9 +288,17 @@ def plan(
             app=app,
             spec=spec,
             resolution=resolution,
-            fingerprint=fingerprint(app, spec, env_file_hash=hashes.get(app, "")),
+            fingerprint=fingerprint(app, spec, env_file_hash=hashes.get(app) or ""),
             revision=desired.revision,
+            source=source,
         )
+        if spec.env_file and app in hashes and hashes[app] is None:
+            # Unreadable here (a dry run far from the server): its contents are not compared; say so.
+            seen = current.fingerprint.get("env_file") if current is not None else None
+            if isinstance(seen, list) and seen[:1] == [spec.env_file]:
+                target = replace(target, fingerprint={**target.fingerprint, "env_file": seen})
+            why = f"env_file {spec.env_file}: not checked (it cannot be read from here)"
+            notes.append(Note("unchecked", app, app, why))
         stale_next = observed.named(container_name(app, Role.NEXT))
         if stale_next is not None:
             actions.append(
@@ -257,16 +317,47 @@ def plan(
             actions.append(
                 Action(ActionKind.REPLACE, app, current.name, (Change("owner", "not reconciler", "adopted"),), target)
             )
-        elif reasons := diff(current, target):
+        elif reasons := _owner_change(current, source, relabel) + diff(current, target):
             actions.append(Action(ActionKind.REPLACE, app, current.name, reasons, target))
         elif not current.running:
             actions.append(
                 Action(ActionKind.START, app, current.name, (Change("state", current.state, "running"),), target)
             )
     for container in observed.containers:
-        if container.managed and container.app is not None and container.app not in desired.apps:
-            actions.append(Action(ActionKind.REMOVE, container.app, container.name, (PRUNED,)))
-    return Plan(revision=desired.revision, actions=tuple(actions))
+        if not container.managed or container.app is None or container.app in desired.apps:
+            continue
+        if _other_source(container, source) and not prune_foreign:
+            assert container.owner is not None
+            notes.append(
+                Note(
+                    "foreign",
+                    container.app,
+                    container.name,
+                    f"owned by another source: {container.owner.describe()}; not removed (--prune-foreign to"
+                    " remove it)",
+                )
+            )
+            continue
+        if container.owner is None:
+            unlabelled.append(container)
+        actions.append(Action(ActionKind.REMOVE, container.app, container.name, (PRUNED,)))
+    if source is not None:
+        for container in unlabelled:
+            if not (relabel and container.app in desired.apps):
+                why = f"{UNLABELLED}; treated as this source's (`reconcile --relabel` redeploys it with its label)"
+                notes.append(Note("unlabelled", container.app or "", container.name, why))
+    return Plan(revision=desired.revision, actions=tuple(actions), notes=tuple(notes))
+
+
+def _owner_change(current: ObservedContainer, source: Owner | None, relabel: bool) -> tuple[Change, ...]:
+    """Taking over another source's container (--adopt), or labelling an old one (--relabel)."""
+    if source is None or (current.owner is None and not relabel):
+        return ()
+    if current.owner is None:
+        return (Change("source", "(none)", source.describe()),)
+    if not source.same(current.owner):
+        return (Change("source", current.owner.describe(), source.describe()),)
+    return ()
 
 
 def simulate(result_of: Plan, observed: ObservedState) -> ObservedState:

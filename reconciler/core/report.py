@@ -51,6 +51,7 @@ def plan_as_dict(plan: Plan, *, file: str) -> dict[str, Any]:
         "revision": plan.revision,
         "file": file,
         "in_sync": plan.in_sync,
+        "notes": [{"kind": n.kind, "app": n.app, "container": n.container, "message": n.message} for n in plan.notes],
         "actions": [
             {
                 "app": action.app,
@@ -77,7 +78,7 @@ _SIGN = {
 def plan_lines(plan: Plan, *, file: str) -> list[str]:
     short = plan.revision[:8] or "(no commit)"
     if plan.in_sync:
-        return [f"{file} @ {short}: in sync, nothing to do"]
+        return [f"{file} @ {short}: in sync, nothing to do", *note_lines(plan)]
     changing = len(plan.changes)
     lines = [
         f"{file} @ {short}: {changing} change{'s' if changing != 1 else ''}"
@@ -87,7 +88,12 @@ def plan_lines(plan: Plan, *, file: str) -> list[str]:
         head = f"  {_SIGN[action.kind]} {action.kind.value:<8} {action.container}"
         lines.append(head + (f": {action.message}" if action.message else ""))
         lines.extend(f"      {change}" for change in action.reasons)
-    return lines
+    return lines + note_lines(plan)
+
+
+def note_lines(plan: Plan) -> list[str]:
+    """What a person should know that changes nothing (another source's containers, an unread env_file)."""
+    return [f"  note: {note.container}: {note.message}" for note in plan.notes]
 
 
 def outcome_lines(outcomes: list[Outcome], *, revision: str, file: str) -> list[str]:

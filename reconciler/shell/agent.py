@@ -6,6 +6,14 @@ Guarantees:
   push or commit converges at once; SIGHUP runs a pass at once.
 - What cannot be reached (the git remote, the engine, the lock) changes nothing that runs: it is
   logged once, retried with backoff, and its recovery is logged once.
+- Nothing the disk or git does to it stops the agent: a state directory that cannot be written
+  (read-only, full) is logged once (``state.error``) and nothing changes until it can; a removed
+  one is made again with its pid file; a corrupt journal or mirror is moved aside and started again
+  (``journal.reset``, ``mirror.reset``); ``agent.pid`` is removed at exit only while it is ours.
+- An engine outage in the middle of a deploy or a rollback is not a failed release: the pass stops
+  (what it did before is reported), no ``deploy.failed`` is logged, and the engine is asked again
+  every ``ENGINE_RETRY_MID_DEPLOY`` seconds, whatever the backoff, so that the next pass resumes the
+  journaled deploy (``Applier.verify_unfinished``) within seconds of the engine's return.
 - Deploys are atomic per commit: a release that fails its gate takes every app of its commit back.
   The failed release is remembered (``failures``) and not tried again until a commit changes that
   app or ``reconcile retry``; meanwhile the app keeps running what it rolled back to.
@@ -43,15 +51,17 @@ from reconciler.errors import (
     ReconcileError,
     RemoteUnavailable,
     SourceError,
-    UserError,
+    TransientError,
 )
 from reconciler.shell.apply import Applier
 from reconciler.shell.docker import Engine, connect
 from reconciler.shell.events import Events
 from reconciler.shell.git import Source, open_source
-from reconciler.shell.journal import SUSPENDED, Journal, locked
-from reconciler.shell.loop import Settings, parse_desired, plan_against
+from reconciler.shell.journal import SUSPENDED, Journal, claim_pid, locked, read_pid, release_pid
+from reconciler.shell.loop import Settings, desired_at, plan_against
 from reconciler.shell.release import publish_stable
+
+ENGINE_RETRY_MID_DEPLOY = 2.0  # seconds: an outage cut a deploy short; the app may be down until resumed
 
 
 @dataclass(frozen=True)
@@ -96,39 +106,58 @@ class Agent:
     stable_watch: dict[str, _Stable] = field(default_factory=dict)
     revision: str = ""
     retry_in: float = float("inf")  # a sooner pass to retry what failed in this one (the remote)
+    cut_short: bool = False  # an engine outage stopped a deploy or rollback that the next pass resumes
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def run(self) -> int:
         settings = self.config.settings
+        state_dir = settings.state_dir
+        pid = os.getpid()
         self._signals()
-        pid_file = settings.state_dir / "agent.pid"
-        other = state_pid(settings.state_dir)
-        if other is not None and other != os.getpid():
-            raise UserError(f"an agent (pid {other}) already runs on {settings.state_dir}; one per state directory")
-        try:
-            settings.state_dir.mkdir(parents=True, exist_ok=True)
-            pid_file.write_text(str(os.getpid()))
-        except OSError as exc:
-            raise UserError(f"state directory {settings.state_dir}: {exc.strerror or exc}") from None
+
+        def ready() -> float | None:
+            """None when the state directory can be written (made again if it was removed, our pid file in
+            it); else the wait before looking again, the trouble logged once: nothing changes meanwhile."""
+            try:
+                claim_pid(state_dir, pid)
+                if self.journal is None:
+                    self.journal = Journal(state_dir, warn=lambda line: self.events.emit("journal.reset", line))
+                self.journal.check()
+            except ReconcileError as exc:  # another agent took a removed directory over: it converges, not us
+                return self._problem("state", "state.error", str(exc))
+            self._recovered("state", "state.recovered", f"state directory {state_dir} is writable again")
+            return None
+
+        def mirror_reset(line: str) -> None:
+            self.events.emit("mirror.reset", line)
+
+        # A second agent, or a state directory that is a file, is a human's to fix: exit 1 before starting.
+        # A read-only or full disk clears by itself: the loop waits for it.
+        with contextlib.suppress(TransientError):
+            claim_pid(state_dir, pid)
         observer = None
         try:
-            self.journal = Journal(settings.state_dir)
             self.events.emit(
                 "agent.started",
                 f"following {self.config.ref} of {settings.repo}",
                 interval=f"{self.config.interval:g}s",
                 self_heal=self.config.self_heal,
             )
-            if self.config.watch:
-                # Watch before the first pass, so that a push during it is not missed.
-                with contextlib.suppress(ReconcileError):
-                    self.source = open_source(settings.repo, state_dir=settings.state_dir, fetch=False)
-                    observer = self._watch(self.source)
             while not self.stopping:
-                wait = self.tick()
-                if observer is None and self.config.watch and self.source is not None:
-                    observer = self._watch(self.source)
+                wait = ready()
+                if wait is None:
+                    if self.source is None:
+                        # Opened here rather than in the pass, so that a mirror moved aside and cloned again
+                        # is logged; the pass opens it again and reports what still fails.
+                        with contextlib.suppress(ReconcileError):
+                            self.source = open_source(
+                                settings.repo, state_dir=state_dir, fetch=False, warn=mirror_reset
+                            )
+                    if observer is None and self.config.watch and self.source is not None:
+                        # Watch before the first pass, so that a push during it is not missed.
+                        observer = self._watch(self.source)
+                    wait = self.tick()
                 if self.stopping:
                     break
                 self.wake.wait(wait)
@@ -140,7 +169,7 @@ class Agent:
                 self.journal.close()
             if self.source is not None:
                 self.source.close()
-            pid_file.unlink(missing_ok=True)
+            release_pid(state_dir, pid)  # only while it is ours: another agent may have started since
         self.events.emit("agent.stopped", "stopped; containers left running")
         return 0
 
@@ -226,9 +255,11 @@ class Agent:
             with locked(settings.state_dir, timeout=self.config.lock_timeout):
                 self._recovered("lock", "lock.recovered", "state directory lock taken")
                 outcomes = self._converge(revision, desired)
+            self.cut_short = False
         except EngineUnavailable as exc:
             self.engine = None
-            return self._problem("engine", "engine.unreachable", str(exc))
+            wait = self._problem("engine", "engine.unreachable", str(exc))
+            return min(wait, ENGINE_RETRY_MID_DEPLOY) if self.cut_short else wait
         except LockHeld as exc:
             return self._problem("lock", "lock.held", str(exc))
         except ReconcileError as exc:
@@ -265,8 +296,7 @@ class Agent:
         if revision != self.revision:
             self.events.emit("commit.seen", f"{self.config.ref} is at {revision[:8]}", commit=revision[:8])
             self.revision = revision
-        text = self.source.read(revision, settings.file)
-        return revision, parse_desired(text, settings.file, revision, author=self.source.author(revision))
+        return revision, desired_at(self.source, self.config.ref, revision, settings.file)
 
     def _newer_commit(self, revision: str) -> bool:
         """True when the branch moved past ``revision`` (checked when a watcher or SIGHUP said so)."""
@@ -297,13 +327,18 @@ class Agent:
             author=desired.author,
         )
         observed = self.engine.observe()
-        verified = applier.verify_unfinished(observed, desired.apps)
+        try:
+            verified = applier.verify_unfinished(observed, desired.apps)
+        except EngineUnavailable:
+            self.cut_short = True
+            raise
         for outcome in verified:  # each under the commit that released it, not the one being planned
             self._report([outcome], outcome.revision or revision)
             self._remember_failures([outcome], None, outcome.revision or revision)
         if verified:
             observed = self.engine.observe()
         plan, observed = plan_against(self.engine, desired, self.config.settings, observed=observed)
+        self._notes(plan)
         plan = self._hold_back(plan, observed, journal)
         plan = self._whole_or_nothing(plan, journal)
         plan = self._heal_or_report(plan, observed, journal)
@@ -312,11 +347,28 @@ class Agent:
                          revision)  # fmt: skip
             self._watch_stable(desired, observed, applier)
             return []
-        outcomes = applier.apply(plan, observed, atomic=True)
+        try:
+            outcomes = applier.apply(plan, observed, atomic=True)
+        except EngineUnavailable:
+            # Not a verdict on the release: the journal row stays unfinished for the next pass; what this
+            # pass finished before the outage is told now.
+            self.cut_short = True
+            self._report(applier.done, revision)
+            self._remember_failures(applier.done, plan, revision)
+            raise
         self._report(outcomes, revision)
         self._remember_failures(outcomes, plan, revision)
         self._watch_stable(desired, self.engine.observe(), applier)
         return outcomes
+
+    def _notes(self, plan: Plan) -> None:
+        """Log each note once (another source's container, an unread env_file), and again if it comes back."""
+        keys = {f"note:{note.kind}:{note.container}": note for note in plan.notes}
+        for key in self.events.active("note:"):
+            if key not in keys:
+                self.events.clear(key)
+        for key, note in keys.items():
+            self.events.once(key, f"app.{note.kind}", f"{note.container}: {note.message}", app=note.app)
 
     # -- what not to do --------------------------------------------------------------------------
 
@@ -366,7 +418,7 @@ class Agent:
             return []
         settings = self.config.settings
         try:
-            old = parse_desired(self.source.read(good.revision, settings.file), settings.file, good.revision)
+            old = desired_at(self.source, self.config.ref, good.revision, settings.file)
         except ReconcileError:
             return []
         if app not in old.apps:
@@ -472,7 +524,8 @@ class Agent:
             self.events.clear(f"problem:{outcome.app}")
             name = events.get(outcome.result, "deploy.done")
             if outcome.kind is ActionKind.REMOVE and outcome.result is Result.APPLIED:
-                name = "app.removed"
+                # APP.next left by an interrupted deploy is debris, not the app.
+                name = "app.removed" if outcome.container == outcome.app else "deploy.cleanup"
             self.events.emit(name, f"{outcome.container}: {outcome.message or outcome.result.value}",
                              app=outcome.app, commit=revision[:8])  # fmt: skip
 
@@ -542,9 +595,4 @@ def run_agent(
 
 def state_pid(state_dir: Path) -> int | None:
     """The pid of the agent running on ``state_dir``, if one is."""
-    try:
-        pid = int((state_dir / "agent.pid").read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
+    return read_pid(state_dir)

@@ -6,9 +6,10 @@ Guarantees:
   ``ContainerError`` for a create/start that the engine refused (port taken, bad mount).
 - ``observe()`` is one listing call for the whole engine.
 - Containers are created with our labels, including the instance name: a container of another
-  instance (another repo or file managing the same engine) is never ours. Nothing here decides
-  whether a container may be touched: that is the planner's job (only containers with our labels
-  are ever passed to stop, remove or rename).
+  instance is never ours. They also carry their source (``io.reconciler.source.*``: the repository's
+  root commit and location, the branch, the file), which the planner compares before it changes one.
+  Nothing here decides whether a container may be touched: that is the planner's job (only containers
+  with our labels are ever passed to stop, remove or rename).
 - Registry credentials come from the docker CLI's ``config.json`` (``DOCKER_CONFIG``) and never leave
   the SDK; no message built here contains an env value or a credential.
 """
@@ -26,6 +27,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -38,13 +40,15 @@ import requests.exceptions
 import urllib3.exceptions
 
 from reconciler.core import images as image_match
-from reconciler.core.model import ObservedContainer, ObservedState, Role, parse_port
+from reconciler.core.model import ObservedContainer, ObservedState, Owner, Role, parse_port
 from reconciler.core.plan import Target
 from reconciler.errors import ContainerError, EngineUnavailable, ImageError, ReconcileError
+from reconciler.shell.envfile import EnvFiles
 
 LABEL = "io.reconciler"
 MANAGED = f"{LABEL}.managed"
 INSTANCE = f"{LABEL}.instance"
+SOURCE = f"{LABEL}.source"  # + .root, .location, .branch, .file
 API_VERSION = "1.41"  # docker 20.10 and later; fixed so that connecting costs no version round-trip
 
 T = TypeVar("T")
@@ -81,11 +85,12 @@ def _lookup_failure(ref: str, reason: str) -> str:
 class Engine:
     """A connected Docker engine. ``host`` is what the user named (or the SDK's default socket)."""
 
-    def __init__(self, client: Any, host: str, *, instance: str = "default") -> None:
+    def __init__(self, client: Any, host: str, *, instance: str = "default", files: EnvFiles | None = None) -> None:
         self.client = client
         self.api = client.api
         self.host = host
         self.instance = instance
+        self.files = files if files is not None else EnvFiles()  # env_files, read on the engine's host
 
     @contextmanager
     def _calls(self, what: str) -> Iterator[None]:
@@ -169,6 +174,8 @@ class Engine:
             f"{LABEL}.spec-hash": target.spec_hash,
             f"{LABEL}.fingerprint": json.dumps(target.fingerprint, sort_keys=True, separators=(",", ":")),
         }
+        if target.source is not None:
+            labels.update({f"{SOURCE}.{key}": value for key, value in target.source.model_dump().items()})
         with self._calls(f"create {name}"):
             host_config = self.api.create_host_config(
                 port_bindings={key: value if len(value) > 1 else value[0] for key, value in ports.items()},
@@ -239,15 +246,36 @@ class Engine:
                 if "error" in event:
                     raise ImageError(f"push {repository}:{tag}: {str(event['error']).strip()}")
 
-    def exec_ok(self, container_id: str, argv: list[str]) -> bool:
-        """Run ``argv`` in the container; True when it exits 0."""
+    def exec_ok(self, container_id: str, argv: list[str], *, timeout: float = 2.0) -> bool:
+        """Run ``argv`` in the container; True when it exits 0 within ``timeout`` seconds."""
+        return self.exec_probe(container_id, argv, timeout=timeout)[0]
+
+    def exec_probe(self, container_id: str, argv: list[str], *, timeout: float) -> tuple[bool, str]:
+        """Run ``argv`` in the container: whether it exited 0 within ``timeout`` seconds, and what happened.
+
+        Started detached and its end polled, because an attached start waits for the process as long as
+        the SDK's own timeout (60 s) and no busybox image reliably has a ``timeout`` to wrap it in. The
+        engine has no call to kill an exec: one past its deadline is left to run and counts as failed.
+        """
+        what = f"exec {' '.join(argv)}"
         try:
             with self._calls("exec health probe"):
                 exec_id = self.api.exec_create(container_id, argv, stdout=False, stderr=False)["Id"]
-                self.api.exec_start(exec_id)
-                return int(self.api.exec_inspect(exec_id).get("ExitCode") or 0) == 0
-        except ContainerError:
-            return False
+                self.api.exec_start(exec_id, detach=True)
+                deadline = time.monotonic() + timeout
+                pause = 0.01
+                while True:
+                    info = self.api.exec_inspect(exec_id)
+                    code = info.get("ExitCode")
+                    if not info.get("Running") and code is not None:
+                        return int(code) == 0, f"{what}: exit {code}"
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False, f"{what}: no exit within {timeout:g}s"
+                    time.sleep(min(pause, left))
+                    pause = min(pause * 2, 0.1)  # quick probes answer in tens of ms; slow ones cost few calls
+        except ContainerError as exc:
+            return False, f"{what}: {exc}"
 
 
 def observed_from_row(row: Mapping[str, Any], *, instance: str = "default") -> ObservedContainer:
@@ -282,7 +310,14 @@ def observed_from_row(row: Mapping[str, Any], *, instance: str = "default") -> O
         version=labels.get(f"{LABEL}.version", ""),
         digest=labels.get(f"{LABEL}.digest", ""),
         spec_hash=labels.get(f"{LABEL}.spec-hash", ""),
+        owner=_owner(labels),
     )
+
+
+def _owner(labels: Mapping[str, str]) -> Owner | None:
+    if not any(key.startswith(SOURCE + ".") for key in labels):
+        return None
+    return Owner(**{key: labels.get(f"{SOURCE}.{key}", "") for key in Owner.model_fields})
 
 
 SSH_TIMEOUT = 20.0  # seconds for an ssh:// host to log in and answer `docker version`
@@ -376,13 +411,15 @@ def connect(host: str | None = None, *, instance: str = "default", timeout: floa
     """Connect to ``host`` (else ``DOCKER_HOST``, else the local socket) and check that it answers."""
     named = host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     base_url = named
+    files = EnvFiles()
     if named.startswith("ssh://"):
         _ssh_preflight(named)
         base_url = SshTunnel(named).url
+        files = EnvFiles(_ssh_argv(named), host=named)
     try:
         client = docker.DockerClient(base_url=base_url, version=API_VERSION, timeout=int(timeout))
     except docker.errors.DockerException as exc:
         raise EngineUnavailable(f"Docker engine at {named}: {_reason(exc)}") from None
-    engine = Engine(client, named, instance=instance)
+    engine = Engine(client, named, instance=instance, files=files)
     engine.call("ping", client.ping)
     return engine

@@ -3,7 +3,8 @@
 Guarantees: ``emit`` writes exactly one line and flushes it; ``once(key, ...)`` writes only when the
 condition under ``key`` is new or its message changed, and ``clear(key)`` reports whether it was
 set, so "remote unreachable" is logged once and "recovered" once, however many passes fail between.
-Callers pass only names, versions, commits and reasons: never env values.
+Callers pass only names, versions, commits and reasons: never env values; and every line is scrubbed
+(``scrub``) on its way out, for the reasons that quote one anyway (an engine's error, a URL).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from reconciler.shell import scrub
+
 
 class Events:
     def __init__(self, *, fmt: str = "text", stream: TextIO | None = None) -> None:
@@ -21,6 +24,7 @@ class Events:
         self._active: dict[str, str] = {}
 
     def emit(self, event: str, message: str, **fields: Any) -> None:
+        message, fields = scrub.scrub(message), scrub.scrub_fields(fields)
         now = time.time()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
         if self.fmt == "json":

@@ -7,6 +7,10 @@ Guarantees:
 - An apply holds the state directory's lock and observes the engine *after* taking it, so two passes
   never plan against the same stale view.
 - Per pass: one container listing and one image listing, whatever the number of apps.
+- The desired state carries its source (repository, branch, file): the planner changes only
+  containers that this source deployed.
+- Env values of the file are remembered by ``scrub`` before the file is validated, so that no
+  message, however it quotes them, prints them.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from reconciler.core.desired import load_desired
 from reconciler.core.model import STABLE, DesiredState, ObservedState, image_ref
 from reconciler.core.plan import Plan, Resolution, plan
 from reconciler.core.report import Outcome
-from reconciler.errors import ImageError
+from reconciler.errors import ImageError, InvalidDesiredState
+from reconciler.shell import scrub
 from reconciler.shell.docker import Engine, connect
-from reconciler.shell.git import open_source
+from reconciler.shell.git import Source, open_source
 from reconciler.shell.journal import Journal, locked
 from reconciler.shell.yamlfile import parse_yaml
 
@@ -39,6 +44,8 @@ class Settings:
     lock_timeout: float = 0.0
     adopt: bool = False
     instance: str = "default"
+    prune_foreign: bool = False  # also remove containers of this instance that another source deployed
+    relabel: bool = False  # redeploy containers deployed before they carried their source
 
 
 @dataclass
@@ -54,19 +61,26 @@ class PassResult:
 
 def parse_desired(text: bytes, file: str, revision: str, *, author: str = "") -> DesiredState:
     data, positions = parse_yaml(text, filename=file)
-    return load_desired(data, positions, filename=file, revision=revision, author=author)
+    scrub.remember_in(data)
+    try:
+        return load_desired(data, positions, filename=file, revision=revision, author=author)
+    except InvalidDesiredState as exc:
+        raise InvalidDesiredState([scrub.scrub(line) for line in exc.errors]) from None
+
+
+def desired_at(source: Source, ref: str, revision: str, file: str) -> DesiredState:
+    """The validated file at ``revision`` (what ``ref`` resolved to), with its author and source."""
+    desired = parse_desired(source.read(revision, file), file, revision, author=source.author(revision))
+    return desired.model_copy(update={"source": source.identity(ref, revision, file)})
 
 
 def read_desired(settings: Settings) -> DesiredState:
     """The validated desired state at ``settings.ref`` of ``settings.repo``."""
     source = open_source(settings.repo, state_dir=settings.state_dir)
     try:
-        revision = source.resolve(settings.ref)
-        text = source.read(revision, settings.file)
-        author = source.author(revision)
+        return desired_at(source, settings.ref, source.resolve(settings.ref), settings.file)
     finally:
         source.close()
-    return parse_desired(text, settings.file, revision, author=author)
 
 
 def resolve(engine: Engine, desired: DesiredState) -> dict[str, Resolution]:
@@ -96,13 +110,19 @@ def plan_against(
     engine: Engine, desired: DesiredState, settings: Settings, *, observed: ObservedState | None = None
 ) -> tuple[Plan, ObservedState]:
     """Observe (unless given), resolve and plan."""
-    from reconciler.shell.apply import env_hashes
-
     observed = observed if observed is not None else engine.observe()
     resolutions = resolve(engine, desired)
-    return plan(
-        desired, resolutions, observed, env_file_hashes=env_hashes(desired.apps), adopt=settings.adopt
-    ), observed
+    digests = {app: engine.files.digest(spec.env_file) for app, spec in desired.apps.items() if spec.env_file}
+    the_plan = plan(
+        desired,
+        resolutions,
+        observed,
+        env_file_hashes=digests,
+        adopt=settings.adopt,
+        prune_foreign=settings.prune_foreign,
+        relabel=settings.relabel,
+    )
+    return the_plan, observed
 
 
 def reconcile_once(
