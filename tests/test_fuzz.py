@@ -1,8 +1,9 @@
 """Hostile and mutated desired-state files: every one is a ``DesiredState`` or located errors, nothing else.
 
-What a user sees is checked: ``parse_yaml`` then ``load_desired`` (what ``reconcile validate`` and the
-agent run) either return a ``DesiredState`` or raise ``InvalidDesiredState`` whose every line is
-``FILE:LINE:COL: ...``, never another exception, never a traceback, never an env value of the file.
+What a user sees is checked: ``parse_desired`` (``parse_yaml``, then ``load_desired``, its messages
+scrubbed of the file's env values: what ``reconcile validate`` and the agent run) either returns a
+``DesiredState`` or raises ``InvalidDesiredState`` whose every line is ``FILE:LINE:COL: ...``, never
+another exception, never a traceback, never an env value of the file.
 
 - The corpus (tests/fuzz_corpus/, one file per case) holds the cases of issue 7; each file starts with
   the exact lines it must be refused with (``# expect: ...``). Each runs in a thread that must finish
@@ -27,7 +28,8 @@ from hypothesis import strategies as st
 from reconciler.core.desired import Positions, load_desired
 from reconciler.core.model import DesiredState
 from reconciler.errors import InvalidDesiredState, UserError
-from reconciler.shell.yamlfile import MAX_FILE_BYTES_ENV, parse_yaml
+from reconciler.shell.loop import parse_desired
+from reconciler.shell.yamlfile import MAX_FILE_BYTES_ENV
 
 CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
 LOCATED = re.compile(r"^[^:\n]+:\d+:\d+: ")
@@ -39,8 +41,7 @@ FILE = "desired-state.yaml"
 def outcome(data: str | bytes, filename: str = FILE) -> DesiredState | InvalidDesiredState:
     """The file's ``DesiredState`` or its ``InvalidDesiredState``; any other exception propagates."""
     try:
-        parsed, positions = parse_yaml(data, filename=filename)
-        return load_desired(parsed, positions, filename=filename)
+        return parse_desired(data.encode() if isinstance(data, str) else data, filename, "")
     except InvalidDesiredState as exc:
         return exc
 
