@@ -55,6 +55,15 @@ sys.path.insert(0, str(ROOT))
 from tests.support import GitRemote, ImageFactory, cleanup_run, connect, free_port, run_git  # noqa: E402
 from tests.support.agent import AgentProcess, LogLine  # noqa: E402
 from tests.support.cli import cli_env  # noqa: E402
+from tests.support.dockerd import (  # noqa: E402
+    DOCKER_PID,
+    dockerd_command,
+    dockerd_pid,
+    engine_answers,
+    start_dockerd,
+    stop_dockerd,
+    wait_engine,
+)
 from tests.support.engine import new_run_prefix, remove_containers  # noqa: E402
 from tests.support.net import http_get  # noqa: E402
 
@@ -78,9 +87,6 @@ ERROR_EVENTS = frozenset(
         "state.error",
     }
 )
-DOCKER_PID = Path("/var/run/docker.pid")
-DOCKERD_LOG = Path("/tmp/dockerd.log")
-ENGINE_TIMEOUT = 60.0
 
 
 class FaultTimeout(RuntimeError):
@@ -198,71 +204,6 @@ def serves(port: int) -> tuple[int, str]:
 
 
 # -- the Docker engine (copied from tests/test_agent_engine_restart.py) ------------------------------------
-
-
-def engine_answers() -> bool:
-    try:
-        result = subprocess.run(["docker", "info"], capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return result.returncode == 0
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie left for an init that does not reap counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def dockerd_pid() -> int | None:
-    try:
-        pid = int(DOCKER_PID.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if _alive(pid) else None
-
-
-def dockerd_command(pid: int | None) -> list[str]:
-    """The command line ``pid`` was started with, else plain ``dockerd``."""
-    if pid is not None:
-        try:
-            argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-        except OSError:
-            argv = []
-        if argv and Path(argv[0]).name == "dockerd":
-            return argv
-    return ["dockerd"]
-
-
-def stop_dockerd(pid: int, timeout: float = ENGINE_TIMEOUT) -> None:
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() >= deadline:
-            raise FaultTimeout(f"dockerd (pid {pid}) did not exit within {timeout}s of SIGTERM")
-        time.sleep(0.1)
-
-
-def start_dockerd(command: list[str]) -> None:
-    """Start dockerd detached from this process (its own session), output appended to DOCKERD_LOG."""
-    with DOCKERD_LOG.open("ab") as log:
-        subprocess.run(
-            ["setsid", "-f", *command], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, check=True
-        )
-
-
-def wait_engine(timeout: float = ENGINE_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not engine_answers():
-        if time.monotonic() >= deadline:
-            raise FaultTimeout(f"the Docker engine did not answer within {timeout}s (see {DOCKERD_LOG})")
-        time.sleep(0.2)
-
-
-# -- one process ------------------------------------------------------------------------------------------
 
 
 def rss_kb(pid: int, key: str = "VmRSS") -> int:
