@@ -8,6 +8,7 @@ as two repos on one server share the default instance).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,9 @@ def test_a_second_repository_does_not_remove_the_first_ones_apps(
     assert said in result.stdout, show(result)
     assert is_running(inspect(site.client, demo)), "the first repository's app was touched"
     assert body(demo_port) == "v1" and body(other_port) == "v1"
+    status = cli("status", *elsewhere, "-o", "json")
+    assert status.returncode == 0, show(status)
+    assert [app["app"] for app in json.loads(status.stdout)["apps"]] == [other_app], "status lists its own apps"
 
     # And the first repository, converging again, leaves the second one's app alone in turn.
     again = site.converge()

@@ -46,7 +46,13 @@ def collect(settings: Settings) -> dict[str, Any]:
         targets = {a.app: a.target.spec_hash for a in (plan.actions if plan else ()) if a.target is not None}
         failures = journal.failures()
         held = held_back(failures, targets)
-        names = set(desired.apps if desired else ()) | {c.app for c in observed.containers if c.managed and c.app}
+        source = desired.source if desired else None
+        # The apps of this source: another source's containers are its own status's business.
+        names = set(desired.apps if desired else ()) | {
+            c.app
+            for c in observed.containers
+            if c.managed and c.app and (source is None or c.owner is None or source.same(c.owner))
+        }
         apps = []
         for app in sorted(names):
             spec = desired.apps.get(app) if desired else None
