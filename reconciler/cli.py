@@ -9,8 +9,12 @@ Heavy modules (docker, git) are imported by the commands that need them, so ``--
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 import json
 import sys
+import typing
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -107,6 +111,55 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+COMMON: dict[str, Any] = {
+    "repo": RepoOpt,
+    "ref": RefOpt,
+    "file": FileOpt,
+    "state_dir": StateOpt,
+    "docker_host": HostOpt,
+    "instance": InstanceOpt,
+    "output": OutputOpt,
+}
+COMMON_EPILOG = (
+    "The common options (--repo, --ref, --file, --state-dir, --docker-host, --instance, --output) are "
+    "accepted by every command, before or after its name; the ones it uses are listed above."
+)
+
+
+def _common(fn: Callable[..., T]) -> Callable[..., T]:
+    """Let a command accept every common option, also after its name (``reconcile history --repo .``).
+
+    The options it declares itself keep their place in its ``--help``; the others are accepted, hidden,
+    and count as if given before the command's name, as click would have them there.
+    """
+    signature = inspect.signature(fn, eval_str=True)
+    extra: list[inspect.Parameter] = []
+    for name, annotated in COMMON.items():
+        if name in signature.parameters:
+            continue
+        base, info = typing.get_args(annotated)
+        hidden = copy.copy(info)
+        hidden.hidden = True
+        extra.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[base, hidden])
+        )
+    names = {parameter.name for parameter in extra}
+    context = next(name for name, parameter in signature.parameters.items() if parameter.annotation is typer.Context)
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> T:
+        given = {name: kwargs.pop(name) for name in names if name in kwargs}
+        root = kwargs[context].find_root()
+        if isinstance(root.obj, dict):
+            root.obj.update({name: value for name, value in given.items() if value is not None})
+        return fn(*args, **kwargs)
+
+    parameters = [*signature.parameters.values(), *extra]
+    command.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    return command
+
+
 def _option(ctx: typer.Context, name: str, given: Any) -> Any:
     """A command's own value, else the one given before the command's name, else the default."""
     if given is not None:
@@ -176,6 +229,16 @@ def main_command(
             "--relabel", help="Redeploy containers deployed before containers carried their source, to label them."
         ),
     ] = False,
+    parallel: Annotated[
+        int,
+        typer.Option(
+            "--parallel",
+            envvar="RECONCILE_PARALLEL",
+            min=1,
+            max=32,
+            help="How many apps a pass deploys at once (their health gates overlap); 1: one after another.",
+        ),
+    ] = 16,
     repo: RepoOpt = None,
     ref: RefOpt = None,
     file: FileOpt = None,
@@ -209,6 +272,7 @@ def main_command(
         adopt=adopt,
         prune_foreign=prune_foreign,
         relabel=relabel,
+        parallel=parallel,
     )
     fmt = _option(ctx, "output", output)
     from reconciler.core import report
@@ -238,7 +302,8 @@ def main_command(
     raise typer.Exit(0 if result.ok else 1)
 
 
-@app.command()
+@app.command(epilog=COMMON_EPILOG)
+@_common
 def validate(
     ctx: typer.Context,
     path: Annotated[
@@ -251,17 +316,12 @@ def validate(
     output: OutputOpt = None,
 ) -> None:
     """Check a desired-state file against the schema; every error as FILE:LINE:COL. Exit 0 valid, 1 not."""
-    from reconciler.core.desired import load_desired
-    from reconciler.shell.yamlfile import parse_yaml
 
     def check() -> Any:
         if path is not None:
-            try:
-                text = path.read_bytes()
-            except OSError as exc:
-                raise ReconcileError(f"{path}: {exc.strerror}") from None
-            data, positions = parse_yaml(text, filename=str(path))
-            return load_desired(data, positions, filename=str(path))
+            from reconciler.shell import ops
+
+            return ops.validate_file(path)
         from reconciler.shell.loop import read_desired
 
         return read_desired(_settings(ctx, repo=repo, ref=ref, file=file, state_dir=None))
@@ -275,7 +335,8 @@ def validate(
         typer.echo(f"{where}: valid, {count} app{'s' if count != 1 else ''}")
 
 
-@app.command()
+@app.command(epilog=COMMON_EPILOG)
+@_common
 def history(
     ctx: typer.Context,
     app_name: Annotated[str | None, typer.Option("--app", help="Only this app.")] = None,
@@ -286,14 +347,10 @@ def history(
     """What was applied, when, from which commit, and how it ended."""
     import time
 
-    from reconciler.shell.journal import Journal
+    from reconciler.shell import ops
 
     directory: Path = _option(ctx, "state_dir", state_dir)
-    journal = _guarded(lambda: Journal(directory, create=False))
-    try:
-        entries = _guarded(lambda: journal.history(app=app_name, limit=limit))
-    finally:
-        journal.close()
+    entries = _guarded(lambda: ops.history(state_dir=directory, app=app_name, limit=limit))
     if _option(ctx, "output", output) is Output.json:
         _emit([entry.as_dict() for entry in entries])
         return
@@ -330,7 +387,8 @@ def _kill_hook() -> Callable[[str, str], None] | None:
     return hook
 
 
-@app.command()
+@app.command(epilog=COMMON_EPILOG)
+@_common
 def agent(
     ctx: typer.Context,
     branch: Annotated[
@@ -354,6 +412,16 @@ def agent(
         bool,
         typer.Option("--publish-stable", help="On promotion, push the stable git tags and IMAGE:stable."),
     ] = False,
+    parallel: Annotated[
+        int,
+        typer.Option(
+            "--parallel",
+            envvar="RECONCILE_PARALLEL",
+            min=1,
+            max=32,
+            help="How many apps a pass deploys at once (their health gates overlap); 1: one after another.",
+        ),
+    ] = 16,
     repo: RepoOpt = None,
     file: FileOpt = None,
     state_dir: StateOpt = None,
@@ -372,7 +440,7 @@ def agent(
     if every < 1:
         _fail("--interval: at least 1s (a local repository is watched anyway: a push converges at once)")
     settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=state_dir, docker_host=docker_host,
-                         instance=instance)  # fmt: skip
+                         instance=instance, parallel=parallel)  # fmt: skip
     config = AgentSettings(
         settings=settings, branch=branch, interval=every, self_heal=self_heal, publish_stable=publish_stable
     )
@@ -380,7 +448,8 @@ def agent(
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(epilog=COMMON_EPILOG)
+@_common
 def status(
     ctx: typer.Context,
     repo: RepoOpt = None,
@@ -406,30 +475,17 @@ def status(
         typer.echo("\n".join(status_lines(result)))
 
 
-@app.command()
+@app.command(epilog=COMMON_EPILOG)
+@_common
 def retry(
     ctx: typer.Context,
     app_name: Annotated[str, typer.Argument(metavar="APP", help="The app whose failed release to try again.")],
     state_dir: StateOpt = None,
 ) -> None:
     """Forget APP's failed release so the agent tries it again (now, if an agent runs)."""
-    import os
-    import signal
+    from reconciler.shell import ops
 
-    from reconciler.shell.agent import state_pid
-    from reconciler.shell.journal import Journal
-
-    directory: Path = _option(ctx, "state_dir", state_dir)
-    journal = _guarded(lambda: Journal(directory, create=False))
-    try:
-        cleared = _guarded(lambda: journal.clear_failures(app_name))
-    finally:
-        journal.close()
-    if not cleared:
-        _fail(f"{app_name}: no failed release recorded in {directory}; nothing to retry")
-    pid = state_pid(directory)
-    if pid is not None:
-        os.kill(pid, signal.SIGHUP)
+    pid = _guarded(lambda: ops.retry(state_dir=_option(ctx, "state_dir", state_dir), app=app_name))
     typer.echo(f"{app_name}: failed release forgotten; " + (f"agent (pid {pid}) asked for a pass now"
                if pid else "the next reconcile or agent pass tries it again"))  # fmt: skip
 
@@ -442,12 +498,9 @@ BranchOpt = Annotated[
 
 
 def _source_for_writing(ctx: typer.Context, repo: str | None) -> Any:
-    from reconciler.shell.git import is_url, open_source
+    from reconciler.shell import edits
 
-    where = _option(ctx, "repo", repo)
-    if is_url(where):
-        _fail(f"--repo {where}: this command commits, so it needs a clone (git clone {where})")
-    return _guarded(lambda: open_source(where, state_dir=Path("."), fetch=False))
+    return _guarded(lambda: edits.open_for_writing(_option(ctx, "repo", repo)))
 
 
 def _written(written: Any, message: str) -> None:
@@ -456,7 +509,8 @@ def _written(written: Any, message: str) -> None:
     typer.echo(f"committed {written.revision[:8]} on {written.branch}: {message}; {where}{again}")
 
 
-@app.command()
+@app.command(epilog=COMMON_EPILOG)
+@_common
 def rollback(
     ctx: typer.Context,
     app_name: Annotated[
@@ -482,14 +536,14 @@ def rollback(
     instance: InstanceOpt = None,
 ) -> None:
     """Roll APP (or, with --to stable|previous and no APP, every app) back, as a commit."""
-    from reconciler.shell import release
+    from reconciler.shell import breakglass, edits
 
     settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=state_dir, docker_host=docker_host,
                          instance=instance)  # fmt: skip
     if local:
-        if app_name is None or to not in (None, release.PREVIOUS):
+        if app_name is None or to not in (None, edits.PREVIOUS):
             _fail("--local swaps APP back to its kept previous container: reconcile rollback APP --local")
-        text, version = _guarded(lambda: release.swap_back(settings, app_name))
+        text, version = _guarded(lambda: breakglass.swap_back(settings, app_name))
         typer.echo(text)
         typer.echo(
             f"!! the agent is suspended and the host differs from git. Make git match with "
@@ -499,9 +553,9 @@ def rollback(
     if app_name is None and to is None:
         _fail("name an app (reconcile rollback APP) or roll every app back with --to stable|previous")
     source = _source_for_writing(ctx, repo)
-    journal = release.state_dir_journal(settings.state_dir)
+    journal = edits.state_dir_journal(settings.state_dir)
     try:
-        desired = _guarded(lambda: release.desired_at_head(source, settings.file))
+        desired = _guarded(lambda: edits.desired_at_head(source, settings.file))
         apps = [app_name] if app_name is not None else sorted(desired.apps)
         for name in apps:
             if name not in desired.apps:
@@ -510,15 +564,15 @@ def rollback(
             assert app_name is not None
             _list_versions(source, settings, desired, app_name, journal)
             return
-        if app_name is None and to not in (release.PREVIOUS, "stable"):
+        if app_name is None and to not in (edits.PREVIOUS, "stable"):
             _fail(f"--to {to} for every app: use stable or previous, or name the app")
-        edits = _guarded(
-            lambda: release.rollback_edits(source, settings, desired, apps, to, journal=journal, single=app_name)
+        wanted = _guarded(
+            lambda: edits.rollback_edits(source, settings, desired, apps, to, journal=journal, single=app_name)
         )
-        if not edits:
+        if not wanted:
             _fail("nothing to change: every app already runs that version")
-        message = "rollback " + "; ".join(edit.describe() for edit in edits)
-        written = _guarded(lambda: release.write(source, file=settings.file, edits=edits, message=message,
+        message = "rollback " + "; ".join(edit.describe() for edit in wanted)
+        written = _guarded(lambda: edits.write(source, file=settings.file, edits=wanted, message=message,
                                                  push=push, branch=branch))  # fmt: skip
         _written(written, message)
     finally:
@@ -529,9 +583,9 @@ def rollback(
 def _list_versions(source: Any, settings: Any, desired: Any, app_name: str, journal: Any) -> None:
     import time
 
-    from reconciler.shell import release
+    from reconciler.shell import edits
 
-    choices = release.choices(source, settings.file, desired, app_name, journal=journal)
+    choices = edits.choices(source, settings.file, desired, app_name, journal=journal)
     typer.echo(f"{app_name}: {settings.file} asks for {choices.current} @ {desired.short}")
     for label, found in (("previous", choices.previous), ("stable", choices.stable)):
         typer.echo(f"  --to {label:<9} {found}")
@@ -541,7 +595,8 @@ def _list_versions(source: Any, settings: Any, desired: Any, app_name: str, jour
         typer.echo(f"    {item.version:<16} {item.revision[:8]}  {when}Z  {item.author}")
 
 
-@app.command(name="set-version")
+@app.command(name="set-version", epilog=COMMON_EPILOG)
+@_common
 def set_version(
     ctx: typer.Context,
     app_name: Annotated[str, typer.Argument(metavar="APP")],
@@ -553,26 +608,27 @@ def set_version(
     docker_host: HostOpt = None,
 ) -> None:
     """Set APP's version in the file and commit it: what CI runs after it built and pushed an image."""
-    from reconciler.shell import release
+    from reconciler.shell import edits
 
     settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=None, docker_host=docker_host)
     source = _source_for_writing(ctx, repo)
-    desired = _guarded(lambda: release.desired_at_head(source, settings.file))
+    desired = _guarded(lambda: edits.desired_at_head(source, settings.file))
     if app_name not in desired.apps:
         _fail(f"{app_name}: no such app in {settings.file} (apps: {', '.join(sorted(desired.apps))})")
     spec = desired.apps[app_name]
     if spec.version == version:
         _fail(f"{app_name} is already at {version} in {settings.file}; nothing to commit")
-    seen = release.versions_seen(source, source.branch(), settings.file, app_name)
-    _guarded(lambda: release.check_exists(spec.image, version, seen=seen, settings=settings))
-    edit = release.Edit(app_name, spec.version, version)
+    seen = edits.versions_seen(source, source.branch(), settings.file, app_name)
+    _guarded(lambda: edits.check_exists(spec.image, version, seen=seen, settings=settings))
+    edit = edits.Edit(app_name, spec.version, version)
     message = f"set-version {edit.describe()}"
-    written = _guarded(lambda: release.write(source, file=settings.file, edits=[edit], message=message, push=push,
+    written = _guarded(lambda: edits.write(source, file=settings.file, edits=[edit], message=message, push=push,
                                              branch=branch))  # fmt: skip
     _written(written, message)
 
 
-@app.command()
+@app.command(epilog=COMMON_EPILOG)
+@_common
 def revert(
     ctx: typer.Context,
     revision: Annotated[str, typer.Argument(metavar="SHA", help="The deploy commit to revert.")],
@@ -581,15 +637,16 @@ def revert(
     file: FileOpt = None,
 ) -> None:
     """`git revert` a deploy commit (validated before it is committed); never a force push."""
-    from reconciler.shell import release
+    from reconciler.shell import edits
 
     settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=None)
     source = _source_for_writing(ctx, repo)
-    written = _guarded(lambda: release.revert(source, revision, file=settings.file, push=push))
+    written = _guarded(lambda: edits.revert(source, revision, file=settings.file, push=push))
     _written(written, f"revert {revision[:8]}")
 
 
-@app.command()
+@app.command(epilog=COMMON_EPILOG)
+@_common
 def promote(
     ctx: typer.Context,
     app_name: Annotated[str, typer.Argument(metavar="APP")],
@@ -602,10 +659,10 @@ def promote(
     instance: InstanceOpt = None,
 ) -> None:
     """Mark what runs now as APP's stable version (journal, IMAGE:stable, git tags stable and stable-APP)."""
-    from reconciler.shell import release
+    from reconciler.shell import stable
 
     settings = _settings(ctx, repo=repo, ref=None, state_dir=state_dir, docker_host=docker_host, instance=instance)
-    text, problems = _guarded(lambda: release.promote_running(settings, app_name, publish=publish))
+    text, problems = _guarded(lambda: stable.promote_running(settings, app_name, publish=publish))
     typer.echo(text)
     for problem in problems:
         typer.echo(f"warning: {problem}", err=True)
@@ -613,47 +670,28 @@ def promote(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog=COMMON_EPILOG)
+@_common
 def suspend(
     ctx: typer.Context,
     reason: Annotated[str, typer.Option("--reason", help="Why; shown by status and the agent's log.")] = "by hand",
     state_dir: StateOpt = None,
 ) -> None:
     """During an incident: the agent changes nothing until `reconcile resume`."""
-    _set_suspended(ctx, state_dir, f"{reason}")
+    from reconciler.shell import ops
+
+    _guarded(lambda: ops.suspend(state_dir=_option(ctx, "state_dir", state_dir), reason=reason))
     typer.echo("suspended: the agent changes nothing until `reconcile resume`")
 
 
-@app.command()
+@app.command(epilog=COMMON_EPILOG)
+@_common
 def resume(ctx: typer.Context, state_dir: StateOpt = None) -> None:
     """Let the agent converge again (a pass starts now if it runs)."""
-    _set_suspended(ctx, state_dir, None)
+    from reconciler.shell import ops
+
+    _guarded(lambda: ops.resume(state_dir=_option(ctx, "state_dir", state_dir)))
     typer.echo("resumed: the agent converges to git again")
-
-
-def _set_suspended(ctx: typer.Context, state_dir: Path | None, reason: str | None) -> None:
-    import os
-    import signal
-
-    from reconciler.shell.agent import state_pid
-    from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal
-
-    directory: Path = _option(ctx, "state_dir", state_dir)
-    journal = _guarded(lambda: Journal(directory))
-
-    def change() -> None:
-        journal.set_flag(SUSPENDED, reason)
-        if reason is None:
-            for app in journal.flags(BREAK_GLASS):
-                journal.set_flag(BREAK_GLASS + app, None)
-
-    try:
-        _guarded(change)
-    finally:
-        journal.close()
-    pid = state_pid(directory)
-    if pid is not None:
-        os.kill(pid, signal.SIGHUP)
 
 
 class Shell(StrEnum):
@@ -662,8 +700,10 @@ class Shell(StrEnum):
     fish = "fish"
 
 
-@app.command()
+@app.command(epilog=COMMON_EPILOG)
+@_common
 def completion(
+    ctx: typer.Context,
     shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")],
     install: Annotated[bool, typer.Option("--install", help="Write it where SHELL loads completions.")] = False,
 ) -> None:

@@ -9,7 +9,9 @@ traceback. The tree::
     │   ├── InvalidDesiredState     desired-state.yaml broken or invalid (carries every FILE:LINE:COL error)
     │   ├── SourceError             repo, ref or file not found
     │   ├── ImageError              image or tag does not exist, or access denied
-    │   └── ContainerError          the engine refused a container (port taken, bad mount, name in use)
+    │   ├── ContainerError          the engine refused a container (port taken, bad mount, name in use)
+    │   ├── EnvFileError            an app's env_file cannot be read where it runs, or is not KEY=VALUE text
+    │   └── StateError              the state directory or its journal cannot be used (owner, corrupt, disk)
     └── TransientError              clears by itself: retry later, keep what runs
         ├── EngineUnavailable       the Docker engine does not answer
         ├── RemoteUnavailable       the git remote does not answer
@@ -17,6 +19,9 @@ traceback. The tree::
 """
 
 from __future__ import annotations
+
+import errno
+from pathlib import Path
 
 
 class ReconcileError(Exception):
@@ -47,6 +52,16 @@ class ContainerError(UserError):
     """The engine refused to create, start, stop or rename a container (port taken, bad mount, ...)."""
 
 
+class EnvFileError(UserError):
+    """An app's ``env_file`` is missing, unreadable, too large or not ``KEY=VALUE`` text on the engine's host."""
+
+
+class StateError(UserError):
+    """The state directory or its journal cannot be used: wrong owner or permissions, a corrupt journal
+    that is not to be repaired here, a disk that will not take a new one. A read-only or full file
+    system is a ``TransientError`` instead: it clears without us."""
+
+
 class TransientError(ReconcileError):
     """Expected to clear without a human: a retry later may succeed."""
 
@@ -61,3 +76,16 @@ class RemoteUnavailable(TransientError):
 
 class LockHeld(TransientError):
     """Another reconcile holds the lock of this state directory."""
+
+
+STATE_DIR_FIX = " (make it writable, or give --state-dir a directory that is); nothing that runs was changed"
+
+
+def state_dir_error(state_dir: Path, exc: OSError) -> ReconcileError:
+    """The one line for a filesystem error in the state directory; read-only and full disks clear by themselves."""
+    if exc.errno == errno.EROFS:
+        return TransientError(f"state directory {state_dir}: read-only file system{STATE_DIR_FIX}")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TransientError(f"state directory {state_dir}: no space left on device{STATE_DIR_FIX}")
+    reason = (exc.strerror or str(exc)).lower()
+    return StateError(f"state directory {state_dir}: {reason}")

@@ -289,16 +289,6 @@ def test_a_probe_deadline_never_outlasts_the_gate_by_more_than_its_floor(interva
 # -- health codes ------------------------------------------------------------------------------------------
 
 
-def test_health_order_best_to_worst() -> None:
-    order = [Health.HEALTHY, Health.PROGRESSING, Health.UNHEALTHY, Health.MISSING]
-    assert list(Health) == order
-    for i, better in enumerate(order):
-        for worse in order[i + 1 :]:
-            assert worse.is_worse(better)
-            assert not better.is_worse(worse)
-        assert not better.is_worse(better)
-
-
 def test_health_values_and_verdicts() -> None:
     assert [h.value for h in Health] == ["healthy", "progressing", "unhealthy", "missing"]
     assert Health("unhealthy") is Health.UNHEALTHY

@@ -936,3 +936,17 @@ def test_an_env_file_that_cannot_be_read_here_is_not_checked() -> None:
     ]
     changed = plan(desired({"web": web}), {"web": resolved(web)}, state, env_file_hashes={"web": "def"})
     assert [c.field for c in changed.actions[0].reasons] == ["env_file"]
+
+
+@pytest.mark.parametrize(
+    ("stop_timeout", "expected"),
+    [("500ms", 0.5), ("0s", 0.0), ("1h", 3600.0)],
+)
+def test_a_container_of_ours_stops_with_the_timeout_it_was_deployed_with(stop_timeout: str, expected: float) -> None:
+    assert ours("web", spec(stop_timeout=stop_timeout)).stop_timeout == expected
+
+
+def test_a_container_without_a_recorded_stop_timeout_stops_with_dockers_default() -> None:
+    assert foreign("web").stop_timeout == 10.0
+    labels = {MANAGED: "true", f"{LABEL}.app": "web", f"{LABEL}.fingerprint": '{"stop_timeout":"soon"}'}
+    assert observed_from_row(row("web", labels=labels)).stop_timeout == 10.0

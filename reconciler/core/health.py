@@ -35,10 +35,6 @@ class Health(StrEnum):
     UNHEALTHY = "unhealthy"
     MISSING = "missing"
 
-    def is_worse(self, other: Health) -> bool:
-        order = list(Health)
-        return order.index(self) > order.index(other)
-
 
 @dataclass(frozen=True)
 class Sample:

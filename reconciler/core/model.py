@@ -116,6 +116,7 @@ _VOLUME = re.compile(r"^(?P<source>[^:]+):(?P<target>/[^:]*)(?::(?P<mode>ro|rw))
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 
 STABLE = "stable"
+DEFAULT_STOP_TIMEOUT = 10.0  # seconds: docker's own, and AppSpec's; for a container that records none
 
 
 def _check_port(port: str) -> str:
@@ -434,6 +435,15 @@ class ObservedContainer(Strict):
     @property
     def running(self) -> bool:
         return self.state in ("running", "restarting")
+
+    @property
+    def stop_timeout(self) -> float:
+        """The stop timeout it was deployed with (its fingerprint); docker's default when it has none."""
+        value = self.fingerprint.get("stop_timeout")
+        # Not ``or``: a ``0s`` stop timeout is the user's choice, not a missing one.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        return DEFAULT_STOP_TIMEOUT
 
 
 class ObservedState(Strict):

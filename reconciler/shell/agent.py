@@ -9,7 +9,10 @@ Guarantees:
 - Nothing the disk or git does to it stops the agent: a state directory that cannot be written
   (read-only, full) is logged once (``state.error``) and nothing changes until it can; a removed
   one is made again with its pid file; a corrupt journal or mirror is moved aside and started again
-  (``journal.reset``, ``mirror.reset``); ``agent.pid`` is removed at exit only while it is ours.
+  (``journal.reset``, ``mirror.reset``). ``agent.pid`` is held with ``flock`` for the agent's life (a
+  second agent on the state directory exits 1 naming the holder) and removed at exit only while it is ours.
+- A bug in a pass is one ``pass.crashed`` line; its traceback goes to ``STATE/crash-TIME.txt`` (the
+  newest ``CRASH_FILES_KEPT`` are kept), or to stderr with ``RECONCILE_DEBUG`` set. The agent goes on.
 - An engine outage in the middle of a deploy or a rollback is not a failed release: the pass stops
   (what it did before is reported), no ``deploy.failed`` is logged, and the engine is asked again
   every ``ENGINE_RETRY_MID_DEPLOY`` seconds, whatever the backoff, so that the next pass resumes the
@@ -21,6 +24,9 @@ Guarantees:
   at the next pass, or only reported with ``self_heal=False``.
 - An app that stays healthy ``stable_after`` after its deploy is promoted: recorded in the journal
   and tagged ``IMAGE:stable`` on the engine.
+- What to hold back, keep together, heal and promote is decided in the core (``core.policy``,
+  ``core.stable``) over the journal's answers; this module reads the journal and the engine, logs the
+  notices and acts.
 - SIGTERM ends the current step (a gate's wait is abandoned, its verdict given by the next start),
   exits 0 and leaves every container running. A deploy cut short by SIGKILL is finished or rolled
   back by the next pass (``Applier.verify_unfinished``).
@@ -32,18 +38,22 @@ import contextlib
 import os
 import random
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from reconciler.core.failures import held_back
-from reconciler.core.model import STABLE, DesiredState, ObservedState, container_name
-from reconciler.core.plan import PRUNED, STALE_NEXT, Action, ActionKind, Change, Plan
+from reconciler.core import policy
+from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState, container_name
+from reconciler.core.plan import Action, ActionKind, Plan
+from reconciler.core.policy import Deployed, Notice, Say
 from reconciler.core.report import Outcome, Result
+from reconciler.core.stable import Candidate, StableSample, StableWatch, track
 from reconciler.errors import (
     EngineUnavailable,
     InvalidDesiredState,
@@ -57,11 +67,13 @@ from reconciler.shell.apply import Applier
 from reconciler.shell.docker import Engine, connect
 from reconciler.shell.events import Events
 from reconciler.shell.git import Source, open_source
-from reconciler.shell.journal import SUSPENDED, Journal, claim_pid, locked, read_pid, release_pid
+from reconciler.shell.journal import SUSPENDED, Journal, PidFile, locked, read_pid
 from reconciler.shell.loop import Settings, desired_at, plan_against
-from reconciler.shell.release import publish_stable
+from reconciler.shell.scrub import scrub
+from reconciler.shell.stable import publish_stable
 
 ENGINE_RETRY_MID_DEPLOY = 2.0  # seconds: an outage cut a deploy short; the app may be down until resumed
+CRASH_FILES_KEPT = 20  # a bug that crashes every pass must not fill the state directory
 
 
 @dataclass(frozen=True)
@@ -81,16 +93,6 @@ class AgentSettings:
 
 
 @dataclass
-class _Stable:
-    """An app on its way to stable: healthy since when, with how many restarts."""
-
-    spec_hash: str
-    since: float
-    stable_after: float
-    restarts: int = -1
-
-
-@dataclass
 class Agent:
     config: AgentSettings
     events: Events
@@ -103,7 +105,7 @@ class Agent:
     journal: Journal | None = None
     last_fetch: float = 0.0
     failing: dict[str, int] = field(default_factory=dict)  # what keeps failing -> how many times in a row
-    stable_watch: dict[str, _Stable] = field(default_factory=dict)
+    stable_watch: dict[str, StableWatch] = field(default_factory=dict)
     revision: str = ""
     retry_in: float = float("inf")  # a sooner pass to retry what failed in this one (the remote)
     cut_short: bool = False  # an engine outage stopped a deploy or rollback that the next pass resumes
@@ -113,14 +115,14 @@ class Agent:
     def run(self) -> int:
         settings = self.config.settings
         state_dir = settings.state_dir
-        pid = os.getpid()
+        pid_file = PidFile(state_dir, os.getpid())
         self._signals()
 
         def ready() -> float | None:
             """None when the state directory can be written (made again if it was removed, our pid file in
             it); else the wait before looking again, the trouble logged once: nothing changes meanwhile."""
             try:
-                claim_pid(state_dir, pid)
+                pid_file.claim()
                 if self.journal is None:
                     self.journal = Journal(state_dir, warn=lambda line: self.events.emit("journal.reset", line))
                 self.journal.check()
@@ -135,7 +137,7 @@ class Agent:
         # A second agent, or a state directory that is a file, is a human's to fix: exit 1 before starting.
         # A read-only or full disk clears by itself: the loop waits for it.
         with contextlib.suppress(TransientError):
-            claim_pid(state_dir, pid)
+            pid_file.claim()
         observer = None
         try:
             self.events.emit(
@@ -169,7 +171,7 @@ class Agent:
                 self.journal.close()
             if self.source is not None:
                 self.source.close()
-            release_pid(state_dir, pid)  # only while it is ours: another agent may have started since
+            pid_file.release()  # only while it is ours: another agent may have started since
         self.events.emit("agent.stopped", "stopped; containers left running")
         return 0
 
@@ -266,7 +268,9 @@ class Agent:
             self.events.emit("pass.error", str(exc), commit=revision[:8])
             return self._next_interval()
         except Exception as exc:  # a bug must not take the host's agent down: log it, try again later
-            self.events.emit("pass.crashed", f"internal error: {type(exc).__name__}: {exc}", commit=revision[:8])
+            where = self._keep_traceback(exc)
+            self.events.emit("pass.crashed", f"internal error: {type(exc).__name__}: {exc} (a bug in reconciler:"
+                             f" {where}; please report it)", commit=revision[:8])  # fmt: skip
             self.engine = None
             return self._next_interval()
         for outcome in outcomes:
@@ -325,6 +329,7 @@ class Agent:
             log=lambda line: None,
             interrupted=lambda: self._newer_commit(revision),
             author=desired.author,
+            parallel=self.config.settings.parallel,
         )
         observed = self.engine.observe()
         try:
@@ -339,9 +344,15 @@ class Agent:
             observed = self.engine.observe()
         plan, observed = plan_against(self.engine, desired, self.config.settings, observed=observed)
         self._notes(plan)
-        plan = self._hold_back(plan, observed, journal)
-        plan = self._whole_or_nothing(plan, journal)
-        plan = self._heal_or_report(plan, observed, journal)
+        held = policy.held_in(plan, journal.failures())
+        restore = {app: self._last_good(app, observed, journal) for app in policy.lost(plan, held)}
+        plan, notices = policy.hold_back(plan, observed, held, restore=restore, said=self.events.active(policy.HELD))
+        self._say(notices)
+        applied = self._applied(plan.actions)
+        plan, notices = policy.whole_or_nothing(plan, applied)
+        self._say(notices)
+        plan, notices = policy.heal_or_report(plan, applied, self_heal=self.config.self_heal)
+        self._say(notices)
         if not plan.changes:
             self._report([Outcome(a.app, a.kind, a.container, Result.SKIPPED, a.message) for a in plan.problems],
                          revision)  # fmt: skip
@@ -370,144 +381,79 @@ class Agent:
         for key, note in keys.items():
             self.events.once(key, f"app.{note.kind}", f"{note.container}: {note.message}", app=note.app)
 
-    # -- what not to do --------------------------------------------------------------------------
+    # -- what not to do (decided in core.policy) -----------------------------------------------------
 
-    def _hold_back(self, plan: Plan, observed: ObservedState, journal: Journal) -> Plan:
-        """Drop deploys of releases that already failed; start what is stopped instead."""
-        targets = {
-            action.app: action.target.spec_hash
-            for action in plan.actions
-            if action.target is not None and action.kind in (ActionKind.CREATE, ActionKind.REPLACE)
-        }
-        held = held_back(journal.failures(), targets)
-        for app in [key.removeprefix("held:") for key in self.events.active("held:")]:
-            if app not in held:
-                self.events.clear(f"held:{app}")
-        if not held:
-            return plan
-        actions: list[Action] = []
-        for action in plan.actions:
-            if action.reasons[:1] == (PRUNED,):
-                continue  # removing apps is part of the commit that is held back: not on its own
-            failure = held.get(action.app)
-            if failure is None or action.kind not in (ActionKind.CREATE, ActionKind.REPLACE):
-                actions.append(action)
-                continue
-            role = "failed" if failure.culprit else "was rolled back with its commit"
-            self.events.once(
-                f"held:{action.app}",
-                "deploy.held",
-                f"{action.app}: release {failure.version} of {failure.revision[:8]} {role}; not tried again until"
-                f" a commit changes {action.app} or `reconcile retry {action.app}` (`reconcile status` says why)",
-                app=action.app,
-            )
-            current = observed.named(container_name(action.app))
-            if current is not None and current.managed and not current.running:
-                actions.append(
-                    replace(action, kind=ActionKind.START, reasons=(Change("state", current.state, "running"),))
-                )
-            elif current is None:
-                actions.extend(self._last_good(action.app, observed, journal))
-        return replace(plan, actions=tuple(actions))
+    def _say(self, notices: Iterable[Notice]) -> None:
+        for notice in notices:
+            fields: dict[str, Any] = ({"app": notice.app} if notice.app else {}) | dict(notice.fields)
+            if notice.say is Say.CLEAR:
+                self.events.clear(notice.key)
+            elif notice.say is Say.EMIT:
+                self.events.emit(notice.event, notice.message, **fields)
+            else:
+                self.events.once(notice.key, notice.event, notice.message, **fields)
 
-    def _last_good(self, app: str, observed: ObservedState, journal: Journal) -> list[Action]:
+    def _applied(self, actions: Iterable[Action]) -> dict[str, str]:
+        """The journal's answer for each app created by ``actions``: the spec hash of its last succeeded deploy
+        (``policy.is_drift`` asks it of creates only)."""
+        assert self.journal is not None
+        applied: dict[str, str] = {}
+        for app in dict.fromkeys(action.app for action in actions if action.kind is ActionKind.CREATE):
+            entry = self.journal.last(app, result="succeeded")
+            if entry is not None:
+                applied[app] = entry.spec_hash
+        return applied
+
+    def _last_good(self, app: str, observed: ObservedState, journal: Journal) -> tuple[Action, ...]:
         """The create of ``app`` as its last good deploy had it (its commit's file), for a held app that
         lost its container: what ran before the failed release runs again."""
         good = journal.last(app, result="succeeded")
         if good is None or self.source is None or self.engine is None:
-            return []
+            return ()
         settings = self.config.settings
         try:
-            old = desired_at(self.source, self.config.ref, good.revision, settings.file)
+            old = policy.last_good(app, desired_at(self.source, self.config.ref, good.revision, settings.file))
         except ReconcileError:
-            return []
-        if app not in old.apps:
-            return []
-        only = old.model_copy(update={"apps": {app: old.apps[app]}})
-        plan, _ = plan_against(self.engine, only, settings, observed=observed)
-        return [action for action in plan.actions if action.app == app and action.kind is ActionKind.CREATE]
-
-    def _whole_or_nothing(self, plan: Plan, journal: Journal) -> Plan:
-        """While an app of the commit cannot be deployed at all (its image cannot be resolved, a stranger
-        holds its name), deploy none of the commit's new releases: never half a release. Heals go on."""
-        blocked = [action for action in plan.actions if action.kind in (ActionKind.ERROR, ActionKind.CONFLICT)]
-        if not blocked:
-            self.events.clear("blocked")
-            return plan
-        kept = tuple(
-            action
-            for action in plan.actions
-            if action.kind not in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.REMOVE)
-            or self._is_drift(action, journal)
-            or action.reasons[:1] == (STALE_NEXT,)
-        )
-        if any(
-            a.kind in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.REMOVE) for a in plan.actions if a not in kept
-        ):
-            why = "; ".join(f"{action.app}: {action.message}" for action in blocked)
-            self.events.once("blocked", "commit.blocked", f"{plan.revision[:8]} not deployed while {why}")
-        return replace(plan, actions=kept)
-
-    def _heal_or_report(self, plan: Plan, observed: ObservedState, journal: Journal) -> Plan:
-        """Tell drift (the host changed under us) from deploys (git changed); heal it or only report it."""
-        actions: list[Action] = []
-        for action in plan.actions:
-            drift = self._is_drift(action, journal)
-            if drift and not self.config.self_heal:
-                self.events.once(
-                    f"drift:{action.app}",
-                    "drift.found",
-                    f"{action.container}: {action.kind.value} needed ({'; '.join(map(str, action.reasons))});"
-                    " not healed (--no-self-heal)",
-                    app=action.app,
-                )
-                continue
-            if drift:
-                self.events.emit("drift.healing", f"{action.container}: {'; '.join(map(str, action.reasons))}",
-                                 app=action.app, action=action.kind.value)  # fmt: skip
-            self.events.clear(f"drift:{action.app}")
-            actions.append(action)
-        return replace(plan, actions=tuple(actions))
-
-    @staticmethod
-    def _is_drift(action: Action, journal: Journal) -> bool:
-        if action.kind is ActionKind.START:
-            return True
-        if action.kind is ActionKind.CREATE and action.target is not None:
-            applied = journal.last(action.app, result="succeeded")
-            return applied is not None and applied.spec_hash == action.target.spec_hash
-        return False
+            return ()
+        if old is None:
+            return ()
+        plan, _ = plan_against(self.engine, old, settings, observed=observed)
+        return policy.restore_actions(app, plan)
 
     def _remember_failures(self, outcomes: list[Outcome], plan: Plan | None, revision: str) -> None:
-        """Record the release that failed (the culprit) and every other new release of its commit (the
-        companions, rolled back or never tried), so that none of them deploys alone."""
+        """Record the failed releases and their companions (``policy.failures_of``), so that none deploys alone."""
         assert self.journal is not None
-        culprits = {outcome.app: outcome for outcome in outcomes if outcome.release_failed}
-        if not culprits:
+        if not any(outcome.release_failed for outcome in outcomes):
             return
-        why = "; ".join(f"{app}: {outcome.message}" for app, outcome in culprits.items())
-        recorded: set[str] = set()
-        for action in plan.actions if plan is not None else ():
-            target = action.target
-            if target is None or action.kind not in (ActionKind.CREATE, ActionKind.REPLACE):
-                continue
-            if action.app not in culprits and self._is_drift(action, self.journal):
-                continue  # a heal of what already ran is no part of the new release
-            culprit = culprits.get(action.app)
+        latest: dict[str, Deployed] = {}
+        for outcome in outcomes:
+            last = self.journal.last(outcome.app) if outcome.release_failed else None
+            if last is not None:
+                latest[outcome.app] = Deployed(last.spec_hash, last.to_version)
+        applied = self._applied(plan.actions if plan is not None else ())
+        for failure in policy.failures_of(outcomes, plan, revision=revision, applied=applied, latest=latest):
             self.journal.record_failure(
-                app=action.app,
-                spec_hash=target.spec_hash,
-                revision=revision,
-                version=target.spec.version,
-                reason=culprit.message if culprit is not None else f"rolled back with its commit ({why})",
-                culprit=culprit is not None,
-            )
-            recorded.add(action.app)
-        for app, outcome in culprits.items():  # found by verify_unfinished: no plan action of its own
-            last = self.journal.last(app)
-            if app not in recorded and last is not None and last.spec_hash:
-                self.journal.record_failure(app=app, spec_hash=last.spec_hash, revision=revision,
-                                            version=last.to_version, reason=outcome.message, culprit=True)  # fmt: skip
+                app=failure.app, spec_hash=failure.spec_hash, revision=failure.revision, version=failure.version,
+                reason=failure.reason, culprit=failure.culprit,
+            )  # fmt: skip
+
+    def _keep_traceback(self, exc: Exception) -> str:
+        """Put a crash's traceback where a person looks for it, and say where: too long for the event line."""
+        text = scrub("".join(traceback.format_exception(exc)))
+        if os.environ.get("RECONCILE_DEBUG"):
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            return "traceback above on stderr (RECONCILE_DEBUG)"
+        state_dir = self.config.settings.state_dir
+        now = time.time()
+        path = state_dir / f"crash-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now % 1 * 1000):03d}Z.txt"
+        try:
+            path.write_text(text)
+            for old in sorted(state_dir.glob("crash-*.txt"))[:-CRASH_FILES_KEPT]:
+                old.unlink()
+        except OSError as error:
+            return f"traceback not written to {path} ({error.strerror or error}); RECONCILE_DEBUG=1 prints it on stderr"
+        return f"traceback in {path}"
 
     def _report(self, outcomes: list[Outcome], revision: str) -> None:
         events = {
@@ -532,36 +478,39 @@ class Agent:
     # -- stable ------------------------------------------------------------------------------------
 
     def _watch_stable(self, desired: DesiredState, observed: ObservedState, applier: Applier) -> None:
-        """Promote apps that stayed healthy ``stable_after`` since their deploy; reset the clock on trouble."""
+        """Sample the apps on their way to stable (``core.stable``) and promote those that stayed healthy."""
         assert self.journal is not None and self.engine is not None
         now = time.time()
-        for app, spec in desired.apps.items():
-            current = observed.named(container_name(app))
-            if current is None or not current.managed or not current.spec_hash:
-                self.stable_watch.pop(app, None)
-                continue
-            promoted = self.journal.stable(app)
-            if promoted is not None and promoted.image_id == current.image_id:
-                self.stable_watch.pop(app, None)
-                continue
-            deployed = self.journal.last(app, result="succeeded")
-            if deployed is None or deployed.spec_hash != current.spec_hash:
-                continue
-            watch = self.stable_watch.get(app)
-            if watch is None or watch.spec_hash != current.spec_hash:
-                watch = _Stable(current.spec_hash, deployed.finished_at or now, spec.stable_after)
-                self.stable_watch[app] = watch
-            sample = applier.sample(current.id, spec.gate)
-            healthy = sample.running and sample.probe_ok and sample.docker_health in ("", "healthy")
-            if not healthy or (watch.restarts >= 0 and sample.restarts > watch.restarts):
-                watch.since = now
-            # Stopped and started again (a rollback of a later release, a manual restart): the clock
-            # starts over from that start.
-            watch.since = max(watch.since, self.engine.started_at(current.id))
-            watch.restarts = sample.restarts
-            if now - watch.since >= spec.stable_after:
+        candidates = {app: self._candidate(app, spec, observed) for app, spec in desired.apps.items()}
+        # Kept before sampling: an engine outage mid-way keeps what the clock learned so far.
+        self.stable_watch, look = track(self.stable_watch, candidates, now=now)
+        for app in look:
+            spec, current = desired.apps[app], observed.named(container_name(app))
+            assert current is not None
+            sample = StableSample.of(
+                applier.sample(current.id, spec.gate), at=now, started_at=self.engine.started_at(current.id)
+            )
+            watch = self.stable_watch[app] = self.stable_watch[app].observe(sample)
+            if watch.promote:
                 self._promote(app, spec.image, current.version, current.image_id, current.commit, how="auto")
                 self.stable_watch.pop(app, None)
+
+    def _candidate(self, app: str, spec: AppSpec, observed: ObservedState) -> Candidate | None:
+        """What the engine and the journal say of ``app``'s container, for the stable clock."""
+        assert self.journal is not None
+        current = observed.named(container_name(app))
+        if current is None or not current.managed or not current.spec_hash:
+            return None
+        promoted = self.journal.stable(app)
+        deployed = self.journal.last(app, result="succeeded")
+        return Candidate(
+            spec_hash=current.spec_hash,
+            image_id=current.image_id,
+            stable_after=spec.stable_after,
+            deployed_hash=deployed.spec_hash if deployed is not None else None,
+            deployed_at=deployed.finished_at if deployed is not None else None,
+            stable_image_id=promoted.image_id if promoted is not None else None,
+        )
 
     def _promote(self, app: str, image: str, version: str, image_id: str, revision: str, *, how: str) -> None:
         assert self.journal is not None and self.engine is not None
@@ -582,7 +531,8 @@ class Agent:
         """Seconds until the next app could be promoted (the loop wakes then to look)."""
         if not self.stable_watch:
             return float("inf")
-        due = min(watch.since + watch.stable_after for watch in self.stable_watch.values()) - time.time()
+        now = time.time()
+        due = min(watch.due(now) for watch in self.stable_watch.values())
         # Look at least every 5 s meanwhile: staying healthy is what earns the promotion.
         return max(0.05, min(due, 5.0))
 

@@ -1,6 +1,10 @@
-"""Runs a Plan step by step against the engine: pull, create, swap, start, health gate, roll back.
+"""Runs a Plan against the engine: each deploy a sequence of named steps, health-gated, rolled back on failure.
 
 Guarantees:
+- A deploy is a sequence of ``Step`` values (``STOP_FIRST``: pull, create, stop-old, keep-old,
+  rename-new, start-new, gate); ``RULES`` is the one place that says, per step, what a failure at it
+  takes back (``Undo``) and what the next pass does with a deploy cut short at it (``Resume``).
+  Another strategy is another sequence over the same rules.
 - Nothing of an app is touched until its new container exists: a missing tag, a refused pull, an
   unreadable env_file or a refused create leaves the running container exactly as it was.
 - A deploy keeps the container it replaces, stopped, as ``APP.prev`` (only the newest one), so that a
@@ -10,51 +14,133 @@ Guarantees:
   (for its logs), and the container it replaced is started again and gated again.
 - When there is no running container to set aside (a crash, a ``docker rm``), the kept ``APP.prev``
   is what a failed release rolls back to.
+- The apps of a pass are deployed concurrently, at most ``parallel`` at once, their gates
+  overlapping; the actions of one app run one after another, in the plan's order. Outcomes come back
+  in the plan's order whatever order they finished in. ``parallel=1`` runs the plan in this thread,
+  one app after another.
 - One app's failure does not stop the others; every app gets an ``Outcome`` and a journal row. With
-  ``atomic=True`` (the agent), a release that fails takes the whole commit back: every app this pass
-  deployed returns to what ran before it.
+  ``atomic=True`` (the agent), a release that fails takes the whole commit back: no further deploy
+  of the pass starts, the ones under way finish, and every app this pass deployed returns to what ran
+  before it.
 - A gate whose wait ``interrupted()`` abandons (a newer commit, SIGTERM) leaves the new container
   running and its journal row ``superseded``; ``verify_unfinished`` gates it (or a deploy a crash
   cut short) on the next pass and keeps it or rolls it back. A rollback whose gate is abandoned so
   is recorded as rolled back (the previous release runs), never as a failure: a pending verdict is
-  not a failed one, and no message of ours ends in an empty reason.
+  not a failed one, and no message of ours ends in an empty reason. Once ``interrupted()`` says so,
+  it holds for the rest of the pass, and no further action starts.
 - A verdict is journaled before the rollback starts (``rolling-back``) and is final: a rollback cut
   short (SIGKILL, an engine outage) is finished by ``verify_unfinished`` at once, without gating the
   failed release again.
 - An engine that stops answering (``EngineUnavailable``, from any step, a gate's sampling or a
-  rollback) is not a verdict on the release: it leaves this module at once, the journal row stays
-  unfinished, and ``verify_unfinished`` resumes it once the engine answers again. A gate that fails
-  first checks that the engine still answers. ``done`` holds the outcomes given before that.
+  rollback, in any deploy of the pass) is not a verdict on the release: no further action starts, the
+  ones under way end, and it leaves ``apply`` then; the journal rows stay unfinished, and
+  ``verify_unfinished`` resumes them once the engine answers again. A gate that fails first checks
+  that the engine still answers. ``done`` holds the outcomes given before that, in the plan's order.
 - Each probe has its own deadline (``core.health.probe_timeout``): a hung http, tcp or exec probe is
   one failed sample, and the gate decides at its own timeout.
 - The removal of an ``APP.next`` that an interrupted deploy left is journaled as ``cleanup``, not as
   a removal of the app.
 - Each step is announced to ``on_step(app, step)`` before it runs, so tests can stop the process at
-  any step; time is read from ``clock`` and waited with ``sleep``.
+  any step; time is read from ``clock`` and waited with ``sleep``. ``on_step``, ``log`` and the
+  journal are called from one deploy at a time, so lines stay whole and rows are written in turn.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import TypeVar
 
 from reconciler.core.health import Gate, Sample, Verdict, probe_timeout
 from reconciler.core.model import AppSpec, HealthSpec, ObservedContainer, ObservedState, Role, container_name
-from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan
+from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan, Target
 from reconciler.core.report import Outcome, Result
 from reconciler.errors import EngineUnavailable, ReconcileError
 from reconciler.shell.docker import Engine
 from reconciler.shell.journal import CLEANUP, UNVERIFIED, Entry, Journal
 
+T = TypeVar("T")
+
 ADOPTED = ".adopted"
 WATCH_STEP = 0.1  # seconds between looks at a gated container's state
 ROLLING_BACK = "rolling-back"  # a journaled verdict: the release failed, its rollback has begun
 ABANDONED = "its gate was abandoned for a newer commit or a shutdown"
+# Deploys of a pass at once. A gate mostly waits (one inspect per 100 ms), so the bound is what the
+# engine can create and start at once on a small host. 16 takes 20 apps from an empty 2-core host in
+# two rounds of the default 5 s gate (8 took three rounds, 18.6 s: over the 15 s target), and 200 apps
+# in about 7 x that; bench/parallel.py measures it.
+DEFAULT_PARALLEL = 16
+
+
+class Step(StrEnum):
+    """The named steps of what ``apply`` does (``RECONCILE_KILL_AT=APP:STEP`` names them too)."""
+
+    PULL = "pull"
+    CREATE = "create"  # as APP.next
+    STOP_OLD = "stop-old"
+    KEEP_OLD = "keep-old"  # the stopped one renamed to APP.prev (or APP.adopted)
+    RENAME_NEW = "rename-new"  # APP.next renamed to APP
+    START_NEW = "start-new"
+    GATE = "gate"
+    ROLL_BACK = "roll-back"
+    VERIFY = "verify"  # a later pass judges a deploy that never got a verdict
+    UNDO = "undo"  # a release that passed, taken back with its failed commit
+    REMOVE = "remove"
+    START = "start"
+
+
+class Undo(StrEnum):
+    """What a step that the engine refused leaves to take back (a refusal, not an outage)."""
+
+    NOTHING = "nothing"  # nothing of the app changed: what ran runs on
+    DISCARD = "discard"  # only APP.next exists: it is removed
+    ROLL_BACK = "roll-back"  # the new release is on its way in: kept as APP.failed, the previous one back
+
+
+class Resume(StrEnum):
+    """What the next pass does with a deploy that a crash or an outage cut short at a step."""
+
+    REPLAN = "replan"  # the new release never took the app's name: the row closes, the plan runs again
+    VERIFY = "verify"  # it holds the app's name: started if need be, gated, kept or rolled back
+    FINISH = "finish"  # the verdict was journaled: the rollback is finished, the release not gated again
+
+
+@dataclass(frozen=True)
+class Rule:
+    undo: Undo
+    resume: Resume
+
+
+RULES: Mapping[Step, Rule] = {
+    Step.PULL: Rule(Undo.NOTHING, Resume.REPLAN),
+    Step.CREATE: Rule(Undo.DISCARD, Resume.REPLAN),  # the plan cleans up a stale APP.next
+    Step.STOP_OLD: Rule(Undo.ROLL_BACK, Resume.REPLAN),
+    Step.KEEP_OLD: Rule(Undo.ROLL_BACK, Resume.REPLAN),
+    Step.RENAME_NEW: Rule(Undo.ROLL_BACK, Resume.REPLAN),
+    Step.START_NEW: Rule(Undo.ROLL_BACK, Resume.VERIFY),
+    Step.GATE: Rule(Undo.ROLL_BACK, Resume.VERIFY),
+    # A rollback's own steps note what the engine refuses and go on (``_attempt``).
+    Step.ROLL_BACK: Rule(Undo.NOTHING, Resume.FINISH),
+}
+
+# Stop-first: the host port is free for the new release only once the old one stopped.
+STOP_FIRST: tuple[Step, ...] = (
+    Step.PULL,
+    Step.CREATE,
+    Step.STOP_OLD,
+    Step.KEEP_OLD,
+    Step.RENAME_NEW,
+    Step.START_NEW,
+    Step.GATE,
+)
 
 
 def _probe_http(url: str, timeout: float) -> tuple[bool, str]:
@@ -83,6 +169,31 @@ def _probe_tcp(address: str, timeout: float) -> tuple[bool, str]:
         return False, f"tcp {address}: {exc.strerror or exc}"
 
 
+class _Rows:
+    """The journal calls of ``apply``, one at a time: its sqlite connection (and its reopening of a moved
+    or corrupt file) is shared by the deploys of a pass."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.lock = threading.RLock()
+
+    def start(self, **fields: str) -> int:
+        with self.lock:
+            return self.journal.start(**fields)
+
+    def finish(self, entry_id: int, *, result: str, message: str = "") -> None:
+        with self.lock:
+            self.journal.finish(entry_id, result=result, message=message)
+
+    def last(self, app: str) -> Entry | None:
+        with self.lock:
+            return self.journal.last(app)
+
+    def unverified(self) -> list[Entry]:
+        with self.lock:
+            return self.journal.unverified()
+
+
 @dataclass(frozen=True)
 class Deployed:
     """A release this pass put in place: enough to take it back if its commit fails elsewhere."""
@@ -95,6 +206,30 @@ class Deployed:
 
 
 @dataclass
+class _Deploy:
+    """One deploy under way: what its steps read, and what each leaves for the next."""
+
+    action: Action
+    target: Target
+    observed: ObservedState
+    entry: int
+    current: ObservedContainer | None  # what runs under the app's name: set aside by stop-old, keep-old
+    fallback: ObservedContainer | None  # what a failed release goes back to
+    new_id: str = ""
+    started_at: float = 0.0
+    remover: threading.Thread | None = None  # removes the older kept container while the current one stops
+    gate: Gate | None = None
+
+    @property
+    def app(self) -> str:
+        return self.action.app
+
+    @property
+    def spec(self) -> AppSpec:
+        return self.target.spec
+
+
+@dataclass
 class Applier:
     engine: Engine
     journal: Journal
@@ -104,7 +239,34 @@ class Applier:
     log: Callable[[str], None] = field(default=lambda line: None)
     interrupted: Callable[[], bool] = field(default=lambda: False)
     author: str = ""
+    parallel: int = DEFAULT_PARALLEL  # deploys of a pass at once; 1: one after another, in this thread
     done: list[Outcome] = field(default_factory=list)  # the outcomes of the last ``apply`` so far
+    _rows: _Rows = field(init=False, repr=False)
+    _said: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _asking: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _newer: bool = field(default=False, init=False, repr=False)
+    _asked_at: float = field(default=float("-inf"), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rows = _Rows(self.journal)
+
+    def _stale(self) -> bool:
+        """``interrupted()``, asked by one deploy at a time and at most every ``WATCH_STEP`` (the agent's
+        answer may fetch from git); once it is true, it stays true: the rest of the pass is stale."""
+        with self._asking:
+            now = self.clock()
+            if not self._newer and now - self._asked_at >= WATCH_STEP:
+                self._newer = self.interrupted()
+                self._asked_at = now
+            return self._newer
+
+    def _step(self, app: str, step: Step) -> None:
+        with self._said:
+            self.on_step(app, str(step))
+
+    def _log(self, line: str) -> None:
+        with self._said:
+            self.log(line)
 
     # -- health ------------------------------------------------------------------------------------
 
@@ -147,7 +309,7 @@ class Applier:
                 # An engine going away looks like a container that is gone or exited: that judges
                 # the engine, not the release.
                 self._engine_answers()
-            if gate.verdict.done or self.interrupted():
+            if gate.verdict.done or self._stale():
                 return gate
             self._wait_watching(container_id, gate.next_sample_at(self.clock()), gate.restarts_at_start)
 
@@ -165,7 +327,7 @@ class Applier:
         or restarted: a release that exits fails its gate at once, not one probe interval later."""
         while (left := until - self.clock()) > 0:
             self.sleep(min(left, WATCH_STEP))
-            if self.interrupted():
+            if self._stale():
                 return
             state = self.engine.container_state(container_id)
             status = (state or {}).get("State") or {}
@@ -175,45 +337,88 @@ class Applier:
     # -- the plan --------------------------------------------------------------------------------
 
     def apply(self, plan: Plan, observed: ObservedState, *, atomic: bool = False) -> list[Outcome]:
-        """Apply ``plan``; an ``EngineUnavailable`` stops it at once (``done`` says what was done before)."""
-        outcomes: list[Outcome] = []
-        self.done = outcomes
-        deployed: list[Deployed] = []
-        for action in plan.actions:
-            if self.interrupted():
-                break  # a newer commit or a shutdown: the rest of this plan is stale
-            if not action.kind.changes:
-                outcomes.append(Outcome(action.app, action.kind, action.container, Result.SKIPPED, action.message))
-                continue
-            try:
-                if action.kind is ActionKind.REMOVE:
-                    outcomes.append(self._remove(action, observed, plan.revision))
-                elif action.kind is ActionKind.START:
-                    outcomes.append(self._start(action, observed, plan.revision))
-                else:
-                    outcome, done = self._deploy(action, observed, plan.revision)
-                    outcomes.append(outcome)
-                    if done is not None:
-                        deployed.append(done)
-            except EngineUnavailable:
-                raise  # not this app's failure: the pass stops, and the next one resumes the journaled row
-            except ReconcileError as exc:
-                outcomes.append(Outcome(action.app, action.kind, action.container, Result.FAILED, str(exc)))
-            if atomic and _breaks_release(outcomes[-1]):
-                break  # the commit is going back: deploying the rest of it would only be undone
+        """Apply ``plan``, its apps concurrently; an ``EngineUnavailable`` stops it (``done`` says what was
+        done before)."""
+        slots: list[Outcome | None] = [None] * len(plan.actions)
+        kept: list[Deployed | None] = [None] * len(plan.actions)
+        self.done = []
+        failed = threading.Event()  # atomic: a release of the commit failed, start nothing more
+
+        def halted() -> bool:
+            return self._stale() or (atomic and failed.is_set())
+
+        def run_app(indices: Sequence[int]) -> None:
+            for index in indices:
+                if halted():
+                    return  # a newer commit, a shutdown, or a commit that is going back
+                outcome, kept[index] = self._run(plan.actions[index], observed, plan.revision)
+                slots[index] = outcome
+                if atomic and _breaks_release(outcome):
+                    failed.set()
+
+        by_app: dict[str, list[int]] = {}
+        for index, action in enumerate(plan.actions):
+            by_app.setdefault(action.app, []).append(index)
+        try:
+            self._all([functools.partial(run_app, indices) for indices in by_app.values()])
+        finally:
+            self.done = [outcome for outcome in slots if outcome is not None]
+        outcomes = list(self.done)
         culprits = [outcome.app for outcome in outcomes if _breaks_release(outcome)]
+        deployed = [done for done in kept if done is not None]
         if atomic and culprits and deployed:
             reason = f"rolled back with the rest of commit {plan.revision[:8]}: {', '.join(culprits)} failed"
-            undone = {done.app: self._undo(done, reason) for done in reversed(deployed)}
-            outcomes = [undone.get(outcome.app, outcome) for outcome in outcomes]
+            taken_back = self._all([functools.partial(self._undo, done, reason) for done in reversed(deployed)])
+            undone = {done.app: outcome for done, outcome in zip(reversed(deployed), taken_back, strict=True)}
+            outcomes = [undone.get(outcome.app) or outcome for outcome in outcomes]
         self.done = outcomes
         return outcomes
 
-    def _step(self, app: str, step: str) -> None:
-        self.on_step(app, step)
+    def _all(self, tasks: Sequence[Callable[[], T]]) -> list[T | None]:
+        """Run ``tasks``, at most ``parallel`` at once; their results in their order.
+
+        An exception in one (an engine outage) starts no further task; it is raised once the tasks under
+        way have ended, which the outage ends soon too. A task not run gives None.
+        """
+        if self.parallel <= 1 or len(tasks) <= 1:
+            return [task() for task in tasks]
+        results: list[T | None] = [None] * len(tasks)
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def run(index: int) -> None:
+            if stop.is_set():
+                return
+            try:
+                results[index] = tasks[index]()
+            except BaseException as exc:  # handed to the caller's thread below
+                errors.append(exc)
+                stop.set()
+
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(tasks)), thread_name_prefix="deploy") as pool:
+            for index in range(len(tasks)):
+                pool.submit(run, index)
+        if errors:
+            raise errors[0]
+        return results
+
+    def _run(self, action: Action, observed: ObservedState, revision: str) -> tuple[Outcome, Deployed | None]:
+        """One action of the plan: its outcome, and the release it put in place (to undo with its commit)."""
+        if not action.kind.changes:
+            return Outcome(action.app, action.kind, action.container, Result.SKIPPED, action.message), None
+        try:
+            if action.kind is ActionKind.REMOVE:
+                return self._remove(action, observed, revision), None
+            if action.kind is ActionKind.START:
+                return self._start(action, observed, revision), None
+            return self._deploy(action, observed, revision)
+        except EngineUnavailable:
+            raise  # not this app's failure: the pass stops, and the next one resumes the journaled row
+        except ReconcileError as exc:
+            return Outcome(action.app, action.kind, action.container, Result.FAILED, str(exc)), None
 
     def _journal_start(self, revision: str, app: str, action: str, **fields: str) -> int:
-        return self.journal.start(revision=revision, app=app, action=action, author=self.author, **fields)
+        return self._rows.start(revision=revision, app=app, action=action, author=self.author, **fields)
 
     def _remove(self, action: Action, observed: ObservedState, revision: str) -> Outcome:
         container = observed.named(action.container)
@@ -228,12 +433,12 @@ class Applier:
                 revision, action.app, "remove", from_version=container.version, from_image=container.image_id
             )
             message = ""
-        self._step(action.app, "remove")
+        self._step(action.app, Step.REMOVE)
         if container.running:
             self.engine.stop(container.id, container.name, float(container.fingerprint.get("stop_timeout") or 10))
         self.engine.remove(container.id, container.name)
-        self.journal.finish(entry, result="succeeded", message=message)
-        self.log(message or f"removed {container.name}")
+        self._rows.finish(entry, result="succeeded", message=message)
+        self._log(message or f"removed {container.name}")
         said = "left by an interrupted deploy; removed" if message else ""
         return Outcome(action.app, action.kind, action.container, Result.APPLIED, said)
 
@@ -241,7 +446,7 @@ class Applier:
         container = observed.named(action.container)
         assert container is not None and action.target is not None
         app, spec = action.app, action.target.spec
-        last = self.journal.last(app)
+        last = self._rows.last(app)
         recovering = last is not None and last.result in UNVERIFIED
         entry = self._journal_start(
             container.commit or revision,  # what runs is the release of the container's commit
@@ -254,8 +459,8 @@ class Applier:
             spec_hash=container.spec_hash,
         )
         if recovering and last is not None:
-            self.journal.finish(last.id, result="interrupted", message="finished by a later pass")
-        self._step(app, "start")
+            self._rows.finish(last.id, result="interrupted", message="finished by a later pass")
+        self._step(app, Step.START)
         try:
             if container.state == "paused":
                 self.engine.unpause(container.id, container.name)
@@ -264,33 +469,36 @@ class Applier:
         except EngineUnavailable:
             raise  # the row stays unfinished: the next pass starts and gates it
         except ReconcileError as exc:
-            self.journal.finish(entry, result="failed", message=str(exc))
+            self._rows.finish(entry, result="failed", message=str(exc))
             raise
         gate = self.gate(container.id, spec.gate)
         if gate.verdict is Verdict.PASSED:
-            self.journal.finish(entry, result="succeeded")
-            self.log(f"started {container.name} ({container.version})")
+            self._rows.finish(entry, result="succeeded")
+            self._log(f"started {container.name} ({container.version})")
             return Outcome(app, action.kind, action.container, Result.APPLIED, f"started {container.version}")
         if gate.verdict is Verdict.PENDING:
-            self.journal.finish(entry, result="superseded", message="the health gate was abandoned")
+            self._rows.finish(entry, result="superseded", message="the health gate was abandoned")
             message = f"started {container.version}, {ABANDONED}"
             return Outcome(app, action.kind, action.container, Result.SUPERSEDED, message)
         previous = observed.named(container_name(app, Role.PREVIOUS))
         if recovering and previous is not None and previous.managed:
             # A deploy cut short by a crash: its release never proved itself, the kept one did.
             return self._roll_back(action, entry, container.id, previous, spec, f"after a restart, {gate.reason}")
-        self.journal.finish(entry, result="failed", message=gate.reason)
+        self._rows.finish(entry, result="failed", message=gate.reason)
         return Outcome(app, action.kind, action.container, Result.FAILED, f"started, but {gate.reason}")
 
-    def _deploy(self, action: Action, observed: ObservedState, revision: str) -> tuple[Outcome, Deployed | None]:
+    # -- a deploy: its steps, in sequence -------------------------------------------------------------
+
+    def _deploy(
+        self, action: Action, observed: ObservedState, revision: str, steps: Sequence[Step] = STOP_FIRST
+    ) -> tuple[Outcome, Deployed | None]:
         target = action.target
         assert target is not None
-        app, spec, resolution = action.app, target.spec, target.resolution
+        app, spec = action.app, target.spec
         current = observed.named(container_name(app))
         kept = observed.named(container_name(app, Role.PREVIOUS))
         # With nothing running under the app's name, the kept container is what to fall back to.
         fallback = current if current is not None else (kept if kept is not None and kept.managed else None)
-        next_name = container_name(app, Role.NEXT)
         entry = self._journal_start(
             revision,
             app,
@@ -298,77 +506,120 @@ class Applier:
             from_version=fallback.version if fallback else "",
             to_version=spec.version,
             from_image=fallback.image_id if fallback else "",
-            to_image=resolution.image_id or resolution.ref,
+            to_image=target.resolution.image_id or target.resolution.ref,
             spec_hash=target.spec_hash,
         )
-        new_id = ""
-        try:
-            if not resolution.image_id:
-                self._step(app, "pull")
-                self.engine.pull(resolution.ref)
-            env = {**(self.engine.files.read(spec.env_file) if spec.env_file else {}), **spec.env}
-            self._step(app, "create")
-            new_id = self.engine.create(target, next_name, env=env)
-        except EngineUnavailable:
-            raise  # nothing was swapped yet; a created APP.next is cleaned up by the next pass
-        except ReconcileError as exc:
-            if new_id:
-                self.engine.remove(new_id, next_name)
-            self.journal.finish(entry, result="failed", message=str(exc))
-            return Outcome(app, action.kind, app, Result.FAILED, f"{exc}; {self._left_as_it_was(current)}"), None
-        self.log(f"deploying {app} {fallback.version + ' -> ' if fallback else ''}{spec.version}")
-        started_at = self.clock()
-        try:
-            self._set_aside(app, current, observed)
-            self._step(app, "rename-new")
-            self.engine.rename(new_id, app)
-            self._step(app, "start-new")
-            started_at = self.clock()
-            self.engine.start(new_id, app)
-        except EngineUnavailable:
-            raise  # cut short, not failed: the next pass finds the unfinished row and resumes it
-        except ReconcileError as exc:
-            return self._roll_back(action, entry, new_id, fallback, spec, f"it did not start: {exc}"), None
-        self._step(app, "gate")
-        gate = self.gate(new_id, spec.gate, started_at=started_at)
+        deploy = _Deploy(action, target, observed, entry, current, fallback, started_at=self.clock())
+        for step in steps:
+            if not self._needed(step, deploy):
+                continue
+            self._step(app, step)
+            try:
+                self._do(step, deploy)
+            except EngineUnavailable:
+                raise  # cut short, not failed: the next pass finds the unfinished row and resumes it (RULES)
+            except ReconcileError as exc:
+                return self._take_back(deploy, step, str(exc)), None
+        gate = deploy.gate
+        assert gate is not None
         if gate.verdict is Verdict.PENDING:
-            self.journal.finish(entry, result="superseded", message="the health gate was abandoned")
+            self._rows.finish(entry, result="superseded", message="the health gate was abandoned")
             return Outcome(app, action.kind, app, Result.SUPERSEDED, f"{spec.version} started, gate abandoned"), None
         if gate.verdict is not Verdict.PASSED:
-            return self._roll_back(action, entry, new_id, fallback, spec, gate.reason), None
-        self.journal.finish(entry, result="succeeded")
+            return self._take_back(deploy, Step.GATE, gate.reason), None
+        self._rows.finish(entry, result="succeeded")
         was = f"{fallback.version or '?'} -> " if fallback else ""
-        self.log(f"deployed {app} {was}{spec.version}")
-        done = Deployed(app, new_id, fallback, spec, entry)
+        self._log(f"deployed {app} {was}{spec.version}")
+        done = Deployed(app, deploy.new_id, fallback, spec, entry)
         return Outcome(app, action.kind, app, Result.APPLIED, f"{was}{spec.version}"), done
+
+    @staticmethod
+    def _needed(step: Step, deploy: _Deploy) -> bool:
+        if step is Step.PULL:
+            return not deploy.target.resolution.image_id
+        if step in (Step.STOP_OLD, Step.KEEP_OLD):
+            return deploy.current is not None
+        return True
+
+    def _do(self, step: Step, deploy: _Deploy) -> None:
+        """Run one step of a deploy; what it leaves (an id, a gate) goes into ``deploy``."""
+        app, spec = deploy.app, deploy.spec
+        if step is Step.PULL:
+            self.engine.pull(deploy.target.resolution.ref)
+        elif step is Step.CREATE:
+            env = {**(self.engine.files.read(spec.env_file) if spec.env_file else {}), **spec.env}
+            deploy.new_id = self.engine.create(deploy.target, container_name(app, Role.NEXT), env=env)
+            was = deploy.fallback
+            self._log(f"deploying {app} {was.version + ' -> ' if was else ''}{spec.version}")
+        elif step is Step.STOP_OLD:
+            current = deploy.current
+            assert current is not None
+            older = deploy.observed.named(self._keep_as(app, current))
+            # The older kept container is stopped already; removing it while the current one stops keeps
+            # that call off the time during which the app answers nothing.
+            if current.managed and older is not None and older.managed:
+                deploy.remover = threading.Thread(target=self._remove_quietly, args=(older,), daemon=True)
+                deploy.remover.start()
+            if current.running:
+                self.engine.stop(current.id, current.name, float(current.fingerprint.get("stop_timeout") or 10))
+        elif step is Step.KEEP_OLD:
+            assert deploy.current is not None
+            if deploy.remover is not None:
+                deploy.remover.join()
+            self.engine.rename(deploy.current.id, self._keep_as(app, deploy.current))
+        elif step is Step.RENAME_NEW:
+            self.engine.rename(deploy.new_id, app)
+        elif step is Step.START_NEW:
+            deploy.started_at = self.clock()
+            self.engine.start(deploy.new_id, app)
+        elif step is Step.GATE:
+            deploy.gate = self.gate(deploy.new_id, spec.gate, started_at=deploy.started_at)
+        else:
+            raise AssertionError(f"{step} is not a step of a deploy")
+
+    @staticmethod
+    def _keep_as(app: str, current: ObservedContainer) -> str:
+        """Where the running container is kept once set aside: APP.prev, or APP.adopted when not ours."""
+        return container_name(app, Role.PREVIOUS) if current.managed else app + ADOPTED
+
+    def _take_back(self, deploy: _Deploy, step: Step, reason: str) -> Outcome:
+        """What a failure at ``step`` leaves to undo, as ``RULES`` says; ``reason`` is why it failed."""
+        app, action = deploy.app, deploy.action
+        undo = RULES[step].undo
+        if undo is Undo.ROLL_BACK:
+            why = reason if step is Step.GATE else f"it did not start: {reason}"
+            return self._roll_back(action, deploy.entry, deploy.new_id, deploy.fallback, deploy.spec, why)
+        if undo is Undo.DISCARD and deploy.new_id:
+            self.engine.remove(deploy.new_id, container_name(app, Role.NEXT))
+        self._rows.finish(deploy.entry, result="failed", message=reason)
+        return Outcome(app, action.kind, app, Result.FAILED, f"{reason}; {self._left_as_it_was(deploy.current)}")
+
+    # -- deploys that never got a verdict ----------------------------------------------------------
 
     def verify_unfinished(self, observed: ObservedState, specs: Mapping[str, AppSpec]) -> list[Outcome]:
         """Give a verdict to deploys that never got one (a crash, SIGTERM, an engine outage, a newer
         commit mid-gate), and finish the rollbacks that were cut short.
 
-        The release still running under the app's name is gated now; a failure rolls back to
-        ``APP.prev``. A row whose release is no longer what runs is closed as ``interrupted``. A row
+        Each row is resumed as ``RULES`` says for the step it reached (``_reached``): the release still
+        running under the app's name is gated now, and a failure rolls back to ``APP.prev``; a row whose
+        release never took the app's name is closed as ``interrupted`` (the plan deploys it again); a row
         whose verdict was journaled (``rolling-back``) is rolled back at once, never gated again.
         """
         outcomes: list[Outcome] = []
         for entry in self._unfinished(observed, specs):
-            if entry.result == ROLLING_BACK:
+            step = self._reached(entry, observed)
+            resume = RULES[step].resume
+            if resume is Resume.FINISH:
                 resumed = self._resume_roll_back(entry, observed, specs)
                 if resumed is not None:
                     outcomes.append(replace(resumed, revision=entry.revision))
                 continue
             current = observed.named(entry.app)
-            matches = (
-                current is not None
-                and current.managed
-                and bool(entry.spec_hash)
-                and current.spec_hash == entry.spec_hash
-            )
-            if entry.app not in specs or current is None or not matches:
-                self.journal.finish(entry.id, result="interrupted", message="cut short; planned again")
+            if resume is Resume.REPLAN or entry.app not in specs or current is None:
+                self._rows.finish(entry.id, result="interrupted", message="cut short; planned again")
                 continue
-            self._step(entry.app, "verify")
-            if not current.running:  # cut short between its rename and its start
+            self._step(entry.app, Step.VERIFY)
+            if step is Step.START_NEW:  # cut short between its rename and its start
                 try:
                     self.engine.start(current.id, current.name)
                 except EngineUnavailable:
@@ -380,8 +631,8 @@ class Applier:
             if gate.verdict is Verdict.PENDING:
                 continue
             if gate.verdict is Verdict.PASSED:
-                self.journal.finish(entry.id, result="succeeded", message="verified by a later pass")
-                self.log(f"deployed {entry.app} {entry.to_version} (verified after an interruption)")
+                self._rows.finish(entry.id, result="succeeded", message="verified by a later pass")
+                self._log(f"deployed {entry.app} {entry.to_version} (verified after an interruption)")
                 outcomes.append(
                     Outcome(
                         entry.app, action.kind, entry.app, Result.APPLIED, entry.to_version, revision=entry.revision
@@ -395,12 +646,22 @@ class Applier:
             outcomes.append(replace(outcome, revision=entry.revision))
         return outcomes
 
+    @staticmethod
+    def _reached(entry: Entry, observed: ObservedState) -> Step:
+        """The step at which an unfinished row's deploy stopped, as the engine shows it."""
+        if entry.result == ROLLING_BACK:
+            return Step.ROLL_BACK
+        current = observed.named(entry.app)
+        if current is None or not current.managed or not entry.spec_hash or current.spec_hash != entry.spec_hash:
+            return Step.RENAME_NEW  # at the latest: its release never took the app's name
+        return Step.GATE if current.running else Step.START_NEW
+
     def _unfinished(self, observed: ObservedState, specs: Mapping[str, AppSpec]) -> list[Entry]:
         """The journal's unverified rows, and the rollbacks cut short (``rolling-back``) of known apps."""
-        entries = {entry.id: entry for entry in self.journal.unverified()}
+        entries = {entry.id: entry for entry in self._rows.unverified()}
         apps = set(specs) | {c.app for c in observed.containers if c.managed and c.app}
         for app in sorted(apps):
-            last = self.journal.last(app)
+            last = self._rows.last(app)
             if last is not None and last.result == ROLLING_BACK:
                 entries[last.id] = last
         return [entries[key] for key in sorted(entries)]
@@ -415,7 +676,7 @@ class Applier:
         app = entry.app
         spec = specs.get(app)
         if spec is None:  # gone from the file: the plan prunes the app, whatever runs
-            self.journal.finish(entry.id, result="interrupted", message=f"{entry.message}; rollback cut short")
+            self._rows.finish(entry.id, result="interrupted", message=f"{entry.message}; rollback cut short")
             return None
         released = None
         for role in (Role.CURRENT, Role.NEXT, Role.FAILED):
@@ -428,7 +689,7 @@ class Applier:
         previous = kept if kept is not None and kept.managed else None
         if previous is None and current is not None and current.managed and current is not released:
             previous = current  # the rollback had put it back already; it is gated again below
-        self._step(app, "verify")
+        self._step(app, Step.VERIFY)
         action = Action(ActionKind.REPLACE, app, app)
         failed_spec = spec.model_copy(update={"version": entry.to_version or spec.version})
         reason = entry.message or "its health gate failed"
@@ -444,27 +705,7 @@ class Applier:
         try:
             self.engine.remove(container.id, container.name)
         except ReconcileError as exc:
-            self.log(f"could not remove {container.name}: {exc}")
-
-    def _set_aside(self, app: str, current: ObservedContainer | None, observed: ObservedState) -> None:
-        """Stop the running container and move it out of the app's name (to APP.prev or APP.adopted)."""
-        if current is None:
-            return
-        keep_as = container_name(app, Role.PREVIOUS) if current.managed else app + ADOPTED
-        older = observed.named(keep_as)
-        # The older kept container is stopped already; removing it while the current one stops keeps
-        # that call off the time during which the app answers nothing.
-        remover = None
-        if current.managed and older is not None and older.managed:
-            remover = threading.Thread(target=self._remove_quietly, args=(older,), daemon=True)
-            remover.start()
-        self._step(app, "stop-old")
-        if current.running:
-            self.engine.stop(current.id, current.name, float(current.fingerprint.get("stop_timeout") or 10))
-        self._step(app, "keep-old")
-        if remover is not None:
-            remover.join()
-        self.engine.rename(current.id, keep_as)
+            self._log(f"could not remove {container.name}: {exc}")
 
     def _attempt(self, what: str, fn: Callable[[], object], problems: list[str]) -> None:
         """Run one step of a rollback; a failure is noted and the rollback goes on (not an engine outage:
@@ -503,13 +744,13 @@ class Applier:
         problems: list[str] = []
         self._engine_answers()  # a release stopped by an engine going away did not fail
         # The verdict first: a rollback cut short from here on is finished by the next pass, not re-judged.
-        self.journal.finish(entry, result=ROLLING_BACK, message=reason)
-        self._step(app, "roll-back")
+        self._rows.finish(entry, result=ROLLING_BACK, message=reason)
+        self._step(app, Step.ROLL_BACK)
         if new_id:
             self._keep_failed(app, new_id, spec, problems)
         if previous is None:
-            self.journal.finish(entry, result="failed", message=reason)
-            self.log(f"deploy of {app} {spec.version} failed: {reason}; nothing to roll back to")
+            self._rows.finish(entry, result="failed", message=reason)
+            self._log(f"deploy of {app} {spec.version} failed: {reason}; nothing to roll back to")
             kept = f"kept stopped as {failed_name}; " if new_id else ""
             message = f"{spec.version} failed: {reason}; {kept}nothing to roll back to"
             return Outcome(app, action.kind, app, Result.FAILED, message, release_failed=True)
@@ -519,13 +760,13 @@ class Applier:
             # An abandoned gate (PENDING) is no failure: the previous release runs, as it did before.
             abandoned = f" ({ABANDONED})" if gate.verdict is Verdict.PENDING else ""
             said = f"{reason}; back to {back}{abandoned}" if abandoned else reason
-            self.journal.finish(entry, result="rolled-back", message=said)
-            self.log(f"deploy of {app} {spec.version} failed ({reason}); rolled back to {back}{abandoned}")
+            self._rows.finish(entry, result="rolled-back", message=said)
+            self._log(f"deploy of {app} {spec.version} failed ({reason}); rolled back to {back}{abandoned}")
             message = f"{spec.version} failed: {reason}; rolled back to {back}{abandoned}"
             return Outcome(app, action.kind, app, Result.ROLLED_BACK, message, release_failed=True)
         trouble = "; ".join([*problems, *([gate.reason] if gate.verdict is Verdict.FAILED else [])])
-        self.journal.finish(entry, result="failed", message=f"{reason}; rollback: {trouble}")
-        self.log(f"deploy of {app} {spec.version} failed ({reason}); rolling back to {back} failed: {trouble}")
+        self._rows.finish(entry, result="failed", message=f"{reason}; rollback: {trouble}")
+        self._log(f"deploy of {app} {spec.version} failed ({reason}); rolling back to {back} failed: {trouble}")
         message = f"{spec.version} failed: {reason}; rolling back to {back} failed too: {trouble}"
         return Outcome(app, action.kind, app, Result.FAILED, message, release_failed=True)
 
@@ -548,7 +789,7 @@ class Applier:
         """Take back a release that passed its gate, because another app of its commit failed."""
         app = done.app
         problems: list[str] = []
-        self._step(app, "undo")
+        self._step(app, Step.UNDO)
         self._attempt("stop it", lambda: self.engine.stop(done.container_id, app, done.spec.stop_timeout), problems)
         self._attempt("remove it", lambda: self.engine.remove(done.container_id, app), problems)
         abandoned = ""
@@ -560,8 +801,8 @@ class Applier:
                 abandoned = f" ({ABANDONED})"  # no failure: what ran before the commit runs again
         back = (done.previous.version + abandoned) if done.previous else "nothing (it is new in this commit)"
         message = f"{reason}; back to {back}" + (f"; {'; '.join(problems)}" if problems else "")
-        self.journal.finish(done.entry, result="rolled-back" if not problems else "failed", message=message)
-        self.log(f"{app}: {message}")
+        self._rows.finish(done.entry, result="rolled-back" if not problems else "failed", message=message)
+        self._log(f"{app}: {message}")
         kind = ActionKind.REPLACE if done.previous else ActionKind.CREATE
         return Outcome(app, kind, app, Result.ROLLED_BACK if not problems else Result.FAILED, message)
 

@@ -4,7 +4,10 @@ Guarantees:
 - Every SDK or transport error leaves this module as a ``ReconcileError``: ``EngineUnavailable`` (names
   the host) when the engine does not answer, ``ImageError`` for a missing tag or refused pull,
   ``ContainerError`` for a create/start that the engine refused (port taken, bad mount).
-- ``observe()`` is one listing call for the whole engine.
+- ``observe()`` is one listing call for the whole engine; ``inspect()`` is one call for one container,
+  and returns an ``Inspected`` record: docker's raw inspect JSON does not leave this module (except
+  through ``container_state``, which apply.py still reads). ``inspect`` says None only when the engine
+  answers 404 (``docker.errors.NotFound``); any other refusal is an error, never "gone".
 - Containers are created with our labels, including the instance name: a container of another
   instance is never ours. They also carry their source (``io.reconciler.source.*``: the repository's
   root commit and location, the branch, the file), which the planner compares before it changes one.
@@ -29,8 +32,9 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -40,7 +44,14 @@ import requests.exceptions
 import urllib3.exceptions
 
 from reconciler.core import images as image_match
-from reconciler.core.model import ObservedContainer, ObservedState, Owner, Role, parse_port
+from reconciler.core.model import (
+    DEFAULT_STOP_TIMEOUT,
+    ObservedContainer,
+    ObservedState,
+    Owner,
+    Role,
+    parse_port,
+)
 from reconciler.core.plan import Target
 from reconciler.errors import ContainerError, EngineUnavailable, ImageError, ReconcileError
 from reconciler.shell.envfile import EnvFiles
@@ -80,6 +91,65 @@ def _lookup_failure(ref: str, reason: str) -> str:
             "or point DOCKER_CONFIG at a config.json that holds its credentials"
         )
     return f"image {ref} is not on this host, and its registry cannot be asked ({reason})"
+
+
+@dataclass(frozen=True)
+class Inspected:
+    """One container as ``GET /containers/{id}/json`` reports it: the facts the shell acts on."""
+
+    id: str
+    name: str  # without docker's leading "/"
+    running: bool
+    restarting: bool
+    paused: bool
+    exit_code: int
+    error: str  # why the engine could not run it ("" when it could)
+    restart_count: int
+    health: str  # docker's own HEALTHCHECK: "" (none), "starting", "healthy" or "unhealthy"
+    started_at: float  # epoch seconds of its last start; 0.0 when it never started
+    image_id: str
+    image: str  # the reference it was created from: ``repo:tag`` or ``repo@sha256:...``
+    labels: Mapping[str, str]
+    ours: bool  # carries our labels, and this instance's
+    stop_timeout: float  # what docker waits after SIGTERM, as it was created
+
+
+def inspected_from(data: Mapping[str, Any], *, instance: str = "default") -> Inspected:
+    """The inspect JSON of one container as an ``Inspected``."""
+    state = data.get("State") or {}
+    config = data.get("Config") or {}
+    labels: Mapping[str, str] = config.get("Labels") or {}
+    stop_timeout = config.get("StopTimeout")
+    return Inspected(
+        id=str(data.get("Id", "")),
+        name=str(data.get("Name", "")).lstrip("/"),
+        running=bool(state.get("Running")),
+        restarting=bool(state.get("Restarting")),
+        paused=bool(state.get("Paused")),
+        exit_code=int(state.get("ExitCode") or 0),
+        error=str(state.get("Error") or ""),
+        restart_count=int(data.get("RestartCount") or 0),
+        health=str((state.get("Health") or {}).get("Status") or ""),
+        started_at=_epoch(str(state.get("StartedAt") or "")),
+        image_id=str(data.get("Image", "")),
+        image=str(config.get("Image", "")),
+        labels=dict(labels),
+        ours=labels.get(MANAGED) == "true" and labels.get(INSTANCE, "default") == instance,
+        stop_timeout=float(stop_timeout) if stop_timeout is not None else DEFAULT_STOP_TIMEOUT,
+    )
+
+
+def _epoch(stamp: str) -> float:
+    """Docker's RFC 3339 time as epoch seconds; 0.0 for its zero time (never started) or none at all.
+
+    Python 3.11's ``fromisoformat`` reads Docker's nanoseconds (it keeps the first six digits) and
+    its ``Z``: no trimming of our own is needed.
+    """
+    try:
+        when = datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return 0.0
+    return max(when, 0.0)
 
 
 class Engine:
@@ -123,16 +193,29 @@ class Engine:
 
     def registry_digest(self, ref: str) -> str:
         """The manifest digest of ``ref`` as the registry reports it; nothing is pulled."""
-        try:
-            with self._calls(f"look up {ref}"):
+        with self._calls(f"look up {ref}"):
+            try:
                 data = self.api.inspect_distribution(ref)
-        except ContainerError as exc:
-            reason = str(exc).removeprefix(f"look up {ref}: ")
-            raise ImageError(_lookup_failure(ref, reason)) from None
+            except docker.errors.APIError as exc:
+                if exc.status_code is None:
+                    raise  # no answer at all: the engine's trouble, not the image's
+                raise ImageError(_lookup_failure(ref, _reason(exc))) from None
         return str(data["Descriptor"]["digest"])
 
+    def inspect(self, container: str) -> Inspected | None:
+        """The container (by id or name), or None when the engine says it does not exist (404)."""
+        with self._calls(f"inspect {container}"):
+            try:
+                data = self.api.inspect_container(container)
+            except docker.errors.NotFound:
+                return None
+        return inspected_from(data, instance=self.instance)
+
     def container_state(self, container_id: str) -> Mapping[str, Any] | None:
-        """The container's inspect data (``State``, ``RestartCount``, ...), or None when it is gone."""
+        """The raw inspect data, or None when the engine refused to give it (whatever the reason).
+
+        Only apply.py reads this, until it moves to ``inspect``.
+        """
         try:
             with self._calls("inspect container"):
                 return dict(self.api.inspect_container(container_id))
@@ -143,24 +226,22 @@ class Engine:
 
     def pull(self, ref: str) -> str:
         """Pull ``ref``; return the local image id. A missing tag or refused login is an ``ImageError``."""
-        try:
-            with self._calls(f"pull {ref}"):
+        with self._calls(f"pull {ref}"):
+            try:
                 for event in self.api.pull(ref, stream=True, decode=True):
                     if "error" in event:
                         raise ImageError(f"pull {ref}: {str(event['error']).strip()}")
                 return str(self.api.inspect_image(ref)["Id"])
-        except ContainerError as exc:
-            raise ImageError(str(exc)) from None
+            except docker.errors.APIError as exc:
+                if exc.status_code is None:
+                    raise
+                raise ImageError(f"pull {ref}: {_reason(exc)}") from None
 
     def create(self, target: Target, name: str, *, env: Mapping[str, str]) -> str:
         """Create (not start) the container for ``target`` under ``name``; return its id."""
         spec = target.spec
         resolution = target.resolution
-        ports: dict[str, list[Any]] = {}
-        for port in spec.ports:
-            ip, host_port, container_port, proto = parse_port(port)
-            binding: Any = (ip, host_port) if ip else host_port
-            ports.setdefault(f"{container_port}/{proto}", []).append(binding)
+        ports = port_bindings(spec.ports)
         restart: dict[str, Any] = {"Name": spec.restart}
         if spec.restart == "on-failure":
             restart["MaximumRetryCount"] = 0
@@ -178,7 +259,7 @@ class Engine:
             labels.update({f"{SOURCE}.{key}": value for key, value in target.source.model_dump().items()})
         with self._calls(f"create {name}"):
             host_config = self.api.create_host_config(
-                port_bindings={key: value if len(value) > 1 else value[0] for key, value in ports.items()},
+                port_bindings=ports,
                 binds=list(spec.volumes),
                 restart_policy=restart,
                 init=spec.init,
@@ -188,7 +269,7 @@ class Engine:
                 name=name,
                 command=list(spec.command) if spec.command is not None else None,
                 environment=[f"{key}={value}" for key, value in env.items()],
-                ports=[tuple(key.split("/")) if key.endswith("/udp") else int(key.split("/")[0]) for key in ports],
+                ports=[_exposed(key) for key in ports],
                 labels=labels,
                 host_config=host_config,
                 stop_timeout=math.ceil(spec.stop_timeout),
@@ -204,7 +285,8 @@ class Engine:
             self.api.unpause(container_id)
 
     def owns(self, inspected: Mapping[str, Any]) -> bool:
-        """Whether an inspected container carries our labels (and this instance's)."""
+        """Whether ``container_state`` data carries our labels (and this instance's): ``Inspected.ours``
+        for apply.py until it moves to ``inspect``."""
         labels = (inspected.get("Config") or {}).get("Labels") or {}
         return labels.get(MANAGED) == "true" and labels.get(INSTANCE, "default") == self.instance
 
@@ -217,23 +299,14 @@ class Engine:
             self.api.rename(container_id, name)
 
     def remove(self, container_id: str, name: str) -> None:
-        try:
-            with self._calls(f"remove {name}"):
-                self.api.remove_container(container_id, force=True, v=False)
-        except ContainerError as exc:
-            if "No such container" not in str(exc):
-                raise
+        """Remove the container; one that is gone already is no error."""
+        with self._calls(f"remove {name}"), contextlib.suppress(docker.errors.NotFound):
+            self.api.remove_container(container_id, force=True, v=False)
 
     def started_at(self, container_id: str) -> float:
-        """When the container last started (epoch seconds; 0 when unknown)."""
-        state = self.container_state(container_id) or {}
-        stamp = str((state.get("State") or {}).get("StartedAt") or "")
-        try:
-            # Docker writes nanoseconds; fromisoformat takes at most microseconds.
-            head, _, fraction = stamp.rstrip("Z").partition(".")
-            return datetime.fromisoformat(f"{head}.{(fraction + '000000')[:6]}+00:00").timestamp()
-        except ValueError:
-            return 0.0
+        """When the container last started (epoch seconds; 0 when unknown or gone)."""
+        found = self.inspect(container_id)
+        return found.started_at if found is not None else 0.0
 
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         with self._calls(f"tag {repository}:{tag}"):
@@ -276,6 +349,26 @@ class Engine:
                     pause = min(pause * 2, 0.1)  # quick probes answer in tens of ms; slow ones cost few calls
         except ContainerError as exc:
             return False, f"{what}: {exc}"
+
+
+def port_bindings(ports: Iterable[str]) -> dict[str, list[Any]]:
+    """``[IP:]HOST:CONTAINER[/udp]`` strings as the SDK's ``port_bindings``: ``{"80/tcp": [8080, ("::1", 8081)]}``.
+
+    Ours, not ``docker.utils.ports.build_port_bindings``: that one gives the same bindings for
+    ``IP:HOST:CONTAINER`` (``[::1]`` too), ``/udp`` and one container port bound twice, but refuses
+    ``IP:CONTAINER`` (a random host port on that address), which the file accepts.
+    """
+    bindings: dict[str, list[Any]] = {}
+    for port in ports:
+        ip, host_port, container_port, proto = parse_port(port)
+        bindings.setdefault(f"{container_port}/{proto}", []).append((ip, host_port) if ip else host_port)
+    return bindings
+
+
+def _exposed(key: str) -> int | tuple[str, str]:
+    # The SDK reads a bare int as tcp and appends "/tcp" to any string, so udp goes as a pair.
+    port, _, proto = key.partition("/")
+    return (port, proto) if proto == "udp" else int(port)
 
 
 def observed_from_row(row: Mapping[str, Any], *, instance: str = "default") -> ObservedContainer:
@@ -417,7 +510,9 @@ def connect(host: str | None = None, *, instance: str = "default", timeout: floa
         base_url = SshTunnel(named).url
         files = EnvFiles(_ssh_argv(named), host=named)
     try:
-        client = docker.DockerClient(base_url=base_url, version=API_VERSION, timeout=int(timeout))
+        # A pass's deploys share the client (up to 32 at once, each with a gate and a removal): a pool
+        # smaller than that would open and drop a connection per request, with a warning each time.
+        client = docker.DockerClient(base_url=base_url, version=API_VERSION, timeout=int(timeout), max_pool_size=64)
     except docker.errors.DockerException as exc:
         raise EngineUnavailable(f"Docker engine at {named}: {_reason(exc)}") from None
     engine = Engine(client, named, instance=instance, files=files)

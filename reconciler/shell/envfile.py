@@ -4,7 +4,7 @@ Guarantees:
 - The file is read on the engine's host: through the same ``ssh`` login as the engine when the engine is
   ``ssh://``, so that a run from a laptop or CI reads the server's file, never a local one of that name.
 - Only a regular file of at most ``MAX_BYTES`` bytes of UTF-8 text without NUL is read (not ``/proc``,
-  ``/sys`` or ``/dev``); every refusal is one ``ReconcileError`` line naming the file and the place.
+  ``/sys`` or ``/dev``); every refusal is one ``EnvFileError`` line naming the file and the place.
 - No message holds the file's contents; every value read is remembered by ``scrub`` so that an error
   that quotes it later (an engine's) is scrubbed at the boundary too.
 - ``digest`` is None when the file cannot be read from here: the planner then does not compare it.
@@ -20,7 +20,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from reconciler.errors import ReconcileError
+from reconciler.errors import EnvFileError
 from reconciler.shell import scrub
 
 MAX_BYTES = 256 * 1024
@@ -58,28 +58,26 @@ class EnvFiles:
                     [*self.ssh, command], capture_output=True, timeout=SSH_READ_TIMEOUT, stdin=subprocess.DEVNULL
                 )
             except (OSError, subprocess.TimeoutExpired) as exc:
-                raise ReconcileError(
-                    f"env_file {path}{where}: cannot read it over ssh ({type(exc).__name__})"
-                ) from None
+                raise EnvFileError(f"env_file {path}{where}: cannot read it over ssh ({type(exc).__name__})") from None
             if done.returncode != 0:
                 why = _REMOTE_FAILURES.get(done.returncode, f"ssh exited {done.returncode}")
-                raise ReconcileError(f"env_file {path}{where}: cannot read it ({why})")
+                raise EnvFileError(f"env_file {path}{where}: cannot read it ({why})")
             data = done.stdout
         else:
             real = os.path.realpath(path)
             if real.startswith(_SPECIAL):
-                raise ReconcileError(f"env_file {path}: cannot read it (not a regular file)")
+                raise EnvFileError(f"env_file {path}: cannot read it (not a regular file)")
             try:
                 if not stat.S_ISREG(os.stat(path).st_mode):
-                    raise ReconcileError(f"env_file {path}: cannot read it (not a regular file)")
+                    raise EnvFileError(f"env_file {path}: cannot read it (not a regular file)")
                 with Path(path).open("rb") as handle:
                     data = handle.read(MAX_BYTES + 1)
             except OSError as exc:
-                raise ReconcileError(
+                raise EnvFileError(
                     f"env_file {path}: cannot read it ({(exc.strerror or type(exc).__name__).lower()})"
                 ) from None
         if len(data) > MAX_BYTES:
-            raise ReconcileError(f"env_file {path}{where}: larger than {MAX_BYTES // 1024} KiB; not read")
+            raise EnvFileError(f"env_file {path}{where}: larger than {MAX_BYTES // 1024} KiB; not read")
         return data
 
     def read(self, path: str) -> dict[str, str]:
@@ -88,18 +86,18 @@ class EnvFiles:
         try:
             text = data.decode()
         except UnicodeDecodeError:
-            raise ReconcileError(f"env_file {path}: not UTF-8 text") from None
+            raise EnvFileError(f"env_file {path}: not UTF-8 text") from None
         env: dict[str, str] = {}
         for number, raw in enumerate(text.splitlines(), start=1):
             if "\0" in raw:
-                raise ReconcileError(f"env_file {path}:{number}: holds a NUL character")
+                raise EnvFileError(f"env_file {path}:{number}: holds a NUL character")
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
             key, sep, value = line.removeprefix("export ").partition("=")
             key = key.strip()
             if not sep or not _KEY.match(key):
-                raise ReconcileError(f"env_file {path}:{number}: not KEY=VALUE")
+                raise EnvFileError(f"env_file {path}:{number}: not KEY=VALUE")
             value = value.strip()
             if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
                 value = value[1:-1]
@@ -111,5 +109,5 @@ class EnvFiles:
         """A hash of the file's bytes (so that editing it on the server is drift); None: unreadable here."""
         try:
             return hashlib.sha256(self._bytes(path)).hexdigest()[:16]
-        except ReconcileError:
+        except EnvFileError:
             return None

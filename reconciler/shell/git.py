@@ -38,8 +38,7 @@ import git
 import git.exc
 
 from reconciler.core.model import Owner
-from reconciler.errors import RemoteUnavailable, SourceError
-from reconciler.shell.journal import state_dir_error
+from reconciler.errors import RemoteUnavailable, SourceError, state_dir_error
 from reconciler.shell.scrub import redact_url
 
 T = TypeVar("T")

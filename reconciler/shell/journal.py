@@ -12,19 +12,20 @@ Guarantees:
   ``LockHeld`` naming the holder (pid, host, command, since when).
 - No ``sqlite3.Error`` or ``OSError`` leaves this module: each becomes a ``ReconcileError`` naming the
   file. A read-only or full file system is a ``TransientError`` (``state directory X: read-only file
-  system``), so the agent waits for it and changes nothing meanwhile.
+  system``), so the agent waits for it and changes nothing meanwhile; what needs a human (owner,
+  permissions, a disk that takes no new journal) is a ``StateError``.
 - A corrupt ``journal.db`` (not a database, malformed, its tables gone) is moved aside as
   ``journal.db.corrupt-TIMESTAMP`` and a new one is started, with one warning (``warn``); found when
   it is opened (``PRAGMA quick_check``) or when a query fails, which is then run once more on the
   new file. A journal deleted under an open ``Journal`` (the state directory removed) is started
   again at its next use; one replaced by another process is reopened.
-- ``agent.pid`` is written only by the agent it names, and removed only by it (``release_pid``).
+- ``agent.pid`` is held with ``flock`` by the agent it names for as long as it runs, and removed only by
+  it (``PidFile``); a pid in a file that nobody holds is not a running agent (``read_pid``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -39,7 +40,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from reconciler.core.failures import Failure
-from reconciler.errors import LockHeld, ReconcileError, SourceError, TransientError, UserError
+from reconciler.errors import (
+    STATE_DIR_FIX,
+    LockHeld,
+    ReconcileError,
+    SourceError,
+    StateError,
+    TransientError,
+    UserError,
+    state_dir_error,
+)
 from reconciler.shell.scrub import scrub
 
 T = TypeVar("T")
@@ -167,13 +177,13 @@ class Journal:
         if opened is not None:
             return opened
         if not self.repair:
-            raise ReconcileError(
+            raise StateError(
                 f"journal {self.path} is corrupt; `reconcile` or the agent moves it aside and starts a new one"
             )
         self._move_aside("is corrupt")
         opened = self._open_checked()
         if opened is None:  # a new, empty file that does not check: the disk itself is at fault
-            raise ReconcileError(f"journal {self.path}: a new journal cannot be written (check the disk)")
+            raise StateError(f"journal {self.path}: a new journal cannot be written (check the disk)")
         return opened
 
     def _open_checked(self) -> sqlite3.Connection | None:
@@ -293,10 +303,10 @@ class Journal:
         if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
             if self.state_dir is not None and _read_only(self.state_dir):
                 return TransientError(f"state directory {where}: read-only file system{_FIX}")
-            return ReconcileError(f"journal {self.path}: cannot be written ({exc}); check its owner and permissions")
+            return StateError(f"journal {self.path}: cannot be written ({exc}); check its owner and permissions")
         if name.startswith("SQLITE_BUSY") or name.startswith("SQLITE_LOCKED"):
             return TransientError(f"journal {self.path} is busy (another reconcile writes it); retry")
-        return ReconcileError(f"journal {self.path}: {exc}")
+        return StateError(f"journal {self.path}: {exc}")
 
     # -- deploys -----------------------------------------------------------------------------------
 
@@ -427,7 +437,7 @@ class Journal:
 
 
 _TABLES = {"deploys", "failures", "stable", "flags"}
-_FIX = " (make it writable, or give --state-dir a directory that is); nothing that runs was changed"
+_FIX = STATE_DIR_FIX
 _MIN_FREE = 64 * 1024  # below this a journal write (rollback journal + pages) may not fit
 _CORRUPT_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
@@ -472,54 +482,147 @@ def _warn_on_stderr(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def state_dir_error(state_dir: Path, exc: OSError) -> ReconcileError:
-    """The one line for a filesystem error in the state directory; read-only and full disks clear by themselves."""
-    if exc.errno == errno.EROFS:
-        return TransientError(f"state directory {state_dir}: read-only file system{_FIX}")
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return TransientError(f"state directory {state_dir}: no space left on device{_FIX}")
-    reason = (exc.strerror or str(exc)).lower()
-    return ReconcileError(f"state directory {state_dir}: {reason}")
-
-
 # -- the agent's pid file ------------------------------------------------------------------------------
 
 
+PID_FILE = "agent.pid"
+
+
 def read_pid(state_dir: Path) -> int | None:
-    """The pid in ``agent.pid`` when that process is alive."""
+    """The pid of the agent running on ``state_dir``: the one ``agent.pid`` names while a process holds
+    its lock. A pid in a file that nobody holds is not a running agent (its process may be another now)."""
     try:
-        pid = int((state_dir / "agent.pid").read_text().strip())
-        os.kill(pid, 0)
+        fd = os.open(state_dir / PID_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _pid_in(fd)
+        except OSError:
+            return None
+        return None  # nobody holds it (the descriptor's close drops our probe)
+    finally:
+        os.close(fd)
+
+
+def _pid_in(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
     except (OSError, ValueError):
         return None
-    return pid
 
 
-def claim_pid(state_dir: Path, pid: int) -> None:
-    """Make ``agent.pid`` name ``pid`` (the state directory is created again if it was removed); a live
-    other agent's pid is never overwritten."""
-    path = state_dir / "agent.pid"
-    try:
-        if path.read_text().strip() == str(pid):
+class PidFile:
+    """``agent.pid`` of one agent, held with ``flock(2)`` for as long as it runs.
+
+    The kernel drops the lock when the agent dies (even by SIGKILL), so a stale file never keeps an
+    agent out, and a reused pid never passes for an agent. ``claim`` is called at every pass: a file
+    removed with its state directory is made again; a file another agent holds, or that names another
+    live process, is never taken over (``UserError`` naming that pid).
+    """
+
+    def __init__(self, state_dir: Path, pid: int) -> None:
+        self.state_dir = state_dir
+        self.pid = pid
+        self._fd: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.state_dir / PID_FILE
+
+    def claim(self) -> None:
+        """Hold ``agent.pid`` naming our pid, or raise why not (``TransientError`` for a read-only or full disk)."""
+        try:
+            if self._fd is not None and self._ours_still():
+                return
+            self._close()
+            self._take()
+        except OSError as exc:
+            raise state_dir_error(self.state_dir, exc) from None
+
+    def release(self) -> None:
+        """Remove ``agent.pid`` while it is still ours (our lock, our pid in it), then drop the lock."""
+        if self._fd is None:
             return
-    except (OSError, ValueError):
-        pass
-    other = read_pid(state_dir)
-    if other is not None and other != pid:
-        raise UserError(f"an agent (pid {other}) already runs on {state_dir}; one per state directory")
+        with contextlib.suppress(OSError):
+            if self._same_file(self._fd) and _pid_in(self._fd) == self.pid:
+                self.path.unlink()
+        self._close()
+
+    def _ours_still(self) -> bool:
+        """True when the locked file is still ``agent.pid`` and names us; False when the path is another file
+        (the directory was removed); ``UserError`` when our file now names another live process."""
+        assert self._fd is not None
+        if not self._same_file(self._fd):
+            return False
+        named = _pid_in(self._fd)
+        if named == self.pid:
+            return True
+        if named is not None and _alive(named):
+            raise self._taken(named)
+        self._write(self._fd)  # emptied or naming a dead process: ours again
+        return True
+
+    def _take(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if not self._lock(fd):
+                    raise self._taken(_pid_in(fd))
+                # Locked a file that its holder removed as we opened it: start again on the new one.
+                if self._same_file(fd):
+                    self._write(fd)
+                    self._fd, fd = fd, -1
+                    return
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+
+    @staticmethod
+    def _lock(fd: int) -> bool:
+        # A few tries: `reconcile status` holds a shared lock for an instant when it reads the pid.
+        for _ in range(10):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                time.sleep(0.02)
+            else:
+                return True
+        return False
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+    def _write(self, fd: int) -> None:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(self.pid).encode(), 0)
+
+    def _taken(self, other: int | None) -> UserError:
+        holder = f"an agent (pid {other})" if other is not None else "another agent"
+        return UserError(f"{holder} already runs on {self.state_dir}; one per state directory")
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the descriptor releases the lock
+
+
+def _alive(pid: int) -> bool:
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(str(pid))
-    except OSError as exc:
-        raise state_dir_error(state_dir, exc) from None
-
-
-def release_pid(state_dir: Path, pid: int) -> None:
-    """Remove ``agent.pid`` only while it still names ``pid``: never another agent's."""
-    path = state_dir / "agent.pid"
-    with contextlib.suppress(OSError, ValueError):
-        if int(path.read_text().strip()) == pid:
-            path.unlink()
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # alive, another user's
+    return True
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from reconciler.core.plan import Plan, Resolution, plan
 from reconciler.core.report import Outcome
 from reconciler.errors import ImageError, InvalidDesiredState
 from reconciler.shell import scrub
+from reconciler.shell.apply import DEFAULT_PARALLEL
 from reconciler.shell.docker import Engine, connect
 from reconciler.shell.git import Source, open_source
 from reconciler.shell.journal import Journal, locked
@@ -46,6 +47,7 @@ class Settings:
     instance: str = "default"
     prune_foreign: bool = False  # also remove containers of this instance that another source deployed
     relabel: bool = False  # redeploy containers deployed before they carried their source
+    parallel: int = DEFAULT_PARALLEL  # deploys of a pass at once; 1: one after another
 
 
 @dataclass
@@ -143,7 +145,7 @@ def reconcile_once(
     with locked(settings.state_dir, timeout=settings.lock_timeout):
         journal = Journal(settings.state_dir)
         try:
-            applier = Applier(engine, journal, author=desired.author)
+            applier = Applier(engine, journal, author=desired.author, parallel=settings.parallel)
             if on_step is not None:
                 applier.on_step = on_step
             if log is not None:

@@ -15,10 +15,9 @@ from reconciler.core.failures import held_back
 from reconciler.core.health import Health
 from reconciler.core.model import DesiredState, container_name
 from reconciler.errors import ReconcileError
-from reconciler.shell.agent import state_pid
 from reconciler.shell.apply import Applier
 from reconciler.shell.docker import connect
-from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal
+from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal, read_pid
 from reconciler.shell.loop import Settings, plan_against, read_desired
 
 
@@ -103,7 +102,7 @@ def collect(settings: Settings) -> dict[str, Any]:
             "file": settings.file,
             "desired_error": desired_error or None,
             "journal_error": journal_error or None,
-            "agent_pid": state_pid(settings.state_dir),
+            "agent_pid": read_pid(settings.state_dir),
             "suspended": suspended,
             "break_glass": break_glass,
             "apps": apps,

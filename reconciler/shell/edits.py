@@ -1,4 +1,5 @@
-"""Changes of what runs, written as commits: set-version, rollback, revert; and stable, suspend, break-glass.
+"""Changes of what runs, written as commits: set-version, rollback (to a version, ``previous`` or
+``stable``) and revert.
 
 Guarantees:
 - An edit changes only ``apps.APP.version`` scalars of the file at the branch's tip, byte for byte
@@ -11,34 +12,21 @@ Guarantees:
   A push that fails (``revert --push`` too) leaves no commit behind.
 - A version is accepted only when the app ran it before (git history) or its image exists (the engine's
   images, else the registry): a typo fails with a message and no commit.
-- Break-glass (``rollback --local``) suspends the agent first, then swaps the kept previous container back
-  in with no git and no pull; ``status`` says the host differs from git until ``resume``.
+- Nothing here touches a container: what runs changes when the reconciler applies the commit.
 """
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.core.model import (
-    DEFAULT_HEALTH,
-    STABLE,
-    AppSpec,
-    DesiredState,
-    HealthSpec,
-    ObservedContainer,
-    Role,
-    container_name,
-    image_ref,
-)
+from reconciler.core.model import STABLE, AppSpec, DesiredState, image_ref
 from reconciler.errors import ReconcileError, SourceError, UserError
-from reconciler.shell.docker import Engine
-from reconciler.shell.git import Source
-from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal
-from reconciler.shell.loop import Settings, parse_desired, read_desired
+from reconciler.shell.git import Source, is_url, open_source
+from reconciler.shell.journal import Journal
+from reconciler.shell.loop import Settings, parse_desired
+from reconciler.shell.stable import stable_version
 from reconciler.shell.yamlfile import parse_yaml, set_versions
 
 PREVIOUS = "previous"
@@ -88,27 +76,6 @@ def versions_seen(source: Source, ref: str, file: str, app: str) -> list[Seen]:
         else:
             seen.append(Seen(version, sha, when, author))
     return seen
-
-
-def stable_tag(app: str) -> str:
-    """The git tag of the app's stable commit (``stable/APP`` cannot live beside the tag ``stable``)."""
-    return f"{STABLE}-{app}"
-
-
-def stable_version(app: str, *, journal: Journal | None, source: Source, file: str) -> str:
-    """The version ``stable`` points at: the journal's promotion, else the ``stable-APP`` or ``stable`` tag."""
-    if journal is not None:
-        promoted = journal.stable(app)
-        if promoted is not None:
-            return promoted.version
-    for tag in (stable_tag(app), STABLE):
-        try:
-            sha = source.resolve(f"refs/tags/{tag}")
-            data, _ = parse_yaml(source.read(sha, file), filename=file)
-            return str(data["apps"][app]["version"])
-        except (ReconcileError, KeyError, TypeError):
-            continue
-    raise UserError(f"{app}: no stable version yet (no promotion in the journal, no stable tag in git)")
 
 
 def previous_version(app: str, current: str, *, journal: Journal | None, seen: list[Seen]) -> str:
@@ -272,93 +239,6 @@ def desired_at_head(source: Source, file: str) -> DesiredState:
     return parse_desired(source.read(sha, file), file, sha)
 
 
-# -- stable ------------------------------------------------------------------------------------------
-
-
-def publish_stable(
-    engine: Engine,
-    journal: Journal,
-    source: Source | None,
-    *,
-    app: str,
-    image: str,
-    version: str,
-    image_id: str,
-    revision: str,
-    how: str,
-    publish: bool = False,
-) -> list[str]:
-    """Mark ``image_id`` (``image:version`` from ``revision``) as the app's stable release.
-
-    Always: the journal records it and the engine tags ``IMAGE:stable``; the git tags ``stable`` and
-    ``stable-APP`` move to ``revision`` in ``source``. With ``publish``: both git tags and the image
-    tag are pushed. Returns what could not be done (for the log); the promotion itself stands.
-    """
-    problems: list[str] = []
-    engine.tag(image_id, image, STABLE)
-    journal.promote(app=app, image=image, version=version, image_id=image_id, revision=revision, how=how)
-    tags = [STABLE, stable_tag(app)]
-    if source is not None and revision:
-        try:
-            for tag in tags:
-                source.tag(tag, revision)
-        except ReconcileError as exc:
-            problems.append(str(exc))
-    if not publish:
-        return problems
-    if source is not None and revision and source.repo.remotes:
-        try:
-            source.push_tags(source.repo.remotes[0].name, tags)
-        except ReconcileError as exc:
-            problems.append(f"git push of the stable tags: {exc}")
-    try:
-        engine.push(image, STABLE)
-    except ReconcileError as exc:
-        problems.append(str(exc))
-    return problems
-
-
-def _repository(ref: str) -> str:
-    """``host:5000/team/app:v1`` -> ``host:5000/team/app`` (a colon in the last part is the tag's)."""
-    head, _, last = ref.rpartition("/")
-    name = last.split(":", 1)[0]
-    return f"{head}/{name}" if head else name
-
-
-def promote_running(settings: Settings, app: str, *, publish: bool) -> tuple[str, list[str]]:
-    """``reconcile promote``: what runs now under the app's name becomes its stable release."""
-    from reconciler.shell.docker import connect
-    from reconciler.shell.git import open_source
-
-    engine = connect(settings.docker_host, instance=settings.instance)
-    current = engine.observe().named(container_name(app))
-    if current is None or not current.managed or not current.running:
-        raise UserError(f"{app}: no running container of reconciler's to promote")
-    journal = Journal(settings.state_dir)
-    try:
-        version = current.version
-        if version == STABLE:
-            promoted = journal.stable(app)
-            version = promoted.version if promoted is not None else version
-        ref = str((engine.container_state(current.id) or {}).get("Config", {}).get("Image", ""))
-        image = ref.split("@", 1)[0] if "@" in ref else _repository(ref)
-        try:
-            source: Source | None = open_source(settings.repo, state_dir=settings.state_dir, fetch=False)
-        except ReconcileError:
-            source = None
-        try:
-            problems = publish_stable(
-                engine, journal, source, app=app, image=image, version=version, image_id=current.image_id,
-                revision=current.commit, how="manual", publish=publish,
-            )  # fmt: skip
-        finally:
-            if source is not None:
-                source.close()
-    finally:
-        journal.close()
-    return f"{app}: {version} ({image}, commit {current.commit[:8]}) is stable", problems
-
-
 def revert(source: Source, revision: str, *, file: str, push: bool) -> Written:
     """``git revert`` of ``revision`` on the checked-out branch, validated; pushed with one retry. A push
     that is refused or fails leaves the branch and the checkout where they were: no revert commit."""
@@ -397,95 +277,16 @@ def revert(source: Source, revision: str, *, file: str, push: bool) -> Written:
         raise
 
 
-# -- break-glass -------------------------------------------------------------------------------------
-
-
-def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tuple[str, str]:
-    """Put ``APP.prev`` back under the app's name at once (no git, no pull) and suspend the agent.
-
-    Returns what happened, and the version that runs now."""
-    from reconciler.shell.apply import Applier
-    from reconciler.shell.docker import connect
-    from reconciler.shell.journal import locked
-
-    engine = connect(settings.docker_host, instance=settings.instance)
-    journal = Journal(settings.state_dir)
-    try:
-        # Under the lock: no agent pass runs between what we look at and what we change, and the
-        # suspension is in place before the lock lets the next pass in.
-        with locked(settings.state_dir, timeout=lock_timeout):
-            observed = engine.observe()
-            current = observed.named(container_name(app))
-            previous = observed.named(container_name(app, Role.PREVIOUS))
-            if previous is None or not previous.managed:
-                raise UserError(f"{app}: no kept previous container ({app}.prev) to swap back to")
-            if current is not None and not current.managed:
-                raise UserError(f"{app}: container {app} was not created by reconciler; not touching it")
-            was = current.version if current is not None else "nothing"
-            entry = journal.start(
-                revision=previous.commit, app=app, action="rollback-local", from_version=was,
-                to_version=previous.version, from_image=current.image_id if current else "",
-                to_image=previous.image_id, spec_hash=previous.spec_hash,
-            )  # fmt: skip
-            try:
-                _swap(engine, app, current, previous)
-            except ReconcileError as exc:
-                journal.finish(entry, result="failed", message=str(exc))
-                raise
-            journal.set_flag(
-                SUSPENDED,
-                f"break-glass rollback of {app} to {previous.version} (was {was}) at "
-                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}Z; git still asks for {was}",
-            )
-            journal.set_flag(f"{BREAK_GLASS}{app}", previous.version)
-            journal.finish(entry, result="succeeded", message="break-glass: host differs from git until resume")
-        gate = Applier(engine, journal).sample(previous.id, previous_gate(settings, app))
-        state = "answering" if gate.running and gate.probe_ok else f"started, not healthy yet ({gate.detail})"
-        return f"{app}: {previous.version} runs again ({state}); {was} kept stopped as {app}.prev", previous.version
-    finally:
-        journal.close()
-
-
-def _swap(engine: Engine, app: str, current: ObservedContainer | None, previous: ObservedContainer) -> None:
-    """``previous`` under the app's name and running, ``current`` stopped as APP.prev; on a failure, put
-    every container back where it was (found by id) and start ``current`` again."""
-    swap = f"{app}.swap"
-    try:
-        if current is not None:
-            if current.running:
-                engine.stop(current.id, current.name, float(current.fingerprint.get("stop_timeout") or 10))
-            engine.rename(current.id, swap)
-        engine.rename(previous.id, app)
-        engine.start(previous.id, app)
-        if current is not None:
-            engine.rename(current.id, container_name(app, Role.PREVIOUS))
-    except ReconcileError:
-        with contextlib.suppress(ReconcileError):
-            engine.stop(previous.id, app, 10)
-        with contextlib.suppress(ReconcileError):
-            engine.rename(previous.id, container_name(app, Role.PREVIOUS))
-        if current is not None:
-            with contextlib.suppress(ReconcileError):
-                engine.rename(current.id, app)
-            if current.running:
-                with contextlib.suppress(ReconcileError):
-                    engine.start(current.id, app)
-        raise
-
-
-def previous_gate(settings: Settings, app: str) -> HealthSpec:
-    """The app's health spec from the committed file, when it can be read; the default gate otherwise."""
-
-    try:
-        spec = read_desired(settings).apps.get(app)
-    except ReconcileError:
-        return DEFAULT_HEALTH
-    return spec.gate if spec is not None else DEFAULT_HEALTH
-
-
 def state_dir_journal(state_dir: Path) -> Journal | None:
     """The journal when this machine has one (the server); None on a laptop or a CI runner."""
     try:
         return Journal(state_dir, create=False)
     except ReconcileError:
         return None
+
+
+def open_for_writing(repo: str) -> Source:
+    """The clone or bare repository at ``repo``, to commit to; a URL is refused (nothing to commit in)."""
+    if is_url(repo):
+        raise UserError(f"--repo {repo}: this command commits, so it needs a clone (git clone {repo})")
+    return open_source(repo, state_dir=Path("."), fetch=False)

@@ -1,0 +1,80 @@
+"""Break-glass: change the host now, without git, and hold the agent back until a human says so.
+
+Guarantees:
+- ``swap_back`` (``rollback --local``) puts the kept ``APP.prev`` back under the app's name and keeps
+  what ran stopped as ``APP.prev``: no git, no pull, no create. It touches only containers of ours,
+  and works under the state directory's lock, so no agent pass runs between what it looks at and
+  what it changes; the agent is suspended before the lock lets the next pass in.
+- A swap that fails puts every container back under the name it had and starts what ran again
+  (``swap.swap_in`` with ``undo``); the journal records the attempt either way.
+- ``status`` says the host differs from git (the ``break-glass:APP`` flag) until ``resume``.
+- ``reconcile resume`` (``shell.ops.resume``) clears every break-glass flag.
+"""
+
+from __future__ import annotations
+
+import time
+
+from reconciler.core.model import DEFAULT_HEALTH, HealthSpec, Role, container_name
+from reconciler.errors import ReconcileError, UserError
+from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal
+from reconciler.shell.loop import Settings, read_desired
+from reconciler.shell.swap import swap_in
+
+
+def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tuple[str, str]:
+    """Put ``APP.prev`` back under the app's name at once (no git, no pull) and suspend the agent.
+
+    Returns what happened, and the version that runs now."""
+    from reconciler.shell.apply import Applier
+    from reconciler.shell.docker import connect
+    from reconciler.shell.journal import locked
+
+    engine = connect(settings.docker_host, instance=settings.instance)
+    journal = Journal(settings.state_dir)
+    try:
+        # Under the lock: no agent pass runs between what we look at and what we change, and the
+        # suspension is in place before the lock lets the next pass in.
+        with locked(settings.state_dir, timeout=lock_timeout):
+            observed = engine.observe()
+            current = observed.named(container_name(app))
+            previous = observed.named(container_name(app, Role.PREVIOUS))
+            if previous is None or not previous.managed:
+                raise UserError(f"{app}: no kept previous container ({app}.prev) to swap back to")
+            if current is not None and not current.managed:
+                raise UserError(f"{app}: container {app} was not created by reconciler; not touching it")
+            was = current.version if current is not None else "nothing"
+            entry = journal.start(
+                revision=previous.commit, app=app, action="rollback-local", from_version=was,
+                to_version=previous.version, from_image=current.image_id if current else "",
+                to_image=previous.image_id, spec_hash=previous.spec_hash,
+            )  # fmt: skip
+            try:
+                swap_in(
+                    engine, app, previous.id, current, incoming_name=previous.name,
+                    keep_as=container_name(app, Role.PREVIOUS), undo=True,
+                )  # fmt: skip
+            except ReconcileError as exc:
+                journal.finish(entry, result="failed", message=str(exc))
+                raise
+            journal.set_flag(
+                SUSPENDED,
+                f"break-glass rollback of {app} to {previous.version} (was {was}) at "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}Z; git still asks for {was}",
+            )
+            journal.set_flag(f"{BREAK_GLASS}{app}", previous.version)
+            journal.finish(entry, result="succeeded", message="break-glass: host differs from git until resume")
+        gate = Applier(engine, journal).sample(previous.id, previous_gate(settings, app))
+        state = "answering" if gate.running and gate.probe_ok else f"started, not healthy yet ({gate.detail})"
+        return f"{app}: {previous.version} runs again ({state}); {was} kept stopped as {app}.prev", previous.version
+    finally:
+        journal.close()
+
+
+def previous_gate(settings: Settings, app: str) -> HealthSpec:
+    """The app's health spec from the committed file, when it can be read; the default gate otherwise."""
+    try:
+        spec = read_desired(settings).apps.get(app)
+    except ReconcileError:
+        return DEFAULT_HEALTH
+    return spec.gate if spec is not None else DEFAULT_HEALTH

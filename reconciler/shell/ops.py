@@ -1,0 +1,84 @@
+"""The user's light operations, as keyword-only functions: validate a file, read the history, and
+suspend, resume or retry what the agent does.
+
+Guarantees: ``suspend``, ``resume`` and ``retry`` change only flags or failure rows of the journal in
+``state_dir``, then wake the agent that runs on it (SIGHUP), so that it acts at once; each returns the
+pid it woke (None: no agent runs there, the next pass acts on it). ``resume`` clears every break-glass
+flag too. ``validate_file`` reads a plain file, never git. Errors are ``ReconcileError``s naming the
+file or state directory; nothing is printed here, and nothing here imports docker or git.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from reconciler.core.desired import load_desired
+from reconciler.core.model import DesiredState
+from reconciler.errors import SourceError, UserError
+from reconciler.shell import scrub
+from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Entry, Journal, read_pid
+from reconciler.shell.yamlfile import parse_yaml
+
+
+def validate_file(path: Path) -> DesiredState:
+    """The desired state in the plain file ``path`` (not from git), or ``InvalidDesiredState``."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"{path}: {exc.strerror}") from None
+    data, positions = parse_yaml(text, filename=str(path))
+    scrub.remember_in(data)  # what is printed of it is scrubbed of the file's env values
+    return load_desired(data, positions, filename=str(path))
+
+
+def history(*, state_dir: Path, app: str | None = None, limit: int = 20) -> list[Entry]:
+    """The newest ``limit`` rows of the journal (of ``app``, if given)."""
+    journal = Journal(state_dir, create=False)
+    try:
+        return journal.history(app=app, limit=limit)
+    finally:
+        journal.close()
+
+
+def wake_agent(state_dir: Path) -> int | None:
+    """SIGHUP the agent on ``state_dir`` (a pass starts now); its pid, or None when none runs."""
+    pid = read_pid(state_dir)
+    if pid is not None:
+        os.kill(pid, signal.SIGHUP)
+    return pid
+
+
+def suspend(*, state_dir: Path, reason: str) -> int | None:
+    """The agent on ``state_dir`` changes nothing until ``resume``; ``reason`` is what status shows."""
+    journal = Journal(state_dir)
+    try:
+        journal.set_flag(SUSPENDED, reason)
+    finally:
+        journal.close()
+    return wake_agent(state_dir)
+
+
+def resume(*, state_dir: Path) -> int | None:
+    """The agent converges to git again, break-glass rollbacks included."""
+    journal = Journal(state_dir)
+    try:
+        journal.set_flag(SUSPENDED, None)
+        for app in journal.flags(BREAK_GLASS):
+            journal.set_flag(BREAK_GLASS + app, None)
+    finally:
+        journal.close()
+    return wake_agent(state_dir)
+
+
+def retry(*, state_dir: Path, app: str) -> int | None:
+    """Forget ``app``'s failed release so that it is tried again."""
+    journal = Journal(state_dir, create=False)
+    try:
+        cleared = journal.clear_failures(app)
+    finally:
+        journal.close()
+    if not cleared:
+        raise UserError(f"{app}: no failed release recorded in {state_dir}; nothing to retry")
+    return wake_agent(state_dir)

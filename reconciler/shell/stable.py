@@ -1,0 +1,126 @@
+"""The stable release of an app: what ``stable`` points at, and promoting a release to it.
+
+Guarantees:
+- ``stable`` resolves to the journal's latest promotion of the app, else to the version in the file at
+  the git tag ``stable-APP``, else at ``stable``; with none of them it is a ``UserError``, never a guess.
+- A promotion always stands once the journal records it and the engine tags ``IMAGE:stable``; moving
+  and pushing the git tags and pushing the image tag are best effort, and what failed is returned
+  for the log, never raised.
+- ``promote`` promotes only a running container of ours.
+"""
+
+from __future__ import annotations
+
+from reconciler.core.model import STABLE, container_name
+from reconciler.errors import ReconcileError, UserError
+from reconciler.shell.docker import Engine
+from reconciler.shell.git import Source
+from reconciler.shell.journal import Journal
+from reconciler.shell.loop import Settings
+from reconciler.shell.yamlfile import parse_yaml
+
+
+def stable_tag(app: str) -> str:
+    """The git tag of the app's stable commit (``stable/APP`` cannot live beside the tag ``stable``)."""
+    return f"{STABLE}-{app}"
+
+
+def stable_version(app: str, *, journal: Journal | None, source: Source, file: str) -> str:
+    """The version ``stable`` points at: the journal's promotion, else the ``stable-APP`` or ``stable`` tag."""
+    if journal is not None:
+        promoted = journal.stable(app)
+        if promoted is not None:
+            return promoted.version
+    for tag in (stable_tag(app), STABLE):
+        try:
+            sha = source.resolve(f"refs/tags/{tag}")
+            data, _ = parse_yaml(source.read(sha, file), filename=file)
+            return str(data["apps"][app]["version"])
+        except (ReconcileError, KeyError, TypeError):
+            continue
+    raise UserError(f"{app}: no stable version yet (no promotion in the journal, no stable tag in git)")
+
+
+def publish_stable(
+    engine: Engine,
+    journal: Journal,
+    source: Source | None,
+    *,
+    app: str,
+    image: str,
+    version: str,
+    image_id: str,
+    revision: str,
+    how: str,
+    publish: bool = False,
+) -> list[str]:
+    """Mark ``image_id`` (``image:version`` from ``revision``) as the app's stable release.
+
+    Always: the journal records it and the engine tags ``IMAGE:stable``; the git tags ``stable`` and
+    ``stable-APP`` move to ``revision`` in ``source``. With ``publish``: both git tags and the image
+    tag are pushed. Returns what could not be done (for the log); the promotion itself stands.
+    """
+    problems: list[str] = []
+    engine.tag(image_id, image, STABLE)
+    journal.promote(app=app, image=image, version=version, image_id=image_id, revision=revision, how=how)
+    tags = [STABLE, stable_tag(app)]
+    if source is not None and revision:
+        try:
+            for tag in tags:
+                source.tag(tag, revision)
+        except ReconcileError as exc:
+            problems.append(str(exc))
+    if not publish:
+        return problems
+    if source is not None and revision and source.repo.remotes:
+        try:
+            source.push_tags(source.repo.remotes[0].name, tags)
+        except ReconcileError as exc:
+            problems.append(f"git push of the stable tags: {exc}")
+    try:
+        engine.push(image, STABLE)
+    except ReconcileError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def _repository(ref: str) -> str:
+    """``host:5000/team/app:v1`` -> ``host:5000/team/app`` (a colon in the last part is the tag's)."""
+    head, _, last = ref.rpartition("/")
+    name = last.split(":", 1)[0]
+    return f"{head}/{name}" if head else name
+
+
+def promote_running(settings: Settings, app: str, *, publish: bool) -> tuple[str, list[str]]:
+    """``reconcile promote``: what runs now under the app's name becomes its stable release."""
+    from reconciler.shell.docker import connect
+    from reconciler.shell.git import open_source
+
+    engine = connect(settings.docker_host, instance=settings.instance)
+    current = engine.observe().named(container_name(app))
+    if current is None or not current.managed or not current.running:
+        raise UserError(f"{app}: no running container of reconciler's to promote")
+    journal = Journal(settings.state_dir)
+    try:
+        version = current.version
+        if version == STABLE:
+            promoted = journal.stable(app)
+            version = promoted.version if promoted is not None else version
+        inspected = engine.inspect(current.id)
+        ref = inspected.image if inspected is not None else ""
+        image = ref.split("@", 1)[0] if "@" in ref else _repository(ref)
+        try:
+            source: Source | None = open_source(settings.repo, state_dir=settings.state_dir, fetch=False)
+        except ReconcileError:
+            source = None
+        try:
+            problems = publish_stable(
+                engine, journal, source, app=app, image=image, version=version, image_id=current.image_id,
+                revision=current.commit, how="manual", publish=publish,
+            )  # fmt: skip
+        finally:
+            if source is not None:
+                source.close()
+    finally:
+        journal.close()
+    return f"{app}: {version} ({image}, commit {current.commit[:8]}) is stable", problems

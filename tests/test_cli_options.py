@@ -1,0 +1,45 @@
+"""The common options work on every command, before or after its name (issue 8).
+
+`reconcile history --repo .` was a usage error while `reconcile --repo . history` worked. Now each
+command accepts every common option in both places; its `--help` lists the ones it uses and says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.state import Site, cli, desired, show
+
+COMMANDS = ["validate", "history", "agent", "status", "retry", "rollback", "set-version", "revert", "promote",
+            "suspend", "resume", "completion"]  # fmt: skip
+COMMON = ["--repo", "X", "--ref", "HEAD", "--file", "f.yaml", "--docker-host", "unix:///nope.sock", "--instance", "i"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_says_the_common_options_are_accepted_everywhere(command: str) -> None:
+    result = cli(command, "--help")
+    assert result.returncode == 0, show(result)
+    assert "accepted by every command, before or after its name" in " ".join(result.stdout.split()), show(result)
+
+
+def test_a_common_option_after_the_command_name_counts_as_before_it(site: Site, tmp_path: Path) -> None:
+    empty = tmp_path / "empty-state"
+    runs: list[list[str | Path]] = [
+        ["history", *COMMON, "--state-dir", empty],
+        [*COMMON, "--state-dir", empty, "history"],
+    ]
+    for args in runs:
+        result = cli(*args)
+        assert result.returncode == 1, show(result)  # not a usage error (2)
+        assert (
+            result.stderr.strip()
+            == f"error: no journal at {empty / 'journal.db'}: nothing was applied with this --state-dir"
+        )
+
+    site.commit(desired())
+    mirror_state = tmp_path / "mirror-state"
+    after = cli("validate", "--repo", f"file://{site.repo}", "--state-dir", mirror_state)
+    assert after.returncode == 0 and "valid, 0 apps" in after.stdout, show(after)
+    assert list((mirror_state / "mirrors").iterdir()), "validate's --state-dir is where the URL's mirror goes"
