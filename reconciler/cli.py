@@ -190,7 +190,7 @@ def _guarded(fn: Callable[[], T]) -> T:
 
 
 def _settings(ctx: typer.Context, **given: Any) -> Any:
-    from reconciler.shell.loop import Settings
+    from reconciler.shell.converge import Settings
 
     values = {name: _option(ctx, name, value) for name, value in given.items()}
     return Settings(**{k: v for k, v in values.items() if k in Settings.__dataclass_fields__})
@@ -276,7 +276,7 @@ def main_command(
     )
     fmt = _option(ctx, "output", output)
     from reconciler.core import report
-    from reconciler.shell.loop import reconcile_once
+    from reconciler.shell.converge import reconcile_once
 
     result = _guarded(lambda: reconcile_once(settings, dry_run=dry_run, on_step=_kill_hook()))
     plan = result.plan
@@ -322,7 +322,7 @@ def validate(
             from reconciler.shell import ops
 
             return ops.validate_file(path)
-        from reconciler.shell.loop import read_desired
+        from reconciler.shell.converge import read_desired
 
         return read_desired(_settings(ctx, repo=repo, ref=ref, file=file, state_dir=None))
 

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from reconciler.core.desired import Positions, load_desired
 from reconciler.core.model import DesiredState
 from reconciler.errors import InvalidDesiredState, UserError
-from reconciler.shell.loop import parse_desired
+from reconciler.shell.converge import parse_desired
 from reconciler.shell.yamlfile import MAX_FILE_BYTES_ENV
 
 CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"

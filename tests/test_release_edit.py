@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.errors import InvalidDesiredState
-from reconciler.shell.loop import parse_desired
+from reconciler.shell.converge import parse_desired
 from reconciler.shell.yamlfile import set_versions
 
 FILE = "desired-state.yaml"

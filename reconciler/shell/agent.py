@@ -63,12 +63,12 @@ from reconciler.errors import (
     SourceError,
     TransientError,
 )
-from reconciler.shell.apply import Applier
+from reconciler.shell.converge import Settings, desired_at, plan_against
+from reconciler.shell.deploy import Applier
 from reconciler.shell.docker import Engine, connect
 from reconciler.shell.events import Events
 from reconciler.shell.git import Source, open_source
 from reconciler.shell.journal import SUSPENDED, Journal, PidFile, locked, read_pid
-from reconciler.shell.loop import Settings, desired_at, plan_against
 from reconciler.shell.scrub import scrub
 from reconciler.shell.stable import publish_stable
 

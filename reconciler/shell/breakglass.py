@@ -17,8 +17,8 @@ import time
 
 from reconciler.core.model import DEFAULT_HEALTH, HealthSpec, Role, container_name
 from reconciler.errors import ReconcileError, UserError
+from reconciler.shell.converge import Settings, read_desired
 from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal
-from reconciler.shell.loop import Settings, read_desired
 from reconciler.shell.swap import swap_in
 
 
@@ -26,7 +26,7 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
     """Put ``APP.prev`` back under the app's name at once (no git, no pull) and suspend the agent.
 
     Returns what happened, and the version that runs now."""
-    from reconciler.shell.apply import Applier
+    from reconciler.shell.deploy import Applier
     from reconciler.shell.docker import connect
     from reconciler.shell.journal import locked
 

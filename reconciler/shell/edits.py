@@ -23,9 +23,9 @@ from pathlib import Path
 
 from reconciler.core.model import STABLE, AppSpec, DesiredState, image_ref
 from reconciler.errors import ReconcileError, SourceError, UserError
+from reconciler.shell.converge import Settings, parse_desired
 from reconciler.shell.git import Source, is_url, open_source
 from reconciler.shell.journal import Journal
-from reconciler.shell.loop import Settings, parse_desired
 from reconciler.shell.stable import stable_version
 from reconciler.shell.yamlfile import parse_yaml, set_versions
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from reconciler.core.model import STABLE, container_name
 from reconciler.errors import ReconcileError, UserError
+from reconciler.shell.converge import Settings
 from reconciler.shell.docker import Engine
 from reconciler.shell.git import Source
 from reconciler.shell.journal import Journal
-from reconciler.shell.loop import Settings
 from reconciler.shell.yamlfile import parse_yaml
 
 

@@ -15,10 +15,10 @@ from reconciler.core.failures import held_back
 from reconciler.core.health import Health
 from reconciler.core.model import DesiredState, container_name
 from reconciler.errors import ReconcileError
-from reconciler.shell.apply import Applier
+from reconciler.shell.converge import Settings, plan_against, read_desired
+from reconciler.shell.deploy import Applier
 from reconciler.shell.docker import connect
 from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal, read_pid
-from reconciler.shell.loop import Settings, plan_against, read_desired
 
 
 def collect(settings: Settings) -> dict[str, Any]:

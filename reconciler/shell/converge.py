@@ -1,4 +1,4 @@
-"""One reconcile pass, end to end: read the commit, observe, resolve, plan, and (unless dry) apply.
+"""One pass of `reconcile`, end to end: read the commit, observe, resolve, plan, and (unless dry) apply.
 
 Guarantees:
 - The desired state is read from a commit (``Source``), never from a working tree.
@@ -26,7 +26,7 @@ from reconciler.core.plan import Plan, Resolution, plan
 from reconciler.core.report import Outcome
 from reconciler.errors import ImageError, InvalidDesiredState
 from reconciler.shell import scrub
-from reconciler.shell.apply import DEFAULT_PARALLEL
+from reconciler.shell.deploy import DEFAULT_PARALLEL
 from reconciler.shell.docker import Engine, connect
 from reconciler.shell.git import Source, open_source
 from reconciler.shell.journal import Journal, locked
@@ -140,7 +140,7 @@ def reconcile_once(
     if dry_run:
         the_plan, _ = plan_against(engine, desired, settings)
         return PassResult(desired, the_plan)
-    from reconciler.shell.apply import Applier
+    from reconciler.shell.deploy import Applier
 
     with locked(settings.state_dir, timeout=settings.lock_timeout):
         journal = Journal(settings.state_dir)
