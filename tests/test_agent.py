@@ -648,7 +648,7 @@ def test_log_format_json_every_line_is_an_event_object(world: World, images: Ima
     assert agent.stdout == [], "events go to stderr; stdout stays empty"
 
 
-# -- 12. review fixes ---------------------------------------------------------------------------------------------
+# -- 12. crash at start-new, and one agent per state directory ----------------------------------------
 
 
 def test_agent_killed_at_start_new_of_a_broken_release_is_rolled_back_by_the_next_agent(

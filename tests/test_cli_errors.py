@@ -223,7 +223,7 @@ def test_engine_not_answering_is_one_line_naming_the_host(site: Site, app_names:
         assert dead in result.stderr, show(result)
 
 
-# -- review fixes: bad ssh URLs and a state directory that is a file are one-line errors ---------------
+# -- bad ssh URLs and a state directory that is a file are one-line errors --------------------------
 
 
 def test_a_bad_ssh_docker_host_is_one_line_and_no_internal_error(site: Site, app_names: AppNames) -> None:

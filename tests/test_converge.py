@@ -667,7 +667,7 @@ def test_dry_run_of_a_first_deploy_says_which_image_will_be_pulled(
     assert "to pull" in dry.stdout and f"{remote_repo}:r1" in dry.stdout, show(dry)
 
 
-# -- review fixes: a one-shot run killed mid-gate gets its verdict from the next run --------------------
+# -- a one-shot run killed mid-gate gets its verdict from the next run ------------------------------
 
 
 def test_one_shot_killed_mid_gate_of_a_broken_release_is_rolled_back_by_the_next_run(

@@ -776,7 +776,7 @@ def test_show_completion_for_a_shell_named_on_the_command_line(shell: str, marke
     assert marker in result.stdout, show(result)
 
 
-# -- review fixes ------------------------------------------------------------------------------------
+# -- set-version's refusals, and promote of a digest-pinned app ------------------------------------
 
 
 def test_set_version_refuses_a_malformed_version_in_one_line_and_commits_nothing(world: World) -> None:

@@ -5,9 +5,9 @@ Guarantees:
   the host) when the engine does not answer, ``ImageError`` for a missing tag or refused pull,
   ``ContainerError`` for a create/start that the engine refused (port taken, bad mount).
 - ``observe()`` is one listing call for the whole engine; ``inspect()`` is one call for one container,
-  and returns an ``Inspected`` record: docker's raw inspect JSON does not leave this module (except
-  through ``container_state``, which apply.py still reads). ``inspect`` says None only when the engine
-  answers 404 (``docker.errors.NotFound``); any other refusal is an error, never "gone".
+  and returns an ``Inspected`` record: docker's raw inspect JSON does not leave this module.
+  ``inspect`` says None only when the engine answers 404 (``docker.errors.NotFound``); any other
+  refusal is a ``ContainerError``, never "gone".
 - Containers are created with our labels, including the instance name: a container of another
   instance is never ours. They also carry their source (``io.reconciler.source.*``: the repository's
   root commit and location, the branch, the file), which the planner compares before it changes one.
@@ -211,17 +211,6 @@ class Engine:
                 return None
         return inspected_from(data, instance=self.instance)
 
-    def container_state(self, container_id: str) -> Mapping[str, Any] | None:
-        """The raw inspect data, or None when the engine refused to give it (whatever the reason).
-
-        Only apply.py reads this, until it moves to ``inspect``.
-        """
-        try:
-            with self._calls("inspect container"):
-                return dict(self.api.inspect_container(container_id))
-        except ContainerError:
-            return None
-
     # -- changing --------------------------------------------------------------------------------
 
     def pull(self, ref: str) -> str:
@@ -283,12 +272,6 @@ class Engine:
     def unpause(self, container_id: str, name: str) -> None:
         with self._calls(f"unpause {name}"):
             self.api.unpause(container_id)
-
-    def owns(self, inspected: Mapping[str, Any]) -> bool:
-        """Whether ``container_state`` data carries our labels (and this instance's): ``Inspected.ours``
-        for apply.py until it moves to ``inspect``."""
-        labels = (inspected.get("Config") or {}).get("Labels") or {}
-        return labels.get(MANAGED) == "true" and labels.get(INSTANCE, "default") == self.instance
 
     def stop(self, container_id: str, name: str, timeout: float) -> None:
         with self._calls(f"stop {name}"):

@@ -54,8 +54,8 @@ def swap_in(
     parked = keep_as == incoming_name
     try:
         if current is not None:
+            step("stop-old")  # before the removal of ``drop`` too: a kill here leaves every container as it was
             remover = _remove_meanwhile(engine, drop, log) if drop is not None else None
-            step("stop-old")
             if current.running:
                 engine.stop(current.id, current.name, current.stop_timeout)
             step("keep-old")
