@@ -467,10 +467,10 @@ def status(
     settings = _settings(ctx, repo=repo, ref=ref, file=file, state_dir=state_dir, docker_host=docker_host,
                          instance=instance)  # fmt: skip
     result = _guarded(lambda: collect(settings))
-    if result.get("journal_error"):
-        typer.echo(f"warning: {result['journal_error']}", err=True)
+    if result.journal_error:
+        typer.echo(f"warning: {result.journal_error}", err=True)
     if _option(ctx, "output", output) is Output.json:
-        _emit(result)
+        _emit(result.as_dict())
     else:
         typer.echo("\n".join(status_lines(result)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from reconciler.core.events import Event
 from reconciler.core.failures import Failure
 from reconciler.core.model import AppSpec, DesiredState, ObservedContainer, ObservedState, Role, image_ref
 from reconciler.core.plan import PRUNED, STALE_NEXT, Action, ActionKind, Change, Plan, Resolution, Target, fingerprint
@@ -176,7 +177,7 @@ def test_a_blocked_app_keeps_every_new_release_and_removal_of_its_commit_back() 
     the_plan = plan(error("api"), replace_("web"), create("db"), prune("old"), start("cache"), stale_next("web"))
     new, notices = whole_or_nothing(the_plan, applied={})
     assert kinds(new) == [("api", ActionKind.ERROR), ("cache", ActionKind.START), ("web", ActionKind.REMOVE)]
-    assert notices == [Notice("blocked", "commit.blocked", "c0ffee00 not deployed while api: tag v9 not found")]
+    assert notices == [Notice("blocked", Event.COMMIT_BLOCKED, "c0ffee00 not deployed while api: tag v9 not found")]
 
 
 def test_a_blocked_commit_still_heals_what_ran_before() -> None:
@@ -216,7 +217,7 @@ def test_drift_is_healed_and_logged_each_time() -> None:
     assert notices == [
         Notice(
             "drift:web",
-            "drift.healing",
+            Event.DRIFT_HEALING,
             "web: state: exited -> running",
             app="web",
             say=Say.EMIT,
@@ -231,7 +232,7 @@ def test_without_self_heal_drift_is_reported_once_and_not_healed() -> None:
     new, notices = heal_or_report(plan(start("web"), replace_("api")), {}, self_heal=False)
     assert kinds(new) == [("api", ActionKind.REPLACE)]
     assert notices[0] == Notice(
-        "drift:web", "drift.found", "web: start needed (state: exited -> running); not healed (--no-self-heal)",
+        "drift:web", Event.DRIFT_FOUND, "web: start needed (state: exited -> running); not healed (--no-self-heal)",
         app="web",
     )  # fmt: skip
     assert notices[1:] == [Notice.clear("drift:api")]

@@ -1,7 +1,7 @@
 """The docker boundary: ``Engine.inspect`` and its ``Inspected`` record, NotFound apart from engine
 errors, port bindings, and the one container swap (``shell.swap.swap_in``) on a real engine.
 
-Everything runs against the real engine and registry, except one test: an engine cannot be made to
+Everything runs against the real engine and registry, except two tests: an engine cannot be made to
 answer 500 on demand, so that answer is a real ``docker.errors.APIError`` raised by a stand-in API.
 """
 
@@ -17,8 +17,9 @@ import requests
 from docker.utils import convert_port_bindings
 from docker.utils.ports import build_port_bindings
 
-from reconciler.core.model import Role, container_name
+from reconciler.core.model import DEFAULT_HEALTH, Role, container_name
 from reconciler.errors import ContainerError, ImageError
+from reconciler.shell.deploy import Applier
 from reconciler.shell.docker import (
     INSTANCE,
     LABEL,
@@ -117,6 +118,16 @@ class _Client:
 def test_an_engine_error_on_inspect_is_an_error_not_a_gone_container() -> None:
     with pytest.raises(ContainerError, match="lock timeout"):
         Engine(_Client(), "unix:///nowhere").inspect("web")
+
+
+def test_a_gate_sample_of_a_refused_inspect_is_a_stopped_container_with_the_engines_reason(tmp_path: Any) -> None:
+    journal = Journal(tmp_path)
+    try:
+        sample = Applier(Engine(_Client(), "unix:///nowhere"), journal).sample("web", DEFAULT_HEALTH)
+    finally:
+        journal.close()
+    assert not sample.running
+    assert "lock timeout" in sample.detail
 
 
 def test_suspend_and_resume_set_and_clear_the_flags(tmp_path: Any) -> None:

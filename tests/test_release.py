@@ -661,12 +661,14 @@ def test_break_glass_swaps_the_previous_container_back_at_once_and_suspends(worl
 
     started = time.monotonic()
     result = world.rc("rollback", web.name, "--local")
-    answered = body(web.port, timeout=2.0)
+    answered = body(web.port, timeout=10.0)
     took = time.monotonic() - started
 
     assert result.returncode == 0, show(result)
     assert answered == "v1"
-    assert took < 2.0, f"break-glass took {took:.2f}s\n{show(result)}"
+    # "At once": no pull, no create, no gate wait. A bound loose enough for a loaded CI machine, tight
+    # enough that waiting on the gate (or a pull) would break it; the figure itself is bench/agent.py's.
+    assert took < 10.0, f"break-glass took {took:.2f}s\n{show(result)}"
     assert "suspended" in result.stdout and f"rollback {web.name} --to v1 --push" in result.stdout
     assert label(world.client, web.name + ".prev", "version") == "v2"  # kept, stopped, for the way back
     status = world.status()

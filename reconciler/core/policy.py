@@ -24,6 +24,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from reconciler.core.events import Event
 from reconciler.core.failures import Failure, held_back
 from reconciler.core.model import DesiredState, ObservedState, container_name
 from reconciler.core.plan import PRUNED, STALE_NEXT, Action, ActionKind, Change, Plan
@@ -43,14 +44,19 @@ class Say(StrEnum):
 
 @dataclass(frozen=True)
 class Notice:
-    """A line for the agent's log; ``app`` and ``fields`` become the line's fields when set."""
+    """A line for the agent's log; ``app`` and ``fields`` become the line's fields when set. Only a
+    ``Say.CLEAR`` notice has no ``event`` (it logs nothing)."""
 
     key: str
-    event: str = ""
+    event: Event | None = None
     message: str = ""
     app: str = ""
     say: Say = Say.ONCE
     fields: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.event is None) != (self.say is Say.CLEAR):
+            raise ValueError(f"notice {self.key}: an event is what ONCE and EMIT log, and CLEAR logs nothing")
 
     @classmethod
     def clear(cls, key: str) -> Notice:
@@ -135,7 +141,7 @@ def hold_back(
         notices.append(
             Notice(
                 f"{HELD}{action.app}",
-                "deploy.held",
+                Event.DEPLOY_HELD,
                 f"{action.app}: release {failure.version} of {failure.revision[:8]} {role}; not tried again until"
                 f" a commit changes {action.app} or `reconcile retry {action.app}` (`reconcile status` says why)",
                 app=action.app,
@@ -168,7 +174,7 @@ def whole_or_nothing(plan: Plan, applied: Mapping[str, str]) -> tuple[Plan, list
         return plan, []
     why = "; ".join(f"{action.app}: {action.message}" for action in blocked)
     return replace(plan, actions=kept), [
-        Notice("blocked", "commit.blocked", f"{plan.revision[:8]} not deployed while {why}")
+        Notice("blocked", Event.COMMIT_BLOCKED, f"{plan.revision[:8]} not deployed while {why}")
     ]
 
 
@@ -184,13 +190,13 @@ def heal_or_report(plan: Plan, applied: Mapping[str, str], *, self_heal: bool) -
         reasons = "; ".join(map(str, action.reasons))
         if drift and not self_heal:
             message = f"{action.container}: {action.kind.value} needed ({reasons}); not healed (--no-self-heal)"
-            notices.append(Notice(f"drift:{action.app}", "drift.found", message, app=action.app))
+            notices.append(Notice(f"drift:{action.app}", Event.DRIFT_FOUND, message, app=action.app))
             continue
         if drift:
             notices.append(
                 Notice(
                     f"drift:{action.app}",
-                    "drift.healing",
+                    Event.DRIFT_HEALING,
                     f"{action.container}: {reasons}",
                     app=action.app,
                     say=Say.EMIT,

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from reconciler.core.plan import ActionKind, Plan
+from reconciler.core.status import Status
 
 
 class Result(StrEnum):
@@ -107,38 +108,35 @@ def outcome_lines(outcomes: list[Outcome], *, revision: str, file: str) -> list[
     return lines
 
 
-def status_lines(status: dict[str, Any]) -> list[str]:
+def status_lines(status: Status) -> list[str]:
     """``reconcile status`` as a person reads it (``status`` is what ``shell.status.collect`` returns)."""
     out = []
-    head = f"{status['file']} @ {(status['revision'] or '?')[:8]}"
-    agent = f"agent running (pid {status['agent_pid']})" if status["agent_pid"] else "no agent running"
+    head = f"{status.file} @ {(status.revision or '?')[:8]}"
+    agent = f"agent running (pid {status.agent_pid})" if status.agent_pid else "no agent running"
     out.append(f"{head}; {agent}")
-    if status["desired_error"]:
-        out.append(f"!! desired state unreadable: {status['desired_error']}")
-    if status["suspended"]:
-        out.append(f"!! SUSPENDED: {status['suspended']} — the agent changes nothing until `reconcile resume`")
-    for app, version in sorted(status.get("break_glass", {}).items()):
+    if status.desired_error:
+        out.append(f"!! desired state unreadable: {status.desired_error}")
+    if status.suspended:
+        out.append(f"!! SUSPENDED: {status.suspended} — the agent changes nothing until `reconcile resume`")
+    for name, version in sorted(status.break_glass):
         out.append(
-            f"!! the host differs from git: {app} runs {version} by a local rollback. Make git match first: "
-            f"`reconcile rollback {app} --to {version} --push`, then `reconcile resume` (resuming before that "
+            f"!! the host differs from git: {name} runs {version} by a local rollback. Make git match first: "
+            f"`reconcile rollback {name} --to {version} --push`, then `reconcile resume` (resuming before that "
             "redeploys what git asks for)"
         )
-    for app in status["apps"]:
-        sync = "in sync" if app["in_sync"] else "DRIFT"
+    for app in status.apps:
+        sync = "in sync" if app.in_sync else "DRIFT"
         out.append(
-            f"{app['app']}: desired {app['desired'] or '-'}, running {app['running'] or '-'} ({app['state']}, "
-            f"{app['health']}), {sync}, stable {app['stable'] or '-'}"
+            f"{app.app}: desired {app.desired or '-'}, running {app.running or '-'} ({app.state}, "
+            f"{app.health}), {sync}, stable {app.stable or '-'}"
         )
-        for key in ("last_applied", "last_attempted"):
-            entry = app[key]
-            if entry:
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry["at"])) + "Z"
-                out.append(
-                    f"    {key.replace('_', ' ')}: {entry['version']} @ {entry['commit']} {entry['result']} {when}"
-                )
-        if app["held"]:
-            out.append(f"    held back: {app['held']} (`reconcile retry {app['app']}` to try again)")
-        for failed in app["failed"]:
-            role = "failed" if failed["culprit"] else "rolled back with its commit"
-            out.append(f"    {role}: {failed['version']} @ {failed['commit']}: {failed['reason']}")
+        for label, entry in (("last applied", app.last_applied), ("last attempted", app.last_attempted)):
+            if entry is not None:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.at)) + "Z"
+                out.append(f"    {label}: {entry.version} @ {entry.revision[:8]} {entry.result} {when}")
+        if app.held is not None and app.held.reason:
+            out.append(f"    held back: {app.held.reason} (`reconcile retry {app.app}` to try again)")
+        for failed in app.failed:
+            role = "failed" if failed.culprit else "rolled back with its commit"
+            out.append(f"    {role}: {failed.version} @ {failed.revision[:8]}: {failed.reason}")
     return out

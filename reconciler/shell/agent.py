@@ -49,6 +49,7 @@ from types import FrameType
 from typing import Any
 
 from reconciler.core import policy
+from reconciler.core.events import Event
 from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState, container_name
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.policy import Deployed, Notice, Say
@@ -68,12 +69,18 @@ from reconciler.shell.deploy import Applier
 from reconciler.shell.docker import Engine, connect
 from reconciler.shell.events import Events
 from reconciler.shell.git import Source, open_source
-from reconciler.shell.journal import SUSPENDED, Journal, PidFile, locked, read_pid
+from reconciler.shell.journal import SUSPENDED, Journal, JournalResult, PidFile, locked, read_pid
 from reconciler.shell.scrub import scrub
 from reconciler.shell.stable import publish_stable
 
 ENGINE_RETRY_MID_DEPLOY = 2.0  # seconds: an outage cut a deploy short; the app may be down until resumed
 CRASH_FILES_KEPT = 20  # a bug that crashes every pass must not fill the state directory
+_VERDICT_EVENTS = {  # an outcome's line in the log; any other result of a change is deploy.done
+    Result.APPLIED: Event.DEPLOY_SUCCEEDED,
+    Result.ROLLED_BACK: Event.DEPLOY_ROLLED_BACK,
+    Result.FAILED: Event.DEPLOY_FAILED,
+    Result.SUPERSEDED: Event.DEPLOY_SUPERSEDED,
+}
 
 
 @dataclass(frozen=True)
@@ -124,15 +131,15 @@ class Agent:
             try:
                 pid_file.claim()
                 if self.journal is None:
-                    self.journal = Journal(state_dir, warn=lambda line: self.events.emit("journal.reset", line))
+                    self.journal = Journal(state_dir, warn=lambda line: self.events.emit(Event.JOURNAL_RESET, line))
                 self.journal.check()
             except ReconcileError as exc:  # another agent took a removed directory over: it converges, not us
-                return self._problem("state", "state.error", str(exc))
-            self._recovered("state", "state.recovered", f"state directory {state_dir} is writable again")
+                return self._problem("state", Event.STATE_ERROR, str(exc))
+            self._recovered("state", Event.STATE_RECOVERED, f"state directory {state_dir} is writable again")
             return None
 
         def mirror_reset(line: str) -> None:
-            self.events.emit("mirror.reset", line)
+            self.events.emit(Event.MIRROR_RESET, line)
 
         # A second agent, or a state directory that is a file, is a human's to fix: exit 1 before starting.
         # A read-only or full disk clears by itself: the loop waits for it.
@@ -141,7 +148,7 @@ class Agent:
         observer = None
         try:
             self.events.emit(
-                "agent.started",
+                Event.AGENT_STARTED,
                 f"following {self.config.ref} of {settings.repo}",
                 interval=f"{self.config.interval:g}s",
                 self_heal=self.config.self_heal,
@@ -172,7 +179,7 @@ class Agent:
             if self.source is not None:
                 self.source.close()
             pid_file.release()  # only while it is ours: another agent may have started since
-        self.events.emit("agent.stopped", "stopped; containers left running")
+        self.events.emit(Event.AGENT_STOPPED, "stopped; containers left running")
         return 0
 
     def stop(self) -> None:
@@ -222,14 +229,14 @@ class Agent:
 
     # -- one pass ------------------------------------------------------------------------------------
 
-    def _problem(self, key: str, event: str, message: str) -> float:
+    def _problem(self, key: str, event: Event, message: str) -> float:
         """Log a condition once, count it, and return how long to wait before trying again."""
         # One line per outage: the same outage reads differently from call to call (ping, list, ...).
         self.events.once(key, event, message, again_if_changed=False)
         self.failing[key] = self.failing.get(key, 0) + 1
         return float(min(self.config.interval, 2 ** min(self.failing[key], 6)))
 
-    def _recovered(self, key: str, event: str, message: str) -> None:
+    def _recovered(self, key: str, event: Event, message: str) -> None:
         self.failing.pop(key, None)
         if self.events.clear(key):
             self.events.emit(event, message)
@@ -244,32 +251,32 @@ class Agent:
         try:
             revision, desired = self._read()
         except RemoteUnavailable as exc:
-            return self._problem("remote", "remote.unreachable", str(exc))
+            return self._problem("remote", Event.REMOTE_UNREACHABLE, str(exc))
         except (InvalidDesiredState, SourceError) as exc:
             errors = exc.errors if isinstance(exc, InvalidDesiredState) else [str(exc)]
-            self.events.once("invalid", "desired.invalid", f"{self.revision[:8]}: " + " | ".join(errors))
+            self.events.once("invalid", Event.DESIRED_INVALID, f"{self.revision[:8]}: " + " | ".join(errors))
             return self._next_interval()
         self.events.clear("invalid")
         try:
             if self.engine is None:
                 self.engine = connect(settings.docker_host, instance=settings.instance)
-            self._recovered("engine", "engine.recovered", f"Docker engine at {self.engine.host} answers again")
+            self._recovered("engine", Event.ENGINE_RECOVERED, f"Docker engine at {self.engine.host} answers again")
             with locked(settings.state_dir, timeout=self.config.lock_timeout):
-                self._recovered("lock", "lock.recovered", "state directory lock taken")
+                self._recovered("lock", Event.LOCK_RECOVERED, "state directory lock taken")
                 outcomes = self._converge(revision, desired)
             self.cut_short = False
         except EngineUnavailable as exc:
             self.engine = None
-            wait = self._problem("engine", "engine.unreachable", str(exc))
+            wait = self._problem("engine", Event.ENGINE_UNREACHABLE, str(exc))
             return min(wait, ENGINE_RETRY_MID_DEPLOY) if self.cut_short else wait
         except LockHeld as exc:
-            return self._problem("lock", "lock.held", str(exc))
+            return self._problem("lock", Event.LOCK_HELD, str(exc))
         except ReconcileError as exc:
-            self.events.emit("pass.error", str(exc), commit=revision[:8])
+            self.events.emit(Event.PASS_ERROR, str(exc), commit=revision[:8])
             return self._next_interval()
         except Exception as exc:  # a bug must not take the host's agent down: log it, try again later
             where = self._keep_traceback(exc)
-            self.events.emit("pass.crashed", f"internal error: {type(exc).__name__}: {exc} (a bug in reconciler:"
+            self.events.emit(Event.PASS_CRASHED, f"internal error: {type(exc).__name__}: {exc} (a bug in reconciler:"
                              f" {where}; please report it)", commit=revision[:8])  # fmt: skip
             self.engine = None
             return self._next_interval()
@@ -291,14 +298,14 @@ class Agent:
                 self.source.fetch()
             except RemoteUnavailable as exc:
                 # Go on with what the mirror last fetched: drift is still healed while the remote is away.
-                self.retry_in = self._problem("remote", "remote.unreachable", str(exc))
+                self.retry_in = self._problem("remote", Event.REMOTE_UNREACHABLE, str(exc))
             else:
                 self.last_fetch = now
-                self._recovered("remote", "remote.recovered", f"git remote {settings.repo} answers again")
+                self._recovered("remote", Event.REMOTE_RECOVERED, f"git remote {settings.repo} answers again")
         self.changed.clear()
         revision = self.source.resolve(self.config.ref)
         if revision != self.revision:
-            self.events.emit("commit.seen", f"{self.config.ref} is at {revision[:8]}", commit=revision[:8])
+            self.events.emit(Event.COMMIT_SEEN, f"{self.config.ref} is at {revision[:8]}", commit=revision[:8])
             self.revision = revision
         return revision, desired_at(self.source, self.config.ref, revision, settings.file)
 
@@ -318,10 +325,11 @@ class Agent:
     def _converge(self, revision: str, desired: DesiredState) -> list[Outcome]:
         assert self.engine is not None and self.journal is not None
         journal = self.journal
-        if journal.flag(SUSPENDED):
-            self.events.once("suspended", "agent.suspended", f"suspended: {journal.flag(SUSPENDED)}; nothing changes")
+        why = journal.flag(SUSPENDED)
+        if why:
+            self.events.once("suspended", Event.AGENT_SUSPENDED, f"suspended: {why}; nothing changes")
             return []
-        self._recovered("suspended", "agent.resumed", "resumed")
+        self._recovered("suspended", Event.AGENT_RESUMED, "resumed")
         applier = Applier(
             self.engine,
             journal,
@@ -379,7 +387,7 @@ class Agent:
             if key not in keys:
                 self.events.clear(key)
         for key, note in keys.items():
-            self.events.once(key, f"app.{note.kind}", f"{note.container}: {note.message}", app=note.app)
+            self.events.once(key, Event.of_app(note.kind), f"{note.container}: {note.message}", app=note.app)
 
     # -- what not to do (decided in core.policy) -----------------------------------------------------
 
@@ -388,7 +396,9 @@ class Agent:
             fields: dict[str, Any] = ({"app": notice.app} if notice.app else {}) | dict(notice.fields)
             if notice.say is Say.CLEAR:
                 self.events.clear(notice.key)
-            elif notice.say is Say.EMIT:
+                continue
+            assert notice.event is not None  # every Notice but a CLEAR has one
+            if notice.say is Say.EMIT:
                 self.events.emit(notice.event, notice.message, **fields)
             else:
                 self.events.once(notice.key, notice.event, notice.message, **fields)
@@ -399,7 +409,7 @@ class Agent:
         assert self.journal is not None
         applied: dict[str, str] = {}
         for app in dict.fromkeys(action.app for action in actions if action.kind is ActionKind.CREATE):
-            entry = self.journal.last(app, result="succeeded")
+            entry = self.journal.last(app, result=JournalResult.SUCCEEDED)
             if entry is not None:
                 applied[app] = entry.spec_hash
         return applied
@@ -407,7 +417,7 @@ class Agent:
     def _last_good(self, app: str, observed: ObservedState, journal: Journal) -> tuple[Action, ...]:
         """The create of ``app`` as its last good deploy had it (its commit's file), for a held app that
         lost its container: what ran before the failed release runs again."""
-        good = journal.last(app, result="succeeded")
+        good = journal.last(app, result=JournalResult.SUCCEEDED)
         if good is None or self.source is None or self.engine is None:
             return ()
         settings = self.config.settings
@@ -456,22 +466,16 @@ class Agent:
         return f"traceback in {path}"
 
     def _report(self, outcomes: list[Outcome], revision: str) -> None:
-        events = {
-            Result.APPLIED: "deploy.succeeded",
-            Result.ROLLED_BACK: "deploy.rolled-back",
-            Result.FAILED: "deploy.failed",
-            Result.SUPERSEDED: "deploy.superseded",
-        }
         for outcome in outcomes:
             if outcome.result is Result.SKIPPED:
-                self.events.once(f"problem:{outcome.app}", f"app.{outcome.kind.value}", outcome.message,
+                self.events.once(f"problem:{outcome.app}", Event.of_app(outcome.kind), outcome.message,
                                  app=outcome.app)  # fmt: skip
                 continue
             self.events.clear(f"problem:{outcome.app}")
-            name = events.get(outcome.result, "deploy.done")
+            name = _VERDICT_EVENTS.get(outcome.result, Event.DEPLOY_DONE)
             if outcome.kind is ActionKind.REMOVE and outcome.result is Result.APPLIED:
                 # APP.next left by an interrupted deploy is debris, not the app.
-                name = "app.removed" if outcome.container == outcome.app else "deploy.cleanup"
+                name = Event.APP_REMOVED if outcome.container == outcome.app else Event.DEPLOY_CLEANUP
             self.events.emit(name, f"{outcome.container}: {outcome.message or outcome.result.value}",
                              app=outcome.app, commit=revision[:8])  # fmt: skip
 
@@ -502,7 +506,7 @@ class Agent:
         if current is None or not current.managed or not current.spec_hash:
             return None
         promoted = self.journal.stable(app)
-        deployed = self.journal.last(app, result="succeeded")
+        deployed = self.journal.last(app, result=JournalResult.SUCCEEDED)
         return Candidate(
             spec_hash=current.spec_hash,
             image_id=current.image_id,
@@ -522,10 +526,10 @@ class Agent:
             self.engine, self.journal, self.source, app=app, image=image, version=concrete, image_id=image_id,
             revision=revision, how=how, publish=self.config.publish_stable,
         )  # fmt: skip
-        self.events.emit("stable.promoted", f"{app} {concrete} is stable ({image}:stable)", app=app,
+        self.events.emit(Event.STABLE_PROMOTED, f"{app} {concrete} is stable ({image}:stable)", app=app,
                          commit=revision[:8])  # fmt: skip
         for problem in problems:
-            self.events.emit("stable.unpublished", f"{app}: {problem}", app=app)
+            self.events.emit(Event.STABLE_UNPUBLISHED, f"{app}: {problem}", app=app)
 
     def _stable_due(self) -> float:
         """Seconds until the next app could be promoted (the loop wakes then to look)."""

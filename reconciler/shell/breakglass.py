@@ -18,7 +18,7 @@ import time
 from reconciler.core.model import DEFAULT_HEALTH, HealthSpec, Role, container_name
 from reconciler.errors import ReconcileError, UserError
 from reconciler.shell.converge import Settings, read_desired
-from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal
+from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal, JournalResult
 from reconciler.shell.swap import swap_in
 
 
@@ -55,7 +55,7 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
                     keep_as=container_name(app, Role.PREVIOUS), undo=True,
                 )  # fmt: skip
             except ReconcileError as exc:
-                journal.finish(entry, result="failed", message=str(exc))
+                journal.finish(entry, result=JournalResult.FAILED, message=str(exc))
                 raise
             journal.set_flag(
                 SUSPENDED,
@@ -63,7 +63,9 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}Z; git still asks for {was}",
             )
             journal.set_flag(f"{BREAK_GLASS}{app}", previous.version)
-            journal.finish(entry, result="succeeded", message="break-glass: host differs from git until resume")
+            journal.finish(
+                entry, result=JournalResult.SUCCEEDED, message="break-glass: host differs from git until resume"
+            )
         gate = Applier(engine, journal).sample(previous.id, previous_gate(settings, app))
         state = "answering" if gate.running and gate.probe_ok else f"started, not healthy yet ({gate.detail})"
         return f"{app}: {previous.version} runs again ({state}); {was} kept stopped as {app}.prev", previous.version

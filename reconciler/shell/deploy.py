@@ -4,7 +4,8 @@ Guarantees:
 - A deploy is a sequence of ``Step`` values (``STOP_FIRST``: pull, create, stop-old, keep-old,
   rename-new, start-new, gate); ``RULES`` is the one place that says, per step, what a failure at it
   takes back (``Undo``) and what the next pass does with a deploy cut short at it (``Resume``).
-  Another strategy is another sequence over the same rules.
+  Another strategy is another sequence over the same rules. The steps of ``SWAP`` are one
+  ``swap.swap_in`` call (the same swap that break-glass makes), which announces each of them.
 - Nothing of an app is touched until its new container exists: a missing tag, a refused pull, an
   unreadable env_file or a refused create leaves the running container exactly as it was.
 - A deploy keeps the container it replaces, stopped, as ``APP.prev`` (only the newest one), so that a
@@ -63,15 +64,15 @@ from reconciler.core.health import Gate, Sample, Verdict, probe_timeout
 from reconciler.core.model import AppSpec, HealthSpec, ObservedContainer, ObservedState, Role, container_name
 from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan, Target
 from reconciler.core.report import Outcome, Result
-from reconciler.errors import EngineUnavailable, ReconcileError
-from reconciler.shell.docker import Engine
-from reconciler.shell.journal import CLEANUP, UNVERIFIED, Entry, Journal
+from reconciler.errors import ContainerError, EngineUnavailable, ReconcileError
+from reconciler.shell.docker import Engine, Inspected
+from reconciler.shell.journal import CLEANUP, UNVERIFIED, Entry, Journal, JournalResult
+from reconciler.shell.swap import swap_in
 
 T = TypeVar("T")
 
 ADOPTED = ".adopted"
 WATCH_STEP = 0.1  # seconds between looks at a gated container's state
-ROLLING_BACK = "rolling-back"  # a journaled verdict: the release failed, its rollback has begun
 ABANDONED = "its gate was abandoned for a newer commit or a shutdown"
 # Deploys of a pass at once. A gate mostly waits (one inspect per 100 ms), so the bound is what the
 # engine can create and start at once on a small host. 16 takes 20 apps from an empty 2-core host in
@@ -141,6 +142,9 @@ STOP_FIRST: tuple[Step, ...] = (
     Step.START_NEW,
     Step.GATE,
 )
+# The steps ``swap.swap_in`` runs, in its order: a sequence that reaches one of them runs them all
+# in that one call (it skips stop-old and keep-old itself when nothing runs under the app's name).
+SWAP: tuple[Step, ...] = (Step.STOP_OLD, Step.KEEP_OLD, Step.RENAME_NEW, Step.START_NEW)
 
 
 def _probe_http(url: str, timeout: float) -> tuple[bool, str]:
@@ -181,7 +185,7 @@ class _Rows:
         with self.lock:
             return self.journal.start(**fields)
 
-    def finish(self, entry_id: int, *, result: str, message: str = "") -> None:
+    def finish(self, entry_id: int, *, result: JournalResult, message: str = "") -> None:
         with self.lock:
             self.journal.finish(entry_id, result=result, message=message)
 
@@ -217,7 +221,8 @@ class _Deploy:
     fallback: ObservedContainer | None  # what a failed release goes back to
     new_id: str = ""
     started_at: float = 0.0
-    remover: threading.Thread | None = None  # removes the older kept container while the current one stops
+    reached: Step = Step.PULL  # the last step announced: a failure is a failure at it (``RULES``)
+    swapped: bool = False  # the steps of ``SWAP`` have run (as one call)
     gate: Gate | None = None
 
     @property
@@ -272,16 +277,17 @@ class Applier:
 
     def sample(self, container_id: str, spec: HealthSpec) -> Sample:
         now = self.clock()
-        state = self.engine.container_state(container_id)
-        if state is None:
+        try:
+            found = self.engine.inspect(container_id)
+        except ContainerError as exc:  # the engine answers, but not about this container: not running
+            return Sample(at=now, running=False, detail=str(exc))
+        if found is None:
             return Sample(at=now, running=False, detail="the container is gone")
-        status = state.get("State", {})
-        health = (status.get("Health") or {}).get("Status", "")
-        restarts = int(state.get("RestartCount") or 0)
-        if not status.get("Running") or status.get("Restarting"):
-            detail = f"the container exited with code {status.get('ExitCode')}"
-            if status.get("Error"):
-                detail += f" ({status['Error']})"
+        health, restarts = found.health, found.restart_count
+        if not found.running or found.restarting:
+            detail = f"the container exited with code {found.exit_code}"
+            if found.error:
+                detail += f" ({found.error})"
             return Sample(at=now, running=False, restarts=restarts, docker_health=health, detail=detail)
         ok, detail = True, ""
         deadline = probe_timeout(spec)
@@ -297,11 +303,11 @@ class Applier:
 
     def gate(self, container_id: str, spec: HealthSpec, *, started_at: float | None = None) -> Gate:
         """Probe the container until the gate decides, or ``interrupted()`` (then it stays pending)."""
-        state = self.engine.container_state(container_id) or {}
+        found = self._inspect(container_id)
         gate = Gate(
             spec=spec,
             started_at=self.clock() if started_at is None else started_at,
-            restarts_at_start=int(state.get("RestartCount") or 0),
+            restarts_at_start=found.restart_count if found is not None else 0,  # none: the first sample says why
         )
         while True:
             gate = gate.observe(self.sample(container_id, spec))
@@ -329,10 +335,17 @@ class Applier:
             self.sleep(min(left, WATCH_STEP))
             if self._stale():
                 return
-            state = self.engine.container_state(container_id)
-            status = (state or {}).get("State") or {}
-            if state is None or not status.get("Running") or int(state.get("RestartCount") or 0) > restarts:
+            found = self._inspect(container_id)
+            if found is None or not found.running or found.restart_count > restarts:
                 return
+
+    def _inspect(self, container: str) -> Inspected | None:
+        """``engine.inspect``, with a refusal (not an outage) read as "not there": whatever comes next (a
+        sample, a rename) meets the same refusal and says why."""
+        try:
+            return self.engine.inspect(container)
+        except ContainerError:
+            return None
 
     # -- the plan --------------------------------------------------------------------------------
 
@@ -435,9 +448,9 @@ class Applier:
             message = ""
         self._step(action.app, Step.REMOVE)
         if container.running:
-            self.engine.stop(container.id, container.name, float(container.fingerprint.get("stop_timeout") or 10))
+            self.engine.stop(container.id, container.name, container.stop_timeout)
         self.engine.remove(container.id, container.name)
-        self._rows.finish(entry, result="succeeded", message=message)
+        self._rows.finish(entry, result=JournalResult.SUCCEEDED, message=message)
         self._log(message or f"removed {container.name}")
         said = "left by an interrupted deploy; removed" if message else ""
         return Outcome(action.app, action.kind, action.container, Result.APPLIED, said)
@@ -459,7 +472,7 @@ class Applier:
             spec_hash=container.spec_hash,
         )
         if recovering and last is not None:
-            self._rows.finish(last.id, result="interrupted", message="finished by a later pass")
+            self._rows.finish(last.id, result=JournalResult.INTERRUPTED, message="finished by a later pass")
         self._step(app, Step.START)
         try:
             if container.state == "paused":
@@ -469,22 +482,22 @@ class Applier:
         except EngineUnavailable:
             raise  # the row stays unfinished: the next pass starts and gates it
         except ReconcileError as exc:
-            self._rows.finish(entry, result="failed", message=str(exc))
+            self._rows.finish(entry, result=JournalResult.FAILED, message=str(exc))
             raise
         gate = self.gate(container.id, spec.gate)
         if gate.verdict is Verdict.PASSED:
-            self._rows.finish(entry, result="succeeded")
+            self._rows.finish(entry, result=JournalResult.SUCCEEDED)
             self._log(f"started {container.name} ({container.version})")
             return Outcome(app, action.kind, action.container, Result.APPLIED, f"started {container.version}")
         if gate.verdict is Verdict.PENDING:
-            self._rows.finish(entry, result="superseded", message="the health gate was abandoned")
+            self._rows.finish(entry, result=JournalResult.SUPERSEDED, message="the health gate was abandoned")
             message = f"started {container.version}, {ABANDONED}"
             return Outcome(app, action.kind, action.container, Result.SUPERSEDED, message)
         previous = observed.named(container_name(app, Role.PREVIOUS))
         if recovering and previous is not None and previous.managed:
             # A deploy cut short by a crash: its release never proved itself, the kept one did.
             return self._roll_back(action, entry, container.id, previous, spec, f"after a restart, {gate.reason}")
-        self._rows.finish(entry, result="failed", message=gate.reason)
+        self._rows.finish(entry, result=JournalResult.FAILED, message=gate.reason)
         return Outcome(app, action.kind, action.container, Result.FAILED, f"started, but {gate.reason}")
 
     # -- a deploy: its steps, in sequence -------------------------------------------------------------
@@ -513,21 +526,24 @@ class Applier:
         for step in steps:
             if not self._needed(step, deploy):
                 continue
-            self._step(app, step)
             try:
-                self._do(step, deploy)
+                if step in SWAP:
+                    self._swap(deploy)
+                else:
+                    self._announce(deploy, step)
+                    self._do(step, deploy)
             except EngineUnavailable:
                 raise  # cut short, not failed: the next pass finds the unfinished row and resumes it (RULES)
             except ReconcileError as exc:
-                return self._take_back(deploy, step, str(exc)), None
+                return self._take_back(deploy, deploy.reached, str(exc)), None
         gate = deploy.gate
         assert gate is not None
         if gate.verdict is Verdict.PENDING:
-            self._rows.finish(entry, result="superseded", message="the health gate was abandoned")
+            self._rows.finish(entry, result=JournalResult.SUPERSEDED, message="the health gate was abandoned")
             return Outcome(app, action.kind, app, Result.SUPERSEDED, f"{spec.version} started, gate abandoned"), None
         if gate.verdict is not Verdict.PASSED:
             return self._take_back(deploy, Step.GATE, gate.reason), None
-        self._rows.finish(entry, result="succeeded")
+        self._rows.finish(entry, result=JournalResult.SUCCEEDED)
         was = f"{fallback.version or '?'} -> " if fallback else ""
         self._log(f"deployed {app} {was}{spec.version}")
         done = Deployed(app, deploy.new_id, fallback, spec, entry)
@@ -537,12 +553,40 @@ class Applier:
     def _needed(step: Step, deploy: _Deploy) -> bool:
         if step is Step.PULL:
             return not deploy.target.resolution.image_id
-        if step in (Step.STOP_OLD, Step.KEEP_OLD):
-            return deploy.current is not None
+        if step in SWAP:
+            return not deploy.swapped
         return True
 
+    def _announce(self, deploy: _Deploy, step: Step) -> None:
+        """Say ``step`` to ``on_step`` before it runs, and remember it as the step a failure is at."""
+        deploy.reached = step
+        self._step(deploy.app, step)
+        if step is Step.START_NEW:
+            deploy.started_at = self.clock()  # the gate counts from this start, not from the deploy's
+
+    def _swap(self, deploy: _Deploy) -> None:
+        """The steps of ``SWAP``: APP.next runs as the app; what ran is kept stopped (APP.prev, or
+        APP.adopted), and the older APP.prev it replaces is removed while it stops (only when both are
+        ours). A failure is left to ``_take_back``, as ``RULES`` says for the step it reached."""
+        app, current = deploy.app, deploy.current
+        # Without a current there is nothing to keep: swap_in reads ``keep_as`` only with one.
+        keep_as = self._keep_as(app, current) if current is not None else container_name(app, Role.PREVIOUS)
+        older = deploy.observed.named(keep_as) if current is not None and current.managed else None
+        deploy.swapped = True
+        swap_in(
+            self.engine,
+            app,
+            deploy.new_id,
+            current,
+            incoming_name=container_name(app, Role.NEXT),
+            keep_as=keep_as,
+            drop=older if older is not None and older.managed else None,
+            step=lambda name: self._announce(deploy, Step(name)),
+            log=self._log,
+        )
+
     def _do(self, step: Step, deploy: _Deploy) -> None:
-        """Run one step of a deploy; what it leaves (an id, a gate) goes into ``deploy``."""
+        """Run one step of a deploy outside ``SWAP``; what it leaves (an id, a gate) goes into ``deploy``."""
         app, spec = deploy.app, deploy.spec
         if step is Step.PULL:
             self.engine.pull(deploy.target.resolution.ref)
@@ -551,27 +595,6 @@ class Applier:
             deploy.new_id = self.engine.create(deploy.target, container_name(app, Role.NEXT), env=env)
             was = deploy.fallback
             self._log(f"deploying {app} {was.version + ' -> ' if was else ''}{spec.version}")
-        elif step is Step.STOP_OLD:
-            current = deploy.current
-            assert current is not None
-            older = deploy.observed.named(self._keep_as(app, current))
-            # The older kept container is stopped already; removing it while the current one stops keeps
-            # that call off the time during which the app answers nothing.
-            if current.managed and older is not None and older.managed:
-                deploy.remover = threading.Thread(target=self._remove_quietly, args=(older,), daemon=True)
-                deploy.remover.start()
-            if current.running:
-                self.engine.stop(current.id, current.name, float(current.fingerprint.get("stop_timeout") or 10))
-        elif step is Step.KEEP_OLD:
-            assert deploy.current is not None
-            if deploy.remover is not None:
-                deploy.remover.join()
-            self.engine.rename(deploy.current.id, self._keep_as(app, deploy.current))
-        elif step is Step.RENAME_NEW:
-            self.engine.rename(deploy.new_id, app)
-        elif step is Step.START_NEW:
-            deploy.started_at = self.clock()
-            self.engine.start(deploy.new_id, app)
         elif step is Step.GATE:
             deploy.gate = self.gate(deploy.new_id, spec.gate, started_at=deploy.started_at)
         else:
@@ -591,7 +614,7 @@ class Applier:
             return self._roll_back(action, deploy.entry, deploy.new_id, deploy.fallback, deploy.spec, why)
         if undo is Undo.DISCARD and deploy.new_id:
             self.engine.remove(deploy.new_id, container_name(app, Role.NEXT))
-        self._rows.finish(deploy.entry, result="failed", message=reason)
+        self._rows.finish(deploy.entry, result=JournalResult.FAILED, message=reason)
         return Outcome(app, action.kind, app, Result.FAILED, f"{reason}; {self._left_as_it_was(deploy.current)}")
 
     # -- deploys that never got a verdict ----------------------------------------------------------
@@ -616,7 +639,7 @@ class Applier:
                 continue
             current = observed.named(entry.app)
             if resume is Resume.REPLAN or entry.app not in specs or current is None:
-                self._rows.finish(entry.id, result="interrupted", message="cut short; planned again")
+                self._rows.finish(entry.id, result=JournalResult.INTERRUPTED, message="cut short; planned again")
                 continue
             self._step(entry.app, Step.VERIFY)
             if step is Step.START_NEW:  # cut short between its rename and its start
@@ -631,7 +654,7 @@ class Applier:
             if gate.verdict is Verdict.PENDING:
                 continue
             if gate.verdict is Verdict.PASSED:
-                self._rows.finish(entry.id, result="succeeded", message="verified by a later pass")
+                self._rows.finish(entry.id, result=JournalResult.SUCCEEDED, message="verified by a later pass")
                 self._log(f"deployed {entry.app} {entry.to_version} (verified after an interruption)")
                 outcomes.append(
                     Outcome(
@@ -649,7 +672,7 @@ class Applier:
     @staticmethod
     def _reached(entry: Entry, observed: ObservedState) -> Step:
         """The step at which an unfinished row's deploy stopped, as the engine shows it."""
-        if entry.result == ROLLING_BACK:
+        if entry.result is JournalResult.ROLLING_BACK:
             return Step.ROLL_BACK
         current = observed.named(entry.app)
         if current is None or not current.managed or not entry.spec_hash or current.spec_hash != entry.spec_hash:
@@ -662,7 +685,7 @@ class Applier:
         apps = set(specs) | {c.app for c in observed.containers if c.managed and c.app}
         for app in sorted(apps):
             last = self._rows.last(app)
-            if last is not None and last.result == ROLLING_BACK:
+            if last is not None and last.result is JournalResult.ROLLING_BACK:
                 entries[last.id] = last
         return [entries[key] for key in sorted(entries)]
 
@@ -676,7 +699,9 @@ class Applier:
         app = entry.app
         spec = specs.get(app)
         if spec is None:  # gone from the file: the plan prunes the app, whatever runs
-            self._rows.finish(entry.id, result="interrupted", message=f"{entry.message}; rollback cut short")
+            self._rows.finish(
+                entry.id, result=JournalResult.INTERRUPTED, message=f"{entry.message}; rollback cut short"
+            )
             return None
         released = None
         for role in (Role.CURRENT, Role.NEXT, Role.FAILED):
@@ -701,12 +726,6 @@ class Applier:
             return "nothing was running, nothing was started"
         return f"{current.name} left as it was ({current.version or current.state})"
 
-    def _remove_quietly(self, container: ObservedContainer) -> None:
-        try:
-            self.engine.remove(container.id, container.name)
-        except ReconcileError as exc:
-            self._log(f"could not remove {container.name}: {exc}")
-
     def _attempt(self, what: str, fn: Callable[[], object], problems: list[str]) -> None:
         """Run one step of a rollback; a failure is noted and the rollback goes on (not an engine outage:
         that stops it, and the next pass finishes it from the journaled verdict)."""
@@ -719,8 +738,8 @@ class Applier:
 
     def _bring_back(self, app: str, previous: ObservedContainer, gate: HealthSpec, problems: list[str]) -> Gate:
         """Put ``previous`` under the app's name again, start it and gate it (found by id, wherever it is)."""
-        where = self.engine.container_state(previous.id) or {}
-        if str(where.get("Name", "")).lstrip("/") != app:
+        where = self._inspect(previous.id)
+        if where is None or where.name != app:
             self._attempt(f"rename the previous one to {app}", lambda: self.engine.rename(previous.id, app), problems)
         self._attempt("start the previous one", lambda: self.engine.start(previous.id, app), problems)
         return self.gate(previous.id, gate)
@@ -744,12 +763,12 @@ class Applier:
         problems: list[str] = []
         self._engine_answers()  # a release stopped by an engine going away did not fail
         # The verdict first: a rollback cut short from here on is finished by the next pass, not re-judged.
-        self._rows.finish(entry, result=ROLLING_BACK, message=reason)
+        self._rows.finish(entry, result=JournalResult.ROLLING_BACK, message=reason)
         self._step(app, Step.ROLL_BACK)
         if new_id:
             self._keep_failed(app, new_id, spec, problems)
         if previous is None:
-            self._rows.finish(entry, result="failed", message=reason)
+            self._rows.finish(entry, result=JournalResult.FAILED, message=reason)
             self._log(f"deploy of {app} {spec.version} failed: {reason}; nothing to roll back to")
             kept = f"kept stopped as {failed_name}; " if new_id else ""
             message = f"{spec.version} failed: {reason}; {kept}nothing to roll back to"
@@ -760,12 +779,12 @@ class Applier:
             # An abandoned gate (PENDING) is no failure: the previous release runs, as it did before.
             abandoned = f" ({ABANDONED})" if gate.verdict is Verdict.PENDING else ""
             said = f"{reason}; back to {back}{abandoned}" if abandoned else reason
-            self._rows.finish(entry, result="rolled-back", message=said)
+            self._rows.finish(entry, result=JournalResult.ROLLED_BACK, message=said)
             self._log(f"deploy of {app} {spec.version} failed ({reason}); rolled back to {back}{abandoned}")
             message = f"{spec.version} failed: {reason}; rolled back to {back}{abandoned}"
             return Outcome(app, action.kind, app, Result.ROLLED_BACK, message, release_failed=True)
         trouble = "; ".join([*problems, *([gate.reason] if gate.verdict is Verdict.FAILED else [])])
-        self._rows.finish(entry, result="failed", message=f"{reason}; rollback: {trouble}")
+        self._rows.finish(entry, result=JournalResult.FAILED, message=f"{reason}; rollback: {trouble}")
         self._log(f"deploy of {app} {spec.version} failed ({reason}); rolling back to {back} failed: {trouble}")
         message = f"{spec.version} failed: {reason}; rolling back to {back} failed too: {trouble}"
         return Outcome(app, action.kind, app, Result.FAILED, message, release_failed=True)
@@ -774,10 +793,10 @@ class Applier:
         """Stop the failed release and keep it as APP.failed (dropped if a stranger holds that name)."""
         failed_name = container_name(app, Role.FAILED)
         self._attempt("stop the new container", lambda: self.engine.stop(new_id, app, spec.stop_timeout), problems)
-        stale = self.engine.container_state(failed_name)
-        if stale is not None and stale.get("Id") == new_id:
+        stale = self._inspect(failed_name)
+        if stale is not None and stale.id == new_id:
             return  # kept already: a rollback resumed after it got this far
-        if stale is not None and not self.engine.owns(stale):
+        if stale is not None and not stale.ours:
             # The name is taken by a container that is not ours: never touch it; drop the failed release.
             self._attempt("remove the failed release", lambda: self.engine.remove(new_id, app), problems)
             return
@@ -801,7 +820,9 @@ class Applier:
                 abandoned = f" ({ABANDONED})"  # no failure: what ran before the commit runs again
         back = (done.previous.version + abandoned) if done.previous else "nothing (it is new in this commit)"
         message = f"{reason}; back to {back}" + (f"; {'; '.join(problems)}" if problems else "")
-        self._rows.finish(done.entry, result="rolled-back" if not problems else "failed", message=message)
+        self._rows.finish(
+            done.entry, result=JournalResult.ROLLED_BACK if not problems else JournalResult.FAILED, message=message
+        )
         self._log(f"{app}: {message}")
         kind = ActionKind.REPLACE if done.previous else ActionKind.CREATE
         return Outcome(app, kind, app, Result.ROLLED_BACK if not problems else Result.FAILED, message)

@@ -25,7 +25,7 @@ from reconciler.core.model import STABLE, AppSpec, DesiredState, image_ref
 from reconciler.errors import ReconcileError, SourceError, UserError
 from reconciler.shell.converge import Settings, parse_desired
 from reconciler.shell.git import Source, is_url, open_source
-from reconciler.shell.journal import Journal
+from reconciler.shell.journal import Journal, JournalResult
 from reconciler.shell.stable import stable_version
 from reconciler.shell.yamlfile import parse_yaml, set_versions
 
@@ -82,7 +82,11 @@ def previous_version(app: str, current: str, *, journal: Journal | None, seen: l
     """The version that ran before ``current``: from the journal's deploys, else from git history."""
     if journal is not None:
         for entry in journal.history(app=app, limit=500):
-            if entry.result == "succeeded" and entry.to_version and entry.to_version not in (current, STABLE):
+            if (
+                entry.result is JournalResult.SUCCEEDED
+                and entry.to_version
+                and entry.to_version not in (current, STABLE)
+            ):
                 return entry.to_version
     for item in seen:
         if item.version != current:

@@ -3,6 +3,7 @@
 Guarantees: ``emit`` writes exactly one line and flushes it; ``once(key, ...)`` writes only when the
 condition under ``key`` is new or its message changed, and ``clear(key)`` reports whether it was
 set, so "remote unreachable" is logged once and "recovered" once, however many passes fail between.
+Every line is named by an ``Event`` (``core.events``): no name outside that list is ever logged.
 Callers pass only names, versions, commits and reasons: never env values; and every line is scrubbed
 (``scrub``) on its way out, for the reasons that quote one anyway (an engine's error, a URL).
 """
@@ -14,6 +15,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from reconciler.core.events import Event
 from reconciler.shell import scrub
 
 
@@ -23,19 +25,19 @@ class Events:
         self.stream = stream if stream is not None else sys.stderr
         self._active: dict[str, str] = {}
 
-    def emit(self, event: str, message: str, **fields: Any) -> None:
+    def emit(self, event: Event, message: str, **fields: Any) -> None:
         message, fields = scrub.scrub(message), scrub.scrub_fields(fields)
         now = time.time()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
         if self.fmt == "json":
-            line = json.dumps({"time": stamp, "event": event, "message": message, **fields}, sort_keys=False)
+            line = json.dumps({"time": stamp, "event": event.value, "message": message, **fields}, sort_keys=False)
         else:
             extra = "".join(f" {key}={value}" for key, value in fields.items() if value not in (None, ""))
-            line = f"{stamp} {event:<18} {message}{extra}"
+            line = f"{stamp} {event.value:<18} {message}{extra}"
         self.stream.write(line + "\n")
         self.stream.flush()
 
-    def once(self, key: str, event: str, message: str, *, again_if_changed: bool = True, **fields: Any) -> None:
+    def once(self, key: str, event: Event, message: str, *, again_if_changed: bool = True, **fields: Any) -> None:
         """Emit unless ``key`` is active with the same message (with any message: ``again_if_changed=False``)."""
         if key in self._active and (not again_if_changed or self._active[key] == message):
             return

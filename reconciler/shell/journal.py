@@ -5,7 +5,9 @@ Guarantees:
   image, spec hash, result, start and end times, and a message that never holds an env value (every
   message and reason is scrubbed on its way in: ``shell.scrub``).
 - A row is written as ``started`` before the first change and finished after the last, so a crash
-  leaves evidence of the attempt: attempted apart from applied, as Flux keeps them.
+  leaves evidence of the attempt: attempted apart from applied, as Flux keeps them. Its result is one
+  of ``JournalResult``: nothing else is written, and a row is read back with its member (a result
+  this version does not know is a ``StateError``).
 - ``failures`` holds releases that failed their gate (the culprit) or were rolled back with it (its
   companions); ``stable`` holds every promotion, newest last; ``flags`` holds agent switches.
 - One holder of the lock per state directory; a second waits ``timeout`` seconds, then gets
@@ -36,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -96,8 +99,26 @@ CREATE TABLE IF NOT EXISTS stable (
 CREATE TABLE IF NOT EXISTS flags (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+
+class JournalResult(StrEnum):
+    """The result of a ``deploys`` row: where its apply stands, or how it ended."""
+
+    STARTED = "started"  # written before the first change: no verdict yet
+    SUCCEEDED = "succeeded"  # the release passed its gate (or the change needed none)
+    FAILED = "failed"  # it did not start or failed its gate, and could not be taken back
+    ROLLING_BACK = "rolling-back"  # the release failed its gate; its rollback has begun, not finished
+    ROLLED_BACK = "rolled-back"  # the release failed its gate; the previous one runs again
+    SUPERSEDED = "superseded"  # its gate was abandoned (a newer commit, a shutdown): verified by a later pass
+    INTERRUPTED = "interrupted"  # cut short; a later pass finished it or planned it again
+
+    @property
+    def unverified(self) -> bool:
+        """No verdict yet, or one not carried out yet: the next pass verifies the release (or rolls it back)."""
+        return self in (JournalResult.STARTED, JournalResult.SUPERSEDED, JournalResult.ROLLING_BACK)
+
+
 CLEANUP = "cleanup"  # the action of removing what an interrupted deploy left: not a deploy of the app
-UNVERIFIED = ("started", "superseded", "rolling-back")  # no verdict yet, or one not carried out yet
+UNVERIFIED = tuple(result for result in JournalResult if result.unverified)
 SUSPENDED = "suspended"  # the flag that stops the agent from changing anything; its value says why
 BREAK_GLASS = "break-glass:"  # + app: the version a local rollback put back, until git says so too
 
@@ -116,7 +137,7 @@ class Entry:
     from_image: str
     to_image: str
     spec_hash: str
-    result: str
+    result: JournalResult
     message: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -325,17 +346,19 @@ class Journal:
     ) -> int:
         cursor = self._run(lambda db: db.execute(
             "INSERT INTO deploys (started_at, revision, author, app, action, from_version, to_version, from_image,"
-            " to_image, spec_hash, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'started')",
+            " to_image, spec_hash, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (time.time(), revision, author, app, action, from_version, to_version, from_image, to_image,
-             spec_hash),
+             spec_hash, JournalResult.STARTED),
         ))  # fmt: skip
         return int(cursor.lastrowid or 0)
 
-    def finish(self, entry_id: int, *, result: str, message: str = "") -> None:
+    def finish(self, entry_id: int, *, result: JournalResult, message: str = "") -> None:
+        """Give row ``entry_id`` its result."""
+        verdict = JournalResult(result)
         self._run(
             lambda db: db.execute(
                 "UPDATE deploys SET finished_at = ?, result = ?, message = ? WHERE id = ?",
-                (time.time(), result, scrub(message), entry_id),
+                (time.time(), verdict.value, scrub(message), entry_id),
             )
         )
 
@@ -346,25 +369,35 @@ class Journal:
             query += " WHERE app = ?"
             args = (app,)
         rows = self._run(lambda db: db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall())
-        return [Entry(**dict(row)) for row in rows]
+        return [self._entry(row) for row in rows]
 
-    def last(self, app: str, *, result: str | None = None) -> Entry | None:
+    def last(self, app: str, *, result: JournalResult | None = None) -> Entry | None:
         """The newest deploy row of ``app`` (with ``result``, if given); cleanups are not deploys."""
         query, args = "SELECT * FROM deploys WHERE app = ? AND action != ?", [app, CLEANUP]
         if result is not None:
             query += " AND result = ?"
-            args.append(result)
+            args.append(result.value)
         row = self._run(lambda db: db.execute(query + " ORDER BY id DESC LIMIT 1", args).fetchone())
-        return Entry(**dict(row)) if row else None
+        return self._entry(row) if row else None
 
     def unverified(self) -> list[Entry]:
         """Per app, the newest row when it never got a verdict (a crash or a superseded gate)."""
         rows = self._run(lambda db: db.execute(
             "SELECT * FROM deploys WHERE id IN (SELECT MAX(id) FROM deploys WHERE action != ? GROUP BY app)"
             f" AND result IN ({', '.join('?' for _ in UNVERIFIED)})",
-            (CLEANUP, *UNVERIFIED),
+            (CLEANUP, *(result.value for result in UNVERIFIED)),
         ).fetchall())  # fmt: skip
-        return [Entry(**dict(row)) for row in rows]
+        return [self._entry(row) for row in rows]
+
+    def _entry(self, row: sqlite3.Row) -> Entry:
+        try:
+            result = JournalResult(row["result"])
+        except ValueError:
+            raise StateError(
+                f"journal {self.path}: deploy {row['id']} has result {row['result']!r}, which this version does"
+                " not know (written by a newer reconcile?)"
+            ) from None
+        return Entry(**(dict(row) | {"result": result}))
 
     # -- failed releases -------------------------------------------------------------------------
 

@@ -4,24 +4,25 @@ Guarantees: read-only (no lock, no change to the engine or the journal); one hea
 app; an app that is only on the engine (ours, gone from the file) is listed too. A desired state or a
 journal that cannot be read (a corrupt repository, a corrupt ``journal.db``) is reported in the result
 (``desired_error``, ``journal_error``) rather than failing it: status is what you run when something is
-wrong. A corrupt journal is left where it is for ``reconcile`` or the agent to move aside.
+wrong. A corrupt journal is left where it is for ``reconcile`` or the agent to move aside. The result is
+a ``core.status.Status``: frozen records, read by ``core.report.status_lines`` and printed as JSON by
+their ``as_dict``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from reconciler.core.failures import held_back
 from reconciler.core.health import Health
 from reconciler.core.model import DesiredState, container_name
+from reconciler.core.status import AppStatus, DeployRecord, Status
 from reconciler.errors import ReconcileError
 from reconciler.shell.converge import Settings, plan_against, read_desired
 from reconciler.shell.deploy import Applier
 from reconciler.shell.docker import connect
-from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal, read_pid
+from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Entry, Journal, JournalResult, read_pid
 
 
-def collect(settings: Settings) -> dict[str, Any]:
+def collect(settings: Settings) -> Status:
     desired: DesiredState | None = None
     desired_error = ""
     try:
@@ -52,7 +53,7 @@ def collect(settings: Settings) -> dict[str, Any]:
             for c in observed.containers
             if c.managed and c.app and (source is None or c.owner is None or source.same(c.owner))
         }
-        apps = []
+        apps: list[AppStatus] = []
         for app in sorted(names):
             spec = desired.apps.get(app) if desired else None
             current = observed.named(container_name(app))
@@ -73,51 +74,43 @@ def collect(settings: Settings) -> dict[str, Any]:
                     health = f"{Health.UNHEALTHY}: {sample.detail}"
             else:
                 health = "running (no longer in the file)"
-            applied = journal.last(app, result="succeeded")
-            attempted = journal.last(app)
             stable = journal.stable(app)
             apps.append(
-                {
-                    "app": app,
-                    "desired": spec.version if spec else None,
-                    "running": current.version if ours and current is not None else None,
-                    "state": current.state if current is not None else "missing",
-                    "health": health,
-                    "in_sync": app not in drift,
-                    "last_applied": _entry(applied),
-                    "last_attempted": _entry(attempted),
-                    "stable": stable.version if stable else None,
-                    "held": held[app].reason if app in held else None,
-                    "failed": [
-                        {"version": f.version, "commit": f.revision[:8], "reason": f.reason, "culprit": f.culprit}
-                        for f in failures
-                        if f.app == app
-                    ],
-                }
+                AppStatus(
+                    app=app,
+                    desired=spec.version if spec else None,
+                    running=current.version if ours and current is not None else None,
+                    state=current.state if current is not None else "missing",
+                    health=health,
+                    in_sync=app not in drift,
+                    last_applied=_record(journal.last(app, result=JournalResult.SUCCEEDED)),
+                    last_attempted=_record(journal.last(app)),
+                    stable=stable.version if stable else None,
+                    held=held.get(app),
+                    failed=tuple(f for f in failures if f.app == app),
+                )
             )
-        suspended = journal.flag(SUSPENDED)
-        break_glass = journal.flags(BREAK_GLASS)
-        return {
-            "revision": desired.revision if desired else None,
-            "file": settings.file,
-            "desired_error": desired_error or None,
-            "journal_error": journal_error or None,
-            "agent_pid": read_pid(settings.state_dir),
-            "suspended": suspended,
-            "break_glass": break_glass,
-            "apps": apps,
-        }
+        return Status(
+            file=settings.file,
+            revision=desired.revision if desired else None,
+            desired_error=desired_error or None,
+            journal_error=journal_error or None,
+            agent_pid=read_pid(settings.state_dir),
+            suspended=journal.flag(SUSPENDED),
+            break_glass=tuple(journal.flags(BREAK_GLASS).items()),
+            apps=tuple(apps),
+        )
     finally:
         journal.close()
 
 
-def _entry(entry: Any) -> dict[str, Any] | None:
+def _record(entry: Entry | None) -> DeployRecord | None:
     if entry is None:
         return None
-    return {
-        "commit": entry.revision[:8],
-        "version": entry.to_version,
-        "result": entry.result,
-        "at": entry.finished_at or entry.started_at,
-        "message": entry.message,
-    }
+    return DeployRecord(
+        revision=entry.revision,
+        version=entry.to_version,
+        result=entry.result,
+        at=entry.finished_at or entry.started_at,
+        message=entry.message,
+    )

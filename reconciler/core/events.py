@@ -1,0 +1,65 @@
+"""The names of the agent's log lines: every event it can emit, and nothing else. Pure.
+
+Guarantees: the values are the names in the log (text and JSON) and never change, since people and
+their alerting match on them; an event is emitted only by its member (``shell.events.Events`` takes no
+other), so this list is the whole vocabulary. ``app.*`` names what one app's pass skipped or noted, after its
+``ActionKind`` (conflict, error, remove) or its ``Note.kind`` (``Event.of_app``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Event(StrEnum):
+    # the agent's life
+    AGENT_STARTED = "agent.started"
+    AGENT_STOPPED = "agent.stopped"
+    AGENT_SUSPENDED = "agent.suspended"
+    AGENT_RESUMED = "agent.resumed"
+    # the branch and its file
+    COMMIT_SEEN = "commit.seen"
+    COMMIT_BLOCKED = "commit.blocked"  # an app of the commit cannot be deployed: none of it is
+    DESIRED_INVALID = "desired.invalid"
+    # deploys, one line per verdict
+    DEPLOY_SUCCEEDED = "deploy.succeeded"
+    DEPLOY_ROLLED_BACK = "deploy.rolled-back"
+    DEPLOY_FAILED = "deploy.failed"
+    DEPLOY_SUPERSEDED = "deploy.superseded"
+    DEPLOY_HELD = "deploy.held"
+    DEPLOY_DONE = "deploy.done"
+    DEPLOY_CLEANUP = "deploy.cleanup"  # APP.next left by an interrupted deploy, removed
+    # drift: what the host changed, not git
+    DRIFT_HEALING = "drift.healing"
+    DRIFT_FOUND = "drift.found"
+    # one app, reported rather than changed
+    APP_REMOVED = "app.removed"
+    APP_REMOVE = "app.remove"  # a removal skipped: the container is not ours, or already gone
+    APP_CONFLICT = "app.conflict"
+    APP_ERROR = "app.error"
+    APP_FOREIGN = "app.foreign"
+    APP_UNLABELLED = "app.unlabelled"
+    APP_UNCHECKED = "app.unchecked"
+    # stable
+    STABLE_PROMOTED = "stable.promoted"
+    STABLE_UNPUBLISHED = "stable.unpublished"
+    # outside systems: each outage once, its recovery once
+    REMOTE_UNREACHABLE = "remote.unreachable"
+    REMOTE_RECOVERED = "remote.recovered"
+    ENGINE_UNREACHABLE = "engine.unreachable"
+    ENGINE_RECOVERED = "engine.recovered"
+    LOCK_HELD = "lock.held"
+    LOCK_RECOVERED = "lock.recovered"
+    STATE_ERROR = "state.error"
+    STATE_RECOVERED = "state.recovered"
+    JOURNAL_RESET = "journal.reset"
+    MIRROR_RESET = "mirror.reset"
+    # a pass that failed as a whole
+    PASS_ERROR = "pass.error"
+    PASS_CRASHED = "pass.crashed"  # a bug: its traceback is kept apart
+
+    @classmethod
+    def of_app(cls, kind: str) -> Event:
+        """``app.KIND`` for a skipped action (``ActionKind``) or a plan's note (``Note.kind``); ``ValueError``
+        for a kind that has no event, so that a new kind cannot log a name missing from this list."""
+        return cls(f"app.{kind}")

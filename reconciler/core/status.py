@@ -1,0 +1,97 @@
+"""What ``reconcile status`` knows of a host, as frozen records. Pure.
+
+``shell.status.collect`` fills them from git, the engine and the journal; ``core.report.status_lines``
+reads them to a person; ``Status.as_dict`` is ``reconcile status -o json``.
+
+Guarantees: the records hold no env value (versions, commits, states and reasons only); ``as_dict``
+is the documented JSON, whose keys, their order and their values do not change (scripts and tests
+read it): commits in it are shortened to 8 characters, the records keep them whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.core.failures import Failure
+
+
+@dataclass(frozen=True)
+class DeployRecord:
+    """One deploy of an app as the journal has it: the last applied, or the last attempted."""
+
+    revision: str
+    version: str
+    result: str  # a ``shell.journal.JournalResult``, whose values the core reads as they are
+    at: float  # when it finished, or started when it never did
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "commit": self.revision[:8],
+            "version": self.version,
+            "result": str(self.result),
+            "at": self.at,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class AppStatus:
+    """One app: what git asks for against what runs, and what the journal knows of it."""
+
+    app: str
+    desired: str | None  # the version in the file; None: no longer in the file
+    running: str | None  # the version of our container; None: none runs, or it is not ours
+    state: str  # the engine's state of the container, or "missing"
+    health: str  # a ``Health`` (with its detail when unhealthy), "not ours" or "running (no longer in the file)"
+    in_sync: bool
+    last_applied: DeployRecord | None = None
+    last_attempted: DeployRecord | None = None
+    stable: str | None = None  # the version last promoted
+    held: Failure | None = None  # the failed release the file still asks for: not deployed again
+    failed: tuple[Failure, ...] = ()  # its failed releases on record, oldest first
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "desired": self.desired,
+            "running": self.running,
+            "state": self.state,
+            "health": self.health,
+            "in_sync": self.in_sync,
+            "last_applied": self.last_applied.as_dict() if self.last_applied is not None else None,
+            "last_attempted": self.last_attempted.as_dict() if self.last_attempted is not None else None,
+            "stable": self.stable,
+            "held": self.held.reason if self.held is not None else None,
+            "failed": [
+                {"version": f.version, "commit": f.revision[:8], "reason": f.reason, "culprit": f.culprit}
+                for f in self.failed
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Status:
+    """A host's status for one desired-state file; what could not be read is said, not raised."""
+
+    file: str
+    revision: str | None = None  # None: the desired state could not be read (``desired_error``)
+    desired_error: str | None = None
+    journal_error: str | None = None  # a journal that cannot be read reads as an empty one
+    agent_pid: int | None = None
+    suspended: str | None = None  # why the agent changes nothing, while it is suspended
+    break_glass: tuple[tuple[str, str], ...] = ()  # (app, version) that a local rollback put back
+    apps: tuple[AppStatus, ...] = ()  # sorted by name
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "file": self.file,
+            "desired_error": self.desired_error,
+            "journal_error": self.journal_error,
+            "agent_pid": self.agent_pid,
+            "suspended": self.suspended,
+            "break_glass": dict(self.break_glass),
+            "apps": [app.as_dict() for app in self.apps],
+        }
