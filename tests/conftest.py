@@ -15,9 +15,10 @@ Nothing here fakes anything (DESIGN.md, "Real parts in tests"):
   `{app}`, `{app}.prev`, `{app}.next` after the test.
 - `site` (function): `Site` (tests/support/state.py), the test's git remote, a state directory
   `tmp_path / "state"`, the engine and the images, for tests of the command line.
-- `world` (function): `World` (tests/support/agent.py), the same parts as `site` plus the agents
-  the test starts; they are all stopped before `app_names` removes the containers, and their logs
-  must then be clean. tests/test_release.py overrides it with a `world` of its own.
+- `world` (function): `World` (tests/support/agent.py), the same parts as `site` plus `app_names`
+  (as `world.names`), `tmp_path` (as `world.tmp`), the apps the test adds with `world.app()` and
+  the agents it starts; they are all stopped before `app_names` removes the containers, and their
+  logs must then be clean.
 
 Tests that use the engine get the `docker` marker automatically (`-m "not docker"` skips them).
 """
@@ -149,5 +150,5 @@ def world(
     git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
 ) -> Iterator[World]:
     # Requests app_names so that every agent is stopped before the apps' containers are removed.
-    with open_world(git_remote, tmp_path / "state", docker_client, images) as opened:
+    with open_world(git_remote, tmp_path / "state", docker_client, images, app_names, tmp_path) as opened:
         yield opened

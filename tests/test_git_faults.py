@@ -119,7 +119,8 @@ def test_a_corrupt_mirror_is_moved_aside_and_cloned_again_by_the_agent(
     assert list((world.state / "mirrors").glob(f"{mirror.name}.corrupt-*")), list((world.state / "mirrors").iterdir())
 
 
-def test_a_corrupt_mirror_is_cloned_again_by_a_command(site: Site, app_names: AppNames) -> None:
+def test_a_corrupt_mirror_is_cloned_again_by_a_command(site: Site, images: ImageFactory, app_names: AppNames) -> None:
+    images.build("web", "v1")
     site.commit(desired(app_yaml(app_names("web"), site.web(), "v1", free_port())))
     url = f"file://{site.repo}"
     assert no_internal_error("--repo", url, "--state-dir", site.state, "--dry-run").returncode == 2
@@ -132,7 +133,10 @@ def test_a_corrupt_mirror_is_cloned_again_by_a_command(site: Site, app_names: Ap
     assert f"warning: mirror {mirror} of {url} is not a repository any more" in result.stderr, show(result)
 
 
-def test_a_stable_tag_written_into_a_url_mirror_survives_the_next_fetch(site: Site, app_names: AppNames) -> None:
+def test_a_stable_tag_written_into_a_url_mirror_survives_the_next_fetch(
+    site: Site, images: ImageFactory, app_names: AppNames
+) -> None:
+    images.build("web", "v1")
     app, port = app_names("web"), free_port()
     head = site.commit(desired(app_yaml(app, site.web(), "v1", port)))
     url = f"file://{site.repo}"

@@ -8,6 +8,8 @@ file's bytes, what the containers serve, the engine's image tags and a real regi
 Layout of a test's world: the server side (`reconcile`, `status`, the agent) reads the bare remote,
 as an agent following a branch does; the commands that write commits run in the clone, as a person or
 CI does. One state directory per test holds the journal both sides share (it is the server's).
+That world is conftest's `world` fixture (`World`, tests/support/agent.py: `app`, `commit_apps`, `set`, `rc`,
+`ok`, `server`, `status_json`, `remote_file`, ...).
 """
 
 from __future__ import annotations
@@ -19,16 +21,14 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import AppNames, GitRemote, ImageFactory, Registry, RegistryError, free_port, run_git, state
-from tests.support.agent import AgentProcess, agent_args
-from tests.support.state import FILE, app_yaml, body, inspect, labels, output, show
+from tests.support import Registry, RegistryError, free_port, run_git, state
+from tests.support.agent import App, World
+from tests.support.state import FILE, STRICT, body, inspect, labels, output, show
 
 ALICE = "Alice Deployer <alice@example.invalid>"
 BOB = "Bob Builder <bob@example.invalid>"
@@ -37,7 +37,7 @@ BOB = "Bob Builder <bob@example.invalid>"
 # -- helpers ---------------------------------------------------------------------------------------
 
 # The CLI's last-resort message for an unexpected exception fails these tests too, not only a traceback.
-cli = functools.partial(state.cli, forbidden=("Traceback", "internal error"))
+cli = functools.partial(state.cli, forbidden=STRICT)
 
 
 def label(client: Any, name: str, key: str) -> str | None:
@@ -45,157 +45,12 @@ def label(client: Any, name: str, key: str) -> str | None:
     return None if info is None else str(labels(info).get(f"io.reconciler.{key}"))
 
 
-@dataclass
-class App:
-    name: str
-    image: str  # repository, no tag
-    port: int
-    version: str
-    stable_after: str | None = None
-
-    def yaml(self) -> str:
-        """The app under `apps:`, with a comment to keep: loopback port, init, a fast HTTP gate."""
-        return app_yaml(
-            self.name,
-            self.image,
-            self.version,
-            self.port,
-            timeout="5s",
-            healthy_for="300ms",
-            stable_after=self.stable_after,
-            comment=f"{self.name} stays commented",
-        )
-
-
-@dataclass
-class World:
-    """One test's git remote and clone, state directory, engine and images."""
-
-    remote: GitRemote
-    state: Path
-    client: Any
-    images: ImageFactory
-    names: AppNames
-    tmp: Path
-    apps: dict[str, App] = field(default_factory=dict)
-    agents: list[AgentProcess] = field(default_factory=list)
-
-    @property
-    def clone(self) -> Path:
-        return self.remote.clone_path
-
-    @property
-    def bare(self) -> str:
-        return str(self.remote.bare_path)
-
-    def app(self, word: str = "web", *, tags: tuple[str, ...] = ("v1", "v2", "v3"), version: str = "v1") -> App:
-        """A new app whose image repository is its own (so `IMAGE:stable` is this test's alone)."""
-        name = self.names(word)
-        for tag in tags:
-            self.images.build(name, tag)
-        app = App(name, self.images.repo(name), free_port(), version)
-        self.apps[name] = app
-        return app
-
-    def text(self) -> str:
-        return "# yaml-language-server: $schema=schemas/desired-state.schema.json\napps:\n" + "".join(
-            app.yaml() for app in self.apps.values()
-        )
-
-    def commit(
-        self, message: str, versions: Mapping[str, str] | None = None, *, author: str | None = None, push: bool = True
-    ) -> str:
-        """Set `versions` (app name -> version), commit the file in the clone (as `author`), push; the sha."""
-        for name, version in (versions or {}).items():
-            self.apps[name].version = version
-        self.remote.write(FILE, self.text())
-        self.remote.git("add", FILE)
-        self.remote.git("commit", "-q", "-m", message, *(["--author", author] if author else []))
-        if push:
-            self.remote.push()
-            # The clone tracks the remote's main, as a clone made with `git clone` does.
-            self.remote.git("branch", "-q", "--set-upstream-to=origin/main", "main")
-        return self.remote.head()
-
-    def set(self, name: str, version: str) -> str:
-        return self.commit(f"deploy {version}", {name: version})
-
-    # -- the CLI ---------------------------------------------------------------------------------
-
-    def rc(self, *args: str | Path, env: Mapping[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
-        """A command that writes commits, run on the clone with the server's state directory."""
-        return cli("--repo", self.clone, "--state-dir", self.state, *args, env=env)
-
-    def ok(self, *args: str | Path, env: Mapping[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
-        result = self.rc(*args, env=env)
-        assert result.returncode == 0, show(result)
-        return result
-
-    def server(
-        self, *args: str | Path, env: Mapping[str, str | None] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        """A server-side command: reads the bare remote."""
-        return cli("--repo", self.bare, "--state-dir", self.state, *args, env=env)
-
-    def converge(self) -> subprocess.CompletedProcess[str]:
-        result = self.server()
-        assert result.returncode == 0, show(result)
-        return result
-
-    def status(self) -> dict[str, Any]:
-        result = self.server("status", "-o", "json")
-        assert result.returncode == 0, show(result)
-        data: dict[str, Any] = json.loads(result.stdout)
-        return data
-
-    def status_text(self) -> str:
-        result = self.server("status")
-        assert result.returncode == 0, show(result)
-        return result.stdout
-
-    # -- git, as the user looks at it ----------------------------------------------------------------
-
-    def bare_git(self, *args: str) -> str:
-        return run_git("--git-dir", self.bare, *args)
-
-    def remote_file(self, ref: str = "main") -> str:
-        return self.bare_git("show", f"{ref}:{FILE}")
-
-    def remote_log(self, ref: str = "main") -> list[tuple[str, list[str], str]]:
-        """(sha, parents, subject) of the remote branch, newest first."""
-        lines = self.bare_git("log", "--format=%H%x00%P%x00%s", ref).splitlines()
-        return [(sha, parents.split(), subject) for sha, parents, subject in (ln.split("\0") for ln in lines)]
-
-    def clone_file(self) -> str:
-        return (self.clone / FILE).read_text()
-
-    def agent(self, *extra: str) -> AgentProcess:
-        """`reconcile agent` following the remote's main (60 s interval: the watcher wakes it on a push)."""
-        process = AgentProcess(agent_args(self.bare, self.state, extra=extra), state_dir=self.state)
-        self.agents.append(process)
-        process.start()
-        process.wait_for("agent.started", timeout=30)
-        return process
-
-
-@pytest.fixture
-def world(
-    git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory, app_names: AppNames
-) -> Iterator[World]:
-    w = World(git_remote, tmp_path / "state", docker_client, images, app_names, tmp_path)
-    try:
-        yield w
-    finally:
-        for agent in w.agents:
-            agent.stop()
-
-
 def assert_linear_on_top(world: World, old_head: str, *, added: int = 1) -> None:
     """The remote branch is `old_head` plus `added` commits, each with one parent: nothing rewritten."""
     log = world.remote_log()
     assert all(len(parents) == 1 for _, parents, _ in log[:added]), log
     assert log[added][0] == old_head, f"{old_head[:8]} is not {added} commit(s) below the tip: {log}"
-    run_git("--git-dir", world.bare, "merge-base", "--is-ancestor", old_head, "main")
+    run_git("--git-dir", world.repo, "merge-base", "--is-ancestor", old_head, "main")
 
 
 def only_version_line_changed(before: str, after: str, app: str, old: str, new: str) -> None:
@@ -221,7 +76,7 @@ def commit_line(result: subprocess.CompletedProcess[str]) -> str:
 def test_set_version_commits_one_line_and_does_not_push(world: World) -> None:
     web = world.app()
     world.app("api")
-    base = world.commit("first deploy", author=ALICE)
+    base = world.commit_apps("first deploy", author=ALICE)
     before = world.clone_file()
 
     result = world.ok("set-version", web.name, "v2")
@@ -248,7 +103,7 @@ def test_set_version_commits_one_line_and_does_not_push(world: World) -> None:
 
 def test_set_version_push_lands_on_the_remote(world: World) -> None:
     web = world.app()
-    base = world.commit("first deploy")
+    base = world.commit_apps("first deploy")
 
     result = world.ok("set-version", web.name, "v3", "--push")
 
@@ -263,7 +118,7 @@ def test_set_version_push_lands_on_the_remote(world: World) -> None:
 
 def test_set_version_refuses_a_version_that_exists_nowhere(world: World) -> None:
     web = world.app()
-    base = world.commit("first deploy")
+    base = world.commit_apps("first deploy")
 
     result = world.rc("set-version", web.name, "v2-typo", "--push")
 
@@ -282,7 +137,7 @@ def test_set_version_accepts_a_version_only_in_the_registry_and_refuses_a_typo_t
     registry.push(world.images.build(name, "v2"), name, "v2")
     registry.delete_local(f"{registry.host}/{name}:v2")
     world.apps[name] = App(name, f"{registry.host}/{name}", free_port(), "v1")
-    base = world.commit("first deploy")
+    base = world.commit_apps("first deploy")
 
     typo = world.rc("set-version", name, "v3")
     assert typo.returncode == 1, show(typo)
@@ -295,7 +150,7 @@ def test_set_version_accepts_a_version_only_in_the_registry_and_refuses_a_typo_t
 
 def test_set_version_of_an_unknown_app_names_the_known_ones(world: World) -> None:
     web, api = world.app(), world.app("api")
-    base = world.commit("first deploy")
+    base = world.commit_apps("first deploy")
 
     result = world.rc("set-version", "nope", "v2")
 
@@ -306,7 +161,7 @@ def test_set_version_of_an_unknown_app_names_the_known_ones(world: World) -> Non
 
 def test_set_version_refuses_when_the_file_has_uncommitted_changes_and_keeps_them(world: World) -> None:
     web = world.app()
-    base = world.commit("first deploy")
+    base = world.commit_apps("first deploy")
     edited = world.clone_file().replace("init: true", "init: false", 1)
     (world.clone / FILE).write_text(edited)
 
@@ -324,8 +179,8 @@ def test_set_version_refuses_when_the_file_has_uncommitted_changes_and_keeps_the
 def test_rollback_without_to_lists_previous_stable_and_the_history_with_authors(world: World) -> None:
     web = world.app()
     world.app("api")
-    first = world.commit("v1", author=ALICE)
-    second = world.commit("v2", {web.name: "v2"}, author=BOB)
+    first = world.commit_apps("v1", author=ALICE)
+    second = world.commit_apps("v2", {web.name: "v2"}, author=BOB)
 
     result = world.rc("rollback", web.name)  # a laptop: no journal in the state directory
 
@@ -344,7 +199,7 @@ def test_rollback_without_to_lists_previous_stable_and_the_history_with_authors(
 def test_rollback_to_a_version_pushes_a_commit_on_top_never_a_force_push(world: World) -> None:
     web = world.app()
     world.app("api")
-    world.commit("v1")
+    world.commit_apps("v1")
     world.set(web.name, "v2")
     old_head = world.set(web.name, "v3")
     before = world.remote_file()
@@ -362,7 +217,7 @@ def test_rollback_to_a_version_pushes_a_commit_on_top_never_a_force_push(world: 
 
 def test_rollback_refuses_an_unknown_app_a_missing_version_and_the_current_one(world: World) -> None:
     web = world.app()
-    head = world.commit("v1")
+    head = world.commit_apps("v1")
 
     unknown = world.rc("rollback", "nope", "--to", "v1")
     missing = world.rc("rollback", web.name, "--to", "v0-never", "--push")
@@ -376,7 +231,7 @@ def test_rollback_refuses_an_unknown_app_a_missing_version_and_the_current_one(w
 
 def test_rollback_to_previous_uses_the_journal_when_there_is_one_else_git_history(world: World) -> None:
     web = world.app()
-    world.commit("v1")
+    world.commit_apps("v1")
     world.converge()
     world.set(web.name, "v2")  # committed but never deployed: the journal has no v2
     world.set(web.name, "v3")
@@ -399,7 +254,7 @@ def test_rollback_to_previous_uses_the_journal_when_there_is_one_else_git_histor
 
 def test_rollback_to_stable_writes_the_concrete_version(world: World) -> None:
     web = world.app()
-    world.commit("v1")
+    world.commit_apps("v1")
     deployed = world.remote.head()
     world.converge()
     promoted = world.ok("promote", web.name)
@@ -425,11 +280,11 @@ def test_rollback_to_stable_writes_the_concrete_version(world: World) -> None:
 
 def test_rollback_every_app_to_stable_is_one_commit(world: World) -> None:
     web, api = world.app(), world.app("api")
-    world.commit("v1")
+    world.commit_apps("v1")
     world.converge()
     world.ok("promote", web.name)
     world.ok("promote", api.name)
-    old_head = world.commit("v2 everywhere", {web.name: "v2", api.name: "v2"})
+    old_head = world.commit_apps("v2 everywhere", {web.name: "v2", api.name: "v2"})
     world.converge()
     before = world.remote_file() + "\n"
 
@@ -452,7 +307,7 @@ def test_rollback_every_app_to_stable_is_one_commit(world: World) -> None:
 
 def test_rollback_push_after_the_remote_moved_is_reapplied_on_its_tip(world: World) -> None:
     web, api = world.app(), world.app("api")
-    world.commit("v1")
+    world.commit_apps("v1")
     world.set(web.name, "v2")
     other = world.remote.clone_to(world.tmp / "colleague")
     # A colleague changes another line of the same file and pushes, after our clone was made.
@@ -478,13 +333,13 @@ def test_rollback_push_after_the_remote_moved_is_reapplied_on_its_tip(world: Wor
 
 def test_rollback_push_when_the_clone_has_diverged_fails_and_pushes_nothing(world: World) -> None:
     web, api = world.app(), world.app("api")
-    world.commit("v1")
+    world.commit_apps("v1")
     world.set(web.name, "v2")
     other = world.remote.clone_to(world.tmp / "colleague")
     run_git("commit", "-q", "--allow-empty", "-m", "their commit", cwd=other)
     run_git("push", "-q", "origin", "HEAD:main", cwd=other)
     theirs = run_git("rev-parse", "HEAD", cwd=other)
-    ours = world.commit("our own unpushed change", {api.name: "v2"}, push=False)
+    ours = world.commit_apps("our own unpushed change", {api.name: "v2"}, push=False)
 
     result = world.rc("rollback", web.name, "--to", "v1", "--push")
 
@@ -500,7 +355,7 @@ def test_rollback_push_when_the_clone_has_diverged_fails_and_pushes_nothing(worl
 
 def test_rollback_to_a_new_branch_leaves_main_alone(world: World) -> None:
     web = world.app()
-    world.commit("v1")
+    world.commit_apps("v1")
     head = world.set(web.name, "v2")
 
     result = world.ok("rollback", web.name, "--to", "v1", "--branch", f"rollback/{web.name}")
@@ -516,9 +371,9 @@ def test_rollback_to_a_new_branch_leaves_main_alone(world: World) -> None:
 
 def test_revert_of_a_deploy_commit_is_a_revert_commit_on_top(world: World) -> None:
     web = world.app()
-    world.commit("v1")
+    world.commit_apps("v1")
     v1_file = world.remote_file()
-    bad = world.commit(f"release {web.name} v2", {web.name: "v2"})
+    bad = world.commit_apps(f"release {web.name} v2", {web.name: "v2"})
 
     result = world.ok("revert", bad, "--push")
 
@@ -536,13 +391,13 @@ def test_revert_of_a_deploy_commit_is_a_revert_commit_on_top(world: World) -> No
 
 def test_promote_records_stable_tags_the_image_and_the_commit(world: World) -> None:
     web = world.app()
-    deployed = world.commit("v1")
+    deployed = world.commit_apps("v1")
     world.converge()
 
     result = world.ok("promote", web.name)
 
     assert f"{web.name}: v1" in result.stdout and deployed[:8] in result.stdout, show(result)
-    mine = next(app for app in world.status()["apps"] if app["app"] == web.name)
+    mine = next(app for app in world.status_json()["apps"] if app["app"] == web.name)
     assert mine["stable"] == "v1"
     assert re.search(rf"^{re.escape(web.name)}: .*stable v1$", world.status_text(), re.M)
     v1_id = world.client.images.get(f"{web.image}:v1").id
@@ -556,7 +411,7 @@ def test_promote_publish_pushes_the_image_and_the_git_tags(world: World, registr
     name = world.names("web")
     registry.push(world.images.build(name, "v1"), name, "v1")
     world.apps[name] = App(name, f"{registry.host}/{name}", free_port(), "v1")
-    deployed = world.commit("v1")
+    deployed = world.commit_apps("v1")
     world.converge()
 
     result = world.ok("promote", name, "--publish")
@@ -575,7 +430,7 @@ def test_promote_publish_to_a_registry_with_auth_uses_docker_config_and_never_pr
     assert registry.password is not None
     registry.push(world.images.build(name, "v1"), name, "v1")
     world.apps[name] = App(name, f"{registry.host}/{name}", free_port(), "v1")
-    world.commit("v1")
+    world.commit_apps("v1")
     world.converge()
     empty = world.tmp / "no-credentials"
     empty.mkdir()
@@ -602,7 +457,7 @@ def test_the_agent_promotes_and_publishes_stable_with_publish_stable(world: Worl
     name = world.names("web")
     registry.push(world.images.build(name, "v1"), name, "v1")
     world.apps[name] = App(name, f"{registry.host}/{name}", free_port(), "v1", stable_after="1s")
-    deployed = world.commit("v1")
+    deployed = world.commit_apps("v1")
 
     agent = world.agent("--publish-stable")
 
@@ -613,7 +468,7 @@ def test_the_agent_promotes_and_publishes_stable_with_publish_stable(world: Worl
     assert registry.manifest_digest(name, "stable") == registry.manifest_digest(name, "v1")
     for tag in ("stable", f"stable-{name}"):
         assert world.bare_git("rev-parse", f"refs/tags/{tag}^{{commit}}") == deployed
-    mine = next(app for app in world.status()["apps"] if app["app"] == name)
+    mine = next(app for app in world.status_json()["apps"] if app["app"] == name)
     assert mine["stable"] == "v1"
 
 
@@ -622,14 +477,14 @@ def test_the_agent_promotes_and_publishes_stable_with_publish_stable(world: Worl
 
 def test_a_suspended_agent_deploys_nothing_until_resume(world: World) -> None:
     web = world.app()
-    world.commit("v1")
+    world.commit_apps("v1")
     world.converge()
 
     suspended = world.rc("suspend", "--reason", "incident 42")
     assert suspended.returncode == 0, show(suspended)
     text = world.status_text()
     assert "SUSPENDED" in text and "incident 42" in text, text
-    assert world.status()["suspended"] == "incident 42"
+    assert world.status_json()["suspended"] == "incident 42"
 
     agent = world.agent()
     agent.wait_for("agent.suspended", "incident 42", timeout=20)
@@ -652,7 +507,7 @@ def test_a_suspended_agent_deploys_nothing_until_resume(world: World) -> None:
 
 def test_break_glass_swaps_the_previous_container_back_at_once_and_suspends(world: World) -> None:
     web = world.app()
-    world.commit("v1")
+    world.commit_apps("v1")
     world.converge()
     world.set(web.name, "v2")
     world.converge()
@@ -671,7 +526,7 @@ def test_break_glass_swaps_the_previous_container_back_at_once_and_suspends(worl
     assert took < 10.0, f"break-glass took {took:.2f}s\n{show(result)}"
     assert "suspended" in result.stdout and f"rollback {web.name} --to v1 --push" in result.stdout
     assert label(world.client, web.name + ".prev", "version") == "v2"  # kept, stopped, for the way back
-    status = world.status()
+    status = world.status_json()
     mine = next(app for app in status["apps"] if app["app"] == web.name)
     assert status["suspended"] and "break-glass" in status["suspended"], status
     assert (mine["desired"], mine["running"], mine["in_sync"]) == ("v2", "v1", False)
@@ -688,7 +543,7 @@ def test_break_glass_swaps_the_previous_container_back_at_once_and_suspends(worl
     world.ok("resume")
     drift = world.server("--dry-run")
     assert drift.returncode == 0, show(drift)  # in sync: nothing to redeploy
-    status = world.status()
+    status = world.status_json()
     mine = next(app for app in status["apps"] if app["app"] == web.name)
     assert not status["suspended"] and mine["in_sync"] and mine["running"] == "v1", status
     assert body(web.port) == "v1"
@@ -696,7 +551,7 @@ def test_break_glass_swaps_the_previous_container_back_at_once_and_suspends(worl
 
 def test_break_glass_goes_only_to_the_kept_previous_container(world: World) -> None:
     web = world.app()
-    head = world.commit("v1")
+    head = world.commit_apps("v1")
 
     result = world.rc("rollback", web.name, "--to", "v2", "--local")
 
@@ -711,9 +566,9 @@ def test_break_glass_goes_only_to_the_kept_previous_container(world: World) -> N
 
 def test_history_names_the_author_of_each_deploy_and_of_the_rollback(world: World) -> None:
     web = world.app()
-    world.commit("v1", author=ALICE)
+    world.commit_apps("v1", author=ALICE)
     world.converge()
-    world.commit("v2", {web.name: "v2"}, author=BOB)
+    world.commit_apps("v2", {web.name: "v2"}, author=BOB)
     world.converge()
     carol = {"GIT_AUTHOR_NAME": "Carol Oncall", "GIT_AUTHOR_EMAIL": "carol@example.invalid"}
     world.ok("rollback", web.name, "--to", "v1", "--push", env=carol)
@@ -735,7 +590,7 @@ def test_history_names_the_author_of_each_deploy_and_of_the_rollback(world: Worl
 
 def test_a_runner_without_a_git_identity_commits_as_reconciler(world: World) -> None:
     web = world.app()
-    world.commit("v1")
+    world.commit_apps("v1")
     bare_home = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(world.tmp)}
 
     world.ok("set-version", web.name, "v2", env=bare_home)
@@ -783,7 +638,7 @@ def test_show_completion_for_a_shell_named_on_the_command_line(shell: str, marke
 
 def test_set_version_refuses_a_malformed_version_in_one_line_and_commits_nothing(world: World) -> None:
     web = world.app()
-    base = world.commit("first deploy")
+    base = world.commit_apps("first deploy")
     before = world.clone_file()
 
     result = world.rc("set-version", web.name, "bad version!")
@@ -800,7 +655,7 @@ def test_set_version_without_push_in_a_repository_without_a_remote_commits_local
     solo = world.tmp / "solo"
     solo.mkdir()
     run_git("init", "-q", cwd=solo)
-    (solo / FILE).write_text(world.text())
+    (solo / FILE).write_text(world.desired_text())
     run_git("add", FILE, cwd=solo)
     run_git("commit", "-q", "-m", "first deploy", cwd=solo)
     base = run_git("rev-parse", "HEAD", cwd=solo)
@@ -815,7 +670,7 @@ def test_set_version_without_push_in_a_repository_without_a_remote_commits_local
 
 def test_set_version_push_refused_by_a_hook_says_so_and_the_branch_does_not_move(world: World) -> None:
     web = world.app()
-    base = world.commit("first deploy")
+    base = world.commit_apps("first deploy")
     hook = world.remote.bare_path / "hooks" / "pre-receive"
     hook.parent.mkdir(exist_ok=True)
     hook.write_text("#!/bin/sh\necho protected\nexit 1\n")
@@ -839,7 +694,7 @@ def test_promote_of_an_app_pinned_by_digest_tags_the_repository_stable(world: Wo
     registry.delete_local(pushed)
     image = f"{registry.host}/{name}"
     world.apps[name] = App(name, image, free_port(), digest)
-    world.commit("v1 by digest")
+    world.commit_apps("v1 by digest")
     world.converge()
     assert body(world.apps[name].port) == "v1"
 

@@ -11,11 +11,28 @@ Guarantees:
   process has died, and fails after its deadline saying what it waited for and showing the log.
 - `stop()` sends SIGTERM, waits, then SIGKILLs; it never raises and is safe to call twice, so a
   fixture can always call it.
-- `World` is one test's world (its git remote, state directory, engine client, images, agents):
-  a `Site` (tests/support/state.py, where the desired-state, engine and CLI helpers are) that also
-  starts agents. `open_world()` stops every agent it started when the test ends, before the
-  `app_names` fixture removes the containers (a fixture that uses it must request `app_names` so
-  that it is torn down first: a running agent would heal the containers back).
+- `World` is one test's world (its git remote, state directory, engine client, images, apps,
+  agents): a `Site` (tests/support/state.py, where the desired-state, engine and CLI helpers are)
+  that also starts agents. `open_world()` stops every agent it started when the test ends, before
+  the `app_names` fixture removes the containers (a fixture that uses it must request `app_names`
+  so that it is torn down first: a running agent would heal the containers back); then every
+  agent's log must be clean (`assert_clean_log`).
+- `World.app(word)` builds the images `v1`, `v2`, `v3` of a new app named `names(word)` in an image
+  repository of its own, on a free port, and records it as an `App` (name, image, port, version,
+  `yaml()`: the app's entry gated on a fast HTTP check, with a comment on its first line).
+  `commit_apps(message, versions)` writes the recorded apps as desired-state.yaml in the clone,
+  commits it (as `author` when given) and pushes it (unless `push=False`), leaving the clone's
+  `main` tracking `origin/main`; `set(name, version)` is that for one app. `Site.commit(text)`
+  still commits any text.
+- The clone is where commands that write commits run: `rc(ARGS)` is `reconcile --repo CLONE
+  --state-dir STATE ARGS` (never raises for an exit code), `ok(ARGS)` the same but it must
+  succeed; `server(ARGS)` runs on the bare remote. All three fail the test on a traceback or an
+  "internal error" (`STRICT`). `status()` is `reconcile status` (must succeed) as a result,
+  `status_text()` what it prints, `status_json()` its `-o json` parsed, `status_of(app)` one app's
+  entry of it.
+- `bare_git(ARGS)` runs git on the bare remote; `remote_file(ref)` is desired-state.yaml at `ref`
+  there (no final newline, as `git show` prints it), `remote_log(ref)` its (sha, parents, subject)
+  newest first; `clone_file()` is the file in the clone's checkout.
 - `wait_body` waits until an app serves a given body, and shows the agent's log when it does not.
 """
 
@@ -37,10 +54,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from .cli import cli_env
-from .gitrepo import GitRemote
+from .engine import AppNames
+from .gitrepo import GitRemote, run_git
 from .images import ImageFactory
-from .net import http_get
-from .state import Site, cli, show
+from .net import free_port, http_get
+from .state import FILE, STRICT, Site, app_yaml, cli, show
 
 _TEXT_LINE = re.compile(r"^(?P<time>\d{4}-\d\d-\d\dT[\d:.]+Z) (?P<event>[a-z][a-z0-9.-]*)\s+(?P<message>.*)$")
 _TEXT_FIELD = re.compile(r" (?P<key>[a-z_]+)=(?P<value>\S*)$")
@@ -351,10 +369,144 @@ def wait_body(port: int, expected: str, timeout: float, agent: AgentProcess | No
 
 
 @dataclass
-class World(Site):
-    """One test's world: the git remote it pushes to, a state directory, the engine, its agents."""
+class App:
+    """One app of a `World`: what `World.desired_text()` writes for it under `apps:`."""
 
+    name: str
+    image: str  # repository, no tag
+    port: int
+    version: str
+    stable_after: str | None = None
+
+    def yaml(self) -> str:
+        """The app under `apps:`, with a comment to keep: loopback port, init, a fast HTTP gate."""
+        return app_yaml(
+            self.name,
+            self.image,
+            self.version,
+            self.port,
+            timeout="5s",
+            healthy_for="300ms",
+            stable_after=self.stable_after,
+            comment=f"{self.name} stays commented",
+        )
+
+
+@dataclass
+class World(Site):
+    """One test's world: the git remote it pushes to, a state directory, the engine, its apps and agents."""
+
+    names: AppNames
+    tmp: Path  # the test's own temporary directory
     agents: list[AgentProcess] = field(default_factory=list)
+    apps: dict[str, App] = field(default_factory=dict)
+
+    @property
+    def clone(self) -> Path:
+        return self.remote.clone_path
+
+    # -- apps, and the desired state made of them ----------------------------------------------------
+
+    def app(self, word: str = "web", *, tags: tuple[str, ...] = ("v1", "v2", "v3"), version: str = "v1") -> App:
+        """A new app whose image repository is its own (so `IMAGE:stable` is this test's alone)."""
+        name = self.names(word)
+        for tag in tags:
+            self.images.build(name, tag)
+        app = App(name, self.images.repo(name), free_port(), version)
+        self.apps[name] = app
+        return app
+
+    def desired_text(self) -> str:
+        """desired-state.yaml holding `apps`, in the order they were added."""
+        return "# yaml-language-server: $schema=schemas/desired-state.schema.json\napps:\n" + "".join(
+            app.yaml() for app in self.apps.values()
+        )
+
+    def commit_apps(
+        self, message: str, versions: Mapping[str, str] | None = None, *, author: str | None = None, push: bool = True
+    ) -> str:
+        """Set `versions` (app name -> version), commit the file in the clone (as `author`), push; the sha."""
+        for name, version in (versions or {}).items():
+            self.apps[name].version = version
+        self.remote.write(FILE, self.desired_text())
+        self.remote.git("add", FILE)
+        self.remote.git("commit", "-q", "-m", message, *(["--author", author] if author else []))
+        if push:
+            self.remote.push()
+            # The clone tracks the remote's main, as a clone made with `git clone` does.
+            self.remote.git("branch", "-q", "--set-upstream-to=origin/main", "main")
+        return self.remote.head()
+
+    def set(self, name: str, version: str) -> str:
+        """`commit_apps` of one new version, pushed."""
+        return self.commit_apps(f"deploy {version}", {name: version})
+
+    # -- the command line --------------------------------------------------------------------------
+
+    def rc(self, *args: str | Path, env: Mapping[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
+        """A command that writes commits, run on the clone with the server's state directory."""
+        return cli("--repo", self.clone, "--state-dir", self.state, *args, env=env, forbidden=STRICT)
+
+    def ok(self, *args: str | Path, env: Mapping[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
+        """`rc`, which must succeed."""
+        result = self.rc(*args, env=env)
+        assert result.returncode == 0, show(result)
+        return result
+
+    def server(
+        self, *args: str | Path, env: Mapping[str, str | None] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """A server-side command: reads the bare remote."""
+        return cli("--repo", self.repo, "--state-dir", self.state, *args, env=env, forbidden=STRICT)
+
+    def status(self) -> subprocess.CompletedProcess[str]:
+        result = cli("status", "--repo", self.repo, "--ref", "main", "--state-dir", self.state)
+        assert result.returncode == 0, show(result)
+        return result
+
+    def status_text(self) -> str:
+        """`reconcile status` of the remote, which must succeed: what it prints."""
+        result = self.server("status")
+        assert result.returncode == 0, show(result)
+        return result.stdout
+
+    def status_json(self) -> dict[str, Any]:
+        """`reconcile status -o json` of the remote, which must succeed, parsed."""
+        result = self.server("status", "-o", "json")
+        assert result.returncode == 0, show(result)
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+    def status_of(self, app: str) -> dict[str, Any]:
+        result = cli("status", "--repo", self.repo, "--ref", "main", "--state-dir", self.state, "--output", "json")
+        assert result.returncode == 0, show(result)
+        data = json.loads(result.stdout)
+        mine = [entry for entry in data["apps"] if entry["app"] == app]
+        assert len(mine) == 1, data
+        entry: dict[str, Any] = mine[0]
+        entry["_top"] = {k: v for k, v in data.items() if k != "apps"}
+        return entry
+
+    # -- git, as the user looks at it ----------------------------------------------------------------
+
+    def bare_git(self, *args: str) -> str:
+        """A git command on the bare remote."""
+        return run_git("--git-dir", self.repo, *args)
+
+    def remote_file(self, ref: str = "main") -> str:
+        """desired-state.yaml at `ref` of the remote (as `git show` prints it: no final newline)."""
+        return self.bare_git("show", f"{ref}:{FILE}")
+
+    def remote_log(self, ref: str = "main") -> list[tuple[str, list[str], str]]:
+        """(sha, parents, subject) of the remote branch, newest first."""
+        lines = self.bare_git("log", "--format=%H%x00%P%x00%s", ref).splitlines()
+        return [(sha, parents.split(), subject) for sha, parents, subject in (ln.split("\0") for ln in lines)]
+
+    def clone_file(self) -> str:
+        """desired-state.yaml as it is in the clone's checkout."""
+        return (self.clone / FILE).read_text()
+
+    # -- agents --------------------------------------------------------------------------------------
 
     def agent(
         self,
@@ -371,21 +523,6 @@ class World(Site):
         process.wait_for("agent.started", timeout=30)
         return process
 
-    def status(self) -> subprocess.CompletedProcess[str]:
-        result = cli("status", "--repo", self.repo, "--ref", "main", "--state-dir", self.state)
-        assert result.returncode == 0, show(result)
-        return result
-
-    def status_of(self, app: str) -> dict[str, Any]:
-        result = cli("status", "--repo", self.repo, "--ref", "main", "--state-dir", self.state, "--output", "json")
-        assert result.returncode == 0, show(result)
-        data = json.loads(result.stdout)
-        mine = [entry for entry in data["apps"] if entry["app"] == app]
-        assert len(mine) == 1, data
-        entry: dict[str, Any] = mine[0]
-        entry["_top"] = {k: v for k, v in data.items() if k != "apps"}
-        return entry
-
     def close(self) -> None:
         """Stop every agent this world started (SIGTERM, then SIGKILL) and print their logs; never raises."""
         for process in self.agents:
@@ -394,9 +531,11 @@ class World(Site):
 
 
 @contextlib.contextmanager
-def open_world(remote: GitRemote, state: Path, client: Any, images: ImageFactory) -> Iterator[World]:
+def open_world(
+    remote: GitRemote, state: Path, client: Any, images: ImageFactory, names: AppNames, tmp: Path
+) -> Iterator[World]:
     """A `World` whose agents are all stopped at the end, and whose logs must then be clean."""
-    world = World(remote=remote, state=state, client=client, images=images)
+    world = World(remote=remote, state=state, client=client, images=images, names=names, tmp=tmp)
     try:
         yield world
     finally:

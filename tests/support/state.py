@@ -18,7 +18,9 @@ Guarantees:
 - `cli(*args)` runs `reconcile ARGS` through `run_cli` (tests/support/cli.py: the test's own
   environment and instance, never raises for an exit code) and fails the test when stdout or
   stderr holds any of `forbidden` (by default a Python traceback). `show(result)` is the exit code
-  and both streams, for assertion messages; `output(result)` is stdout then stderr.
+  and both streams, for assertion messages; `output(result)` is stdout then stderr. `STRICT` is a
+  `forbidden` that also refuses the CLI's last-resort "internal error" message (an unexpected
+  exception).
 - `Site` is one test's world for the command line: a git remote with a clone, a state directory,
   the engine client and the images. Its commands read the bare remote unless told another `repo`.
 """
@@ -135,6 +137,9 @@ def body(port: int, timeout: float = 5.0) -> str:
 
 
 # -- the command line -------------------------------------------------------------------------------
+
+# What a command must never print: a traceback, nor the CLI's last-resort message for an unexpected exception.
+STRICT = ("Traceback", "internal error")
 
 
 def show(result: subprocess.CompletedProcess[str]) -> str:
