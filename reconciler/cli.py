@@ -710,14 +710,13 @@ def completion(
     """Print (or --install) tab completion for SHELL: `source <(reconcile completion bash)`.
 
     Like --install-completion, but for the shell you name rather than the one it detects."""
-    from typer._completion_shared import get_completion_script
-    from typer._completion_shared import install as install_script
+    from reconciler.shell import ops
 
     if install:
-        where, _ = install_script(shell=shell.value, prog_name="reconcile", complete_var="_RECONCILE_COMPLETE")
+        where = _guarded(lambda: ops.install_completion(shell=shell.value))
         typer.echo(f"{shell.value} completion installed in {where}; open a new shell")
         return
-    typer.echo(get_completion_script(prog_name="reconcile", complete_var="_RECONCILE_COMPLETE", shell=shell.value))
+    typer.echo(_guarded(lambda: ops.completion_script(shell=shell.value)), nl=False)
 
 
 @app.command(hidden=True)

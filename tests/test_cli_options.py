@@ -43,3 +43,23 @@ def test_a_common_option_after_the_command_name_counts_as_before_it(site: Site, 
     after = cli("validate", "--repo", f"file://{site.repo}", "--state-dir", mirror_state)
     assert after.returncode == 0 and "valid, 0 apps" in after.stdout, show(after)
     assert list((mirror_state / "mirrors").iterdir()), "validate's --state-dir is where the URL's mirror goes"
+
+
+@pytest.mark.parametrize(
+    ("shell", "script", "rc", "line"),
+    [
+        ("bash", ".bash_completions/reconcile.sh", ".bashrc", "source ~/.bash_completions/reconcile.sh"),
+        ("zsh", ".zfunc/_reconcile", ".zshrc", "fpath+=~/.zfunc; autoload -Uz compinit; compinit"),
+        ("fish", ".config/fish/completions/reconcile.fish", None, None),
+    ],
+)
+def test_completion_install_writes_the_script_where_the_shell_loads_it_once(
+    tmp_path: Path, shell: str, script: str, rc: str | None, line: str | None
+) -> None:
+    for _ in range(2):  # a second install changes nothing more
+        result = cli("completion", shell, "--install", env={"HOME": str(tmp_path)})
+        assert result.returncode == 0, show(result)
+        assert f"{shell} completion installed in {tmp_path / script}" in result.stdout, show(result)
+    assert "reconcile" in (tmp_path / script).read_text()
+    if rc is not None and line is not None:
+        assert (tmp_path / rc).read_text().count(line) == 1

@@ -6,12 +6,16 @@ Guarantees: ``suspend``, ``resume`` and ``retry`` change only flags or failure r
 pid it woke (None: no agent runs there, the next pass acts on it). ``resume`` clears every break-glass
 flag too. ``validate_file`` reads a plain file, never git. Errors are ``ReconcileError``s naming the
 file or state directory; nothing is printed here, and nothing here imports docker or git.
+``completion_script`` asks the command itself through typer's documented protocol (the
+``_RECONCILE_COMPLETE=source_SHELL`` variable), never typer's private modules.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from reconciler.core.desired import load_desired
@@ -82,3 +86,41 @@ def retry(*, state_dir: Path, app: str) -> int | None:
     if not cleared:
         raise UserError(f"{app}: no failed release recorded in {state_dir}; nothing to retry")
     return wake_agent(state_dir)
+
+
+COMPLETE_VAR = "_RECONCILE_COMPLETE"
+# Where each shell loads completions from, and the line its rc file needs for that (typer's own places).
+_COMPLETION_HOMES = {
+    "bash": (".bash_completions/reconcile.sh", ".bashrc", "source ~/.bash_completions/reconcile.sh"),
+    "zsh": (".zfunc/_reconcile", ".zshrc", "fpath+=~/.zfunc; autoload -Uz compinit; compinit"),
+    "fish": (".config/fish/completions/reconcile.fish", "", ""),
+}
+
+
+def completion_script(*, shell: str) -> str:
+    """Tab completion of ``reconcile`` for ``shell`` (bash, zsh, fish), as the command itself prints it."""
+    env = {**os.environ, COMPLETE_VAR: f"source_{shell}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise UserError(f"no tab completion for {shell}: {(done.stderr or done.stdout).strip() or 'nothing printed'}")
+    return done.stdout
+
+
+def install_completion(*, shell: str, home: Path | None = None) -> Path:
+    """Write the completion script where ``shell`` loads it, and the line its rc file needs; the path."""
+    home = home if home is not None else Path.home()
+    script, rc, line = _COMPLETION_HOMES[shell]
+    target = home / script
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(completion_script(shell=shell))
+        if rc:
+            rc_file = home / rc
+            text = rc_file.read_text() if rc_file.exists() else ""
+            if line not in text:
+                rc_file.write_text(text + ("" if not text or text.endswith("\n") else "\n") + line + "\n")
+    except OSError as exc:
+        raise UserError(f"{target}: {exc.strerror or exc}") from None
+    return target
