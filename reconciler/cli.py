@@ -95,6 +95,17 @@ OutputOpt = Annotated[
     Output | None, typer.Option("--output", "-o", show_default=False, help="text or json. [default: text]")
 ]
 
+ParallelOpt = Annotated[
+    int,
+    typer.Option(
+        "--parallel",
+        envvar="RECONCILE_PARALLEL",
+        min=1,
+        max=32,
+        help="How many apps a pass deploys at once (their health gates overlap); 1: one after another.",
+    ),
+]
+
 DEFAULTS: dict[str, Any] = {
     "repo": ".",
     "ref": "HEAD",
@@ -229,16 +240,7 @@ def main_command(
             "--relabel", help="Redeploy containers deployed before containers carried their source, to label them."
         ),
     ] = False,
-    parallel: Annotated[
-        int,
-        typer.Option(
-            "--parallel",
-            envvar="RECONCILE_PARALLEL",
-            min=1,
-            max=32,
-            help="How many apps a pass deploys at once (their health gates overlap); 1: one after another.",
-        ),
-    ] = 16,
+    parallel: ParallelOpt = 16,
     repo: RepoOpt = None,
     ref: RefOpt = None,
     file: FileOpt = None,
@@ -412,16 +414,7 @@ def agent(
         bool,
         typer.Option("--publish-stable", help="On promotion, push the stable git tags and IMAGE:stable."),
     ] = False,
-    parallel: Annotated[
-        int,
-        typer.Option(
-            "--parallel",
-            envvar="RECONCILE_PARALLEL",
-            min=1,
-            max=32,
-            help="How many apps a pass deploys at once (their health gates overlap); 1: one after another.",
-        ),
-    ] = 16,
+    parallel: ParallelOpt = 16,
     repo: RepoOpt = None,
     file: FileOpt = None,
     state_dir: StateOpt = None,
