@@ -104,6 +104,7 @@ def _limits(field: str) -> str:
 
 
 APP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")  # in the file's env: and in an env_file alike
 _IMAGE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*$")
 _IMAGE_HOST = re.compile(r"^[a-zA-Z0-9.-]+(:[0-9]+)?$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -325,7 +326,7 @@ class AppSpec(Strict):
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_.]*$", key):
+            if not ENV_KEY.match(key):
                 raise ValueError(f"{key!r} is not an environment variable name")
         return value
 

@@ -69,7 +69,7 @@ from reconciler.shell.deploy import Applier
 from reconciler.shell.docker import Engine, connect
 from reconciler.shell.events import Events
 from reconciler.shell.git import Source, open_source
-from reconciler.shell.journal import SUSPENDED, Journal, JournalResult, PidFile, locked, read_pid
+from reconciler.shell.journal import SUSPENDED, Journal, JournalResult, PidFile, locked
 from reconciler.shell.scrub import scrub
 from reconciler.shell.stable import publish_stable
 
@@ -545,8 +545,3 @@ def run_agent(
     config: AgentSettings, *, log_format: str = "text", on_step: Callable[[str, str], None] | None = None
 ) -> int:
     return Agent(config, Events(fmt=log_format), on_step=on_step).run()
-
-
-def state_pid(state_dir: Path) -> int | None:
-    """The pid of the agent running on ``state_dir``, if one is."""
-    return read_pid(state_dir)

@@ -74,11 +74,6 @@ T = TypeVar("T")
 ADOPTED = ".adopted"
 WATCH_STEP = 0.1  # seconds between looks at a gated container's state
 ABANDONED = "its gate was abandoned for a newer commit or a shutdown"
-# Deploys of a pass at once. A gate mostly waits (one inspect per 100 ms), so the bound is what the
-# engine can create and start at once on a small host. 16 takes 20 apps from an empty 2-core host in
-# two rounds of the default 5 s gate (8 took three rounds, 18.6 s: over the 15 s target), and 200 apps
-# in about 7 x that; bench/parallel.py measures it.
-DEFAULT_PARALLEL = 16
 
 
 class Step(StrEnum):
@@ -244,7 +239,7 @@ class Applier:
     log: Callable[[str], None] = field(default=lambda line: None)
     interrupted: Callable[[], bool] = field(default=lambda: False)
     author: str = ""
-    parallel: int = DEFAULT_PARALLEL  # deploys of a pass at once; 1: one after another, in this thread
+    parallel: int = 1  # deploys of a pass at once (the pass's setting); 1: one after another, in this thread
     done: list[Outcome] = field(default_factory=list)  # the outcomes of the last ``apply`` so far
     _rows: _Rows = field(init=False, repr=False)
     _said: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -629,7 +624,7 @@ class Applier:
         whose verdict was journaled (``rolling-back``) is rolled back at once, never gated again.
         """
         outcomes: list[Outcome] = []
-        for entry in self._unfinished(observed, specs):
+        for entry in self._rows.unverified():
             step = self._reached(entry, observed)
             resume = RULES[step].resume
             if resume is Resume.FINISH:
@@ -678,16 +673,6 @@ class Applier:
         if current is None or not current.managed or not entry.spec_hash or current.spec_hash != entry.spec_hash:
             return Step.RENAME_NEW  # at the latest: its release never took the app's name
         return Step.GATE if current.running else Step.START_NEW
-
-    def _unfinished(self, observed: ObservedState, specs: Mapping[str, AppSpec]) -> list[Entry]:
-        """The journal's unverified rows, and the rollbacks cut short (``rolling-back``) of known apps."""
-        entries = {entry.id: entry for entry in self._rows.unverified()}
-        apps = set(specs) | {c.app for c in observed.containers if c.managed and c.app}
-        for app in sorted(apps):
-            last = self._rows.last(app)
-            if last is not None and last.result is JournalResult.ROLLING_BACK:
-                entries[last.id] = last
-        return [entries[key] for key in sorted(entries)]
 
     def _resume_roll_back(self, entry: Entry, observed: ObservedState, specs: Mapping[str, AppSpec]) -> Outcome | None:
         """Finish a rollback cut short: its release already failed, so it is not gated again.

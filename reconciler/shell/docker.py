@@ -302,10 +302,6 @@ class Engine:
                 if "error" in event:
                     raise ImageError(f"push {repository}:{tag}: {str(event['error']).strip()}")
 
-    def exec_ok(self, container_id: str, argv: list[str], *, timeout: float = 2.0) -> bool:
-        """Run ``argv`` in the container; True when it exits 0 within ``timeout`` seconds."""
-        return self.exec_probe(container_id, argv, timeout=timeout)[0]
-
     def exec_probe(self, container_id: str, argv: list[str], *, timeout: float) -> tuple[bool, str]:
         """Run ``argv`` in the container: whether it exited 0 within ``timeout`` seconds, and what happened.
 

@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shlex
 import stat
 import subprocess
 from pathlib import Path
 
+from reconciler.core.model import ENV_KEY
 from reconciler.errors import EnvFileError
 from reconciler.shell import scrub
 
 MAX_BYTES = 256 * 1024
 SSH_READ_TIMEOUT = 20.0
 _SPECIAL = ("/proc/", "/sys/", "/dev/")
-_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 # What the far side's shell answers, by exit code (ssh itself exits 255).
 _REMOTE = (
@@ -96,7 +95,7 @@ class EnvFiles:
                 continue
             key, sep, value = line.removeprefix("export ").partition("=")
             key = key.strip()
-            if not sep or not _KEY.match(key):
+            if not sep or not ENV_KEY.match(key):
                 raise EnvFileError(f"env_file {path}:{number}: not KEY=VALUE")
             value = value.strip()
             if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":

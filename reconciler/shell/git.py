@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -89,6 +89,7 @@ class Source:
     display: str
     mirrored: bool = False
     warn: Callable[[str], None] = _warn_on_stderr  # told when a broken mirror is cloned again
+    _roots: dict[str, str] = field(default_factory=dict, repr=False)
 
     def fetch(self) -> None:
         """Bring a mirror up to date with its remote (no-op for a local repository)."""
@@ -328,16 +329,23 @@ class Source:
             branch = ref
         else:  # HEAD, a tag or a sha: the branch that HEAD is on, if any
             try:
-                branch = str(self.repo.git.symbolic_ref("--short", "-q", "HEAD"))
-            except git.exc.GitCommandError:
+                branch = self.branch()
+            except SourceError:
                 branch = ""
-        try:
-            roots = str(self.repo.git.rev_list("--first-parent", "--max-parents=0", revision)).split()
-        except git.exc.GitCommandError:
-            roots = []
         here = os.path.realpath(self.repo.working_tree_dir or self.repo.git_dir)
         location = redact_url(self.display) if self.mirrored else here
-        return Owner(root=roots[-1] if roots else "", location=location, branch=branch, file=file)
+        return Owner(root=self._root(revision), location=location, branch=branch, file=file)
+
+    def _root(self, revision: str) -> str:
+        """The root commit of ``revision``'s first-parent history; a commit's history never changes, so
+        the agent, which asks every pass, walks it once per commit."""
+        if revision not in self._roots:
+            try:
+                roots = str(self.repo.git.rev_list("--first-parent", "--max-parents=0", revision)).split()
+            except git.exc.GitCommandError:
+                return ""
+            self._roots[revision] = roots[-1] if roots else ""
+        return self._roots[revision]
 
 
 def _mirror_path(url: str, state_dir: Path) -> Path:

@@ -381,10 +381,11 @@ class Journal:
         return self._entry(row) if row else None
 
     def unverified(self) -> list[Entry]:
-        """Per app, the newest row when it never got a verdict (a crash or a superseded gate)."""
+        """Per app, the newest row when it has no verdict yet or its rollback was cut short (a crash, a
+        superseded gate, an engine outage), oldest first."""
         rows = self._run(lambda db: db.execute(
             "SELECT * FROM deploys WHERE id IN (SELECT MAX(id) FROM deploys WHERE action != ? GROUP BY app)"
-            f" AND result IN ({', '.join('?' for _ in UNVERIFIED)})",
+            f" AND result IN ({', '.join('?' for _ in UNVERIFIED)}) ORDER BY id",
             (CLEANUP, *(result.value for result in UNVERIFIED)),
         ).fetchall())  # fmt: skip
         return [self._entry(row) for row in rows]
