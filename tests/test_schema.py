@@ -46,9 +46,15 @@ def test_render_is_deterministic_json_with_a_trailing_newline() -> None:
 def test_the_schema_is_as_strict_as_the_models() -> None:
     data = checked_in_schema()
     app, probe = data["$defs"]["AppSpec"], data["$defs"]["HealthSpec"]
+    route, proxy, tls = (data["$defs"][name] for name in ("RouteSpec", "ProxySpec", "TlsSpec"))
     assert data["required"] == ["apps"]
-    for node in (data, app, probe):
+    for node in (data, app, probe, route, proxy, tls):
         assert node["additionalProperties"] is False
+    assert set(data["properties"]) == {"apps", "proxy"}
+    assert set(route["properties"]) == {"hosts", "path_prefix", "port", "drain", "keep_warm"}
+    assert route["required"] == ["port"]
+    assert set(proxy["properties"]) == {"listen", "image", "version", "tls"}
+    assert set(tls["properties"]) == {"certs", "ports"}
     assert app["required"] == ["image", "version"]
     assert set(app["properties"]) == {
         "image",
@@ -62,6 +68,7 @@ def test_the_schema_is_as_strict_as_the_models() -> None:
         "init",
         "stop_timeout",
         "health",
+        "route",
         "stable_after",
     }
     assert set(probe["properties"]) == {"http", "tcp", "exec", "docker", "interval", "timeout", "healthy_for"}
@@ -75,13 +82,17 @@ def test_every_duration_in_the_schema_states_its_bounds() -> None:
     # models enforce it (an editor shows it beside the field).
     data = checked_in_schema()
     app, probe = data["$defs"]["AppSpec"]["properties"], data["$defs"]["HealthSpec"]["properties"]
-    described = {name: (app.get(name) or probe[name])["description"] for name in DURATION_LIMITS}
+    route = data["$defs"]["RouteSpec"]["properties"]
+    described = {name: (app.get(name) or probe.get(name) or route[name])["description"] for name in DURATION_LIMITS}
     assert described == {
         "stop_timeout": "SIGTERM, then SIGKILL after this long; at most 1h",
         "interval": "time between probes; 1ms to 1h",
         "timeout": "not healthy by then: the deploy failed; at most 24h",
         "healthy_for": "must stay healthy this long to count as good; at most 24h",
         "stable_after": "healthy this long after a deploy: promoted to stable; at most 720h",
+        "drain": "in-flight requests of the old release finish; at most 1h",
+        "keep_warm": "the previous release stays running, out of rotation, this long (a rollback is then a switch);"
+        " default: the app's stable_after; 0s stops it after drain; at most 720h",
     }
 
 

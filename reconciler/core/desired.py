@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from reconciler.core.model import AppSpec, DesiredFile, DesiredState, HealthSpec
+from reconciler.core.model import AppSpec, DesiredFile, DesiredState, HealthSpec, ProxySpec, RouteSpec, TlsSpec
 from reconciler.errors import InvalidDesiredState
 
 Path = tuple[str | int, ...]
@@ -62,6 +62,12 @@ def _model_at(path: Path) -> type[BaseModel] | None:
         return AppSpec
     if len(path) == 3 and path[0] == "apps" and path[2] == "health":
         return HealthSpec
+    if len(path) == 3 and path[0] == "apps" and path[2] == "route":
+        return RouteSpec
+    if path == ("proxy",):
+        return ProxySpec
+    if path == ("proxy", "tls"):
+        return TlsSpec
     return None
 
 
@@ -142,4 +148,36 @@ def load_desired(
             found.append((where, text))
         unique = dict.fromkeys(text for _, text in sorted(found))
         raise InvalidDesiredState(list(unique)) from None
-    return DesiredState(apps=parsed.apps, revision=revision, path=filename, author=author)
+    problems = [
+        f"{filename}:{line}:{col}: {dotted(path)}: {message}"
+        for (line, col), path, message in sorted(_route_problems(parsed, positions))
+    ]
+    if problems:
+        raise InvalidDesiredState(problems)
+    return DesiredState(apps=parsed.apps, proxy=parsed.proxy, revision=revision, path=filename, author=author)
+
+
+def _route_problems(parsed: DesiredFile, positions: Positions) -> list[tuple[tuple[int, int], Path, str]]:
+    """Routes that no proxy serves, and two apps that claim the same host and path prefix."""
+    found: list[tuple[tuple[int, int], Path, str]] = []
+    claimed: dict[tuple[str, str], str] = {}
+    for app, spec in sorted(parsed.apps.items(), key=lambda item: positions.of(("apps", item[0]))):
+        if spec.route is None:
+            continue
+        path: Path = ("apps", app, "route")
+        if parsed.proxy is None:
+            found.append((positions.of(path, key=True), path, "a route needs a top-level proxy: to serve it"))
+        for host in spec.route.hosts or ("*",):
+            claim = (host, spec.route.path_prefix)
+            other = claimed.setdefault(claim, app)
+            if other != app:
+                shown = "every host" if host == "*" else host
+                found.append(
+                    (
+                        positions.of(path),
+                        path,
+                        f"{shown} {spec.route.path_prefix} is already routed to {other}: two apps cannot claim"
+                        " the same host and path prefix",
+                    )
+                )
+    return found

@@ -42,6 +42,8 @@ DURATION_LIMITS: dict[str, tuple[str, str]] = {
     "timeout": ("0s", "24h"),
     "healthy_for": ("0s", "24h"),
     "stable_after": ("0s", "720h"),  # 30 days
+    "drain": ("0s", "1h"),
+    "keep_warm": ("0s", "720h"),
 }
 
 
@@ -96,6 +98,8 @@ Interval = Annotated[float, _bounded_duration("interval"), _DURATION_SCHEMA]
 Timeout = Annotated[float, _bounded_duration("timeout"), _DURATION_SCHEMA]
 HealthyFor = Annotated[float, _bounded_duration("healthy_for"), _DURATION_SCHEMA]
 StableAfter = Annotated[float, _bounded_duration("stable_after"), _DURATION_SCHEMA]
+Drain = Annotated[float, _bounded_duration("drain"), _DURATION_SCHEMA]
+KeepWarm = Annotated[float, _bounded_duration("keep_warm"), _DURATION_SCHEMA]
 
 
 def _limits(field: str) -> str:
@@ -117,6 +121,7 @@ _VOLUME = re.compile(r"^(?P<source>[^:]+):(?P<target>/[^:]*)(?::(?P<mode>ro|rw))
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 
 STABLE = "stable"
+ON_CONTAINER = "the-container.invalid"  # in a probe URL: the gated container's own address (never resolves)
 DEFAULT_STOP_TIMEOUT = 10.0  # seconds: docker's own, and AppSpec's; for a container that records none
 
 
@@ -191,7 +196,11 @@ class Strict(BaseModel):
 class HealthSpec(Strict):
     """How a deploy proves itself. At most one probe; none means "running, no restart, for healthy_for"."""
 
-    http: str | None = Field(None, description="URL that must answer 2xx or 3xx, from the server")
+    http: str | None = Field(
+        None,
+        description="URL that must answer 2xx or 3xx, from the server; with route:, a bare /path is asked of"
+        " the new container itself, on route.port",
+    )
     tcp: str | None = Field(None, description="HOST:PORT that must accept a connection")
     exec: tuple[str, ...] | None = Field(None, description="argv run in the container; exit 0 is healthy")
     docker: bool = Field(False, description="use the image's own Docker HEALTHCHECK")
@@ -208,6 +217,10 @@ class HealthSpec(Strict):
     @field_validator("http")
     @classmethod
     def _http(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("/"):
+            if any(char.isspace() for char in value):
+                raise ValueError(f"{value!r} is not a URL path")
+            return value  # asked of the container itself: AppSpec checks that the app has a route
         if value is not None:
             parts = urllib.parse.urlsplit(value)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -246,6 +259,11 @@ class HealthSpec(Strict):
         return self
 
     @property
+    def on_container(self) -> bool:
+        """The http probe is a bare path, asked of the new container itself (routed apps)."""
+        return self.http is not None and self.http.startswith("/")
+
+    @property
     def probe(self) -> str | None:
         """``http``, ``tcp``, ``exec``, ``docker``, or None for the running-only gate."""
         for name in ("http", "tcp", "exec"):
@@ -276,6 +294,155 @@ EnvValue = Annotated[
 ]
 
 
+_HOSTNAME = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_LISTEN = re.compile(r"^(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-fA-F:]+\]):(?P<port>[0-9]{1,5})$")
+_PATH_PREFIX = re.compile(r"^/[A-Za-z0-9._~%!$&()*+,;=:@/-]*$")  # RFC 3986 path characters; nothing HAProxy reads
+TLS_PORT = 443  # the listen port that serves TLS when proxy.tls names no other
+
+
+class RouteSpec(Strict):
+    """How the proxy sends traffic to an app: by Host header and path prefix, to one container port."""
+
+    hosts: tuple[str, ...] = Field((), description="Host header names (lowercase; *.example.com); none: every host")
+    path_prefix: str = Field("/", description="requests whose path starts with this go to the app")
+    port: int = Field(ge=1, le=65535, description="the port the container listens on")
+    drain: Drain = Field(
+        "10s", validate_default=True, description=f"in-flight requests of the old release finish; {_limits('drain')}"
+    )
+    keep_warm: KeepWarm | None = Field(
+        None,
+        description="the previous release stays running, out of rotation, this long (a rollback is then a"
+        f" switch); default: the app's stable_after; 0s stops it after drain; {_limits('keep_warm')}",
+    )
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if not _HOSTNAME.match(host) or len(host) > 253:
+                raise ValueError(
+                    f"{_shown(host)} is not a host name (lowercase, e.g. shop.example.com or *.example.com)"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("a host is listed twice")
+        return value
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _path_prefix(cls, value: str) -> str:
+        if not _PATH_PREFIX.match(value):
+            raise ValueError(
+                f"{_shown(value)} is not a path prefix: it starts with / and holds letters, digits and"
+                " / . _ ~ % - ! $ & ( ) * + , ; = : @ only (percent-encode the rest)"
+            )
+        return value
+
+
+class TlsSpec(Strict):
+    """Certificates the proxy serves by SNI on the listen addresses of ``ports``."""
+
+    certs: str = Field(description="folder on the server with one PEM file (certificate + key) per name")
+    ports: tuple[int, ...] = Field((TLS_PORT,), description="listen ports that serve TLS (the others plain HTTP)")
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value:
+            raise ValueError("name at least one port, or leave ports out for 443")
+        for port in value:
+            if not 0 < port < 65536:
+                raise ValueError(f"port {port} is out of range 1-65535")
+        return value
+
+    @field_validator("certs")
+    @classmethod
+    def _certs(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("certs must be an absolute path on the server")
+        return value
+
+
+def _check_listen(value: str) -> str:
+    match = _LISTEN.match(value)
+    if not match:
+        raise ValueError(f"{_shown(value)} is not IP:PORT (0.0.0.0:80, 127.0.0.1:8080, [::]:443)")
+    if not 0 < int(match.group("port")) < 65536:
+        raise ValueError(f"port {match.group('port')} is out of range 1-65535")
+    try:
+        ipaddress.ip_address(match.group("ip").strip("[]"))
+    except ValueError:
+        raise ValueError(f"{match.group('ip')!r} is not an IP address") from None
+    return value
+
+
+ListenStr = Annotated[str, AfterValidator(_check_listen)]
+
+
+class ProxySpec(Strict):
+    """The host's HTTP entry point: an HAProxy container that reconcile runs and drives."""
+
+    listen: tuple[ListenStr, ...] = Field(
+        ("0.0.0.0:80",), description="IP:PORT the proxy binds on the host; tls.ports serve TLS"
+    )
+    image: str = Field("haproxy", description="the proxy's image repository (the official haproxy, or a mirror)")
+    version: str = Field("2.8", description="its tag or sha256: digest, pinned like an app's")
+    tls: TlsSpec | None = None
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        return check_image(value)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        return check_version(value)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one address, or leave listen out for 0.0.0.0:80")
+        if len(set(value)) != len(value):
+            raise ValueError("an address is listed twice")
+        return value
+
+    @property
+    def ref(self) -> str:
+        separator = "@" if self.version.startswith("sha256:") else ":"
+        return f"{self.image}{separator}{self.version}"
+
+    def listens(self) -> tuple[tuple[str, int, bool], ...]:
+        """Each listen address as (ip, port, serves TLS)."""
+        found = []
+        for item in self.listen:
+            ip, _, port = item.rpartition(":")
+            found.append((ip.strip("[]"), int(port), self.tls is not None and int(port) in self.tls.ports))
+        return tuple(found)
+
+
+def check_image(value: str) -> str:
+    if "@" in value:
+        raise ValueError("image is the repository only; put the digest in version: sha256:...")
+    last = value.rsplit("/", 1)[-1]
+    if ":" in last:
+        raise ValueError(f"image is the repository only; put the tag in version: {last.split(':', 1)[1]}")
+    host, _, rest = value.partition("/")
+    ok = bool(_IMAGE.match(value)) or (bool(rest) and bool(_IMAGE_HOST.match(host)) and bool(_IMAGE.match(rest)))
+    if not ok:
+        raise ValueError(f"{value!r} is not an image repository")
+    return value
+
+
+def check_version(value: str) -> str:
+    if value.startswith("sha256:"):
+        if not _DIGEST.match(value):
+            raise ValueError("a digest is sha256: followed by 64 hex characters")
+    elif not _TAG.match(value):
+        raise ValueError(f"{value!r} is not a tag, a sha256: digest or stable")
+    return value
+
+
 class AppSpec(Strict):
     """One app: one container named after the app."""
 
@@ -292,6 +459,9 @@ class AppSpec(Strict):
         "10s", validate_default=True, description=f"SIGTERM, then SIGKILL after this long; {_limits('stop_timeout')}"
     )
     health: HealthSpec | None = None
+    route: RouteSpec | None = Field(
+        None, description="served through the proxy instead of a host port; deployed start-first"
+    )
     stable_after: StableAfter = Field(
         "10m",
         validate_default=True,
@@ -301,26 +471,12 @@ class AppSpec(Strict):
     @field_validator("image")
     @classmethod
     def _image(cls, value: str) -> str:
-        if "@" in value:
-            raise ValueError("image is the repository only; put the digest in version: sha256:...")
-        last = value.rsplit("/", 1)[-1]
-        if ":" in last:
-            raise ValueError(f"image is the repository only; put the tag in version: {last.split(':', 1)[1]}")
-        host, _, rest = value.partition("/")
-        ok = bool(_IMAGE.match(value)) or (bool(rest) and bool(_IMAGE_HOST.match(host)) and bool(_IMAGE.match(rest)))
-        if not ok:
-            raise ValueError(f"{value!r} is not an image repository")
-        return value
+        return check_image(value)
 
     @field_validator("version")
     @classmethod
     def _version(cls, value: str) -> str:
-        if value.startswith("sha256:"):
-            if not _DIGEST.match(value):
-                raise ValueError("a digest is sha256: followed by 64 hex characters")
-        elif not _TAG.match(value):
-            raise ValueError(f"{value!r} is not a tag, a sha256: digest or stable")
-        return value
+        return check_version(value)
 
     @field_validator("env")
     @classmethod
@@ -342,9 +498,40 @@ class AppSpec(Strict):
             raise ValueError("env_file must be an absolute path on the server")
         return value
 
+    @model_validator(mode="after")
+    def _routed(self) -> AppSpec:
+        if self.health is not None and self.health.on_container and self.route is None:
+            raise ValueError(f"health.http {self.health.http!r} is a bare path: it needs route: (or a full URL)")
+        if self.route is not None:
+            for port in self.ports:
+                _, host_port, container_port, proto = parse_port(port)
+                if container_port == self.route.port and proto == "tcp" and host_port is not None:
+                    raise ValueError(
+                        f"port {self.route.port} is both routed and published as {port}: a routed app publishes"
+                        " no host port for it (drop it from ports:)"
+                    )
+                if host_port is not None:
+                    raise ValueError(
+                        f"{port}: a routed app is deployed start-first, two releases at once, so it cannot"
+                        " hold a fixed host port; publish it without one (IP:CONTAINER) or serve it by a route"
+                    )
+        return self
+
     @property
     def gate(self) -> HealthSpec:
-        return self.health or DEFAULT_HEALTH
+        """The health gate; a bare http path of a routed app is asked of the container itself, on its route's
+        port (``ON_CONTAINER`` stands for its address until the shell knows it)."""
+        gate = self.health or DEFAULT_HEALTH
+        if self.route is not None and gate.on_container:
+            return gate.model_copy(update={"http": f"http://{ON_CONTAINER}:{self.route.port}{gate.http}"})
+        return gate
+
+    @property
+    def keep_warm(self) -> float:
+        """How long the previous release stays running out of rotation (routed apps)."""
+        if self.route is None:
+            return 0.0
+        return self.route.keep_warm if self.route.keep_warm is not None else self.stable_after
 
 
 class DesiredFile(Strict):
@@ -357,6 +544,7 @@ class DesiredFile(Strict):
         json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
     )
 
+    proxy: ProxySpec | None = Field(None, description="the HAProxy that routed apps are served through")
     apps: dict[AppName, AppSpec] = Field(description="app name (also the container name) -> what runs")
 
 
@@ -364,6 +552,7 @@ class DesiredState(Strict):
     """A validated file at one commit. ``revision`` is the full commit sha (empty for a plain file)."""
 
     apps: dict[str, AppSpec]
+    proxy: ProxySpec | None = None
     revision: str = ""
     path: str = "desired-state.yaml"
     author: str = ""  # of the commit, "Name <email>"
@@ -432,6 +621,8 @@ class ObservedContainer(Strict):
     digest: str = ""
     spec_hash: str = ""
     owner: Owner | None = None  # None: deployed before containers carried their source
+    created: float = 0.0  # epoch seconds
+    networks: dict[str, str] = Field(default_factory=dict)  # network name -> its IPv4 address there
 
     @property
     def running(self) -> bool:

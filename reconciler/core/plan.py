@@ -144,7 +144,10 @@ def fingerprint(app: str, spec: AppSpec, *, env_file_hash: str = "") -> dict[str
     Health and stable_after are absent on purpose: changing how we judge a container does not
     require a new one.
     """
-    return {
+    # A routed release listens on its route's port, on the proxy's network: the port is the release's own,
+    # so a new port is a new release, gated on it before any traffic goes there.
+    routed = {"route_port": spec.route.port} if spec.route is not None else {}
+    return routed | {
         "env": {key: _secret_hash(app, key, value) for key, value in sorted(spec.env.items())},
         "env_file": [spec.env_file, env_file_hash] if spec.env_file else None,
         "ports": sorted(spec.ports),
@@ -198,7 +201,7 @@ def diff(observed: ObservedContainer, target: Target) -> tuple[Change, ...]:
             if keys
         ]
         changes.append(Change("env", "keys", "; ".join(parts)))
-    for name in ("env_file", "ports", "volumes", "command", "restart", "init", "stop_timeout"):
+    for name in ("env_file", "ports", "volumes", "command", "restart", "init", "stop_timeout", "route_port"):
         if have.get(name) != want.get(name):
             was: Any = have.get(name)
             now: Any = want.get(name)

@@ -1,0 +1,251 @@
+"""The proxy of routed apps, decided without I/O: its HAProxy config, who serves each route, what to change.
+
+Guarantees:
+- ``render`` is deterministic: the same routes and servers give the same text, byte for byte, so a
+  config on disk that differs from it is drift (and a reload), never noise.
+- Each routed app has one backend ``be_APP`` with one server ``live``; a switch is the runtime API's
+  ``set server be_APP/live addr IP port P`` (no reload, no dropped request). The config always names
+  the address that serves now, so that a reload or a restart of the proxy keeps the route where it is.
+- ``serving`` is the one rule for where a route points: the app's own container (``APP``) when it runs,
+  else its warm previous release (``APP.prev``) when that runs, else nothing (HAProxy answers 503). A
+  deploy switches only to a release that passed its gate and renames only containers that do not serve,
+  so that, after any crash, this rule points at a release that passed its gate.
+- Routes are matched most specific first: a named host before every host, a longer path prefix before
+  a shorter one; ties by app name.
+- A warm release is one that is running as ``APP.prev`` of a routed app; it is cooled (stopped, kept for
+  a rollback) once ``keep_warm`` has passed since the release that replaced it was created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from reconciler.core.model import (
+    AppSpec,
+    DesiredState,
+    ObservedContainer,
+    ObservedState,
+    ProxySpec,
+    Role,
+    container_name,
+)
+
+CONFIG_DIR = "/usr/local/etc/haproxy"  # the official image's; our test image keeps it
+CONFIG_FILE = "haproxy.cfg"
+SWITCHED_FILE = "switched.json"  # when each route last switched (epoch seconds): a warm window starts then
+ROUTES_FILE = "routes.cfg"  # the config as rendered with no server: what a reload is needed for
+ADMIN_SOCKET = "admin.sock"
+MASTER_SOCKET = "master.sock"
+CERTS_DIR = CONFIG_DIR + "/certs"
+SERVER = "live"
+NO_SERVER = ("127.0.0.1", 1)  # a disabled server's placeholder address: nothing serves the route
+
+
+def proxy_container(instance: str) -> str:
+    """The proxy's container name: one proxy per instance on an engine."""
+    return "reconciler-proxy" if instance == "default" else f"reconciler-proxy-{instance}"
+
+
+def proxy_network(instance: str) -> str:
+    """The Docker network that routed apps of an instance join, and that the proxy reaches them on."""
+    return "reconciler" if instance == "default" else f"reconciler-{instance}"
+
+
+def backend(app: str) -> str:
+    return f"be_{app}"
+
+
+def routed(desired: DesiredState) -> dict[str, AppSpec]:
+    return {app: spec for app, spec in sorted(desired.apps.items()) if spec.route is not None}
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where a route sends its requests: a container's address on the proxy network, and its port."""
+
+    container: str  # its name, for reports ("" for none)
+    ip: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+def serving(app: str, spec: AppSpec, observed: ObservedState, network: str) -> Server | None:
+    """The release a route points at (see the module docstring): ``APP``, else a warm ``APP.prev``."""
+    assert spec.route is not None
+    for role in (Role.CURRENT, Role.PREVIOUS):
+        found = observed.named(container_name(app, role))
+        if found is not None and found.managed and found.state == "running" and found.networks.get(network):
+            # The port the release was deployed with: a failed deploy to a new port leaves the old one's.
+            port = found.fingerprint.get("route_port")
+            return Server(found.name, found.networks[network], port if isinstance(port, int) else spec.route.port)
+    return None
+
+
+def servers(desired: DesiredState, observed: ObservedState, network: str) -> dict[str, Server | None]:
+    return {app: serving(app, spec, observed, network) for app, spec in routed(desired).items()}
+
+
+def warm(
+    app: str, spec: AppSpec, observed: ObservedState, network: str, switched: Mapping[str, float]
+) -> tuple[ObservedContainer, float] | None:
+    """The warm previous release of a routed app, and when its window ends (epoch seconds): ``keep_warm``
+    after the route last switched away from it (``switched``), else after its successor was created.
+    A previous release that serves (nothing else can) is not warm."""
+    previous = observed.named(container_name(app, Role.PREVIOUS))
+    current = observed.named(container_name(app))
+    if previous is None or not previous.managed or previous.state != "running" or spec.route is None:
+        return None
+    server = serving(app, spec, observed, network)
+    if current is None or server is None or server.container != current.name:
+        return None
+    since = max(switched.get(app, 0.0), current.created)
+    return previous, since + spec.keep_warm
+
+
+def to_cool(
+    desired: DesiredState, observed: ObservedState, network: str, switched: Mapping[str, float], now: float
+) -> list[ObservedContainer]:
+    """Warm releases whose window has passed: they are stopped (and kept as ``APP.prev``)."""
+    cooled = []
+    for app, spec in routed(desired).items():
+        found = warm(app, spec, observed, network, switched)
+        if found is not None and found[1] <= now:
+            cooled.append(found[0])
+    return cooled
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One ``use_backend`` line and the ACLs it needs; rules sort most specific first."""
+
+    kind: int  # 0: named hosts, 1: wildcard hosts, 2: every host
+    prefix: str
+    app: str
+    acls: tuple[str, ...]
+    condition: str
+
+    @property
+    def rank(self) -> tuple[int, int, str, str]:
+        return (self.kind, -len(self.prefix), self.prefix, self.app)
+
+
+def _rules(app: str, spec: AppSpec) -> list[_Rule]:
+    """An app's route as rules: its named hosts and its wildcard hosts apart, so that a named host of
+    one app wins over another app's wildcard that also matches it."""
+    assert spec.route is not None
+    prefix = spec.route.path_prefix
+    path_acl = (f"acl path_{app} path_beg {prefix}",) if prefix != "/" else ()
+    path_term = f" path_{app}" if path_acl else ""
+    exact = [host for host in spec.route.hosts if not host.startswith("*.")]
+    wild = [host[1:] for host in spec.route.hosts if host.startswith("*.")]
+    rules = []
+    # The Host header may carry a port (shop.example.com:8080): it is cut off before matching.
+    if exact:
+        acl = f"acl host_{app} req.hdr(host),field(1,:),lower -m str {' '.join(exact)}"
+        rules.append(_Rule(0, prefix, app, (acl, *path_acl), f"host_{app}{path_term}"))
+    if wild:
+        acl = f"acl wild_{app} req.hdr(host),field(1,:),lower -m end {' '.join(wild)}"
+        rules.append(_Rule(1, prefix, app, (acl, *path_acl), f"wild_{app}{path_term}"))
+    if not exact and not wild:
+        rules.append(_Rule(2, prefix, app, path_acl, path_term.strip()))
+    return rules
+
+
+def render(
+    proxy: ProxySpec,
+    routes: Mapping[str, AppSpec],
+    live: Mapping[str, Server | None],
+    *,
+    uid: int = 0,
+) -> str:
+    """The whole haproxy.cfg: one frontend per listen address, one backend per routed app."""
+    drains = [spec.route.drain for spec in routes.values() if spec.route is not None]
+    lines = [
+        "# Written by reconciler from desired-state.yaml and what runs; it is rewritten at every pass.",
+        "global",
+        "  master-worker",
+        # expose-fd: a reload hands the listening sockets to the new worker, so no connection is refused.
+        f"  stats socket {CONFIG_DIR}/{ADMIN_SOCKET} mode 600 uid {uid} level admin expose-fd listeners",
+        f"  hard-stop-after {int(max(drains, default=0.0)) + 30}s",
+        "",
+        "defaults",
+        "  mode http",
+        "  timeout connect 5s",
+        "  timeout client 60s",
+        "  timeout server 60s",
+        "  timeout http-request 10s",
+        "  timeout http-keep-alive 10s",
+        # A new server connection per request: after a switch no request reuses one to the old release.
+        "  option http-server-close",
+        "  option forwardfor",
+        "",
+    ]
+    rules = sorted((rule for app, spec in routes.items() for rule in _rules(app, spec)), key=lambda rule: rule.rank)
+    acls = list(dict.fromkeys(acl for rule in rules for acl in rule.acls))
+    for index, (ip, port, tls) in enumerate(proxy.listens()):
+        host = f"[{ip}]" if ":" in ip else ip
+        lines.append(f"frontend listen_{index}")
+        lines.append(f"  bind {host}:{port}" + (f" ssl crt {CERTS_DIR}" if tls else ""))
+        lines.extend(f"  {acl}" for acl in acls)
+        for rule in rules:
+            lines.append(f"  use_backend {backend(rule.app)}" + (f" if {rule.condition}" if rule.condition else ""))
+        lines.append("")
+    for app in sorted(routes):
+        server = live.get(app)
+        lines.append(f"backend {backend(app)}")
+        if server is None:
+            ip, port = NO_SERVER
+            lines.append(f"  server {SERVER} {ip}:{port} disabled")
+        else:
+            lines.append(f"  server {SERVER} {server.address}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def container_hash(proxy: ProxySpec, image_id: str) -> str:
+    """What shapes the proxy's container (its image and where it listens): a change recreates it."""
+    blob = json.dumps(
+        {
+            "ref": proxy.ref,
+            "image": image_id,
+            "listen": list(proxy.listen),
+            "certs": proxy.tls.certs if proxy.tls else "",
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def route_lines(
+    desired: DesiredState,
+    observed: ObservedState,
+    network: str,
+    switched: Mapping[str, float],
+    in_flight: Mapping[str, int] | None = None,
+) -> list[str]:
+    """Each route and the release that serves it (with its requests in flight, when HAProxy said), and
+    each warm release with the end of its window."""
+    lines = []
+    for app, spec in routed(desired).items():
+        assert spec.route is not None
+        where = ",".join(spec.route.hosts) or "*"
+        server = serving(app, spec, observed, network)
+        served = "nothing (503)"
+        if server is not None:
+            found = observed.named(server.container)
+            version = f" {found.version}" if found is not None and found.version else ""
+            served = f"{server.container}{version} ({server.address})"
+        flight = f", {in_flight[app]} in flight" if in_flight is not None and app in in_flight else ""
+        lines.append(f"route {where} {spec.route.path_prefix} -> {served}{flight}")
+        kept = warm(app, spec, observed, network, switched)
+        if kept is not None:
+            until = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(kept[1]))
+            lines.append(f"warm  {kept[0].name} {kept[0].version} until {until} (a rollback to it is a switch)")
+    return lines
