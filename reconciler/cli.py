@@ -282,25 +282,28 @@ def main_command(
 
     result = _guarded(lambda: reconcile_once(settings, dry_run=dry_run, on_step=_kill_hook()))
     plan = result.plan
+    proxied = report.proxy_lines(result.proxy, result.routes, dry_run=dry_run)
     if dry_run:
         if fmt is Output.json:
-            _emit(report.plan_as_dict(plan, file=settings.file))
+            _emit({**report.plan_as_dict(plan, file=settings.file), "proxy": result.proxy, "routes": result.routes})
         else:
-            typer.echo("\n".join(report.plan_lines(plan, file=settings.file)))
+            typer.echo("\n".join(report.plan_lines(plan, file=settings.file) + proxied))
         if plan.problems:  # a conflict or an unresolvable image: applying would fail too
             raise typer.Exit(1)
-        raise typer.Exit(0 if plan.in_sync else 2)
+        raise typer.Exit(0 if plan.in_sync and not result.proxy else 2)
     if fmt is Output.json:
         _emit(
             {
                 **report.plan_as_dict(plan, file=settings.file),
                 "outcomes": [outcome.as_dict() for outcome in result.outcomes],
+                "proxy": result.proxy,
+                "routes": result.routes,
                 "ok": result.ok,
             }
         )
     else:
         lines = report.outcome_lines(result.outcomes, revision=plan.revision, file=settings.file)
-        typer.echo("\n".join(lines + report.note_lines(plan)))
+        typer.echo("\n".join(lines + report.note_lines(plan) + proxied))
     raise typer.Exit(0 if result.ok else 1)
 
 

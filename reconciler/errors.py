@@ -11,7 +11,8 @@ traceback. The tree::
     │   ├── ImageError              image or tag does not exist, or access denied
     │   ├── ContainerError          the engine refused a container (port taken, bad mount, name in use)
     │   ├── EnvFileError            an app's env_file cannot be read where it runs, or is not KEY=VALUE text
-    │   └── StateError              the state directory or its journal cannot be used (owner, corrupt, disk)
+    │   ├── StateError              the state directory or its journal cannot be used (owner, corrupt, disk)
+    │   └── ProxyError              the proxy cannot run or be driven (its listen address taken, no image)
     └── TransientError              clears by itself: retry later, keep what runs
         ├── EngineUnavailable       the Docker engine does not answer
         ├── RemoteUnavailable       the git remote does not answer
@@ -60,6 +61,10 @@ class StateError(UserError):
     """The state directory or its journal cannot be used: wrong owner or permissions, a corrupt journal
     that is not to be repaired here, a disk that will not take a new one. A read-only or full file
     system is a ``TransientError`` instead: it clears without us."""
+
+
+class ProxyError(UserError):
+    """The proxy of routed apps cannot run here or does not answer its runtime API."""
 
 
 class TransientError(ReconcileError):

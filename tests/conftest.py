@@ -15,6 +15,9 @@ Nothing here fakes anything (DESIGN.md, "Real parts in tests"):
   `{app}`, `{app}.prev`, `{app}.next` after the test.
 - `site` (function): `Site` (tests/support/state.py), the test's git remote, a state directory
   `tmp_path / "state"`, the engine and the images, for tests of the command line.
+- `haproxy_image` (session): "repo:tag" of an HAProxy image built from this machine's haproxy.
+- `routed` (function): `Routed` (tests/support/routed.py) over `world`: a `proxy:` on a free loopback
+  port, apps added with `routed.app()`; the proxy container and its network are removed after the test.
 - `world` (function): `World` (tests/support/agent.py), the same parts as `site` plus `app_names`
   (as `world.names`), `tmp_path` (as `world.tmp`), the apps the test adds with `world.app()` and
   the agents it starts; they are all stopped before `app_names` removes the containers, and their
@@ -47,7 +50,9 @@ from tests.support import (
 )
 from tests.support.agent import World, open_world
 from tests.support.engine import new_run_prefix
+from tests.support.haproxy import build_haproxy_image
 from tests.support.images import BusyboxMissing, find_static_busybox
+from tests.support.routed import Routed
 from tests.support.state import Site
 
 # In CI the property tests draw the same examples every run, so that a landing never hangs on a rare
@@ -56,7 +61,7 @@ settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI") == "true":
     settings.load_profile("ci")
 
-_ENGINE_FIXTURES = {"docker_client", "images", "registry", "auth_registry", "app_names"}
+_ENGINE_FIXTURES = {"docker_client", "images", "registry", "auth_registry", "app_names", "haproxy_image"}
 _registry_hosts: list[str] = []
 
 
@@ -143,6 +148,21 @@ def app_names(docker_client: Any, run_prefix: str) -> Iterator[AppNames]:
 @pytest.fixture
 def site(git_remote: GitRemote, tmp_path: Path, docker_client: Any, images: ImageFactory) -> Site:
     return Site(remote=git_remote, state=tmp_path / "state", client=docker_client, images=images)
+
+
+@pytest.fixture(scope="session")
+def haproxy_image(docker_client: Any, run_prefix: str) -> str:
+    return build_haproxy_image(docker_client, run_prefix)
+
+
+@pytest.fixture
+def routed(world: World, haproxy_image: str) -> Iterator[Routed]:
+    proxied = Routed(world, haproxy_image)
+    try:
+        yield proxied
+    finally:
+        world.close()  # the agents first: none may bring the proxy back
+        proxied.close()
 
 
 @pytest.fixture

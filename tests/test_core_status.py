@@ -31,14 +31,18 @@ def a_status() -> Status:
     return Status(
         file="desired-state.yaml", revision=COMMIT, agent_pid=42, suspended="by hand",
         break_glass=(("web", "v1"), ("api", "v0")), apps=(gone, web),
+        routes=("route * / -> web v1 (172.18.0.3:8000), 2 in flight",), proxy=("start the proxy again",),
     )  # fmt: skip
 
 
 def test_as_dict_is_the_json_of_reconcile_status() -> None:
     data = a_status().as_dict()
     assert list(data) == [
-        "revision", "file", "desired_error", "journal_error", "agent_pid", "suspended", "break_glass", "apps"
+        "revision", "file", "desired_error", "journal_error", "agent_pid", "suspended", "break_glass", "apps",
+        "routes", "proxy",
     ]  # fmt: skip
+    assert data["routes"] == ["route * / -> web v1 (172.18.0.3:8000), 2 in flight"]
+    assert data["proxy"] == ["start the proxy again"]
     assert data["break_glass"] == {"web": "v1", "api": "v0"} and list(data["break_glass"]) == ["web", "api"]
     assert data["apps"][0] == {
         "app": "old", "desired": None, "running": None, "state": "missing", "health": "missing", "in_sync": True,
@@ -64,7 +68,7 @@ def test_a_status_that_read_nothing_says_why() -> None:
     data = Status(file="f.yaml", desired_error="no such directory", journal_error="corrupt").as_dict()
     assert data == {
         "revision": None, "file": "f.yaml", "desired_error": "no such directory", "journal_error": "corrupt",
-        "agent_pid": None, "suspended": None, "break_glass": {}, "apps": [],
+        "agent_pid": None, "suspended": None, "break_glass": {}, "apps": [], "routes": [], "proxy": [],
     }  # fmt: skip
     assert status_lines(Status(file="f.yaml", desired_error="no such directory")) == [
         "f.yaml @ ?; no agent running",
@@ -86,6 +90,8 @@ def test_status_lines_read_the_records() -> None:
         "    held back: health 404 (`reconcile retry web` to try again)",
         "    failed: v2 @ c0ffee00: health 404",
         "    rolled back with its commit: v3 @ c0ffee00: rolled back with it",
+        "route * / -> web v1 (172.18.0.3:8000), 2 in flight",
+        "proxy: start the proxy again",
     ]
 
 

@@ -29,6 +29,8 @@ class Event(StrEnum):
     DEPLOY_HELD = "deploy.held"
     DEPLOY_DONE = "deploy.done"
     DEPLOY_CLEANUP = "deploy.cleanup"  # APP.next left by an interrupted deploy, removed
+    # the proxy of routed apps: started, reloaded, a route switched, a warm release stopped
+    PROXY_CHANGED = "proxy.changed"
     # drift: what the host changed, not git
     DRIFT_HEALING = "drift.healing"
     DRIFT_FOUND = "drift.found"

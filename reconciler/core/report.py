@@ -97,6 +97,12 @@ def note_lines(plan: Plan) -> list[str]:
     return [f"  note: {note.container}: {note.message}" for note in plan.notes]
 
 
+def proxy_lines(changes: list[str], routes: list[str], *, dry_run: bool) -> list[str]:
+    """The proxy's changes (made, or with ``dry_run`` to make) and where each route points."""
+    sign = "  ~ proxy    " if dry_run else "  proxy: "
+    return [sign + change for change in changes] + ["  " + route for route in routes]
+
+
 def outcome_lines(outcomes: list[Outcome], *, revision: str, file: str) -> list[str]:
     short = revision[:8] or "(no commit)"
     if not outcomes:
@@ -139,4 +145,6 @@ def status_lines(status: Status) -> list[str]:
         for failed in app.failed:
             role = "failed" if failed.culprit else "rolled back with its commit"
             out.append(f"    {role}: {failed.version} @ {failed.revision[:8]}: {failed.reason}")
+    out.extend(status.routes)
+    out.extend(f"proxy: {drift}" for drift in status.proxy)
     return out

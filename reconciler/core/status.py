@@ -83,6 +83,8 @@ class Status:
     suspended: str | None = None  # why the agent changes nothing, while it is suspended
     break_glass: tuple[tuple[str, str], ...] = ()  # (app, version) that a local rollback put back
     apps: tuple[AppStatus, ...] = ()  # sorted by name
+    routes: tuple[str, ...] = ()  # each route, what serves it and its requests in flight; warm releases
+    proxy: tuple[str, ...] = ()  # how the proxy differs from the file and what runs (empty: it matches)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -94,4 +96,6 @@ class Status:
             "suspended": self.suspended,
             "break_glass": dict(self.break_glass),
             "apps": [app.as_dict() for app in self.apps],
+            "routes": list(self.routes),
+            "proxy": list(self.proxy),
         }

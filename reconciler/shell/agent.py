@@ -70,6 +70,7 @@ from reconciler.shell.docker import Engine, connect
 from reconciler.shell.events import Events
 from reconciler.shell.git import Source, open_source
 from reconciler.shell.journal import SUSPENDED, Journal, JournalResult, PidFile, locked
+from reconciler.shell.proxy import Proxy
 from reconciler.shell.scrub import scrub
 from reconciler.shell.stable import publish_stable
 
@@ -330,6 +331,7 @@ class Agent:
             self.events.once("suspended", Event.AGENT_SUSPENDED, f"suspended: {why}; nothing changes")
             return []
         self._recovered("suspended", Event.AGENT_RESUMED, "resumed")
+        proxy = Proxy(self.engine, self.config.settings.state_dir)
         applier = Applier(
             self.engine,
             journal,
@@ -338,8 +340,11 @@ class Agent:
             interrupted=lambda: self._newer_commit(revision),
             author=desired.author,
             parallel=self.config.settings.parallel,
+            proxy=proxy,
         )
         observed = self.engine.observe()
+        # The proxy first: whatever happened to it, it routes to what runs before anything changes.
+        self._proxied(proxy.sync(desired, observed), revision)
         try:
             verified = applier.verify_unfinished(observed, desired.apps)
         except EngineUnavailable:
@@ -377,8 +382,15 @@ class Agent:
             raise
         self._report(outcomes, revision)
         self._remember_failures(outcomes, plan, revision)
-        self._watch_stable(desired, self.engine.observe(), applier)
+        observed = self.engine.observe()
+        if desired.proxy is not None:
+            self._proxied(proxy.sync(desired, observed), revision)
+        self._watch_stable(desired, observed, applier)
         return outcomes
+
+    def _proxied(self, changes: list[str], revision: str) -> None:
+        for change in changes:
+            self.events.emit(Event.PROXY_CHANGED, change, commit=revision[:8])
 
     def _notes(self, plan: Plan) -> None:
         """Log each note once (another source's container, an unread env_file), and again if it comes back."""

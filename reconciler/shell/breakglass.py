@@ -2,7 +2,9 @@
 
 Guarantees:
 - ``swap_back`` (``rollback --local``) puts the kept ``APP.prev`` back under the app's name and keeps
-  what ran stopped as ``APP.prev``: no git, no pull, no create. It touches only containers of ours,
+  what ran stopped as ``APP.prev``: no git, no pull, no create. For a routed app it is a switch: the
+  previous release (started first unless it is warm) passes a fresh gate, the proxy's route moves to
+  it, and what ran is kept warm as ``APP.prev``; a gate that fails switches nothing. It touches only containers of ours,
   and works under the state directory's lock, so no agent pass runs between what it looks at and
   what it changes; the agent is suspended before the lock lets the next pass in.
 - A swap that fails puts every container back under the name it had and starts what ran again
@@ -15,9 +17,10 @@ from __future__ import annotations
 
 import time
 
-from reconciler.core.model import DEFAULT_HEALTH, HealthSpec, Role, container_name
+from reconciler.core.model import DEFAULT_HEALTH, AppSpec, HealthSpec, ObservedContainer, Role, container_name
 from reconciler.errors import ReconcileError, UserError
 from reconciler.shell.converge import Settings, read_desired
+from reconciler.shell.docker import Engine
 from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal, JournalResult
 from reconciler.shell.swap import swap_in
 
@@ -49,11 +52,15 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
                 to_version=previous.version, from_image=current.image_id if current else "",
                 to_image=previous.image_id, spec_hash=previous.spec_hash,
             )  # fmt: skip
+            spec = _routed_spec(settings, app)
             try:
-                swap_in(
-                    engine, app, previous.id, current, incoming_name=previous.name,
-                    keep_as=container_name(app, Role.PREVIOUS), undo=True,
-                )  # fmt: skip
+                if spec is not None:
+                    _switch_back(engine, journal, settings, app, previous, current, spec)
+                else:
+                    swap_in(
+                        engine, app, previous.id, current, incoming_name=previous.name,
+                        keep_as=container_name(app, Role.PREVIOUS), undo=True,
+                    )  # fmt: skip
             except ReconcileError as exc:
                 journal.finish(entry, result=JournalResult.FAILED, message=str(exc))
                 raise
@@ -68,9 +75,56 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
             )
         gate = Applier(engine, journal).sample(previous.id, previous_gate(settings, app))
         state = "answering" if gate.running and gate.probe_ok else f"started, not healthy yet ({gate.detail})"
+        if spec is not None:
+            said = f"{app}: the route switched to {previous.version} ({state}); {was} kept warm as {app}.prev"
+            return said, previous.version
         return f"{app}: {previous.version} runs again ({state}); {was} kept stopped as {app}.prev", previous.version
     finally:
         journal.close()
+
+
+def _routed_spec(settings: Settings, app: str) -> AppSpec | None:
+    """The app's spec when the committed file routes it through a proxy (its rollback is then a switch)."""
+    try:
+        desired = read_desired(settings)
+    except ReconcileError:
+        return None
+    spec = desired.apps.get(app)
+    return spec if spec is not None and spec.route is not None and desired.proxy is not None else None
+
+
+def _switch_back(
+    engine: Engine,
+    journal: Journal,
+    settings: Settings,
+    app: str,
+    previous: ObservedContainer,
+    current: ObservedContainer | None,
+    spec: AppSpec,
+) -> None:
+    """A routed app: the previous release (started unless warm) passes a fresh gate, the route switches to
+    it, and the names follow (what ran is kept warm as APP.prev). A gate that fails switches nothing."""
+    from reconciler.core.health import Verdict
+    from reconciler.shell.deploy import Applier
+    from reconciler.shell.proxy import Proxy
+
+    applier = Applier(engine, journal, proxy=Proxy(engine, settings.state_dir))
+    warm = previous.running
+    if not warm:
+        engine.start(previous.id, previous.name)
+    gate = applier.gate(previous.id, spec.gate.model_copy(update={"healthy_for": 0.0}) if warm else spec.gate)
+    if gate.verdict is Verdict.FAILED:
+        if not warm:
+            engine.stop(previous.id, previous.name, previous.stop_timeout)
+        raise UserError(f"{app}: {previous.version} did not pass its gate ({gate.reason}); nothing switched")
+    applier.switch(app, previous.id, spec)
+    # The route no longer points at what ran: its names can move (each step leaves a route on a release
+    # that passed, by ``core.proxy.serving``).
+    if current is not None:
+        engine.rename(current.id, container_name(app, Role.NEXT))
+    engine.rename(previous.id, app)
+    if current is not None:
+        engine.rename(current.id, container_name(app, Role.PREVIOUS))
 
 
 def previous_gate(settings: Settings, app: str) -> HealthSpec:

@@ -23,12 +23,14 @@ from reconciler.core import images as image_match
 from reconciler.core.desired import load_desired
 from reconciler.core.model import STABLE, DesiredState, ObservedState, image_ref
 from reconciler.core.plan import Plan, Resolution, plan
+from reconciler.core.proxy import route_lines
 from reconciler.core.report import Outcome
 from reconciler.errors import ImageError, InvalidDesiredState
 from reconciler.shell import scrub
 from reconciler.shell.docker import Engine, connect
 from reconciler.shell.git import Source, open_source
 from reconciler.shell.journal import Journal, locked
+from reconciler.shell.proxy import Proxy
 from reconciler.shell.yamlfile import parse_yaml
 
 # Deploys of a pass at once. A gate mostly waits (one inspect per 100 ms), so the bound is what the
@@ -60,6 +62,8 @@ class PassResult:
     desired: DesiredState
     plan: Plan
     outcomes: list[Outcome] = field(default_factory=list)
+    proxy: list[str] = field(default_factory=list)  # what the pass changed of the proxy (a dry run: would change)
+    routes: list[str] = field(default_factory=list)  # which release serves each route, and the warm ones
 
     @property
     def ok(self) -> bool:
@@ -142,27 +146,35 @@ def reconcile_once(
     """Read, plan, and unless ``dry_run`` apply; raise ``ReconcileError`` for what stops the whole pass."""
     desired = read_desired(settings)
     engine = connect(settings.docker_host, instance=settings.instance)
+    proxy = Proxy(engine, settings.state_dir)
     if dry_run:
-        the_plan, _ = plan_against(engine, desired, settings)
-        return PassResult(desired, the_plan)
+        the_plan, observed = plan_against(engine, desired, settings)
+        routes = route_lines(desired, observed, proxy.network, proxy.switched())
+        return PassResult(desired, the_plan, proxy=proxy.drift(desired, observed), routes=routes)
     from reconciler.shell.deploy import Applier
 
     with locked(settings.state_dir, timeout=settings.lock_timeout):
         journal = Journal(settings.state_dir)
         try:
-            applier = Applier(engine, journal, author=desired.author, parallel=settings.parallel)
+            applier = Applier(engine, journal, author=desired.author, parallel=settings.parallel, proxy=proxy)
             if on_step is not None:
                 applier.on_step = on_step
             if log is not None:
                 applier.log = log
-            # A deploy that an earlier run never finished (killed mid-gate) gets its verdict first.
             observed = engine.observe()
+            # The proxy first: whatever happened to it, it routes to what runs before anything changes.
+            changed = proxy.sync(desired, observed)
+            # A deploy that an earlier run never finished (killed mid-gate) gets its verdict first.
             verified = applier.verify_unfinished(observed, desired.apps)
             # One listing per pass, unless the verdict changed what runs.
             the_plan, observed = plan_against(
                 engine, desired, settings, observed=engine.observe() if verified else observed
             )
             outcomes = verified + applier.apply(the_plan, observed)
+            if desired.proxy is not None and outcomes:
+                observed = engine.observe()
+                changed += proxy.sync(desired, observed)
         finally:
             journal.close()
-    return PassResult(desired, the_plan, outcomes)
+    routes = route_lines(desired, observed, proxy.network, proxy.switched())
+    return PassResult(desired, the_plan, outcomes, proxy=changed, routes=routes)

@@ -1,11 +1,17 @@
 """Runs a Plan against the engine: each deploy a sequence of named steps, health-gated, rolled back on failure.
 
 Guarantees:
-- A deploy is a sequence of ``Step`` values (``STOP_FIRST``: pull, create, stop-old, keep-old,
-  rename-new, start-new, gate); ``RULES`` is the one place that says, per step, what a failure at it
-  takes back (``Undo``) and what the next pass does with a deploy cut short at it (``Resume``).
-  Another strategy is another sequence over the same rules. The steps of ``SWAP`` are one
+- A deploy is a sequence of ``Step`` values, one sequence per strategy: ``STOP_FIRST`` for apps with
+  host ports (pull, create, stop-old, keep-old, rename-new, start-new, gate) and ``START_FIRST`` for
+  routed apps (pull, create, start-next, gate-next, switch, keep-old, rename-new, drain). ``RULES`` is
+  the one place that says, per step, what a failure at it takes back (``Undo``) and what the next pass
+  does with a deploy cut short at it (``Resume``). On the stop-first path the steps of ``SWAP`` are one
   ``swap.swap_in`` call (the same swap that break-glass makes), which announces each of them.
+- Start-first: the old release keeps serving until the new one passed its gate (on itself, beside
+  it); the proxy's route then switches to it, and only then are names moved. A release that fails to
+  start or fails its gate is set aside as ``APP.failed`` with the route never moved (``SET_ASIDE``).
+  The old release stays warm (running, out of rotation) for ``keep_warm``, so that a rollback to it
+  (a commit back to it, a late failure, a whole-commit undo) is a fresh one-answer gate and a switch.
 - Nothing of an app is touched until its new container exists: a missing tag, a refused pull, an
   unreadable env_file or a refused create leaves the running container exactly as it was.
 - A deploy keeps the container it replaces, stopped, as ``APP.prev`` (only the newest one), so that a
@@ -61,12 +67,22 @@ from enum import StrEnum
 from typing import TypeVar
 
 from reconciler.core.health import Gate, Sample, Verdict, probe_timeout
-from reconciler.core.model import AppSpec, HealthSpec, ObservedContainer, ObservedState, Role, container_name
+from reconciler.core.model import (
+    ON_CONTAINER,
+    AppSpec,
+    HealthSpec,
+    ObservedContainer,
+    ObservedState,
+    Role,
+    container_name,
+)
 from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan, Target
+from reconciler.core.proxy import Server, proxy_network
 from reconciler.core.report import Outcome, Result
 from reconciler.errors import ContainerError, EngineUnavailable, ReconcileError
 from reconciler.shell.docker import Engine, Inspected
 from reconciler.shell.journal import CLEANUP, UNVERIFIED, Entry, Journal, JournalResult
+from reconciler.shell.proxy import Proxy
 from reconciler.shell.swap import swap_in
 
 T = TypeVar("T")
@@ -91,6 +107,11 @@ class Step(StrEnum):
     UNDO = "undo"  # a release that passed, taken back with its failed commit
     REMOVE = "remove"
     START = "start"
+    # Start-first (routed apps): the new release runs and passes its gate beside the old one first.
+    START_NEXT = "start-next"  # APP.next started; the old one serves on
+    GATE_NEXT = "gate-next"  # APP.next gated on itself; traffic has not moved
+    SWITCH = "switch"  # the proxy's server now points at APP.next
+    DRAIN = "drain"  # the old one finishes its requests, then is kept warm or stopped
 
 
 class Undo(StrEnum):
@@ -99,6 +120,7 @@ class Undo(StrEnum):
     NOTHING = "nothing"  # nothing of the app changed: what ran runs on
     DISCARD = "discard"  # only APP.next exists: it is removed
     ROLL_BACK = "roll-back"  # the new release is on its way in: kept as APP.failed, the previous one back
+    SET_ASIDE = "set-aside"  # the new release never served: kept stopped as APP.failed; the old one serves on
 
 
 class Resume(StrEnum):
@@ -125,6 +147,11 @@ RULES: Mapping[Step, Rule] = {
     Step.GATE: Rule(Undo.ROLL_BACK, Resume.VERIFY),
     # A rollback's own steps note what the engine refuses and go on (``_attempt``).
     Step.ROLL_BACK: Rule(Undo.NOTHING, Resume.FINISH),
+    # Start-first: until the switch, traffic is on the old release and a crash leaves it there.
+    Step.START_NEXT: Rule(Undo.SET_ASIDE, Resume.REPLAN),
+    Step.GATE_NEXT: Rule(Undo.SET_ASIDE, Resume.REPLAN),
+    Step.SWITCH: Rule(Undo.SET_ASIDE, Resume.REPLAN),  # the route is re-derived: back on APP, the old one
+    Step.DRAIN: Rule(Undo.NOTHING, Resume.VERIFY),  # APP is the new release, and it passed its gate
 }
 
 # Stop-first: the host port is free for the new release only once the old one stopped.
@@ -136,6 +163,18 @@ STOP_FIRST: tuple[Step, ...] = (
     Step.RENAME_NEW,
     Step.START_NEW,
     Step.GATE,
+)
+# Start-first: nothing of the old release changes until the new one passed its gate; the proxy switches
+# before any rename, so that a route only ever points at a release that passed (``core.proxy.serving``).
+START_FIRST: tuple[Step, ...] = (
+    Step.PULL,
+    Step.CREATE,
+    Step.START_NEXT,
+    Step.GATE_NEXT,
+    Step.SWITCH,
+    Step.KEEP_OLD,  # the old one renamed to APP.prev, still running: it finishes its requests
+    Step.RENAME_NEW,
+    Step.DRAIN,
 )
 # The steps ``swap.swap_in`` runs, in its order: a sequence that reaches one of them runs them all
 # in that one call (it skips stop-old and keep-old itself when nothing runs under the app's name).
@@ -219,6 +258,8 @@ class _Deploy:
     reached: Step = Step.PULL  # the last step announced: a failure is a failure at it (``RULES``)
     swapped: bool = False  # the steps of ``SWAP`` have run (as one call)
     gate: Gate | None = None
+    reused: bool = False  # start-first: the new release is the warm APP.prev, already running
+    set_aside: bool = False  # start-first: the old release was renamed to APP.prev (or APP.adopted)
 
     @property
     def app(self) -> str:
@@ -240,6 +281,7 @@ class Applier:
     interrupted: Callable[[], bool] = field(default=lambda: False)
     author: str = ""
     parallel: int = 1  # deploys of a pass at once (the pass's setting); 1: one after another, in this thread
+    proxy: Proxy | None = None  # routed apps' proxy (start-first deploys switch it)
     done: list[Outcome] = field(default_factory=list)  # the outcomes of the last ``apply`` so far
     _rows: _Rows = field(init=False, repr=False)
     _said: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -287,7 +329,7 @@ class Applier:
         ok, detail = True, ""
         deadline = probe_timeout(spec)
         if spec.http is not None:
-            ok, detail = _probe_http(spec.http, deadline)
+            ok, detail = _probe_http(self._addressed(spec.http, found), deadline)
         elif spec.tcp is not None:
             ok, detail = _probe_tcp(spec.tcp, deadline)
         elif spec.exec is not None:
@@ -295,6 +337,17 @@ class Applier:
         return Sample(
             at=self.clock(), running=True, restarts=restarts, probe_ok=ok, docker_health=health, detail=detail
         )
+
+    def _addressed(self, url: str, found: Inspected) -> str:
+        """``url`` with ``ON_CONTAINER`` replaced by the container's address (on the proxy's network first)."""
+        if urllib.parse.urlsplit(url).hostname != ON_CONTAINER:
+            return url
+        parts = urllib.parse.urlsplit(url)
+        networks = found.networks
+        ip = networks.get(proxy_network(self.engine.instance)) or next(iter(networks.values()), "0.0.0.0")
+        # The release's own route port: an older release, gated for a rollback, may listen on another.
+        port = _route_port(found, parts.port or 80)
+        return parts._replace(netloc=f"{ip}:{port}").geturl()
 
     def gate(self, container_id: str, spec: HealthSpec, *, started_at: float | None = None) -> Gate:
         """Probe the container until the gate decides, or ``interrupted()`` (then it stays pending)."""
@@ -492,17 +545,22 @@ class Applier:
         if recovering and previous is not None and previous.managed:
             # A deploy cut short by a crash: its release never proved itself, the kept one did.
             return self._roll_back(action, entry, container.id, previous, spec, f"after a restart, {gate.reason}")
+        if spec.route is not None and previous is not None and previous.managed and previous.running:
+            # A routed release that stopped and does not come back while the one before it is warm: a late
+            # failure, rolled back by a switch (the route has served the warm one since the pass began).
+            failed = spec.model_copy(update={"version": container.version or spec.version})
+            why = f"it stopped after it went live, and restarted {gate.reason}"
+            return self._roll_back(action, entry, container.id, previous, failed, why)
         self._rows.finish(entry, result=JournalResult.FAILED, message=gate.reason)
         return Outcome(app, action.kind, action.container, Result.FAILED, f"started, but {gate.reason}")
 
     # -- a deploy: its steps, in sequence -------------------------------------------------------------
 
-    def _deploy(
-        self, action: Action, observed: ObservedState, revision: str, steps: Sequence[Step] = STOP_FIRST
-    ) -> tuple[Outcome, Deployed | None]:
+    def _deploy(self, action: Action, observed: ObservedState, revision: str) -> tuple[Outcome, Deployed | None]:
         target = action.target
         assert target is not None
         app, spec = action.app, target.spec
+        steps = START_FIRST if spec.route is not None else STOP_FIRST
         current = observed.named(container_name(app))
         kept = observed.named(container_name(app, Role.PREVIOUS))
         # With nothing running under the app's name, the kept container is what to fall back to.
@@ -522,7 +580,7 @@ class Applier:
             if not self._needed(step, deploy):
                 continue
             try:
-                if step in SWAP:
+                if steps is STOP_FIRST and step in SWAP:
                     self._swap(deploy)
                 else:
                     self._announce(deploy, step)
@@ -537,7 +595,7 @@ class Applier:
             self._rows.finish(entry, result=JournalResult.SUPERSEDED, message="the health gate was abandoned")
             return Outcome(app, action.kind, app, Result.SUPERSEDED, f"{spec.version} started, gate abandoned"), None
         if gate.verdict is not Verdict.PASSED:
-            return self._take_back(deploy, Step.GATE, gate.reason), None
+            return self._take_back(deploy, deploy.reached, gate.reason), None
         self._rows.finish(entry, result=JournalResult.SUCCEEDED)
         was = f"{fallback.version or '?'} -> " if fallback else ""
         self._log(f"deployed {app} {was}{spec.version}")
@@ -546,8 +604,12 @@ class Applier:
 
     @staticmethod
     def _needed(step: Step, deploy: _Deploy) -> bool:
+        if deploy.gate is not None and deploy.gate.verdict is not Verdict.PASSED:
+            return False  # start-first: a release that did not pass its gate never takes traffic
         if step is Step.PULL:
-            return not deploy.target.resolution.image_id
+            return not deploy.target.resolution.image_id and not deploy.reused
+        if step is Step.START_NEXT:
+            return not deploy.reused
         if step in SWAP:
             return not deploy.swapped
         return True
@@ -586,14 +648,82 @@ class Applier:
         if step is Step.PULL:
             self.engine.pull(deploy.target.resolution.ref)
         elif step is Step.CREATE:
-            env = {**(self.engine.files.read(spec.env_file) if spec.env_file else {}), **spec.env}
-            deploy.new_id = self.engine.create(deploy.target, container_name(app, Role.NEXT), env=env)
             was = deploy.fallback
             self._log(f"deploying {app} {was.version + ' -> ' if was else ''}{spec.version}")
-        elif step is Step.GATE:
-            deploy.gate = self.gate(deploy.new_id, spec.gate, started_at=deploy.started_at)
+            if self._reuse_warm(deploy):
+                return
+            env = {**(self.engine.files.read(spec.env_file) if spec.env_file else {}), **spec.env}
+            network = proxy_network(self.engine.instance) if spec.route is not None else None
+            deploy.new_id = self.engine.create(deploy.target, container_name(app, Role.NEXT), env=env, network=network)
+        elif step in (Step.GATE, Step.GATE_NEXT):
+            # A warm release served and stayed up: one good answer is its fresh gate.
+            gate = spec.gate.model_copy(update={"healthy_for": 0.0}) if deploy.reused else spec.gate
+            deploy.gate = self.gate(deploy.new_id, gate, started_at=deploy.started_at)
+        elif step is Step.START_NEXT:
+            self.engine.start(deploy.new_id, container_name(app, Role.NEXT))
+        elif step is Step.SWITCH:
+            self.switch(app, deploy.new_id, spec)
+        elif step is Step.KEEP_OLD:
+            self._set_old_aside(deploy)
+        elif step is Step.RENAME_NEW:
+            self.engine.rename(deploy.new_id, app)
+        elif step is Step.DRAIN:
+            self._drain(deploy)
         else:
             raise AssertionError(f"{step} is not a step of a deploy")
+
+    # -- start-first: the steps of a routed app -----------------------------------------------------------
+
+    def _reuse_warm(self, deploy: _Deploy) -> bool:
+        """A commit back to the warm previous release: it is gated again and switched to, not started."""
+        app = deploy.app
+        warm = deploy.observed.named(container_name(app, Role.PREVIOUS))
+        if (
+            deploy.spec.route is None
+            or warm is None
+            or not warm.managed
+            or warm.state != "running"
+            or warm.spec_hash != deploy.target.spec_hash
+        ):
+            return False
+        self.engine.rename(warm.id, container_name(app, Role.NEXT))
+        deploy.new_id, deploy.reused = warm.id, True
+        self._log(f"{app}: {warm.version} is warm: switching back to it after a fresh gate")
+        return True
+
+    def switch(self, app: str, container_id: str, spec: AppSpec) -> None:
+        """Point the app's route at the container (it passed its gate)."""
+        assert spec.route is not None
+        if self.proxy is None:
+            raise AssertionError("a routed app is deployed with a proxy")
+        found = self._inspect(container_id)
+        ip = found.networks.get(proxy_network(self.engine.instance)) if found is not None else None
+        if found is None or not ip:
+            raise ContainerError(f"{app}: the new release has no address on the proxy's network")
+        self.proxy.switch(app, Server(found.name, ip, _route_port(found, spec.route.port)))
+
+    def _set_old_aside(self, deploy: _Deploy) -> None:
+        """The old release (no longer served) renamed to APP.prev, still running; the older APP.prev goes."""
+        app, current = deploy.app, deploy.current
+        older = deploy.observed.named(container_name(app, Role.PREVIOUS))
+        if older is not None and older.managed and older.id != deploy.new_id:
+            self.engine.remove(older.id, older.name)  # not served: the route points at the new release
+        if current is None:
+            return
+        self.engine.rename(current.id, self._keep_as(app, current))
+        deploy.set_aside = True
+
+    def _drain(self, deploy: _Deploy) -> None:
+        """The old release keeps its in-flight requests for ``drain``; then it is stopped, unless kept warm."""
+        current, spec = deploy.current, deploy.spec
+        assert spec.route is not None
+        if current is None or not deploy.set_aside or not current.running:
+            return
+        if current.managed and spec.keep_warm > 0:
+            self._log(f"{deploy.app}: {current.version or current.name} stays warm as a rollback target")
+            return
+        self.sleep(spec.route.drain)
+        self.engine.stop(current.id, self._keep_as(deploy.app, current), current.stop_timeout)
 
     @staticmethod
     def _keep_as(app: str, current: ObservedContainer) -> str:
@@ -604,6 +734,8 @@ class Applier:
         """What a failure at ``step`` leaves to undo, as ``RULES`` says; ``reason`` is why it failed."""
         app, action = deploy.app, deploy.action
         undo = RULES[step].undo
+        if undo is Undo.SET_ASIDE:
+            return self._set_new_aside(deploy, step, reason)
         if undo is Undo.ROLL_BACK:
             why = reason if step is Step.GATE else f"it did not start: {reason}"
             return self._roll_back(action, deploy.entry, deploy.new_id, deploy.fallback, deploy.spec, why)
@@ -611,6 +743,28 @@ class Applier:
             self.engine.remove(deploy.new_id, container_name(app, Role.NEXT))
         self._rows.finish(deploy.entry, result=JournalResult.FAILED, message=reason)
         return Outcome(app, action.kind, app, Result.FAILED, f"{reason}; {self._left_as_it_was(deploy.current)}")
+
+    def _set_new_aside(self, deploy: _Deploy, step: Step, reason: str) -> Outcome:
+        """Start-first: the new release never served (or served for the instant of a refused switch): the
+        route is put back on what served, and the new release is kept stopped as APP.failed."""
+        app, spec = deploy.app, deploy.spec
+        problems: list[str] = []
+        why = reason if step is Step.GATE_NEXT else f"it did not start: {reason}"
+        self._rows.finish(deploy.entry, result=JournalResult.ROLLING_BACK, message=why)
+        self._step(app, Step.ROLL_BACK)
+        current = deploy.current
+        if step is Step.SWITCH and self.proxy is not None and current is not None:
+            self._attempt("switch back", lambda: self.switch(app, current.id, spec), problems)
+        if deploy.new_id:
+            self._keep_failed(app, deploy.new_id, spec, problems)
+        kept = f"; kept stopped as {container_name(app, Role.FAILED)}" if deploy.new_id else ""
+        serving = deploy.current.version if deploy.current is not None else "nothing"
+        said = f"{why}; traffic never moved ({serving} serves on){kept}"
+        result = JournalResult.ROLLED_BACK if not problems else JournalResult.FAILED
+        self._rows.finish(deploy.entry, result=result, message="; ".join([said, *problems]))
+        self._log(f"deploy of {app} {spec.version} failed ({why}); {serving} serves on, traffic never moved")
+        outcome = Result.ROLLED_BACK if deploy.current is not None and not problems else Result.FAILED
+        return Outcome(app, deploy.action.kind, app, outcome, f"{spec.version} failed: {said}", release_failed=True)
 
     # -- deploys that never got a verdict ----------------------------------------------------------
 
@@ -750,7 +904,8 @@ class Applier:
         # The verdict first: a rollback cut short from here on is finished by the next pass, not re-judged.
         self._rows.finish(entry, result=JournalResult.ROLLING_BACK, message=reason)
         self._step(app, Step.ROLL_BACK)
-        if new_id:
+        switched = spec.route is not None and self.proxy is not None and previous is not None
+        if new_id and not switched:
             self._keep_failed(app, new_id, spec, problems)
         if previous is None:
             self._rows.finish(entry, result=JournalResult.FAILED, message=reason)
@@ -759,7 +914,11 @@ class Applier:
             message = f"{spec.version} failed: {reason}; {kept}nothing to roll back to"
             return Outcome(app, action.kind, app, Result.FAILED, message, release_failed=True)
         back = previous.version or previous.name
-        gate = self._bring_back(app, previous, spec.gate, problems)  # the old one must pass the file's gate
+        if switched:
+            aside = functools.partial(self._keep_failed, app, new_id, spec) if new_id else None
+            gate = self._switch_back(app, previous, spec, problems, set_aside=aside)
+        else:
+            gate = self._bring_back(app, previous, spec.gate, problems)  # the old one must pass the file's gate
         if gate.verdict is not Verdict.FAILED and not problems:
             # An abandoned gate (PENDING) is no failure: the previous release runs, as it did before.
             abandoned = f" ({ABANDONED})" if gate.verdict is Verdict.PENDING else ""
@@ -773,6 +932,32 @@ class Applier:
         self._log(f"deploy of {app} {spec.version} failed ({reason}); rolling back to {back} failed: {trouble}")
         message = f"{spec.version} failed: {reason}; rolling back to {back} failed too: {trouble}"
         return Outcome(app, action.kind, app, Result.FAILED, message, release_failed=True)
+
+    def _switch_back(
+        self,
+        app: str,
+        previous: ObservedContainer,
+        spec: AppSpec,
+        problems: list[str],
+        *,
+        set_aside: Callable[[list[str]], None] | None,
+    ) -> Gate:
+        """A routed app's rollback: the previous release (started first, unless it is warm) passes a fresh
+        gate, the route switches to it, then the release it replaces is set aside and it takes the app's
+        name. A warm release served and stayed up: one good answer is its fresh gate."""
+        found = self._inspect(previous.id)
+        warm = found is not None and found.running
+        if not warm:
+            self._attempt("start the previous one", lambda: self.engine.start(previous.id, previous.name), problems)
+        gate = self.gate(previous.id, spec.gate.model_copy(update={"healthy_for": 0.0}) if warm else spec.gate)
+        if gate.verdict is not Verdict.FAILED:
+            self._attempt("switch to the previous one", lambda: self.switch(app, previous.id, spec), problems)
+        if set_aside is not None:
+            set_aside(problems)
+        where = self._inspect(previous.id)
+        if gate.verdict is not Verdict.FAILED and where is not None and where.name != app:
+            self._attempt(f"rename the previous one to {app}", lambda: self.engine.rename(previous.id, app), problems)
+        return gate
 
     def _keep_failed(self, app: str, new_id: str, spec: AppSpec, problems: list[str]) -> None:
         """Stop the failed release and keep it as APP.failed (dropped if a stranger holds that name)."""
@@ -794,10 +979,22 @@ class Applier:
         app = done.app
         problems: list[str] = []
         self._step(app, Step.UNDO)
-        self._attempt("stop it", lambda: self.engine.stop(done.container_id, app, done.spec.stop_timeout), problems)
-        self._attempt("remove it", lambda: self.engine.remove(done.container_id, app), problems)
+        if done.spec.route is None or self.proxy is None or done.previous is None:
+            self._attempt("stop it", lambda: self.engine.stop(done.container_id, app, done.spec.stop_timeout), problems)
+            self._attempt("remove it", lambda: self.engine.remove(done.container_id, app), problems)
         abandoned = ""
-        if done.previous is not None:
+        if done.previous is not None and done.spec.route is not None and self.proxy is not None:
+            # Routed: the release that passed keeps serving until the previous one is switched to.
+            def remove(problems: list[str]) -> None:
+                self._attempt(
+                    "stop it", lambda: self.engine.stop(done.container_id, app, done.spec.stop_timeout), problems
+                )
+                self._attempt("remove it", lambda: self.engine.remove(done.container_id, app), problems)
+
+            gate = self._switch_back(app, done.previous, done.spec, problems, set_aside=remove)
+            if gate.verdict is Verdict.FAILED:
+                problems.append(gate.reason)
+        elif done.previous is not None:
             gate = self._bring_back(app, done.previous, done.spec.gate, problems)
             if gate.verdict is Verdict.FAILED:
                 problems.append(gate.reason)
@@ -811,6 +1008,12 @@ class Applier:
         self._log(f"{app}: {message}")
         kind = ActionKind.REPLACE if done.previous else ActionKind.CREATE
         return Outcome(app, kind, app, Result.ROLLED_BACK if not problems else Result.FAILED, message)
+
+
+def _route_port(found: Inspected, default: int) -> int:
+    """The port a routed release was deployed with (its fingerprint), else ``default``."""
+    port = found.fingerprint.get("route_port")
+    return port if isinstance(port, int) and not isinstance(port, bool) else default
 
 
 def _breaks_release(outcome: Outcome) -> bool:

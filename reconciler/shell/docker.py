@@ -112,6 +112,8 @@ class Inspected:
     labels: Mapping[str, str]
     ours: bool  # carries our labels, and this instance's
     stop_timeout: float  # what docker waits after SIGTERM, as it was created
+    networks: Mapping[str, str]  # network name -> its IPv4 address there
+    fingerprint: Mapping[str, Any]  # what it was created with (ours only; see ``core.plan.fingerprint``)
 
 
 def inspected_from(data: Mapping[str, Any], *, instance: str = "default") -> Inspected:
@@ -136,6 +138,8 @@ def inspected_from(data: Mapping[str, Any], *, instance: str = "default") -> Ins
         labels=dict(labels),
         ours=labels.get(MANAGED) == "true" and labels.get(INSTANCE, "default") == instance,
         stop_timeout=float(stop_timeout) if stop_timeout is not None else DEFAULT_STOP_TIMEOUT,
+        networks=_addresses(data),
+        fingerprint=_fingerprint(labels),
     )
 
 
@@ -161,6 +165,11 @@ class Engine:
         self.host = host
         self.instance = instance
         self.files = files if files is not None else EnvFiles()  # env_files, read on the engine's host
+
+    @property
+    def local(self) -> bool:
+        """The engine runs on this machine (a unix socket): its host's ports are ours to look at."""
+        return self.host.startswith("unix://") or self.host.startswith("/")
 
     @contextmanager
     def _calls(self, what: str) -> Iterator[None]:
@@ -226,8 +235,8 @@ class Engine:
                     raise
                 raise ImageError(f"pull {ref}: {_reason(exc)}") from None
 
-    def create(self, target: Target, name: str, *, env: Mapping[str, str]) -> str:
-        """Create (not start) the container for ``target`` under ``name``; return its id."""
+    def create(self, target: Target, name: str, *, env: Mapping[str, str], network: str | None = None) -> str:
+        """Create (not start) the container for ``target`` under ``name``, on ``network`` if given; its id."""
         spec = target.spec
         resolution = target.resolution
         ports = port_bindings(spec.ports)
@@ -262,8 +271,38 @@ class Engine:
                 labels=labels,
                 host_config=host_config,
                 stop_timeout=math.ceil(spec.stop_timeout),
+                networking_config=self.api.create_networking_config({network: self.api.create_endpoint_config()})
+                if network
+                else None,
             )
         return str(created["Id"])
+
+    def ensure_network(self, name: str) -> None:
+        """A bridge network of ours named ``name`` (created once; one of that name already there is used)."""
+        with self._calls(f"create network {name}"):
+            if not self.api.networks(names=[name]):
+                try:
+                    self.api.create_network(name, driver="bridge", labels={MANAGED: "true", INSTANCE: self.instance})
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:  # another pass made it meanwhile
+                        raise
+
+    def kill(self, container_id: str, name: str, signal: str) -> None:
+        with self._calls(f"signal {name}"):
+            self.api.kill(container_id, signal=signal)
+
+    def logs(self, container_id: str, *, tail: int = 20) -> str:
+        with self._calls("read logs"):
+            return bytes(self.api.logs(container_id, tail=tail)).decode(errors="replace")
+
+    def publishers(self, port: int) -> list[str]:
+        """Containers that publish host port ``port``: who holds it, when it is taken."""
+        rows = self.call("list containers", lambda: self.api.containers())
+        return sorted(
+            str((row.get("Names") or ["/?"])[0]).lstrip("/")
+            for row in rows
+            if any(item.get("PublicPort") == port for item in row.get("Ports") or [])
+        )
 
     def start(self, container_id: str, name: str) -> None:
         with self._calls(f"start {name}"):
@@ -365,10 +404,7 @@ def observed_from_row(row: Mapping[str, Any], *, instance: str = "default") -> O
     role: Role | None = None
     if app is not None:
         role = next((r for r in Role if name == app + r.suffix), None)
-    try:
-        fingerprint = json.loads(labels.get(f"{LABEL}.fingerprint", "{}")) if managed else {}
-    except ValueError:
-        fingerprint = {}
+    fingerprint = _fingerprint(labels) if managed else {}
     return ObservedContainer(
         id=str(row.get("Id", "")),
         name=name,
@@ -377,13 +413,28 @@ def observed_from_row(row: Mapping[str, Any], *, instance: str = "default") -> O
         managed=managed and role is not None,
         app=app if role is not None else None,
         role=role,
-        fingerprint=fingerprint if isinstance(fingerprint, dict) else {},
+        fingerprint=fingerprint,
         commit=labels.get(f"{LABEL}.commit", ""),
         version=labels.get(f"{LABEL}.version", ""),
         digest=labels.get(f"{LABEL}.digest", ""),
         spec_hash=labels.get(f"{LABEL}.spec-hash", ""),
         owner=_owner(labels),
+        created=float(row.get("Created") or 0),
+        networks=_addresses(row),
     )
+
+
+def _fingerprint(labels: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        found = json.loads(labels.get(f"{LABEL}.fingerprint", "{}"))
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _addresses(row: Mapping[str, Any]) -> dict[str, str]:
+    networks = (row.get("NetworkSettings") or {}).get("Networks") or {}
+    return {str(name): str(net.get("IPAddress")) for name, net in networks.items() if net and net.get("IPAddress")}
 
 
 def _owner(labels: Mapping[str, str]) -> Owner | None:

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from reconciler.core.failures import held_back
 from reconciler.core.health import Health
-from reconciler.core.model import DesiredState, container_name
+from reconciler.core.model import DesiredState, ObservedState, container_name
+from reconciler.core.proxy import route_lines
 from reconciler.core.status import AppStatus, DeployRecord, Status
-from reconciler.errors import ReconcileError
+from reconciler.errors import ProxyError, ReconcileError
 from reconciler.shell.converge import Settings, plan_against, read_desired
 from reconciler.shell.deploy import Applier
-from reconciler.shell.docker import connect
+from reconciler.shell.docker import Engine, connect
 from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Entry, Journal, JournalResult, read_pid
+from reconciler.shell.proxy import Proxy
 
 
 def collect(settings: Settings) -> Status:
@@ -90,7 +92,10 @@ def collect(settings: Settings) -> Status:
                     failed=tuple(f for f in failures if f.app == app),
                 )
             )
+        routes, proxied = _routes(engine, settings, desired, observed)
         return Status(
+            routes=routes,
+            proxy=proxied,
             file=settings.file,
             revision=desired.revision if desired else None,
             desired_error=desired_error or None,
@@ -102,6 +107,21 @@ def collect(settings: Settings) -> Status:
         )
     finally:
         journal.close()
+
+
+def _routes(
+    engine: Engine, settings: Settings, desired: DesiredState | None, observed: ObservedState
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The routes with what serves them and their requests in flight, and the proxy's drift."""
+    if desired is None or desired.proxy is None:
+        return (), ()
+    proxy = Proxy(engine, settings.state_dir)
+    try:
+        in_flight: dict[str, int] | None = proxy.sessions()
+    except ProxyError:
+        in_flight = None  # not running: its drift says so
+    routes = route_lines(desired, observed, proxy.network, proxy.switched(), in_flight)
+    return tuple(routes), tuple(proxy.drift(desired, observed))
 
 
 def _record(entry: Entry | None) -> DeployRecord | None:

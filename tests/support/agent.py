@@ -77,6 +77,7 @@ KNOWN_EVENTS = frozenset(
         "deploy.superseded",
         "deploy.held",
         "deploy.done",
+        "proxy.changed",
         "drift.healing",
         "drift.found",
         "remote.unreachable",
@@ -400,6 +401,7 @@ class World(Site):
     tmp: Path  # the test's own temporary directory
     agents: list[AgentProcess] = field(default_factory=list)
     apps: dict[str, App] = field(default_factory=dict)
+    header: Callable[[], str] | None = None  # top-level keys written before `apps:` (a `proxy:`)
 
     @property
     def clone(self) -> Path:
@@ -418,8 +420,12 @@ class World(Site):
 
     def desired_text(self) -> str:
         """desired-state.yaml holding `apps`, in the order they were added."""
-        return "# yaml-language-server: $schema=schemas/desired-state.schema.json\napps:\n" + "".join(
-            app.yaml() for app in self.apps.values()
+        head = self.header() if self.header is not None else ""
+        return (
+            "# yaml-language-server: $schema=schemas/desired-state.schema.json\n"
+            + head
+            + "apps:\n"
+            + "".join(app.yaml() for app in self.apps.values())
         )
 
     def commit_apps(

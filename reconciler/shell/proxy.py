@@ -1,0 +1,359 @@
+"""The proxy of routed apps on this engine: an HAProxy container that reconcile runs, and its runtime API.
+
+Guarantees:
+- The proxy is a container of ours (``reconciler-proxy``, or ``reconciler-proxy-INSTANCE``), labelled like
+  an app's, in the host's network namespace: it binds exactly ``proxy.listen`` and reaches routed apps
+  by their address on the instance's bridge network (routed apps publish no host port). Its config
+  and admin socket live in ``STATE/proxy-INSTANCE/``, mounted at the image's config folder.
+- ``sync`` makes the proxy match the file and what runs, whatever happened to it: a proxy that is gone
+  or stopped is started again, one whose image or listen addresses changed is recreated, a config that
+  differs from ``core.proxy.render`` is rewritten and reloaded hitlessly (HAProxy master-worker with
+  ``expose-fd listeners``: the new worker takes the listening sockets, old connections finish), and a
+  route whose runtime address is not the one ``core.proxy.serving`` names is switched. It also cools
+  warm releases whose window has passed. A file without ``proxy:`` removes our proxy.
+- A switch (``switch``) is one runtime API command: no reload, no dropped request. It is made only
+  after the new worker of a reload answers, so it never lands in a worker that is going away.
+- A listen address that something else holds is a ``ProxyError`` naming the holder, raised before
+  anything changes; so is a proxy that exits at start (its last log lines say why).
+- Nothing here prints an env value: the proxy's config holds addresses and names only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.core import proxy as core
+from reconciler.core.model import DesiredState, ObservedState, ProxySpec
+from reconciler.errors import ContainerError, ProxyError, ReconcileError
+from reconciler.shell.docker import INSTANCE, LABEL, MANAGED, SOURCE, Engine
+
+PROXY_LABEL = f"{LABEL}.proxy"  # its container hash: image and listen addresses
+READY_TIMEOUT = 15.0  # seconds for a started or reloaded proxy to answer its runtime API
+# srv_admin_state bits that stop traffic: forced, inherited and resolver maintenance. A server written
+# ``disabled`` keeps its config bit (0x04) once ``set server ... state ready`` enabled it.
+_MAINTENANCE = 0x23
+_SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; longer paths are reached through /proc/self/fd
+
+
+@dataclass(frozen=True)
+class Points:
+    """Where a backend's server points now, as the runtime API says."""
+
+    ip: str
+    port: int
+    enabled: bool
+
+
+class Proxy:
+    """The proxy of one instance on one engine; see the module docstring."""
+
+    def __init__(self, engine: Engine, state_dir: Path) -> None:
+        self.engine = engine
+        self.name = core.proxy_container(engine.instance)
+        self.network = core.proxy_network(engine.instance)
+        self.dir = state_dir.resolve() / f"proxy-{engine.instance}"
+        self._switching = threading.Lock()  # deploys of a pass switch routes at once; one writes the file
+
+    # -- the runtime API ---------------------------------------------------------------------------
+
+    def ask(self, command: str, *, timeout: float = 5.0) -> str:
+        """One runtime API command over the admin socket; its answer."""
+        path = self.dir / core.ADMIN_SOCKET
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                if len(str(path)) > _SOCKET_PATH_MAX:
+                    folder = os.open(self.dir, os.O_PATH)
+                    try:
+                        sock.connect(f"/proc/self/fd/{folder}/{core.ADMIN_SOCKET}")
+                    finally:
+                        os.close(folder)
+                else:
+                    sock.connect(str(path))
+                sock.sendall(command.encode() + b"\n")
+                chunks = []
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+        except OSError as exc:
+            raise ProxyError(f"proxy {self.name}: its runtime API does not answer ({exc.strerror or exc})") from None
+        return b"".join(chunks).decode(errors="replace")
+
+    def answers(self) -> bool:
+        try:
+            return "Pid:" in self.ask("show info", timeout=1.0)
+        except ProxyError:
+            return False
+
+    def worker(self) -> int:
+        """The pid of the worker that answers the runtime API (a reload starts a new one)."""
+        for line in self.ask("show info").splitlines():
+            if line.startswith("Pid:"):
+                return int(line.split(":", 1)[1])
+        return 0
+
+    def points(self, app: str) -> Points | None:
+        """Where ``be_APP/live`` points now; None when the proxy has no such backend."""
+        answer = self.ask(f"show servers state {core.backend(app)}")
+        for line in answer.splitlines():
+            fields = line.split()
+            # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ... srv_port is field 18
+            if len(fields) > 18 and fields[1] == core.backend(app) and fields[3] == core.SERVER:
+                admin = int(fields[6])
+                return Points(fields[4], int(fields[18]), enabled=not admin & _MAINTENANCE)
+        return None
+
+    def switch(self, app: str, server: core.Server | None) -> None:
+        """Point ``app``'s route at ``server`` (None: nothing serves it; HAProxy answers 503)."""
+        target = core.backend(app) + "/" + core.SERVER
+        if server is None:
+            self._command(f"set server {target} state maint")
+            return
+        self._command(f"set server {target} addr {server.ip} port {server.port}")
+        self._command(f"set server {target} state ready")
+        with self._switching:
+            switched = self.switched()
+            switched[app] = time.time()
+            self._write(core.SWITCHED_FILE, json.dumps(switched, sort_keys=True))
+
+    def switched(self) -> dict[str, float]:
+        """When each route last switched (``core.proxy.warm`` counts a warm window from then)."""
+        try:
+            data = json.loads(_read(self.dir / core.SWITCHED_FILE) or "{}")
+        except ValueError:
+            return {}
+        return {str(app): float(at) for app, at in data.items()} if isinstance(data, dict) else {}
+
+    def _command(self, command: str) -> None:
+        answer = self.ask(command).strip()
+        if answer and not any(word in answer for word in ("changed", "no need to change")):
+            raise ProxyError(f"proxy {self.name}: {command}: {answer.splitlines()[0]}")
+
+    def sessions(self) -> dict[str, int]:
+        """Requests in flight per routed app (``show stat``'s current sessions of its backend)."""
+        found: dict[str, int] = {}
+        lines = self.ask("show stat -1 2 -1").splitlines()
+        header = lines[0].lstrip("# ").split(",") if lines else []
+        for line in lines[1:]:
+            row = dict(zip(header, line.split(","), strict=False))
+            if row.get("pxname", "").startswith("be_") and row.get("svname") == "BACKEND":
+                found[row["pxname"].removeprefix("be_")] = int(row.get("scur") or 0)
+        return found
+
+    # -- the container -------------------------------------------------------------------------------
+
+    def sync(self, desired: DesiredState, observed: ObservedState, *, now: float | None = None) -> list[str]:
+        """Make the proxy match the file and what runs (see the module docstring); what it changed."""
+        spec = desired.proxy
+        found = self.engine.inspect(self.name)
+        if spec is None:
+            if found is not None and found.ours and found.labels.get(PROXY_LABEL):
+                self.engine.remove(found.id, self.name)
+                return [f"removed the proxy {self.name} (no proxy: in the file)"]
+            return []
+        if found is not None and not (found.ours and found.labels.get(PROXY_LABEL)):
+            raise ProxyError(
+                f"container {self.name} exists and was not created by reconciler; remove or rename it"
+                " (reconciler runs its proxy under that name)"
+            )
+        done: list[str] = []
+        self.engine.ensure_network(self.network)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        live = core.servers(desired, observed, self.network)
+        routes = core.render(spec, core.routed(desired), {}, uid=os.getuid())
+        # The routes decide a reload; the addresses in the config only follow the runtime's switches.
+        rerouted = self._write(core.ROUTES_FILE, routes)
+        self._write(core.CONFIG_FILE, core.render(spec, core.routed(desired), live, uid=os.getuid()))
+        image_id = self._image(spec.ref)
+        wanted = core.container_hash(spec, image_id)
+        if found is not None and found.labels.get(PROXY_LABEL) != wanted:
+            self.engine.remove(found.id, self.name)
+            done.append(f"recreated the proxy {self.name} ({spec.ref}, {', '.join(spec.listen)})")
+            found = None
+        if found is None:
+            self._create(spec, wanted, desired)
+            if not done:
+                done.append(f"started the proxy {self.name} ({spec.ref}, {', '.join(spec.listen)})")
+        elif not found.running:
+            self._start(found.id, spec)
+            done.append(f"started the proxy {self.name} again")
+        elif rerouted:
+            self.reload()
+            done.append("reloaded the proxy's config (routes changed)")
+        for app, server in live.items():
+            points = self.points(app)
+            if points is not None and not _same(points, server):
+                self.switch(app, server)
+                done.append(f"{app}: route switched to {server.container if server else 'nothing (503)'}")
+        for container in core.to_cool(
+            desired, observed, self.network, self.switched(), time.time() if now is None else now
+        ):
+            self.engine.stop(container.id, container.name, container.stop_timeout)
+            done.append(f"{container.app}: stopped the warm {container.name} ({container.version}): its window passed")
+        return done
+
+    def drift(self, desired: DesiredState, observed: ObservedState) -> list[str]:
+        """What ``sync`` would change, read without changing anything (for a dry run)."""
+        spec = desired.proxy
+        found = self.engine.inspect(self.name)
+        if spec is None:
+            ours = found is not None and found.ours and found.labels.get(PROXY_LABEL)
+            return [f"remove the proxy {self.name} (no proxy: in the file)"] if ours else []
+        if found is None:
+            return [f"start the proxy {self.name} ({spec.ref}, {', '.join(spec.listen)})"]
+        said: list[str] = []
+        if found.labels.get(PROXY_LABEL) != core.container_hash(spec, self._local_image(spec.ref)):
+            listen = ", ".join(spec.listen)
+            return [f"recreate the proxy {self.name} ({spec.ref}, {listen}): its image or listen addresses changed"]
+        if not found.running:
+            said.append(f"start the proxy {self.name} again")
+        live = core.servers(desired, observed, self.network)
+        if _read(self.dir / core.ROUTES_FILE) != core.render(spec, core.routed(desired), {}, uid=os.getuid()):
+            said.append("rewrite and reload the proxy's config (routes changed)")
+        for app, server in live.items():
+            try:
+                points = self.points(app) if found.running else None
+            except ProxyError:
+                points = None
+            if points is not None and not _same(points, server):
+                said.append(f"{app}: switch its route to {server.container if server else 'nothing (503)'}")
+        return said
+
+    def reload(self) -> None:
+        """Hitless: the master starts a new worker on the new config; wait until that worker answers."""
+        before = self.worker()
+        self.engine.kill(self.name, self.name, "SIGUSR2")
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ProxyError, ValueError):
+                if self.worker() not in (0, before):
+                    return
+            time.sleep(0.02)
+        raise ProxyError(f"proxy {self.name}: no new worker {READY_TIMEOUT:.0f} s after a reload: {self._last_words()}")
+
+    def _write(self, name: str, text: str) -> bool:
+        """Write a file of the proxy's folder when it differs (atomically: a reload never reads half a file)."""
+        path = self.dir / name
+        if _read(path) == text:
+            return False
+        scratch = path.with_name(path.name + ".new")
+        scratch.write_text(text)
+        scratch.replace(path)
+        return True
+
+    def _image(self, ref: str) -> str:
+        # Not here: pulled, and a pull's own error says why.
+        return self._local_image(ref) or self.engine.pull(ref)
+
+    def _local_image(self, ref: str) -> str:
+        """The id of ``ref`` on the engine, or "" when it is not there (nothing is pulled)."""
+        try:
+            return str(self.engine.call("inspect image", lambda: self.engine.api.inspect_image(ref))["Id"])
+        except ContainerError:
+            return ""
+
+    def _holders(self, spec_listen: list[tuple[str, int, bool]]) -> list[str]:
+        """Who holds a listen address, checked before the proxy starts (this host's engine only)."""
+        taken = []
+        for ip, port, _ in spec_listen:
+            owners = [name for name in self.engine.publishers(port) if name != self.name]
+            if owners:
+                taken.append(f"{ip}:{port} is published by container {', '.join(owners)}")
+                continue
+            if not self.engine.local:
+                continue
+            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((ip, port))
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        taken.append(f"{ip}:{port} is taken by {_listener(port)}")
+        return taken
+
+    def _create(self, spec: ProxySpec, wanted: str, desired: DesiredState) -> None:
+        taken = self._holders(list(spec.listens()))
+        if taken:
+            raise ProxyError(f"proxy.listen: {'; '.join(taken)}; free it or listen elsewhere")
+        labels = {MANAGED: "true", INSTANCE: self.engine.instance, PROXY_LABEL: wanted}
+        if desired.source is not None:
+            labels.update({f"{SOURCE}.{key}": value for key, value in desired.source.model_dump().items()})
+        binds = [f"{self.dir}:{core.CONFIG_DIR}:rw"]
+        if spec.tls is not None:
+            binds.append(f"{spec.tls.certs}:{core.CERTS_DIR}:ro")
+        api = self.engine.api
+        created = self.engine.call(
+            f"create {self.name}",
+            lambda: api.create_container(
+                image=spec.ref,
+                name=self.name,
+                entrypoint=["haproxy"],
+                command=["-W", "-db", "-f", f"{core.CONFIG_DIR}/{core.CONFIG_FILE}"],
+                user="0",  # binds :80 and :443 in the host's namespace; the official image is USER haproxy
+                labels=labels,
+                host_config=api.create_host_config(
+                    network_mode="host", binds=binds, restart_policy={"Name": "unless-stopped"}
+                ),
+            ),
+        )
+        self._start(str(created["Id"]), spec)
+
+    def _start(self, container_id: str, spec: ProxySpec) -> None:
+        (self.dir / core.ADMIN_SOCKET).unlink(missing_ok=True)
+        self.engine.start(container_id, self.name)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.answers():
+                return
+            found = self.engine.inspect(self.name)
+            if found is None or not found.running:
+                break
+            time.sleep(0.05)
+        raise ProxyError(f"proxy {self.name} ({spec.ref}) did not start: {self._last_words()}")
+
+    def _last_words(self) -> str:
+        try:
+            lines = [line for line in self.engine.logs(self.name, tail=5).splitlines() if line.strip()]
+        except ReconcileError:  # the logs only explain; the failure is reported anyway
+            return "(no logs)"
+        return " / ".join(lines[-3:]) or "(no logs)"
+
+
+def _same(points: Points, server: core.Server | None) -> bool:
+    if server is None:
+        return not points.enabled
+    return points.enabled and points.ip == server.ip and points.port == server.port
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _listener(port: int) -> str:
+    """The process that listens on ``port`` on this host, by the socket inode /proc lists (root sees all)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                    return f"process {pid} ({comm})"
+    return "another process"
