@@ -51,6 +51,7 @@ from reconciler.core.proxy import (
     serving,
     to_cool,
     warm,
+    with_server,
 )
 from reconciler.errors import InvalidDesiredState
 from reconciler.shell.converge import parse_desired
@@ -998,3 +999,13 @@ def test_route_lines_name_the_warm_release_and_the_end_of_its_window() -> None:
 
 def test_route_lines_of_a_file_without_routes_are_empty() -> None:
     assert route_lines(desired(worker=app()), engine(container("worker")), NETWORK, {}) == []
+
+
+def test_a_switch_written_into_the_config_is_the_config_rendered_with_the_new_server() -> None:
+    routes = {"shop": route(port=8000), "api": route(port=9000, path_prefix="/api")}
+    old = {"shop": Server("shop", "172.18.0.2", 8000), "api": Server("api", "172.18.0.5", 9000)}
+    text = render(proxy(), routes, old)
+    new = Server("shop.next", "172.18.0.3", 8000)
+    assert with_server(text, "shop", new) == render(proxy(), routes, {**old, "shop": new})
+    assert with_server(text, "shop", None) == render(proxy(), routes, {**old, "shop": None})
+    assert with_server(text, "gone", new) == text  # no such backend: nothing changes

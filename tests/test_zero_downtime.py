@@ -340,3 +340,28 @@ def test_a_new_proxy_version_is_drift_and_recreates_the_proxy(routed: Routed) ->
     assert result.returncode == 0 and f"recreated the proxy {routed.container}" in result.stdout, show(result)
     routed.wait_serving(f"{web.name} v1", timeout=10)
     assert routed.world.server("--dry-run").returncode == 0
+
+
+def test_the_agent_deploys_a_routed_app_start_first_and_heals_the_route(routed: Routed) -> None:
+    web = routed.app("web")
+    routed.world.commit_apps("v1")
+    agent = routed.world.agent(interval="1s")
+    agent.wait_for("deploy.succeeded", timeout=60)
+    routed.wait_serving(f"{web.name} v1")
+    with load_on(routed) as hits:
+        mark = agent.mark()
+        routed.world.set(web.name, "v2")
+        agent.wait_for("deploy.succeeded", "v2", since=mark, timeout=60)
+        routed.wait_serving(f"{web.name} v2", timeout=5)
+    assert_switched_once(hits, f"{web.name} v1", f"{web.name} v2")
+    # The route pointed elsewhere by hand (the runtime API, as an operator might): the next pass puts it back.
+    client = routed.world.client
+    previous = client.api.inspect_container(f"{web.name}.prev")
+    ip = previous["NetworkSettings"]["Networks"][routed.network]["IPAddress"]
+    admin = routed.world.state / f"proxy-{routed.instance}" / "admin.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(admin))
+        sock.sendall(f"set server be_{web.name}/live addr {ip} port 8000\n".encode())
+        sock.recv(4096)
+    agent.wait_for("proxy.changed", "route switched", timeout=30)
+    routed.wait_serving(f"{web.name} v2", timeout=5)

@@ -198,14 +198,24 @@ def render(
             lines.append(f"  use_backend {backend(rule.app)}" + (f" if {rule.condition}" if rule.condition else ""))
         lines.append("")
     for app in sorted(routes):
-        server = live.get(app)
-        lines.append(f"backend {backend(app)}")
-        if server is None:
-            ip, port = NO_SERVER
-            lines.append(f"  server {SERVER} {ip}:{port} disabled")
-        else:
-            lines.append(f"  server {SERVER} {server.address}")
-        lines.append("")
+        lines += [f"backend {backend(app)}", server_line(live.get(app)), ""]
+    return "\n".join(lines)
+
+
+def server_line(server: Server | None) -> str:
+    if server is None:
+        ip, port = NO_SERVER
+        return f"  server {SERVER} {ip}:{port} disabled"
+    return f"  server {SERVER} {server.address}"
+
+
+def with_server(text: str, app: str, server: Server | None) -> str:
+    """``text`` (a config ``render`` wrote) with ``app``'s server line pointing at ``server``: what a runtime
+    switch changed, so that a proxy restarted before the next pass routes where the switch did."""
+    lines = text.split("\n")
+    for index, line in enumerate(lines[:-1]):
+        if line == f"backend {backend(app)}":
+            lines[index + 1] = server_line(server)
     return "\n".join(lines)
 
 

@@ -115,13 +115,16 @@ class Proxy:
         target = core.backend(app) + "/" + core.SERVER
         if server is None:
             self._command(f"set server {target} state maint")
-            return
-        self._command(f"set server {target} addr {server.ip} port {server.port}")
-        self._command(f"set server {target} state ready")
+        else:
+            self._command(f"set server {target} addr {server.ip} port {server.port}")
+            self._command(f"set server {target} state ready")
         with self._switching:
             switched = self.switched()
             switched[app] = time.time()
             self._write(core.SWITCHED_FILE, json.dumps(switched, sort_keys=True))
+            config = _read(self.dir / core.CONFIG_FILE)
+            if config is not None:
+                self._write(core.CONFIG_FILE, core.with_server(config, app, server))
 
     def switched(self) -> dict[str, float]:
         """When each route last switched (``core.proxy.warm`` counts a warm window from then)."""
