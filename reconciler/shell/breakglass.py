@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-from reconciler.core.model import DEFAULT_HEALTH, AppSpec, HealthSpec, ObservedContainer, Role, container_name
+from reconciler.core.model import DEFAULT_HEALTH, AppSpec, DesiredState, ObservedContainer, Role, container_name
 from reconciler.errors import ReconcileError, UserError
 from reconciler.shell.converge import Settings, read_desired
 from reconciler.shell.docker import Engine
@@ -33,6 +33,10 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
     from reconciler.shell.docker import connect
     from reconciler.shell.journal import locked
 
+    desired = _committed(settings)  # read once, before the lock: git is the slow part
+    committed = desired.apps.get(app) if desired is not None else None
+    proxied = desired is not None and desired.proxy is not None
+    routed = committed if committed is not None and committed.route is not None and proxied else None
     engine = connect(settings.docker_host, instance=settings.instance)
     journal = Journal(settings.state_dir)
     try:
@@ -52,10 +56,9 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
                 to_version=previous.version, from_image=current.image_id if current else "",
                 to_image=previous.image_id, spec_hash=previous.spec_hash,
             )  # fmt: skip
-            spec = _routed_spec(settings, app)
             try:
-                if spec is not None:
-                    _switch_back(engine, journal, settings, app, previous, current, spec)
+                if routed is not None:
+                    _switch_back(engine, journal, settings, app, previous, current, routed)
                 else:
                     swap_in(
                         engine, app, previous.id, current, incoming_name=previous.name,
@@ -73,9 +76,9 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
             journal.finish(
                 entry, result=JournalResult.SUCCEEDED, message="break-glass: host differs from git until resume"
             )
-        gate = Applier(engine, journal).sample(previous.id, previous_gate(settings, app))
+        gate = Applier(engine, journal).sample(previous.id, committed.gate if committed is not None else DEFAULT_HEALTH)
         state = "answering" if gate.running and gate.probe_ok else f"started, not healthy yet ({gate.detail})"
-        if spec is not None:
+        if routed is not None:
             said = f"{app}: the route switched to {previous.version} ({state}); {was} kept warm as {app}.prev"
             return said, previous.version
         return f"{app}: {previous.version} runs again ({state}); {was} kept stopped as {app}.prev", previous.version
@@ -83,14 +86,12 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
         journal.close()
 
 
-def _routed_spec(settings: Settings, app: str) -> AppSpec | None:
-    """The app's spec when the committed file routes it through a proxy (its rollback is then a switch)."""
+def _committed(settings: Settings) -> DesiredState | None:
+    """The committed file, when it can be read (the app's gate, its route, the proxy)."""
     try:
-        desired = read_desired(settings)
+        return read_desired(settings)
     except ReconcileError:
         return None
-    spec = desired.apps.get(app)
-    return spec if spec is not None and spec.route is not None and desired.proxy is not None else None
 
 
 def _switch_back(
@@ -125,12 +126,3 @@ def _switch_back(
     engine.rename(previous.id, app)
     if current is not None:
         engine.rename(current.id, container_name(app, Role.PREVIOUS))
-
-
-def previous_gate(settings: Settings, app: str) -> HealthSpec:
-    """The app's health spec from the committed file, when it can be read; the default gate otherwise."""
-    try:
-        spec = read_desired(settings).apps.get(app)
-    except ReconcileError:
-        return DEFAULT_HEALTH
-    return spec.gate if spec is not None else DEFAULT_HEALTH

@@ -1,0 +1,594 @@
+"""Benchmark of zero-downtime deploys: routed apps (start-first, behind the HAProxy container that reconcile
+runs) side by side with the stop-first path of apps on a host port, in one run, under the same load.
+
+A. A steady load through the proxy (2 threads opening a connection per request, 2 on keep-alive; 300
+   requests/s in all unless told) during N deploys of a routed app (default 20, interleaved good,
+   gate-fail, good, exit, ...: 10 good releases, 5 whose ``/health`` is 404, 5 that exit at start): the
+   requests, the failed ones (no answer or 5xx), failed per good deploy, the requests answered by a
+   release that failed its gate, the stalled ones (>= 0.5 s), and the rate the load achieved.
+B. The same load, the same images and the same deploys in the same order, of the same app published on
+   a host port (stop-first: stop-old, start-new, gate) and loaded there.
+C. Routed: from the ``switch`` step (announced to ``on_step`` right after the gate passed) to the end of
+   the first request answered by the new release; p50 and max over the good deploys (target <= 50 ms).
+D. Routed: ``rollback --local`` (``swap_back``) inside the warm window after a good deploy, from just
+   before the call to the end of the first request answered by the previous release; then ``resume``;
+   5 rounds; p50 and max (target <= 100 ms).
+E. The proxy's overhead: an unpaced load (same threads) straight at the app's container address on the
+   proxy's network and through the proxy, in alternating 1 s slices, ~5 s each: p50 latency added (target
+   <= 1 ms) and throughput through the proxy as a share of direct (target >= 90 %), with how busy the
+   host's CPUs were (the load, HAProxy and the app share them).
+
+Each deploy is a commit to a local bare repository and a ``reconcile_once`` in this process, as an instance
+of the bench's own. The load runs in a child process (``tests/support/load.py``) so that a pass's CPU does
+not hold its threads back; its hits are timed on the same monotonic clock (CLOCK_MONOTONIC).
+
+Run: ``.venv/bin/python bench/zero_downtime.py [--deploys 20] [--rollbacks 5] [--rate 300] [--overhead-seconds 5]
+[--quick] [--json]``
+(needs the Docker engine, busybox-static and haproxy, as the tests do). It removes what it creates. It
+reports: it exits 0 whether or not a target is met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import collections
+import contextlib
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, ClassVar, cast
+
+import docker.errors
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from reconciler.core.proxy import proxy_container, proxy_network  # noqa: E402
+from reconciler.errors import ReconcileError  # noqa: E402
+from reconciler.shell.breakglass import swap_back  # noqa: E402
+from reconciler.shell.converge import Settings, reconcile_once  # noqa: E402
+from reconciler.shell.ops import resume  # noqa: E402
+from tests.support import GitRemote, ImageFactory, cleanup_run, connect, free_port, http_get  # noqa: E402
+from tests.support.engine import new_run_prefix  # noqa: E402
+from tests.support.haproxy import build_haproxy_image  # noqa: E402
+from tests.support.load import Hit, Load, bodies, failed  # noqa: E402
+
+PATTERN = ("good", "gate", "good", "exit")  # the deploys, in this order, over and over
+TAG_LETTER = {"good": "g", "gate": "b", "exit": "x"}
+THREADS, KEEPALIVE_THREADS = 2, 2
+GAP = 0.3  # seconds between two deploys, so that each failure falls in its own deploy's window
+SETTLE = 0.5  # seconds of load before the first deploy and after the last
+OVERHEAD_SLICE = 1.0  # seconds of one slice of E's loads
+SLOW = 0.5  # seconds: a request that took this long stalled (a SYN retransmit takes 1 s)
+TARGETS = {"rate": 200.0, "switch_ms": 50.0, "rollback_ms": 100.0, "added_ms": 1.0, "throughput_pct": 90.0}
+
+
+@dataclass(frozen=True)
+class Release:
+    kind: str  # good, gate (answers / but /health is 404), exit (exits 1 at start)
+    tag: str  # the image's tag, and its / body
+
+
+def releases(count: int) -> list[Release]:
+    seen: collections.Counter[str] = collections.Counter()
+    out = []
+    for index in range(count):
+        kind = PATTERN[index % len(PATTERN)]
+        seen[kind] += 1
+        out.append(Release(kind, f"{TAG_LETTER[kind]}{seen[kind]}"))
+    return out
+
+
+def app_yaml(name: str, repo: str, tag: str, port: int | None) -> str:
+    """The app under ``apps:``: routed when ``port`` is None, else published on 127.0.0.1:port."""
+    lines = [f"  {name}:", f"    image: {repo}", f"    version: '{tag}'", "    init: true", "    stop_timeout: 2s"]
+    if port is None:
+        lines += ["    route:", "      port: 8000"]
+        health = "/health"
+    else:
+        lines.append(f"    ports: ['127.0.0.1:{port}:8000']")
+        health = f"http://127.0.0.1:{port}/health"
+    lines += ["    health:", f"      http: {health}", "      interval: 100ms", "      timeout: 2s"]
+    lines.append("      healthy_for: 300ms")
+    return "\n".join(lines) + "\n"
+
+
+# -- the load, in a child process ---------------------------------------------------------------------------
+
+
+def _load_child(conn: Connection, host: str, port: int, rate: float | None) -> None:
+    load = Load(port, host=host, threads=THREADS, keepalive_threads=KEEPALIVE_THREADS, rate=rate)
+    load.start()
+    conn.send("started")
+    conn.recv()
+    conn.send(load.stop())
+    conn.close()
+
+
+class LoadProcess:
+    """``Load`` in a child process (spawned: no threads of ours are forked); ``stop()`` returns its hits."""
+
+    running: ClassVar[list[LoadProcess]] = []  # to end if the bench stops half-way
+
+    def __init__(self, port: int, *, host: str = "127.0.0.1", rate: float | None) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process: BaseProcess = context.Process(
+            target=_load_child, args=(child, host, port, rate), name="bench-load", daemon=True
+        )
+        self._process.start()
+        child.close()
+        LoadProcess.running.append(self)
+        if self._conn.recv() != "started":
+            raise RuntimeError("the load process did not start")
+
+    def stop(self) -> list[Hit]:
+        self._conn.send("stop")
+        hits = cast(list[Hit], self._conn.recv())
+        self._process.join(10)
+        LoadProcess.running.remove(self)
+        return hits
+
+    def kill(self) -> None:
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5)
+
+
+# -- one path: an app, its repository, its instance ---------------------------------------------------------
+
+
+@dataclass
+class Deployed:
+    release: Release
+    started: float
+    ended: float
+    ok: bool
+    results: list[str]
+    switch_at: float | None  # when ``switch`` was announced (routed, gate passed)
+    error: str = ""
+
+    @property
+    def expected(self) -> bool:
+        """Whether the pass ended as the release's kind says it should."""
+        if self.error:
+            return False
+        if self.release.kind == "good":
+            return self.ok and self.results == ["applied"]
+        return not self.ok and self.results == ["rolled-back"]
+
+
+@dataclass
+class Site:
+    """An app deployed by its own instance from its own repository: routed (``port`` None) or on a port."""
+
+    name: str
+    repo: str
+    work: Path
+    instance: str
+    header: str  # the ``proxy:`` mapping, or ""
+    port: int | None  # the host port of the stop-first app
+    steps: list[tuple[float, str, str]] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.remote = GitRemote(self.work / "git")
+        self.settings = Settings(repo=str(self.remote.bare_path), state_dir=self.work / "state", instance=self.instance)
+
+    def record(self, app: str, step: str) -> None:
+        self.steps.append((time.monotonic(), app, step))
+
+    def deploy(self, release: Release) -> Deployed:
+        text = self.header + "apps:\n" + app_yaml(self.name, self.repo, release.tag, self.port)
+        self.remote.commit_file("desired-state.yaml", text, release.tag)
+        seen = len(self.steps)
+        started = time.monotonic()
+        try:
+            result = reconcile_once(self.settings, on_step=self.record, log=self.log.append)
+        except ReconcileError as exc:
+            ended = time.monotonic()
+            self.log.append(f"{release.tag}: reconcile_once raised {type(exc).__name__}: {exc}")
+            return Deployed(release, started, ended, False, [], None, error=f"{type(exc).__name__}: {exc}")
+        ended = time.monotonic()
+        switch_at = next((at for at, _, step in self.steps[seen:] if step == "switch"), None)
+        outcomes = [str(outcome.result) for outcome in result.outcomes]
+        deployed = Deployed(release, started, ended, result.ok, outcomes, switch_at)
+        if not deployed.expected:
+            messages = "; ".join(outcome.message for outcome in result.outcomes)
+            self.log.append(f"{release.tag} ({release.kind}): unexpected outcome {outcomes}: {messages}")
+        return deployed
+
+
+def wait_body(url: str, body: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = http_get(url, timeout=1.0)
+        except OSError as exc:
+            last = exc
+        if last == (200, body):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not serve {body!r} within {timeout}s (last: {last})")
+
+
+# -- figures ------------------------------------------------------------------------------------------------
+
+
+def span(hits: Sequence[Hit]) -> float:
+    return max(hit.ended for hit in hits) - min(hit.started for hit in hits) if hits else 0.0
+
+
+def first_answer(hits: Sequence[Hit], body: str, after: float) -> float | None:
+    """The earliest end of a request answered with ``body`` that ended after ``after``."""
+    ends = [hit.ended for hit in hits if hit.body == body and hit.ended > after and 0 < hit.status < 500]
+    return min(ends) if ends else None
+
+
+def p50_max(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "max": None}
+    return {"p50": statistics.median(values), "max": max(values)}
+
+
+def deploy_figures(hits: list[Hit], deploys: list[Deployed], serving_before: str, notes: list[str]) -> dict[str, Any]:
+    """A and B for one path (and C's samples when the deploys switched)."""
+    bad = failed(hits)
+    starts = [deployed.started for deployed in deploys]
+    during: collections.Counter[str] = collections.Counter()
+    for hit in bad:
+        index = bisect.bisect_right(starts, hit.started) - 1
+        during["before the first" if index < 0 else deploys[index].release.kind] += 1
+    answered = bodies(hits)
+    gate_failed = {deployed.release.tag for deployed in deploys if deployed.release.kind == "gate"}
+    good = [deployed for deployed in deploys if deployed.release.kind == "good"]
+    switch_ms: list[float] = []
+    late_old = 0
+    serving = serving_before
+    for deployed in deploys:
+        if deployed.release.kind != "good" or not deployed.ok:
+            continue
+        tag = deployed.release.tag
+        new_end = first_answer(hits, tag, deployed.started)
+        if new_end is None:
+            notes.append(f"{tag} passed its gate but answered no request (the load stalled or failed all its life)")
+        else:
+            late = [hit for hit in hits if hit.body == serving and hit.started > new_end]
+            late_old += len(late)
+            if deployed.switch_at is not None:
+                switch_ms.append((new_end - deployed.switch_at) * 1000)
+        serving = tag
+    durations: dict[str, list[float]] = collections.defaultdict(list)
+    for deployed in deploys:
+        durations[deployed.release.kind].append(deployed.ended - deployed.started)
+    return {
+        "requests": len(hits),
+        "rate": len(hits) / span(hits) if hits else 0.0,
+        "failed": len(bad),
+        "failed_during": dict(during),
+        "failed_per_good_deploy": during["good"] / len(good) if good else 0.0,
+        "stalled": sum(hit.ended - hit.started >= SLOW for hit in hits),
+        "failure_reasons": dict(collections.Counter(hit.error or str(hit.status) for hit in bad)),
+        "answered_by_gate_failed": sum(answered[tag] for tag in gate_failed),
+        "old_after_new": late_old,
+        "switch_to_first_ms": switch_ms,
+        "deploy_s": {kind: statistics.median(values) for kind, values in durations.items()},
+        "unexpected_outcomes": [f"{d.release.tag}: {d.results or d.error}" for d in deploys if not d.expected],
+        "serving_after": serving,
+    }
+
+
+def run_deploys(site: Site, url: str, load_port: int, plan: list[Release], rate: float) -> dict[str, Any]:
+    """A or B: a first release, then the load during every deploy of ``plan``."""
+    first = site.deploy(Release("good", "g0"))
+    if not first.ok:
+        raise RuntimeError(f"the first deploy of {site.name} failed: {site.log[-5:]}")
+    wait_body(url, "g0")
+    load = LoadProcess(load_port, rate=rate / (THREADS + KEEPALIVE_THREADS))
+    time.sleep(SETTLE)
+    deploys = []
+    for release in plan:
+        deploys.append(site.deploy(release))
+        time.sleep(GAP)
+    time.sleep(SETTLE)
+    hits = load.stop()
+    notes: list[str] = []
+    figures = deploy_figures(hits, deploys, "g0", notes)
+    figures["notes"] = notes
+    return figures
+
+
+def run_rollbacks(site: Site, load_port: int, rounds: int, rate: float, serving: str, first_tag: int) -> dict[str, Any]:
+    """D: deploy a good release (the one before it stays warm), roll back locally, resume; ``rounds`` times."""
+    load = LoadProcess(load_port, rate=rate / (THREADS + KEEPALIVE_THREADS))
+    time.sleep(SETTLE)
+    timed: list[tuple[str, float, float]] = []  # (previous release, before the call, after it)
+    notes: list[str] = []
+    for index in range(rounds):
+        previous = serving
+        deployed = site.deploy(Release("good", f"g{first_tag + index}"))
+        if not deployed.ok:
+            notes.append(f"round {index + 1}: the deploy of {deployed.release.tag} failed: {site.log[-3:]}")
+            continue
+        time.sleep(GAP)
+        before = time.monotonic()
+        try:
+            said, version = swap_back(site.settings, site.name)
+        except ReconcileError as exc:
+            notes.append(f"round {index + 1}: swap_back raised {type(exc).__name__}: {exc}")
+            serving = deployed.release.tag
+            continue
+        after = time.monotonic()
+        resume(state_dir=site.settings.state_dir)
+        if version != previous:
+            notes.append(f"round {index + 1}: swap_back put back {version}, not {previous} ({said})")
+        timed.append((previous, before, after))
+        serving = version
+        time.sleep(GAP)
+    time.sleep(SETTLE)
+    hits = load.stop()
+    rollback_ms, call_ms = [], []
+    for previous, before, after in timed:
+        answered = first_answer(hits, previous, before)
+        if answered is None:
+            notes.append(f"the rollback to {previous} at {before:.3f}: no request was answered by it")
+            continue
+        rollback_ms.append((answered - before) * 1000)
+        call_ms.append((after - before) * 1000)
+    bad = failed(hits)
+    return {
+        "rounds": rounds,
+        "rollback_to_first_ms": rollback_ms,
+        "swap_back_call_ms": call_ms,
+        "requests": len(hits),
+        "failed": len(bad),
+        "failure_reasons": dict(collections.Counter(hit.error or str(hit.status) for hit in bad)),
+        "notes": notes,
+        "serving_after": serving,
+    }
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """The host's CPU time so far, all and idle (iowait included), from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4]
+
+
+def run_overhead(direct: tuple[str, int], proxy_port: int, seconds: float) -> dict[str, Any]:
+    """E: unpaced load straight at the container and through the proxy, in alternating slices of ~1 s (so
+    that a noisy second of the host weighs on both), ``seconds`` in all for each."""
+    slices = max(1, round(seconds / OVERHEAD_SLICE))
+    hits: dict[str, list[Hit]] = {"direct": [], "proxy": []}
+    spans = {"direct": 0.0, "proxy": 0.0}
+    jiffies = {"direct": [0, 0], "proxy": [0, 0]}  # all, idle
+    for _ in range(slices):
+        for which, (host, port) in (("direct", direct), ("proxy", ("127.0.0.1", proxy_port))):
+            load = LoadProcess(port, host=host, rate=None)
+            before = cpu_jiffies()
+            time.sleep(seconds / slices)
+            after = cpu_jiffies()
+            got = load.stop()
+            hits[which] += got
+            spans[which] += span(got)
+            jiffies[which][0] += after[0] - before[0]
+            jiffies[which][1] += after[1] - before[1]
+    out: dict[str, Any] = {}
+    for which, got in hits.items():
+        good = [hit for hit in got if 0 < hit.status < 500]
+        latencies = [(hit.ended - hit.started) * 1000 for hit in good]
+        out[which] = {
+            "requests": len(got),
+            "failed": len(got) - len(good),
+            "p50_ms": statistics.median(latencies) if latencies else None,
+            "rate": len(good) / spans[which] if spans[which] else 0.0,
+            "host_cpu_busy_pct": 100 * (1 - jiffies[which][1] / jiffies[which][0]) if jiffies[which][0] else None,
+        }
+    direct_p50, proxy_p50 = out["direct"]["p50_ms"], out["proxy"]["p50_ms"]
+    out["added_ms"] = proxy_p50 - direct_p50 if direct_p50 is not None and proxy_p50 is not None else None
+    out["throughput_pct"] = 100 * out["proxy"]["rate"] / out["direct"]["rate"] if out["direct"]["rate"] else None
+    return out
+
+
+# -- the report ---------------------------------------------------------------------------------------------
+
+
+def verdict(value: float | None, target: float, *, at_most: bool) -> str:
+    if value is None:
+        return "no figure"
+    met = value <= target if at_most else value >= target
+    return "met" if met else "MISSED"
+
+
+def both(figures: dict[str, float | None], target: float) -> str:
+    """The verdicts of a p50 and a max against one upper bound."""
+    return f"p50 {verdict(figures['p50'], target, at_most=True)}, max {verdict(figures['max'], target, at_most=True)}"
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} %"
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def report(results: dict[str, Any], plan: list[Release], rate: float, took: float) -> str:
+    routed, ported = results["routed"], results["stop_first"]
+    kinds = collections.Counter(release.kind for release in plan)
+    rows: list[tuple[str, str, str, str]] = []
+
+    def row(label: str, key: Callable[[dict[str, Any]], str], target: str = "") -> None:
+        rows.append((label, key(routed), key(ported), target))
+
+    def during(figures: dict[str, Any]) -> str:
+        counts = figures["failed_during"]
+        return " / ".join(str(counts.get(kind, 0)) for kind in ("good", "gate", "exit"))
+
+    def durations(figures: dict[str, Any]) -> str:
+        return " / ".join(f"{figures['deploy_s'].get(kind, 0.0):.2f}" for kind in ("good", "gate", "exit"))
+
+    rate_verdicts = " / ".join(verdict(f["rate"], TARGETS["rate"], at_most=False) for f in (routed, ported))
+    row("requests", lambda f: str(f["requests"]))
+    row("achieved req/s", lambda f: f"{f['rate']:.1f}", f">= {TARGETS['rate']:.0f}: {rate_verdicts}")
+    row(f"stalled requests (>= {SLOW:g} s, answered or not)", lambda f: str(f["stalled"]))
+    row("failed requests during the deploys", lambda f: str(f["failed"]),
+        f"0 (routed): {'met' if routed['failed'] == 0 else 'MISSED'}")  # fmt: skip
+    row("  of them in good / gate-fail / exit deploys", during)
+    row("failed per good deploy", lambda f: f"{f['failed_per_good_deploy']:.2f}",
+        f"0 (routed): {'met' if routed['failed_per_good_deploy'] == 0 else 'MISSED'}")  # fmt: skip
+    row("answered by a release that failed its gate", lambda f: str(f["answered_by_gate_failed"]),
+        f"0 (routed): {'met' if routed['answered_by_gate_failed'] == 0 else 'MISSED'}")  # fmt: skip
+    row("answered by the old release after the new", lambda f: str(f["old_after_new"]))
+    row("deploy s, median good / gate-fail / exit", durations)
+    widths = [max(len(r[i]) for r in [("", "routed (start-first)", "ports (stop-first)", "target"), *rows])
+              for i in range(4)]  # fmt: skip
+    lines = [
+        f"zero-downtime bench: {len(plan)} deploys per path ({kinds['good']} good, {kinds['gate']} failing their"
+        f" HTTP gate, {kinds['exit']} exiting at start), in the order {' '.join(r.tag for r in plan)}",
+        f"load: {THREADS} new-connection + {KEEPALIVE_THREADS} keep-alive threads, {rate:.0f} req/s asked in all",
+        "",
+    ]
+    for r in [("", "routed (start-first)", "ports (stop-first)", "target"), *rows]:
+        lines.append(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip())
+    lines.append("")
+    switch = p50_max(routed["switch_to_first_ms"])
+    lines.append(
+        f"C gate passed -> first request on the new release ({len(routed['switch_to_first_ms'])} good deploys):"
+        f" p50 {ms(switch['p50'])}, max {ms(switch['max'])}  (target <= {TARGETS['switch_ms']:.0f} ms:"
+        f" {both(switch, TARGETS['switch_ms'])})"
+    )
+    rollback = results["rollback"]
+    back = p50_max(rollback["rollback_to_first_ms"])
+    call = p50_max(rollback["swap_back_call_ms"])
+    lines.append(
+        f"D rollback --local in the warm window -> previous release serving ({len(rollback['rollback_to_first_ms'])}"
+        f" rounds): p50 {ms(back['p50'])}, max {ms(back['max'])}  (target <= {TARGETS['rollback_ms']:.0f} ms:"
+        f" {both(back, TARGETS['rollback_ms'])}); swap_back returned after p50 {ms(call['p50'])}, max"
+        f" {ms(call['max'])}; {rollback['failed']} of {rollback['requests']} requests failed meanwhile"
+    )
+    over = results["overhead"]
+    direct, proxied = over["direct"], over["proxy"]
+    lines.append(
+        f"E proxy overhead (unpaced, {direct['requests']} direct / {proxied['requests']} proxied requests):"
+        f" p50 direct {ms(direct['p50_ms'])}, through the proxy {ms(proxied['p50_ms'])}, added"
+        f" {ms(over['added_ms'])}  (target <= {TARGETS['added_ms']:.0f} ms:"
+        f" {verdict(over['added_ms'], TARGETS['added_ms'], at_most=True)})"
+    )
+    pct = over["throughput_pct"]
+    lines.append(
+        f"  throughput direct {direct['rate']:.0f} req/s, through the proxy {proxied['rate']:.0f} req/s ="
+        f" {'-' if pct is None else f'{pct:.1f}'} %  (target >= {TARGETS['throughput_pct']:.0f} %:"
+        f" {verdict(pct, TARGETS['throughput_pct'], at_most=False)}); failed {direct['failed']} / {proxied['failed']};"
+        f" host CPU busy {percent(direct['host_cpu_busy_pct'])} / {percent(proxied['host_cpu_busy_pct'])}"
+        f" of {os.cpu_count()} CPUs"
+    )
+    for name, figures in (("routed", routed), ("stop-first", ported), ("rollback", rollback)):
+        if figures["failure_reasons"]:
+            lines.append(f"failures ({name}): {figures['failure_reasons']}")
+    # What the product did against what it says (a pass that ended otherwise, a failed request or a failed
+    # release's answer on the routed path), then what the numbers need read with them.
+    anomalies = [
+        *(f"routed: unexpected outcome {item}" for item in routed["unexpected_outcomes"]),
+        *(f"stop-first: unexpected outcome {item}" for item in ported["unexpected_outcomes"]),
+        *([f"routed: {routed['failed']} failed requests"] if routed["failed"] else []),
+        *([f"routed: {routed['answered_by_gate_failed']} answers from a failed release"]
+          if routed["answered_by_gate_failed"] else []),
+        *([f"routed: {routed['old_after_new']} answers from the old release after the new"]
+          if routed["old_after_new"] else []),
+        *([f"rollback: {rollback['failed']} failed requests"] if rollback["failed"] else []),
+        *(f"routed: {note}" for note in routed["notes"]),
+        *(f"rollback: {note}" for note in rollback["notes"]),
+    ]  # fmt: skip
+    lines.append("anomalies: " + ("none" if not anomalies else "\n  " + "\n  ".join(anomalies)))
+    if ported["notes"]:
+        lines.append("notes (stop-first): " + "; ".join(ported["notes"]))
+    lines.append(f"took {took:.1f} s")
+    return "\n".join(lines)
+
+
+def remove_quietly(remove: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        remove(*args, **kwargs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deploys", type=int, default=20, help="deploys per path (good, gate-fail, good, exit, ...)")
+    parser.add_argument("--rollbacks", type=int, default=5, help="rounds of deploy + rollback --local + resume")
+    parser.add_argument("--rate", type=float, default=300.0, help="requests/s of the load, all threads together")
+    parser.add_argument("--overhead-seconds", type=float, default=5.0, help="seconds of each unpaced load (E)")
+    parser.add_argument("--quick", action="store_true", help="a short trial: 4 deploys, 2 rollbacks, 2 s loads")
+    parser.add_argument("--json", action="store_true", help="also print every figure as one JSON line")
+    args = parser.parse_args()
+    if args.quick:
+        args.deploys, args.rollbacks, args.overhead_seconds = 4, 2, 2.0
+    began = time.monotonic()
+    plan = releases(args.deploys)
+    goods = sum(release.kind == "good" for release in plan)
+    client = connect()
+    prefix = new_run_prefix()
+    instance = f"bench-zd-{prefix}"
+    images = ImageFactory(client, prefix)
+    repo = images.repo("zd")
+    results: dict[str, Any] = {}
+    try:
+        haproxy = build_haproxy_image(client, prefix)
+        for tag in ["g0", *(f"g{goods + 1 + index}" for index in range(args.rollbacks))]:
+            images.build("zd", tag, body=tag)
+        for release in plan:
+            images.build("zd", release.tag, healthy=release.kind != "gate", exit_at_start=release.kind == "exit")
+        with tempfile.TemporaryDirectory(prefix="reconciler-bench-zd-") as tmp:
+            work = Path(tmp)
+            proxy_port, host_port = free_port(), free_port()
+            haproxy_repo, _, haproxy_tag = haproxy.rpartition(":")
+            header = (
+                f'proxy:\n  listen: ["127.0.0.1:{proxy_port}"]\n  image: {haproxy_repo}\n  version: "{haproxy_tag}"\n'
+            )
+            routed = Site(f"{prefix}-routed", repo, work / "routed", instance, header, None)
+            ported = Site(f"{prefix}-ported", repo, work / "ported", f"{instance}-sf", "", host_port)
+            proxy_url, port_url = f"http://127.0.0.1:{proxy_port}/", f"http://127.0.0.1:{host_port}/"
+            try:
+                results["routed"] = run_deploys(routed, proxy_url, proxy_port, plan, args.rate)
+                results["rollback"] = run_rollbacks(
+                    routed, proxy_port, args.rollbacks, args.rate, results["routed"]["serving_after"], goods + 1
+                )
+                found = client.api.inspect_container(routed.name)
+                ip = found["NetworkSettings"]["Networks"][proxy_network(instance)]["IPAddress"]
+                results["overhead"] = run_overhead((ip, 8000), proxy_port, args.overhead_seconds)
+                results["stop_first"] = run_deploys(ported, port_url, host_port, plan, args.rate)
+            finally:
+                for load in list(LoadProcess.running):
+                    load.kill()
+                # The proxies first, then the apps (cleanup_run), then the networks nothing is on any more.
+                for name in (instance, f"{instance}-sf"):
+                    remove_quietly(client.api.remove_container, proxy_container(name), force=True)
+                cleanup_run(client, prefix)
+                for name in (instance, f"{instance}-sf"):
+                    remove_quietly(client.api.remove_network, proxy_network(name))
+    finally:
+        failures = cleanup_run(client, prefix)
+        if failures:
+            print("cleanup: " + "; ".join(failures), file=sys.stderr)
+    took = time.monotonic() - began
+    print(report(results, plan, args.rate, took))
+    if args.json:
+        results["deploys"] = [f"{release.kind}:{release.tag}" for release in plan]
+        results["took_s"] = took
+        results["run_prefix"], results["instance"] = prefix, instance
+        results["targets"] = TARGETS
+        print(json.dumps(results, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
