@@ -283,6 +283,8 @@ def main_command(
     result = _guarded(lambda: reconcile_once(settings, dry_run=dry_run, on_step=_kill_hook()))
     plan = result.plan
     proxied = report.proxy_lines(result.proxy, result.routes, dry_run=dry_run)
+    if result.proxy_error:
+        proxied.append(f"  proxy: error: {result.proxy_error}")
     if dry_run:
         if fmt is Output.json:
             _emit({**report.plan_as_dict(plan, file=settings.file), "proxy": result.proxy, "routes": result.routes})
@@ -298,6 +300,7 @@ def main_command(
                 "outcomes": [outcome.as_dict() for outcome in result.outcomes],
                 "proxy": result.proxy,
                 "routes": result.routes,
+                "proxy_error": result.proxy_error or None,
                 "ok": result.ok,
             }
         )

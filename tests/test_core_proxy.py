@@ -8,13 +8,18 @@ What these tests guarantee:
   ``route:`` below with ``FILE:LINE:COL: path: message``, at the place a user would look, and names the
   other app when two apps claim the same host and path prefix; the files that are fine are accepted.
 - A routed app's bare ``health.http: /health`` is asked of its own container on ``route.port``; a full URL
-  is left as written; ``keep_warm`` defaults to ``stable_after``.
+  or a ``health.tcp`` of a routed app is refused (it would reach the release that serves, not the new one);
+  a routed app with no probe is gated on a connection to its own container on ``route.port``, while an
+  ``exec`` or ``docker`` probe is kept as written; ``keep_warm`` defaults to ``stable_after``.
 - ``render`` is byte-for-byte deterministic (whatever order the routes come in), binds each listen address
   once (TLS only on ``tls.ports``), writes one ``be_APP`` backend per routed app with the serving address or
   a disabled placeholder, writes every ACL of a frontend before its ``use_backend`` lines, and orders its
   rules most specific first: named hosts of all apps, then wildcard hosts of all apps, then every-host
-  rules; within each, a longer path prefix first, then the prefix, then the app name. For any set of routes
-  that the file accepts, the first rule that matches a request sends it to the most specific claim.
+  rules; within each, a longer path prefix first, then the prefix, then the app name. A prefix that ends
+  with ``/`` matches what lies under it (``path_beg``); one that does not, e.g. ``/api``, matches ``/api``
+  itself and what lies under ``/api/`` (an exact ``path`` ACL and a ``path_beg /api/`` ACL of one name,
+  which HAProxy ORs), never ``/apiary``. For any set of routes that the file accepts, the first rule that
+  matches a request sends it to the most specific claim.
 - ``serving`` points a route at ``APP``, else at a running ``APP.prev``, never at a container that is not
   ours or not on the proxy's network; ``warm``/``to_cool`` keep ``APP.prev`` running for ``keep_warm``
   after the later of the last switch and its successor's creation, and only while ``APP`` is what serves
@@ -423,8 +428,14 @@ def test_a_path_prefix_of_rfc_3986_path_characters_is_accepted(prefix: str) -> N
     spec = parse(routed_file("path_prefix", f"'{prefix}'")).apps["shop"].route
     assert spec is not None and spec.path_prefix == prefix
     config = render(proxy(), {"shop": route(path_prefix=prefix)}, {})
-    if prefix != "/":
-        assert f"acl path_shop path_beg {prefix}" in frontends(config)[0]
+    acls = [line for line in frontends(config)[0] if line.startswith("acl ")]
+    if prefix == "/":
+        assert acls == []  # every path: no ACL, no condition
+        assert backend_order(config) == ["shop"] and "use_backend be_shop" in frontends(config)[0]
+    elif prefix.endswith("/"):
+        assert acls == [f"acl path_shop path_beg {prefix}"]
+    else:
+        assert acls == [f"acl path_shop path {prefix}", f"acl path_shop path_beg {prefix}/"]
 
 
 def proxy_file(*lines: str) -> str:
@@ -498,8 +509,65 @@ def test_a_bare_health_path_of_a_routed_app_is_asked_of_its_own_container_on_the
     assert route(port=9000, health={"http": "/ready?deep=1"}).gate.http == f"http://{ON_CONTAINER}:9000/ready?deep=1"
 
 
-def test_a_full_health_url_of_a_routed_app_is_left_alone() -> None:
-    assert route(health={"http": "http://127.0.0.1:8000/health"}).gate.http == "http://127.0.0.1:8000/health"
+def routed_with_health(health: str) -> str:
+    """``apps.shop`` routed on port 8000 with ``health: HEALTH`` on line 6 (the app starts at 4:5)."""
+    return (
+        "proxy: {}\n"  # 1
+        "apps:\n"  # 2
+        "  shop:\n"  # 3
+        "    image: team/shop\n"  # 4
+        "    version: v1\n"  # 5
+        f"    health: {health}\n"  # 6
+        "    route:\n"  # 7
+        "      port: 8000\n"  # 8
+    )
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8000/health", "https://shop.example.com/health", "http://localhost/"]
+)
+def test_a_full_health_url_of_a_routed_app_is_refused(url: str) -> None:
+    # A fixed address reaches the release that serves now (through the proxy), not the one being gated.
+    assert the_error(routed_with_health(f"{{http: '{url}'}}")) == (
+        f"{FILE}:4:5: apps.shop: health.http '{url}': with route:, write the path alone (/health); it is asked"
+        " of the new release itself, on route.port, before any traffic goes to it"
+    )
+
+
+def test_a_health_tcp_of_a_routed_app_is_refused() -> None:
+    assert the_error(routed_with_health("{tcp: '127.0.0.1:8000'}")) == (
+        f"{FILE}:4:5: apps.shop: health.tcp: with route:, leave it out; without a probe the gate connects to the"
+        " new release itself on route.port (or write http: /path)"
+    )
+
+
+def test_the_same_full_url_or_tcp_probe_without_a_route_is_accepted() -> None:
+    for health in ("{http: 'http://127.0.0.1:8000/health'}", "{tcp: '127.0.0.1:8000'}"):
+        text = f"apps:\n  shop:\n    image: team/shop\n    version: v1\n    health: {health}\n"
+        assert parse(text).apps["shop"].route is None
+
+
+def test_a_routed_app_without_health_is_gated_on_a_connection_to_its_own_container() -> None:
+    spec = parse(routed_with_health("null")).apps["shop"]
+    assert spec.health is None and spec.route is not None and spec.route.port == 8000
+    assert spec.gate.tcp == f"{ON_CONTAINER}:8000" == "the-container.invalid:8000"
+    assert spec.gate.probe == "tcp"
+    assert route(port=9000).gate.tcp == f"{ON_CONTAINER}:9000"  # the route's port, whatever it is
+
+
+def test_a_routed_app_keeps_its_exec_or_docker_probe() -> None:
+    ran = parse(routed_with_health("{exec: [curl, -f, 'http://localhost:8000/health']}")).apps["shop"]
+    assert ran.gate.probe == "exec" and ran.gate.tcp is None
+    assert ran.gate.exec == ("curl", "-f", "http://localhost:8000/health")
+    docker = parse(routed_with_health("{docker: true}")).apps["shop"]
+    assert docker.gate.probe == "docker" and docker.gate.docker and docker.gate.tcp is None
+
+
+def test_an_app_that_is_not_routed_without_health_still_has_no_probe() -> None:
+    assert app().gate.probe is None
+    assert app().gate.tcp is None
+    plain = parse("apps:\n  worker:\n    image: team/worker\n    version: v1\n").apps["worker"]
+    assert plain.gate.probe is None
 
 
 def test_keep_warm_defaults_to_stable_after_and_0s_means_none() -> None:
@@ -582,8 +650,10 @@ def test_host_and_path_acls_all_come_before_the_rules() -> None:
         "bind 0.0.0.0:80",
         "acl host_shop req.hdr(host),field(1,:),lower -m str shop.example.com www.shop.example.com",
         "acl wild_tenants req.hdr(host),field(1,:),lower -m end .example.com",
-        "acl path_tenants path_beg /app",
-        "acl path_api path_beg /api",
+        "acl path_tenants path /app",
+        "acl path_tenants path_beg /app/",
+        "acl path_api path /api",
+        "acl path_api path_beg /api/",
         "use_backend be_shop if host_shop",
         "use_backend be_tenants if wild_tenants path_tenants",
         "use_backend be_api if path_api",
@@ -595,7 +665,8 @@ def test_an_app_with_named_and_wildcard_hosts_gets_a_rule_for_each() -> None:
     mixed = render(proxy(), {"web": route(hosts=["a.example.org", "*.example.com"], path_prefix="/x")}, {})
     assert frontends(mixed)[0][1:] == [
         "acl host_web req.hdr(host),field(1,:),lower -m str a.example.org",
-        "acl path_web path_beg /x",  # once, though both rules use it
+        "acl path_web path /x",  # once, though both rules use it
+        "acl path_web path_beg /x/",
         "acl wild_web req.hdr(host),field(1,:),lower -m end .example.com",
         "use_backend be_web if host_web path_web",
         "use_backend be_web if wild_web path_web",
@@ -603,7 +674,43 @@ def test_an_app_with_named_and_wildcard_hosts_gets_a_rule_for_each() -> None:
     assert first_backend(mixed, "a.example.org", "/x/1") == "web"
     assert first_backend(mixed, "b.example.com", "/x") == "web"
     assert first_backend(mixed, "b.example.com", "/y") is None
+    assert first_backend(mixed, "a.example.org", "/xy") is None  # /x is not a prefix of the word /xy
     assert first_backend(mixed, "example.com", "/x") is None  # *.example.com is not example.com itself
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/api", "api"),
+        ("/api/", "api"),
+        ("/api/v1", "api"),
+        ("/api/v1/users?id=1", "api"),
+        ("/apiary", "site"),  # a longer word is not under /api: the every-path app serves it
+        ("/apix/v1", "site"),
+        ("/ap", "site"),
+        ("/", "site"),
+    ],
+)
+def test_a_prefix_without_a_trailing_slash_is_itself_and_what_lies_under_it(path: str, expected: str) -> None:
+    config = render(proxy(), ROUTES, {})
+    assert first_backend(config, "any.example.org", path) == expected
+    alone = render(proxy(), {"api": route(path_prefix="/api")}, {})
+    assert first_backend(alone, "any.example.org", path) == ("api" if expected == "api" else None)
+
+
+def test_a_prefix_with_a_trailing_slash_is_what_lies_under_it_only() -> None:
+    config = render(proxy(), {"api": route(path_prefix="/api/")}, {})
+    assert [line for line in frontends(config)[0] if line.startswith("acl ")] == ["acl path_api path_beg /api/"]
+    assert first_backend(config, "shop.example.com", "/api/") == "api"
+    assert first_backend(config, "shop.example.com", "/api/v1") == "api"
+    assert first_backend(config, "shop.example.com", "/api") is None
+    assert first_backend(config, "shop.example.com", "/apiary") is None
+    # /api and /api/ side by side: the longer prefix is tried first, and /api keeps /api itself.
+    both = render(proxy(), {"bare": route(path_prefix="/api"), "slash": route(path_prefix="/api/")}, {})
+    assert backend_order(both) == ["slash", "bare"]
+    assert first_backend(both, "shop.example.com", "/api") == "bare"
+    assert first_backend(both, "shop.example.com", "/api/v1") == "slash"
+    assert first_backend(both, "shop.example.com", "/apiary") is None
 
 
 def test_a_named_host_of_one_app_wins_over_a_wildcard_of_another_that_sorts_first() -> None:
@@ -695,7 +802,24 @@ REQUEST_HOSTS = (
     "example.com",
     "other.org",
 )
-REQUEST_PATHS = ("/", "/api", "/api/", "/api/v1", "/api/v1/static", "/apix", "/static/a", "/a/v1", "/v1")
+REQUEST_PATHS = (
+    "/",
+    "/api",
+    "/api/",
+    "/api/v1",
+    "/api/v1/",
+    "/api/v1/static",
+    "/api/v1x",
+    "/apix",
+    "/apiary",
+    "/static",
+    "/static/a",
+    "/staticx",
+    "/a",
+    "/a/v1",
+    "/ab",
+    "/v1",
+)
 HOST_FETCH = "req.hdr(host),field(1,:),lower"
 
 
@@ -707,7 +831,9 @@ def first_backend(config: str, host: str, path: str) -> str | None:
         words = line.split()
         if words[0] == "acl":
             name, fetch, patterns = words[1], words[2], words[3:]
-            if fetch == "path_beg":
+            if fetch == "path":
+                hit = path in patterns  # exact
+            elif fetch == "path_beg":
                 hit = any(path.startswith(pattern) for pattern in patterns)
             else:
                 assert fetch == HOST_FETCH and patterns[0] == "-m", line
@@ -724,6 +850,14 @@ def first_backend(config: str, host: str, path: str) -> str | None:
     return None
 
 
+def under(path: str, prefix: str) -> bool:
+    """Whether a request for ``path`` falls under ``path_prefix: PREFIX``: ``/api`` is ``/api`` itself and
+    what lies under ``/api/`` (never ``/apiary``); ``/api/`` and ``/`` are what lies under them."""
+    if prefix.endswith("/"):
+        return path.startswith(prefix)
+    return path == prefix or path.startswith(prefix + "/")
+
+
 def most_specific(routes: dict[str, AppSpec], host: str, path: str) -> str | None:
     """The app whose claim on ``host`` and ``path`` is the most specific: a named host, then a wildcard, then
     every host; then the longer prefix, the prefix, the app name."""
@@ -732,7 +866,7 @@ def most_specific(routes: dict[str, AppSpec], host: str, path: str) -> str | Non
     for app_name, spec in routes.items():
         assert spec.route is not None
         hosts, prefix = spec.route.hosts, spec.route.path_prefix
-        if not path.startswith(prefix):
+        if not under(path, prefix):
             continue
         if name in hosts:
             kind = 0

@@ -23,6 +23,8 @@ from pathlib import Path
 import docker.errors
 import pytest
 
+from tests.support import GitRemote
+from tests.support.cli import run_cli as cli
 from tests.support.load import Hit, Load, bodies, failed, summary
 from tests.support.routed import Routed, RoutedApp
 from tests.support.state import show
@@ -358,10 +360,88 @@ def test_the_agent_deploys_a_routed_app_start_first_and_heals_the_route(routed: 
     client = routed.world.client
     previous = client.api.inspect_container(f"{web.name}.prev")
     ip = previous["NetworkSettings"]["Networks"][routed.network]["IPAddress"]
-    admin = routed.world.state / f"proxy-{routed.instance}" / "admin.sock"
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(admin))
-        sock.sendall(f"set server be_{web.name}/live addr {ip} port 8000\n".encode())
-        sock.recv(4096)
+    folder = os.open(routed.world.state / f"proxy-{routed.instance}", os.O_PATH)
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(f"/proc/self/fd/{folder}/admin.sock")  # a path under 108 bytes, whatever tmp_path is
+            sock.sendall(f"set server be_{web.name}/live addr {ip} port 8000\n".encode())
+            sock.recv(4096)
+    finally:
+        os.close(folder)
     agent.wait_for("proxy.changed", "route switched", timeout=30)
     routed.wait_serving(f"{web.name} v2", timeout=5)
+
+
+@pytest.mark.parametrize("step", ["keep-old", "rename-new"])
+def test_a_sigkill_while_names_move_keeps_the_old_release_to_drain_and_stay_warm(routed: Routed, step: str) -> None:
+    web = routed.app("web", tags=("v1", "v2", "v3"))
+    first_v1(routed, web)
+    assert deployed(routed, web, "v2").returncode == 0  # v1 is warm as APP.prev
+    with load_on(routed) as hits:
+        routed.world.set(web.name, "v3")
+        killed = routed.world.server(env={"RECONCILE_KILL_AT": f"{web.name}:{step}"})
+        assert killed.returncode == -9, show(killed)
+        status, body = routed.get()
+        assert status == 200 and body in (f"{web.name} v2", f"{web.name} v3"), (status, body)
+        result = routed.world.server()
+        assert result.returncode == 0, show(result)
+    assert not failed(hits), summary(hits)
+    routed.wait_serving(f"{web.name} v3")
+    previous = routed.container_of(f"{web.name}.prev")
+    assert previous is not None and previous["Config"]["Labels"]["io.reconciler.version"] == "v2", previous
+    assert previous["State"]["Running"]  # v2, the release v3 replaced, is the warm one
+    assert state_of(routed, f"{web.name}.next") == "missing"
+
+
+def test_a_routed_app_without_a_probe_is_gated_on_its_port(routed: Routed) -> None:
+    web = routed.app("web")
+    web.timeout = "2s"
+    first_v1(routed, web)
+    # No probe: the gate connects to the new release on route.port; a port it does not listen on fails it.
+    web.port, web.version = 9999, "v2"
+    text = routed.world.desired_text().replace("      http: /health\n", "")
+    assert "http:" not in text
+    routed.world.remote.write("desired-state.yaml", text)
+    routed.world.remote.git("commit", "-qam", "v2 on a port it does not listen on")
+    routed.world.remote.push()
+    result = routed.world.server()
+    assert result.returncode == 1, show(result)
+    assert ":9999" in result.stdout and "traffic never moved" in result.stdout, show(result)
+    routed.wait_serving(f"{web.name} v1", timeout=5)
+
+
+def test_another_source_on_the_instance_leaves_the_proxy_alone_or_is_told_whose_it_is(
+    routed: Routed, tmp_path: Path
+) -> None:
+    web = routed.app("web")
+    first_v1(routed, web)
+    other = GitRemote(tmp_path / "other")
+    other.commit_file("desired-state.yaml", "apps: {}\n", "another source, no proxy")
+    elsewhere: list[str | Path] = ["--repo", other.url, "--state-dir", tmp_path / "state-elsewhere"]
+    result = cli(*elsewhere)
+    assert result.returncode == 0, show(result)
+    assert "removed the proxy" not in result.stdout, show(result)
+    routed.wait_serving(f"{web.name} v1", timeout=5)
+    # Another source with a proxy of its own on the same instance: refused, naming the owner.
+    other.commit_file("desired-state.yaml", routed.proxy_yaml() + "apps: {}\n", "a proxy too")
+    result = cli(*elsewhere)
+    assert result.returncode == 1, show(result)
+    assert f"the proxy {routed.container} is run by another source" in result.stderr, show(result)
+    assert "--instance" in result.stderr and "Traceback" not in result.stderr
+    routed.wait_serving(f"{web.name} v1", timeout=5)
+
+
+def test_a_whole_commit_rollback_of_a_routed_app_is_a_switch(routed: Routed) -> None:
+    web = routed.app("web")
+    bad = routed.app("bad", exits=("v2",), path_prefix="/bad")
+    first_v1(routed, web)
+    agent = routed.world.agent(interval="1s")
+    with load_on(routed) as hits:
+        mark = agent.mark()
+        routed.world.commit_apps("both to v2", {web.name: "v2", bad.name: "v2"})
+        line = agent.wait_for("deploy.rolled-back", "back to v1", app=web.name, since=mark, timeout=60)
+        routed.wait_serving(f"{web.name} v1", timeout=5)
+    assert "rolled back with the rest of commit" in line.message, agent.log()
+    assert not failed(hits), summary(hits)
+    assert set(bodies(hits)) <= {f"{web.name} v1", f"{web.name} v2"}, summary(hits)
+    assert state_of(routed, web.name) == "running"

@@ -304,7 +304,9 @@ class RouteSpec(Strict):
     """How the proxy sends traffic to an app: by Host header and path prefix, to one container port."""
 
     hosts: tuple[str, ...] = Field((), description="Host header names (lowercase; *.example.com); none: every host")
-    path_prefix: str = Field("/", description="requests whose path starts with this go to the app")
+    path_prefix: str = Field(
+        "/", description="/api serves /api and what lies under /api/ (never /apiary); /api/ only what lies under it"
+    )
     port: int = Field(ge=1, le=65535, description="the port the container listens on")
     drain: Drain = Field(
         "10s", validate_default=True, description=f"in-flight requests of the old release finish; {_limits('drain')}"
@@ -502,6 +504,18 @@ class AppSpec(Strict):
     def _routed(self) -> AppSpec:
         if self.health is not None and self.health.on_container and self.route is None:
             raise ValueError(f"health.http {self.health.http!r} is a bare path: it needs route: (or a full URL)")
+        if self.route is not None and self.health is not None:
+            # A fixed address reaches the release that serves now (through the proxy), not the new one.
+            if self.health.http is not None and not self.health.on_container:
+                raise ValueError(
+                    f"health.http {self.health.http!r}: with route:, write the path alone (/health); it is asked"
+                    " of the new release itself, on route.port, before any traffic goes to it"
+                )
+            if self.health.tcp is not None:
+                raise ValueError(
+                    "health.tcp: with route:, leave it out; without a probe the gate connects to the new release"
+                    " itself on route.port (or write http: /path)"
+                )
         if self.route is not None:
             for port in self.ports:
                 _, host_port, container_port, proto = parse_port(port)
@@ -520,10 +534,14 @@ class AppSpec(Strict):
     @property
     def gate(self) -> HealthSpec:
         """The health gate; a bare http path of a routed app is asked of the container itself, on its route's
-        port (``ON_CONTAINER`` stands for its address until the shell knows it)."""
+        port, and a routed app with no probe is gated on a connection to that port (``ON_CONTAINER`` stands for
+        the container's address until the shell knows it)."""
         gate = self.health or DEFAULT_HEALTH
         if self.route is not None and gate.on_container:
             return gate.model_copy(update={"http": f"http://{ON_CONTAINER}:{self.route.port}{gate.http}"})
+        if self.route is not None and gate.probe is None:
+            # Running is not enough for a route: the new release must accept connections on its port.
+            return gate.model_copy(update={"tcp": f"{ON_CONTAINER}:{self.route.port}"})
         return gate
 
     @property

@@ -141,7 +141,12 @@ def _rules(app: str, spec: AppSpec) -> list[_Rule]:
     one app wins over another app's wildcard that also matches it."""
     assert spec.route is not None
     prefix = spec.route.path_prefix
-    path_acl = (f"acl path_{app} path_beg {prefix}",) if prefix != "/" else ()
+    # /api is /api itself and what lies under /api/, never /apiary; /api/ is what lies under it.
+    path_acl: tuple[str, ...] = ()
+    if prefix.endswith("/") and prefix != "/":
+        path_acl = (f"acl path_{app} path_beg {prefix}",)
+    elif prefix != "/":
+        path_acl = (f"acl path_{app} path {prefix}", f"acl path_{app} path_beg {prefix}/")
     path_term = f" path_{app}" if path_acl else ""
     exact = [host for host in spec.route.hosts if not host.startswith("*.")]
     wild = [host[1:] for host in spec.route.hosts if host.startswith("*.")]

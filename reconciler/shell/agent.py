@@ -59,6 +59,7 @@ from reconciler.errors import (
     EngineUnavailable,
     InvalidDesiredState,
     LockHeld,
+    ProxyError,
     ReconcileError,
     RemoteUnavailable,
     SourceError,
@@ -384,11 +385,15 @@ class Agent:
         self._remember_failures(outcomes, plan, revision)
         observed = self.engine.observe()
         if desired.proxy is not None:
-            self._proxied(proxy.sync(desired, observed), revision)
+            try:
+                self._proxied(proxy.sync(desired, observed), revision)
+            except ProxyError as exc:  # the deploys are told; the next pass tries the proxy again first
+                self.events.once("proxy", Event.PROXY_FAILED, str(exc))
         self._watch_stable(desired, observed, applier)
         return outcomes
 
     def _proxied(self, changes: list[str], revision: str) -> None:
+        self.events.clear("proxy")
         for change in changes:
             self.events.emit(Event.PROXY_CHANGED, change, commit=revision[:8])
 

@@ -50,6 +50,13 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
                 raise UserError(f"{app}: no kept previous container ({app}.prev) to swap back to")
             if current is not None and not current.managed:
                 raise UserError(f"{app}: container {app} was not created by reconciler; not touching it")
+            served = any(c is not None and "route_port" in c.fingerprint for c in (previous, current))
+            if served and routed is None:
+                raise UserError(
+                    f"{app} is served through the proxy, but the committed file cannot be read or does not route"
+                    " it: a swap without a switch would leave its route on a stopped container; fix the file,"
+                    f" or commit the rollback (`reconcile rollback {app} --to VERSION --push`)"
+                )
             was = current.version if current is not None else "nothing"
             entry = journal.start(
                 revision=previous.commit, app=app, action="rollback-local", from_version=was,
@@ -79,7 +86,8 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
         gate = Applier(engine, journal).sample(previous.id, committed.gate if committed is not None else DEFAULT_HEALTH)
         state = "answering" if gate.running and gate.probe_ok else f"started, not healthy yet ({gate.detail})"
         if routed is not None:
-            said = f"{app}: the route switched to {previous.version} ({state}); {was} kept warm as {app}.prev"
+            kept = f"{was} kept warm as {app}.prev" if current is not None else "nothing else ran"
+            said = f"{app}: the route switched to {previous.version} ({state}); {kept}"
             return said, previous.version
         return f"{app}: {previous.version} runs again ({state}); {was} kept stopped as {app}.prev", previous.version
     finally:

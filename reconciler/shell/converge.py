@@ -25,7 +25,7 @@ from reconciler.core.model import STABLE, DesiredState, ObservedState, image_ref
 from reconciler.core.plan import Plan, Resolution, plan
 from reconciler.core.proxy import route_lines
 from reconciler.core.report import Outcome
-from reconciler.errors import ImageError, InvalidDesiredState
+from reconciler.errors import ImageError, InvalidDesiredState, ProxyError
 from reconciler.shell import scrub
 from reconciler.shell.docker import Engine, connect
 from reconciler.shell.git import Source, open_source
@@ -64,10 +64,11 @@ class PassResult:
     outcomes: list[Outcome] = field(default_factory=list)
     proxy: list[str] = field(default_factory=list)  # what the pass changed of the proxy (a dry run: would change)
     routes: list[str] = field(default_factory=list)  # which release serves each route, and the warm ones
+    proxy_error: str = ""  # the proxy could not be brought in line after the deploys
 
     @property
     def ok(self) -> bool:
-        return all(outcome.result.ok for outcome in self.outcomes)
+        return all(outcome.result.ok for outcome in self.outcomes) and not self.proxy_error
 
 
 def parse_desired(text: bytes, file: str, revision: str, *, author: str = "") -> DesiredState:
@@ -153,6 +154,7 @@ def reconcile_once(
         return PassResult(desired, the_plan, proxy=proxy.drift(desired, observed), routes=routes)
     from reconciler.shell.deploy import Applier
 
+    proxy_error = ""
     with locked(settings.state_dir, timeout=settings.lock_timeout):
         journal = Journal(settings.state_dir)
         try:
@@ -173,8 +175,11 @@ def reconcile_once(
             outcomes = verified + applier.apply(the_plan, observed)
             if desired.proxy is not None and outcomes:
                 observed = engine.observe()
-                changed += proxy.sync(desired, observed)
+                try:
+                    changed += proxy.sync(desired, observed)
+                except ProxyError as exc:  # the deploys happened: they are reported, and this with them
+                    proxy_error = str(exc)
         finally:
             journal.close()
     routes = route_lines(desired, observed, proxy.network, proxy.switched())
-    return PassResult(desired, the_plan, outcomes, proxy=changed, routes=routes)
+    return PassResult(desired, the_plan, outcomes, proxy=changed, routes=routes, proxy_error=proxy_error)

@@ -262,6 +262,14 @@ class _Deploy:
     set_aside: bool = False  # start-first: the old release was renamed to APP.prev (or APP.adopted)
 
     @property
+    def serving(self) -> ObservedContainer | None:
+        """Start-first: the release the route points at before the switch (``core.proxy.serving``)."""
+        if self.current is not None and self.current.running:
+            return self.current
+        kept = self.observed.named(container_name(self.app, Role.PREVIOUS))
+        return kept if kept is not None and kept.managed and kept.running else None
+
+    @property
     def app(self) -> str:
         return self.action.app
 
@@ -331,7 +339,8 @@ class Applier:
         if spec.http is not None:
             ok, detail = _probe_http(self._addressed(spec.http, found), deadline)
         elif spec.tcp is not None:
-            ok, detail = _probe_tcp(spec.tcp, deadline)
+            address = urllib.parse.urlsplit(self._addressed(f"tcp://{spec.tcp}", found)).netloc
+            ok, detail = _probe_tcp(address, deadline)
         elif spec.exec is not None:
             ok, detail = self.engine.exec_probe(container_id, list(spec.exec), timeout=deadline)
         return Sample(
@@ -549,7 +558,7 @@ class Applier:
             # A routed release that stopped and does not come back while the one before it is warm: a late
             # failure, rolled back by a switch (the route has served the warm one since the pass began).
             failed = spec.model_copy(update={"version": container.version or spec.version})
-            why = f"it stopped after it went live, and restarted {gate.reason}"
+            why = f"it stopped after it went live and did not come back healthy: {gate.reason}"
             return self._roll_back(action, entry, container.id, previous, failed, why)
         self._rows.finish(entry, result=JournalResult.FAILED, message=gate.reason)
         return Outcome(app, action.kind, action.container, Result.FAILED, f"started, but {gate.reason}")
@@ -618,8 +627,8 @@ class Applier:
         """Say ``step`` to ``on_step`` before it runs, and remember it as the step a failure is at."""
         deploy.reached = step
         self._step(deploy.app, step)
-        if step is Step.START_NEW:
-            deploy.started_at = self.clock()  # the gate counts from this start, not from the deploy's
+        if step in (Step.START_NEW, Step.START_NEXT):
+            deploy.started_at = self.clock()  # the gate counts from this start, not from the pull's
 
     def _swap(self, deploy: _Deploy) -> None:
         """The steps of ``SWAP``: APP.next runs as the app; what ran is kept stopped (APP.prev, or
@@ -675,7 +684,8 @@ class Applier:
     # -- start-first: the steps of a routed app -----------------------------------------------------------
 
     def _reuse_warm(self, deploy: _Deploy) -> bool:
-        """A commit back to the warm previous release: it is gated again and switched to, not started."""
+        """A commit back to the warm previous release: it is gated again (under its own name) and switched
+        to, not started. Only a warm one: when APP does not run, APP.prev is what serves."""
         app = deploy.app
         warm = deploy.observed.named(container_name(app, Role.PREVIOUS))
         if (
@@ -684,10 +694,11 @@ class Applier:
             or not warm.managed
             or warm.state != "running"
             or warm.spec_hash != deploy.target.spec_hash
+            or deploy.serving is warm
         ):
             return False
-        self.engine.rename(warm.id, container_name(app, Role.NEXT))
         deploy.new_id, deploy.reused = warm.id, True
+        deploy.started_at = self.clock()
         self._log(f"{app}: {warm.version} is warm: switching back to it after a fresh gate")
         return True
 
@@ -702,28 +713,48 @@ class Applier:
             raise ContainerError(f"{app}: the new release has no address on the proxy's network")
         self.proxy.switch(app, Server(found.name, ip, _route_port(found, spec.route.port)))
 
+    def _switch_back_to(self, app: str, old: ObservedContainer | None, spec: AppSpec) -> None:
+        if old is not None:
+            self.switch(app, old.id, spec)
+        elif self.proxy is not None:
+            self.proxy.switch(app, None)
+
     def _set_old_aside(self, deploy: _Deploy) -> None:
-        """The old release (no longer served) renamed to APP.prev, still running; the older APP.prev goes."""
+        """The old release (no longer served) renamed to APP.prev, still running; the older APP.prev goes.
+
+        A warm release switched back to moves out of APP.prev first (through APP.next), so that the
+        release it replaces can take that name. When APP is gone, the running APP.prev was the old release:
+        it stays, to drain and stay warm."""
         app, current = deploy.app, deploy.current
         older = deploy.observed.named(container_name(app, Role.PREVIOUS))
-        if older is not None and older.managed and older.id != deploy.new_id:
+        if deploy.reused:
+            self.engine.rename(deploy.new_id, container_name(app, Role.NEXT))
+        elif older is not None and older.managed and older is not deploy.serving:
             self.engine.remove(older.id, older.name)  # not served: the route points at the new release
         if current is None:
+            deploy.set_aside = deploy.serving is not None
             return
         self.engine.rename(current.id, self._keep_as(app, current))
         deploy.set_aside = True
 
     def _drain(self, deploy: _Deploy) -> None:
-        """The old release keeps its in-flight requests for ``drain``; then it is stopped, unless kept warm."""
-        current, spec = deploy.current, deploy.spec
+        """The old release keeps its in-flight requests for ``drain``; then it is stopped, unless kept warm.
+        A stop the engine refuses is noted, not a failure of the release, which serves by now."""
+        old, spec = deploy.serving, deploy.spec
         assert spec.route is not None
-        if current is None or not deploy.set_aside or not current.running:
+        if old is None or not deploy.set_aside:
             return
-        if current.managed and spec.keep_warm > 0:
-            self._log(f"{deploy.app}: {current.version or current.name} stays warm as a rollback target")
+        if old.managed and spec.keep_warm > 0:
+            self._log(f"{deploy.app}: {old.version or old.name} stays warm as a rollback target")
             return
         self.sleep(spec.route.drain)
-        self.engine.stop(current.id, self._keep_as(deploy.app, current), current.stop_timeout)
+        name = self._keep_as(deploy.app, old) if old is deploy.current else old.name
+        try:
+            self.engine.stop(old.id, name, old.stop_timeout)
+        except EngineUnavailable:
+            raise
+        except ReconcileError as exc:
+            self._log(f"{deploy.app}: the old release {old.version or old.name} was not stopped after drain: {exc}")
 
     @staticmethod
     def _keep_as(app: str, current: ObservedContainer) -> str:
@@ -737,7 +768,7 @@ class Applier:
         if undo is Undo.SET_ASIDE:
             return self._set_new_aside(deploy, step, reason)
         if undo is Undo.ROLL_BACK:
-            why = reason if step is Step.GATE else f"it did not start: {reason}"
+            why = _why(step, reason)
             return self._roll_back(action, deploy.entry, deploy.new_id, deploy.fallback, deploy.spec, why)
         if undo is Undo.DISCARD and deploy.new_id:
             self.engine.remove(deploy.new_id, container_name(app, Role.NEXT))
@@ -749,21 +780,23 @@ class Applier:
         route is put back on what served, and the new release is kept stopped as APP.failed."""
         app, spec = deploy.app, deploy.spec
         problems: list[str] = []
-        why = reason if step is Step.GATE_NEXT else f"it did not start: {reason}"
+        why = _why(step, reason)
         self._rows.finish(deploy.entry, result=JournalResult.ROLLING_BACK, message=why)
         self._step(app, Step.ROLL_BACK)
-        current = deploy.current
-        if step is Step.SWITCH and self.proxy is not None and current is not None:
-            self._attempt("switch back", lambda: self.switch(app, current.id, spec), problems)
+        old = deploy.serving
+        if step is Step.SWITCH and self.proxy is not None:
+            # The switch may have half happened (an address set, not enabled): the route goes back.
+            self._attempt("switch back", lambda: self._switch_back_to(app, old, spec), problems)
         if deploy.new_id:
             self._keep_failed(app, deploy.new_id, spec, problems)
         kept = f"; kept stopped as {container_name(app, Role.FAILED)}" if deploy.new_id else ""
-        serving = deploy.current.version if deploy.current is not None else "nothing"
-        said = f"{why}; traffic never moved ({serving} serves on){kept}"
+        serving = (old.version or old.name) if old is not None else "nothing"
+        moved = "the route is back on" if step is Step.SWITCH else "traffic never moved:"
+        said = f"{why}; {moved} {serving} serves on{kept}"
         result = JournalResult.ROLLED_BACK if not problems else JournalResult.FAILED
         self._rows.finish(deploy.entry, result=result, message="; ".join([said, *problems]))
-        self._log(f"deploy of {app} {spec.version} failed ({why}); {serving} serves on, traffic never moved")
-        outcome = Result.ROLLED_BACK if deploy.current is not None and not problems else Result.FAILED
+        self._log(f"deploy of {app} {spec.version} failed ({why}); {serving} serves on")
+        outcome = Result.ROLLED_BACK if old is not None and not problems else Result.FAILED
         return Outcome(app, deploy.action.kind, app, outcome, f"{spec.version} failed: {said}", release_failed=True)
 
     # -- deploys that never got a verdict ----------------------------------------------------------
@@ -853,6 +886,11 @@ class Applier:
         previous = kept if kept is not None and kept.managed else None
         if previous is None and current is not None and current.managed and current is not released:
             previous = current  # the rollback had put it back already; it is gated again below
+        routed_old = current is not None and current.managed and current.running and current is not released
+        if spec.route is not None and routed_old:
+            # Routed: a release set aside before the switch left the old one serving under APP: it is what
+            # the route goes back to, not the older APP.prev.
+            previous = current
         self._step(app, Step.VERIFY)
         action = Action(ActionKind.REPLACE, app, app)
         failed_spec = spec.model_copy(update={"version": entry.to_version or spec.version})
@@ -950,12 +988,16 @@ class Applier:
         if not warm:
             self._attempt("start the previous one", lambda: self.engine.start(previous.id, previous.name), problems)
         gate = self.gate(previous.id, spec.gate.model_copy(update={"healthy_for": 0.0}) if warm else spec.gate)
-        if gate.verdict is not Verdict.FAILED:
-            self._attempt("switch to the previous one", lambda: self.switch(app, previous.id, spec), problems)
+        if gate.verdict is Verdict.FAILED:
+            return gate  # nothing switched: what the route points at is not touched
+        before = len(problems)
+        self._attempt("switch to the previous one", lambda: self.switch(app, previous.id, spec), problems)
+        if len(problems) > before:
+            return gate
         if set_aside is not None:
             set_aside(problems)
         where = self._inspect(previous.id)
-        if gate.verdict is not Verdict.FAILED and where is not None and where.name != app:
+        if where is not None and where.name != app:
             self._attempt(f"rename the previous one to {app}", lambda: self.engine.rename(previous.id, app), problems)
         return gate
 
@@ -980,6 +1022,9 @@ class Applier:
         problems: list[str] = []
         self._step(app, Step.UNDO)
         if done.spec.route is None or self.proxy is None or done.previous is None:
+            if done.spec.route is not None and self.proxy is not None:
+                proxy = self.proxy  # new in the commit: its route serves nothing before it goes
+                self._attempt("take its route down", lambda: proxy.switch(app, None), problems)
             self._attempt("stop it", lambda: self.engine.stop(done.container_id, app, done.spec.stop_timeout), problems)
             self._attempt("remove it", lambda: self.engine.remove(done.container_id, app), problems)
         abandoned = ""
@@ -1001,13 +1046,27 @@ class Applier:
             elif gate.verdict is Verdict.PENDING:
                 abandoned = f" ({ABANDONED})"  # no failure: what ran before the commit runs again
         back = (done.previous.version + abandoned) if done.previous else "nothing (it is new in this commit)"
-        message = f"{reason}; back to {back}" + (f"; {'; '.join(problems)}" if problems else "")
+        if problems and done.spec.route is not None and done.previous is not None:
+            message = f"{reason}; {done.spec.version} kept serving, going back to {back} failed: {'; '.join(problems)}"
+        else:
+            message = f"{reason}; back to {back}" + (f"; {'; '.join(problems)}" if problems else "")
         self._rows.finish(
             done.entry, result=JournalResult.ROLLED_BACK if not problems else JournalResult.FAILED, message=message
         )
         self._log(f"{app}: {message}")
         kind = ActionKind.REPLACE if done.previous else ActionKind.CREATE
         return Outcome(app, kind, app, Result.ROLLED_BACK if not problems else Result.FAILED, message)
+
+
+def _why(step: Step, reason: str) -> str:
+    """Why a deploy failed at ``step``, as its journal row and its outcome say it."""
+    if step in (Step.GATE, Step.GATE_NEXT):
+        return reason
+    if step is Step.SWITCH:
+        return f"the proxy did not switch to it: {reason}"
+    if step in (Step.KEEP_OLD, Step.RENAME_NEW) and reason:
+        return f"it did not take the app's name ({step}): {reason}"
+    return f"it did not start: {reason}"
 
 
 def _route_port(found: Inspected, default: int) -> int:

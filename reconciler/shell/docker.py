@@ -287,6 +287,15 @@ class Engine:
                     if exc.status_code != 409:  # another pass made it meanwhile
                         raise
 
+    def remove_network(self, name: str) -> None:
+        """Remove our network ``name`` when nothing is attached to it (else it stays; no error)."""
+        with self._calls(f"remove network {name}"):
+            for network in self.api.networks(names=[name]):
+                labels = network.get("Labels") or {}
+                if labels.get(MANAGED) == "true" and labels.get(INSTANCE) == self.instance:
+                    with contextlib.suppress(docker.errors.APIError):
+                        self.api.remove_network(network["Id"])
+
     def kill(self, container_id: str, name: str, signal: str) -> None:
         with self._calls(f"signal {name}"):
             self.api.kill(container_id, signal=signal)
@@ -418,7 +427,7 @@ def observed_from_row(row: Mapping[str, Any], *, instance: str = "default") -> O
         version=labels.get(f"{LABEL}.version", ""),
         digest=labels.get(f"{LABEL}.digest", ""),
         spec_hash=labels.get(f"{LABEL}.spec-hash", ""),
-        owner=_owner(labels),
+        owner=owner_of(labels),
         created=float(row.get("Created") or 0),
         networks=_addresses(row),
     )
@@ -437,7 +446,8 @@ def _addresses(row: Mapping[str, Any]) -> dict[str, str]:
     return {str(name): str(net.get("IPAddress")) for name, net in networks.items() if net and net.get("IPAddress")}
 
 
-def _owner(labels: Mapping[str, str]) -> Owner | None:
+def owner_of(labels: Mapping[str, str]) -> Owner | None:
+    """The source a container of ours records in its labels; None for one from before they did."""
     if not any(key.startswith(SOURCE + ".") for key in labels):
         return None
     return Owner(**{key: labels.get(f"{SOURCE}.{key}", "") for key in Owner.model_fields})

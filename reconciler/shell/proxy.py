@@ -27,15 +27,17 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.core import proxy as core
 from reconciler.core.model import DesiredState, ObservedState, ProxySpec
 from reconciler.errors import ContainerError, ProxyError, ReconcileError
-from reconciler.shell.docker import INSTANCE, LABEL, MANAGED, SOURCE, Engine
+from reconciler.shell.docker import INSTANCE, LABEL, MANAGED, SOURCE, Engine, Inspected, owner_of
 
 PROXY_LABEL = f"{LABEL}.proxy"  # its container hash: image and listen addresses
+LISTEN_LABEL = f"{LABEL}.proxy.listen"  # the addresses it binds, IP:PORT with commas
 READY_TIMEOUT = 15.0  # seconds for a started or reloaded proxy to answer its runtime API
 # srv_admin_state bits that stop traffic: forced, inherited and resolver maintenance. A server written
 # ``disabled`` keeps its config bit (0x04) once ``set server ... state ready`` enabled it.
@@ -152,31 +154,58 @@ class Proxy:
 
     # -- the container -------------------------------------------------------------------------------
 
+    def _ours(self, found: Inspected | None, desired: DesiredState) -> bool:
+        """Whether ``found`` is our proxy, deployed by this source; another source's is a ``ProxyError``."""
+        if found is None:
+            return False
+        if not (found.ours and found.labels.get(PROXY_LABEL)):
+            raise ProxyError(
+                f"container {self.name} exists and was not created by reconciler; remove or rename it"
+                " (reconciler runs its proxy under that name)"
+            )
+        owner = owner_of(found.labels)
+        if desired.source is not None and owner is not None and not desired.source.same(owner):
+            raise ProxyError(
+                f"the proxy {self.name} is run by another source: {owner.describe()}; one proxy serves one source"
+                " per instance (give this one its own --instance)"
+            )
+        return True
+
+    @staticmethod
+    def _prunable(found: Inspected, desired: DesiredState) -> bool:
+        """Our proxy, deployed by this source (or before proxies recorded one): a file without ``proxy:``
+        removes it. Another source's proxy is that source's business."""
+        if not (found.ours and found.labels.get(PROXY_LABEL)):
+            return False
+        owner = owner_of(found.labels)
+        return desired.source is None or owner is None or desired.source.same(owner)
+
     def sync(self, desired: DesiredState, observed: ObservedState, *, now: float | None = None) -> list[str]:
         """Make the proxy match the file and what runs (see the module docstring); what it changed."""
         spec = desired.proxy
         found = self.engine.inspect(self.name)
         if spec is None:
-            if found is not None and found.ours and found.labels.get(PROXY_LABEL):
+            if found is not None and self._prunable(found, desired):
                 self.engine.remove(found.id, self.name)
+                self.engine.remove_network(self.network)
                 return [f"removed the proxy {self.name} (no proxy: in the file)"]
             return []
-        if found is not None and not (found.ours and found.labels.get(PROXY_LABEL)):
-            raise ProxyError(
-                f"container {self.name} exists and was not created by reconciler; remove or rename it"
-                " (reconciler runs its proxy under that name)"
-            )
+        self._local()
+        running = self._ours(found, desired)
         done: list[str] = []
         self.engine.ensure_network(self.network)
         self.dir.mkdir(parents=True, exist_ok=True)
         live = core.servers(desired, observed, self.network)
         routes = core.render(spec, core.routed(desired), {}, uid=os.getuid())
-        # The routes decide a reload; the addresses in the config only follow the runtime's switches.
-        rerouted = self._write(core.ROUTES_FILE, routes)
+        # The routes decide a reload (``routes.cfg`` is written once the proxy runs them); the addresses in
+        # the config only follow the runtime's switches.
+        rerouted = _read(self.dir / core.ROUTES_FILE) != routes
         self._write(core.CONFIG_FILE, core.render(spec, core.routed(desired), live, uid=os.getuid()))
         image_id = self._image(spec.ref)
         wanted = core.container_hash(spec, image_id)
-        if found is not None and found.labels.get(PROXY_LABEL) != wanted:
+        if running and found is not None and found.labels.get(PROXY_LABEL) != wanted:
+            # Checked before the proxy that serves goes: a new address someone else holds changes nothing.
+            self._check_free(spec, keep=found.labels.get(LISTEN_LABEL, "").split(","))
             self.engine.remove(found.id, self.name)
             done.append(f"recreated the proxy {self.name} ({spec.ref}, {', '.join(spec.listen)})")
             found = None
@@ -187,9 +216,10 @@ class Proxy:
         elif not found.running:
             self._start(found.id, spec)
             done.append(f"started the proxy {self.name} again")
-        elif rerouted:
+        elif rerouted or any(self.points(app) is None for app in live):
             self.reload()
             done.append("reloaded the proxy's config (routes changed)")
+        self._write(core.ROUTES_FILE, routes)
         for app, server in live.items():
             points = self.points(app)
             if points is not None and not _same(points, server):
@@ -207,9 +237,10 @@ class Proxy:
         spec = desired.proxy
         found = self.engine.inspect(self.name)
         if spec is None:
-            ours = found is not None and found.ours and found.labels.get(PROXY_LABEL)
-            return [f"remove the proxy {self.name} (no proxy: in the file)"] if ours else []
-        if found is None:
+            prunable = found is not None and self._prunable(found, desired)
+            return [f"remove the proxy {self.name} (no proxy: in the file)"] if prunable else []
+        self._local()
+        if not self._ours(found, desired) or found is None:
             return [f"start the proxy {self.name} ({spec.ref}, {', '.join(spec.listen)})"]
         said: list[str] = []
         if found.labels.get(PROXY_LABEL) != core.container_hash(spec, self._local_image(spec.ref)):
@@ -228,6 +259,14 @@ class Proxy:
             if points is not None and not _same(points, server):
                 said.append(f"{app}: switch its route to {server.container if server else 'nothing (503)'}")
         return said
+
+    def _local(self) -> None:
+        """The proxy's config and admin socket are files here: its engine must run on this machine."""
+        if not self.engine.local:
+            raise ProxyError(
+                f"proxy: needs the Docker engine on this machine (not {self.engine.host}): its config and admin"
+                " socket are files of the state directory; run reconcile (or its agent) on the server"
+            )
 
     def reload(self) -> None:
         """Hitless: the master starts a new worker on the new config; wait until that worker answers."""
@@ -262,6 +301,12 @@ class Proxy:
         except ContainerError:
             return ""
 
+    def _check_free(self, spec: ProxySpec, *, keep: Sequence[str] = ()) -> None:
+        """A ``ProxyError`` naming the holder of a listen address (``keep``: ours already, not checked)."""
+        taken = self._holders([item for item in spec.listens() if f"{item[0]}:{item[1]}" not in keep])
+        if taken:
+            raise ProxyError(f"proxy.listen: {'; '.join(taken)}; free it or listen elsewhere")
+
     def _holders(self, spec_listen: list[tuple[str, int, bool]]) -> list[str]:
         """Who holds a listen address, checked before the proxy starts (this host's engine only)."""
         taken = []
@@ -283,10 +328,9 @@ class Proxy:
         return taken
 
     def _create(self, spec: ProxySpec, wanted: str, desired: DesiredState) -> None:
-        taken = self._holders(list(spec.listens()))
-        if taken:
-            raise ProxyError(f"proxy.listen: {'; '.join(taken)}; free it or listen elsewhere")
-        labels = {MANAGED: "true", INSTANCE: self.engine.instance, PROXY_LABEL: wanted}
+        self._check_free(spec)
+        listen = ",".join(f"{ip}:{port}" for ip, port, _ in spec.listens())
+        labels = {MANAGED: "true", INSTANCE: self.engine.instance, PROXY_LABEL: wanted, LISTEN_LABEL: listen}
         if desired.source is not None:
             labels.update({f"{SOURCE}.{key}": value for key, value in desired.source.model_dump().items()})
         binds = [f"{self.dir}:{core.CONFIG_DIR}:rw"]

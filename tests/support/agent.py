@@ -78,6 +78,7 @@ KNOWN_EVENTS = frozenset(
         "deploy.held",
         "deploy.done",
         "proxy.changed",
+        "proxy.failed",
         "drift.healing",
         "drift.found",
         "remote.unreachable",

@@ -146,8 +146,16 @@ class Routed:
         raise AssertionError(f"the proxy did not serve {body!r} within {timeout}s (last: {last})")
 
     def close(self) -> None:
+        """The proxy, the test's containers on its network (all of them are this test's), the network."""
         client = self.world.client
         with contextlib.suppress(docker.errors.NotFound):
             client.api.remove_container(self.container, force=True)
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        try:
+            attached = client.api.inspect_network(self.network).get("Containers") or {}
+        except docker.errors.NotFound:
+            return
+        for container in attached:
+            with contextlib.suppress(docker.errors.NotFound):
+                client.api.remove_container(container, force=True)
+        with contextlib.suppress(docker.errors.NotFound):
             client.api.remove_network(self.network)
