@@ -375,6 +375,17 @@ def history(
         typer.echo(line + by + (f"  {entry.message}" if entry.message else ""))
 
 
+def _secret_file(path: Path) -> bytes:
+    """A secret from a file (its surrounding whitespace dropped); a missing or empty one is a usage error."""
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        _fail(f"--webhook-secret-file {path}: {exc.strerror or exc}")
+    if not secret:
+        _fail(f"--webhook-secret-file {path}: the file is empty")
+    return secret
+
+
 def _kill_hook() -> Callable[[str, str], None] | None:
     """``RECONCILE_KILL_AT=STEP`` (or ``APP:STEP``): SIGKILL this process when a deploy reaches STEP.
 
@@ -421,6 +432,24 @@ def agent(
         typer.Option("--publish-stable", help="On promotion, push the stable git tags and IMAGE:stable."),
     ] = False,
     parallel: ParallelOpt = 16,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen",
+            envvar="RECONCILE_LISTEN",
+            show_default=False,
+            help="HOST:PORT for /metrics, /healthz and /hooks/{github,gitlab,gitea}. [default: no listener]",
+        ),
+    ] = None,
+    webhook_secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--webhook-secret-file",
+            envvar="RECONCILE_WEBHOOK_SECRET_FILE",
+            show_default=False,
+            help="File holding the webhooks' shared secret (never printed). Without it the hooks answer 404.",
+        ),
+    ] = None,
     repo: RepoOpt = None,
     file: FileOpt = None,
     state_dir: StateOpt = None,
@@ -440,9 +469,11 @@ def agent(
         _fail("--interval: at least 1s (a local repository is watched anyway: a push converges at once)")
     settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=state_dir, docker_host=docker_host,
                          instance=instance, parallel=parallel)  # fmt: skip
+    secret = _secret_file(webhook_secret_file) if webhook_secret_file is not None else b""
     config = AgentSettings(
-        settings=settings, branch=branch, interval=every, self_heal=self_heal, publish_stable=publish_stable
-    )
+        settings=settings, branch=branch, interval=every, self_heal=self_heal, publish_stable=publish_stable,
+        listen=listen, webhook_secret=secret,
+    )  # fmt: skip
     code = _guarded(lambda: run_agent(config, log_format=log_format.value, on_step=_kill_hook()))
     raise typer.Exit(code)
 

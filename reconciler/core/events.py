@@ -21,6 +21,11 @@ class Event(StrEnum):
     COMMIT_SEEN = "commit.seen"
     COMMIT_BLOCKED = "commit.blocked"  # an app of the commit cannot be deployed: none of it is
     DESIRED_INVALID = "desired.invalid"
+    COMMIT_UNSIGNED = "commit.unsigned"  # --require-signed-by: the commit carries no signature; not applied
+    COMMIT_BAD_SIGNATURE = "commit.bad-signature"  # signed, but not by an allowed key (or it expired)
+    COMMIT_REFUSED = "commit.refused"  # --policy: the commit asks for more than the server allows
+    POLICY_WARNING = "policy.warning"  # no --policy, and the file mounts /, /proc, /sys or the Docker socket
+    WEBHOOK_REFUSED = "webhook.refused"  # a hook whose signature or token is wrong: not fetched
     # deploys, one line per verdict
     DEPLOY_SUCCEEDED = "deploy.succeeded"
     DEPLOY_ROLLED_BACK = "deploy.rolled-back"

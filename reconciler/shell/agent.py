@@ -65,12 +65,15 @@ from reconciler.errors import (
     SourceError,
     TransientError,
 )
+from reconciler.shell import sdnotify
 from reconciler.shell.converge import Settings, desired_at, plan_against
 from reconciler.shell.deploy import Applier
 from reconciler.shell.docker import Engine, connect
 from reconciler.shell.events import Events
 from reconciler.shell.git import Source, open_source
 from reconciler.shell.journal import SUSPENDED, Journal, JournalResult, PidFile, locked
+from reconciler.shell.listener import Health, Listener
+from reconciler.shell.metrics import Metrics
 from reconciler.shell.proxy import Proxy
 from reconciler.shell.scrub import scrub
 from reconciler.shell.stable import publish_stable
@@ -95,6 +98,8 @@ class AgentSettings:
     watch: bool = True
     lock_timeout: float = 30.0
     publish_stable: bool = False  # push the stable git tags and IMAGE:stable on promotion
+    listen: str | None = None  # HOST:PORT of the HTTP listener (metrics, healthz, webhooks); None: none
+    webhook_secret: bytes = field(default=b"", repr=False)  # never printed
 
     @property
     def ref(self) -> str:
@@ -118,6 +123,10 @@ class Agent:
     revision: str = ""
     retry_in: float = float("inf")  # a sooner pass to retry what failed in this one (the remote)
     cut_short: bool = False  # an engine outage stopped a deploy or rollback that the next pass resumes
+    metrics: Metrics = field(default_factory=Metrics)
+    started_at: float = field(default_factory=time.monotonic)
+    pass_started: float | None = None  # monotonic; set while a pass runs
+    pass_ended: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -147,8 +156,14 @@ class Agent:
         # A read-only or full disk clears by itself: the loop waits for it.
         with contextlib.suppress(TransientError):
             pid_file.claim()
+        self.events.listeners.append(self.metrics.on_event)
+        listener: Listener | None = None
+        watchdog_stop = threading.Event()
         observer = None
         try:
+            listener = self._listen()
+            sdnotify.notify("READY=1")
+            sdnotify.feed_watchdog(lambda: self.health().alive, watchdog_stop)
             self.events.emit(
                 Event.AGENT_STARTED,
                 f"following {self.config.ref} of {settings.repo}",
@@ -174,6 +189,10 @@ class Agent:
                 self.wake.wait(wait)
                 self.wake.clear()
         finally:
+            watchdog_stop.set()
+            sdnotify.notify("STOPPING=1")
+            if listener is not None:
+                listener.stop()
             if observer is not None:
                 observer.stop()
             if self.journal is not None:
@@ -187,6 +206,46 @@ class Agent:
     def stop(self) -> None:
         self.stopping = True
         self.wake.set()
+
+    def _listen(self) -> Listener | None:
+        """The HTTP listener, when asked for (``--listen``); a push hook wakes the loop as SIGHUP does."""
+        if self.config.listen is None:
+            return None
+
+        def pushed() -> None:
+            self.changed.set()
+            self.wake.set()
+
+        def refused(key: str, message: str) -> None:
+            self.events.once(f"webhook:{key}", Event.WEBHOOK_REFUSED, message)
+
+        branch = self.config.branch
+        listener = Listener(
+            self.config.listen,
+            metrics=self.metrics,
+            health=self.health,
+            on_push=pushed,
+            on_refused=refused,
+            secret=self.config.webhook_secret,
+            followed=f"refs/heads/{branch}" if branch else None,
+        )
+        listener.start()
+        return listener
+
+    def health(self) -> Health:
+        """Whether the loop is alive: a pass ended recently, or the one under way has not run too long."""
+        now = time.monotonic()
+        limit = max(3 * self.config.interval, 120.0)
+        started, ended = self.pass_started, self.pass_ended
+        if started is not None and (ended is None or started > ended):
+            running = now - started
+            alive = running < max(limit, 900.0)  # a pass gates deploys: minutes, not hours
+            age = None if ended is None else now - ended
+            return Health(alive, age, f"a pass has been running for {running:.0f}s")
+        if ended is None:
+            return Health(now - self.started_at < limit, None, "no pass yet")
+        age = now - ended
+        return Health(age < limit, age, f"the last pass ended {age:.0f}s ago")
 
     def _signals(self) -> None:
         def terminate(signum: int, frame: FrameType | None) -> None:
@@ -249,6 +308,14 @@ class Agent:
 
     def tick(self) -> float:
         """One pass; returns how long to sleep before the next one (unless woken)."""
+        self.pass_started = time.monotonic()
+        try:
+            return self._tick()
+        finally:
+            self.pass_ended = time.monotonic()
+            self.metrics.passed(self.pass_ended - self.pass_started)
+
+    def _tick(self) -> float:
         settings = self.config.settings
         try:
             revision, desired = self._read()
@@ -357,6 +424,8 @@ class Agent:
         if verified:
             observed = self.engine.observe()
         plan, observed = plan_against(self.engine, desired, self.config.settings, observed=observed)
+        drifting = {action.app for action in plan.actions}
+        self.metrics.observe(desired, observed, drifting)
         self._notes(plan)
         held = policy.held_in(plan, journal.failures())
         restore = {app: self._last_good(app, observed, journal) for app in policy.lost(plan, held)}
@@ -384,6 +453,7 @@ class Agent:
         self._report(outcomes, revision)
         self._remember_failures(outcomes, plan, revision)
         observed = self.engine.observe()
+        self.metrics.observe(desired, observed, drifting - {o.app for o in outcomes if o.result is Result.APPLIED})
         if desired.proxy is not None:
             try:
                 self._proxied(proxy.sync(desired, observed), revision)

@@ -10,9 +10,12 @@ Callers pass only names, versions, commits and reasons: never env values; and ev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import threading
 import time
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from reconciler.core.events import Event
@@ -24,6 +27,10 @@ class Events:
         self.fmt = fmt
         self.stream = stream if stream is not None else sys.stderr
         self._active: dict[str, str] = {}
+        # Called with each line's event, scrubbed message and fields (metrics, notifications): after the
+        # line is written, and never able to stop the agent.
+        self.listeners: list[Callable[[Event, str, Mapping[str, Any]], None]] = []
+        self._lock = threading.Lock()  # the listener's threads emit too: lines stay whole
 
     def emit(self, event: Event, message: str, **fields: Any) -> None:
         message, fields = scrub.scrub(message), scrub.scrub_fields(fields)
@@ -34,8 +41,12 @@ class Events:
         else:
             extra = "".join(f" {key}={value}" for key, value in fields.items() if value not in (None, ""))
             line = f"{stamp} {event.value:<18} {message}{extra}"
-        self.stream.write(line + "\n")
-        self.stream.flush()
+        with self._lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        for listener in self.listeners:
+            with contextlib.suppress(Exception):  # a metric or a notification never costs a deploy
+                listener(event, message, fields)
 
     def once(self, key: str, event: Event, message: str, *, again_if_changed: bool = True, **fields: Any) -> None:
         """Emit unless ``key`` is active with the same message (with any message: ``again_if_changed=False``)."""

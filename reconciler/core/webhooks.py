@@ -1,0 +1,113 @@
+"""Push webhooks from GitHub, GitLab and Gitea, judged without I/O: authentic, a push, to the followed branch.
+
+Guarantees:
+- A hook is authentic only when its provider's proof matches the shared secret: GitHub's
+  ``X-Hub-Signature-256`` and Gitea's ``X-Gitea-Signature`` (HMAC-SHA256 of the raw body), GitLab's
+  ``X-Gitlab-Token`` (the secret itself). Every comparison is constant-time (``hmac.compare_digest``),
+  and nothing is parsed before the proof holds: an unauthenticated body is never read as JSON.
+- An authentic push to the followed branch is ``Verdict.PUSH`` (the agent fetches and runs a pass at
+  once); any other authentic hook (a ping, another event, another branch) is acknowledged and ignored.
+- ``RateLimit`` is a token bucket per source, its clock passed in: a flood is answered ``429`` and never
+  queued; its memory is bounded (``max_sources``; the oldest source is forgotten first).
+- No answer quotes the secret or the proof a client sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Provider(StrEnum):
+    GITHUB = "github"
+    GITLAB = "gitlab"
+    GITEA = "gitea"
+
+
+class Verdict(StrEnum):
+    PUSH = "push"  # authentic, a push to the followed branch: fetch and converge now
+    IGNORED = "ignored"  # authentic, but not a push to the followed branch
+    UNAUTHORIZED = "unauthorized"  # the proof is missing or wrong
+    BAD = "bad-request"  # authentic, but not a JSON object
+
+
+@dataclass(frozen=True)
+class Answer:
+    verdict: Verdict
+    status: int
+    reason: str
+    ref: str = ""  # the pushed ref, when the hook names one
+
+    @property
+    def body(self) -> bytes:
+        return (json.dumps({"result": str(self.verdict), "reason": self.reason}) + "\n").encode()
+
+
+# The header that names the event, and the value a push has, per provider.
+_EVENT = {
+    Provider.GITHUB: ("x-github-event", "push"),
+    Provider.GITLAB: ("x-gitlab-event", "Push Hook"),
+    Provider.GITEA: ("x-gitea-event", "push"),
+}
+
+
+def _hmac(secret: bytes, body: bytes) -> str:
+    return hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def authentic(provider: Provider, headers: Mapping[str, str], body: bytes, secret: bytes) -> bool:
+    """Whether the hook carries its provider's proof of ``secret`` (header names in lower case)."""
+    if provider is Provider.GITHUB:
+        sent = headers.get("x-hub-signature-256", "")
+        return hmac.compare_digest(sent.encode(), ("sha256=" + _hmac(secret, body)).encode())
+    if provider is Provider.GITEA:
+        sent = headers.get("x-gitea-signature", "")
+        return hmac.compare_digest(sent.encode(), _hmac(secret, body).encode())
+    sent = headers.get("x-gitlab-token", "")
+    return hmac.compare_digest(sent.encode(), secret)
+
+
+def judge(provider: Provider, headers: Mapping[str, str], body: bytes, secret: bytes, followed: str | None) -> Answer:
+    """What to do with one hook. ``followed`` is the branch's full ref (``refs/heads/main``); None
+    follows the repository's default branch, whose name the hook cannot be checked against: any push
+    then wakes the agent, and the fetch finds whether its branch moved."""
+    if not secret or not authentic(provider, headers, body, secret):
+        return Answer(Verdict.UNAUTHORIZED, 401, "the signature or token does not match the shared secret")
+    header, push = _EVENT[provider]
+    event = headers.get(header, "")
+    if event != push:
+        return Answer(Verdict.IGNORED, 202, f"{event or 'an event'} is not a push: ignored")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return Answer(Verdict.BAD, 400, "the body is not JSON")
+    if not isinstance(payload, dict):
+        return Answer(Verdict.BAD, 400, "the body is not a JSON object")
+    ref = payload.get("ref")
+    if not isinstance(ref, str):
+        return Answer(Verdict.BAD, 400, "a push without a ref")
+    if followed is not None and ref != followed:
+        return Answer(Verdict.IGNORED, 202, f"a push to {ref}, not to {followed}: ignored", ref)
+    return Answer(Verdict.PUSH, 202, f"a push to {ref}: fetching", ref)
+
+
+class RateLimit:
+    """A token bucket per source: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    def __init__(self, *, rate: float = 10.0, burst: float = 20.0, max_sources: int = 1024) -> None:
+        self.rate, self.burst, self.max_sources = rate, burst, max_sources
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # source -> (tokens, at)
+
+    def allow(self, source: str, now: float) -> bool:
+        tokens, at = self._buckets.pop(source, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[source] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._buckets) > self.max_sources:
+            self._buckets.popitem(last=False)
+        return allowed
