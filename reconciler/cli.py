@@ -95,6 +95,24 @@ OutputOpt = Annotated[
     Output | None, typer.Option("--output", "-o", show_default=False, help="text or json. [default: text]")
 ]
 
+PolicyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--policy",
+        envvar="RECONCILE_POLICY",
+        show_default=False,
+        help="This server's policy (allowed images, host paths, ports): a commit that asks for more is not applied.",
+    ),
+]
+SignedByOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--require-signed-by",
+        envvar="RECONCILE_REQUIRE_SIGNED_BY",
+        show_default=False,
+        help="Apply only commits signed by an allowed key: ssh:ALLOWED_SIGNERS_FILE or gpg:KEYRING_DIR.",
+    ),
+]
 ParallelOpt = Annotated[
     int,
     typer.Option(
@@ -119,6 +137,8 @@ DEFAULTS: dict[str, Any] = {
     "prune_foreign": False,
     "relabel": False,
     "dry_run": False,
+    "policy": None,
+    "require_signed_by": None,
 }
 
 
@@ -203,6 +223,8 @@ def _guarded(fn: Callable[[], T]) -> T:
 def _settings(ctx: typer.Context, **given: Any) -> Any:
     from reconciler.shell.converge import Settings
 
+    # What the server trusts holds for every command that reads the branch (status and the edits too).
+    given = {"policy": None, "require_signed_by": None, **given}
     values = {name: _option(ctx, name, value) for name, value in given.items()}
     return Settings(**{k: v for k, v in values.items() if k in Settings.__dataclass_fields__})
 
@@ -241,6 +263,8 @@ def main_command(
         ),
     ] = False,
     parallel: ParallelOpt = 16,
+    policy: PolicyOpt = None,
+    require_signed_by: SignedByOpt = None,
     repo: RepoOpt = None,
     ref: RefOpt = None,
     file: FileOpt = None,
@@ -259,6 +283,8 @@ def main_command(
         "docker_host": docker_host,
         "instance": instance,
         "output": output,
+        "policy": policy,
+        "require_signed_by": require_signed_by,
     }
     if ctx.invoked_subcommand is not None:
         return
@@ -275,6 +301,8 @@ def main_command(
         prune_foreign=prune_foreign,
         relabel=relabel,
         parallel=parallel,
+        policy=policy,
+        require_signed_by=require_signed_by,
     )
     fmt = _option(ctx, "output", output)
     from reconciler.core import report
@@ -322,17 +350,19 @@ def validate(
     ref: RefOpt = None,
     file: FileOpt = None,
     output: OutputOpt = None,
+    policy: PolicyOpt = None,
 ) -> None:
-    """Check a desired-state file against the schema; every error as FILE:LINE:COL. Exit 0 valid, 1 not."""
+    """Check a desired-state file against the schema (and --policy); every error as FILE:LINE:COL. Exit 0 valid,
+    1 not."""
 
     def check() -> Any:
         if path is not None:
             from reconciler.shell import ops
 
-            return ops.validate_file(path)
+            return ops.validate_file(path, policy=_option(ctx, "policy", policy))
         from reconciler.shell.converge import read_desired
 
-        return read_desired(_settings(ctx, repo=repo, ref=ref, file=file, state_dir=None))
+        return read_desired(_settings(ctx, repo=repo, ref=ref, file=file, state_dir=None, policy=policy))
 
     desired = _guarded(check)
     where = str(path) if path is not None else f"{desired.path} @ {desired.short}"
@@ -441,6 +471,8 @@ def agent(
             help="HOST:PORT for /metrics, /healthz and /hooks/{github,gitlab,gitea}. [default: no listener]",
         ),
     ] = None,
+    policy: PolicyOpt = None,
+    require_signed_by: SignedByOpt = None,
     webhook_secret_file: Annotated[
         Path | None,
         typer.Option(
@@ -468,7 +500,8 @@ def agent(
     if every < 1:
         _fail("--interval: at least 1s (a local repository is watched anyway: a push converges at once)")
     settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=state_dir, docker_host=docker_host,
-                         instance=instance, parallel=parallel)  # fmt: skip
+                         instance=instance, parallel=parallel, policy=policy,
+                         require_signed_by=require_signed_by)  # fmt: skip
     secret = _secret_file(webhook_secret_file) if webhook_secret_file is not None else b""
     config = AgentSettings(
         settings=settings, branch=branch, interval=every, self_heal=self_heal, publish_stable=publish_stable,

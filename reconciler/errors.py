@@ -8,6 +8,7 @@ traceback. The tree::
     ├── UserError                   needs a human: fix the file, the ref, the name; retrying will not help
     │   ├── InvalidDesiredState     desired-state.yaml broken or invalid (carries every FILE:LINE:COL error)
     │   ├── SourceError             repo, ref or file not found
+    │   ├── CommitRefused           unsigned, signed by a key not allowed, or beyond --policy: not applied
     │   ├── ImageError              image or tag does not exist, or access denied
     │   ├── ContainerError          the engine refused a container (port taken, bad mount, name in use)
     │   ├── EnvFileError            an app's env_file cannot be read where it runs, or is not KEY=VALUE text
@@ -43,6 +44,15 @@ class InvalidDesiredState(UserError):
 
 class SourceError(UserError):
     """The repository, ref or file inside it cannot be found."""
+
+
+class CommitRefused(UserError):
+    """This server does not apply the commit: ``reason`` is ``unsigned``, ``bad-signature`` (not signed by an
+    allowed key) or ``policy`` (it asks for more than ``--policy`` allows). Nothing of it is applied."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class ImageError(UserError):

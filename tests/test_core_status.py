@@ -38,8 +38,8 @@ def a_status() -> Status:
 def test_as_dict_is_the_json_of_reconcile_status() -> None:
     data = a_status().as_dict()
     assert list(data) == [
-        "revision", "file", "desired_error", "journal_error", "agent_pid", "suspended", "break_glass", "apps",
-        "routes", "proxy",
+        "revision", "file", "desired_error", "refused", "journal_error", "agent_pid", "suspended", "break_glass",
+        "apps", "routes", "proxy",
     ]  # fmt: skip
     assert data["routes"] == ["route * / -> web v1 (172.18.0.3:8000), 2 in flight"]
     assert data["proxy"] == ["start the proxy again"]
@@ -67,7 +67,8 @@ def test_as_dict_is_the_json_of_reconcile_status() -> None:
 def test_a_status_that_read_nothing_says_why() -> None:
     data = Status(file="f.yaml", desired_error="no such directory", journal_error="corrupt").as_dict()
     assert data == {
-        "revision": None, "file": "f.yaml", "desired_error": "no such directory", "journal_error": "corrupt",
+        "revision": None, "file": "f.yaml", "desired_error": "no such directory", "refused": None,
+        "journal_error": "corrupt",
         "agent_pid": None, "suspended": None, "break_glass": {}, "apps": [], "routes": [], "proxy": [],
     }  # fmt: skip
     assert status_lines(Status(file="f.yaml", desired_error="no such directory")) == [

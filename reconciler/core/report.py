@@ -122,6 +122,8 @@ def status_lines(status: Status) -> list[str]:
     out.append(f"{head}; {agent}")
     if status.desired_error:
         out.append(f"!! desired state unreadable: {status.desired_error}")
+    if status.refused:
+        out.append(f"!! not applied: {status.refused}")
     if status.suspended:
         out.append(f"!! SUSPENDED: {status.suspended} — the agent changes nothing until `reconcile resume`")
     for name, version in sorted(status.break_glass):

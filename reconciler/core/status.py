@@ -78,6 +78,7 @@ class Status:
     file: str
     revision: str | None = None  # None: the desired state could not be read (``desired_error``)
     desired_error: str | None = None
+    refused: str | None = None  # the tip of the branch is not applied: unsigned, a key not allowed, beyond --policy
     journal_error: str | None = None  # a journal that cannot be read reads as an empty one
     agent_pid: int | None = None
     suspended: str | None = None  # why the agent changes nothing, while it is suspended
@@ -91,6 +92,7 @@ class Status:
             "revision": self.revision,
             "file": self.file,
             "desired_error": self.desired_error,
+            "refused": self.refused,
             "journal_error": self.journal_error,
             "agent_pid": self.agent_pid,
             "suspended": self.suspended,

@@ -56,6 +56,7 @@ from reconciler.core.policy import Deployed, Notice, Say
 from reconciler.core.report import Outcome, Result
 from reconciler.core.stable import Candidate, StableSample, StableWatch, track
 from reconciler.errors import (
+    CommitRefused,
     EngineUnavailable,
     InvalidDesiredState,
     LockHeld,
@@ -65,7 +66,7 @@ from reconciler.errors import (
     SourceError,
     TransientError,
 )
-from reconciler.shell import sdnotify
+from reconciler.shell import guard, sdnotify
 from reconciler.shell.converge import Settings, desired_at, plan_against
 from reconciler.shell.deploy import Applier
 from reconciler.shell.docker import Engine, connect
@@ -80,6 +81,11 @@ from reconciler.shell.stable import publish_stable
 
 ENGINE_RETRY_MID_DEPLOY = 2.0  # seconds: an outage cut a deploy short; the app may be down until resumed
 CRASH_FILES_KEPT = 20  # a bug that crashes every pass must not fill the state directory
+_REFUSED = {
+    "unsigned": Event.COMMIT_UNSIGNED,
+    "bad-signature": Event.COMMIT_BAD_SIGNATURE,
+    "policy": Event.COMMIT_REFUSED,
+}
 _VERDICT_EVENTS = {  # an outcome's line in the log; any other result of a change is deploy.done
     Result.APPLIED: Event.DEPLOY_SUCCEEDED,
     Result.ROLLED_BACK: Event.DEPLOY_ROLLED_BACK,
@@ -127,6 +133,7 @@ class Agent:
     started_at: float = field(default_factory=time.monotonic)
     pass_started: float | None = None  # monotonic; set while a pass runs
     pass_ended: float | None = None
+    verified: tuple[str, DesiredState] | None = None  # the last commit that passed --require-signed-by and --policy
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -321,6 +328,8 @@ class Agent:
             revision, desired = self._read()
         except RemoteUnavailable as exc:
             return self._problem("remote", Event.REMOTE_UNREACHABLE, str(exc))
+        except CommitRefused:
+            return self._next_interval()  # said once in _read
         except (InvalidDesiredState, SourceError) as exc:
             errors = exc.errors if isinstance(exc, InvalidDesiredState) else [str(exc)]
             self.events.once("invalid", Event.DESIRED_INVALID, f"{self.revision[:8]}: " + " | ".join(errors))
@@ -376,7 +385,32 @@ class Agent:
         if revision != self.revision:
             self.events.emit(Event.COMMIT_SEEN, f"{self.config.ref} is at {revision[:8]}", commit=revision[:8])
             self.revision = revision
-        return revision, desired_at(self.source, self.config.ref, revision, settings.file)
+        try:
+            desired = desired_at(
+                self.source, self.config.ref, revision, settings.file,
+                policy=settings.policy, signed_by=settings.require_signed_by,
+            )  # fmt: skip
+        except CommitRefused as exc:
+            event = _REFUSED.get(exc.reason, Event.COMMIT_REFUSED)
+            self.events.once("refused", event, str(exc).replace("\n", " | "), commit=revision[:8])
+            if self.verified is None:
+                raise  # nothing verified to keep to: the pass is skipped (desired.invalid is not said)
+            # The host keeps the last verified commit (drift is still healed) until a commit passes.
+            return self.verified
+        self.events.clear("refused")
+        if self.verified is None or self.verified[0] != revision:
+            self._warn_dangerous(revision, desired)
+        self.verified = (revision, desired)
+        return revision, desired
+
+    def _warn_dangerous(self, revision: str, desired: DesiredState) -> None:
+        """Without --policy: one line per mount of /, /proc, /sys or the Docker socket (once each)."""
+        assert self.source is not None
+        if self.config.settings.policy is not None:
+            return
+        file = self.config.settings.file
+        for line in guard.check(self.source.read(revision, file), file, desired, None):
+            self.events.once(f"danger:{line}", Event.POLICY_WARNING, f"warning: {line} (no --policy limits it)")
 
     def _newer_commit(self, revision: str) -> bool:
         """True when the branch moved past ``revision`` (checked when a watcher or SIGHUP said so)."""

@@ -25,8 +25,8 @@ from reconciler.core.model import STABLE, DesiredState, ObservedState, image_ref
 from reconciler.core.plan import Plan, Resolution, plan
 from reconciler.core.proxy import route_lines
 from reconciler.core.report import Outcome
-from reconciler.errors import ImageError, InvalidDesiredState, ProxyError
-from reconciler.shell import scrub
+from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, ProxyError
+from reconciler.shell import guard, scrub, signatures
 from reconciler.shell.docker import Engine, connect
 from reconciler.shell.git import Source, open_source
 from reconciler.shell.journal import Journal, locked
@@ -55,6 +55,8 @@ class Settings:
     prune_foreign: bool = False  # also remove containers of this instance that another source deployed
     relabel: bool = False  # redeploy containers deployed before they carried their source
     parallel: int = DEFAULT_PARALLEL  # deploys of a pass at once; 1: one after another
+    policy: Path | None = None  # this server's policy file: what a commit may ask for (read at each pass)
+    require_signed_by: str | None = None  # ssh:ALLOWED_SIGNERS_FILE or gpg:KEYRING_DIR
 
 
 @dataclass
@@ -80,17 +82,50 @@ def parse_desired(text: bytes, file: str, revision: str, *, author: str = "") ->
         raise InvalidDesiredState([scrub.scrub(line) for line in exc.errors]) from None
 
 
-def desired_at(source: Source, ref: str, revision: str, file: str) -> DesiredState:
-    """The validated file at ``revision`` (what ``ref`` resolved to), with its author and source."""
-    desired = parse_desired(source.read(revision, file), file, revision, author=source.author(revision))
+def desired_at(
+    source: Source,
+    ref: str,
+    revision: str,
+    file: str,
+    *,
+    policy: Path | None = None,
+    signed_by: str | None = None,
+) -> DesiredState:
+    """The validated file at ``revision`` (what ``ref`` resolved to), with its author and source.
+
+    With ``signed_by``, a commit without a good signature by an allowed key is ``CommitRefused`` before its
+    file is even read; with a ``policy`` file, one that asks for more than it allows is a
+    ``PolicyViolation``. Either way nothing of it is applied."""
+    if signed_by is not None:
+        check_signature(source, revision, signed_by)
+    text = source.read(revision, file)
+    desired = parse_desired(text, file, revision, author=source.author(revision))
+    if policy is not None:
+        guard.enforce(text, file, desired, guard.load_policy(policy))
     return desired.model_copy(update={"source": source.identity(ref, revision, file)})
+
+
+def check_signature(source: Source, revision: str, signed_by: str) -> None:
+    """``CommitRefused`` unless ``revision`` carries a good signature by a key ``signed_by`` allows."""
+    found = signatures.verify(str(source.repo.git_dir), revision, signatures.parse_rule(signed_by))
+    if found.verdict is signatures.Verdict.GOOD:
+        return
+    if found.verdict is signatures.Verdict.UNSIGNED:
+        message = f"commit {revision[:8]} is not signed; not applied (--require-signed-by {signed_by})"
+    else:
+        key = f" (key {found.key})" if found.key else ""
+        message = f"commit {revision[:8]} is not signed by an allowed key{key}: {found.detail}; not applied"
+    raise CommitRefused(str(found.verdict), message)
 
 
 def read_desired(settings: Settings) -> DesiredState:
     """The validated desired state at ``settings.ref`` of ``settings.repo``."""
     source = open_source(settings.repo, state_dir=settings.state_dir)
     try:
-        return desired_at(source, settings.ref, source.resolve(settings.ref), settings.file)
+        revision = source.resolve(settings.ref)
+        return desired_at(
+            source, settings.ref, revision, settings.file, policy=settings.policy, signed_by=settings.require_signed_by
+        )
     finally:
         source.close()
 

@@ -21,20 +21,24 @@ from pathlib import Path
 from reconciler.core.desired import load_desired
 from reconciler.core.model import DesiredState
 from reconciler.errors import SourceError, UserError
-from reconciler.shell import scrub
+from reconciler.shell import guard, scrub
 from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Entry, Journal, read_pid
 from reconciler.shell.yamlfile import parse_yaml
 
 
-def validate_file(path: Path) -> DesiredState:
-    """The desired state in the plain file ``path`` (not from git), or ``InvalidDesiredState``."""
+def validate_file(path: Path, *, policy: Path | None = None) -> DesiredState:
+    """The desired state in the plain file ``path`` (not from git), or ``InvalidDesiredState``; with a
+    ``policy`` file, what it refuses is a ``PolicyViolation``."""
     try:
         text = path.read_bytes()
     except OSError as exc:
         raise SourceError(f"{path}: {exc.strerror}") from None
     data, positions = parse_yaml(text, filename=str(path))
     scrub.remember_in(data)  # what is printed of it is scrubbed of the file's env values
-    return load_desired(data, positions, filename=str(path))
+    desired = load_desired(data, positions, filename=str(path))
+    if policy is not None:
+        guard.enforce(text, str(path), desired, guard.load_policy(policy))
+    return desired
 
 
 def history(*, state_dir: Path, app: str | None = None, limit: int = 20) -> list[Entry]:

@@ -16,7 +16,7 @@ from reconciler.core.health import Health
 from reconciler.core.model import DesiredState, ObservedState, container_name
 from reconciler.core.proxy import route_lines
 from reconciler.core.status import AppStatus, DeployRecord, Status
-from reconciler.errors import ProxyError, ReconcileError
+from reconciler.errors import CommitRefused, ProxyError, ReconcileError
 from reconciler.shell.converge import Settings, plan_against, read_desired
 from reconciler.shell.deploy import Applier
 from reconciler.shell.docker import Engine, connect
@@ -26,9 +26,11 @@ from reconciler.shell.proxy import Proxy
 
 def collect(settings: Settings) -> Status:
     desired: DesiredState | None = None
-    desired_error = ""
+    desired_error = refused = ""
     try:
         desired = read_desired(settings)
+    except CommitRefused as exc:
+        refused = str(exc).replace("\n", " | ")
     except ReconcileError as exc:
         desired_error = str(exc)
     engine = connect(settings.docker_host, instance=settings.instance)
@@ -94,6 +96,7 @@ def collect(settings: Settings) -> Status:
             )
         routes, proxied = _routes(engine, settings, desired, observed)
         return Status(
+            refused=refused or None,
             routes=routes,
             proxy=proxied,
             file=settings.file,

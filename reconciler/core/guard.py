@@ -1,0 +1,438 @@
+"""The server's policy: what the commits of a branch may ask of this host. Pure.
+
+Whoever can merge to the branch could otherwise mount ``/`` or the Docker socket into a container, read
+any host file as an ``env_file`` and publish any port on any interface. The server names what it allows
+in a policy file (``--policy /etc/reconciler/policy.yaml``); a commit that asks for more is not applied
+at all, and each thing it asks for beyond the policy is one ``Violation`` placed in the file.
+
+The policy file (every key optional; a key left out allows anything of its kind; an empty list allows
+nothing of its kind; ``key:`` with no value is an error, so that "nothing" is never read as "anything")::
+
+    images: ["registry.example.com/team/", "myrepo/", "haproxy"]
+    volumes: ["/srv/apps/", "/var/lib/myapp"]
+    env_files: ["/etc/myapp/"]
+    ports:
+      interfaces: ["127.0.0.1", "0.0.0.0"]
+      ranges: ["8000-8999", 443]
+
+- ``images``: repository prefixes, compared by whole name components. ``registry.example.com/team/``
+  (ending in ``/``: a namespace) allows every repository under it; ``myrepo/web`` (no ``/`` at the end:
+  a repository) allows ``myrepo/web`` and what lies under ``myrepo/web/``, never ``myrepo/webevil``. Docker
+  Hub names are compared in full on both sides: ``nginx`` is ``docker.io/library/nginx``, so ``library/``
+  or ``docker.io/library/`` allows the official images and ``docker.io/`` all of Docker Hub. A host with a
+  port (``localhost:5000/``) is a prefix like any other. Checked: each app's ``image`` and, when the file
+  has ``proxy:``, ``proxy.image`` (``haproxy`` unless the file names another).
+- ``volumes``: host paths a bind mount may take as its source (``/SOURCE:/target``): a source is allowed
+  when it is one of these or lies under one, by whole path components (``/srv/apps`` allows
+  ``/srv/apps/x``, never ``/srv/appsevil``), after ``..``, ``.`` and repeated ``/`` are folded away
+  (``/srv/apps/../../etc`` is ``/etc``). Named volumes (``data:/data``) are always allowed. The folder of
+  ``proxy.tls.certs``, which is mounted into the proxy, is checked against the same list. Paths are
+  compared as written: a symlink on the host that leads out of an allowed folder is the server's own doing.
+- ``env_files``: host paths an app's ``env_file`` may name, compared as ``volumes`` are.
+- ``ports``: ``interfaces``, the host IPs a published port or a ``proxy.listen`` address may bind, and
+  ``ranges``, the host ports it may take (``"8000-8999"`` or a single ``443``); either may be left out (any).
+  A port written without an IP (``8080:80``) binds ``0.0.0.0``. Interfaces are compared as addresses,
+  exactly: ``0.0.0.0`` in the list allows a port bound to ``0.0.0.0``, not one bound to ``10.0.0.5`` by
+  name. A port with no host port (``8000``, ``127.0.0.1:8000``) is given a random host port by Docker: it
+  is allowed when its interface is, whatever ``ranges`` says. Ranges hold for tcp and udp alike.
+
+``violations`` says what a ``DesiredState`` asks beyond a policy; ``dangerous`` says, when there is no
+policy, which mounts give a container the host: ``/`` itself, ``/proc`` or ``/sys`` or anything under
+them, and the Docker socket (``/run/docker.sock``, ``/var/run/docker.sock``) or the folder that holds it
+(``/run``, ``/var/run``). Each ``Violation`` is a path into the file (``("apps", "web", "volumes", 0)``)
+and a one-line message saying what is refused and what the policy allows; no message shows an env value.
+``validate_policy`` turns the policy file (plain data and positions) into a ``ServerPolicy``, or raises
+``InvalidPolicy`` with every error as ``FILE:LINE:COL: path: message``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import posixpath
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ValidationError, field_validator, model_validator
+
+from reconciler.core.desired import Path, Positions, dotted
+from reconciler.core.model import DesiredState, Strict, parse_port
+from reconciler.errors import CommitRefused, UserError
+
+ANY_IPV4 = "0.0.0.0"  # what a port written without an IP binds
+DOCKER_SOCKETS = ("/run/docker.sock", "/var/run/docker.sock")
+_SOCKET_FOLDERS = ("/run", "/var/run")
+_KERNEL = ("/proc", "/sys")
+
+_RANGE = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
+_REGISTRY_HOST = re.compile(r"^[a-zA-Z0-9.-]+(:[0-9]+)?$")
+_NAME_COMPONENT = re.compile(r"^[a-z0-9]+([._-]+[a-z0-9]+)*$")
+_HUB = "docker.io"
+_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
+
+
+class InvalidPolicy(UserError):
+    """The policy file does not parse or does not validate; ``errors`` are ``FILE:LINE:COL: path: message``."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+class PolicyViolation(CommitRefused):
+    """A commit asks for more than the server's policy allows; nothing of it is applied.
+    ``lines`` are ``FILE:LINE:COL: path: message``, one per violation."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("policy", "\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Violation:
+    """Something the file asks for beyond the policy: where (a path into the file) and what, on one line.
+
+    ``message`` starts with ``quoted``, the part that shows what the file holds there (``8080:80 binds
+    0.0.0.0``); a value that came from an env value through a YAML alias is never shown, so the shell puts
+    ``<an env value>`` in its place then."""
+
+    path: Path
+    message: str
+    quoted: str = ""
+
+    @classmethod
+    def of(cls, path: Path, quoted: str, rest: str) -> Violation:
+        return cls(path, quoted + rest, quoted)
+
+
+# --- paths ---------------------------------------------------------------------------------------------
+
+
+def normalize_path(path: str) -> str:
+    """``path`` with ``..``, ``.`` and repeated ``/`` folded away (``//x`` is ``/x``; ``/..`` is ``/``)."""
+    folded = posixpath.normpath(path)
+    return "/" + folded.lstrip("/") if folded.startswith("/") else folded
+
+
+def path_under(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, by whole components, both normalised first."""
+    path, folder = normalize_path(path), normalize_path(folder)
+    return folder == "/" or path == folder or path.startswith(folder + "/")
+
+
+def _check_host_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path: host paths start with /")
+    if "\x00" in value:
+        raise ValueError("a path holds no NUL character")
+    return value
+
+
+# --- images --------------------------------------------------------------------------------------------
+
+
+def _is_host(component: str) -> bool:
+    return "." in component or ":" in component or component == "localhost"
+
+
+def image_parts(name: str, *, namespace: bool = False) -> tuple[str, ...]:
+    """``name`` in full, as components: ``nginx`` -> ``("docker.io", "library", "nginx")``.
+
+    A ``namespace`` (a prefix written with ``/`` at the end) gets no ``library/``: ``myrepo/`` is
+    ``("docker.io", "myrepo")``, ``docker.io/`` is ``("docker.io",)``.
+    """
+    parts = name.strip("/").split("/")
+    if (len(parts) > 1 or namespace) and _is_host(parts[0]):
+        host, rest = parts[0].lower(), parts[1:]
+    else:
+        host, rest = _HUB, parts
+    if host in _HUB_ALIASES:
+        host = _HUB
+        if not namespace and len(rest) == 1:
+            rest = ["library", *rest]
+    return (host, *rest)
+
+
+def image_allowed(image: str, prefix: str) -> bool:
+    """Whether repository ``image`` lies under the policy's ``prefix``, by whole name components."""
+    wanted = image_parts(prefix, namespace=prefix.endswith("/"))
+    return image_parts(image)[: len(wanted)] == wanted
+
+
+def _check_image_prefix(value: str) -> str:
+    bare = value[:-1] if value.endswith("/") else value
+    parts = bare.split("/")
+    host = _is_host(parts[0]) and (len(parts) > 1 or value.endswith("/"))
+    names = parts[1:] if host else parts
+    if (
+        not bare
+        or (host and not _REGISTRY_HOST.match(parts[0]))
+        or not all(_NAME_COMPONENT.match(name) for name in names)
+    ):
+        raise ValueError(
+            f"{value!r} is not a repository prefix (registry.example.com/team/, localhost:5000/, myrepo/, nginx)"
+        )
+    return value
+
+
+# --- ports ---------------------------------------------------------------------------------------------
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text.strip("[]"))
+
+
+def _check_interface(value: str) -> str:
+    try:
+        _address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address (127.0.0.1, 0.0.0.0, ::1)") from None
+    return value
+
+
+def port_range(text: str) -> tuple[int, int]:
+    """``"8000-8999"`` -> ``(8000, 8999)``; ``"443"`` -> ``(443, 443)`` (a validated range)."""
+    low, _, high = text.partition("-")
+    return int(low), int(high or low)
+
+
+def _check_range(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return value  # the str type refuses it
+    match = _RANGE.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a port or a range of ports (443, 8000-8999)")
+    low, high = port_range(value)
+    for number in (low, high):
+        if not 0 < number < 65536:
+            raise ValueError(f"port {number} is out of range 1-65535")
+    if low > high:
+        raise ValueError(f"{value!r} runs backwards: write {high}-{low}")
+    return value
+
+
+def _not_null(value: object) -> object:
+    if value is None:
+        raise ValueError("no value: write [] to allow none, or leave the key out to allow any")
+    return value
+
+
+ImagePrefix = Annotated[str, AfterValidator(_check_image_prefix)]
+HostPath = Annotated[str, AfterValidator(_check_host_path)]
+Interface = Annotated[str, AfterValidator(_check_interface)]
+PortRange = Annotated[str, BeforeValidator(_check_range)]
+
+
+class PortPolicy(Strict):
+    """Which host IPs and host ports a published port or a proxy listen address may take."""
+
+    interfaces: tuple[Interface, ...] | None = None
+    ranges: tuple[PortRange, ...] | None = None
+
+    @field_validator("interfaces", "ranges", mode="before")
+    @classmethod
+    def _given(cls, value: object) -> object:
+        return _not_null(value)
+
+    @model_validator(mode="after")
+    def _something(self) -> PortPolicy:
+        if self.interfaces is None and self.ranges is None:
+            raise ValueError("name interfaces or ranges (or leave ports out to allow any)")
+        return self
+
+    def interface_allowed(self, ip: str) -> bool:
+        return self.interfaces is None or any(_address(ip) == _address(allowed) for allowed in self.interfaces)
+
+    def port_allowed(self, port: int) -> bool:
+        return self.ranges is None or any(low <= port <= high for low, high in map(port_range, self.ranges))
+
+
+class ServerPolicy(Strict):
+    """What the commits may ask of this host. A field left out (None) allows anything of its kind."""
+
+    images: tuple[ImagePrefix, ...] | None = None
+    volumes: tuple[HostPath, ...] | None = None
+    env_files: tuple[HostPath, ...] | None = None
+    ports: PortPolicy | None = None
+
+    @field_validator("images", "volumes", "env_files", "ports", mode="before")
+    @classmethod
+    def _given(cls, value: object) -> object:
+        return _not_null(value)
+
+
+# --- checking a desired state --------------------------------------------------------------------------
+
+
+def _allows(name: str, entries: Iterable[str | int]) -> str:
+    shown = ", ".join(str(entry) for entry in entries)
+    return f"(policy {name}: {shown or 'none'})"
+
+
+def _bind_source(volume: str) -> str | None:
+    """The host path of a bind mount (``/SOURCE:/target[:ro]``); None for a named volume."""
+    source = volume.split(":", 1)[0]
+    return source if source.startswith("/") else None
+
+
+def _shown_path(path: str) -> str:
+    folded = normalize_path(path)
+    return path if folded == path else f"{path} (that is {folded})"
+
+
+def _path_violation(path: Path, host_path: str, allowed: tuple[str, ...], name: str) -> Violation | None:
+    if any(path_under(host_path, folder) for folder in allowed):
+        return None
+    return Violation.of(path, _shown_path(host_path), f" is not under an allowed host path {_allows(name, allowed)}")
+
+
+def _image_violation(path: Path, image: str, allowed: tuple[str, ...], note: str = "") -> Violation | None:
+    if any(image_allowed(image, prefix) for prefix in allowed):
+        return None
+    return Violation.of(path, image + note, f" is not under an allowed repository prefix {_allows('images', allowed)}")
+
+
+def _binding_violations(path: Path, shown: str, ip: str, port: int | None, policy: PortPolicy) -> list[Violation]:
+    found = []
+    if not policy.interface_allowed(ip or ANY_IPV4):
+        binds = ip if ip else f"{ANY_IPV4} (no IP given)"
+        allowed = _allows("ports.interfaces", policy.interfaces or ())
+        found.append(Violation.of(path, f"{shown} binds {binds}", f", which is not an allowed interface {allowed}"))
+    if port is not None and not policy.port_allowed(port):
+        allowed = _allows("ports.ranges", policy.ranges or ())
+        found.append(Violation.of(path, f"{shown}: host port {port}", f" is not in an allowed range {allowed}"))
+    return found
+
+
+def violations(desired: DesiredState, policy: ServerPolicy) -> list[Violation]:
+    """Everything ``desired`` asks for beyond ``policy``, in the order of the file's apps, then the proxy."""
+    found: list[Violation | None] = []
+    for app, spec in desired.apps.items():
+        at: Path = ("apps", app)
+        if policy.images is not None:
+            found.append(_image_violation((*at, "image"), spec.image, policy.images))
+        if policy.volumes is not None:
+            for index, volume in enumerate(spec.volumes):
+                source = _bind_source(volume)
+                if source is not None:
+                    found.append(_path_violation((*at, "volumes", index), source, policy.volumes, "volumes"))
+        if policy.env_files is not None and spec.env_file is not None:
+            found.append(_path_violation((*at, "env_file"), spec.env_file, policy.env_files, "env_files"))
+        if policy.ports is not None:
+            for index, port in enumerate(spec.ports):
+                ip, host_port, _, _ = parse_port(port)
+                found.extend(_binding_violations((*at, "ports", index), port, ip, host_port, policy.ports))
+    proxy = desired.proxy
+    if proxy is not None:
+        if policy.images is not None:
+            written = "image" in proxy.model_fields_set
+            note = "" if written else " (the default proxy image)"
+            found.append(_image_violation(("proxy", "image"), proxy.image, policy.images, note))
+        if policy.volumes is not None and proxy.tls is not None:
+            found.append(_path_violation(("proxy", "tls", "certs"), proxy.tls.certs, policy.volumes, "volumes"))
+        if policy.ports is not None:
+            written = "listen" in proxy.model_fields_set
+            for index, (address, (ip, number, _)) in enumerate(zip(proxy.listen, proxy.listens(), strict=True)):
+                path: Path = ("proxy", "listen", index) if written else ("proxy", "listen")
+                shown = address if written else f"{address} (the default listen address)"
+                found.extend(_binding_violations(path, shown, ip, number, policy.ports))
+    return [violation for violation in found if violation is not None]
+
+
+def _danger(host_path: str) -> str | None:
+    folded = normalize_path(host_path)
+    if folded == "/":
+        return "the host's whole file system"
+    if any(path_under(folded, kernel) for kernel in _KERNEL):
+        return "the host kernel's own files (/proc, /sys)"
+    if folded in DOCKER_SOCKETS:
+        return "the Docker socket: the container can run anything on the host"
+    if folded in _SOCKET_FOLDERS:
+        return "the folder of the Docker socket: the container can run anything on the host"
+    return None
+
+
+def dangerous(desired: DesiredState) -> list[Violation]:
+    """With no policy: each mount that gives a container the host (see the module's docstring), one each."""
+    found = []
+    for app, spec in desired.apps.items():
+        for index, volume in enumerate(spec.volumes):
+            source = _bind_source(volume)
+            danger = _danger(source) if source is not None else None
+            if source is not None and danger is not None:
+                found.append(Violation.of(("apps", app, "volumes", index), _shown_path(source), f" mounts {danger}"))
+    tls = desired.proxy.tls if desired.proxy is not None else None
+    if tls is not None:
+        danger = _danger(tls.certs)
+        if danger is not None:
+            found.append(Violation.of(("proxy", "tls", "certs"), _shown_path(tls.certs), f" mounts {danger}"))
+    return found
+
+
+# --- reading the policy file ---------------------------------------------------------------------------
+
+
+def _model_at(path: Path) -> type[BaseModel] | None:
+    if path == ():
+        return ServerPolicy
+    return PortPolicy if path == ("ports",) else None
+
+
+def _data_path(data: Any, loc: tuple[str | int, ...]) -> Path:
+    """The parts of a pydantic ``loc`` that index into ``data`` (it adds validator tags)."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, Mapping) and isinstance(part, str) and _model_at(tuple(path)) is not None:
+            path.append(part)
+            break
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            path.append(part)
+    return tuple(path)
+
+
+def _message(error: Any, path: Path) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(path[:-1])
+        valid = sorted(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(path[-1]), valid, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+        return f"unknown key {path[-1]!r}{hint}"
+    if kind == "tuple_type":
+        return "write a list ([...])"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "write a mapping (interfaces: [...], ranges: [...])"
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
+
+
+def validate_policy(data: Any, positions: Positions, *, filename: str) -> ServerPolicy:
+    """The policy file (as plain data, with where each node stood) as a ``ServerPolicy``, or ``InvalidPolicy``
+    with every error, sorted by place."""
+    if data is None:
+        raise InvalidPolicy([f"{filename}:1:1: the policy file is empty; write {{}} to allow anything"])
+    if not isinstance(data, Mapping):
+        line, col = positions.of(())
+        raise InvalidPolicy(
+            [f"{filename}:{line}:{col}: the top level must be a mapping (images, volumes, env_files, ports)"]
+        )
+    try:
+        return ServerPolicy.model_validate(data)
+    except ValidationError as exc:
+        found = []
+        for error in exc.errors():
+            path = _data_path(data, tuple(error["loc"]))
+            where = positions.of(path, key=error["type"] == "extra_forbidden")
+            found.append((where, f"{filename}:{where[0]}:{where[1]}: {dotted(path)}: {_message(error, path)}"))
+        raise InvalidPolicy(list(dict.fromkeys(text for _, text in sorted(found)))) from None
