@@ -81,6 +81,7 @@ from reconciler.shell.stable import publish_stable
 
 ENGINE_RETRY_MID_DEPLOY = 2.0  # seconds: an outage cut a deploy short; the app may be down until resumed
 CRASH_FILES_KEPT = 20  # a bug that crashes every pass must not fill the state directory
+HOOK_SPACING = 2.0  # seconds between passes that webhooks start: 1,000 hooks in a second are two passes
 _REFUSED = {
     "unsigned": Event.COMMIT_UNSIGNED,
     "bad-signature": Event.COMMIT_BAD_SIGNATURE,
@@ -219,8 +220,30 @@ class Agent:
         if self.config.listen is None:
             return None
 
+        spacing = threading.Lock()
+        timer: list[threading.Timer] = []
+        last = [float("-inf")]
+
+        def fire() -> None:
+            with spacing:
+                timer.clear()
+                last[0] = time.monotonic()
+            self.wake.set()
+
         def pushed() -> None:
+            # A newer commit may be waiting: a gate under way sees it at once (``_newer_commit``). Passes
+            # for hooks start at most every HOOK_SPACING: a flood is one pass now and one after it.
             self.changed.set()
+            with spacing:
+                if timer:
+                    return
+                delay = last[0] + HOOK_SPACING - time.monotonic()
+                if delay > 0:
+                    timer.append(threading.Timer(delay, fire))
+                    timer[0].daemon = True
+                    timer[0].start()
+                    return
+                last[0] = time.monotonic()
             self.wake.set()
 
         def refused(key: str, message: str) -> None:

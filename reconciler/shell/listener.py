@@ -18,6 +18,7 @@ Guarantees:
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -76,6 +77,8 @@ class Listener:
         return f"{self.host}:{self.port}"
 
     def start(self) -> None:
+        # waitress says "Task queue depth is N" when its threads are busy: not a line of the agent's log.
+        logging.getLogger("waitress").setLevel(logging.ERROR)
         try:
             self._server = create_server(
                 self.app,

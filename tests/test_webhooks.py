@@ -1,0 +1,153 @@
+"""Webhooks judged without I/O (core.webhooks), the listener's WSGI app driven directly, the agent's health.
+
+No engine: a hook's proof, event and branch decide what happens; a flood is rate-limited per source with
+bounded memory; the app answers 401/404/405/413/429 as documented and never echoes the secret; /healthz
+turns 503 when the loop's last pass is too old or a pass runs too long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.core.webhooks import Provider, RateLimit, Verdict, judge
+from reconciler.shell.agent import Agent, AgentSettings
+from reconciler.shell.converge import Settings
+from reconciler.shell.events import Events
+from reconciler.shell.listener import MAX_BODY, Health, Listener
+from reconciler.shell.metrics import Metrics
+
+SECRET = b"hook-secret"
+PUSH = json.dumps({"ref": "refs/heads/main"}).encode()
+
+
+def proof(provider: Provider, body: bytes, secret: bytes = SECRET) -> dict[str, str]:
+    digest = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return {
+        Provider.GITHUB: {"x-github-event": "push", "x-hub-signature-256": f"sha256={digest}"},
+        Provider.GITEA: {"x-gitea-event": "push", "x-gitea-signature": digest},
+        Provider.GITLAB: {"x-gitlab-event": "Push Hook", "x-gitlab-token": secret.decode()},
+    }[provider]
+
+
+@pytest.mark.parametrize("provider", list(Provider))
+def test_an_authentic_push_to_the_followed_branch_is_a_push(provider: Provider) -> None:
+    answer = judge(provider, proof(provider, PUSH), PUSH, SECRET, "refs/heads/main")
+    assert (answer.verdict, answer.status, answer.ref) == (Verdict.PUSH, 202, "refs/heads/main")
+
+
+@pytest.mark.parametrize("provider", list(Provider))
+def test_a_wrong_or_missing_proof_is_unauthorized_and_the_body_is_not_read(provider: Provider) -> None:
+    wrong = judge(provider, proof(provider, PUSH, b"other"), PUSH, SECRET, "refs/heads/main")
+    missing = judge(provider, {}, b"not json at all", SECRET, "refs/heads/main")
+    for answer in (wrong, missing):
+        assert (answer.verdict, answer.status) == (Verdict.UNAUTHORIZED, 401)
+        assert SECRET.decode() not in answer.reason and "other" not in answer.reason
+    assert judge(provider, proof(provider, PUSH), PUSH, b"", None).verdict is Verdict.UNAUTHORIZED  # no secret
+
+
+def test_other_branches_events_and_bodies() -> None:
+    other = json.dumps({"ref": "refs/heads/feature"}).encode()
+    answer = judge(Provider.GITHUB, proof(Provider.GITHUB, other), other, SECRET, "refs/heads/main")
+    assert (answer.verdict, answer.status) == (Verdict.IGNORED, 202) and "refs/heads/feature" in answer.reason
+    # Following the default branch (no name to check): any push wakes the agent.
+    assert judge(Provider.GITHUB, proof(Provider.GITHUB, other), other, SECRET, None).verdict is Verdict.PUSH
+    ping = {**proof(Provider.GITHUB, PUSH), "x-github-event": "ping"}
+    assert judge(Provider.GITHUB, ping, PUSH, SECRET, "refs/heads/main").verdict is Verdict.IGNORED
+    for body in (b"[1, 2]", b"{not json", json.dumps({"no": "ref"}).encode()):
+        answer = judge(Provider.GITEA, proof(Provider.GITEA, body), body, SECRET, "refs/heads/main")
+        assert (answer.verdict, answer.status) == (Verdict.BAD, 400), body
+
+
+def test_the_rate_limit_is_per_source_refills_and_forgets_the_oldest() -> None:
+    limit = RateLimit(rate=10.0, burst=5.0, max_sources=3)
+    assert [limit.allow("a", 0.0) for _ in range(7)] == [True] * 5 + [False] * 2
+    assert limit.allow("b", 0.0)  # another source has its own bucket
+    assert not limit.allow("a", 0.05) and limit.allow("a", 0.2)  # refilled at 10 a second
+    for source in ("c", "d", "e"):
+        limit.allow(source, 1.0)
+    assert len(limit._buckets) == 3  # bounded, whatever a flood of addresses does
+
+
+def call(listener: Listener, method: str, path: str, body: bytes = b"", **headers: str) -> tuple[int, dict[str, Any]]:
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "REMOTE_ADDR": headers.pop("remote", "10.0.0.1"),
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+        **{"HTTP_" + key.upper(): value for key, value in headers.items()},
+    }
+    answered: list[str] = []
+    chunks: Iterable[bytes] = listener.app(environ, lambda status, headers: answered.append(status))
+    data = b"".join(chunks)
+    status = int(answered[0].split()[0])
+    return status, json.loads(data) if data.startswith(b"{") else {"text": data.decode()}
+
+
+def a_listener(*, secret: bytes = SECRET, alive: bool = True) -> tuple[Listener, list[str], list[str]]:
+    pushes: list[str] = []
+    refused: list[str] = []
+    listener = Listener(
+        "127.0.0.1:0",
+        metrics=Metrics(),
+        health=lambda: Health(alive, 12.0, "the last pass ended 12s ago"),
+        on_push=lambda: pushes.append("push"),
+        on_refused=lambda key, message: refused.append(message),
+        secret=secret,
+        followed="refs/heads/main",
+        clock=lambda: 0.0,
+    )
+    return listener, pushes, refused
+
+
+def headers_of(provider: Provider, body: bytes) -> dict[str, str]:
+    return {key.replace("-", "_"): value for key, value in proof(provider, body).items()}
+
+
+def test_the_app_answers_hooks_metrics_and_health() -> None:
+    listener, pushes, refused = a_listener()
+    assert call(listener, "POST", "/hooks/github", PUSH, **headers_of(Provider.GITHUB, PUSH))[0] == 202
+    assert pushes == ["push"]
+    status, body = call(listener, "POST", "/hooks/github", PUSH, x_hub_signature_256="sha256=00")
+    assert body["result"] == "unauthorized"
+    assert status == 401 and len(refused) == 1 and "not fetched" in refused[0] and SECRET.decode() not in refused[0]
+    assert call(listener, "GET", "/hooks/github")[0] == 405
+    assert call(listener, "POST", "/hooks/bitbucket", PUSH)[0] == 404
+    status, text = call(listener, "GET", "/metrics")
+    assert status == 200 and 'reconciler_webhooks_total{provider="github",result="push"} 1.0' in text["text"]
+    assert call(listener, "GET", "/healthz") == (200, {"status": "ok", "last_pass_age_seconds": 12.0,
+                                                      "detail": "the last pass ended 12s ago"})  # fmt: skip
+    stale, _, _ = a_listener(alive=False)
+    assert call(stale, "GET", "/healthz")[0] == 503
+
+
+def test_without_a_secret_hooks_are_off_and_a_flood_is_429_and_a_big_body_413() -> None:
+    off, pushes, _ = a_listener(secret=b"")
+    assert call(off, "POST", "/hooks/github", PUSH, **headers_of(Provider.GITHUB, PUSH))[0] == 404
+    assert pushes == []
+    listener, pushes, _ = a_listener()
+    statuses = [call(listener, "POST", "/hooks/gitea", PUSH, **headers_of(Provider.GITEA, PUSH))[0] for _ in range(50)]
+    assert statuses.count(202) == 20 and statuses.count(429) == 30  # the burst, then nothing until it refills
+    assert len(pushes) == 20
+    assert call(listener, "POST", "/hooks/gitea", PUSH, remote="10.0.0.2", **headers_of(Provider.GITEA, PUSH))[0] == 202
+    big = b"x" * (MAX_BODY + 1)
+    assert call(listener, "POST", "/hooks/gitea", big, remote="10.0.0.3")[0] == 413
+
+
+def test_the_agent_is_alive_while_its_passes_are_recent(tmp_path: Path) -> None:
+    agent = Agent(AgentSettings(settings=Settings(state_dir=tmp_path), interval=60.0), Events(stream=io.StringIO()))
+    assert agent.health().alive and agent.health().last_pass_age is None  # just started
+    now = agent.started_at
+    agent.pass_started, agent.pass_ended = now - 200.0, now - 190.0
+    assert not agent.health().alive  # the last pass ended over 3 intervals ago: the loop is stuck
+    agent.pass_ended = None
+    agent.pass_started = now
+    assert agent.health().alive and "running" in agent.health().detail
