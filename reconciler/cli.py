@@ -482,6 +482,16 @@ def agent(
             help="File holding the webhooks' shared secret (never printed). Without it the hooks answer 404.",
         ),
     ] = None,
+    notify: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--notify",
+            envvar="RECONCILE_NOTIFY",
+            show_default=False,
+            help="An apprise URL (slack://..., mailto://..., json://...) told of failed deploys, rollbacks, holds, "
+            "promotions, outages and refused commits; repeatable. Never printed.",
+        ),
+    ] = None,
     repo: RepoOpt = None,
     file: FileOpt = None,
     state_dir: StateOpt = None,
@@ -505,7 +515,7 @@ def agent(
     secret = _secret_file(webhook_secret_file) if webhook_secret_file is not None else b""
     config = AgentSettings(
         settings=settings, branch=branch, interval=every, self_heal=self_heal, publish_stable=publish_stable,
-        listen=listen, webhook_secret=secret,
+        listen=listen, webhook_secret=secret, notify=tuple(notify or ()),
     )  # fmt: skip
     code = _guarded(lambda: run_agent(config, log_format=log_format.value, on_step=_kill_hook()))
     raise typer.Exit(code)

@@ -187,3 +187,68 @@ def test_a_listen_address_in_use_is_one_clear_error(world: World) -> None:
     assert result.returncode == 1, result
     assert re.search(rf"--listen 127\.0\.0\.1:{port}: cannot listen there", result.stderr), result.stderr
     assert "Traceback" not in result.stderr
+
+
+class _Receiver:
+    """A local HTTP endpoint for apprise's json:// that records each body (or never answers: `hang`)."""
+
+    def __init__(self, *, hang: bool = False) -> None:
+        import http.server
+        import threading
+
+        self.bodies: list[dict[str, object]] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(length)
+                if hang:
+                    time.sleep(30)
+                    return
+                receiver.bodies.append(json.loads(data))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_failed_deploy_is_notified_and_a_hanging_target_delays_nothing(world: World) -> None:
+    web = world.app()
+    world.images.build(web.name, "v2", healthy=False)
+    world.commit_apps("v1")
+    good, hanging = _Receiver(), _Receiver(hang=True)
+    try:
+        token = "tok3n-never-printed"
+        agent = world.agent(
+            "--notify", f"json://127.0.0.1:{hanging.port}/{token}",
+            "--notify", f"json://127.0.0.1:{good.port}/{token}",
+            interval="1s",
+        )  # fmt: skip
+        agent.wait_for("deploy.succeeded", app=web.name, timeout=60)
+        started = time.monotonic()
+        world.set(web.name, "v2")
+        agent.wait_for("deploy.rolled-back", app=web.name, timeout=60)
+        assert time.monotonic() - started < 30  # the hanging target held nothing up
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any("rolled-back" in str(b.get("title")) for b in good.bodies):
+            time.sleep(0.1)
+        titles = [str(body.get("title")) for body in good.bodies]
+        assert any("deploy.rolled-back" in title and web.name in title for title in titles), titles
+        assert not any("deploy.succeeded" in title for title in titles), titles  # only what a person must know
+        agent.wait_for("notify.failed", "target 1 (json)", timeout=30)
+        written = agent.log().splitlines()[1:]  # the first line is the test's own record of the command
+        assert written and not any(token in line for line in written), written
+    finally:
+        good.close()
+        hanging.close()

@@ -36,7 +36,9 @@ class Event(StrEnum):
     DEPLOY_CLEANUP = "deploy.cleanup"  # APP.next left by an interrupted deploy, removed
     # the proxy of routed apps: started, reloaded, a route switched, a warm release stopped
     PROXY_CHANGED = "proxy.changed"
-    PROXY_FAILED = "proxy.failed"  # it could not be brought in line after a pass's deploys (once, until it is)
+    PROXY_FAILED = "proxy.failed"
+    NOTIFY_FAILED = "notify.failed"  # a --notify target that errs or hangs (once, until it delivers again)
+    NOTIFY_RECOVERED = "notify.recovered"  # it could not be brought in line after a pass's deploys (once, until it is)
     # drift: what the host changed, not git
     DRIFT_HEALING = "drift.healing"
     DRIFT_FOUND = "drift.found"

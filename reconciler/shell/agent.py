@@ -75,6 +75,7 @@ from reconciler.shell.git import Source, open_source
 from reconciler.shell.journal import SUSPENDED, Journal, JournalResult, PidFile, locked
 from reconciler.shell.listener import Health, Listener
 from reconciler.shell.metrics import Metrics
+from reconciler.shell.notify import Notifier
 from reconciler.shell.proxy import Proxy
 from reconciler.shell.scrub import scrub
 from reconciler.shell.stable import publish_stable
@@ -107,6 +108,7 @@ class AgentSettings:
     publish_stable: bool = False  # push the stable git tags and IMAGE:stable on promotion
     listen: str | None = None  # HOST:PORT of the HTTP listener (metrics, healthz, webhooks); None: none
     webhook_secret: bytes = field(default=b"", repr=False)  # never printed
+    notify: tuple[str, ...] = field(default=(), repr=False)  # apprise URLs: they hold tokens, never printed
 
     @property
     def ref(self) -> str:
@@ -165,10 +167,12 @@ class Agent:
         with contextlib.suppress(TransientError):
             pid_file.claim()
         self.events.listeners.append(self.metrics.on_event)
+        notifier: Notifier | None = None
         listener: Listener | None = None
         watchdog_stop = threading.Event()
         observer = None
         try:
+            notifier = self._notifier()
             listener = self._listen()
             sdnotify.notify("READY=1")
             sdnotify.feed_watchdog(lambda: self.health().alive, watchdog_stop)
@@ -199,6 +203,8 @@ class Agent:
         finally:
             watchdog_stop.set()
             sdnotify.notify("STOPPING=1")
+            if notifier is not None:
+                notifier.close()
             if listener is not None:
                 listener.stop()
             if observer is not None:
@@ -214,6 +220,19 @@ class Agent:
     def stop(self) -> None:
         self.stopping = True
         self.wake.set()
+
+    def _notifier(self) -> Notifier | None:
+        """``--notify`` targets, fed by the agent's events; their trouble is logged once, off the deploy path."""
+        if not self.config.notify:
+            return None
+
+        def said(line: str) -> None:
+            event = Event.NOTIFY_RECOVERED if line.endswith("recovered") else Event.NOTIFY_FAILED
+            self.events.emit(event, line)
+
+        notifier = Notifier(self.config.notify, log=said)
+        self.events.listeners.append(notifier)
+        return notifier
 
     def _listen(self) -> Listener | None:
         """The HTTP listener, when asked for (``--listen``); a push hook wakes the loop as SIGHUP does."""

@@ -83,6 +83,8 @@ KNOWN_EVENTS = frozenset(
         "commit.refused",
         "policy.warning",
         "webhook.refused",
+        "notify.failed",
+        "notify.recovered",
         "proxy.failed",
         "drift.healing",
         "drift.found",
