@@ -405,6 +405,16 @@ def history(
         typer.echo(line + by + (f"  {entry.message}" if entry.message else ""))
 
 
+def _trust_files(settings: Any) -> None:
+    """Read --policy and --require-signed-by once, so that a typo stops the command before it starts."""
+    from reconciler.shell import guard, signatures
+
+    if settings.policy is not None:
+        guard.load_policy(settings.policy)
+    if settings.require_signed_by is not None:
+        signatures.parse_rule(settings.require_signed_by)
+
+
 def _secret_file(path: Path) -> bytes:
     """A secret from a file (its surrounding whitespace dropped); a missing or empty one is a usage error."""
     try:
@@ -513,6 +523,9 @@ def agent(
                          instance=instance, parallel=parallel, policy=policy,
                          require_signed_by=require_signed_by)  # fmt: skip
     secret = _secret_file(webhook_secret_file) if webhook_secret_file is not None else b""
+    if secret and listen is None:
+        _fail("--webhook-secret-file: webhooks come in through --listen HOST:PORT; give it too")
+    _guarded(lambda: _trust_files(settings))  # a mistake in them is said now, not at the first pass
     config = AgentSettings(
         settings=settings, branch=branch, interval=every, self_heal=self_heal, publish_stable=publish_stable,
         listen=listen, webhook_secret=secret, notify=tuple(notify or ()),
@@ -571,9 +584,25 @@ BranchOpt = Annotated[
 
 
 def _source_for_writing(ctx: typer.Context, repo: str | None) -> Any:
+    """The repository to commit to; with --require-signed-by or --policy, its tip must pass them first: a
+    commit of ours signed on top of an untrusted tip would carry that tip's file in."""
+    from reconciler.errors import CommitRefused, UserError
     from reconciler.shell import edits
+    from reconciler.shell.converge import desired_at
 
-    return _guarded(lambda: edits.open_for_writing(_option(ctx, "repo", repo)))
+    source = _guarded(lambda: edits.open_for_writing(_option(ctx, "repo", repo)))
+    policy, signed_by = _option(ctx, "policy", None), _option(ctx, "require_signed_by", None)
+
+    def trusted() -> None:
+        try:
+            desired_at(source, "HEAD", source.resolve("HEAD"), _option(ctx, "file", None), policy=policy,
+                       signed_by=signed_by)  # fmt: skip
+        except CommitRefused as exc:
+            raise UserError(f"{exc}; no commit is built on it here") from None
+
+    if policy is not None or signed_by is not None:
+        _guarded(trusted)
+    return source
 
 
 def _written(written: Any, message: str) -> None:

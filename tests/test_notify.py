@@ -435,3 +435,20 @@ def test_a_call_never_raises(receiver: Receiver, lines: list[str], notifiers: Ca
     notify(Event.DEPLOY_FAILED, None, {})  # type: ignore[arg-type]
     notify(object(), "no event", {})  # type: ignore[arg-type]
     assert notify.dropped == 0
+
+
+def test_a_deploy_that_succeeds_after_trouble_is_notified_as_recovered(
+    receiver: Receiver, lines: list[str], notifiers: Callable[..., Notifier]
+) -> None:
+    notify = notifiers([receiver.url("hooks")], lines.append, timeout=1.0)
+    notify(Event.DEPLOY_SUCCEEDED, "web: v1", {"app": "web"})  # a plain deploy: nothing to tell
+    notify(Event.DEPLOY_ROLLED_BACK, "web: v2 failed; rolled back to v1", {"app": "web"})
+    notify(Event.DEPLOY_SUCCEEDED, "web: v1 -> v3", {"app": "web"})
+    notify(Event.DEPLOY_SUCCEEDED, "web: v3 -> v4", {"app": "web"})  # recovered already: nothing
+    bodies = receiver.wait_for(2)
+    assert [body["title"] for body in bodies] == [
+        "reconciler: deploy.rolled-back web",
+        "reconciler: deploy.recovered web",
+    ]
+    assert bodies[1]["type"] == "success"
+    assert not wait_until(lambda: len(receiver.bodies) > 2, timeout=0.5)

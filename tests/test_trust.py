@@ -79,6 +79,18 @@ def test_the_agent_keeps_the_last_verified_commit_until_a_good_one_comes(world: 
     assert len(agent.events("commit.unsigned")) == 1, agent.log()
     status = world.server("--require-signed-by", rule, "status")
     assert f"!! not applied: commit {unsigned[:8]} is not signed" in status.stdout, show(status)
+    status = world.server("status")  # without the flag: what the agent refused, from its journal
+    assert f"!! not applied: commit {unsigned[:8]} is not signed" in status.stdout, show(status)
+    # No rollback commit is built (and signed by an operator) on top of the untrusted tip.
+    edit = world.rc("--require-signed-by", rule, "rollback", web.name, "--to", "v1", "--push")
+    assert edit.returncode == 1 and "no commit is built on it here" in edit.stderr, show(edit)
+    assert world.remote_file().count("version: v2") == 1
+    # A restarted agent keeps to the last commit it applied that still verifies (from its journal).
+    agent.stop()
+    agent = world.agent("--require-signed-by", rule, interval="1s")
+    agent.wait_for("commit.unsigned", timeout=30)
+    world.client.api.stop(web.name, timeout=1)
+    wait_body(web.port, "v1", timeout=30, agent=agent)
 
     other = commit(world, "v3, by a stranger", key=stranger, versions={web.name: "v3"})
     line = agent.wait_for("commit.bad-signature", timeout=30)

@@ -100,7 +100,7 @@ def a_listener(*, secret: bytes = SECRET, alive: bool = True) -> tuple[Listener,
         metrics=Metrics(),
         health=lambda: Health(alive, 12.0, "the last pass ended 12s ago"),
         on_push=lambda: pushes.append("push"),
-        on_refused=lambda key, message: refused.append(message),
+        on_refused=lambda key, message: refused.append(message) if message else None,
         secret=secret,
         followed="refs/heads/main",
         clock=lambda: 0.0,
@@ -147,7 +147,14 @@ def test_the_agent_is_alive_while_its_passes_are_recent(tmp_path: Path) -> None:
     assert agent.health().alive and agent.health().last_pass_age is None  # just started
     now = agent.started_at
     agent.pass_started, agent.pass_ended = now - 200.0, now - 190.0
-    assert not agent.health().alive  # the last pass ended over 3 intervals ago: the loop is stuck
+    agent.loop_at = now - 185.0
+    assert not agent.health().alive  # the loop has not gone round for over 3 intervals: it is stuck
+    agent.loop_at = now
+    assert agent.health().alive  # waiting (for a writable state directory, say) is alive
     agent.pass_ended = None
     agent.pass_started = now
     assert agent.health().alive and "running" in agent.health().detail
+    agent.pass_started = now - 1000.0
+    assert not agent.health().alive  # past the default cap of 900 s
+    agent.pass_cap = 2000.0  # a file whose gates are long
+    assert agent.health().alive

@@ -63,8 +63,8 @@ from reconciler.errors import (
     ProxyError,
     ReconcileError,
     RemoteUnavailable,
-    SourceError,
     TransientError,
+    UserError,
 )
 from reconciler.shell import guard, sdnotify
 from reconciler.shell.converge import Settings, desired_at, plan_against
@@ -72,7 +72,7 @@ from reconciler.shell.deploy import Applier
 from reconciler.shell.docker import Engine, connect
 from reconciler.shell.events import Events
 from reconciler.shell.git import Source, open_source
-from reconciler.shell.journal import SUSPENDED, Journal, JournalResult, PidFile, locked
+from reconciler.shell.journal import REFUSED, SUSPENDED, Journal, JournalResult, PidFile, locked
 from reconciler.shell.listener import Health, Listener
 from reconciler.shell.metrics import Metrics
 from reconciler.shell.notify import Notifier
@@ -136,6 +136,8 @@ class Agent:
     started_at: float = field(default_factory=time.monotonic)
     pass_started: float | None = None  # monotonic; set while a pass runs
     pass_ended: float | None = None
+    loop_at: float = field(default_factory=time.monotonic)  # when the loop last went round (a pass, or a wait)
+    pass_cap: float = 900.0  # seconds a pass may run and still be alive: longer when the file's gates are
     verified: tuple[str, DesiredState] | None = None  # the last commit that passed --require-signed-by and --policy
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -196,6 +198,7 @@ class Agent:
                         # Watch before the first pass, so that a push during it is not missed.
                         observer = self._watch(self.source)
                     wait = self.tick()
+                self.loop_at = time.monotonic()  # also while it waits for a state directory it can write
                 if self.stopping:
                     break
                 self.wake.wait(wait)
@@ -265,8 +268,11 @@ class Agent:
                 last[0] = time.monotonic()
             self.wake.set()
 
-        def refused(key: str, message: str) -> None:
-            self.events.once(f"webhook:{key}", Event.WEBHOOK_REFUSED, message)
+        def refused(provider: str, message: str) -> None:
+            if message:
+                self.events.once(f"webhook:{provider}", Event.WEBHOOK_REFUSED, message)
+            else:
+                self.events.clear(f"webhook:{provider}")
 
         branch = self.config.branch
         listener = Listener(
@@ -286,15 +292,14 @@ class Agent:
         now = time.monotonic()
         limit = max(3 * self.config.interval, 120.0)
         started, ended = self.pass_started, self.pass_ended
+        age = None if ended is None else now - ended
         if started is not None and (ended is None or started > ended):
             running = now - started
-            alive = running < max(limit, 900.0)  # a pass gates deploys: minutes, not hours
-            age = None if ended is None else now - ended
-            return Health(alive, age, f"a pass has been running for {running:.0f}s")
-        if ended is None:
-            return Health(now - self.started_at < limit, None, "no pass yet")
-        age = now - ended
-        return Health(age < limit, age, f"the last pass ended {age:.0f}s ago")
+            # A pass gates deploys: as long as the file's longest gate allows, twice, and some.
+            return Health(running < max(limit, self.pass_cap), age, f"a pass has been running for {running:.0f}s")
+        idle = now - self.loop_at
+        detail = "no pass yet" if age is None else f"the last pass ended {age:.0f}s ago"
+        return Health(idle < limit, age, detail if idle < limit else f"the loop has not moved for {idle:.0f}s")
 
     def _signals(self) -> None:
         def terminate(signum: int, frame: FrameType | None) -> None:
@@ -372,7 +377,7 @@ class Agent:
             return self._problem("remote", Event.REMOTE_UNREACHABLE, str(exc))
         except CommitRefused:
             return self._next_interval()  # said once in _read
-        except (InvalidDesiredState, SourceError) as exc:
+        except UserError as exc:  # an invalid file, a missing ref, a policy or signers file that cannot be read
             errors = exc.errors if isinstance(exc, InvalidDesiredState) else [str(exc)]
             self.events.once("invalid", Event.DESIRED_INVALID, f"{self.revision[:8]}: " + " | ".join(errors))
             return self._next_interval()
@@ -413,6 +418,8 @@ class Agent:
             self.last_fetch = 0.0
         now = time.monotonic()
         due = now - self.last_fetch >= self.config.interval * 0.5 or self.changed.is_set() or "remote" in self.failing
+        # Cleared before the fetch: a push announced while it runs gets a fetch of its own.
+        self.changed.clear()
         if self.source.mirrored and due:
             try:
                 self.source.fetch()
@@ -422,7 +429,6 @@ class Agent:
             else:
                 self.last_fetch = now
                 self._recovered("remote", Event.REMOTE_RECOVERED, f"git remote {settings.repo} answers again")
-        self.changed.clear()
         revision = self.source.resolve(self.config.ref)
         if revision != self.revision:
             self.events.emit(Event.COMMIT_SEEN, f"{self.config.ref} is at {revision[:8]}", commit=revision[:8])
@@ -433,17 +439,51 @@ class Agent:
                 policy=settings.policy, signed_by=settings.require_signed_by,
             )  # fmt: skip
         except CommitRefused as exc:
-            event = _REFUSED.get(exc.reason, Event.COMMIT_REFUSED)
-            self.events.once("refused", event, str(exc).replace("\n", " | "), commit=revision[:8])
+            said = str(exc).replace("\n", " | ")
+            said = said if revision[:8] in said else f"commit {revision[:8]}: {said}"
+            self.events.once("refused", _REFUSED.get(exc.reason, Event.COMMIT_REFUSED), said, commit=revision[:8])
+            self._flag(REFUSED, said)
+            if self.verified is not None and self.verified[0] == revision:
+                self.verified = None  # trusted before, not now (a key revoked, the policy tightened)
             if self.verified is None:
-                raise  # nothing verified to keep to: the pass is skipped (desired.invalid is not said)
+                self.verified = self._verified_from_journal()
+            if self.verified is None:
+                raise  # nothing this server trusts to keep to: the pass changes nothing
             # The host keeps the last verified commit (drift is still healed) until a commit passes.
             return self.verified
         self.events.clear("refused")
+        self._flag(REFUSED, None)
         if self.verified is None or self.verified[0] != revision:
             self._warn_dangerous(revision, desired)
         self.verified = (revision, desired)
         return revision, desired
+
+    def _flag(self, key: str, value: str | None) -> None:
+        """A journal flag that ``status`` reads; a journal that cannot be written is the state error's."""
+        if self.journal is not None and self.journal.flag(key) != value:
+            with contextlib.suppress(ReconcileError):
+                self.journal.set_flag(key, value)
+
+    def _verified_from_journal(self) -> tuple[str, DesiredState] | None:
+        """After a start: the newest commit this host applied that still passes the signature rule and the
+        policy, to keep to while the tip is refused."""
+        if self.journal is None or self.source is None:
+            return None
+        settings = self.config.settings
+        seen: set[str] = set()
+        for entry in self.journal.history(limit=50):
+            if entry.result != JournalResult.SUCCEEDED or entry.revision in seen or not entry.revision:
+                continue
+            seen.add(entry.revision)
+            try:
+                desired = desired_at(
+                    self.source, self.config.ref, entry.revision, settings.file,
+                    policy=settings.policy, signed_by=settings.require_signed_by,
+                )  # fmt: skip
+            except ReconcileError:
+                continue
+            return entry.revision, desired
+        return None
 
     def _warn_dangerous(self, revision: str, desired: DesiredState) -> None:
         """Without --policy: one line per mount of /, /proc, /sys or the Docker socket (once each)."""
@@ -461,11 +501,15 @@ class Agent:
         if not self.changed.is_set() or self.source is None:
             return False
         try:
+            self.changed.clear()  # one announcement, one fetch: not one every WATCH_STEP of a gate
             if self.source.mirrored:
                 self.source.fetch()
-            return self.source.resolve(self.config.ref) != revision
+            moved = self.source.resolve(self.config.ref) != revision
         except ReconcileError:
             return False
+        if moved:
+            self.changed.set()  # the next pass fetches (and reads) it
+        return moved
 
     def _converge(self, revision: str, desired: DesiredState) -> list[Outcome]:
         assert self.engine is not None and self.journal is not None
@@ -476,12 +520,13 @@ class Agent:
             return []
         self._recovered("suspended", Event.AGENT_RESUMED, "resumed")
         proxy = Proxy(self.engine, self.config.settings.state_dir)
+        tip = self.revision  # the branch's tip as this pass saw it (a refused tip leaves a verified revision)
         applier = Applier(
             self.engine,
             journal,
             on_step=self.on_step or (lambda app, step: None),
             log=lambda line: None,
-            interrupted=lambda: self._newer_commit(revision),
+            interrupted=lambda: self._newer_commit(tip),
             author=desired.author,
             parallel=self.config.settings.parallel,
             proxy=proxy,
@@ -500,6 +545,8 @@ class Agent:
         if verified:
             observed = self.engine.observe()
         plan, observed = plan_against(self.engine, desired, self.config.settings, observed=observed)
+        gates = [spec.gate.timeout + spec.gate.healthy_for for spec in desired.apps.values()]
+        self.pass_cap = max(900.0, 2 * max(gates, default=0.0) + 600.0)
         drifting = {action.app for action in plan.actions}
         self.metrics.observe(desired, observed, drifting)
         self._notes(plan)
@@ -585,8 +632,12 @@ class Agent:
             return ()
         settings = self.config.settings
         try:
-            old = policy.last_good(app, desired_at(self.source, self.config.ref, good.revision, settings.file))
-        except ReconcileError:
+            committed = desired_at(
+                self.source, self.config.ref, good.revision, settings.file,
+                policy=settings.policy, signed_by=settings.require_signed_by,
+            )  # fmt: skip
+            old = policy.last_good(app, committed)
+        except ReconcileError:  # a commit this server does not trust now is restored by nobody
             return ()
         if old is None:
             return ()

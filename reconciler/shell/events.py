@@ -31,6 +31,7 @@ class Events:
         # line is written, and never able to stop the agent.
         self.listeners: list[Callable[[Event, str, Mapping[str, Any]], None]] = []
         self._lock = threading.Lock()  # the listener's threads emit too: lines stay whole
+        self._keys = threading.Lock()  # and say conditions once: the keys are shared
 
     def emit(self, event: Event, message: str, **fields: Any) -> None:
         message, fields = scrub.scrub(message), scrub.scrub_fields(fields)
@@ -50,13 +51,16 @@ class Events:
 
     def once(self, key: str, event: Event, message: str, *, again_if_changed: bool = True, **fields: Any) -> None:
         """Emit unless ``key`` is active with the same message (with any message: ``again_if_changed=False``)."""
-        if key in self._active and (not again_if_changed or self._active[key] == message):
-            return
-        self._active[key] = message
+        with self._keys:
+            if key in self._active and (not again_if_changed or self._active[key] == message):
+                return
+            self._active[key] = message
         self.emit(event, message, **fields)
 
     def clear(self, key: str) -> bool:
-        return self._active.pop(key, None) is not None
+        with self._keys:
+            return self._active.pop(key, None) is not None
 
     def active(self, prefix: str) -> list[str]:
-        return [key for key in self._active if key.startswith(prefix)]
+        with self._keys:
+            return [key for key in self._active if key.startswith(prefix)]

@@ -121,6 +121,7 @@ CLEANUP = "cleanup"  # the action of removing what an interrupted deploy left: n
 UNVERIFIED = tuple(result for result in JournalResult if result.unverified)
 SUSPENDED = "suspended"  # the flag that stops the agent from changing anything; its value says why
 BREAK_GLASS = "break-glass:"  # + app: the version a local rollback put back, until git says so too
+REFUSED = "refused"  # the agent does not apply the branch's tip (its signature, --policy): why, for status
 
 
 @dataclass(frozen=True)

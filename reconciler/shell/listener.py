@@ -3,13 +3,16 @@
 Guarantees:
 - Served by waitress (a production WSGI server) on the address the user names, in its own threads:
   a request body is at most ``MAX_BODY`` (1 MiB; larger is ``413`` before it is read), a connection
-  idle for ``IDLE_TIMEOUT`` is closed (a slow client cannot hold a thread), at most
-  ``MAX_CONNECTIONS`` are open at once, and ``THREADS`` handle them.
+  that sends nothing for ``IDLE_TIMEOUT`` is closed within a second more, at most ``MAX_CONNECTIONS``
+  are open at once, and ``THREADS`` handle requests (a connection holds a thread only while its
+  request runs). A client that trickles bytes can hold a connection: on a public address, put a proxy
+  in front.
 - ``POST /hooks/{github,gitlab,gitea}`` is judged by ``core.webhooks``: an authentic push to the
   followed branch calls ``on_push`` (the agent wakes, fetches and runs a pass; many pushes while a
   pass runs give one more pass, never a queue); other hooks are acknowledged. A wrong or missing
-  proof is ``401`` and logged once per source and provider until it changes; a source past its rate
-  is ``429``. Without a secret the hooks answer ``404``: a hook is never trusted unsigned.
+  proof is ``401`` and logged once per provider until the source or the reason changes, or a good hook
+  comes; a source past its rate is ``429`` (hooks that fail the proof are counted apart from good
+  ones). Without a secret the hooks answer ``404``: a hook is never trusted unsigned.
 - ``GET /metrics`` is the Prometheus text format; ``GET /healthz`` is ``200`` while the agent's loop
   is alive and its last pass is recent, ``503`` otherwise, with the age of the last pass in its JSON.
 - Nothing it answers or logs holds the secret or the signature a client sent.
@@ -62,8 +65,8 @@ class Listener:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise UserError(f"--listen {address!r}: give HOST:PORT, e.g. 127.0.0.1:9400")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise UserError(f"--listen {address!r}: give HOST:PORT (a port 0-65535), e.g. 127.0.0.1:9400")
         self.host, self.port = host.strip("[]"), int(port)
         self.metrics, self.health, self.on_push, self.on_refused = metrics, health, on_push, on_refused
         self.secret, self.followed, self.clock = secret, followed, clock
@@ -71,6 +74,7 @@ class Listener:
         self._limit_lock = threading.Lock()
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self._stopping = False
 
     @property
     def address(self) -> str:
@@ -89,17 +93,29 @@ class Listener:
                 channel_timeout=IDLE_TIMEOUT,
                 max_request_body_size=MAX_BODY,
                 max_request_header_size=64 * 1024,
+                cleanup_interval=1,  # idle channels are looked for every second, not every 30
                 ident="reconciler",
                 clear_untrusted_proxy_headers=True,
             )
-        except OSError as exc:
-            raise UserError(f"--listen {self.host}:{self.port}: cannot listen there ({exc.strerror or exc})") from None
+        except (OSError, ValueError) as exc:  # ValueError: an address waitress cannot read
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise UserError(f"--listen {self.host}:{self.port}: cannot listen there ({reason})") from None
         self.port = int(self._server.effective_port)
-        self._thread = threading.Thread(target=self._server.run, name="listener", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="listener", daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        server = self._server
+        try:
+            server.run()
+        except (OSError, ValueError):
+            if not self._stopping:
+                raise  # a listener that dies while the agent runs is a bug to see, not to hide
 
     def stop(self) -> None:
         if self._server is not None:
+            self._stopping = True
+            self._server.task_dispatcher.shutdown(timeout=1)
             self._server.close()
             self._server = None
 
@@ -131,11 +147,6 @@ class Listener:
         if not self.secret:
             return _json(start_response, 404, {"result": "off", "reason": "webhooks need --webhook-secret-file"})
         source = str(environ.get("REMOTE_ADDR", "?"))
-        with self._limit_lock:
-            allowed = self.limit.allow(source, self.clock())
-        if not allowed:
-            self.metrics.webhooks.labels(str(provider), "rate-limited").inc()
-            return _json(start_response, 429, {"result": "rate-limited", "reason": "too many hooks; slow down"})
         length = int(environ.get("CONTENT_LENGTH") or 0)
         if length > MAX_BODY:
             return _json(start_response, 413, {"result": "too-large", "reason": "a hook is at most 1 MiB"})
@@ -144,11 +155,21 @@ class Listener:
             key[5:].replace("_", "-").lower(): str(value) for key, value in environ.items() if key.startswith("HTTP_")
         }
         answer = judge(provider, headers, body, self.secret, self.followed)
+        # The proof first, then the rate: hooks that fail it have a bucket of their own, so that a stranger
+        # behind the same address (a TLS proxy in front) cannot use up the real sender's.
+        trusted = answer.verdict is not Verdict.UNAUTHORIZED
+        with self._limit_lock:
+            allowed = self.limit.allow(("" if trusted else "unproven ") + source, self.clock())
+        if not allowed:
+            self.metrics.webhooks.labels(str(provider), "rate-limited").inc()
+            return _json(start_response, 429, {"result": "rate-limited", "reason": "too many hooks; slow down"})
         self.metrics.webhooks.labels(str(provider), str(answer.verdict)).inc()
-        if answer.verdict is Verdict.UNAUTHORIZED:
-            self.on_refused(f"{provider}:{source}", f"a {provider} hook from {source}: {answer.reason}; not fetched")
-        elif answer.verdict is Verdict.PUSH:
-            self.on_push()
+        if not trusted:
+            self.on_refused(str(provider), f"a {provider} hook from {source}: {answer.reason}; not fetched")
+        else:
+            self.on_refused(str(provider), "")  # a good one: the next bad one is said again
+            if answer.verdict is Verdict.PUSH:
+                self.on_push()
         return _answer(start_response, answer.status, answer.body, "application/json")
 
 

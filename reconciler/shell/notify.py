@@ -57,9 +57,11 @@ NOTIFIED: frozenset[Event] = frozenset(
     | {event for event in Event if event.value in COMMIT_REFUSED}
 )
 # what ``Notifier`` compares an event's name with: the members above and the names still to come
-NOTIFIED_NAMES: frozenset[str] = frozenset(event.value for event in NOTIFIED) | COMMIT_REFUSED
+NOTIFIED_NAMES: frozenset[str] = frozenset(event.value for event in NOTIFIED) | COMMIT_REFUSED | {"deploy.recovered"}
 
-_GOOD = frozenset({Event.REMOTE_RECOVERED.value, Event.ENGINE_RECOVERED.value, Event.STABLE_PROMOTED.value})
+RECOVERED = "deploy.recovered"  # a notification's name (not a log line): a deploy that succeeds after trouble
+_TROUBLE = frozenset({Event.DEPLOY_FAILED.value, Event.DEPLOY_ROLLED_BACK.value, Event.DEPLOY_HELD.value})
+_GOOD = frozenset({Event.REMOTE_RECOVERED.value, Event.ENGINE_RECOVERED.value, Event.STABLE_PROMOTED.value, RECOVERED})
 _WARNING = frozenset({Event.DEPLOY_HELD.value, Event.DRIFT_FOUND.value})
 
 _SCHEME = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+.-]{0,31})://")
@@ -245,6 +247,7 @@ class Notifier:
         self._lock = threading.Lock()
         self._counts = {"sent": 0, "failed": 0, "dropped": 0}
         self._closing = False
+        self._troubled: set[str] = set()  # apps whose last deploy failed, was rolled back or held
         self._stop_at: float | None = None
         asset = apprise.AppriseAsset(
             # the send runs on a thread of ours, bounded by ``timeout`` (``_Target._send``): apprise's own
@@ -266,6 +269,13 @@ class Notifier:
         """Queue a notification of ``event`` for every target when it is one of ``NOTIFIED``; never
         blocks, never raises."""
         try:
+            name, app = str(event), str(fields.get("app") or "")
+            if app and name in _TROUBLE:
+                self._troubled.add(app)
+            elif app and name == Event.DEPLOY_SUCCEEDED.value and app in self._troubled:
+                # A deploy that succeeds after a failure, a rollback or a hold: the app recovered.
+                self._troubled.discard(app)
+                event = RECOVERED
             if str(event) not in NOTIFIED_NAMES or not self._targets or self._closing:
                 return
             item = notification(event, message, fields)

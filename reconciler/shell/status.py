@@ -20,7 +20,7 @@ from reconciler.errors import CommitRefused, ProxyError, ReconcileError
 from reconciler.shell.converge import Settings, plan_against, read_desired
 from reconciler.shell.deploy import Applier
 from reconciler.shell.docker import Engine, connect
-from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Entry, Journal, JournalResult, read_pid
+from reconciler.shell.journal import BREAK_GLASS, REFUSED, SUSPENDED, Entry, Journal, JournalResult, read_pid
 from reconciler.shell.proxy import Proxy
 
 
@@ -43,6 +43,8 @@ def collect(settings: Settings) -> Status:
     except ReconcileError as exc:
         journal_error = str(exc)
         journal = Journal(None)
+    # Refused by the agent (its flags, not necessarily this command's): status says so too.
+    refused = refused or journal.flag(REFUSED) or ""
     try:
         applier = Applier(engine, journal)
         plan = plan_against(engine, desired, settings, observed=observed)[0] if desired is not None else None
