@@ -104,6 +104,15 @@ PolicyOpt = Annotated[
         help="This server's policy (allowed images, host paths, ports): a commit that asks for more is not applied.",
     ),
 ]
+FleetHostOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--host",
+        envvar="RECONCILE_HOST",
+        show_default=False,
+        help="This host's name in the file's hosts: (a fleet): only the apps placed on it. [default: hostname]",
+    ),
+]
 SignedByOpt = Annotated[
     str | None,
     typer.Option(
@@ -139,6 +148,7 @@ DEFAULTS: dict[str, Any] = {
     "dry_run": False,
     "policy": None,
     "require_signed_by": None,
+    "host": None,
 }
 
 
@@ -224,7 +234,7 @@ def _settings(ctx: typer.Context, **given: Any) -> Any:
     from reconciler.shell.converge import Settings
 
     # What the server trusts holds for every command that reads the branch (status and the edits too).
-    given = {"policy": None, "require_signed_by": None, **given}
+    given = {"policy": None, "require_signed_by": None, "host": None, **given}
     values = {name: _option(ctx, name, value) for name, value in given.items()}
     return Settings(**{k: v for k, v in values.items() if k in Settings.__dataclass_fields__})
 
@@ -265,6 +275,7 @@ def main_command(
     parallel: ParallelOpt = 16,
     policy: PolicyOpt = None,
     require_signed_by: SignedByOpt = None,
+    host: FleetHostOpt = None,
     repo: RepoOpt = None,
     ref: RefOpt = None,
     file: FileOpt = None,
@@ -285,6 +296,7 @@ def main_command(
         "output": output,
         "policy": policy,
         "require_signed_by": require_signed_by,
+        "host": host,
     }
     if ctx.invoked_subcommand is not None:
         return
@@ -303,6 +315,7 @@ def main_command(
         parallel=parallel,
         policy=policy,
         require_signed_by=require_signed_by,
+        host=host,
     )
     fmt = _option(ctx, "output", output)
     from reconciler.core import report
@@ -483,6 +496,7 @@ def agent(
     ] = None,
     policy: PolicyOpt = None,
     require_signed_by: SignedByOpt = None,
+    host: FleetHostOpt = None,
     webhook_secret_file: Annotated[
         Path | None,
         typer.Option(
@@ -521,7 +535,7 @@ def agent(
         _fail("--interval: at least 1s (a local repository is watched anyway: a push converges at once)")
     settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=state_dir, docker_host=docker_host,
                          instance=instance, parallel=parallel, policy=policy,
-                         require_signed_by=require_signed_by)  # fmt: skip
+                         require_signed_by=require_signed_by, host=host)  # fmt: skip
     secret = _secret_file(webhook_secret_file) if webhook_secret_file is not None else b""
     if secret and listen is None:
         _fail("--webhook-secret-file: webhooks come in through --listen HOST:PORT; give it too")

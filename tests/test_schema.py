@@ -50,7 +50,7 @@ def test_the_schema_is_as_strict_as_the_models() -> None:
     assert data["required"] == ["apps"]
     for node in (data, app, probe, route, proxy, tls):
         assert node["additionalProperties"] is False
-    assert set(data["properties"]) == {"apps", "proxy"}
+    assert set(data["properties"]) == {"apps", "proxy", "hosts"}
     assert set(route["properties"]) == {"hosts", "path_prefix", "port", "drain", "keep_warm"}
     assert route["required"] == ["port"]
     assert set(proxy["properties"]) == {"listen", "image", "version", "tls"}
@@ -70,6 +70,7 @@ def test_the_schema_is_as_strict_as_the_models() -> None:
         "health",
         "route",
         "stable_after",
+        "on",
     }
     assert set(probe["properties"]) == {"http", "tcp", "exec", "docker", "interval", "timeout", "healthy_for"}
     durations = [app["properties"][k] for k in ("stop_timeout", "stable_after")]

@@ -17,7 +17,17 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from reconciler.core.model import AppSpec, DesiredFile, DesiredState, HealthSpec, ProxySpec, RouteSpec, TlsSpec
+from reconciler.core import fleet
+from reconciler.core.model import (
+    AppSpec,
+    DesiredFile,
+    DesiredState,
+    HealthSpec,
+    HostSpec,
+    ProxySpec,
+    RouteSpec,
+    TlsSpec,
+)
 from reconciler.errors import InvalidDesiredState
 
 Path = tuple[str | int, ...]
@@ -66,6 +76,8 @@ def _model_at(path: Path) -> type[BaseModel] | None:
         return RouteSpec
     if path == ("proxy",):
         return ProxySpec
+    if len(path) == 2 and path[0] == "hosts":
+        return HostSpec
     if path == ("proxy", "tls"):
         return TlsSpec
     return None
@@ -148,13 +160,15 @@ def load_desired(
             found.append((where, text))
         unique = dict.fromkeys(text for _, text in sorted(found))
         raise InvalidDesiredState(list(unique)) from None
-    problems = [
-        f"{filename}:{line}:{col}: {dotted(path)}: {message}"
-        for (line, col), path, message in sorted(_route_problems(parsed, positions))
+    wrong = _route_problems(parsed, positions) + [
+        (positions.of(path), path, message) for path, message in fleet.problems(parsed.apps, parsed.hosts)
     ]
+    problems = [f"{filename}:{line}:{col}: {dotted(path)}: {message}" for (line, col), path, message in sorted(wrong)]
     if problems:
         raise InvalidDesiredState(problems)
-    return DesiredState(apps=parsed.apps, proxy=parsed.proxy, revision=revision, path=filename, author=author)
+    return DesiredState(
+        apps=parsed.apps, proxy=parsed.proxy, hosts=parsed.hosts, revision=revision, path=filename, author=author
+    )
 
 
 def _route_problems(parsed: DesiredFile, positions: Positions) -> list[tuple[tuple[int, int], Path, str]]:

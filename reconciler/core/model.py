@@ -445,6 +445,39 @@ def check_version(value: str) -> str:
     return value
 
 
+HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def _scalar_labels(value: object) -> object:
+    # `canary: true` and `zone: 1` are YAML booleans and numbers; a label is text, as in the file.
+    if isinstance(value, dict):
+        return {key: _scalar_to_str(item) for key, item in value.items()}
+    return value
+
+
+Labels = Annotated[dict[str, str], BeforeValidator(_scalar_labels)]
+
+
+class HostSpec(Strict):
+    """One host of a fleet: how to reach its engine from a workstation or CI, and labels that apps select."""
+
+    engine: str | None = Field(
+        None, description="its Docker engine as seen from elsewhere: ssh://deploy@web-1, tcp://..., unix://..."
+    )
+    labels: Labels = Field(default_factory=dict, description="name -> value, selected by an app's on:")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            if not _LABEL.match(key):
+                raise ValueError(f"{_shown(key)} is not a label name (letters, digits, _ . -)")
+            if not isinstance(label, str) or not _LABEL.match(label):
+                raise ValueError(f"label {key}: {_shown(str(label))} is not a label value (letters, digits, _ . -)")
+        return value
+
+
 class AppSpec(Strict):
     """One app: one container named after the app."""
 
@@ -468,6 +501,9 @@ class AppSpec(Strict):
         "10m",
         validate_default=True,
         description=f"healthy this long after a deploy: promoted to stable; {_limits('stable_after')}",
+    )
+    on: Labels | tuple[str, ...] | None = Field(
+        None, description="the hosts it runs on: {label: value, ...} (all must match) or [host, ...]; none: every host"
     )
 
     @field_validator("image")
@@ -562,8 +598,19 @@ class DesiredFile(Strict):
         json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
     )
 
+    hosts: dict[str, HostSpec] | None = Field(
+        None, description="a fleet: host name -> its engine and labels; each host's agent runs the apps placed on it"
+    )
     proxy: ProxySpec | None = Field(None, description="the HAProxy that routed apps are served through")
     apps: dict[AppName, AppSpec] = Field(description="app name (also the container name) -> what runs")
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: dict[str, HostSpec] | None) -> dict[str, HostSpec] | None:
+        for name in value or {}:
+            if not HOST_NAME.match(name):
+                raise ValueError(f"host name {_shown(name)}: lowercase letters, digits, '-', '_' and '.'")
+        return value
 
 
 class DesiredState(Strict):
@@ -571,6 +618,8 @@ class DesiredState(Strict):
 
     apps: dict[str, AppSpec]
     proxy: ProxySpec | None = None
+    hosts: dict[str, HostSpec] | None = None
+    host: str | None = None  # the host whose apps ``apps`` holds (a fleet's file, placed); None: every app
     revision: str = ""
     path: str = "desired-state.yaml"
     author: str = ""  # of the commit, "Name <email>"

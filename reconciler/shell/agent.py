@@ -436,7 +436,7 @@ class Agent:
         try:
             desired = desired_at(
                 self.source, self.config.ref, revision, settings.file,
-                policy=settings.policy, signed_by=settings.require_signed_by,
+                policy=settings.policy, signed_by=settings.require_signed_by, host=settings.host,
             )  # fmt: skip
         except CommitRefused as exc:
             said = str(exc).replace("\n", " | ")
@@ -478,7 +478,7 @@ class Agent:
             try:
                 desired = desired_at(
                     self.source, self.config.ref, entry.revision, settings.file,
-                    policy=settings.policy, signed_by=settings.require_signed_by,
+                    policy=settings.policy, signed_by=settings.require_signed_by, host=settings.host,
                 )  # fmt: skip
             except ReconcileError:
                 continue
@@ -634,7 +634,7 @@ class Agent:
         try:
             committed = desired_at(
                 self.source, self.config.ref, good.revision, settings.file,
-                policy=settings.policy, signed_by=settings.require_signed_by,
+                policy=settings.policy, signed_by=settings.require_signed_by, host=settings.host,
             )  # fmt: skip
             old = policy.last_good(app, committed)
         except ReconcileError:  # a commit this server does not trust now is restored by nobody

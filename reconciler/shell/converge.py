@@ -15,17 +15,19 @@ Guarantees:
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler.core import fleet
 from reconciler.core import images as image_match
 from reconciler.core.desired import load_desired
 from reconciler.core.model import STABLE, DesiredState, ObservedState, image_ref
 from reconciler.core.plan import Plan, Resolution, plan
 from reconciler.core.proxy import route_lines
 from reconciler.core.report import Outcome
-from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, ProxyError
+from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, ProxyError, UserError
 from reconciler.shell import guard, scrub, signatures
 from reconciler.shell.docker import Engine, connect
 from reconciler.shell.git import Source, open_source
@@ -57,6 +59,7 @@ class Settings:
     parallel: int = DEFAULT_PARALLEL  # deploys of a pass at once; 1: one after another
     policy: Path | None = None  # this server's policy file: what a commit may ask for (read at each pass)
     require_signed_by: str | None = None  # ssh:ALLOWED_SIGNERS_FILE or gpg:KEYRING_DIR
+    host: str | None = None  # this host's name in a fleet's hosts: (None: this machine's hostname)
 
 
 @dataclass
@@ -90,6 +93,7 @@ def desired_at(
     *,
     policy: Path | None = None,
     signed_by: str | None = None,
+    host: str | None = None,
 ) -> DesiredState:
     """The validated file at ``revision`` (what ``ref`` resolved to), with its author and source.
 
@@ -102,7 +106,24 @@ def desired_at(
     desired = parse_desired(text, file, revision, author=source.author(revision))
     if policy is not None:
         guard.enforce(text, file, desired, guard.load_policy(policy))
+    desired = place(desired, host)
     return desired.model_copy(update={"source": source.identity(ref, revision, file)})
+
+
+def place(desired: DesiredState, host: str | None) -> DesiredState:
+    """The apps of this host, when the file declares a fleet (``hosts:``); the file as it is otherwise."""
+    if desired.hosts is None:
+        if host is not None:
+            raise UserError(f"--host {host}: {desired.path} declares no hosts: (every app runs on every host)")
+        return desired
+    name = host if host is not None else socket.gethostname()
+    if name not in desired.hosts:
+        told = f"--host {name}" if host is not None else f"this machine is {name!r}"
+        raise UserError(
+            f"{told}, which {desired.path} does not declare in hosts{fleet.nearest(name, sorted(desired.hosts))};"
+            " give --host NAME (or RECONCILE_HOST)"
+        )
+    return fleet.placed(desired, name)
 
 
 def check_signature(source: Source, revision: str, signed_by: str) -> None:
@@ -124,8 +145,9 @@ def read_desired(settings: Settings) -> DesiredState:
     try:
         revision = source.resolve(settings.ref)
         return desired_at(
-            source, settings.ref, revision, settings.file, policy=settings.policy, signed_by=settings.require_signed_by
-        )
+            source, settings.ref, revision, settings.file,
+            policy=settings.policy, signed_by=settings.require_signed_by, host=settings.host,
+        )  # fmt: skip
     finally:
         source.close()
 

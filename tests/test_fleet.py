@@ -1,0 +1,104 @@
+"""A fleet from one file (``hosts:``, ``on:``): validation at FILE:LINE:COL, placement, and a host's pass.
+
+The pure part places apps on hosts by name or labels and names every selector that places nothing. The
+end-to-end part runs two hosts' passes of one committed file against the real engine (each host its own
+``--instance``, as each server would run its own agent): each deploys exactly its own apps.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from reconciler.core.fleet import hosts_of, placed
+from reconciler.errors import InvalidDesiredState
+from reconciler.shell.converge import parse_desired
+from tests.support.agent import World, wait_body
+from tests.support.cli import run_cli
+from tests.support.state import app_yaml, show
+
+FILE = "desired-state.yaml"
+HOSTS = """\
+hosts:
+  web-1: {engine: "ssh://deploy@web-1", labels: {role: web, canary: true}}
+  web-2: {engine: "ssh://deploy@web-2", labels: {role: web}}
+  jobs-1: {labels: {role: worker}}
+"""
+
+
+def errors(text: str) -> list[str]:
+    with pytest.raises(InvalidDesiredState) as caught:
+        parse_desired(text.encode(), FILE, "")
+    return caught.value.errors
+
+
+def test_apps_are_placed_by_labels_by_name_or_everywhere() -> None:
+    desired = parse_desired(
+        (
+            HOSTS + "apps:\n"
+            "  web: {image: x/web, version: v1, on: {role: web}}\n"
+            "  canary-only: {image: x/web, version: v1, on: {role: web, canary: true}}\n"
+            "  worker: {image: x/worker, version: v1, on: [jobs-1]}\n"
+            "  exporter: {image: x/exporter, version: v1}\n"
+        ).encode(),
+        FILE,
+        "",
+    )
+    assert desired.hosts is not None
+    assert hosts_of(desired.apps["web"], desired.hosts) == ["web-1", "web-2"]
+    assert hosts_of(desired.apps["canary-only"], desired.hosts) == ["web-1"]  # `canary: true` is the text "true"
+    assert hosts_of(desired.apps["exporter"], desired.hosts) == ["jobs-1", "web-1", "web-2"]
+    assert sorted(placed(desired, "web-2").apps) == ["exporter", "web"]
+    assert sorted(placed(desired, "jobs-1").apps) == ["exporter", "worker"]
+    assert placed(desired, "jobs-1").host == "jobs-1"
+
+
+def test_a_selector_that_places_nothing_is_an_error_at_its_place() -> None:
+    assert errors(
+        HOSTS + "apps:\n"
+        "  worker: {image: x/worker, version: v1, on: [jobs-2]}\n"
+        "  db: {image: x/db, version: v1, on: {role: db}}\n"
+        "  none: {image: x/db, version: v1, on: []}\n"
+    ) == [
+        f"{FILE}:6:47: apps.worker.on[0]: no host 'jobs-2' is declared in hosts; did you mean 'jobs-1'?",
+        f"{FILE}:7:38: apps.db.on: no host has the labels role=db: the app would run nowhere",
+        f"{FILE}:8:40: apps.none.on: an empty on: places the app on no host; leave on: out for every host",
+    ]
+    assert errors("apps:\n  web: {image: x/web, version: v1, on: [web-1]}\n") == [
+        f"{FILE}:2:40: apps.web.on: on: places the app on hosts: declare them in a top-level hosts:"
+    ]
+    assert errors("hosts:\n  Web_1: {}\napps: {}\n")[0].startswith(f"{FILE}:2:3: hosts: host name 'Web_1'")
+    assert "did you mean 'labels'" in errors("hosts:\n  web-1: {lables: {a: b}}\napps: {}\n")[0]
+
+
+@pytest.mark.docker
+def test_each_host_deploys_only_its_apps_from_one_file(world: World) -> None:
+    web, worker = world.app("web"), world.app("worker")
+    text = (
+        "hosts:\n  web-1: {labels: {role: web}}\n  jobs-1: {labels: {role: worker}}\napps:\n"
+        + app_yaml(web.name, web.image, "v1", web.port).replace(
+            "    init: true\n", "    init: true\n    on: {role: web}\n"
+        )
+        + app_yaml(worker.name, worker.image, "v1", worker.port).replace(
+            "    init: true\n", "    init: true\n    on: [jobs-1]\n"
+        )
+    )
+    world.remote.commit_file(FILE, text, "a fleet")
+    base = ["--repo", world.repo, "--state-dir"]
+    first = run_cli(*base, world.tmp / "web-1", "--host", "web-1", "--instance", f"{world.names.prefix}-web1")
+    assert first.returncode == 0, show(first)
+    wait_body(web.port, "v1", timeout=10)
+    assert world.client.api.containers(all=True, filters={"name": f"^/{worker.name}$"}) == []
+    dry = run_cli(*base, world.tmp / "jobs-1", "--host", "jobs-1", "--instance", f"{world.names.prefix}-jobs1",
+                  "--dry-run")  # fmt: skip
+    assert dry.returncode == 2 and worker.name in dry.stdout and web.name not in dry.stdout, show(dry)
+    second = run_cli(*base, world.tmp / "jobs-1", "--host", "jobs-1", "--instance", f"{world.names.prefix}-jobs1")
+    assert second.returncode == 0, show(second)
+    wait_body(worker.port, "v1", timeout=10)
+    # A name the file does not declare, and this machine's own name by default: one clear line each.
+    wrong = run_cli(*base, world.tmp / "x", "--host", "web-3", "--dry-run")
+    assert wrong.returncode == 1 and "--host web-3, which desired-state.yaml does not declare in hosts" in wrong.stderr
+    assert "did you mean 'web-1'?" in wrong.stderr and "Traceback" not in wrong.stderr, show(wrong)
+    default = run_cli(*base, world.tmp / "x", "--dry-run")
+    assert default.returncode == 1 and f"this machine is {socket.gethostname()!r}" in default.stderr, show(default)
