@@ -104,6 +104,16 @@ PolicyOpt = Annotated[
         help="This server's policy (allowed images, host paths, ports): a commit that asks for more is not applied.",
     ),
 ]
+AllHostsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all-hosts",
+        help="Every host of the file's hosts: through its engine: (with --dry-run, or for status), in parallel.",
+    ),
+]
+HostTimeoutOpt = Annotated[
+    float, typer.Option("--host-timeout", help="Seconds each host of --all-hosts has to answer.", min=0.1)
+]
 FleetHostOpt = Annotated[
     str | None,
     typer.Option(
@@ -276,6 +286,8 @@ def main_command(
     policy: PolicyOpt = None,
     require_signed_by: SignedByOpt = None,
     host: FleetHostOpt = None,
+    all_hosts: AllHostsOpt = False,
+    host_timeout: HostTimeoutOpt = 10.0,
     repo: RepoOpt = None,
     ref: RefOpt = None,
     file: FileOpt = None,
@@ -285,7 +297,7 @@ def main_command(
     output: OutputOpt = None,
 ) -> None:
     """Converge once (or, with --dry-run, show what would change). Exit 0 converged or in sync,
-    1 error, 2 drift (--dry-run)."""
+    1 error (or a host of --all-hosts that could not be read), 2 drift (--dry-run)."""
     ctx.obj = {
         "repo": repo,
         "ref": ref,
@@ -318,6 +330,10 @@ def main_command(
         host=host,
     )
     fmt = _option(ctx, "output", output)
+    if all_hosts:
+        if not dry_run:
+            _fail("--all-hosts changes nothing yet: give --dry-run (each host's agent applies its own apps)")
+        _fleet_preview(settings, fmt=fmt, parallel=parallel, timeout=host_timeout)
     from reconciler.core import report
     from reconciler.shell.converge import reconcile_once
 
@@ -416,6 +432,60 @@ def history(
         line = f"{when}  {commit:8}  {entry.app:<20} {entry.action:<8} {change:<24} {entry.result}{took}"
         by = f"  by {entry.author}" if entry.author else ""
         typer.echo(line + by + (f"  {entry.message}" if entry.message else ""))
+
+
+def _fleet_preview(settings: Any, *, fmt: Output, parallel: int, timeout: float) -> NoReturn:
+    """``--dry-run --all-hosts``: every host's drift, one report grouped by host. Exit 1 if a host could not
+    be read, 2 if one drifts, 0 when all are in sync."""
+    from reconciler.core import report
+    from reconciler.shell import fleet
+
+    desired, hosts = _guarded(lambda: fleet.preview(settings, parallel=parallel, timeout=timeout))
+    if fmt is Output.json:
+        _emit({
+            "revision": desired.revision, "file": settings.file,
+            "hosts": [{"host": h.host, "engine": h.engine, "error": h.error or None,
+                       "plan": report.plan_as_dict(h.plan, file=settings.file) if h.plan else None} for h in hosts],
+        })  # fmt: skip
+    else:
+        lines = [f"{settings.file} @ {desired.short}: {len(hosts)} hosts"]
+        for h in hosts:
+            if h.plan is None:
+                lines.append(f"== {h.host} ({h.engine}): could not be read: {h.error}")
+            else:
+                body = report.plan_lines(h.plan, file=settings.file)
+                lines.append(f"== {h.host} ({h.engine}): " + body[0].split(": ", 1)[1])
+                lines.extend(body[1:])
+        typer.echo("\n".join(lines))
+    if any(h.plan is None for h in hosts):
+        raise typer.Exit(1)
+    raise typer.Exit(2 if any(h.plan is not None and not h.plan.in_sync for h in hosts) else 0)
+
+
+def _fleet_status(settings: Any, *, fmt: Output, parallel: int, timeout: float) -> NoReturn:
+    """``status --all-hosts``: host by app -> version, commit, state, from each engine's labels."""
+    from reconciler.shell import fleet
+
+    desired, hosts = _guarded(lambda: fleet.status(settings, parallel=parallel, timeout=timeout))
+    wanted = {app: spec.version for app, spec in desired.apps.items()}
+    if fmt is Output.json:
+        _emit({
+            "revision": desired.revision, "file": settings.file,
+            "hosts": [{"host": h.host, "engine": h.engine, "error": h.error or None,
+                       "apps": [{"app": a.app, "version": a.version, "commit": a.commit, "digest": a.digest,
+                                 "state": a.state, "desired": wanted.get(a.app)} for a in h.apps]} for h in hosts],
+        })  # fmt: skip
+    else:
+        rows = [("HOST", "APP", "VERSION", "DESIRED", "COMMIT", "STATE")]
+        for h in hosts:
+            if h.error:
+                rows.append((h.host, "-", "-", "-", "-", f"not read: {h.error}"))
+            for a in h.apps:
+                rows.append((h.host, a.app, a.version, wanted.get(a.app, "(not in the file)"), a.commit, a.state))
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        typer.echo("\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5]
+                              for row in rows))  # fmt: skip
+    raise typer.Exit(1 if any(h.error for h in hosts) else 0)
 
 
 def _trust_files(settings: Any) -> None:
@@ -559,6 +629,9 @@ def status(
     docker_host: HostOpt = None,
     instance: InstanceOpt = None,
     output: OutputOpt = None,
+    all_hosts: AllHostsOpt = False,
+    host_timeout: HostTimeoutOpt = 10.0,
+    parallel: ParallelOpt = 16,
 ) -> None:
     """Per app: desired vs running, health, last applied and attempted commit, stable, failed releases."""
     from reconciler.core.report import status_lines
@@ -566,6 +639,8 @@ def status(
 
     settings = _settings(ctx, repo=repo, ref=ref, file=file, state_dir=state_dir, docker_host=docker_host,
                          instance=instance)  # fmt: skip
+    if all_hosts:
+        _fleet_status(settings, fmt=_option(ctx, "output", output), parallel=parallel, timeout=host_timeout)
     result = _guarded(lambda: collect(settings))
     if result.journal_error:
         typer.echo(f"warning: {result.journal_error}", err=True)

@@ -102,3 +102,32 @@ def test_each_host_deploys_only_its_apps_from_one_file(world: World) -> None:
     assert "did you mean 'web-1'?" in wrong.stderr and "Traceback" not in wrong.stderr, show(wrong)
     default = run_cli(*base, world.tmp / "x", "--dry-run")
     assert default.returncode == 1 and f"this machine is {socket.gethostname()!r}" in default.stderr, show(default)
+
+
+def test_a_host_that_hangs_is_reported_and_holds_up_no_other() -> None:
+    import threading
+    import time
+
+    from reconciler.errors import EngineUnavailable
+    from reconciler.shell.fleet import ask_each
+
+    release = threading.Event()
+
+    def ask(host: str) -> str:
+        if host == "b-hangs":
+            release.wait(10)
+        if host == "c-down":
+            raise EngineUnavailable("Docker engine at ssh://c does not answer")
+        return f"{host} answered"
+
+    began = time.monotonic()
+    answers = ask_each(["a", "b-hangs", "c-down", "d"], ask, parallel=1, timeout=0.3)
+    took = time.monotonic() - began
+    release.set()
+    assert answers == {
+        "a": "a answered",
+        "b-hangs": "did not answer within 0.3s",
+        "c-down": "Docker engine at ssh://c does not answer",
+        "d": "d answered",
+    }
+    assert took < 2.0, took  # one slot, and the hung host gave it up at its timeout

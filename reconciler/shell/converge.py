@@ -110,8 +110,13 @@ def desired_at(
     return desired.model_copy(update={"source": source.identity(ref, revision, file)})
 
 
+ALL_HOSTS = "*"  # ``Settings.host`` for a reader of the whole fleet: every app, placed nowhere
+
+
 def place(desired: DesiredState, host: str | None) -> DesiredState:
     """The apps of this host, when the file declares a fleet (``hosts:``); the file as it is otherwise."""
+    if host == ALL_HOSTS:
+        return desired
     if desired.hosts is None:
         if host is not None:
             raise UserError(f"--host {host}: {desired.path} declares no hosts: (every app runs on every host)")
