@@ -212,13 +212,26 @@ def _common(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def _option(ctx: typer.Context, name: str, given: Any) -> Any:
-    """A command's own value, else the one given before the command's name, else the default."""
+    """A command's own value, else the one given before the command's name, else the default. A value
+    typed on the command line wins over one from the environment, before or after the command's name:
+    ``RECONCILE_INSTANCE=a reconcile --instance b status`` is instance b."""
+    root = ctx.find_root()
+    values = root.obj or {}
     if given is not None:
+        # By the source's name: typer's click is its own (vendored) module, whose enum is not ours to import.
+        from_env = _source(ctx, name) == "ENVIRONMENT"
+        typed_before = root is not ctx and _source(root, name) == "COMMANDLINE"
+        if from_env and typed_before and values.get(name) is not None:
+            return values[name]
         return given
-    root = ctx.find_root().obj or {}
-    if root.get(name) is not None:
-        return root[name]
+    if values.get(name) is not None:
+        return values[name]
     return DEFAULTS[name]
+
+
+def _source(ctx: Any, name: str) -> str:
+    """Where a parameter's value came from (``COMMANDLINE``, ``ENVIRONMENT``, ``DEFAULT``...), or ""."""
+    return str(getattr(ctx.get_parameter_source(name), "name", ""))
 
 
 def _fail(message: str) -> NoReturn:

@@ -63,3 +63,12 @@ def test_completion_install_writes_the_script_where_the_shell_loads_it_once(
     assert "reconcile" in (tmp_path / script).read_text()
     if rc is not None and line is not None:
         assert (tmp_path / rc).read_text().count(line) == 1
+
+
+def test_an_option_typed_before_the_command_wins_over_the_environment(tmp_path: Path) -> None:
+    typed, from_env = tmp_path / "typed-state", tmp_path / "env-state"
+    result = cli("--state-dir", typed, "history", env={"RECONCILE_STATE_DIR": str(from_env)})
+    assert result.returncode == 1, show(result)
+    assert str(typed / "journal.db") in result.stderr and str(from_env) not in result.stderr, show(result)
+    result = cli("history", env={"RECONCILE_STATE_DIR": str(from_env)})  # nothing typed: the environment's
+    assert str(from_env / "journal.db") in result.stderr, show(result)
