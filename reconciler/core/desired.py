@@ -11,7 +11,7 @@ quote (it got there through a YAML alias, ``Positions.secrets``) is replaced by 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,8 +83,13 @@ def _model_at(path: Path) -> type[BaseModel] | None:
     return None
 
 
-def _data_path(data: Any, loc: tuple[str | int, ...]) -> Path:
-    """Keep the parts of a pydantic ``loc`` that index into the data (it adds union and validator tags)."""
+ModelAt = Callable[[Path], "type[BaseModel] | None"]  # the model that validates the node at a path
+
+
+def data_path(data: Any, loc: tuple[str | int, ...], model_at: ModelAt | None = None) -> Path:
+    """Keep the parts of a pydantic ``loc`` that index into the data (it adds union and validator tags).
+    ``model_at`` says where the models of the file are (a key unknown to one is still a place)."""
+    model_at = model_at or _model_at
     path: list[str | int] = []
     node = data
     for part in loc:
@@ -94,7 +99,7 @@ def _data_path(data: Any, loc: tuple[str | int, ...]) -> Path:
             if part in node:
                 node = node[part]
                 path.append(part)
-            elif isinstance(part, str) and _model_at(tuple(path)) is not None:
+            elif isinstance(part, str) and model_at(tuple(path)) is not None:
                 path.append(part)  # a missing or unknown key of a model: still a real place
                 break
         elif isinstance(node, list | tuple) and isinstance(part, int) and 0 <= part < len(node):
@@ -103,10 +108,11 @@ def _data_path(data: Any, loc: tuple[str | int, ...]) -> Path:
     return tuple(path)
 
 
-def _message(error: Any, path: Path) -> str:
+def message(error: Any, path: Path, model_at: ModelAt | None = None) -> str:
+    """One pydantic error as a person reads it: an unknown key names the nearest valid one."""
     kind = error["type"]
     if kind == "extra_forbidden":
-        model = _model_at(path[:-1])
+        model = (model_at or _model_at)(path[:-1])
         valid = sorted(model.model_fields) if model else []
         close = difflib.get_close_matches(str(path[-1]), valid, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
@@ -149,12 +155,12 @@ def load_desired(
     except ValidationError as exc:
         found: list[tuple[tuple[int, int], str]] = []
         for error in exc.errors():
-            path = _data_path(data, tuple(error["loc"]))
+            path = data_path(data, tuple(error["loc"]))
             key = error["type"] in ("extra_forbidden", "missing") or "[key]" in error["loc"]
             where = positions.of(path, key=key)
             if error["type"] == "missing":
                 where = positions.of(path[:-1], key=True)
-            text = f"{filename}:{where[0]}:{where[1]}: {dotted(path)}: {_message(error, path)}"
+            text = f"{filename}:{where[0]}:{where[1]}: {dotted(path)}: {message(error, path)}"
             if any(path[:cut] in positions.secrets for cut in range(len(path) + 1)):
                 text = _redacted(text, data)
             found.append((where, text))

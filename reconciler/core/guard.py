@@ -47,7 +47,6 @@ and a one-line message saying what is refused and what the policy allows; no mes
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import posixpath
 import re
@@ -57,7 +56,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ValidationError, field_validator, model_validator
 
-from reconciler.core.desired import Path, Positions, dotted
+from reconciler.core.desired import Path, Positions, data_path, dotted, message
 from reconciler.core.model import DesiredState, Strict, parse_port
 from reconciler.errors import CommitRefused, UserError
 
@@ -382,39 +381,13 @@ def _model_at(path: Path) -> type[BaseModel] | None:
     return PortPolicy if path == ("ports",) else None
 
 
-def _data_path(data: Any, loc: tuple[str | int, ...]) -> Path:
-    """The parts of a pydantic ``loc`` that index into ``data`` (it adds validator tags)."""
-    path: list[str | int] = []
-    node = data
-    for part in loc:
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, Mapping) and isinstance(part, str) and _model_at(tuple(path)) is not None:
-            path.append(part)
-            break
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-            path.append(part)
-    return tuple(path)
-
-
 def _message(error: Any, path: Path) -> str:
     kind = error["type"]
-    if kind == "extra_forbidden":
-        model = _model_at(path[:-1])
-        valid = sorted(model.model_fields) if model else []
-        close = difflib.get_close_matches(str(path[-1]), valid, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
-        return f"unknown key {path[-1]!r}{hint}"
     if kind == "tuple_type":
         return "write a list ([...])"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return "write a mapping (interfaces: [...], ranges: [...])"
-    message = str(error["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        message = message.removeprefix(prefix)
-    return message
+    return message(error, path, _model_at)
 
 
 def validate_policy(data: Any, positions: Positions, *, filename: str) -> ServerPolicy:
@@ -432,7 +405,7 @@ def validate_policy(data: Any, positions: Positions, *, filename: str) -> Server
     except ValidationError as exc:
         found = []
         for error in exc.errors():
-            path = _data_path(data, tuple(error["loc"]))
+            path = data_path(data, tuple(error["loc"]), _model_at)
             where = positions.of(path, key=error["type"] == "extra_forbidden")
             found.append((where, f"{filename}:{where[0]}:{where[1]}: {dotted(path)}: {_message(error, path)}"))
         raise InvalidPolicy(list(dict.fromkeys(text for _, text in sorted(found)))) from None

@@ -294,6 +294,65 @@ EnvValue = Annotated[
 ]
 
 
+def check_image(value: str) -> str:
+    if "@" in value:
+        raise ValueError("image is the repository only; put the digest in version: sha256:...")
+    last = value.rsplit("/", 1)[-1]
+    if ":" in last:
+        raise ValueError(f"image is the repository only; put the tag in version: {last.split(':', 1)[1]}")
+    host, _, rest = value.partition("/")
+    ok = bool(_IMAGE.match(value)) or (bool(rest) and bool(_IMAGE_HOST.match(host)) and bool(_IMAGE.match(rest)))
+    if not ok:
+        raise ValueError(f"{value!r} is not an image repository")
+    return value
+
+
+def check_version(value: str) -> str:
+    if value.startswith("sha256:"):
+        if not _DIGEST.match(value):
+            raise ValueError("a digest is sha256: followed by 64 hex characters")
+    elif not _TAG.match(value):
+        raise ValueError(f"{value!r} is not a tag, a sha256: digest or stable")
+    return value
+
+
+HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def _scalar_labels(value: object) -> object:
+    # `canary: true` and `zone: 1` are YAML booleans and numbers; a label is text, as in the file.
+    if isinstance(value, dict):
+        return {key: _scalar_to_str(item) for key, item in value.items()}
+    return value
+
+
+Labels = Annotated[dict[str, str], BeforeValidator(_scalar_labels)]
+
+
+class HostSpec(Strict):
+    """One host of a fleet: how to reach its engine from a workstation or CI, and labels that apps select."""
+
+    engine: str | None = Field(
+        None, description="its Docker engine as seen from elsewhere: ssh://deploy@web-1, tcp://..., unix://..."
+    )
+    labels: Labels = Field(default_factory=dict, description="name -> value, selected by an app's on:")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            if not _LABEL.match(key):
+                raise ValueError(f"{_shown(key)} is not a label name (letters, digits, _ . -)")
+            if not isinstance(label, str) or not _LABEL.match(label):
+                raise ValueError(f"label {key}: {_shown(str(label))} is not a label value (letters, digits, _ . -)")
+        return value
+
+
+ImageStr = Annotated[str, AfterValidator(check_image)]
+VersionStr = Annotated[str, AfterValidator(check_version)]
+
+
 _HOSTNAME = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _LISTEN = re.compile(r"^(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-fA-F:]+\]):(?P<port>[0-9]{1,5})$")
 _PATH_PREFIX = re.compile(r"^/[A-Za-z0-9._~%!$&()*+,;=:@/-]*$")  # RFC 3986 path characters; nothing HAProxy reads
@@ -386,19 +445,9 @@ class ProxySpec(Strict):
     listen: tuple[ListenStr, ...] = Field(
         ("0.0.0.0:80",), description="IP:PORT the proxy binds on the host; tls.ports serve TLS"
     )
-    image: str = Field("haproxy", description="the proxy's image repository (the official haproxy, or a mirror)")
-    version: str = Field("2.8", description="its tag or sha256: digest, pinned like an app's")
+    image: ImageStr = Field("haproxy", description="the proxy's image repository (the official haproxy, or a mirror)")
+    version: VersionStr = Field("2.8", description="its tag or sha256: digest, pinned like an app's")
     tls: TlsSpec | None = None
-
-    @field_validator("image")
-    @classmethod
-    def _image(cls, value: str) -> str:
-        return check_image(value)
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, value: str) -> str:
-        return check_version(value)
 
     @field_validator("listen")
     @classmethod
@@ -423,66 +472,11 @@ class ProxySpec(Strict):
         return tuple(found)
 
 
-def check_image(value: str) -> str:
-    if "@" in value:
-        raise ValueError("image is the repository only; put the digest in version: sha256:...")
-    last = value.rsplit("/", 1)[-1]
-    if ":" in last:
-        raise ValueError(f"image is the repository only; put the tag in version: {last.split(':', 1)[1]}")
-    host, _, rest = value.partition("/")
-    ok = bool(_IMAGE.match(value)) or (bool(rest) and bool(_IMAGE_HOST.match(host)) and bool(_IMAGE.match(rest)))
-    if not ok:
-        raise ValueError(f"{value!r} is not an image repository")
-    return value
-
-
-def check_version(value: str) -> str:
-    if value.startswith("sha256:"):
-        if not _DIGEST.match(value):
-            raise ValueError("a digest is sha256: followed by 64 hex characters")
-    elif not _TAG.match(value):
-        raise ValueError(f"{value!r} is not a tag, a sha256: digest or stable")
-    return value
-
-
-HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-
-def _scalar_labels(value: object) -> object:
-    # `canary: true` and `zone: 1` are YAML booleans and numbers; a label is text, as in the file.
-    if isinstance(value, dict):
-        return {key: _scalar_to_str(item) for key, item in value.items()}
-    return value
-
-
-Labels = Annotated[dict[str, str], BeforeValidator(_scalar_labels)]
-
-
-class HostSpec(Strict):
-    """One host of a fleet: how to reach its engine from a workstation or CI, and labels that apps select."""
-
-    engine: str | None = Field(
-        None, description="its Docker engine as seen from elsewhere: ssh://deploy@web-1, tcp://..., unix://..."
-    )
-    labels: Labels = Field(default_factory=dict, description="name -> value, selected by an app's on:")
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, label in value.items():
-            if not _LABEL.match(key):
-                raise ValueError(f"{_shown(key)} is not a label name (letters, digits, _ . -)")
-            if not isinstance(label, str) or not _LABEL.match(label):
-                raise ValueError(f"label {key}: {_shown(str(label))} is not a label value (letters, digits, _ . -)")
-        return value
-
-
 class AppSpec(Strict):
     """One app: one container named after the app."""
 
-    image: str = Field(description="repository, no tag, e.g. registry.example.com/team/myapp")
-    version: str = Field(description="tag | sha256:<digest> | stable")
+    image: ImageStr = Field(description="repository, no tag, e.g. registry.example.com/team/myapp")
+    version: VersionStr = Field(description="tag | sha256:<digest> | stable")
     ports: tuple[PortStr, ...] = Field((), description="[IP:]HOST:CONTAINER[/udp]")
     env: dict[str, EnvValue] = Field(default_factory=dict, repr=False, description="values are never printed")
     env_file: str | None = Field(None, description="KEY=VALUE file read on the server when applying")
@@ -505,16 +499,6 @@ class AppSpec(Strict):
     on: Labels | tuple[str, ...] | None = Field(
         None, description="the hosts it runs on: {label: value, ...} (all must match) or [host, ...]; none: every host"
     )
-
-    @field_validator("image")
-    @classmethod
-    def _image(cls, value: str) -> str:
-        return check_image(value)
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, value: str) -> str:
-        return check_version(value)
 
     @field_validator("env")
     @classmethod
