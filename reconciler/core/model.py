@@ -258,6 +258,11 @@ class HealthSpec(Strict):
             raise ValueError(f"choose one probe, not {' and '.join(probes)}")
         return self
 
+    def one_answer(self) -> HealthSpec:
+        """The gate of a warm release switched back to: it served and stayed up, so one good answer is
+        its fresh gate (no ``healthy_for`` again)."""
+        return self.model_copy(update={"healthy_for": 0.0})
+
     @property
     def on_container(self) -> bool:
         """The http probe is a bare path, asked of the new container itself (routed apps)."""

@@ -121,7 +121,7 @@ def _switch_back(
     warm = previous.running
     if not warm:
         engine.start(previous.id, previous.name)
-    gate = applier.gate(previous.id, spec.gate.model_copy(update={"healthy_for": 0.0}) if warm else spec.gate)
+    gate = applier.gate(previous.id, spec.gate.one_answer() if warm else spec.gate)
     if gate.verdict is Verdict.FAILED:
         if not warm:
             engine.stop(previous.id, previous.name, previous.stop_timeout)

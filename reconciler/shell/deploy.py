@@ -666,7 +666,7 @@ class Applier:
             deploy.new_id = self.engine.create(deploy.target, container_name(app, Role.NEXT), env=env, network=network)
         elif step in (Step.GATE, Step.GATE_NEXT):
             # A warm release served and stayed up: one good answer is its fresh gate.
-            gate = spec.gate.model_copy(update={"healthy_for": 0.0}) if deploy.reused else spec.gate
+            gate = spec.gate.one_answer() if deploy.reused else spec.gate
             deploy.gate = self.gate(deploy.new_id, gate, started_at=deploy.started_at)
         elif step is Step.START_NEXT:
             self.engine.start(deploy.new_id, container_name(app, Role.NEXT))
@@ -987,7 +987,7 @@ class Applier:
         warm = found is not None and found.running
         if not warm:
             self._attempt("start the previous one", lambda: self.engine.start(previous.id, previous.name), problems)
-        gate = self.gate(previous.id, spec.gate.model_copy(update={"healthy_for": 0.0}) if warm else spec.gate)
+        gate = self.gate(previous.id, spec.gate.one_answer() if warm else spec.gate)
         if gate.verdict is Verdict.FAILED:
             return gate  # nothing switched: what the route points at is not touched
         before = len(problems)
