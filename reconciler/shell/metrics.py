@@ -81,7 +81,7 @@ class Metrics:
             self.engine_up.set(0)
         elif event is Event.ENGINE_RECOVERED:
             self.engine_up.set(1)
-        elif event.value in ("commit.unsigned", "commit.bad-signature", "commit.refused"):
+        elif event in (Event.COMMIT_UNSIGNED, Event.COMMIT_BAD_SIGNATURE, Event.COMMIT_REFUSED):
             self.refused.labels(event.value.removeprefix("commit.")).inc()
 
     def observe(self, desired: DesiredState, observed: ObservedState, drifting: Collection[str]) -> None:

@@ -39,8 +39,6 @@ from reconciler.shell.scrub import scrub, scrub_fields
 if TYPE_CHECKING:  # imported when a Notifier is made, after its log is silenced (it logs as it loads)
     import apprise
 
-# "commit refused by its signature": the names of events that are not in the vocabulary yet
-COMMIT_REFUSED: frozenset[str] = frozenset({"commit.unsigned", "commit.bad-signature"})
 
 NOTIFIED: frozenset[Event] = frozenset(
     {
@@ -53,13 +51,13 @@ NOTIFIED: frozenset[Event] = frozenset(
         Event.REMOTE_RECOVERED,
         Event.ENGINE_UNREACHABLE,
         Event.ENGINE_RECOVERED,
+        Event.COMMIT_UNSIGNED,  # commits refused by their signature
+        Event.COMMIT_BAD_SIGNATURE,
     }
-    | {event for event in Event if event.value in COMMIT_REFUSED}
 )
-# what ``Notifier`` compares an event's name with: the members above and the names still to come
-NOTIFIED_NAMES: frozenset[str] = frozenset(event.value for event in NOTIFIED) | COMMIT_REFUSED | {"deploy.recovered"}
-
 RECOVERED = "deploy.recovered"  # a notification's name (not a log line): a deploy that succeeds after trouble
+# what ``Notifier`` compares an event's name with: the members above, and the recovery it names itself
+NOTIFIED_NAMES: frozenset[str] = frozenset(event.value for event in NOTIFIED) | {RECOVERED}
 _TROUBLE = frozenset({Event.DEPLOY_FAILED.value, Event.DEPLOY_ROLLED_BACK.value, Event.DEPLOY_HELD.value})
 _GOOD = frozenset({Event.REMOTE_RECOVERED.value, Event.ENGINE_RECOVERED.value, Event.STABLE_PROMOTED.value, RECOVERED})
 _WARNING = frozenset({Event.DEPLOY_HELD.value, Event.DRIFT_FOUND.value})
