@@ -458,21 +458,22 @@ def _fleet_preview(settings: Any, *, fmt: Output, parallel: int, timeout: float)
         _emit({
             "revision": desired.revision, "file": settings.file,
             "hosts": [{"host": h.host, "engine": h.engine, "error": h.error or None,
-                       "plan": report.plan_as_dict(h.plan, file=settings.file) if h.plan else None} for h in hosts],
+                       "plan": report.plan_as_dict(h.answer, file=settings.file) if h.answer else None}
+                      for h in hosts],
         })  # fmt: skip
     else:
         lines = [f"{settings.file} @ {desired.short}: {len(hosts)} hosts"]
         for h in hosts:
-            if h.plan is None:
+            if h.answer is None:
                 lines.append(f"== {h.host} ({h.engine}): could not be read: {h.error}")
             else:
-                body = report.plan_lines(h.plan, file=settings.file)
+                body = report.plan_lines(h.answer, file=settings.file)
                 lines.append(f"== {h.host} ({h.engine}): " + body[0].split(": ", 1)[1])
                 lines.extend(body[1:])
         typer.echo("\n".join(lines))
-    if any(h.plan is None for h in hosts):
+    if any(h.answer is None for h in hosts):
         raise typer.Exit(1)
-    raise typer.Exit(2 if any(h.plan is not None and not h.plan.in_sync for h in hosts) else 0)
+    raise typer.Exit(2 if any(h.answer is not None and not h.answer.in_sync for h in hosts) else 0)
 
 
 def _fleet_status(settings: Any, *, fmt: Output, parallel: int, timeout: float) -> NoReturn:
@@ -486,14 +487,15 @@ def _fleet_status(settings: Any, *, fmt: Output, parallel: int, timeout: float) 
             "revision": desired.revision, "file": settings.file,
             "hosts": [{"host": h.host, "engine": h.engine, "error": h.error or None,
                        "apps": [{"app": a.app, "version": a.version, "commit": a.commit, "digest": a.digest,
-                                 "state": a.state, "desired": wanted.get(a.app)} for a in h.apps]} for h in hosts],
+                                 "state": a.state, "desired": wanted.get(a.app)} for a in h.answer or ()]}
+                      for h in hosts],
         })  # fmt: skip
     else:
         rows = [("HOST", "APP", "VERSION", "DESIRED", "COMMIT", "STATE")]
         for h in hosts:
             if h.error:
                 rows.append((h.host, "-", "-", "-", "-", f"not read: {h.error}"))
-            for a in h.apps:
+            for a in h.answer or ():
                 rows.append((h.host, a.app, a.version, wanted.get(a.app, "(not in the file)"), a.commit, a.state))
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
         typer.echo("\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5]

@@ -109,7 +109,7 @@ def test_a_host_that_hangs_is_reported_and_holds_up_no_other() -> None:
     import time
 
     from reconciler.errors import EngineUnavailable
-    from reconciler.shell.fleet import ask_each
+    from reconciler.shell.fleet import Unanswered, ask_each
 
     release = threading.Event()
 
@@ -126,8 +126,8 @@ def test_a_host_that_hangs_is_reported_and_holds_up_no_other() -> None:
     release.set()
     assert answers == {
         "a": "a answered",
-        "b-hangs": "did not answer within 0.3s",
-        "c-down": "Docker engine at ssh://c does not answer",
+        "b-hangs": Unanswered("did not answer within 0.3s"),
+        "c-down": Unanswered("Docker engine at ssh://c does not answer"),
         "d": "d answered",
     }
     assert took < 2.0, took  # one slot, and the hung host gave it up at its timeout

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from reconciler.core import fleet
 from reconciler.core.model import DesiredState, Role
@@ -32,10 +32,19 @@ DEFAULT_TIMEOUT = 10.0  # seconds per host
 
 
 @dataclass(frozen=True)
-class HostPlan:
+class Unanswered:
+    """Why a host gave no answer (its engine is down, a login hung, the file gives it no engine)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class HostAnswer(Generic[T]):
+    """One host's answer: its plan or what runs on it, or ``error`` (then ``answer`` is None)."""
+
     host: str
     engine: str
-    plan: Plan | None  # None: the host could not be read (``error``)
+    answer: T | None
     error: str = ""
 
 
@@ -48,14 +57,6 @@ class Running:
     commit: str
     digest: str
     state: str
-
-
-@dataclass(frozen=True)
-class HostStatus:
-    host: str
-    engine: str
-    apps: tuple[Running, ...] = ()
-    error: str = ""
 
 
 def fleet_desired(settings: Settings) -> DesiredState:
@@ -74,17 +75,17 @@ def _engine_of(desired: DesiredState, host: str, settings: Settings, timeout: fl
     return connect(address, instance=settings.instance, timeout=timeout)
 
 
-def ask_each(hosts: list[str], ask: Callable[[str], T], *, parallel: int, timeout: float) -> dict[str, T | str]:
+def ask_each(hosts: list[str], ask: Callable[[str], T], *, parallel: int, timeout: float) -> dict[str, T | Unanswered]:
     """``ask(host)`` for every host, ``parallel`` at once, each waited for at most ``timeout`` seconds from
-    its start; a host that does not answer in time (or raises) gives its reason as a string. A host past
-    its time gives its slot up: the hosts after it are not held up."""
-    results: dict[str, T | str] = {}
+    its start; a host that does not answer in time (or raises) gives ``Unanswered``. A host past its time
+    gives its slot up: the hosts after it are not held up."""
+    results: dict[str, T | Unanswered] = {}
     slots = threading.Semaphore(max(1, parallel))
     lock = threading.Lock()
     started: dict[str, float] = {}
     done: set[str] = set()
 
-    def finish(host: str, answer: T | str) -> None:
+    def finish(host: str, answer: T | Unanswered) -> None:
         with lock:
             if host in done:
                 return
@@ -97,11 +98,11 @@ def ask_each(hosts: list[str], ask: Callable[[str], T], *, parallel: int, timeou
         with lock:
             started[host] = time.monotonic()
         try:
-            answer: T | str = ask(host)
+            answer: T | Unanswered = ask(host)
         except ReconcileError as exc:
-            answer = str(exc).splitlines()[0]
+            answer = Unanswered(str(exc).splitlines()[0])
         except Exception as exc:  # a host's trouble is reported with its name; the others go on
-            answer = f"{type(exc).__name__}: {exc}"
+            answer = Unanswered(f"{type(exc).__name__}: {exc}")
         finish(host, answer)
 
     for host in hosts:
@@ -112,39 +113,43 @@ def ask_each(hosts: list[str], ask: Callable[[str], T], *, parallel: int, timeou
                 return results
             late = [h for h, at in started.items() if h not in done and time.monotonic() - at >= timeout]
         for host in late:
-            finish(host, f"did not answer within {timeout:g}s")
+            finish(host, Unanswered(f"did not answer within {timeout:g}s"))
         time.sleep(0.01)
+
+
+def _ask_hosts(desired: DesiredState, ask: Callable[[str], T], *, parallel: int, timeout: float) -> list[HostAnswer[T]]:
+    """``ask`` every host of the file (``ask_each``), the answers in host order."""
+    assert desired.hosts is not None
+    hosts = sorted(desired.hosts)
+    answers = ask_each(hosts, ask, parallel=parallel, timeout=timeout)
+    found: list[HostAnswer[T]] = []
+    for host in hosts:
+        engine, answer = desired.hosts[host].engine or "", answers[host]
+        if isinstance(answer, Unanswered):
+            found.append(HostAnswer(host, engine, None, answer.reason))
+        else:
+            found.append(HostAnswer(host, engine, answer))
+    return found
 
 
 def preview(
     settings: Settings, *, parallel: int, timeout: float = DEFAULT_TIMEOUT
-) -> tuple[DesiredState, list[HostPlan]]:
+) -> tuple[DesiredState, list[HostAnswer[Plan]]]:
     """Every host's drift, as ``reconcile --dry-run --host HOST`` on that host would show it."""
     desired = fleet_desired(settings)
-    assert desired.hosts is not None
 
     def ask(host: str) -> Plan:
         engine = _engine_of(desired, host, settings, timeout)
         return plan_against(engine, fleet.placed(desired, host), settings)[0]
 
-    hosts = sorted(desired.hosts)
-    answers = ask_each(hosts, ask, parallel=parallel, timeout=timeout)
-    plans = []
-    for host in hosts:
-        engine = desired.hosts[host].engine or ""
-        answer = answers[host]
-        plans.append(
-            HostPlan(host, engine, answer) if isinstance(answer, Plan) else HostPlan(host, engine, None, answer)
-        )
-    return desired, plans
+    return desired, _ask_hosts(desired, ask, parallel=parallel, timeout=timeout)
 
 
 def status(
     settings: Settings, *, parallel: int, timeout: float = DEFAULT_TIMEOUT
-) -> tuple[DesiredState, list[HostStatus]]:
+) -> tuple[DesiredState, list[HostAnswer[tuple[Running, ...]]]]:
     """What runs on every host, from the labels of our containers on each engine."""
     desired = fleet_desired(settings)
-    assert desired.hosts is not None
 
     def ask(host: str) -> tuple[Running, ...]:
         observed = _engine_of(desired, host, settings, timeout).observe()
@@ -154,13 +159,4 @@ def status(
             if c.managed and c.app and c.role is Role.CURRENT
         )
 
-    hosts = sorted(desired.hosts)
-    answers = ask_each(hosts, ask, parallel=parallel, timeout=timeout)
-    found = []
-    for host in hosts:
-        engine = desired.hosts[host].engine or ""
-        answer = answers[host]
-        found.append(
-            HostStatus(host, engine, answer) if isinstance(answer, tuple) else HostStatus(host, engine, (), answer)
-        )
-    return desired, found
+    return desired, _ask_hosts(desired, ask, parallel=parallel, timeout=timeout)
