@@ -27,7 +27,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,7 +196,7 @@ class Proxy:
         self.engine.ensure_network(self.network)
         self.dir.mkdir(parents=True, exist_ok=True)
         live = core.servers(desired, observed, self.network)
-        routes = core.render(spec, core.routed(desired), {}, uid=os.getuid())
+        routes = _routes(desired, spec)
         # The routes decide a reload (``routes.cfg`` is written once the proxy runs them); the addresses in
         # the config only follow the runtime's switches.
         rerouted = _read(self.dir / core.ROUTES_FILE) != routes
@@ -207,12 +207,12 @@ class Proxy:
             # Checked before the proxy that serves goes: a new address someone else holds changes nothing.
             self._check_free(spec, keep=found.labels.get(LISTEN_LABEL, "").split(","))
             self.engine.remove(found.id, self.name)
-            done.append(f"recreated the proxy {self.name} ({spec.ref}, {', '.join(spec.listen)})")
+            done.append(f"recreated the proxy {self.name} ({_what(spec)})")
             found = None
         if found is None:
             self._create(spec, wanted, desired)
             if not done:
-                done.append(f"started the proxy {self.name} ({spec.ref}, {', '.join(spec.listen)})")
+                done.append(f"started the proxy {self.name} ({_what(spec)})")
         elif not found.running:
             self._start(found.id, spec)
             done.append(f"started the proxy {self.name} again")
@@ -220,11 +220,9 @@ class Proxy:
             self.reload()
             done.append("reloaded the proxy's config (routes changed)")
         self._write(core.ROUTES_FILE, routes)
-        for app, server in live.items():
-            points = self.points(app)
-            if points is not None and not _same(points, server):
-                self.switch(app, server)
-                done.append(f"{app}: route switched to {server.container if server else 'nothing (503)'}")
+        for app, server in self._misrouted(live):
+            self.switch(app, server)
+            done.append(f"{app}: route switched to {server.container if server else 'nothing (503)'}")
         for container in core.to_cool(
             desired, observed, self.network, self.switched(), time.time() if now is None else now
         ):
@@ -241,24 +239,35 @@ class Proxy:
             return [f"remove the proxy {self.name} (no proxy: in the file)"] if prunable else []
         self._local()
         if not self._ours(found, desired) or found is None:
-            return [f"start the proxy {self.name} ({spec.ref}, {', '.join(spec.listen)})"]
+            return [f"start the proxy {self.name} ({_what(spec)})"]
         said: list[str] = []
         if found.labels.get(PROXY_LABEL) != core.container_hash(spec, self._local_image(spec.ref)):
-            listen = ", ".join(spec.listen)
-            return [f"recreate the proxy {self.name} ({spec.ref}, {listen}): its image or listen addresses changed"]
+            return [f"recreate the proxy {self.name} ({_what(spec)}): its image or listen addresses changed"]
         if not found.running:
             said.append(f"start the proxy {self.name} again")
         live = core.servers(desired, observed, self.network)
-        if _read(self.dir / core.ROUTES_FILE) != core.render(spec, core.routed(desired), {}, uid=os.getuid()):
+        if _read(self.dir / core.ROUTES_FILE) != _routes(desired, spec):
             said.append("rewrite and reload the proxy's config (routes changed)")
+        for app, server in self._misrouted(live, quiet=True) if found.running else []:
+            said.append(f"{app}: switch its route to {server.container if server else 'nothing (503)'}")
+        return said
+
+    def _misrouted(
+        self, live: Mapping[str, core.Server | None], *, quiet: bool = False
+    ) -> list[tuple[str, core.Server | None]]:
+        """The routes whose runtime address is not the one that serves (``quiet``: a route the runtime API
+        does not answer for is left out, as a dry run must not fail on it)."""
+        wrong = []
         for app, server in live.items():
             try:
-                points = self.points(app) if found.running else None
+                points = self.points(app)
             except ProxyError:
-                points = None
+                if not quiet:
+                    raise
+                continue
             if points is not None and not _same(points, server):
-                said.append(f"{app}: switch its route to {server.container if server else 'nothing (503)'}")
-        return said
+                wrong.append((app, server))
+        return wrong
 
     def _local(self) -> None:
         """The proxy's config and admin socket are files here: its engine must run on this machine."""
@@ -372,6 +381,15 @@ class Proxy:
         except ReconcileError:  # the logs only explain; the failure is reported anyway
             return "(no logs)"
         return " / ".join(lines[-3:]) or "(no logs)"
+
+
+def _routes(desired: DesiredState, spec: ProxySpec) -> str:
+    """The config as rendered with no server: what decides a reload (the addresses follow switches)."""
+    return core.render(spec, core.routed(desired), {}, uid=os.getuid())
+
+
+def _what(spec: ProxySpec) -> str:
+    return f"{spec.ref}, {', '.join(spec.listen)}"
 
 
 def _same(points: Points, server: core.Server | None) -> bool:
