@@ -39,10 +39,10 @@ def dockerd_pid() -> int | None:
         pid = int(DOCKER_PID.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if process_alive(pid) else None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """True while `pid` runs (a zombie left for an init that does not reap counts as gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -66,7 +66,7 @@ def dockerd_command(pid: int | None) -> list[str]:
 def stop_dockerd(pid: int, timeout: float = ENGINE_TIMEOUT) -> None:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while process_alive(pid):
         if time.monotonic() >= deadline:
             raise DockerdError(f"dockerd (pid {pid}) did not exit within {timeout}s of SIGTERM")
         time.sleep(0.1)

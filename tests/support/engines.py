@@ -83,6 +83,7 @@ from typing import Any
 import docker
 import docker.errors
 
+from .dockerd import process_alive
 from .engine import RUN_LABEL
 
 RUN_DIR = Path("/tmp/rte")
@@ -130,15 +131,6 @@ def _pings(path: Path, timeout: float = 2.0) -> bool:
     return len(status) >= 2 and status[1] == b"200" and data.endswith(b"OK")
 
 
-def _alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie left for an init that does not reap counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _argv(pid: int) -> list[str]:
     try:
         return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
@@ -159,9 +151,9 @@ def _end_pid(pid: int, timeout: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         deadline = time.monotonic() + wait
-        while _alive(pid) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not _alive(pid):
+        if not process_alive(pid):
             return
 
 
@@ -266,7 +258,7 @@ class ExtraEngine:
         if self._process is not None and self._process.poll() is None:
             return self._process.pid
         pid = _read_pid(self.pidfile)
-        if pid is not None and _alive(pid) and self.host in _argv(pid):
+        if pid is not None and process_alive(pid) and self.host in _argv(pid):
             return pid
         return None
 
@@ -367,7 +359,8 @@ class ExtraEngine:
         if self._process is not None:
             self._process.poll()  # reap
         containerd = _read_pid(self.exec_root / "containerd" / "containerd.pid")
-        if containerd is not None and _alive(containerd) and any(str(self.exec_root) in a for a in _argv(containerd)):
+        ours = containerd is not None and any(str(self.exec_root) in a for a in _argv(containerd))
+        if containerd is not None and ours and process_alive(containerd):
             _end_pid(containerd, 5.0)
 
     def _save_record(self) -> None:
@@ -415,7 +408,7 @@ class ExtraEngine:
                 at = argv.index("-container-ip") + 1
                 with contextlib.suppress(IndexError, ValueError):
                     mine = ipaddress.IPv4Address(argv[at]) in self.block
-            if mine and _alive(int(entry.name)):
+            if mine and process_alive(int(entry.name)):
                 found.append(int(entry.name))
         return found
 

@@ -30,7 +30,7 @@ from typing import Any
 import docker.errors
 
 from .engine import RUN_LABEL
-from .images import ImageBuildError, _add_file, _quote
+from .images import _add_file, _quote, import_rootfs
 
 HAPROXY_CANDIDATES = (Path("/usr/sbin/haproxy"), Path("/usr/local/sbin/haproxy"))
 TAG = "2.6"
@@ -88,15 +88,7 @@ def build_haproxy_image(client: Any, prefix: str) -> str:
         return ref
     rootfs = _rootfs(find_haproxy())
     changes = [*CHANGES, f"LABEL {RUN_LABEL}={_quote(prefix)}"]
-    try:
-        result = client.api.import_image_from_data(rootfs, repository=repo, tag=TAG, changes=changes)
-    except docker.errors.APIError as exc:
-        raise ImageBuildError(f"docker import of {ref} failed: {exc}") from exc
-    for line in str(result).splitlines():
-        if line.strip():
-            message = json.loads(line)
-            if "error" in message:
-                raise ImageBuildError(f"docker import of {ref} failed: {message['error']}")
+    import_rootfs(client, rootfs, repo, TAG, changes)
     return ref
 
 

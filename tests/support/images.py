@@ -91,6 +91,20 @@ class ImageBuildError(RuntimeError):
     """The engine refused an import."""
 
 
+def import_rootfs(client: Any, rootfs: bytes, repo: str, tag: str, changes: list[str]) -> None:
+    """``docker import`` of a rootfs tar as ``repo:tag`` with Dockerfile ``changes``; ImageBuildError if refused."""
+    ref = f"{repo}:{tag}"
+    try:
+        result = client.api.import_image_from_data(rootfs, repository=repo, tag=tag, changes=changes)
+    except docker.errors.APIError as exc:
+        raise ImageBuildError(f"docker import of {ref} failed: {exc}") from exc
+    for line in str(result).splitlines():
+        if line.strip():
+            message = json.loads(line)
+            if "error" in message:
+                raise ImageBuildError(f"docker import of {ref} failed: {message['error']}")
+
+
 def _quote(value: str) -> str:
     return json.dumps(value)  # a double-quoted string with \" and \\ escapes: what ENV/LABEL accept
 
@@ -204,17 +218,7 @@ class ImageFactory:
         return changes
 
     def _import(self, spec: ImageSpec, ref: str) -> str:
-        try:
-            result = self.client.api.import_image_from_data(
-                self._rootfs(spec), repository=spec.repo, tag=spec.tag, changes=self._changes(spec)
-            )
-        except docker.errors.APIError as exc:
-            raise ImageBuildError(f"docker import of {ref} failed: {exc}") from exc
-        for line in str(result).splitlines():
-            if line.strip():
-                message = json.loads(line)
-                if "error" in message:
-                    raise ImageBuildError(f"docker import of {ref} failed: {message['error']}")
+        import_rootfs(self.client, self._rootfs(spec), spec.repo, spec.tag, self._changes(spec))
         return self.image_id(ref)
 
 
