@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import select
 import signal
 import sys
 import threading
@@ -115,12 +116,38 @@ class AgentSettings:
         return f"refs/heads/{self.branch}" if self.branch else self.settings.ref
 
 
+class Waker:
+    """What wakes the agent's loop from its wait: a pipe, so that a signal handler may set it too.
+
+    A ``threading.Event`` takes a lock to be set; a handler that runs while the interrupted code holds that
+    lock (in ``clear()``, say) waits for itself for ever. A write to a non-blocking pipe takes no lock.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def set(self) -> None:
+        with contextlib.suppress(OSError):  # a full pipe is already set
+            os.write(self._write, b"\0")
+
+    def wait(self, timeout: float) -> None:
+        select.select([self._read], [], [], max(0.0, timeout))
+
+    def clear(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._read, 4096):
+                pass
+
+
 @dataclass
 class Agent:
     config: AgentSettings
     events: Events
     on_step: Callable[[str, str], None] | None = None
-    wake: threading.Event = field(default_factory=threading.Event)
+    wake: Waker = field(default_factory=Waker)
+    hup_pending: bool = False  # SIGHUP came: a pass now, with a fetch (turned into ``changed`` off the handler)
     changed: threading.Event = field(default_factory=threading.Event)
     stopping: bool = False
     source: Source | None = None
@@ -306,7 +333,8 @@ class Agent:
             self.stop()
 
         def hangup(signum: int, frame: FrameType | None) -> None:
-            self.changed.set()
+            # No lock in a handler (``Waker``): ``changed`` is set by the code it interrupted, not here.
+            self.hup_pending = True
             self.wake.set()
 
         signal.signal(signal.SIGTERM, terminate)
@@ -417,6 +445,7 @@ class Agent:
             self.source = open_source(settings.repo, state_dir=settings.state_dir, fetch=False)
             self.last_fetch = 0.0
         now = time.monotonic()
+        self._took_hangup()
         due = now - self.last_fetch >= self.config.interval * 0.5 or self.changed.is_set() or "remote" in self.failing
         # Cleared before the fetch: a push announced while it runs gets a fetch of its own.
         self.changed.clear()
@@ -494,10 +523,16 @@ class Agent:
         for line in guard.check(self.source.read(revision, file), file, desired, None):
             self.events.once(f"danger:{line}", Event.POLICY_WARNING, f"warning: {line} (no --policy limits it)")
 
+    def _took_hangup(self) -> None:
+        if self.hup_pending:
+            self.hup_pending = False
+            self.changed.set()
+
     def _newer_commit(self, revision: str) -> bool:
         """True when the branch moved past ``revision`` (checked when a watcher or SIGHUP said so)."""
         if self.stopping:
             return True
+        self._took_hangup()
         if not self.changed.is_set() or self.source is None:
             return False
         try:
