@@ -35,6 +35,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import select
@@ -114,6 +115,13 @@ class AgentSettings:
     @property
     def ref(self) -> str:
         return f"refs/heads/{self.branch}" if self.branch else self.settings.ref
+
+
+class _InactiveEmitter(logging.Filter):
+    """Drops watchdog's "called when the thread is inactive": its reader woke after we stopped it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "thread is inactive" not in record.getMessage()
 
 
 class Waker:
@@ -360,6 +368,9 @@ class Agent:
                     agent.changed.set()
                     agent.wake.set()
 
+        # watchdog 7.1 logs an error when its reader wakes after stop() (a race inside its inotify
+        # emitter, harmless at shutdown); our stderr is the event stream, so that line is dropped.
+        logging.getLogger("watchdog.observers.inotify").addFilter(_InactiveEmitter())
         observer = Observer()
         git_dir = Path(source.repo.git_dir)
         # refs/ for loose refs (a push renames refs/heads/x.lock into place); the git dir itself, not
