@@ -35,6 +35,8 @@ from tests.support.dockerd import (
 )
 from tests.support.state import app_yaml, desired, inspect, is_running, labels, must_inspect, names_of
 
+pytestmark = pytest.mark.apart  # it restarts the machine's engine: scripts/test runs it alone
+
 
 @pytest.fixture
 def engine(app_names: AppNames) -> Iterator[list[str]]:

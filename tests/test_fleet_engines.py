@@ -24,7 +24,7 @@ from tests.support.engines import ExtraEngine, load_image, start_engines, stop_e
 from tests.support.gitrepo import GitRemote
 from tests.support.state import show
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.apart]
 
 FILE = "desired-state.yaml"
 
