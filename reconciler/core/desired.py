@@ -3,9 +3,11 @@
 Guarantees: either a valid ``DesiredState`` or ``InvalidDesiredState`` whose messages read
 ``FILE:LINE:COL: apps.web.ports[0]: message``, sorted by position; an unknown key names the nearest
 valid one. Positions come from the shell's YAML reader (1-based); a path it does not know falls back to
-its nearest known parent, so every message has a place. A message is one line and never shows an env
-value: keys that are not printable are escaped, and an env value that another field's validator would
-quote (it got there through a YAML alias, ``Positions.secrets``) is replaced by ``<an env value>``.
+its nearest known parent, so every message has a place. A fleet's placements (``on:``, ``canary:``)
+are checked against its ``hosts:`` (``core.fleet.problems``) and reported the same way. A message is
+one line and never shows an env value: keys that are not printable are escaped, and an env value that
+another field's validator would quote (it got there through a YAML alias, ``Positions.secrets``) is
+replaced by ``<an env value>``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from reconciler.core import fleet
 from reconciler.core.model import (
     AppSpec,
+    CanarySpec,
     DesiredFile,
     DesiredState,
     HealthSpec,
@@ -74,6 +77,8 @@ def _model_at(path: Path) -> type[BaseModel] | None:
         return HealthSpec
     if len(path) == 3 and path[0] == "apps" and path[2] == "route":
         return RouteSpec
+    if len(path) == 3 and path[0] == "apps" and path[2] == "canary":
+        return CanarySpec
     if path == ("proxy",):
         return ProxySpec
     if len(path) == 2 and path[0] == "hosts":

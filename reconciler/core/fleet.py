@@ -6,8 +6,14 @@ Guarantees:
   ``on: {label: value, ...}`` on the hosts whose labels hold every pair.
 - ``placed`` gives the desired state of one host: only its apps, so that a host's pass deploys,
   heals and prunes exactly what is placed on it (an app moved to another host is pruned here).
+- An app's ``canary:`` picks some of its hosts (same forms as ``on:``); on those, ``placed`` gives the
+  app ``canary.version`` in place of ``version``, so the agent, ``reconcile --host`` and the fleet's
+  preview and status all see each host's own version. ``canary`` is kept on the placed app (the
+  shell asks the registry for ``stable`` on the other hosts); a canary host's version is never ``stable``.
 - ``problems`` names every selector that cannot place its app (an unknown host, with the nearest name;
-  labels that no host has), as paths into the file for the validator to place at FILE:LINE:COL.
+  labels that no host has) and every ``canary.on`` that picks none of the app's hosts, a host that is
+  not declared or one the app does not run on, as paths into the file for the validator to place at
+  FILE:LINE:COL.
 """
 
 from __future__ import annotations
@@ -17,16 +23,33 @@ from collections.abc import Mapping
 
 from reconciler.core.model import AppSpec, DesiredState, HostSpec
 
+Selector = Mapping[str, str] | tuple[str, ...]
+
 Path = tuple[str | int, ...]
+
+
+def matches(selector: Selector, name: str, host: HostSpec) -> bool:
+    """Whether an ``on:`` (host names, or labels that must all match) picks the host ``name``."""
+    if isinstance(selector, tuple):
+        return name in selector
+    return all(host.labels.get(key) == value for key, value in selector.items())
 
 
 def selects(spec: AppSpec, name: str, host: HostSpec) -> bool:
     """Whether ``spec`` runs on the host ``name``."""
-    if spec.on is None:
-        return True
-    if isinstance(spec.on, tuple):
-        return name in spec.on
-    return all(host.labels.get(key) == value for key, value in spec.on.items())
+    return spec.on is None or matches(spec.on, name, host)
+
+
+def is_canary(spec: AppSpec, name: str, host: HostSpec) -> bool:
+    """Whether the host ``name`` runs ``spec``'s candidate (``canary.version``) rather than its ``version``."""
+    return spec.canary is not None and selects(spec, name, host) and matches(spec.canary.on, name, host)
+
+
+def on_host(spec: AppSpec, name: str, host: HostSpec) -> AppSpec:
+    """``spec`` as the host ``name`` runs it: the canary's version on a canary host, the app's elsewhere."""
+    if spec.canary is not None and is_canary(spec, name, host):
+        return spec.model_copy(update={"version": spec.canary.version})
+    return spec
 
 
 def hosts_of(spec: AppSpec, hosts: Mapping[str, HostSpec]) -> list[str]:
@@ -36,7 +59,8 @@ def hosts_of(spec: AppSpec, hosts: Mapping[str, HostSpec]) -> list[str]:
 def placed(desired: DesiredState, host: str) -> DesiredState:
     """The desired state of ``host`` (a name in ``desired.hosts``): its apps only."""
     hosts = desired.hosts or {}
-    apps = {app: spec for app, spec in desired.apps.items() if selects(spec, host, hosts[host])}
+    where = hosts[host]
+    apps = {app: on_host(spec, host, where) for app, spec in desired.apps.items() if selects(spec, host, where)}
     return desired.model_copy(update={"apps": apps, "host": host})
 
 
@@ -46,10 +70,12 @@ def nearest(name: str, names: list[str]) -> str:
 
 
 def problems(apps: Mapping[str, AppSpec], hosts: Mapping[str, HostSpec] | None) -> list[tuple[Path, str]]:
-    """Each ``on:`` that places its app nowhere, or names a host the file does not declare."""
+    """Each ``on:`` that places its app nowhere, or names a host the file does not declare; each ``canary:``
+    that picks none of its app's hosts."""
     found: list[tuple[Path, str]] = []
     names = sorted(hosts or {})
     for app, spec in apps.items():
+        found += _canary_problems(app, spec, hosts)
         if spec.on is None:
             continue
         where: Path = ("apps", app, "on")
@@ -65,4 +91,34 @@ def problems(apps: Mapping[str, AppSpec], hosts: Mapping[str, HostSpec] | None) 
         elif not hosts_of(spec, hosts):
             wanted = ", ".join(f"{key}={value}" for key, value in spec.on.items())
             found.append((where, f"no host has the labels {wanted}: the app would run nowhere"))
+    return found
+
+
+def _canary_problems(app: str, spec: AppSpec, hosts: Mapping[str, HostSpec] | None) -> list[tuple[Path, str]]:
+    if spec.canary is None:
+        return []
+    if hosts is None:
+        return [(("apps", app, "canary"), "canary: picks some of the app's hosts: declare them in a top-level hosts:")]
+    where: Path = ("apps", app, "canary", "on")
+    selector = spec.canary.on
+    mine = hosts_of(spec, hosts)
+    runs_on = f"the app runs on {', '.join(mine)}" if mine else ""
+    if not selector:
+        return [(where, "an empty canary.on picks no host: name one of the app's hosts, or leave canary: out")]
+    if mine and all(matches(selector, name, hosts[name]) for name in mine):
+        # Then no host runs version: (nor follows stable): the canary would be the whole rollout.
+        return [(where, f"canary.on picks every host of the app ({runs_on}): leave one to run version:")]
+    if not isinstance(selector, tuple):
+        if mine and not any(matches(selector, name, hosts[name]) for name in mine):
+            wanted = ", ".join(f"{key}={value}" for key, value in selector.items())
+            return [
+                (where, f"none of the app's hosts has the labels {wanted} ({runs_on}): the canary would run nowhere")
+            ]
+        return []
+    found: list[tuple[Path, str]] = []
+    for index, name in enumerate(selector):
+        if name not in hosts:
+            found.append(((*where, index), f"no host {name!r} is declared in hosts{nearest(name, sorted(hosts))}"))
+        elif mine and name not in mine:
+            found.append(((*where, index), f"host {name!r} does not run the app ({runs_on}): it cannot be its canary"))
     return found

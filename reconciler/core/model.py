@@ -6,7 +6,8 @@ satisfies the version-1 file format (strict: unknown keys are rejected). ``schem
 once parsed; in the file they are ``500ms``, ``30s``, ``10m``, ``1h``. Every number is bounded and finite:
 each duration has a ceiling (``DURATION_LIMITS``), ports are 1-65535 and IPv4 octets 0-255. No message
 of a validator shows an env value; env values and argv hold no NUL (env values: no control character
-but tab), which Docker and execve could not pass on.
+but tab), which Docker and execve could not pass on. A canary's version (``canary.version``) is a tag or
+a digest, never ``stable``: it is the candidate that becomes stable.
 """
 
 from __future__ import annotations
@@ -477,6 +478,23 @@ class ProxySpec(Strict):
         return tuple(found)
 
 
+class CanarySpec(Strict):
+    """The hosts of an app that run a candidate release in place of the app's ``version``; healthy for
+    ``stable_after`` there, it is promoted (and, with ``--publish-stable``, pushed as ``IMAGE:stable``)."""
+
+    on: Labels | tuple[str, ...] = Field(
+        description="the app's hosts that run the candidate: {label: value, ...} (all must match) or [host, ...]"
+    )
+    version: VersionStr = Field(description="the candidate: a tag or sha256:<digest> (not stable)")
+
+    @field_validator("version")
+    @classmethod
+    def _not_stable(cls, value: str) -> str:
+        if value == STABLE:
+            raise ValueError("the canary runs a candidate, not stable: give its tag or sha256: digest")
+        return value
+
+
 class AppSpec(Strict):
     """One app: one container named after the app."""
 
@@ -503,6 +521,9 @@ class AppSpec(Strict):
     )
     on: Labels | tuple[str, ...] | None = Field(
         None, description="the hosts it runs on: {label: value, ...} (all must match) or [host, ...]; none: every host"
+    )
+    canary: CanarySpec | None = Field(
+        None, description="hosts (of those the app runs on) that run a candidate version instead; needs hosts:"
     )
 
     @field_validator("env")

@@ -762,6 +762,10 @@ class Agent:
     def _candidate(self, app: str, spec: AppSpec, observed: ObservedState) -> Candidate | None:
         """What the engine and the journal say of ``app``'s container, for the stable clock."""
         assert self.journal is not None
+        if spec.canary is not None and spec.version == STABLE:
+            # This host follows the stable its canary promotes and publishes: promoting (and publishing)
+            # what it runs here could only put an older stable back over the canary's.
+            return None
         current = observed.named(container_name(app))
         if current is None or not current.managed or not current.spec_hash:
             return None

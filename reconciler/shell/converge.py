@@ -6,7 +6,8 @@ Guarantees:
   the local image list, else from the registry's API.
 - An apply holds the state directory's lock and observes the engine *after* taking it, so two passes
   never plan against the same stale view.
-- Per pass: one container listing and one image listing, whatever the number of apps.
+- Per pass: one container listing and one image listing, whatever the number of apps (and one
+  registry look-up per app that follows a canary's ``stable``, on the hosts that are not its canary).
 - The desired state carries its source (repository, branch, file): the planner changes only
   containers that this source deployed.
 - Env values of the file are remembered by ``scrub`` before the file is validated, so that no
@@ -15,10 +16,12 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reconciler.core import fleet
 from reconciler.core import images as image_match
@@ -34,6 +37,9 @@ from reconciler.shell.git import Source, open_source
 from reconciler.shell.journal import Journal, locked
 from reconciler.shell.proxy import Proxy
 from reconciler.shell.yamlfile import parse_yaml
+
+if TYPE_CHECKING:
+    from reconciler.shell.deploy import Applier
 
 # Deploys of a pass at once. A gate mostly waits (one inspect per 100 ms), so the bound is what the
 # engine can create and start at once on a small host. 16 takes 20 apps from an empty 2-core host in
@@ -158,13 +164,20 @@ def read_desired(settings: Settings) -> DesiredState:
 
 
 def resolve(engine: Engine, desired: DesiredState) -> dict[str, Resolution]:
-    """Each app's image as a local image id, else as a registry digest (to pull), else an error."""
+    """Each app's image as a local image id, else as a registry digest (to pull), else an error.
+
+    ``stable`` is the local ``IMAGE:stable`` tag, except for an app with a ``canary:`` on the hosts that
+    follow it: there it is the registry's ``IMAGE:stable`` (``_registry_stable``), so that what the canary
+    host promoted and published reaches them at their next pass."""
     local = engine.local_images()
     resolutions: dict[str, Resolution] = {}
     for app, spec in desired.apps.items():
         ref = image_ref(spec)
         found = image_match.find_local(ref, local)
-        if found is not None:
+        followed = _registry_stable(engine, ref, spec.image, found) if spec.canary and spec.version == STABLE else None
+        if followed is not None:
+            resolutions[app] = followed
+        elif found is not None:
             resolutions[app] = Resolution(
                 ref=ref, image_id=found.id, digest=image_match.registry_digest(found, spec.image)
             )
@@ -178,6 +191,22 @@ def resolve(engine: Engine, desired: DesiredState) -> dict[str, Resolution]:
             except ImageError as exc:
                 resolutions[app] = Resolution(ref=ref, error=str(exc))
     return resolutions
+
+
+def _registry_stable(engine: Engine, ref: str, image: str, found: image_match.LocalImage | None) -> Resolution | None:
+    """``IMAGE:stable`` as the registry has it: the local image when the local tag already carries that
+    digest, else that digest to pull. None when the registry cannot say (no answer, no ``stable`` tag yet,
+    an image only built here): then the local tag stands, as without a canary."""
+    try:
+        digest = engine.registry_digest(ref)
+    except ImageError:
+        return None
+    if found is not None and image_match.normalize(f"{image}@{digest}") in found.digests:
+        return Resolution(ref=ref, image_id=found.id, digest=digest)
+    # Pulled by its tag, not by digest: the pull moves the local IMAGE:stable too, so the next pass finds it
+    # here. Should the registry's stable move again between this look-up and the pull, the newer one is
+    # deployed under the older digest's label, and the next pass deploys it once more under its own.
+    return Resolution(ref=ref, digest=digest)
 
 
 def plan_against(
@@ -209,39 +238,63 @@ def reconcile_once(
     """Read, plan, and unless ``dry_run`` apply; raise ``ReconcileError`` for what stops the whole pass."""
     desired = read_desired(settings)
     engine = connect(settings.docker_host, instance=settings.instance)
-    proxy = Proxy(engine, settings.state_dir)
     if dry_run:
+        proxy = Proxy(engine, settings.state_dir)
         the_plan, observed = plan_against(engine, desired, settings)
         routes = route_lines(desired, observed, proxy.network, proxy.switched())
         return PassResult(desired, the_plan, proxy=proxy.drift(desired, observed), routes=routes)
+    with applying(engine, settings.state_dir, desired, settings, on_step=on_step, log=log) as applier:
+        return apply_pass(applier, desired, settings)
+
+
+@contextlib.contextmanager
+def applying(
+    engine: Engine,
+    state_dir: Path,
+    desired: DesiredState,
+    settings: Settings,
+    *,
+    on_step: Callable[[str, str], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Iterator[Applier]:
+    """An ``Applier`` for ``engine`` while ``state_dir``'s lock is held and its journal is open."""
     from reconciler.shell.deploy import Applier
 
-    proxy_error = ""
-    with locked(settings.state_dir, timeout=settings.lock_timeout):
-        journal = Journal(settings.state_dir)
+    with locked(state_dir, timeout=settings.lock_timeout):
+        journal = Journal(state_dir)
         try:
-            applier = Applier(engine, journal, author=desired.author, parallel=settings.parallel, proxy=proxy)
+            applier = Applier(
+                engine, journal, author=desired.author, parallel=settings.parallel, proxy=Proxy(engine, state_dir)
+            )
             if on_step is not None:
                 applier.on_step = on_step
             if log is not None:
                 applier.log = log
-            observed = engine.observe()
-            # The proxy first: whatever happened to it, it routes to what runs before anything changes.
-            changed = proxy.sync(desired, observed)
-            # A deploy that an earlier run never finished (killed mid-gate) gets its verdict first.
-            verified = applier.verify_unfinished(observed, desired.apps)
-            # One listing per pass, unless the verdict changed what runs.
-            the_plan, observed = plan_against(
-                engine, desired, settings, observed=engine.observe() if verified else observed
-            )
-            outcomes = verified + applier.apply(the_plan, observed)
-            if desired.proxy is not None and outcomes:
-                observed = engine.observe()
-                try:
-                    changed += proxy.sync(desired, observed)
-                except ProxyError as exc:  # the deploys happened: they are reported, and this with them
-                    proxy_error = str(exc)
+            yield applier
         finally:
             journal.close()
+
+
+def apply_pass(applier: Applier, desired: DesiredState, settings: Settings, *, atomic: bool = False) -> PassResult:
+    """Converge ``applier``'s engine to ``desired``: the proxy, unfinished deploys, then the plan.
+
+    ``atomic``: a release of the pass that fails takes the others of the pass back (whole commit)."""
+    engine, proxy = applier.engine, applier.proxy
+    assert proxy is not None
+    proxy_error = ""
+    observed = engine.observe()
+    # The proxy first: whatever happened to it, it routes to what runs before anything changes.
+    changed = proxy.sync(desired, observed)
+    # A deploy that an earlier run never finished (killed mid-gate) gets its verdict first.
+    verified = applier.verify_unfinished(observed, desired.apps)
+    # One listing per pass, unless the verdict changed what runs.
+    the_plan, observed = plan_against(engine, desired, settings, observed=engine.observe() if verified else observed)
+    outcomes = verified + applier.apply(the_plan, observed, atomic=atomic)
+    if desired.proxy is not None and outcomes:
+        observed = engine.observe()
+        try:
+            changed += proxy.sync(desired, observed)
+        except ProxyError as exc:  # the deploys happened: they are reported, and this with them
+            proxy_error = str(exc)
     routes = route_lines(desired, observed, proxy.network, proxy.switched())
     return PassResult(desired, the_plan, outcomes, proxy=changed, routes=routes, proxy_error=proxy_error)
