@@ -108,7 +108,17 @@ AllHostsOpt = Annotated[
     bool,
     typer.Option(
         "--all-hosts",
-        help="Every host of the file's hosts: through its engine: (with --dry-run, or for status), in parallel.",
+        help="Every host of the file's hosts: through its engine:, --parallel at once: preview (--dry-run), "
+        "status, or push the commit (--rollout).",
+    ),
+]
+RolloutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rollout",
+        help="With --all-hosts: push the commit group by group, each gated before the next (e.g. canary,*: "
+        "hosts labelled canary=true, then the rest). Terms: HOST, KEY=VALUE, KEY, *; + joins terms in a group.",
+        show_default=False,
     ),
 ]
 HostTimeoutOpt = Annotated[
@@ -300,6 +310,7 @@ def main_command(
     require_signed_by: SignedByOpt = None,
     host: FleetHostOpt = None,
     all_hosts: AllHostsOpt = False,
+    rollout: RolloutOpt = None,
     host_timeout: HostTimeoutOpt = 10.0,
     repo: RepoOpt = None,
     ref: RefOpt = None,
@@ -310,7 +321,7 @@ def main_command(
     output: OutputOpt = None,
 ) -> None:
     """Converge once (or, with --dry-run, show what would change). Exit 0 converged or in sync,
-    1 error (or a host of --all-hosts that could not be read), 2 drift (--dry-run)."""
+    1 error (a failed deploy, or a host of --all-hosts that failed or could not be read), 2 drift (--dry-run)."""
     ctx.obj = {
         "repo": repo,
         "ref": ref,
@@ -343,10 +354,14 @@ def main_command(
         host=host,
     )
     fmt = _option(ctx, "output", output)
+    if rollout is not None and not all_hosts:
+        _fail("--rollout pushes to the file's hosts: give --all-hosts too")
+    if all_hosts and _source(ctx, "host") == "COMMANDLINE":
+        _fail("--host names the one host this machine is; --all-hosts reaches every host: give one of them")
+    if all_hosts and dry_run:
+        _fleet_preview(settings, rollout, fmt=fmt, parallel=parallel, timeout=host_timeout)
     if all_hosts:
-        if not dry_run:
-            _fail("--all-hosts changes nothing yet: give --dry-run (each host's agent applies its own apps)")
-        _fleet_preview(settings, fmt=fmt, parallel=parallel, timeout=host_timeout)
+        _fleet_push(settings, rollout or "*", fmt=fmt, parallel=parallel, timeout=host_timeout)
     from reconciler.core import report
     from reconciler.shell.converge import reconcile_once
 
@@ -402,9 +417,13 @@ def validate(
             from reconciler.shell import ops
 
             return ops.validate_file(path, policy=_option(ctx, "policy", policy))
-        from reconciler.shell.converge import read_desired
+        from dataclasses import replace
 
-        return read_desired(_settings(ctx, repo=repo, ref=ref, file=file, state_dir=None, policy=policy))
+        from reconciler.shell.converge import ALL_HOSTS, read_desired
+
+        settings = _settings(ctx, repo=repo, ref=ref, file=file, state_dir=None, policy=policy)
+        # A fleet's file is valid or not wherever it is checked: every app, unless --host names one host.
+        return read_desired(settings if settings.host is not None else replace(settings, host=ALL_HOSTS))
 
     desired = _guarded(check)
     where = str(path) if path is not None else f"{desired.path} @ {desired.short}"
@@ -447,22 +466,24 @@ def history(
         typer.echo(line + by + (f"  {entry.message}" if entry.message else ""))
 
 
-def _fleet_preview(settings: Any, *, fmt: Output, parallel: int, timeout: float) -> NoReturn:
-    """``--dry-run --all-hosts``: every host's drift, one report grouped by host. Exit 1 if a host could not
-    be read, 2 if one drifts, 0 when all are in sync."""
+def _fleet_preview(settings: Any, spec: str | None, *, fmt: Output, parallel: int, timeout: float) -> NoReturn:
+    """``--dry-run --all-hosts [--rollout GROUPS]``: every host's drift, one report grouped by host (and the
+    groups a push would take). Exit 1 if a host could not be read, 2 if one drifts, 0 when all are in sync."""
     from reconciler.core import report
     from reconciler.shell import fleet
 
-    desired, hosts = _guarded(lambda: fleet.preview(settings, parallel=parallel, timeout=timeout))
+    desired, groups, hosts = _guarded(lambda: fleet.preview(settings, parallel=parallel, timeout=timeout, spec=spec))
     if fmt is Output.json:
         _emit({
-            "revision": desired.revision, "file": settings.file,
+            "revision": desired.revision, "file": settings.file, "rollout": groups,
             "hosts": [{"host": h.host, "engine": h.engine, "error": h.error or None,
                        "plan": report.plan_as_dict(h.answer, file=settings.file) if h.answer else None}
                       for h in hosts],
         })  # fmt: skip
     else:
         lines = [f"{settings.file} @ {desired.short}: {len(hosts)} hosts"]
+        if groups is not None:
+            lines.append(f"rollout {spec}: " + "; ".join(f"{n}. {', '.join(g)}" for n, g in enumerate(groups, 1)))
         for h in hosts:
             if h.answer is None:
                 lines.append(f"== {h.host} ({h.engine}): could not be read: {h.error}")
@@ -476,18 +497,59 @@ def _fleet_preview(settings: Any, *, fmt: Output, parallel: int, timeout: float)
     raise typer.Exit(2 if any(h.answer is not None and not h.answer.in_sync for h in hosts) else 0)
 
 
+def _fleet_push(settings: Any, spec: str, *, fmt: Output, parallel: int, timeout: float) -> NoReturn:
+    """``--all-hosts [--rollout GROUPS]``: push the commit group by group; the report says where each host
+    was left and what it runs. Exit 0 when every host of the rollout converged, 1 otherwise."""
+    from reconciler.core import report
+    from reconciler.shell import fleet
+
+    def say(line: str) -> None:
+        if fmt is not Output.json:
+            typer.echo(line, err=True)
+
+    desired, groups, hosts = _guarded(
+        lambda: fleet.roll_out(settings, spec, parallel=parallel, timeout=timeout, say=say)
+    )
+    runs = fleet.running(desired, settings, parallel=parallel, timeout=timeout)
+    if fmt is Output.json:
+        _emit({
+            "revision": desired.revision, "file": settings.file, "rollout": groups,
+            "ok": all(h.ok for h in hosts),
+            "hosts": [{"host": h.host, "engine": h.engine, "group": h.group or None, "state": str(h.state),
+                       "error": h.error or None, "outcomes": [o.as_dict() for o in h.outcomes],
+                       "runs": fleet.runs_as_dict(runs[h.host])}
+                      for h in hosts],
+        })  # fmt: skip
+    else:
+        lines = [f"{settings.file} @ {desired.short}: rollout {spec}"]
+        for h in hosts:
+            group = f"group {h.group}, " if h.group else ""
+            lines.append(f"== {h.host} ({group}{h.engine}): {h.state}" + (f": {h.error}" if h.error else ""))
+            if h.outcomes:
+                done = report.outcome_lines(h.outcomes, revision=desired.revision, file="")
+                lines.extend("  " + line for line in done)
+            lines.append("  runs: " + fleet.runs_line(runs[h.host]))
+        tally: dict[str, int] = {}
+        for h in hosts:
+            tally[str(h.state)] = tally.get(str(h.state), 0) + 1
+        lines.append("fleet: " + ", ".join(f"{count} {state}" for state, count in tally.items()))
+        typer.echo("\n".join(lines))
+    raise typer.Exit(0 if all(h.ok for h in hosts) else 1)
+
+
 def _fleet_status(settings: Any, *, fmt: Output, parallel: int, timeout: float) -> NoReturn:
-    """``status --all-hosts``: host by app -> version, commit, state, from each engine's labels."""
+    """``status --all-hosts``: host by app -> version, desired, commit, state, from each engine's labels, and
+    how many hosts run what the commit asks (a rollback commit shows who has followed it)."""
     from reconciler.shell import fleet
 
     desired, hosts = _guarded(lambda: fleet.status(settings, parallel=parallel, timeout=timeout))
-    wanted = {app: spec.version for app, spec in desired.apps.items()}
+    converged = sum(1 for h in hosts if h.answer is not None and all(a.in_sync for a in h.answer))
     if fmt is Output.json:
         _emit({
-            "revision": desired.revision, "file": settings.file,
+            "revision": desired.revision, "file": settings.file, "converged": converged,
             "hosts": [{"host": h.host, "engine": h.engine, "error": h.error or None,
-                       "apps": [{"app": a.app, "version": a.version, "commit": a.commit, "digest": a.digest,
-                                 "state": a.state, "desired": wanted.get(a.app)} for a in h.answer or ()]}
+                       "converged": h.answer is not None and all(a.in_sync for a in h.answer),
+                       "apps": [a.as_dict() for a in h.answer or ()]}
                       for h in hosts],
         })  # fmt: skip
     else:
@@ -496,10 +558,16 @@ def _fleet_status(settings: Any, *, fmt: Output, parallel: int, timeout: float) 
             if h.error:
                 rows.append((h.host, "-", "-", "-", "-", f"not read: {h.error}"))
             for a in h.answer or ():
-                rows.append((h.host, a.app, a.version, wanted.get(a.app, "(not in the file)"), a.commit, a.state))
+                r = a.running
+                state = (r.state if r else "missing") + ("" if a.in_sync else ", DRIFT")
+                # Which stable: hosts that follow a canary's differ only in the image they run.
+                which = f" ({r.digest.split(':')[-1][:12]})" if r and r.version == "stable" and r.digest else ""
+                rows.append((h.host, a.app, r.version + which if r else "-", a.desired or "(not on this host)",
+                             r.commit if r else "-", state))  # fmt: skip
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
-        typer.echo("\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5]
-                              for row in rows))  # fmt: skip
+        lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5] for row in rows]
+        lines.append(f"{converged} of {len(hosts)} hosts run what {settings.file} @ {desired.short} asks for")
+        typer.echo("\n".join(lines))
     raise typer.Exit(1 if any(h.error for h in hosts) else 0)
 
 
@@ -649,13 +717,13 @@ def status(
     parallel: ParallelOpt = 16,
 ) -> None:
     """Per app: desired vs running, health, last applied and attempted commit, stable, failed releases."""
-    from reconciler.core.report import status_lines
-    from reconciler.shell.status import collect
-
     settings = _settings(ctx, repo=repo, ref=ref, file=file, state_dir=state_dir, docker_host=docker_host,
                          instance=instance)  # fmt: skip
     if all_hosts:
         _fleet_status(settings, fmt=_option(ctx, "output", output), parallel=parallel, timeout=host_timeout)
+    from reconciler.core.report import status_lines
+    from reconciler.shell.status import collect
+
     result = _guarded(lambda: collect(settings))
     if result.journal_error:
         typer.echo(f"warning: {result.journal_error}", err=True)
@@ -692,7 +760,7 @@ def _source_for_writing(ctx: typer.Context, repo: str | None) -> Any:
     commit of ours signed on top of an untrusted tip would carry that tip's file in."""
     from reconciler.errors import CommitRefused, UserError
     from reconciler.shell import edits
-    from reconciler.shell.converge import desired_at
+    from reconciler.shell.converge import ALL_HOSTS, desired_at
 
     source = _guarded(lambda: edits.open_for_writing(_option(ctx, "repo", repo)))
     policy, signed_by = _option(ctx, "policy", None), _option(ctx, "require_signed_by", None)
@@ -700,7 +768,7 @@ def _source_for_writing(ctx: typer.Context, repo: str | None) -> Any:
     def trusted() -> None:
         try:
             desired_at(source, "HEAD", source.resolve("HEAD"), _option(ctx, "file", None), policy=policy,
-                       signed_by=signed_by)  # fmt: skip
+                       signed_by=signed_by, host=ALL_HOSTS)  # fmt: skip
         except CommitRefused as exc:
             raise UserError(f"{exc}; no commit is built on it here") from None
 

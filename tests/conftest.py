@@ -18,6 +18,8 @@ Nothing here fakes anything (DESIGN.md, "Real parts in tests"):
 - `haproxy_image` (session): "repo:tag" of an HAProxy image built from this machine's haproxy.
 - `routed` (function): `Routed` (tests/support/routed.py) over `world`: a `proxy:` on a free loopback
   port, apps added with `routed.app()`; the proxy container and its network are removed after the test.
+- `sshd` (session): `Sshd` (tests/support/sshd.py), a real OpenSSH server on 127.0.0.1 whose sessions
+  reach this engine: `sshd.url` is an `ssh://` engine address, `sshd.client_env()` the client's env.
 - `world` (function): `World` (tests/support/agent.py), the same parts as `site` plus `app_names`
   (as `world.names`), `tmp_path` (as `world.tmp`), the apps the test adds with `world.app()` and
   the agents it starts; they are all stopped before `app_names` removes the containers, and their
@@ -53,6 +55,7 @@ from tests.support.engine import new_run_prefix
 from tests.support.haproxy import build_haproxy_image
 from tests.support.images import BusyboxMissing, find_static_busybox
 from tests.support.routed import Routed
+from tests.support.sshd import Sshd, SshdError
 from tests.support.state import Site
 
 # In CI the property tests draw the same examples every run, so that a landing never hangs on a rare
@@ -172,3 +175,22 @@ def world(
     # Requests app_names so that every agent is stopped before the apps' containers are removed.
     with open_world(git_remote, tmp_path / "state", docker_client, images, app_names, tmp_path) as opened:
         yield opened
+
+
+@pytest.fixture(scope="session")
+def sshd(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    server = Sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        server.start()
+    except SshdError as exc:
+        pytest.fail(f"cannot run the ssh:// tests without a working sshd: {exc}", pytrace=False)
+    try:
+        engine_id = docker_client.info()["ID"]
+        if server.engine_id != engine_id:
+            pytest.fail(
+                f"`docker info` through ssh reached engine {server.engine_id}, not the tests' engine {engine_id}",
+                pytrace=False,
+            )
+        yield server
+    finally:
+        server.stop()

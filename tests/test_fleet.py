@@ -11,7 +11,9 @@ import socket
 
 import pytest
 
+from reconciler.core import rollout
 from reconciler.core.fleet import hosts_of, placed
+from reconciler.core.model import HostSpec
 from reconciler.errors import InvalidDesiredState
 from reconciler.shell.converge import parse_desired
 from tests.support.agent import World, wait_body
@@ -131,3 +133,53 @@ def test_a_host_that_hangs_is_reported_and_holds_up_no_other() -> None:
         "d": "d answered",
     }
     assert took < 2.0, took  # one slot, and the hung host gave it up at its timeout
+
+
+# -- the order of a push rollout ----------------------------------------------------------------------
+
+
+def fleet_hosts() -> dict[str, HostSpec]:
+    desired = parse_desired((HOSTS + "apps: {}\n").encode(), FILE, "")
+    assert desired.hosts is not None
+    return dict(desired.hosts)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("canary,*", [["web-1"], ["jobs-1", "web-2"]]),
+        ("*", [["jobs-1", "web-1", "web-2"]]),
+        ("web-2,role=web,*", [["web-2"], ["web-1"], ["jobs-1"]]),
+        ("jobs-1+canary, web-2", [["jobs-1", "web-1"], ["web-2"]]),  # web-2 only: web-1 is in group 1 already
+        ("canary", [["web-1"]]),  # hosts no group names are not part of it
+        ("canary,*,*", [["web-1"], ["jobs-1", "web-2"]]),  # a * with no host left is dropped
+        ("web-1,web-1+web-2", [["web-1"], ["web-2"]]),  # a host is in the first group that names it
+    ],
+)
+def test_a_rollout_is_groups_of_hosts_by_name_label_or_the_rest(spec: str, expected: list[list[str]]) -> None:
+    assert rollout.groups(spec, fleet_hosts()) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("wbe-1,*", "'wbe-1' is no host and no label of a host; did you mean 'web-1'?"),
+        ("role=db", "no host has the label role=db"),
+        ("role", "no host has the label role=true (role is web, worker)"),
+        ("*,canary", "'canary' selects only hosts of earlier groups: it would be no group"),
+        ("cnaary", "'cnaary' is no host and no label of a host; did you mean 'canary'?"),
+        ("db-9", "'db-9' is no host and no label of a host; hosts: jobs-1, web-1, web-2"),
+        ("canary,,*", "has an empty group"),
+        ("=web", "is not a host, KEY=VALUE, KEY or *"),
+    ],
+)
+def test_a_rollout_term_that_selects_no_host_is_refused_by_name(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match="--rollout: ") as caught:
+        rollout.groups(spec, fleet_hosts())
+    assert message in str(caught.value)
+
+
+def test_rollout_without_all_hosts_is_refused_before_anything_is_read() -> None:
+    result = run_cli("--repo", "/nonexistent", "--rollout", "canary,*")
+    assert result.returncode == 1, show(result)
+    assert result.stderr.strip() == "--rollout pushes to the file's hosts: give --all-hosts too", show(result)

@@ -86,9 +86,10 @@ def test_preview_and_status_of_every_host_from_one_place(
 
     table = run_cli(*common, "status", "--all-hosts", env=instance)
     assert table.returncode == 0, show(table)
-    rows = [line.split() for line in table.stdout.splitlines()[1:]]
+    *rows, summary = [line.split() for line in table.stdout.splitlines()[1:]]
     assert [(row[0], row[1], row[2], row[3]) for row in rows] == [("e1", "fleetweb", "v1", "v1"),
                                                                   ("e2", "fleetweb", "v1", "v1")]  # fmt: skip
+    assert " ".join(summary).startswith("3 of 3 hosts run what desired-state.yaml @ "), show(table)
 
     # An engine that does not answer: reported within the host timeout, the others still read.
     engines[1].stop(wait=False)

@@ -16,37 +16,14 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from tests.support import AppNames, ImageFactory, free_port
-from tests.support.sshd import Sshd, SshdError
+from tests.support.sshd import Sshd
 from tests.support.state import Site, app_yaml, body, desired, is_running, must_inspect, show
 
 # A host that does not answer must be reported well within this (it is refused at once here).
 UNREACHABLE_WITHIN = 30.0
-
-
-@pytest.fixture(scope="session")
-def sshd(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    server = Sshd(tmp_path_factory.mktemp("sshd"))
-    try:
-        server.start()
-    except SshdError as exc:
-        pytest.fail(f"cannot run the ssh:// tests without a working sshd: {exc}", pytrace=False)
-    try:
-        engine_id = docker_client.info()["ID"]
-        if server.engine_id != engine_id:
-            pytest.fail(
-                f"`docker info` through ssh reached engine {server.engine_id}, not the tests' engine {engine_id}",
-                pytrace=False,
-            )
-        yield server
-    finally:
-        server.stop()
 
 
 def sessions(server: Sshd) -> int:

@@ -291,6 +291,7 @@ class Applier:
     parallel: int = 1  # deploys of a pass at once (the pass's setting); 1: one after another, in this thread
     proxy: Proxy | None = None  # routed apps' proxy (start-first deploys switch it)
     done: list[Outcome] = field(default_factory=list)  # the outcomes of the last ``apply`` so far
+    deployed: list[Deployed] = field(default_factory=list)  # its releases that passed, until taken back
     _rows: _Rows = field(init=False, repr=False)
     _said: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _asking: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -433,16 +434,20 @@ class Applier:
             self._all([functools.partial(run_app, indices) for indices in by_app.values()])
         finally:
             self.done = [outcome for outcome in slots if outcome is not None]
-        outcomes = list(self.done)
-        culprits = [outcome.app for outcome in outcomes if _breaks_release(outcome)]
-        deployed = [done for done in kept if done is not None]
-        if atomic and culprits and deployed:
-            reason = f"rolled back with the rest of commit {plan.revision[:8]}: {', '.join(culprits)} failed"
-            taken_back = self._all([functools.partial(self._undo, done, reason) for done in reversed(deployed)])
-            undone = {done.app: outcome for done, outcome in zip(reversed(deployed), taken_back, strict=True)}
-            outcomes = [undone.get(outcome.app) or outcome for outcome in outcomes]
-        self.done = outcomes
-        return outcomes
+            self.deployed = [done for done in kept if done is not None]
+        culprits = [outcome.app for outcome in self.done if _breaks_release(outcome)]
+        if atomic and culprits:
+            self.undo_deployed(f"rolled back with the rest of commit {plan.revision[:8]}: {', '.join(culprits)} failed")
+        return self.done
+
+    def undo_deployed(self, reason: str) -> list[Outcome]:
+        """Take back every release the last ``apply`` put in place, newest first (its commit failed
+        elsewhere: another app, or another host of a push rollout's group); ``done`` then says so."""
+        deployed, self.deployed = self.deployed, []
+        taken_back = self._all([functools.partial(self._undo, done, reason) for done in reversed(deployed)])
+        undone = {done.app: outcome for done, outcome in zip(reversed(deployed), taken_back, strict=True) if outcome}
+        self.done = [undone.get(outcome.app) or outcome for outcome in self.done]
+        return [undone[done.app] for done in deployed if done.app in undone]
 
     def _all(self, tasks: Sequence[Callable[[], T]]) -> list[T | None]:
         """Run ``tasks``, at most ``parallel`` at once; their results in their order.

@@ -540,8 +540,11 @@ def _ssh_argv(url: str) -> list[str]:
     return ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(SSH_TIMEOUT / 2)}", *port, "--", target]
 
 
-def connect(host: str | None = None, *, instance: str = "default", timeout: float = 60.0) -> Engine:
-    """Connect to ``host`` (else ``DOCKER_HOST``, else the local socket) and check that it answers."""
+def connect(
+    host: str | None = None, *, instance: str = "default", timeout: float = 60.0, calls: float | None = None
+) -> Engine:
+    """Connect to ``host`` (else ``DOCKER_HOST``, else the local socket) and check that it answers within
+    ``timeout``; later calls may take ``calls`` seconds (default: ``timeout``)."""
     named = host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     base_url = named
     files = EnvFiles()
@@ -557,4 +560,6 @@ def connect(host: str | None = None, *, instance: str = "default", timeout: floa
         raise EngineUnavailable(f"Docker engine at {named}: {_reason(exc)}") from None
     engine = Engine(client, named, instance=instance, files=files)
     engine.call("ping", client.ping)
+    if calls is not None:
+        client.api.timeout = int(calls)
     return engine

@@ -9,26 +9,43 @@ Guarantees:
 - A host's drift is its placed desired state (``core.fleet.placed``) against its own engine, planned as
   a one-host ``reconcile --dry-run`` plans it; its status comes from the labels of our containers on
   its engine alone (app, version, commit, digest): no central server.
+- A push rollout (``roll_out``) converges its groups (``core.rollout``) in order, the hosts of a group
+  ``parallel`` at once, each as a one-host pass of the whole commit would (health-gated, a failed release
+  takes its host's others back). A group passes when every host of it converged; otherwise every host of
+  it that did is taken back to what it ran before, and no later group is touched. Each host's journal
+  and lock are its own, under ``STATE/hosts/HOST``, held until its group's verdict.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Generic, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-from reconciler.core import fleet
+from reconciler.core import fleet, rollout
 from reconciler.core.model import DesiredState, Role
 from reconciler.core.plan import Plan
-from reconciler.errors import ReconcileError, UserError
-from reconciler.shell.converge import ALL_HOSTS, Settings, plan_against, read_desired
+from reconciler.core.report import Outcome, Result
+from reconciler.errors import EngineUnavailable, ReconcileError, UserError
+from reconciler.shell import scrub
+from reconciler.shell.converge import ALL_HOSTS, PassResult, Settings, apply_pass, applying, plan_against, read_desired
 from reconciler.shell.docker import Engine, connect
+
+if TYPE_CHECKING:
+    from reconciler.shell.deploy import Applier
 
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 10.0  # seconds per host
+# seconds per engine call once a push reached its host: a pull or a stop may outlast the host timeout
+CALL_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -67,12 +84,14 @@ def fleet_desired(settings: Settings) -> DesiredState:
     return desired
 
 
-def _engine_of(desired: DesiredState, host: str, settings: Settings, timeout: float) -> Engine:
+def _engine_of(
+    desired: DesiredState, host: str, settings: Settings, timeout: float, *, calls: float | None = None
+) -> Engine:
     assert desired.hosts is not None
     address = desired.hosts[host].engine
     if not address:
         raise UserError(f"hosts.{host} has no engine: (how to reach it from here)")
-    return connect(address, instance=settings.instance, timeout=timeout)
+    return connect(address, instance=settings.instance, timeout=timeout, calls=calls)
 
 
 def ask_each(hosts: list[str], ask: Callable[[str], T], *, parallel: int, timeout: float) -> dict[str, T | Unanswered]:
@@ -133,24 +152,58 @@ def _ask_hosts(desired: DesiredState, ask: Callable[[str], T], *, parallel: int,
 
 
 def preview(
-    settings: Settings, *, parallel: int, timeout: float = DEFAULT_TIMEOUT
-) -> tuple[DesiredState, list[HostAnswer[Plan]]]:
-    """Every host's drift, as ``reconcile --dry-run --host HOST`` on that host would show it."""
+    settings: Settings, *, parallel: int, timeout: float = DEFAULT_TIMEOUT, spec: str | None = None
+) -> tuple[DesiredState, list[list[str]] | None, list[HostAnswer[Plan]]]:
+    """Every host's drift, as ``reconcile --dry-run --host HOST`` on that host would show it; with ``spec``,
+    also the groups a push would take (checked before any host is asked)."""
     desired = fleet_desired(settings)
+    order = rollout_order(desired, spec) if spec is not None else None
 
     def ask(host: str) -> Plan:
         engine = _engine_of(desired, host, settings, timeout)
         return plan_against(engine, fleet.placed(desired, host), settings)[0]
 
-    return desired, _ask_hosts(desired, ask, parallel=parallel, timeout=timeout)
+    return desired, order, _ask_hosts(desired, ask, parallel=parallel, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class AppOnHost:
+    """One app on one host: what runs (its labels) beside what the file asks of that host."""
+
+    app: str
+    desired: str | None  # the version the file places on this host; None: the file places it elsewhere
+    running: Running | None  # None: placed here, and nothing of ours runs under its name
+
+    @property
+    def in_sync(self) -> bool:
+        """It runs the version the file asks of this host (a host that converged to the commit)."""
+        return self.running is not None and self.running.version == self.desired and self.running.state == "running"
+
+    def as_dict(self) -> dict[str, str | bool | None]:
+        r = self.running
+        return {
+            "app": self.app, "desired": self.desired, "in_sync": self.in_sync,
+            "version": r.version if r else None, "commit": r.commit if r else None,
+            "digest": r.digest if r else None, "state": r.state if r else "missing",
+        }  # fmt: skip
 
 
 def status(
     settings: Settings, *, parallel: int, timeout: float = DEFAULT_TIMEOUT
-) -> tuple[DesiredState, list[HostAnswer[tuple[Running, ...]]]]:
-    """What runs on every host, from the labels of our containers on each engine."""
+) -> tuple[DesiredState, list[HostAnswer[tuple[AppOnHost, ...]]]]:
+    """Every host's apps, from the labels of our containers on its engine, against what the file places."""
     desired = fleet_desired(settings)
+    running = _running_on(desired, settings, timeout)
 
+    def ask(host: str) -> tuple[AppOnHost, ...]:
+        found = {r.app: r for r in running(host)}
+        wanted = {app: spec.version for app, spec in fleet.placed(desired, host).apps.items()}
+        return tuple(AppOnHost(app, wanted.get(app), found.get(app)) for app in sorted(found.keys() | wanted.keys()))
+
+    return desired, _ask_hosts(desired, ask, parallel=parallel, timeout=timeout)
+
+
+def _running_on(desired: DesiredState, settings: Settings, timeout: float) -> Callable[[str], tuple[Running, ...]]:
     def ask(host: str) -> tuple[Running, ...]:
         observed = _engine_of(desired, host, settings, timeout).observe()
         return tuple(
@@ -159,4 +212,200 @@ def status(
             if c.managed and c.app and c.role is Role.CURRENT
         )
 
-    return desired, _ask_hosts(desired, ask, parallel=parallel, timeout=timeout)
+    return ask
+
+
+def running(
+    desired: DesiredState, settings: Settings, *, parallel: int, timeout: float = DEFAULT_TIMEOUT
+) -> dict[str, tuple[Running, ...] | Unanswered]:
+    """What runs on every host of ``desired`` (as ``status`` reads it), by host name."""
+    assert desired.hosts is not None
+    return ask_each(sorted(desired.hosts), _running_on(desired, settings, timeout), parallel=parallel, timeout=timeout)
+
+
+def runs_line(runs: tuple[Running, ...] | Unanswered) -> str:
+    """``web v2, worker v1 (exited)``: what a host runs, for a report."""
+    if isinstance(runs, Unanswered):
+        return f"unknown ({runs.reason})"
+    shown = [f"{r.app} {r.version}" + ("" if r.state == "running" else f" ({r.state})") for r in runs]
+    return ", ".join(shown) or "nothing of ours"
+
+
+def runs_as_dict(runs: tuple[Running, ...] | Unanswered) -> list[dict[str, str]] | None:
+    if isinstance(runs, Unanswered):
+        return None
+    return [
+        {"app": r.app, "version": r.version, "commit": r.commit, "digest": r.digest, "state": r.state} for r in runs
+    ]
+
+
+# -- push mode -------------------------------------------------------------------------------------
+
+
+class Pushed(StrEnum):
+    """Where a push rollout left a host."""
+
+    CONVERGED = "converged"  # it runs the commit (something changed)
+    IN_SYNC = "in sync"  # it ran the commit already: nothing to do
+    FAILED = "failed"  # a release failed its gate (or would not start); the host's others went back
+    TAKEN_BACK = "rolled back"  # it converged, and went back with its failed group
+    UNREACHABLE = "unreachable"  # its engine did not answer (before or during the pass): see its outcomes
+    INTERRUPTED = "interrupted"  # Ctrl-C: its pass stopped at the next step; the next run finishes it
+    NOT_STARTED = "not started"  # a group before it failed, or the rollout was interrupted
+    OUTSIDE = "not in the rollout"  # no group names it
+
+
+@dataclass
+class HostPush:
+    """One host's part of a push rollout."""
+
+    host: str
+    engine: str
+    group: int  # 1-based; 0 for a host no group names
+    state: Pushed
+    outcomes: list[Outcome] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state in (Pushed.CONVERGED, Pushed.IN_SYNC, Pushed.OUTSIDE)
+
+
+def host_state_dir(state_dir: Path, host: str) -> Path:
+    """A pushed host's journal and lock, on the machine that pushes."""
+    return state_dir / "hosts" / host
+
+
+def roll_out(
+    settings: Settings,
+    spec: str,
+    *,
+    parallel: int,
+    timeout: float = DEFAULT_TIMEOUT,
+    say: Callable[[str], None] = lambda line: None,
+) -> tuple[DesiredState, list[list[str]], list[HostPush]]:
+    """Converge the fleet group by group (``spec`` as ``--rollout``): the file, the groups, and every host's
+    part, in host order. Ctrl-C stops it: no step, host or group starts after it, and the report stands."""
+    desired = fleet_desired(settings)
+    order = rollout_order(desired, spec)
+    assert desired.hosts is not None
+    found = {host: HostPush(host, h.engine or "", 0, Pushed.OUTSIDE) for host, h in desired.hosts.items()}
+    stop = threading.Event()
+    stopped = False
+    for number, group in enumerate(order, start=1):
+        for host in group:
+            found[host].group = number
+        if stopped:
+            for host in group:
+                found[host].state = Pushed.NOT_STARTED
+            continue
+        say(f"group {number}/{len(order)}: {', '.join(group)}")
+        _push_group(desired, group, settings, found, stop, parallel=parallel, timeout=timeout, say=say)
+        stopped = stop.is_set() or not all(found[host].ok for host in group)
+    return desired, order, [found[host] for host in sorted(found)]
+
+
+def rollout_order(desired: DesiredState, spec: str) -> list[list[str]]:
+    """The groups of ``spec`` over the file's hosts; a ``UserError`` for a term that selects none."""
+    try:
+        return rollout.groups(spec, desired.hosts or {})
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _push_group(
+    desired: DesiredState,
+    group: list[str],
+    settings: Settings,
+    found: dict[str, HostPush],
+    stop: threading.Event,
+    *,
+    parallel: int,
+    timeout: float,
+    say: Callable[[str], None],
+) -> None:
+    """Converge every host of ``group``; if one did not, take every host of it back. Each host's lock and
+    journal are held until then."""
+    appliers: dict[str, Applier] = {}
+    guard = threading.Lock()
+    with contextlib.ExitStack() as held:
+
+        def push(host: str) -> None:
+            part = found[host]
+            if stop.is_set():
+                part.state = Pushed.NOT_STARTED
+                return
+            try:
+                engine = _engine_of(desired, host, settings, timeout, calls=max(timeout, CALL_TIMEOUT))
+                mine = fleet.placed(desired, host)
+                using = applying(engine, host_state_dir(settings.state_dir, host), mine, settings)
+                applier = using.__enter__()  # outside ``guard``: a host that waits for its lock holds up no other
+                with guard:
+                    held.push(using)  # released once the group's verdict is in
+                    appliers[host] = applier
+                applier.interrupted = stop.is_set
+                result: PassResult = apply_pass(applier, mine, settings, atomic=True)
+            except Exception as exc:  # one host's trouble is its own: its group goes back, nothing is raised
+                done = appliers.get(host)
+                part.outcomes = list(done.done) if done is not None else []
+                part.state = Pushed.UNREACHABLE if isinstance(exc, EngineUnavailable) else Pushed.FAILED
+                part.error = _reason(exc)
+            else:
+                part.outcomes = result.outcomes
+                broken = [f"{o.app} {o.result}" for o in result.outcomes if not o.result.ok]
+                if not result.ok:
+                    part.state, part.error = Pushed.FAILED, result.proxy_error or ", ".join(broken)
+                else:
+                    part.state = Pushed.CONVERGED if result.outcomes else Pushed.IN_SYNC
+            if stop.is_set() and part.state is not Pushed.IN_SYNC:
+                part.state = Pushed.INTERRUPTED
+            say(f"  {host}: {part.state}" + (f": {part.error}" if part.error else ""))
+
+        pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(group))), thread_name_prefix="push")
+        futures = [pool.submit(push, host) for host in group]
+        try:
+            concurrent.futures.wait(futures)
+        except KeyboardInterrupt:
+            # The gates under way are abandoned at their next look (``Applier.interrupted``): a release
+            # that was not judged stays, and the next run's pass judges it (``verify_unfinished``).
+            stop.set()
+            say("interrupted: no further step, host or group is started")
+            concurrent.futures.wait(futures)
+        finally:
+            pool.shutdown(wait=True)
+        failed = [host for host in group if not found[host].ok]
+        if not failed or stop.is_set():
+            return
+        reason = f"rolled back with the rest of group {found[group[0]].group}: {', '.join(failed)} failed"
+
+        def take_back(host: str) -> None:
+            part = found[host]
+            try:
+                undone = appliers[host].undo_deployed(reason)
+            except Exception as exc:  # reported with the host: it still runs what it converged to
+                part.state, part.error = Pushed.FAILED, f"could not be rolled back: {_reason(exc)}"
+                say(f"  {host}: {part.state}: {part.error}")
+                return
+            part.outcomes = list(appliers[host].done)
+            if not undone:
+                return
+            if any(outcome.result is not Result.ROLLED_BACK for outcome in undone):
+                part.state = Pushed.FAILED
+                part.error = "; ".join(f"{o.app}: {o.message}" for o in undone if o.result is not Result.ROLLED_BACK)
+            elif part.ok:
+                part.state = Pushed.TAKEN_BACK
+            say(f"  {host}: {part.state}")
+
+        # Every host of the group, the failed ones too: a host that failed for another reason than a
+        # release (an app that could not be resolved, an outage after its deploys) keeps none of them.
+        back = [host for host in group if host in appliers]
+        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(back) or 1)), thread_name_prefix="back") as undo:
+            list(undo.map(take_back, back))
+
+
+def _reason(exc: BaseException) -> str:
+    """One line of what went wrong, secrets masked."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if not isinstance(exc, ReconcileError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return scrub.scrub(text)
