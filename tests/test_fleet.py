@@ -18,6 +18,7 @@ from reconciler.errors import InvalidDesiredState
 from reconciler.shell.converge import parse_desired
 from tests.support.agent import World, wait_body
 from tests.support.cli import run_cli
+from tests.support.gitrepo import GitRemote
 from tests.support.state import app_yaml, show
 
 FILE = "desired-state.yaml"
@@ -183,3 +184,14 @@ def test_rollout_without_all_hosts_is_refused_before_anything_is_read() -> None:
     result = run_cli("--repo", "/nonexistent", "--rollout", "canary,*")
     assert result.returncode == 1, show(result)
     assert result.stderr.strip() == "--rollout pushes to the file's hosts: give --all-hosts too", show(result)
+
+
+def test_validate_reads_a_fleet_file_on_a_machine_that_is_none_of_its_hosts(git_remote: GitRemote) -> None:
+    git_remote.commit_file(FILE, HOSTS + "apps:\n  web: {image: x/web, version: v1, on: {role: web}}\n", "fleet")
+    assert socket.gethostname() not in ("web-1", "web-2", "jobs-1")
+
+    result = run_cli("--repo", git_remote.url, "validate")
+
+    assert result.returncode == 0 and result.stdout.strip().endswith(": valid, 1 app"), show(result)
+    one_host = run_cli("--repo", git_remote.url, "--host", "jobs-1", "validate")
+    assert one_host.returncode == 0 and one_host.stdout.strip().endswith(": valid, 0 apps"), show(one_host)

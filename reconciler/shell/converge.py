@@ -31,15 +31,16 @@ from reconciler.core.plan import Plan, Resolution, plan
 from reconciler.core.proxy import route_lines
 from reconciler.core.report import Outcome
 from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, ProxyError, UserError
-from reconciler.shell import guard, scrub, signatures
+from reconciler.shell import scrub
 from reconciler.shell.docker import Engine, connect
 from reconciler.shell.git import Source, open_source
-from reconciler.shell.journal import Journal, locked
-from reconciler.shell.proxy import Proxy
 from reconciler.shell.yamlfile import parse_yaml
 
 if TYPE_CHECKING:
     from reconciler.shell.deploy import Applier
+
+# The proxy, the journal, signatures and the policy are imported where they are used: a fleet's preview
+# and status need none of them, and start asking their hosts sooner without (bench/fleet.py times it).
 
 # Deploys of a pass at once. A gate mostly waits (one inspect per 100 ms), so the bound is what the
 # engine can create and start at once on a small host. 16 takes 20 apps from an empty 2-core host in
@@ -111,6 +112,8 @@ def desired_at(
     text = source.read(revision, file)
     desired = parse_desired(text, file, revision, author=source.author(revision))
     if policy is not None:
+        from reconciler.shell import guard
+
         guard.enforce(text, file, desired, guard.load_policy(policy))
     desired = place(desired, host)
     return desired.model_copy(update={"source": source.identity(ref, revision, file)})
@@ -139,6 +142,8 @@ def place(desired: DesiredState, host: str | None) -> DesiredState:
 
 def check_signature(source: Source, revision: str, signed_by: str) -> None:
     """``CommitRefused`` unless ``revision`` carries a good signature by a key ``signed_by`` allows."""
+    from reconciler.shell import signatures
+
     found = signatures.verify(str(source.repo.git_dir), revision, signatures.parse_rule(signed_by))
     if found.verdict is signatures.Verdict.GOOD:
         return
@@ -239,6 +244,8 @@ def reconcile_once(
     desired = read_desired(settings)
     engine = connect(settings.docker_host, instance=settings.instance)
     if dry_run:
+        from reconciler.shell.proxy import Proxy
+
         proxy = Proxy(engine, settings.state_dir)
         the_plan, observed = plan_against(engine, desired, settings)
         routes = route_lines(desired, observed, proxy.network, proxy.switched())
@@ -259,6 +266,8 @@ def applying(
 ) -> Iterator[Applier]:
     """An ``Applier`` for ``engine`` while ``state_dir``'s lock is held and its journal is open."""
     from reconciler.shell.deploy import Applier
+    from reconciler.shell.journal import Journal, locked
+    from reconciler.shell.proxy import Proxy
 
     with locked(state_dir, timeout=settings.lock_timeout):
         journal = Journal(state_dir)
