@@ -261,7 +261,7 @@ def test_missing_apps_at_the_top() -> None:
         pytest.param(
             one_app("zzz: 1"),
             f"{FILE}:5:5: apps.web.zzz: unknown key 'zzz'; valid keys: canary, command, env, env_file, health, "
-            "image, init, on, ports, restart, route, stable_after, stop_timeout, version, volumes",
+            "image, init, on, ports, replicas, restart, route, stable_after, stop_timeout, update, version, volumes",
             id="nothing-close",
         ),
     ],
@@ -637,7 +637,8 @@ def test_a_key_is_the_text_that_was_written() -> None:
         ('apps:\n  "": {image: a, version: v1}\n', f"{FILE}:2:3: apps['']: app name '': lowercase letters, "
          "digits, '-' and '_', starting with a letter or digit"),
         (one_app('"x\\ny": 1'), f"{FILE}:5:5: apps.web['x\\ny']: unknown key 'x\\ny'; valid keys: canary, command, "
-         "env, env_file, health, image, init, on, ports, restart, route, stable_after, stop_timeout, version, volumes"),
+         "env, env_file, health, image, init, on, ports, replicas, restart, route, stable_after, stop_timeout, update,"
+         " version, volumes"),
     ],
 )  # fmt: skip
 def test_a_key_with_a_newline_or_no_text_stays_on_one_line(text: str, expected: str) -> None:

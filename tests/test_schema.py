@@ -72,6 +72,8 @@ def test_the_schema_is_as_strict_as_the_models() -> None:
         "stable_after",
         "on",
         "canary",
+        "replicas",
+        "update",
     }
     assert set(probe["properties"]) == {"http", "tcp", "exec", "docker", "interval", "timeout", "healthy_for"}
     durations = [app["properties"][k] for k in ("stop_timeout", "stable_after")]
@@ -84,8 +86,11 @@ def test_every_duration_in_the_schema_states_its_bounds() -> None:
     # models enforce it (an editor shows it beside the field).
     data = checked_in_schema()
     app, probe = data["$defs"]["AppSpec"]["properties"], data["$defs"]["HealthSpec"]["properties"]
-    route = data["$defs"]["RouteSpec"]["properties"]
-    described = {name: (app.get(name) or probe.get(name) or route[name])["description"] for name in DURATION_LIMITS}
+    route, update = data["$defs"]["RouteSpec"]["properties"], data["$defs"]["UpdateSpec"]["properties"]
+    described = {
+        name: (app.get(name) or probe.get(name) or route.get(name) or update[name])["description"]
+        for name in DURATION_LIMITS
+    }
     assert described == {
         "stop_timeout": "SIGTERM, then SIGKILL after this long; at most 1h",
         "interval": "time between probes; 1ms to 1h",
@@ -95,6 +100,7 @@ def test_every_duration_in_the_schema_states_its_bounds() -> None:
         "drain": "in-flight requests of the old release finish; at most 1h",
         "keep_warm": "the previous release stays running, out of rotation, this long (a rollback is then a switch);"
         " default: the app's stable_after; 0s stops it after drain; at most 720h",
+        "delay": "between batches; at most 1h",
     }
 
 

@@ -1,7 +1,8 @@
 """A fleet from one file: which apps a host runs (``hosts:`` and each app's ``on:``). Pure.
 
 Guarantees:
-- A file without ``hosts:`` is one host, as before: every app runs, wherever the agent runs.
+- A file without ``hosts:`` is one host, as before: every app runs, wherever the agent runs; there, a
+  service's (``replicas:``) ``on:`` places its tasks on the swarm's nodes (``core.swarm``), not on hosts.
 - With ``hosts:``, an app without ``on:`` runs on every host; ``on: [name, ...]`` on those hosts;
   ``on: {label: value, ...}`` on the hosts whose labels hold every pair.
 - ``placed`` gives the desired state of one host: only its apps, so that a host's pass deploys,
@@ -80,7 +81,8 @@ def problems(apps: Mapping[str, AppSpec], hosts: Mapping[str, HostSpec] | None) 
             continue
         where: Path = ("apps", app, "on")
         if hosts is None:
-            found.append((where, "on: places the app on hosts: declare them in a top-level hosts:"))
+            if not spec.service:  # a service's on: without hosts: is its placement on the swarm's nodes
+                found.append((where, "on: places the app on hosts: declare them in a top-level hosts:"))
             continue
         if isinstance(spec.on, tuple):
             for index, name in enumerate(spec.on):

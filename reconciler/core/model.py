@@ -45,6 +45,7 @@ DURATION_LIMITS: dict[str, tuple[str, str]] = {
     "stable_after": ("0s", "720h"),  # 30 days
     "drain": ("0s", "1h"),
     "keep_warm": ("0s", "720h"),
+    "delay": ("0s", "1h"),
 }
 
 
@@ -101,6 +102,7 @@ HealthyFor = Annotated[float, _bounded_duration("healthy_for"), _DURATION_SCHEMA
 StableAfter = Annotated[float, _bounded_duration("stable_after"), _DURATION_SCHEMA]
 Drain = Annotated[float, _bounded_duration("drain"), _DURATION_SCHEMA]
 KeepWarm = Annotated[float, _bounded_duration("keep_warm"), _DURATION_SCHEMA]
+Delay = Annotated[float, _bounded_duration("delay"), _DURATION_SCHEMA]
 
 
 def _limits(field: str) -> str:
@@ -495,8 +497,18 @@ class CanarySpec(Strict):
         return value
 
 
+class UpdateSpec(Strict):
+    """How Swarm rolls a new spec over a service's tasks (its ``update_config``)."""
+
+    parallelism: int = Field(1, ge=0, le=1000, description="tasks updated at once; 0: all at once")
+    delay: Delay = Field("0s", validate_default=True, description=f"between batches; {_limits('delay')}")
+    order: Literal["stop-first", "start-first"] = Field(
+        "stop-first", description="start-first: a task's replacement starts before it stops (needs room for both)"
+    )
+
+
 class AppSpec(Strict):
-    """One app: one container named after the app."""
+    """One app: one container named after the app, or with ``replicas:`` one Swarm service."""
 
     image: ImageStr = Field(description="repository, no tag, e.g. registry.example.com/team/myapp")
     version: VersionStr = Field(description="tag | sha256:<digest> | stable")
@@ -525,6 +537,10 @@ class AppSpec(Strict):
     canary: CanarySpec | None = Field(
         None, description="hosts (of those the app runs on) that run a candidate version instead; needs hosts:"
     )
+    replicas: int | None = Field(
+        None, ge=0, le=1000, description="present: a Docker Swarm service of this many tasks (the engine is a manager)"
+    )
+    update: UpdateSpec | None = Field(None, description="how a service rolls out a new spec; needs replicas:")
 
     @field_validator("env")
     @classmethod
@@ -547,8 +563,44 @@ class AppSpec(Strict):
         return value
 
     @model_validator(mode="after")
+    def _service(self) -> AppSpec:
+        if self.replicas is None:
+            if self.update is not None:
+                raise ValueError("update: is how a service rolls out: it needs replicas:")
+            return self
+        if self.route is not None:
+            raise ValueError("route: of a replicated app (replicas:) is not supported yet: publish its port instead")
+        for port in self.ports:
+            ip, host_port, _, _ = parse_port(port)
+            if ip or host_port is None:
+                raise ValueError(
+                    f"{port}: a service publishes HOST:CONTAINER on every address of the node its task runs on"
+                    " (mode host): write it without an address, with its host port"
+                )
+        if isinstance(self.on, tuple) and len(self.on) > 1:
+            raise ValueError(
+                "on: of a service names the one node its tasks run on (Swarm's constraints are all required):"
+                " for several nodes, give them a label and write on: {label: value}"
+            )
+        gate = self.health
+        # The probe runs inside each task (a Docker healthcheck), so it names no address of the server.
+        if gate is not None and ((gate.http is not None and not gate.on_container) or gate.tcp is not None):
+            raise ValueError(
+                "health: a service's probe runs in each of its tasks: write http: /path (asked on the task's first"
+                " published container port), exec: [...] or docker: true"
+            )
+        if gate is not None and gate.on_container and not self.ports:
+            raise ValueError(f"health.http {gate.http!r} is asked on the task's first published port: add ports:")
+        return self
+
+    @property
+    def service(self) -> bool:
+        """A Swarm service rather than a container."""
+        return self.replicas is not None
+
+    @model_validator(mode="after")
     def _routed(self) -> AppSpec:
-        if self.health is not None and self.health.on_container and self.route is None:
+        if self.health is not None and self.health.on_container and self.route is None and self.replicas is None:
             raise ValueError(f"health.http {self.health.http!r} is a bare path: it needs route: (or a full URL)")
         if self.route is not None and self.health is not None:
             # A fixed address reaches the release that serves now (through the proxy), not the new one.
@@ -683,7 +735,8 @@ def container_name(app: str, role: Role = Role.CURRENT) -> str:
 
 
 class ObservedContainer(Strict):
-    """A container as the engine lists it. ``managed`` only when it carries our labels."""
+    """A container (or, ``kind`` "service", a Swarm service) as the engine lists it. ``managed`` only when it
+    carries our labels."""
 
     id: str
     name: str
@@ -700,6 +753,7 @@ class ObservedContainer(Strict):
     owner: Owner | None = None  # None: deployed before containers carried their source
     created: float = 0.0  # epoch seconds
     networks: dict[str, str] = Field(default_factory=dict)  # network name -> its IPv4 address there
+    kind: Literal["container", "service"] = "container"  # a service: a Swarm service named after the app
 
     @property
     def running(self) -> bool:
@@ -716,7 +770,8 @@ class ObservedContainer(Strict):
 
 
 class ObservedState(Strict):
-    """Every container on the engine (ours and others), from one listing call."""
+    """Every container on the engine (ours and others), from one listing call, and its Swarm services
+    when it is a manager (from one more)."""
 
     containers: tuple[ObservedContainer, ...] = ()
 

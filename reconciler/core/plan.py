@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from reconciler.core import swarm
 from reconciler.core.model import (
     AppSpec,
     DesiredState,
@@ -147,16 +148,22 @@ def fingerprint(app: str, spec: AppSpec, *, env_file_hash: str = "") -> dict[str
     # A routed release listens on its route's port, on the proxy's network: the port is the release's own,
     # so a new port is a new release, gated on it before any traffic goes there.
     routed = {"route_port": spec.route.port} if spec.route is not None else {}
-    return routed | {
-        "env": {key: _secret_hash(app, key, value) for key, value in sorted(spec.env.items())},
-        "env_file": [spec.env_file, env_file_hash] if spec.env_file else None,
-        "ports": sorted(spec.ports),
-        "volumes": sorted(spec.volumes),
-        "command": list(spec.command) if spec.command is not None else None,
-        "restart": spec.restart,
-        "init": spec.init,
-        "stop_timeout": spec.stop_timeout,
-    }
+    # A service's own fields (replicas, rollout, placement, the probe its tasks run) are part of its spec.
+    service = swarm.service_fields(spec) if spec.service else {}
+    return (
+        routed
+        | service
+        | {
+            "env": {key: _secret_hash(app, key, value) for key, value in sorted(spec.env.items())},
+            "env_file": [spec.env_file, env_file_hash] if spec.env_file else None,
+            "ports": sorted(spec.ports),
+            "volumes": sorted(spec.volumes),
+            "command": list(spec.command) if spec.command is not None else None,
+            "restart": spec.restart,
+            "init": spec.init,
+            "stop_timeout": spec.stop_timeout,
+        }
+    )
 
 
 def spec_hash(print_: Mapping[str, Any], image: str) -> str:
@@ -184,7 +191,12 @@ def diff(observed: ObservedContainer, target: Target) -> tuple[Change, ...]:
     """The fields in which ``observed`` differs from ``target``, in a stable order."""
     changes: list[Change] = []
     wanted = target.resolution
-    if not wanted.image_id or wanted.image_id != observed.image_id:
+    # A service's image is what its label says it was deployed as (the manager may never pull it).
+    if observed.kind == "service":
+        same = observed.digest == wanted.identity
+    else:
+        same = bool(wanted.image_id) and wanted.image_id == observed.image_id
+    if not same:
         new_image = _wanted_image(wanted)
         old_image = f"{observed.version or '?'} {_short_image(observed.image_id)}"
         changes.append(Change("image", old_image, f"{target.spec.version} {new_image}"))
@@ -201,6 +213,11 @@ def diff(observed: ObservedContainer, target: Target) -> tuple[Change, ...]:
             if keys
         ]
         changes.append(Change("env", "keys", "; ".join(parts)))
+    for name in ("replicas", "update", "placement"):
+        if have.get(name) != want.get(name):
+            changes.append(Change(name, _show(have.get(name)), _show(want.get(name))))
+    if have.get("healthcheck") != want.get("healthcheck"):
+        changes.append(Change("health", "as deployed", "changed"))
     for name in ("env_file", "ports", "volumes", "command", "restart", "init", "stop_timeout", "route_port"):
         if have.get(name) != want.get(name):
             was: Any = have.get(name)
@@ -281,6 +298,11 @@ def plan(
                     )
                 )
         if blocking or (others and not adopt):
+            continue
+        if current is not None and current.managed and (current.kind == "service") != spec.service:
+            want = "service" if spec.service else "container"
+            why = f"{app} runs as a {current.kind} of reconciler's and the file makes it a {want}: remove {app} first"
+            actions.append(Action(ActionKind.ERROR, app, app, message=why))
             continue
         if current is not None and current.managed and current.owner is None:
             unlabelled.append(current)  # its kept .prev/.failed go with it at its next deploy

@@ -138,6 +138,7 @@ def status_lines(status: Status) -> list[str]:
             f"{app.app}: desired {app.desired or '-'}, running {app.running or '-'} ({app.state}, "
             f"{app.health}), {sync}, stable {app.stable or '-'}"
         )
+        out.extend(f"    {line}" for line in app.tasks)
         for label, entry in (("last applied", app.last_applied), ("last attempted", app.last_attempted)):
             if entry is not None:
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.at)) + "Z"

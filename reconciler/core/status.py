@@ -51,6 +51,7 @@ class AppStatus:
     stable: str | None = None  # the version last promoted
     held: Failure | None = None  # the failed release the file still asks for: not deployed again
     failed: tuple[Failure, ...] = ()  # its failed releases on record, oldest first
+    tasks: tuple[str, ...] = ()  # a service's tasks by node (``slot 1 on web-2: running``), then nodes down
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +65,7 @@ class AppStatus:
             "last_attempted": self.last_attempted.as_dict() if self.last_attempted is not None else None,
             "stable": self.stable,
             "held": self.held.reason if self.held is not None else None,
+            "tasks": list(self.tasks),
             "failed": [
                 {"version": f.version, "commit": f.revision[:8], "reason": f.reason, "culprit": f.culprit}
                 for f in self.failed

@@ -751,9 +751,13 @@ class Agent:
         for app in look:
             spec, current = desired.apps[app], observed.named(container_name(app))
             assert current is not None
-            sample = StableSample.of(
-                applier.sample(current.id, spec.gate), at=now, started_at=self.engine.started_at(current.id)
-            )
+            if current.kind == "service":
+                seen, updated = applier.services.sample(current.id, spec)
+                sample = StableSample.of(seen, at=now, started_at=updated)
+            else:
+                sample = StableSample.of(
+                    applier.sample(current.id, spec.gate), at=now, started_at=self.engine.started_at(current.id)
+                )
             watch = self.stable_watch[app] = self.stable_watch[app].observe(sample)
             if watch.promote:
                 self._promote(app, spec.image, current.version, current.image_id, current.commit, how="auto")
@@ -767,8 +771,8 @@ class Agent:
             # what it runs here could only put an older stable back over the canary's.
             return None
         current = observed.named(container_name(app))
-        if current is None or not current.managed or not current.spec_hash:
-            return None
+        if current is None or not current.managed or not current.spec_hash or not current.image_id:
+            return None  # a service whose image the manager does not hold has nothing here to tag stable
         promoted = self.journal.stable(app)
         deployed = self.journal.last(app, result=JournalResult.SUCCEEDED)
         return Candidate(

@@ -6,8 +6,9 @@ Guarantees:
   the local image list, else from the registry's API.
 - An apply holds the state directory's lock and observes the engine *after* taking it, so two passes
   never plan against the same stale view.
-- Per pass: one container listing and one image listing, whatever the number of apps (and one
-  registry look-up per app that follows a canary's ``stable``, on the hosts that are not its canary).
+- Per pass: one container listing, one service listing (answered at once by an engine that is no swarm
+  manager) and one image listing, whatever the number of apps (and one registry look-up per app that
+  follows a canary's ``stable``, on the hosts that are not its canary).
 - The desired state carries its source (repository, branch, file): the planner changes only
   containers that this source deployed.
 - Env values of the file are remembered by ``scrub`` before the file is validated, so that no

@@ -7,6 +7,8 @@ Guarantees:
   the one place that says, per step, what a failure at it takes back (``Undo``) and what the next pass
   does with a deploy cut short at it (``Resume``). On the stop-first path the steps of ``SWAP`` are one
   ``swap.swap_in`` call (the same swap that break-glass makes), which announces each of them.
+- A replicated app (``replicas:``) is a Swarm service: its create, rollout, removal and undo are
+  ``services.Services``, behind the same ``apply`` (whole-commit undo included).
 - Start-first: the old release keeps serving until the new one passed its gate (on itself, beside
   it); the proxy's route then switches to it, and only then are names moved. A release that fails to
   start or fails its gate is set aside as ``APP.failed`` with the route never moved (``SET_ASIDE``).
@@ -83,6 +85,7 @@ from reconciler.errors import ContainerError, EngineUnavailable, ReconcileError
 from reconciler.shell.docker import Engine, Inspected
 from reconciler.shell.journal import CLEANUP, UNVERIFIED, Entry, Journal, JournalResult
 from reconciler.shell.proxy import Proxy
+from reconciler.shell.services import Released, Services
 from reconciler.shell.swap import swap_in
 
 T = TypeVar("T")
@@ -291,7 +294,7 @@ class Applier:
     parallel: int = 1  # deploys of a pass at once (the pass's setting); 1: one after another, in this thread
     proxy: Proxy | None = None  # routed apps' proxy (start-first deploys switch it)
     done: list[Outcome] = field(default_factory=list)  # the outcomes of the last ``apply`` so far
-    deployed: list[Deployed] = field(default_factory=list)  # its releases that passed, until taken back
+    deployed: list[Deployed | Released] = field(default_factory=list)  # its releases that passed, until undone
     _rows: _Rows = field(init=False, repr=False)
     _said: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _asking: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -300,6 +303,10 @@ class Applier:
 
     def __post_init__(self) -> None:
         self._rows = _Rows(self.journal)
+        self.services = Services(
+            self.engine, self._rows, author=self.author, clock=self.clock, sleep=self.sleep,
+            log=self._log, step=self._step_named, stale=self._stale,
+        )  # fmt: skip
 
     def _stale(self) -> bool:
         """``interrupted()``, asked by one deploy at a time and at most every ``WATCH_STEP`` (the agent's
@@ -314,6 +321,11 @@ class Applier:
     def _step(self, app: str, step: Step) -> None:
         with self._said:
             self.on_step(app, str(step))
+
+    def _step_named(self, app: str, step: str) -> None:
+        """A service's step (create, update, gate, roll-back, undo, remove), said as a container's are."""
+        with self._said:
+            self.on_step(app, step)
 
     def _log(self, line: str) -> None:
         with self._said:
@@ -411,7 +423,7 @@ class Applier:
         """Apply ``plan``, its apps concurrently; an ``EngineUnavailable`` stops it (``done`` says what was
         done before)."""
         slots: list[Outcome | None] = [None] * len(plan.actions)
-        kept: list[Deployed | None] = [None] * len(plan.actions)
+        kept: list[Deployed | Released | None] = [None] * len(plan.actions)
         self.done = []
         failed = threading.Event()  # atomic: a release of the commit failed, start nothing more
 
@@ -477,15 +489,24 @@ class Applier:
             raise errors[0]
         return results
 
-    def _run(self, action: Action, observed: ObservedState, revision: str) -> tuple[Outcome, Deployed | None]:
+    def _run(
+        self, action: Action, observed: ObservedState, revision: str
+    ) -> tuple[Outcome, Deployed | Released | None]:
         """One action of the plan: its outcome, and the release it put in place (to undo with its commit)."""
         if not action.kind.changes:
             return Outcome(action.app, action.kind, action.container, Result.SKIPPED, action.message), None
         try:
+            current = observed.named(action.container)
+            if action.kind is ActionKind.REMOVE and current is not None and current.kind == "service":
+                return self.services.remove(action, current, revision), None
             if action.kind is ActionKind.REMOVE:
                 return self._remove(action, observed, revision), None
             if action.kind is ActionKind.START:
                 return self._start(action, observed, revision), None
+            if action.target is not None and action.target.spec.service:
+                spec = action.target.spec
+                env = {**(self.engine.files.read(spec.env_file) if spec.env_file else {}), **spec.env}
+                return self.services.deploy(action, current, revision, env)
             return self._deploy(action, observed, revision)
         except EngineUnavailable:
             raise  # not this app's failure: the pass stops, and the next one resumes the journaled row
@@ -817,6 +838,11 @@ class Applier:
         """
         outcomes: list[Outcome] = []
         for entry in self._rows.unverified():
+            service = observed.named(entry.app)
+            if service is not None and service.kind == "service":
+                # Swarm goes on with (or has finished) the rollout; the plan judges what it sees again.
+                self._rows.finish(entry.id, result=JournalResult.INTERRUPTED, message="cut short; planned again")
+                continue
             step = self._reached(entry, observed)
             resume = RULES[step].resume
             if resume is Resume.FINISH:
@@ -1021,8 +1047,10 @@ class Applier:
             self._attempt("remove the older failed one", lambda: self.engine.remove(failed_name, failed_name), problems)
         self._attempt("keep it as " + failed_name, lambda: self.engine.rename(new_id, failed_name), problems)
 
-    def _undo(self, done: Deployed, reason: str) -> Outcome:
+    def _undo(self, done: Deployed | Released, reason: str) -> Outcome:
         """Take back a release that passed its gate, because another app of its commit failed."""
+        if isinstance(done, Released):
+            return self.services.undo(done, reason)
         app = done.app
         problems: list[str] = []
         self._step(app, Step.UNDO)

@@ -195,7 +195,19 @@ class Engine:
 
     def observe(self) -> ObservedState:
         rows = self.call("list containers", lambda: self.api.containers(all=True))
-        return ObservedState(containers=tuple(observed_from_row(row, instance=self.instance) for row in rows))
+        containers = tuple(observed_from_row(row, instance=self.instance) for row in rows)
+        services = tuple(observed_from_service(row, instance=self.instance) for row in self.services())
+        return ObservedState(containers=containers + services)
+
+    def services(self) -> list[dict[str, Any]]:
+        """The Swarm services of this engine (ours and others); none when it is not a swarm manager."""
+        with self._calls("list services"):
+            try:
+                return list(self.api.services())
+            except docker.errors.APIError as exc:
+                if exc.status_code == 503:  # "This node is not a swarm manager": no services here
+                    return []
+                raise
 
     def local_images(self) -> tuple[image_match.LocalImage, ...]:
         return image_match.from_engine(self.call("list images", lambda: self.api.images()))
@@ -243,18 +255,7 @@ class Engine:
         restart: dict[str, Any] = {"Name": spec.restart}
         if spec.restart == "on-failure":
             restart["MaximumRetryCount"] = 0
-        labels = {
-            MANAGED: "true",
-            INSTANCE: self.instance,
-            f"{LABEL}.app": target.app,
-            f"{LABEL}.commit": target.revision,
-            f"{LABEL}.version": spec.version,
-            f"{LABEL}.digest": resolution.identity,
-            f"{LABEL}.spec-hash": target.spec_hash,
-            f"{LABEL}.fingerprint": json.dumps(target.fingerprint, sort_keys=True, separators=(",", ":")),
-        }
-        if target.source is not None:
-            labels.update({f"{SOURCE}.{key}": value for key, value in target.source.model_dump().items()})
+        labels = release_labels(target, self.instance)
         with self._calls(f"create {name}"):
             host_config = self.api.create_host_config(
                 port_bindings=ports,
@@ -430,6 +431,54 @@ def observed_from_row(row: Mapping[str, Any], *, instance: str = "default") -> O
         owner=owner_of(labels),
         created=float(row.get("Created") or 0),
         networks=_addresses(row),
+    )
+
+
+def release_labels(target: Target, instance: str) -> dict[str, str]:
+    """What a container or service of ours carries: whose it is, and what release of the app it runs."""
+    labels = {
+        MANAGED: "true",
+        INSTANCE: instance,
+        f"{LABEL}.app": target.app,
+        f"{LABEL}.commit": target.revision,
+        f"{LABEL}.version": target.spec.version,
+        f"{LABEL}.digest": target.resolution.identity,
+        f"{LABEL}.spec-hash": target.spec_hash,
+        f"{LABEL}.fingerprint": json.dumps(target.fingerprint, sort_keys=True, separators=(",", ":")),
+    }
+    if target.spec.service:
+        labels[f"{LABEL}.image"] = target.resolution.image_id
+    if target.source is not None:
+        labels.update({f"{SOURCE}.{key}": value for key, value in target.source.model_dump().items()})
+    return labels
+
+
+def observed_from_service(row: Mapping[str, Any], *, instance: str = "default") -> ObservedContainer:
+    """One service of ``GET /services``, as the planner pairs it with an app (``kind`` "service")."""
+    spec = row.get("Spec") or {}
+    labels: Mapping[str, str] = spec.get("Labels") or {}
+    name = str(spec.get("Name", ""))
+    managed = (
+        labels.get(MANAGED) == "true"
+        and labels.get(f"{LABEL}.app") == name
+        and labels.get(INSTANCE, "default") == instance
+    )
+    return ObservedContainer(
+        id=str(row.get("ID", "")),
+        name=name,
+        state="running",  # Swarm keeps its tasks running; how many do is the gate's and status's business
+        image_id=labels.get(f"{LABEL}.image", "") if managed else "",
+        managed=managed,
+        app=name if managed else None,
+        role=Role.CURRENT if managed else None,
+        fingerprint=_fingerprint(labels) if managed else {},
+        commit=labels.get(f"{LABEL}.commit", ""),
+        version=labels.get(f"{LABEL}.version", ""),
+        digest=labels.get(f"{LABEL}.digest", ""),
+        spec_hash=labels.get(f"{LABEL}.spec-hash", ""),
+        owner=owner_of(labels),
+        created=_epoch(str(row.get("CreatedAt", ""))),
+        kind="service",
     )
 
 

@@ -61,6 +61,7 @@ def collect(settings: Settings) -> Status:
         }
         apps: list[AppStatus] = []
         for app in sorted(names):
+            tasks: tuple[str, ...] = ()
             spec = desired.apps.get(app) if desired else None
             current = observed.named(container_name(app))
             ours = current is not None and current.managed
@@ -70,6 +71,17 @@ def collect(settings: Settings) -> Status:
                 health = "not ours"
             elif not current.running:
                 health = f"{Health.UNHEALTHY}: {current.state}"
+            elif current.kind == "service":
+                tasks = tuple(applier.services.task_lines(current.id))
+                if spec is not None and spec.service:
+                    sample, _ = applier.services.sample(current.id, spec)
+                    health = str(Health.HEALTHY) if sample.probe_ok else f"{Health.UNHEALTHY}: {sample.detail}"
+                else:
+                    health = (
+                        "running (no longer in the file)"
+                        if spec is None
+                        else "a service (the file asks for a container)"
+                    )
             elif spec is not None:
                 sample = applier.sample(current.id, spec.gate)
                 if sample.running and sample.probe_ok and sample.docker_health in ("", "healthy"):
@@ -94,6 +106,7 @@ def collect(settings: Settings) -> Status:
                     stable=stable.version if stable else None,
                     held=held.get(app),
                     failed=tuple(f for f in failures if f.app == app),
+                    tasks=tasks,
                 )
             )
         routes, proxied = _routes(engine, settings, desired, observed)

@@ -452,8 +452,14 @@ class ExtraEngine:
 
     def _remove_containers(self) -> None:
         for info in self.client.api.containers(all=True):
-            with contextlib.suppress(docker.errors.NotFound):
+            try:
                 self.client.api.remove_container(info["Id"], force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                # A swarm task's container that the engine is removing already (its service was removed).
+                if exc.status_code != 409 or "already in progress" not in str(exc):
+                    raise
 
     def _api_network_bridges(self, into: set[str]) -> None:
         """The bridges of the networks created on this engine, as it reports them."""

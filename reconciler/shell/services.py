@@ -1,0 +1,365 @@
+"""Swarm services of ours (apps with ``replicas:``): created, rolled out, scaled and removed, each rollout
+gated over its tasks (``core.swarm.judge``) and journaled as a container's deploy is.
+
+Guarantees:
+- A service carries the labels a container of ours carries (``docker.release_labels``), so the planner
+  pairs it with its app, and never touches a service without them (a conflict, as for containers).
+- Swarm rolls a new spec out as the file's ``update:`` says, pausing (``failure_action: pause``) rather
+  than going on when a task fails; each batch must run ``healthy_for`` before the next (``monitor``).
+  Our gate decides: every task of the new spec running at once for ``healthy_for``.
+- A rollout that fails is put back to the spec the service had before it (read just before the update
+  and kept with the release, so a whole-commit undo can put it back too), and journaled ``rolled-back``
+  with the release marked failed: the agent holds it as it holds a failed container release. A new
+  service that fails is removed: nothing ran before it.
+- A gate that ``stale()`` abandons (a newer commit, a shutdown) leaves the rollout to Swarm and is
+  journaled ``superseded``, never as a failure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import docker.types
+
+from reconciler.core import swarm
+from reconciler.core.health import Gate, Sample, Verdict
+from reconciler.core.model import AppSpec, ObservedContainer, parse_port
+from reconciler.core.plan import Action, ActionKind, Target
+from reconciler.core.report import Outcome, Result
+from reconciler.errors import EngineUnavailable, ReconcileError
+from reconciler.shell.docker import Engine, _epoch, release_labels
+from reconciler.shell.journal import JournalResult
+
+LOOK = 0.2  # seconds between looks at a rollout's tasks
+PAUSED = frozenset({"paused", "rollback_started", "rollback_paused", "rollback_completed"})
+
+
+@dataclass(frozen=True)
+class Released:
+    """A service rollout that passed: enough to put the service back as it was (whole-commit undo)."""
+
+    app: str
+    service_id: str
+    previous: dict[str, Any] | None  # the service's spec before the rollout; None: it was new
+    previous_version: str
+    spec: AppSpec
+    entry: int
+
+
+class Rows(Protocol):
+    """The deploys' journal calls (``deploy._Rows``: one at a time across the deploys of a pass)."""
+
+    def start(self, **fields: str) -> int: ...
+
+    def finish(self, entry_id: int, *, result: JournalResult, message: str = "") -> None: ...
+
+
+@dataclass
+class Services:
+    engine: Engine
+    rows: Rows
+    author: str = ""
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    log: Callable[[str], None] = lambda line: None
+    step: Callable[[str, str], None] = lambda app, step: None
+    stale: Callable[[], bool] = lambda: False
+
+    # -- the spec ---------------------------------------------------------------------------------
+
+    def _spec(self, target: Target, env: Mapping[str, str]) -> dict[str, Any]:
+        """The keyword arguments of ``create_service`` / ``update_service`` for ``target``."""
+        spec = target.spec
+        assert spec.replicas is not None
+        check = swarm.healthcheck(spec)
+        mounts = [_mount(volume) for volume in spec.volumes]
+        container = docker.types.ContainerSpec(
+            image=target.resolution.ref,
+            args=list(spec.command) if spec.command is not None else None,
+            env=[f"{key}={value}" for key, value in env.items()],
+            mounts=mounts or None,
+            stop_grace_period=round(spec.stop_timeout * swarm.NANOSECONDS),
+            healthcheck=docker.types.Healthcheck(
+                test=check["Test"],
+                interval=check["Interval"],
+                timeout=check["Timeout"],
+                retries=check["Retries"],
+                start_period=check["StartPeriod"],
+            )
+            if check is not None
+            else None,
+            init=spec.init,
+        )
+        condition = {"no": "none", "on-failure": "on-failure"}.get(spec.restart, "any")
+        template = docker.types.TaskTemplate(
+            container,
+            restart_policy=docker.types.RestartPolicy(condition=condition),
+            placement=docker.types.Placement(constraints=swarm.constraints(spec)) if spec.on is not None else None,
+        )
+        update = spec.update
+        gate = spec.gate
+        rolling = docker.types.UpdateConfig(
+            parallelism=update.parallelism if update is not None else 1,
+            delay=round(update.delay * swarm.NANOSECONDS) if update is not None else 0,
+            failure_action="pause",  # our gate decides, and puts back the spec from before
+            monitor=round(max(gate.healthy_for, 1.0) * swarm.NANOSECONDS),
+            order=update.order if update is not None else "stop-first",
+        )
+        ports: dict[int, tuple[int, str, str]] = {}
+        for port in spec.ports:
+            _, host_port, container_port, proto = parse_port(port)
+            assert host_port is not None  # AppSpec: a service publishes HOST:CONTAINER
+            ports[host_port] = (container_port, proto, "host")  # no routing mesh: each task on its node
+        return {
+            "task_template": template,
+            "name": target.app,
+            "labels": release_labels(target, self.engine.instance),
+            "mode": docker.types.ServiceMode("replicated", replicas=spec.replicas),
+            "update_config": rolling,
+            "endpoint_spec": docker.types.EndpointSpec(ports=ports) if ports else None,
+        }
+
+    # -- deploys ----------------------------------------------------------------------------------
+
+    def deploy(
+        self, action: Action, current: ObservedContainer | None, revision: str, env: Mapping[str, str]
+    ) -> tuple[Outcome, Released | None]:
+        """Create the service, or roll its new spec out; gate it; put it back if the gate fails."""
+        target = action.target
+        assert target is not None and target.spec.replicas is not None
+        app, spec = action.app, target.spec
+        entry = self.rows.start(
+            revision=revision, app=app, action=str(action.kind), author=self.author,
+            from_version=current.version if current else "", to_version=spec.version,
+            from_image=current.digest if current else "", to_image=target.resolution.identity,
+            spec_hash=target.spec_hash,
+        )  # fmt: skip
+        arguments = self._spec(target, env)
+        previous: dict[str, Any] | None = None
+        self.step(app, "create" if current is None else "update")
+        try:
+            if current is None:
+                created = self.engine.call(f"create service {app}", lambda: self.engine.api.create_service(**arguments))
+                service_id = str(created["ID"])
+            else:
+                service_id = current.id
+                before = self._inspect(service_id)
+                previous = before["Spec"]
+                version = before["Version"]["Index"]
+                self.engine.call(
+                    f"update service {app}",
+                    lambda: self.engine.api.update_service(service_id, version, **arguments),
+                )
+        except EngineUnavailable:
+            raise
+        except ReconcileError as exc:
+            self.rows.finish(entry, result=JournalResult.FAILED, message=str(exc))
+            return Outcome(app, action.kind, app, Result.FAILED, f"{spec.version}: {exc}", release_failed=True), None
+        since = _epoch(str(self._inspect(service_id).get("UpdatedAt", "")))
+        self.step(app, "gate")
+        gate = self.gate(service_id, spec, since=since)
+        was = f"{current.version or '?'} -> " if current else ""
+        if gate.verdict is Verdict.PENDING:
+            self.rows.finish(entry, result=JournalResult.SUPERSEDED, message="the health gate was abandoned")
+            return Outcome(
+                app, action.kind, app, Result.SUPERSEDED, f"{spec.version} rolling out, gate abandoned"
+            ), None
+        if gate.verdict is Verdict.PASSED:
+            self.rows.finish(entry, result=JournalResult.SUCCEEDED)
+            self.log(f"deployed service {app} {was}{spec.version} ({spec.replicas} tasks)")
+            back = current.version if current else ""
+            done = Released(app, service_id, previous, back, spec, entry)
+            return Outcome(app, action.kind, app, Result.APPLIED, f"{was}{spec.version}"), done
+        return self._put_back(action, entry, service_id, previous, current, gate.reason), None
+
+    def _put_back(
+        self,
+        action: Action,
+        entry: int,
+        service_id: str,
+        previous: dict[str, Any] | None,
+        current: ObservedContainer | None,
+        reason: str,
+    ) -> Outcome:
+        """A failed rollout: the spec from before it, gated again; a new service that failed is removed."""
+        app = action.app
+        spec = action.target.spec if action.target is not None else None
+        version = spec.version if spec is not None else "?"
+        self.rows.finish(entry, result=JournalResult.ROLLING_BACK, message=reason)
+        self.step(app, "roll-back")
+        if previous is None:
+            problem = self._attempt(lambda: self.engine.api.remove_service(service_id), f"remove service {app}")
+            self.rows.finish(entry, result=JournalResult.FAILED, message=reason + (f"; {problem}" if problem else ""))
+            self.log(f"deploy of service {app} {version} failed: {reason}; removed (nothing to roll back to)")
+            message = f"{version} failed: {reason}; the new service was removed; nothing to roll back to"
+            return Outcome(app, action.kind, app, Result.FAILED, message, release_failed=True)
+        back = current.version if current is not None and current.version else "the previous spec"
+        trouble = self._restore(app, service_id, previous, spec)
+        if not trouble:
+            self.rows.finish(entry, result=JournalResult.ROLLED_BACK, message=reason)
+            self.log(f"deploy of service {app} {version} failed ({reason}); rolled back to {back}")
+            message = f"{version} failed: {reason}; rolled back to {back}"
+            return Outcome(app, action.kind, app, Result.ROLLED_BACK, message, release_failed=True)
+        self.rows.finish(entry, result=JournalResult.FAILED, message=f"{reason}; rollback: {trouble}")
+        message = f"{version} failed: {reason}; rolling back to {back} failed too: {trouble}"
+        return Outcome(app, action.kind, app, Result.FAILED, message, release_failed=True)
+
+    def _restore(self, app: str, service_id: str, previous: Mapping[str, Any], spec: AppSpec | None) -> str:
+        """Send ``previous`` back to the service and gate it; what went wrong, or ""."""
+        try:
+            version = self._inspect(service_id)["Version"]["Index"]
+            self.engine.call(
+                f"roll service {app} back",
+                lambda: self.engine.api.update_service(
+                    service_id, version,
+                    task_template=previous.get("TaskTemplate"), name=previous.get("Name"),
+                    labels=previous.get("Labels"), mode=previous.get("Mode"),
+                    update_config=previous.get("UpdateConfig"), endpoint_spec=previous.get("EndpointSpec"),
+                ),
+            )  # fmt: skip
+            since = _epoch(str(self._inspect(service_id).get("UpdatedAt", "")))
+        except EngineUnavailable:
+            raise
+        except ReconcileError as exc:
+            return str(exc)
+        replicas = int(((previous.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 1))
+        back = spec if spec is not None else None
+        if back is None:
+            return ""
+        gate = self.gate(service_id, back.model_copy(update={"replicas": replicas}), since=since)
+        return gate.reason if gate.verdict is Verdict.FAILED else ""
+
+    def undo(self, done: Released, reason: str) -> Outcome:
+        """Put back a rollout that passed, because another app of its commit failed."""
+        app = done.app
+        self.step(app, "undo")
+        kind = ActionKind.REPLACE if done.previous is not None else ActionKind.CREATE
+        if done.previous is None:
+            problem = self._attempt(lambda: self.engine.api.remove_service(done.service_id), f"remove service {app}")
+            back = "nothing (it is new in this commit)"
+        else:
+            problem = self._restore(app, done.service_id, done.previous, done.spec)
+            back = done.previous_version or "the previous spec"
+        message = f"{reason}; back to {back}" + (f"; {problem}" if problem else "")
+        self.rows.finish(
+            done.entry, result=JournalResult.FAILED if problem else JournalResult.ROLLED_BACK, message=message
+        )
+        self.log(f"{app}: {message}")
+        return Outcome(app, kind, app, Result.FAILED if problem else Result.ROLLED_BACK, message)
+
+    def remove(self, action: Action, current: ObservedContainer, revision: str) -> Outcome:
+        entry = self.rows.start(
+            revision=revision, app=action.app, action="remove", author=self.author,
+            from_version=current.version, from_image=current.digest,
+        )  # fmt: skip
+        self.step(action.app, "remove")
+        self.engine.call(f"remove service {current.name}", lambda: self.engine.api.remove_service(current.id))
+        self.rows.finish(entry, result=JournalResult.SUCCEEDED)
+        self.log(f"removed service {current.name}")
+        return Outcome(action.app, action.kind, action.container, Result.APPLIED, "")
+
+    # -- the gate ---------------------------------------------------------------------------------
+
+    def gate(self, service_id: str, spec: AppSpec, *, since: float) -> Gate:
+        """Look at the rollout's tasks until ``core.swarm.judge`` decides, or ``stale()`` (then pending)."""
+        assert spec.replicas is not None
+        # The probe runs in the tasks (Swarm's healthcheck): the gate here counts running tasks.
+        rules = spec.gate.model_copy(update={"http": None, "tcp": None, "exec": None, "docker": False})
+        gate = Gate(rules, started_at=self.clock())
+        while not gate.verdict.done:
+            if self.stale():
+                return gate
+            info, tasks = self.look(service_id)
+            status = info.get("UpdateStatus") or {}
+            paused = str(status.get("Message") or status.get("State")) if status.get("State") in PAUSED else ""
+            down = {node: host for node, (host, state) in self.nodes().items() if state != "ready"}
+            gate = swarm.judge(
+                gate, tasks, replicas=spec.replicas, since=since, at=self.clock(), paused=paused, down=down
+            )
+            if not gate.verdict.done:
+                self.sleep(LOOK)
+        return gate
+
+    def look(self, service_id: str) -> tuple[dict[str, Any], list[swarm.Task]]:
+        """The service as the manager has it, and its tasks."""
+        info = self._inspect(service_id)
+        template = (info.get("Spec") or {}).get("TaskTemplate")
+        rows = self.engine.call("list tasks", lambda: self._tasks(service_id))
+        return info, [_task(row, template) for row in rows]
+
+    def sample(self, service_id: str, spec: AppSpec) -> tuple[Sample, float]:
+        """One look for status and the stable clock: healthy when every task of the spec runs; and since
+        when the spec is the service's (its last update)."""
+        assert spec.replicas is not None
+        info, tasks = self.look(service_id)
+        whole, detail = swarm.tally(tasks, spec.replicas)
+        sample = Sample(at=self.clock(), running=True, restarts=swarm.failures(tasks), probe_ok=whole, detail=detail)
+        return sample, _epoch(str(info.get("UpdatedAt", "")))
+
+    def task_lines(self, service_id: str) -> list[str]:
+        """Each wanted task by node (``web-2: running``), then each node that is not ready."""
+        _, tasks = self.look(service_id)
+        nodes = self.nodes()
+        lines = []
+        for task in sorted(tasks, key=lambda t: (t.slot, t.created)):
+            if task.desired != "running":
+                continue
+            host, state = nodes.get(task.node, (task.node[:12] or "(no node yet)", ""))
+            why = f": {task.message}" if task.message and task.state != "running" else ""
+            down = f" (node {state})" if state and state != "ready" else ""
+            lines.append(f"slot {task.slot} on {host}{down}: {task.state}{why}")
+        lines += [f"node {host} is {state}" for host, state in sorted(nodes.values()) if state != "ready"]
+        return lines
+
+    def nodes(self) -> dict[str, tuple[str, str]]:
+        """The swarm's nodes: id -> (hostname, state: ready, down, unknown, disconnected)."""
+        return {str(n.get("ID")): _node(n) for n in self.engine.call("list nodes", lambda: self.engine.api.nodes())}
+
+    def _tasks(self, service_id: str) -> list[dict[str, Any]]:
+        return list(self.engine.api.tasks(filters={"service": service_id}))
+
+    def _inspect(self, service_id: str) -> dict[str, Any]:
+        return dict(self.engine.call("inspect service", lambda: self.engine.api.inspect_service(service_id)))
+
+    def _attempt(self, fn: Callable[[], object], what: str) -> str:
+        try:
+            self.engine.call(what, fn)
+        except EngineUnavailable:
+            raise
+        except ReconcileError as exc:
+            return str(exc)
+        return ""
+
+
+def _task(row: Mapping[str, Any], template: object) -> swarm.Task:
+    status = row.get("Status") or {}
+    return swarm.Task(
+        id=str(row.get("ID", "")),
+        node=str(row.get("NodeID", "")),
+        slot=int(row.get("Slot") or 0),
+        state=str(status.get("State", "")),
+        desired=str(row.get("DesiredState", "")),
+        created=_epoch(str(row.get("CreatedAt", ""))),
+        current=_task_spec(row.get("Spec")) == _task_spec(template),
+        message=str(status.get("Err") or status.get("Message") or ""),
+    )
+
+
+def _node(row: Mapping[str, Any]) -> tuple[str, str]:
+    """(hostname, state: ready, down, unknown, disconnected) of one node of ``GET /nodes``."""
+    return str((row.get("Description") or {}).get("Hostname", "?")), str((row.get("Status") or {}).get("State", "?"))
+
+
+def _task_spec(spec: object) -> object:
+    """A task's spec as comparable with its service's TaskTemplate (the manager adds ``Runtime`` there)."""
+    return {key: value for key, value in spec.items() if key != "Runtime"} if isinstance(spec, dict) else spec
+
+
+def _mount(volume: str) -> docker.types.Mount:
+    """``NAME_OR_ABS_PATH:CONTAINER_PATH[:ro|rw]`` as a service mount (a bind for an absolute path)."""
+    source, target, *mode = volume.split(":")
+    kind = "bind" if source.startswith("/") else "volume"
+    return docker.types.Mount(target, source, type=kind, read_only=mode == ["ro"])

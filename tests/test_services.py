@@ -1,0 +1,257 @@
+"""Replicated apps (``replicas:``) as Swarm services, on a real two-node swarm (``tests/support/swarm.py``).
+
+A manager and a worker, each a ``dockerd`` in a network namespace of its own, joined over veth pairs;
+the images are loaded on both nodes; each task publishes its port in host mode on its node, reached
+from here at the node's address. The real CLI and agent drive the manager through its socket
+(``--docker-host``), reading a real bare repository. Covered: create, dry-run drift, scale, a good and
+a bad rolling update (put back to the spec before), prune, a conflict with a service that is not ours
+until it is adopted, a commit of two services that goes back whole when one fails, and a worker that
+stops mid-rollout (the gate names it; status shows the node down). Run apart from the
+parallel suite: it starts engines.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import ImageFactory, http_get
+from tests.support.agent import AgentProcess, agent_args
+from tests.support.cli import cli_env, run_cli
+from tests.support.gitrepo import GitRemote
+from tests.support.state import show
+from tests.support.swarm import Swarm, start_swarm, stop_swarm
+
+pytestmark = [pytest.mark.docker, pytest.mark.apart]
+
+FILE = "desired-state.yaml"
+
+
+@pytest.fixture(scope="module")
+def swarm(docker_client: Any, run_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+    started = start_swarm(run_prefix, 1, tmp_path_factory.mktemp("swarm"))
+    try:
+        yield started
+    finally:
+        problems = stop_swarm(started)
+        assert not problems, problems
+
+
+@pytest.fixture(scope="module")
+def repo(swarm: Swarm, images: ImageFactory) -> str:
+    """The image repository: v1, v2 (answer /health) and bad (exits at start), on both nodes."""
+    refs = [images.build("svcweb", tag) for tag in ("v1", "v2")]
+    refs.append(images.build("svcweb", "bad", exit_at_start=True))
+    for ref in refs:
+        swarm.load_image(ref)
+    return refs[0].rpartition(":")[0]
+
+
+def service_yaml(name: str, repo: str, version: str, replicas: int, port: int, extra: str = "") -> str:
+    return (
+        f"  {name}:\n    image: {repo}\n    version: {version}\n    replicas: {replicas}\n"
+        f'    ports: ["{port}:8000"]\n    init: true\n    stop_timeout: 1s\n'
+        "    health: {http: /health, interval: 200ms, healthy_for: 1s, timeout: 15s}\n" + extra
+    )
+
+
+@dataclass
+class Site:
+    swarm: Swarm
+    repo: str
+    remote: GitRemote
+    state: Path
+    instance: str
+    names: list[str] = field(default_factory=list)
+
+    def commit(self, *apps: str, message: str = "change") -> str:
+        return self.remote.commit_file(FILE, "apps:\n" + "".join(apps) if apps else "apps: {}\n", message)
+
+    def reconcile(self, *args: str) -> Any:
+        return run_cli(
+            "--repo", self.remote.url, "--state-dir", self.state, "--docker-host", self.swarm.manager.host,
+            *args, env={"RECONCILE_INSTANCE": self.instance}, timeout=180,
+        )  # fmt: skip
+
+    def service(self, name: str) -> dict[str, Any] | None:
+        found = [s for s in self.swarm.manager.client.api.services() if s["Spec"]["Name"] == name]
+        return found[0] if found else None
+
+    def running(self, name: str) -> list[str]:
+        """The bodies the service's running tasks answer with, one per task, from each node."""
+        bodies = []
+        for node, port in self.swarm.task_endpoints(name):
+            status, text = http_get(node.url(port), timeout=2.0)
+            bodies.append(text if status == 200 else f"HTTP {status}")
+        return sorted(bodies)
+
+
+@pytest.fixture
+def site(swarm: Swarm, repo: str, tmp_path: Path, run_prefix: str) -> Iterator[Site]:
+    made = Site(swarm, repo, GitRemote(tmp_path / "git"), tmp_path / "state", f"{run_prefix}-{tmp_path.name[-12:]}")
+    yield made
+    api = swarm.manager.client.api
+    for service in api.services():
+        if service["Spec"]["Name"] in made.names:
+            api.remove_service(service["ID"])
+
+
+def name(site: Site, app: str) -> str:
+    made = f"{site.instance[:8]}-{app}-{len(site.names)}"
+    site.names.append(made)
+    return made
+
+
+def wait_running(site: Site, app: str, expected: list[str], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (found := site.running(app)) != expected:
+        assert time.monotonic() < deadline, f"{app}: tasks answer {found}, not {expected}"
+        time.sleep(0.2)
+
+
+def test_a_service_is_created_scaled_rolled_out_and_pruned_from_the_file(site: Site) -> None:
+    api = name(site, "api")
+    site.commit(service_yaml(api, site.repo, "v1", 2, 18101))
+
+    preview = site.reconcile("--dry-run")
+    assert preview.returncode == 2 and f"+ create   {api}" in preview.stdout, show(preview)
+    created = site.reconcile()
+    assert created.returncode == 0 and f"applied     create   {api}" in created.stdout, show(created)
+    wait_running(site, api, ["v1", "v1"])  # one task on each node: the host port holds one per node
+    assert site.reconcile("--dry-run").returncode == 0
+
+    site.commit(service_yaml(api, site.repo, "v1", 1, 18101))
+    preview = site.reconcile("--dry-run")
+    assert preview.returncode == 2 and "replicas: 2 -> 1" in preview.stdout, show(preview)
+    assert site.reconcile().returncode == 0
+    wait_running(site, api, ["v1"])
+
+    site.commit(service_yaml(api, site.repo, "v2", 2, 18101))
+    rolled = site.reconcile()
+    assert rolled.returncode == 0 and "v1 -> v2" in rolled.stdout, show(rolled)
+    assert site.running(api) == ["v2", "v2"]  # the gate passed only once every task ran the new spec
+    service = site.service(api)
+    assert service is not None and service["Spec"]["Labels"]["io.reconciler.version"] == "v2"
+
+    site.commit(message="no apps")
+    pruned = site.reconcile()
+    assert pruned.returncode == 0 and f"applied     remove   {api}" in pruned.stdout, show(pruned)
+    assert site.service(api) is None
+    history = site.reconcile("history", "-o", "json")
+    assert [(e["action"], e["to_version"], e["result"]) for e in json.loads(history.stdout)][::-1] == [
+        ("create", "v1", "succeeded"), ("replace", "v1", "succeeded"), ("replace", "v2", "succeeded"),
+        ("remove", "", "succeeded"),
+    ]  # fmt: skip
+
+
+def test_a_rollout_that_fails_is_put_back_to_the_spec_before(site: Site) -> None:
+    api = name(site, "api")
+    site.commit(service_yaml(api, site.repo, "v1", 2, 18102))
+    assert site.reconcile().returncode == 0
+    before = site.service(api)
+    assert before is not None
+
+    site.commit(service_yaml(api, site.repo, "bad", 2, 18102))
+    failed = site.reconcile()
+
+    assert failed.returncode == 1, show(failed)
+    assert f"rolled-back replace  {api}" in failed.stdout and "a task of it failed" in failed.stdout, show(failed)
+    assert "rolled back to v1" in failed.stdout, show(failed)
+    wait_running(site, api, ["v1", "v1"])
+    after = site.service(api)
+    assert after is not None and after["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].endswith(":v1")
+    assert after["Spec"]["Labels"] == before["Spec"]["Labels"]  # the very spec it had, labels and all
+
+
+def test_a_service_of_someone_else_is_a_conflict_until_adopted(site: Site, swarm: Swarm) -> None:
+    api = name(site, "api")
+    from docker.types import ContainerSpec, EndpointSpec, ServiceMode, TaskTemplate
+
+    swarm.manager.client.api.create_service(
+        TaskTemplate(ContainerSpec(f"{site.repo}:v1", init=True)), name=api,
+        mode=ServiceMode("replicated", replicas=1), endpoint_spec=EndpointSpec(ports={18103: (8000, "tcp", "host")}),
+    )  # fmt: skip
+    site.commit(service_yaml(api, site.repo, "v2", 2, 18103))
+
+    refused = site.reconcile()
+    assert refused.returncode == 1 and "was not created by reconciler" in refused.stdout, show(refused)
+    service = site.service(api)
+    assert service is not None and "io.reconciler.managed" not in (service["Spec"].get("Labels") or {})
+
+    adopted = site.reconcile("--adopt")
+    assert adopted.returncode == 0, show(adopted)
+    wait_running(site, api, ["v2", "v2"])
+    service = site.service(api)
+    assert service is not None and service["Spec"]["Labels"]["io.reconciler.app"] == api
+
+
+def test_a_commit_of_two_services_goes_back_whole_when_one_fails(site: Site, tmp_path: Path) -> None:
+    good, broken = name(site, "a"), name(site, "b")
+    site.commit(service_yaml(good, site.repo, "v1", 2, 18104), service_yaml(broken, site.repo, "v1", 2, 18105))
+    agent = AgentProcess(
+        agent_args(site.remote.url, site.state, interval="1s", extra=("--docker-host", site.swarm.manager.host)),
+        state_dir=site.state, env={"RECONCILE_INSTANCE": site.instance},
+    )  # fmt: skip
+    agent.start()
+    try:
+        for app in (good, broken):
+            agent.wait_for("deploy.succeeded", app=app, timeout=60)
+        mark = agent.mark()
+        site.commit(service_yaml(good, site.repo, "v2", 2, 18104), service_yaml(broken, site.repo, "bad", 2, 18105))
+        agent.wait_for("deploy.rolled-back", app=good, since=mark, timeout=90)
+        agent.wait_for("deploy.rolled-back", app=broken, since=mark, timeout=90)
+        wait_running(site, good, ["v1", "v1"])
+        wait_running(site, broken, ["v1", "v1"])
+        held = agent.wait_for("deploy.held", app=broken, since=mark, timeout=30)
+        assert "bad" in held.raw, agent.log()
+    finally:
+        agent.stop(timeout=30)
+    agent.assert_clean_log()
+
+
+def test_a_node_stopped_mid_rollout_is_named_and_status_shows_it_down(site: Site, swarm: Swarm) -> None:
+    api = name(site, "api")
+    probe = '    health: {exec: [wget, -q, -O, /dev/null, "http://127.0.0.1:8000/health"], interval: 200ms,'
+    body = (
+        f"  {api}:\n    image: {site.repo}\n    version: VERSION\n    replicas: 2\n    init: true\n"
+        f"    stop_timeout: 1s\n    update: {{parallelism: 1, delay: 1s}}\n{probe} healthy_for: 1s, timeout: 15s}}\n"
+    )  # no published port: the slot of a node that goes away can be placed on the other one
+    site.commit(body.replace("VERSION", "v1"))
+    assert site.reconcile().returncode == 0
+    site.commit(body.replace("VERSION", "v2"))
+    rollout = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "--repo", site.remote.url, "--state-dir", str(site.state),
+         "--docker-host", swarm.manager.host],
+        env=cli_env({"RECONCILE_INSTANCE": site.instance}), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while (state := ((site.service(api) or {}).get("UpdateStatus") or {}).get("State")) != "updating":
+            assert time.monotonic() < deadline and rollout.poll() is None, state
+            time.sleep(0.05)
+        swarm.stop_node(1)  # the worker, with the task Swarm's rollout is waiting for
+        out, err = rollout.communicate(timeout=150)
+        status = site.reconcile("status")
+        assert f"node {swarm.workers[0].hostname} is down" in status.stdout, show(status)
+        # Two endings, as Swarm has it: the worker's slot is placed on the manager and the rollout goes on;
+        # or Swarm's updater waits for the task it had just given the worker, and the gate ends at its
+        # timeout, naming the node, with the service back on the spec before. Never a hang, never silence.
+        if rollout.returncode == 0:
+            assert f"applied     replace  {api}" in out, out
+            assert f"{api}: desired v2, running v2 (running, healthy)" in status.stdout, show(status)
+        else:
+            assert rollout.returncode == 1, f"{out}\n{err}"
+            assert f"node {swarm.workers[0].hostname} is down, and the rollout waits for its task" in out, out
+            assert "rolled back to v1" in out and f"{api}: desired v2, running v1" in status.stdout, show(status)
+    finally:
+        if rollout.poll() is None:
+            rollout.kill()
+        swarm.start_node(1)
