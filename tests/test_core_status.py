@@ -46,12 +46,12 @@ def test_as_dict_is_the_json_of_reconcile_status() -> None:
     assert data["break_glass"] == {"web": "v1", "api": "v0"} and list(data["break_glass"]) == ["web", "api"]
     assert data["apps"][0] == {
         "app": "old", "desired": None, "running": None, "state": "missing", "health": "missing", "in_sync": True,
-        "last_applied": None, "last_attempted": None, "stable": None, "held": None, "failed": [],
+        "last_applied": None, "last_attempted": None, "stable": None, "held": None, "tasks": [], "failed": [],
     }  # fmt: skip
     web = data["apps"][1]
     assert list(web) == [
         "app", "desired", "running", "state", "health", "in_sync", "last_applied", "last_attempted", "stable",
-        "held", "failed",
+        "held", "tasks", "failed",
     ]  # fmt: skip
     assert web["last_applied"] == {"commit": "c0ffee00", "version": "v1", "result": "succeeded", "at": AT,
                                    "message": "ok"}  # fmt: skip

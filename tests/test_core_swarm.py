@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from reconciler.core import swarm
+from reconciler.core.fleet import placed
 from reconciler.core.health import Gate, Verdict
 from reconciler.core.model import DesiredState, ObservedContainer, ObservedState
-from reconciler.core.plan import ActionKind, Resolution, fingerprint, plan, spec_hash
+from reconciler.core.plan import ActionKind, Resolution, fingerprint, plan, simulate, spec_hash
 from reconciler.errors import InvalidDesiredState
 from reconciler.shell.converge import parse_desired
 
@@ -136,3 +137,39 @@ def test_the_planner_pairs_a_service_with_its_app_and_names_what_changed() -> No
 )  # fmt: skip
 def test_each_mistake_of_a_service_is_said_at_its_place(text: str, expected: str) -> None:
     assert errors(text) == [expected]
+
+
+def test_a_container_app_and_a_service_of_its_name_are_two_things() -> None:
+    web = desired('apps:\n  web: {image: x/web, version: v1, ports: ["8080:8000"]}\n')
+    resolution = Resolution(ref="x/web:v1", image_id="sha256:aaa")
+    stranger = service({}, "", managed=False).model_copy(update={"name": "web"})
+    [action] = plan(web, {"web": resolution}, ObservedState(containers=(stranger,))).actions
+    assert action.kind is ActionKind.CREATE and not action.service  # a service named web is not in the way
+
+
+def test_applying_a_plan_of_services_leaves_nothing_to_do() -> None:
+    state = desired()
+    resolutions = {"api": Resolution(ref="x/api:v1", image_id="sha256:aaa", digest="sha256:d1")}
+    first = plan(state, resolutions, ObservedState())
+    [create] = first.actions
+    assert create.kind is ActionKind.CREATE and create.service
+    after = simulate(first, ObservedState())
+    assert [(c.name, c.kind) for c in after.containers] == [("api", "service")]
+    assert plan(state, resolutions, after).in_sync
+    gone = plan(desired("apps: {}\n"), {}, after)
+    [remove] = gone.actions
+    assert remove.kind is ActionKind.REMOVE and remove.service
+    assert simulate(gone, after).containers == ()
+
+
+def test_a_service_runs_on_one_swarm_of_a_fleet_and_has_no_canary() -> None:
+    fleet = "hosts:\n  m1: {labels: {role: web}}\n  m2: {labels: {role: web}}\n" + API
+    assert errors(fleet) == [
+        f"{FILE}:10:9: apps.api.on: a service (replicas:) runs on one swarm: place it on the one host that is its"
+        " manager (on: [host])"
+    ]
+    one = desired(fleet.replace("on: {role: web}", "on: [m1]"))
+    assert placed(one, "m1").apps["api"].on is None  # on: chose the host; no task is placed by it
+    assert errors(API + "    canary: {on: [m1], version: v2}\n")[0].endswith(
+        "canary: of a replicated app (replicas:) is not supported: a service runs one spec"
+    )

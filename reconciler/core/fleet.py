@@ -62,6 +62,8 @@ def placed(desired: DesiredState, host: str) -> DesiredState:
     hosts = desired.hosts or {}
     where = hosts[host]
     apps = {app: on_host(spec, host, where) for app, spec in desired.apps.items() if selects(spec, host, where)}
+    # In a fleet, a service's on: picked its host (its swarm's manager): it places no task on a node.
+    apps = {app: spec.model_copy(update={"on": None}) if spec.service else spec for app, spec in apps.items()}
     return desired.model_copy(update={"apps": apps, "host": host})
 
 
@@ -77,6 +79,12 @@ def problems(apps: Mapping[str, AppSpec], hosts: Mapping[str, HostSpec] | None) 
     names = sorted(hosts or {})
     for app, spec in apps.items():
         found += _canary_problems(app, spec, hosts)
+        if spec.service and hosts is not None and len(hosts_of(spec, hosts)) != 1:
+            # Each host of a fleet is its own engine: a service placed on several would be several services.
+            where_on: Path = ("apps", app, "on") if spec.on is not None else ("apps", app)
+            found.append((where_on, "a service (replicas:) runs on one swarm: place it on the one host that is its"
+                          " manager (on: [host])"))  # fmt: skip
+            continue
         if spec.on is None:
             continue
         where: Path = ("apps", app, "on")

@@ -570,6 +570,8 @@ class AppSpec(Strict):
             return self
         if self.route is not None:
             raise ValueError("route: of a replicated app (replicas:) is not supported yet: publish its port instead")
+        if self.canary is not None:
+            raise ValueError("canary: of a replicated app (replicas:) is not supported: a service runs one spec")
         for port in self.ports:
             ip, host_port, _, _ = parse_port(port)
             if ip or host_port is None:
@@ -776,10 +778,27 @@ class ObservedState(Strict):
     containers: tuple[ObservedContainer, ...] = ()
 
     def named(self, name: str) -> ObservedContainer | None:
+        """The container named ``name`` (a service of that name is another thing: ``service``)."""
         for container in self.containers:
-            if container.name == name:
+            if container.name == name and container.kind == "container":
                 return container
         return None
+
+    def service(self, name: str) -> ObservedContainer | None:
+        """The Swarm service named ``name``."""
+        for container in self.containers:
+            if container.name == name and container.kind == "service":
+                return container
+        return None
+
+    def of_app(self, app: str, *, service: bool) -> ObservedContainer | None:
+        """What runs under an app's name in the kind the file gives it: its service, or its container."""
+        return self.service(app) if service else self.named(app)
+
+    def ours(self, app: str) -> ObservedContainer | None:
+        """Our container or service of ``app``, whichever kind it is; else whatever has its name."""
+        found = [c for c in (self.named(app), self.service(app)) if c is not None]
+        return next((c for c in found if c.managed), found[0] if found else None)
 
 
 def parse_port(port: str) -> tuple[str, int | None, int, str]:

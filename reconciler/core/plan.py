@@ -98,6 +98,12 @@ class Action:
     reasons: tuple[Change, ...] = ()
     target: Target | None = None
     message: str = ""
+    on_service: bool = False  # a removal of a Swarm service (not a container) of that name
+
+    @property
+    def service(self) -> bool:
+        """It acts on a Swarm service of the app's name, not on a container."""
+        return self.on_service or (self.target is not None and self.target.spec.service)
 
 
 @dataclass(frozen=True)
@@ -258,8 +264,10 @@ def plan(
     unlabelled: list[ObservedContainer] = []
     for app, spec in sorted(desired.apps.items()):
         resolution = resolutions.get(app) or Resolution(ref="", error="not resolved")
-        current = observed.named(container_name(app))
+        current = observed.of_app(app, service=spec.service)
         kept = [c for c in (observed.named(container_name(app, role)) for role in Role) if c is not None]
+        if spec.service:  # a service has no APP.prev and the like; a container of its name is another thing
+            kept = [current] if current is not None else []
         foreign = [c for c in kept if not c.managed]
         # --adopt takes over the app's own container; a stranger under one of the names we keep
         # (APP.prev, APP.next, APP.failed) is never ours to move.
@@ -275,7 +283,7 @@ def plan(
                     ActionKind.CONFLICT,
                     app,
                     container.name,
-                    message=f"container {container.name} exists and was not created by reconciler; {hint}",
+                    message=f"{container.kind} {container.name} exists and was not created by reconciler; {hint}",
                 )
             )
         # Another source's APP.prev or APP.failed under our own running app is what an adopted app
@@ -299,9 +307,10 @@ def plan(
                 )
         if blocking or (others and not adopt):
             continue
-        if current is not None and current.managed and (current.kind == "service") != spec.service:
+        other = observed.of_app(app, service=not spec.service)
+        if other is not None and other.managed:
             want = "service" if spec.service else "container"
-            why = f"{app} runs as a {current.kind} of reconciler's and the file makes it a {want}: remove {app} first"
+            why = f"{app} runs as a {other.kind} of reconciler's and the file makes it a {want}: remove {app} first"
             actions.append(Action(ActionKind.ERROR, app, app, message=why))
             continue
         if current is not None and current.managed and current.owner is None:
@@ -365,7 +374,9 @@ def plan(
             continue
         if container.owner is None:
             unlabelled.append(container)
-        actions.append(Action(ActionKind.REMOVE, container.app, container.name, (PRUNED,)))
+        actions.append(
+            Action(ActionKind.REMOVE, container.app, container.name, (PRUNED,), on_service=container.kind == "service")
+        )
     if source is not None:
         for container in unlabelled:
             if not (relabel and container.app in desired.apps):
@@ -387,21 +398,24 @@ def _owner_change(current: ObservedContainer, source: Owner | None, relabel: boo
 
 def simulate(result_of: Plan, observed: ObservedState) -> ObservedState:
     """The observed state that a fully successful apply of ``result_of`` leaves behind (for tests)."""
-    containers = {c.name: c for c in observed.containers}
+    # By name and kind: a container and a Swarm service may share a name.
+    containers: dict[tuple[str, str], ObservedContainer] = {(c.name, c.kind): c for c in observed.containers}
     for action in result_of.changes:
+        key = (action.container, "service" if action.service else "container")
         if action.kind is ActionKind.REMOVE:
-            containers.pop(action.container, None)
+            containers.pop(key, None)
         elif action.kind is ActionKind.START:
-            containers[action.container] = containers[action.container].model_copy(update={"state": "running"})
+            containers[key] = containers[key].model_copy(update={"state": "running"})
         else:
             assert action.target is not None
             target = action.target
-            old = containers.pop(action.container, None)
-            if old is not None:
-                containers[container_name(action.app, Role.PREVIOUS)] = old.model_copy(
-                    update={"name": container_name(action.app, Role.PREVIOUS), "state": "exited", "role": Role.PREVIOUS}
+            old = containers.pop(key, None)
+            if old is not None and not action.service:  # a service is updated in place: no APP.prev
+                previous = container_name(action.app, Role.PREVIOUS)
+                containers[(previous, "container")] = old.model_copy(
+                    update={"name": previous, "state": "exited", "role": Role.PREVIOUS}
                 )
-            containers[action.container] = ObservedContainer(
+            containers[key] = ObservedContainer(
                 id=f"sim-{action.app}",
                 name=action.container,
                 state="running",
@@ -412,5 +426,7 @@ def simulate(result_of: Plan, observed: ObservedState) -> ObservedState:
                 fingerprint=dict(target.fingerprint),
                 commit=target.revision,
                 version=target.spec.version,
+                digest=target.resolution.identity if action.service else "",
+                kind="service" if action.service else "container",
             )
     return ObservedState(containers=tuple(containers.values()))

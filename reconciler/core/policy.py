@@ -26,7 +26,7 @@ from enum import StrEnum
 
 from reconciler.core.events import Event
 from reconciler.core.failures import Failure, held_back
-from reconciler.core.model import DesiredState, ObservedState, container_name
+from reconciler.core.model import DesiredState, ObservedState
 from reconciler.core.plan import PRUNED, STALE_NEXT, Action, ActionKind, Change, Plan
 from reconciler.core.report import Outcome
 
@@ -147,7 +147,7 @@ def hold_back(
                 app=action.app,
             )
         )
-        current = observed.named(container_name(action.app))
+        current = observed.ours(action.app)
         if current is not None and current.managed and not current.running:
             actions.append(replace(action, kind=ActionKind.START, reasons=(Change("state", current.state, "running"),)))
         elif current is None:

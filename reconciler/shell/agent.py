@@ -52,7 +52,7 @@ from typing import Any
 
 from reconciler.core import policy
 from reconciler.core.events import Event
-from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState, container_name
+from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.policy import Deployed, Notice, Say
 from reconciler.core.report import Outcome, Result
@@ -749,9 +749,10 @@ class Agent:
         # Kept before sampling: an engine outage mid-way keeps what the clock learned so far.
         self.stable_watch, look = track(self.stable_watch, candidates, now=now)
         for app in look:
-            spec, current = desired.apps[app], observed.named(container_name(app))
+            spec = desired.apps[app]
+            current = observed.of_app(app, service=spec.service)
             assert current is not None
-            if current.kind == "service":
+            if spec.service:
                 seen, updated = applier.services.sample(current.id, spec)
                 sample = StableSample.of(seen, at=now, started_at=updated)
             else:
@@ -770,7 +771,7 @@ class Agent:
             # This host follows the stable its canary promotes and publishes: promoting (and publishing)
             # what it runs here could only put an older stable back over the canary's.
             return None
-        current = observed.named(container_name(app))
+        current = observed.of_app(app, service=spec.service)
         if current is None or not current.managed or not current.spec_hash or not current.image_id:
             return None  # a service whose image the manager does not hold has nothing here to tag stable
         promoted = self.journal.stable(app)

@@ -496,17 +496,19 @@ class Applier:
         if not action.kind.changes:
             return Outcome(action.app, action.kind, action.container, Result.SKIPPED, action.message), None
         try:
-            current = observed.named(action.container)
-            if action.kind is ActionKind.REMOVE and current is not None and current.kind == "service":
-                return self.services.remove(action, current, revision), None
+            if action.service:
+                service = observed.service(action.container)
+                if action.kind is ActionKind.REMOVE:
+                    assert service is not None
+                    return self.services.remove(action, service, revision), None
             if action.kind is ActionKind.REMOVE:
                 return self._remove(action, observed, revision), None
             if action.kind is ActionKind.START:
                 return self._start(action, observed, revision), None
-            if action.target is not None and action.target.spec.service:
+            if action.service and action.target is not None:
                 spec = action.target.spec
                 env = {**(self.engine.files.read(spec.env_file) if spec.env_file else {}), **spec.env}
-                return self.services.deploy(action, current, revision, env)
+                return self.services.deploy(action, observed.service(action.container), revision, env)
             return self._deploy(action, observed, revision)
         except EngineUnavailable:
             raise  # not this app's failure: the pass stops, and the next one resumes the journaled row
@@ -838,8 +840,8 @@ class Applier:
         """
         outcomes: list[Outcome] = []
         for entry in self._rows.unverified():
-            service = observed.named(entry.app)
-            if service is not None and service.kind == "service":
+            service = observed.service(entry.app)
+            if service is not None and service.managed:
                 # Swarm goes on with (or has finished) the rollout; the plan judges what it sees again.
                 self._rows.finish(entry.id, result=JournalResult.INTERRUPTED, message="cut short; planned again")
                 continue

@@ -200,14 +200,16 @@ class Engine:
         return ObservedState(containers=containers + services)
 
     def services(self) -> list[dict[str, Any]]:
-        """The Swarm services of this engine (ours and others); none when it is not a swarm manager."""
+        """The Swarm services of this engine (ours and others); none when it cannot list them: not a swarm
+        manager (503), a manager without quorum, an API without services. A pass of containers never
+        fails for want of a swarm."""
         with self._calls("list services"):
             try:
                 return list(self.api.services())
             except docker.errors.APIError as exc:
-                if exc.status_code == 503:  # "This node is not a swarm manager": no services here
-                    return []
-                raise
+                if exc.status_code is None:
+                    raise  # no answer at all: the engine's trouble (``_calls``)
+                return []
 
     def local_images(self) -> tuple[image_match.LocalImage, ...]:
         return image_match.from_engine(self.call("list images", lambda: self.api.images()))

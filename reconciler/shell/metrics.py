@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from reconciler.core.events import Event
-from reconciler.core.model import DesiredState, ObservedState, container_name
+from reconciler.core.model import DesiredState, ObservedState
 
 _RESULTS = {
     Event.DEPLOY_SUCCEEDED: "succeeded",
@@ -89,7 +89,7 @@ class Metrics:
         apps = set(desired.apps) | {c.app for c in observed.containers if c.managed and c.app and c.role is not None}
         with self._lock:
             for app in sorted(apps):
-                current = observed.named(container_name(app))
+                current = observed.ours(app)
                 ours = current is not None and current.managed
                 self.app_healthy.labels(app).set(1 if ours and current is not None and current.running else 0)
                 self.app_drift.labels(app).set(1 if app in drifting else 0)

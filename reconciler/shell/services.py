@@ -5,8 +5,8 @@ Guarantees:
 - A service carries the labels a container of ours carries (``docker.release_labels``), so the planner
   pairs it with its app, and never touches a service without them (a conflict, as for containers).
 - Swarm rolls a new spec out as the file's ``update:`` says, pausing (``failure_action: pause``) rather
-  than going on when a task fails; each batch must run ``healthy_for`` before the next (``monitor``).
-  Our gate decides: every task of the new spec running at once for ``healthy_for``.
+  than going on when a task fails within ``monitor`` (``healthy_for``, at least 1 s) of its start. Our
+  gate decides: every task of the new spec running at once for ``healthy_for``, within ``timeout``.
 - A rollout that fails is put back to the spec the service had before it (read just before the update
   and kept with the release, so a whole-commit undo can put it back too), and journaled ``rolled-back``
   with the release marked failed: the agent holds it as it holds a failed container release. A new
@@ -77,7 +77,7 @@ class Services:
         check = swarm.healthcheck(spec)
         mounts = [_mount(volume) for volume in spec.volumes]
         container = docker.types.ContainerSpec(
-            image=target.resolution.ref,
+            image=_pinned(target.resolution.ref, target.resolution.digest),
             args=list(spec.command) if spec.command is not None else None,
             env=[f"{key}={value}" for key, value in env.items()],
             mounts=mounts or None,
@@ -108,11 +108,13 @@ class Services:
             monitor=round(max(gate.healthy_for, 1.0) * swarm.NANOSECONDS),
             order=update.order if update is not None else "stop-first",
         )
-        ports: dict[int, tuple[int, str, str]] = {}
+        ports: list[dict[str, Any]] = []  # the API's form: 53:53/tcp and 53:53/udp are two entries
         for port in spec.ports:
             _, host_port, container_port, proto = parse_port(port)
             assert host_port is not None  # AppSpec: a service publishes HOST:CONTAINER
-            ports[host_port] = (container_port, proto, "host")  # no routing mesh: each task on its node
+            # No routing mesh: each task publishes on its own node.
+            ports.append({"Protocol": proto, "TargetPort": container_port, "PublishedPort": host_port,
+                          "PublishMode": "host"})  # fmt: skip
         return {
             "task_template": template,
             "name": target.app,
@@ -160,7 +162,12 @@ class Services:
             return Outcome(app, action.kind, app, Result.FAILED, f"{spec.version}: {exc}", release_failed=True), None
         since = _epoch(str(self._inspect(service_id).get("UpdatedAt", "")))
         self.step(app, "gate")
-        gate = self.gate(service_id, spec, since=since)
+        try:
+            gate = self.gate(service_id, spec, since=since)
+        except EngineUnavailable:
+            raise  # the next pass plans it again
+        except ReconcileError as exc:  # the manager refused a look (the service removed by hand, ...)
+            gate = Gate(spec.gate, started_at=self.clock(), verdict=Verdict.FAILED, reason=str(exc))
         was = f"{current.version or '?'} -> " if current else ""
         if gate.verdict is Verdict.PENDING:
             self.rows.finish(entry, result=JournalResult.SUPERSEDED, message="the health gate was abandoned")
@@ -256,7 +263,10 @@ class Services:
             from_version=current.version, from_image=current.digest,
         )  # fmt: skip
         self.step(action.app, "remove")
-        self.engine.call(f"remove service {current.name}", lambda: self.engine.api.remove_service(current.id))
+        problem = self._attempt(lambda: self.engine.api.remove_service(current.id), f"remove service {current.name}")
+        if problem:
+            self.rows.finish(entry, result=JournalResult.FAILED, message=problem)
+            return Outcome(action.app, action.kind, action.container, Result.FAILED, problem)
         self.rows.finish(entry, result=JournalResult.SUCCEEDED)
         self.log(f"removed service {current.name}")
         return Outcome(action.app, action.kind, action.container, Result.APPLIED, "")
@@ -346,6 +356,12 @@ def _task(row: Mapping[str, Any], template: object) -> swarm.Task:
         current=_task_spec(row.get("Spec")) == _task_spec(template),
         message=str(status.get("Err") or status.get("Message") or ""),
     )
+
+
+def _pinned(ref: str, digest: str) -> str:
+    """``repo:tag@sha256:...`` when the registry's digest is known (as ``docker service create`` pins it):
+    every node runs the same image, and a tag that moved is a new spec that Swarm rolls out."""
+    return f"{ref}@{digest}" if digest and "@" not in ref else ref
 
 
 def _node(row: Mapping[str, Any]) -> tuple[str, str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from reconciler.core.failures import held_back
 from reconciler.core.health import Health
-from reconciler.core.model import DesiredState, ObservedState, container_name
+from reconciler.core.model import DesiredState, ObservedState
 from reconciler.core.proxy import route_lines
 from reconciler.core.status import AppStatus, DeployRecord, Status
 from reconciler.errors import CommitRefused, ProxyError, ReconcileError
@@ -63,7 +63,8 @@ def collect(settings: Settings) -> Status:
         for app in sorted(names):
             tasks: tuple[str, ...] = ()
             spec = desired.apps.get(app) if desired else None
-            current = observed.named(container_name(app))
+            # The kind the file gives it; an app gone from the file: ours, whichever kind it is.
+            current = observed.of_app(app, service=spec.service) if spec is not None else observed.ours(app)
             ours = current is not None and current.managed
             if current is None:
                 health = str(Health.MISSING)
@@ -73,15 +74,11 @@ def collect(settings: Settings) -> Status:
                 health = f"{Health.UNHEALTHY}: {current.state}"
             elif current.kind == "service":
                 tasks = tuple(applier.services.task_lines(current.id))
-                if spec is not None and spec.service:
+                if spec is not None:
                     sample, _ = applier.services.sample(current.id, spec)
                     health = str(Health.HEALTHY) if sample.probe_ok else f"{Health.UNHEALTHY}: {sample.detail}"
                 else:
-                    health = (
-                        "running (no longer in the file)"
-                        if spec is None
-                        else "a service (the file asks for a container)"
-                    )
+                    health = "running (no longer in the file)"
             elif spec is not None:
                 sample = applier.sample(current.id, spec.gate)
                 if sample.running and sample.probe_ok and sample.docker_health in ("", "healthy"):

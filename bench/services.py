@@ -1,0 +1,128 @@
+"""Benchmark of replicated apps (issue 12) on a real two-node swarm (``tests/support/swarm.py``).
+
+1. ``reconcile --dry-run`` with 20 services in sync (one task each, busybox ``sleep``): the whole
+   process, median of ``--repeat``. Target: <= 0.8 s.
+2. A service of 4 replicas (``parallelism: 2``, ``healthy_for: 1s``): a good rollout v1 -> v2 (the whole
+   ``reconcile`` process, until every task runs v2 for ``healthy_for``), then a failed one v2 -> bad
+   (a release that exits at start) until every task is back on v2 and the process has said so. Target:
+   the failed rollout <= 2 x the good one.
+
+Run: ``.venv/bin/python bench/services.py [--services 20] [--repeat 5]`` (as root, with the Docker engine
+up; it removes what it made, the swarm included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import GitRemote, ImageFactory, cleanup_run, connect  # noqa: E402
+from tests.support.engine import new_run_prefix  # noqa: E402
+from tests.support.swarm import start_swarm, stop_swarm  # noqa: E402
+
+RECONCILE = [sys.executable, "-m", "reconciler"]
+
+
+def services_file(repo: str, count: int) -> str:
+    lines = ["apps:"]
+    for index in range(count):
+        lines += [
+            f"  svc{index:02d}:",
+            f"    image: {repo}",
+            "    version: v1",
+            "    replicas: 1",
+            '    command: ["sleep", "3600"]',
+            "    init: true",
+            "    stop_timeout: 1s",
+            "    health: {interval: 200ms, healthy_for: 200ms}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def api_file(repo: str, version: str) -> str:
+    return (
+        f"apps:\n  api:\n    image: {repo}\n    version: {version}\n    replicas: 4\n    init: true\n"
+        "    stop_timeout: 1s\n    update: {parallelism: 2}\n"
+        '    health: {exec: [wget, -q, -O, /dev/null, "http://127.0.0.1:8000/health"], interval: 200ms,'
+        " healthy_for: 1s, timeout: 30s}\n"
+    )
+
+
+def reconcile(args: list[str], env: dict[str, str], *, ok: tuple[int, ...] = (0,)) -> float:
+    started = time.monotonic()
+    done = subprocess.run([*RECONCILE, *args], capture_output=True, text=True, env=env, timeout=600)
+    took = time.monotonic() - started
+    if done.returncode not in ok:
+        raise RuntimeError(f"reconcile {' '.join(args)}: exit {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    client = connect()
+    prefix = new_run_prefix()
+    images = ImageFactory(client, prefix)
+    refs = [images.build("svc", tag) for tag in ("v1", "v2")]
+    refs.append(images.build("svc", "bad", exit_at_start=True))
+    repo = refs[0].rpartition(":")[0]
+    with tempfile.TemporaryDirectory(prefix="reconciler-bench-") as tmp:
+        work = Path(tmp)
+        swarm = start_swarm(prefix, 1, work / "swarm")
+        try:
+            for ref in refs:
+                swarm.load_image(ref)
+            env = {**os.environ, "RECONCILE_INSTANCE": f"bench-{prefix}"}
+            many = GitRemote(work / "many")
+            many.commit_file("desired-state.yaml", services_file(repo, args.services), "services")
+            common = ["--repo", str(many.bare_path), "--state-dir", str(work / "state-many")]
+            common += ["--docker-host", swarm.manager.host]
+            reconcile(common, env)
+            previews = [reconcile([*common, "--dry-run"], env) for _ in range(args.repeat)]
+            print(
+                f"--dry-run, {args.services} services in sync: median {statistics.median(previews):.2f} s, "
+                f"max {max(previews):.2f} s of {args.repeat} (target <= 0.8 s)",
+                flush=True,
+            )
+            many.commit_file("desired-state.yaml", "apps: {}\n", "none")
+            reconcile(common, env)  # prunes them
+
+            one = GitRemote(work / "api")
+            api = ["--repo", str(one.bare_path), "--state-dir", str(work / "state-api")]
+            api += ["--docker-host", swarm.manager.host]
+            one.commit_file("desired-state.yaml", api_file(repo, "v1"), "v1")
+            reconcile(api, env)
+            one.commit_file("desired-state.yaml", api_file(repo, "v2"), "v2")
+            good = reconcile(api, env)
+            one.commit_file("desired-state.yaml", api_file(repo, "bad"), "bad")
+            bad = reconcile(api, env, ok=(1,))
+            tasks = swarm.manager.client.api.tasks(filters={"service": "api", "desired-state": "running"})
+            images_now = {t["Spec"]["ContainerSpec"]["Image"].rpartition(":")[2] for t in tasks}
+            assert images_now == {"v2"}, images_now
+            print(
+                f"4 replicas, parallelism 2: good rollout v1 -> v2 {good:.1f} s; failed rollout v2 -> bad until every"
+                f" task is back on v2 {bad:.1f} s: {bad / good:.2f} x (target <= 2)",
+                flush=True,
+            )
+            one.commit_file("desired-state.yaml", "apps: {}\n", "none")
+            reconcile(api, env)
+        finally:
+            problems = stop_swarm(swarm)
+            if problems:
+                print("cleanup:", *problems, sep="\n  ", file=sys.stderr)
+            cleanup_run(client, prefix)
+
+
+if __name__ == "__main__":
+    main()
