@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from docker.types import ContainerSpec, EndpointSpec, ServiceMode, TaskTemplate
 
 from tests.support import ImageFactory, http_get
 from tests.support.agent import AgentProcess, agent_args
@@ -128,6 +129,17 @@ def test_a_service_is_created_scaled_rolled_out_and_pruned_from_the_file(site: S
     wait_running(site, api, ["v1", "v1"])  # one task on each node: the host port holds one per node
     assert site.reconcile("--dry-run").returncode == 0
 
+    # Scaled by hand (`docker service scale`): drift, and the next pass puts the file's count back.
+    service = site.service(api)
+    assert service is not None
+    site.swarm.manager.client.api.update_service(
+        service["ID"], service["Version"]["Index"], fetch_current_spec=True, mode=ServiceMode("replicated", replicas=1)
+    )
+    preview = site.reconcile("--dry-run")
+    assert preview.returncode == 2 and "replicas: 1 -> 2" in preview.stdout, show(preview)
+    assert site.reconcile().returncode == 0
+    wait_running(site, api, ["v1", "v1"])
+
     site.commit(service_yaml(api, site.repo, "v1", 1, 18101))
     preview = site.reconcile("--dry-run")
     assert preview.returncode == 2 and "replicas: 2 -> 1" in preview.stdout, show(preview)
@@ -147,8 +159,8 @@ def test_a_service_is_created_scaled_rolled_out_and_pruned_from_the_file(site: S
     assert site.service(api) is None
     history = site.reconcile("history", "-o", "json")
     assert [(e["action"], e["to_version"], e["result"]) for e in json.loads(history.stdout)][::-1] == [
-        ("create", "v1", "succeeded"), ("replace", "v1", "succeeded"), ("replace", "v2", "succeeded"),
-        ("remove", "", "succeeded"),
+        ("create", "v1", "succeeded"), ("replace", "v1", "succeeded"), ("replace", "v1", "succeeded"),
+        ("replace", "v2", "succeeded"), ("remove", "", "succeeded"),
     ]  # fmt: skip
 
 
@@ -173,8 +185,6 @@ def test_a_rollout_that_fails_is_put_back_to_the_spec_before(site: Site) -> None
 
 def test_a_service_of_someone_else_is_a_conflict_until_adopted(site: Site, swarm: Swarm) -> None:
     api = name(site, "api")
-    from docker.types import ContainerSpec, EndpointSpec, ServiceMode, TaskTemplate
-
     swarm.manager.client.api.create_service(
         TaskTemplate(ContainerSpec(f"{site.repo}:v1", init=True)), name=api,
         mode=ServiceMode("replicated", replicas=1), endpoint_spec=EndpointSpec(ports={18103: (8000, "tcp", "host")}),

@@ -198,8 +198,8 @@ def diff(observed: ObservedContainer, target: Target) -> tuple[Change, ...]:
     changes: list[Change] = []
     wanted = target.resolution
     # A service's image is what its label says it was deployed as (the manager may never pull it).
-    if observed.kind == "service":
-        same = observed.digest == wanted.identity
+    if observed.kind == "service":  # its version and digest as it runs them (``docker.observed_from_service``)
+        same = observed.digest == wanted.identity and observed.version == target.spec.version
     else:
         same = bool(wanted.image_id) and wanted.image_id == observed.image_id
     if not same:

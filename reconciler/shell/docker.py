@@ -465,6 +465,16 @@ def observed_from_service(row: Mapping[str, Any], *, instance: str = "default") 
         and labels.get(f"{LABEL}.app") == name
         and labels.get(INSTANCE, "default") == instance
     )
+    # What the service runs now, not only what its labels say we deployed: a change made by hand (`docker
+    # service scale`, `docker service update --image`) is drift like any other.
+    fingerprint = _fingerprint(labels) if managed else {}
+    replicated = (spec.get("Mode") or {}).get("Replicated")
+    if managed and isinstance(replicated, dict) and "replicas" in fingerprint:
+        fingerprint["replicas"] = replicated.get("Replicas", 0)
+    image = str((((spec.get("TaskTemplate") or {}).get("ContainerSpec")) or {}).get("Image", ""))
+    named, _, pinned = image.partition("@")
+    last = named.rpartition("/")[2]
+    tag = last.partition(":")[2]
     return ObservedContainer(
         id=str(row.get("ID", "")),
         name=name,
@@ -473,10 +483,10 @@ def observed_from_service(row: Mapping[str, Any], *, instance: str = "default") 
         managed=managed,
         app=name if managed else None,
         role=Role.CURRENT if managed else None,
-        fingerprint=_fingerprint(labels) if managed else {},
+        fingerprint=fingerprint,
         commit=labels.get(f"{LABEL}.commit", ""),
-        version=labels.get(f"{LABEL}.version", ""),
-        digest=labels.get(f"{LABEL}.digest", ""),
+        version=tag or labels.get(f"{LABEL}.version", ""),
+        digest=pinned or labels.get(f"{LABEL}.digest", ""),
         spec_hash=labels.get(f"{LABEL}.spec-hash", ""),
         owner=owner_of(labels),
         created=_epoch(str(row.get("CreatedAt", ""))),
