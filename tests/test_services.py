@@ -265,3 +265,40 @@ def test_a_node_stopped_mid_rollout_is_named_and_status_shows_it_down(site: Site
         if rollout.poll() is None:
             rollout.kill()
         swarm.start_node(1)
+
+
+def test_a_rollout_cut_short_by_a_crash_is_judged_by_the_next_pass(site: Site) -> None:
+    api = name(site, "api")
+    site.commit(service_yaml(api, site.repo, "v1", 2, 18106))
+    assert site.reconcile().returncode == 0
+
+    # SIGKILL as the gate starts: Swarm rolls v2 out, and no verdict was written.
+    site.commit(service_yaml(api, site.repo, "v2", 2, 18106))
+    killed = run_cli(
+        "--repo", site.remote.url, "--state-dir", site.state, "--docker-host", site.swarm.manager.host,
+        env={"RECONCILE_INSTANCE": site.instance, "RECONCILE_KILL_AT": f"{api}:gate"}, timeout=120,
+    )  # fmt: skip
+    assert killed.returncode == -9, show(killed)
+    judged = site.reconcile()
+    assert judged.returncode == 0 and f"applied     replace  {api} @ " in judged.stdout, show(judged)
+    assert site.reconcile("--dry-run").returncode == 0
+    wait_running(site, api, ["v2", "v2"])
+
+    # The same with a release that dies: the next pass's verdict puts v2's spec back.
+    site.commit(service_yaml(api, site.repo, "bad", 2, 18106))
+    killed = run_cli(
+        "--repo", site.remote.url, "--state-dir", site.state, "--docker-host", site.swarm.manager.host,
+        env={"RECONCILE_INSTANCE": site.instance, "RECONCILE_KILL_AT": f"{api}:gate"}, timeout=120,
+    )  # fmt: skip
+    assert killed.returncode == -9, show(killed)
+    judged = site.reconcile()
+    assert judged.returncode == 1, show(judged)
+    assert f"rolled-back replace  {api}" in judged.stdout and "rolled back to v2" in judged.stdout, show(judged)
+    wait_running(site, api, ["v2", "v2"])
+    history = json.loads(site.reconcile("history", "-o", "json").stdout)
+    # The verdict of the row the crash left, then this pass's own try of the same commit (the one-shot holds
+    # nothing back; an agent would hold it), then v2's verified rollout.
+    assert [(e["to_version"], e["result"]) for e in history[:3]] == [
+        ("bad", "rolled-back"), ("bad", "rolled-back"), ("v2", "succeeded")
+    ]  # fmt: skip
+    assert history[1]["message"].startswith("a task of it failed"), history[1]

@@ -234,6 +234,14 @@ class _Rows:
         with self.lock:
             return self.journal.unverified()
 
+    def flag(self, key: str) -> str | None:
+        with self.lock:
+            return self.journal.flag(key)
+
+    def set_flag(self, key: str, value: str | None) -> None:
+        with self.lock:
+            self.journal.set_flag(key, value)
+
 
 @dataclass(frozen=True)
 class Deployed:
@@ -842,8 +850,12 @@ class Applier:
         for entry in self._rows.unverified():
             service = observed.service(entry.app)
             if service is not None and service.managed:
-                # Swarm goes on with (or has finished) the rollout; the plan judges what it sees again.
-                self._rows.finish(entry.id, result=JournalResult.INTERRUPTED, message="cut short; planned again")
+                spec = specs.get(entry.app)
+                judged = self.services.verify(entry, service, spec) if spec is not None and spec.service else None
+                if judged is None:  # the service holds another spec now: the plan judges what it sees again
+                    self._rows.finish(entry.id, result=JournalResult.INTERRUPTED, message="cut short; planned again")
+                else:
+                    outcomes.append(replace(judged, revision=entry.revision))
                 continue
             step = self._reached(entry, observed)
             resume = RULES[step].resume

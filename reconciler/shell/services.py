@@ -12,11 +12,14 @@ Guarantees:
   with the release marked failed: the agent holds it as it holds a failed container release. A new
   service that fails is removed: nothing ran before it.
 - A gate that ``stale()`` abandons (a newer commit, a shutdown) leaves the rollout to Swarm and is
-  journaled ``superseded``, never as a failure.
+  journaled ``superseded``, never as a failure. The spec from before is kept in the journal (a flag) until
+  the verdict, so a rollout cut short there or by a crash is judged by a later pass (``verify``): gated
+  again, and put back if it fails; a putting back that was cut short is finished.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ from reconciler.core.plan import Action, ActionKind, Target
 from reconciler.core.report import Outcome, Result
 from reconciler.errors import EngineUnavailable, ReconcileError
 from reconciler.shell.docker import Engine, _epoch, release_labels
-from reconciler.shell.journal import JournalResult
+from reconciler.shell.journal import Entry, JournalResult
 
 LOOK = 0.2  # seconds between looks at a rollout's tasks
 PAUSED = frozenset({"paused", "rollback_started", "rollback_paused", "rollback_completed"})
@@ -55,6 +58,10 @@ class Rows(Protocol):
     def start(self, **fields: str) -> int: ...
 
     def finish(self, entry_id: int, *, result: JournalResult, message: str = "") -> None: ...
+
+    def flag(self, key: str) -> str | None: ...
+
+    def set_flag(self, key: str, value: str | None) -> None: ...
 
 
 @dataclass
@@ -126,6 +133,31 @@ class Services:
 
     # -- deploys ----------------------------------------------------------------------------------
 
+    def verify(self, entry: Entry, current: ObservedContainer, spec: AppSpec) -> Outcome | None:
+        """The verdict of a rollout that an earlier pass started and never judged (a crash, a newer commit,
+        an outage), or whose putting back was cut short; None when the service holds another spec now."""
+        kept = self.rows.flag(_kept(entry))
+        previous = json.loads(kept) if kept else None
+        action = Action(ActionKind.REPLACE if entry.action == "replace" else ActionKind.CREATE, entry.app, entry.app)
+        if entry.result is JournalResult.ROLLING_BACK:  # the verdict stands: finish putting it back
+            return self._put_back(action, entry.id, current.id, previous, entry.from_version, entry.message, spec)
+        if current.spec_hash != entry.spec_hash:
+            return None
+        self.step(entry.app, "verify")
+        gate = self.gate(current.id, spec, since=entry.started_at)
+        if gate.verdict is Verdict.PENDING:
+            return None
+        if gate.verdict is Verdict.PASSED:
+            self._finish(entry.id, JournalResult.SUCCEEDED, "verified by a later pass")
+            self.log(f"deployed service {entry.app} {entry.to_version} (verified after an interruption)")
+            return Outcome(entry.app, action.kind, entry.app, Result.APPLIED, entry.to_version)
+        return self._put_back(action, entry.id, current.id, previous, entry.from_version, gate.reason, spec)
+
+    def _finish(self, entry_id: int, result: JournalResult, message: str = "") -> None:
+        self.rows.finish(entry_id, result=result, message=message)
+        if not result.unverified:
+            self.rows.set_flag(_kept(entry_id), None)
+
     def deploy(
         self, action: Action, current: ObservedContainer | None, revision: str, env: Mapping[str, str]
     ) -> tuple[Outcome, Released | None]:
@@ -151,6 +183,9 @@ class Services:
                 before = self._inspect(service_id)
                 previous = before["Spec"]
                 version = before["Version"]["Index"]
+                # Kept until the verdict: a rollout cut short (a crash, a newer commit) is judged by a later
+                # pass, which puts this spec back if it failed.
+                self.rows.set_flag(_kept(entry), json.dumps(previous))
                 self.engine.call(
                     f"update service {app}",
                     lambda: self.engine.api.update_service(service_id, version, **arguments),
@@ -158,7 +193,7 @@ class Services:
         except EngineUnavailable:
             raise
         except ReconcileError as exc:
-            self.rows.finish(entry, result=JournalResult.FAILED, message=str(exc))
+            self._finish(entry, JournalResult.FAILED, str(exc))
             return Outcome(app, action.kind, app, Result.FAILED, f"{spec.version}: {exc}", release_failed=True), None
         since = _epoch(str(self._inspect(service_id).get("UpdatedAt", "")))
         self.step(app, "gate")
@@ -170,17 +205,18 @@ class Services:
             gate = Gate(spec.gate, started_at=self.clock(), verdict=Verdict.FAILED, reason=str(exc))
         was = f"{current.version or '?'} -> " if current else ""
         if gate.verdict is Verdict.PENDING:
-            self.rows.finish(entry, result=JournalResult.SUPERSEDED, message="the health gate was abandoned")
+            self._finish(entry, JournalResult.SUPERSEDED, "the health gate was abandoned")
             return Outcome(
                 app, action.kind, app, Result.SUPERSEDED, f"{spec.version} rolling out, gate abandoned"
             ), None
         if gate.verdict is Verdict.PASSED:
-            self.rows.finish(entry, result=JournalResult.SUCCEEDED)
+            self._finish(entry, JournalResult.SUCCEEDED)
             self.log(f"deployed service {app} {was}{spec.version} ({spec.replicas} tasks)")
             back = current.version if current else ""
             done = Released(app, service_id, previous, back, spec, entry)
             return Outcome(app, action.kind, app, Result.APPLIED, f"{was}{spec.version}"), done
-        return self._put_back(action, entry, service_id, previous, current, gate.reason), None
+        back = current.version if current is not None else ""
+        return self._put_back(action, entry, service_id, previous, back, gate.reason, spec), None
 
     def _put_back(
         self,
@@ -188,29 +224,30 @@ class Services:
         entry: int,
         service_id: str,
         previous: dict[str, Any] | None,
-        current: ObservedContainer | None,
+        back_to: str,
         reason: str,
+        spec: AppSpec,
     ) -> Outcome:
-        """A failed rollout: the spec from before it, gated again; a new service that failed is removed."""
+        """A failed rollout: the spec from before it (``back_to`` its version), gated again; a new service
+        that failed is removed."""
         app = action.app
-        spec = action.target.spec if action.target is not None else None
-        version = spec.version if spec is not None else "?"
-        self.rows.finish(entry, result=JournalResult.ROLLING_BACK, message=reason)
+        version = spec.version
+        self._finish(entry, JournalResult.ROLLING_BACK, reason)
         self.step(app, "roll-back")
         if previous is None:
             problem = self._attempt(lambda: self.engine.api.remove_service(service_id), f"remove service {app}")
-            self.rows.finish(entry, result=JournalResult.FAILED, message=reason + (f"; {problem}" if problem else ""))
+            self._finish(entry, JournalResult.FAILED, reason + (f"; {problem}" if problem else ""))
             self.log(f"deploy of service {app} {version} failed: {reason}; removed (nothing to roll back to)")
             message = f"{version} failed: {reason}; the new service was removed; nothing to roll back to"
             return Outcome(app, action.kind, app, Result.FAILED, message, release_failed=True)
-        back = current.version if current is not None and current.version else "the previous spec"
+        back = back_to or "the previous spec"
         trouble = self._restore(app, service_id, previous, spec)
         if not trouble:
-            self.rows.finish(entry, result=JournalResult.ROLLED_BACK, message=reason)
+            self._finish(entry, JournalResult.ROLLED_BACK, reason)
             self.log(f"deploy of service {app} {version} failed ({reason}); rolled back to {back}")
             message = f"{version} failed: {reason}; rolled back to {back}"
             return Outcome(app, action.kind, app, Result.ROLLED_BACK, message, release_failed=True)
-        self.rows.finish(entry, result=JournalResult.FAILED, message=f"{reason}; rollback: {trouble}")
+        self._finish(entry, JournalResult.FAILED, f"{reason}; rollback: {trouble}")
         message = f"{version} failed: {reason}; rolling back to {back} failed too: {trouble}"
         return Outcome(app, action.kind, app, Result.FAILED, message, release_failed=True)
 
@@ -265,9 +302,9 @@ class Services:
         self.step(action.app, "remove")
         problem = self._attempt(lambda: self.engine.api.remove_service(current.id), f"remove service {current.name}")
         if problem:
-            self.rows.finish(entry, result=JournalResult.FAILED, message=problem)
+            self._finish(entry, JournalResult.FAILED, problem)
             return Outcome(action.app, action.kind, action.container, Result.FAILED, problem)
-        self.rows.finish(entry, result=JournalResult.SUCCEEDED)
+        self._finish(entry, JournalResult.SUCCEEDED)
         self.log(f"removed service {current.name}")
         return Outcome(action.app, action.kind, action.container, Result.APPLIED, "")
 
@@ -356,6 +393,11 @@ def _task(row: Mapping[str, Any], template: object) -> swarm.Task:
         current=_task_spec(row.get("Spec")) == _task_spec(template),
         message=str(status.get("Err") or status.get("Message") or ""),
     )
+
+
+def _kept(entry: Entry | int) -> str:
+    """The journal flag that holds a rollout's spec from before, until its verdict."""
+    return f"service-spec:{entry if isinstance(entry, int) else entry.id}"
 
 
 def _pinned(ref: str, digest: str) -> str:
