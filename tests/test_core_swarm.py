@@ -173,3 +173,13 @@ def test_a_service_runs_on_one_swarm_of_a_fleet_and_has_no_canary() -> None:
     assert errors(API + "    canary: {on: [m1], version: v2}\n")[0].endswith(
         "canary: of a replicated app (replicas:) is not supported: a service runs one spec"
     )
+
+
+def test_a_rollout_has_the_probe_s_timeout_per_batch_and_the_delay_between_batches() -> None:
+    spec = desired().apps["api"]  # 2 replicas, parallelism 1, delay 5s, timeout 30s
+    assert swarm.rollout_timeout(spec) == 2 * 30 + 5
+    four = spec.model_copy(update={"replicas": 4, "update": spec.update.model_copy(update={"parallelism": 2})})  # type: ignore[union-attr]
+    assert swarm.rollout_timeout(four) == 2 * 30 + 5
+    at_once = spec.model_copy(update={"update": spec.update.model_copy(update={"parallelism": 0})})  # type: ignore[union-attr]
+    assert swarm.rollout_timeout(at_once) == 30
+    assert swarm.rollout_timeout(spec.model_copy(update={"update": None, "replicas": 3})) == 3 * 30

@@ -13,7 +13,8 @@ Guarantees:
 - ``judge`` decides a rollout from task samples with the container gate's rules (``core.health.Gate``):
   a spec is good when ``replicas`` tasks of it run, all at once, for ``healthy_for``; it fails at the
   first task of it that fails (exits, is rejected, or turns unhealthy), when Swarm pauses the update,
-  or when it is not whole within ``timeout``. Tasks still starting are waited for, not failed.
+  or when it is not whole within ``rollout_timeout``: the probe's ``timeout`` per batch of tasks, and
+  the ``delay`` between batches. Tasks still starting are waited for, not failed.
 """
 
 from __future__ import annotations
@@ -76,6 +77,17 @@ def service_fields(spec: AppSpec) -> dict[str, Any]:
         "placement": constraints(spec),
         "healthcheck": healthcheck(spec),
     }
+
+
+def rollout_timeout(spec: AppSpec) -> float:
+    """How long a rollout may take before its gate fails: the probe's ``timeout`` per batch of
+    ``update.parallelism`` tasks (1 without ``update:``, all at once for 0), and ``update.delay`` between
+    batches: Swarm rolls them one after another."""
+    assert spec.replicas is not None
+    parallelism = spec.update.parallelism if spec.update is not None else 1
+    delay = spec.update.delay if spec.update is not None else 0.0
+    batches = 1 if parallelism == 0 else max(1, -(-spec.replicas // parallelism))
+    return batches * spec.gate.timeout + (batches - 1) * delay
 
 
 @dataclass(frozen=True)

@@ -314,7 +314,9 @@ class Services:
         """Look at the rollout's tasks until ``core.swarm.judge`` decides, or ``stale()`` (then pending)."""
         assert spec.replicas is not None
         # The probe runs in the tasks (Swarm's healthcheck): the gate here counts running tasks.
-        rules = spec.gate.model_copy(update={"http": None, "tcp": None, "exec": None, "docker": False})
+        rules = spec.gate.model_copy(
+            update={"http": None, "tcp": None, "exec": None, "docker": False, "timeout": swarm.rollout_timeout(spec)}
+        )
         gate = Gate(rules, started_at=self.clock())
         while not gate.verdict.done:
             if self.stale():
