@@ -263,16 +263,7 @@ class ExtraEngine:
         return None
 
     def _ensure_bridge(self) -> None:
-        if not _link_exists(self.bridge):
-            _run("ip", "link", "add", self.bridge, "type", "bridge")
-        address = f"{self.block.network_address + 1}/{self.block.prefixlen}"
-        if address not in _run("ip", "-4", "-o", "addr", "show", "dev", self.bridge).stdout:
-            _run("ip", "addr", "add", address, "dev", self.bridge)
-        _run("ip", "link", "set", self.bridge, "up")
-        comment = ["-m", "comment", "--comment", self.name]
-        rule = ["-s", str(self.block), "-d", str(self.block), *comment, "-j", "ACCEPT"]
-        if _iptables("-n", "-L", "DOCKER-USER").returncode == 0 and _iptables("-C", "DOCKER-USER", *rule).returncode:
-            _iptables("-I", "DOCKER-USER", *rule)
+        ensure_bridge(self.bridge, self.block, self.name)
 
     def _launch(self) -> None:
         """Start dockerd (detached in its own session, output appended to the log); do not wait."""
@@ -484,11 +475,34 @@ class ExtraEngine:
                     raise RuntimeError(f"ip link delete {name}: {result.stderr.strip()}")
 
     def _delete_rule(self) -> None:
-        rule = ["-s", str(self.block), "-d", str(self.block), "-m", "comment", "--comment", self.name, "-j", "ACCEPT"]
-        for _ in range(10):
-            if _iptables("-C", "DOCKER-USER", *rule).returncode:
-                return
-            _iptables("-D", "DOCKER-USER", *rule)
+        delete_rule(self.block, self.name)
+
+
+def accept_rule(block: ipaddress.IPv4Network, name: str) -> list[str]:
+    """The DOCKER-USER rule that lets the containers on ``block`` reach each other (commented ``name``)."""
+    return ["-s", str(block), "-d", str(block), "-m", "comment", "--comment", name, "-j", "ACCEPT"]
+
+
+def ensure_bridge(bridge: str, block: ipaddress.IPv4Network, name: str) -> None:
+    """Our bridge ``bridge`` up with the first address of ``block``, and its ``accept_rule``."""
+    if not _link_exists(bridge):
+        _run("ip", "link", "add", bridge, "type", "bridge")
+    address = f"{block.network_address + 1}/{block.prefixlen}"
+    if address not in _run("ip", "-4", "-o", "addr", "show", "dev", bridge).stdout:
+        _run("ip", "addr", "add", address, "dev", bridge)
+    _run("ip", "link", "set", bridge, "up")
+    rule = accept_rule(block, name)
+    if _iptables("-n", "-L", "DOCKER-USER").returncode == 0 and _iptables("-C", "DOCKER-USER", *rule).returncode:
+        _iptables("-I", "DOCKER-USER", *rule)
+
+
+def delete_rule(block: ipaddress.IPv4Network, name: str) -> None:
+    """Every copy of ``accept_rule(block, name)``."""
+    rule = accept_rule(block, name)
+    for _ in range(10):
+        if _iptables("-C", "DOCKER-USER", *rule).returncode:
+            return
+        _iptables("-D", "DOCKER-USER", *rule)
 
 
 @contextlib.contextmanager

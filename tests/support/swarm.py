@@ -120,9 +120,10 @@ from .engines import (
     _allocation_lock,
     _end_pid,
     _free_blocks,
-    _iptables,
     _link_exists,
     _run,
+    delete_rule,
+    ensure_bridge,
     load_image,
     stop_engines,
 )
@@ -412,19 +413,8 @@ class Swarm:
             offline_images=offline_images,
         )
 
-    def _rule(self) -> list[str]:
-        return ["-s", str(self.block), "-d", str(self.block), "-m", "comment", "--comment", self.name, "-j", "ACCEPT"]
-
     def _ensure_bridge(self) -> None:
-        if not _link_exists(self.bridge):
-            _run("ip", "link", "add", self.bridge, "type", "bridge")
-        address = f"{self.block.network_address + 1}/{self.block.prefixlen}"
-        if address not in _run("ip", "-4", "-o", "addr", "show", "dev", self.bridge).stdout:
-            _run("ip", "addr", "add", address, "dev", self.bridge)
-        _run("ip", "link", "set", self.bridge, "up")
-        rule = self._rule()
-        if _iptables("-n", "-L", "DOCKER-USER").returncode == 0 and _iptables("-C", "DOCKER-USER", *rule).returncode:
-            _iptables("-I", "DOCKER-USER", *rule)
+        ensure_bridge(self.bridge, self.block, self.name)
 
     def _remove_services(self) -> None:
         if not self.manager.client.info().get("Swarm", {}).get("ControlAvailable"):
@@ -539,10 +529,7 @@ def stop_swarm(swarm: Swarm) -> list[str]:
             # Else the manager reschedules tasks on the nodes still up while they go.
             attempt("removing services", swarm._remove_services)
     errors += stop_engines(swarm.nodes)
-    for _ in range(10):
-        if _iptables("-C", "DOCKER-USER", *swarm._rule()).returncode:
-            break
-        _iptables("-D", "DOCKER-USER", *swarm._rule())
+    delete_rule(swarm.block, swarm.name)
     # Only our bridge, by its name: never docker0.
     if swarm.bridge != DEFAULT_BRIDGE and _link_exists(swarm.bridge):
         result = _run("ip", "link", "delete", swarm.bridge, check=False)
