@@ -18,6 +18,8 @@ Nothing here fakes anything (DESIGN.md, "Real parts in tests"):
 - `haproxy_image` (session): "repo:tag" of an HAProxy image built from this machine's haproxy.
 - `routed` (function): `Routed` (tests/support/routed.py) over `world`: a `proxy:` on a free loopback
   port, apps added with `routed.app()`; the proxy container and its network are removed after the test.
+- `engines` (module): three more real `dockerd`s (`ExtraEngine`, tests/support/engines.py), each its own
+  data root, socket and bridge, for a module's fleet tests; stopped, and all they made removed, after it.
 - `sshd` (session): `Sshd` (tests/support/sshd.py), a real OpenSSH server on 127.0.0.1 whose sessions
   reach this engine: `sshd.url` is an `ssh://` engine address, `sshd.client_env()` the client's env.
 - `world` (function): `World` (tests/support/agent.py), the same parts as `site` plus `app_names`
@@ -52,6 +54,7 @@ from tests.support import (
 )
 from tests.support.agent import World, open_world
 from tests.support.engine import new_run_prefix
+from tests.support.engines import ExtraEngine, start_engines, stop_engines
 from tests.support.haproxy import build_haproxy_image
 from tests.support.images import BusyboxMissing, find_static_busybox
 from tests.support.routed import Routed
@@ -194,3 +197,16 @@ def sshd(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def engines(
+    docker_client: Any, run_prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[ExtraEngine]]:
+    """Three more real dockerds for a module's fleet tests (tests/support/engines.py), stopped after it."""
+    started = start_engines(run_prefix, 3, tmp_path_factory.mktemp("engines"))
+    try:
+        yield started
+    finally:
+        problems = stop_engines(started)
+        assert not problems, problems

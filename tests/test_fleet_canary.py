@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,7 +21,7 @@ from tests.support import ImageFactory
 from tests.support.agent import AgentProcess, agent_args
 from tests.support.cli import run_cli
 from tests.support.engine import AppNames
-from tests.support.engines import ExtraEngine, start_engines, stop_engines
+from tests.support.engines import ExtraEngine
 from tests.support.gitrepo import GitRemote, run_git
 from tests.support.net import http_get
 from tests.support.registry import Registry
@@ -32,18 +30,6 @@ from tests.support.state import show
 pytestmark = [pytest.mark.docker, pytest.mark.apart]
 
 FILE = "desired-state.yaml"
-
-
-@pytest.fixture(scope="module")
-def engines(
-    docker_client: Any, run_prefix: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[ExtraEngine]]:
-    started = start_engines(run_prefix, 2, tmp_path_factory.mktemp("engines"))
-    try:
-        yield started
-    finally:
-        problems = stop_engines(started)
-        assert not problems, problems
 
 
 def fleet_file(canary: ExtraEngine, follower: ExtraEngine, name: str, image: str) -> str:
@@ -103,7 +89,7 @@ def test_the_fleet_follows_what_the_canary_promotes_and_publishes(
     app_names: AppNames,
     tmp_path: Path,
 ) -> None:
-    canary, follower = engines
+    canary, follower = engines[:2]
     name = app_names("canary")
     image = f"{registry.host}/{name}"
     v1 = images.build(name, "v1")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +19,13 @@ import pytest
 
 from tests.support import ImageFactory
 from tests.support.cli import run_cli
-from tests.support.engines import ExtraEngine, load_image, start_engines, stop_engines
+from tests.support.engines import ExtraEngine, load_image
 from tests.support.gitrepo import GitRemote
 from tests.support.state import show
 
 pytestmark = [pytest.mark.docker, pytest.mark.apart]
 
 FILE = "desired-state.yaml"
-
-
-@pytest.fixture(scope="module")
-def engines(
-    docker_client: Any, run_prefix: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[ExtraEngine]]:
-    started = start_engines(run_prefix, 3, tmp_path_factory.mktemp("engines"))
-    try:
-        yield started
-    finally:
-        problems = stop_engines(started)
-        assert not problems, problems
 
 
 def fleet_file(engines: list[ExtraEngine], image: str, version: str) -> str:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import pytest
 
 from tests.support import AppNames, ImageFactory
 from tests.support.cli import cli_env, run_cli
-from tests.support.engines import ExtraEngine, load_image, start_engines, stop_engines
+from tests.support.engines import ExtraEngine, load_image
 from tests.support.gitrepo import GitRemote
 from tests.support.sshd import Sshd
 from tests.support.state import inspect, labels, show
@@ -35,18 +35,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.apart]
 
 FILE = "desired-state.yaml"
 VERSION_LABEL = "io.reconciler.version"
-
-
-@pytest.fixture(scope="module")
-def engines(
-    docker_client: Any, run_prefix: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[ExtraEngine]]:
-    started = start_engines(run_prefix, 3, tmp_path_factory.mktemp("engines"))
-    try:
-        yield started
-    finally:
-        problems = stop_engines(started)
-        assert not problems, problems
 
 
 @dataclass
@@ -89,6 +77,29 @@ class Fleet:
         except json.JSONDecodeError:
             pytest.fail(f"no JSON report:\n{show(result)}")
         return result.returncode, {host["host"]: host for host in report["hosts"]}, result
+
+    def push_during_e1_gate(
+        self, act: Callable[[subprocess.Popen[str]], object], *, timeout: float
+    ) -> tuple[int, str, str]:
+        """``--all-hosts --rollout e1,* -o json`` in the background; ``act`` on it once group 1 (e1) is under
+        way (its new release exists); then its exit code, stdout and stderr."""
+        first = self.runs("e1")
+        assert first is not None
+        push = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "--repo", self.remote.url, "--state-dir", str(self.state),
+             "--all-hosts", "--rollout", "e1,*", "-o", "json"],
+            env=cli_env(self.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while (self.runs("e1") or first) == first and push.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            act(push)
+            out, err = push.communicate(timeout=timeout)
+        finally:
+            if push.poll() is None:
+                push.kill()
+        return push.returncode, out, err
 
     def runs(self, host: str) -> tuple[str, str] | None:
         """(version, container id) of the app on ``host``, if it runs there."""
@@ -194,25 +205,11 @@ def test_an_engine_stopped_mid_rollout_stops_it_and_its_group_goes_back(
     fleet.commit("v1")
     assert fleet.push()[0] == 0
     fleet.commit("v2")
-    first = fleet.runs("e1")
-    assert first is not None
-    push = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "--repo", fleet.remote.url, "--state-dir", str(fleet.state),
-         "--all-hosts", "--rollout", "e1,*", "-o", "json"],
-        env=cli_env(fleet.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
     try:
-        # Group 1 (e1) is under way once its new release exists; then e3's engine goes away.
-        deadline = time.monotonic() + 60
-        while (fleet.runs("e1") or first) == first and push.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        engines[2].stop(wait=False)
-        out, err = push.communicate(timeout=240)
+        code, out, err = fleet.push_during_e1_gate(lambda push: engines[2].stop(wait=False), timeout=240)
     finally:
-        if push.poll() is None:
-            push.kill()
         engines[2].start()
-    assert push.returncode == 1, f"{out}\n{err}"
+    assert code == 1, f"{out}\n{err}"
     hosts = {host["host"]: host for host in json.loads(out)["hosts"]}
     assert states(hosts) == {"e1": "converged", "e2": "rolled back", "e3": "unreachable", "m": "rolled back"}, out
     assert hosts["e3"]["error"] and hosts["e3"]["runs"] is None, hosts["e3"]
@@ -269,23 +266,10 @@ def test_a_rollback_commit_and_which_hosts_have_converged_to_it(fleet: Fleet) ->
 def test_ctrl_c_stops_a_rollout_where_it_is_and_the_next_push_finishes_it(fleet: Fleet) -> None:
     fleet.commit("v1")
     assert fleet.push()[0] == 0
-    first = fleet.runs("e1")
     fleet.commit("v2")
-    push = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "--repo", fleet.remote.url, "--state-dir", str(fleet.state),
-         "--all-hosts", "--rollout", "e1,*", "-o", "json"],
-        env=cli_env(fleet.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while (fleet.runs("e1") or first) == first and push.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        push.send_signal(signal.SIGINT)  # during e1's gate (1 s of health): what Ctrl-C sends
-        out, err = push.communicate(timeout=120)
-    finally:
-        if push.poll() is None:
-            push.kill()
-    assert push.returncode == 1, f"{out}\n{err}"
+    # What Ctrl-C sends, during e1's gate (1 s of health).
+    code, out, err = fleet.push_during_e1_gate(lambda push: push.send_signal(signal.SIGINT), timeout=120)
+    assert code == 1, f"{out}\n{err}"
     hosts = {host["host"]: host for host in json.loads(out)["hosts"]}
     assert states(hosts) == {"e1": "interrupted", "e2": "not started", "e3": "not started", "m": "not started"}
     assert fleet.versions() == {"e1": "v2", "e2": "v1", "e3": "v1", "m": "v1"}  # e1's release was not judged

@@ -76,10 +76,10 @@ class Site:
     def commit(self, *apps: str, message: str = "change") -> str:
         return self.remote.commit_file(FILE, "apps:\n" + "".join(apps) if apps else "apps: {}\n", message)
 
-    def reconcile(self, *args: str) -> Any:
+    def reconcile(self, *args: str, env: dict[str, str] | None = None) -> Any:
         return run_cli(
             "--repo", self.remote.url, "--state-dir", self.state, "--docker-host", self.swarm.manager.host,
-            *args, env={"RECONCILE_INSTANCE": self.instance}, timeout=180,
+            *args, env={"RECONCILE_INSTANCE": self.instance, **(env or {})}, timeout=180,
         )  # fmt: skip
 
     def service(self, name: str) -> dict[str, Any] | None:
@@ -274,10 +274,7 @@ def test_a_rollout_cut_short_by_a_crash_is_judged_by_the_next_pass(site: Site) -
 
     # SIGKILL as the gate starts: Swarm rolls v2 out, and no verdict was written.
     site.commit(service_yaml(api, site.repo, "v2", 2, 18106))
-    killed = run_cli(
-        "--repo", site.remote.url, "--state-dir", site.state, "--docker-host", site.swarm.manager.host,
-        env={"RECONCILE_INSTANCE": site.instance, "RECONCILE_KILL_AT": f"{api}:gate"}, timeout=120,
-    )  # fmt: skip
+    killed = site.reconcile(env={"RECONCILE_KILL_AT": f"{api}:gate"})
     assert killed.returncode == -9, show(killed)
     judged = site.reconcile()
     assert judged.returncode == 0 and f"applied     replace  {api} @ " in judged.stdout, show(judged)
@@ -286,10 +283,7 @@ def test_a_rollout_cut_short_by_a_crash_is_judged_by_the_next_pass(site: Site) -
 
     # The same with a release that dies: the next pass's verdict puts v2's spec back.
     site.commit(service_yaml(api, site.repo, "bad", 2, 18106))
-    killed = run_cli(
-        "--repo", site.remote.url, "--state-dir", site.state, "--docker-host", site.swarm.manager.host,
-        env={"RECONCILE_INSTANCE": site.instance, "RECONCILE_KILL_AT": f"{api}:gate"}, timeout=120,
-    )  # fmt: skip
+    killed = site.reconcile(env={"RECONCILE_KILL_AT": f"{api}:gate"})
     assert killed.returncode == -9, show(killed)
     judged = site.reconcile()
     assert judged.returncode == 1, show(judged)
