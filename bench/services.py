@@ -16,20 +16,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.fleet import reconcile  # noqa: E402
 from tests.support import GitRemote, ImageFactory, cleanup_run, connect  # noqa: E402
 from tests.support.engine import new_run_prefix  # noqa: E402
 from tests.support.swarm import start_swarm, stop_swarm  # noqa: E402
-
-RECONCILE = [sys.executable, "-m", "reconciler"]
 
 
 def services_file(repo: str, count: int) -> str:
@@ -55,15 +52,6 @@ def api_file(repo: str, version: str) -> str:
         '    health: {exec: [wget, -q, -O, /dev/null, "http://127.0.0.1:8000/health"], interval: 200ms,'
         " healthy_for: 1s, timeout: 30s}\n"
     )
-
-
-def reconcile(args: list[str], env: dict[str, str], *, ok: tuple[int, ...] = (0,)) -> float:
-    started = time.monotonic()
-    done = subprocess.run([*RECONCILE, *args], capture_output=True, text=True, env=env, timeout=600)
-    took = time.monotonic() - started
-    if done.returncode not in ok:
-        raise RuntimeError(f"reconcile {' '.join(args)}: exit {done.returncode}\n{done.stdout}\n{done.stderr}")
-    return took
 
 
 def main() -> None:
