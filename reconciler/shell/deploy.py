@@ -313,7 +313,7 @@ class Applier:
         self._rows = _Rows(self.journal)
         self.services = Services(
             self.engine, self._rows, author=self.author, clock=self.clock, sleep=self.sleep,
-            log=self._log, step=self._step_named, stale=self._stale,
+            log=self._log, step=self._step, stale=self._stale,
         )  # fmt: skip
 
     def _stale(self) -> bool:
@@ -326,14 +326,10 @@ class Applier:
                 self._asked_at = now
             return self._newer
 
-    def _step(self, app: str, step: Step) -> None:
+    def _step(self, app: str, step: str) -> None:
+        """Say a step to ``on_step``: a ``Step``, or a service's (create, update, gate, roll-back, ...)."""
         with self._said:
             self.on_step(app, str(step))
-
-    def _step_named(self, app: str, step: str) -> None:
-        """A service's step (create, update, gate, roll-back, undo, remove), said as a container's are."""
-        with self._said:
-            self.on_step(app, step)
 
     def _log(self, line: str) -> None:
         with self._said:

@@ -118,10 +118,8 @@ def ask_each(hosts: list[str], ask: Callable[[str], T], *, parallel: int, timeou
             started[host] = time.monotonic()
         try:
             answer: T | Unanswered = ask(host)
-        except ReconcileError as exc:
-            answer = Unanswered(str(exc).splitlines()[0])
         except Exception as exc:  # a host's trouble is reported with its name; the others go on
-            answer = Unanswered(f"{type(exc).__name__}: {exc}")
+            answer = Unanswered(_reason(exc))
         finish(host, answer)
 
     for host in hosts:

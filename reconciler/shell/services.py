@@ -251,7 +251,7 @@ class Services:
         message = f"{version} failed: {reason}; rolling back to {back} failed too: {trouble}"
         return Outcome(app, action.kind, app, Result.FAILED, message, release_failed=True)
 
-    def _restore(self, app: str, service_id: str, previous: Mapping[str, Any], spec: AppSpec | None) -> str:
+    def _restore(self, app: str, service_id: str, previous: Mapping[str, Any], spec: AppSpec) -> str:
         """Send ``previous`` back to the service and gate it; what went wrong, or ""."""
         try:
             version = self._inspect(service_id)["Version"]["Index"]
@@ -270,10 +270,7 @@ class Services:
         except ReconcileError as exc:
             return str(exc)
         replicas = int(((previous.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 1))
-        back = spec if spec is not None else None
-        if back is None:
-            return ""
-        gate = self.gate(service_id, back.model_copy(update={"replicas": replicas}), since=since)
+        gate = self.gate(service_id, spec.model_copy(update={"replicas": replicas}), since=since)
         return gate.reason if gate.verdict is Verdict.FAILED else ""
 
     def undo(self, done: Released, reason: str) -> Outcome:
@@ -324,7 +321,9 @@ class Services:
             info, tasks = self.look(service_id)
             status = info.get("UpdateStatus") or {}
             paused = str(status.get("Message") or status.get("State")) if status.get("State") in PAUSED else ""
-            down = {node: host for node, (host, state) in self.nodes().items() if state != "ready"}
+            # The nodes only when a slot is missing: a node that is down is named then, and only then.
+            whole, _ = swarm.tally(tasks, spec.replicas)
+            down = {} if whole else {node: host for node, (host, state) in self.nodes().items() if state != "ready"}
             gate = swarm.judge(
                 gate, tasks, replicas=spec.replicas, since=since, at=self.clock(), paused=paused, down=down
             )
