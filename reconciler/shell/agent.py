@@ -619,10 +619,13 @@ class Agent:
             self._report(applier.done, revision)
             self._remember_failures(applier.done, plan, revision)
             raise
-        self._report(outcomes, revision)
-        self._remember_failures(outcomes, plan, revision)
-        observed = self.engine.observe()
-        self.metrics.observe(desired, observed, drifting - {o.app for o in outcomes if o.result is Result.APPLIED})
+        try:
+            # The gauges before the events: what a deploy's event says is in /metrics by the time it is said.
+            observed = self.engine.observe()
+            self.metrics.observe(desired, observed, drifting - {o.app for o in outcomes if o.result is Result.APPLIED})
+        finally:
+            self._report(outcomes, revision)
+            self._remember_failures(outcomes, plan, revision)
         if desired.proxy is not None:
             try:
                 self._proxied(proxy.sync(desired, observed), revision)
