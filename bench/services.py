@@ -6,6 +6,9 @@
    ``reconcile`` process, until every task runs v2 for ``healthy_for``), then a failed one v2 -> bad
    (a release that exits at start) until every task is back on v2 and the process has said so. Target:
    the failed rollout <= 2 x the good one.
+3. A routed service of 4 replicas behind the proxy (``route:``, ``update: {parallelism: 1}``), under a
+   constant load of new connections and keep-alive ones through the proxy: ``--rollouts`` rolling
+   updates v1 <-> v2, start-first, then as many stop-first. Target: 0 failed requests.
 
 Run: ``.venv/bin/python bench/services.py [--services 20] [--repeat 5]`` (as root, with the Docker engine
 up; it removes what it made, the swarm included).
@@ -26,6 +29,9 @@ sys.path.insert(0, str(ROOT))
 from bench.fleet import reconcile  # noqa: E402
 from tests.support import GitRemote, ImageFactory, cleanup_run, connect  # noqa: E402
 from tests.support.engine import new_run_prefix  # noqa: E402
+from tests.support.haproxy import build_haproxy_image  # noqa: E402
+from tests.support.load import Load, failed, summary  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
 from tests.support.swarm import start_swarm, stop_swarm  # noqa: E402
 
 
@@ -54,10 +60,19 @@ def api_file(repo: str, version: str) -> str:
     )
 
 
+def routed_file(repo: str, version: str, proxy: str, order: str) -> str:
+    return (
+        f"{proxy}apps:\n  api:\n    image: {repo}\n    version: {version}\n    replicas: 4\n    init: true\n"
+        f"    stop_timeout: 1s\n    update: {{parallelism: 1, order: {order}}}\n    route: {{port: 8000}}\n"
+        "    health: {http: /health, interval: 200ms, healthy_for: 1s, timeout: 30s}\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rollouts", type=int, default=5)
     args = parser.parse_args()
     client = connect()
     prefix = new_run_prefix()
@@ -105,6 +120,37 @@ def main() -> None:
             )
             one.commit_file("desired-state.yaml", "apps: {}\n", "none")
             reconcile(api, env)
+
+            haproxy = build_haproxy_image(client, prefix)
+            swarm.load_image(haproxy)
+            proxy_repo, _, proxy_tag = haproxy.rpartition(":")
+            port = free_port()
+            proxy = f'proxy:\n  listen: ["{swarm.manager.address}:{port}"]\n  image: {proxy_repo}\n'
+            proxy += f'  version: "{proxy_tag}"\n'
+            routed = GitRemote(work / "routed")
+            served = ["--repo", str(routed.bare_path), "--state-dir", str(work / "state-routed")]
+            served += ["--docker-host", swarm.manager.host]
+            for order in ("start-first", "stop-first"):
+                routed.commit_file("desired-state.yaml", routed_file(repo, "v1", proxy, order), order)
+                reconcile(served, env)
+                load = Load(port, host=str(swarm.manager.address), threads=4, keepalive_threads=2, rate=50).start()
+                try:
+                    took = []
+                    for index in range(args.rollouts):
+                        version = "v2" if index % 2 == 0 else "v1"
+                        routed.commit_file("desired-state.yaml", routed_file(repo, version, proxy, order), version)
+                        took.append(reconcile(served, env))
+                finally:
+                    hits = load.stop()
+                each = statistics.median(took)
+                print(
+                    f"routed, 4 replicas, {order}: {args.rollouts} rolling updates (median {each:.1f} s each) under"
+                    f" load: {len(failed(hits))} failed of {len(hits)} requests (target 0);"
+                    f" {summary(hits)}",
+                    flush=True,
+                )
+            routed.commit_file("desired-state.yaml", "apps: {}\n", "none")
+            reconcile(served, env)
         finally:
             problems = stop_swarm(swarm)
             if problems:

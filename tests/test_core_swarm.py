@@ -37,7 +37,7 @@ def test_a_service_spec_is_its_replicas_rollout_placement_and_the_probe_its_task
     check = swarm.healthcheck(spec)
     assert check is not None
     assert check["Test"] == ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/health"]
-    assert (check["Interval"], check["Timeout"], check["Retries"]) == (500_000_000, 1_000_000_000, 1)
+    assert (check["Interval"], check["Timeout"], check["Retries"]) == (500_000_000, 1_000_000_000, 2)
     assert swarm.service_fields(spec) == {
         "replicas": 2, "update": [1, 5.0, "start-first"], "placement": ["node.labels.role==web"], "healthcheck": check,
     }  # fmt: skip

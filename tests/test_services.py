@@ -5,9 +5,11 @@ the images are loaded on both nodes; each task publishes its port in host mode o
 from here at the node's address. The real CLI and agent drive the manager through its socket
 (``--docker-host``), reading a real bare repository. Covered: create, dry-run drift, scale, a good and
 a bad rolling update (put back to the spec before), prune, a conflict with a service that is not ours
-until it is adopted, a commit of two services that goes back whole when one fails, and a worker that
-stops mid-rollout (the gate names it; status shows the node down). Run apart from the
-parallel suite: it starts engines.
+until it is adopted, a commit of two services that goes back whole when one fails, a worker that
+stops mid-rollout (the gate names it; status shows the node down), a rollout cut short by a crash, a
+change made by hand to fields of the file (drift, put back), promote / history / rollback to stable,
+and a routed service of 4 replicas behind the real HAProxy: balanced over its tasks, rolled out under
+load without a failed request. Run apart from the parallel suite: it starts engines.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from typing import Any
 import pytest
 from docker.types import ContainerSpec, EndpointSpec, ServiceMode, TaskTemplate
 
+from reconciler.shell.docker import Engine
+from reconciler.shell.proxy import Proxy
 from tests.support import ImageFactory, http_get
 from tests.support.agent import AgentProcess, agent_args
 from tests.support.cli import cli_env, run_cli
 from tests.support.gitrepo import GitRemote
+from tests.support.load import Load, bodies, failed, summary
 from tests.support.state import show
 from tests.support.swarm import Swarm, start_swarm, stop_swarm
 
@@ -296,3 +301,104 @@ def test_a_rollout_cut_short_by_a_crash_is_judged_by_the_next_pass(site: Site) -
         ("bad", "rolled-back"), ("bad", "rolled-back"), ("v2", "succeeded")
     ]  # fmt: skip
     assert history[1]["message"].startswith("a task of it failed"), history[1]
+
+
+def test_a_routed_service_is_balanced_over_its_tasks_and_rolls_out_under_load_without_a_failed_request(
+    site: Site, swarm: Swarm, haproxy_image: str
+) -> None:
+    api = name(site, "api")
+    swarm.load_image(haproxy_image)
+    repo, _, tag = haproxy_image.rpartition(":")
+    port = 18110
+    proxy = f'proxy:\n  listen: ["{swarm.manager.address}:{port}"]\n  image: {repo}\n  version: "{tag}"\n'
+    body = (
+        f"  {api}:\n    image: {site.repo}\n    version: VERSION\n    replicas: 4\n    init: true\n"
+        "    stop_timeout: 1s\n    update: {parallelism: 1, delay: 0s, order: start-first}\n"
+        "    route: {port: 8000}\n    health: {http: /health, interval: 200ms, healthy_for: 1s, timeout: 15s}\n"
+    )
+    try:
+        site.remote.commit_file(FILE, proxy + "apps:\n" + body.replace("VERSION", "v1"), "routed")
+        created = site.reconcile()
+        assert created.returncode == 0, show(created)
+        status = site.reconcile("status")
+        assert f"route * / -> 4 tasks of {api} v1 (" in status.stdout, show(status)
+
+        load = Load(port, host=str(swarm.manager.address), threads=3, keepalive_threads=2, rate=50).start()
+        try:
+            time.sleep(1.0)
+            site.remote.commit_file(FILE, proxy + "apps:\n" + body.replace("VERSION", "v2"), "v2")
+            rolled = site.reconcile()
+        finally:
+            hits = load.stop()
+        assert rolled.returncode == 0 and "v1 -> v2" in rolled.stdout, show(rolled)
+        assert not failed(hits), summary(hits)
+        answered = bodies(hits)
+        assert answered["v1"] > 0 and answered["v2"] > 0, summary(hits)
+        # Every task took its share: the proxy's counters, one server per task.
+        engine = Engine(swarm.manager.client, swarm.manager.host, instance=site.instance)
+        stats = Proxy(engine, site.state).ask("show stat -1 4 -1")
+        served = [row.split(",") for row in stats.splitlines() if row.startswith(f"be_{api},task")]
+        # status (field 17) UP, requests (stot, field 7) > 0: the four tasks of v2 are in and each served
+        assert len([row for row in served if row[17] == "UP" and int(row[7]) > 0]) == 4, stats
+        status = site.reconcile("status")
+        assert f"route * / -> 4 tasks of {api} v2 (" in status.stdout, show(status)
+    finally:
+        site.commit(message="no apps, no proxy")
+        site.reconcile()
+
+
+def test_a_change_made_by_hand_to_a_field_of_the_file_is_drift_and_is_put_back(site: Site, swarm: Swarm) -> None:
+    api = name(site, "api")
+    extra = "    env: {MODE: calm}\n    update: {parallelism: 1, delay: 1s}\n    on: {zone: any}\n"
+    site.commit(service_yaml(api, site.repo, "v1", 1, 18107, extra).replace("    on: {zone: any}\n", ""))
+    assert site.reconcile().returncode == 0
+    assert site.reconcile("--dry-run").returncode == 0  # read back as deployed: in sync
+
+    changed = subprocess.run(
+        ["docker", "-H", swarm.manager.host, "service", "update", "--detach", "--env-add", "MODE=loud",
+         "--update-parallelism", "2", "--constraint-add", "node.role==manager", "--stop-grace-period", "3s",
+         "--publish-add", "published=18108,target=8001,mode=host", api],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert changed.returncode == 0, changed.stderr
+    preview = site.reconcile("--dry-run")
+    assert preview.returncode == 2, show(preview)
+    for said in ("env: keys -> changed MODE", "update: [2, 1.0, stop-first] -> [1, 1.0, stop-first]",
+                 "placement: [node.role==manager] -> []", "stop_timeout: 3.0 -> 1.0",
+                 "ports: [18107:8000, 18108:8001] -> [18107:8000]"):  # fmt: skip
+        assert said in preview.stdout, show(preview)
+    assert "loud" not in preview.stdout + preview.stderr  # env values are never printed
+
+    put_back = site.reconcile()
+    assert put_back.returncode == 0, show(put_back)
+    assert site.reconcile("--dry-run").returncode == 0
+    service = site.service(api)
+    assert service is not None
+    assert "MODE=calm" in service["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+    assert not (service["Spec"]["TaskTemplate"].get("Placement") or {}).get("Constraints")
+
+
+def test_promote_history_and_rollback_to_stable_work_for_a_service(site: Site, swarm: Swarm) -> None:
+    api = name(site, "api")
+    site.commit(service_yaml(api, site.repo, "v1", 2, 18109))
+    assert site.reconcile().returncode == 0
+    promoted = site.reconcile("promote", api)
+    assert promoted.returncode == 0 and f"{api}: v1 (" in promoted.stdout and "is stable" in promoted.stdout, show(
+        promoted
+    )
+    images = swarm.manager.client.images
+    assert images.get(f"{site.repo}:stable").id == images.get(f"{site.repo}:v1").id
+
+    site.commit(service_yaml(api, site.repo, "v2", 2, 18109))
+    assert site.reconcile().returncode == 0
+    listed = site.reconcile("rollback", api)
+    assert listed.returncode == 0 and "v1" in listed.stdout and "v2" in listed.stdout, show(listed)
+    back = site.reconcile("rollback", api, "--to", "stable")  # a commit in the bare repository itself
+    assert back.returncode == 0, show(back)
+    applied = site.reconcile()
+    assert applied.returncode == 0 and f"{api}" in applied.stdout, show(applied)
+    wait_running(site, api, ["v1", "v1"])
+    history = json.loads(site.reconcile("history", "--app", api, "-o", "json").stdout)
+    assert [(e["from_version"], e["to_version"], e["result"]) for e in history] == [
+        ("v2", "v1", "succeeded"), ("v1", "v2", "succeeded"), ("", "v1", "succeeded")
+    ], history  # fmt: skip

@@ -12,6 +12,7 @@ a digest, never ``stable``: it is the candidate that becomes stable.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import re
@@ -569,7 +570,10 @@ class AppSpec(Strict):
                 raise ValueError("update: is how a service rolls out: it needs replicas:")
             return self
         if self.route is not None:
-            raise ValueError("route: of a replicated app (replicas:) is not supported yet: publish its port instead")
+            # Swarm replaces tasks in place: there is no previous release to keep warm or to drain by hand.
+            for key, why in (("keep_warm", "keeps no warm release"), ("drain", "drains each task for stop_timeout")):
+                if key in self.route.model_fields_set:
+                    raise ValueError(f"route.{key}: a service {why} (Swarm replaces its tasks): leave it out")
         if self.canary is not None:
             raise ValueError("canary: of a replicated app (replicas:) is not supported: a service runs one spec")
         for port in self.ports:
@@ -591,7 +595,7 @@ class AppSpec(Strict):
                 "health: a service's probe runs in each of its tasks: write http: /path (asked on the task's first"
                 " published container port), exec: [...] or docker: true"
             )
-        if gate is not None and gate.on_container and not self.ports:
+        if gate is not None and gate.on_container and not self.ports and self.route is None:
             raise ValueError(f"health.http {gate.http!r} is asked on the task's first published port: add ports:")
         return self
 
@@ -756,6 +760,8 @@ class ObservedContainer(Strict):
     created: float = 0.0  # epoch seconds
     networks: dict[str, str] = Field(default_factory=dict)  # network name -> its IPv4 address there
     kind: Literal["container", "service"] = "container"  # a service: a Swarm service named after the app
+    # A routed service: "IP:PORT" of each task that runs, on its route's port (``core.swarm.endpoints``).
+    endpoints: tuple[str, ...] = ()
 
     @property
     def running(self) -> bool:
@@ -799,6 +805,12 @@ class ObservedState(Strict):
         """Our container or service of ``app``, whichever kind it is; else whatever has its name."""
         found = [c for c in (self.named(app), self.service(app)) if c is not None]
         return next((c for c in found if c.managed), found[0] if found else None)
+
+
+def secret_hash(app: str, key: str, value: str) -> str:
+    """An env value as labels carry it. Salted with app and key so equal values in two places do not look
+    alike."""
+    return hashlib.sha256(f"{app}\0{key}\0{value}".encode()).hexdigest()[:16]
 
 
 def parse_port(port: str) -> tuple[str, int | None, int, str]:

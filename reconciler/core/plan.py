@@ -31,6 +31,7 @@ from reconciler.core.model import (
     Owner,
     Role,
     container_name,
+    secret_hash,
 )
 
 
@@ -140,11 +141,6 @@ PRUNED = Change("app", "not in the file", "removed")
 UNLABELLED = "deployed before containers carried their source"
 
 
-def _secret_hash(app: str, key: str, value: str) -> str:
-    # Salted with app and key so equal values in two places do not look alike in labels.
-    return hashlib.sha256(f"{app}\0{key}\0{value}".encode()).hexdigest()[:16]
-
-
 def fingerprint(app: str, spec: AppSpec, *, env_file_hash: str = "") -> dict[str, Any]:
     """The container-shaping fields of ``spec`` as plain JSON values; env values only as salted hashes.
 
@@ -160,7 +156,7 @@ def fingerprint(app: str, spec: AppSpec, *, env_file_hash: str = "") -> dict[str
         routed
         | service
         | {
-            "env": {key: _secret_hash(app, key, value) for key, value in sorted(spec.env.items())},
+            "env": {key: secret_hash(app, key, value) for key, value in sorted(spec.env.items())},
             "env_file": [spec.env_file, env_file_hash] if spec.env_file else None,
             "ports": sorted(spec.ports),
             "volumes": sorted(spec.volumes),

@@ -12,6 +12,11 @@ Guarantees:
   so that, after any crash, this rule points at a release that passed its gate.
 - Routes are matched most specific first: a named host before every host, a longer path prefix before
   a shorter one; ties by app name.
+- A routed service (``replicas:``) has a backend of ``slots`` servers (``task1`` ...), balanced round robin
+  over the tasks that run (``pool``): HAProxy checks each one (the app's ``http:`` path, else a
+  connection) and, as a task that Swarm stops may refuse or drop a request, sends a GET it could not
+  answer once more, to another task. ``assign`` keeps each task in its slot and fills free slots with
+  new ones before it frees the slots of tasks that went, so a rolling update never empties the route.
 - A warm release is one that is running as ``APP.prev`` of a routed app; it is cooled (stopped, kept for
   a rollback) once ``keep_warm`` has passed since the release that replaced it was created.
 """
@@ -21,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from reconciler.core.model import (
@@ -42,6 +47,7 @@ ADMIN_SOCKET = "admin.sock"
 MASTER_SOCKET = "master.sock"
 CERTS_DIR = CONFIG_DIR + "/certs"
 SERVER = "live"
+SLOT = "task"  # a routed service's servers: task1, task2, ...
 NO_SERVER = ("127.0.0.1", 1)  # a disabled server's placeholder address: nothing serves the route
 
 
@@ -89,7 +95,63 @@ def serving(app: str, spec: AppSpec, observed: ObservedState, network: str) -> S
 
 
 def servers(desired: DesiredState, observed: ObservedState, network: str) -> dict[str, Server | None]:
-    return {app: serving(app, spec, observed, network) for app, spec in routed(desired).items()}
+    """Where each routed container app's route points (services have ``pools``)."""
+    return {app: serving(app, spec, observed, network) for app, spec in routed(desired).items() if not spec.service}
+
+
+def slots(spec: AppSpec) -> int:
+    """The servers of a routed service's backend: twice its replicas, room for a start-first rollout of
+    every task at once (a scale changes the count: a reload)."""
+    assert spec.replicas is not None
+    return max(1, 2 * spec.replicas)
+
+
+def pool(app: str, spec: AppSpec, observed: ObservedState) -> tuple[Server, ...]:
+    """The tasks of a routed service of ours that run, as servers (at most ``slots``)."""
+    found = observed.service(app)
+    if found is None or not found.managed:
+        return ()
+    members = []
+    for endpoint in found.endpoints[: slots(spec)]:
+        ip, _, port = endpoint.rpartition(":")
+        members.append(Server(app, ip, int(port)))
+    return tuple(members)
+
+
+def pools(desired: DesiredState, observed: ObservedState) -> dict[str, tuple[Server, ...]]:
+    return {app: pool(app, spec, observed) for app, spec in routed(desired).items() if spec.service}
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One server of a service's backend as the runtime API says: its name, address, and whether it serves."""
+
+    name: str
+    ip: str
+    port: int
+    enabled: bool
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+def assign(current: Sequence[Slot], wanted: Sequence[Server]) -> list[tuple[str, Server | None]]:
+    """The runtime changes that make a backend's slots serve ``wanted``: (slot, server) to point a slot at a
+    server, (slot, None) to take it out. A task keeps its slot; new tasks fill free slots first, then the
+    slots of tasks that went, so that the route is never empty while a task comes and another goes."""
+    addresses = {server.address for server in wanted}
+    kept: dict[str, str] = {}  # address -> the slot that keeps it (one: a task twice in the backend is not)
+    for slot in current:
+        if slot.enabled and slot.address in addresses:
+            kept.setdefault(slot.address, slot.name)
+    going = [slot.name for slot in current if slot.enabled and kept.get(slot.address) != slot.name]
+    free = [slot.name for slot in current if not slot.enabled] + going
+    coming = [server for server in wanted if server.address not in kept]
+    changes: list[tuple[str, Server | None]] = list(zip(free, coming, strict=False))
+    taken = {name for name, _ in changes}
+    changes += [(name, None) for name in going if name not in taken]
+    return changes
 
 
 def warm(
@@ -168,9 +230,11 @@ def render(
     routes: Mapping[str, AppSpec],
     live: Mapping[str, Server | None],
     *,
+    pools: Mapping[str, Sequence[Server]] | None = None,
     uid: int = 0,
 ) -> str:
-    """The whole haproxy.cfg: one frontend per listen address, one backend per routed app."""
+    """The whole haproxy.cfg: one frontend per listen address, one backend per routed app (``live`` for a
+    container app, ``pools`` for a service)."""
     drains = [spec.route.drain for spec in routes.values() if spec.route is not None]
     lines = [
         "# Written by reconciler from desired-state.yaml and what runs; it is rewritten at every pass.",
@@ -203,8 +267,58 @@ def render(
             lines.append(f"  use_backend {backend(rule.app)}" + (f" if {rule.condition}" if rule.condition else ""))
         lines.append("")
     for app in sorted(routes):
-        lines += [f"backend {backend(app)}", server_line(live.get(app)), ""]
+        spec = routes[app]
+        if spec.service:
+            lines += [f"backend {backend(app)}", *_balanced(spec), *slot_lines(spec, (pools or {}).get(app, ())), ""]
+        else:
+            lines += [f"backend {backend(app)}", server_line(live.get(app)), ""]
     return "\n".join(lines)
+
+
+def _balanced(spec: AppSpec) -> list[str]:
+    """A service's backend settings: round robin over its tasks, each checked, a GET sent once more to another
+    task when the one it went to refused it or closed without an answer (a task that Swarm stops)."""
+    check = ["  option httpchk GET " + spec.health.http, "  http-check expect status 200-399"] if (
+        spec.health is not None and spec.health.on_container and spec.health.http is not None
+    ) else []  # fmt: skip
+    return [
+        "  balance roundrobin",
+        "  retries 3",
+        "  option redispatch 1",
+        "  retry-on conn-failure empty-response",
+        # Only what may be sent twice: a POST that reached a task is not sent again.
+        "  http-request disable-l7-retry unless METH_GET",
+        *check,
+        "  default-server check inter 1s fall 2 rise 1 observe layer4 error-limit 1 on-error mark-down",
+    ]
+
+
+def slot_lines(spec: AppSpec, members: Sequence[Server]) -> list[str]:
+    """A service's server lines: its tasks first, the rest of its ``slots`` disabled."""
+    return _slot_lines(slots(spec), members)
+
+
+def _slot_lines(count: int, members: Sequence[Server]) -> list[str]:
+    ip, port = NO_SERVER
+    named = [f"  server {SLOT}{index + 1} {server.address}" for index, server in enumerate(members[:count])]
+    return named + [f"  server {SLOT}{index + 1} {ip}:{port} disabled" for index in range(len(named), count)]
+
+
+def with_pool(text: str, app: str, members: Sequence[Server]) -> str:
+    """``text`` with a service's server lines (as many as it has) for ``members``: what runtime changes made
+    of its backend, so that a proxy restarted before the next pass routes where they did."""
+    lines = text.split("\n")
+    try:
+        start = lines.index(f"backend {backend(app)}")
+    except ValueError:
+        return text
+    first = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(f"  server {SLOT}")), None)
+    if first is None:
+        return text
+    end = first
+    while end < len(lines) and lines[end].startswith(f"  server {SLOT}"):
+        end += 1
+    return "\n".join(lines[:first] + _slot_lines(end - first, members) + lines[end:])
 
 
 def server_line(server: Server | None) -> str:
@@ -251,13 +365,21 @@ def route_lines(
     for app, spec in routed(desired).items():
         assert spec.route is not None
         where = ",".join(spec.route.hosts) or "*"
+        flight = f", {in_flight[app]} in flight" if in_flight is not None and app in in_flight else ""
+        if spec.service:
+            members = pool(app, spec, observed)
+            found = observed.service(app)
+            version = f" {found.version}" if found is not None and found.version else ""
+            tasks = f"{len(members)} task{'s' if len(members) != 1 else ''} of {app}{version}" if members else ""
+            shown = f" ({', '.join(m.address for m in members)})" if members else ""
+            lines.append(f"route {where} {spec.route.path_prefix} -> {tasks or 'nothing (503)'}{shown}{flight}")
+            continue
         server = serving(app, spec, observed, network)
         served = "nothing (503)"
         if server is not None:
             found = observed.named(server.container)
             version = f" {found.version}" if found is not None and found.version else ""
             served = f"{server.container}{version} ({server.address})"
-        flight = f", {in_flight[app]} in flight" if in_flight is not None and app in in_flight else ""
         lines.append(f"route {where} {spec.route.path_prefix} -> {served}{flight}")
         kept = warm(app, spec, observed, network, switched)
         if kept is not None:

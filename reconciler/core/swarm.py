@@ -7,9 +7,12 @@ Guarantees:
   any of them is drift (``core.plan``); the container-shaping fields (image, env, ports, ...) are the
   same as a container's.
 - A probe runs inside each task, so every node judges its own tasks and Swarm reports each one:
-  ``http: /path`` is asked of the task's own loopback on its first published container port (with the
-  image's ``wget``), ``exec:`` runs as given, ``docker: true`` keeps the image's HEALTHCHECK. A task
-  counts as running only once its healthcheck passed.
+  ``http: /path`` is asked of the task's own loopback on its route's port, else its first published
+  container port (with the image's ``wget``), ``exec:`` runs as given, ``docker: true`` keeps the image's
+  HEALTHCHECK. A task counts as running only once its healthcheck passed.
+- A routed service's tasks each publish the route's port in host mode, on a host port their node picks (two
+  tasks on one node never clash, so a start-first update has room); ``endpoints`` is where the proxy
+  reaches them: the node's address and that port, for each task that runs and is meant to.
 - ``judge`` decides a rollout from task samples with the container gate's rules (``core.health.Gate``):
   a spec is good when ``replicas`` tasks of it run, all at once, for ``healthy_for``; it fails at the
   first task of it that fails (exits, is rejected, or turns unhealthy), when Swarm pauses the update,
@@ -19,12 +22,12 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from reconciler.core.health import Gate, Sample, Verdict, probe_timeout
-from reconciler.core.model import AppSpec, parse_port
+from reconciler.core.model import AppSpec, parse_port, secret_hash
 
 NANOSECONDS = 1_000_000_000
 # A task of the release that will not run again. Not "orphaned": a task whose node went away did not fail,
@@ -42,7 +45,9 @@ def constraints(spec: AppSpec) -> list[str]:
 
 
 def probe_port(spec: AppSpec) -> int | None:
-    """The container port an ``http: /path`` probe asks a task on: the first one published."""
+    """The container port an ``http: /path`` probe asks a task on: its route's, else the first one published."""
+    if spec.route is not None:
+        return spec.route.port
     for port in spec.ports:
         return parse_port(port)[2]
     return None
@@ -62,7 +67,9 @@ def healthcheck(spec: AppSpec) -> dict[str, Any] | None:
         "Test": test,
         "Interval": max(1, round(gate.interval * NANOSECONDS)),
         "Timeout": round(probe_timeout(gate) * NANOSECONDS),
-        "Retries": 1,  # as our gate: a probe that fails after the task was healthy fails it
+        # Two probes in a row: as our gate asks a probe that got no answer once more (a busy node is slow to
+        # exec one), and then fails a task that was healthy.
+        "Retries": 2,
         "StartPeriod": round(gate.timeout * NANOSECONDS),
     }
 
@@ -77,6 +84,80 @@ def service_fields(spec: AppSpec) -> dict[str, Any]:
         "placement": constraints(spec),
         "healthcheck": healthcheck(spec),
     }
+
+
+def read_back(app: str, spec: Mapping[str, Any], labelled: Mapping[str, Any]) -> dict[str, Any]:
+    """The fingerprint of a service of ours as it runs now: ``labelled`` (what its labels say we deployed)
+    with each field the file decides read back from the service's spec, so that a change made by hand
+    (``docker service update --env-add``, ``--constraint-add``, ``--update-parallelism``, ...) is drift like
+    any other. Env keys are read for those we set (an ``env_file``'s keys are not told apart)."""
+    fields = dict(labelled)
+    template = spec.get("TaskTemplate") or {}
+    container = template.get("ContainerSpec") or {}
+    replicated = (spec.get("Mode") or {}).get("Replicated")
+    if "replicas" in fields and isinstance(replicated, dict):
+        fields["replicas"] = replicated.get("Replicas", 0)
+    if "update" in fields:
+        rolling = spec.get("UpdateConfig") or {}
+        update = [rolling.get("Parallelism", 0), rolling.get("Delay", 0) / NANOSECONDS,
+                  rolling.get("Order", "stop-first")]  # fmt: skip
+        fields["update"] = None if labelled["update"] is None and update == [1, 0.0, "stop-first"] else update
+    if "placement" in fields:
+        fields["placement"] = list((template.get("Placement") or {}).get("Constraints") or [])
+    if "healthcheck" in fields:
+        check = container.get("Healthcheck")
+        keys = ("Test", "Interval", "Timeout", "Retries", "StartPeriod")
+        fields["healthcheck"] = {key: check.get(key) for key in keys} if check else None
+    if isinstance(labelled.get("env"), dict):
+        running = dict(item.partition("=")[::2] for item in container.get("Env") or [])
+        fields["env"] = {key: secret_hash(app, key, running[key]) for key in labelled["env"] if key in running}
+    if "command" in fields:
+        fields["command"] = list(container["Args"]) if container.get("Args") is not None else None
+    if "init" in fields:
+        fields["init"] = bool(container.get("Init"))
+    if "stop_timeout" in fields:
+        fields["stop_timeout"] = container.get("StopGracePeriod", 10 * NANOSECONDS) / NANOSECONDS
+    if "restart" in fields:
+        condition = (template.get("RestartPolicy") or {}).get("Condition", "any")
+        kept = labelled["restart"] if labelled["restart"] in ("always", "unless-stopped") else "unless-stopped"
+        fields["restart"] = {"none": "no", "on-failure": "on-failure"}.get(condition, kept)
+    if isinstance(labelled.get("ports"), list):
+        fields["ports"] = _same_or(labelled["ports"], _ports(spec), key=_port_key)
+    if isinstance(labelled.get("volumes"), list):
+        fields["volumes"] = _same_or(labelled["volumes"], _volumes(container), key=_volume_key)
+    return fields
+
+
+def _ports(spec: Mapping[str, Any]) -> list[str]:
+    """The fixed host ports a service publishes, as the file writes them (a route's port has none)."""
+    found = []
+    for port in (spec.get("EndpointSpec") or {}).get("Ports") or []:
+        if port.get("PublishedPort"):
+            udp = "/udp" if port.get("Protocol") == "udp" else ""
+            found.append(f"{port['PublishedPort']}:{port.get('TargetPort')}{udp}")
+    return sorted(found)
+
+
+def _volumes(container: Mapping[str, Any]) -> list[str]:
+    return sorted(
+        f"{mount.get('Source')}:{mount.get('Target')}" + (":ro" if mount.get("ReadOnly") else "")
+        for mount in container.get("Mounts") or []
+    )
+
+
+def _port_key(port: str) -> tuple[int | None, int, str]:
+    _, host, container, proto = parse_port(port)
+    return host, container, proto
+
+
+def _volume_key(volume: str) -> tuple[str, str, bool]:
+    source, target, *mode = volume.split(":")
+    return source, target, mode == ["ro"]
+
+
+def _same_or(labelled: list[str], running: list[str], *, key: Callable[[str], object]) -> list[str]:
+    """``labelled`` when the service runs the same (``8080:8000/tcp`` is ``8080:8000``), else what it runs."""
+    return labelled if sorted(map(key, labelled), key=str) == sorted(map(key, running), key=str) else running
 
 
 def rollout_timeout(spec: AppSpec) -> float:
@@ -102,6 +183,22 @@ class Task:
     created: float  # epoch seconds
     current: bool  # made from the service's spec as it is now (not a task of the spec before)
     message: str = ""  # the task's status message or error
+    ports: tuple[tuple[int, int], ...] = ()  # (container port, host port) it publishes on its node
+
+
+def endpoints(
+    tasks: Sequence[Task], addresses: Mapping[str, str], ports: Collection[int]
+) -> tuple[tuple[str, int], ...]:
+    """Where a routed service is reached: (node address, host port) of each task that runs and is meant to
+    (a task Swarm is stopping leaves at once), on its container port of ``ports`` (the route's, and during
+    a rollout that changes it, the spec's before); sorted. ``addresses``: node id -> its address."""
+    found: set[tuple[str, int]] = set()
+    for task in tasks:
+        address = addresses.get(task.node)
+        if task.state != "running" or task.desired != "running" or not address:
+            continue
+        found.update((address, published) for target, published in task.ports if target in ports and published)
+    return tuple(sorted(found))
 
 
 def judge(

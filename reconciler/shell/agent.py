@@ -52,7 +52,7 @@ from typing import Any
 
 from reconciler.core import policy
 from reconciler.core.events import Event
-from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState
+from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedContainer, ObservedState
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.policy import Deployed, Notice, Say
 from reconciler.core.report import Outcome, Result
@@ -764,7 +764,14 @@ class Agent:
                 )
             watch = self.stable_watch[app] = self.stable_watch[app].observe(sample)
             if watch.promote:
-                self._promote(app, spec.image, current.version, current.image_id, current.commit, how="auto")
+                source = _stable_source(spec, current)
+                if "@" in source:  # a service's image the manager does not hold: it is pulled to be tagged
+                    try:
+                        self.engine.pull(source)
+                    except ReconcileError as exc:
+                        self.events.emit(Event.STABLE_UNPUBLISHED, f"{app}: not promoted: {exc}", app=app)
+                        continue
+                self._promote(app, spec.image, current.version, source, current.commit, how="auto")
                 self.stable_watch.pop(app, None)
 
     def _candidate(self, app: str, spec: AppSpec, observed: ObservedState) -> Candidate | None:
@@ -775,13 +782,16 @@ class Agent:
             # what it runs here could only put an older stable back over the canary's.
             return None
         current = observed.of_app(app, service=spec.service)
-        if current is None or not current.managed or not current.spec_hash or not current.image_id:
-            return None  # a service whose image the manager does not hold has nothing here to tag stable
+        if current is None or not current.managed or not current.spec_hash:
+            return None
+        image_id = _stable_source(spec, current)
+        if not image_id:
+            return None
         promoted = self.journal.stable(app)
         deployed = self.journal.last(app, result=JournalResult.SUCCEEDED)
         return Candidate(
             spec_hash=current.spec_hash,
-            image_id=current.image_id,
+            image_id=image_id,
             stable_after=spec.stable_after,
             deployed_hash=deployed.spec_hash if deployed is not None else None,
             deployed_at=deployed.finished_at if deployed is not None else None,
@@ -811,6 +821,16 @@ class Agent:
         due = min(watch.due(now) for watch in self.stable_watch.values())
         # Look at least every 5 s meanwhile: staying healthy is what earns the promotion.
         return max(0.05, min(due, 5.0))
+
+
+def _stable_source(spec: AppSpec, current: ObservedContainer) -> str:
+    """What a promotion tags ``stable``: the local image, else for a service the registry digest it runs
+    (``IMAGE@sha256:...``: its tasks run on other nodes, the manager may never have pulled it)."""
+    if current.image_id:
+        return current.image_id
+    if current.kind == "service" and current.digest.startswith("sha256:"):
+        return f"{spec.image}@{current.digest}"
+    return ""
 
 
 def run_agent(

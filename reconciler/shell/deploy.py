@@ -316,8 +316,13 @@ class Applier:
         self._rows = _Rows(self.journal)
         self.services = Services(
             self.engine, self._rows, author=self.author, clock=self.clock, sleep=self.sleep,
-            log=self._log, step=self._step, stale=self._stale,
+            log=self._log, step=self._step, stale=self._stale, route=self._route_tasks,
         )  # fmt: skip
+
+    def _route_tasks(self, app: str, members: tuple[Server, ...]) -> None:
+        """A routed service's rollout: the proxy follows its tasks as they come and go."""
+        if self.proxy is not None:
+            self.proxy.pool(app, members)
 
     def _stale(self) -> bool:
         """``interrupted()``, asked by one deploy at a time and at most every ``WATCH_STEP`` (the agent's

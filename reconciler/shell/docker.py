@@ -44,6 +44,7 @@ import requests.exceptions
 import urllib3.exceptions
 
 from reconciler.core import images as image_match
+from reconciler.core import swarm
 from reconciler.core.model import (
     DEFAULT_STOP_TIMEOUT,
     ObservedContainer,
@@ -139,7 +140,7 @@ def inspected_from(data: Mapping[str, Any], *, instance: str = "default") -> Ins
         ours=labels.get(MANAGED) == "true" and labels.get(INSTANCE, "default") == instance,
         stop_timeout=float(stop_timeout) if stop_timeout is not None else DEFAULT_STOP_TIMEOUT,
         networks=_addresses(data),
-        fingerprint=_fingerprint(labels),
+        fingerprint=fingerprint_of(labels),
     )
 
 
@@ -197,7 +198,33 @@ class Engine:
         rows = self.call("list containers", lambda: self.api.containers(all=True))
         containers = tuple(observed_from_row(row, instance=self.instance) for row in rows)
         services = tuple(observed_from_service(row, instance=self.instance) for row in self.services())
-        return ObservedState(containers=containers + services)
+        return ObservedState(containers=containers + self._reached(services))
+
+    def _reached(self, services: tuple[ObservedContainer, ...]) -> tuple[ObservedContainer, ...]:
+        """``services`` with the endpoints of each routed one of ours (two more calls, only when there is one)."""
+        routed = {s.id: port for s in services if isinstance(port := s.fingerprint.get("route_port"), int)}
+        if not routed:
+            return services
+        rows = self.call("list tasks", lambda: self.api.tasks(filters={"desired-state": "running"}))
+        addresses = {node: address for node, (_, _, address) in self.nodes().items()}
+        tasks: dict[str, list[swarm.Task]] = {}
+        for row in rows:
+            tasks.setdefault(str(row.get("ServiceID", "")), []).append(task_from_row(row, None))
+        return tuple(
+            s.model_copy(update={"endpoints": tuple(f"{ip}:{port}" for ip, port in swarm.endpoints(
+                tasks.get(s.id, []), addresses, {routed[s.id]}))})
+            if s.id in routed else s
+            for s in services
+        )  # fmt: skip
+
+    def service_image(self, service_id: str) -> str:
+        """The image a service's spec runs (``repo:tag@sha256:...`` when pinned)."""
+        info = self.call("inspect service", lambda: self.api.inspect_service(service_id))
+        return str((((info.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", ""))
+
+    def nodes(self) -> dict[str, tuple[str, str, str]]:
+        """The swarm's nodes: id -> (hostname, state: ready, down, unknown or disconnected, address)."""
+        return {str(n.get("ID")): node_from_row(n) for n in self.call("list nodes", lambda: self.api.nodes())}
 
     def services(self) -> list[dict[str, Any]]:
         """The Swarm services of this engine (ours and others); none when it cannot list them: not a swarm
@@ -416,7 +443,7 @@ def observed_from_row(row: Mapping[str, Any], *, instance: str = "default") -> O
     role: Role | None = None
     if app is not None:
         role = next((r for r in Role if name == app + r.suffix), None)
-    fingerprint = _fingerprint(labels) if managed else {}
+    fingerprint = fingerprint_of(labels) if managed else {}
     return ObservedContainer(
         id=str(row.get("Id", "")),
         name=name,
@@ -467,10 +494,7 @@ def observed_from_service(row: Mapping[str, Any], *, instance: str = "default") 
     )
     # What the service runs now, not only what its labels say we deployed: a change made by hand (`docker
     # service scale`, `docker service update --image`) is drift like any other.
-    fingerprint = _fingerprint(labels) if managed else {}
-    replicated = (spec.get("Mode") or {}).get("Replicated")
-    if managed and isinstance(replicated, dict) and "replicas" in fingerprint:
-        fingerprint["replicas"] = replicated.get("Replicas", 0)
+    fingerprint = swarm.read_back(name, spec, fingerprint_of(labels)) if managed else {}
     image = str((((spec.get("TaskTemplate") or {}).get("ContainerSpec")) or {}).get("Image", ""))
     named, _, pinned = image.partition("@")
     last = named.rpartition("/")[2]
@@ -494,7 +518,37 @@ def observed_from_service(row: Mapping[str, Any], *, instance: str = "default") 
     )
 
 
-def _fingerprint(labels: Mapping[str, str]) -> dict[str, Any]:
+def task_from_row(row: Mapping[str, Any], template: object) -> swarm.Task:
+    """One task of ``GET /tasks``; ``current`` when it was made from ``template`` (its service's spec now)."""
+    status = row.get("Status") or {}
+    published = ((status.get("PortStatus") or {}).get("Ports")) or []
+    return swarm.Task(
+        id=str(row.get("ID", "")),
+        node=str(row.get("NodeID", "")),
+        slot=int(row.get("Slot") or 0),
+        state=str(status.get("State", "")),
+        desired=str(row.get("DesiredState", "")),
+        created=_epoch(str(row.get("CreatedAt", ""))),
+        current=_task_spec(row.get("Spec")) == _task_spec(template),
+        message=str(status.get("Err") or status.get("Message") or ""),
+        ports=tuple((int(p.get("TargetPort") or 0), int(p.get("PublishedPort") or 0)) for p in published),
+    )
+
+
+def _task_spec(spec: object) -> object:
+    """A task's spec as comparable with its service's TaskTemplate (the manager adds ``Runtime`` there)."""
+    return {key: value for key, value in spec.items() if key != "Runtime"} if isinstance(spec, dict) else spec
+
+
+def node_from_row(row: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(hostname, state, address) of one node of ``GET /nodes``."""
+    status = row.get("Status") or {}
+    hostname = str((row.get("Description") or {}).get("Hostname", "?"))
+    return hostname, str(status.get("State", "?")), str(status.get("Addr", ""))
+
+
+def fingerprint_of(labels: Mapping[str, str]) -> dict[str, Any]:
+    """The fingerprint a container or service of ours carries in its labels ({} when it has none)."""
     try:
         found = json.loads(labels.get(f"{LABEL}.fingerprint", "{}"))
     except ValueError:

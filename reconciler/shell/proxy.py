@@ -11,6 +11,8 @@ Guarantees:
   ``expose-fd listeners``: the new worker takes the listening sockets, old connections finish), and a
   route whose runtime address is not the one ``core.proxy.serving`` names is switched. It also cools
   warm releases whose window has passed. A file without ``proxy:`` removes our proxy.
+- A routed service's backend follows its tasks (``pool``: runtime API commands, no reload), at each pass
+  and at each look of a rollout's gate; a change in its number of slots (a scale) is a hitless reload.
 - A switch (``switch``) is one runtime API command: no reload, no dropped request. It is made only
   after the new worker of a reload answers, so it never lands in a worker that is going away.
 - A listen address that something else holds is a ``ProxyError`` naming the holder, raised before
@@ -103,14 +105,37 @@ class Proxy:
 
     def points(self, app: str) -> Points | None:
         """Where ``be_APP/live`` points now; None when the proxy has no such backend."""
-        answer = self.ask(f"show servers state {core.backend(app)}")
-        for line in answer.splitlines():
+        for slot in self.slots(app):
+            if slot.name == core.SERVER:
+                return Points(slot.ip, slot.port, slot.enabled)
+        return None
+
+    def slots(self, app: str) -> list[core.Slot]:
+        """The servers of ``be_APP`` as the runtime API says; none when the proxy has no such backend."""
+        found = []
+        for line in self.ask(f"show servers state {core.backend(app)}").splitlines():
             fields = line.split()
             # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ... srv_port is field 18
-            if len(fields) > 18 and fields[1] == core.backend(app) and fields[3] == core.SERVER:
-                admin = int(fields[6])
-                return Points(fields[4], int(fields[18]), enabled=not admin & _MAINTENANCE)
-        return None
+            if len(fields) > 18 and fields[1] == core.backend(app):
+                found.append(core.Slot(fields[3], fields[4], int(fields[18]), not int(fields[6]) & _MAINTENANCE))
+        return found
+
+    def pool(self, app: str, members: Sequence[core.Server]) -> bool:
+        """Point a routed service's backend at ``members`` (``core.proxy.assign``); whether anything changed."""
+        changes = core.assign(self.slots(app), members)
+        for name, server in changes:
+            target = f"{core.backend(app)}/{name}"
+            if server is None:
+                self._command(f"set server {target} state maint")
+            else:
+                self._command(f"set server {target} addr {server.ip} port {server.port}")
+                self._command(f"set server {target} state ready")
+        if changes:
+            with self._switching:
+                config = _read(self.dir / core.CONFIG_FILE)
+                if config is not None:
+                    self._write(core.CONFIG_FILE, core.with_pool(config, app, members))
+        return bool(changes)
 
     def switch(self, app: str, server: core.Server | None) -> None:
         """Point ``app``'s route at ``server`` (None: nothing serves it; HAProxy answers 503)."""
@@ -196,11 +221,12 @@ class Proxy:
         self.engine.ensure_network(self.network)
         self.dir.mkdir(parents=True, exist_ok=True)
         live = core.servers(desired, observed, self.network)
+        pools = core.pools(desired, observed)
         routes = _routes(desired, spec)
         # The routes decide a reload (``routes.cfg`` is written once the proxy runs them); the addresses in
         # the config only follow the runtime's switches.
         rerouted = _read(self.dir / core.ROUTES_FILE) != routes
-        self._write(core.CONFIG_FILE, core.render(spec, core.routed(desired), live, uid=os.getuid()))
+        self._write(core.CONFIG_FILE, core.render(spec, core.routed(desired), live, pools=pools, uid=os.getuid()))
         image_id = self._image(spec.ref)
         wanted = core.container_hash(spec, image_id)
         if running and found is not None and found.labels.get(PROXY_LABEL) != wanted:
@@ -216,13 +242,16 @@ class Proxy:
         elif not found.running:
             self._start(found.id, spec)
             done.append(f"started the proxy {self.name} again")
-        elif rerouted or any(self.points(app) is None for app in live):
+        elif rerouted or any(self.points(app) is None for app in live) or any(not self.slots(app) for app in pools):
             self.reload()
             done.append("reloaded the proxy's config (routes changed)")
         self._write(core.ROUTES_FILE, routes)
         for app, server in self._misrouted(live):
             self.switch(app, server)
             done.append(f"{app}: route switched to {server.container if server else 'nothing (503)'}")
+        for app, members in pools.items():
+            if self.pool(app, members):
+                done.append(f"{app}: route follows its tasks: {_addresses(members)}")
         for container in core.to_cool(
             desired, observed, self.network, self.switched(), time.time() if now is None else now
         ):
@@ -250,6 +279,10 @@ class Proxy:
             said.append("rewrite and reload the proxy's config (routes changed)")
         for app, server in self._misrouted(live, quiet=True) if found.running else []:
             said.append(f"{app}: switch its route to {server.container if server else 'nothing (503)'}")
+        for app, members in core.pools(desired, observed).items() if found.running else []:
+            with contextlib.suppress(ProxyError):  # a dry run does not fail on a runtime API that is away
+                if core.assign(self.slots(app), members):
+                    said.append(f"{app}: point its route at its tasks: {_addresses(members)}")
         return said
 
     def _misrouted(
@@ -384,8 +417,13 @@ class Proxy:
 
 
 def _routes(desired: DesiredState, spec: ProxySpec) -> str:
-    """The config as rendered with no server: what decides a reload (the addresses follow switches)."""
+    """The config as rendered with no server: what decides a reload (the addresses follow switches, a
+    service's tasks the runtime API; its number of slots is a route's shape)."""
     return core.render(spec, core.routed(desired), {}, uid=os.getuid())
+
+
+def _addresses(members: Sequence[core.Server]) -> str:
+    return ", ".join(member.address for member in members) or "none (503)"
 
 
 def _what(spec: ProxySpec) -> str:

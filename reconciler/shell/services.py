@@ -31,9 +31,10 @@ from reconciler.core import swarm
 from reconciler.core.health import Gate, Sample, Verdict
 from reconciler.core.model import AppSpec, ObservedContainer, parse_port
 from reconciler.core.plan import Action, ActionKind, Target
+from reconciler.core.proxy import Server
 from reconciler.core.report import Outcome, Result
 from reconciler.errors import EngineUnavailable, ReconcileError
-from reconciler.shell.docker import Engine, _epoch, release_labels
+from reconciler.shell.docker import Engine, _epoch, fingerprint_of, release_labels, task_from_row
 from reconciler.shell.journal import Entry, JournalResult
 
 LOOK = 0.2  # seconds between looks at a rollout's tasks
@@ -74,6 +75,8 @@ class Services:
     log: Callable[[str], None] = lambda line: None
     step: Callable[[str, str], None] = lambda app, step: None
     stale: Callable[[], bool] = lambda: False
+    # A routed service's tasks as the proxy reaches them, at each look of a gate (the proxy follows them).
+    route: Callable[[str, tuple[Server, ...]], None] = lambda app, members: None
 
     # -- the spec ---------------------------------------------------------------------------------
 
@@ -116,6 +119,8 @@ class Services:
             order=update.order if update is not None else "stop-first",
         )
         ports: list[dict[str, Any]] = []  # the API's form: 53:53/tcp and 53:53/udp are two entries
+        if spec.route is not None:  # on a host port each node picks: two tasks on a node never clash
+            ports.append({"Protocol": "tcp", "TargetPort": spec.route.port, "PublishMode": "host"})
         for port in spec.ports:
             _, host_port, container_port, proto = parse_port(port)
             assert host_port is not None  # AppSpec: a service publishes HOST:CONTAINER
@@ -198,7 +203,7 @@ class Services:
         since = _epoch(str(self._inspect(service_id).get("UpdatedAt", "")))
         self.step(app, "gate")
         try:
-            gate = self.gate(service_id, spec, since=since)
+            gate = self.gate(service_id, spec, since=since, before=_route_port(current.fingerprint if current else {}))
         except EngineUnavailable:
             raise  # the next pass plans it again
         except ReconcileError as exc:  # the manager refused a look (the service removed by hand, ...)
@@ -270,7 +275,8 @@ class Services:
         except ReconcileError as exc:
             return str(exc)
         replicas = int(((previous.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 1))
-        gate = self.gate(service_id, spec.model_copy(update={"replicas": replicas}), since=since)
+        before = _route_port(fingerprint_of(previous.get("Labels") or {}))
+        gate = self.gate(service_id, spec.model_copy(update={"replicas": replicas}), since=since, before=before)
         return gate.reason if gate.verdict is Verdict.FAILED else ""
 
     def undo(self, done: Released, reason: str) -> Outcome:
@@ -307,8 +313,10 @@ class Services:
 
     # -- the gate ---------------------------------------------------------------------------------
 
-    def gate(self, service_id: str, spec: AppSpec, *, since: float) -> Gate:
-        """Look at the rollout's tasks until ``core.swarm.judge`` decides, or ``stale()`` (then pending)."""
+    def gate(self, service_id: str, spec: AppSpec, *, since: float, before: int | None = None) -> Gate:
+        """Look at the rollout's tasks until ``core.swarm.judge`` decides, or ``stale()`` (then pending). A
+        routed service's proxy follows its tasks at each look: a task joins once it runs (healthy) and leaves
+        once Swarm means to stop it (``before``: the route port of the spec before, whose tasks still serve)."""
         assert spec.replicas is not None
         # The probe runs in the tasks (Swarm's healthcheck): the gate here counts running tasks.
         rules = spec.gate.model_copy(
@@ -321,9 +329,15 @@ class Services:
             info, tasks = self.look(service_id)
             status = info.get("UpdateStatus") or {}
             paused = str(status.get("Message") or status.get("State")) if status.get("State") in PAUSED else ""
-            # The nodes only when a slot is missing: a node that is down is named then, and only then.
             whole, _ = swarm.tally(tasks, spec.replicas)
-            down = {} if whole else {node: host for node, (host, state) in self.nodes().items() if state != "ready"}
+            # The nodes when a slot is missing (a node that is down is named then, and only then), or to route.
+            nodes = self.engine.nodes() if spec.route is not None or not whole else {}
+            if spec.route is not None:
+                addresses = {node: address for node, (_, _, address) in nodes.items()}
+                ports = {spec.route.port} | ({before} if before is not None else set())
+                app = str((info.get("Spec") or {}).get("Name", ""))
+                self.route(app, tuple(Server(app, ip, port) for ip, port in swarm.endpoints(tasks, addresses, ports)))
+            down = {} if whole else {node: host for node, (host, state, _) in nodes.items() if state != "ready"}
             gate = swarm.judge(
                 gate, tasks, replicas=spec.replicas, since=since, at=self.clock(), paused=paused, down=down
             )
@@ -336,7 +350,7 @@ class Services:
         info = self._inspect(service_id)
         template = (info.get("Spec") or {}).get("TaskTemplate")
         rows = self.engine.call("list tasks", lambda: self._tasks(service_id))
-        return info, [_task(row, template) for row in rows]
+        return info, [task_from_row(row, template) for row in rows]
 
     def sample(self, service_id: str, spec: AppSpec) -> tuple[Sample, float]:
         """One look for status and the stable clock: healthy when every task of the spec runs; and since
@@ -350,21 +364,17 @@ class Services:
     def task_lines(self, service_id: str) -> list[str]:
         """Each wanted task by node (``web-2: running``), then each node that is not ready."""
         _, tasks = self.look(service_id)
-        nodes = self.nodes()
+        nodes = self.engine.nodes()
         lines = []
         for task in sorted(tasks, key=lambda t: (t.slot, t.created)):
             if task.desired != "running":
                 continue
-            host, state = nodes.get(task.node, (task.node[:12] or "(no node yet)", ""))
+            host, state, _ = nodes.get(task.node, (task.node[:12] or "(no node yet)", "", ""))
             why = f": {task.message}" if task.message and task.state != "running" else ""
             down = f" (node {state})" if state and state != "ready" else ""
             lines.append(f"slot {task.slot} on {host}{down}: {task.state}{why}")
-        lines += [f"node {host} is {state}" for host, state in sorted(nodes.values()) if state != "ready"]
+        lines += [f"node {host} is {state}" for host, state, _ in sorted(nodes.values()) if state != "ready"]
         return lines
-
-    def nodes(self) -> dict[str, tuple[str, str]]:
-        """The swarm's nodes: id -> (hostname, state: ready, down, unknown, disconnected)."""
-        return {str(n.get("ID")): _node(n) for n in self.engine.call("list nodes", lambda: self.engine.api.nodes())}
 
     def _tasks(self, service_id: str) -> list[dict[str, Any]]:
         return list(self.engine.api.tasks(filters={"service": service_id}))
@@ -382,20 +392,6 @@ class Services:
         return ""
 
 
-def _task(row: Mapping[str, Any], template: object) -> swarm.Task:
-    status = row.get("Status") or {}
-    return swarm.Task(
-        id=str(row.get("ID", "")),
-        node=str(row.get("NodeID", "")),
-        slot=int(row.get("Slot") or 0),
-        state=str(status.get("State", "")),
-        desired=str(row.get("DesiredState", "")),
-        created=_epoch(str(row.get("CreatedAt", ""))),
-        current=_task_spec(row.get("Spec")) == _task_spec(template),
-        message=str(status.get("Err") or status.get("Message") or ""),
-    )
-
-
 def _kept(entry: Entry | int) -> str:
     """The journal flag that holds a rollout's spec from before, until its verdict."""
     return f"service-spec:{entry if isinstance(entry, int) else entry.id}"
@@ -407,18 +403,13 @@ def _pinned(ref: str, digest: str) -> str:
     return f"{ref}@{digest}" if digest and "@" not in ref else ref
 
 
-def _node(row: Mapping[str, Any]) -> tuple[str, str]:
-    """(hostname, state: ready, down, unknown, disconnected) of one node of ``GET /nodes``."""
-    return str((row.get("Description") or {}).get("Hostname", "?")), str((row.get("Status") or {}).get("State", "?"))
-
-
-def _task_spec(spec: object) -> object:
-    """A task's spec as comparable with its service's TaskTemplate (the manager adds ``Runtime`` there)."""
-    return {key: value for key, value in spec.items() if key != "Runtime"} if isinstance(spec, dict) else spec
-
-
 def _mount(volume: str) -> docker.types.Mount:
     """``NAME_OR_ABS_PATH:CONTAINER_PATH[:ro|rw]`` as a service mount (a bind for an absolute path)."""
     source, target, *mode = volume.split(":")
     kind = "bind" if source.startswith("/") else "volume"
     return docker.types.Mount(target, source, type=kind, read_only=mode == ["ro"])
+
+
+def _route_port(fingerprint: Mapping[str, Any]) -> int | None:
+    port = fingerprint.get("route_port")
+    return port if isinstance(port, int) else None

@@ -6,12 +6,13 @@ Guarantees:
 - A promotion always stands once the journal records it and the engine tags ``IMAGE:stable``; moving
   and pushing the git tags and pushing the image tag are best effort, and what failed is returned
   for the log, never raised.
-- ``promote`` promotes only a running container of ours.
+- ``promote`` promotes only a running container or service of ours; a service's image that the manager
+  does not hold (its tasks run on other nodes) is pulled there by its digest first.
 """
 
 from __future__ import annotations
 
-from reconciler.core.model import STABLE, container_name
+from reconciler.core.model import STABLE
 from reconciler.errors import ReconcileError, UserError
 from reconciler.shell.converge import Settings
 from reconciler.shell.docker import Engine
@@ -97,25 +98,34 @@ def promote_running(settings: Settings, app: str, *, publish: bool) -> tuple[str
     from reconciler.shell.git import open_source
 
     engine = connect(settings.docker_host, instance=settings.instance)
-    current = engine.observe().named(container_name(app))
+    observed = engine.observe()
+    current = observed.ours(app)
     if current is None or not current.managed or not current.running:
-        raise UserError(f"{app}: no running container of reconciler's to promote")
+        raise UserError(f"{app}: no running container or service of reconciler's to promote")
     journal = Journal(settings.state_dir)
     try:
         version = current.version
         if version == STABLE:
             promoted = journal.stable(app)
             version = promoted.version if promoted is not None else version
-        inspected = engine.inspect(current.id)
-        ref = inspected.image if inspected is not None else ""
-        image = ref.split("@", 1)[0] if "@" in ref else _repository(ref)
+        image_id = current.image_id
+        if current.kind == "service":
+            ref = engine.service_image(current.id)
+            image = _repository(ref.split("@", 1)[0])
+            if not image_id:  # its tasks run on other nodes: the manager pulls the image it runs, to tag it
+                image_id = f"{image}@{current.digest}"
+                engine.pull(image_id)
+        else:
+            inspected = engine.inspect(current.id)
+            ref = inspected.image if inspected is not None else ""
+            image = ref.split("@", 1)[0] if "@" in ref else _repository(ref)
         try:
             source: Source | None = open_source(settings.repo, state_dir=settings.state_dir, fetch=False)
         except ReconcileError:
             source = None
         try:
             problems = publish_stable(
-                engine, journal, source, app=app, image=image, version=version, image_id=current.image_id,
+                engine, journal, source, app=app, image=image, version=version, image_id=image_id,
                 revision=current.commit, how="manual", publish=publish,
             )  # fmt: skip
         finally:
