@@ -402,3 +402,40 @@ def test_promote_history_and_rollback_to_stable_work_for_a_service(site: Site, s
     assert [(e["from_version"], e["to_version"], e["result"]) for e in history] == [
         ("v2", "v1", "succeeded"), ("v1", "v2", "succeeded"), ("", "v1", "succeeded")
     ], history  # fmt: skip
+
+
+def test_the_agent_tells_a_node_that_goes_down_and_comes_back_and_leaves_the_rescheduling_to_swarm(
+    site: Site, swarm: Swarm
+) -> None:
+    api = name(site, "api")
+    probe = '    health: {exec: [wget, -q, -O, /dev/null, "http://127.0.0.1:8000/health"], interval: 200ms,'
+    site.commit(
+        f"  {api}:\n    image: {site.repo}\n    version: v1\n    replicas: 2\n    init: true\n"
+        f"    stop_timeout: 1s\n{probe} healthy_for: 1s, timeout: 15s}}\n"
+    )  # no published port: Swarm may place the worker's slot on the manager
+    agent = AgentProcess(
+        agent_args(site.remote.url, site.state, interval="1s", extra=("--docker-host", swarm.manager.host)),
+        state_dir=site.state, env={"RECONCILE_INSTANCE": site.instance},
+    )  # fmt: skip
+    agent.start()
+    worker = swarm.workers[0].hostname
+    try:
+        agent.wait_for("deploy.succeeded", app=api, timeout=60)
+        before = site.service(api)
+        assert before is not None
+        mark = agent.mark()
+        swarm.stop_node(1)
+        down = agent.wait_for("node.down", since=mark, timeout=60)
+        assert f"swarm node {worker} is down" in down.raw, agent.log()
+        swarm.start_node(1)
+        agent.wait_for("node.recovered", since=mark, timeout=60)
+        after = site.service(api)
+        # The agent did not fight Swarm: no deploy, and the service's spec is the one it deployed.
+        assert after is not None
+        assert after["Spec"] == before["Spec"], (before["Spec"], after["Spec"])
+        assert not [line for line in agent.lines[mark:] if line.event.startswith("deploy.")], agent.log()
+    finally:
+        if not swarm.workers[0].answers():
+            swarm.start_node(1)
+        agent.stop(timeout=30)
+    agent.assert_clean_log()

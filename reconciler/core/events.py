@@ -58,6 +58,8 @@ class Event(StrEnum):
     REMOTE_RECOVERED = "remote.recovered"
     ENGINE_UNREACHABLE = "engine.unreachable"
     ENGINE_RECOVERED = "engine.recovered"
+    NODE_DOWN = "node.down"  # a swarm node of the manager's is not ready: Swarm places its tasks elsewhere
+    NODE_RECOVERED = "node.recovered"
     LOCK_HELD = "lock.held"
     LOCK_RECOVERED = "lock.recovered"
     STATE_ERROR = "state.error"

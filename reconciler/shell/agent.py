@@ -390,6 +390,23 @@ class Agent:
         self.failing[key] = self.failing.get(key, 0) + 1
         return float(min(self.config.interval, 2 ** min(self.failing[key], 6)))
 
+    def _nodes(self) -> None:
+        """Say each swarm node that is not ready, once, and when it is back: Swarm moves its tasks, we only tell."""
+        assert self.engine is not None
+        try:
+            nodes = self.engine.nodes()
+        except ReconcileError:  # not a manager (the deploy will say so), or no quorum: nothing to tell of nodes
+            return
+        for node, (host, state, _) in nodes.items():
+            if state != "ready":
+                self.events.once(f"node:{node}", Event.NODE_DOWN, f"swarm node {host} is {state}: Swarm places its"
+                                 " tasks on the others", node=host)  # fmt: skip
+            else:
+                self._recovered(f"node:{node}", Event.NODE_RECOVERED, f"swarm node {host} is ready again")
+        for key in self.events.active("node:"):
+            if key.removeprefix("node:") not in nodes:  # removed from the swarm
+                self.events.clear(key)
+
     def _recovered(self, key: str, event: Event, message: str) -> None:
         self.failing.pop(key, None)
         if self.events.clear(key):
@@ -580,6 +597,8 @@ class Agent:
         observed = self.engine.observe()
         # The proxy first: whatever happened to it, it routes to what runs before anything changes.
         self._proxied(proxy.sync(desired, observed), revision)
+        if any(spec.service for spec in desired.apps.values()):
+            self._nodes()
         try:
             verified = applier.verify_unfinished(observed, desired.apps)
         except EngineUnavailable:

@@ -51,6 +51,8 @@ NOTIFIED: frozenset[Event] = frozenset(
         Event.REMOTE_RECOVERED,
         Event.ENGINE_UNREACHABLE,
         Event.ENGINE_RECOVERED,
+        Event.NODE_DOWN,
+        Event.NODE_RECOVERED,
         Event.COMMIT_UNSIGNED,  # commits refused by their signature
         Event.COMMIT_BAD_SIGNATURE,
     }
@@ -59,7 +61,8 @@ RECOVERED = "deploy.recovered"  # a notification's name (not a log line): a depl
 # what ``Notifier`` compares an event's name with: the members above, and the recovery it names itself
 NOTIFIED_NAMES: frozenset[str] = frozenset(event.value for event in NOTIFIED) | {RECOVERED}
 _TROUBLE = frozenset({Event.DEPLOY_FAILED.value, Event.DEPLOY_ROLLED_BACK.value, Event.DEPLOY_HELD.value})
-_GOOD = frozenset({Event.REMOTE_RECOVERED.value, Event.ENGINE_RECOVERED.value, Event.STABLE_PROMOTED.value, RECOVERED})
+_GOOD = frozenset({Event.REMOTE_RECOVERED.value, Event.ENGINE_RECOVERED.value, Event.NODE_RECOVERED.value,
+                   Event.STABLE_PROMOTED.value, RECOVERED})  # fmt: skip
 _WARNING = frozenset({Event.DEPLOY_HELD.value, Event.DRIFT_FOUND.value})
 
 _SCHEME = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+.-]{0,31})://")

@@ -92,6 +92,8 @@ KNOWN_EVENTS = frozenset(
         "remote.recovered",
         "engine.unreachable",
         "engine.recovered",
+        "node.down",
+        "node.recovered",
         "lock.held",
         "lock.recovered",
         "stable.promoted",
