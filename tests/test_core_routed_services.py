@@ -34,6 +34,7 @@ from reconciler.core.plan import fingerprint
 from reconciler.core.proxy import Server, Slot, assign, pools, render, route_lines, routed, with_pool
 from reconciler.errors import InvalidDesiredState
 from reconciler.shell.converge import parse_desired
+from reconciler.shell.docker import node_from_row
 
 FILE = "desired-state.yaml"
 ROUTED = (
@@ -142,7 +143,7 @@ def _apply(slots: list[Slot], changes: list[tuple[str, Server | None]], wanted_s
             if s.name == name else s
             for s in slots
         ]  # fmt: skip
-        assert not wanted_some or any(s.enabled for s in slots) or not any(changes), "the backend went empty"
+        assert not wanted_some or any(s.enabled for s in slots), "the backend went empty"
     return slots
 
 
@@ -209,7 +210,7 @@ def test_read_back_is_the_labels_for_a_service_as_deployed_and_what_runs_for_a_f
     }
     now = swarm.read_back("api", by_hand, labelled)
     changed = {key for key in labelled if now[key] != labelled[key]}
-    assert changed == {"replicas", "update", "env", "stop_timeout", "placement", "restart", "ports"}
+    assert changed == {"replicas", "update", "env", "stop_timeout", "placement", "restart", "ports", "route_port"}
     assert (now["update"], now["placement"], now["ports"], now["restart"]) == (
         [2, 1.0, "stop-first"], ["node.role==manager"], ["5353:53/udp"], "no"
     )  # fmt: skip
@@ -229,3 +230,58 @@ def test_route_lines_name_a_services_tasks_or_nothing() -> None:
         "route * / -> 2 tasks of api v2 (10.0.0.1:30001, 10.0.0.2:30002)"
     ]
     assert route_lines(desired, ObservedState(), "reconciler", {}) == ["route * / -> nothing (503)"]
+
+
+def test_a_routed_service_without_update_rolls_start_first_and_reads_back_in_sync() -> None:
+    routed_spec, plain = spec(), spec(route=None, ports=("8080:8000",))
+    assert (swarm.default_order(routed_spec), swarm.default_order(plain)) == ("start-first", "stop-first")
+    labelled = fingerprint("api", routed_spec)
+    as_sent: dict[str, Any] = {
+        "Mode": {"Replicated": {"Replicas": 2}},
+        "UpdateConfig": {"Parallelism": 1, "Order": "start-first"},  # Delay 0 left out by the manager
+        "TaskTemplate": {"ContainerSpec": {"Image": "x/api:v1", "StopGracePeriod": 10_000_000_000}},
+        "EndpointSpec": {"Ports": [{"Protocol": "tcp", "TargetPort": 8000, "PublishMode": "host"}]},
+    }
+    assert swarm.read_back("api", as_sent, labelled) == labelled
+
+
+def test_what_the_manager_leaves_out_when_it_is_zero_or_empty_is_no_drift() -> None:
+    api = spec(command=[], health={"exec": ["true"], "timeout": "0s"}, stop_timeout="0s")
+    labelled = fingerprint("api", api)
+    check = swarm.healthcheck(api)
+    assert check is not None and labelled["healthcheck"]["StartPeriod"] == 0
+    as_read: dict[str, Any] = {
+        "Mode": {"Replicated": {"Replicas": 2}},
+        "UpdateConfig": {"Parallelism": 1, "Order": "start-first"},
+        "TaskTemplate": {
+            "ContainerSpec": {
+                "Image": "x/api:v1",  # no Args: an empty command is left out
+                "StopGracePeriod": 0,
+                "Healthcheck": {k: v for k, v in check.items() if k != "StartPeriod"},  # a zero start period too
+            }
+        },
+        "EndpointSpec": {"Ports": [{"Protocol": "tcp", "TargetPort": 8000, "PublishMode": "host"}]},
+    }
+    assert swarm.read_back("api", as_read, labelled) == labelled
+
+
+def test_a_route_port_taken_away_by_hand_is_drift() -> None:
+    labelled = fingerprint("api", spec())
+    unpublished: dict[str, Any] = {
+        "Mode": {"Replicated": {"Replicas": 2}},
+        "UpdateConfig": {"Parallelism": 1, "Order": "start-first"},
+        "TaskTemplate": {"ContainerSpec": {"Image": "x/api:v1", "StopGracePeriod": 10_000_000_000}},
+        "EndpointSpec": {},  # docker service update --publish-rm 8000
+    }
+    assert swarm.read_back("api", unpublished, labelled)["route_port"] is None
+
+
+def test_a_manager_that_lists_itself_at_no_address_is_reached_where_it_manages_the_swarm() -> None:
+    row = {
+        "Description": {"Hostname": "web-1"},
+        "Status": {"State": "ready", "Addr": "0.0.0.0"},
+        "ManagerStatus": {"Addr": "10.0.0.1:2377"},
+    }
+    assert node_from_row(row) == ("web-1", "ready", "10.0.0.1")
+    worker = {"Description": {"Hostname": "web-2"}, "Status": {"State": "down", "Addr": "10.0.0.2"}}
+    assert node_from_row(worker) == ("web-2", "down", "10.0.0.2")

@@ -335,11 +335,19 @@ def test_a_routed_service_is_balanced_over_its_tasks_and_rolls_out_under_load_wi
         answered = bodies(hits)
         assert answered["v1"] > 0 and answered["v2"] > 0, summary(hits)
         # Every task took its share: the proxy's counters, one server per task.
-        engine = Engine(swarm.manager.client, swarm.manager.host, instance=site.instance)
-        stats = Proxy(engine, site.state).ask("show stat -1 4 -1")
-        served = [row.split(",") for row in stats.splitlines() if row.startswith(f"be_{api},task")]
-        # status (field 17) UP, requests (stot, field 7) > 0: the four tasks of v2 are in and each served
-        assert len([row for row in served if row[17] == "UP" and int(row[7]) > 0]) == 4, stats
+        # Balanced: a burst after the rollout reaches each of the four tasks of v2 (the proxy's counters).
+        haproxy = Proxy(Engine(swarm.manager.client, swarm.manager.host, instance=site.instance), site.state)
+
+        def served() -> dict[str, int]:  # an UP server's address -> its requests so far (show stat)
+            header, *lines = haproxy.ask("show stat -1 4 -1").splitlines()
+            rows = [dict(zip(header.lstrip("# ").split(","), line.split(","), strict=False)) for line in lines]
+            return {r["addr"]: int(r["stot"]) for r in rows if r.get("pxname") == f"be_{api}" and r["status"] == "UP"}
+
+        before = served()
+        for _ in range(40):
+            assert http_get(swarm.manager.url(port), timeout=2.0) == (200, "v2")
+        after = served()
+        assert len(after) == 4 and all(after[task] > before.get(task, 0) for task in after), (before, after)
         status = site.reconcile("status")
         assert f"route * / -> 4 tasks of {api} v2 (" in status.stdout, show(status)
     finally:

@@ -74,6 +74,12 @@ def healthcheck(spec: AppSpec) -> dict[str, Any] | None:
     }
 
 
+def default_order(spec: AppSpec) -> str:
+    """How a service without ``update:`` rolls: a routed one start-first (a task's replacement serves before it
+    goes, so one replica is never a gap in its route), others stop-first (Swarm's default)."""
+    return "start-first" if spec.route is not None else "stop-first"
+
+
 def service_fields(spec: AppSpec) -> dict[str, Any]:
     """What the file decides of a service beyond its container's shape (its drift is a rolling update)."""
     assert spec.replicas is not None
@@ -101,18 +107,21 @@ def read_back(app: str, spec: Mapping[str, Any], labelled: Mapping[str, Any]) ->
         rolling = spec.get("UpdateConfig") or {}
         update = [rolling.get("Parallelism", 0), rolling.get("Delay", 0) / NANOSECONDS,
                   rolling.get("Order", "stop-first")]  # fmt: skip
-        fields["update"] = None if labelled["update"] is None and update == [1, 0.0, "stop-first"] else update
+        default = [1, 0.0, "start-first" if "route_port" in labelled else "stop-first"]
+        fields["update"] = None if labelled["update"] is None and update == default else update
     if "placement" in fields:
         fields["placement"] = list((template.get("Placement") or {}).get("Constraints") or [])
     if "healthcheck" in fields:
         check = container.get("Healthcheck")
         keys = ("Test", "Interval", "Timeout", "Retries", "StartPeriod")
-        fields["healthcheck"] = {key: check.get(key) for key in keys} if check else None
+        # The manager leaves out what is zero (a 0s start period), as it leaves out empty args below.
+        fields["healthcheck"] = {key: check.get(key, 0) for key in keys} if check else None
     if isinstance(labelled.get("env"), dict):
         running = dict(item.partition("=")[::2] for item in container.get("Env") or [])
         fields["env"] = {key: secret_hash(app, key, running[key]) for key in labelled["env"] if key in running}
     if "command" in fields:
-        fields["command"] = list(container["Args"]) if container.get("Args") is not None else None
+        args = container.get("Args")
+        fields["command"] = list(args) if args else ([] if labelled["command"] == [] else None)
     if "init" in fields:
         fields["init"] = bool(container.get("Init"))
     if "stop_timeout" in fields:
@@ -121,6 +130,9 @@ def read_back(app: str, spec: Mapping[str, Any], labelled: Mapping[str, Any]) ->
         condition = (template.get("RestartPolicy") or {}).get("Condition", "any")
         kept = labelled["restart"] if labelled["restart"] in ("always", "unless-stopped") else "unless-stopped"
         fields["restart"] = {"none": "no", "on-failure": "on-failure"}.get(condition, kept)
+    if "route_port" in fields:  # the port each task publishes on a port its node picks (none: nothing to route)
+        dynamic = [p for p in (spec.get("EndpointSpec") or {}).get("Ports") or [] if not p.get("PublishedPort")]
+        fields["route_port"] = dynamic[0].get("TargetPort") if dynamic else None
     if isinstance(labelled.get("ports"), list):
         fields["ports"] = _same_or(labelled["ports"], _ports(spec), key=_port_key)
     if isinstance(labelled.get("volumes"), list):

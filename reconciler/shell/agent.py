@@ -783,15 +783,18 @@ class Agent:
                 )
             watch = self.stable_watch[app] = self.stable_watch[app].observe(sample)
             if watch.promote:
+                self.stable_watch.pop(app, None)  # done, or tried again from the next pass on
                 source = _stable_source(spec, current)
-                if "@" in source:  # a service's image the manager does not hold: it is pulled to be tagged
-                    try:
-                        self.engine.pull(source)
-                    except ReconcileError as exc:
-                        self.events.emit(Event.STABLE_UNPUBLISHED, f"{app}: not promoted: {exc}", app=app)
-                        continue
-                self._promote(app, spec.image, current.version, source, current.commit, how="auto")
-                self.stable_watch.pop(app, None)
+                try:
+                    if "@" in source and not self.engine.has_image(source):
+                        self.engine.pull(source)  # a service's image the manager does not hold, to tag it
+                    self._promote(app, spec.image, current.version, source, current.commit, how="auto")
+                except EngineUnavailable:
+                    raise
+                except ReconcileError as exc:
+                    self.events.once(f"stable:{app}", Event.STABLE_UNPUBLISHED, f"{app}: not promoted: {exc}", app=app)
+                else:
+                    self.events.clear(f"stable:{app}")
 
     def _candidate(self, app: str, spec: AppSpec, observed: ObservedState) -> Candidate | None:
         """What the engine and the journal say of ``app``'s container, for the stable clock."""
@@ -843,13 +846,12 @@ class Agent:
 
 
 def _stable_source(spec: AppSpec, current: ObservedContainer) -> str:
-    """What a promotion tags ``stable``: the local image, else for a service the registry digest it runs
-    (``IMAGE@sha256:...``: its tasks run on other nodes, the manager may never have pulled it)."""
-    if current.image_id:
-        return current.image_id
-    if current.kind == "service" and current.digest.startswith("sha256:"):
+    """What a promotion tags ``stable``: a container's local image; a service's registry digest
+    (``IMAGE@sha256:...``: its tasks run on other nodes, the manager may not hold it, and it is the same
+    whether or not it does, so one release is promoted once), else its image as the manager resolved it."""
+    if current.kind == "service" and current.digest.startswith("sha256:") and current.digest != current.image_id:
         return f"{spec.image}@{current.digest}"
-    return ""
+    return current.image_id
 
 
 def run_agent(

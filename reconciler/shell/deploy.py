@@ -82,7 +82,7 @@ from reconciler.core.model import (
 from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan, Target
 from reconciler.core.proxy import Server, proxy_network
 from reconciler.core.report import Outcome, Result
-from reconciler.errors import ContainerError, EngineUnavailable, ReconcileError
+from reconciler.errors import ContainerError, EngineUnavailable, ProxyError, ReconcileError
 from reconciler.shell.docker import Engine, Inspected
 from reconciler.shell.journal import CLEANUP, UNVERIFIED, Entry, Journal, JournalResult
 from reconciler.shell.proxy import Proxy
@@ -320,9 +320,14 @@ class Applier:
         )  # fmt: skip
 
     def _route_tasks(self, app: str, members: tuple[Server, ...]) -> None:
-        """A routed service's rollout: the proxy follows its tasks as they come and go."""
-        if self.proxy is not None:
+        """A routed service's rollout: the proxy follows its tasks as they come and go. A proxy that does not
+        answer a look never decides the rollout's verdict: the next look, or the next pass, tries again."""
+        if self.proxy is None:
+            return
+        try:
             self.proxy.pool(app, members)
+        except ProxyError as exc:
+            self._log(f"{app}: the proxy did not follow its tasks: {exc}")
 
     def _stale(self) -> bool:
         """``interrupted()``, asked by one deploy at a time and at most every ``WATCH_STEP`` (the agent's

@@ -263,6 +263,15 @@ class Engine:
 
     # -- changing --------------------------------------------------------------------------------
 
+    def has_image(self, ref: str) -> bool:
+        """Whether the engine holds ``ref`` (nothing is pulled)."""
+        with self._calls(f"look up {ref}"):
+            try:
+                self.api.inspect_image(ref)
+            except docker.errors.NotFound:
+                return False
+        return True
+
     def pull(self, ref: str) -> str:
         """Pull ``ref``; return the local image id. A missing tag or refused login is an ``ImageError``."""
         with self._calls(f"pull {ref}"):
@@ -541,10 +550,15 @@ def _task_spec(spec: object) -> object:
 
 
 def node_from_row(row: Mapping[str, Any]) -> tuple[str, str, str]:
-    """(hostname, state, address) of one node of ``GET /nodes``."""
+    """(hostname, state, address) of one node of ``GET /nodes``. A manager may list itself at 0.0.0.0 or
+    127.0.0.1 (moby#35437): its address is then the one it manages the swarm on."""
     status = row.get("Status") or {}
     hostname = str((row.get("Description") or {}).get("Hostname", "?"))
-    return hostname, str(status.get("State", "?")), str(status.get("Addr", ""))
+    address = str(status.get("Addr", ""))
+    if address in ("", "0.0.0.0", "127.0.0.1"):
+        managing = str((row.get("ManagerStatus") or {}).get("Addr", ""))
+        address = managing.rpartition(":")[0].strip("[]") if managing else ""
+    return hostname, str(status.get("State", "?")), address
 
 
 def fingerprint_of(labels: Mapping[str, str]) -> dict[str, Any]:

@@ -129,6 +129,9 @@ class Proxy:
                 self._command(f"set server {target} state maint")
             else:
                 self._command(f"set server {target} addr {server.ip} port {server.port}")
+                # Swarm counts a task as running once its healthcheck passed: it serves at once, and
+                # HAProxy's own checks go on from there (a slot that was disabled would wait for one).
+                self._command(f"set server {target} health up")
                 self._command(f"set server {target} state ready")
         if changes:
             with self._switching:

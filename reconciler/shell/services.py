@@ -116,7 +116,7 @@ class Services:
             delay=round(update.delay * swarm.NANOSECONDS) if update is not None else 0,
             failure_action="pause",  # our gate decides, and puts back the spec from before
             monitor=round(max(gate.healthy_for, 1.0) * swarm.NANOSECONDS),
-            order=update.order if update is not None else "stop-first",
+            order=update.order if update is not None else swarm.default_order(spec),
         )
         ports: list[dict[str, Any]] = []  # the API's form: 53:53/tcp and 53:53/udp are two entries
         if spec.route is not None:  # on a host port each node picks: two tasks on a node never clash
@@ -149,7 +149,8 @@ class Services:
         if current.spec_hash != entry.spec_hash:
             return None
         self.step(entry.app, "verify")
-        gate = self.gate(current.id, spec, since=entry.started_at)
+        before = _route_port(fingerprint_of((previous or {}).get("Labels") or {}))
+        gate = self.gate(current.id, spec, since=entry.started_at, before=before)
         if gate.verdict is Verdict.PENDING:
             return None
         if gate.verdict is Verdict.PASSED:

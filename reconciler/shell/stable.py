@@ -112,9 +112,10 @@ def promote_running(settings: Settings, app: str, *, publish: bool) -> tuple[str
         if current.kind == "service":
             ref = engine.service_image(current.id)
             image = _repository(ref.split("@", 1)[0])
-            if not image_id:  # its tasks run on other nodes: the manager pulls the image it runs, to tag it
-                image_id = f"{image}@{current.digest}"
-                engine.pull(image_id)
+            if current.digest.startswith("sha256:") and current.digest != current.image_id:
+                image_id = f"{image}@{current.digest}"  # as the agent promotes it: one release, one name
+                if not engine.has_image(image_id):  # its tasks run on other nodes only
+                    engine.pull(image_id)
         else:
             inspected = engine.inspect(current.id)
             ref = inspected.image if inspected is not None else ""
