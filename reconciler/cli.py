@@ -276,9 +276,26 @@ def _emit(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from reconciler.version import describe
+
+        typer.echo(describe())
+        raise typer.Exit(0)
+
+
 @app.callback(invoke_without_command=True)
 def main_command(
     ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and the commit it was built from, and exit.",
+        ),
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the drift and change nothing.")] = False,
     adopt: Annotated[
         bool,
