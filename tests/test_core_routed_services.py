@@ -285,3 +285,9 @@ def test_a_manager_that_lists_itself_at_no_address_is_reached_where_it_manages_t
     assert node_from_row(row) == ("web-1", "ready", "10.0.0.1")
     worker = {"Description": {"Hostname": "web-2"}, "Status": {"State": "down", "Addr": "10.0.0.2"}}
     assert node_from_row(worker) == ("web-2", "down", "10.0.0.2")
+
+
+def test_a_routed_service_the_engine_did_not_list_keeps_its_backend_as_it_is() -> None:
+    desired = DesiredState(apps={"api": spec()}, proxy=ProxySpec())
+    # A manager without quorum lists no service: the route is left alone, not emptied.
+    assert pools(desired, ObservedState()) == {}

@@ -447,3 +447,68 @@ def test_the_agent_tells_a_node_that_goes_down_and_comes_back_and_leaves_the_res
             swarm.start_node(1)
         agent.stop(timeout=30)
     agent.assert_clean_log()
+
+
+def test_between_passes_the_agent_routes_to_the_task_that_swarm_put_in_place_of_a_dead_one(
+    site: Site, swarm: Swarm, haproxy_image: str
+) -> None:
+    api = name(site, "api")
+    swarm.load_image(haproxy_image)
+    repo, _, tag = haproxy_image.rpartition(":")
+    proxy = f'proxy:\n  listen: ["{swarm.manager.address}:18111"]\n  image: {repo}\n  version: "{tag}"\n'
+    site.remote.commit_file(
+        FILE,
+        proxy + f"apps:\n  {api}:\n    image: {site.repo}\n    version: v1\n    replicas: 2\n    init: true\n"
+        "    stop_timeout: 1s\n    route: {port: 8000}\n"
+        "    health: {http: /health, interval: 200ms, healthy_for: 1s, timeout: 15s}\n",
+        "routed",
+    )
+    agent = AgentProcess(
+        agent_args(site.remote.url, site.state, interval="600s", extra=("--docker-host", swarm.manager.host)),
+        state_dir=site.state, env={"RECONCILE_INSTANCE": site.instance},
+    )  # fmt: skip
+    haproxy = Proxy(Engine(swarm.manager.client, swarm.manager.host, instance=site.instance), site.state)
+
+    def routed_to() -> list[str]:
+        return sorted(slot.address for slot in haproxy.slots(api) if slot.enabled)
+
+    def running() -> list[str]:
+        return sorted(f"{node.address}:{port}" for node, port in swarm.task_endpoints(api))
+
+    def wait_routed(what: str) -> list[str]:
+        deadline = time.monotonic() + 30
+        while (now := running()) != routed_to() or len(now) != 2:
+            assert time.monotonic() < deadline, f"{what}: routed to {routed_to()}, tasks at {now}\n{agent.log()}"
+            time.sleep(0.2)
+        return now
+
+    agent.start()
+    try:
+        agent.wait_for("deploy.succeeded", app=api, timeout=90)
+        before = wait_routed("after the deploy")
+        mark = agent.mark()
+        # A task's container dies: Swarm puts a new task in its place, on a host port of its own.
+        task = next(t for t in swarm.manager.client.api.tasks(filters={"service": api, "desired-state": "running"}))
+        node = swarm.node_by_id(task["NodeID"])
+        node.client.api.kill(task["Status"]["ContainerStatus"]["ContainerID"])
+
+        def running_tasks() -> set[str]:
+            listed = swarm.manager.client.api.tasks(filters={"service": api, "desired-state": "running"})
+            return {t["ID"] for t in listed if t["Status"]["State"] == "running"}
+
+        deadline = time.monotonic() + 30
+        while task["ID"] in (ids := running_tasks()) or len(ids) < 2:
+            assert time.monotonic() < deadline, "Swarm did not replace the task"
+            time.sleep(0.2)
+        wait_routed("after Swarm replaced a task")
+        # No pass ran (the interval is 10 minutes): the agent's follower moved the route (out, then in).
+        agent.wait_for("proxy.changed", since=mark, timeout=10)
+        assert before and not [
+            line for line in agent.lines[mark:] if line.event in ("commit.seen", "deploy.succeeded")
+        ], agent.log()
+        assert http_get(swarm.manager.url(18111), timeout=2.0) == (200, "v1")
+    finally:
+        agent.stop(timeout=30)
+        site.commit(message="no apps, no proxy")
+        site.reconcile()
+    agent.assert_clean_log()

@@ -119,7 +119,14 @@ def pool(app: str, spec: AppSpec, observed: ObservedState) -> tuple[Server, ...]
 
 
 def pools(desired: DesiredState, observed: ObservedState) -> dict[str, tuple[Server, ...]]:
-    return {app: pool(app, spec, observed) for app, spec in routed(desired).items() if spec.service}
+    """The tasks of each routed service that the engine listed as ours. One it did not list is left out
+    (its backend is left as it is): a manager that cannot list services now (no quorum) must not take
+    every task out of a route while they run."""
+    return {
+        app: pool(app, spec, observed)
+        for app, spec in routed(desired).items()
+        if spec.service and (found := observed.service(app)) is not None and found.managed
+    }
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ Guarantees:
 - What to hold back, keep together, heal and promote is decided in the core (``core.policy``,
   ``core.stable``) over the journal's answers; this module reads the journal and the engine, logs the
   notices and acts.
+- Between passes, a routed service's route follows its tasks every ``FOLLOW`` seconds (only while no
+  pass holds the engine, here or in another process): a task Swarm replaced serves within seconds.
 - SIGTERM ends the current step (a gate's wait is abandoned, its verdict given by the next start),
   exits 0 and leaves every container running. A deploy cut short by SIGKILL is finished or rolled
   back by the next pass (``Applier.verify_unfinished``).
@@ -55,6 +57,7 @@ from reconciler.core.events import Event
 from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedContainer, ObservedState
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.policy import Deployed, Notice, Say
+from reconciler.core.proxy import pools
 from reconciler.core.report import Outcome, Result
 from reconciler.core.stable import Candidate, StableSample, StableWatch, track
 from reconciler.errors import (
@@ -85,6 +88,7 @@ from reconciler.shell.stable import publish_stable
 ENGINE_RETRY_MID_DEPLOY = 2.0  # seconds: an outage cut a deploy short; the app may be down until resumed
 CRASH_FILES_KEPT = 20  # a bug that crashes every pass must not fill the state directory
 HOOK_SPACING = 2.0  # seconds between passes that webhooks start: 1,000 hooks in a second are two passes
+FOLLOW = 2.0  # seconds between looks at a routed service's tasks between passes (``Agent._follow``)
 _REFUSED = {
     "unsigned": Event.COMMIT_UNSIGNED,
     "bad-signature": Event.COMMIT_BAD_SIGNATURE,
@@ -174,6 +178,8 @@ class Agent:
     loop_at: float = field(default_factory=time.monotonic)  # when the loop last went round (a pass, or a wait)
     pass_cap: float = 900.0  # seconds a pass may run and still be alive: longer when the file's gates are
     verified: tuple[str, DesiredState] | None = None  # the last commit that passed --require-signed-by and --policy
+    routing: DesiredState | None = None  # the last file converged to, while it routes a service (``_follow``)
+    busy: threading.Lock = field(default_factory=threading.Lock)  # held while a pass uses the engine
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -213,6 +219,7 @@ class Agent:
             listener = self._listen()
             sdnotify.notify("READY=1")
             sdnotify.feed_watchdog(lambda: self.health().alive, watchdog_stop)
+            threading.Thread(target=self._follow, args=(watchdog_stop,), name="follow-routes", daemon=True).start()
             self.events.emit(
                 Event.AGENT_STARTED,
                 f"following {self.config.ref} of {settings.repo}",
@@ -407,6 +414,27 @@ class Agent:
             if key.removeprefix("node:") not in nodes:  # removed from the swarm
                 self.events.clear(key)
 
+    def _follow(self, stop: threading.Event) -> None:
+        """Between passes, every ``FOLLOW`` seconds: a routed service's route follows its tasks, so that a task
+        Swarm replaced (a crash, a node gone) serves within seconds, not at the next pass. Only while no
+        pass runs (here or in another process: the state directory's lock); any trouble is left to the next
+        pass, which reports it."""
+        while not stop.wait(FOLLOW):
+            desired, engine = self.routing, self.engine
+            if desired is None or engine is None or not self.busy.acquire(blocking=False):
+                continue
+            try:
+                with locked(self.config.settings.state_dir):
+                    proxy = Proxy(engine, self.config.settings.state_dir)
+                    for app, members in pools(desired, engine.observe()).items():
+                        if proxy.pool(app, members):
+                            shown = ", ".join(member.address for member in members) or "none (503)"
+                            self.events.emit(Event.PROXY_CHANGED, f"{app}: route follows its tasks: {shown}", app=app)
+            except ReconcileError:
+                pass
+            finally:
+                self.busy.release()
+
     def _recovered(self, key: str, event: Event, message: str) -> None:
         self.failing.pop(key, None)
         if self.events.clear(key):
@@ -442,7 +470,7 @@ class Agent:
             if self.engine is None:
                 self.engine = connect(settings.docker_host, instance=settings.instance)
             self._recovered("engine", Event.ENGINE_RECOVERED, f"Docker engine at {self.engine.host} answers again")
-            with locked(settings.state_dir, timeout=self.config.lock_timeout):
+            with self.busy, locked(settings.state_dir, timeout=self.config.lock_timeout):
                 self._recovered("lock", Event.LOCK_RECOVERED, "state directory lock taken")
                 outcomes = self._converge(revision, desired)
             self.cut_short = False
@@ -599,6 +627,8 @@ class Agent:
         self._proxied(proxy.sync(desired, observed), revision)
         if any(spec.service for spec in desired.apps.values()):
             self._nodes()
+        routes_a_service = desired.proxy is not None and any(s.service and s.route for s in desired.apps.values())
+        self.routing = desired if routes_a_service else None
         try:
             verified = applier.verify_unfinished(observed, desired.apps)
         except EngineUnavailable:
