@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
-from docker.types import ContainerSpec, EndpointSpec, ServiceMode, TaskTemplate
+from docker.types import ConfigReference, ContainerSpec, EndpointSpec, SecretReference, ServiceMode, TaskTemplate
 
 from reconciler.shell.docker import Engine
 from reconciler.shell.proxy import Proxy
@@ -188,24 +189,52 @@ def test_a_rollout_that_fails_is_put_back_to_the_spec_before(site: Site) -> None
     assert after["Spec"]["Labels"] == before["Spec"]["Labels"]  # the very spec it had, labels and all
 
 
-def test_a_service_of_someone_else_is_a_conflict_until_adopted(site: Site, swarm: Swarm) -> None:
+def test_a_service_of_someone_else_is_a_conflict_until_adopted_and_keeps_its_secret_and_config(
+    site: Site, swarm: Swarm
+) -> None:
     api = name(site, "api")
-    swarm.manager.client.api.create_service(
-        TaskTemplate(ContainerSpec(f"{site.repo}:v1", init=True)), name=api,
-        mode=ServiceMode("replicated", replicas=1), endpoint_spec=EndpointSpec(ports={18103: (8000, "tcp", "host")}),
-    )  # fmt: skip
-    site.commit(service_yaml(api, site.repo, "v2", 2, 18103))
+    client = swarm.manager.client
+    secret = client.secrets.create(name=f"{api}-token", data=b"not-for-logs")
+    config = client.configs.create(name=f"{api}-conf", data=b"mode=calm")
+    try:
+        client.api.create_service(
+            TaskTemplate(ContainerSpec(
+                f"{site.repo}:v1", init=True, secrets=[SecretReference(secret.id, secret.name)],
+                configs=[ConfigReference(config.id, config.name)],
+            )),
+            name=api, mode=ServiceMode("replicated", replicas=1),
+            endpoint_spec=EndpointSpec(ports={18103: (8000, "tcp", "host")}),
+        )  # fmt: skip
+        site.commit(service_yaml(api, site.repo, "v2", 2, 18103))
 
-    refused = site.reconcile()
-    assert refused.returncode == 1 and "was not created by reconciler" in refused.stdout, show(refused)
-    service = site.service(api)
-    assert service is not None and "io.reconciler.managed" not in (service["Spec"].get("Labels") or {})
+        refused = site.reconcile()
+        assert refused.returncode == 1 and "was not created by reconciler" in refused.stdout, show(refused)
+        service = site.service(api)
+        assert service is not None and "io.reconciler.managed" not in (service["Spec"].get("Labels") or {})
 
-    adopted = site.reconcile("--adopt")
-    assert adopted.returncode == 0, show(adopted)
-    wait_running(site, api, ["v2", "v2"])
-    service = site.service(api)
-    assert service is not None and service["Spec"]["Labels"]["io.reconciler.app"] == api
+        adopted = site.reconcile("--adopt")
+        assert adopted.returncode == 0, show(adopted)
+        wait_running(site, api, ["v2", "v2"])
+        service = site.service(api)
+        assert service is not None and service["Spec"]["Labels"]["io.reconciler.app"] == api
+        # What the file cannot say is kept: the tasks still get their secret and their config.
+        container = service["Spec"]["TaskTemplate"]["ContainerSpec"]
+        assert [s["SecretName"] for s in container["Secrets"]] == [secret.name], container
+        assert [c["ConfigName"] for c in container["Configs"]] == [config.name], container
+        assert site.reconcile("--dry-run").returncode == 0  # and it is no drift
+    finally:
+        for found in client.api.services(filters={"name": api}):
+            client.api.remove_service(found["ID"])
+        deadline = time.monotonic() + 30
+        for made in (secret, config):
+            while True:  # one that a task still holds cannot be removed yet
+                try:
+                    made.remove()
+                    break
+                except docker.errors.APIError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
 
 
 def test_a_commit_of_two_services_goes_back_whole_when_one_fails(site: Site, tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ Guarantees:
 - Swarm rolls a new spec out as the file's ``update:`` says, pausing (``failure_action: pause``) rather
   than going on when a task fails within ``monitor`` (``healthy_for``, at least 1 s) of its start. Our
   gate decides: every task of the new spec running at once for ``healthy_for``, within ``timeout``.
+- What a service has and the file cannot say (networks, secrets, configs) is kept through every update
+  and through adoption.
 - A rollout that fails is put back to the spec the service had before it (read just before the update
   and kept with the release, so a whole-commit undo can put it back too), and journaled ``rolled-back``
   with the release marked failed: the agent holds it as it holds a failed container release. A new
@@ -192,6 +194,7 @@ class Services:
                 # Kept until the verdict: a rollout cut short (a crash, a newer commit) is judged by a later
                 # pass, which puts this spec back if it failed.
                 self.rows.set_flag(_kept(entry), json.dumps(previous))
+                _keep_unwritten(arguments, previous)
                 self.engine.call(
                     f"update service {app}",
                     lambda: self.engine.api.update_service(service_id, version, **arguments),
@@ -414,3 +417,16 @@ def _mount(volume: str) -> docker.types.Mount:
 def _route_port(fingerprint: Mapping[str, Any]) -> int | None:
     port = fingerprint.get("route_port")
     return port if isinstance(port, int) else None
+
+
+def _keep_unwritten(arguments: dict[str, Any], previous: Mapping[str, Any]) -> None:
+    """Carry over what a service has and the file cannot say (its networks, secrets and configs, made with
+    ``docker service create/update`` or by a stack): an update, and the adoption of a service made by
+    hand, change what the file says and drop nothing else the tasks rely on."""
+    template = previous.get("TaskTemplate") or {}
+    container = template.get("ContainerSpec") or {}
+    if template.get("Networks"):
+        arguments["task_template"]["Networks"] = template["Networks"]
+    for key in ("Secrets", "Configs"):
+        if container.get(key):
+            arguments["task_template"]["ContainerSpec"][key] = container[key]
