@@ -70,6 +70,13 @@ def service_yaml(name: str, repo: str, version: str, replicas: int, port: int, e
     )
 
 
+def proxy_yaml(swarm: Swarm, haproxy_image: str, port: int) -> str:
+    """A ``proxy:`` listening on the manager's address (the image loaded on the nodes)."""
+    swarm.load_image(haproxy_image)
+    repo, _, tag = haproxy_image.rpartition(":")
+    return f'proxy:\n  listen: ["{swarm.manager.address}:{port}"]\n  image: {repo}\n  version: "{tag}"\n'
+
+
 @dataclass
 class Site:
     swarm: Swarm
@@ -336,10 +343,8 @@ def test_a_routed_service_is_balanced_over_its_tasks_and_rolls_out_under_load_wi
     site: Site, swarm: Swarm, haproxy_image: str
 ) -> None:
     api = name(site, "api")
-    swarm.load_image(haproxy_image)
-    repo, _, tag = haproxy_image.rpartition(":")
     port = 18110
-    proxy = f'proxy:\n  listen: ["{swarm.manager.address}:{port}"]\n  image: {repo}\n  version: "{tag}"\n'
+    proxy = proxy_yaml(swarm, haproxy_image, port)
     body = (
         f"  {api}:\n    image: {site.repo}\n    version: VERSION\n    replicas: 4\n    init: true\n"
         "    stop_timeout: 1s\n    update: {parallelism: 1, delay: 0s, order: start-first}\n"
@@ -482,9 +487,7 @@ def test_between_passes_the_agent_routes_to_the_task_that_swarm_put_in_place_of_
     site: Site, swarm: Swarm, haproxy_image: str
 ) -> None:
     api = name(site, "api")
-    swarm.load_image(haproxy_image)
-    repo, _, tag = haproxy_image.rpartition(":")
-    proxy = f'proxy:\n  listen: ["{swarm.manager.address}:18111"]\n  image: {repo}\n  version: "{tag}"\n'
+    proxy = proxy_yaml(swarm, haproxy_image, 18111)
     site.remote.commit_file(
         FILE,
         proxy + f"apps:\n  {api}:\n    image: {site.repo}\n    version: v1\n    replicas: 2\n    init: true\n"

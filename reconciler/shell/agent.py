@@ -54,10 +54,9 @@ from typing import Any
 
 from reconciler.core import policy
 from reconciler.core.events import Event
-from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedContainer, ObservedState
+from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.policy import Deployed, Notice, Say
-from reconciler.core.proxy import pools
 from reconciler.core.report import Outcome, Result
 from reconciler.core.stable import Candidate, StableSample, StableWatch, track
 from reconciler.errors import (
@@ -83,7 +82,7 @@ from reconciler.shell.metrics import Metrics
 from reconciler.shell.notify import Notifier
 from reconciler.shell.proxy import Proxy
 from reconciler.shell.scrub import scrub
-from reconciler.shell.stable import publish_stable
+from reconciler.shell.stable import hold, publish_stable, stable_source
 
 ENGINE_RETRY_MID_DEPLOY = 2.0  # seconds: an outage cut a deploy short; the app may be down until resumed
 CRASH_FILES_KEPT = 20  # a bug that crashes every pass must not fill the state directory
@@ -426,10 +425,8 @@ class Agent:
             try:
                 with locked(self.config.settings.state_dir):
                     proxy = Proxy(engine, self.config.settings.state_dir)
-                    for app, members in pools(desired, engine.observe()).items():
-                        if proxy.pool(app, members):
-                            shown = ", ".join(member.address for member in members) or "none (503)"
-                            self.events.emit(Event.PROXY_CHANGED, f"{app}: route follows its tasks: {shown}", app=app)
+                    for change in proxy.follow(desired, engine.observe()):
+                        self.events.emit(Event.PROXY_CHANGED, change, commit=self.revision[:8])
             except ReconcileError:
                 pass
             finally:
@@ -814,10 +811,9 @@ class Agent:
             watch = self.stable_watch[app] = self.stable_watch[app].observe(sample)
             if watch.promote:
                 self.stable_watch.pop(app, None)  # done, or tried again from the next pass on
-                source = _stable_source(spec, current)
+                source = stable_source(spec.image, current)
                 try:
-                    if "@" in source and not self.engine.has_image(source):
-                        self.engine.pull(source)  # a service's image the manager does not hold, to tag it
+                    hold(self.engine, source)
                     self._promote(app, spec.image, current.version, source, current.commit, how="auto")
                 except EngineUnavailable:
                     raise
@@ -836,7 +832,7 @@ class Agent:
         current = observed.of_app(app, service=spec.service)
         if current is None or not current.managed or not current.spec_hash:
             return None
-        image_id = _stable_source(spec, current)
+        image_id = stable_source(spec.image, current)
         if not image_id:
             return None
         promoted = self.journal.stable(app)
@@ -873,15 +869,6 @@ class Agent:
         due = min(watch.due(now) for watch in self.stable_watch.values())
         # Look at least every 5 s meanwhile: staying healthy is what earns the promotion.
         return max(0.05, min(due, 5.0))
-
-
-def _stable_source(spec: AppSpec, current: ObservedContainer) -> str:
-    """What a promotion tags ``stable``: a container's local image; a service's registry digest
-    (``IMAGE@sha256:...``: its tasks run on other nodes, the manager may not hold it, and it is the same
-    whether or not it does, so one release is promoted once), else its image as the manager resolved it."""
-    if current.kind == "service" and current.digest.startswith("sha256:") and current.digest != current.image_id:
-        return f"{spec.image}@{current.digest}"
-    return current.image_id
 
 
 def run_agent(

@@ -120,6 +120,14 @@ class Proxy:
                 found.append(core.Slot(fields[3], fields[4], int(fields[18]), not int(fields[6]) & _MAINTENANCE))
         return found
 
+    def follow(self, desired: DesiredState, observed: ObservedState) -> list[str]:
+        """Point each routed service's backend at the tasks ``observed`` lists; what changed."""
+        return [
+            f"{app}: route follows its tasks: {_addresses(members)}"
+            for app, members in core.pools(desired, observed).items()
+            if self.pool(app, members)
+        ]
+
     def pool(self, app: str, members: Sequence[core.Server]) -> bool:
         """Point a routed service's backend at ``members`` (``core.proxy.assign``); whether anything changed."""
         changes = core.assign(self.slots(app), members)
@@ -252,9 +260,7 @@ class Proxy:
         for app, server in self._misrouted(live):
             self.switch(app, server)
             done.append(f"{app}: route switched to {server.container if server else 'nothing (503)'}")
-        for app, members in pools.items():
-            if self.pool(app, members):
-                done.append(f"{app}: route follows its tasks: {_addresses(members)}")
+        done += self.follow(desired, observed)
         for container in core.to_cool(
             desired, observed, self.network, self.switched(), time.time() if now is None else now
         ):

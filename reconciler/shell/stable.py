@@ -12,7 +12,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from reconciler.core.model import STABLE
+from reconciler.core.model import STABLE, ObservedContainer
 from reconciler.errors import ReconcileError, UserError
 from reconciler.shell.converge import Settings
 from reconciler.shell.docker import Engine
@@ -85,6 +85,22 @@ def publish_stable(
     return problems
 
 
+def stable_source(image: str, current: ObservedContainer) -> str:
+    """What a promotion tags ``stable``: a container's local image; a service's registry digest
+    (``IMAGE@sha256:...``: its tasks run on other nodes, the manager may not hold it, and it is the same
+    whether or not it does, so one release is promoted once), else its image as the manager resolved it."""
+    if current.kind == "service" and current.digest.startswith("sha256:") and current.digest != current.image_id:
+        return f"{image}@{current.digest}"
+    return current.image_id
+
+
+def hold(engine: Engine, source: str) -> None:
+    """Make sure the engine holds ``source`` before it is tagged: a service's image by its digest is pulled
+    when the manager does not have it (its tasks run on other nodes only)."""
+    if "@" in source and not engine.has_image(source):
+        engine.pull(source)
+
+
 def _repository(ref: str) -> str:
     """``host:5000/team/app:v1`` -> ``host:5000/team/app`` (a colon in the last part is the tag's)."""
     head, _, last = ref.rpartition("/")
@@ -108,18 +124,14 @@ def promote_running(settings: Settings, app: str, *, publish: bool) -> tuple[str
         if version == STABLE:
             promoted = journal.stable(app)
             version = promoted.version if promoted is not None else version
-        image_id = current.image_id
         if current.kind == "service":
-            ref = engine.service_image(current.id)
-            image = _repository(ref.split("@", 1)[0])
-            if current.digest.startswith("sha256:") and current.digest != current.image_id:
-                image_id = f"{image}@{current.digest}"  # as the agent promotes it: one release, one name
-                if not engine.has_image(image_id):  # its tasks run on other nodes only
-                    engine.pull(image_id)
+            image = _repository(engine.service_image(current.id).split("@", 1)[0])
         else:
             inspected = engine.inspect(current.id)
             ref = inspected.image if inspected is not None else ""
             image = ref.split("@", 1)[0] if "@" in ref else _repository(ref)
+        image_id = stable_source(image, current)  # as the agent promotes it: one release, one name
+        hold(engine, image_id)
         try:
             source: Source | None = open_source(settings.repo, state_dir=settings.state_dir, fetch=False)
         except ReconcileError:
