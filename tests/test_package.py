@@ -173,7 +173,13 @@ def test_the_wheel_and_the_sdist_carry_the_commit_and_a_tree_without_git_says_un
     run_git("init", "-q", str(other))
     run_git("commit", "-q", "--allow-empty", "-m", "someone else's", cwd=other)
     with tarfile.open(sdist) as archive:
+        members = set(archive.getnames())
         archive.extractall(other, filter="data")
+    # The sdist runs its own tests: their support package, conftest and corpus come along.
+    top = f"reconciler-{__version__}"
+    for needed in ("tests/conftest.py", "tests/support/__init__.py", "tests/support/engine.py", "desired-state.yaml"):
+        assert f"{top}/{needed}" in members, f"the sdist lacks {needed}"
+    assert not [name for name in members if "__pycache__" in name], "the sdist carries bytecode"
     unpacked = other / f"reconciler-{__version__}"
     assert f"COMMIT = {sha!r}" in (unpacked / BUILD_INFO).read_text()
     [again] = build(unpacked, tmp_path / "dist-again", "--wheel")
