@@ -273,6 +273,7 @@ class Scenario:
         self.seen: list[str] = []
         self.secrets = [drill.canary]
         self.restarted = ""
+        self.dockerd_before: list[str] = []  # dockerd's command line, when the fault changed it
         self.poller: Poller | None = None
         self.mounts: list[Path] = []
         self.views: list[tuple[Path, str]] = [(self.state, "main")]  # (state dir, branch) to check
@@ -1045,6 +1046,26 @@ def fault_engine_restart(s: Scenario) -> Row:
     return s.finish(["v2"], settle=20)
 
 
+def fault_engine_restart_live_restore(s: Scenario) -> Row:
+    """The engine restart again, with dockerd's ``--live-restore`` on (the README's server set-up):
+    the containers keep running while dockerd is away. dockerd is restarted with the flag first, and
+    put back as it was afterwards (``run_one``)."""
+    command = dockerd_command(dockerd_pid())
+    if "--live-restore" not in command:
+        s.dockerd_before = command
+        restart_dockerd([*command, "--live-restore"])
+        s.saw("dockerd restarted with --live-restore before the fault")
+    return fault_engine_restart(s)
+
+
+def restart_dockerd(command: list[str]) -> None:
+    pid = dockerd_pid()
+    if pid is not None:
+        stop_dockerd(pid)
+    start_dockerd(command)
+    wait_engine()
+
+
 FAULTS: dict[str, list[tuple[str, Callable[[Scenario], Row]]]] = {
     "baseline": [("baseline", fault_baseline)],
     "yaml-tag": [("yaml-tag", fault_yaml_tag)],
@@ -1064,12 +1085,16 @@ FAULTS: dict[str, list[tuple[str, Callable[[Scenario], Row]]]] = {
     "kill-rollback": [("kill-rollback", fault_kill_rollback)],
     "superseded": [("superseded", fault_superseded)],
     "stale-next": [("stale-next", fault_stale_next)],
-    "engine-restart": [("engine-restart", fault_engine_restart)],
+    "engine-restart": [
+        ("engine-restart", fault_engine_restart),
+        ("engine-restart-live-restore", fault_engine_restart_live_restore),
+    ],
 }
 
 
 def run_one(drill: Drill, slug: str, fault: Callable[[Scenario], Row]) -> Row:
-    deadline = ENGINE_FAULT_DEADLINE if slug == "engine-restart" else FAULT_DEADLINE
+    engine = slug.startswith("engine-restart")
+    deadline = ENGINE_FAULT_DEADLINE if engine else FAULT_DEADLINE
     scenario = Scenario(drill, slug, deadline)
     started = time.monotonic()
     try:
@@ -1086,11 +1111,15 @@ def run_one(drill: Drill, slug: str, fault: Callable[[Scenario], Row]) -> Row:
             row = Row(slug, False, 0.0, [*scenario.notes, f"verdict failed: {again}"], scenario.seen)
         row.survived = False
     finally:
-        if slug == "engine-restart" and not engine_answers():
+        if engine and not engine_answers():
             with contextlib.suppress(Exception):
                 if dockerd_pid() is None:
                     start_dockerd(dockerd_command(None))
                 wait_engine()
+        if scenario.dockerd_before:
+            # The live-restore row changed how dockerd runs: put it back as it was.
+            with contextlib.suppress(Exception):
+                restart_dockerd(scenario.dockerd_before)
         log_dir = Path(tempfile.gettempdir()) / f"reconciler-drill-{drill.instance}"
         log_dir.mkdir(exist_ok=True)
         (log_dir / f"{slug}.log").write_text("\n\n".join(agent.log() for agent in scenario.agents))
