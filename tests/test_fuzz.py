@@ -30,6 +30,7 @@ from reconciler.core.model import DesiredState
 from reconciler.errors import InvalidDesiredState, UserError
 from reconciler.shell.converge import parse_desired
 from reconciler.shell.yamlfile import MAX_FILE_BYTES_ENV
+from tests.support.state import cli, show
 
 CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
 LOCATED = re.compile(r"^[^:\n]+:\d+:\d+: ")
@@ -348,3 +349,73 @@ def _validated(data: Any) -> DesiredState | InvalidDesiredState:
         return load_desired(data, Positions(), filename=FILE)
     except InvalidDesiredState as exc:
         return exc
+
+
+# -- issue 18: inputs the fuzzer found, through the CLI -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            'apps:\n  web:\n    image: example/web\n    version: "\\UFFFFFFFF"\n',
+            "4:15: an escape names no Unicode character (\\u and \\U take U+0000 to U+10FFFF, not surrogates)",
+        ),
+        (
+            "%YAML 1.1\n---\napps: {web: {image: example/web, version: v1}}\n...\n%YAML 9.9\n---\napps: {}\n",
+            "5:1: this YAML version is not supported: write %YAML 1.2 (or 1.1), or no directive",
+        ),
+        (
+            "%YAML 1.9\n---\napps: {web: {image: example/web, version: v1}}\n",
+            "1:1: this YAML version is not supported: write %YAML 1.2 (or 1.1), or no directive",
+        ),
+    ],
+    ids=["escape-beyond-unicode", "second-directive-9.9", "directive-1.9"],
+)
+def test_an_escape_that_names_no_character_and_an_unknown_yaml_version_are_located_errors(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    (tmp_path / FILE).write_text(text)
+
+    result = cli("validate", FILE, cwd=tmp_path)
+
+    assert result.returncode == 1, show(result)
+    assert result.stderr.splitlines() == [f"{FILE}:{expected}", "1 error; nothing was changed"], show(result)
+
+
+def test_a_long_value_is_quoted_by_its_first_characters_and_its_length_through_the_cli(tmp_path: Path) -> None:
+    long = "a" * 100_000
+    (tmp_path / FILE).write_text(
+        "apps:\n  web:\n    image: example/web\n    version: v1\n"
+        f"    stop_timeout: {long}\n"
+        f"    health: {{http: 'http://127.0.0.1:8000/{long}'}}\n"
+    )
+
+    result = cli("validate", FILE, cwd=tmp_path)
+
+    assert result.returncode == 1, show(result)
+    assert result.stderr.splitlines() == [
+        f"{FILE}:5:19: apps.web.stop_timeout: '{'a' * 60}…' (100000 characters) is not a duration:"
+        " use 500ms, 30s, 10m or 1h",
+        f"{FILE}:6:20: apps.web.health.http: String should have at most 2048 characters",
+        "2 errors; nothing was changed",
+    ], show(result)
+
+
+def test_a_long_key_and_app_name_are_shown_cut_and_an_env_value_over_its_bound_is_not_shown() -> None:
+    long = "k" * 5000
+    secret = "s" * 40_000
+    text = f"apps:\n  ? {long}\n  : {{image: example/web, version: v1}}\n  web:\n    image: example/web\n"
+    text += f"    version: v1\n    ? {long}\n    : 1\n    env: {{PW: {secret}}}\n"
+
+    result = outcome(text)
+
+    assert isinstance(result, InvalidDesiredState)
+    cut = f"'{'k' * 60}…' (5000 characters)"
+    assert result.errors == [
+        f"{FILE}:2:5: apps[{cut}]: app name {cut}: lowercase letters, digits, '-' and '_', starting with a letter"
+        " or digit",
+        f"{FILE}:7:7: apps.web[{cut}]: unknown key {cut}; valid keys: canary, command, env, env_file, health, image,"
+        " init, on, ports, replicas, restart, route, stable_after, stop_timeout, update, version, volumes",
+        f"{FILE}:9:15: apps.web.env.PW: String should have at most 32768 characters",
+    ]

@@ -149,6 +149,16 @@ def remember(values: Iterable[str] = (), *, keys: Iterable[str] = ()) -> None:
         _dirty = _dirty or len(_values) + len(_keys) != before
 
 
+def forget() -> None:
+    """Forget every remembered value and key: for a process that reads many unrelated files in turn
+    (bench/fuzz.py), as if each were read by a new process."""
+    global _dirty
+    with _lock:
+        _values.clear()
+        _keys.clear()
+        _dirty = True
+
+
 def _automata() -> tuple[_Automaton | None, _Automaton | None]:
     global _dirty, _built
     if _dirty:
