@@ -16,7 +16,12 @@ double-quoted unicode escapes (``"\\UFFFFFFFF"``, surrogates), ``%YAML``/``%TAG`
 versions, twice, a second document) and values, keys and URLs of 100 to 300 KB, several per file.
 
 Run: ``.venv/bin/python bench/fuzz.py [-n 10000] [--seed 7] [--show 5]``. Exit 0 when there is no
-internal error, no unlocated or leaking message and no hang.
+internal error, no unlocated, long or leaking message and no hang.
+
+``--big``: files just under the size cap (1 MiB) holding one value of 1 MB of each kind that was
+quadratic (an env value, a health URL, its password, a duration, an image, a key), 23,000 env values,
+and 100,000 nodes whose values are quoted in messages, each through ``reconcile validate`` in a new process; the target
+is 1 s each (issue 18). ``--scrub``: the scrubber alone on 300 KB texts with 1,000 remembered values.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ import collections
 import random
 import re
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -303,7 +311,93 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise _Interrupted
 
 
+CAP = 1 << 20  # the default size cap (RECONCILE_MAX_FILE_BYTES)
+BIG_TARGET_SECONDS = 1.0
+
+
+def _under_cap(head: str, filler: Callable[[int], str], tail: str = "") -> str:
+    """``head + filler(n) + tail`` with the largest ``n`` that keeps the file under the size cap."""
+    room = CAP - 64 - len((head + tail).encode())
+    return head + filler(room) + tail
+
+
+def big_files() -> dict[str, str]:
+    """Files just under the size cap (1 MiB), each with what made validation quadratic (issue 18)."""
+    app = "apps:\n  web:\n    image: example/web\n    version: v1\n"
+    return {
+        "env value of 1 MB": _under_cap(app + "    env:\n      BIG: ", lambda n: "v" * n, "\n"),
+        "health URL of 1 MB": _under_cap(app + "    health:\n      http: http://127.0.0.1:8000/", lambda n: "a" * n),
+        "URL password of 1 MB": _under_cap(
+            app + "    health:\n      http: http://u:", lambda n: "p" * n, "@127.0.0.1:8000/\n"
+        ),
+        "duration of 1 MB": _under_cap(app + "    stop_timeout: ", lambda n: "9" * n, "\n"),
+        "image of 1 MB": _under_cap("apps:\n  web:\n    version: v1\n    image: ", lambda n: "a" * n, "\n"),
+        "key of 1 MB": _under_cap(app + "    ? ", lambda n: "k" * n, "\n    : 1\n"),
+        "23,000 env values": _under_cap(
+            app + "    env:\n",
+            lambda n: "".join(f"      K{i:05d}: secret-value-{i:06d}-{'x' * 8}\n" for i in range(n // 44)),
+        ),
+        # Not quadratic, but the most work a file under the cap can ask: the pure-Python YAML parser reads
+        # ~35,000 nodes a second, and this file is refused at its 100,001st node (MAX_NODES).
+        "100,000 nodes, quoted values": _under_cap(
+            "apps:\n",
+            lambda n: "".join(
+                f"  a{i}: {{image: example/web, version: v1, env: {{PW: pw-{i:05d}-long}},"
+                f" stop_timeout: pw-{i:05d}-long}}\n"
+                for i in range(n // 100)
+            ),
+        ),
+    }
+
+
+def run_big() -> int:
+    """Each of ``big_files`` through ``reconcile validate`` (a new process, as a user runs it): the time,
+    the exit code and the longest line printed. Exit 1 when one takes over BIG_TARGET_SECONDS."""
+    over = 0
+    with tempfile.TemporaryDirectory() as folder:
+        for name, text in big_files().items():
+            path = Path(folder) / "desired-state.yaml"
+            path.write_text(text)
+            begin = time.perf_counter()
+            result = subprocess.run(
+                [sys.executable, "-m", "reconciler", "validate", str(path)], capture_output=True, text=True, check=False
+            )
+            took = time.perf_counter() - begin
+            longest = max(map(len, (result.stdout + result.stderr).splitlines()), default=0)
+            first = (result.stderr or result.stdout).splitlines()[0][:110] if (result.stderr or result.stdout) else ""
+            over += took > BIG_TARGET_SECONDS
+            print(
+                f"{name:32} {len(text.encode()):>8} B  {took:5.2f}s  exit {result.returncode}  longest line {longest}"
+            )
+            print(f"{'':32} {first.replace(folder + '/', '')}")
+    print(f"over {BIG_TARGET_SECONDS:.0f}s: {over}")
+    return 1 if over else 0
+
+
+def run_scrub() -> int:
+    """``scrub`` on a 300 KB text with 1,000 remembered values and 1,000 remembered keys."""
+    rng = random.Random(18)
+    scrub.forget()
+    values = ["".join(rng.choice("abcdefgh0123") for _ in range(rng.randint(4, 40))) for _ in range(1000)]
+    scrub.remember(values, keys=[f"K{i}" for i in range(1000)])
+    scrub.remember(["v" * 150_000])
+    for name, text in {
+        "300 KB of random text": "".join(rng.choice("abcdefgh0123 =K") for _ in range(300_000)),
+        "300 KB of one letter": "v" * 300_000,
+        "a URL of 300 KB": "http://127.0.0.1:8000/" + "a" * 300_000,
+    }.items():
+        begin = time.perf_counter()
+        scrub.scrub(text)
+        print(f"scrub, {name}: {time.perf_counter() - begin:.3f}s")
+    scrub.forget()
+    return 0
+
+
 def main() -> int:
+    if "--big" in sys.argv[1:]:
+        return run_big()
+    if "--scrub" in sys.argv[1:]:
+        return run_scrub()
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("-n", type=int, default=10_000, help="how many mutated files (default 10000)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")

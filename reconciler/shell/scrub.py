@@ -14,8 +14,8 @@ Guarantees:
   ``_PREFIX`` characters; a longer value is then compared in full where its start was found, once per
   occurrence); the URL pattern cannot backtrack over a long run of letters. A 300 KB text with a
   thousand remembered values is scrubbed in well under a second (bench/fuzz.py --scrub).
-- ``remember`` is cheap however often it is called: the automaton is rebuilt once, at the next
-  ``scrub``, after values were added.
+- ``remember`` is cheap however often it is called: an automaton is rebuilt once, at the next
+  ``scrub`` that needs it, after values or keys were added.
 
 The remembered values are process-wide on purpose: an error may reach a boundary far from the spec
 whose value it quotes.
@@ -135,38 +135,56 @@ class _Automaton:
 _lock = threading.Lock()
 _values: set[str] = set()
 _keys: set[str] = set()
-_dirty = False
-_built: tuple[_Automaton | None, _Automaton | None] = (None, None)  # values, then KEY=
+# Built at the first scrub that needs one after a change (the KEY= automaton only for a text with a
+# "="): None while out of date, (None,) when there is nothing to find.
+_values_automaton: tuple[_Automaton | None] | None = (None,)
+_keys_automaton: tuple[_Automaton | None] | None = (None,)
 
 
 def remember(values: Iterable[str] = (), *, keys: Iterable[str] = ()) -> None:
     """Never print these values, nor what follows ``KEY=`` for these keys."""
-    global _dirty
+    global _values_automaton, _keys_automaton
     with _lock:
-        before = len(_values) + len(_keys)
+        count = len(_values)
         _values.update(value for value in values if len(value) >= MIN_SECRET)
+        if len(_values) != count:
+            _values_automaton = None
+        count = len(_keys)
         _keys.update(key for key in keys if key)
-        _dirty = _dirty or len(_values) + len(_keys) != before
+        if len(_keys) != count:
+            _keys_automaton = None
 
 
 def forget() -> None:
     """Forget every remembered value and key: for a process that reads many unrelated files in turn
     (bench/fuzz.py), as if each were read by a new process."""
-    global _dirty
+    global _values_automaton, _keys_automaton
     with _lock:
         _values.clear()
         _keys.clear()
-        _dirty = True
+        _values_automaton = _keys_automaton = (None,)
 
 
-def _automata() -> tuple[_Automaton | None, _Automaton | None]:
-    global _dirty, _built
-    if _dirty:
+def _values_found() -> _Automaton | None:
+    global _values_automaton
+    built = _values_automaton
+    if built is None:
         with _lock:
-            if _dirty:
-                _built = (_Automaton.of(_values), _Automaton.of(key + "=" for key in _keys))
-                _dirty = False
-    return _built
+            built = _values_automaton
+            if built is None:
+                built = _values_automaton = (_Automaton.of(_values),)
+    return built[0]
+
+
+def _keys_found() -> _Automaton | None:
+    global _keys_automaton
+    built = _keys_automaton
+    if built is None:
+        with _lock:
+            built = _keys_automaton
+            if built is None:
+                built = _keys_automaton = (_Automaton.of(key + "=" for key in _keys),)
+    return built[0]
 
 
 def remember_env(env: Mapping[str, str]) -> None:
@@ -209,8 +227,9 @@ def scrub(text: str) -> str:
     if not text:
         return text
     text = redact_url(text)
-    values, keys = _automata()
     spans: list[tuple[int, int]] = []
+    keys = _keys_found() if "=" in text else None
+    values = _values_found()
     if keys is not None:
         for start, end in keys.matches(text, every=True):
             if _at_boundary(text, start):
