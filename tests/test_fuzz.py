@@ -9,8 +9,9 @@ another exception, never a traceback, never an env value of the file.
   the exact lines it must be refused with (``# expect: ...``). Each runs in a thread that must finish
   within a generous bound: that catches a hang (a missing cap), it is not a measure of speed.
 - Hypothesis mutates valid files (bytes, lines, tags, anchors and aliases, deep nesting, odd keys,
-  huge numbers) and builds random structures for the validator alone. bench/fuzz.py runs the same
-  kinds of mutation over 10,000 files and prints the counts.
+  huge numbers, and from issue 18: unicode escapes, ``%YAML`` directives, values of 100 KB) and
+  builds random structures for the validator alone. bench/fuzz.py runs the same kinds of mutation
+  over 10,000 files and prints the counts.
 """
 
 from __future__ import annotations
@@ -205,6 +206,8 @@ apps:
 TAGS = ["!!int", "!!float", "!!bool", "!!null", "!!set", "!!omap", "!!binary", "!!str", "!!map", "!vault", "!"]
 KEYS = ["? [a, [b]]\n:", "? {a: 1}\n:", '"a\\nb":', "<<:", "~:", "1.5:", "!!int 1:", "'':", "*k:", "0x1F:"]
 VALUES = ["9" * 400 + "h", "1000000000h", ".inf", ".nan", "1e999", "9" * 5000, "*v", "*undefined", "&v x", "~", ""]
+VALUES += ['"\\UFFFFFFFF"', '"\\U00110000"', '"\\uD800"', "a" * 100_000, "http://u:" + "p" * 50_000 + "@h/"]
+DIRECTIVES = ["%YAML 1.1", "%YAML 9.9", "%YAML 1.9", "%YAML 1." + "9" * 5000, "%TAG ! tag:x,2000:", "%FOO"]
 CHUNKS = [*":-?[]{},&*!|>'\"%@`#\t", "\n", "\x00", "\\", "\r", "\u2028", "\ufeff", "<<", ": ", "- ", "\\0"]
 
 
@@ -230,6 +233,7 @@ mutation = st.one_of(
     st.tuples(st.just("alias"), st.integers(0, 10**6), st.integers(0, 10**6)),
     st.tuples(st.just("deep"), st.integers(0, 10**6), st.sampled_from([60, 64, 65, 250, 3000]), st.integers(0, 3)),
     st.tuples(st.just("bomb"), st.integers(2, 10), st.integers(3, 10)),
+    st.tuples(st.just("directive"), st.sampled_from(DIRECTIVES), st.booleans()),
 )
 
 
@@ -240,6 +244,8 @@ def secret_lines(lines: list[str]) -> set[int]:
 def apply(text: str, step: Mutation) -> str:
     """One mutation; a byte mutation never touches a line that holds the planted env value (it could
     turn it into a key, and keys are shown)."""
+    if step[0] == "directive":  # at the top, or before a second document
+        return f"{step[1]}\n---\n{text}" if step[2] else f"{text}\n...\n{step[1]}\n---\napps: {{}}\n"
     lines = text.split("\n")
     kind, where = step[0], step[1]
     line = where % len(lines)

@@ -5,9 +5,9 @@ Guarantees: either a valid ``DesiredState`` or ``InvalidDesiredState`` whose mes
 valid one. Positions come from the shell's YAML reader (1-based); a path it does not know falls back to
 its nearest known parent, so every message has a place. A fleet's placements (``on:``, ``canary:``)
 are checked against its ``hosts:`` (``core.fleet.problems``) and reported the same way. A message is
-one line and never shows an env value: keys that are not printable are escaped, and an env value that
-another field's validator would quote (it got there through a YAML alias, ``Positions.secrets``) is
-replaced by ``<an env value>``.
+one line and never shows an env value: keys that are not printable are escaped, long ones cut
+(``shown``), and an env value that another field's validator would quote (it got there through a
+YAML alias, ``Positions.secrets``) is replaced by ``<an env value>``.
 """
 
 from __future__ import annotations

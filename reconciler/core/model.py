@@ -4,7 +4,9 @@ Guarantees: every record is immutable and validated on construction; a ``Desired
 satisfies the version-1 file format (strict: unknown keys are rejected). ``schemas/`` is generated from
 ``DesiredFile`` so editors and CI validate against exactly these rules. Durations are seconds (float)
 once parsed; in the file they are ``500ms``, ``30s``, ``10m``, ``1h``. Every number is bounded and finite:
-each duration has a ceiling (``DURATION_LIMITS``), ports are 1-65535 and IPv4 octets 0-255. No message
+each duration has a ceiling (``DURATION_LIMITS``), ports are 1-65535 and IPv4 octets 0-255. Strings
+that reach a pattern are bounded in length first (``MAX_*``), and a message quotes at most
+``QUOTED_CUT`` characters of a value, with its length (``shown``). No message
 of a validator shows an env value; env values and argv hold no NUL (env values: no control character
 but tab), which Docker and execve could not pass on. A canary's version (``canary.version``) is a tag or
 a digest, never ``stable``: it is the candidate that becomes stable.

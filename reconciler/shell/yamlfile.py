@@ -9,6 +9,9 @@ Guarantees:
   An unquoted date, a number Python cannot hold (``1e999``, 5,000 digits) and ``.inf``/``.nan`` stay
   the text that was written. Keys are the text written (``1:`` is the key ``"1"``); a mapping or a
   list as a key is refused. An empty value is placed at its key.
+- A ``%YAML`` directive other than 1.1 or 1.2, and a ``\\u``/``\\U`` escape that names no character
+  (beyond U+10FFFF, or a surrogate), are refused at their place. Anchors and tags of any length are
+  shown cut to ``QUOTED_CUT`` characters.
 - No Python object is ever built from a tag: the reader walks the parser's events itself. Only
   ``!!str``, ``!``, ``!!map`` and ``!!seq`` are accepted; any other tag is refused where it is written.
 - Bounded work: the file is at most ``RECONCILE_MAX_FILE_BYTES`` (default 1 MiB) and is refused before
