@@ -18,8 +18,8 @@ drill looks at the agent, the app, the agent's log, ``reconcile history -o json`
 
 Faults: baseline (no fault: a plain deploy, the downtime of an ordinary swap), yaml-tag,
 alias-bomb, huge-file, env-file, stop-timeout, secrets, two-agents, state-dir, git-corrupt,
-kill-rollback, superseded, stale-next, and engine-restart (restarts the machine's dockerd, which
-disturbs every container on it: last, and skipped with --skip-engine-restart).
+kill-rollback, superseded, stale-next, long-value, yaml-escape, and engine-restart (restarts the
+machine's dockerd, which disturbs every container on it: last, and skipped with --skip-engine-restart).
 
 Run: ``.venv/bin/python bench/drill.py [--only NAME ...] [--skip-engine-restart]`` as root (the
 state-dir fault mounts a read-only bind, the engine restart signals dockerd), with the Docker engine
@@ -1014,6 +1014,55 @@ def fault_stale_next(s: Scenario) -> Row:
     return s.finish(["v3"])
 
 
+def fault_long_value(s: Scenario) -> Row:
+    """Issue 18, item 7: a commit with a 150 KB env value and a 100,000-character health URL (the agent
+    froze ~60 s on one; validate took 13.5 s and printed a 100,000-character line). Refused in seconds,
+    in one short line, the app untouched."""
+    s.deploy_first()
+    s.poll()
+    value = "v" * 150_000
+    text = s.yaml("v1", env_lines=[f"BIG: {value}"], health_url=f"http://127.0.0.1:{s.port}/" + "h" * 100_000)
+    mark = s.agent.mark()
+    pushing = time.time()
+    s.push(text, "150 KB env value, 100,000-character URL")
+    line = s.wait("desired.invalid", since=mark, timeout=30)
+    if line is not None:
+        s.saw(
+            f"{len(text)} B file refused {line.at - pushing:.2f}s after the push, a {len(line.raw)}-character log line"
+        )
+        if line.at - pushing > 5:
+            s.note(f"refused only {line.at - pushing:.1f}s after the push")
+        if len(line.raw) > 2000:
+            s.note(f"a log line of {len(line.raw)} characters")
+        if value[:100] in line.raw:
+            s.note("the env value is in the log")
+    s.end_window()
+    s.deploy("v2")
+    return s.finish(["v2"])
+
+
+def fault_yaml_escape(s: Scenario) -> Row:
+    """Issue 18, item 9: ``version: "\\UFFFFFFFF"`` (OverflowError) and a second ``%YAML 9.9`` directive
+    (KeyError) were internal errors; each must be one located ``desired.invalid``."""
+    s.deploy_first()
+    s.poll()
+    good = s.yaml("v1")
+    for label, text in (
+        ("\\UFFFFFFFF", good.replace("version: v1", 'version: "\\UFFFFFFFF"')),
+        ("second %YAML 9.9", "%YAML 1.1\n---\n" + good + "...\n%YAML 9.9\n---\napps: {}\n"),
+    ):
+        mark = s.agent.mark()
+        s.push(text, label)
+        line = s.wait("desired.invalid", since=mark, timeout=15)
+        if line is not None:
+            s.saw(f"{label}: {short(line.message, 90)}")
+            if not re.search(r"desired-state\.yaml:\d+:\d+: ", line.message):
+                s.note(f"{label}: no FILE:LINE:COL in {short(line.message, 60)!r}")
+    s.end_window()
+    s.deploy("v2")
+    return s.finish(["v2"])
+
+
 def fault_engine_restart(s: Scenario) -> Row:
     command = dockerd_command(dockerd_pid())
     s.deploy_first()
@@ -1085,6 +1134,8 @@ FAULTS: dict[str, list[tuple[str, Callable[[Scenario], Row]]]] = {
     "kill-rollback": [("kill-rollback", fault_kill_rollback)],
     "superseded": [("superseded", fault_superseded)],
     "stale-next": [("stale-next", fault_stale_next)],
+    "long-value": [("long-value", fault_long_value)],
+    "yaml-escape": [("yaml-escape", fault_yaml_escape)],
     "engine-restart": [
         ("engine-restart", fault_engine_restart),
         ("engine-restart-live-restore", fault_engine_restart_live_restore),

@@ -1,17 +1,27 @@
 """Fuzzing of the desired-state reader and validator (issue 7): mutated files through ``validate``'s path.
 
-Every file goes through ``parse_yaml`` then ``load_desired``, in this process, as ``reconcile validate``
-does. An outcome is *ok* (a ``DesiredState``), *invalid* (``InvalidDesiredState`` whose every line is
-``FILE:LINE:COL: ...``), *unlocated* (an ``InvalidDesiredState`` line without its place), *leaked* (a
-message that shows the env value planted in every seed) or an *internal error* (any other exception,
-counted by type). A file that takes more than 5 s counts as a hang; at 60 s it is interrupted.
+Every file goes through ``parse_desired`` (``parse_yaml``, the file's env values remembered by the
+scrubber, ``load_desired``, the messages scrubbed), in this process, as ``reconcile validate`` does; the
+scrubber forgets each file's values before the next one, as a new process would. An outcome is *ok*
+(a ``DesiredState``), *invalid* (``InvalidDesiredState`` whose every line is ``FILE:LINE:COL: ...``),
+*unlocated* (an ``InvalidDesiredState`` line without its place), *long* (a message line over
+``MAX_LINE`` characters: a value was quoted whole), *leaked* (a message that shows the env value
+planted in every seed) or an *internal error* (any other exception, counted by type). A file that
+takes more than 5 s counts as a hang; at 60 s it is interrupted.
 
 The mutations are those of tests/test_fuzz.py: bytes inserted, deleted and replaced (YAML indicators,
 tabs, NULs, bytes that are not UTF-8), lines duplicated, dropped, swapped and re-indented, tags,
-anchors and aliases (also alias bombs), deep nesting, odd keys and huge numbers, several per file.
+anchors and aliases (also alias bombs), deep nesting, odd keys and huge numbers, and (issue 18)
+double-quoted unicode escapes (``"\\UFFFFFFFF"``, surrogates), ``%YAML``/``%TAG`` directives (other
+versions, twice, a second document) and values, keys and URLs of 100 to 300 KB, several per file.
 
 Run: ``.venv/bin/python bench/fuzz.py [-n 10000] [--seed 7] [--show 5]``. Exit 0 when there is no
-internal error, no unlocated or leaking message and no hang.
+internal error, no unlocated, long or leaking message and no hang.
+
+``--big``: files just under the size cap (1 MiB) holding one value of 1 MB of each kind that was
+quadratic (an env value, a health URL, its password, a duration, an image, a key), 23,000 env values,
+and 100,000 nodes whose values are quoted in messages, each through ``reconcile validate`` in a new process; the target
+is 1 s each (issue 18). ``--scrub``: the scrubber alone on 300 KB texts with 1,000 remembered values.
 """
 
 from __future__ import annotations
@@ -21,22 +31,26 @@ import collections
 import random
 import re
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from reconciler.core.desired import load_desired  # noqa: E402
 from reconciler.errors import InvalidDesiredState  # noqa: E402
-from reconciler.shell.yamlfile import parse_yaml  # noqa: E402
+from reconciler.shell import scrub  # noqa: E402
+from reconciler.shell.converge import parse_desired  # noqa: E402
 
 SECRET = "Zq7-secret-Vx9"  # planted as an env value in every seed; must never be printed
 LOCATED = re.compile(r"^[^:\n]+:\d+:\d+: ")
 HANG_SECONDS = 5.0
+MAX_LINE = 1000  # characters: messages quote at most ~80 characters of a value
 INTERRUPT_SECONDS = 60
 
 SEEDS = [
@@ -113,11 +127,49 @@ NUMBERS = [
     "9" * 400 + "h", "1000000000h", ".inf", "-.inf", ".nan", "1e999", "9" * 5000, "0x" + "f" * 80, "1:30:00",
     "300.1.1.1:80:80", "0s", "-1s", "1e5", "0o777", "0b_", "99999", "721h", "25h", "1_000s",
 ]  # fmt: skip
+ESCAPES = [
+    "\\UFFFFFFFF", "\\U00110000", "\\U0010FFFF", "\\uD800", "\\uDFFF", "\\x00", "\\0", "\\e", "\\N", "\\_",
+    "\\L", "\\P", "\\U0001F600", "\\u00e9", "\\x7f", "\\u202e", "\\uFEFF", "\\q", "\\U1234", "\\x",
+]  # fmt: skip
+DIRECTIVES = [
+    "%YAML 1.1", "%YAML 1.2", "%YAML 9.9", "%YAML 1.9", "%YAML 2.0", "%YAML 1.0", "%YAML 1.", "%YAML 1.1 # c",
+    "%YAML 1." + "9" * 5000, "%TAG ! tag:example.com,2000:", "%TAG !e! tag:e,2000:app/", "%FOO bar", "%",
+]  # fmt: skip
+
+
+def _huge(rng: random.Random) -> str:
+    """A value of 100 to 300 KB: a run of one character, a URL, text that looks like many secrets."""
+    size = rng.choice([100_000, 150_000, 300_000])
+    return rng.choice(
+        [
+            "a" * size,
+            "http://127.0.0.1:8000/" + "a" * size,
+            "http://u:" + "p" * size + "@127.0.0.1:8000/health",
+            '"' + "\\u00e9" * (size // 6) + '"',
+            ("Zq7-secret " * (size // 11)).strip(),
+            "x:" * (size // 2),
+            "sha256:" + "0" * size,
+            "/" + "d/" * (size // 2),
+        ]
+    )
+
+
+def _put(line: str, pattern: str, new: str) -> str:
+    """``line`` with the first match of ``pattern`` replaced by ``new`` taken as it is (no escapes)."""
+    found = re.search(pattern, line)
+    return line if found is None else line[: found.start()] + new + line[found.end() :]
 
 
 def _secret_spans(text: str) -> list[tuple[int, int]]:
-    """The lines that hold the planted value: a byte mutation there could make it a key, which is shown."""
-    return [(match.start(), match.end()) for match in re.finditer(rf"[^\n]*{re.escape(SECRET)}[^\n]*", text)]
+    """The lines that hold the planted value: a byte mutation there could make it a key, which is shown.
+    (Found with ``str.find``: a ``[^\\n]*SECRET`` pattern is quadratic on a line of 300 KB.)"""
+    spans = []
+    at = text.find(SECRET)
+    while at >= 0:
+        start, end = text.rfind("\n", 0, at) + 1, text.find("\n", at)
+        spans.append((start, len(text) if end < 0 else end))
+        at = text.find(SECRET, at + len(SECRET))
+    return spans
 
 
 def _inside(spans: list[tuple[int, int]], position: int) -> bool:
@@ -156,7 +208,7 @@ def mutate(text: str, rng: random.Random) -> str:
     for _ in range(rng.randint(1, 6)):
         lines = text.split("\n")
         line = rng.randrange(len(lines))
-        operation = rng.randrange(12)
+        operation = rng.randrange(15)
         spans = _secret_spans(text)
         position = rng.randrange(len(text) + 1)
         if operation in (0, 1, 2) and _inside(spans, position):
@@ -205,23 +257,46 @@ def mutate(text: str, rng: random.Random) -> str:
         elif operation == 10:  # a huge or odd number in place of a value
             lines[line] = re.sub(r": [^#\n]*", f": {rng.choice(NUMBERS)}", lines[line], count=1)
             text = "\n".join(lines)
-        else:  # repeat a line many times (long files, duplicate keys)
+        elif operation == 11:  # repeat a line many times (long files, duplicate keys)
             lines[line : line + 1] = [lines[line]] * rng.choice([2, 10, 1000])
+            text = "\n".join(lines)
+        elif operation == 12:  # a double-quoted value with unicode escapes
+            escapes = "".join(rng.choice(ESCAPES) for _ in range(rng.randint(1, 3)))
+            lines[line] = _put(lines[line], r": [^#\n]*", f': "v{escapes}1"')
+            text = "\n".join(lines)
+        elif operation == 13:  # directives: at the top, twice, or before a second document
+            directive = rng.choice(DIRECTIVES)
+            where = rng.randrange(3)
+            if where == 0:
+                text = directive + "\n---\n" + text
+            elif where == 1:
+                text = directive + "\n" + rng.choice(DIRECTIVES) + "\n---\n" + text
+            else:
+                text = text + "\n...\n" + directive + "\n---\napps: {}\n"
+        else:  # a value, a key or a URL of 100 to 300 KB
+            big = _huge(rng)
+            if rng.random() < 0.2:
+                indent = len(lines[line]) - len(lines[line].lstrip())
+                lines[line] = _put(lines[line], r"^\s*[^:\s]+:", " " * indent + big + ":")
+            else:
+                lines[line] = _put(lines[line], r": [^#\n]*", ": " + big)
             text = "\n".join(lines)
     return text
 
 
 def check(data: bytes, filename: str = "fuzz.yaml") -> tuple[str, str]:
-    """(outcome, detail): ok, invalid, unlocated, leaked or internal (detail: the exception's type)."""
+    """(outcome, detail): ok, invalid, unlocated, long, leaked or internal (detail: the exception's type)."""
+    scrub.forget()
     try:
-        parsed, positions = parse_yaml(data, filename=filename)
-        load_desired(parsed, positions, filename=filename)
+        parse_desired(data, filename, "")
     except InvalidDesiredState as exc:
         lines = str(exc).split("\n")
         if SECRET in str(exc):
             return "leaked", ""
         if not all(LOCATED.match(line) for line in lines):
             return "unlocated", next(line for line in lines if not LOCATED.match(line))
+        if any(len(line) > MAX_LINE for line in lines):
+            return "long", next(line for line in lines if len(line) > MAX_LINE)[:300]
         return "invalid", ""
     except Exception as exc:  # what the fuzzing is for: any other exception is a bug
         return "internal", f"{type(exc).__name__}: {traceback.format_exc(limit=-3)}"
@@ -236,7 +311,93 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise _Interrupted
 
 
+CAP = 1 << 20  # the default size cap (RECONCILE_MAX_FILE_BYTES)
+BIG_TARGET_SECONDS = 1.0
+
+
+def _under_cap(head: str, filler: Callable[[int], str], tail: str = "") -> str:
+    """``head + filler(n) + tail`` with the largest ``n`` that keeps the file under the size cap."""
+    room = CAP - 64 - len((head + tail).encode())
+    return head + filler(room) + tail
+
+
+def big_files() -> dict[str, str]:
+    """Files just under the size cap (1 MiB), each with what made validation quadratic (issue 18)."""
+    app = "apps:\n  web:\n    image: example/web\n    version: v1\n"
+    return {
+        "env value of 1 MB": _under_cap(app + "    env:\n      BIG: ", lambda n: "v" * n, "\n"),
+        "health URL of 1 MB": _under_cap(app + "    health:\n      http: http://127.0.0.1:8000/", lambda n: "a" * n),
+        "URL password of 1 MB": _under_cap(
+            app + "    health:\n      http: http://u:", lambda n: "p" * n, "@127.0.0.1:8000/\n"
+        ),
+        "duration of 1 MB": _under_cap(app + "    stop_timeout: ", lambda n: "9" * n, "\n"),
+        "image of 1 MB": _under_cap("apps:\n  web:\n    version: v1\n    image: ", lambda n: "a" * n, "\n"),
+        "key of 1 MB": _under_cap(app + "    ? ", lambda n: "k" * n, "\n    : 1\n"),
+        "23,000 env values": _under_cap(
+            app + "    env:\n",
+            lambda n: "".join(f"      K{i:05d}: secret-value-{i:06d}-{'x' * 8}\n" for i in range(n // 44)),
+        ),
+        # Not quadratic, but the most work a file under the cap can ask: the pure-Python YAML parser reads
+        # ~35,000 nodes a second, and this file is refused at its 100,001st node (MAX_NODES).
+        "100,000 nodes, quoted values": _under_cap(
+            "apps:\n",
+            lambda n: "".join(
+                f"  a{i}: {{image: example/web, version: v1, env: {{PW: pw-{i:05d}-long}},"
+                f" stop_timeout: pw-{i:05d}-long}}\n"
+                for i in range(n // 100)
+            ),
+        ),
+    }
+
+
+def run_big() -> int:
+    """Each of ``big_files`` through ``reconcile validate`` (a new process, as a user runs it): the time,
+    the exit code and the longest line printed. Exit 1 when one takes over BIG_TARGET_SECONDS."""
+    over = 0
+    with tempfile.TemporaryDirectory() as folder:
+        for name, text in big_files().items():
+            path = Path(folder) / "desired-state.yaml"
+            path.write_text(text)
+            begin = time.perf_counter()
+            result = subprocess.run(
+                [sys.executable, "-m", "reconciler", "validate", str(path)], capture_output=True, text=True, check=False
+            )
+            took = time.perf_counter() - begin
+            longest = max(map(len, (result.stdout + result.stderr).splitlines()), default=0)
+            first = (result.stderr or result.stdout).splitlines()[0][:110] if (result.stderr or result.stdout) else ""
+            over += took > BIG_TARGET_SECONDS
+            print(
+                f"{name:32} {len(text.encode()):>8} B  {took:5.2f}s  exit {result.returncode}  longest line {longest}"
+            )
+            print(f"{'':32} {first.replace(folder + '/', '')}")
+    print(f"over {BIG_TARGET_SECONDS:.0f}s: {over}")
+    return 1 if over else 0
+
+
+def run_scrub() -> int:
+    """``scrub`` on a 300 KB text with 1,000 remembered values and 1,000 remembered keys."""
+    rng = random.Random(18)
+    scrub.forget()
+    values = ["".join(rng.choice("abcdefgh0123") for _ in range(rng.randint(4, 40))) for _ in range(1000)]
+    scrub.remember(values, keys=[f"K{i}" for i in range(1000)])
+    scrub.remember(["v" * 150_000])
+    for name, text in {
+        "300 KB of random text": "".join(rng.choice("abcdefgh0123 =K") for _ in range(300_000)),
+        "300 KB of one letter": "v" * 300_000,
+        "a URL of 300 KB": "http://127.0.0.1:8000/" + "a" * 300_000,
+    }.items():
+        begin = time.perf_counter()
+        scrub.scrub(text)
+        print(f"scrub, {name}: {time.perf_counter() - begin:.3f}s")
+    scrub.forget()
+    return 0
+
+
 def main() -> int:
+    if "--big" in sys.argv[1:]:
+        return run_big()
+    if "--scrub" in sys.argv[1:]:
+        return run_scrub()
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("-n", type=int, default=10_000, help="how many mutated files (default 10000)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
@@ -283,13 +444,15 @@ def main() -> int:
     print(f"invalid (located): {outcomes['invalid']}")
     print(f"internal errors: {outcomes['internal']}" + "".join(f"\n  {k}: {v}" for k, v in internal.most_common()))
     print(f"unlocated messages: {outcomes['unlocated']}")
+    print(f"messages with a line over {MAX_LINE} characters: {outcomes['long']}")
     print(f"messages showing the planted env value: {outcomes['leaked']}")
     print(f"slowest file: {slowest:.3f}s ({slowest_size} bytes)")
     print(f"files over {HANG_SECONDS:.0f}s: {hangs} (interrupted at {INTERRUPT_SECONDS}s: {outcomes['interrupted']})")
     for outcome, shown in examples.items():
         for example in shown:
             print(f"\n[{outcome}] {example}")
-    bad = outcomes["internal"] + outcomes["unlocated"] + outcomes["leaked"] + outcomes["interrupted"] + hangs
+    bad = outcomes["internal"] + outcomes["unlocated"] + outcomes["long"] + outcomes["leaked"] + outcomes["interrupted"]
+    bad += hangs
     return 1 if bad else 0
 
 

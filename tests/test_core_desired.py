@@ -450,7 +450,7 @@ def test_good_image(image: str) -> None:
         ('"bad version!"', "'bad version!' is not a tag, a sha256: digest or stable"),
         (".v1", "'.v1' is not a tag, a sha256: digest or stable"),
         ("-v1", "'-v1' is not a tag, a sha256: digest or stable"),
-        ("v" * 129, f"'{'v' * 129}' is not a tag, a sha256: digest or stable"),
+        ("v" * 129, f"'{'v' * 60}…' (129 characters) is not a tag, a sha256: digest or stable"),
     ],
 )
 def test_bad_version(version: str, message: str) -> None:
@@ -744,7 +744,7 @@ def test_every_duration_has_a_bound(field: str, at_limit: str, over: str, expect
 
 def test_a_duration_of_400_digits_is_refused_cleanly() -> None:
     assert errors_of(one_app(f"stop_timeout: {'9' * 400}h")) == [
-        f"{FILE}:5:19: apps.web.stop_timeout: '{'9' * 40}'... is too long to be a duration"
+        f"{FILE}:5:19: apps.web.stop_timeout: '{'9' * 60}…' (401 characters) is too long to be a duration"
     ]
 
 

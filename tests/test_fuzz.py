@@ -9,8 +9,9 @@ another exception, never a traceback, never an env value of the file.
   the exact lines it must be refused with (``# expect: ...``). Each runs in a thread that must finish
   within a generous bound: that catches a hang (a missing cap), it is not a measure of speed.
 - Hypothesis mutates valid files (bytes, lines, tags, anchors and aliases, deep nesting, odd keys,
-  huge numbers) and builds random structures for the validator alone. bench/fuzz.py runs the same
-  kinds of mutation over 10,000 files and prints the counts.
+  huge numbers, and from issue 18: unicode escapes, ``%YAML`` directives, values of 100 KB) and
+  builds random structures for the validator alone. bench/fuzz.py runs the same kinds of mutation
+  over 10,000 files and prints the counts.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from reconciler.core.model import DesiredState
 from reconciler.errors import InvalidDesiredState, UserError
 from reconciler.shell.converge import parse_desired
 from reconciler.shell.yamlfile import MAX_FILE_BYTES_ENV
+from tests.support.state import cli, show
 
 CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
 LOCATED = re.compile(r"^[^:\n]+:\d+:\d+: ")
@@ -204,6 +206,8 @@ apps:
 TAGS = ["!!int", "!!float", "!!bool", "!!null", "!!set", "!!omap", "!!binary", "!!str", "!!map", "!vault", "!"]
 KEYS = ["? [a, [b]]\n:", "? {a: 1}\n:", '"a\\nb":', "<<:", "~:", "1.5:", "!!int 1:", "'':", "*k:", "0x1F:"]
 VALUES = ["9" * 400 + "h", "1000000000h", ".inf", ".nan", "1e999", "9" * 5000, "*v", "*undefined", "&v x", "~", ""]
+VALUES += ['"\\UFFFFFFFF"', '"\\U00110000"', '"\\uD800"', "a" * 100_000, "http://u:" + "p" * 50_000 + "@h/"]
+DIRECTIVES = ["%YAML 1.1", "%YAML 9.9", "%YAML 1.9", "%YAML 1." + "9" * 5000, "%TAG ! tag:x,2000:", "%FOO"]
 CHUNKS = [*":-?[]{},&*!|>'\"%@`#\t", "\n", "\x00", "\\", "\r", "\u2028", "\ufeff", "<<", ": ", "- ", "\\0"]
 
 
@@ -229,6 +233,7 @@ mutation = st.one_of(
     st.tuples(st.just("alias"), st.integers(0, 10**6), st.integers(0, 10**6)),
     st.tuples(st.just("deep"), st.integers(0, 10**6), st.sampled_from([60, 64, 65, 250, 3000]), st.integers(0, 3)),
     st.tuples(st.just("bomb"), st.integers(2, 10), st.integers(3, 10)),
+    st.tuples(st.just("directive"), st.sampled_from(DIRECTIVES), st.booleans()),
 )
 
 
@@ -239,6 +244,8 @@ def secret_lines(lines: list[str]) -> set[int]:
 def apply(text: str, step: Mutation) -> str:
     """One mutation; a byte mutation never touches a line that holds the planted env value (it could
     turn it into a key, and keys are shown)."""
+    if step[0] == "directive":  # at the top, or before a second document
+        return f"{step[1]}\n---\n{text}" if step[2] else f"{text}\n...\n{step[1]}\n---\napps: {{}}\n"
     lines = text.split("\n")
     kind, where = step[0], step[1]
     line = where % len(lines)
@@ -348,3 +355,73 @@ def _validated(data: Any) -> DesiredState | InvalidDesiredState:
         return load_desired(data, Positions(), filename=FILE)
     except InvalidDesiredState as exc:
         return exc
+
+
+# -- issue 18: inputs the fuzzer found, through the CLI -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            'apps:\n  web:\n    image: example/web\n    version: "\\UFFFFFFFF"\n',
+            "4:15: an escape names no Unicode character (\\u and \\U take U+0000 to U+10FFFF, not surrogates)",
+        ),
+        (
+            "%YAML 1.1\n---\napps: {web: {image: example/web, version: v1}}\n...\n%YAML 9.9\n---\napps: {}\n",
+            "5:1: this YAML version is not supported: write %YAML 1.2 (or 1.1), or no directive",
+        ),
+        (
+            "%YAML 1.9\n---\napps: {web: {image: example/web, version: v1}}\n",
+            "1:1: this YAML version is not supported: write %YAML 1.2 (or 1.1), or no directive",
+        ),
+    ],
+    ids=["escape-beyond-unicode", "second-directive-9.9", "directive-1.9"],
+)
+def test_an_escape_that_names_no_character_and_an_unknown_yaml_version_are_located_errors(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    (tmp_path / FILE).write_text(text)
+
+    result = cli("validate", FILE, cwd=tmp_path)
+
+    assert result.returncode == 1, show(result)
+    assert result.stderr.splitlines() == [f"{FILE}:{expected}", "1 error; nothing was changed"], show(result)
+
+
+def test_a_long_value_is_quoted_by_its_first_characters_and_its_length_through_the_cli(tmp_path: Path) -> None:
+    long = "a" * 100_000
+    (tmp_path / FILE).write_text(
+        "apps:\n  web:\n    image: example/web\n    version: v1\n"
+        f"    stop_timeout: {long}\n"
+        f"    health: {{http: 'http://127.0.0.1:8000/{long}'}}\n"
+    )
+
+    result = cli("validate", FILE, cwd=tmp_path)
+
+    assert result.returncode == 1, show(result)
+    assert result.stderr.splitlines() == [
+        f"{FILE}:5:19: apps.web.stop_timeout: '{'a' * 60}…' (100000 characters) is not a duration:"
+        " use 500ms, 30s, 10m or 1h",
+        f"{FILE}:6:20: apps.web.health.http: String should have at most 2048 characters",
+        "2 errors; nothing was changed",
+    ], show(result)
+
+
+def test_a_long_key_and_app_name_are_shown_cut_and_an_env_value_over_its_bound_is_not_shown() -> None:
+    long = "k" * 5000
+    secret = "s" * 40_000
+    text = f"apps:\n  ? {long}\n  : {{image: example/web, version: v1}}\n  web:\n    image: example/web\n"
+    text += f"    version: v1\n    ? {long}\n    : 1\n    env: {{PW: {secret}}}\n"
+
+    result = outcome(text)
+
+    assert isinstance(result, InvalidDesiredState)
+    cut = f"'{'k' * 60}…' (5000 characters)"
+    assert result.errors == [
+        f"{FILE}:2:5: apps[{cut}]: app name {cut}: lowercase letters, digits, '-' and '_', starting with a letter"
+        " or digit",
+        f"{FILE}:7:7: apps.web[{cut}]: unknown key {cut}; valid keys: canary, command, env, env_file, health, image,"
+        " init, on, ports, replicas, restart, route, stable_after, stop_timeout, update, version, volumes",
+        f"{FILE}:9:15: apps.web.env.PW: String should have at most 32768 characters",
+    ]

@@ -5,9 +5,9 @@ Guarantees: either a valid ``DesiredState`` or ``InvalidDesiredState`` whose mes
 valid one. Positions come from the shell's YAML reader (1-based); a path it does not know falls back to
 its nearest known parent, so every message has a place. A fleet's placements (``on:``, ``canary:``)
 are checked against its ``hosts:`` (``core.fleet.problems``) and reported the same way. A message is
-one line and never shows an env value: keys that are not printable are escaped, and an env value that
-another field's validator would quote (it got there through a YAML alias, ``Positions.secrets``) is
-replaced by ``<an env value>``.
+one line and never shows an env value: keys that are not printable are escaped, long ones cut
+(``shown``), and an env value that another field's validator would quote (it got there through a
+YAML alias, ``Positions.secrets``) is replaced by ``<an env value>``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from reconciler.core import fleet
 from reconciler.core.model import (
+    QUOTED_MAX,
     AppSpec,
     CanarySpec,
     DesiredFile,
@@ -30,6 +31,7 @@ from reconciler.core.model import (
     ProxySpec,
     RouteSpec,
     TlsSpec,
+    shown,
 )
 from reconciler.errors import InvalidDesiredState
 
@@ -55,14 +57,15 @@ class Positions:
 
 
 def dotted(path: Path) -> str:
-    """``("apps", "web", "ports", 0)`` -> ``apps.web.ports[0]``; a key that is empty or holds a character
-    that is not printable (a newline would split the message in two) is written ``['a\\nb']``."""
+    """``("apps", "web", "ports", 0)`` -> ``apps.web.ports[0]``; a key that is empty, long (shown cut) or
+    holds a character that is not printable (a newline would split the message in two) is written
+    ``['a\\nb']``."""
     text = ""
     for part in path:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif not part or not part.isprintable():
-            text += f"[{part!r}]"
+        elif not part or not part.isprintable() or len(part) > QUOTED_MAX:
+            text += f"[{shown(part)}]"
         else:
             text += f".{part}" if text else part
     return text or "(top)"
@@ -121,7 +124,7 @@ def message(error: Any, path: Path, model_at: ModelAt | None = None) -> str:
         valid = sorted(model.model_fields) if model else []
         close = difflib.get_close_matches(str(path[-1]), valid, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
-        return f"unknown key {path[-1]!r}{hint}"
+        return f"unknown key {shown(str(path[-1]))}{hint}"
     if kind == "missing":
         return "required key is missing"
     message = str(error["msg"])
@@ -141,8 +144,7 @@ def _redacted(text: str, data: Mapping[Any, Any]) -> str:
         if isinstance(env, Mapping):
             secrets.update(value for value in env.values() if isinstance(value, str) and value)
     for secret in sorted(secrets, key=len, reverse=True):
-        for quoted in (repr(secret), repr(secret[:40])):  # validators quote with repr, long values cut at 40
-            text = text.replace(quoted, "<an env value>")
+        text = text.replace(shown(secret), "<an env value>")  # validators quote with shown()
     return text
 
 

@@ -4,7 +4,9 @@ Guarantees: every record is immutable and validated on construction; a ``Desired
 satisfies the version-1 file format (strict: unknown keys are rejected). ``schemas/`` is generated from
 ``DesiredFile`` so editors and CI validate against exactly these rules. Durations are seconds (float)
 once parsed; in the file they are ``500ms``, ``30s``, ``10m``, ``1h``. Every number is bounded and finite:
-each duration has a ceiling (``DURATION_LIMITS``), ports are 1-65535 and IPv4 octets 0-255. No message
+each duration has a ceiling (``DURATION_LIMITS``), ports are 1-65535 and IPv4 octets 0-255. Strings
+that reach a pattern are bounded in length first (``MAX_*``), and a message quotes at most
+``QUOTED_CUT`` characters of a value, with its length (``shown``). No message
 of a validator shows an env value; env values and argv hold no NUL (env values: no control character
 but tab), which Docker and execve could not pass on. A canary's version (``canary.version``) is a tag or
 a digest, never ``stable``: it is the candidate that becomes stable.
@@ -26,6 +28,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -58,16 +61,23 @@ def parse_duration(value: object) -> float:
         raise ValueError("a duration is a string such as 500ms, 30s, 10m or 1h")
     match = _DURATION.match(value)
     if not match:
-        raise ValueError(f"{_shown(value)} is not a duration: use 500ms, 30s, 10m or 1h")
+        raise ValueError(f"{shown(value)} is not a duration: use 500ms, 30s, 10m or 1h")
     seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if not math.isfinite(seconds):  # 400 nines are inf as a float
-        raise ValueError(f"{_shown(value)} is too long to be a duration")
+        raise ValueError(f"{shown(value)} is too long to be a duration")
     return seconds
 
 
-def _shown(value: str) -> str:
-    """``value`` quoted for a message, cut short: a file may hold a megabyte where a duration goes."""
-    return repr(value) if len(value) <= 40 else repr(value[:40]) + "..."
+QUOTED_MAX = 80  # a value longer than this is quoted by its first QUOTED_CUT characters and its length
+QUOTED_CUT = 60
+
+
+def shown(value: str | None) -> str:
+    """``value`` quoted for a message, cut short: a file may hold 300 KB where a duration goes, and a
+    message is one line a person reads (``'aaaa…' (100000 characters)``)."""
+    if value is None or len(value) <= QUOTED_MAX:
+        return repr(value)
+    return f"{value[:QUOTED_CUT] + '…'!r} ({len(value)} characters)"
 
 
 def _bounded_duration(field: str) -> Any:
@@ -78,9 +88,9 @@ def _bounded_duration(field: str) -> Any:
     def check(value: object) -> float:
         seconds = parse_duration(value)
         if seconds > ceiling:
-            raise ValueError(f"{_shown(str(value))} is longer than {longest}, the most {field} may be")
+            raise ValueError(f"{shown(str(value))} is longer than {longest}, the most {field} may be")
         if seconds < floor:
-            raise ValueError(f"{_shown(str(value))} is shorter than {shortest}, the least {field} may be")
+            raise ValueError(f"{shown(str(value))} is shorter than {shortest}, the least {field} may be")
         return seconds
 
     return BeforeValidator(check)
@@ -124,6 +134,27 @@ _PORT = re.compile(
 _VOLUME = re.compile(r"^(?P<source>[^:]+):(?P<target>/[^:]*)(?::(?P<mode>ro|rw))?$")
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 
+# Length bounds, checked before any pattern, so that a value of 300 KB (the file may hold 1 MiB) is one
+# short message at once. Each is far above what a real value needs:
+# - an image repository: Docker refuses a reference longer than 255 characters;
+# - a URL (health.http, a host's engine): 2,048, the practical limit of URLs (browsers, proxies);
+# - HOST:PORT and a port mapping: a DNS name is at most 253 characters, an IPv6 address in brackets 41;
+# - a path on the server (env_file, tls.certs, a path prefix) 4,096 (Linux's PATH_MAX), a volume two;
+# - an env value or one argument of a command: 32,768 characters; Linux refuses one KEY=VALUE or
+#   argument over 128 KiB (MAX_ARG_STRLEN) and a character may take 4 bytes in UTF-8.
+MAX_IMAGE = 255
+MAX_URL = 2048
+MAX_HOST_PORT = 300
+MAX_PORT_MAPPING = 64
+MAX_PATH = 4096
+MAX_ARG = 32_768
+MAX_ENV_KEY = 256  # not a kernel limit: a name that long is a mistake, and it is printed in messages
+
+UrlStr = Annotated[str, StringConstraints(max_length=MAX_URL)]
+HostPortStr = Annotated[str, StringConstraints(max_length=MAX_HOST_PORT)]
+PathStr = Annotated[str, StringConstraints(max_length=MAX_PATH)]
+ArgStr = Annotated[str, StringConstraints(max_length=MAX_ARG)]
+
 STABLE = "stable"
 ON_CONTAINER = "the-container.invalid"  # in a probe URL: the gated container's own address (never resolves)
 DEFAULT_STOP_TIMEOUT = 10.0  # seconds: docker's own, and AppSpec's; for a container that records none
@@ -132,7 +163,7 @@ DEFAULT_STOP_TIMEOUT = 10.0  # seconds: docker's own, and AppSpec's; for a conta
 def _check_port(port: str) -> str:
     match = _PORT.match(port)
     if not match:
-        raise ValueError(f"{port!r} is not [IP:]HOST:CONTAINER[/udp]")
+        raise ValueError(f"{shown(port)} is not [IP:]HOST:CONTAINER[/udp]")
     for part in ("host", "container"):
         number = match.group(part)
         if number is not None and not 0 < int(number) < 65536:
@@ -142,7 +173,7 @@ def _check_port(port: str) -> str:
         try:
             ipaddress.ip_address(ip.strip("[]"))
         except ValueError:
-            raise ValueError(f"{ip!r} is not an IP address (IPv4 parts are 0-255)") from None
+            raise ValueError(f"{shown(ip)} is not an IP address (IPv4 parts are 0-255)") from None
     return port
 
 
@@ -173,21 +204,23 @@ def _check_argv(argv: tuple[str, ...] | None) -> tuple[str, ...] | None:
 def _check_volume(volume: str) -> str:
     match = _VOLUME.match(volume)
     if not match:
-        raise ValueError(f"{volume!r} is not SOURCE:/CONTAINER/PATH[:ro|rw]")
+        raise ValueError(f"{shown(volume)} is not SOURCE:/CONTAINER/PATH[:ro|rw]")
     source = match.group("source")
     if not source.startswith("/") and not _VOLUME_NAME.match(source):
-        raise ValueError(f"{source!r} is neither a volume name nor an absolute path")
+        raise ValueError(f"{shown(source)} is neither a volume name nor an absolute path")
     return volume
 
 
 def _check_app_name(name: str) -> str:
     if not APP_NAME.match(name):
-        raise ValueError(f"app name {name!r}: lowercase letters, digits, '-' and '_', starting with a letter or digit")
+        raise ValueError(
+            f"app name {shown(name)}: lowercase letters, digits, '-' and '_', starting with a letter or digit"
+        )
     return name
 
 
-PortStr = Annotated[str, AfterValidator(_check_port)]
-VolumeStr = Annotated[str, AfterValidator(_check_volume)]
+PortStr = Annotated[str, StringConstraints(max_length=MAX_PORT_MAPPING), AfterValidator(_check_port)]
+VolumeStr = Annotated[str, StringConstraints(max_length=2 * MAX_PATH + 4), AfterValidator(_check_volume)]
 AppName = Annotated[str, AfterValidator(_check_app_name)]
 
 
@@ -200,13 +233,13 @@ class Strict(BaseModel):
 class HealthSpec(Strict):
     """How a deploy proves itself. At most one probe; none means "running, no restart, for healthy_for"."""
 
-    http: str | None = Field(
+    http: UrlStr | None = Field(
         None,
         description="URL that must answer 2xx or 3xx, from the server; with route:, a bare /path is asked of"
         " the new container itself, on route.port",
     )
-    tcp: str | None = Field(None, description="HOST:PORT that must accept a connection")
-    exec: tuple[str, ...] | None = Field(None, description="argv run in the container; exit 0 is healthy")
+    tcp: HostPortStr | None = Field(None, description="HOST:PORT that must accept a connection")
+    exec: tuple[ArgStr, ...] | None = Field(None, description="argv run in the container; exit 0 is healthy")
     docker: bool = Field(False, description="use the image's own Docker HEALTHCHECK")
     interval: Interval = Field("1s", validate_default=True, description=f"time between probes; {_limits('interval')}")
     timeout: Timeout = Field(
@@ -223,16 +256,16 @@ class HealthSpec(Strict):
     def _http(cls, value: str | None) -> str | None:
         if value is not None and value.startswith("/"):
             if any(char.isspace() for char in value):
-                raise ValueError(f"{value!r} is not a URL path")
+                raise ValueError(f"{shown(value)} is not a URL path")
             return value  # asked of the container itself: AppSpec checks that the app has a route
         if value is not None:
             parts = urllib.parse.urlsplit(value)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"{value!r} is not an http(s) URL")
+                raise ValueError(f"{shown(value)} is not an http(s) URL")
             try:
                 parts.port  # noqa: B018 - raises on a port that is not a number in range
             except ValueError:
-                raise ValueError(f"{value!r}: the port is not a number from 1 to 65535") from None
+                raise ValueError(f"{shown(value)}: the port is not a number from 1 to 65535") from None
         return value
 
     @field_validator("tcp")
@@ -241,7 +274,7 @@ class HealthSpec(Strict):
         if value is not None:
             match = re.match(r"^[^\s:]+:([0-9]{1,5})$", value)
             if not match:
-                raise ValueError(f"{value!r} is not HOST:PORT")
+                raise ValueError(f"{shown(value)} is not HOST:PORT")
             if not 0 < int(match.group(1)) < 65536:
                 raise ValueError(f"port {match.group(1)} is out of range 1-65535")
         return value
@@ -297,9 +330,10 @@ def _scalar_to_str(value: object) -> object:
 
 EnvValue = Annotated[
     str,
+    StringConstraints(max_length=MAX_ARG),  # before the BeforeValidator: a str's bound, not a generic one
     BeforeValidator(_scalar_to_str),
     AfterValidator(_check_env_value),
-    WithJsonSchema({"type": ["string", "number", "boolean"]}),
+    WithJsonSchema({"type": ["string", "number", "boolean"], "maxLength": MAX_ARG}),
 ]
 
 
@@ -312,7 +346,7 @@ def check_image(value: str) -> str:
     host, _, rest = value.partition("/")
     ok = bool(_IMAGE.match(value)) or (bool(rest) and bool(_IMAGE_HOST.match(host)) and bool(_IMAGE.match(rest)))
     if not ok:
-        raise ValueError(f"{value!r} is not an image repository")
+        raise ValueError(f"{shown(value)} is not an image repository")
     return value
 
 
@@ -321,7 +355,7 @@ def check_version(value: str) -> str:
         if not _DIGEST.match(value):
             raise ValueError("a digest is sha256: followed by 64 hex characters")
     elif not _TAG.match(value):
-        raise ValueError(f"{value!r} is not a tag, a sha256: digest or stable")
+        raise ValueError(f"{shown(value)} is not a tag, a sha256: digest or stable")
     return value
 
 
@@ -342,7 +376,7 @@ Labels = Annotated[dict[str, str], BeforeValidator(_scalar_labels)]
 class HostSpec(Strict):
     """One host of a fleet: how to reach its engine from a workstation or CI, and labels that apps select."""
 
-    engine: str | None = Field(
+    engine: UrlStr | None = Field(
         None, description="its Docker engine as seen from elsewhere: ssh://deploy@web-1, tcp://..., unix://..."
     )
     labels: Labels = Field(default_factory=dict, description="name -> value, selected by an app's on:")
@@ -352,14 +386,14 @@ class HostSpec(Strict):
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
         for key, label in value.items():
             if not _LABEL.match(key):
-                raise ValueError(f"{_shown(key)} is not a label name (letters, digits, _ . -)")
+                raise ValueError(f"{shown(key)} is not a label name (letters, digits, _ . -)")
             if not isinstance(label, str) or not _LABEL.match(label):
-                raise ValueError(f"label {key}: {_shown(str(label))} is not a label value (letters, digits, _ . -)")
+                raise ValueError(f"label {key}: {shown(str(label))} is not a label value (letters, digits, _ . -)")
         return value
 
 
-ImageStr = Annotated[str, AfterValidator(check_image)]
-VersionStr = Annotated[str, AfterValidator(check_version)]
+ImageStr = Annotated[str, StringConstraints(max_length=MAX_IMAGE), AfterValidator(check_image)]
+VersionStr = Annotated[str, AfterValidator(check_version)]  # its patterns bound it (128, 71 characters)
 
 
 _HOSTNAME = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -372,7 +406,7 @@ class RouteSpec(Strict):
     """How the proxy sends traffic to an app: by Host header and path prefix, to one container port."""
 
     hosts: tuple[str, ...] = Field((), description="Host header names (lowercase; *.example.com); none: every host")
-    path_prefix: str = Field(
+    path_prefix: UrlStr = Field(
         "/", description="/api serves /api and what lies under /api/ (never /apiary); /api/ only what lies under it"
     )
     port: int = Field(ge=1, le=65535, description="the port the container listens on")
@@ -391,7 +425,7 @@ class RouteSpec(Strict):
         for host in value:
             if not _HOSTNAME.match(host) or len(host) > 253:
                 raise ValueError(
-                    f"{_shown(host)} is not a host name (lowercase, e.g. shop.example.com or *.example.com)"
+                    f"{shown(host)} is not a host name (lowercase, e.g. shop.example.com or *.example.com)"
                 )
         if len(set(value)) != len(value):
             raise ValueError("a host is listed twice")
@@ -402,7 +436,7 @@ class RouteSpec(Strict):
     def _path_prefix(cls, value: str) -> str:
         if not _PATH_PREFIX.match(value):
             raise ValueError(
-                f"{_shown(value)} is not a path prefix: it starts with / and holds letters, digits and"
+                f"{shown(value)} is not a path prefix: it starts with / and holds letters, digits and"
                 " / . _ ~ % - ! $ & ( ) * + , ; = : @ only (percent-encode the rest)"
             )
         return value
@@ -411,7 +445,7 @@ class RouteSpec(Strict):
 class TlsSpec(Strict):
     """Certificates the proxy serves by SNI on the listen addresses of ``ports``."""
 
-    certs: str = Field(description="folder on the server with one PEM file (certificate + key) per name")
+    certs: PathStr = Field(description="folder on the server with one PEM file (certificate + key) per name")
     ports: tuple[int, ...] = Field((TLS_PORT,), description="listen ports that serve TLS (the others plain HTTP)")
 
     @field_validator("ports")
@@ -435,13 +469,13 @@ class TlsSpec(Strict):
 def _check_listen(value: str) -> str:
     match = _LISTEN.match(value)
     if not match:
-        raise ValueError(f"{_shown(value)} is not IP:PORT (0.0.0.0:80, 127.0.0.1:8080, [::]:443)")
+        raise ValueError(f"{shown(value)} is not IP:PORT (0.0.0.0:80, 127.0.0.1:8080, [::]:443)")
     if not 0 < int(match.group("port")) < 65536:
         raise ValueError(f"port {match.group('port')} is out of range 1-65535")
     try:
         ipaddress.ip_address(match.group("ip").strip("[]"))
     except ValueError:
-        raise ValueError(f"{match.group('ip')!r} is not an IP address") from None
+        raise ValueError(f"{shown(match.group('ip'))} is not an IP address") from None
     return value
 
 
@@ -515,9 +549,9 @@ class AppSpec(Strict):
     version: VersionStr = Field(description="tag | sha256:<digest> | stable")
     ports: tuple[PortStr, ...] = Field((), description="[IP:]HOST:CONTAINER[/udp]")
     env: dict[str, EnvValue] = Field(default_factory=dict, repr=False, description="values are never printed")
-    env_file: str | None = Field(None, description="KEY=VALUE file read on the server when applying")
+    env_file: PathStr | None = Field(None, description="KEY=VALUE file read on the server when applying")
     volumes: tuple[VolumeStr, ...] = Field((), description="NAME_OR_ABS_PATH:CONTAINER_PATH[:ro|rw]")
-    command: tuple[str, ...] | None = Field(None, description="argv; default: the image's CMD")
+    command: tuple[ArgStr, ...] | None = Field(None, description="argv; default: the image's CMD")
     restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
     init: bool = Field(False, description="run an init as PID 1 (docker --init)")
     stop_timeout: StopTimeout = Field(
@@ -547,8 +581,12 @@ class AppSpec(Strict):
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
+            if len(key) > MAX_ENV_KEY:
+                raise ValueError(
+                    f"{shown(key)} is longer than {MAX_ENV_KEY} characters: not an environment variable name"
+                )
             if not ENV_KEY.match(key):
-                raise ValueError(f"{key!r} is not an environment variable name")
+                raise ValueError(f"{shown(key)} is not an environment variable name")
         return value
 
     @field_validator("command")
@@ -596,7 +634,7 @@ class AppSpec(Strict):
                 " published container port), exec: [...] or docker: true"
             )
         if gate is not None and gate.on_container and not self.ports and self.route is None:
-            raise ValueError(f"health.http {gate.http!r} is asked on the task's first published port: add ports:")
+            raise ValueError(f"health.http {shown(gate.http)} is asked on the task's first published port: add ports:")
         return self
 
     @property
@@ -607,12 +645,12 @@ class AppSpec(Strict):
     @model_validator(mode="after")
     def _routed(self) -> AppSpec:
         if self.health is not None and self.health.on_container and self.route is None and self.replicas is None:
-            raise ValueError(f"health.http {self.health.http!r} is a bare path: it needs route: (or a full URL)")
+            raise ValueError(f"health.http {shown(self.health.http)} is a bare path: it needs route: (or a full URL)")
         if self.route is not None and self.health is not None:
             # A fixed address reaches the release that serves now (through the proxy), not the new one.
             if self.health.http is not None and not self.health.on_container:
                 raise ValueError(
-                    f"health.http {self.health.http!r}: with route:, write the path alone (/health); it is asked"
+                    f"health.http {shown(self.health.http)}: with route:, write the path alone (/health); it is asked"
                     " of the new release itself, on route.port, before any traffic goes to it"
                 )
             if self.health.tcp is not None:
@@ -677,7 +715,7 @@ class DesiredFile(Strict):
     def _hosts(cls, value: dict[str, HostSpec] | None) -> dict[str, HostSpec] | None:
         for name in value or {}:
             if not HOST_NAME.match(name):
-                raise ValueError(f"host name {_shown(name)}: lowercase letters, digits, '-', '_' and '.'")
+                raise ValueError(f"host name {shown(name)}: lowercase letters, digits, '-', '_' and '.'")
         return value
 
 
@@ -817,7 +855,7 @@ def parse_port(port: str) -> tuple[str, int | None, int, str]:
     """``"[IP:]HOST:CONTAINER[/udp]"`` -> (ip or "", host port or None, container port, "tcp"|"udp")."""
     match = _PORT.match(port)
     if not match:
-        raise ValueError(f"{port!r} is not [IP:]HOST:CONTAINER[/udp]")
+        raise ValueError(f"{shown(port)} is not [IP:]HOST:CONTAINER[/udp]")
     host = match.group("host")
     return (
         (match.group("ip") or "").strip("[]"),

@@ -9,6 +9,9 @@ Guarantees:
   An unquoted date, a number Python cannot hold (``1e999``, 5,000 digits) and ``.inf``/``.nan`` stay
   the text that was written. Keys are the text written (``1:`` is the key ``"1"``); a mapping or a
   list as a key is refused. An empty value is placed at its key.
+- A ``%YAML`` directive other than 1.1 or 1.2, and a ``\\u``/``\\U`` escape that names no character
+  (beyond U+10FFFF, or a surrogate), are refused at their place. Anchors and tags of any length are
+  shown cut to ``QUOTED_CUT`` characters.
 - No Python object is ever built from a tag: the reader walks the parser's events itself. Only
   ``!!str``, ``!``, ``!!map`` and ``!!seq`` are accepted; any other tag is refused where it is written.
 - Bounded work: the file is at most ``RECONCILE_MAX_FILE_BYTES`` (default 1 MiB) and is refused before
@@ -44,8 +47,10 @@ from ruamel.yaml.events import (
 )
 from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.reader import ReaderError
+from ruamel.yaml.scanner import Scanner, ScannerError
 
 from reconciler.core.desired import Path, Positions, dotted
+from reconciler.core.model import QUOTED_CUT, QUOTED_MAX
 from reconciler.errors import InvalidDesiredState, UserError
 
 MAX_FILE_BYTES_ENV: Final = "RECONCILE_MAX_FILE_BYTES"
@@ -110,12 +115,21 @@ def _escaped(text: str) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
+def _name(text: str) -> str:
+    """An anchor's or a tag's name as ``_escaped`` writes it, cut when long: ``aaaa… (300000 characters)``."""
+    if len(text) > QUOTED_MAX:
+        return _escaped(text[:QUOTED_CUT]) + f"… ({len(text)} characters)"
+    return _escaped(text)
+
+
 def _quoted(text: str) -> str:
+    if len(text) > QUOTED_MAX:
+        return _quoted(text[:QUOTED_CUT] + "…") + f" ({len(text)} characters)"
     return '"' + _escaped(text).replace('"', '\\"') + '"'
 
 
 def _show_tag(tag: str) -> str:
-    return _escaped("!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag)
+    return _name("!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag)
 
 
 def _line_col(text: str, index: int) -> Where:
@@ -161,9 +175,52 @@ def _decoded(text: str | bytes, filename: str, max_bytes: int | None) -> str:
         ) from None
 
 
+_YAML_VERSIONS: Final = ((1, 1), (1, 2))
+
+
+class _Scanner(Scanner):
+    """ruamel's scanner, with the two inputs it does not refuse itself refused as located errors.
+
+    A ``%YAML`` directive of another version than 1.1 or 1.2 (or one whose numbers Python's ``int``
+    will not read): the scanner records the version as soon as it reads it, and ruamel's resolver has
+    rules only for 1.1 and 1.2, so a later ``%YAML 9.9`` could reach the resolver (a ``KeyError``) and
+    ``%YAML 1.9`` fails an ``assert``. A ``\\U`` escape beyond U+10FFFF, or one that names a surrogate,
+    is not a character (``chr`` raises ``OverflowError``, or builds a string no encoder can write).
+    """
+
+    def scan_yaml_directive_value(self, start_mark: Any) -> Any:
+        try:
+            version = super().scan_yaml_directive_value(start_mark)
+        except ValueError:  # thousands of digits: more than int() reads
+            version = None
+        if version not in _YAML_VERSIONS:
+            raise ScannerError(
+                None, None, "this YAML version is not supported: write %YAML 1.2 (or 1.1), or no directive", start_mark
+            )
+        return version
+
+    def scan_flow_scalar_non_spaces(self, double: Any, start_mark: Any) -> Any:
+        mark = self.reader.get_mark()
+        try:
+            chunks = super().scan_flow_scalar_non_spaces(double, start_mark)
+        except (OverflowError, ValueError):
+            chunks = None
+        if chunks is None or any(
+            0xD800 <= ord(char) <= 0xDFFF for chunk in chunks if len(chunk) == 1 for char in chunk
+        ):
+            raise ScannerError(
+                "while scanning a double-quoted scalar",
+                start_mark,
+                "an escape names no Unicode character (\\u and \\U take U+0000 to U+10FFFF, not surrogates)",
+                mark,
+            )
+        return chunks
+
+
 def _compose(text: str) -> tuple[_Node | None, tuple[int, int]]:
     """The document's node tree and its YAML version; walks the parser's events without recursion."""
     yaml = YAML(typ="safe", pure=True)
+    yaml.Scanner = _Scanner
     resolver = yaml.resolver
     anchors: dict[str, _Node] = {}
     opened: dict[str, Where] = {}  # anchors of collections not yet closed: an alias to one would loop
@@ -213,16 +270,16 @@ def _compose(text: str) -> tuple[_Node | None, tuple[int, int]]:
         if isinstance(event, AliasEvent):
             assert anchor is not None
             if anchor in opened:
-                raise _Refused(where, f"the alias *{_escaped(anchor)} is inside the node it stands for")
+                raise _Refused(where, f"the alias *{_name(anchor)} is inside the node it stands for")
             target = anchors.get(anchor)
             if target is None:
-                raise _Refused(where, f"the alias *{_escaped(anchor)} has no anchor &{_escaped(anchor)} before it")
+                raise _Refused(where, f"the alias *{_name(anchor)} has no anchor &{_name(anchor)} before it")
             attach(_Node("alias", where, event.start_mark.index, event.end_mark.index, anchor=anchor, target=target))
             continue
         if anchor is not None and (anchor in anchors or anchor in opened):
             first = anchors[anchor].where if anchor in anchors else opened[anchor]
             raise _Refused(
-                where, f"the anchor &{_escaped(anchor)} is defined twice (first at {first[0]}:{first[1]}); rename one"
+                where, f"the anchor &{_name(anchor)} is defined twice (first at {first[0]}:{first[1]}); rename one"
             )
         tag = event.tag
         if isinstance(event, ScalarEvent):
@@ -318,7 +375,7 @@ class _Expander:
             if self.via:  # the place to fix is where the expansion starts
                 alias = self.via[0]
                 raise _Refused(
-                    alias.where, f"the alias *{_escaped(alias.anchor or '')} expands to more than {MAX_NODES} nodes"
+                    alias.where, f"the alias *{_name(alias.anchor or '')} expands to more than {MAX_NODES} nodes"
                 )
             raise _Refused(node.where, f"the file has more than {MAX_NODES} nodes", path)
 
@@ -532,7 +589,7 @@ def _shared_message(app: str, token: _Node, others: list[Use], own: list[Use], e
     anchors = {token.anchor} if token.anchor else set()
     for _, via in [*others, *own]:
         anchors.update(expander.aliases[alias].anchor or "" for alias in via)
-    names = " and ".join(f"&{_escaped(name)}" for name in sorted(anchors - {""}))
+    names = " and ".join(f"&{_name(name)}" for name in sorted(anchors - {""}))
     places = list(dict.fromkeys(dotted(path) for path, _ in others))
     shown = ", ".join(places[:5]) + (f" and {len(places) - 5} more" if len(places) > 5 else "")
     return (
