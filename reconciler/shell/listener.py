@@ -11,8 +11,9 @@ Guarantees:
   is ``413`` before it is read), and the bodies held at once are at most ``BODY_BUDGET`` (past it,
   ``503``). At most ``MAX_CONNECTIONS`` connections are open (fewer when the process may open few
   files), at most ``PER_ADDRESS`` from one address: a new connection past either bound closes the
-  oldest one (of that address, for the second) that is not running a request, so a newcomer is always
-  served and a flood pushes out only its own connections first.
+  oldest one (of that address, for the second) that is not running a request, so a newcomer is served
+  (it is closed only when every other connection runs a request) and a flood from one address pushes
+  out its own connections first.
 - ``POST /hooks/{github,gitlab,gitea}`` is judged by ``core.webhooks``: an authentic push to the
   followed branch calls ``on_push`` (the agent wakes, fetches and runs a pass; many pushes while a
   pass runs give one more pass, never a queue); other hooks are acknowledged. A wrong or missing
