@@ -41,7 +41,6 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from http.client import responses
 from io import BytesIO
 from typing import Any, cast
 
@@ -156,17 +155,21 @@ class Listener:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    def call(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+    def call(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
         """The app's answer to one request, on one of the listener's threads: never raises."""
         answered: list[tuple[str, list[tuple[str, str]]]] = []
         try:
             body = b"".join(self.app(environ, lambda status, headers: answered.append((status, headers))))
-            return int(answered[0][0].split()[0]), answered[0][1], body
+            return answered[0][0], answered[0][1], body
         except Exception as exc:  # a bug: one line, and the client is told
             what = f"{environ.get('REQUEST_METHOD')} {str(environ.get('PATH_INFO'))[:64]}"
             _log.error("listener: %s: internal error: %s: %s", what, type(exc).__name__, str(exc)[:200])
             data = (json.dumps({"result": "error", "reason": f"internal error: {type(exc).__name__}"}) + "\n").encode()
-            return 500, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))], data
+            return (
+                "500 Internal Server Error",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],
+                data,
+            )
 
     # -- the WSGI app --------------------------------------------------------------------------------
 
@@ -363,14 +366,16 @@ class _Exchange(httputil.HTTPMessageDelegate):
         try:
             if pool is None:
                 return
-            status, answer_headers, body = await IOLoop.current().run_in_executor(pool, self.listener.call, environ)
-            reason = responses.get(status, "Status")
+            status_line, answer_headers, body = await IOLoop.current().run_in_executor(
+                pool, self.listener.call, environ
+            )
+            status, _, reason = status_line.partition(" ")
             head = httputil.HTTPHeaders()
             for key, value in answer_headers:
                 head.add(key, value)
             head["Server"] = "reconciler"
             chunk = None if self.start_line.method == "HEAD" else body
-            await self.conn.write_headers(httputil.ResponseStartLine("HTTP/1.1", status, reason), head, chunk)
+            await self.conn.write_headers(httputil.ResponseStartLine("HTTP/1.1", int(status), reason), head, chunk)
             self.conn.finish()
         except (iostream.StreamClosedError, RuntimeError):  # the client left, or the pool was shut at stop
             self.conn.close()
@@ -387,7 +392,7 @@ class _Exchange(httputil.HTTPMessageDelegate):
         moment: closing on unread data would reset the connection and lose the answer on its way."""
         data = (json.dumps(body) + "\n").encode()
         head = (
-            f"HTTP/1.1 {status} {responses.get(status, 'Status')}\r\nContent-Type: application/json\r\n"
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(data)}\r\nConnection: close\r\nServer: reconciler\r\n\r\n"
         )
         stream = self.conn.detach()
