@@ -20,6 +20,10 @@ Faults: baseline (no fault: a plain deploy, the downtime of an ordinary swap), y
 alias-bomb, huge-file, env-file, stop-timeout, secrets, two-agents, state-dir, git-corrupt,
 kill-rollback, superseded, stale-next, long-value, yaml-escape, and engine-restart (restarts the
 machine's dockerd, which disturbs every container on it: last, and skipped with --skip-engine-restart).
+kill-rollback, superseded, stale-next, listener-idle (500 idle + 200 trickling connections on the
+listener), listener-edges (a nested, a 1 MiB and a 1 MiB + 1 hook body, HEAD /healthz), and
+engine-restart (restarts the machine's dockerd, which disturbs every container on it: last, and
+skipped with --skip-engine-restart).
 
 Run: ``.venv/bin/python bench/drill.py [--only NAME ...] [--skip-engine-restart]`` as root (the
 state-dir fault mounts a read-only bind, the engine restart signals dockerd), with the Docker engine
@@ -31,6 +35,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import hmac
+import http.client
 import itertools
 import json
 import os
@@ -65,9 +72,12 @@ from tests.support.dockerd import (  # noqa: E402
     wait_engine,
 )
 from tests.support.engine import new_run_prefix, remove_containers  # noqa: E402
+from tests.support.hostile import probe  # noqa: E402
 from tests.support.net import http_get  # noqa: E402
 
 FILE = "desired-state.yaml"
+WEBHOOK_SECRET = b"drill-webhook-secret-never-printed"
+MIB = 1024 * 1024
 FAULT_DEADLINE = 90.0
 ENGINE_FAULT_DEADLINE = 150.0  # dockerd stopping every container and coming back takes its own while
 POLL_EVERY = 0.05
@@ -321,10 +331,11 @@ class Scenario:
         branch: str = "main",
         state: Path | None = None,
         wait: bool = True,
+        extra: Iterable[str] = (),
     ) -> AgentProcess:
         args = [
             "--repo", repo or self.remote.url, "--branch", branch, "--state-dir", str(state or self.state),
-            "--interval", "2s", "--log-format", "json",
+            "--interval", "2s", "--log-format", "json", *extra,
         ]  # fmt: skip
         agent = AgentProcess(args, env=self.env(env), state_dir=state or self.state)
         self.agents.append(agent)
@@ -1107,6 +1118,93 @@ def fault_engine_restart_live_restore(s: Scenario) -> Row:
     return fault_engine_restart(s)
 
 
+def listening_agent(s: Scenario) -> int:
+    """Deploy v1 with an agent that listens (``--listen``, a webhook secret) and polls only every 60 s,
+    so that what deploys a commit quickly is its hook; the listener's port."""
+    listen = free_port()
+    secret = s.tmp / "webhook.secret"
+    secret.write_bytes(WEBHOOK_SECRET + b"\n")
+    s.secrets.append(WEBHOOK_SECRET.decode())
+    s.push(s.yaml("v1"), "v1")
+    s.start_agent(extra=["--interval", "60s", "--listen", f"127.0.0.1:{listen}", "--webhook-secret-file", str(secret)])
+    if s.wait("deploy.succeeded", "v1", timeout=30) is None or not s.wait_body("v1", 10):
+        raise RuntimeError(f"setup: v1 was never deployed:\n{s.agent.log()[-2000:]}")
+    return listen
+
+
+def signed_hook(listen: int, body: bytes, *, method: str = "POST", path: str = "/hooks/github") -> tuple[int, bytes]:
+    digest = hmac.new(WEBHOOK_SECRET, body, hashlib.sha256).hexdigest()
+    headers = {"X-GitHub-Event": "push", "X-Hub-Signature-256": f"sha256={digest}", "Content-Type": "application/json"}
+    conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=30)
+    try:
+        conn.request(method, path, body=body or None, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        return 0, str(exc).encode()
+    finally:
+        conn.close()
+
+
+def fault_listener_idle(s: Scenario) -> Row:
+    """Issue 18 item 8: 500 connections that send nothing and 200 that trickle a byte a second, held
+    (reopened when closed) from the probes' own address; /healthz probed, then a commit and its hook."""
+    from bench.listener_load import HostileProcess
+
+    listen = listening_agent(s)
+    s.poll()
+    with HostileProcess(listen, idle=500, slow=200, seconds=80) as hostile:
+        times = []
+        for _ in range(12):
+            status, took = probe("127.0.0.1", listen, timeout=10)
+            times.append(took if status == 200 else 10.0)
+            time.sleep(max(0.0, 0.5 - took))
+        answered = sum(1 for took in times if took < 10.0)
+        p95 = sorted(times)[round(0.95 * len(times)) - 1]
+        s.saw(f"/healthz {answered} of {len(times)} answered under {hostile.opened} connections, p95 {p95:.3f}s")
+        if answered < len(times) or p95 > 1.0:
+            s.note(f"/healthz answered {answered} of {len(times)}, p95 {p95:.2f}s (target <= 1 s)")
+        mark = s.agent.mark()
+        s.push(s.yaml("v2"), "v2")
+        sent = time.time()
+        status, _ = signed_hook(listen, b'{"ref": "refs/heads/main"}')
+        done = s.wait("deploy.succeeded", "v2", since=mark, timeout=30)
+        if status != 202:
+            s.note(f"the hook answered {status}")
+        if done is not None:
+            s.saw(f"hook -> deploy.succeeded {done.at - sent:.2f}s")
+            if done.at - sent > 3.0:
+                s.note(f"hook -> deploy {done.at - sent:.1f}s (target <= 3 s)")
+    return s.finish(["v2"])
+
+
+def fault_listener_edges(s: Scenario) -> Row:
+    """Issue 18 item 10: a signed body of 100,000 nested ``[``, a body of exactly 1 MiB and one byte more,
+    ``HEAD /healthz``."""
+    listen = listening_agent(s)
+    s.poll()
+    mark = s.agent.mark()
+    status, answer = signed_hook(listen, b"[" * 100_000)
+    s.saw(f"nested: {status} {answer.decode(errors='replace').strip()[:80]}")
+    if status != 400:
+        s.note(f"a signed body of 100,000 nested [ answered {status}")
+    time.sleep(0.5)
+    refused = s.agent.events("webhook.refused", since=mark)
+    if len(refused) != 1:
+        s.note(f"webhook.refused logged {len(refused)} times for it")
+    start = b'{"ref": "refs/heads/other", "pad": "'
+    for size, want in ((MIB, 202), (MIB + 1, 413)):
+        status, _ = signed_hook(listen, start + b"x" * (size - len(start) - 2) + b'"}')
+        s.saw(f"a body of {size} bytes: {status}")
+        if status != want:
+            s.note(f"a body of {size} bytes answered {status}, not {want}")
+    status, answer = signed_hook(listen, b"", method="HEAD", path="/healthz")
+    s.saw(f"HEAD /healthz: {status}, {len(answer)} bytes of body")
+    if (status, answer) != (200, b""):
+        s.note(f"HEAD /healthz answered {status} with {len(answer)} bytes")
+    return s.finish(["v1"])
+
+
 def restart_dockerd(command: list[str]) -> None:
     pid = dockerd_pid()
     if pid is not None:
@@ -1136,6 +1234,8 @@ FAULTS: dict[str, list[tuple[str, Callable[[Scenario], Row]]]] = {
     "stale-next": [("stale-next", fault_stale_next)],
     "long-value": [("long-value", fault_long_value)],
     "yaml-escape": [("yaml-escape", fault_yaml_escape)],
+    "listener-idle": [("listener-idle", fault_listener_idle)],
+    "listener-edges": [("listener-edges", fault_listener_edges)],
     "engine-restart": [
         ("engine-restart", fault_engine_restart),
         ("engine-restart-live-restore", fault_engine_restart_live_restore),

@@ -1,17 +1,21 @@
-"""Webhooks judged without I/O (core.webhooks), the listener's WSGI app driven directly, the agent's health.
+"""Webhooks judged without I/O (core.webhooks), the listener's app driven directly and over sockets, the agent's health.
 
 No engine: a hook's proof, event and branch decide what happens; a flood is rate-limited per source with
 bounded memory; the app answers 401/404/405/413/429 as documented and never echoes the secret; /healthz
-turns 503 when the loop's last pass is too old or a pass runs too long.
+turns 503 when the loop's last pass is too old or a pass runs too long. Over real sockets on 127.0.0.1:
+HEAD, a body of exactly 1 MiB and one byte more, a signed body nested too deeply, and /healthz answering
+while hundreds of connections send nothing or trickle (the figures are bench/listener_load.py's).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ from reconciler.shell.converge import Settings
 from reconciler.shell.events import Events
 from reconciler.shell.listener import MAX_BODY, Health, Listener
 from reconciler.shell.metrics import Metrics
+from tests.support.hostile import Hostile, probe
 
 SECRET = b"hook-secret"
 PUSH = json.dumps({"ref": "refs/heads/main"}).encode()
@@ -158,3 +163,103 @@ def test_the_agent_is_alive_while_its_passes_are_recent(tmp_path: Path) -> None:
     assert not agent.health().alive  # past the default cap of 900 s
     agent.pass_cap = 2000.0  # a file whose gates are long
     assert agent.health().alive
+
+
+def test_a_signed_body_nested_too_deeply_is_a_bad_request() -> None:
+    body = b"[" * 100_000
+    answer = judge(Provider.GITHUB, proof(Provider.GITHUB, body), body, SECRET, "refs/heads/main")
+    assert (answer.verdict, answer.status, answer.reason) == (Verdict.BAD, 400, "the body is JSON nested too deeply")
+
+
+@contextmanager
+def serving(**kwargs: Any) -> Iterator[tuple[Listener, list[str], list[str]]]:
+    listener, pushes, refused = a_listener(**kwargs)
+    listener.start()
+    try:
+        yield listener, pushes, refused
+    finally:
+        listener.stop()
+
+
+def send(
+    port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body or None, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {key.lower(): value for key, value in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def test_head_of_healthz_and_metrics_answers_as_get_without_a_body() -> None:
+    with serving() as (listener, _, _):
+        for path in ("/healthz", "/metrics"):
+            status, headers, body = send(listener.port, "GET", path)
+            head_status, head_headers, head_body = send(listener.port, "HEAD", path)
+            assert (head_status, head_body) == (status, b"") and status == 200, (path, head_status, head_body)
+            assert head_headers["content-type"] == headers["content-type"]
+            if path == "/healthz":  # /metrics may count one more request between the two
+                assert head_headers["content-length"] == headers["content-length"] == str(len(body))
+
+
+def padded_push(size: int) -> bytes:
+    start = b'{"ref": "refs/heads/main", "pad": "'
+    return start + b"x" * (size - len(start) - 2) + b'"}'
+
+
+def test_a_body_of_exactly_1_mib_is_read_and_one_byte_more_is_413() -> None:
+    with serving() as (listener, pushes, _):
+        body = padded_push(MAX_BODY)
+        assert len(body) == MAX_BODY
+        status, _, answer = send(listener.port, "POST", "/hooks/github", body, headers_of_http(Provider.GITHUB, body))
+        assert status == 202 and pushes == ["push"], answer
+        body = padded_push(MAX_BODY + 1)
+        status, headers, answer = send(
+            listener.port, "POST", "/hooks/github", body, headers_of_http(Provider.GITHUB, body)
+        )
+        assert status == 413 and json.loads(answer)["result"] == "too-large", answer
+        assert headers["connection"] == "close" and pushes == ["push"]
+        assert probe("127.0.0.1", listener.port)[0] == 200  # the listener goes on
+
+
+def headers_of_http(provider: Provider, body: bytes) -> dict[str, str]:
+    return {"Content-Type": "application/json", **proof(provider, body)}
+
+
+def test_a_signed_body_nested_too_deeply_is_400_and_one_line_without_a_traceback(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    with serving() as (listener, pushes, refused):
+        body = b"[" * 100_000
+        for _ in range(2):
+            status, _, answer = send(listener.port, "POST", "/hooks/gitea", body, headers_of_http(Provider.GITEA, body))
+            assert status == 400 and json.loads(answer)["reason"] == "the body is JSON nested too deeply", answer
+    assert pushes == [] and len(refused) == 2  # the agent says it once per provider (Events.once)
+    assert refused[0] == "a gitea hook from 127.0.0.1: the body is JSON nested too deeply; not fetched"
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_bug_in_the_app_is_500_and_one_line_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    listener, _, _ = a_listener()
+    listener.health = lambda: 1 / 0  # type: ignore[assignment,return-value]
+    listener.start()
+    try:
+        status, _, answer = send(listener.port, "GET", "/healthz")
+        assert status == 500 and json.loads(answer)["reason"] == "internal error: ZeroDivisionError"
+        assert probe("127.0.0.1", listener.port, "GET", "/metrics")[0] == 200
+    finally:
+        listener.stop()
+    lines = [(record.getMessage(), record.exc_info) for record in caplog.records]
+    assert lines == [("listener: GET /healthz: internal error: ZeroDivisionError: division by zero", None)], lines
+
+
+def test_healthz_answers_while_hundreds_of_connections_send_nothing_or_trickle() -> None:
+    with serving() as (listener, _, _), Hostile("127.0.0.1", listener.port, idle=300, slow=50, seconds=60) as hostile:
+        assert hostile.open_now == 350
+        statuses = [probe("127.0.0.1", listener.port, timeout=20)[0] for _ in range(5)]
+        assert statuses == [200] * 5, statuses
+        head = probe("127.0.0.1", listener.port, "HEAD", timeout=20)[0]
+        assert head == 200
+        assert hostile.refused == 0  # every connection was taken: none waited in the backlog

@@ -4,7 +4,8 @@ Guarantees:
 - A hook is authentic only when its provider's proof matches the shared secret: GitHub's
   ``X-Hub-Signature-256`` and Gitea's ``X-Gitea-Signature`` (HMAC-SHA256 of the raw body), GitLab's
   ``X-Gitlab-Token`` (the secret itself). Every comparison is constant-time (``hmac.compare_digest``),
-  and nothing is parsed before the proof holds: an unauthenticated body is never read as JSON.
+  and nothing is parsed before the proof holds: an unauthenticated body is never read as JSON. An
+  authentic body that is not a JSON object with a ``ref`` (or nests too deeply to parse) is ``400``.
 - An authentic push to the followed branch is ``Verdict.PUSH`` (the agent fetches and runs a pass at
   once); any other authentic hook (a ping, another event, another branch) is acknowledged and ignored.
 - ``RateLimit`` is a token bucket per source, its clock passed in: a flood is answered ``429`` and never
@@ -86,6 +87,8 @@ def judge(provider: Provider, headers: Mapping[str, str], body: bytes, secret: b
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return Answer(Verdict.BAD, 400, "the body is not JSON")
+    except RecursionError:  # a signed body of 100,000 nested brackets: no hook nests that deep
+        return Answer(Verdict.BAD, 400, "the body is JSON nested too deeply")
     if not isinstance(payload, dict):
         return Answer(Verdict.BAD, 400, "the body is not a JSON object")
     ref = payload.get("ref")
