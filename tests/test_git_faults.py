@@ -272,3 +272,40 @@ def test_a_mirror_an_older_version_wrote_with_the_password_loses_it(site: Site, 
     (mirror,) = mirrors.glob("*.git")  # the same mirror, moved: not cloned again
     assert mirror != legacy and not legacy.exists()
     assert "mirror.reset" not in output(result) and "cloned again" not in output(result), show(result)
+
+
+def test_an_agent_on_a_url_with_a_password_keeps_no_secret_and_says_a_refused_password_once(
+    world: World, git_http: GitHttp, images: ImageFactory, app_names: AppNames
+) -> None:
+    images.build("web", "v1")
+    images.build("web", "v2")
+    app, port = app_names("web"), free_port()
+    world.commit(desired(app_yaml(app, world.web(), "v1", port)), "v1")
+    hook = f"json://bob:{JSON_PASSWORD}@127.0.0.1:{free_port()}/hook"
+    agent = world.agent("--notify", SLACK, "--notify", hook, repo=git_http.url("remote.git"))
+    agent.wait_for("deploy.succeeded", app=app, timeout=60)
+    secrets = (git_http.password, "T0SECRETA", "B0SECRETB", "xoxbSecretSlackTokenC", JSON_PASSWORD)
+
+    assert files_holding(world.state, *secrets) == []
+    assert open_to_others(world.state) == []
+    owner = (world.state / "lock.owner").read_text()
+    assert "--notify slack://***" in owner and "alice:***@" in owner, owner  # (cut at 200 characters)
+
+    good, git_http.password = git_http.password, "changed-on-the-remote"
+    mark = agent.mark()
+    agent.hup()
+    line = agent.wait_for("desired.invalid", REFUSED, since=mark, timeout=30)
+    assert f"git remote http://alice:***@127.0.0.1:{git_http.port}/remote.git {REFUSED}" in line.message
+    agent.hup()
+    agent.hup()
+    assert len(agent.events("desired.invalid", since=mark)) == 1, agent.log()
+    assert not agent.events("remote.unreachable"), agent.log()  # not an outage: nothing to wait for
+    assert body(port) == "v1"  # what runs is untouched
+
+    git_http.password = good  # the remote takes the URL's password again: the agent goes on
+    world.commit(desired(app_yaml(app, world.web(), "v2", port)), "v2")
+    agent.hup()
+    agent.wait_for("deploy.succeeded", "v2", app=app, since=mark, timeout=60)
+    said = "\n".join([*(line.raw for line in agent.lines), *agent.stdout])  # the log, not the test's header
+    assert not [secret for secret in secrets if secret in said], said
+    assert files_holding(world.state, *secrets) == []
