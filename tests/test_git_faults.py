@@ -289,7 +289,7 @@ def test_an_agent_on_a_url_with_a_password_keeps_no_secret_and_says_a_refused_pa
     assert files_holding(world.state, *secrets) == []
     assert open_to_others(world.state) == []
     owner = (world.state / "lock.owner").read_text()
-    assert "--notify slack://***" in owner and "alice:***@" in owner, owner  # (cut at 200 characters)
+    assert "alice:***@" in owner, owner  # (its --notify values may be past the 200 characters it keeps)
 
     good, git_http.password = git_http.password, "changed-on-the-remote"
     mark = agent.mark()
