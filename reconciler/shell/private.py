@@ -1,9 +1,10 @@
 """The state directory is private: its modes, and what may be written in it of a command line.
 
 Guarantees:
-- ``private_dir(path)`` makes the directory (and its parents) and leaves it ``0700``: a directory of
-  ours that is wider (made by an older version, or under another umask) is narrowed; one of another
-  user, or on a read-only disk, is left as it is (what cannot be written there is said where it is).
+- ``private_dir(path)`` makes the directory (and the parents it lacks, ``0700`` too) and leaves it
+  ``0700``: a directory of ours that is wider (made by an older version, or under another umask) is
+  narrowed; one of another user, or on a read-only disk, is left as it is (what cannot be written
+  there is said where it is).
 - ``open_private``/``write_private`` create a file ``0600`` and narrow a wider one of ours, whatever
   the umask: the journal, the lock and its owner, the pid file, crash reports.
 - ``masked_url(url)`` is a notification URL masked whole after its scheme (``slack://***``): its host,
@@ -30,8 +31,13 @@ _SCHEME = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+.-]{0,31})://")
 
 
 def private_dir(path: Path) -> None:
-    """Make ``path`` (and its parents) and leave it ``0700``; ``OSError`` when it cannot be made."""
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    """Make ``path`` and leave it ``0700``; ``OSError`` when it cannot be made. The folders it makes on the
+    way are ``0700`` too (``STATE/hosts/HOST``: ``hosts`` is the state directory's as much)."""
+    missing = [folder for folder in (path, *path.parents) if not folder.is_dir()]
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+            folder.mkdir(mode=DIR_MODE)
+    path.mkdir(mode=DIR_MODE, exist_ok=True)  # a file in the way is an error (FileExistsError) here
     _narrow(os.stat(path), path, DIR_MODE)
 
 
