@@ -118,7 +118,7 @@ class _Remote:
         env = _git_config([("credential.helper", ""), ("credential.helper", _HELPER)])  # "": only ours answers
         env |= fill | {
             "RECONCILE_GIT_PROTOCOL": parts.scheme,
-            "RECONCILE_GIT_HOST": host.lower(),
+            "RECONCILE_GIT_HOST": host,  # as git says it: the text of the URL
             "GIT_TERMINAL_PROMPT": "0",  # refused credentials are an error to report, not a prompt on a tty
         }
         return cls(url, env, password or "")
