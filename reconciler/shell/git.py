@@ -524,13 +524,13 @@ def _open_mirror(url: str, path: Path) -> git.Repo:
     opened.git.update_environment(**remote.env)
     with contextlib.suppress(*_UNREADABLE, configparser.Error):  # a config git cannot read: the fetch says so
         reader = opened.config_reader("repository")
-        if reader.get_value('remote "origin"', "url", default="") != remote.url:
+        stale_url = reader.get_value('remote "origin"', "url", default="") != remote.url
+        open_to_all = not any(option.lower() == "sharedrepository" for option in reader.options("core"))
+        if stale_url or open_to_all:
             with opened.config_writer("repository") as writer:
                 writer.set_value('remote "origin"', "url", remote.url)
-        if not any(option.lower() == "sharedrepository" for option in reader.options("core")):
-            with opened.config_writer("repository") as writer:
                 writer.set_value("core", "sharedRepository", "0600")
-            _make_private(path)
+            _make_private(path)  # the config written again too (under the umask)
     return opened
 
 
