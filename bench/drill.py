@@ -24,6 +24,8 @@ kill-rollback, superseded, stale-next, listener-idle (500 idle + 200 trickling c
 listener), listener-edges (a nested, a 1 MiB and a 1 MiB + 1 hook body, HEAD /healthz), and
 engine-restart (restarts the machine's dockerd, which disturbs every container on it: last, and
 skipped with --skip-engine-restart).
+kill-rollback, superseded, stale-next, secrets-at-rest, and engine-restart (restarts the machine's dockerd, which
+disturbs every container on it: last, and skipped with --skip-engine-restart).
 
 Run: ``.venv/bin/python bench/drill.py [--only NAME ...] [--skip-engine-restart]`` as root (the
 state-dir fault mounts a read-only bind, the engine restart signals dockerd), with the Docker engine
@@ -73,6 +75,7 @@ from tests.support.dockerd import (  # noqa: E402
 )
 from tests.support.engine import new_run_prefix, remove_containers  # noqa: E402
 from tests.support.hostile import probe  # noqa: E402
+from tests.support.githttp import GitHttp  # noqa: E402
 from tests.support.net import http_get  # noqa: E402
 
 FILE = "desired-state.yaml"
@@ -1203,6 +1206,82 @@ def fault_listener_edges(s: Scenario) -> Row:
     if (status, answer) != (200, b""):
         s.note(f"HEAD /healthz answered {status} with {len(answer)} bytes")
     return s.finish(["v1"])
+def fault_secrets_at_rest(s: Scenario) -> Row:
+    """Secrets planted in the agent's command line (the repository URL's password over HTTP with basic auth,
+    a Slack token, a ``json://`` password): none in any file under the state directory (its lock owner, its
+    mirror and the copy moved aside when the mirror broke) nor in any output (the agent's log, a second
+    ``reconcile`` refused by the lock, a wrong password); the directory 0700, nothing in it open to others."""
+    token = secrets.token_hex(6)
+    password, slack_c, hook_password = f"repoPW{token}", f"xoxbSLACK{token}", f"hookPW{token}"
+    slack = f"slack://T0DRILL{token}/B0DRILL{token}/{slack_c}"
+    hook = f"json://bob:{hook_password}@127.0.0.1:{free_port()}/hook"
+    s.secrets += [password, slack_c, f"T0DRILL{token}", hook_password]
+    server = GitHttp(s.remote.bare_path.parent, "alice", password)
+    try:
+        url = server.url("remote.git")
+        s.push(s.yaml("v1"), "v1")
+        args = ["--repo", url, "--branch", "main", "--state-dir", str(s.state), "--interval", "2s",
+                "--log-format", "json", "--notify", slack, "--notify", hook]  # fmt: skip
+        agent = AgentProcess(args, env=s.env(), state_dir=s.state)
+        s.agents.append(agent)
+        agent.start()
+        agent.wait_for("agent.started", timeout=s.left(30))
+        if s.wait("deploy.succeeded", "v1", timeout=30) is None or not s.wait_body("v1", 10):
+            raise RuntimeError(f"setup: v1 was never deployed:\n{agent.log()[-2000:]}")
+        s.poll()
+        outputs: list[str] = []
+
+        # The mirror breaks: it is moved aside (with its config) and cloned again.
+        for head in (s.state / "mirrors").glob("*.git/HEAD"):
+            head.unlink()
+        mark = agent.mark()
+        s.deploy("v2")
+        if not agent.events("mirror.reset", since=mark):
+            s.note("the broken mirror was not moved aside")
+
+        # A second reconcile while the agent holds the lock (its gate of v3 lasts 4 s).
+        mark = agent.mark()
+        s.push(s.yaml("v3", healthy_for="4s", timeout="15s"), "v3")
+        agent.hup()
+        refused = None
+        while refused is None and time.monotonic() < s.ends - 30 and not agent.events("deploy.succeeded", since=mark):
+            result = s.cli("--repo", url, "--state-dir", str(s.state), "--lock-timeout", "0")
+            outputs += [result.stdout, result.stderr]
+            if "is locked by" in result.stderr:
+                refused = result
+        if refused is None:
+            s.note("no reconcile was refused by the lock")
+        else:
+            s.saw(f"refused: {short(refused.stderr.split(' is locked by ')[1], 110)}")
+        s.wait("deploy.succeeded", "v3", since=mark, timeout=30)
+
+        wrong = s.cli("--repo", server.url("remote.git", password="not-the-password"), "--state-dir",
+                      str(s.tmp / "other-state"), "--dry-run")  # fmt: skip
+        outputs += [wrong.stdout, wrong.stderr]
+        if wrong.returncode != 1 or "refused the credentials" not in wrong.stderr or not one_line(wrong.stderr):
+            s.note(f"wrong password: exit {wrong.returncode}, {short(wrong.stderr, 100)}")
+        else:
+            s.saw(f"wrong password: {short(wrong.stderr, 90)}")
+        s.end_window()
+
+        held = [f"{path.relative_to(s.state)}" for path in sorted(s.state.rglob("*"))
+                if path.is_file() and any(x.encode() in path.read_bytes() for x in s.secrets)]  # fmt: skip
+        if held:
+            s.note(f"secrets in {', '.join(held)}")
+        said = "\n".join(outputs)
+        for secret in s.secrets:
+            if secret in said:
+                s.note(f"secret {secret[:12]}... in a command's output")
+        loose = [f"{path.relative_to(s.tmp)} {path.stat().st_mode & 0o777:o}"
+                 for path in [s.state, *s.state.rglob("*")] if path.stat().st_mode & 0o077]  # fmt: skip
+        if loose:
+            s.note(f"open to others: {', '.join(loose[:3])}" + (f" (+{len(loose) - 3})" if len(loose) > 3 else ""))
+        files = sum(1 for path in s.state.rglob("*") if path.is_file())
+        s.saw(f"{files} files under the state dir grepped for {len(s.secrets)} secrets")
+        s.saw("down s: the stop-first swaps of v2 and v3, as baseline's")
+        return s.finish(["v3"])
+    finally:
+        server.stop()
 
 
 def restart_dockerd(command: list[str]) -> None:
@@ -1236,6 +1315,7 @@ FAULTS: dict[str, list[tuple[str, Callable[[Scenario], Row]]]] = {
     "yaml-escape": [("yaml-escape", fault_yaml_escape)],
     "listener-idle": [("listener-idle", fault_listener_idle)],
     "listener-edges": [("listener-edges", fault_listener_edges)],
+    "secrets-at-rest": [("secrets-at-rest", fault_secrets_at_rest)],
     "engine-restart": [
         ("engine-restart", fault_engine_restart),
         ("engine-restart-live-restore", fault_engine_restart_live_restore),

@@ -11,6 +11,8 @@ Nothing here fakes anything (DESIGN.md, "Real parts in tests"):
 - `registry` / `auth_registry` (session): `Registry` processes on 127.0.0.1 (no auth /
   htpasswd auth).
 - `git_remote` (function): `GitRemote`, a bare repo `remote.git` on `main` and a clone.
+- `git_http` (function): `GitHttp` (tests/support/githttp.py), that remote over HTTP behind basic auth
+  (`git_http.url("remote.git")` holds user and password).
 - `app_names` (function): `AppNames`, `app_names("web") -> "<prefix>-web-<n>"`; removes
   `{app}`, `{app}.prev`, `{app}.next` after the test.
 - `site` (function): `Site` (tests/support/state.py), the test's git remote, a state directory
@@ -55,6 +57,7 @@ from tests.support import (
 from tests.support.agent import World, open_world
 from tests.support.engine import new_run_prefix
 from tests.support.engines import ExtraEngine, start_engines, stop_engines
+from tests.support.githttp import GitHttp
 from tests.support.haproxy import build_haproxy_image
 from tests.support.images import BusyboxMissing, find_static_busybox
 from tests.support.routed import Routed
@@ -138,6 +141,16 @@ def auth_registry(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture
 def git_remote(tmp_path: Path) -> GitRemote:
     return GitRemote(tmp_path / "git")
+
+
+@pytest.fixture
+def git_http(git_remote: GitRemote) -> Iterator[GitHttp]:
+    """The test's git remote over HTTP with basic auth (user ``alice``, a password of its own): ``remote.git``."""
+    server = GitHttp(git_remote.bare_path.parent, "alice", "pw-" + secrets.token_hex(10))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -1,17 +1,34 @@
-"""What git does to reconciler: corrupt objects, a corrupt mirror, tags in a mirror, a refused revert.
+"""What git does to reconciler: corrupt objects, a corrupt mirror, tags in a mirror, a refused revert,
+a password in the repository's URL.
 
-Real repositories corrupted by the test (an object file overwritten, a mirror's HEAD removed), real
-commands and real agents; each test asserts what the user sees: the one line, the exit code, the log.
+Real repositories corrupted by the test (an object file overwritten, a mirror's HEAD removed), a real
+remote over HTTP with basic auth (``git http-backend``), real commands and real agents; each test
+asserts what the user sees: the one line, the exit code, the log, the files of the state directory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import subprocess
 from pathlib import Path
 
+from reconciler.shell.git import open_source
 from tests.support import AppNames, ImageFactory, free_port, run_git
 from tests.support.agent import World, wait_body
-from tests.support.state import FILE, Site, app_yaml, body, cli, desired, show
+from tests.support.githttp import GitHttp
+from tests.support.state import (
+    FILE,
+    Site,
+    app_yaml,
+    body,
+    cli,
+    desired,
+    files_holding,
+    open_to_others,
+    output,
+    show,
+)
 
 UNREADABLE = "is unreadable (the repository is corrupt: git fsck)"
 
@@ -175,3 +192,120 @@ def test_a_revert_push_refused_by_a_hook_leaves_no_commit_behind(site: Site, app
     assert remote.head() == bad  # no revert commit left in the clone
     assert remote.git("status", "--porcelain") == ""
     assert remote.remote_head() == bad
+
+
+# -- a password in the repository's URL ---------------------------------------------------------------
+
+REFUSED = "refused the credentials"
+SLACK = "slack://T0SECRETA/B0SECRETB/xoxbSecretSlackTokenC"
+JSON_PASSWORD = "json-hook-password-1"
+
+
+def test_a_password_in_the_repo_url_is_in_no_file_of_the_state_directory(
+    site: Site, git_http: GitHttp, images: ImageFactory, app_names: AppNames
+) -> None:
+    images.build("web", "v1")
+    app, port = app_names("web"), free_port()
+    url = git_http.url("remote.git")
+    site.commit(desired(app_yaml(app, site.web(), "v1", port)), "v1")
+    site.converge(repo=url)  # a clone
+    site.commit(desired(app_yaml(app, site.web(), "v1", port)) + "# again\n", "again")
+    again = site.converge(repo=url)  # a fetch
+    assert body(port) == "v1"
+    assert git_http.password not in output(again), show(again)
+
+    assert files_holding(site.state, git_http.password) == []
+    assert open_to_others(site.state) == []
+    for name in ("journal.db", "lock", "lock.owner"):
+        assert (site.state / name).stat().st_mode & 0o777 == 0o600, name
+    assert "alice:***@" in (site.state / "lock.owner").read_text()
+    (mirror,) = (site.state / "mirrors").glob("*.git")
+    assert run_git("--git-dir", str(mirror), "config", "remote.origin.url") == git_http.bare("remote.git")
+    # The password reaches a push too, from the environment of git's process: a stable tag is published.
+    source = open_source(url, state_dir=site.state)
+    source.tag("stable", source.resolve("main"))
+    source.push_tags("origin", ["stable"])
+    source.close()
+    assert run_git("--git-dir", site.repo, "rev-parse", "refs/tags/stable") == site.remote.remote_head()
+    assert files_holding(site.state, git_http.password) == []
+
+
+def test_a_wrong_password_is_one_user_error_naming_the_remote_without_it(site: Site, git_http: GitHttp) -> None:
+    site.commit(desired())
+    shown = f"git remote http://alice:***@127.0.0.1:{git_http.port}/remote.git {REFUSED} (Authentication failed"
+    wrong = git_http.url("remote.git", password="not-the-password")
+
+    for result in (site.dry_run(repo=wrong), site.reconcile(repo=wrong)):  # the clone is refused
+        assert result.returncode == 1, show(result)
+        assert result.stderr.startswith(f"error: {shown}"), show(result)
+        assert len(result.stderr.strip().splitlines()) == 1, show(result)
+        assert "not-the-password" not in output(result) and "does not answer" not in output(result), show(result)
+    assert not list((site.state / "mirrors").glob("*.git"))
+
+    right = git_http.url("remote.git")
+    assert site.dry_run(repo=right).returncode == 0
+    git_http.password = "a-new-password"  # the remote's password changed: the fetch is refused
+    fetched = site.dry_run(repo=right)
+    assert fetched.returncode == 1, show(fetched)
+    assert fetched.stderr.startswith(f"error: {shown}"), show(fetched)
+    assert "does not answer" not in fetched.stderr, show(fetched)
+
+
+def test_a_mirror_an_older_version_wrote_with_the_password_loses_it(site: Site, git_http: GitHttp) -> None:
+    site.commit(desired())
+    url = git_http.url("remote.git")
+    mirrors = site.state / "mirrors"
+    # As an older version left it: named by the whole URL, with it in its config, readable by all, and a
+    # copy of it moved aside.
+    legacy = mirrors / f"remote-{hashlib.sha256(url.encode()).hexdigest()[:10]}.git"
+    mirrors.mkdir(parents=True)
+    run_git("clone", "-q", "--mirror", url, str(legacy))
+    aside = mirrors / f"{legacy.name}.corrupt-20250101T000000Z"
+    shutil.copytree(legacy, aside)
+    assert files_holding(site.state, git_http.password)
+
+    result = site.dry_run(repo=url)
+
+    assert result.returncode == 0, show(result)
+    assert files_holding(site.state, git_http.password) == []
+    assert open_to_others(site.state) == []
+    (mirror,) = mirrors.glob("*.git")  # the same mirror, moved: not cloned again
+    assert mirror != legacy and not legacy.exists()
+    assert "mirror.reset" not in output(result) and "cloned again" not in output(result), show(result)
+
+
+def test_an_agent_on_a_url_with_a_password_keeps_no_secret_and_says_a_refused_password_once(
+    world: World, git_http: GitHttp, images: ImageFactory, app_names: AppNames
+) -> None:
+    images.build("web", "v1")
+    images.build("web", "v2")
+    app, port = app_names("web"), free_port()
+    world.commit(desired(app_yaml(app, world.web(), "v1", port)), "v1")
+    hook = f"json://bob:{JSON_PASSWORD}@127.0.0.1:{free_port()}/hook"
+    agent = world.agent("--notify", SLACK, "--notify", hook, repo=git_http.url("remote.git"))
+    agent.wait_for("deploy.succeeded", app=app, timeout=60)
+    secrets = (git_http.password, "T0SECRETA", "B0SECRETB", "xoxbSecretSlackTokenC", JSON_PASSWORD)
+
+    assert files_holding(world.state, *secrets) == []
+    assert open_to_others(world.state) == []
+    owner = (world.state / "lock.owner").read_text()
+    assert "alice:***@" in owner, owner  # (its --notify values may be past the 200 characters it keeps)
+
+    good, git_http.password = git_http.password, "changed-on-the-remote"
+    mark = agent.mark()
+    agent.hup()
+    line = agent.wait_for("desired.invalid", REFUSED, since=mark, timeout=30)
+    assert f"git remote http://alice:***@127.0.0.1:{git_http.port}/remote.git {REFUSED}" in line.message
+    agent.hup()
+    agent.hup()
+    assert len(agent.events("desired.invalid", since=mark)) == 1, agent.log()
+    assert not agent.events("remote.unreachable"), agent.log()  # not an outage: nothing to wait for
+    assert body(port) == "v1"  # what runs is untouched
+
+    git_http.password = good  # the remote takes the URL's password again: the agent goes on
+    world.commit(desired(app_yaml(app, world.web(), "v2", port)), "v2")
+    agent.hup()
+    agent.wait_for("deploy.succeeded", "v2", app=app, since=mark, timeout=60)
+    said = "\n".join([*(line.raw for line in agent.lines), *agent.stdout])  # the log, not the test's header
+    assert not [secret for secret in secrets if secret in said], said
+    assert files_holding(world.state, *secrets) == []

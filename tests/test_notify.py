@@ -367,6 +367,16 @@ def test_a_url_with_tokens_is_never_written(
     assert not [record for record in caplog.records if record.name.startswith("apprise")]
 
 
+def test_a_line_that_quotes_a_notify_url_shows_only_its_scheme(
+    lines: list[str], notifiers: Callable[..., Notifier]
+) -> None:
+    slack = "slack://T0TOKENA/B0TOKENB/xoxbTokenInTheSlackUrl"
+    hook = f"json://bot:{PASSWORD}@127.0.0.1:{closed_port()}/hooks/path"
+    notifiers([slack, hook], lines.append, timeout=1.0)
+    said = scrub.scrub(f"error: something quoted {slack} and {hook}; and {PASSWORD} alone")
+    assert said == "error: something quoted slack://*** and json://***; and *** alone"
+
+
 def test_apprise_never_writes_to_stderr_even_with_logging_configured() -> None:
     """In a process of its own with a DEBUG handler on stderr (apprise logs its POST URL at DEBUG)."""
     url = f"json://bot:{PASSWORD}@127.0.0.1:{closed_port()}/hooks/{TOKEN}"

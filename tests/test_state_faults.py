@@ -1,5 +1,5 @@
 """What the disk does to the state directory: a corrupt journal, a removed directory, a read-only or
-full file system.
+full file system; and what others may read in it: no secret, nothing but its owner's.
 
 Real sqlite files corrupted by the test (truncated, garbage written after the first page), real
 directories removed under a real agent, real tmpfs mounts made read-only or filled up (the tests run
@@ -9,16 +9,30 @@ as root, as the CI does). Each test asserts what the user sees: the one line, th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from reconciler.shell.journal import Journal
-from tests.support import AppNames, ImageFactory, free_port
+from tests.support import AppNames, ImageFactory, cli_env, free_port
 from tests.support.agent import AgentProcess, World, agent_args, wait_body
-from tests.support.state import Site, app_yaml, body, cli, desired, show
+from tests.support.state import (
+    Site,
+    app_yaml,
+    body,
+    cli,
+    desired,
+    files_holding,
+    open_to_others,
+    output,
+    show,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 READ_ONLY = "read-only file system"
 FULL = "no space left on device"
@@ -248,3 +262,74 @@ def test_a_full_disk_under_the_agent_is_logged_once_and_nothing_changes_until_it
         wait_body(port, "v2", 10, agent)
         assert len(agent.events("state.error", since=mark)) == 1, agent.log()
         assert agent.terminate() == 0
+
+
+# -- what others may read in it -------------------------------------------------------------------------
+
+# Holds the lock of STATE (argv[1]) as the command line after it would (``reconcile`` + argv[2:]).
+HOLDER = """
+import sys
+from pathlib import Path
+from reconciler.shell.journal import locked
+state = Path(sys.argv[1])
+sys.argv = ["reconcile", *sys.argv[2:]]
+with locked(state):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+SECRETS = ("repo-password-1", "T0SECRETA", "B0SECRETB", "xoxbSecretSlackTokenC", "json-hook-password-2")
+HOLDING = [
+    "agent", "--repo", "http://alice:repo-password-1@git.example/r.git",
+    "--notify", "slack://T0SECRETA/B0SECRETB/xoxbSecretSlackTokenC",
+    "--notify=json://bob:json-hook-password-2@127.0.0.1:9/hook",
+]  # fmt: skip
+SHOWN = "(reconcile agent --repo http://alice:***@git.example/r.git --notify slack://*** --notify=json://***)"
+
+
+def test_a_reconcile_refused_by_the_lock_shows_no_secret_of_the_holder_and_the_state_dir_keeps_none(
+    site: Site,
+) -> None:
+    site.commit(desired())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(site.state), *HOLDING],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env(),
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "held"
+
+        refused = site.reconcile()
+
+        assert refused.returncode == 1, show(refused)
+        assert len(stderr_lines(refused)) == 1 and f"locked by pid {holder.pid} on " in refused.stderr, show(refused)
+        assert SHOWN in refused.stderr, show(refused)
+        assert not [secret for secret in SECRETS if secret in output(refused)], show(refused)
+        assert files_holding(site.state, *SECRETS) == []
+        assert open_to_others(site.state) == []
+        for name in ("lock", "lock.owner"):
+            assert (site.state / name).stat().st_mode & 0o777 == 0o600, name
+
+        # A lock.owner that an older version wrote holds the command line as it was given: shown masked.
+        owner = json.loads((site.state / "lock.owner").read_text())
+        owner["command"] = " ".join(["reconcile", *HOLDING])
+        (site.state / "lock.owner").write_text(json.dumps(owner))
+        again = site.reconcile()
+        assert again.returncode == 1 and SHOWN in again.stderr, show(again)
+        assert not [secret for secret in SECRETS if secret in output(again)], show(again)
+    finally:
+        if holder.poll() is None:
+            holder.stdin.write("\n")  # type: ignore[union-attr]
+            holder.stdin.flush()  # type: ignore[union-attr]
+        holder.wait(timeout=30)
+
+
+def test_a_state_dir_an_older_version_left_open_is_made_private_by_the_next_command(site: Site) -> None:
+    site.commit(desired())
+    site.converge()
+    site.state.chmod(0o755)
+    for name in ("journal.db", "lock", "lock.owner"):
+        (site.state / name).chmod(0o644)
+
+    site.converge()
+
+    assert open_to_others(site.state) == []

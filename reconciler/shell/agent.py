@@ -80,6 +80,7 @@ from reconciler.shell.journal import REFUSED, SUSPENDED, Journal, JournalResult,
 from reconciler.shell.listener import Health, Listener
 from reconciler.shell.metrics import Metrics
 from reconciler.shell.notify import Notifier
+from reconciler.shell.private import write_private
 from reconciler.shell.proxy import Proxy
 from reconciler.shell.scrub import scrub
 from reconciler.shell.stable import hold, publish_stable, stable_source
@@ -767,7 +768,7 @@ class Agent:
         now = time.time()
         path = state_dir / f"crash-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now % 1 * 1000):03d}Z.txt"
         try:
-            path.write_text(text)
+            write_private(path, text)
             for old in sorted(state_dir.glob("crash-*.txt"))[:-CRASH_FILES_KEPT]:
                 old.unlink()
         except OSError as error:

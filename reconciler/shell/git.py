@@ -5,10 +5,17 @@ Guarantees:
 - ``--repo`` may be a local clone, a bare repository, or a URL; a URL is mirrored into the state
   directory (``git clone --mirror``) and fetched with ``+refs/heads/*`` and ``+refs/tags/*``, so a
   force-pushed branch is followed to its new tip.
-- Errors leave as ``SourceError`` (bad path, ref or file, or a corrupt repository: needs a human) or
-  ``RemoteUnavailable`` (the remote did not answer: clears by itself); no GitPython, gitdb or OS error
-  leaves this module. A ref that exists but whose objects cannot be read is ``REPO: commit abc12345 is
-  unreadable (the repository is corrupt: git fsck)``, never "not found".
+- A URL's credentials never reach the disk: the mirror's config keeps the URL without them (an http(s)
+  URL without its user and password, any other without its password), and git gets them from a
+  credential helper that reads them from the environment of its own process, for that URL's protocol
+  and host only (``_Remote``). Mirrors are made with ``core.sharedRepository=0600``: nothing in them is
+  readable by another user. A mirror or a moved-aside copy that an older version wrote with the
+  password in its config is given the URL without it (and moved to the path of that URL).
+- Errors leave as ``SourceError`` (bad path, ref or file, a corrupt repository, or a remote that
+  refuses the URL's credentials: needs a human) or ``RemoteUnavailable`` (the remote did not answer:
+  clears by itself); no GitPython, gitdb or OS error leaves this module, and none names a password.
+  A ref that exists but whose objects cannot be read is ``REPO: commit abc12345 is unreadable (the
+  repository is corrupt: git fsck)``, never "not found".
 - A mirror that is corrupt, missing or not a repository any more is moved aside
   (``NAME.git.corrupt-TIMESTAMP``) and cloned again, with one ``warn`` line; a remote that does not
   answer is told apart from a broken mirror by ``git ls-remote``, so a broken mirror is never blamed
@@ -20,6 +27,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import hashlib
 import os
@@ -29,6 +37,7 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +48,8 @@ import git.exc
 
 from reconciler.core.model import Owner
 from reconciler.errors import RemoteUnavailable, SourceError, state_dir_error
-from reconciler.shell.scrub import redact_url
+from reconciler.shell.private import private_dir
+from reconciler.shell.scrub import MASK, redact_url
 
 T = TypeVar("T")
 
@@ -49,6 +59,91 @@ _SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")
 _UNREADABLE = (git.exc.GitError, git.exc.ODBError, ValueError, OSError)
 _FETCHED = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 LOCAL_TAGS = "refs/reconciler/tags/"  # tags written into a mirror: out of reach of the fetch's --prune
+
+
+# What git says when the remote refuses the credentials (or asks for some it was not given): a human's to fix.
+_REFUSED = (
+    "Authentication failed",
+    "could not read Username",
+    "could not read Password",
+    "terminal prompts disabled",
+    "returned error: 401",
+    "returned error: 403",
+    "Invalid username or password",
+    "Permission denied (publickey",
+    "Permission denied, please try again",
+)
+# A credential helper in the shell that git runs: it answers only for the URL's protocol and host (not for a
+# redirect elsewhere), from the environment of the git process; git appends its action (get, store, erase).
+_HELPER = (
+    '!f() { test "$1" = get || return 0; p= h=;'
+    ' while read -r line && test -n "$line"; do case "$line" in'
+    ' protocol=*) p="${line#protocol=}";; host=*) h="${line#host=}";; esac; done;'
+    ' test "$p" = "$RECONCILE_GIT_PROTOCOL" && test "$h" = "$RECONCILE_GIT_HOST" || return 0;'
+    ' test -z "${RECONCILE_GIT_USERNAME+x}" || printf "username=%s\\n" "$RECONCILE_GIT_USERNAME";'
+    ' test -z "${RECONCILE_GIT_PASSWORD+x}" || printf "password=%s\\n" "$RECONCILE_GIT_PASSWORD"; }; f'
+)
+_HTTP = ("http", "https")
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """A remote URL as git is given it: ``url`` holds no password (it is what a mirror's config keeps);
+    ``env`` gives git the credentials, through a credential helper, in the environment of its process."""
+
+    url: str
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    password: str = field(default="", repr=False)  # as written in the URL: what must not be on the disk
+
+    @classmethod
+    def of(cls, given: str) -> _Remote:
+        try:
+            parts = urllib.parse.urlsplit(given)
+            user, password = parts.username, parts.password
+        except ValueError:  # not a URL urllib can read: git is given it as it is
+            return cls(given, _git_config([]))
+        if "@" not in parts.netloc or (password is None and parts.scheme not in _HTTP):
+            return cls(given, _git_config([]))
+        userinfo, _, host = parts.netloc.rpartition("@")
+        # An http(s) user is a credential too (a token as the user name); elsewhere (ssh) it says who logs in.
+        keep = "" if parts.scheme in _HTTP else f"{userinfo.split(':', 1)[0]}@"
+        url = urllib.parse.urlunsplit(parts._replace(netloc=keep + host))
+        fill: dict[str, str] = {}
+        if parts.scheme in _HTTP and user is not None:
+            fill["RECONCILE_GIT_USERNAME"] = urllib.parse.unquote(user)
+        if password is not None:
+            fill["RECONCILE_GIT_PASSWORD"] = urllib.parse.unquote(password)
+        if any("\n" in value or "\r" in value for value in fill.values()):
+            raise SourceError(f"{redact_url(given)}: a user or password with a line break cannot be given to git")
+        env = _git_config([("credential.helper", ""), ("credential.helper", _HELPER)])  # "": only ours answers
+        env |= fill | {
+            "RECONCILE_GIT_PROTOCOL": parts.scheme,
+            "RECONCILE_GIT_HOST": host,  # as git says it: the text of the URL
+            "GIT_TERMINAL_PROMPT": "0",  # refused credentials are an error to report, not a prompt on a tty
+        }
+        return cls(url, env, password or "")
+
+
+def _git_config(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Config for the git processes of a mirror, in their environment (``GIT_CONFIG_*``: never on a command
+    line that ``ps`` shows, never in a file), after what the environment already gives; a mirror is made
+    private (a clone writes ``core.sharedRepository`` into the mirror's config, which keeps it so)."""
+    given = os.environ.get("GIT_CONFIG_COUNT", "")
+    base = int(given) if given.isdigit() else 0
+    pairs = [("core.sharedRepository", "0600"), *pairs]
+    env = {"GIT_CONFIG_COUNT": str(base + len(pairs))}
+    for number, (key, value) in enumerate(pairs, start=base):
+        env[f"GIT_CONFIG_KEY_{number}"] = key
+        env[f"GIT_CONFIG_VALUE_{number}"] = value
+    return env
+
+
+def _refusal(where: str, exc: BaseException) -> SourceError | None:
+    """A ``SourceError`` when git failed because the remote refused the credentials (or wanted some)."""
+    said = redact_url(_first_line(exc))
+    if not any(marker in said for marker in _REFUSED):
+        return None
+    return SourceError(f"{where} refused the credentials ({said}): check the user and password (or key) of --repo")
 
 
 class _Unreadable(Exception):
@@ -99,10 +194,15 @@ class Source:
             self._reclone("is missing (the state directory was removed?)")
             return
         try:
-            self.repo.git.fetch("--prune", "--force", "origin", *_FETCHED)
+            # FETCH_HEAD is written under the umask, not core.sharedRepository: made private so.
+            self.repo.git.execute(["git", "fetch", "--prune", "--force", "origin", *_FETCHED], umask=0o077)
         except _UNREADABLE as exc:
+            shown = f"git remote {redact_url(self.display)}"
+            refused = _refusal(shown, exc)
+            if refused is not None:
+                raise refused from None
             if not _answers(self.display):
-                raise RemoteUnavailable(f"git remote {self.display} does not answer: {_first_line(exc)}") from None
+                raise RemoteUnavailable(f"{shown} does not answer: {redact_url(_first_line(exc))}") from None
             # The remote answers, so the mirror is what fails: its objects or refs are damaged.
             self._reclone(f"cannot be fetched into ({_first_line(exc)})")
 
@@ -258,6 +358,9 @@ class Source:
         try:
             self.repo.git.push(*(["--force"] if force else []), remote, f"{sha}:{ref}")
         except git.exc.GitCommandError as exc:
+            denied = _refusal(f"git push to {remote}", exc)
+            if denied is not None:
+                raise denied from None
             text = str(exc.stderr or "")
             if "[remote rejected]" in text:  # a hook or a protected branch: a human has to look
                 refused = next((line.strip() for line in text.splitlines() if "[remote rejected]" in line), text)
@@ -274,15 +377,23 @@ class Source:
         try:
             self.repo.git.fetch(remote, f"refs/heads/{branch}")
         except git.exc.GitCommandError as exc:
+            refused = _refusal(f"git fetch {remote}", exc)
+            if refused is not None:
+                raise refused from None
             raise RemoteUnavailable(f"git fetch {remote}: {_first_line(exc)}") from None
         return self.resolve("FETCH_HEAD")
 
     def push_tags(self, remote: str, tags: list[str]) -> None:
         """Push ``tags`` to ``remote``, moving them there too (a stable tag is meant to move)."""
         here = LOCAL_TAGS if self.mirrored else "refs/tags/"
+        # A mirror's remote is a push mirror too (``remote.NAME.mirror``), which takes no refspec: to its URL.
+        to = _Remote.of(self.display).url if self.mirrored else remote
         try:
-            self.repo.git.push("--force", remote, *(f"{here}{tag}:refs/tags/{tag}" for tag in tags))
+            self.repo.git.push("--force", to, *(f"{here}{tag}:refs/tags/{tag}" for tag in tags))
         except _UNREADABLE as exc:
+            refused = _refusal(f"git push to {remote}", exc)
+            if refused is not None:
+                raise refused from None
             raise RemoteUnavailable(f"git push to {remote}: {_first_line(exc)}") from None
 
     def revert_commit(self, sha: str) -> None:
@@ -349,14 +460,23 @@ class Source:
 
 
 def _mirror_path(url: str, state_dir: Path) -> Path:
+    """Where the mirror of ``url`` lives: named by the URL that git is given, so a new password keeps it."""
+    return _legacy_mirror_path(_Remote.of(url).url, state_dir)
+
+
+def _legacy_mirror_path(url: str, state_dir: Path) -> Path:
+    """Where the mirror of ``url`` lived before its credentials were kept out of it (named by all of it)."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", url.rsplit("/", 1)[-1].removesuffix(".git"))[:40] or "repo"
     return state_dir / "mirrors" / f"{name}-{hashlib.sha256(url.encode()).hexdigest()[:10]}.git"
 
 
 def _answers(url: str) -> bool:
     """True when the remote lists its refs: then a failed fetch is the mirror's fault, not the remote's."""
+    remote = _Remote.of(url)
+    command = git.cmd.Git()
+    command.update_environment(**remote.env)
     try:
-        git.cmd.Git().ls_remote("--heads", url, kill_after_timeout=60)
+        command.ls_remote("--heads", remote.url, kill_after_timeout=60)
     except _UNREADABLE:
         return False
     return True
@@ -371,16 +491,71 @@ def _ref_exists(repo: git.Repo, ref: str) -> bool:
 
 
 def _clone(url: str, path: Path) -> git.Repo:
-    """``git clone --mirror``; nothing is left at ``path`` when it fails."""
+    """``git clone --mirror``, private, its config without the URL's credentials; nothing is left at
+    ``path`` when it fails."""
+    remote = _Remote.of(url)
+    _private_mirrors(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise state_dir_error(path.parent.parent, exc) from None
-    try:
-        return git.Repo.clone_from(url, str(path), mirror=True)
+        cloned = git.Repo.clone_from(remote.url, str(path), mirror=True, env=remote.env)
     except _UNREADABLE as exc:
         shutil.rmtree(path, ignore_errors=True)
-        raise RemoteUnavailable(f"git remote {url} does not answer: {_first_line(exc)}") from None
+        shown = f"git remote {redact_url(url)}"
+        raise _refusal(shown, exc) or RemoteUnavailable(
+            f"{shown} does not answer: {redact_url(_first_line(exc))}"
+        ) from None
+    cloned.git.update_environment(**remote.env)
+    return cloned
+
+
+def _private_mirrors(path: Path) -> None:
+    """The state directory and its ``mirrors`` folder, made (or narrowed to) 0700."""
+    try:
+        private_dir(path.parent.parent)
+        private_dir(path.parent)
+    except OSError as exc:
+        raise state_dir_error(path.parent.parent, exc) from None
+
+
+def _open_mirror(url: str, path: Path) -> git.Repo:
+    """The mirror at ``path``, its git processes given the credentials; one written by an older version (its
+    config holds the URL with the password, its files are readable by others) is brought up to date."""
+    remote = _Remote.of(url)
+    opened = git.Repo(str(path))
+    opened.git.update_environment(**remote.env)
+    with contextlib.suppress(*_UNREADABLE, configparser.Error):  # a config git cannot read: the fetch says so
+        reader = opened.config_reader("repository")
+        stale_url = reader.get_value('remote "origin"', "url", default="") != remote.url
+        open_to_all = not any(option.lower() == "sharedrepository" for option in reader.options("core"))
+        if stale_url or open_to_all:
+            with opened.config_writer("repository") as writer:
+                writer.set_value('remote "origin"', "url", remote.url)
+                writer.set_value("core", "sharedRepository", "0600")
+            _make_private(path)  # the config written again too (under the umask)
+    return opened
+
+
+def _make_private(root: Path) -> None:
+    """Take group and other permissions off everything under ``root`` (a mirror made by an older version)."""
+    for folder, _, files in os.walk(root):
+        for name in (folder, *(os.path.join(folder, file) for file in files)):
+            with contextlib.suppress(OSError):
+                os.chmod(name, os.stat(name).st_mode & 0o700)
+
+
+def _forget_credentials(config: Path, url: str) -> None:
+    """The config of a mirror moved aside (one an older version wrote), with the URL git is given in place of
+    ``url`` and no password left in it (changed as text: git may not read it any more), made private."""
+    remote = _Remote.of(url)
+    if remote.url == url:
+        return
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        text = config.read_text()
+        kept = text.replace(url, remote.url)
+        if remote.password:
+            kept = kept.replace(remote.password, MASK)
+        if kept != text:
+            config.write_text(kept)
+            _make_private(config.parent)
 
 
 def _reclone(url: str, path: Path, why: str, warn: Callable[[str], None]) -> git.Repo:
@@ -396,14 +571,29 @@ def _reclone(url: str, path: Path, why: str, warn: Callable[[str], None]) -> git
             path.rename(aside)
         except OSError as exc:
             raise state_dir_error(path.parent.parent, exc) from None
+        _forget_credentials(aside / "config", url)
     cloned = _clone(url, path)
     for line in local:
         sha, ref = line.split(" ", 1)
         with contextlib.suppress(*_UNREADABLE):
             cloned.git.update_ref(ref, sha)
     where = f"moved aside to {aside.name} and" if aside.exists() else ""
-    warn(f"mirror {path} of {url} {why}: {where} cloned again".replace(":  cloned", ": cloned"))
+    warn(f"mirror {path} of {redact_url(url)} {why}: {where} cloned again".replace(":  cloned", ": cloned"))
     return cloned
+
+
+def _forget_older(url: str, path: Path, state_dir: Path) -> None:
+    """What an older version left of ``url`` with its credentials: its mirror (named by the whole URL) is moved
+    to ``path`` (where opening it gives its config the URL without them), the copies it moved aside lose
+    them from their config."""
+    legacy = _legacy_mirror_path(url, state_dir)
+    if legacy == path:  # no credentials in the URL
+        return
+    with contextlib.suppress(OSError):
+        if legacy.is_dir() and not path.exists():
+            legacy.rename(path)
+        for aside in [*path.parent.glob(f"{legacy.name}.corrupt-*"), *path.parent.glob(f"{path.name}.corrupt-*")]:
+            _forget_credentials(aside / "config", url)
 
 
 def open_source(
@@ -424,10 +614,12 @@ def open_source(
         except _UNREADABLE as exc:
             raise SourceError(f"{repo}: cannot be read: {_first_line(exc)}") from None
     path = _mirror_path(repo, state_dir)
+    _private_mirrors(path)
+    _forget_older(repo, path, state_dir)
     if not path.exists():
         return Source(_clone(repo, path), repo, mirrored=True, warn=warn)
     try:
-        opened = git.Repo(str(path))
+        opened = _open_mirror(repo, path)
     except _UNREADABLE as exc:
         opened = _reclone(repo, path, f"is not a repository any more ({_first_line(exc)})", warn)
     source = Source(opened, repo, mirrored=True, warn=warn)

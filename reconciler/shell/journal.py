@@ -23,6 +23,9 @@ Guarantees:
   again at its next use; one replaced by another process is reopened.
 - ``agent.pid`` is held with ``flock`` by the agent it names for as long as it runs, and removed only by
   it (``PidFile``); a pid in a file that nobody holds is not a running agent (``read_pid``).
+- The state directory is ``0700`` and every file written here ``0600`` (``shell.private``); ``lock.owner``
+  holds the command line without a secret (``--notify`` URLs masked whole, URL passwords masked), and
+  one written by an older version is masked so when it is shown.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from reconciler.errors import (
     UserError,
     state_dir_error,
 )
+from reconciler.shell.private import open_private, private_dir, shown_command, write_private
 from reconciler.shell.scrub import scrub
 
 T = TypeVar("T")
@@ -192,7 +196,7 @@ class Journal:
         if self.state_dir is None:
             return _in_memory()
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.state_dir)
         except OSError as exc:
             raise state_dir_error(self.state_dir, exc) from None
         opened = self._open_checked()
@@ -212,6 +216,11 @@ class Journal:
         """A connection to a sound file with our tables, or None when the file is corrupt."""
         assert self.state_dir is not None
         db: sqlite3.Connection | None = None
+        if self._writable_here():
+            # Made 0600 before sqlite makes it (its rollback journal takes the mode of the file); where it
+            # cannot be, sqlite's own error says why.
+            with contextlib.suppress(OSError):
+                os.close(open_private(self.path, os.O_RDWR))
         try:
             db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
@@ -601,9 +610,9 @@ class PidFile:
         return True
 
     def _take(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_private(self.path, os.O_RDWR)
             try:
                 if not self._lock(fd):
                     raise self._taken(_pid_in(fd))
@@ -670,15 +679,15 @@ def locked(state_dir: Path, *, timeout: float = 0.0) -> Iterator[None]:
     """
     owner = state_dir / "lock.owner"
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        handle = (state_dir / "lock").open("a")
+        private_dir(state_dir)
+        fd = open_private(state_dir / "lock", os.O_WRONLY | os.O_APPEND)
     except OSError as exc:
         raise state_dir_error(state_dir, exc) from None
     deadline = time.monotonic() + timeout
     try:
         while True:
             try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -689,25 +698,28 @@ def locked(state_dir: Path, *, timeout: float = 0.0) -> Iterator[None]:
                 time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         # Who holds the lock is only shown to a waiter: a full disk must not make the pass fail here.
         with contextlib.suppress(OSError):
-            owner.write_text(
+            write_private(
+                owner,
                 json.dumps(
                     {
                         "pid": os.getpid(),
                         "host": socket.gethostname(),
-                        "command": " ".join(["reconcile", *sys.argv[1:]])[:200],
+                        "command": shown_command(["reconcile", *sys.argv[1:]])[:200],
                         "since": time.time(),
                     }
-                )
+                ),
             )
         yield
     finally:
-        handle.close()  # closing the descriptor releases the lock
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _holder(owner: Path) -> str:
     try:
         holder = json.loads(owner.read_text())
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["since"]))
-        return f"pid {holder['pid']} on {holder['host']} ({holder['command']}), since {since}"
+        # Masked again: a file written by an older version holds the command line as it was given.
+        command = shown_command(str(holder["command"]).split(" "))
+        return f"pid {holder['pid']} on {holder['host']} ({command}), since {since}"
     except (OSError, ValueError, KeyError):
         return "another process"

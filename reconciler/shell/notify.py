@@ -18,7 +18,10 @@ Guarantees:
   it accepts a notification again, which is logged once ("recovered").
 - A notification URL holds tokens: none is ever written. Lines and errors name a target by its place
   on the command line and its scheme; apprise's own log (which quotes URLs) is silenced and kept off the
-  process's handlers; titles and bodies are scrubbed (``scrub``) again on their way out.
+  process's handlers; titles and bodies are scrubbed (``scrub``) again on their way out. Each URL is a
+  secret to ``scrub`` from the start, all of it after its scheme (and its password alone), so any line
+  of this process that would quote one shows ``slack://***`` (``private.masked_url``: the same mask as
+  the lock's owner file).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import logging
 import re
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.core.events import Event
 from reconciler.errors import UserError
-from reconciler.shell.scrub import scrub, scrub_fields
+from reconciler.shell.scrub import redact_url, remember, scrub, scrub_fields
 
 if TYPE_CHECKING:  # imported when a Notifier is made, after its log is silenced (it logs as it loads)
     import apprise
@@ -116,6 +120,21 @@ class _NotOurSends(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.threadName or "").startswith(_THREAD_PREFIX)
+
+
+def remember_urls(urls: Sequence[str]) -> None:
+    """Make ``scrub`` mask each URL whole after its scheme, and its password wherever it appears alone."""
+    secrets: list[str] = []
+    for url in urls:
+        found = _SCHEME.match(url)
+        rest = url[found.end() :] if found else url.strip()
+        # Also as it is once its password is masked (``scrub`` may mask that first): the rest goes too.
+        secrets += [rest, redact_url(url)[found.end() :] if found else rest]
+        userinfo = rest.split("/", 1)[0].rpartition("@")[0]
+        if ":" in userinfo:
+            password = userinfo.split(":", 1)[1]
+            secrets += [password, urllib.parse.unquote(password)]
+    remember(secrets)
 
 
 def scheme_of(url: str) -> str | None:
@@ -240,6 +259,7 @@ class Notifier:
     ) -> None:
         if not timeout > 0:
             raise ValueError("timeout must be positive")
+        remember_urls(urls)
         quiet_apprise()
         import apprise
 

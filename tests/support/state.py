@@ -21,6 +21,8 @@ Guarantees:
   and both streams, for assertion messages; `output(result)` is stdout then stderr. `STRICT` is a
   `forbidden` that also refuses the CLI's last-resort "internal error" message (an unexpected
   exception).
+- `files_holding(root, *secrets)` is every file under a state directory that holds one of them;
+  `open_to_others(root)` is what in it its group or other users may read, write or enter.
 - `Site` is one test's world for the command line: a git remote with a clone, a state directory,
   the engine client and the images. Its commands read the bare remote unless told another `repo`.
 """
@@ -207,3 +209,22 @@ class Site:
         result = cli("history", "--state-dir", self.state, *args)
         assert result.returncode == 0, show(result)
         return result
+
+
+# -- the state directory ----------------------------------------------------------------------------
+
+
+def files_holding(root: Path, *secrets: str) -> list[str]:
+    """Every file under `root` (the state directory) that holds one of `secrets`, as `path: secret`."""
+    found = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink() and not path.is_socket():
+            data = path.read_bytes()
+            found += [f"{path}: {secret}" for secret in secrets if secret.encode() in data]
+    return found
+
+
+def open_to_others(root: Path) -> list[str]:
+    """`root` and everything under it that its group or other users may read, write or enter."""
+    return [f"{path}: {path.stat().st_mode & 0o777:o}" for path in [root, *sorted(root.rglob("*"))]
+            if not path.is_symlink() and path.stat().st_mode & 0o077]  # fmt: skip
