@@ -185,7 +185,10 @@ class Engine:
     def held_binds(self, what: str, volumes: Sequence[str], limits: HostLimits | None) -> list[str]:
         """``volumes`` with each bind source as its real path on the engine's host, checked against the
         policy's ``limits`` now, just before the engine is asked to mount it; ``PolicyViolation`` when one
-        leads out of them. The engine then mounts the path that was checked, with no link left to follow."""
+        leads out of them. The engine then mounts the path that was checked, with no link left to follow.
+        What no check here can close: a folder on that path that a running container can write may be
+        swapped for a link after this check, before Docker mounts it at the start (or at a restart of its
+        own); the window is a create and a start, and the next pass refuses the commit."""
         if limits is None or limits.volumes is None:
             return list(volumes)
         held = [HostUse(("volumes", index), source, "volumes") for index, volume in enumerate(volumes)
