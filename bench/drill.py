@@ -25,6 +25,7 @@ listener), listener-edges (a nested, a 1 MiB and a 1 MiB + 1 hook body, HEAD /he
 engine-restart (restarts the machine's dockerd, which disturbs every container on it: last, and
 skipped with --skip-engine-restart).
 kill-rollback, superseded, stale-next, secrets-at-rest, and engine-restart (restarts the machine's dockerd, which
+kill-rollback, superseded, stale-next, policy-symlink, and engine-restart (restarts the machine's dockerd, which
 disturbs every container on it: last, and skipped with --skip-engine-restart).
 
 Run: ``.venv/bin/python bench/drill.py [--only NAME ...] [--skip-engine-restart]`` as root (the
@@ -1075,6 +1076,62 @@ def fault_yaml_escape(s: Scenario) -> Row:
     s.end_window()
     s.deploy("v2")
     return s.finish(["v2"])
+def fault_policy_symlink(s: Scenario) -> Row:
+    """Issue 18, item 5: under ``--policy``, commit 1 runs the app with a rw bind of an allowed folder and a
+    command that links a folder outside to it; commit 2 binds through the link and publishes it; commit 3
+    names an env_file that links out. Both are refused (said once), the app keeps v1, the planted file is
+    never served; a link that stays inside the allowed folder still deploys (v3)."""
+    allowed, outside = s.tmp / "allowed", s.tmp / "outside"
+    (allowed / "data").mkdir(parents=True)
+    (allowed / "pages").mkdir()
+    (allowed / "pages" / "index.html").write_text("inside")
+    (allowed / "link").symlink_to(allowed / "pages")
+    outside.mkdir()
+    planted = f"planted-{secrets.token_hex(8)}"
+    s.secrets.append(planted)
+    (outside / "shadow").write_text(planted)
+    (outside / "secret.env").write_text(f"TOKEN={planted}\n")
+    (allowed / "app.env").symlink_to(outside / "secret.env")
+    policy = s.tmp / "policy.yaml"
+    policy.write_text(f'volumes: ["{allowed}/"]\nenv_files: ["{allowed}/"]\n')
+    link = f"ln -sfn {outside} /www/data/esc && exec httpd -f -p 8000 -h /www"
+    maker = [f'command: ["sh", "-c", "{link}"]']
+    data = f"{allowed}/data:/www/data"
+    s.push(s.yaml("v1", extra=[*maker, f'volumes: ["{data}"]']), "v1: a rw bind of the allowed folder")
+    s.start_agent(env={"RECONCILE_POLICY": str(policy)})
+    if s.wait("deploy.succeeded", "v1", timeout=30) is None or not s.wait_body("v1", 10):
+        raise RuntimeError(f"setup: v1 was never deployed:\n{s.agent.log()[-2000:]}")
+    if not (allowed / "data" / "esc").is_symlink():
+        raise RuntimeError("setup: the app did not make its link")
+    s.poll()
+    leak = f"{allowed}/data/esc:/www/leak:ro"
+    for what, extra in (
+        ("bind through the link", [*maker, f'volumes: ["{data}", "{leak}"]']),
+        ("env_file linked out", [*maker, f'volumes: ["{data}"]', f"env_file: {allowed}/app.env"]),
+    ):
+        mark = s.agent.mark()
+        s.push(s.yaml("v2", extra=extra), what)
+        line = s.wait_error(mark, timeout=20)
+        if line is not None:
+            s.saw(f"{what}: {line.event}")
+            if "symlink" not in line.message or str(outside) not in line.message:
+                s.note(f"{what}: the refusal does not say where the link leads: {short(line.message, 80)}")
+        s.sleep(2)
+        if s.running_version() != "v1":
+            s.note(f"{what}: the app does not run v1 any more ({s.running_version()})")
+        with contextlib.suppress(OSError):
+            status, body = http_get(f"http://127.0.0.1:{s.port}/leak/shadow", timeout=1.0)
+            if planted in body:
+                s.note(f"{what}: the host's planted file is served (HTTP {status})")
+        env = s.drill.client.api.inspect_container(s.app)["Config"]["Env"] or []
+        if any(planted in item for item in env):
+            s.note(f"{what}: the env_file out of the allowed folder was loaded")
+    s.end_window()
+    if not s.deploy("v3", extra=[*maker, f'volumes: ["{data}", "{allowed}/link:/www/inside:ro"]']):
+        s.note("a link that stays inside the allowed folder was not deployed")
+    elif http_get(f"http://127.0.0.1:{s.port}/inside/index.html", timeout=1.0) != (200, "inside"):
+        s.note("a link that stays inside the allowed folder does not serve its folder")
+    return s.finish(["v3"])
 
 
 def fault_engine_restart(s: Scenario) -> Row:
@@ -1316,6 +1373,7 @@ FAULTS: dict[str, list[tuple[str, Callable[[Scenario], Row]]]] = {
     "listener-idle": [("listener-idle", fault_listener_idle)],
     "listener-edges": [("listener-edges", fault_listener_edges)],
     "secrets-at-rest": [("secrets-at-rest", fault_secrets_at_rest)],
+    "policy-symlink": [("policy-symlink", fault_policy_symlink)],
     "engine-restart": [
         ("engine-restart", fault_engine_restart),
         ("engine-restart-live-restore", fault_engine_restart_live_restore),

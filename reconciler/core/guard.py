@@ -26,9 +26,14 @@ nothing of its kind; ``key:`` with no value is an error, so that "nothing" is ne
   when it is one of these or lies under one, by whole path components (``/srv/apps`` allows
   ``/srv/apps/x``, never ``/srv/appsevil``), after ``..``, ``.`` and repeated ``/`` are folded away
   (``/srv/apps/../../etc`` is ``/etc``). Named volumes (``data:/data``) are always allowed. The folder of
-  ``proxy.tls.certs``, which is mounted into the proxy, is checked against the same list. Paths are
-  compared as written: a symlink on the host that leads out of an allowed folder is the server's own doing.
+  ``proxy.tls.certs``, which is mounted into the proxy, is checked against the same list.
 - ``env_files``: host paths an app's ``env_file`` may name, compared as ``volumes`` are.
+- Real paths: a symlink under an allowed folder can lead out of it, and a container with a bind of that
+  folder can make one. So a commit is checked twice: as written (``violations``, when it is read) and, at
+  apply time, by the real path of each of its host paths on the engine's host (``real_violations``: every
+  component resolved, ``..`` after the link it follows), against the folders of the policy and their own
+  real paths (a policy folder that is itself a link on the server is the server's own doing). The desired
+  state carries the folders it passed (``limits_of``, ``DesiredState.limits``) for that second check.
 - ``ports``: ``interfaces``, the host IPs a published port or a ``proxy.listen`` address may bind, and
   ``ranges``, the host ports it may take (``"8000-8999"`` or a single ``443``); either may be left out (any).
   A port written without an IP (``8080:80``) binds ``0.0.0.0``. Interfaces are compared as addresses,
@@ -57,7 +62,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ValidationError, field_validator, model_validator
 
 from reconciler.core.desired import Path, Positions, data_path, dotted, message
-from reconciler.core.model import DesiredState, Strict, parse_port
+from reconciler.core.model import DesiredState, HostLimits, Strict, parse_port
 from reconciler.errors import CommitRefused, UserError
 
 ANY_IPV4 = "0.0.0.0"  # what a port written without an IP binds
@@ -272,7 +277,7 @@ def _allows(name: str, entries: Iterable[str | int]) -> str:
     return f"(policy {name}: {shown or 'none'})"
 
 
-def _bind_source(volume: str) -> str | None:
+def bind_source(volume: str) -> str | None:
     """The host path of a bind mount (``/SOURCE:/target[:ro]``); None for a named volume."""
     source = volume.split(":", 1)[0]
     return source if source.startswith("/") else None
@@ -316,7 +321,7 @@ def violations(desired: DesiredState, policy: ServerPolicy) -> list[Violation]:
             found.append(_image_violation((*at, "image"), spec.image, policy.images))
         if policy.volumes is not None:
             for index, volume in enumerate(spec.volumes):
-                source = _bind_source(volume)
+                source = bind_source(volume)
                 if source is not None:
                     found.append(_path_violation((*at, "volumes", index), source, policy.volumes, "volumes"))
         if policy.env_files is not None and spec.env_file is not None:
@@ -342,6 +347,108 @@ def violations(desired: DesiredState, policy: ServerPolicy) -> list[Violation]:
     return [violation for violation in found if violation is not None]
 
 
+# --- real paths, at apply time -------------------------------------------------------------------------
+
+
+def limits_of(policy: ServerPolicy) -> HostLimits | None:
+    """The host folders of ``policy`` that apply checks real paths against; None when it limits none."""
+    if policy.volumes is None and policy.env_files is None:
+        return None
+    return HostLimits(volumes=policy.volumes, env_files=policy.env_files)
+
+
+@dataclass(frozen=True)
+class HostUse:
+    """A host path of the file, held to one list of the policy (``kind``: ``volumes`` or ``env_files``)."""
+
+    at: Path
+    written: str
+    kind: str
+
+    @property
+    def app(self) -> str:
+        """The app it belongs to; "" for the proxy's ``tls.certs``."""
+        return str(self.at[1]) if self.at[0] == "apps" else ""
+
+
+def host_paths(desired: DesiredState) -> list[HostUse]:
+    """The host paths of ``desired`` that its ``limits`` hold (bind sources, ``tls.certs``, env_files)."""
+    limits = desired.limits
+    if limits is None:
+        return []
+    found = []
+    for app, spec in desired.apps.items():
+        if limits.volumes is not None:
+            for index, volume in enumerate(spec.volumes):
+                source = bind_source(volume)
+                if source is not None:
+                    found.append(HostUse(("apps", app, "volumes", index), source, "volumes"))
+        if limits.env_files is not None and spec.env_file is not None:
+            found.append(HostUse(("apps", app, "env_file"), spec.env_file, "env_files"))
+    tls = desired.proxy.tls if desired.proxy is not None else None
+    if limits.volumes is not None and tls is not None:
+        found.append(HostUse(("proxy", "tls", "certs"), tls.certs, "volumes"))
+    return found
+
+
+def to_resolve(desired: DesiredState) -> list[str]:
+    """Every path whose real path ``real_violations`` needs: the host paths, and the folders they may be under."""
+    limits = desired.limits or HostLimits()
+    folders = (*(limits.volumes or ()), *(limits.env_files or ()))
+    return list(dict.fromkeys([*(host.written for host in host_paths(desired)), *folders]))
+
+
+def real_allowed(real: str, folders: Iterable[str], real_of: Mapping[str, str | None]) -> bool:
+    """Whether ``real`` lies under one of ``folders`` or under the real path of one (``real_of``)."""
+    for folder in folders:
+        folder_real = real_of.get(folder)
+        if path_under(real, folder) or (folder_real is not None and path_under(real, folder_real)):
+            return True
+    return False
+
+
+def real_violation(
+    host: HostUse, limits: HostLimits, real_of: Mapping[str, str | None], unknown: str
+) -> Violation | None:
+    """What is wrong with ``host``'s real path (``real_of``, None when the engine's host cannot tell it, for
+    the reason ``unknown``), or None when it stays under an allowed folder."""
+    folders = (limits.volumes if host.kind == "volumes" else limits.env_files) or ()
+    real = real_of.get(host.written)
+    if real is None:
+        return Violation.of(
+            host.at, host.written, f": its real path on the engine's host cannot be checked ({unknown})"
+        )
+    if not real_allowed(real, folders, real_of):
+        how = "is" if real == normalize_path(host.written) else "leads through a symlink to"
+        allows = _allows(host.kind, folders)
+        rest = f" {how} {real} on the engine's host, which is not under an allowed host path {allows}"
+        return Violation.of(host.at, host.written, rest)
+    if host.kind == "volumes" and ":" in real:
+        return Violation.of(host.at, host.written, f" leads to {real} on the engine's host: a ':' cannot be bound")
+    return None
+
+
+def real_violations(desired: DesiredState, real_of: Mapping[str, str | None], *, unknown: str = "") -> list[Violation]:
+    """Each host path of ``desired`` whose real path on the engine's host (``real_of``: path -> its real path,
+    None when it cannot be told there, for the reason ``unknown``) is not under a folder of ``desired.limits``."""
+    limits = desired.limits
+    if limits is None:
+        return []
+    found = (real_violation(host, limits, real_of, unknown) for host in host_paths(desired))
+    return [violation for violation in found if violation is not None]
+
+
+def real_binds(volumes: Iterable[str], real_of: Mapping[str, str | None]) -> list[str]:
+    """``volumes`` with each bind source replaced by its real path (as checked), so that the engine mounts
+    the path that was checked, not one it finds by following a link; named volumes as they are."""
+    binds = []
+    for volume in volumes:
+        source = bind_source(volume)
+        real = real_of.get(source) if source is not None else None
+        binds.append(real + volume[len(source) :] if source is not None and real is not None else volume)
+    return binds
+
+
 def _danger(host_path: str) -> str | None:
     folded = normalize_path(host_path)
     if folded == "/":
@@ -360,7 +467,7 @@ def dangerous(desired: DesiredState) -> list[Violation]:
     found = []
     for app, spec in desired.apps.items():
         for index, volume in enumerate(spec.volumes):
-            source = _bind_source(volume)
+            source = bind_source(volume)
             danger = _danger(source) if source is not None else None
             if source is not None and danger is not None:
                 found.append(Violation.of(("apps", app, "volumes", index), _shown_path(source), f" mounts {danger}"))

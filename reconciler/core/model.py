@@ -719,6 +719,15 @@ class DesiredFile(Strict):
         return value
 
 
+class HostLimits(Strict):
+    """The host folders a server's policy allows bind sources and env_files under (None: any). The desired
+    state that passed the policy carries them, so that apply checks the real path of each host path, on the
+    engine's host, against them (``core.guard.real_violations``)."""
+
+    volumes: tuple[str, ...] | None = None
+    env_files: tuple[str, ...] | None = None
+
+
 class DesiredState(Strict):
     """A validated file at one commit. ``revision`` is the full commit sha (empty for a plain file)."""
 
@@ -730,6 +739,7 @@ class DesiredState(Strict):
     path: str = "desired-state.yaml"
     author: str = ""  # of the commit, "Name <email>"
     source: Owner | None = None  # where it was read from; what its containers are labelled with
+    limits: HostLimits | None = None  # the --policy's host folders it passed: apply checks real paths against them
 
     @property
     def short(self) -> str:

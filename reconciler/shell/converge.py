@@ -115,7 +115,7 @@ def desired_at(
     if policy is not None:
         from reconciler.shell import guard
 
-        guard.enforce(text, file, desired, guard.load_policy(policy))
+        desired = guard.enforce(text, file, desired, guard.load_policy(policy))
     desired = place(desired, host)
     return desired.model_copy(update={"source": source.identity(ref, revision, file)})
 
@@ -218,9 +218,16 @@ def _registry_stable(engine: Engine, ref: str, image: str, found: image_match.Lo
 def plan_against(
     engine: Engine, desired: DesiredState, settings: Settings, *, observed: ObservedState | None = None
 ) -> tuple[Plan, ObservedState]:
-    """Observe (unless given), resolve and plan."""
+    """Observe (unless given), resolve and plan. An app with a host path whose real path on the engine's
+    host leads out of the policy's folders is an error of the plan (``guard.on_host``), not a deploy."""
+    from reconciler.shell import guard
+
     observed = observed if observed is not None else engine.observe()
+    refused = guard.on_host(engine, desired)
     resolutions = resolve(engine, desired)
+    for app, lines in refused.items():
+        if app in resolutions:
+            resolutions[app] = Resolution(ref=resolutions[app].ref, error="; ".join(lines))
     digests = {app: engine.files.digest(spec.env_file) for app, spec in desired.apps.items() if spec.env_file}
     the_plan = plan(
         desired,
@@ -251,6 +258,11 @@ def reconcile_once(
         the_plan, observed = plan_against(engine, desired, settings)
         routes = route_lines(desired, observed, proxy.network, proxy.switched())
         return PassResult(desired, the_plan, proxy=proxy.drift(desired, observed), routes=routes)
+    from reconciler.shell import guard
+
+    refused = guard.on_host(engine, desired)  # before anything changes: the commit is applied whole or not at all
+    if refused:
+        raise guard.PolicyViolation([line for lines in refused.values() for line in lines])
     with applying(engine, settings.state_dir, desired, settings, on_step=on_step, log=log) as applier:
         return apply_pass(applier, desired, settings)
 

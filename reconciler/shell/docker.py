@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,8 +45,10 @@ import urllib3.exceptions
 
 from reconciler.core import images as image_match
 from reconciler.core import swarm
+from reconciler.core.guard import HostUse, PolicyViolation, bind_source, real_binds, real_violation
 from reconciler.core.model import (
     DEFAULT_STOP_TIMEOUT,
+    HostLimits,
     ObservedContainer,
     ObservedState,
     Owner,
@@ -166,6 +168,37 @@ class Engine:
         self.host = host
         self.instance = instance
         self.files = files if files is not None else EnvFiles()  # env_files, read on the engine's host
+        self.limits: HostLimits | None = None  # the policy's host folders; the pass that plans sets them
+
+    def real_paths(self, paths: Sequence[str]) -> tuple[dict[str, str | None], str]:
+        """Each of ``paths`` as its real path on the engine's host, and why where it cannot be told.
+
+        A local engine (a unix socket) is asked of this machine's file system: a reconciler run in a
+        container sees the host's folders only where they are mounted at the same paths. An ``ssh://``
+        engine's host is asked over the same login as its env_files. Any other engine's host (``tcp://``)
+        cannot be asked at all: every path is None then, and a policy of host paths refuses its binds
+        rather than trust a path that may be a link there."""
+        if self.files.ssh is None and not self.local:
+            return dict.fromkeys(paths), f"the files of {self.host}'s host cannot be read from here: use ssh://"
+        return {**self.files.real_paths(paths)}, ""
+
+    def held_binds(self, what: str, volumes: Sequence[str], limits: HostLimits | None) -> list[str]:
+        """``volumes`` with each bind source as its real path on the engine's host, checked against the
+        policy's ``limits`` now, just before the engine is asked to mount it; ``PolicyViolation`` when one
+        leads out of them. The engine then mounts the path that was checked, with no link left to follow.
+        What no check here can close: a folder on that path that a running container can write may be
+        swapped for a link after this check, before Docker mounts it at the start (or at a restart of its
+        own); the window is a create and a start, and the next pass refuses the commit."""
+        if limits is None or limits.volumes is None:
+            return list(volumes)
+        held = [HostUse(("volumes", index), source, "volumes") for index, volume in enumerate(volumes)
+                if (source := bind_source(volume)) is not None]  # fmt: skip
+        real_of, unknown = self.real_paths([*(host.written for host in held), *limits.volumes])
+        found = [real_violation(host, limits, real_of, unknown) for host in held]
+        refused = [f"{what}: {violation.message}" for violation in found if violation is not None]
+        if refused:
+            raise PolicyViolation(refused)
+        return real_binds(volumes, real_of)
 
     @property
     def local(self) -> bool:
@@ -297,7 +330,7 @@ class Engine:
         with self._calls(f"create {name}"):
             host_config = self.api.create_host_config(
                 port_bindings=ports,
-                binds=list(spec.volumes),
+                binds=self.held_binds(name, spec.volumes, self.limits),
                 restart_policy=restart,
                 init=spec.init,
             )

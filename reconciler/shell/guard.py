@@ -9,6 +9,11 @@ Guarantees:
   an env value, even one that reached a checked field through a YAML alias.
 - ``enforce`` raises ``PolicyViolation`` with those lines when a commit asks for more than the policy
   allows: the whole commit is refused.
+- ``on_host`` checks, at apply time, the real path of each host path of a desired state that passed a
+  policy (bind sources, ``proxy.tls.certs``, env_files: ``DesiredState.limits``) on the engine's host,
+  and hands the pass's later checks (each create, each env_file read) the same folders: a link that a
+  container made under an allowed folder since the commit was read is refused, as
+  ``FILE: apps.web.volumes[0]: PATH leads through a symlink to REAL on the engine's host, ...``.
 - Like every message, the lines are scrubbed of remembered secrets where they are written (``scrub``).
 """
 
@@ -23,14 +28,18 @@ from reconciler.core.guard import (
     ServerPolicy,
     Violation,
     dangerous,
+    limits_of,
+    real_violations,
+    to_resolve,
     validate_policy,
     violations,
 )
 from reconciler.core.model import DesiredState
 from reconciler.errors import InvalidDesiredState, UserError
+from reconciler.shell.docker import Engine
 from reconciler.shell.yamlfile import parse_yaml
 
-__all__ = ["InvalidPolicy", "PolicyViolation", "ServerPolicy", "check", "enforce", "load_policy"]
+__all__ = ["InvalidPolicy", "PolicyViolation", "ServerPolicy", "check", "enforce", "load_policy", "on_host"]
 
 
 def load_policy(path: Path) -> ServerPolicy:
@@ -77,8 +86,27 @@ def check(text: bytes, file: str, desired: DesiredState, policy: ServerPolicy | 
     return list(dict.fromkeys(line for _, line in sorted(placed)))
 
 
-def enforce(text: bytes, file: str, desired: DesiredState, policy: ServerPolicy) -> None:
-    """Raise ``PolicyViolation`` with every violation when ``desired`` asks for more than ``policy`` allows."""
+def enforce(text: bytes, file: str, desired: DesiredState, policy: ServerPolicy) -> DesiredState:
+    """Raise ``PolicyViolation`` with every violation when ``desired`` asks for more than ``policy`` allows;
+    else ``desired`` carrying the policy's host folders, for the check of real paths at apply time."""
     lines = check(text, file, desired, policy)
     if lines:
         raise PolicyViolation(lines)
+    return desired.model_copy(update={"limits": limits_of(policy)})
+
+
+def on_host(engine: Engine, desired: DesiredState) -> dict[str, list[str]]:
+    """At apply time: each host path of ``desired`` whose real path on ``engine``'s host leads out of the
+    folders it passed, as ``FILE: path: message`` lines by app ("" for the proxy). ``engine`` keeps the
+    folders, so that each create and env_file read of the pass checks again just before it."""
+    engine.limits = desired.limits
+    engine.files.allowed = desired.limits.env_files if desired.limits is not None else None
+    if desired.limits is None:
+        return {}
+    real_of, unknown = engine.real_paths(to_resolve(desired))
+    engine.files.allowed_real = real_of
+    refused: dict[str, list[str]] = {}
+    for violation in real_violations(desired, real_of, unknown=unknown):
+        app = str(violation.path[1]) if violation.path[0] == "apps" else ""
+        refused.setdefault(app, []).append(f"{desired.path}: {dotted(violation.path)}: {violation.message}")
+    return refused

@@ -386,7 +386,7 @@ class Proxy:
             labels.update({f"{SOURCE}.{key}": value for key, value in desired.source.model_dump().items()})
         binds = [f"{self.dir}:{core.CONFIG_DIR}:rw"]
         if spec.tls is not None:
-            binds.append(f"{spec.tls.certs}:{core.CERTS_DIR}:ro")
+            binds += self.engine.held_binds(self.name, [f"{spec.tls.certs}:{core.CERTS_DIR}:ro"], desired.limits)
         api = self.engine.api
         created = self.engine.call(
             f"create {self.name}",
