@@ -13,6 +13,8 @@ Guarantees:
   containers that this source deployed.
 - Env values of the file are remembered by ``scrub`` before the file is validated, so that no
   message, however it quotes them, prints them.
+- A proxy that cannot be brought in line (``PassResult.proxy_error``) holds back the routed apps only:
+  the apps without a route deploy in the same pass.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from reconciler.core import images as image_match
 from reconciler.core.desired import load_desired
 from reconciler.core.model import STABLE, DesiredState, ObservedState, image_ref
 from reconciler.core.plan import Plan, Resolution, plan
-from reconciler.core.proxy import route_lines
+from reconciler.core.proxy import route_lines, routed, unrouted
 from reconciler.core.report import Outcome
 from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, ProxyError, UserError
 from reconciler.shell import scrub
@@ -292,15 +294,23 @@ def apply_pass(applier: Applier, desired: DesiredState, settings: Settings, *, a
     engine, proxy = applier.engine, applier.proxy
     assert proxy is not None
     proxy_error = ""
+    changed: list[str] = []
     observed = engine.observe()
     # The proxy first: whatever happened to it, it routes to what runs before anything changes.
-    changed = proxy.sync(desired, observed)
+    try:
+        changed = proxy.sync(desired, observed)
+    except UserError as exc:  # the proxy (its port taken, its image missing): the routed apps wait for it
+        proxy_error = str(exc)
+    waiting = routed(desired) if proxy_error else {}
     # A deploy that an earlier run never finished (killed mid-gate) gets its verdict first.
-    verified = applier.verify_unfinished(observed, desired.apps)
+    verified = applier.verify_unfinished(observed, desired.apps, waiting=waiting)
     # One listing per pass, unless the verdict changed what runs.
     the_plan, observed = plan_against(engine, desired, settings, observed=engine.observe() if verified else observed)
-    outcomes = verified + applier.apply(the_plan, observed, atomic=atomic)
-    if desired.proxy is not None and outcomes:
+    to_apply, held = unrouted(the_plan, desired) if proxy_error else (the_plan, [])
+    if held:
+        proxy_error += f"; not deployed until the proxy is back: {', '.join(held)}"
+    outcomes = verified + applier.apply(to_apply, observed, atomic=atomic)
+    if desired.proxy is not None and outcomes and not waiting:
         observed = engine.observe()
         try:
             changed += proxy.sync(desired, observed)
