@@ -32,7 +32,7 @@ from reconciler.core.desired import load_desired
 from reconciler.core.model import STABLE, DesiredState, ObservedState, image_ref
 from reconciler.core.plan import Plan, Resolution, plan
 from reconciler.core.proxy import route_lines, routed, unrouted
-from reconciler.core.report import Outcome
+from reconciler.core.report import Outcome, Result
 from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, ProxyError, UserError
 from reconciler.shell import scrub
 from reconciler.shell.docker import Engine, connect
@@ -307,9 +307,12 @@ def apply_pass(applier: Applier, desired: DesiredState, settings: Settings, *, a
     # One listing per pass, unless the verdict changed what runs.
     the_plan, observed = plan_against(engine, desired, settings, observed=engine.observe() if verified else observed)
     to_apply, held = unrouted(the_plan, desired) if proxy_error else (the_plan, [])
-    if held:
-        proxy_error += f"; not deployed until the proxy is back: {', '.join(held)}"
-    outcomes = verified + applier.apply(to_apply, observed, atomic=atomic)
+    waited = [
+        Outcome(action.app, action.kind, action.container, Result.SKIPPED, "not deployed: its proxy is not in line")
+        for action in the_plan.changes
+        if action.app in held
+    ]
+    outcomes = verified + applier.apply(to_apply, observed, atomic=atomic) + waited
     if desired.proxy is not None and outcomes and not waiting:
         observed = engine.observe()
         try:
