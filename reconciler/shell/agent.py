@@ -27,6 +27,14 @@ Guarantees:
 - What to hold back, keep together, heal and promote is decided in the core (``core.policy``,
   ``core.stable``) over the journal's answers; this module reads the journal and the engine, logs the
   notices and acts.
+- The proxy comes first in a pass. One that cannot be brought in line (its port taken, its image missing)
+  is said once (``proxy.failed``, again when the reason changes) and holds back only the routed apps: the
+  others deploy. One that goes away mid-deploy (``ProxyUnavailable``) is like an engine outage: no verdict
+  on the release; the next pass, at once, brings the proxy back and deploys the release again.
+- A pass that fails as a whole is one ``pass.error`` per fault (again when the fault changes, and one
+  ``pass.recovered`` when a pass goes through). ``/healthz`` says 503 ``failing`` once ``FAILED_PASSES``
+  passes in a row failed (an error, an outage, a proxy that holds routed apps back); the systemd watchdog
+  is fed on the loop's liveness alone.
 - Between passes, a routed service's route follows its tasks every ``FOLLOW`` seconds (only while no
   pass holds the engine, here or in another process): a task Swarm replaced serves within seconds.
 - SIGTERM ends the current step (a gate's wait is abandoned, its verdict given by the next start),
@@ -653,8 +661,7 @@ class Agent:
         try:
             self._proxied(proxy.sync(desired, observed), revision)
         except UserError as exc:  # said once (and again when it changes); the next pass tries again first
-            self.events.once("proxy", Event.PROXY_FAILED, f"{exc}; routed apps wait for it, the others deploy")
-            self.proxy_down = str(exc)
+            self._proxy_failed(exc)
         else:
             self.proxy_down = ""
         waiting = routed(desired) if self.proxy_down else {}
@@ -707,7 +714,7 @@ class Agent:
             # The proxy went away mid-deploy: the next pass, soon, brings it back first and resumes.
             self.events.once("proxy", Event.PROXY_FAILED, f"{exc}; the deploy resumes when it is back")
             self.proxy_down = str(exc)
-            self.retry_in = ENGINE_RETRY_MID_DEPLOY
+            self.retry_in = 0.0  # the route may be down: the next pass brings the proxy back at once
             return applier.done
         try:
             # The gauges before the events: what a deploy's event says is in /metrics by the time it is said.
@@ -720,10 +727,14 @@ class Agent:
             try:
                 self._proxied(proxy.sync(desired, observed), revision)
             except UserError as exc:  # the deploys are told; the next pass tries the proxy again first
-                self.events.once("proxy", Event.PROXY_FAILED, str(exc))
-                self.proxy_down = str(exc)
+                self._proxy_failed(exc)
         self._watch_stable(desired, observed, applier)
         return outcomes
+
+    def _proxy_failed(self, exc: UserError) -> None:
+        """The proxy cannot be brought in line: said once (again when the reason changes), whichever sync met it."""
+        self.events.once("proxy", Event.PROXY_FAILED, f"{exc}; routed apps wait for it, the others deploy")
+        self.proxy_down = str(exc)
 
     def _proxied(self, changes: list[str], revision: str) -> None:
         if self.events.clear("proxy"):
