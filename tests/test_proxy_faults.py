@@ -19,6 +19,7 @@ import pytest
 from tests.support.agent import AgentProcess, wait_body
 from tests.support.net import free_port, http_request
 from tests.support.routed import Routed
+from tests.support.state import show
 
 pytestmark = pytest.mark.docker
 
@@ -65,11 +66,12 @@ def test_a_lost_proxy_folder_is_made_again_and_apps_without_a_route_never_wait_o
     routed.wait_serving(f"{web.name} v2", timeout=10)
     no_verdicts(agent, mark)
 
-    # The proxy cannot run (gone, and its listen address held by another process): the app without a route
-    # deploys, the routed one waits; the fault is said once, with the holder's name, and /healthz says so.
+    # The proxy cannot start again (stopped, and its listen address held by another process meanwhile): the app
+    # without a route deploys, the routed one waits; the fault is said once, at once, with the holder's name,
+    # and /healthz says so.
     mark = agent.mark()
     with socket.socket() as holder:
-        routed.world.client.api.remove_container(routed.container, force=True)
+        routed.world.client.api.stop(routed.container)
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.bind(("127.0.0.1", routed.port))
         holder.listen()
@@ -83,7 +85,8 @@ def test_a_lost_proxy_folder_is_made_again_and_apps_without_a_route_never_wait_o
         assert f"127.0.0.1:{routed.port} is taken by process" in failed[0].message, failed[0].message
         assert "routed apps wait" in failed[0].message
         assert not agent.events("deploy.succeeded", web.name, since=mark), agent.log()
-        assert routed.container_of(routed.container) is None
+        found = routed.container_of(routed.container)
+        assert found is not None and not found["State"]["Running"]
     # Freed: the proxy is back, the routed app deploys, /healthz is 200 again.
     agent.wait_for("deploy.succeeded", "v3", since=mark, timeout=60)
     routed.wait_serving(f"{web.name} v3", timeout=10)
@@ -121,3 +124,21 @@ def test_a_proxy_killed_mid_deploy_is_no_failed_release_and_the_deploy_completes
     assert rows and rows[0]["result"] == "succeeded", history.stdout
     assert all(row["result"] in ("succeeded", "interrupted") for row in rows), history.stdout
     assert routed.container_of(f"{web.name}.failed") is None
+
+
+def test_a_dry_run_says_that_a_hand_edited_proxy_config_will_be_rewritten(routed: Routed) -> None:
+    web = routed.app("web")
+    routed.world.commit_apps("v1")
+    assert routed.world.server().returncode == 0
+    routed.wait_serving(f"{web.name} v1")
+    config = routed.world.state / f"proxy-{routed.instance}" / "haproxy.cfg"
+    written = config.read_text()
+    config.write_text(written.replace("timeout client 60s", "timeout client 1s"))
+    dry = routed.world.server("--dry-run")
+    assert dry.returncode == 2, show(dry)
+    assert (
+        f"rewrite the proxy's config {config}: it differs from the file and what runs (edited by hand?)" in dry.stdout
+    )
+    assert routed.world.server().returncode == 0
+    assert config.read_text() == written
+    assert routed.world.server("--dry-run").returncode == 0
