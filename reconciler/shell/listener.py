@@ -142,11 +142,8 @@ class Listener:
     def _healthz(self, start_response: StartResponse) -> Iterable[bytes]:
         health = self.health()
         age = None if health.last_pass_age is None else round(health.last_pass_age, 3)
-        body = {
-            "status": "ok" if health.alive else "failing" if health.failing else "stale",
-            "last_pass_age_seconds": age,
-            "detail": health.detail,
-        }
+        status = "ok" if health.alive else "failing" if health.failing else "stale"
+        body = {"status": status, "last_pass_age_seconds": age, "detail": health.detail}
         return _json(start_response, 200 if health.alive else 503, body)
 
     def _hook(self, provider: Provider, environ: Mapping[str, Any], start_response: StartResponse) -> Iterable[bytes]:
