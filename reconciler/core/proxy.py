@@ -276,8 +276,9 @@ def render(
         "defaults",
         "  mode http",
         # A release is a container on this host's bridge: the kernel completes its handshake in well under a
-        # millisecond, busy app or not, so 500 ms is room for a starved host. A release that died leaves an
-        # address nothing answers, and this is what a request waits before it is sent again (5 s hung it).
+        # millisecond, busy app or not, so 500 ms is room for a starved host. A release that is gone leaves an
+        # address nothing answers (a connect to it fails "no route to host" after ~4 s here), and this is
+        # what a request waits before it is sent again (5 s hung it); one that restarts refuses at once.
         "  timeout connect 500ms",
         # Sent again up to 3 times (each after a pause of the connect timeout): about 3.5 s, enough for a
         # route to switch to a warm release or for a restarted one to listen, and a retry goes to where the
