@@ -18,15 +18,12 @@ drill looks at the agent, the app, the agent's log, ``reconcile history -o json`
 
 Faults: baseline (no fault: a plain deploy, the downtime of an ordinary swap), yaml-tag,
 alias-bomb, huge-file, env-file, stop-timeout, secrets, two-agents, state-dir, git-corrupt,
-kill-rollback, superseded, stale-next, long-value, yaml-escape, and engine-restart (restarts the
-machine's dockerd, which disturbs every container on it: last, and skipped with --skip-engine-restart).
-kill-rollback, superseded, stale-next, listener-idle (500 idle + 200 trickling connections on the
-listener), listener-edges (a nested, a 1 MiB and a 1 MiB + 1 hook body, HEAD /healthz), and
-engine-restart (restarts the machine's dockerd, which disturbs every container on it: last, and
-skipped with --skip-engine-restart).
-kill-rollback, superseded, stale-next, secrets-at-rest, and engine-restart (restarts the machine's dockerd, which
-kill-rollback, superseded, stale-next, policy-symlink, and engine-restart (restarts the machine's dockerd, which
-disturbs every container on it: last, and skipped with --skip-engine-restart).
+kill-rollback, superseded, stale-next, and the rows of issue 18: long-value and yaml-escape (the
+validator), listener-idle (500 idle + 200 trickling connections on the listener) and listener-edges
+(a nested, a 1 MiB and a 1 MiB + 1 hook body, HEAD /healthz), secrets-at-rest, policy-symlink,
+proxy-folder-lost and proxy-killed-mid-deploy (an app routed behind the proxy, on the port the
+poller asks); then engine-restart and engine-restart-live-restore (restart the machine's dockerd,
+which disturbs every container on it: last, and skipped with --skip-engine-restart).
 
 Run: ``.venv/bin/python bench/drill.py [--only NAME ...] [--skip-engine-restart]`` as root (the
 state-dir fault mounts a read-only bind, the engine restart signals dockerd), with the Docker engine
@@ -48,6 +45,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -75,8 +73,9 @@ from tests.support.dockerd import (  # noqa: E402
     wait_engine,
 )
 from tests.support.engine import new_run_prefix, remove_containers  # noqa: E402
-from tests.support.hostile import probe  # noqa: E402
 from tests.support.githttp import GitHttp  # noqa: E402
+from tests.support.haproxy import build_haproxy_image  # noqa: E402
+from tests.support.hostile import probe  # noqa: E402
 from tests.support.net import http_get  # noqa: E402
 
 FILE = "desired-state.yaml"
@@ -267,6 +266,7 @@ class Drill:
         self.images.build("web", "broken", healthy=False)
         self.images.build("web", "exits", exit_at_start=True)
         self.web = self.images.repo("web")
+        self.haproxy = build_haproxy_image(self.client, self.prefix)  # "repo:tag", for the routed faults
 
 
 class Scenario:
@@ -281,6 +281,7 @@ class Scenario:
         self.state = self.tmp / "state"
         self.app = f"{drill.prefix}-{slug}"
         self.port = free_port()
+        self.plain_port = 0  # a second app's, without a route (the proxy faults)
         self.agents: list[AgentProcess] = []
         self.dead: list[AgentProcess] = []  # agents that were meant to die (killed by the drill or a hook)
         self.notes: list[str] = []
@@ -566,6 +567,13 @@ class Scenario:
             subprocess.run(["umount", str(mount)], capture_output=True, check=False)
         with contextlib.suppress(Exception):
             remove_containers(self.drill.client, sorted(self.containers()))
+        # The routed faults' proxy, network and app without a route (the instance is the drill's: the next
+        # routed fault, another source, would find them).
+        with contextlib.suppress(Exception):
+            plain = [f"{self.app}-plain{role}" for role in ("", ".prev", ".next", ".failed")]
+            remove_containers(self.drill.client, [*plain, f"reconciler-proxy-{self.drill.instance}"])
+        with contextlib.suppress(Exception):
+            self.drill.client.api.remove_network(f"reconciler-{self.drill.instance}")
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -1076,6 +1084,8 @@ def fault_yaml_escape(s: Scenario) -> Row:
     s.end_window()
     s.deploy("v2")
     return s.finish(["v2"])
+
+
 def fault_policy_symlink(s: Scenario) -> Row:
     """Issue 18, item 5: under ``--policy``, commit 1 runs the app with a rw bind of an allowed folder and a
     command that links a folder outside to it; commit 2 binds through the link and publishes it; commit 3
@@ -1131,6 +1141,129 @@ def fault_policy_symlink(s: Scenario) -> Row:
         s.note("a link that stays inside the allowed folder was not deployed")
     elif http_get(f"http://127.0.0.1:{s.port}/inside/index.html", timeout=1.0) != (200, "inside"):
         s.note("a link that stays inside the allowed folder does not serve its folder")
+    return s.finish(["v3"])
+
+
+# -- the proxy of routed apps (issue 18, items 3 and 4) ----------------------------------------------------
+
+
+def routed_yaml(s: Scenario, version: str, *, healthy_for: str = "500ms", plain: str | None = None) -> str:
+    """The app routed behind the proxy, which listens on the scenario's port (what the poller asks); with
+    ``plain``, a second app without a route, on its own port (``s.plain_port``), at that version."""
+    repo, _, tag = s.drill.haproxy.rpartition(":")
+    lines = [
+        "proxy:",
+        f'  listen: ["127.0.0.1:{s.port}"]',
+        f"  image: {repo}",
+        f'  version: "{tag}"',
+        "apps:",
+        f"  {s.app}:",
+        f"    image: {s.drill.web}",
+        f"    version: {version}",
+        "    init: true",
+        "    stop_timeout: 2s",
+        "    route: {port: 8000, drain: 300ms}",
+        "    health: {http: /health, interval: 200ms, timeout: 5s, healthy_for: " + healthy_for + "}",
+    ]
+    text = "\n".join(lines) + "\n"
+    if plain is not None:
+        text += app_yaml(f"{s.app}-plain", s.drill.web, plain, s.plain_port).split("apps:\n", 1)[1]
+    return text
+
+
+def routed_first(s: Scenario, **kwargs: Any) -> AgentProcess:
+    s.push(routed_yaml(s, "v1", **kwargs), "v1")
+    agent = s.start_agent()
+    if s.wait("deploy.succeeded", s.app, "v1", timeout=40) is None or not s.wait_body("v1", 15):
+        raise RuntimeError(f"setup: v1 was never deployed behind the proxy:\n{agent.log()[-2000:]}")
+    return agent
+
+
+def proxy_container(s: Scenario) -> str:
+    return f"reconciler-proxy-{s.drill.instance}"
+
+
+def say_verdicts(s: Scenario, mark: int, what: str) -> None:
+    """Note every verdict on a release, and every pass.error, after ``mark``: the fault was the proxy's."""
+    for event in ("deploy.failed", "deploy.rolled-back", "deploy.held", "pass.error"):
+        for line in s.agent.events(event, since=mark):
+            s.note(f"{what}: {event} {short(line.message, 90)}")
+
+
+def fault_proxy_folder_lost(s: Scenario) -> Row:
+    """``rm -rf STATE/proxy-INSTANCE``, then ``rm -rf STATE``, under a running agent; then a listen port taken
+    while the proxy is gone: the app without a route must deploy anyway."""
+    s.plain_port = free_port()
+    routed_first(s, plain="v1")
+    s.poll()
+    for label, target, version in (
+        ("folder", s.state / f"proxy-{s.drill.instance}", "v2"),
+        ("state", s.state, "v3"),
+    ):
+        mark = s.agent.mark()
+        shutil.rmtree(target, ignore_errors=True)
+        back = s.wait("proxy.changed", "recreated the proxy", since=mark, timeout=30)
+        if back is not None:
+            s.saw(f"rm -rf {label}: {short(back.message, 70)}")
+        if not s.wait_body("v1" if version == "v2" else "v2", 15):
+            s.note(f"rm -rf {label}: the route does not serve again")
+        s.push(routed_yaml(s, version, plain=version), version)
+        if s.wait("deploy.succeeded", s.app + ":", version, since=mark, timeout=40) is None:
+            s.note(f"rm -rf {label}: {version} not deployed behind the proxy")
+        say_verdicts(s, mark, f"rm -rf {label}")
+    s.end_window()
+    # The proxy cannot run (removed, its port held by another process): the app without a route deploys.
+    mark = s.agent.mark()
+    with socket.socket() as holder:
+        s.drill.client.api.remove_container(proxy_container(s), force=True)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", s.port))
+        holder.listen()
+        s.push(routed_yaml(s, "v1", plain="v1"), "both back to v1")
+        if s.wait("deploy.succeeded", f"{s.app}-plain", "v1", since=mark, timeout=40) is None:
+            s.note("the app without a route waited on the proxy")
+        s.sleep(4)  # passes more: the same fault is said once
+        failed = s.agent.events("proxy.failed", since=mark)
+        if len(failed) != 1:
+            s.note(f"proxy.failed said {len(failed)} times for one taken port")
+        elif "taken by process" not in failed[0].message:
+            s.note(f"the holder is not named: {short(failed[0].message, 90)}")
+        else:
+            s.saw(f"port held: {short(failed[0].message, 70)}")
+    if s.wait("deploy.succeeded", s.app + ":", "v1", since=mark, timeout=40) is None:
+        s.note("the routed app did not deploy once the port was free")
+    say_verdicts(s, mark, "port held")
+    return s.finish(["v1"])
+
+
+def fault_proxy_killed_mid_deploy(s: Scenario) -> Row:
+    """``docker kill`` (then ``docker rm -f``) of the proxy during a routed deploy's gate; then ``docker rm -f``
+    of the serving container: no failed release, the deploy completes once the proxy is back."""
+    routed_first(s, healthy_for="2s")
+    s.poll()
+    for label, version in (("kill", "v2"), ("rm -f", "v3")):
+        mark = s.agent.mark()
+        s.push(routed_yaml(s, version, healthy_for="2s"), version)
+        deadline = time.monotonic() + s.left(30)
+        while f"{s.app}.next" not in s.containers() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.6)
+        if label == "kill":
+            s.drill.client.api.kill(proxy_container(s))
+        else:
+            s.drill.client.api.remove_container(proxy_container(s), force=True)
+        started = time.monotonic()
+        if s.wait("deploy.succeeded", version, since=mark, timeout=40) is None or not s.wait_body(version, 10):
+            s.note(f"{label} of the proxy: {version} not deployed")
+        else:
+            s.saw(f"{label} of the proxy: {version} served {time.monotonic() - started:.1f}s later")
+        say_verdicts(s, mark, f"{label} of the proxy")
+    mark = s.agent.mark()
+    s.drill.client.api.remove_container(s.app, force=True)
+    if not s.wait_body("v3", 30):
+        s.note("rm -f of the serving container: not served again")
+    s.sleep(2)
+    say_verdicts(s, mark, "rm -f of the serving container")
     return s.finish(["v3"])
 
 
@@ -1263,6 +1396,8 @@ def fault_listener_edges(s: Scenario) -> Row:
     if (status, answer) != (200, b""):
         s.note(f"HEAD /healthz answered {status} with {len(answer)} bytes")
     return s.finish(["v1"])
+
+
 def fault_secrets_at_rest(s: Scenario) -> Row:
     """Secrets planted in the agent's command line (the repository URL's password over HTTP with basic auth,
     a Slack token, a ``json://`` password): none in any file under the state directory (its lock owner, its
@@ -1374,6 +1509,8 @@ FAULTS: dict[str, list[tuple[str, Callable[[Scenario], Row]]]] = {
     "listener-edges": [("listener-edges", fault_listener_edges)],
     "secrets-at-rest": [("secrets-at-rest", fault_secrets_at_rest)],
     "policy-symlink": [("policy-symlink", fault_policy_symlink)],
+    "proxy-folder-lost": [("proxy-folder-lost", fault_proxy_folder_lost)],
+    "proxy-killed-mid-deploy": [("proxy-killed-mid-deploy", fault_proxy_killed_mid_deploy)],
     "engine-restart": [
         ("engine-restart", fault_engine_restart),
         ("engine-restart-live-restore", fault_engine_restart_live_restore),

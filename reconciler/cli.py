@@ -385,8 +385,6 @@ def main_command(
     result = _guarded(lambda: reconcile_once(settings, dry_run=dry_run, on_step=_kill_hook()))
     plan = result.plan
     proxied = report.proxy_lines(result.proxy, result.routes, dry_run=dry_run)
-    if result.proxy_error:
-        proxied.append(f"  proxy: error: {result.proxy_error}")
     if dry_run:
         if fmt is Output.json:
             _emit({**report.plan_as_dict(plan, file=settings.file), "proxy": result.proxy, "routes": result.routes})
@@ -409,6 +407,8 @@ def main_command(
     else:
         lines = report.outcome_lines(result.outcomes, revision=plan.revision, file=settings.file)
         typer.echo("\n".join(lines + report.note_lines(plan) + proxied))
+        if result.proxy_error:
+            typer.echo(f"error: {result.proxy_error}", err=True)
     raise typer.Exit(0 if result.ok else 1)
 
 

@@ -14,6 +14,7 @@ traceback. The tree::
     │   ├── EnvFileError            an app's env_file cannot be read where it runs, or is not KEY=VALUE text
     │   ├── StateError              the state directory or its journal cannot be used (owner, corrupt, disk)
     │   └── ProxyError              the proxy cannot run or be driven (its listen address taken, no image)
+    │       └── ProxyUnavailable    its runtime API does not answer: no verdict on a release, the next pass retries
     └── TransientError              clears by itself: retry later, keep what runs
         ├── EngineUnavailable       the Docker engine does not answer
         ├── RemoteUnavailable       the git remote does not answer
@@ -74,7 +75,14 @@ class StateError(UserError):
 
 
 class ProxyError(UserError):
-    """The proxy of routed apps cannot run here or does not answer its runtime API."""
+    """The proxy of routed apps cannot run here or cannot be driven."""
+
+
+class ProxyUnavailable(ProxyError):
+    """The proxy's runtime API does not answer (it was killed or removed, its folder or socket is gone).
+
+    Like an engine outage, it judges the proxy, not a release: a deploy that meets it is cut short and
+    resumed by the next pass, whose first step brings the proxy back."""
 
 
 class TransientError(ReconcileError):

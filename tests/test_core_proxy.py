@@ -45,6 +45,7 @@ from reconciler.core.model import (
     ProxySpec,
     Role,
 )
+from reconciler.core.plan import PRUNED, Action, ActionKind, Plan
 from reconciler.core.proxy import (
     CERTS_DIR,
     Server,
@@ -55,6 +56,7 @@ from reconciler.core.proxy import (
     servers,
     serving,
     to_cool,
+    unrouted,
     warm,
     with_server,
 )
@@ -638,10 +640,11 @@ def test_one_backend_per_routed_app_with_the_serving_address_or_a_disabled_place
         "backend be_site",
         "backend be_tenants",
     ]
-    assert section(config, "backend be_shop") == ["server live 172.18.0.2:8000"]
-    assert section(config, "backend be_api") == ["server live 127.0.0.1:1 disabled"]
-    assert section(config, "backend be_site") == ["server live 127.0.0.1:1 disabled"]  # not in live at all
-    assert section(config, "backend be_tenants") == ["server live 127.0.0.1:1 disabled"]
+    retry = "http-request disable-l7-retry unless METH_GET"
+    assert section(config, "backend be_shop") == ["server live 172.18.0.2:8000", retry]
+    assert section(config, "backend be_api") == ["server live 127.0.0.1:1 disabled", retry]
+    assert section(config, "backend be_site") == ["server live 127.0.0.1:1 disabled", retry]  # not in live at all
+    assert section(config, "backend be_tenants") == ["server live 127.0.0.1:1 disabled", retry]
 
 
 def test_host_and_path_acls_all_come_before_the_rules() -> None:
@@ -727,6 +730,22 @@ def test_a_named_host_of_one_app_wins_over_a_wildcard_of_another_that_sorts_firs
     assert first_backend(render(proxy(), longer, {}), "shop.example.com", "/api") == "shop"
 
 
+def test_a_wildcard_with_more_labels_wins_over_a_shorter_one_of_an_app_that_sorts_first() -> None:
+    routes = {
+        "aaa": route(hosts=["*.example.com"]),
+        "shop": route(hosts=["*.shop.example.com"]),
+        "mixed": route(hosts=["*.example.org", "*.eu.example.org"], path_prefix="/api"),
+    }
+    config = render(proxy(), routes, {})
+    assert backend_order(config) == ["mixed", "shop", "mixed", "aaa"]  # 3 labels, then 2; the longer prefix first
+    assert first_backend(config, "a.shop.example.com", "/") == "shop"
+    assert first_backend(config, "cart.example.com", "/") == "aaa"
+    # Even over a shorter wildcard with a longer prefix; an app's wildcards of each length are a rule apart.
+    longer = render(proxy(), {**routes, "aaa": route(hosts=["*.example.com"], path_prefix="/api")}, {})
+    assert first_backend(longer, "a.shop.example.com", "/api") == "shop"
+    assert "  use_backend be_mixed if wild_mixed_3 path_mixed" in longer.splitlines()
+
+
 def test_named_then_wildcard_then_every_host_and_a_longer_prefix_first_within_each() -> None:
     routes = {
         "a_root": route(),
@@ -747,6 +766,30 @@ def test_named_then_wildcard_then_every_host_and_a_longer_prefix_first_within_ea
         *("i_mixed", "h_wild_api", "g_wild_root"),  # wildcard hosts
         *("c_api_v2", "b_api", "a_root"),  # every host
     ]
+
+
+def test_a_request_that_did_not_reach_a_release_is_sent_again_soon_and_only_gets_after_it_did() -> None:
+    config = render(proxy(), ROUTES, {"shop": Server("shop", "172.18.0.2", 8000)})
+    defaults = section(config, "defaults")
+    # A dead container's address answers nothing: 500 ms, not 5 s, before the request is sent again (up to
+    # 3 times, to where the route points by then).
+    assert "timeout connect 500ms" in defaults
+    assert {"retries 3", "option redispatch 1", "retry-on conn-failure empty-response"} <= set(defaults)
+    for app in ROUTES:
+        assert "http-request disable-l7-retry unless METH_GET" in section(config, f"backend be_{app}")
+
+
+def test_while_the_proxy_is_away_a_pass_deploys_only_the_apps_without_a_route() -> None:
+    file = desired(shop=route(hosts=["shop.example.com"]), worker=app(), api=route(path_prefix="/api"))
+    actions = (
+        Action(ActionKind.CREATE, "shop", "shop"),
+        Action(ActionKind.REPLACE, "worker", "worker"),
+        Action(ActionKind.CONFLICT, "api", "api"),  # a problem, not a change: it waits for nothing
+        Action(ActionKind.REMOVE, "gone", "gone", (PRUNED,)),  # not in the file: no route to wait for
+    )
+    kept, waiting = unrouted(Plan("abc", actions), file)
+    assert [action.app for action in kept.actions] == ["worker", "gone"]
+    assert waiting == ["shop"]
 
 
 def test_the_admin_socket_hands_over_listeners_and_is_at_admin_level() -> None:
@@ -859,8 +902,8 @@ def under(path: str, prefix: str) -> bool:
 
 
 def most_specific(routes: dict[str, AppSpec], host: str, path: str) -> str | None:
-    """The app whose claim on ``host`` and ``path`` is the most specific: a named host, then a wildcard, then
-    every host; then the longer prefix, the prefix, the app name."""
+    """The app whose claim on ``host`` and ``path`` is the most specific: a named host, then a wildcard (the one
+    with more labels first), then every host; then the longer prefix, the prefix, the app name."""
     name = host.split(":")[0].lower()
     claims = []
     for app_name, spec in routes.items():
@@ -868,16 +911,17 @@ def most_specific(routes: dict[str, AppSpec], host: str, path: str) -> str | Non
         hosts, prefix = spec.route.hosts, spec.route.path_prefix
         if not under(path, prefix):
             continue
+        wild = [one.count(".") for one in hosts if one.startswith("*.") and name.endswith(one[1:])]
         if name in hosts:
-            kind = 0
-        elif any(one.startswith("*.") and name.endswith(one[1:]) for one in hosts):
-            kind = 1
+            kind, labels = 0, 0
+        elif wild:
+            kind, labels = 1, max(wild)
         elif not hosts:
-            kind = 2
+            kind, labels = 2, 0
         else:
             continue
-        claims.append((kind, -len(prefix), prefix, app_name))
-    return min(claims)[3] if claims else None
+        claims.append((kind, -labels, -len(prefix), prefix, app_name))
+    return min(claims)[4] if claims else None
 
 
 @st.composite
@@ -899,12 +943,13 @@ def route_sets(draw: st.DrawFn) -> dict[str, AppSpec]:
     return routes
 
 
-def kinds(spec: AppSpec) -> list[int]:
-    """The rules an app's route renders to: 0 for its named hosts, 1 for its wildcards, 2 for every host."""
+def kinds(spec: AppSpec) -> list[tuple[int, int]]:
+    """The rules an app's route renders to, as (kind, labels): (0, 0) for its named hosts, (1, N) for its
+    wildcards of N labels (one rule per N), (2, 0) for every host."""
     assert spec.route is not None
     named = any(not host.startswith("*.") for host in spec.route.hosts)
-    wild = any(host.startswith("*.") for host in spec.route.hosts)
-    return [kind for kind, present in ((0, named), (1, wild), (2, not spec.route.hosts)) if present]
+    wild = sorted({host.count(".") for host in spec.route.hosts if host.startswith("*.")})
+    return [(0, 0)] * named + [(1, labels) for labels in wild] + [(2, 0)] * (not spec.route.hosts)
 
 
 @settings(max_examples=200, deadline=None)
@@ -923,20 +968,26 @@ def test_render_tries_the_most_specific_rule_first(routes: dict[str, AppSpec]) -
     words = [line.split()[0] for line in lines]
     # Every ACL line before the first use_backend line.
     assert words == sorted(words, key=lambda word: word != "acl") and set(words) <= {"acl", "use_backend"}
-    # One rule per kind of host an app names, in the order: kind, longer prefix, prefix, app name.
+    # One rule per kind of host an app names (per label count of its wildcards), in the order: kind, more
+    # labels, longer prefix, prefix, app name.
+    suffixes = {line.split()[1]: line.split()[5:] for line in lines if line.startswith("acl wild_")}
     keys = []
     for line in lines[words.index("use_backend") :]:
         parts = line.split()
         name = parts[1].removeprefix("be_")
         spec = routes[name].route
         assert spec is not None
-        kind = 0 if f"host_{name}" in parts else 1 if f"wild_{name}" in parts else 2
-        keys.append((kind, -len(spec.path_prefix), spec.path_prefix, name))
-    expected: list[tuple[int, int, str, str]] = []
+        wild = [part for part in parts if part == f"wild_{name}" or part.startswith(f"wild_{name}_")]
+        kind = 0 if f"host_{name}" in parts else 1 if wild else 2
+        labels = {"*" + suffix for suffix in suffixes[wild[0]]} if wild else set()
+        assert len({host.count(".") for host in labels}) <= 1  # one label count per rule
+        keys.append((kind, -max((host.count(".") for host in labels), default=0), -len(spec.path_prefix),
+                     spec.path_prefix, name))  # fmt: skip
+    expected: list[tuple[int, int, int, str, str]] = []
     for name, app_spec in routes.items():
         assert app_spec.route is not None
         prefix = app_spec.route.path_prefix
-        expected.extend((kind, -len(prefix), prefix, name) for kind in kinds(app_spec))
+        expected.extend((kind, -labels, -len(prefix), prefix, name) for kind, labels in kinds(app_spec))
     assert sorted(keys) == sorted(expected)
     assert keys == sorted(keys) and len(set(keys)) == len(keys), keys
     # And so each request goes to the app with the most specific claim on it.

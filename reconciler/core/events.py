@@ -69,6 +69,7 @@ class Event(StrEnum):
     # a pass that failed as a whole
     PASS_ERROR = "pass.error"
     PASS_CRASHED = "pass.crashed"  # a bug: its traceback is kept apart
+    PASS_RECOVERED = "pass.recovered"  # a pass went through after pass.error
 
     @classmethod
     def of_app(cls, kind: str) -> Event:

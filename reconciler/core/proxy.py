@@ -10,8 +10,12 @@ Guarantees:
   else its warm previous release (``APP.prev``) when that runs, else nothing (HAProxy answers 503). A
   deploy switches only to a release that passed its gate and renames only containers that do not serve,
   so that, after any crash, this rule points at a release that passed its gate.
-- Routes are matched most specific first: a named host before every host, a longer path prefix before
+- Routes are matched most specific first: a named host, then a wildcard host (the one with more labels
+  first: ``*.shop.example.com`` before ``*.example.com``), then every host; a longer path prefix before
   a shorter one; ties by app name.
+- A request that could not reach its release (refused, unanswered within ``timeout connect``) is sent
+  again, up to 3 times, to where the route points by then; a GET that got no answer at all is too.
+- While the proxy cannot be brought in line, a pass deploys the apps without a route (``unrouted``).
 - A routed service (``replicas:``) has a backend of ``slots`` servers (``task1`` ...), balanced round robin
   over the tasks that run (``pool``): HAProxy checks each one (the app's ``http:`` path, else a
   connection) and, as a task that Swarm stops may refuse or drop a request, sends a GET it could not
@@ -27,7 +31,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from reconciler.core.model import (
     AppSpec,
@@ -38,6 +42,7 @@ from reconciler.core.model import (
     Role,
     container_name,
 )
+from reconciler.core.plan import Plan
 
 CONFIG_DIR = "/usr/local/etc/haproxy"  # the official image's; our test image keeps it
 CONFIG_FILE = "haproxy.cfg"
@@ -49,6 +54,8 @@ CERTS_DIR = CONFIG_DIR + "/certs"
 SERVER = "live"
 SLOT = "task"  # a routed service's servers: task1, task2, ...
 NO_SERVER = ("127.0.0.1", 1)  # a disabled server's placeholder address: nothing serves the route
+# Only what may be sent twice is retried after it reached a release: a POST that got no answer is not.
+ONLY_GETS_AGAIN = "  http-request disable-l7-retry unless METH_GET"
 
 
 def proxy_container(instance: str) -> str:
@@ -67,6 +74,15 @@ def backend(app: str) -> str:
 
 def routed(desired: DesiredState) -> dict[str, AppSpec]:
     return {app: spec for app, spec in sorted(desired.apps.items()) if spec.route is not None}
+
+
+def unrouted(plan: Plan, desired: DesiredState) -> tuple[Plan, list[str]]:
+    """``plan`` without the actions of routed apps, and those apps: what a pass does while its proxy cannot be
+    brought in line. The routed apps wait for a pass that can; the others never wait on the proxy."""
+    waiting = routed(desired)
+    kept = tuple(action for action in plan.actions if action.app not in waiting)
+    held = sorted({action.app for action in plan.actions if action.app in waiting and action.kind.changes})
+    return replace(plan, actions=kept), held
 
 
 @dataclass(frozen=True)
@@ -199,10 +215,11 @@ class _Rule:
     app: str
     acls: tuple[str, ...]
     condition: str
+    labels: int = 0  # a wildcard's: how many labels its suffix has (*.shop.example.com: 3), more first
 
     @property
-    def rank(self) -> tuple[int, int, str, str]:
-        return (self.kind, -len(self.prefix), self.prefix, self.app)
+    def rank(self) -> tuple[int, int, int, str, str]:
+        return (self.kind, -self.labels, -len(self.prefix), self.prefix, self.app)
 
 
 def _rules(app: str, spec: AppSpec) -> list[_Rule]:
@@ -218,15 +235,20 @@ def _rules(app: str, spec: AppSpec) -> list[_Rule]:
         path_acl = (f"acl path_{app} path {prefix}", f"acl path_{app} path_beg {prefix}/")
     path_term = f" path_{app}" if path_acl else ""
     exact = [host for host in spec.route.hosts if not host.startswith("*.")]
-    wild = [host[1:] for host in spec.route.hosts if host.startswith("*.")]
+    # Wildcards by their number of labels: each count is a rule of its own, ranked apart.
+    wild: dict[int, list[str]] = {}
+    for host in spec.route.hosts:
+        if host.startswith("*."):
+            wild.setdefault(host.count("."), []).append(host[1:])
     rules = []
     # The Host header may carry a port (shop.example.com:8080): it is cut off before matching.
     if exact:
         acl = f"acl host_{app} req.hdr(host),field(1,:),lower -m str {' '.join(exact)}"
         rules.append(_Rule(0, prefix, app, (acl, *path_acl), f"host_{app}{path_term}"))
-    if wild:
-        acl = f"acl wild_{app} req.hdr(host),field(1,:),lower -m end {' '.join(wild)}"
-        rules.append(_Rule(1, prefix, app, (acl, *path_acl), f"wild_{app}{path_term}"))
+    for labels, suffixes in sorted(wild.items(), reverse=True):
+        name = f"wild_{app}" if len(wild) == 1 else f"wild_{app}_{labels}"
+        acl = f"acl {name} req.hdr(host),field(1,:),lower -m end {' '.join(suffixes)}"
+        rules.append(_Rule(1, prefix, app, (acl, *path_acl), f"{name}{path_term}", labels))
     if not exact and not wild:
         rules.append(_Rule(2, prefix, app, path_acl, path_term.strip()))
     return rules
@@ -253,7 +275,17 @@ def render(
         "",
         "defaults",
         "  mode http",
-        "  timeout connect 5s",
+        # A release is a container on this host's bridge: the kernel completes its handshake in well under a
+        # millisecond, busy app or not, so 500 ms is room for a starved host. A release that is gone leaves an
+        # address nothing answers (a connect to it fails "no route to host" after ~4 s here), and this is
+        # what a request waits before it is sent again (5 s hung it); one that restarts refuses at once.
+        "  timeout connect 500ms",
+        # Sent again up to 3 times (each after a pause of the connect timeout): about 3.5 s, enough for a
+        # route to switch to a warm release or for a restarted one to listen, and a retry goes to where the
+        # route points then. Only what was never received is retried for every method; see disable-l7-retry.
+        "  retries 3",
+        "  option redispatch 1",
+        "  retry-on conn-failure empty-response",
         "  timeout client 60s",
         "  timeout server 60s",
         "  timeout http-request 10s",
@@ -278,7 +310,7 @@ def render(
         if spec.service:
             lines += [f"backend {backend(app)}", *_balanced(spec), *slot_lines(spec, (pools or {}).get(app, ())), ""]
         else:
-            lines += [f"backend {backend(app)}", server_line(live.get(app)), ""]
+            lines += [f"backend {backend(app)}", server_line(live.get(app)), ONLY_GETS_AGAIN, ""]
     return "\n".join(lines)
 
 
@@ -290,11 +322,7 @@ def _balanced(spec: AppSpec) -> list[str]:
     ) else []  # fmt: skip
     return [
         "  balance roundrobin",
-        "  retries 3",
-        "  option redispatch 1",
-        "  retry-on conn-failure empty-response",
-        # Only what may be sent twice: a POST that reached a task is not sent again.
-        "  http-request disable-l7-retry unless METH_GET",
+        ONLY_GETS_AGAIN,
         *check,
         "  default-server check inter 1s fall 2 rise 1 observe layer4 error-limit 1 on-error mark-down",
     ]

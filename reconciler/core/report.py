@@ -20,7 +20,7 @@ class Result(StrEnum):
     FAILED = "failed"  # nothing changed for this app, or it could not be brought back
     ROLLED_BACK = "rolled-back"  # the new release failed its gate; the previous one runs again
     SKIPPED = "skipped"  # conflict or unresolvable image: reported, not touched
-    SUPERSEDED = "superseded"  # started, but its gate was abandoned for a newer commit or a shutdown
+    SUPERSEDED = "superseded"  # its gate abandoned (a newer commit, a shutdown), or its container removed mid-start
 
     @property
     def ok(self) -> bool:

@@ -27,6 +27,14 @@ Guarantees:
 - What to hold back, keep together, heal and promote is decided in the core (``core.policy``,
   ``core.stable``) over the journal's answers; this module reads the journal and the engine, logs the
   notices and acts.
+- The proxy comes first in a pass. One that cannot be brought in line (its port taken, its image missing)
+  is said once (``proxy.failed``, again when the reason changes) and holds back only the routed apps: the
+  others deploy. One that goes away mid-deploy (``ProxyUnavailable``) is like an engine outage: no verdict
+  on the release; the next pass, at once, brings the proxy back and deploys the release again.
+- A pass that fails as a whole is one ``pass.error`` per fault (again when the fault changes, and one
+  ``pass.recovered`` when a pass goes through). ``/healthz`` says 503 ``failing`` once ``FAILED_PASSES``
+  passes in a row failed (an error, an outage, a proxy that holds routed apps back); the systemd watchdog
+  is fed on the loop's liveness alone.
 - Between passes, a routed service's route follows its tasks every ``FOLLOW`` seconds (only while no
   pass holds the engine, here or in another process): a task Swarm replaced serves within seconds.
 - SIGTERM ends the current step (a gate's wait is abandoned, its verdict given by the next start),
@@ -57,6 +65,7 @@ from reconciler.core.events import Event
 from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.policy import Deployed, Notice, Say
+from reconciler.core.proxy import routed, unrouted
 from reconciler.core.report import Outcome, Result
 from reconciler.core.stable import Candidate, StableSample, StableWatch, track
 from reconciler.errors import (
@@ -64,7 +73,7 @@ from reconciler.errors import (
     EngineUnavailable,
     InvalidDesiredState,
     LockHeld,
-    ProxyError,
+    ProxyUnavailable,
     ReconcileError,
     RemoteUnavailable,
     TransientError,
@@ -89,6 +98,9 @@ ENGINE_RETRY_MID_DEPLOY = 2.0  # seconds: an outage cut a deploy short; the app 
 CRASH_FILES_KEPT = 20  # a bug that crashes every pass must not fill the state directory
 HOOK_SPACING = 2.0  # seconds between passes that webhooks start: 1,000 hooks in a second are two passes
 FOLLOW = 2.0  # seconds between looks at a routed service's tasks between passes (``Agent._follow``)
+# Passes that failed in a row (an error, an outage, a proxy that cannot be brought in line) before /healthz
+# says 503: one is a blip that the next pass, seconds later, often clears; three is a fault to look at.
+FAILED_PASSES = 3
 _REFUSED = {
     "unsigned": Event.COMMIT_UNSIGNED,
     "bad-signature": Event.COMMIT_BAD_SIGNATURE,
@@ -180,6 +192,9 @@ class Agent:
     verified: tuple[str, DesiredState] | None = None  # the last commit that passed --require-signed-by and --policy
     routing: DesiredState | None = None  # the last file converged to, while it routes a service (``_follow``)
     busy: threading.Lock = field(default_factory=threading.Lock)  # held while a pass uses the engine
+    proxy_down: str = ""  # why the proxy could not be brought in line this pass (routed apps wait), or ""
+    failed_passes: int = 0  # passes in a row that failed (``FAILED_PASSES``: /healthz says so)
+    pass_failure: str = ""  # why the last one failed
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -218,7 +233,7 @@ class Agent:
             notifier = self._notifier()
             listener = self._listen()
             sdnotify.notify("READY=1")
-            sdnotify.feed_watchdog(lambda: self.health().alive, watchdog_stop)
+            sdnotify.feed_watchdog(lambda: self.liveness().alive, watchdog_stop)
             threading.Thread(target=self._follow, args=(watchdog_stop,), name="follow-routes", daemon=True).start()
             self.events.emit(
                 Event.AGENT_STARTED,
@@ -330,7 +345,17 @@ class Agent:
         return listener
 
     def health(self) -> Health:
-        """Whether the loop is alive: a pass ended recently, or the one under way has not run too long."""
+        """What /healthz says: ``liveness``, and not alive when the last ``FAILED_PASSES`` passes failed (the
+        loop goes on, but nothing converges: a broken proxy, an engine away, a lock held)."""
+        alive = self.liveness()
+        if alive.alive and self.failed_passes >= FAILED_PASSES:
+            detail = f"the last {self.failed_passes} passes failed: {self.pass_failure}"
+            return Health(False, alive.last_pass_age, detail, failing=True)
+        return alive
+
+    def liveness(self) -> Health:
+        """Whether the loop is alive: a pass ended recently, or the one under way has not run too long (what
+        the systemd watchdog is fed on: a pass that fails is no reason to restart the agent)."""
         now = time.monotonic()
         limit = max(3 * self.config.interval, 120.0)
         started, ended = self.pass_started, self.pass_ended
@@ -445,9 +470,12 @@ class Agent:
     def tick(self) -> float:
         """One pass; returns how long to sleep before the next one (unless woken)."""
         self.pass_started = time.monotonic()
+        self.pass_failure = self.proxy_down = ""
         try:
             return self._tick()
         finally:
+            # An invalid or refused commit is not a failed pass: the host keeps what it runs, as it should.
+            self.failed_passes = self.failed_passes + 1 if self.pass_failure else 0
             self.pass_ended = time.monotonic()
             self.metrics.passed(self.pass_ended - self.pass_started)
 
@@ -456,6 +484,7 @@ class Agent:
         try:
             revision, desired = self._read()
         except RemoteUnavailable as exc:
+            self.pass_failure = str(exc)
             return self._problem("remote", Event.REMOTE_UNREACHABLE, str(exc))
         except CommitRefused:
             return self._next_interval()  # said once in _read
@@ -474,19 +503,26 @@ class Agent:
             self.cut_short = False
         except EngineUnavailable as exc:
             self.engine = None
+            self.pass_failure = str(exc)
             wait = self._problem("engine", Event.ENGINE_UNREACHABLE, str(exc))
             return min(wait, ENGINE_RETRY_MID_DEPLOY) if self.cut_short else wait
         except LockHeld as exc:
+            self.pass_failure = str(exc)
             return self._problem("lock", Event.LOCK_HELD, str(exc))
         except ReconcileError as exc:
-            self.events.emit(Event.PASS_ERROR, str(exc), commit=revision[:8])
+            # One fault, one line: said again when it changes, and ``pass.recovered`` when a pass goes through.
+            self.pass_failure = str(exc)
+            self.events.once("pass", Event.PASS_ERROR, str(exc), commit=revision[:8])
             return self._next_interval()
         except Exception as exc:  # a bug must not take the host's agent down: log it, try again later
+            self.pass_failure = f"internal error: {type(exc).__name__}"
             where = self._keep_traceback(exc)
             self.events.emit(Event.PASS_CRASHED, f"internal error: {type(exc).__name__}: {exc} (a bug in reconciler:"
                              f" {where}; please report it)", commit=revision[:8])  # fmt: skip
             self.engine = None
             return self._next_interval()
+        self._recovered("pass", Event.PASS_RECOVERED, "passes go through again")
+        self.pass_failure = self.proxy_down
         for outcome in outcomes:
             if outcome.result is Result.SUPERSEDED:
                 return 0.0  # a newer commit is waiting
@@ -621,14 +657,21 @@ class Agent:
             proxy=proxy,
         )
         observed = self.engine.observe()
-        # The proxy first: whatever happened to it, it routes to what runs before anything changes.
-        self._proxied(proxy.sync(desired, observed), revision)
+        # The proxy first: whatever happened to it, it routes to what runs before anything changes. One that
+        # cannot be brought in line holds back the routed apps only: the others deploy.
+        try:
+            self._proxied(proxy.sync(desired, observed), revision)
+        except UserError as exc:  # said once (and again when it changes); the next pass tries again first
+            self._proxy_failed(exc)
+        else:
+            self.proxy_down = ""
+        waiting = routed(desired) if self.proxy_down else {}
         if any(spec.service for spec in desired.apps.values()):
             self._nodes()
         routes_a_service = desired.proxy is not None and any(s.service and s.route for s in desired.apps.values())
         self.routing = desired if routes_a_service else None
         try:
-            verified = applier.verify_unfinished(observed, desired.apps)
+            verified = applier.verify_unfinished(observed, desired.apps, waiting=waiting)
         except EngineUnavailable:
             self.cut_short = True
             raise
@@ -643,6 +686,8 @@ class Agent:
         drifting = {action.app for action in plan.actions}
         self.metrics.observe(desired, observed, drifting)
         self._notes(plan)
+        if waiting:
+            plan, _ = unrouted(plan, desired)
         held = policy.held_in(plan, journal.failures())
         restore = {app: self._last_good(app, observed, journal) for app in policy.lost(plan, held)}
         plan, notices = policy.hold_back(plan, observed, held, restore=restore, said=self.events.active(policy.HELD))
@@ -659,13 +704,19 @@ class Agent:
             return []
         try:
             outcomes = applier.apply(plan, observed, atomic=True)
-        except EngineUnavailable:
+        except (EngineUnavailable, ProxyUnavailable) as exc:
             # Not a verdict on the release: the journal row stays unfinished for the next pass; what this
             # pass finished before the outage is told now.
-            self.cut_short = True
             self._report(applier.done, revision)
             self._remember_failures(applier.done, plan, revision)
-            raise
+            if isinstance(exc, EngineUnavailable):
+                self.cut_short = True
+                raise
+            # The proxy went away mid-deploy: the next pass, soon, brings it back first and resumes.
+            self.events.once("proxy", Event.PROXY_FAILED, f"{exc}; the deploy resumes when it is back")
+            self.proxy_down = str(exc)
+            self.retry_in = 0.0  # the route may be down: the next pass brings the proxy back at once
+            return applier.done
         try:
             # The gauges before the events: what a deploy's event says is in /metrics by the time it is said.
             observed = self.engine.observe()
@@ -673,16 +724,22 @@ class Agent:
         finally:
             self._report(outcomes, revision)
             self._remember_failures(outcomes, plan, revision)
-        if desired.proxy is not None:
+        if desired.proxy is not None and not waiting:
             try:
                 self._proxied(proxy.sync(desired, observed), revision)
-            except ProxyError as exc:  # the deploys are told; the next pass tries the proxy again first
-                self.events.once("proxy", Event.PROXY_FAILED, str(exc))
+            except UserError as exc:  # the deploys are told; the next pass tries the proxy again first
+                self._proxy_failed(exc)
         self._watch_stable(desired, observed, applier)
         return outcomes
 
+    def _proxy_failed(self, exc: UserError) -> None:
+        """The proxy cannot be brought in line: said once (again when the reason changes), whichever sync met it."""
+        self.events.once("proxy", Event.PROXY_FAILED, f"{exc}; routed apps wait for it, the others deploy")
+        self.proxy_down = str(exc)
+
     def _proxied(self, changes: list[str], revision: str) -> None:
-        self.events.clear("proxy")
+        if self.events.clear("proxy"):
+            self.events.emit(Event.PROXY_CHANGED, "the proxy is back in line: routed apps deploy again")
         for change in changes:
             self.events.emit(Event.PROXY_CHANGED, change, commit=revision[:8])
 

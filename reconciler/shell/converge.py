@@ -13,6 +13,8 @@ Guarantees:
   containers that this source deployed.
 - Env values of the file are remembered by ``scrub`` before the file is validated, so that no
   message, however it quotes them, prints them.
+- A proxy that cannot be brought in line (``PassResult.proxy_error``) holds back the routed apps only:
+  the apps without a route deploy in the same pass.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from reconciler.core import images as image_match
 from reconciler.core.desired import load_desired
 from reconciler.core.model import STABLE, DesiredState, ObservedState, image_ref
 from reconciler.core.plan import Plan, Resolution, plan
-from reconciler.core.proxy import route_lines
-from reconciler.core.report import Outcome
+from reconciler.core.proxy import route_lines, routed, unrouted
+from reconciler.core.report import Outcome, Result
 from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, ProxyError, UserError
 from reconciler.shell import scrub
 from reconciler.shell.docker import Engine, connect
@@ -304,15 +306,26 @@ def apply_pass(applier: Applier, desired: DesiredState, settings: Settings, *, a
     engine, proxy = applier.engine, applier.proxy
     assert proxy is not None
     proxy_error = ""
+    changed: list[str] = []
     observed = engine.observe()
     # The proxy first: whatever happened to it, it routes to what runs before anything changes.
-    changed = proxy.sync(desired, observed)
+    try:
+        changed = proxy.sync(desired, observed)
+    except UserError as exc:  # the proxy (its port taken, its image missing): the routed apps wait for it
+        proxy_error = str(exc)
+    waiting = routed(desired) if proxy_error else {}
     # A deploy that an earlier run never finished (killed mid-gate) gets its verdict first.
-    verified = applier.verify_unfinished(observed, desired.apps)
+    verified = applier.verify_unfinished(observed, desired.apps, waiting=waiting)
     # One listing per pass, unless the verdict changed what runs.
     the_plan, observed = plan_against(engine, desired, settings, observed=engine.observe() if verified else observed)
-    outcomes = verified + applier.apply(the_plan, observed, atomic=atomic)
-    if desired.proxy is not None and outcomes:
+    to_apply, held = unrouted(the_plan, desired) if proxy_error else (the_plan, [])
+    waited = [
+        Outcome(action.app, action.kind, action.container, Result.SKIPPED, "not deployed: its proxy is not in line")
+        for action in the_plan.changes
+        if action.app in held
+    ]
+    outcomes = verified + applier.apply(to_apply, observed, atomic=atomic) + waited
+    if desired.proxy is not None and outcomes and not waiting:
         observed = engine.observe()
         try:
             changed += proxy.sync(desired, observed)

@@ -45,6 +45,9 @@ Guarantees:
   ones under way end, and it leaves ``apply`` then; the journal rows stay unfinished, and
   ``verify_unfinished`` resumes them once the engine answers again. A gate that fails first checks
   that the engine still answers. ``done`` holds the outcomes given before that, in the plan's order.
+  A proxy whose runtime API does not answer at a switch (``ProxyUnavailable``: killed, removed) is the
+  same: an outage, not the release's failure. A container removed by hand while a pass starts it is no
+  verdict either: ``superseded``, and the next pass deploys it again.
 - Each probe has its own deadline (``core.health.probe_timeout``): a hung http, tcp or exec probe is
   one failed sample (an http or tcp probe that nothing answered is asked once more first), and the gate
   decides at its own timeout.
@@ -63,7 +66,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -82,7 +85,7 @@ from reconciler.core.model import (
 from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan, Target
 from reconciler.core.proxy import Server, proxy_network
 from reconciler.core.report import Outcome, Result
-from reconciler.errors import ContainerError, EngineUnavailable, ProxyError, ReconcileError
+from reconciler.errors import ContainerError, EngineUnavailable, ProxyError, ProxyUnavailable, ReconcileError
 from reconciler.shell.docker import Engine, Inspected
 from reconciler.shell.journal import CLEANUP, UNVERIFIED, Entry, Journal, JournalResult
 from reconciler.shell.proxy import Proxy
@@ -94,6 +97,8 @@ T = TypeVar("T")
 ADOPTED = ".adopted"
 WATCH_STEP = 0.1  # seconds between looks at a gated container's state
 ABANDONED = "its gate was abandoned for a newer commit or a shutdown"
+# What cuts a deploy short with no verdict on its release: the engine, or the proxy it switches, away.
+OUTAGES = (EngineUnavailable, ProxyUnavailable)
 
 
 class Step(StrEnum):
@@ -534,7 +539,7 @@ class Applier:
                 env = {**(self.engine.files.read(spec.env_file) if spec.env_file else {}), **spec.env}
                 return self.services.deploy(action, observed.service(action.container), revision, env)
             return self._deploy(action, observed, revision)
-        except EngineUnavailable:
+        except OUTAGES:
             raise  # not this app's failure: the pass stops, and the next one resumes the journaled row
         except ReconcileError as exc:
             return Outcome(action.app, action.kind, action.container, Result.FAILED, str(exc)), None
@@ -591,9 +596,13 @@ class Applier:
         except EngineUnavailable:
             raise  # the row stays unfinished: the next pass starts and gates it
         except ReconcileError as exc:
+            if self._inspect(container.id) is None:
+                return self._gone(action, entry, container)
             self._rows.finish(entry, result=JournalResult.FAILED, message=str(exc))
             raise
         gate = self.gate(container.id, spec.gate)
+        if gate.verdict is Verdict.FAILED and self._inspect(container.id) is None:
+            return self._gone(action, entry, container)
         if gate.verdict is Verdict.PASSED:
             self._rows.finish(entry, result=JournalResult.SUCCEEDED)
             self._log(f"started {container.name} ({container.version})")
@@ -614,6 +623,14 @@ class Applier:
             return self._roll_back(action, entry, container.id, previous, failed, why)
         self._rows.finish(entry, result=JournalResult.FAILED, message=gate.reason)
         return Outcome(app, action.kind, action.container, Result.FAILED, f"started, but {gate.reason}")
+
+    def _gone(self, action: Action, entry: int, container: ObservedContainer) -> Outcome:
+        """A container removed while this pass started it (``docker rm -f``): no verdict on its release; the
+        next pass, which sees it gone, deploys it again."""
+        said = f"{container.name} was removed while this pass started it; the next pass deploys it again"
+        self._rows.finish(entry, result=JournalResult.INTERRUPTED, message=said)
+        self._log(said)
+        return Outcome(action.app, action.kind, action.container, Result.SUPERSEDED, said)
 
     # -- a deploy: its steps, in sequence -------------------------------------------------------------
 
@@ -646,7 +663,7 @@ class Applier:
                 else:
                     self._announce(deploy, step)
                     self._do(step, deploy)
-            except EngineUnavailable:
+            except OUTAGES:
                 raise  # cut short, not failed: the next pass finds the unfinished row and resumes it (RULES)
             except ReconcileError as exc:
                 return self._take_back(deploy, deploy.reached, str(exc)), None
@@ -853,17 +870,22 @@ class Applier:
 
     # -- deploys that never got a verdict ----------------------------------------------------------
 
-    def verify_unfinished(self, observed: ObservedState, specs: Mapping[str, AppSpec]) -> list[Outcome]:
+    def verify_unfinished(
+        self, observed: ObservedState, specs: Mapping[str, AppSpec], *, waiting: Collection[str] = ()
+    ) -> list[Outcome]:
         """Give a verdict to deploys that never got one (a crash, SIGTERM, an engine outage, a newer
         commit mid-gate), and finish the rollbacks that were cut short.
 
         Each row is resumed as ``RULES`` says for the step it reached (``_reached``): the release still
         running under the app's name is gated now, and a failure rolls back to ``APP.prev``; a row whose
         release never took the app's name is closed as ``interrupted`` (the plan deploys it again); a row
-        whose verdict was journaled (``rolling-back``) is rolled back at once, never gated again.
+        whose verdict was journaled (``rolling-back``) is rolled back at once, never gated again. The rows
+        of ``waiting`` apps (routed, while their proxy is away) are left for a later pass.
         """
         outcomes: list[Outcome] = []
         for entry in self._rows.unverified():
+            if entry.app in waiting:
+                continue
             service = observed.service(entry.app)
             if service is not None and service.managed:
                 spec = specs.get(entry.app)
@@ -965,11 +987,11 @@ class Applier:
         return f"{current.name} left as it was ({current.version or current.state})"
 
     def _attempt(self, what: str, fn: Callable[[], object], problems: list[str]) -> None:
-        """Run one step of a rollback; a failure is noted and the rollback goes on (not an engine outage:
-        that stops it, and the next pass finishes it from the journaled verdict)."""
+        """Run one step of a rollback; a failure is noted and the rollback goes on (not an outage of the
+        engine or the proxy: that stops it, and the next pass finishes it from the journaled verdict)."""
         try:
             fn()
-        except EngineUnavailable:
+        except OUTAGES:
             raise
         except ReconcileError as exc:
             problems.append(f"{what}: {exc}")

@@ -22,8 +22,9 @@ Guarantees:
   ``429`` (hooks that fail the proof are counted apart from good ones). Without a secret the hooks
   answer ``404``: a hook is never trusted unsigned.
 - ``GET /metrics`` is the Prometheus text format; ``GET /healthz`` is ``200`` while the agent's loop
-  is alive and its last pass is recent, ``503`` otherwise, with the age of the last pass in its JSON.
-  ``HEAD`` of either answers as ``GET`` does, without the body (load balancers probe with it).
+  is alive, its last pass is recent and passes do not keep failing, ``503`` otherwise, with the age of
+  the last pass in its JSON. ``HEAD`` of either answers as ``GET`` does, without the body (load
+  balancers probe with it).
 - A request that fails inside the listener is ``500`` and one line on stderr, never a traceback.
 - Nothing it answers or logs holds the secret or the signature a client sent.
 """
@@ -72,6 +73,7 @@ class Health:
     alive: bool
     last_pass_age: float | None  # seconds; None before the first pass ended
     detail: str
+    failing: bool = False  # alive, but its passes keep failing (``Agent.health``): 503 "failing"
 
 
 class Listener:
@@ -192,7 +194,8 @@ class Listener:
     def _healthz(self, start_response: StartResponse) -> Iterable[bytes]:
         health = self.health()
         age = None if health.last_pass_age is None else round(health.last_pass_age, 3)
-        body = {"status": "ok" if health.alive else "stale", "last_pass_age_seconds": age, "detail": health.detail}
+        status = "ok" if health.alive else "failing" if health.failing else "stale"
+        body = {"status": status, "last_pass_age_seconds": age, "detail": health.detail}
         return _json(start_response, 200 if health.alive else 503, body)
 
     def _hook(self, provider: Provider, environ: Mapping[str, Any], start_response: StartResponse) -> Iterable[bytes]:

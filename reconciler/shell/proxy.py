@@ -6,7 +6,8 @@ Guarantees:
   by their address on the instance's bridge network (routed apps publish no host port). Its config
   and admin socket live in ``STATE/proxy-INSTANCE/``, mounted at the image's config folder.
 - ``sync`` makes the proxy match the file and what runs, whatever happened to it: a proxy that is gone
-  or stopped is started again, one whose image or listen addresses changed is recreated, a config that
+  or stopped is started again, one whose image or listen addresses changed is recreated, so is one whose
+  runtime API does not answer (its folder or admin socket removed under it: ``rm -rf STATE``), a config that
   differs from ``core.proxy.render`` is rewritten and reloaded hitlessly (HAProxy master-worker with
   ``expose-fd listeners``: the new worker takes the listening sockets, old connections finish), and a
   route whose runtime address is not the one ``core.proxy.serving`` names is switched. It also cools
@@ -16,7 +17,10 @@ Guarantees:
 - A switch (``switch``) is one runtime API command: no reload, no dropped request. It is made only
   after the new worker of a reload answers, so it never lands in a worker that is going away.
 - A listen address that something else holds is a ``ProxyError`` naming the holder, raised before
-  anything changes; so is a proxy that exits at start (its last log lines say why).
+  anything changes (also before a stopped proxy is started again); so is a proxy that exits at start
+  (its last log lines say why). A runtime API that does not answer is ``ProxyUnavailable``: an outage,
+  not a verdict on the release being switched to.
+- ``drift`` also says a config that differs from what ``sync`` would write (a hand edit it overwrites).
 - Nothing here prints an env value: the proxy's config holds addresses and names only.
 """
 
@@ -35,7 +39,7 @@ from pathlib import Path
 
 from reconciler.core import proxy as core
 from reconciler.core.model import DesiredState, ObservedState, ProxySpec
-from reconciler.errors import ContainerError, ProxyError, ReconcileError
+from reconciler.errors import ContainerError, ProxyError, ProxyUnavailable, ReconcileError
 from reconciler.shell.docker import INSTANCE, LABEL, MANAGED, SOURCE, Engine, Inspected, owner_of
 
 PROXY_LABEL = f"{LABEL}.proxy"  # its container hash: image and listen addresses
@@ -87,7 +91,9 @@ class Proxy:
                 while chunk := sock.recv(65536):
                     chunks.append(chunk)
         except OSError as exc:
-            raise ProxyError(f"proxy {self.name}: its runtime API does not answer ({exc.strerror or exc})") from None
+            raise ProxyUnavailable(
+                f"proxy {self.name}: its runtime API does not answer ({exc.strerror or exc})"
+            ) from None
         return b"".join(chunks).decode(errors="replace")
 
     def answers(self) -> bool:
@@ -237,7 +243,8 @@ class Proxy:
         # The routes decide a reload (``routes.cfg`` is written once the proxy runs them); the addresses in
         # the config only follow the runtime's switches.
         rerouted = _read(self.dir / core.ROUTES_FILE) != routes
-        self._write(core.CONFIG_FILE, core.render(spec, core.routed(desired), live, pools=pools, uid=os.getuid()))
+        config = core.render(spec, core.routed(desired), live, pools=pools, uid=os.getuid())
+        self._write(core.CONFIG_FILE, config)
         image_id = self._image(spec.ref)
         wanted = core.container_hash(spec, image_id)
         if running and found is not None and found.labels.get(PROXY_LABEL) != wanted:
@@ -246,11 +253,23 @@ class Proxy:
             self.engine.remove(found.id, self.name)
             done.append(f"recreated the proxy {self.name} ({_what(spec)})")
             found = None
+        elif found is not None and found.running and not self._answering():
+            # Its folder (or admin socket) was removed under it: the runtime API is out of reach and its bind
+            # mount holds a folder that is gone; or it restarts for ever (its port taken: ``_create`` names the
+            # holder). It is ours: made again from the file and what runs.
+            self.engine.remove(found.id, self.name)
+            done.append(
+                f"recreated the proxy {self.name}: its runtime API did not answer (its folder or admin.sock gone?)"
+            )
+            found = None
+        if found is None or not found.running:
+            self._write(core.CONFIG_FILE, config)  # again: the folder may have gone since (``rm -rf STATE``)
         if found is None:
             self._create(spec, wanted, desired)
             if not done:
                 done.append(f"started the proxy {self.name} ({_what(spec)})")
         elif not found.running:
+            self._check_free(spec)  # named now, not after a start that waits for a port it cannot bind
             self._start(found.id, spec)
             done.append(f"started the proxy {self.name} again")
         elif rerouted or any(self.points(app) is None for app in live) or any(not self.slots(app) for app in pools):
@@ -268,6 +287,15 @@ class Proxy:
             done.append(f"{container.app}: stopped the warm {container.name} ({container.version}): its window passed")
         return done
 
+    def _answering(self) -> bool:
+        """Whether the runtime API answers, given a moment (a proxy the engine just restarted binds it soon)."""
+        deadline = time.monotonic() + 2.0
+        while not self.answers():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     def drift(self, desired: DesiredState, observed: ObservedState) -> list[str]:
         """What ``sync`` would change, read without changing anything (for a dry run)."""
         spec = desired.proxy
@@ -283,12 +311,22 @@ class Proxy:
             return [f"recreate the proxy {self.name} ({_what(spec)}): its image or listen addresses changed"]
         if not found.running:
             said.append(f"start the proxy {self.name} again")
+        elif not self.answers():
+            return [f"recreate the proxy {self.name}: its runtime API does not answer (its folder or admin.sock gone?)"]
         live = core.servers(desired, observed, self.network)
+        pools = core.pools(desired, observed)
         if _read(self.dir / core.ROUTES_FILE) != _routes(desired, spec):
             said.append("rewrite and reload the proxy's config (routes changed)")
+        elif _read(self.dir / core.CONFIG_FILE) != core.render(
+            spec, core.routed(desired), live, pools=pools, uid=os.getuid()
+        ):
+            config = self.dir / core.CONFIG_FILE
+            said.append(
+                f"rewrite the proxy's config {config}: it differs from the file and what runs (edited by hand?)"
+            )
         for app, server in self._misrouted(live, quiet=True) if found.running else []:
             said.append(f"{app}: switch its route to {server.container if server else 'nothing (503)'}")
-        for app, members in core.pools(desired, observed).items() if found.running else []:
+        for app, members in pools.items() if found.running else []:
             with contextlib.suppress(ProxyError):  # a dry run does not fail on a runtime API that is away
                 if core.assign(self.slots(app), members):
                     said.append(f"{app}: point its route at its tasks: {_addresses(members)}")
@@ -336,6 +374,7 @@ class Proxy:
         path = self.dir / name
         if _read(path) == text:
             return False
+        self.dir.mkdir(parents=True, exist_ok=True)  # removed under a running agent: made again, not a crash
         scratch = path.with_name(path.name + ".new")
         scratch.write_text(text)
         scratch.replace(path)
@@ -412,7 +451,7 @@ class Proxy:
             if self.answers():
                 return
             found = self.engine.inspect(self.name)
-            if found is None or not found.running:
+            if found is None or not found.running or found.restarting:
                 break
             time.sleep(0.05)
         raise ProxyError(f"proxy {self.name} ({spec.ref}) did not start: {self._last_words()}")

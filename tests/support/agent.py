@@ -111,6 +111,7 @@ KNOWN_EVENTS = frozenset(
         "state.recovered",
         "desired.invalid",
         "pass.error",
+        "pass.recovered",
     }
 )
 

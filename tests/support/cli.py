@@ -23,7 +23,8 @@ STRIPPED_PREFIXES = ("RECONCILE_", "RECONCILER_")
 def test_instance() -> str:
     """A reconciler instance name of the running test's own (stable within the test)."""
     test_id = os.environ.get("PYTEST_CURRENT_TEST", "no-test").rsplit(" (", 1)[0]
-    return "test-" + hashlib.sha256(test_id.encode()).hexdigest()[:12]
+    # The checkout too: the same test run from two worktrees on one engine must not share a proxy.
+    return "test-" + hashlib.sha256(f"{__file__}:{test_id}".encode()).hexdigest()[:12]
 
 
 def cli_env(overrides: Mapping[str, str | None] | None = None) -> dict[str, str]:
