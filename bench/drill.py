@@ -18,7 +18,8 @@ drill looks at the agent, the app, the agent's log, ``reconcile history -o json`
 
 Faults: baseline (no fault: a plain deploy, the downtime of an ordinary swap), yaml-tag,
 alias-bomb, huge-file, env-file, stop-timeout, secrets, two-agents, state-dir, git-corrupt,
-kill-rollback, superseded, stale-next, and engine-restart (restarts the machine's dockerd, which
+kill-rollback, superseded, stale-next, crashloop-fix and dies-after-live (routed, behind the proxy, on the
+fault's port), and engine-restart (restarts the machine's dockerd, which
 disturbs every container on it: last, and skipped with --skip-engine-restart).
 
 Run: ``.venv/bin/python bench/drill.py [--only NAME ...] [--skip-engine-restart]`` as root (the
@@ -253,6 +254,15 @@ class Drill:
         self.images.build("web", "broken", healthy=False)
         self.images.build("web", "exits", exit_at_start=True)
         self.web = self.images.repo("web")
+        self._haproxy = ""
+
+    def haproxy(self) -> str:
+        """The HAProxy image of routed faults, built on first use."""
+        if not self._haproxy:
+            from tests.support.haproxy import build_haproxy_image
+
+            self._haproxy = build_haproxy_image(self.client, self.prefix)
+        return self._haproxy
 
 
 class Scenario:
@@ -1013,6 +1023,130 @@ def fault_stale_next(s: Scenario) -> Row:
     return s.finish(["v3"])
 
 
+DIES_AFTER = 8.0  # seconds a dying release serves before it exits 3 (the issue's release)
+
+
+def routed_yaml(s: Scenario, version: str, *, keep_warm: str, stable_after: str) -> str:
+    """desired-state.yaml with a proxy listening on the scenario's port and the app routed behind it."""
+    repo, _, tag = s.drill.haproxy().rpartition(":")
+    lines = [
+        "proxy:", f'  listen: ["127.0.0.1:{s.port}"]', f"  image: {repo}", f'  version: "{tag}"',
+        "apps:", f"  {s.app}:", f"    image: {s.drill.web}", f"    version: {version}", "    init: true",
+        "    stop_timeout: 2s", "    route:", "      port: 8000", "      drain: 300ms", f"      keep_warm: {keep_warm}",
+        "    health:", "      http: /health", "      interval: 200ms", "      timeout: 5s", "      healthy_for: 500ms",
+        f"    stable_after: {stable_after}",
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def routed_world(s: Scenario) -> Iterator[None]:
+    """The scenario's proxy (this instance's) and its network are removed when the fault ends."""
+    s.drill.images.build("web", "dies", body="dies", dies_after=DIES_AFTER)
+    try:
+        yield
+    finally:
+        for agent in s.agents:
+            agent.stop(timeout=15)  # first: an agent would bring the proxy back
+        client = s.drill.client
+        with contextlib.suppress(Exception):
+            remove_containers(client, [f"reconciler-proxy-{s.drill.instance}", *sorted(s.containers())])
+        with contextlib.suppress(Exception):
+            client.api.remove_network(f"reconciler-{s.drill.instance}")
+
+
+def restart_count(s: Scenario, name: str) -> int:
+    try:
+        return int(s.drill.client.api.inspect_container(name).get("RestartCount") or 0)
+    except Exception:
+        return -1
+
+
+def container_id(s: Scenario, name: str) -> str:
+    try:
+        info = s.drill.client.api.inspect_container(name)
+    except Exception:
+        return ""
+    return str(info["Id"]) if info["State"]["Running"] else ""
+
+
+def failed_polls(s: Scenario) -> str:
+    samples = list(s.poller.samples) if s.poller is not None else []
+    bad = sum(1 for _, status, _ in samples if status != 200)
+    window = samples[-1][0] - samples[0][0] if samples else 0.0
+    return f"{bad} of {len(samples)} GETs failed in {window:.0f}s"
+
+
+def fault_crashloop_fix(s: Scenario) -> Row:
+    """Issue 18 item 1: a release that Docker restarts for ever (it serves 8 s, then exits 3), and a fix commit
+    after it, with keep_warm 10m: the fix must deploy and the warm release must stay until it serves."""
+    with routed_world(s):
+        # stable_after 1s: its window is over before it first dies, so the agent does not take it back
+        # (``dies-after-live``): the fix commit must replace it.
+        def yaml(version: str) -> str:
+            return routed_yaml(s, version, keep_warm="10m", stable_after="1s")
+
+        s.push(yaml("v1"), "v1")
+        s.start_agent()
+        if s.wait("deploy.succeeded", "v1", timeout=40) is None or not s.wait_body("v1", 10):
+            raise RuntimeError(f"setup: v1 was never deployed:\n{s.agent.log()[-2000:]}")
+        mark = s.agent.mark()
+        s.push(yaml("dies"), "dies")
+        s.wait("deploy.succeeded", "dies", since=mark, timeout=30)
+        deadline = time.monotonic() + s.left(40)
+        while restart_count(s, s.app) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        s.saw(f"dies restarted {restart_count(s, s.app)}x before the fix")
+        warm = container_id(s, f"{s.app}.prev")
+        if not warm:
+            s.note("setup: no warm .prev before the fix")
+        s.poll()
+        mark = s.agent.mark()
+        s.push(yaml("v2"), "v2 fixes it")
+        if s.wait("deploy.succeeded", "v2", since=mark, timeout=40) is not None and s.wait_body("v2", 10):
+            s.saw("the fix deployed and serves")
+        if warm and container_id(s, f"{s.app}.prev") != warm:
+            s.note("the warm v1 is gone from .prev (removed or replaced)")
+        for line in s.errors_since(mark):
+            s.note(f"{line.event}: {short(line.message)}")
+        s.sleep(2)
+        s.saw(failed_polls(s))
+        return s.finish(["v2"])
+
+
+def fault_dies_after_live(s: Scenario, keep_warm: str = "0s") -> Row:
+    """Issue 18 item 2: a release that passes its gate, then exits 3 after 8 s (Docker restarts it): inside its
+    stable_after window it is a failed release: rolled back, kept as .failed, held, said once."""
+    with routed_world(s):
+        s.push(routed_yaml(s, "v1", keep_warm=keep_warm, stable_after="10m"), "v1")
+        s.start_agent()
+        if s.wait("deploy.succeeded", "v1", timeout=40) is None or not s.wait_body("v1", 10):
+            raise RuntimeError(f"setup: v1 was never deployed:\n{s.agent.log()[-2000:]}")
+        s.poll()
+        mark = s.agent.mark()
+        s.push(routed_yaml(s, "dies", keep_warm=keep_warm, stable_after="10m"), "dies")
+        s.wait("deploy.succeeded", "dies", since=mark, timeout=30)
+        line = s.wait("deploy.rolled-back", since=mark, timeout=40)
+        if line is not None:
+            s.saw(f"rolled back: {short(line.message, 110)}")
+        if not s.wait_body("v1", 10):
+            s.note("v1 does not serve after the rollback")
+        held = s.wait("deploy.held", since=mark, timeout=20)
+        s.sleep(10)  # passes go by: nothing is said again, the failed release is not tried again
+        said = [ln.event for ln in s.errors_since(mark)]
+        if said.count("deploy.rolled-back") != 1 or "deploy.failed" in said:
+            s.note(f"said: {said}")
+        if held is not None and said.count("deploy.held") != 1:
+            s.note(f"deploy.held said {said.count('deploy.held')}x")
+        tries = len(s.agent.events("deploy.succeeded", "dies", since=mark))
+        if tries != 1:
+            s.note(f"dies deployed {tries}x")
+        if container_id(s, f"{s.app}.failed") or f"{s.app}.failed" not in s.containers():
+            s.note(".failed is not the stopped dying release")
+        s.saw(failed_polls(s))
+        return s.finish(["v1"])
+
+
 def fault_engine_restart(s: Scenario) -> Row:
     command = dockerd_command(dockerd_pid())
     s.deploy_first()
@@ -1064,6 +1198,11 @@ FAULTS: dict[str, list[tuple[str, Callable[[Scenario], Row]]]] = {
     "kill-rollback": [("kill-rollback", fault_kill_rollback)],
     "superseded": [("superseded", fault_superseded)],
     "stale-next": [("stale-next", fault_stale_next)],
+    "crashloop-fix": [("crashloop-fix", fault_crashloop_fix)],
+    "dies-after-live": [
+        ("dies-after-live", fault_dies_after_live),
+        ("dies-after-live-warm", lambda s: fault_dies_after_live(s, keep_warm="10m")),
+    ],
     "engine-restart": [("engine-restart", fault_engine_restart)],
 }
 

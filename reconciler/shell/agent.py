@@ -23,7 +23,9 @@ Guarantees:
 - Drift that was not asked for in git (a container stopped, removed or replaced by hand) is healed
   at the next pass, or only reported with ``self_heal=False``.
 - An app that stays healthy ``stable_after`` after its deploy is promoted: recorded in the journal
-  and tagged ``IMAGE:stable`` on the engine.
+  and tagged ``IMAGE:stable`` on the engine. A container release that dies inside that window (Docker
+  restarts it, or it exits) is a failed release instead: taken back to the release before it
+  (``Applier.fail_live``), said once (``deploy.rolled-back``) and held like a failed gate.
 - What to hold back, keep together, heal and promote is decided in the core (``core.policy``,
   ``core.stable``) over the journal's answers; this module reads the journal and the engine, logs the
   notices and acts.
@@ -47,7 +49,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -809,6 +811,13 @@ class Agent:
                     applier.sample(current.id, spec.gate), at=now, started_at=self.engine.started_at(current.id)
                 )
             watch = self.stable_watch[app] = self.stable_watch[app].observe(sample)
+            if watch.failure and spec.service:
+                # Swarm replaces a service's dead tasks and its rollout judged them: only the clock starts over.
+                watch = self.stable_watch[app] = replace(watch, failure="")
+            if watch.failure:
+                self.stable_watch.pop(app, None)  # judged: it is a failed release now, held as one
+                self._died(app, spec, observed, applier, watch.failure)
+                continue
             if watch.promote:
                 self.stable_watch.pop(app, None)  # done, or tried again from the next pass on
                 source = stable_source(spec.image, current)
@@ -821,6 +830,17 @@ class Agent:
                     self.events.once(f"stable:{app}", Event.STABLE_UNPUBLISHED, f"{app}: not promoted: {exc}", app=app)
                 else:
                     self.events.clear(f"stable:{app}")
+
+    def _died(self, app: str, spec: AppSpec, observed: ObservedState, applier: Applier, why: str) -> None:
+        """A release that died inside its stable window (``core.stable.died``) is a failed release: taken
+        back (``Applier.fail_live``), said once, and held as a failed gate is."""
+        try:
+            outcome = applier.fail_live(app, spec, observed, why, revision=self.revision)
+        except EngineUnavailable:
+            self.cut_short = True  # its verdict is journaled: the next pass finishes the rollback
+            raise
+        self._report([outcome], outcome.revision or self.revision)
+        self._remember_failures([outcome], None, outcome.revision or self.revision)
 
     def _candidate(self, app: str, spec: AppSpec, observed: ObservedState) -> Candidate | None:
         """What the engine and the journal say of ``app``'s container, for the stable clock."""

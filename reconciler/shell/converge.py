@@ -297,6 +297,8 @@ def apply_pass(applier: Applier, desired: DesiredState, settings: Settings, *, a
     changed = proxy.sync(desired, observed)
     # A deploy that an earlier run never finished (killed mid-gate) gets its verdict first.
     verified = applier.verify_unfinished(observed, desired.apps)
+    # A release that died inside its stable window is taken back as a failed one.
+    verified += applier.verify_live(engine.observe() if verified else observed, desired.apps)
     # One listing per pass, unless the verdict changed what runs.
     the_plan, observed = plan_against(engine, desired, settings, observed=engine.observe() if verified else observed)
     outcomes = verified + applier.apply(the_plan, observed, atomic=atomic)

@@ -22,7 +22,14 @@ Guarantees:
 - A new container that will not start or fails its health gate is stopped and kept as ``APP.failed``
   (for its logs), and the container it replaced is started again and gated again.
 - When there is no running container to set aside (a crash, a ``docker rm``), the kept ``APP.prev``
-  is what a failed release rolls back to.
+  is what a failed release rolls back to. So too for a routed app whose release under ``APP`` Docker
+  has restarted (or is restarting) while ``APP.prev`` is warm: the new release replaces it, it is kept
+  stopped as ``APP.failed``, and the warm ``APP.prev`` stays in place (and serving) throughout. A
+  container that Docker is restarting is stopped before it is renamed.
+- A release that died inside its ``stable_after`` window (``core.stable.died``) is a failed release:
+  ``fail_live`` takes it back as a failed gate is (kept stopped as ``APP.failed``, the route or the
+  app's name back on ``APP.prev``, started and gated first unless warm), its deploy's row then says
+  rolled back. The agent finds it with its stable watch; a one-shot pass with ``verify_live``.
 - The apps of a pass are deployed concurrently, at most ``parallel`` at once, their gates
   overlapping; the actions of one app run one after another, in the plan's order. Outcomes come back
   in the plan's order whatever order they finished in. ``parallel=1`` runs the plan in this thread,
@@ -82,6 +89,7 @@ from reconciler.core.model import (
 from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan, Target
 from reconciler.core.proxy import Server, proxy_network
 from reconciler.core.report import Outcome, Result
+from reconciler.core.stable import StableSample, died
 from reconciler.errors import ContainerError, EngineUnavailable, ProxyError, ReconcileError
 from reconciler.shell.docker import Engine, Inspected
 from reconciler.shell.journal import CLEANUP, UNVERIFIED, Entry, Journal, JournalResult
@@ -274,11 +282,12 @@ class _Deploy:
     gate: Gate | None = None
     reused: bool = False  # start-first: the new release is the warm APP.prev, already running
     set_aside: bool = False  # start-first: the old release was renamed to APP.prev (or APP.adopted)
+    dying: bool = False  # start-first: APP restarted or does not run, and APP.prev is warm: that one serves
 
     @property
     def serving(self) -> ObservedContainer | None:
         """Start-first: the release the route points at before the switch (``core.proxy.serving``)."""
-        if self.current is not None and self.current.running:
+        if self.current is not None and self.current.running and not self.dying:
             return self.current
         kept = self.observed.named(container_name(self.app, Role.PREVIOUS))
         return kept if kept is not None and kept.managed and kept.running else None
@@ -301,6 +310,7 @@ class Applier:
     on_step: Callable[[str, str], None] = field(default=lambda app, step: None)
     log: Callable[[str], None] = field(default=lambda line: None)
     interrupted: Callable[[], bool] = field(default=lambda: False)
+    wall: Callable[[], float] = time.time  # epoch seconds, as the journal's times are
     author: str = ""
     parallel: int = 1  # deploys of a pass at once (the pass's setting); 1: one after another, in this thread
     proxy: Proxy | None = None  # routed apps' proxy (start-first deploys switch it)
@@ -363,7 +373,10 @@ class Applier:
             detail = f"the container exited with code {found.exit_code}"
             if found.error:
                 detail += f" ({found.error})"
-            return Sample(at=now, running=False, restarts=restarts, docker_health=health, detail=detail)
+            return Sample(
+                at=now, running=False, restarts=restarts, docker_health=health, detail=detail,
+                restarting=found.restarting, exit_code=found.exit_code,
+            )  # fmt: skip
         ok: bool | None = True
         detail = ""
         deadline = probe_timeout(spec)
@@ -615,6 +628,60 @@ class Applier:
         self._rows.finish(entry, result=JournalResult.FAILED, message=gate.reason)
         return Outcome(app, action.kind, action.container, Result.FAILED, f"started, but {gate.reason}")
 
+    def verify_live(self, observed: ObservedState, specs: Mapping[str, AppSpec]) -> list[Outcome]:
+        """A one-shot pass's look at each app's release inside its stable window (its deploy, the journal's
+        last row, finished less than ``stable_after`` ago): one that died since (``core.stable.died``, every
+        restart of it counted) is taken back (``fail_live``). The agent watches the window itself."""
+        outcomes: list[Outcome] = []
+        for app, spec in specs.items():
+            current = observed.named(app)
+            if spec.service or current is None or not current.managed or not current.spec_hash:
+                continue
+            last = self._rows.last(app)
+            if (
+                last is None
+                or last.result is not JournalResult.SUCCEEDED
+                or last.spec_hash != current.spec_hash
+                or last.finished_at is None
+                or self.wall() - last.finished_at >= spec.stable_after
+            ):
+                continue
+            found = self._inspect(current.id)
+            if found is None:
+                continue
+            look = StableSample(
+                at=0.0, healthy=False, restarts=found.restart_count, started_at=found.started_at,
+                running=found.running and not found.restarting, restarting=found.restarting,
+                exit_code=found.exit_code,
+            )  # fmt: skip
+            why = died(0, look)
+            if why:
+                outcomes.append(self.fail_live(app, spec, observed, why, revision=last.revision))
+        return outcomes
+
+    def fail_live(self, app: str, spec: AppSpec, observed: ObservedState, reason: str, *, revision: str) -> Outcome:
+        """Take back the release under the app's name that died inside its stable window (``core.stable.died``),
+        as a gate that failed is taken back: kept stopped as APP.failed, the route (or the app's name) back
+        on APP.prev, started and gated first unless it is warm. Its deploy's journal row is its row again,
+        now rolled back, so that the release before it is the app's last good one."""
+        current = observed.named(app)
+        assert current is not None and current.managed
+        kept = observed.named(container_name(app, Role.PREVIOUS))
+        previous = kept if kept is not None and kept.managed else None
+        last = self._rows.last(app)
+        if last is not None and last.result is JournalResult.SUCCEEDED and last.spec_hash == current.spec_hash:
+            entry = last.id
+        else:
+            entry = self._journal_start(
+                current.commit or revision, app, str(ActionKind.REPLACE),
+                from_version=previous.version if previous else "", to_version=current.version,
+                from_image=previous.image_id if previous else "", to_image=current.image_id,
+                spec_hash=current.spec_hash,
+            )  # fmt: skip
+        failed = spec.model_copy(update={"version": current.version or spec.version})
+        action = Action(ActionKind.REPLACE, app, app)
+        return replace(self._roll_back(action, entry, current.id, previous, failed, reason), revision=current.commit)
+
     # -- a deploy: its steps, in sequence -------------------------------------------------------------
 
     def _deploy(self, action: Action, observed: ObservedState, revision: str) -> tuple[Outcome, Deployed | None]:
@@ -624,8 +691,13 @@ class Applier:
         steps = START_FIRST if spec.route is not None else STOP_FIRST
         current = observed.named(container_name(app))
         kept = observed.named(container_name(app, Role.PREVIOUS))
+        kept = kept if kept is not None and kept.managed else None
+        # A routed release that Docker has restarted (or is restarting) while the one before it is warm is a
+        # failed one: the warm one is what serves and what to fall back to, and it is set aside as APP.failed.
+        warm = spec.route is not None and kept is not None and kept.state == "running"
+        dying = current is not None and current.managed and warm and self._dying(current.id)
         # With nothing running under the app's name, the kept container is what to fall back to.
-        fallback = current if current is not None else (kept if kept is not None and kept.managed else None)
+        fallback = kept if current is None or dying else current
         entry = self._journal_start(
             revision,
             app,
@@ -636,7 +708,7 @@ class Applier:
             to_image=target.resolution.image_id or target.resolution.ref,
             spec_hash=target.spec_hash,
         )
-        deploy = _Deploy(action, target, observed, entry, current, fallback, started_at=self.clock())
+        deploy = _Deploy(action, target, observed, entry, current, fallback, started_at=self.clock(), dying=dying)
         for step in steps:
             if not self._needed(step, deploy):
                 continue
@@ -776,9 +848,26 @@ class Applier:
 
         A warm release switched back to moves out of APP.prev first (through APP.next), so that the
         release it replaces can take that name. When APP is gone, the running APP.prev was the old release:
-        it stays, to drain and stay warm."""
+        it stays, to drain and stay warm. When APP does not run (a release that Docker keeps restarting)
+        while APP.prev is warm, APP is the failed one: it is stopped and kept as APP.failed, and the warm
+        APP.prev stays as it is. A container that Docker is restarting is stopped before it is renamed (the
+        engine cannot rename it), and nothing warm is removed before that."""
         app, current = deploy.app, deploy.current
         older = deploy.observed.named(container_name(app, Role.PREVIOUS))
+        warm = older is not None and older.managed and older.state == "running"
+        if current is not None and current.managed and warm and (deploy.dying or self._dying(current.id)):
+            assert older is not None
+            problems: list[str] = []
+            self._keep_failed(app, current.id, deploy.spec, problems)
+            if problems:
+                raise ContainerError("; ".join(problems))
+            self._log(f"{app}: {current.version or current.name} did not run: kept stopped as "
+                      f"{container_name(app, Role.FAILED)}; the warm {older.name} stays")  # fmt: skip
+            deploy.dying = deploy.set_aside = True  # the warm one is what drains (and stays warm)
+            return
+        found = self._inspect(current.id) if current is not None else None
+        if current is not None and found is not None and found.restarting:
+            self.engine.stop(current.id, current.name, current.stop_timeout)
         if deploy.reused:
             self.engine.rename(deploy.new_id, container_name(app, Role.NEXT))
         elif older is not None and older.managed and older is not deploy.serving:
@@ -807,6 +896,11 @@ class Applier:
             raise
         except ReconcileError as exc:
             self._log(f"{deploy.app}: the old release {old.version or old.name} was not stopped after drain: {exc}")
+
+    def _dying(self, container_id: str) -> bool:
+        """The container does not run now, Docker is restarting it, or it restarted since it was started."""
+        found = self._inspect(container_id)
+        return found is None or not found.running or found.restarting or found.restart_count > 0
 
     @staticmethod
     def _keep_as(app: str, current: ObservedContainer) -> str:
