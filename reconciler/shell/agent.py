@@ -787,8 +787,19 @@ class Agent:
             if outcome.kind is ActionKind.REMOVE and outcome.result is Result.APPLIED:
                 # APP.next left by an interrupted deploy is debris, not the app.
                 name = Event.APP_REMOVED if outcome.container == outcome.app else Event.DEPLOY_CLEANUP
-            self.events.emit(name, f"{outcome.container}: {outcome.message or outcome.result.value}",
-                             app=outcome.app, commit=revision[:8])  # fmt: skip
+            text = f"{outcome.container}: {outcome.message or outcome.result.value}"
+            refused = f"refused:{outcome.app}@"
+            if name is Event.DEPLOY_FAILED and not outcome.release_failed:
+                # Refused before its release ran (an env_file it cannot read, a pull refused): every pass meets
+                # the same refusal, and it is not held; said (and notified) once per commit while it lasts.
+                for key in self.events.active(refused):
+                    if key != refused + revision:
+                        self.events.clear(key)
+                self.events.once(refused + revision, name, text, app=outcome.app, commit=revision[:8])
+                continue
+            for key in self.events.active(refused):
+                self.events.clear(key)
+            self.events.emit(name, text, app=outcome.app, commit=revision[:8])
 
     # -- stable ------------------------------------------------------------------------------------
 
