@@ -3,18 +3,22 @@
 What a user sees: a fix commit replaces a release that Docker keeps restarting, while the warm release
 before it stays in place and the route serves; a release that dies inside its ``stable_after`` window is
 taken back by the agent (the previous release started again and switched to), kept stopped as
-``APP.failed``, said once and held.
+``APP.failed``, said once and held; a warm release whose window passed is stopped while the pass deploys,
+not before it.
 """
 
 from __future__ import annotations
 
+import subprocess
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pytest
 
 from tests.support.load import Load, bodies, failed, summary
-from tests.support.routed import Routed
+from tests.support.routed import Routed, RoutedApp
 from tests.support.state import show
 
 pytestmark = pytest.mark.docker
@@ -93,3 +97,46 @@ def test_a_release_that_dies_after_it_went_live_is_rolled_back_kept_as_failed_an
     routed.wait_serving(f"{web.name} v1", timeout=1)
     status = routed.world.server("status")
     assert "in sync" not in status.stdout, show(status)
+
+
+@dataclass
+class IgnoresSigterm(RoutedApp):
+    """A routed app whose busybox httpd is PID 1 (no init): it ignores SIGTERM, so a stop waits stop_timeout."""
+
+    def yaml(self) -> str:
+        return (
+            super()
+            .yaml()
+            .replace("    init: true\n", "    init: false\n")
+            .replace("stop_timeout: 2s", "stop_timeout: 10s")
+        )
+
+
+def when(stamp: str) -> datetime:
+    """Docker's RFC 3339 time (nanoseconds, trailing zeros dropped) as a datetime."""
+    head, _, fraction = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(fraction or '0')[:6]:0<6}+00:00")
+
+
+def test_a_warm_release_is_cooled_while_the_pass_deploys_and_stopped_before_the_run_ends(routed: Routed) -> None:
+    plain = routed.app("web", tags=("v1", "v2"), keep_warm="1s")
+    web = routed.world.apps[plain.name] = IgnoresSigterm(plain.name, plain.image, plain.port, "v1", keep_warm="1s")
+    api = routed.app("api", tags=("v1", "v2"), hosts=("api.example",))
+    routed.world.commit_apps("v1")
+    assert routed.world.server().returncode == 0
+    result = deployed_to(routed, web.name, "v2")
+    assert result.returncode == 0, show(result)
+    assert inspect(routed, f"{web.name}.prev")["State"]["Status"] == "running"  # v1, warm for 1 s
+    time.sleep(1.5)
+    result = deployed_to(routed, api.name, "v2")  # the pass cools v1 and deploys api
+    assert result.returncode == 0, show(result)
+    assert f"stopped the warm {web.name}.prev (v1)" in result.stdout, show(result)
+    cooled = inspect(routed, f"{web.name}.prev")
+    assert cooled["State"]["Status"] == "exited", cooled["State"]  # stopped before the run ended
+    # v1 ignored SIGTERM for its 10 s stop timeout, and api's release did not wait for it.
+    assert when(inspect(routed, api.name)["State"]["StartedAt"]) < when(cooled["State"]["FinishedAt"])
+
+
+def deployed_to(routed: Routed, name: str, version: str) -> subprocess.CompletedProcess[str]:
+    routed.world.set(name, version)
+    return routed.world.server()

@@ -273,14 +273,14 @@ def applying(
     with locked(state_dir, timeout=settings.lock_timeout):
         journal = Journal(state_dir)
         try:
-            applier = Applier(
-                engine, journal, author=desired.author, parallel=settings.parallel, proxy=Proxy(engine, state_dir)
-            )
+            proxy = Proxy(engine, state_dir)
+            applier = Applier(engine, journal, author=desired.author, parallel=settings.parallel, proxy=proxy)
             if on_step is not None:
                 applier.on_step = on_step
             if log is not None:
                 applier.log = log
             yield applier
+            proxy.settle()  # the warm releases it cooled are stopped before the run ends
         finally:
             journal.close()
 

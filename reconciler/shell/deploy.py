@@ -819,6 +819,7 @@ class Applier:
             or warm.state != "running"
             or warm.spec_hash != deploy.target.spec_hash
             or deploy.serving is warm
+            or (self.proxy is not None and warm.id in self.proxy.cooling)  # its window passed: it is stopping
         ):
             return False
         deploy.new_id, deploy.reused = warm.id, True
@@ -1140,6 +1141,11 @@ class Applier:
         name. A warm release served and stayed up: one good answer is its fresh gate."""
         found = self._inspect(previous.id)
         warm = found is not None and found.running
+        if warm and self.proxy is not None and previous.id in self.proxy.cooling:
+            # Cooled by this pass (its window passed) and stopping: stopped first, then started and gated.
+            self._attempt("stop the cooling one", lambda: self.engine.stop(previous.id, previous.name,
+                                                                          previous.stop_timeout), problems)  # fmt: skip
+            warm = False
         if not warm:
             self._attempt("start the previous one", lambda: self.engine.start(previous.id, previous.name), problems)
         gate = self.gate(previous.id, spec.gate.one_answer() if warm else spec.gate)
