@@ -86,7 +86,7 @@ from reconciler.core.model import (
     Role,
     container_name,
 )
-from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan, Target
+from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan, Target, port_waits
 from reconciler.core.proxy import Server, proxy_network
 from reconciler.core.report import Outcome, Result
 from reconciler.core.stable import StableSample, died
@@ -101,6 +101,7 @@ T = TypeVar("T")
 
 ADOPTED = ".adopted"
 WATCH_STEP = 0.1  # seconds between looks at a gated container's state
+PORT_WAIT = 60.0  # seconds a start waits for another app of its pass to free a host port (``port_waits``)
 ABANDONED = "its gate was abandoned for a newer commit or a shutdown"
 
 
@@ -321,6 +322,9 @@ class Applier:
     _asking: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _newer: bool = field(default=False, init=False, repr=False)
     _asked_at: float = field(default=float("-inf"), init=False, repr=False)
+    # The pass's apps whose start waits for others to free a host port, and each app's "its old one stopped".
+    _waits: Mapping[str, frozenset[str]] = field(default_factory=dict, init=False, repr=False)
+    _freed: dict[str, threading.Event] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rows = _Rows(self.journal)
@@ -468,17 +472,23 @@ class Applier:
             return self._stale() or (atomic and failed.is_set())
 
         def run_app(indices: Sequence[int]) -> None:
-            for index in indices:
-                if halted():
-                    return  # a newer commit, a shutdown, or a commit that is going back
-                outcome, kept[index] = self._run(plan.actions[index], observed, plan.revision)
-                slots[index] = outcome
-                if atomic and _breaks_release(outcome):
-                    failed.set()
+            try:
+                for index in indices:
+                    if halted():
+                        return  # a newer commit, a shutdown, or a commit that is going back
+                    outcome, kept[index] = self._run(plan.actions[index], observed, plan.revision)
+                    slots[index] = outcome
+                    if atomic and _breaks_release(outcome):
+                        failed.set()
+            finally:
+                self._freed[plan.actions[indices[0]].app].set()  # whatever became of it, nobody waits on it
 
         by_app: dict[str, list[int]] = {}
         for index, action in enumerate(plan.actions):
             by_app.setdefault(action.app, []).append(index)
+        # Apps run one after another (parallel 1) cannot wait for each other: only concurrent ones do.
+        self._waits = port_waits(plan, observed) if self.parallel > 1 else {}
+        self._freed = {app: threading.Event() for app in by_app}
         try:
             self._all([functools.partial(run_app, indices) for indices in by_app.values()])
         finally:
@@ -748,11 +758,25 @@ class Applier:
         return True
 
     def _announce(self, deploy: _Deploy, step: Step) -> None:
-        """Say ``step`` to ``on_step`` before it runs, and remember it as the step a failure is at."""
+        """Say ``step`` to ``on_step`` before it runs, and remember it as the step a failure is at. A start
+        first waits for the apps of the pass that hold a host port it takes (``core.plan.port_waits``)."""
+        if step is Step.START_NEW:
+            self._wait_for_ports(deploy.app)
         deploy.reached = step
         self._step(deploy.app, step)
         if step in (Step.START_NEW, Step.START_NEXT):
             deploy.started_at = self.clock()  # the gate counts from this start, not from the pull's
+        if step is Step.KEEP_OLD and deploy.app in self._freed:
+            self._freed[deploy.app].set()  # its old container stopped: its host ports are free
+
+    def _wait_for_ports(self, app: str) -> None:
+        """Until every app whose running container holds a host port ``app`` takes has stopped it (or ended its
+        deploy), at most ``PORT_WAIT``: two apps that swap ports in one commit both start."""
+        deadline = self.clock() + PORT_WAIT
+        for other in sorted(self._waits.get(app, ())):
+            freed = self._freed.get(other)
+            while freed is not None and not freed.wait(WATCH_STEP) and self.clock() < deadline and not self._stale():
+                pass
 
     def _swap(self, deploy: _Deploy) -> None:
         """The steps of ``SWAP``: APP.next runs as the app; what ran is kept stopped (APP.prev, or
