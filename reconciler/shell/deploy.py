@@ -31,7 +31,9 @@ Guarantees:
   app's name back on ``APP.prev``, started and gated first unless warm), its deploy's row then says
   rolled back. The agent finds it with its stable watch; a one-shot pass with ``verify_live``.
 - The apps of a pass are deployed concurrently, at most ``parallel`` at once, their gates
-  overlapping; the actions of one app run one after another, in the plan's order. Outcomes come back
+  overlapping; the actions of one app run one after another, in the plan's order. A start that takes a
+  host port another app of the pass holds now waits (at most ``PORT_WAIT``) until that app stopped its
+  old container (``core.plan.port_waits``): two apps that swap ports in one commit both start. Outcomes come back
   in the plan's order whatever order they finished in. ``parallel=1`` runs the plan in this thread,
   one app after another.
 - One app's failure does not stop the others; every app gets an ``Outcome`` and a journal row. With
