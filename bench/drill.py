@@ -19,7 +19,7 @@ drill looks at the agent, the app, the agent's log, ``reconcile history -o json`
 Faults: baseline (no fault: a plain deploy, the downtime of an ordinary swap), yaml-tag,
 alias-bomb, huge-file, env-file, stop-timeout, secrets, two-agents, state-dir, git-corrupt,
 kill-rollback, superseded, stale-next, crashloop-fix and dies-after-live (routed, behind the proxy, on the
-fault's port), and engine-restart (restarts the machine's dockerd, which
+fault's port), env-file-once, port-swap, and engine-restart (restarts the machine's dockerd, which
 disturbs every container on it: last, and skipped with --skip-engine-restart).
 
 Run: ``.venv/bin/python bench/drill.py [--only NAME ...] [--skip-engine-restart]`` as root (the
@@ -1147,6 +1147,58 @@ def fault_dies_after_live(s: Scenario, keep_warm: str = "0s") -> Row:
         return s.finish(["v1"])
 
 
+def fault_env_file_once(s: Scenario) -> Row:
+    """An env_file the server cannot read, left for several passes: one deploy.failed per commit, not one
+    per pass (each pass still tries, so fixing the file on the server is enough)."""
+    s.deploy_first()
+    s.poll()
+    mark = s.agent.mark()
+    s.push(s.yaml("v2", extra=["env_file: /dev/zero"]), "env_file /dev/zero")
+    s.wait_error(mark, timeout=20)
+    s.sleep(8)  # four passes at a 2 s interval
+    said = [ln.event for ln in s.errors_since(mark)]
+    s.saw(f"{len(said)} error line(s) in 8 s: {', '.join(said)}")
+    if said.count("deploy.failed") != 1:
+        s.note(f"deploy.failed said {said.count('deploy.failed')}x for one commit")
+    s.end_window()
+    s.deploy("v3")
+    return s.finish(["v3"])
+
+
+def fault_port_swap(s: Scenario) -> Row:
+    """Two apps that swap host ports in one commit (one of them slow to stop: no init, so its stop takes its
+    stop_timeout), deployed in parallel: both must deploy."""
+    other_port = free_port()
+    first, second = s.app, f"{s.app}-b"
+
+    def yaml(ports: tuple[int, int], versions: tuple[str, str]) -> str:
+        a = app_yaml(first, s.drill.web, versions[0], ports[0])
+        b = app_yaml(second, s.drill.web, versions[1], ports[1]).replace("    init: true\n", "    init: false\n")
+        return a + b.removeprefix("apps:\n")
+
+    try:
+        s.push(yaml((s.port, other_port), ("v1", "v1")), "v1")
+        s.start_agent()
+        setup = [s.wait("deploy.succeeded", f"{app}: ", timeout=40) for app in (first, second)]
+        if None in setup:
+            raise RuntimeError(f"setup: v1 was never deployed:\n{s.agent.log()[-2000:]}")
+        mark = s.agent.mark()
+        s.push(yaml((other_port, s.port), ("v2", "v3")), "swap ports")
+        for app, version in ((first, "v2"), (second, "v3")):
+            s.wait("deploy.succeeded", f"{app}: ", version, since=mark, timeout=40)
+        ok = s.wait_body("v3", 10) and serves(other_port) == (200, "v2")
+        s.saw("both deployed on the swapped ports" if ok else "not both serve on the swapped ports")
+        for line in s.errors_since(mark):
+            s.note(f"{line.event}: {short(line.message)}")
+        return s.finish(["v3"])
+    finally:
+        for agent in s.agents:
+            agent.stop(timeout=15)
+        with contextlib.suppress(Exception):
+            names = [second + suffix for suffix in ("", ".prev", ".next", ".failed", ".swap")]
+            remove_containers(s.drill.client, names)
+
+
 def fault_engine_restart(s: Scenario) -> Row:
     command = dockerd_command(dockerd_pid())
     s.deploy_first()
@@ -1203,6 +1255,8 @@ FAULTS: dict[str, list[tuple[str, Callable[[Scenario], Row]]]] = {
         ("dies-after-live", fault_dies_after_live),
         ("dies-after-live-warm", lambda s: fault_dies_after_live(s, keep_warm="10m")),
     ],
+    "env-file-once": [("env-file-once", fault_env_file_once)],
+    "port-swap": [("port-swap", fault_port_swap)],
     "engine-restart": [("engine-restart", fault_engine_restart)],
 }
 
