@@ -99,6 +99,22 @@ def test_a_release_that_dies_after_it_went_live_is_rolled_back_kept_as_failed_an
     assert "in sync" not in status.stdout, show(status)
 
 
+def test_a_one_shot_pass_takes_back_a_release_that_died_inside_its_window(routed: Routed) -> None:
+    web = routed.app("web", tags=("v1",), dies=("v2",), dies_after=1.0, stable_after="10m")
+    routed.world.commit_apps("v1")
+    assert routed.world.server().returncode == 0
+    routed.world.set(web.name, "v2")
+    result = routed.world.server()
+    assert result.returncode == 0, show(result)
+    wait_restarts(routed, web.name, 1)
+    result = routed.world.server()
+    assert result.returncode != 0, show(result)
+    assert "v2 failed: it" in result.stdout and "after it went live" in result.stdout, show(result)
+    assert "rolled back to v1" in result.stdout and "applied" not in result.stdout, show(result)  # not again
+    routed.wait_serving(f"{web.name} v1", timeout=5)
+    assert inspect(routed, f"{web.name}.failed")["State"]["Status"] == "exited"
+
+
 @dataclass
 class IgnoresSigterm(RoutedApp):
     """A routed app whose busybox httpd is PID 1 (no init): it ignores SIGTERM, so a stop waits stop_timeout."""

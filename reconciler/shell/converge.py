@@ -18,6 +18,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -297,10 +298,14 @@ def apply_pass(applier: Applier, desired: DesiredState, settings: Settings, *, a
     changed = proxy.sync(desired, observed)
     # A deploy that an earlier run never finished (killed mid-gate) gets its verdict first.
     verified = applier.verify_unfinished(observed, desired.apps)
-    # A release that died inside its stable window is taken back as a failed one.
-    verified += applier.verify_live(engine.observe() if verified else observed, desired.apps)
+    # A release that died inside its stable window is taken back as a failed one, and not deployed again by
+    # this pass (the next run tries it again; the agent holds it).
+    died = applier.verify_live(engine.observe() if verified else observed, desired.apps)
+    verified += died
     # One listing per pass, unless the verdict changed what runs.
     the_plan, observed = plan_against(engine, desired, settings, observed=engine.observe() if verified else observed)
+    judged = {outcome.app for outcome in died}
+    the_plan = dataclasses.replace(the_plan, actions=tuple(a for a in the_plan.actions if a.app not in judged))
     outcomes = verified + applier.apply(the_plan, observed, atomic=atomic)
     if desired.proxy is not None and outcomes:
         observed = engine.observe()
