@@ -22,8 +22,10 @@ kill-rollback, superseded, stale-next, and the rows of issue 18: long-value and 
 validator), listener-idle (500 idle + 200 trickling connections on the listener) and listener-edges
 (a nested, a 1 MiB and a 1 MiB + 1 hook body, HEAD /healthz), secrets-at-rest, policy-symlink,
 proxy-folder-lost and proxy-killed-mid-deploy (an app routed behind the proxy, on the port the
-poller asks); then engine-restart and engine-restart-live-restore (restart the machine's dockerd,
-which disturbs every container on it: last, and skipped with --skip-engine-restart).
+poller asks), crashloop-fix and dies-after-live (routed, a release that dies after it went live),
+env-file-once, port-swap; then engine-restart and engine-restart-live-restore (restart the
+machine's dockerd, which disturbs every container on it: last, and skipped with
+--skip-engine-restart).
 
 Run: ``.venv/bin/python bench/drill.py [--only NAME ...] [--skip-engine-restart]`` as root (the
 state-dir fault mounts a read-only bind, the engine restart signals dockerd), with the Docker engine
@@ -74,7 +76,6 @@ from tests.support.dockerd import (  # noqa: E402
 )
 from tests.support.engine import new_run_prefix, remove_containers  # noqa: E402
 from tests.support.githttp import GitHttp  # noqa: E402
-from tests.support.haproxy import build_haproxy_image  # noqa: E402
 from tests.support.hostile import probe  # noqa: E402
 from tests.support.net import http_get  # noqa: E402
 
@@ -266,7 +267,15 @@ class Drill:
         self.images.build("web", "broken", healthy=False)
         self.images.build("web", "exits", exit_at_start=True)
         self.web = self.images.repo("web")
-        self.haproxy = build_haproxy_image(self.client, self.prefix)  # "repo:tag", for the routed faults
+        self._haproxy = ""
+
+    def haproxy(self) -> str:
+        """The HAProxy image of routed faults, built on first use."""
+        if not self._haproxy:
+            from tests.support.haproxy import build_haproxy_image
+
+            self._haproxy = build_haproxy_image(self.client, self.prefix)
+        return self._haproxy
 
 
 class Scenario:
@@ -1150,7 +1159,7 @@ def fault_policy_symlink(s: Scenario) -> Row:
 def routed_yaml(s: Scenario, version: str, *, healthy_for: str = "500ms", plain: str | None = None) -> str:
     """The app routed behind the proxy, which listens on the scenario's port (what the poller asks); with
     ``plain``, a second app without a route, on its own port (``s.plain_port``), at that version."""
-    repo, _, tag = s.drill.haproxy.rpartition(":")
+    repo, _, tag = s.drill.haproxy().rpartition(":")
     lines = [
         "proxy:",
         f'  listen: ["127.0.0.1:{s.port}"]',
@@ -1265,6 +1274,182 @@ def fault_proxy_killed_mid_deploy(s: Scenario) -> Row:
     s.sleep(2)
     say_verdicts(s, mark, "rm -f of the serving container")
     return s.finish(["v3"])
+
+
+DIES_AFTER = 8.0  # seconds a dying release serves before it exits 3 (the issue's release)
+
+
+def dying_yaml(s: Scenario, version: str, *, keep_warm: str, stable_after: str) -> str:
+    """desired-state.yaml with a proxy listening on the scenario's port and the app routed behind it."""
+    repo, _, tag = s.drill.haproxy().rpartition(":")
+    lines = [
+        "proxy:", f'  listen: ["127.0.0.1:{s.port}"]', f"  image: {repo}", f'  version: "{tag}"',
+        "apps:", f"  {s.app}:", f"    image: {s.drill.web}", f"    version: {version}", "    init: true",
+        "    stop_timeout: 2s", "    route:", "      port: 8000", "      drain: 300ms", f"      keep_warm: {keep_warm}",
+        "    health:", "      http: /health", "      interval: 200ms", "      timeout: 5s", "      healthy_for: 500ms",
+        f"    stable_after: {stable_after}",
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def routed_world(s: Scenario) -> Iterator[None]:
+    """The scenario's proxy (this instance's) and its network are removed when the fault ends."""
+    s.drill.images.build("web", "dies", body="dies", dies_after=DIES_AFTER)
+    try:
+        yield
+    finally:
+        for agent in s.agents:
+            agent.stop(timeout=15)  # first: an agent would bring the proxy back
+        client = s.drill.client
+        with contextlib.suppress(Exception):
+            remove_containers(client, [f"reconciler-proxy-{s.drill.instance}", *sorted(s.containers())])
+        with contextlib.suppress(Exception):
+            client.api.remove_network(f"reconciler-{s.drill.instance}")
+
+
+def restart_count(s: Scenario, name: str) -> int:
+    try:
+        return int(s.drill.client.api.inspect_container(name).get("RestartCount") or 0)
+    except Exception:
+        return -1
+
+
+def container_id(s: Scenario, name: str) -> str:
+    try:
+        info = s.drill.client.api.inspect_container(name)
+    except Exception:
+        return ""
+    return str(info["Id"]) if info["State"]["Running"] else ""
+
+
+def failed_polls(s: Scenario) -> str:
+    samples = list(s.poller.samples) if s.poller is not None else []
+    bad = sum(1 for _, status, _ in samples if status != 200)
+    window = samples[-1][0] - samples[0][0] if samples else 0.0
+    return f"{bad} of {len(samples)} GETs failed in {window:.0f}s"
+
+
+def fault_crashloop_fix(s: Scenario) -> Row:
+    """Issue 18 item 1: a release that Docker restarts for ever (it serves 8 s, then exits 3), and a fix commit
+    after it, with keep_warm 10m: the fix must deploy and the warm release must stay until it serves."""
+    with routed_world(s):
+        # stable_after 1s: its window is over before it first dies, so the agent does not take it back
+        # (``dies-after-live``): the fix commit must replace it.
+        def yaml(version: str) -> str:
+            return dying_yaml(s, version, keep_warm="10m", stable_after="1s")
+
+        s.push(yaml("v1"), "v1")
+        s.start_agent()
+        if s.wait("deploy.succeeded", "v1", timeout=40) is None or not s.wait_body("v1", 10):
+            raise RuntimeError(f"setup: v1 was never deployed:\n{s.agent.log()[-2000:]}")
+        mark = s.agent.mark()
+        s.push(yaml("dies"), "dies")
+        s.wait("deploy.succeeded", "dies", since=mark, timeout=30)
+        deadline = time.monotonic() + s.left(40)
+        while restart_count(s, s.app) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        s.saw(f"dies restarted {restart_count(s, s.app)}x before the fix")
+        warm = container_id(s, f"{s.app}.prev")
+        if not warm:
+            s.note("setup: no warm .prev before the fix")
+        s.poll()
+        mark = s.agent.mark()
+        s.push(yaml("v2"), "v2 fixes it")
+        if s.wait("deploy.succeeded", "v2", since=mark, timeout=40) is not None and s.wait_body("v2", 10):
+            s.saw("the fix deployed and serves")
+        if warm and container_id(s, f"{s.app}.prev") != warm:
+            s.note("the warm v1 is gone from .prev (removed or replaced)")
+        for line in s.errors_since(mark):
+            s.note(f"{line.event}: {short(line.message)}")
+        s.sleep(2)
+        s.saw(failed_polls(s))
+        return s.finish(["v2"])
+
+
+def fault_dies_after_live(s: Scenario, keep_warm: str = "0s") -> Row:
+    """Issue 18 item 2: a release that passes its gate, then exits 3 after 8 s (Docker restarts it): inside its
+    stable_after window it is a failed release: rolled back, kept as .failed, held, said once."""
+    with routed_world(s):
+        s.push(dying_yaml(s, "v1", keep_warm=keep_warm, stable_after="10m"), "v1")
+        s.start_agent()
+        if s.wait("deploy.succeeded", "v1", timeout=40) is None or not s.wait_body("v1", 10):
+            raise RuntimeError(f"setup: v1 was never deployed:\n{s.agent.log()[-2000:]}")
+        s.poll()
+        mark = s.agent.mark()
+        s.push(dying_yaml(s, "dies", keep_warm=keep_warm, stable_after="10m"), "dies")
+        s.wait("deploy.succeeded", "dies", since=mark, timeout=30)
+        line = s.wait("deploy.rolled-back", since=mark, timeout=40)
+        if line is not None:
+            s.saw(f"rolled back: {short(line.message, 110)}")
+        if not s.wait_body("v1", 10):
+            s.note("v1 does not serve after the rollback")
+        held = s.wait("deploy.held", since=mark, timeout=20)
+        s.sleep(10)  # passes go by: nothing is said again, the failed release is not tried again
+        said = [ln.event for ln in s.errors_since(mark)]
+        if said.count("deploy.rolled-back") != 1 or "deploy.failed" in said:
+            s.note(f"said: {said}")
+        if held is not None and said.count("deploy.held") != 1:
+            s.note(f"deploy.held said {said.count('deploy.held')}x")
+        tries = len(s.agent.events("deploy.succeeded", "dies", since=mark))
+        if tries != 1:
+            s.note(f"dies deployed {tries}x")
+        if container_id(s, f"{s.app}.failed") or f"{s.app}.failed" not in s.containers():
+            s.note(".failed is not the stopped dying release")
+        s.saw(failed_polls(s))
+        return s.finish(["v1"])
+
+
+def fault_env_file_once(s: Scenario) -> Row:
+    """An env_file the server cannot read, left for several passes: one deploy.failed per commit, not one
+    per pass (each pass still tries, so fixing the file on the server is enough)."""
+    s.deploy_first()
+    s.poll()
+    mark = s.agent.mark()
+    s.push(s.yaml("v2", extra=["env_file: /dev/zero"]), "env_file /dev/zero")
+    s.wait_error(mark, timeout=20)
+    s.sleep(8)  # four passes at a 2 s interval
+    said = [ln.event for ln in s.errors_since(mark)]
+    s.saw(f"{len(said)} error line(s) in 8 s: {', '.join(said)}")
+    if said.count("deploy.failed") != 1:
+        s.note(f"deploy.failed said {said.count('deploy.failed')}x for one commit")
+    s.end_window()
+    s.deploy("v3")
+    return s.finish(["v3"])
+
+
+def fault_port_swap(s: Scenario) -> Row:
+    """Two apps that swap host ports in one commit (one of them slow to stop: no init, so its stop takes its
+    stop_timeout), deployed in parallel: both must deploy."""
+    other_port = free_port()
+    first, second = s.app, f"{s.app}-b"
+
+    def yaml(ports: tuple[int, int], versions: tuple[str, str]) -> str:
+        a = app_yaml(first, s.drill.web, versions[0], ports[0])
+        b = app_yaml(second, s.drill.web, versions[1], ports[1]).replace("    init: true\n", "    init: false\n")
+        return a + b.removeprefix("apps:\n")
+
+    try:
+        s.push(yaml((s.port, other_port), ("v1", "v1")), "v1")
+        s.start_agent()
+        setup = [s.wait("deploy.succeeded", f"{app}: ", timeout=40) for app in (first, second)]
+        if None in setup:
+            raise RuntimeError(f"setup: v1 was never deployed:\n{s.agent.log()[-2000:]}")
+        mark = s.agent.mark()
+        s.push(yaml((other_port, s.port), ("v2", "v3")), "swap ports")
+        for app, version in ((first, "v2"), (second, "v3")):
+            s.wait("deploy.succeeded", f"{app}: ", version, since=mark, timeout=40)
+        ok = s.wait_body("v3", 10) and serves(other_port) == (200, "v2")
+        s.saw("both deployed on the swapped ports" if ok else "not both serve on the swapped ports")
+        for line in s.errors_since(mark):
+            s.note(f"{line.event}: {short(line.message)}")
+        return s.finish(["v3"])
+    finally:
+        for agent in s.agents:
+            agent.stop(timeout=15)
+        with contextlib.suppress(Exception):
+            names = [second + suffix for suffix in ("", ".prev", ".next", ".failed", ".swap")]
+            remove_containers(s.drill.client, names)
 
 
 def fault_engine_restart(s: Scenario) -> Row:
@@ -1511,6 +1696,13 @@ FAULTS: dict[str, list[tuple[str, Callable[[Scenario], Row]]]] = {
     "policy-symlink": [("policy-symlink", fault_policy_symlink)],
     "proxy-folder-lost": [("proxy-folder-lost", fault_proxy_folder_lost)],
     "proxy-killed-mid-deploy": [("proxy-killed-mid-deploy", fault_proxy_killed_mid_deploy)],
+    "crashloop-fix": [("crashloop-fix", fault_crashloop_fix)],
+    "dies-after-live": [
+        ("dies-after-live", fault_dies_after_live),
+        ("dies-after-live-warm", lambda s: fault_dies_after_live(s, keep_warm="10m")),
+    ],
+    "env-file-once": [("env-file-once", fault_env_file_once)],
+    "port-swap": [("port-swap", fault_port_swap)],
     "engine-restart": [
         ("engine-restart", fault_engine_restart),
         ("engine-restart-live-restore", fault_engine_restart_live_restore),

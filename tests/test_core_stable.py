@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reconciler.core.health import Sample
-from reconciler.core.stable import Candidate, StableSample, StableWatch, track
+from reconciler.core.stable import Candidate, StableSample, StableWatch, died, track
 
 AFTER = 600.0  # stable_after: 10m
 DEPLOYED_AT = 1000.0
@@ -118,3 +118,47 @@ def test_a_container_that_is_not_the_last_succeeded_deploy_keeps_its_watch_unsam
         assert watches == {"web": running} and look == ()
     watches, look = track({}, {"web": candidate(deployed_hash=None)}, now=DEPLOYED_AT)
     assert watches == {} and look == ()
+
+
+# -- a release that dies inside its window -----------------------------------------------------------------
+
+
+def dead(at: float, *, restarts: int = 0, restarting: bool = False, exit_code: int = 3) -> StableSample:
+    return StableSample(
+        at=at, healthy=False, restarts=restarts, started_at=DEPLOYED_AT - 5, running=False, restarting=restarting,
+        exit_code=exit_code,
+    )  # fmt: skip
+
+
+def test_a_release_that_docker_keeps_restarting_is_a_failed_release_and_never_promoted() -> None:
+    w = watch().observe(ok(DEPLOYED_AT + 1)).observe(dead(DEPLOYED_AT + 9, restarting=True))
+    assert w.failure == "it exited with code 3 after it went live, and Docker keeps restarting it"
+    # Back up between two restarts: still the failed release it was, and never promoted.
+    w = w.observe(ok(DEPLOYED_AT + AFTER + 60, restarts=1))
+    assert w.failure and not w.promote
+
+
+def test_a_restart_counted_between_two_looks_is_a_failure_and_the_first_look_only_sets_the_count() -> None:
+    w = watch().observe(ok(DEPLOYED_AT + 1, restarts=4))  # an agent that started late: no verdict on the past
+    assert not w.failure
+    w = w.observe(ok(DEPLOYED_AT + 9, restarts=5))
+    assert w.failure == "it restarted after it went live (1x since the last look)"
+
+
+def test_a_restart_count_that_went_down_is_a_start_by_hand_or_by_the_engine_not_a_death() -> None:
+    w = watch().observe(ok(DEPLOYED_AT + 1, restarts=2)).observe(ok(DEPLOYED_AT + 9, restarts=0))
+    assert not w.failure
+
+
+def test_an_exit_is_a_failure_unless_it_is_a_stop() -> None:
+    assert died(0, dead(1.0, exit_code=3)) == "it exited with code 3 after it went live"
+    for stopped in (0, 137, 143):  # docker stop, by SIGTERM or SIGKILL: a person or the engine, not the release
+        assert died(0, dead(1.0, exit_code=stopped)) == ""
+    assert died(-1, ok(1.0, restarts=9)) == ""  # the first look: nothing to compare with
+
+
+def test_with_stable_after_0s_an_unhealthy_sample_is_never_promoted() -> None:
+    w = StableWatch("hash-v2", since=DEPLOYED_AT, stable_after=0.0)
+    bad = StableSample(at=DEPLOYED_AT + 1, healthy=False, restarts=0, started_at=DEPLOYED_AT - 5)
+    assert not w.observe(bad).promote
+    assert w.observe(bad).observe(ok(DEPLOYED_AT + 2)).promote

@@ -48,6 +48,8 @@ class Sample:
     probe_ok: bool = True
     docker_health: str = ""  # "", starting, healthy, unhealthy
     detail: str = ""
+    restarting: bool = False  # it exited and Docker's restart policy is about to start it again
+    exit_code: int = 0  # of its last exit (when not running)
 
 
 class Verdict(StrEnum):

@@ -11,6 +11,8 @@ Guarantees:
 - Every action carries its reasons as ``Change(field, was, now)``; env changes name keys, never values.
 - An app whose image could not be resolved gets an ``error`` action and no change.
 - Planning the state that results from applying a plan (``simulate``) gives a plan with no changes.
+- ``port_waits`` names, for each app a plan deploys, the other apps of the plan whose running container
+  holds a host port its new release publishes (two apps that swap ports): its start waits for their stop.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from reconciler.core.model import (
     Owner,
     Role,
     container_name,
+    parse_port,
     secret_hash,
 )
 
@@ -426,3 +429,40 @@ def simulate(result_of: Plan, observed: ObservedState) -> ObservedState:
                 kind="service" if action.service else "container",
             )
     return ObservedState(containers=tuple(containers.values()))
+
+
+def _host_port(port: str) -> tuple[int, str] | None:
+    """(host port, protocol) that ``port`` takes on the host; None for one Docker picks."""
+    try:
+        _, host, _, proto = parse_port(port)
+    except ValueError:
+        return None
+    return (host, proto) if host is not None else None
+
+
+def port_waits(plan: Plan, observed: ObservedState) -> dict[str, frozenset[str]]:
+    """For each app that ``plan`` deploys: the other apps of the plan whose container, running now and stopped
+    or removed by this plan, holds a host port that its new release publishes. Its start waits until they
+    stopped: two apps that swap host ports in one commit both start, whichever stops first."""
+    held: dict[tuple[int, str], str] = {}
+    for action in plan.actions:
+        if action.service or action.container != action.app:
+            continue
+        if action.kind not in (ActionKind.REPLACE, ActionKind.REMOVE):
+            continue
+        current = observed.named(action.app)
+        if current is None or not current.managed or not current.running:
+            continue
+        for port in current.fingerprint.get("ports") or ():
+            taken = _host_port(str(port))
+            if taken is not None:
+                held[taken] = action.app
+    waits: dict[str, frozenset[str]] = {}
+    for action in plan.actions:
+        if action.kind not in (ActionKind.CREATE, ActionKind.REPLACE) or action.target is None or action.service:
+            continue
+        wanted = {taken for port in action.target.spec.ports if (taken := _host_port(port)) is not None}
+        others = frozenset(held[taken] for taken in wanted if held.get(taken, action.app) != action.app)
+        if others:
+            waits[action.app] = others
+    return waits

@@ -7,7 +7,11 @@ Guarantees:
   healthy (not running, a failed probe, Docker not ``healthy``), at a restart counted since the
   previous sample, and at a start of the container after the clock's (a rollback of a later release,
   a manual restart).
-- ``promote`` once a sample comes ``stable_after`` after the clock's start.
+- ``promote`` once a healthy sample comes ``stable_after`` after the clock's start (an unhealthy one never
+  promotes, not even with ``stable_after: 0s``).
+- A release that dies inside its window is a failed release (``died``): Docker restarting it, a restart
+  counted since the previous sample, or an exit that is not a stop's (code 0, 137 or 143). The watch
+  then says why (``failure``) and never promotes; the agent takes it back as a failed deploy.
 - Only an app's own release is watched: the container of ours that its last succeeded deploy made.
   An app without one, or whose image is already the promoted one, is no longer watched.
 """
@@ -28,12 +32,38 @@ class StableSample:
     healthy: bool
     restarts: int
     started_at: float
+    running: bool = True
+    restarting: bool = False  # exited, and Docker's restart policy starts it again
+    exit_code: int = 0  # of its last exit, when it does not run
 
     @classmethod
     def of(cls, sample: Sample, *, at: float, started_at: float) -> StableSample:
         """A gate's sample as the clock reads it: ``at`` on the clock's time (the gate's may differ)."""
         healthy = sample.running and sample.probe_ok and sample.docker_health in ("", "healthy")
-        return cls(at=at, healthy=healthy, restarts=sample.restarts, started_at=started_at)
+        return cls(
+            at=at, healthy=healthy, restarts=sample.restarts, started_at=started_at, running=sample.running,
+            restarting=sample.restarting, exit_code=sample.exit_code,
+        )  # fmt: skip
+
+
+# Exit codes of a stop (``docker stop``: SIGTERM through init, SIGKILL after the timeout; 0: it handled
+# SIGTERM): a person or an engine stopping it, not the release dying.
+STOPPED_CODES = (0, 137, 143)
+
+
+def died(before: int, sample: StableSample) -> str:
+    """Why a release counts as failed at ``sample`` inside its stable window ("" when it does not).
+
+    ``before``: its restart count at the previous sample (-1: none yet). A restart count that went down
+    (a ``docker start``, an engine restart resets it) is no restart of its own.
+    """
+    if sample.restarting:
+        return f"it exited with code {sample.exit_code} after it went live, and Docker keeps restarting it"
+    if before >= 0 and sample.restarts > before:
+        return f"it restarted after it went live ({sample.restarts - before}x since the last look)"
+    if not sample.running and sample.exit_code not in STOPPED_CODES:
+        return f"it exited with code {sample.exit_code} after it went live"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -45,13 +75,18 @@ class StableWatch:
     stable_after: float
     restarts: int = -1  # at the last sample; -1 before the first, which sets the count to compare with
     seen_at: float | None = None  # the last sample's time
+    healthy: bool = False  # the last sample was healthy
+    failure: str = ""  # why it died inside its window (``died``); once said, it stays
 
     def observe(self, sample: StableSample) -> StableWatch:
         """The watch after ``sample``."""
         since = self.since
         if not sample.healthy or (self.restarts >= 0 and sample.restarts > self.restarts):
             since = sample.at
-        return replace(self, since=max(since, sample.started_at), restarts=sample.restarts, seen_at=sample.at)
+        return replace(
+            self, since=max(since, sample.started_at), restarts=sample.restarts, seen_at=sample.at,
+            healthy=sample.healthy, failure=self.failure or died(self.restarts, sample),
+        )  # fmt: skip
 
     def due(self, now: float) -> float:
         """Seconds from ``now`` until a healthy sample promotes it (0 or less: the next one does)."""
@@ -59,7 +94,12 @@ class StableWatch:
 
     @property
     def promote(self) -> bool:
-        return self.seen_at is not None and self.seen_at - self.since >= self.stable_after
+        return (
+            self.seen_at is not None
+            and self.healthy
+            and not self.failure
+            and self.seen_at - self.since >= self.stable_after
+        )
 
 
 @dataclass(frozen=True)

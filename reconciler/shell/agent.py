@@ -23,7 +23,9 @@ Guarantees:
 - Drift that was not asked for in git (a container stopped, removed or replaced by hand) is healed
   at the next pass, or only reported with ``self_heal=False``.
 - An app that stays healthy ``stable_after`` after its deploy is promoted: recorded in the journal
-  and tagged ``IMAGE:stable`` on the engine.
+  and tagged ``IMAGE:stable`` on the engine. A container release that dies inside that window (Docker
+  restarts it, or it exits) is a failed release instead: taken back to the release before it
+  (``Applier.fail_live``), said once (``deploy.rolled-back``) and held like a failed gate.
 - What to hold back, keep together, heal and promote is decided in the core (``core.policy``,
   ``core.stable``) over the journal's answers; this module reads the journal and the engine, logs the
   notices and acts.
@@ -55,7 +57,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -843,8 +845,19 @@ class Agent:
             if outcome.kind is ActionKind.REMOVE and outcome.result is Result.APPLIED:
                 # APP.next left by an interrupted deploy is debris, not the app.
                 name = Event.APP_REMOVED if outcome.container == outcome.app else Event.DEPLOY_CLEANUP
-            self.events.emit(name, f"{outcome.container}: {outcome.message or outcome.result.value}",
-                             app=outcome.app, commit=revision[:8])  # fmt: skip
+            text = f"{outcome.container}: {outcome.message or outcome.result.value}"
+            refused = f"refused:{outcome.app}@"
+            if name is Event.DEPLOY_FAILED and not outcome.release_failed:
+                # Refused before its release ran (an env_file it cannot read, a pull refused): every pass meets
+                # the same refusal, and it is not held; said (and notified) once per commit while it lasts.
+                for key in self.events.active(refused):
+                    if key != refused + revision:
+                        self.events.clear(key)
+                self.events.once(refused + revision, name, text, app=outcome.app, commit=revision[:8])
+                continue
+            for key in self.events.active(refused):
+                self.events.clear(key)
+            self.events.emit(name, text, app=outcome.app, commit=revision[:8])
 
     # -- stable ------------------------------------------------------------------------------------
 
@@ -867,6 +880,13 @@ class Agent:
                     applier.sample(current.id, spec.gate), at=now, started_at=self.engine.started_at(current.id)
                 )
             watch = self.stable_watch[app] = self.stable_watch[app].observe(sample)
+            if watch.failure and spec.service:
+                # Swarm replaces a service's dead tasks and its rollout judged them: only the clock starts over.
+                watch = self.stable_watch[app] = replace(watch, failure="")
+            if watch.failure:
+                self.stable_watch.pop(app, None)  # judged: it is a failed release now, held as one
+                self._died(app, spec, observed, applier, watch.failure)
+                continue
             if watch.promote:
                 self.stable_watch.pop(app, None)  # done, or tried again from the next pass on
                 source = stable_source(spec.image, current)
@@ -879,6 +899,17 @@ class Agent:
                     self.events.once(f"stable:{app}", Event.STABLE_UNPUBLISHED, f"{app}: not promoted: {exc}", app=app)
                 else:
                     self.events.clear(f"stable:{app}")
+
+    def _died(self, app: str, spec: AppSpec, observed: ObservedState, applier: Applier, why: str) -> None:
+        """A release that died inside its stable window (``core.stable.died``) is a failed release: taken
+        back (``Applier.fail_live``), said once, and held as a failed gate is."""
+        try:
+            outcome = applier.fail_live(app, spec, observed, why, revision=self.revision)
+        except EngineUnavailable:
+            self.cut_short = True  # its verdict is journaled: the next pass finishes the rollback
+            raise
+        self._report([outcome], outcome.revision or self.revision)
+        self._remember_failures([outcome], None, outcome.revision or self.revision)
 
     def _candidate(self, app: str, spec: AppSpec, observed: ObservedState) -> Candidate | None:
         """What the engine and the journal say of ``app``'s container, for the stable clock."""

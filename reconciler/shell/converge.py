@@ -20,6 +20,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -287,14 +288,14 @@ def applying(
     with locked(state_dir, timeout=settings.lock_timeout):
         journal = Journal(state_dir)
         try:
-            applier = Applier(
-                engine, journal, author=desired.author, parallel=settings.parallel, proxy=Proxy(engine, state_dir)
-            )
+            proxy = Proxy(engine, state_dir)
+            applier = Applier(engine, journal, author=desired.author, parallel=settings.parallel, proxy=proxy)
             if on_step is not None:
                 applier.on_step = on_step
             if log is not None:
                 applier.log = log
             yield applier
+            proxy.settle()  # the warm releases it cooled are stopped before the run ends
         finally:
             journal.close()
 
@@ -316,8 +317,15 @@ def apply_pass(applier: Applier, desired: DesiredState, settings: Settings, *, a
     waiting = routed(desired) if proxy_error else {}
     # A deploy that an earlier run never finished (killed mid-gate) gets its verdict first.
     verified = applier.verify_unfinished(observed, desired.apps, waiting=waiting)
+    # A release that died inside its stable window is taken back as a failed one, and not deployed again by
+    # this pass (the next run tries it again; the agent holds it). A routed one waits with its proxy.
+    live = {app: spec for app, spec in desired.apps.items() if app not in waiting}
+    died = applier.verify_live(engine.observe() if verified else observed, live)
+    verified += died
     # One listing per pass, unless the verdict changed what runs.
     the_plan, observed = plan_against(engine, desired, settings, observed=engine.observe() if verified else observed)
+    judged = {outcome.app for outcome in died}
+    the_plan = dataclasses.replace(the_plan, actions=tuple(a for a in the_plan.actions if a.app not in judged))
     to_apply, held = unrouted(the_plan, desired) if proxy_error else (the_plan, [])
     waited = [
         Outcome(action.app, action.kind, action.container, Result.SKIPPED, "not deployed: its proxy is not in line")

@@ -22,9 +22,18 @@ Guarantees:
 - A new container that will not start or fails its health gate is stopped and kept as ``APP.failed``
   (for its logs), and the container it replaced is started again and gated again.
 - When there is no running container to set aside (a crash, a ``docker rm``), the kept ``APP.prev``
-  is what a failed release rolls back to.
+  is what a failed release rolls back to. So too for a routed app whose release under ``APP`` Docker
+  has restarted (or is restarting) while ``APP.prev`` is warm: the new release replaces it, it is kept
+  stopped as ``APP.failed``, and the warm ``APP.prev`` stays in place (and serving) throughout. A
+  container that Docker is restarting is stopped before it is renamed.
+- A release that died inside its ``stable_after`` window (``core.stable.died``) is a failed release:
+  ``fail_live`` takes it back as a failed gate is (kept stopped as ``APP.failed``, the route or the
+  app's name back on ``APP.prev``, started and gated first unless warm), its deploy's row then says
+  rolled back. The agent finds it with its stable watch; a one-shot pass with ``verify_live``.
 - The apps of a pass are deployed concurrently, at most ``parallel`` at once, their gates
-  overlapping; the actions of one app run one after another, in the plan's order. Outcomes come back
+  overlapping; the actions of one app run one after another, in the plan's order. A start that takes a
+  host port another app of the pass holds now waits (at most ``PORT_WAIT``) until that app stopped its
+  old container (``core.plan.port_waits``): two apps that swap ports in one commit both start. Outcomes come back
   in the plan's order whatever order they finished in. ``parallel=1`` runs the plan in this thread,
   one app after another.
 - One app's failure does not stop the others; every app gets an ``Outcome`` and a journal row. With
@@ -82,9 +91,10 @@ from reconciler.core.model import (
     Role,
     container_name,
 )
-from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan, Target
+from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan, Target, port_waits
 from reconciler.core.proxy import Server, proxy_network
 from reconciler.core.report import Outcome, Result
+from reconciler.core.stable import StableSample, died
 from reconciler.errors import ContainerError, EngineUnavailable, ProxyError, ProxyUnavailable, ReconcileError
 from reconciler.shell.docker import Engine, Inspected
 from reconciler.shell.journal import CLEANUP, UNVERIFIED, Entry, Journal, JournalResult
@@ -96,6 +106,7 @@ T = TypeVar("T")
 
 ADOPTED = ".adopted"
 WATCH_STEP = 0.1  # seconds between looks at a gated container's state
+PORT_WAIT = 60.0  # seconds a start waits for another app of its pass to free a host port (``port_waits``)
 ABANDONED = "its gate was abandoned for a newer commit or a shutdown"
 # What cuts a deploy short with no verdict on its release: the engine, or the proxy it switches, away.
 OUTAGES = (EngineUnavailable, ProxyUnavailable)
@@ -279,11 +290,12 @@ class _Deploy:
     gate: Gate | None = None
     reused: bool = False  # start-first: the new release is the warm APP.prev, already running
     set_aside: bool = False  # start-first: the old release was renamed to APP.prev (or APP.adopted)
+    dying: bool = False  # start-first: APP restarted or does not run, and APP.prev is warm: that one serves
 
     @property
     def serving(self) -> ObservedContainer | None:
         """Start-first: the release the route points at before the switch (``core.proxy.serving``)."""
-        if self.current is not None and self.current.running:
+        if self.current is not None and self.current.running and not self.dying:
             return self.current
         kept = self.observed.named(container_name(self.app, Role.PREVIOUS))
         return kept if kept is not None and kept.managed and kept.running else None
@@ -306,6 +318,7 @@ class Applier:
     on_step: Callable[[str, str], None] = field(default=lambda app, step: None)
     log: Callable[[str], None] = field(default=lambda line: None)
     interrupted: Callable[[], bool] = field(default=lambda: False)
+    wall: Callable[[], float] = time.time  # epoch seconds, as the journal's times are
     author: str = ""
     parallel: int = 1  # deploys of a pass at once (the pass's setting); 1: one after another, in this thread
     proxy: Proxy | None = None  # routed apps' proxy (start-first deploys switch it)
@@ -316,6 +329,9 @@ class Applier:
     _asking: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _newer: bool = field(default=False, init=False, repr=False)
     _asked_at: float = field(default=float("-inf"), init=False, repr=False)
+    # The pass's apps whose start waits for others to free a host port, and each app's "its old one stopped".
+    _waits: Mapping[str, frozenset[str]] = field(default_factory=dict, init=False, repr=False)
+    _freed: dict[str, threading.Event] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rows = _Rows(self.journal)
@@ -368,7 +384,10 @@ class Applier:
             detail = f"the container exited with code {found.exit_code}"
             if found.error:
                 detail += f" ({found.error})"
-            return Sample(at=now, running=False, restarts=restarts, docker_health=health, detail=detail)
+            return Sample(
+                at=now, running=False, restarts=restarts, docker_health=health, detail=detail,
+                restarting=found.restarting, exit_code=found.exit_code,
+            )  # fmt: skip
         ok: bool | None = True
         detail = ""
         deadline = probe_timeout(spec)
@@ -460,17 +479,23 @@ class Applier:
             return self._stale() or (atomic and failed.is_set())
 
         def run_app(indices: Sequence[int]) -> None:
-            for index in indices:
-                if halted():
-                    return  # a newer commit, a shutdown, or a commit that is going back
-                outcome, kept[index] = self._run(plan.actions[index], observed, plan.revision)
-                slots[index] = outcome
-                if atomic and _breaks_release(outcome):
-                    failed.set()
+            try:
+                for index in indices:
+                    if halted():
+                        return  # a newer commit, a shutdown, or a commit that is going back
+                    outcome, kept[index] = self._run(plan.actions[index], observed, plan.revision)
+                    slots[index] = outcome
+                    if atomic and _breaks_release(outcome):
+                        failed.set()
+            finally:
+                self._freed[plan.actions[indices[0]].app].set()  # whatever became of it, nobody waits on it
 
         by_app: dict[str, list[int]] = {}
         for index, action in enumerate(plan.actions):
             by_app.setdefault(action.app, []).append(index)
+        # Apps run one after another (parallel 1) cannot wait for each other: only concurrent ones do.
+        self._waits = port_waits(plan, observed) if self.parallel > 1 else {}
+        self._freed = {app: threading.Event() for app in by_app}
         try:
             self._all([functools.partial(run_app, indices) for indices in by_app.values()])
         finally:
@@ -632,6 +657,60 @@ class Applier:
         self._log(said)
         return Outcome(action.app, action.kind, action.container, Result.SUPERSEDED, said)
 
+    def verify_live(self, observed: ObservedState, specs: Mapping[str, AppSpec]) -> list[Outcome]:
+        """A one-shot pass's look at each app's release inside its stable window (its deploy, the journal's
+        last row, finished less than ``stable_after`` ago): one that died since (``core.stable.died``, every
+        restart of it counted) is taken back (``fail_live``). The agent watches the window itself."""
+        outcomes: list[Outcome] = []
+        for app, spec in specs.items():
+            current = observed.named(app)
+            if spec.service or current is None or not current.managed or not current.spec_hash:
+                continue
+            last = self._rows.last(app)
+            if (
+                last is None
+                or last.result is not JournalResult.SUCCEEDED
+                or last.spec_hash != current.spec_hash
+                or last.finished_at is None
+                or self.wall() - last.finished_at >= spec.stable_after
+            ):
+                continue
+            found = self._inspect(current.id)
+            if found is None:
+                continue
+            look = StableSample(
+                at=0.0, healthy=False, restarts=found.restart_count, started_at=found.started_at,
+                running=found.running and not found.restarting, restarting=found.restarting,
+                exit_code=found.exit_code,
+            )  # fmt: skip
+            why = died(0, look)
+            if why:
+                outcomes.append(self.fail_live(app, spec, observed, why, revision=last.revision))
+        return outcomes
+
+    def fail_live(self, app: str, spec: AppSpec, observed: ObservedState, reason: str, *, revision: str) -> Outcome:
+        """Take back the release under the app's name that died inside its stable window (``core.stable.died``),
+        as a gate that failed is taken back: kept stopped as APP.failed, the route (or the app's name) back
+        on APP.prev, started and gated first unless it is warm. Its deploy's journal row is its row again,
+        now rolled back, so that the release before it is the app's last good one."""
+        current = observed.named(app)
+        assert current is not None and current.managed
+        kept = observed.named(container_name(app, Role.PREVIOUS))
+        previous = kept if kept is not None and kept.managed else None
+        last = self._rows.last(app)
+        if last is not None and last.result is JournalResult.SUCCEEDED and last.spec_hash == current.spec_hash:
+            entry = last.id
+        else:
+            entry = self._journal_start(
+                current.commit or revision, app, str(ActionKind.REPLACE),
+                from_version=previous.version if previous else "", to_version=current.version,
+                from_image=previous.image_id if previous else "", to_image=current.image_id,
+                spec_hash=current.spec_hash,
+            )  # fmt: skip
+        failed = spec.model_copy(update={"version": current.version or spec.version})
+        action = Action(ActionKind.REPLACE, app, app)
+        return replace(self._roll_back(action, entry, current.id, previous, failed, reason), revision=current.commit)
+
     # -- a deploy: its steps, in sequence -------------------------------------------------------------
 
     def _deploy(self, action: Action, observed: ObservedState, revision: str) -> tuple[Outcome, Deployed | None]:
@@ -641,8 +720,13 @@ class Applier:
         steps = START_FIRST if spec.route is not None else STOP_FIRST
         current = observed.named(container_name(app))
         kept = observed.named(container_name(app, Role.PREVIOUS))
+        kept = kept if kept is not None and kept.managed else None
+        # A routed release that Docker has restarted (or is restarting) while the one before it is warm is a
+        # failed one: the warm one is what serves and what to fall back to, and it is set aside as APP.failed.
+        warm = spec.route is not None and kept is not None and kept.state == "running"
+        dying = current is not None and current.managed and warm and self._dying(current.id)
         # With nothing running under the app's name, the kept container is what to fall back to.
-        fallback = current if current is not None else (kept if kept is not None and kept.managed else None)
+        fallback = kept if current is None or dying else current
         entry = self._journal_start(
             revision,
             app,
@@ -653,7 +737,7 @@ class Applier:
             to_image=target.resolution.image_id or target.resolution.ref,
             spec_hash=target.spec_hash,
         )
-        deploy = _Deploy(action, target, observed, entry, current, fallback, started_at=self.clock())
+        deploy = _Deploy(action, target, observed, entry, current, fallback, started_at=self.clock(), dying=dying)
         for step in steps:
             if not self._needed(step, deploy):
                 continue
@@ -693,11 +777,25 @@ class Applier:
         return True
 
     def _announce(self, deploy: _Deploy, step: Step) -> None:
-        """Say ``step`` to ``on_step`` before it runs, and remember it as the step a failure is at."""
+        """Say ``step`` to ``on_step`` before it runs, and remember it as the step a failure is at. A start
+        first waits for the apps of the pass that hold a host port it takes (``core.plan.port_waits``)."""
+        if step is Step.START_NEW:
+            self._wait_for_ports(deploy.app)
         deploy.reached = step
         self._step(deploy.app, step)
         if step in (Step.START_NEW, Step.START_NEXT):
             deploy.started_at = self.clock()  # the gate counts from this start, not from the pull's
+        if step is Step.KEEP_OLD and deploy.app in self._freed:
+            self._freed[deploy.app].set()  # its old container stopped: its host ports are free
+
+    def _wait_for_ports(self, app: str) -> None:
+        """Until every app whose running container holds a host port ``app`` takes has stopped it (or ended its
+        deploy), at most ``PORT_WAIT``: two apps that swap ports in one commit both start."""
+        deadline = self.clock() + PORT_WAIT
+        for other in sorted(self._waits.get(app, ())):
+            freed = self._freed.get(other)
+            while freed is not None and not freed.wait(WATCH_STEP) and self.clock() < deadline and not self._stale():
+                pass
 
     def _swap(self, deploy: _Deploy) -> None:
         """The steps of ``SWAP``: APP.next runs as the app; what ran is kept stopped (APP.prev, or
@@ -764,6 +862,7 @@ class Applier:
             or warm.state != "running"
             or warm.spec_hash != deploy.target.spec_hash
             or deploy.serving is warm
+            or (self.proxy is not None and warm.id in self.proxy.cooling)  # its window passed: it is stopping
         ):
             return False
         deploy.new_id, deploy.reused = warm.id, True
@@ -793,9 +892,26 @@ class Applier:
 
         A warm release switched back to moves out of APP.prev first (through APP.next), so that the
         release it replaces can take that name. When APP is gone, the running APP.prev was the old release:
-        it stays, to drain and stay warm."""
+        it stays, to drain and stay warm. When APP does not run (a release that Docker keeps restarting)
+        while APP.prev is warm, APP is the failed one: it is stopped and kept as APP.failed, and the warm
+        APP.prev stays as it is. A container that Docker is restarting is stopped before it is renamed (the
+        engine cannot rename it), and nothing warm is removed before that."""
         app, current = deploy.app, deploy.current
         older = deploy.observed.named(container_name(app, Role.PREVIOUS))
+        warm = older is not None and older.managed and older.state == "running"
+        if current is not None and current.managed and warm and (deploy.dying or self._dying(current.id)):
+            assert older is not None
+            problems: list[str] = []
+            self._keep_failed(app, current.id, deploy.spec, problems)
+            if problems:
+                raise ContainerError("; ".join(problems))
+            self._log(f"{app}: {current.version or current.name} did not run: kept stopped as "
+                      f"{container_name(app, Role.FAILED)}; the warm {older.name} stays")  # fmt: skip
+            deploy.dying = deploy.set_aside = True  # the warm one is what drains (and stays warm)
+            return
+        found = self._inspect(current.id) if current is not None else None
+        if current is not None and found is not None and found.restarting:
+            self.engine.stop(current.id, current.name, current.stop_timeout)
         if deploy.reused:
             self.engine.rename(deploy.new_id, container_name(app, Role.NEXT))
         elif older is not None and older.managed and older is not deploy.serving:
@@ -824,6 +940,11 @@ class Applier:
             raise
         except ReconcileError as exc:
             self._log(f"{deploy.app}: the old release {old.version or old.name} was not stopped after drain: {exc}")
+
+    def _dying(self, container_id: str) -> bool:
+        """The container does not run now, Docker is restarting it, or it restarted since it was started."""
+        found = self._inspect(container_id)
+        return found is None or not found.running or found.restarting or found.restart_count > 0
 
     @staticmethod
     def _keep_as(app: str, current: ObservedContainer) -> str:
@@ -1068,6 +1189,11 @@ class Applier:
         name. A warm release served and stayed up: one good answer is its fresh gate."""
         found = self._inspect(previous.id)
         warm = found is not None and found.running
+        if warm and self.proxy is not None and previous.id in self.proxy.cooling:
+            # Cooled by this pass (its window passed) and stopping: stopped first, then started and gated.
+            self._attempt("stop the cooling one", lambda: self.engine.stop(previous.id, previous.name,
+                                                                          previous.stop_timeout), problems)  # fmt: skip
+            warm = False
         if not warm:
             self._attempt("start the previous one", lambda: self.engine.start(previous.id, previous.name), problems)
         gate = self.gate(previous.id, spec.gate.one_answer() if warm else spec.gate)

@@ -11,7 +11,8 @@ Guarantees:
   differs from ``core.proxy.render`` is rewritten and reloaded hitlessly (HAProxy master-worker with
   ``expose-fd listeners``: the new worker takes the listening sockets, old connections finish), and a
   route whose runtime address is not the one ``core.proxy.serving`` names is switched. It also cools
-  warm releases whose window has passed. A file without ``proxy:`` removes our proxy.
+  warm releases whose window has passed, without waiting for them to stop (``cooling``; ``settle``
+  waits): the deploys of the pass do not wait a stop_timeout. A file without ``proxy:`` removes our proxy.
 - A routed service's backend follows its tasks (``pool``: runtime API commands, no reload), at each pass
   and at each look of a rollout's gate; a change in its number of slots (a scale) is a hitless reload.
 - A switch (``switch``) is one runtime API command: no reload, no dropped request. It is made only
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.core import proxy as core
-from reconciler.core.model import DesiredState, ObservedState, ProxySpec
+from reconciler.core.model import DesiredState, ObservedContainer, ObservedState, ProxySpec
 from reconciler.errors import ContainerError, ProxyError, ProxyUnavailable, ReconcileError
 from reconciler.shell.docker import INSTANCE, LABEL, MANAGED, SOURCE, Engine, Inspected, owner_of
 
@@ -69,6 +70,8 @@ class Proxy:
         self.network = core.proxy_network(engine.instance)
         self.dir = state_dir.resolve() / f"proxy-{engine.instance}"
         self._switching = threading.Lock()  # deploys of a pass switch routes at once; one writes the file
+        self.cooling: set[str] = set()  # ids of warm releases being stopped (``_cool``): no rollback target now
+        self._coolers: list[threading.Thread] = []
 
     # -- the runtime API ---------------------------------------------------------------------------
 
@@ -283,7 +286,9 @@ class Proxy:
         for container in core.to_cool(
             desired, observed, self.network, self.switched(), time.time() if now is None else now
         ):
-            self.engine.stop(container.id, container.name, container.stop_timeout)
+            if container.id in self.cooling:
+                continue  # stopping since this pass's first sync
+            self._cool(container)
             done.append(f"{container.app}: stopped the warm {container.name} ({container.version}): its window passed")
         return done
 
@@ -295,6 +300,24 @@ class Proxy:
                 return False
             time.sleep(0.1)
         return True
+
+    def _cool(self, container: ObservedContainer) -> None:
+        """Stop a warm release in a thread of its own: out of rotation since its window began, it has nothing
+        to finish, and the pass goes on meanwhile. A stop the engine refuses (it is gone) is no trouble."""
+
+        def stop() -> None:
+            with contextlib.suppress(ReconcileError):
+                self.engine.stop(container.id, container.name, container.stop_timeout)
+
+        self.cooling.add(container.id)
+        thread = threading.Thread(target=stop, name=f"cool {container.name}", daemon=True)
+        self._coolers.append(thread)
+        thread.start()
+
+    def settle(self) -> None:
+        """Wait until the warm releases this proxy cooled have stopped (a one-shot run, before it exits)."""
+        for thread in self._coolers:
+            thread.join()
 
     def drift(self, desired: DesiredState, observed: ObservedState) -> list[str]:
         """What ``sync`` would change, read without changing anything (for a dry run)."""

@@ -6,7 +6,8 @@ Guarantees:
   `/health` ("ok", absent when healthy=False so it answers 404), and `/cgi-bin/env` (the
   container's environment, sorted, one VAR=value a line; httpd's CGI variables included). An
   empty `/data` folder is there for volume tests. CMD is httpd in the foreground; with
-  exit_at_start=True it is a shell that exits 1 at once.
+  exit_at_start=True it is a shell that exits 1 at once; with dies_after=N it serves (httpd in the
+  background) for N seconds, then exits 3 (a release that dies after it went live).
 - The image has `PATH=/bin` and the label `RUN_LABEL=<run prefix>`, so cleanup finds it.
 - Repos are prefixed with the run prefix ("app" -> "<prefix>/app") unless they start with a
   registry host ("127.0.0.1:5000/app") or already with the prefix.
@@ -85,6 +86,7 @@ class ImageSpec:
     port: int
     env: tuple[tuple[str, str], ...]
     docker_healthcheck: bool
+    dies_after: float | None = None
 
 
 class ImageBuildError(RuntimeError):
@@ -136,6 +138,7 @@ class ImageFactory:
         port: int = 8000,
         env: dict[str, str] | None = None,
         docker_healthcheck: bool = False,
+        dies_after: float | None = None,
     ) -> str:
         """Build (or reuse) the image and return its "repo:tag". `body` defaults to `tag`."""
         spec = ImageSpec(
@@ -147,6 +150,7 @@ class ImageFactory:
             port=port,
             env=tuple(sorted((env or {}).items())),
             docker_healthcheck=docker_healthcheck,
+            dies_after=dies_after,
         )
         ref = f"{spec.repo}:{spec.tag}"
         cached = self._built.get(ref)
@@ -201,6 +205,8 @@ class ImageFactory:
     def _changes(self, spec: ImageSpec) -> list[str]:
         if spec.exit_at_start:
             cmd = ["/bin/sh", "-c", "echo 'exit_at_start: exiting 1' >&2; exit 1"]
+        elif spec.dies_after is not None:
+            cmd = ["/bin/sh", "-c", f"httpd -p {spec.port} -h /www; sleep {spec.dies_after:g}; exit 3"]
         else:
             cmd = ["/bin/httpd", "-f", "-p", str(spec.port), "-h", "/www"]
         changes = [

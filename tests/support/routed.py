@@ -99,10 +99,13 @@ class Routed:
         tags: tuple[str, ...] = ("v1", "v2"),
         broken: tuple[str, ...] = (),
         exits: tuple[str, ...] = (),
+        dies: tuple[str, ...] = (),
+        dies_after: float = 3.0,
         version: str = "v1",
         **route: Any,
     ) -> RoutedApp:
-        """A routed app; `broken` tags answer `/` but 404 on `/health`, `exits` tags exit 1 at start."""
+        """A routed app; `broken` tags answer `/` but 404 on `/health`, `exits` tags exit 1 at start, `dies`
+        tags serve `dies_after` seconds, then exit 3 (Docker restarts them, and they die again)."""
         name = self.world.names(word)
         images = self.world.images
         for tag in tags:
@@ -111,6 +114,8 @@ class Routed:
             images.build(name, tag, body=f"{name} {tag}", healthy=False)
         for tag in exits:
             images.build(name, tag, exit_at_start=True)
+        for tag in dies:
+            images.build(name, tag, body=f"{name} {tag}", dies_after=dies_after)
         app = RoutedApp(name, images.repo(name), 8000, version, **route)
         self.world.apps[name] = app
         return app
