@@ -317,13 +317,17 @@ def apply_pass(applier: Applier, desired: DesiredState, settings: Settings, *, a
     waiting = routed(desired) if proxy_error else {}
     # A deploy that an earlier run never finished (killed mid-gate) gets its verdict first.
     verified = applier.verify_unfinished(observed, desired.apps, waiting=waiting)
+    # One listing per pass, and one more after each verdict that changed what runs.
+    if verified:
+        observed = engine.observe()
     # A release that died inside its stable window is taken back as a failed one, and not deployed again by
     # this pass (the next run tries it again; the agent holds it). A routed one waits with its proxy.
     live = {app: spec for app, spec in desired.apps.items() if app not in waiting}
-    died = applier.verify_live(engine.observe() if verified else observed, live)
+    died = applier.verify_live(observed, live)
+    if died:
+        observed = engine.observe()
     verified += died
-    # One listing per pass, unless the verdict changed what runs.
-    the_plan, observed = plan_against(engine, desired, settings, observed=engine.observe() if verified else observed)
+    the_plan, observed = plan_against(engine, desired, settings, observed=observed)
     judged = {outcome.app for outcome in died}
     the_plan = dataclasses.replace(the_plan, actions=tuple(a for a in the_plan.actions if a.app not in judged))
     to_apply, held = unrouted(the_plan, desired) if proxy_error else (the_plan, [])
