@@ -18,10 +18,11 @@ versions, twice, a second document) and values, keys and URLs of 100 to 300 KB, 
 Run: ``.venv/bin/python bench/fuzz.py [-n 10000] [--seed 7] [--show 5]``. Exit 0 when there is no
 internal error, no unlocated, long or leaking message and no hang.
 
-``--big``: files just under the size cap (1 MiB) holding one value of 1 MB of each kind that was
-quadratic (an env value, a health URL, its password, a duration, an image, a key), 23,000 env values,
-and 100,000 nodes whose values are quoted in messages, each through ``reconcile validate`` in a new process; the target
-is 1 s each (issue 18). ``--scrub``: the scrubber alone on 300 KB texts with 1,000 remembered values.
+``--big``: files just under the default size cap (512 KiB) holding one value of 512 KB of each kind that
+was quadratic (an env value, a health URL, its password, a duration, an image, a key), the densest files
+(env values of 1 to 1,024 characters, plain and quoted, filling the cap: the parser's worst cases, some
+refused at ``MAX_NODES``), and flow-style apps whose values are quoted in messages, each through
+``reconcile validate`` in a new process; the target is 1 s each (issue 18). ``--scrub``: the scrubber alone on 300 KB texts with 1,000 remembered values.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from reconciler.errors import InvalidDesiredState  # noqa: E402
 from reconciler.shell import scrub  # noqa: E402
 from reconciler.shell.converge import parse_desired  # noqa: E402
+from reconciler.shell.yamlfile import DEFAULT_MAX_FILE_BYTES  # noqa: E402
 
 SECRET = "Zq7-secret-Vx9"  # planted as an env value in every seed; must never be printed
 LOCATED = re.compile(r"^[^:\n]+:\d+:\d+: ")
@@ -311,7 +313,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise _Interrupted
 
 
-CAP = 1 << 20  # the default size cap (RECONCILE_MAX_FILE_BYTES)
+CAP = DEFAULT_MAX_FILE_BYTES  # RECONCILE_MAX_FILE_BYTES unset
 BIG_TARGET_SECONDS = 1.0
 
 
@@ -322,24 +324,20 @@ def _under_cap(head: str, filler: Callable[[int], str], tail: str = "") -> str:
 
 
 def big_files() -> dict[str, str]:
-    """Files just under the size cap (1 MiB), each with what made validation quadratic (issue 18)."""
+    """Files just under the size cap, each with what made validation quadratic (issue 18) or what is the
+    most work for the parser: the pure-Python reader costs ~30 us a node and ~0.5 us a character."""
     app = "apps:\n  web:\n    image: example/web\n    version: v1\n"
-    return {
-        "env value of 1 MB": _under_cap(app + "    env:\n      BIG: ", lambda n: "v" * n, "\n"),
-        "health URL of 1 MB": _under_cap(app + "    health:\n      http: http://127.0.0.1:8000/", lambda n: "a" * n),
-        "URL password of 1 MB": _under_cap(
+    files = {
+        "env value under the cap": _under_cap(app + "    env:\n      BIG: ", lambda n: "v" * n, "\n"),
+        "health URL under the cap": _under_cap(app + "    health:\n      http: http://127.0.0.1:8000/", lambda n: "a" * n),
+        "URL password under the cap": _under_cap(
             app + "    health:\n      http: http://u:", lambda n: "p" * n, "@127.0.0.1:8000/\n"
         ),
-        "duration of 1 MB": _under_cap(app + "    stop_timeout: ", lambda n: "9" * n, "\n"),
-        "image of 1 MB": _under_cap("apps:\n  web:\n    version: v1\n    image: ", lambda n: "a" * n, "\n"),
-        "key of 1 MB": _under_cap(app + "    ? ", lambda n: "k" * n, "\n    : 1\n"),
-        "23,000 env values": _under_cap(
-            app + "    env:\n",
-            lambda n: "".join(f"      K{i:05d}: secret-value-{i:06d}-{'x' * 8}\n" for i in range(n // 44)),
-        ),
-        # Not quadratic, but the most work a file under the cap can ask: the pure-Python YAML parser reads
-        # ~35,000 nodes a second, and this file is refused at its 100,001st node (MAX_NODES).
-        "100,000 nodes, quoted values": _under_cap(
+        "duration under the cap": _under_cap(app + "    stop_timeout: ", lambda n: "9" * n, "\n"),
+        "image under the cap": _under_cap("apps:\n  web:\n    version: v1\n    image: ", lambda n: "a" * n, "\n"),
+        "key under the cap": _under_cap(app + "    ? ", lambda n: "k" * n, "\n    : 1\n"),
+        # Every value is quoted in a message, and the file is refused at its MAX_NODES + 1st node.
+        "flow apps, quoted values": _under_cap(
             "apps:\n",
             lambda n: "".join(
                 f"  a{i}: {{image: example/web, version: v1, env: {{PW: pw-{i:05d}-long}},"
@@ -348,6 +346,15 @@ def big_files() -> dict[str, str]:
             ),
         ),
     }
+    for size in (1, 8, 16, 32, 48, 64, 128, 1024):
+        for quote in ("", '"'):
+
+            def values(room: int, size: int = size, quote: str = quote) -> str:
+                line = "      K{:05d}: " + quote + "v" * size + quote + "\n"
+                return "".join(line.format(i) for i in range(room // len(line.format(0))))
+
+            files[f"env values of {size}{' quoted' if quote else ''}"] = _under_cap(app + "    env:\n", values)
+    return files
 
 
 def run_big() -> int:

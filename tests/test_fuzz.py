@@ -133,7 +133,7 @@ def test_five_megabytes_of_comments_are_refused_by_the_size_cap_before_parsing()
     result = in_thread(text.encode(), FILE)
 
     assert isinstance(result, InvalidDesiredState)
-    assert result.errors == [f"{FILE}:1:1: the file is {len(text)} bytes; the limit is 1048576 ({MAX_FILE_BYTES_ENV})"]
+    assert result.errors == [f"{FILE}:1:1: the file is {len(text)} bytes; the limit is 524288 ({MAX_FILE_BYTES_ENV})"]
 
 
 def test_the_size_cap_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:

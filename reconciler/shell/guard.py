@@ -20,6 +20,7 @@ Guarantees:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reconciler.core.desired import Positions, dotted
 from reconciler.core.guard import (
@@ -36,8 +37,10 @@ from reconciler.core.guard import (
 )
 from reconciler.core.model import DesiredState
 from reconciler.errors import InvalidDesiredState, UserError
-from reconciler.shell.docker import Engine
 from reconciler.shell.yamlfile import parse_yaml
+
+if TYPE_CHECKING:  # the engine is only passed in: validating a file never imports docker
+    from reconciler.shell.docker import Engine
 
 __all__ = ["InvalidPolicy", "PolicyViolation", "ServerPolicy", "check", "enforce", "load_policy", "on_host"]
 

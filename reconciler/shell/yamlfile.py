@@ -14,7 +14,7 @@ Guarantees:
   shown cut to ``QUOTED_CUT`` characters.
 - No Python object is ever built from a tag: the reader walks the parser's events itself. Only
   ``!!str``, ``!``, ``!!map`` and ``!!seq`` are accepted; any other tag is refused where it is written.
-- Bounded work: the file is at most ``RECONCILE_MAX_FILE_BYTES`` (default 1 MiB) and is refused before
+- Bounded work: the file is at most ``RECONCILE_MAX_FILE_BYTES`` (default 512 KiB) and is refused before
   it is parsed; at most ``MAX_DEPTH`` levels of nesting and ``MAX_NODES`` nodes, counting the nodes
   that aliases expand to (a "billion laughs" file is refused at the alias, in milliseconds). Nothing
   recurses deeper than ``MAX_DEPTH``.
@@ -54,9 +54,12 @@ from reconciler.core.model import QUOTED_CUT, QUOTED_MAX
 from reconciler.errors import InvalidDesiredState, UserError
 
 MAX_FILE_BYTES_ENV: Final = "RECONCILE_MAX_FILE_BYTES"
-DEFAULT_MAX_FILE_BYTES: Final = 1 << 20
+DEFAULT_MAX_FILE_BYTES: Final = 512 << 10
 MAX_DEPTH: Final = 64  # the format needs 5 (apps.web.health.exec[0]); the reader recurses this deep at most
-MAX_NODES: Final = 100_000  # a file of 1,000 apps is ~20,000 nodes; the pure-Python parser reads ~30,000 a second
+# With the size cap, the bound on the time to validate: the pure-Python parser reads ~30,000 nodes or
+# ~1 MB of plain text a second, so any file under both validates in under 1 s whole process
+# (bench/fuzz.py --big). A file of 500 apps is ~10,000 nodes and ~250 KB.
+MAX_NODES: Final = 15_000
 _MAX_DIGITS: Final = 64  # longer integers stay text: no port, count or id has more digits
 
 _YAML_TAG: Final = "tag:yaml.org,2002:"
@@ -141,7 +144,7 @@ def _line_col(text: str, index: int) -> Where:
 
 
 def max_file_bytes() -> int:
-    """The size limit: ``RECONCILE_MAX_FILE_BYTES`` when set, else 1 MiB."""
+    """The size limit: ``RECONCILE_MAX_FILE_BYTES`` when set, else 512 KiB."""
     raw = os.environ.get(MAX_FILE_BYTES_ENV, "").strip()
     if not raw:
         return DEFAULT_MAX_FILE_BYTES
@@ -527,7 +530,7 @@ def _expand(text: str, filename: str, *, record_uses: bool = False) -> tuple[_No
 def parse_yaml(text: str | bytes, *, filename: str, max_bytes: int | None = None) -> tuple[Any, Positions]:
     """Parse ``text``; raise ``InvalidDesiredState`` with the place of every problem of the YAML itself.
 
-    ``max_bytes`` overrides ``RECONCILE_MAX_FILE_BYTES`` (default 1 MiB).
+    ``max_bytes`` overrides ``RECONCILE_MAX_FILE_BYTES`` (default 512 KiB).
     """
     _, data, expander = _expand(_decoded(text, filename, max_bytes), filename)
     return data, expander.positions
