@@ -22,7 +22,8 @@ internal error, no unlocated, long or leaking message and no hang.
 was quadratic (an env value, a health URL, its password, a duration, an image, a key), the densest files
 (env values of 1 to 1,024 characters, plain and quoted, filling the cap: the parser's worst cases, some
 refused at ``MAX_NODES``), and flow-style apps whose values are quoted in messages, each through
-``reconcile validate`` in a new process; the target is 1 s each (issue 18). ``--scrub``: the scrubber alone on 300 KB texts with 1,000 remembered values.
+``reconcile validate`` in a new process; the target is 1 s each (issue 18).
+``--scrub``: the scrubber alone on 300 KB texts with 1,000 remembered values.
 """
 
 from __future__ import annotations
@@ -329,7 +330,9 @@ def big_files() -> dict[str, str]:
     app = "apps:\n  web:\n    image: example/web\n    version: v1\n"
     files = {
         "env value under the cap": _under_cap(app + "    env:\n      BIG: ", lambda n: "v" * n, "\n"),
-        "health URL under the cap": _under_cap(app + "    health:\n      http: http://127.0.0.1:8000/", lambda n: "a" * n),
+        "health URL under the cap": _under_cap(
+            app + "    health:\n      http: http://127.0.0.1:8000/", lambda n: "a" * n
+        ),
         "URL password under the cap": _under_cap(
             app + "    health:\n      http: http://u:", lambda n: "p" * n, "@127.0.0.1:8000/\n"
         ),

@@ -48,7 +48,9 @@ from reconciler.core.model import (
 from reconciler.core.plan import PRUNED, Action, ActionKind, Plan
 from reconciler.core.proxy import (
     CERTS_DIR,
+    CHECKS,
     Server,
+    backups,
     container_hash,
     render,
     route_lines,
@@ -641,10 +643,24 @@ def test_one_backend_per_routed_app_with_the_serving_address_or_a_disabled_place
         "backend be_tenants",
     ]
     retry = "http-request disable-l7-retry unless METH_GET"
-    assert section(config, "backend be_shop") == ["server live 172.18.0.2:8000", retry]
-    assert section(config, "backend be_api") == ["server live 127.0.0.1:1 disabled", retry]
-    assert section(config, "backend be_site") == ["server live 127.0.0.1:1 disabled", retry]  # not in live at all
-    assert section(config, "backend be_tenants") == ["server live 127.0.0.1:1 disabled", retry]
+    checked = CHECKS.strip()
+    nowhere = "server warm 127.0.0.1:1 backup disabled"
+    assert section(config, "backend be_shop") == [f"server live 172.18.0.2:8000 {checked}", nowhere, retry]
+    assert section(config, "backend be_api") == [f"server live 127.0.0.1:1 disabled {checked}", nowhere, retry]
+    # not in live at all
+    assert section(config, "backend be_site") == [f"server live 127.0.0.1:1 disabled {checked}", nowhere, retry]
+    assert section(config, "backend be_tenants") == [f"server live 127.0.0.1:1 disabled {checked}", nowhere, retry]
+
+
+def test_the_live_server_is_checked_on_the_health_path_and_marked_down_at_its_first_refusal() -> None:
+    routes = {"shop": route(health={"http": "/healthz"}), "api": route(path_prefix="/api")}
+    config = render(proxy(), routes, {}, backup={"shop": Server("shop.prev", "172.18.0.7", 8000)})
+    shop = section(config, "backend be_shop")
+    assert shop[:2] == ["option httpchk GET /healthz", "http-check expect status 200-399"]
+    assert shop[2].endswith("check inter 1s fall 2 rise 1 observe layer4 error-limit 1 on-error mark-down")
+    assert shop[3] == "server warm 172.18.0.7:8000 backup"  # never checked: used once live is down
+    # With no health path, a connection is the check.
+    assert not any(line.startswith(("option httpchk", "http-check")) for line in section(config, "backend be_api"))
 
 
 def test_host_and_path_acls_all_come_before_the_rules() -> None:
@@ -771,10 +787,10 @@ def test_named_then_wildcard_then_every_host_and_a_longer_prefix_first_within_ea
 def test_a_request_that_did_not_reach_a_release_is_sent_again_soon_and_only_gets_after_it_did() -> None:
     config = render(proxy(), ROUTES, {"shop": Server("shop", "172.18.0.2", 8000)})
     defaults = section(config, "defaults")
-    # A dead container's address answers nothing: 500 ms, not 5 s, before the request is sent again (up to
-    # 3 times, to where the route points by then).
-    assert "timeout connect 500ms" in defaults
-    assert {"retries 3", "option redispatch 1", "retry-on conn-failure empty-response"} <= set(defaults)
+    # A dead container's address answers nothing: 100 ms, not 5 s, before the request is sent again (for
+    # about 3 s, to where the route points by then: the backup once the live server is down).
+    assert "timeout connect 100ms" in defaults
+    assert {"retries 30", "option redispatch 1", "retry-on conn-failure empty-response"} <= set(defaults)
     for app in ROUTES:
         assert "http-request disable-l7-retry unless METH_GET" in section(config, f"backend be_{app}")
 
@@ -1049,6 +1065,37 @@ def test_servers_has_every_routed_app_and_only_those() -> None:
 # -- 5. warm and to_cool: the previous release kept running -------------------------------------------------
 
 
+def test_the_backup_is_the_warm_release_while_its_window_lasts_then_the_live_address_again() -> None:
+    wanted = desired(shop=route(keep_warm="10m"), cart=route(path_prefix="/cart"))
+    observed = engine(
+        container("shop", created=T0, ip="172.18.0.2"), container("shop.prev", created=T0 - 60, ip="172.18.0.3")
+    )
+    assert backups(wanted, observed, NETWORK, {}, T0 + 599) == {
+        "shop": Server("shop.prev", "172.18.0.3", 8000),
+        "cart": None,  # nothing serves it: nor does its backup
+    }
+    # The window passed (it is being cooled): the live release's own address, waited for if it restarts.
+    assert backups(wanted, observed, NETWORK, {}, T0 + 600)["shop"] == Server("shop", "172.18.0.2", 8000)
+    alone = engine(container("shop", ip="172.18.0.2"))
+    assert backups(wanted, alone, NETWORK, {}, T0)["shop"] == Server("shop", "172.18.0.2", 8000)
+    # A warm release that serves (its successor is not running) is the live one, and its own backup.
+    fallback = engine(container("shop", state="exited"), container("shop.prev", ip="172.18.0.3"))
+    assert backups(wanted, fallback, NETWORK, {}, T0)["shop"] == Server("shop.prev", "172.18.0.3", 8000)
+    # Services have no backup server: HAProxy balances over their tasks.
+    service = app(route={"port": 8000}, replicas=2)
+    assert backups(desired(api=service), engine(), NETWORK, {}, T0) == {}
+
+
+def test_with_server_rewrites_the_live_or_the_backup_line_of_one_backend() -> None:
+    config = render(proxy(), ROUTES, {"shop": Server("shop", "172.18.0.2", 8000)})
+    moved = with_server(config, "shop", Server("shop.prev", "172.18.0.3", 8000), "warm")
+    assert section(moved, "backend be_shop")[1] == "server warm 172.18.0.3:8000 backup"
+    assert section(moved, "backend be_shop")[0] == section(config, "backend be_shop")[0]
+    assert section(moved, "backend be_api") == section(config, "backend be_api")
+    assert with_server(moved, "shop", None, "warm") == config
+    assert with_server(config, "nowhere", None) == config
+
+
 def test_the_previous_release_is_warm_until_keep_warm_after_its_successor_was_created() -> None:
     spec = route(keep_warm="10m")
     observed = engine(container("shop", created=T0 + 100), container("shop.prev", created=T0))
@@ -1167,12 +1214,12 @@ def test_route_lines_name_the_warm_release_and_the_end_of_its_window() -> None:
     )
     assert route_lines(wanted, observed, NETWORK, {}) == [
         "route shop.example.com / -> shop v2 (172.18.0.5:8000)",
-        "warm  shop.prev v1 until 2023-11-14 22:23:20Z (a rollback to it is a switch)",
+        "warm  shop.prev v1 until 2023-11-14 22:23:20Z (serves if shop dies; a rollback to it is a switch)",
     ]
     # The window runs from the later switch, across midnight UTC: the date says which day.
     switched = {"shop": T0 + 2 * 3600}
     assert route_lines(wanted, observed, NETWORK, switched)[1] == (
-        "warm  shop.prev v1 until 2023-11-15 00:23:20Z (a rollback to it is a switch)"
+        "warm  shop.prev v1 until 2023-11-15 00:23:20Z (serves if shop dies; a rollback to it is a switch)"
     )
     # When APP has stopped, the previous release serves and is not warm.
     fallen = engine(

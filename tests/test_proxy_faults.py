@@ -80,13 +80,15 @@ def test_a_lost_proxy_folder_is_made_again_and_apps_without_a_route_never_wait_o
         wait_body(plain.port, "v2", 10, agent)
         body = wait_healthz(listen, 503)
         assert body["status"] == "failing" and "passes failed" in str(body["detail"]), body
+        # A pass between the stop and the bind may say first that the runtime API does not answer: each
+        # fault once.
         failed = agent.events("proxy.failed", since=mark)
-        assert len(failed) == 1, agent.log()
-        assert f"127.0.0.1:{routed.port} is taken by process" in failed[0].message, failed[0].message
-        assert "routed apps wait" in failed[0].message
+        assert len({line.message for line in failed}) == len(failed), agent.log()
+        assert f"127.0.0.1:{routed.port} is taken by process" in failed[-1].message, failed[-1].message
+        assert "routed apps wait" in failed[-1].message
         assert not agent.events("deploy.succeeded", web.name, since=mark), agent.log()
-        found = routed.container_of(routed.container)
-        assert found is not None and not found["State"]["Running"]
+        found = routed.container_of(routed.container)  # gone when a pass started it before the bind: it exited
+        assert found is None or not found["State"]["Running"], found["State"]
     # Freed: the proxy is back, the routed app deploys, /healthz is 200 again.
     agent.wait_for("deploy.succeeded", "v3", since=mark, timeout=60)
     routed.wait_serving(f"{web.name} v3", timeout=10)

@@ -5,7 +5,8 @@ a bare git remote): a deploy drops no request, a release that fails its gate or 
 answers one, a commit back to the warm release is a switch with no container start, a SIGKILL at any
 new step leaves the route on a release that passed its gate, the proxy comes back when it is removed
 or stopped by hand, a route added or removed reloads HAProxy without a failed request, TLS works with
-a self-signed certificate, and a listen address held by someone else is refused with the holder's name.
+a self-signed certificate, a listen address held by someone else is refused with the holder's name, and
+a live release killed while a warm one runs hands its traffic to the warm one at once, with no pass.
 """
 
 from __future__ import annotations
@@ -325,6 +326,30 @@ def test_a_release_that_dies_after_it_went_live_is_rolled_back_by_a_switch_and_h
     assert state_of(routed, f"{web.name}.failed") == "exited"
     agent.wait_for("deploy.held", timeout=30)
     routed.wait_serving(f"{web.name} v1", timeout=5)
+
+
+def test_a_live_release_killed_hands_its_traffic_to_the_warm_one_with_no_failed_request(routed: Routed) -> None:
+    web = routed.app("web", keep_warm="10m")
+    first_v1(routed, web)
+    assert deployed(routed, web, "v2").returncode == 0
+    config = (routed.world.state / f"proxy-{routed.instance}" / "haproxy.cfg").read_text()
+    prev = routed.container_of(f"{web.name}.prev")
+    assert prev is not None
+    address = prev["NetworkSettings"]["Networks"][routed.network]["IPAddress"]
+    assert f"  server warm {address}:8000 backup\n" in config, config
+    with load_on(routed) as hits:
+        time.sleep(0.5)
+        routed.world.client.api.kill(web.name)  # no reconcile runs: HAProxy alone moves the traffic
+        killed = time.monotonic()
+        time.sleep(1.5)
+    # A response that SIGKILL cut in the middle cannot be sent again (its head went out): the only failure
+    # allowed, for a request that was in flight at the kill. Nothing else fails, the GET that met the
+    # dead release included (it went to the warm one).
+    cut = [hit for hit in failed(hits) if hit.error == "IncompleteRead" and hit.started < killed]
+    assert len(cut) <= 2 and not [hit for hit in failed(hits) if hit not in cut], summary(hits)
+    after = [hit for hit in hits if hit.started > killed + 1.0]
+    assert after and set(bodies(after)) <= {f"{web.name} v1", f"{web.name} v2"}, summary(after)
+    assert f"{web.name} v1" in bodies(after), summary(after)  # the warm release answered
 
 
 def test_a_new_proxy_version_is_drift_and_recreates_the_proxy(routed: Routed) -> None:

@@ -6,6 +6,11 @@ Guarantees:
 - Each routed app has one backend ``be_APP`` with one server ``live``; a switch is the runtime API's
   ``set server be_APP/live addr IP port P`` (no reload, no dropped request). The config always names
   the address that serves now, so that a reload or a restart of the proxy keeps the route where it is.
+- Instant failover: ``live`` is checked every second (the app's ``http:`` path, else a connection) and
+  marked down at its first refused connection; its backup server ``warm`` is the warm previous release
+  (``backups``), which then takes the traffic by itself, the GET that met the dead release included.
+  With no warm release, ``warm`` is the live release's own address again: a release that restarts in
+  place is waited for (retried), as with no check, never answered 503 because it was marked down.
 - ``serving`` is the one rule for where a route points: the app's own container (``APP``) when it runs,
   else its warm previous release (``APP.prev``) when that runs, else nothing (HAProxy answers 503). A
   deploy switches only to a release that passed its gate and renames only containers that do not serve,
@@ -14,7 +19,7 @@ Guarantees:
   first: ``*.shop.example.com`` before ``*.example.com``), then every host; a longer path prefix before
   a shorter one; ties by app name.
 - A request that could not reach its release (refused, unanswered within ``timeout connect``) is sent
-  again, up to 3 times, to where the route points by then; a GET that got no answer at all is too.
+  again, for about 3 s, to where the route points by then; a GET that got no answer at all is too.
 - While the proxy cannot be brought in line, a pass deploys the apps without a route (``unrouted``).
 - A routed service (``replicas:``) has a backend of ``slots`` servers (``task1`` ...), balanced round robin
   over the tasks that run (``pool``): HAProxy checks each one (the app's ``http:`` path, else a
@@ -52,6 +57,10 @@ ADMIN_SOCKET = "admin.sock"
 MASTER_SOCKET = "master.sock"
 CERTS_DIR = CONFIG_DIR + "/certs"
 SERVER = "live"
+BACKUP = "warm"  # the backup server of a container app's backend (see ``backups``)
+# Checked every second, down after 2 failed checks or at the first connection the release refused, up at
+# the first good check: a dead live release hands its traffic to the backup in well under a second.
+CHECKS = " check inter 1s fall 2 rise 1 observe layer4 error-limit 1 on-error mark-down"
 SLOT = "task"  # a routed service's servers: task1, task2, ...
 NO_SERVER = ("127.0.0.1", 1)  # a disabled server's placeholder address: nothing serves the route
 # Only what may be sent twice is retried after it reached a release: a POST that got no answer is not.
@@ -100,19 +109,40 @@ class Server:
 
 def serving(app: str, spec: AppSpec, observed: ObservedState, network: str) -> Server | None:
     """The release a route points at (see the module docstring): ``APP``, else a warm ``APP.prev``."""
-    assert spec.route is not None
     for role in (Role.CURRENT, Role.PREVIOUS):
         found = observed.named(container_name(app, role))
         if found is not None and found.managed and found.state == "running" and found.networks.get(network):
-            # The port the release was deployed with: a failed deploy to a new port leaves the old one's.
-            port = found.fingerprint.get("route_port")
-            return Server(found.name, found.networks[network], port if isinstance(port, int) else spec.route.port)
+            return _server(found, spec, network)
     return None
+
+
+def _server(found: ObservedContainer, spec: AppSpec, network: str) -> Server:
+    assert spec.route is not None
+    # The port the release was deployed with: a failed deploy to a new port leaves the old one's.
+    port = found.fingerprint.get("route_port")
+    return Server(found.name, found.networks[network], port if isinstance(port, int) else spec.route.port)
 
 
 def servers(desired: DesiredState, observed: ObservedState, network: str) -> dict[str, Server | None]:
     """Where each routed container app's route points (services have ``pools``)."""
     return {app: serving(app, spec, observed, network) for app, spec in routed(desired).items() if not spec.service}
+
+
+def backups(
+    desired: DesiredState, observed: ObservedState, network: str, switched: Mapping[str, float], now: float
+) -> dict[str, Server | None]:
+    """The backup server of each routed container app: its warm previous release while its window lasts,
+    else the address that serves (a release that restarts in place is waited for, not refused)."""
+    found: dict[str, Server | None] = {}
+    for app, spec in routed(desired).items():
+        if spec.service:
+            continue
+        kept = warm(app, spec, observed, network, switched)
+        if kept is not None and kept[1] > now and kept[0].networks.get(network):
+            found[app] = _server(kept[0], spec, network)
+        else:
+            found[app] = serving(app, spec, observed, network)
+    return found
 
 
 def slots(spec: AppSpec) -> int:
@@ -260,10 +290,11 @@ def render(
     live: Mapping[str, Server | None],
     *,
     pools: Mapping[str, Sequence[Server]] | None = None,
+    backup: Mapping[str, Server | None] | None = None,
     uid: int = 0,
 ) -> str:
-    """The whole haproxy.cfg: one frontend per listen address, one backend per routed app (``live`` for a
-    container app, ``pools`` for a service)."""
+    """The whole haproxy.cfg: one frontend per listen address, one backend per routed app (``live`` and its
+    ``backup`` for a container app, ``pools`` for a service)."""
     drains = [spec.route.drain for spec in routes.values() if spec.route is not None]
     lines = [
         "# Written by reconciler from desired-state.yaml and what runs; it is rewritten at every pass.",
@@ -276,14 +307,16 @@ def render(
         "defaults",
         "  mode http",
         # A release is a container on this host's bridge: the kernel completes its handshake in well under a
-        # millisecond, busy app or not, so 500 ms is room for a starved host. A release that is gone leaves an
-        # address nothing answers (a connect to it fails "no route to host" after ~4 s here), and this is
-        # what a request waits before it is sent again (5 s hung it); one that restarts refuses at once.
-        "  timeout connect 500ms",
-        # Sent again up to 3 times (each after a pause of the connect timeout): about 3.5 s, enough for a
-        # route to switch to a warm release or for a restarted one to listen, and a retry goes to where the
-        # route points then. Only what was never received is retried for every method; see disable-l7-retry.
-        "  retries 3",
+        # millisecond, busy app or not (it answers the SYN, not the app), so 100 ms is room for a starved host.
+        # A release that died leaves an address nothing answers (a connect to it fails "no route to host" after
+        # ~4 s here), and this is what the first request after its death waits before it goes to the backup
+        # (500 ms: one GET a death over a client's 0.5 s); one that restarts refuses at once.
+        "  timeout connect 100ms",
+        # Sent again up to 30 times (each after a pause of the connect timeout): about 3 s, enough for a
+        # restarted release to listen or a route to switch, and a retry goes to where the route points then
+        # (the backup once live is down). Only what was never received is retried for every method; see
+        # disable-l7-retry.
+        "  retries 30",
         "  option redispatch 1",
         "  retry-on conn-failure empty-response",
         "  timeout client 60s",
@@ -310,22 +343,28 @@ def render(
         if spec.service:
             lines += [f"backend {backend(app)}", *_balanced(spec), *slot_lines(spec, (pools or {}).get(app, ())), ""]
         else:
-            lines += [f"backend {backend(app)}", server_line(live.get(app)), ONLY_GETS_AGAIN, ""]
+            lines += [
+                f"backend {backend(app)}",
+                *_check(spec),
+                server_line(live.get(app)),
+                server_line((backup or {}).get(app), BACKUP),
+                ONLY_GETS_AGAIN,
+                "",
+            ]
     return "\n".join(lines)
 
 
 def _balanced(spec: AppSpec) -> list[str]:
     """A service's backend settings: round robin over its tasks, each checked, a GET sent once more to another
     task when the one it went to refused it or closed without an answer (a task that Swarm stops)."""
-    check = ["  option httpchk GET " + spec.health.http, "  http-check expect status 200-399"] if (
-        spec.health is not None and spec.health.on_container and spec.health.http is not None
-    ) else []  # fmt: skip
-    return [
-        "  balance roundrobin",
-        ONLY_GETS_AGAIN,
-        *check,
-        "  default-server check inter 1s fall 2 rise 1 observe layer4 error-limit 1 on-error mark-down",
-    ]
+    return ["  balance roundrobin", ONLY_GETS_AGAIN, *_check(spec), "  default-server" + CHECKS]
+
+
+def _check(spec: AppSpec) -> list[str]:
+    """How HAProxy checks a release: the app's ``http:`` path when it has one, else (none) a connection."""
+    if spec.health is not None and spec.health.on_container and spec.health.http is not None:
+        return ["  option httpchk GET " + spec.health.http, "  http-check expect status 200-399"]
+    return []
 
 
 def slot_lines(spec: AppSpec, members: Sequence[Server]) -> list[str]:
@@ -356,20 +395,26 @@ def with_pool(text: str, app: str, members: Sequence[Server]) -> str:
     return "\n".join(lines[:first] + _slot_lines(end - first, members) + lines[end:])
 
 
-def server_line(server: Server | None) -> str:
-    if server is None:
-        ip, port = NO_SERVER
-        return f"  server {SERVER} {ip}:{port} disabled"
-    return f"  server {SERVER} {server.address}"
+def server_line(server: Server | None, name: str = SERVER) -> str:
+    """A container app's ``live`` server (checked) or its ``warm`` backup (not checked: it is only used
+    once ``live`` is down)."""
+    ip, port = NO_SERVER if server is None else (server.ip, server.port)
+    state = " disabled" if server is None else ""
+    return f"  server {name} {ip}:{port}" + (f"{state}{CHECKS}" if name == SERVER else f" backup{state}")
 
 
-def with_server(text: str, app: str, server: Server | None) -> str:
-    """``text`` (a config ``render`` wrote) with ``app``'s server line pointing at ``server``: what a runtime
-    switch changed, so that a proxy restarted before the next pass routes where the switch did."""
+def with_server(text: str, app: str, server: Server | None, name: str = SERVER) -> str:
+    """``text`` (a config ``render`` wrote) with ``app``'s server ``name`` pointing at ``server``: what a
+    runtime switch changed, so that a proxy restarted before the next pass routes where the switch did."""
     lines = text.split("\n")
-    for index, line in enumerate(lines[:-1]):
-        if line == f"backend {backend(app)}":
-            lines[index + 1] = server_line(server)
+    try:
+        index = lines.index(f"backend {backend(app)}") + 1
+    except ValueError:
+        return text
+    while index < len(lines) and lines[index]:
+        if lines[index].startswith(f"  server {name} "):
+            lines[index] = server_line(server, name)
+        index += 1
     return "\n".join(lines)
 
 
@@ -419,5 +464,8 @@ def route_lines(
         kept = warm(app, spec, observed, network, switched)
         if kept is not None:
             until = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(kept[1]))
-            lines.append(f"warm  {kept[0].name} {kept[0].version} until {until} (a rollback to it is a switch)")
+            lines.append(
+                f"warm  {kept[0].name} {kept[0].version} until {until}"
+                f" (serves if {app} dies; a rollback to it is a switch)"
+            )
     return lines

@@ -16,7 +16,10 @@ Guarantees:
 - A routed service's backend follows its tasks (``pool``: runtime API commands, no reload), at each pass
   and at each look of a rollout's gate; a change in its number of slots (a scale) is a hitless reload.
 - A switch (``switch``) is one runtime API command: no reload, no dropped request. It is made only
-  after the new worker of a reload answers, so it never lands in a worker that is going away.
+  after the new worker of a reload answers, so it never lands in a worker that is going away. The
+  backup server of a route (``core.proxy.backups``: the warm release, else the live one's address) is
+  pointed by runtime commands too, at the switch (the release switched away from) and at each ``sync``,
+  before a warm release whose window passed is cooled.
 - A listen address that something else holds is a ``ProxyError`` naming the holder, raised before
   anything changes (also before a stopped proxy is started again); so is a proxy that exits at start
   (its last log lines say why). A runtime API that does not answer is ``ProxyUnavailable``: an outage,
@@ -112,10 +115,10 @@ class Proxy:
                 return int(line.split(":", 1)[1])
         return 0
 
-    def points(self, app: str) -> Points | None:
-        """Where ``be_APP/live`` points now; None when the proxy has no such backend."""
+    def points(self, app: str, name: str = core.SERVER) -> Points | None:
+        """Where ``be_APP/live`` (or its backup ``warm``) points now; None when the proxy has no such server."""
         for slot in self.slots(app):
-            if slot.name == core.SERVER:
+            if slot.name == name:
                 return Points(slot.ip, slot.port, slot.enabled)
         return None
 
@@ -158,20 +161,38 @@ class Proxy:
         return bool(changes)
 
     def switch(self, app: str, server: core.Server | None) -> None:
-        """Point ``app``'s route at ``server`` (None: nothing serves it; HAProxy answers 503)."""
-        target = core.backend(app) + "/" + core.SERVER
-        if server is None:
-            self._command(f"set server {target} state maint")
-        else:
-            self._command(f"set server {target} addr {server.ip} port {server.port}")
-            self._command(f"set server {target} state ready")
+        """Point ``app``'s route at ``server`` (None: nothing serves it, its backup neither; HAProxy answers
+        503). The release switched away from becomes the backup (it is warm now; ``sync`` then points the
+        backup where ``core.proxy.backups`` says); with none, the backup is ``server`` itself."""
+        before = self.points(app)
+        self._point(app, core.SERVER, server)
         with self._switching:
             switched = self.switched()
             switched[app] = time.time()
             self._write(core.SWITCHED_FILE, json.dumps(switched, sort_keys=True))
+        if server is None:
+            self._point(app, core.BACKUP, None)
+        elif before is not None and before.enabled and not _same(before, server):
+            self._point(app, core.BACKUP, core.Server("", before.ip, before.port))
+        elif (backup := self.points(app, core.BACKUP)) is not None and not backup.enabled:
+            self._point(app, core.BACKUP, server)
+
+    def _point(self, app: str, name: str, server: core.Server | None) -> None:
+        """Point server ``name`` of ``app``'s backend at ``server`` (None: out of use), and say so in the config."""
+        target = f"{core.backend(app)}/{name}"
+        if server is None:
+            self._command(f"set server {target} state maint")
+        else:
+            self._command(f"set server {target} addr {server.ip} port {server.port}")
+            if name == core.SERVER:
+                # It passed its gate (or it serves already): it serves at once, not after HAProxy's first check,
+                # even when the release it replaces had been marked down.
+                self._command(f"set server {target} health up")
+            self._command(f"set server {target} state ready")
+        with self._switching:
             config = _read(self.dir / core.CONFIG_FILE)
             if config is not None:
-                self._write(core.CONFIG_FILE, core.with_server(config, app, server))
+                self._write(core.CONFIG_FILE, core.with_server(config, app, server, name))
 
     def switched(self) -> dict[str, float]:
         """When each route last switched (``core.proxy.warm`` counts a warm window from then)."""
@@ -240,13 +261,15 @@ class Proxy:
         done: list[str] = []
         self.engine.ensure_network(self.network)
         self.dir.mkdir(parents=True, exist_ok=True)
+        now = time.time() if now is None else now
         live = core.servers(desired, observed, self.network)
+        backups = core.backups(desired, observed, self.network, self.switched(), now)
         pools = core.pools(desired, observed)
         routes = _routes(desired, spec)
         # The routes decide a reload (``routes.cfg`` is written once the proxy runs them); the addresses in
         # the config only follow the runtime's switches.
         rerouted = _read(self.dir / core.ROUTES_FILE) != routes
-        config = core.render(spec, core.routed(desired), live, pools=pools, uid=os.getuid())
+        config = core.render(spec, core.routed(desired), live, pools=pools, backup=backups, uid=os.getuid())
         self._write(core.CONFIG_FILE, config)
         image_id = self._image(spec.ref)
         wanted = core.container_hash(spec, image_id)
@@ -282,10 +305,11 @@ class Proxy:
         for app, server in self._misrouted(live):
             self.switch(app, server)
             done.append(f"{app}: route switched to {server.container if server else 'nothing (503)'}")
+        # Before a warm release is cooled: the backup no longer points at it once its window has passed.
+        for app, server in self._misrouted(backups, core.BACKUP):
+            self._point(app, core.BACKUP, server)
         done += self.follow(desired, observed)
-        for container in core.to_cool(
-            desired, observed, self.network, self.switched(), time.time() if now is None else now
-        ):
+        for container in core.to_cool(desired, observed, self.network, self.switched(), now):
             if container.id in self.cooling:
                 continue  # stopping since this pass's first sync
             self._cool(container)
@@ -337,18 +361,27 @@ class Proxy:
         elif not self.answers():
             return [f"recreate the proxy {self.name}: its runtime API does not answer (its folder or admin.sock gone?)"]
         live = core.servers(desired, observed, self.network)
+        backups = core.backups(desired, observed, self.network, self.switched(), time.time())
         pools = core.pools(desired, observed)
+        misrouted = self._misrouted(live, quiet=True) if found.running else []
+        misbacked = self._misrouted(backups, core.BACKUP, quiet=True) if found.running else []
+        # The config as the switches of the next pass leave it: what differs then was edited by hand.
+        config = _read(self.dir / core.CONFIG_FILE)
+        for app, server, name in [(*wrong, core.SERVER) for wrong in misrouted] + [
+            (*wrong, core.BACKUP) for wrong in misbacked
+        ]:
+            config = None if config is None else core.with_server(config, app, server, name)
         if _read(self.dir / core.ROUTES_FILE) != _routes(desired, spec):
             said.append("rewrite and reload the proxy's config (routes changed)")
-        elif _read(self.dir / core.CONFIG_FILE) != core.render(
-            spec, core.routed(desired), live, pools=pools, uid=os.getuid()
-        ):
-            config = self.dir / core.CONFIG_FILE
+        elif config != core.render(spec, core.routed(desired), live, pools=pools, backup=backups, uid=os.getuid()):
             said.append(
-                f"rewrite the proxy's config {config}: it differs from the file and what runs (edited by hand?)"
+                f"rewrite the proxy's config {self.dir / core.CONFIG_FILE}: it differs from the file and what runs"
+                " (edited by hand?)"
             )
-        for app, server in self._misrouted(live, quiet=True) if found.running else []:
+        for app, server in misrouted:
             said.append(f"{app}: switch its route to {server.container if server else 'nothing (503)'}")
+        for app, server in misbacked:
+            said.append(f"{app}: point its backup server at {server.container if server else 'nothing'}")
         for app, members in pools.items() if found.running else []:
             with contextlib.suppress(ProxyError):  # a dry run does not fail on a runtime API that is away
                 if core.assign(self.slots(app), members):
@@ -356,14 +389,14 @@ class Proxy:
         return said
 
     def _misrouted(
-        self, live: Mapping[str, core.Server | None], *, quiet: bool = False
+        self, live: Mapping[str, core.Server | None], name: str = core.SERVER, *, quiet: bool = False
     ) -> list[tuple[str, core.Server | None]]:
-        """The routes whose runtime address is not the one that serves (``quiet``: a route the runtime API
-        does not answer for is left out, as a dry run must not fail on it)."""
+        """The routes whose runtime address (of server ``name``) is not the one in ``live`` (``quiet``: a route
+        the runtime API does not answer for is left out, as a dry run must not fail on it)."""
         wrong = []
         for app, server in live.items():
             try:
-                points = self.points(app)
+                points = self.points(app, name)
             except ProxyError:
                 if not quiet:
                     raise
