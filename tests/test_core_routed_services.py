@@ -111,7 +111,7 @@ def test_render_gives_a_service_a_balanced_backend_of_checked_slots_with_retries
     backend = config.split("backend be_api\n", 1)[1].split("\n\n", 1)[0].splitlines()
     # The retries are every backend's (defaults); only GETs are sent again once a task received them.
     defaults = config.split("defaults\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    assert {"  retries 3", "  option redispatch 1", "  retry-on conn-failure empty-response"} <= set(defaults)
+    assert {"  retries 30", "  option redispatch 1", "  retry-on conn-failure empty-response"} <= set(defaults)
     assert backend == [
         "  balance roundrobin",
         "  http-request disable-l7-retry unless METH_GET",

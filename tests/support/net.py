@@ -7,6 +7,7 @@ environment (``http_proxy`` and friends are ignored), and `free_port` only ever 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import socket
 import subprocess
 import time
@@ -38,7 +39,8 @@ def http_request(
 ) -> HttpResponse:
     """One request. HTTP error statuses are returned, not raised.
 
-    Connection errors (refused, reset, timeout) raise `OSError` (`urllib.error.URLError` is one).
+    Connection errors (refused, reset, timeout, a response cut in the middle by a server that stopped)
+    raise `OSError` (`urllib.error.URLError` is one).
     """
     request = urllib.request.Request(url, headers=headers or {}, method=method)
     try:
@@ -48,6 +50,8 @@ def http_request(
                 headers=dict(response.headers.items()),
                 body=response.read().decode("utf-8", errors="replace"),
             )
+    except http.client.IncompleteRead as exc:
+        raise ConnectionResetError(f"the response was cut: {exc!r}") from exc
     except urllib.error.HTTPError as exc:
         with exc:
             return HttpResponse(
