@@ -9,8 +9,9 @@ Guarantees:
 - Instant failover: ``live`` is checked every second (the app's ``http:`` path, else a connection) and
   marked down at its first refused connection; its backup server ``warm`` is the warm previous release
   (``backups``), which then takes the traffic by itself, the GET that met the dead release included.
-  With no warm release, ``warm`` is the live release's own address again: a release that restarts in
-  place is waited for (retried), as with no check, never answered 503 because it was marked down.
+  With no warm release, ``warm`` is the live release's own address again: a release whose process comes
+  back inside its container is waited for (retried), as with no check, never answered 503 because it was
+  marked down. (A container that Docker restarts gets a new address: ``serving`` follows it at a pass.)
 - ``serving`` is the one rule for where a route points: the app's own container (``APP``) when it runs,
   else its warm previous release (``APP.prev``) when that runs, else nothing (HAProxy answers 503). A
   deploy switches only to a release that passed its gate and renames only containers that do not serve,
@@ -132,7 +133,7 @@ def backups(
     desired: DesiredState, observed: ObservedState, network: str, switched: Mapping[str, float], now: float
 ) -> dict[str, Server | None]:
     """The backup server of each routed container app: its warm previous release while its window lasts,
-    else the address that serves (a release that restarts in place is waited for, not refused)."""
+    else the address that serves (a process that comes back in its container is waited for, not refused)."""
     found: dict[str, Server | None] = {}
     for app, spec in routed(desired).items():
         if spec.service:
