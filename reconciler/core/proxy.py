@@ -311,7 +311,7 @@ def render(
         # millisecond, busy app or not (it answers the SYN, not the app), so 100 ms is room for a starved host.
         # A release that died leaves an address nothing answers (a connect to it fails "no route to host" after
         # ~4 s here), and this is what the first request after its death waits before it goes to the backup
-        # (500 ms: one GET a death over a client's 0.5 s); one that restarts refuses at once.
+        # (at 500 ms, that GET went over a client's 0.5 s timeout); one that restarts refuses at once.
         "  timeout connect 100ms",
         # Sent again up to 30 times (each after a pause of the connect timeout): about 3 s, enough for a
         # restarted release to listen or a route to switch, and a retry goes to where the route points then

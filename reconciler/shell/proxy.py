@@ -164,17 +164,18 @@ class Proxy:
         """Point ``app``'s route at ``server`` (None: nothing serves it, its backup neither; HAProxy answers
         503). The release switched away from becomes the backup (it is warm now; ``sync`` then points the
         backup where ``core.proxy.backups`` says); with none, the backup is ``server`` itself."""
-        before = self.points(app)
+        before = {slot.name: slot for slot in self.slots(app)}  # one read: live and backup as they were
         self._point(app, core.SERVER, server)
         with self._switching:
             switched = self.switched()
             switched[app] = time.time()
             self._write(core.SWITCHED_FILE, json.dumps(switched, sort_keys=True))
+        live, backup = before.get(core.SERVER), before.get(core.BACKUP)
         if server is None:
             self._point(app, core.BACKUP, None)
-        elif before is not None and before.enabled and not _same(before, server):
-            self._point(app, core.BACKUP, core.Server("", before.ip, before.port))
-        elif (backup := self.points(app, core.BACKUP)) is not None and not backup.enabled:
+        elif live is not None and live.enabled and live.address != server.address:
+            self._point(app, core.BACKUP, core.Server("", live.ip, live.port))
+        elif backup is not None and not backup.enabled:
             self._point(app, core.BACKUP, server)
 
     def _point(self, app: str, name: str, server: core.Server | None) -> None:
@@ -367,10 +368,9 @@ class Proxy:
         misbacked = self._misrouted(backups, core.BACKUP, quiet=True) if found.running else []
         # The config as the switches of the next pass leave it: what differs then was edited by hand.
         config = _read(self.dir / core.CONFIG_FILE)
-        for app, server, name in [(*wrong, core.SERVER) for wrong in misrouted] + [
-            (*wrong, core.BACKUP) for wrong in misbacked
-        ]:
-            config = None if config is None else core.with_server(config, app, server, name)
+        for name, wrong in ((core.SERVER, misrouted), (core.BACKUP, misbacked)):
+            for app, server in wrong:
+                config = None if config is None else core.with_server(config, app, server, name)
         if _read(self.dir / core.ROUTES_FILE) != _routes(desired, spec):
             said.append("rewrite and reload the proxy's config (routes changed)")
         elif config != core.render(spec, core.routed(desired), live, pools=pools, backup=backups, uid=os.getuid()):
