@@ -1,6 +1,6 @@
 """desired-state.yaml text -> ``DesiredState``, or every error at once as ``FILE:LINE:COL: path: message``.
 
-Drives the real reader (``reconciler.shell.yamlfile.parse_yaml``, no I/O) and the pure validator
+Drives the real reader (``reconciler.adapters.yamlfile.parse_yaml``, no I/O) and the pure validator
 (``reconciler.core.desired.load_desired``). Positions are 1-based; every YAML document below is written
 out line by line so that the expected line and column can be counted by eye.
 """
@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.core.desired import Positions, load_desired
 from reconciler.core.model import (
     DURATION_PATTERN,
@@ -22,7 +23,6 @@ from reconciler.core.model import (
     parse_duration,
 )
 from reconciler.errors import InvalidDesiredState, UserError
-from reconciler.shell.yamlfile import parse_yaml
 
 FILE = "desired-state.yaml"
 DIGEST = "sha256:" + "0123456789abcdef" * 4

@@ -1,7 +1,7 @@
 """plan(desired, resolutions, observed): what to do to each container and why; images and report formatting.
 
 Observed containers are built the way the engine lists them: a ``GET /containers/json`` row with the
-labels ``Engine.create`` writes, turned into a record by ``reconciler.shell.docker.observed_from_row``
+labels ``Engine.create`` writes, turned into a record by ``reconciler.adapters.docker.observed_from_row``
 (pure; no engine is contacted).
 """
 
@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reconciler.adapters.docker import LABEL, MANAGED, SOURCE, observed_from_row
 from reconciler.core import images, report
 from reconciler.core.images import LocalImage
 from reconciler.core.model import (
@@ -39,7 +40,6 @@ from reconciler.core.plan import (
     simulate,
     spec_hash,
 )
-from reconciler.shell.docker import LABEL, MANAGED, SOURCE, observed_from_row
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 IMG1 = "sha256:" + "1" * 64

@@ -17,10 +17,7 @@ import requests
 from docker.utils import convert_port_bindings
 from docker.utils.ports import build_port_bindings
 
-from reconciler.core.model import DEFAULT_HEALTH, Role, container_name
-from reconciler.errors import ContainerError, ImageError
-from reconciler.shell.deploy import Applier
-from reconciler.shell.docker import (
+from reconciler.adapters.docker import (
     INSTANCE,
     LABEL,
     MANAGED,
@@ -29,6 +26,9 @@ from reconciler.shell.docker import (
     inspected_from,
     port_bindings,
 )
+from reconciler.core.model import DEFAULT_HEALTH, Role, container_name
+from reconciler.errors import ContainerError, ImageError
+from reconciler.shell.deploy import Applier
 from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal
 from reconciler.shell.ops import resume, suspend
 from reconciler.shell.swap import swap_in

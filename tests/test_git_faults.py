@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from reconciler.shell.git import open_source
+from reconciler.adapters.git import open_source
 from tests.support import AppNames, ImageFactory, free_port, run_git
 from tests.support.agent import World, wait_body
 from tests.support.githttp import GitHttp

@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
+from reconciler.adapters.docker import Engine
+from reconciler.adapters.envfile import EnvFiles
 from reconciler.core import guard
 from reconciler.core.desired import dotted
 from reconciler.core.model import HostLimits
 from reconciler.errors import EnvFileError
 from reconciler.shell.converge import parse_desired
-from reconciler.shell.docker import Engine
-from reconciler.shell.envfile import EnvFiles
 from tests.support import AppNames, ImageFactory, free_port
 from tests.support.agent import AgentProcess, agent_args
 from tests.support.sshd import Sshd

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reconciler.adapters.yamlfile import set_versions
 from reconciler.errors import InvalidDesiredState
 from reconciler.shell.converge import parse_desired
-from reconciler.shell.yamlfile import set_versions
 
 FILE = "desired-state.yaml"
 TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"  # the model's tag rule

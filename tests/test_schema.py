@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.core import schema
 from reconciler.core.desired import load_desired
 from reconciler.core.model import DURATION_LIMITS, DURATION_PATTERN, parse_duration
-from reconciler.shell.yamlfile import parse_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = ROOT / schema.SCHEMA_PATH

@@ -27,7 +27,7 @@ import docker.errors
 import pytest
 from docker.types import ConfigReference, ContainerSpec, EndpointSpec, SecretReference, ServiceMode, TaskTemplate
 
-from reconciler.shell.docker import Engine
+from reconciler.adapters.docker import Engine
 from reconciler.shell.proxy import Proxy
 from tests.support import ImageFactory, http_get
 from tests.support.agent import AgentProcess, agent_args

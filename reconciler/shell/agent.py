@@ -62,6 +62,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from reconciler.adapters.docker import Engine, connect
+from reconciler.adapters.git import Source, open_source
 from reconciler.core import policy
 from reconciler.core.events import Event
 from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState
@@ -84,9 +86,7 @@ from reconciler.errors import (
 from reconciler.shell import guard, sdnotify
 from reconciler.shell.converge import Settings, desired_at, plan_against
 from reconciler.shell.deploy import Applier
-from reconciler.shell.docker import Engine, connect
 from reconciler.shell.events import Events
-from reconciler.shell.git import Source, open_source
 from reconciler.shell.journal import REFUSED, SUSPENDED, Journal, JournalResult, PidFile, locked
 from reconciler.shell.listener import Health, Listener
 from reconciler.shell.metrics import Metrics

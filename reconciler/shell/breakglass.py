@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import time
 
+from reconciler.adapters.docker import Engine
 from reconciler.core.model import DEFAULT_HEALTH, AppSpec, DesiredState, ObservedContainer, Role, container_name
 from reconciler.errors import ReconcileError, UserError
 from reconciler.shell.converge import Settings, read_desired
-from reconciler.shell.docker import Engine
 from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal, JournalResult
 from reconciler.shell.swap import swap_in
 
@@ -29,8 +29,8 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
     """Put ``APP.prev`` back under the app's name at once (no git, no pull) and suspend the agent.
 
     Returns what happened, and the version that runs now."""
+    from reconciler.adapters.docker import connect
     from reconciler.shell.deploy import Applier
-    from reconciler.shell.docker import connect
     from reconciler.shell.journal import locked
 
     desired = _committed(settings)  # read once, before the lock: git is the slow part

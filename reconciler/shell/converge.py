@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reconciler.adapters.docker import Engine, connect
+from reconciler.adapters.git import Source, open_source
+from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.core import fleet
 from reconciler.core import images as image_match
 from reconciler.core.desired import load_desired
@@ -36,9 +39,6 @@ from reconciler.core.proxy import route_lines, routed, unrouted
 from reconciler.core.report import Outcome, Result
 from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, ProxyError, UserError
 from reconciler.shell import scrub
-from reconciler.shell.docker import Engine, connect
-from reconciler.shell.git import Source, open_source
-from reconciler.shell.yamlfile import parse_yaml
 
 if TYPE_CHECKING:
     from reconciler.shell.deploy import Applier

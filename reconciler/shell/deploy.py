@@ -81,6 +81,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TypeVar
 
+from reconciler.adapters.docker import Engine, Inspected
 from reconciler.core.health import Gate, Sample, Verdict, probe_timeout
 from reconciler.core.model import (
     ON_CONTAINER,
@@ -96,7 +97,6 @@ from reconciler.core.proxy import Server, proxy_network
 from reconciler.core.report import Outcome, Result
 from reconciler.core.stable import StableSample, died
 from reconciler.errors import ContainerError, EngineUnavailable, ProxyError, ProxyUnavailable, ReconcileError
-from reconciler.shell.docker import Engine, Inspected
 from reconciler.shell.journal import CLEANUP, UNVERIFIED, Entry, Journal, JournalResult
 from reconciler.shell.proxy import Proxy
 from reconciler.shell.services import Released, Services

@@ -21,13 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.adapters.git import Source, is_url, open_source
+from reconciler.adapters.yamlfile import parse_yaml, set_versions
 from reconciler.core.model import STABLE, AppSpec, DesiredState, image_ref
 from reconciler.errors import ReconcileError, SourceError, UserError
 from reconciler.shell.converge import Settings, parse_desired
-from reconciler.shell.git import Source, is_url, open_source
 from reconciler.shell.journal import Journal, JournalResult
 from reconciler.shell.stable import stable_version
-from reconciler.shell.yamlfile import parse_yaml, set_versions
 
 PREVIOUS = "previous"
 
@@ -156,8 +156,8 @@ def check_exists(image: str, version: str, *, seen: list[Seen], settings: Settin
     """Refuse a version the app never ran whose image cannot be found either."""
     if version == STABLE or any(item.version == version for item in seen):
         return
+    from reconciler.adapters.docker import connect
     from reconciler.core import images as image_match
-    from reconciler.shell.docker import connect
 
     try:
         ref = image_ref(AppSpec(image=image, version=version))

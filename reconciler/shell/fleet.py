@@ -29,6 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from reconciler.adapters.docker import Engine, connect
 from reconciler.core import fleet, rollout
 from reconciler.core.model import DesiredState, Role
 from reconciler.core.plan import Plan
@@ -36,7 +37,6 @@ from reconciler.core.report import Outcome, Result
 from reconciler.errors import EngineUnavailable, ReconcileError, UserError
 from reconciler.shell import scrub
 from reconciler.shell.converge import ALL_HOSTS, PassResult, Settings, apply_pass, applying, plan_against, read_desired
-from reconciler.shell.docker import Engine, connect
 
 if TYPE_CHECKING:
     from reconciler.shell.deploy import Applier

@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.core.desired import Positions, dotted
 from reconciler.core.guard import (
     InvalidPolicy,
@@ -37,10 +38,9 @@ from reconciler.core.guard import (
 )
 from reconciler.core.model import DesiredState
 from reconciler.errors import InvalidDesiredState, UserError
-from reconciler.shell.yamlfile import parse_yaml
 
 if TYPE_CHECKING:  # the engine is only passed in: validating a file never imports docker
-    from reconciler.shell.docker import Engine
+    from reconciler.adapters.docker import Engine
 
 __all__ = ["InvalidPolicy", "PolicyViolation", "ServerPolicy", "check", "enforce", "load_policy", "on_host"]
 

@@ -18,12 +18,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.core.desired import load_desired
 from reconciler.core.model import DesiredState
 from reconciler.errors import SourceError, UserError
 from reconciler.shell import guard, scrub
 from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Entry, Journal, read_pid
-from reconciler.shell.yamlfile import parse_yaml
 
 
 def validate_file(path: Path, *, policy: Path | None = None) -> DesiredState:

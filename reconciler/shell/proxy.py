@@ -41,10 +41,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.adapters.docker import INSTANCE, LABEL, MANAGED, SOURCE, Engine, Inspected, owner_of
 from reconciler.core import proxy as core
 from reconciler.core.model import DesiredState, ObservedContainer, ObservedState, ProxySpec
 from reconciler.errors import ContainerError, ProxyError, ProxyUnavailable, ReconcileError
-from reconciler.shell.docker import INSTANCE, LABEL, MANAGED, SOURCE, Engine, Inspected, owner_of
 
 PROXY_LABEL = f"{LABEL}.proxy"  # its container hash: image and listen addresses
 LISTEN_LABEL = f"{LABEL}.proxy.listen"  # the addresses it binds, IP:PORT with commas

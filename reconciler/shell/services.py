@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import docker.types
 
+from reconciler.adapters.docker import Engine, _epoch, fingerprint_of, release_labels, task_from_row
 from reconciler.core import swarm
 from reconciler.core.health import Gate, Sample, Verdict
 from reconciler.core.model import AppSpec, ObservedContainer, parse_port
@@ -36,7 +37,6 @@ from reconciler.core.plan import Action, ActionKind, Target
 from reconciler.core.proxy import Server
 from reconciler.core.report import Outcome, Result
 from reconciler.errors import EngineUnavailable, ReconcileError
-from reconciler.shell.docker import Engine, _epoch, fingerprint_of, release_labels, task_from_row
 from reconciler.shell.journal import Entry, JournalResult
 
 LOOK = 0.2  # seconds between looks at a rollout's tasks

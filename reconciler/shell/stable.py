@@ -12,13 +12,13 @@ Guarantees:
 
 from __future__ import annotations
 
+from reconciler.adapters.docker import Engine
+from reconciler.adapters.git import Source
+from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.core.model import STABLE, ObservedContainer
 from reconciler.errors import ReconcileError, UserError
 from reconciler.shell.converge import Settings
-from reconciler.shell.docker import Engine
-from reconciler.shell.git import Source
 from reconciler.shell.journal import Journal
-from reconciler.shell.yamlfile import parse_yaml
 
 
 def stable_tag(app: str) -> str:
@@ -110,8 +110,8 @@ def _repository(ref: str) -> str:
 
 def promote_running(settings: Settings, app: str, *, publish: bool) -> tuple[str, list[str]]:
     """``reconcile promote``: what runs now under the app's name becomes its stable release."""
-    from reconciler.shell.docker import connect
-    from reconciler.shell.git import open_source
+    from reconciler.adapters.docker import connect
+    from reconciler.adapters.git import open_source
 
     engine = connect(settings.docker_host, instance=settings.instance)
     observed = engine.observe()

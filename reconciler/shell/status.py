@@ -11,6 +11,7 @@ their ``as_dict``.
 
 from __future__ import annotations
 
+from reconciler.adapters.docker import Engine, connect
 from reconciler.core.failures import held_back
 from reconciler.core.health import Health
 from reconciler.core.model import DesiredState, ObservedState
@@ -19,7 +20,6 @@ from reconciler.core.status import AppStatus, DeployRecord, Status
 from reconciler.errors import CommitRefused, ProxyError, ReconcileError
 from reconciler.shell.converge import Settings, plan_against, read_desired
 from reconciler.shell.deploy import Applier
-from reconciler.shell.docker import Engine, connect
 from reconciler.shell.journal import BREAK_GLASS, REFUSED, SUSPENDED, Entry, Journal, JournalResult, read_pid
 from reconciler.shell.proxy import Proxy
 

@@ -24,9 +24,9 @@ import contextlib
 import threading
 from collections.abc import Callable
 
+from reconciler.adapters.docker import Engine
 from reconciler.core.model import DEFAULT_STOP_TIMEOUT, ObservedContainer
 from reconciler.errors import ReconcileError
-from reconciler.shell.docker import Engine
 
 PARKED = ".swap"  # + app: where ``current`` waits while ``incoming`` still holds ``keep_as``
 

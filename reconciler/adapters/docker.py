@@ -43,6 +43,7 @@ import docker.errors
 import requests.exceptions
 import urllib3.exceptions
 
+from reconciler.adapters.envfile import EnvFiles
 from reconciler.core import images as image_match
 from reconciler.core import swarm
 from reconciler.core.guard import HostUse, PolicyViolation, bind_source, real_binds, real_violation
@@ -57,7 +58,6 @@ from reconciler.core.model import (
 )
 from reconciler.core.plan import Target
 from reconciler.errors import ContainerError, EngineUnavailable, ImageError, ReconcileError
-from reconciler.shell.envfile import EnvFiles
 
 LABEL = "io.reconciler"
 MANAGED = f"{LABEL}.managed"
