@@ -14,7 +14,7 @@ from reconciler.core.plan import Action, ActionKind, Change, Plan, Resolution, T
 from reconciler.core.report import Result
 from reconciler.errors import ContainerError
 from reconciler.shell.deploy import Applier
-from reconciler.shell.journal import Journal, JournalResult
+from reconciler.state.journal import Journal, JournalResult
 
 
 class RemovedEngine:

@@ -29,9 +29,9 @@ from reconciler.adapters.docker import (
 from reconciler.core.model import DEFAULT_HEALTH, Role, container_name
 from reconciler.errors import ContainerError, ImageError
 from reconciler.shell.deploy import Applier
-from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal
 from reconciler.shell.ops import resume, suspend
 from reconciler.shell.swap import swap_in
+from reconciler.state.journal import BREAK_GLASS, SUSPENDED, Journal
 from tests.support import AppNames, ImageFactory, Registry
 
 # -- pure --------------------------------------------------------------------------------------------

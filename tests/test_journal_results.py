@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import StateError
-from reconciler.shell.journal import UNVERIFIED, Journal, JournalResult
+from reconciler.state.journal import UNVERIFIED, Journal, JournalResult
 
 
 def test_a_row_is_started_then_finished_with_a_member() -> None:

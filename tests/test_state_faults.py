@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from reconciler.shell.journal import Journal
+from reconciler.state.journal import Journal
 from tests.support import AppNames, ImageFactory, cli_env, free_port
 from tests.support.agent import AgentProcess, World, agent_args, wait_body
 from tests.support.state import (
@@ -270,7 +270,7 @@ def test_a_full_disk_under_the_agent_is_logged_once_and_nothing_changes_until_it
 HOLDER = """
 import sys
 from pathlib import Path
-from reconciler.shell.journal import locked
+from reconciler.state.journal import locked
 state = Path(sys.argv[1])
 sys.argv = ["reconcile", *sys.argv[2:]]
 with locked(state):

@@ -22,7 +22,7 @@ class DeployRecord:
 
     revision: str
     version: str
-    result: str  # a ``shell.journal.JournalResult``, whose values the core reads as they are
+    result: str  # a ``state.journal.JournalResult``, whose values the core reads as they are
     at: float  # when it finished, or started when it never did
     message: str
 

@@ -21,8 +21,8 @@ from reconciler.adapters.docker import Engine
 from reconciler.core.model import DEFAULT_HEALTH, AppSpec, DesiredState, ObservedContainer, Role, container_name
 from reconciler.errors import ReconcileError, UserError
 from reconciler.shell.converge import Settings, read_desired
-from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Journal, JournalResult
 from reconciler.shell.swap import swap_in
+from reconciler.state.journal import BREAK_GLASS, SUSPENDED, Journal, JournalResult
 
 
 def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tuple[str, str]:
@@ -31,7 +31,7 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
     Returns what happened, and the version that runs now."""
     from reconciler.adapters.docker import connect
     from reconciler.shell.deploy import Applier
-    from reconciler.shell.journal import locked
+    from reconciler.state.journal import locked
 
     desired = _committed(settings)  # read once, before the lock: git is the slow part
     committed = desired.apps.get(app) if desired is not None else None

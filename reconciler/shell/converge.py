@@ -282,8 +282,8 @@ def applying(
 ) -> Iterator[Applier]:
     """An ``Applier`` for ``engine`` while ``state_dir``'s lock is held and its journal is open."""
     from reconciler.shell.deploy import Applier
-    from reconciler.shell.journal import Journal, locked
     from reconciler.shell.proxy import Proxy
+    from reconciler.state.journal import Journal, locked
 
     with locked(state_dir, timeout=settings.lock_timeout):
         journal = Journal(state_dir)

@@ -26,8 +26,8 @@ from reconciler.adapters.yamlfile import parse_yaml, set_versions
 from reconciler.core.model import STABLE, AppSpec, DesiredState, image_ref
 from reconciler.errors import ReconcileError, SourceError, UserError
 from reconciler.shell.converge import Settings, parse_desired
-from reconciler.shell.journal import Journal, JournalResult
 from reconciler.shell.stable import stable_version
+from reconciler.state.journal import Journal, JournalResult
 
 PREVIOUS = "previous"
 

@@ -23,7 +23,7 @@ from reconciler.core.desired import load_desired
 from reconciler.core.model import DesiredState
 from reconciler.errors import SourceError, UserError
 from reconciler.shell import guard, scrub
-from reconciler.shell.journal import BREAK_GLASS, SUSPENDED, Entry, Journal, read_pid
+from reconciler.state.journal import BREAK_GLASS, SUSPENDED, Entry, Journal, read_pid
 
 
 def validate_file(path: Path, *, policy: Path | None = None) -> DesiredState:

@@ -37,7 +37,7 @@ from reconciler.core.plan import Action, ActionKind, Target
 from reconciler.core.proxy import Server
 from reconciler.core.report import Outcome, Result
 from reconciler.errors import EngineUnavailable, ReconcileError
-from reconciler.shell.journal import Entry, JournalResult
+from reconciler.state.journal import Entry, JournalResult
 
 LOOK = 0.2  # seconds between looks at a rollout's tasks
 PAUSED = frozenset({"paused", "rollback_started", "rollback_paused", "rollback_completed"})

@@ -18,7 +18,7 @@ from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.core.model import STABLE, ObservedContainer
 from reconciler.errors import ReconcileError, UserError
 from reconciler.shell.converge import Settings
-from reconciler.shell.journal import Journal
+from reconciler.state.journal import Journal
 
 
 def stable_tag(app: str) -> str:

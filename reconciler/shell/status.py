@@ -20,8 +20,8 @@ from reconciler.core.status import AppStatus, DeployRecord, Status
 from reconciler.errors import CommitRefused, ProxyError, ReconcileError
 from reconciler.shell.converge import Settings, plan_against, read_desired
 from reconciler.shell.deploy import Applier
-from reconciler.shell.journal import BREAK_GLASS, REFUSED, SUSPENDED, Entry, Journal, JournalResult, read_pid
 from reconciler.shell.proxy import Proxy
+from reconciler.state.journal import BREAK_GLASS, REFUSED, SUSPENDED, Entry, Journal, JournalResult, read_pid
 
 
 def collect(settings: Settings) -> Status:

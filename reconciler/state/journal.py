@@ -23,7 +23,7 @@ Guarantees:
   again at its next use; one replaced by another process is reopened.
 - ``agent.pid`` is held with ``flock`` by the agent it names for as long as it runs, and removed only by
   it (``PidFile``); a pid in a file that nobody holds is not a running agent (``read_pid``).
-- The state directory is ``0700`` and every file written here ``0600`` (``shell.private``); ``lock.owner``
+- The state directory is ``0700`` and every file written here ``0600`` (``state.private``); ``lock.owner``
   holds the command line without a secret (``--notify`` URLs masked whole, URL passwords masked), and
   one written by an older version is masked so when it is shown.
 """
@@ -56,8 +56,8 @@ from reconciler.errors import (
     UserError,
     state_dir_error,
 )
-from reconciler.shell.private import open_private, private_dir, shown_command, write_private
 from reconciler.shell.scrub import scrub
+from reconciler.state.private import open_private, private_dir, shown_command, write_private
 
 T = TypeVar("T")
 
