@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from reconciler.adapters.yamlfile import DEFAULT_MAX_FILE_BYTES  # noqa: E402
 from reconciler.errors import InvalidDesiredState  # noqa: E402
-from reconciler.shell import scrub  # noqa: E402
 from reconciler.shell.converge import parse_desired  # noqa: E402
+from reconciler.telemetry import scrub  # noqa: E402
 
 SECRET = "Zq7-secret-Vx9"  # planted as an env value in every seed; must never be printed
 LOCATED = re.compile(r"^[^:\n]+:\d+:\d+: ")

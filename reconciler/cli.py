@@ -1021,7 +1021,7 @@ def schema() -> None:
 def main() -> None:
     import os
 
-    from reconciler.shell.scrub import ScrubbedStream
+    from reconciler.telemetry.scrub import ScrubbedStream
 
     # The one boundary every line we print crosses: no env value or URL password gets past it.
     sys.stdout = ScrubbedStream(sys.stdout)

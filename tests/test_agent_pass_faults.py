@@ -14,7 +14,7 @@ from reconciler.core.report import Outcome
 from reconciler.errors import ProxyError
 from reconciler.shell.agent import FAILED_PASSES, Agent, AgentSettings
 from reconciler.shell.converge import Settings
-from reconciler.shell.events import Events
+from reconciler.telemetry.log import Events
 
 REVISION = "a" * 40
 

@@ -23,8 +23,8 @@ import pytest
 
 from reconciler.core.events import Event
 from reconciler.errors import UserError
-from reconciler.shell import scrub
-from reconciler.shell.notify import NOTIFIED, NOTIFIED_NAMES, Notifier, quiet_apprise
+from reconciler.telemetry import scrub
+from reconciler.telemetry.notify import NOTIFIED, NOTIFIED_NAMES, Notifier, quiet_apprise
 
 TOKEN = "xoxb-S3cretT0kenInTheUrl"
 PASSWORD = "hunter2-notify-password"
@@ -383,7 +383,7 @@ def test_apprise_never_writes_to_stderr_even_with_logging_configured() -> None:
     program = f"""
 import logging, sys, time
 logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
-from reconciler.shell.notify import Notifier
+from reconciler.telemetry.notify import Notifier
 lines = []
 notify = Notifier([{url!r}], log=lines.append, timeout=1.0)
 notify("deploy.failed", "web failed", {{"app": "web"}})

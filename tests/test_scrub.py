@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from reconciler.shell import scrub
+from reconciler.telemetry import scrub
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler.shell import scrub
+from reconciler.telemetry import scrub
 from tests.support import AppNames, ImageFactory, free_port
 from tests.support.state import Site, app_yaml, body, cli, desired, output, show
 

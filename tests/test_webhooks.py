@@ -24,9 +24,9 @@ import pytest
 from reconciler.core.webhooks import Provider, RateLimit, Verdict, judge
 from reconciler.shell.agent import Agent, AgentSettings
 from reconciler.shell.converge import Settings
-from reconciler.shell.events import Events
 from reconciler.shell.listener import MAX_BODY, Health, Listener
-from reconciler.shell.metrics import Metrics
+from reconciler.telemetry.log import Events
+from reconciler.telemetry.metrics import Metrics
 from tests.support.hostile import Hostile, probe
 
 SECRET = b"hook-secret"

@@ -30,7 +30,7 @@ from pathlib import Path
 from reconciler.core.guard import normalize_path, real_allowed
 from reconciler.core.model import ENV_KEY
 from reconciler.errors import EnvFileError
-from reconciler.shell import scrub
+from reconciler.telemetry import scrub
 
 MAX_BYTES = 256 * 1024
 SSH_READ_TIMEOUT = 20.0

@@ -48,8 +48,8 @@ import git.exc
 
 from reconciler.core.model import Owner
 from reconciler.errors import RemoteUnavailable, SourceError, state_dir_error
-from reconciler.shell.scrub import MASK, redact_url
 from reconciler.state.private import private_dir
+from reconciler.telemetry.scrub import MASK, redact_url
 
 T = TypeVar("T")
 

@@ -83,18 +83,19 @@ from reconciler.errors import (
     TransientError,
     UserError,
 )
-from reconciler.shell import guard, sdnotify
+from reconciler.shell import guard
 from reconciler.shell.converge import Settings, desired_at, plan_against
 from reconciler.shell.deploy import Applier
-from reconciler.shell.events import Events
 from reconciler.shell.listener import Health, Listener
-from reconciler.shell.metrics import Metrics
-from reconciler.shell.notify import Notifier
 from reconciler.shell.proxy import Proxy
-from reconciler.shell.scrub import scrub
 from reconciler.shell.stable import hold, publish_stable, stable_source
 from reconciler.state.journal import REFUSED, SUSPENDED, Journal, JournalResult, PidFile, locked
 from reconciler.state.private import write_private
+from reconciler.telemetry import sdnotify
+from reconciler.telemetry.log import Events
+from reconciler.telemetry.metrics import Metrics
+from reconciler.telemetry.notify import Notifier
+from reconciler.telemetry.scrub import scrub
 
 ENGINE_RETRY_MID_DEPLOY = 2.0  # seconds: an outage cut a deploy short; the app may be down until resumed
 CRASH_FILES_KEPT = 20  # a bug that crashes every pass must not fill the state directory

@@ -38,7 +38,7 @@ from reconciler.core.plan import Plan, Resolution, plan
 from reconciler.core.proxy import route_lines, routed, unrouted
 from reconciler.core.report import Outcome, Result
 from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, ProxyError, UserError
-from reconciler.shell import scrub
+from reconciler.telemetry import scrub
 
 if TYPE_CHECKING:
     from reconciler.shell.deploy import Applier

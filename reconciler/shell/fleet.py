@@ -35,8 +35,8 @@ from reconciler.core.model import DesiredState, Role
 from reconciler.core.plan import Plan
 from reconciler.core.report import Outcome, Result
 from reconciler.errors import EngineUnavailable, ReconcileError, UserError
-from reconciler.shell import scrub
 from reconciler.shell.converge import ALL_HOSTS, PassResult, Settings, apply_pass, applying, plan_against, read_desired
+from reconciler.telemetry import scrub
 
 if TYPE_CHECKING:
     from reconciler.shell.deploy import Applier

@@ -52,7 +52,7 @@ from tornado.ioloop import IOLoop
 
 from reconciler.core.webhooks import Provider, RateLimit, Verdict, judge
 from reconciler.errors import UserError
-from reconciler.shell.metrics import Metrics
+from reconciler.telemetry.metrics import Metrics
 
 MAX_BODY = 1024 * 1024
 HEAD_TIMEOUT = 5.0  # seconds for a whole request head: from the connection (or the last answer) on

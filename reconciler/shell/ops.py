@@ -22,8 +22,9 @@ from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.core.desired import load_desired
 from reconciler.core.model import DesiredState
 from reconciler.errors import SourceError, UserError
-from reconciler.shell import guard, scrub
+from reconciler.shell import guard
 from reconciler.state.journal import BREAK_GLASS, SUSPENDED, Entry, Journal, read_pid
+from reconciler.telemetry import scrub
 
 
 def validate_file(path: Path, *, policy: Path | None = None) -> DesiredState:

@@ -3,7 +3,7 @@
 Guarantees:
 - Every apply of an app is one ``deploys`` row: commit and its author, app, from/to version and
   image, spec hash, result, start and end times, and a message that never holds an env value (every
-  message and reason is scrubbed on its way in: ``shell.scrub``).
+  message and reason is scrubbed on its way in: ``telemetry.scrub``).
 - A row is written as ``started`` before the first change and finished after the last, so a crash
   leaves evidence of the attempt: attempted apart from applied, as Flux keeps them. Its result is one
   of ``JournalResult``: nothing else is written, and a row is read back with its member (a result
@@ -56,8 +56,8 @@ from reconciler.errors import (
     UserError,
     state_dir_error,
 )
-from reconciler.shell.scrub import scrub
 from reconciler.state.private import open_private, private_dir, shown_command, write_private
+from reconciler.telemetry.scrub import scrub
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from reconciler.shell.scrub import MASK, redact_url
+from reconciler.telemetry.scrub import MASK, redact_url
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600

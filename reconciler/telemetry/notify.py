@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.core.events import Event
 from reconciler.errors import UserError
-from reconciler.shell.scrub import redact_url, remember, scrub, scrub_fields
+from reconciler.telemetry.scrub import redact_url, remember, scrub, scrub_fields
 
 if TYPE_CHECKING:  # imported when a Notifier is made, after its log is silenced (it logs as it loads)
     import apprise

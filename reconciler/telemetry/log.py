@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from reconciler.core.events import Event
-from reconciler.shell import scrub
+from reconciler.telemetry import scrub
 
 
 class Events:
