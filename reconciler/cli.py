@@ -590,10 +590,10 @@ def _fleet_status(settings: Any, *, fmt: Output, parallel: int, timeout: float) 
 
 def _trust_files(settings: Any) -> None:
     """Read --policy and --require-signed-by once, so that a typo stops the command before it starts."""
-    from reconciler.shell import guard, signatures
+    from reconciler.trust import server_policy, signatures
 
     if settings.policy is not None:
-        guard.load_policy(settings.policy)
+        server_policy.load_policy(settings.policy)
     if settings.require_signed_by is not None:
         signatures.parse_rule(settings.require_signed_by)
 

@@ -19,7 +19,7 @@ from reconciler.core import guard as core
 from reconciler.core.guard import ServerPolicy, image_allowed, path_under
 from reconciler.errors import InvalidDesiredState, UserError
 from reconciler.shell.converge import parse_desired
-from reconciler.shell.guard import InvalidPolicy, PolicyViolation, check, enforce, load_policy
+from reconciler.trust.server_policy import InvalidPolicy, PolicyViolation, check, enforce, load_policy
 
 FILE = "desired-state.yaml"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import SourceError, UserError
-from reconciler.shell.signatures import SignatureRule, Verdict, Verification, parse_rule, verify
+from reconciler.trust.signatures import SignatureRule, Verdict, Verification, parse_rule, verify
 from tests.support import GitRemote, run_git
 from tests.support.gitrepo import AUTHOR_EMAIL, AUTHOR_NAME, BRANCH, git_env
 

@@ -83,7 +83,6 @@ from reconciler.errors import (
     TransientError,
     UserError,
 )
-from reconciler.shell import guard
 from reconciler.shell.converge import Settings, desired_at, plan_against
 from reconciler.shell.deploy import Applier
 from reconciler.shell.listener import Health, Listener
@@ -96,6 +95,7 @@ from reconciler.telemetry.log import Events
 from reconciler.telemetry.metrics import Metrics
 from reconciler.telemetry.notify import Notifier
 from reconciler.telemetry.scrub import scrub
+from reconciler.trust import server_policy
 
 ENGINE_RETRY_MID_DEPLOY = 2.0  # seconds: an outage cut a deploy short; the app may be down until resumed
 CRASH_FILES_KEPT = 20  # a bug that crashes every pass must not fill the state directory
@@ -613,7 +613,7 @@ class Agent:
         if self.config.settings.policy is not None:
             return
         file = self.config.settings.file
-        for line in guard.check(self.source.read(revision, file), file, desired, None):
+        for line in server_policy.check(self.source.read(revision, file), file, desired, None):
             self.events.once(f"danger:{line}", Event.POLICY_WARNING, f"warning: {line} (no --policy limits it)")
 
     def _took_hangup(self) -> None:

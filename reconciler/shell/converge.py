@@ -116,9 +116,9 @@ def desired_at(
     text = source.read(revision, file)
     desired = parse_desired(text, file, revision, author=source.author(revision))
     if policy is not None:
-        from reconciler.shell import guard
+        from reconciler.trust import server_policy
 
-        desired = guard.enforce(text, file, desired, guard.load_policy(policy))
+        desired = server_policy.enforce(text, file, desired, server_policy.load_policy(policy))
     desired = place(desired, host)
     return desired.model_copy(update={"source": source.identity(ref, revision, file)})
 
@@ -146,7 +146,7 @@ def place(desired: DesiredState, host: str | None) -> DesiredState:
 
 def check_signature(source: Source, revision: str, signed_by: str) -> None:
     """``CommitRefused`` unless ``revision`` carries a good signature by a key ``signed_by`` allows."""
-    from reconciler.shell import signatures
+    from reconciler.trust import signatures
 
     found = signatures.verify(str(source.repo.git_dir), revision, signatures.parse_rule(signed_by))
     if found.verdict is signatures.Verdict.GOOD:
@@ -222,11 +222,11 @@ def plan_against(
     engine: Engine, desired: DesiredState, settings: Settings, *, observed: ObservedState | None = None
 ) -> tuple[Plan, ObservedState]:
     """Observe (unless given), resolve and plan. An app with a host path whose real path on the engine's
-    host leads out of the policy's folders is an error of the plan (``guard.on_host``), not a deploy."""
-    from reconciler.shell import guard
+    host leads out of the policy's folders is an error of the plan (``server_policy.on_host``), not a deploy."""
+    from reconciler.trust import server_policy
 
     observed = observed if observed is not None else engine.observe()
-    refused = guard.on_host(engine, desired)
+    refused = server_policy.on_host(engine, desired)
     resolutions = resolve(engine, desired)
     for app, lines in refused.items():
         if app in resolutions:
@@ -261,11 +261,12 @@ def reconcile_once(
         the_plan, observed = plan_against(engine, desired, settings)
         routes = route_lines(desired, observed, proxy.network, proxy.switched())
         return PassResult(desired, the_plan, proxy=proxy.drift(desired, observed), routes=routes)
-    from reconciler.shell import guard
+    from reconciler.trust import server_policy
 
-    refused = guard.on_host(engine, desired)  # before anything changes: the commit is applied whole or not at all
+    # before anything changes: the commit is applied whole or not at all
+    refused = server_policy.on_host(engine, desired)
     if refused:
-        raise guard.PolicyViolation([line for lines in refused.values() for line in lines])
+        raise server_policy.PolicyViolation([line for lines in refused.values() for line in lines])
     with applying(engine, settings.state_dir, desired, settings, on_step=on_step, log=log) as applier:
         return apply_pass(applier, desired, settings)
 

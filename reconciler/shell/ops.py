@@ -22,9 +22,9 @@ from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.core.desired import load_desired
 from reconciler.core.model import DesiredState
 from reconciler.errors import SourceError, UserError
-from reconciler.shell import guard
 from reconciler.state.journal import BREAK_GLASS, SUSPENDED, Entry, Journal, read_pid
 from reconciler.telemetry import scrub
+from reconciler.trust import server_policy
 
 
 def validate_file(path: Path, *, policy: Path | None = None) -> DesiredState:
@@ -38,7 +38,7 @@ def validate_file(path: Path, *, policy: Path | None = None) -> DesiredState:
     scrub.remember_in(data)  # what is printed of it is scrubbed of the file's env values
     desired = load_desired(data, positions, filename=str(path))
     if policy is not None:
-        guard.enforce(text, str(path), desired, guard.load_policy(policy))
+        server_policy.enforce(text, str(path), desired, server_policy.load_policy(policy))
     return desired
 
 
