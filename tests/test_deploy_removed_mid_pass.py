@@ -12,8 +12,8 @@ from typing import Any
 from reconciler.core.model import AppSpec, ObservedContainer, ObservedState, Role
 from reconciler.core.plan import Action, ActionKind, Change, Plan, Resolution, Target
 from reconciler.core.report import Result
+from reconciler.deploy.applier import Applier
 from reconciler.errors import ContainerError
-from reconciler.shell.deploy import Applier
 from reconciler.state.journal import Journal, JournalResult
 
 

@@ -1,5 +1,5 @@
 """The docker boundary: ``Engine.inspect`` and its ``Inspected`` record, NotFound apart from engine
-errors, port bindings, and the one container swap (``shell.swap.swap_in``) on a real engine.
+errors, port bindings, and the one container swap (``deploy.swap.swap_in``) on a real engine.
 
 Everything runs against the real engine and registry, except two tests: an engine cannot be made to
 answer 500 on demand, so that answer is a real ``docker.errors.APIError`` raised by a stand-in API.
@@ -27,10 +27,10 @@ from reconciler.adapters.docker import (
     port_bindings,
 )
 from reconciler.core.model import DEFAULT_HEALTH, Role, container_name
+from reconciler.deploy.applier import Applier
+from reconciler.deploy.swap import swap_in
 from reconciler.errors import ContainerError, ImageError
-from reconciler.shell.deploy import Applier
 from reconciler.shell.ops import resume, suspend
-from reconciler.shell.swap import swap_in
 from reconciler.state.journal import BREAK_GLASS, SUSPENDED, Journal
 from tests.support import AppNames, ImageFactory, Registry
 

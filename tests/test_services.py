@@ -28,7 +28,7 @@ import pytest
 from docker.types import ConfigReference, ContainerSpec, EndpointSpec, SecretReference, ServiceMode, TaskTemplate
 
 from reconciler.adapters.docker import Engine
-from reconciler.shell.proxy import Proxy
+from reconciler.deploy.proxy import Proxy
 from tests.support import ImageFactory, http_get
 from tests.support.agent import AgentProcess, agent_args
 from tests.support.cli import cli_env, run_cli

@@ -72,6 +72,8 @@ from reconciler.core.policy import Deployed, Notice, Say
 from reconciler.core.proxy import routed, unrouted
 from reconciler.core.report import Outcome, Result
 from reconciler.core.stable import Candidate, StableSample, StableWatch, track
+from reconciler.deploy.applier import Applier
+from reconciler.deploy.proxy import Proxy
 from reconciler.errors import (
     CommitRefused,
     EngineUnavailable,
@@ -84,9 +86,7 @@ from reconciler.errors import (
     UserError,
 )
 from reconciler.shell.converge import Settings, desired_at, plan_against
-from reconciler.shell.deploy import Applier
 from reconciler.shell.listener import Health, Listener
-from reconciler.shell.proxy import Proxy
 from reconciler.shell.stable import hold, publish_stable, stable_source
 from reconciler.state.journal import REFUSED, SUSPENDED, Journal, JournalResult, PidFile, locked
 from reconciler.state.private import write_private

@@ -19,9 +19,9 @@ import time
 
 from reconciler.adapters.docker import Engine
 from reconciler.core.model import DEFAULT_HEALTH, AppSpec, DesiredState, ObservedContainer, Role, container_name
+from reconciler.deploy.swap import swap_in
 from reconciler.errors import ReconcileError, UserError
 from reconciler.shell.converge import Settings, read_desired
-from reconciler.shell.swap import swap_in
 from reconciler.state.journal import BREAK_GLASS, SUSPENDED, Journal, JournalResult
 
 
@@ -30,7 +30,7 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
 
     Returns what happened, and the version that runs now."""
     from reconciler.adapters.docker import connect
-    from reconciler.shell.deploy import Applier
+    from reconciler.deploy.applier import Applier
     from reconciler.state.journal import locked
 
     desired = _committed(settings)  # read once, before the lock: git is the slow part
@@ -114,8 +114,8 @@ def _switch_back(
     """A routed app: the previous release (started unless warm) passes a fresh gate, the route switches to
     it, and the names follow (what ran is kept warm as APP.prev). A gate that fails switches nothing."""
     from reconciler.core.health import Verdict
-    from reconciler.shell.deploy import Applier
-    from reconciler.shell.proxy import Proxy
+    from reconciler.deploy.applier import Applier
+    from reconciler.deploy.proxy import Proxy
 
     applier = Applier(engine, journal, proxy=Proxy(engine, settings.state_dir))
     warm = previous.running

@@ -41,7 +41,7 @@ from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, Pr
 from reconciler.telemetry import scrub
 
 if TYPE_CHECKING:
-    from reconciler.shell.deploy import Applier
+    from reconciler.deploy.applier import Applier
 
 # The proxy, the journal, signatures and the policy are imported where they are used: a fleet's preview
 # and status need none of them, and start asking their hosts sooner without (bench/fleet.py times it).
@@ -255,7 +255,7 @@ def reconcile_once(
     desired = read_desired(settings)
     engine = connect(settings.docker_host, instance=settings.instance)
     if dry_run:
-        from reconciler.shell.proxy import Proxy
+        from reconciler.deploy.proxy import Proxy
 
         proxy = Proxy(engine, settings.state_dir)
         the_plan, observed = plan_against(engine, desired, settings)
@@ -282,8 +282,8 @@ def applying(
     log: Callable[[str], None] | None = None,
 ) -> Iterator[Applier]:
     """An ``Applier`` for ``engine`` while ``state_dir``'s lock is held and its journal is open."""
-    from reconciler.shell.deploy import Applier
-    from reconciler.shell.proxy import Proxy
+    from reconciler.deploy.applier import Applier
+    from reconciler.deploy.proxy import Proxy
     from reconciler.state.journal import Journal, locked
 
     with locked(state_dir, timeout=settings.lock_timeout):

@@ -39,7 +39,7 @@ from reconciler.shell.converge import ALL_HOSTS, PassResult, Settings, apply_pas
 from reconciler.telemetry import scrub
 
 if TYPE_CHECKING:
-    from reconciler.shell.deploy import Applier
+    from reconciler.deploy.applier import Applier
 
 T = TypeVar("T")
 

@@ -17,10 +17,10 @@ from reconciler.core.health import Health
 from reconciler.core.model import DesiredState, ObservedState
 from reconciler.core.proxy import route_lines
 from reconciler.core.status import AppStatus, DeployRecord, Status
+from reconciler.deploy.applier import Applier
+from reconciler.deploy.proxy import Proxy
 from reconciler.errors import CommitRefused, ProxyError, ReconcileError
 from reconciler.shell.converge import Settings, plan_against, read_desired
-from reconciler.shell.deploy import Applier
-from reconciler.shell.proxy import Proxy
 from reconciler.state.journal import BREAK_GLASS, REFUSED, SUSPENDED, Entry, Journal, JournalResult, read_pid
 
 

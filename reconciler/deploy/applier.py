@@ -96,10 +96,10 @@ from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan, Target, p
 from reconciler.core.proxy import Server, proxy_network
 from reconciler.core.report import Outcome, Result
 from reconciler.core.stable import StableSample, died
+from reconciler.deploy.proxy import Proxy
+from reconciler.deploy.services import Released, Services
+from reconciler.deploy.swap import swap_in
 from reconciler.errors import ContainerError, EngineUnavailable, ProxyError, ProxyUnavailable, ReconcileError
-from reconciler.shell.proxy import Proxy
-from reconciler.shell.services import Released, Services
-from reconciler.shell.swap import swap_in
 from reconciler.state.journal import CLEANUP, UNVERIFIED, Entry, Journal, JournalResult
 
 T = TypeVar("T")
