@@ -156,7 +156,7 @@ def bench_dry_run(images: ImageFactory, work: Path, apps: int, runs: int) -> dic
             process_times.append(time.monotonic() - started)
             if done.returncode != 0:
                 raise RuntimeError(f"dry run not in sync: {done.stdout.decode()} {done.stderr.decode()}")
-        from reconciler.shell.converge import Settings, reconcile_once
+        from reconciler.converge.run import Settings, reconcile_once
 
         settings = Settings(repo=str(remote.bare_path), state_dir=state, instance=env["RECONCILE_INSTANCE"])
         reconcile_once(settings, dry_run=True)  # warm: imports and the git object cache

@@ -46,8 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from reconciler.adapters.yamlfile import DEFAULT_MAX_FILE_BYTES  # noqa: E402
+from reconciler.converge.run import parse_desired  # noqa: E402
 from reconciler.errors import InvalidDesiredState  # noqa: E402
-from reconciler.shell.converge import parse_desired  # noqa: E402
 from reconciler.telemetry import scrub  # noqa: E402
 
 SECRET = "Zq7-secret-Vx9"  # planted as an env value in every seed; must never be printed

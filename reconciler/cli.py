@@ -264,7 +264,7 @@ def _guarded(fn: Callable[[], T]) -> T:
 
 
 def _settings(ctx: typer.Context, **given: Any) -> Any:
-    from reconciler.shell.converge import Settings
+    from reconciler.converge.run import Settings
 
     # What the server trusts holds for every command that reads the branch (status and the edits too).
     given = {"policy": None, "require_signed_by": None, "host": None, **given}
@@ -379,8 +379,8 @@ def main_command(
         _fleet_preview(settings, rollout, fmt=fmt, parallel=parallel, timeout=host_timeout)
     if all_hosts:
         _fleet_push(settings, rollout or "*", fmt=fmt, parallel=parallel, timeout=host_timeout)
+    from reconciler.converge.run import reconcile_once
     from reconciler.core import report
-    from reconciler.shell.converge import reconcile_once
 
     result = _guarded(lambda: reconcile_once(settings, dry_run=dry_run, on_step=_kill_hook()))
     plan = result.plan
@@ -436,7 +436,7 @@ def validate(
             return ops.validate_file(path, policy=_option(ctx, "policy", policy))
         from dataclasses import replace
 
-        from reconciler.shell.converge import ALL_HOSTS, read_desired
+        from reconciler.converge.run import ALL_HOSTS, read_desired
 
         settings = _settings(ctx, repo=repo, ref=ref, file=file, state_dir=None, policy=policy)
         # A fleet's file is valid or not wherever it is checked: every app, unless --host names one host.
@@ -775,9 +775,9 @@ BranchOpt = Annotated[
 def _source_for_writing(ctx: typer.Context, repo: str | None) -> Any:
     """The repository to commit to; with --require-signed-by or --policy, its tip must pass them first: a
     commit of ours signed on top of an untrusted tip would carry that tip's file in."""
+    from reconciler.converge.run import ALL_HOSTS, desired_at
     from reconciler.errors import CommitRefused, UserError
     from reconciler.shell import edits
-    from reconciler.shell.converge import ALL_HOSTS, desired_at
 
     source = _guarded(lambda: edits.open_for_writing(_option(ctx, "repo", repo)))
     policy, signed_by = _option(ctx, "policy", None), _option(ctx, "require_signed_by", None)

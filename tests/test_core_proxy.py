@@ -36,6 +36,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reconciler.converge.run import parse_desired
 from reconciler.core.model import (
     ON_CONTAINER,
     AppSpec,
@@ -63,7 +64,6 @@ from reconciler.core.proxy import (
     with_server,
 )
 from reconciler.errors import InvalidDesiredState
-from reconciler.shell.converge import parse_desired
 
 FILE = "desired-state.yaml"
 NETWORK = "reconciler"

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from reconciler.converge.run import parse_desired
 from reconciler.core import swarm
 from reconciler.core.fleet import placed
 from reconciler.core.health import Gate, Verdict
 from reconciler.core.model import DesiredState, ObservedContainer, ObservedState
 from reconciler.core.plan import ActionKind, Resolution, fingerprint, plan, simulate, spec_hash
 from reconciler.errors import InvalidDesiredState
-from reconciler.shell.converge import parse_desired
 
 FILE = "desired-state.yaml"
 API = (

@@ -11,11 +11,11 @@ import socket
 
 import pytest
 
+from reconciler.converge.run import parse_desired
 from reconciler.core import rollout
 from reconciler.core.fleet import hosts_of, placed
 from reconciler.core.model import HostSpec
 from reconciler.errors import InvalidDesiredState
-from reconciler.shell.converge import parse_desired
 from tests.support.agent import World, wait_body
 from tests.support.cli import run_cli
 from tests.support.gitrepo import GitRemote

@@ -11,10 +11,10 @@ import json
 
 import pytest
 
+from reconciler.converge.run import parse_desired
 from reconciler.core import schema
 from reconciler.core.fleet import is_canary, placed
 from reconciler.errors import InvalidDesiredState
-from reconciler.shell.converge import parse_desired
 
 FILE = "desired-state.yaml"
 HOSTS = """\

@@ -27,10 +27,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.adapters.yamlfile import MAX_FILE_BYTES_ENV
+from reconciler.converge.run import parse_desired
 from reconciler.core.desired import Positions, load_desired
 from reconciler.core.model import DesiredState
 from reconciler.errors import InvalidDesiredState, UserError
-from reconciler.shell.converge import parse_desired
 from tests.support.state import cli, show
 
 CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reconciler.converge.run import parse_desired
 from reconciler.core import guard as core
 from reconciler.core.guard import ServerPolicy, image_allowed, path_under
 from reconciler.errors import InvalidDesiredState, UserError
-from reconciler.shell.converge import parse_desired
 from reconciler.trust.server_policy import InvalidPolicy, PolicyViolation, check, enforce, load_policy
 
 FILE = "desired-state.yaml"

@@ -22,11 +22,11 @@ import pytest
 
 from reconciler.adapters.docker import Engine
 from reconciler.adapters.envfile import EnvFiles
+from reconciler.converge.run import parse_desired
 from reconciler.core import guard
 from reconciler.core.desired import dotted
 from reconciler.core.model import HostLimits
 from reconciler.errors import EnvFileError
-from reconciler.shell.converge import parse_desired
 from tests.support import AppNames, ImageFactory, free_port
 from tests.support.agent import AgentProcess, agent_args
 from tests.support.sshd import Sshd

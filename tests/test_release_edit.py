@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.adapters.yamlfile import set_versions
+from reconciler.converge.run import parse_desired
 from reconciler.errors import InvalidDesiredState
-from reconciler.shell.converge import parse_desired
 
 FILE = "desired-state.yaml"
 TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"  # the model's tag rule

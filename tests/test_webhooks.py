@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
+from reconciler.converge.run import Settings
 from reconciler.core.webhooks import Provider, RateLimit, Verdict, judge
 from reconciler.shell.agent import Agent, AgentSettings
-from reconciler.shell.converge import Settings
 from reconciler.shell.listener import MAX_BODY, Health, Listener
 from reconciler.telemetry.log import Events
 from reconciler.telemetry.metrics import Metrics

@@ -64,6 +64,7 @@ from typing import Any
 
 from reconciler.adapters.docker import Engine, connect
 from reconciler.adapters.git import Source, open_source
+from reconciler.converge.run import Settings, desired_at, plan_against
 from reconciler.core import policy
 from reconciler.core.events import Event
 from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState
@@ -85,7 +86,6 @@ from reconciler.errors import (
     TransientError,
     UserError,
 )
-from reconciler.shell.converge import Settings, desired_at, plan_against
 from reconciler.shell.listener import Health, Listener
 from reconciler.shell.stable import hold, publish_stable, stable_source
 from reconciler.state.journal import REFUSED, SUSPENDED, Journal, JournalResult, PidFile, locked

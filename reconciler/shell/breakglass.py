@@ -18,10 +18,10 @@ from __future__ import annotations
 import time
 
 from reconciler.adapters.docker import Engine
+from reconciler.converge.run import Settings, read_desired
 from reconciler.core.model import DEFAULT_HEALTH, AppSpec, DesiredState, ObservedContainer, Role, container_name
 from reconciler.deploy.swap import swap_in
 from reconciler.errors import ReconcileError, UserError
-from reconciler.shell.converge import Settings, read_desired
 from reconciler.state.journal import BREAK_GLASS, SUSPENDED, Journal, JournalResult
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from reconciler.adapters.git import Source, is_url, open_source
 from reconciler.adapters.yamlfile import parse_yaml, set_versions
+from reconciler.converge.run import Settings, parse_desired
 from reconciler.core.model import STABLE, AppSpec, DesiredState, image_ref
 from reconciler.errors import ReconcileError, SourceError, UserError
-from reconciler.shell.converge import Settings, parse_desired
 from reconciler.shell.stable import stable_version
 from reconciler.state.journal import Journal, JournalResult
 

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from reconciler.adapters.docker import Engine, connect
+from reconciler.converge.run import ALL_HOSTS, PassResult, Settings, apply_pass, applying, plan_against, read_desired
 from reconciler.core import fleet, rollout
 from reconciler.core.model import DesiredState, Role
 from reconciler.core.plan import Plan
 from reconciler.core.report import Outcome, Result
 from reconciler.errors import EngineUnavailable, ReconcileError, UserError
-from reconciler.shell.converge import ALL_HOSTS, PassResult, Settings, apply_pass, applying, plan_against, read_desired
 from reconciler.telemetry import scrub
 
 if TYPE_CHECKING:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from reconciler.adapters.docker import Engine
 from reconciler.adapters.git import Source
 from reconciler.adapters.yamlfile import parse_yaml
+from reconciler.converge.run import Settings
 from reconciler.core.model import STABLE, ObservedContainer
 from reconciler.errors import ReconcileError, UserError
-from reconciler.shell.converge import Settings
 from reconciler.state.journal import Journal
 
 

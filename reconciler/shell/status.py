@@ -12,6 +12,7 @@ their ``as_dict``.
 from __future__ import annotations
 
 from reconciler.adapters.docker import Engine, connect
+from reconciler.converge.run import Settings, plan_against, read_desired
 from reconciler.core.failures import held_back
 from reconciler.core.health import Health
 from reconciler.core.model import DesiredState, ObservedState
@@ -20,7 +21,6 @@ from reconciler.core.status import AppStatus, DeployRecord, Status
 from reconciler.deploy.applier import Applier
 from reconciler.deploy.proxy import Proxy
 from reconciler.errors import CommitRefused, ProxyError, ReconcileError
-from reconciler.shell.converge import Settings, plan_against, read_desired
 from reconciler.state.journal import BREAK_GLASS, REFUSED, SUSPENDED, Entry, Journal, JournalResult, read_pid
 
 
