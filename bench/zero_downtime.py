@@ -56,8 +56,8 @@ sys.path.insert(0, str(ROOT))
 from reconciler.converge.run import Settings, reconcile_once  # noqa: E402
 from reconciler.core.proxy import proxy_container, proxy_network  # noqa: E402
 from reconciler.errors import ReconcileError  # noqa: E402
-from reconciler.shell.breakglass import swap_back  # noqa: E402
-from reconciler.shell.ops import resume  # noqa: E402
+from reconciler.ops.breakglass import swap_back  # noqa: E402
+from reconciler.ops.controls import resume  # noqa: E402
 from tests.support import GitRemote, ImageFactory, cleanup_run, connect, free_port, http_get  # noqa: E402
 from tests.support.engine import new_run_prefix  # noqa: E402
 from tests.support.haproxy import build_haproxy_image  # noqa: E402

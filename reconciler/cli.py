@@ -431,9 +431,9 @@ def validate(
 
     def check() -> Any:
         if path is not None:
-            from reconciler.shell import ops
+            from reconciler.ops import controls
 
-            return ops.validate_file(path, policy=_option(ctx, "policy", policy))
+            return controls.validate_file(path, policy=_option(ctx, "policy", policy))
         from dataclasses import replace
 
         from reconciler.converge.run import ALL_HOSTS, read_desired
@@ -463,10 +463,10 @@ def history(
     """What was applied, when, from which commit, and how it ended."""
     import time
 
-    from reconciler.shell import ops
+    from reconciler.ops import controls
 
     directory: Path = _option(ctx, "state_dir", state_dir)
-    entries = _guarded(lambda: ops.history(state_dir=directory, app=app_name, limit=limit))
+    entries = _guarded(lambda: controls.history(state_dir=directory, app=app_name, limit=limit))
     if _option(ctx, "output", output) is Output.json:
         _emit([entry.as_dict() for entry in entries])
         return
@@ -487,7 +487,7 @@ def _fleet_preview(settings: Any, spec: str | None, *, fmt: Output, parallel: in
     """``--dry-run --all-hosts [--rollout GROUPS]``: every host's drift, one report grouped by host (and the
     groups a push would take). Exit 1 if a host could not be read, 2 if one drifts, 0 when all are in sync."""
     from reconciler.core import report
-    from reconciler.shell import fleet
+    from reconciler.ops import fleet
 
     desired, groups, hosts = _guarded(lambda: fleet.preview(settings, parallel=parallel, timeout=timeout, spec=spec))
     if fmt is Output.json:
@@ -518,7 +518,7 @@ def _fleet_push(settings: Any, spec: str, *, fmt: Output, parallel: int, timeout
     """``--all-hosts [--rollout GROUPS]``: push the commit group by group; the report says where each host
     was left and what it runs. Exit 0 when every host of the rollout converged, 1 otherwise."""
     from reconciler.core import report
-    from reconciler.shell import fleet
+    from reconciler.ops import fleet
 
     def say(line: str) -> None:
         if fmt is not Output.json:
@@ -557,7 +557,7 @@ def _fleet_push(settings: Any, spec: str, *, fmt: Output, parallel: int, timeout
 def _fleet_status(settings: Any, *, fmt: Output, parallel: int, timeout: float) -> NoReturn:
     """``status --all-hosts``: host by app -> version, desired, commit, state, from each engine's labels, and
     how many hosts run what the commit asks (a rollback commit shows who has followed it)."""
-    from reconciler.shell import fleet
+    from reconciler.ops import fleet
 
     desired, hosts = _guarded(lambda: fleet.status(settings, parallel=parallel, timeout=timeout))
     converged = sum(1 for h in hosts if h.answer is not None and all(a.in_sync for a in h.answer))
@@ -739,7 +739,7 @@ def status(
     if all_hosts:
         _fleet_status(settings, fmt=_option(ctx, "output", output), parallel=parallel, timeout=host_timeout)
     from reconciler.core.report import status_lines
-    from reconciler.shell.status import collect
+    from reconciler.ops.status import collect
 
     result = _guarded(lambda: collect(settings))
     if result.journal_error:
@@ -758,9 +758,9 @@ def retry(
     state_dir: StateOpt = None,
 ) -> None:
     """Forget APP's failed release so the agent tries it again (now, if an agent runs)."""
-    from reconciler.shell import ops
+    from reconciler.ops import controls
 
-    pid = _guarded(lambda: ops.retry(state_dir=_option(ctx, "state_dir", state_dir), app=app_name))
+    pid = _guarded(lambda: controls.retry(state_dir=_option(ctx, "state_dir", state_dir), app=app_name))
     typer.echo(f"{app_name}: failed release forgotten; " + (f"agent (pid {pid}) asked for a pass now"
                if pid else "the next reconcile or agent pass tries it again"))  # fmt: skip
 
@@ -777,7 +777,7 @@ def _source_for_writing(ctx: typer.Context, repo: str | None) -> Any:
     commit of ours signed on top of an untrusted tip would carry that tip's file in."""
     from reconciler.converge.run import ALL_HOSTS, desired_at
     from reconciler.errors import CommitRefused, UserError
-    from reconciler.shell import edits
+    from reconciler.ops import edits
 
     source = _guarded(lambda: edits.open_for_writing(_option(ctx, "repo", repo)))
     policy, signed_by = _option(ctx, "policy", None), _option(ctx, "require_signed_by", None)
@@ -827,7 +827,7 @@ def rollback(
     instance: InstanceOpt = None,
 ) -> None:
     """Roll APP (or, with --to stable|previous and no APP, every app) back, as a commit."""
-    from reconciler.shell import breakglass, edits
+    from reconciler.ops import breakglass, edits
 
     settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=state_dir, docker_host=docker_host,
                          instance=instance)  # fmt: skip
@@ -874,7 +874,7 @@ def rollback(
 def _list_versions(source: Any, settings: Any, desired: Any, app_name: str, journal: Any) -> None:
     import time
 
-    from reconciler.shell import edits
+    from reconciler.ops import edits
 
     choices = edits.choices(source, settings.file, desired, app_name, journal=journal)
     typer.echo(f"{app_name}: {settings.file} asks for {choices.current} @ {desired.short}")
@@ -899,7 +899,7 @@ def set_version(
     docker_host: HostOpt = None,
 ) -> None:
     """Set APP's version in the file and commit it: what CI runs after it built and pushed an image."""
-    from reconciler.shell import edits
+    from reconciler.ops import edits
 
     settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=None, docker_host=docker_host)
     source = _source_for_writing(ctx, repo)
@@ -928,7 +928,7 @@ def revert(
     file: FileOpt = None,
 ) -> None:
     """`git revert` a deploy commit (validated before it is committed); never a force push."""
-    from reconciler.shell import edits
+    from reconciler.ops import edits
 
     settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=None)
     source = _source_for_writing(ctx, repo)
@@ -950,7 +950,7 @@ def promote(
     instance: InstanceOpt = None,
 ) -> None:
     """Mark what runs now as APP's stable version (journal, IMAGE:stable, git tags stable and stable-APP)."""
-    from reconciler.shell import stable
+    from reconciler.ops import stable
 
     settings = _settings(ctx, repo=repo, ref=None, state_dir=state_dir, docker_host=docker_host, instance=instance)
     text, problems = _guarded(lambda: stable.promote_running(settings, app_name, publish=publish))
@@ -969,9 +969,9 @@ def suspend(
     state_dir: StateOpt = None,
 ) -> None:
     """During an incident: the agent changes nothing until `reconcile resume`."""
-    from reconciler.shell import ops
+    from reconciler.ops import controls
 
-    _guarded(lambda: ops.suspend(state_dir=_option(ctx, "state_dir", state_dir), reason=reason))
+    _guarded(lambda: controls.suspend(state_dir=_option(ctx, "state_dir", state_dir), reason=reason))
     typer.echo("suspended: the agent changes nothing until `reconcile resume`")
 
 
@@ -979,9 +979,9 @@ def suspend(
 @_common
 def resume(ctx: typer.Context, state_dir: StateOpt = None) -> None:
     """Let the agent converge again (a pass starts now if it runs)."""
-    from reconciler.shell import ops
+    from reconciler.ops import controls
 
-    _guarded(lambda: ops.resume(state_dir=_option(ctx, "state_dir", state_dir)))
+    _guarded(lambda: controls.resume(state_dir=_option(ctx, "state_dir", state_dir)))
     typer.echo("resumed: the agent converges to git again")
 
 
@@ -1001,13 +1001,13 @@ def completion(
     """Print (or --install) tab completion for SHELL: `source <(reconcile completion bash)`.
 
     Like --install-completion, but for the shell you name rather than the one it detects."""
-    from reconciler.shell import ops
+    from reconciler.ops import controls
 
     if install:
-        where = _guarded(lambda: ops.install_completion(shell=shell.value))
+        where = _guarded(lambda: controls.install_completion(shell=shell.value))
         typer.echo(f"{shell.value} completion installed in {where}; open a new shell")
         return
-    typer.echo(_guarded(lambda: ops.completion_script(shell=shell.value)), nl=False)
+    typer.echo(_guarded(lambda: controls.completion_script(shell=shell.value)), nl=False)
 
 
 @app.command(hidden=True)

@@ -30,7 +30,7 @@ from reconciler.core.model import DEFAULT_HEALTH, Role, container_name
 from reconciler.deploy.applier import Applier
 from reconciler.deploy.swap import swap_in
 from reconciler.errors import ContainerError, ImageError
-from reconciler.shell.ops import resume, suspend
+from reconciler.ops.controls import resume, suspend
 from reconciler.state.journal import BREAK_GLASS, SUSPENDED, Journal
 from tests.support import AppNames, ImageFactory, Registry
 

@@ -112,7 +112,7 @@ def test_a_host_that_hangs_is_reported_and_holds_up_no_other() -> None:
     import time
 
     from reconciler.errors import EngineUnavailable
-    from reconciler.shell.fleet import Unanswered, ask_each
+    from reconciler.ops.fleet import Unanswered, ask_each
 
     release = threading.Event()
 

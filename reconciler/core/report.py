@@ -115,7 +115,7 @@ def outcome_lines(outcomes: list[Outcome], *, revision: str, file: str) -> list[
 
 
 def status_lines(status: Status) -> list[str]:
-    """``reconcile status`` as a person reads it (``status`` is what ``shell.status.collect`` returns)."""
+    """``reconcile status`` as a person reads it (``status`` is what ``ops.status.collect`` returns)."""
     out = []
     head = f"{status.file} @ {(status.revision or '?')[:8]}"
     agent = f"agent running (pid {status.agent_pid})" if status.agent_pid else "no agent running"

@@ -1,6 +1,6 @@
 """What ``reconcile status`` knows of a host, as frozen records. Pure.
 
-``shell.status.collect`` fills them from git, the engine and the journal; ``core.report.status_lines``
+``ops.status.collect`` fills them from git, the engine and the journal; ``core.report.status_lines``
 reads them to a person; ``Status.as_dict`` is ``reconcile status -o json``.
 
 Guarantees: the records hold no env value (versions, commits, states and reasons only); ``as_dict``

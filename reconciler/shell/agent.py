@@ -86,8 +86,8 @@ from reconciler.errors import (
     TransientError,
     UserError,
 )
+from reconciler.ops.stable import hold, publish_stable, stable_source
 from reconciler.shell.listener import Health, Listener
-from reconciler.shell.stable import hold, publish_stable, stable_source
 from reconciler.state.journal import REFUSED, SUSPENDED, Journal, JournalResult, PidFile, locked
 from reconciler.state.private import write_private
 from reconciler.telemetry import sdnotify

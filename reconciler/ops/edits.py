@@ -26,7 +26,7 @@ from reconciler.adapters.yamlfile import parse_yaml, set_versions
 from reconciler.converge.run import Settings, parse_desired
 from reconciler.core.model import STABLE, AppSpec, DesiredState, image_ref
 from reconciler.errors import ReconcileError, SourceError, UserError
-from reconciler.shell.stable import stable_version
+from reconciler.ops.stable import stable_version
 from reconciler.state.journal import Journal, JournalResult
 
 PREVIOUS = "previous"

@@ -10,7 +10,7 @@ Guarantees:
 - A swap that fails puts every container back under the name it had and starts what ran again
   (``swap.swap_in`` with ``undo``); the journal records the attempt either way.
 - ``status`` says the host differs from git (the ``break-glass:APP`` flag) until ``resume``.
-- ``reconcile resume`` (``shell.ops.resume``) clears every break-glass flag.
+- ``reconcile resume`` (``ops.controls.resume``) clears every break-glass flag.
 """
 
 from __future__ import annotations
