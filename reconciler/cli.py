@@ -694,8 +694,8 @@ def agent(
 ) -> None:
     """Follow a branch and keep this host converged to it: health-gated deploys, automatic rollback,
     self-heal, promotion to stable. SIGHUP: a pass now. SIGTERM: finish the step, exit 0."""
+    from reconciler.agent.loop import AgentSettings, run_agent
     from reconciler.core.model import parse_duration
-    from reconciler.shell.agent import AgentSettings, run_agent
 
     try:
         every = parse_duration(interval)

@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+from reconciler.agent.loop import FAILED_PASSES, Agent, AgentSettings
 from reconciler.converge.run import Settings
 from reconciler.core.model import DesiredState
 from reconciler.core.report import Outcome
 from reconciler.errors import ProxyError
-from reconciler.shell.agent import FAILED_PASSES, Agent, AgentSettings
 from reconciler.telemetry.log import Events
 
 REVISION = "a" * 40

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
+from reconciler.agent.listener import MAX_BODY, Health, Listener
+from reconciler.agent.loop import Agent, AgentSettings
 from reconciler.converge.run import Settings
 from reconciler.core.webhooks import Provider, RateLimit, Verdict, judge
-from reconciler.shell.agent import Agent, AgentSettings
-from reconciler.shell.listener import MAX_BODY, Health, Listener
 from reconciler.telemetry.log import Events
 from reconciler.telemetry.metrics import Metrics
 from tests.support.hostile import Hostile, probe

@@ -64,6 +64,7 @@ from typing import Any
 
 from reconciler.adapters.docker import Engine, connect
 from reconciler.adapters.git import Source, open_source
+from reconciler.agent.listener import Health, Listener
 from reconciler.converge.run import Settings, desired_at, plan_against
 from reconciler.core import policy
 from reconciler.core.events import Event
@@ -87,7 +88,6 @@ from reconciler.errors import (
     UserError,
 )
 from reconciler.ops.stable import hold, publish_stable, stable_source
-from reconciler.shell.listener import Health, Listener
 from reconciler.state.journal import REFUSED, SUSPENDED, Journal, JournalResult, PidFile, locked
 from reconciler.state.private import write_private
 from reconciler.telemetry import sdnotify

@@ -1,1 +1,0 @@
-"""The imperative shell: one module per outside system (docker, git, the state directory)."""
