@@ -107,7 +107,7 @@ class Planted:
             ".ssh/id_ed25519": key,
             "deploy_key": key,
             f"reconciler/{self.token}.key": key,
-            "reconciler/shell/.ssh/id_rsa": key,
+            "reconciler/adapters/.ssh/id_rsa": key,
             ".docker/config.json": json.dumps({"auths": {"registry.example.com": {"auth": login}}}),
             ".env": f"REGISTRY_PASSWORD={self.token}\n",
             "reconciler/.env": f"REGISTRY_PASSWORD={self.token}\n",

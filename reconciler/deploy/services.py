@@ -2,7 +2,7 @@
 gated over its tasks (``core.swarm.judge``) and journaled as a container's deploy is.
 
 Guarantees:
-- A service carries the labels a container of ours carries (``docker.release_labels``), so the planner
+- A service carries the labels a container of ours carries (``adapters.docker.release_labels``), so the planner
   pairs it with its app, and never touches a service without them (a conflict, as for containers).
 - Swarm rolls a new spec out as the file's ``update:`` says, pausing (``failure_action: pause``) rather
   than going on when a task fails within ``monitor`` (``healthy_for``, at least 1 s) of its start. Our
@@ -56,7 +56,7 @@ class Released:
 
 
 class Rows(Protocol):
-    """The deploys' journal calls (``deploy._Rows``: one at a time across the deploys of a pass)."""
+    """The deploys' journal calls (``applier._Rows``: one at a time across the deploys of a pass)."""
 
     def start(self, **fields: str) -> int: ...
 

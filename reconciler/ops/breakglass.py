@@ -8,7 +8,7 @@ Guarantees:
   and works under the state directory's lock, so no agent pass runs between what it looks at and
   what it changes; the agent is suspended before the lock lets the next pass in.
 - A swap that fails puts every container back under the name it had and starts what ran again
-  (``swap.swap_in`` with ``undo``); the journal records the attempt either way.
+  (``deploy.swap.swap_in`` with ``undo``); the journal records the attempt either way.
 - ``status`` says the host differs from git (the ``break-glass:APP`` flag) until ``resume``.
 - ``reconcile resume`` (``ops.controls.resume``) clears every break-glass flag.
 """

@@ -20,7 +20,7 @@ Guarantees:
   on the command line and its scheme; apprise's own log (which quotes URLs) is silenced and kept off the
   process's handlers; titles and bodies are scrubbed (``scrub``) again on their way out. Each URL is a
   secret to ``scrub`` from the start, all of it after its scheme (and its password alone), so any line
-  of this process that would quote one shows ``slack://***`` (``private.masked_url``: the same mask as
+  of this process that would quote one shows ``slack://***`` (``state.private.masked_url``: the same mask as
   the lock's owner file).
 """
 
