@@ -775,7 +775,7 @@ BranchOpt = Annotated[
 def _source_for_writing(ctx: typer.Context, repo: str | None) -> Any:
     """The repository to commit to; with --require-signed-by or --policy, its tip must pass them first: a
     commit of ours signed on top of an untrusted tip would carry that tip's file in."""
-    from reconciler.converge.run import ALL_HOSTS, desired_at
+    from reconciler.converge.run import ALL_HOSTS, Trust, desired_at
     from reconciler.errors import CommitRefused, UserError
     from reconciler.ops import edits
 
@@ -784,8 +784,8 @@ def _source_for_writing(ctx: typer.Context, repo: str | None) -> Any:
 
     def trusted() -> None:
         try:
-            desired_at(source, "HEAD", source.resolve("HEAD"), _option(ctx, "file", None), policy=policy,
-                       signed_by=signed_by, host=ALL_HOSTS)  # fmt: skip
+            desired_at(source, "HEAD", source.resolve("HEAD"), _option(ctx, "file", None),
+                       Trust(policy=policy, signed_by=signed_by, host=ALL_HOSTS))  # fmt: skip
         except CommitRefused as exc:
             raise UserError(f"{exc}; no commit is built on it here") from None
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from reconciler.core.events import Event
+from reconciler.core.holdback import Notice, Say
 from reconciler.core.plan import ActionKind
-from reconciler.core.policy import Notice, Say
 from tests.support.agent import KNOWN_EVENTS
 
 

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.converge.run import parse_desired
 from reconciler.core import guard as core
 from reconciler.core.guard import ServerPolicy, image_allowed, path_under
@@ -32,7 +33,7 @@ def write_policy(tmp_path: Path, text: str) -> Path:
 
 def lines_of(desired_text: str, policy: ServerPolicy | None) -> list[str]:
     text = desired_text.encode()
-    return check(text, FILE, parse_desired(text, FILE, ""), policy)
+    return check(parse_yaml(text, filename=FILE)[1], FILE, parse_desired(text, FILE, ""), policy)
 
 
 def checked(tmp_path: Path, policy_text: str, desired_text: str) -> list[str]:
@@ -377,16 +378,17 @@ def test_enforce_refuses_the_whole_commit_with_every_line(tmp_path: Path) -> Non
     text = VOLUMES.replace("myrepo/web", "evil/miner").encode()
     desired = parse_desired(text, FILE, "")
     with pytest.raises(PolicyViolation) as caught:
-        enforce(text, FILE, desired, policy)
+        enforce(parse_yaml(text, filename=FILE)[1], FILE, desired, policy)
     assert isinstance(caught.value, UserError)
-    assert caught.value.lines == check(text, FILE, desired, policy)
+    assert caught.value.lines == check(parse_yaml(text, filename=FILE)[1], FILE, desired, policy)
     assert caught.value.lines[0] == (
         f"{FILE}:3:12: apps.web.image: evil/miner is not under an allowed repository prefix (policy images: myrepo/)"
     )
     assert len(caught.value.lines) == 6
     assert str(caught.value) == "\n".join(caught.value.lines)
     allowed = b"apps:\n  web: {image: myrepo/web, version: v1, volumes: ['/srv/apps/web:/data']}\n"
-    enforce(allowed, FILE, parse_desired(allowed, FILE, ""), policy)  # nothing to refuse: returns
+    positions = parse_yaml(allowed, filename=FILE)[1]
+    enforce(positions, FILE, parse_desired(allowed, FILE, ""), policy)  # nothing to refuse: returns
 
 
 # --- no policy: what the agent warns about --------------------------------------------------------------

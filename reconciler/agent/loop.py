@@ -26,7 +26,7 @@ Guarantees:
   and tagged ``IMAGE:stable`` on the engine. A container release that dies inside that window (Docker
   restarts it, or it exits) is a failed release instead: taken back to the release before it
   (``Applier.fail_live``), said once (``deploy.rolled-back``) and held like a failed gate.
-- What to hold back, keep together, heal and promote is decided in the core (``core.policy``,
+- What to hold back, keep together, heal and promote is decided in the core (``core.holdback``,
   ``core.stable``) over the journal's answers; this module reads the journal and the engine, logs the
   notices and acts.
 - The proxy comes first in a pass. One that cannot be brought in line (its port taken, its image missing)
@@ -56,7 +56,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -65,13 +65,21 @@ from typing import Any
 from reconciler.adapters.docker import Engine, connect
 from reconciler.adapters.git import Source, open_source
 from reconciler.agent.listener import Health, Listener
-from reconciler.converge.run import Settings, desired_at, plan_against
-from reconciler.core import policy
+from reconciler.converge.run import (
+    PassHooks,
+    Settings,
+    Trust,
+    apply_pass,
+    desired_at,
+    new_applier,
+    plan_against,
+    read_at,
+)
+from reconciler.core import holdback
 from reconciler.core.events import Event
+from reconciler.core.holdback import Deployed, Notice, Say
 from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState
 from reconciler.core.plan import Action, ActionKind, Plan
-from reconciler.core.policy import Deployed, Notice, Say
-from reconciler.core.proxy import routed, unrouted
 from reconciler.core.report import Outcome, Result
 from reconciler.core.stable import Candidate, StableSample, StableWatch, track
 from reconciler.deploy.applier import Applier
@@ -81,7 +89,6 @@ from reconciler.errors import (
     EngineUnavailable,
     InvalidDesiredState,
     LockHeld,
-    ProxyUnavailable,
     ReconcileError,
     RemoteUnavailable,
     TransientError,
@@ -95,7 +102,6 @@ from reconciler.telemetry.log import Events
 from reconciler.telemetry.metrics import Metrics
 from reconciler.telemetry.notify import Notifier
 from reconciler.telemetry.scrub import scrub
-from reconciler.trust import server_policy
 
 ENGINE_RETRY_MID_DEPLOY = 2.0  # seconds: an outage cut a deploy short; the app may be down until resumed
 CRASH_FILES_KEPT = 20  # a bug that crashes every pass must not fill the state directory
@@ -198,6 +204,10 @@ class Agent:
     proxy_down: str = ""  # why the proxy could not be brought in line this pass (routed apps wait), or ""
     failed_passes: int = 0  # passes in a row that failed (``FAILED_PASSES``: /healthz says so)
     pass_failure: str = ""  # why the last one failed
+    trust: Trust = field(init=False)  # what this server trusts of a commit: built once, for every read
+
+    def __post_init__(self) -> None:
+        self.trust = self.config.settings.trust
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -556,10 +566,7 @@ class Agent:
             self.events.emit(Event.COMMIT_SEEN, f"{self.config.ref} is at {revision[:8]}", commit=revision[:8])
             self.revision = revision
         try:
-            desired = desired_at(
-                self.source, self.config.ref, revision, settings.file,
-                policy=settings.policy, signed_by=settings.require_signed_by, host=settings.host,
-            )  # fmt: skip
+            read = read_at(self.source, self.config.ref, revision, settings.file, self.trust)
         except CommitRefused as exc:
             said = str(exc).replace("\n", " | ")
             said = said if revision[:8] in said else f"commit {revision[:8]}: {said}"
@@ -576,9 +583,11 @@ class Agent:
         self.events.clear("refused")
         self._flag(REFUSED, None)
         if self.verified is None or self.verified[0] != revision:
-            self._warn_dangerous(revision, desired)
-        self.verified = (revision, desired)
-        return revision, desired
+            # Without --policy: one line per mount of /, /proc, /sys or the Docker socket (once each).
+            for line in read.dangers:
+                self.events.once(f"danger:{line}", Event.POLICY_WARNING, f"warning: {line} (no --policy limits it)")
+        self.verified = (revision, read.desired)
+        return revision, read.desired
 
     def _flag(self, key: str, value: str | None) -> None:
         """A journal flag that ``status`` reads; a journal that cannot be written is the state error's."""
@@ -598,23 +607,11 @@ class Agent:
                 continue
             seen.add(entry.revision)
             try:
-                desired = desired_at(
-                    self.source, self.config.ref, entry.revision, settings.file,
-                    policy=settings.policy, signed_by=settings.require_signed_by, host=settings.host,
-                )  # fmt: skip
+                desired = desired_at(self.source, self.config.ref, entry.revision, settings.file, self.trust)
             except ReconcileError:
                 continue
             return entry.revision, desired
         return None
-
-    def _warn_dangerous(self, revision: str, desired: DesiredState) -> None:
-        """Without --policy: one line per mount of /, /proc, /sys or the Docker socket (once each)."""
-        assert self.source is not None
-        if self.config.settings.policy is not None:
-            return
-        file = self.config.settings.file
-        for line in server_policy.check(self.source.read(revision, file), file, desired, None):
-            self.events.once(f"danger:{line}", Event.POLICY_WARNING, f"warning: {line} (no --policy limits it)")
 
     def _took_hangup(self) -> None:
         if self.hup_pending:
@@ -640,105 +637,94 @@ class Agent:
         return moved
 
     def _converge(self, revision: str, desired: DesiredState) -> list[Outcome]:
+        """The one pass (``converge.run.apply_pass``) with the agent's rules and notices as its hooks; what
+        the pass's deploys did (a ``deploy.superseded`` among them: a newer commit waits)."""
         assert self.engine is not None and self.journal is not None
-        journal = self.journal
+        journal, engine = self.journal, self.engine
         why = journal.flag(SUSPENDED)
         if why:
             self.events.once("suspended", Event.AGENT_SUSPENDED, f"suspended: {why}; nothing changes")
             return []
         self._recovered("suspended", Event.AGENT_RESUMED, "resumed")
-        proxy = Proxy(self.engine, self.config.settings.state_dir)
+        settings = self.config.settings
         tip = self.revision  # the branch's tip as this pass saw it (a refused tip leaves a verified revision)
-        applier = Applier(
-            self.engine,
-            journal,
-            on_step=self.on_step or (lambda app, step: None),
-            log=lambda line: None,
-            interrupted=lambda: self._newer_commit(tip),
-            author=desired.author,
-            parallel=self.config.settings.parallel,
-            proxy=proxy,
-        )
-        observed = self.engine.observe()
-        # The proxy first: whatever happened to it, it routes to what runs before anything changes. One that
-        # cannot be brought in line holds back the routed apps only: the others deploy.
-        try:
-            self._proxied(proxy.sync(desired, observed), revision)
-        except UserError as exc:  # said once (and again when it changes); the next pass tries again first
-            self._proxy_failed(exc)
-        else:
-            self.proxy_down = ""
-        waiting = routed(desired) if self.proxy_down else {}
-        if any(spec.service for spec in desired.apps.values()):
-            self._nodes()
-        routes_a_service = desired.proxy is not None and any(s.service and s.route for s in desired.apps.values())
-        self.routing = desired if routes_a_service else None
-        try:
-            verified = applier.verify_unfinished(observed, desired.apps, waiting=waiting)
-        except EngineUnavailable:
-            self.cut_short = True
-            raise
-        for outcome in verified:  # each under the commit that released it, not the one being planned
-            self._report([outcome], outcome.revision or revision)
-            self._remember_failures([outcome], None, outcome.revision or revision)
-        if verified:
-            observed = self.engine.observe()
-        plan, observed = plan_against(self.engine, desired, self.config.settings, observed=observed)
-        gates = [spec.gate.timeout + spec.gate.healthy_for for spec in desired.apps.values()]
-        self.pass_cap = max(900.0, 2 * max(gates, default=0.0) + 600.0)
-        drifting = {action.app for action in plan.actions}
-        self.metrics.observe(desired, observed, drifting)
-        self._notes(plan)
-        if waiting:
-            plan, _ = unrouted(plan, desired)
-        held = policy.held_in(plan, journal.failures())
-        restore = {app: self._last_good(app, observed, journal) for app in policy.lost(plan, held)}
-        plan, notices = policy.hold_back(plan, observed, held, restore=restore, said=self.events.active(policy.HELD))
-        self._say(notices)
-        applied = self._applied(plan.actions)
-        plan, notices = policy.whole_or_nothing(plan, applied)
-        self._say(notices)
-        plan, notices = policy.heal_or_report(plan, applied, self_heal=self.config.self_heal)
-        self._say(notices)
-        if not plan.changes:
-            self._report([Outcome(a.app, a.kind, a.container, Result.SKIPPED, a.message) for a in plan.problems],
-                         revision)  # fmt: skip
-            self._watch_stable(desired, observed, applier)
-            return []
-        try:
-            outcomes = applier.apply(plan, observed, atomic=True)
-        except (EngineUnavailable, ProxyUnavailable) as exc:
-            # Not a verdict on the release: the journal row stays unfinished for the next pass; what this
-            # pass finished before the outage is told now.
-            self._report(applier.done, revision)
-            self._remember_failures(applier.done, plan, revision)
+        applier = new_applier(
+            engine, journal, settings.state_dir, desired, settings,
+            on_step=self.on_step, interrupted=lambda: self._newer_commit(tip),
+        )  # fmt: skip
+        drifting: set[str] = set()
+
+        def started(observed: ObservedState, waiting: Mapping[str, AppSpec]) -> None:
+            if any(spec.service for spec in desired.apps.values()):
+                self._nodes()
+            routes_a_service = desired.proxy is not None and any(s.service and s.route for s in desired.apps.values())
+            self.routing = desired if routes_a_service else None
+
+        def verified(outcomes: list[Outcome]) -> None:
+            for outcome in outcomes:  # each under the commit that released it, not the one being planned
+                self._report([outcome], outcome.revision or revision)
+                self._remember_failures([outcome], None, outcome.revision or revision)
+
+        def planned(plan: Plan, observed: ObservedState) -> None:
+            gates = [spec.gate.timeout + spec.gate.healthy_for for spec in desired.apps.values()]
+            self.pass_cap = max(900.0, 2 * max(gates, default=0.0) + 600.0)
+            drifting.update(action.app for action in plan.actions)
+            self.metrics.observe(desired, observed, drifting)
+            self._notes(plan)
+
+        def hold_back(plan: Plan, observed: ObservedState) -> tuple[Plan, list[Notice]]:
+            held = holdback.held_in(plan, journal.failures())
+            restore = {app: self._last_good(app, observed, journal) for app in holdback.lost(plan, held)}
+            return holdback.hold_back(plan, observed, held, restore=restore, said=self.events.active(holdback.HELD))
+
+        def whole_or_nothing(plan: Plan, observed: ObservedState) -> tuple[Plan, list[Notice]]:
+            return holdback.whole_or_nothing(plan, self._applied(plan.actions))
+
+        def heal_or_report(plan: Plan, observed: ObservedState) -> tuple[Plan, list[Notice]]:
+            return holdback.heal_or_report(plan, self._applied(plan.actions), self_heal=self.config.self_heal)
+
+        def cut(exc: ReconcileError, done: list[Outcome], plan: Plan | None) -> bool:
+            # Not a verdict on the release: what this pass finished before the outage is told now.
+            self._report(done, revision)
+            self._remember_failures(done, plan, revision)
             if isinstance(exc, EngineUnavailable):
-                self.cut_short = True
-                raise
+                self.cut_short = True  # the next pass, within seconds of the engine's return, resumes it
+                return False
             # The proxy went away mid-deploy: the next pass, soon, brings it back first and resumes.
             self.events.once("proxy", Event.PROXY_FAILED, f"{exc}; the deploy resumes when it is back")
-            self.proxy_down = str(exc)
             self.retry_in = 0.0  # the route may be down: the next pass brings the proxy back at once
-            return applier.done
-        try:
+            return True
+
+        def observed_after(observed: ObservedState, outcomes: list[Outcome]) -> None:
             # The gauges before the events: what a deploy's event says is in /metrics by the time it is said.
-            observed = self.engine.observe()
             self.metrics.observe(desired, observed, drifting - {o.app for o in outcomes if o.result is Result.APPLIED})
-        finally:
+
+        def applied(outcomes: list[Outcome], plan: Plan) -> None:
             self._report(outcomes, revision)
             self._remember_failures(outcomes, plan, revision)
-        if desired.proxy is not None and not waiting:
-            try:
-                self._proxied(proxy.sync(desired, observed), revision)
-            except UserError as exc:  # the deploys are told; the next pass tries the proxy again first
-                self._proxy_failed(exc)
-        self._watch_stable(desired, observed, applier)
-        return outcomes
+
+        hooks = PassHooks(
+            filters=(hold_back, whole_or_nothing, heal_or_report),
+            say=self._say,
+            proxy_synced=lambda changes: self._proxied(changes, revision),
+            proxy_failed=self._proxy_failed,
+            started=started,
+            verified=verified,
+            planned=planned,
+            observed_after=observed_after,
+            applied=applied,
+            finished=lambda observed: self._watch_stable(desired, observed, applier),
+            cut=cut,
+            judge_live=False,  # the stable clock judges the releases that die in their window (``_watch_stable``)
+            look_after=True,
+        )
+        record = apply_pass(applier, desired, settings, atomic=True, hooks=hooks)
+        self.proxy_down = record.proxy_error
+        return record.applied
 
     def _proxy_failed(self, exc: UserError) -> None:
         """The proxy cannot be brought in line: said once (again when the reason changes), whichever sync met it."""
         self.events.once("proxy", Event.PROXY_FAILED, f"{exc}; routed apps wait for it, the others deploy")
-        self.proxy_down = str(exc)
 
     def _proxied(self, changes: list[str], revision: str) -> None:
         if self.events.clear("proxy"):
@@ -755,7 +741,7 @@ class Agent:
         for key, note in keys.items():
             self.events.once(key, Event.of_app(note.kind), f"{note.container}: {note.message}", app=note.app)
 
-    # -- what not to do (decided in core.policy) -----------------------------------------------------
+    # -- what not to do (decided in core.holdback) ---------------------------------------------------
 
     def _say(self, notices: Iterable[Notice]) -> None:
         for notice in notices:
@@ -788,20 +774,17 @@ class Agent:
             return ()
         settings = self.config.settings
         try:
-            committed = desired_at(
-                self.source, self.config.ref, good.revision, settings.file,
-                policy=settings.policy, signed_by=settings.require_signed_by, host=settings.host,
-            )  # fmt: skip
-            old = policy.last_good(app, committed)
+            committed = desired_at(self.source, self.config.ref, good.revision, settings.file, self.trust)
+            old = holdback.last_good(app, committed)
         except ReconcileError:  # a commit this server does not trust now is restored by nobody
             return ()
         if old is None:
             return ()
         plan, _ = plan_against(self.engine, old, settings, observed=observed)
-        return policy.restore_actions(app, plan)
+        return holdback.restore_actions(app, plan)
 
     def _remember_failures(self, outcomes: list[Outcome], plan: Plan | None, revision: str) -> None:
-        """Record the failed releases and their companions (``policy.failures_of``), so that none deploys alone."""
+        """Record the failed releases and their companions (``holdback.failures_of``), so that none deploys alone."""
         assert self.journal is not None
         if not any(outcome.release_failed for outcome in outcomes):
             return
@@ -811,7 +794,7 @@ class Agent:
             if last is not None:
                 latest[outcome.app] = Deployed(last.spec_hash, last.to_version)
         applied = self._applied(plan.actions if plan is not None else ())
-        for failure in policy.failures_of(outcomes, plan, revision=revision, applied=applied, latest=latest):
+        for failure in holdback.failures_of(outcomes, plan, revision=revision, applied=applied, latest=latest):
             self.journal.record_failure(
                 app=failure.app, spec_hash=failure.spec_hash, revision=failure.revision, version=failure.version,
                 reason=failure.reason, culprit=failure.culprit,

@@ -22,26 +22,28 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reconciler.adapters.docker import Engine, connect
 from reconciler.adapters.git import Source, open_source
 from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.core import fleet
 from reconciler.core import images as image_match
-from reconciler.core.desired import load_desired
-from reconciler.core.model import STABLE, DesiredState, ObservedState, image_ref
+from reconciler.core.desired import Positions, load_desired
+from reconciler.core.holdback import Notice
+from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState, image_ref
 from reconciler.core.plan import Plan, Resolution, plan
 from reconciler.core.proxy import route_lines, routed, unrouted
 from reconciler.core.report import Outcome, Result
-from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, ProxyError, UserError
+from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, ReconcileError, UserError
 from reconciler.telemetry import scrub
 
 if TYPE_CHECKING:
     from reconciler.deploy.applier import Applier
+    from reconciler.state.journal import Journal
 
 # The proxy, the journal, signatures and the policy are imported where they are used: a fleet's preview
 # and status need none of them, and start asking their hosts sooner without (bench/fleet.py times it).
@@ -72,55 +74,93 @@ class Settings:
     require_signed_by: str | None = None  # ssh:ALLOWED_SIGNERS_FILE or gpg:KEYRING_DIR
     host: str | None = None  # this host's name in a fleet's hosts: (None: this machine's hostname)
 
+    @property
+    def trust(self) -> Trust:
+        """The one ``Trust`` value of these settings, handed to every read of a commit."""
+        return Trust(policy=self.policy, signed_by=self.require_signed_by, host=self.host)
+
 
 @dataclass
 class PassResult:
+    """The record of one pass (``apply_pass``), or of a dry run's plan."""
+
     desired: DesiredState
-    plan: Plan
-    outcomes: list[Outcome] = field(default_factory=list)
+    plan: Plan  # as planned, before the proxy held routed apps back and before any rule (``PassHooks.filters``)
+    outcomes: list[Outcome] = field(default_factory=list)  # verified + applied + waited, in that order
     proxy: list[str] = field(default_factory=list)  # what the pass changed of the proxy (a dry run: would change)
     routes: list[str] = field(default_factory=list)  # which release serves each route, and the warm ones
-    proxy_error: str = ""  # the proxy could not be brought in line after the deploys
+    proxy_error: str = ""  # the proxy could not be brought in line (before or after the deploys, or went away)
+    verified: list[Outcome] = field(default_factory=list)  # verdicts on deploys an earlier run left unfinished
+    applied: list[Outcome] = field(default_factory=list)  # the outcomes of the plan as the rules left it
+    waited: list[Outcome] = field(default_factory=list)  # routed changes not deployed: their proxy is not in line
+    notices: list[Notice] = field(default_factory=list)  # what the rules said of what they held back
+    cut_short: str = ""  # the outage that ended the deploys early, when a hook chose to end the pass there
+
+    def done(self) -> PassResult:
+        self.outcomes = self.verified + self.applied + self.waited
+        return self
 
     @property
     def ok(self) -> bool:
         return all(outcome.result.ok for outcome in self.outcomes) and not self.proxy_error
 
 
+@dataclass(frozen=True)
+class Trust:
+    """What this server trusts of a commit: built once from the command's options (or the agent's settings)
+    and handed to every read of a commit."""
+
+    policy: Path | None = None  # this server's policy file: what a commit may ask for (read at each read)
+    signed_by: str | None = None  # ssh:ALLOWED_SIGNERS_FILE or gpg:KEYRING_DIR: whose signature a commit needs
+    host: str | None = None  # this host's name in a fleet's hosts: (None: this machine's hostname; ``ALL_HOSTS``)
+
+
+@dataclass(frozen=True)
+class Read:
+    """A commit's file read once: the desired state, and what the checkers found at the positions of that
+    one parse."""
+
+    desired: DesiredState
+    dangers: tuple[str, ...] = ()  # without a policy: each dangerous mount, as FILE:LINE:COL: path: message
+
+
 def parse_desired(text: bytes, file: str, revision: str, *, author: str = "") -> DesiredState:
+    return _parse(text, file, revision, author=author)[0]
+
+
+def _parse(text: bytes, file: str, revision: str, *, author: str = "") -> tuple[DesiredState, Positions]:
+    """The validated file and the positions of its one parse, for the checkers that place what they find."""
     data, positions = parse_yaml(text, filename=file)
     scrub.remember_in(data)
     try:
-        return load_desired(data, positions, filename=file, revision=revision, author=author)
+        return load_desired(data, positions, filename=file, revision=revision, author=author), positions
     except InvalidDesiredState as exc:
         raise InvalidDesiredState([scrub.scrub(line) for line in exc.errors]) from None
 
 
-def desired_at(
-    source: Source,
-    ref: str,
-    revision: str,
-    file: str,
-    *,
-    policy: Path | None = None,
-    signed_by: str | None = None,
-    host: str | None = None,
-) -> DesiredState:
-    """The validated file at ``revision`` (what ``ref`` resolved to), with its author and source.
+def desired_at(source: Source, ref: str, revision: str, file: str, trust: Trust) -> DesiredState:
+    """The validated file at ``revision`` (what ``ref`` resolved to), with its author and source (``read_at``)."""
+    return read_at(source, ref, revision, file, trust).desired
 
-    With ``signed_by``, a commit without a good signature by an allowed key is ``CommitRefused`` before its
-    file is even read; with a ``policy`` file, one that asks for more than it allows is a
-    ``PolicyViolation``. Either way nothing of it is applied."""
-    if signed_by is not None:
-        check_signature(source, revision, signed_by)
+
+def read_at(source: Source, ref: str, revision: str, file: str, trust: Trust) -> Read:
+    """The file at ``revision`` read once, parsed once, and checked against ``trust``.
+
+    With ``trust.signed_by``, a commit without a good signature by an allowed key is ``CommitRefused`` before
+    its file is even read; with a ``trust.policy`` file, one that asks for more than it allows is a
+    ``PolicyViolation``. Either way nothing of it is applied. Without a policy, the dangerous mounts are
+    placed in the file (``Read.dangers``) from the same parse."""
+    from reconciler.trust import server_policy
+
+    if trust.signed_by is not None:
+        check_signature(source, revision, trust.signed_by)
     text = source.read(revision, file)
-    desired = parse_desired(text, file, revision, author=source.author(revision))
-    if policy is not None:
-        from reconciler.trust import server_policy
-
-        desired = server_policy.enforce(text, file, desired, server_policy.load_policy(policy))
-    desired = place(desired, host)
-    return desired.model_copy(update={"source": source.identity(ref, revision, file)})
+    desired, positions = _parse(text, file, revision, author=source.author(revision))
+    if trust.policy is not None:
+        desired = server_policy.enforce(positions, file, desired, server_policy.load_policy(trust.policy))
+    desired = place(desired, trust.host)
+    dangers = server_policy.check(positions, file, desired, None) if trust.policy is None else []
+    return Read(desired.model_copy(update={"source": source.identity(ref, revision, file)}), tuple(dangers))
 
 
 ALL_HOSTS = "*"  # ``Settings.host`` for a reader of the whole fleet: every app, placed nowhere
@@ -164,10 +204,7 @@ def read_desired(settings: Settings) -> DesiredState:
     source = open_source(settings.repo, state_dir=settings.state_dir)
     try:
         revision = source.resolve(settings.ref)
-        return desired_at(
-            source, settings.ref, revision, settings.file,
-            policy=settings.policy, signed_by=settings.require_signed_by, host=settings.host,
-        )  # fmt: skip
+        return desired_at(source, settings.ref, revision, settings.file, settings.trust)
     finally:
         source.close()
 
@@ -271,6 +308,29 @@ def reconcile_once(
         return apply_pass(applier, desired, settings)
 
 
+def new_applier(
+    engine: Engine,
+    journal: Journal,
+    state_dir: Path,
+    desired: DesiredState,
+    settings: Settings,
+    *,
+    on_step: Callable[[str, str], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    interrupted: Callable[[], bool] | None = None,
+) -> Applier:
+    """The ``Applier`` of a pass, every collaborator given to its constructor (the one place one is built
+    for a pass: the one-shot, a fleet's push and the agent)."""
+    from reconciler.deploy.applier import Applier
+    from reconciler.deploy.proxy import Proxy
+
+    given: dict[str, Any] = {"on_step": on_step, "log": log, "interrupted": interrupted}
+    return Applier(
+        engine, journal, author=desired.author, parallel=settings.parallel, proxy=Proxy(engine, state_dir),
+        **{name: value for name, value in given.items() if value is not None},
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
 def applying(
     engine: Engine,
@@ -280,31 +340,77 @@ def applying(
     *,
     on_step: Callable[[str, str], None] | None = None,
     log: Callable[[str], None] | None = None,
+    interrupted: Callable[[], bool] | None = None,
 ) -> Iterator[Applier]:
     """An ``Applier`` for ``engine`` while ``state_dir``'s lock is held and its journal is open."""
-    from reconciler.deploy.applier import Applier
-    from reconciler.deploy.proxy import Proxy
     from reconciler.state.journal import Journal, locked
 
     with locked(state_dir, timeout=settings.lock_timeout):
         journal = Journal(state_dir)
         try:
-            proxy = Proxy(engine, state_dir)
-            applier = Applier(engine, journal, author=desired.author, parallel=settings.parallel, proxy=proxy)
-            if on_step is not None:
-                applier.on_step = on_step
-            if log is not None:
-                applier.log = log
+            applier = new_applier(
+                engine, journal, state_dir, desired, settings, on_step=on_step, log=log, interrupted=interrupted
+            )
             yield applier
-            proxy.settle()  # the warm releases it cooled are stopped before the run ends
+            assert applier.proxy is not None
+            applier.proxy.settle()  # the warm releases it cooled are stopped before the run ends
         finally:
             journal.close()
 
 
-def apply_pass(applier: Applier, desired: DesiredState, settings: Settings, *, atomic: bool = False) -> PassResult:
-    """Converge ``applier``'s engine to ``desired``: the proxy, unfinished deploys, then the plan.
+def _nothing(*args: object) -> None:
+    return None
+
+
+def _raise(exc: ReconcileError, done: list[Outcome], plan: Plan | None) -> bool:
+    return False
+
+
+# A plan filter: the plan less what a rule keeps from the pass, and what the rule has to say of it.
+PlanFilter = Callable[[Plan, ObservedState], tuple[Plan, Sequence[Notice]]]
+
+
+@dataclass(frozen=True)
+class PassHooks:
+    """What a caller adds to the one pass (``apply_pass``): the agent's rules and its telling of them. The
+    defaults are the one-shot's: nothing is told as it happens, the record says it all at the end.
+
+    Each hook is called at one point of the pass, in this order: ``proxy_synced`` / ``proxy_failed`` (the
+    proxy first), ``started``, ``verified`` (the unfinished deploys' verdicts), ``planned``, the ``filters``
+    in turn (each one's notices to ``say``), ``observed_after`` (what runs after the deploys),
+    ``applied`` (the deploys' outcomes, also when the look after them failed), ``proxy_synced`` /
+    ``proxy_failed`` again (the proxy after the deploys), ``finished``."""
+
+    filters: Sequence[PlanFilter] = ()  # in order; e.g. the agent's hold-back, whole-commit, self-heal rules
+    say: Callable[[Sequence[Notice]], None] = _nothing
+    proxy_synced: Callable[[list[str]], None] = _nothing  # the proxy is in line; what it changed of it
+    proxy_failed: Callable[[UserError], None] = _nothing  # it cannot be brought in line: routed apps wait
+    started: Callable[[ObservedState, Mapping[str, AppSpec]], None] = _nothing  # what runs, the apps that wait
+    verified: Callable[[list[Outcome]], None] = _nothing  # each under the commit that released it
+    planned: Callable[[Plan, ObservedState], None] = _nothing  # the plan, before any filter
+    observed_after: Callable[[ObservedState, list[Outcome]], None] = _nothing  # only when the pass deployed
+    applied: Callable[[list[Outcome], Plan], None] = _nothing  # the outcomes of the plan that was applied
+    finished: Callable[[ObservedState], None] = _nothing  # the pass went through (not after ``cut``)
+    # An outage (``EngineUnavailable``, ``ProxyUnavailable``) cut the deploys short, ``done`` being what they
+    # did before: True ends the pass there with its record; False (the default) raises it. An outage met by
+    # the unfinished verdicts is told (with nothing done) and always raised.
+    cut: Callable[[ReconcileError, list[Outcome], Plan | None], bool] = _raise
+    judge_live: bool = True  # judge the releases that died in their stable window (the agent's clock does)
+    look_after: bool = False  # look at what runs after any deploy (the agent's gauges and stable clock)
+
+
+ONE_SHOT = PassHooks()
+
+
+def apply_pass(
+    applier: Applier, desired: DesiredState, settings: Settings, *, atomic: bool = False, hooks: PassHooks = ONE_SHOT
+) -> PassResult:
+    """Converge ``applier``'s engine to ``desired``: the proxy, unfinished deploys, then the plan, then the
+    proxy again. The one pass of the one-shot, a fleet's push and the agent; ``hooks`` add the agent's.
 
     ``atomic``: a release of the pass that fails takes the others of the pass back (whole commit)."""
+    from reconciler.errors import EngineUnavailable, ProxyUnavailable
+
     engine, proxy = applier.engine, applier.proxy
     assert proxy is not None
     proxy_error = ""
@@ -315,34 +421,76 @@ def apply_pass(applier: Applier, desired: DesiredState, settings: Settings, *, a
         changed = proxy.sync(desired, observed)
     except UserError as exc:  # the proxy (its port taken, its image missing): the routed apps wait for it
         proxy_error = str(exc)
+        hooks.proxy_failed(exc)
+    else:
+        hooks.proxy_synced(changed)
     waiting = routed(desired) if proxy_error else {}
+    hooks.started(observed, waiting)
     # A deploy that an earlier run never finished (killed mid-gate) gets its verdict first.
-    verified = applier.verify_unfinished(observed, desired.apps, waiting=waiting)
+    try:
+        verified = applier.verify_unfinished(observed, desired.apps, waiting=waiting)
+    except EngineUnavailable as exc:
+        hooks.cut(exc, [], None)
+        raise
+    hooks.verified(verified)
     # One listing per pass, and one more after each verdict that changed what runs.
     if verified:
         observed = engine.observe()
-    # A release that died inside its stable window is taken back as a failed one, and not deployed again by
-    # this pass (the next run tries it again; the agent holds it). A routed one waits with its proxy.
-    live = {app: spec for app, spec in desired.apps.items() if app not in waiting}
-    died = applier.verify_live(observed, live)
-    if died:
-        observed = engine.observe()
-    verified += died
+    died: list[Outcome] = []
+    if hooks.judge_live:
+        # A release that died inside its stable window is taken back as a failed one, and not deployed again
+        # by this pass (the next run tries it again). A routed one waits with its proxy.
+        live = {app: spec for app, spec in desired.apps.items() if app not in waiting}
+        died = applier.verify_live(observed, live)
+        if died:
+            observed = engine.observe()
+        verified += died
     the_plan, observed = plan_against(engine, desired, settings, observed=observed)
     judged = {outcome.app for outcome in died}
     the_plan = dataclasses.replace(the_plan, actions=tuple(a for a in the_plan.actions if a.app not in judged))
+    hooks.planned(the_plan, observed)
     to_apply, held = unrouted(the_plan, desired) if proxy_error else (the_plan, [])
     waited = [
         Outcome(action.app, action.kind, action.container, Result.SKIPPED, "not deployed: its proxy is not in line")
         for action in the_plan.changes
         if action.app in held
     ]
-    outcomes = verified + applier.apply(to_apply, observed, atomic=atomic) + waited
-    if desired.proxy is not None and outcomes and not waiting:
-        observed = engine.observe()
+    notices: list[Notice] = []
+    for rule in hooks.filters:
+        to_apply, said = rule(to_apply, observed)
+        hooks.say(said)
+        notices += said
+    record = PassResult(desired, the_plan, proxy=changed, notices=notices, verified=verified, waited=waited)
+    if to_apply.changes:
         try:
-            changed += proxy.sync(desired, observed)
-        except ProxyError as exc:  # the deploys happened: they are reported, and this with them
+            record.applied = applier.apply(to_apply, observed, atomic=atomic)
+        except (EngineUnavailable, ProxyUnavailable) as exc:
+            # Not a verdict on a release: the journal's rows stay unfinished for the next pass.
+            if not hooks.cut(exc, applier.done, to_apply):
+                raise
+            record.applied, record.cut_short = applier.done, str(exc)
+            record.proxy_error = str(exc) if isinstance(exc, ProxyUnavailable) else proxy_error
+            return record.done()
+    else:  # what ``apply`` says of a plan without a change, without asking it
+        record.applied = [Outcome(a.app, a.kind, a.container, Result.SKIPPED, a.message) for a in to_apply.problems]
+    resync = desired.proxy is not None and bool(verified or record.applied) and not waiting
+    try:
+        if resync or (hooks.look_after and to_apply.changes):
+            observed = engine.observe()
+            if to_apply.changes:
+                hooks.observed_after(observed, record.applied)
+    finally:
+        hooks.applied(record.applied, to_apply)
+    if resync:
+        try:
+            late = proxy.sync(desired, observed)
+        except UserError as exc:  # the deploys happened: they are reported, and this with them
             proxy_error = str(exc)
-    routes = route_lines(desired, observed, proxy.network, proxy.switched())
-    return PassResult(desired, the_plan, outcomes, proxy=changed, routes=routes, proxy_error=proxy_error)
+            hooks.proxy_failed(exc)
+        else:
+            changed += late
+            hooks.proxy_synced(late)
+    record.proxy, record.proxy_error = changed, proxy_error
+    record.routes = route_lines(desired, observed, proxy.network, proxy.switched())
+    hooks.finished(observed)
+    return record.done()

@@ -38,7 +38,7 @@ def validate_file(path: Path, *, policy: Path | None = None) -> DesiredState:
     scrub.remember_in(data)  # what is printed of it is scrubbed of the file's env values
     desired = load_desired(data, positions, filename=str(path))
     if policy is not None:
-        server_policy.enforce(text, str(path), desired, server_policy.load_policy(policy))
+        server_policy.enforce(positions, str(path), desired, server_policy.load_policy(policy))
     return desired
 
 

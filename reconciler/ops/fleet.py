@@ -336,12 +336,13 @@ def _push_group(
             try:
                 engine = _engine_of(desired, host, settings, timeout, calls=max(timeout, CALL_TIMEOUT))
                 mine = fleet.placed(desired, host)
-                using = applying(engine, host_state_dir(settings.state_dir, host), mine, settings)
+                using = applying(
+                    engine, host_state_dir(settings.state_dir, host), mine, settings, interrupted=stop.is_set
+                )
                 applier = using.__enter__()  # outside ``guard``: a host that waits for its lock holds up no other
                 with guard:
                     held.push(using)  # released once the group's verdict is in
                     appliers[host] = applier
-                applier.interrupted = stop.is_set
                 result: PassResult = apply_pass(applier, mine, settings, atomic=True)
             except Exception as exc:  # one host's trouble is its own: its group goes back, nothing is raised
                 done = appliers.get(host)

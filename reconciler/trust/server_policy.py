@@ -5,7 +5,8 @@ Guarantees:
   ``POLICY_FILE:LINE:COL: path: message`` (YAML errors included), or a one-line ``UserError`` when the
   file cannot be read. The format is in ``reconciler.core.guard``.
 - ``check`` places each violation of a policy (with no policy: each dangerous mount) in the
-  desired-state file, as ``FILE:LINE:COL: apps.web.volumes[0]: message``, sorted by place. No line shows
+  desired-state file, at the positions of its one parse (the file is not parsed again), as
+  ``FILE:LINE:COL: apps.web.volumes[0]: message``, sorted by place. No line shows
   an env value, even one that reached a checked field through a YAML alias.
 - ``enforce`` raises ``PolicyViolation`` with those lines when a commit asks for more than the policy
   allows: the whole commit is refused.
@@ -74,13 +75,13 @@ def _message(violation: Violation, positions: Positions) -> str:
     return violation.message
 
 
-def check(text: bytes, file: str, desired: DesiredState, policy: ServerPolicy | None) -> list[str]:
-    """Each violation of ``policy`` by ``desired`` (read from ``text``, named ``file``), or with no policy
-    each dangerous mount, as ``FILE:LINE:COL: path: message``, sorted by place."""
+def check(positions: Positions, file: str, desired: DesiredState, policy: ServerPolicy | None) -> list[str]:
+    """Each violation of ``policy`` by ``desired`` (read from ``file``, whose reading gave ``positions``: the
+    file is parsed once, by its reader), or with no policy each dangerous mount, as ``FILE:LINE:COL: path:
+    message``, sorted by place."""
     found = violations(desired, policy) if policy is not None else dangerous(desired)
     if not found:
         return []
-    _, positions = parse_yaml(text, filename=file)
     placed = []
     for violation in found:
         line, col = _place(violation, positions)
@@ -89,10 +90,10 @@ def check(text: bytes, file: str, desired: DesiredState, policy: ServerPolicy | 
     return list(dict.fromkeys(line for _, line in sorted(placed)))
 
 
-def enforce(text: bytes, file: str, desired: DesiredState, policy: ServerPolicy) -> DesiredState:
+def enforce(positions: Positions, file: str, desired: DesiredState, policy: ServerPolicy) -> DesiredState:
     """Raise ``PolicyViolation`` with every violation when ``desired`` asks for more than ``policy`` allows;
     else ``desired`` carrying the policy's host folders, for the check of real paths at apply time."""
-    lines = check(text, file, desired, policy)
+    lines = check(positions, file, desired, policy)
     if lines:
         raise PolicyViolation(lines)
     return desired.model_copy(update={"limits": limits_of(policy)})

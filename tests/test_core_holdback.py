@@ -1,4 +1,4 @@
-"""The agent's decisions (core.policy) over plain records: held-back releases, never half a release, drift,
+"""The agent's decisions (core.holdback) over plain records: held-back releases, never half a release, drift,
 what a failure records. No engine, no journal: the journal's answers are passed in as data."""
 
 from __future__ import annotations
@@ -7,9 +7,7 @@ from typing import Any
 
 from reconciler.core.events import Event
 from reconciler.core.failures import Failure
-from reconciler.core.model import AppSpec, DesiredState, ObservedContainer, ObservedState, Role, image_ref
-from reconciler.core.plan import PRUNED, STALE_NEXT, Action, ActionKind, Change, Plan, Resolution, Target, fingerprint
-from reconciler.core.policy import (
+from reconciler.core.holdback import (
     Deployed,
     Notice,
     Say,
@@ -23,6 +21,8 @@ from reconciler.core.policy import (
     restore_actions,
     whole_or_nothing,
 )
+from reconciler.core.model import AppSpec, DesiredState, ObservedContainer, ObservedState, Role, image_ref
+from reconciler.core.plan import PRUNED, STALE_NEXT, Action, ActionKind, Change, Plan, Resolution, Target, fingerprint
 from reconciler.core.report import Outcome, Result
 
 COMMIT = "c0ffee0000000000000000000000000000000000"
