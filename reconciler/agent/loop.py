@@ -47,24 +47,24 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
-import logging
+import functools
 import os
 import random
-import select
-import signal
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from types import FrameType
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.adapters.docker import Engine, connect
 from reconciler.adapters.git import Source, open_source
+from reconciler.agent.fallback import TrustFallback
 from reconciler.agent.listener import Health, Listener
+from reconciler.agent.promotion import StableClock
+from reconciler.agent.routes import follow_routes
+from reconciler.agent.wake import HookWake, Waker, on_signals, watch_refs
 from reconciler.converge.run import (
     PassHooks,
     Settings,
@@ -78,12 +78,10 @@ from reconciler.converge.run import (
 from reconciler.core import holdback
 from reconciler.core.events import Event
 from reconciler.core.holdback import Deployed, Notice, Say
-from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState
+from reconciler.core.model import AppSpec, DesiredState, ObservedState
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.report import Outcome, Result
-from reconciler.core.stable import Candidate, StableSample, StableWatch, track
 from reconciler.deploy.applier import Applier
-from reconciler.deploy.proxy import Proxy
 from reconciler.errors import (
     CommitRefused,
     EngineUnavailable,
@@ -94,7 +92,6 @@ from reconciler.errors import (
     TransientError,
     UserError,
 )
-from reconciler.ops.stable import hold, publish_stable, stable_source
 from reconciler.state.journal import REFUSED, SUSPENDED, Journal, JournalResult, PidFile, locked
 from reconciler.state.private import write_private
 from reconciler.telemetry import sdnotify
@@ -105,8 +102,6 @@ from reconciler.telemetry.scrub import scrub
 
 ENGINE_RETRY_MID_DEPLOY = 2.0  # seconds: an outage cut a deploy short; the app may be down until resumed
 CRASH_FILES_KEPT = 20  # a bug that crashes every pass must not fill the state directory
-HOOK_SPACING = 2.0  # seconds between passes that webhooks start: 1,000 hooks in a second are two passes
-FOLLOW = 2.0  # seconds between looks at a routed service's tasks between passes (``Agent._follow``)
 # Passes that failed in a row (an error, an outage, a proxy that cannot be brought in line) before /healthz
 # says 503: one is a blip that the next pass, seconds later, often clears; three is a fault to look at.
 FAILED_PASSES = 3
@@ -142,38 +137,6 @@ class AgentSettings:
         return f"refs/heads/{self.branch}" if self.branch else self.settings.ref
 
 
-class _InactiveEmitter(logging.Filter):
-    """Drops watchdog's "called when the thread is inactive": its reader woke after we stopped it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "thread is inactive" not in record.getMessage()
-
-
-class Waker:
-    """What wakes the agent's loop from its wait: a pipe, so that a signal handler may set it too.
-
-    A ``threading.Event`` takes a lock to be set; a handler that runs while the interrupted code holds that
-    lock (in ``clear()``, say) waits for itself for ever. A write to a non-blocking pipe takes no lock.
-    """
-
-    def __init__(self) -> None:
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._read, False)
-        os.set_blocking(self._write, False)
-
-    def set(self) -> None:
-        with contextlib.suppress(OSError):  # a full pipe is already set
-            os.write(self._write, b"\0")
-
-    def wait(self, timeout: float) -> None:
-        select.select([self._read], [], [], max(0.0, timeout))
-
-    def clear(self) -> None:
-        with contextlib.suppress(OSError):
-            while os.read(self._read, 4096):
-                pass
-
-
 @dataclass
 class Agent:
     config: AgentSettings
@@ -188,7 +151,6 @@ class Agent:
     journal: Journal | None = None
     last_fetch: float = 0.0
     failing: dict[str, int] = field(default_factory=dict)  # what keeps failing -> how many times in a row
-    stable_watch: dict[str, StableWatch] = field(default_factory=dict)
     revision: str = ""
     retry_in: float = float("inf")  # a sooner pass to retry what failed in this one (the remote)
     cut_short: bool = False  # an engine outage stopped a deploy or rollback that the next pass resumes
@@ -198,16 +160,20 @@ class Agent:
     pass_ended: float | None = None
     loop_at: float = field(default_factory=time.monotonic)  # when the loop last went round (a pass, or a wait)
     pass_cap: float = 900.0  # seconds a pass may run and still be alive: longer when the file's gates are
-    verified: tuple[str, DesiredState] | None = None  # the last commit that passed --require-signed-by and --policy
     routing: DesiredState | None = None  # the last file converged to, while it routes a service (``_follow``)
     busy: threading.Lock = field(default_factory=threading.Lock)  # held while a pass uses the engine
     proxy_down: str = ""  # why the proxy could not be brought in line this pass (routed apps wait), or ""
     failed_passes: int = 0  # passes in a row that failed (``FAILED_PASSES``: /healthz says so)
     pass_failure: str = ""  # why the last one failed
     trust: Trust = field(init=False)  # what this server trusts of a commit: built once, for every read
+    fallback: TrustFallback = field(init=False)  # the last commit that passed it, kept to while the tip is refused
+    stable: StableClock = field(init=False)  # the apps on their way to stable
 
     def __post_init__(self) -> None:
-        self.trust = self.config.settings.trust
+        settings = self.config.settings
+        self.trust = settings.trust
+        self.fallback = TrustFallback(self.trust, self.config.ref, settings.file)
+        self.stable = StableClock(self.events, publish=self.config.publish_stable)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -215,7 +181,7 @@ class Agent:
         settings = self.config.settings
         state_dir = settings.state_dir
         pid_file = PidFile(state_dir, os.getpid())
-        self._signals()
+        on_signals(stop=self.stop, hangup=self._hangup)
 
         def ready() -> float | None:
             """None when the state directory can be written (made again if it was removed, our pid file in
@@ -247,7 +213,12 @@ class Agent:
             listener = self._listen()
             sdnotify.notify("READY=1")
             sdnotify.feed_watchdog(lambda: self.liveness().alive, watchdog_stop)
-            threading.Thread(target=self._follow, args=(watchdog_stop,), name="follow-routes", daemon=True).start()
+            follow = functools.partial(
+                follow_routes, watchdog_stop, state_dir=state_dir, busy=self.busy,
+                following=lambda: (self.routing, self.engine),
+                changed=lambda change: self.events.emit(Event.PROXY_CHANGED, change, commit=self.revision[:8]),
+            )  # fmt: skip
+            threading.Thread(target=follow, name="follow-routes", daemon=True).start()
             self.events.emit(
                 Event.AGENT_STARTED,
                 f"following {self.config.ref} of {settings.repo}",
@@ -266,7 +237,7 @@ class Agent:
                             )
                     if observer is None and self.config.watch and self.source is not None:
                         # Watch before the first pass, so that a push during it is not missed.
-                        observer = self._watch(self.source)
+                        observer = watch_refs(self.source, self._refs_changed)
                     wait = self.tick()
                 self.loop_at = time.monotonic()  # also while it waits for a state directory it can write
                 if self.stopping:
@@ -312,32 +283,6 @@ class Agent:
         if self.config.listen is None:
             return None
 
-        spacing = threading.Lock()
-        timer: list[threading.Timer] = []
-        last = [float("-inf")]
-
-        def fire() -> None:
-            with spacing:
-                timer.clear()
-                last[0] = time.monotonic()
-            self.wake.set()
-
-        def pushed() -> None:
-            # A newer commit may be waiting: a gate under way sees it at once (``_newer_commit``). Passes
-            # for hooks start at most every HOOK_SPACING: a flood is one pass now and one after it.
-            self.changed.set()
-            with spacing:
-                if timer:
-                    return
-                delay = last[0] + HOOK_SPACING - time.monotonic()
-                if delay > 0:
-                    timer.append(threading.Timer(delay, fire))
-                    timer[0].daemon = True
-                    timer[0].start()
-                    return
-                last[0] = time.monotonic()
-            self.wake.set()
-
         def refused(provider: str, message: str) -> None:
             if message:
                 self.events.once(f"webhook:{provider}", Event.WEBHOOK_REFUSED, message)
@@ -349,7 +294,7 @@ class Agent:
             self.config.listen,
             metrics=self.metrics,
             health=self.health,
-            on_push=pushed,
+            on_push=HookWake(changed=self.changed.set, wake=self.wake.set).pushed,
             on_refused=refused,
             secret=self.config.webhook_secret,
             followed=f"refs/heads/{branch}" if branch else None,
@@ -381,50 +326,14 @@ class Agent:
         detail = "no pass yet" if age is None else f"the last pass ended {age:.0f}s ago"
         return Health(idle < limit, age, detail if idle < limit else f"the loop has not moved for {idle:.0f}s")
 
-    def _signals(self) -> None:
-        def terminate(signum: int, frame: FrameType | None) -> None:
-            self.stop()
+    def _hangup(self) -> None:
+        # No lock in a handler (``wake.Waker``): ``changed`` is set by the code it interrupted, not here.
+        self.hup_pending = True
+        self.wake.set()
 
-        def hangup(signum: int, frame: FrameType | None) -> None:
-            # No lock in a handler (``Waker``): ``changed`` is set by the code it interrupted, not here.
-            self.hup_pending = True
-            self.wake.set()
-
-        signal.signal(signal.SIGTERM, terminate)
-        signal.signal(signal.SIGINT, terminate)
-        signal.signal(signal.SIGHUP, hangup)
-
-    def _watch(self, source: Source) -> Any:
-        """Wake the loop when refs change in a local repository (a push to a bare one, a commit)."""
-        if source.mirrored:
-            return None
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        agent = self
-
-        class RefsChanged(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                # Only writes: our own reads of the refs raise open/close events, which must not wake us.
-                if event.event_type not in ("created", "modified", "moved", "deleted", "closed"):
-                    return
-                path = str(event.src_path) + " " + str(getattr(event, "dest_path", ""))
-                if "refs" in path or "HEAD" in path:
-                    agent.changed.set()
-                    agent.wake.set()
-
-        # watchdog 7.1 logs an error when its reader wakes after stop() (a race inside its inotify
-        # emitter, harmless at shutdown); our stderr is the event stream, so that line is dropped.
-        logging.getLogger("watchdog.observers.inotify").addFilter(_InactiveEmitter())
-        observer = Observer()
-        git_dir = Path(source.repo.git_dir)
-        # refs/ for loose refs (a push renames refs/heads/x.lock into place); the git dir itself, not
-        # recursively, for packed-refs and HEAD. Objects are left alone: a push writes many of them.
-        observer.schedule(RefsChanged(), str(git_dir / "refs"), recursive=True)
-        observer.schedule(RefsChanged(), str(git_dir), recursive=False)
-        observer.daemon = True
-        observer.start()
-        return observer
+    def _refs_changed(self) -> None:
+        self.changed.set()
+        self.wake.set()
 
     # -- one pass ------------------------------------------------------------------------------------
 
@@ -451,25 +360,6 @@ class Agent:
         for key in self.events.active("node:"):
             if key.removeprefix("node:") not in nodes:  # removed from the swarm
                 self.events.clear(key)
-
-    def _follow(self, stop: threading.Event) -> None:
-        """Between passes, every ``FOLLOW`` seconds: a routed service's route follows its tasks, so that a task
-        Swarm replaced (a crash, a node gone) serves within seconds, not at the next pass. Only while no
-        pass runs (here or in another process: the state directory's lock); any trouble is left to the next
-        pass, which reports it."""
-        while not stop.wait(FOLLOW):
-            desired, engine = self.routing, self.engine
-            if desired is None or engine is None or not self.busy.acquire(blocking=False):
-                continue
-            try:
-                with locked(self.config.settings.state_dir):
-                    proxy = Proxy(engine, self.config.settings.state_dir)
-                    for change in proxy.follow(desired, engine.observe()):
-                        self.events.emit(Event.PROXY_CHANGED, change, commit=self.revision[:8])
-            except ReconcileError:
-                pass
-            finally:
-                self.busy.release()
 
     def _recovered(self, key: str, event: Event, message: str) -> None:
         self.failing.pop(key, None)
@@ -540,7 +430,7 @@ class Agent:
             if outcome.result is Result.SUPERSEDED:
                 return 0.0  # a newer commit is waiting
         retry, self.retry_in = self.retry_in, float("inf")
-        return min(self._next_interval(), self._stable_due(), retry)
+        return min(self._next_interval(), self.stable.due(), retry)
 
     def _read(self) -> tuple[str, DesiredState]:
         settings = self.config.settings
@@ -572,21 +462,17 @@ class Agent:
             said = said if revision[:8] in said else f"commit {revision[:8]}: {said}"
             self.events.once("refused", _REFUSED.get(exc.reason, Event.COMMIT_REFUSED), said, commit=revision[:8])
             self._flag(REFUSED, said)
-            if self.verified is not None and self.verified[0] == revision:
-                self.verified = None  # trusted before, not now (a key revoked, the policy tightened)
-            if self.verified is None:
-                self.verified = self._verified_from_journal()
-            if self.verified is None:
+            kept = self.fallback.refused(revision, journal=self.journal, source=self.source)
+            if kept is None:
                 raise  # nothing this server trusts to keep to: the pass changes nothing
             # The host keeps the last verified commit (drift is still healed) until a commit passes.
-            return self.verified
+            return kept
         self.events.clear("refused")
         self._flag(REFUSED, None)
-        if self.verified is None or self.verified[0] != revision:
+        if self.fallback.passed(revision, read.desired):
             # Without --policy: one line per mount of /, /proc, /sys or the Docker socket (once each).
             for line in read.dangers:
                 self.events.once(f"danger:{line}", Event.POLICY_WARNING, f"warning: {line} (no --policy limits it)")
-        self.verified = (revision, read.desired)
         return revision, read.desired
 
     def _flag(self, key: str, value: str | None) -> None:
@@ -594,24 +480,6 @@ class Agent:
         if self.journal is not None and self.journal.flag(key) != value:
             with contextlib.suppress(ReconcileError):
                 self.journal.set_flag(key, value)
-
-    def _verified_from_journal(self) -> tuple[str, DesiredState] | None:
-        """After a start: the newest commit this host applied that still passes the signature rule and the
-        policy, to keep to while the tip is refused."""
-        if self.journal is None or self.source is None:
-            return None
-        settings = self.config.settings
-        seen: set[str] = set()
-        for entry in self.journal.history(limit=50):
-            if entry.result != JournalResult.SUCCEEDED or entry.revision in seen or not entry.revision:
-                continue
-            seen.add(entry.revision)
-            try:
-                desired = desired_at(self.source, self.config.ref, entry.revision, settings.file, self.trust)
-            except ReconcileError:
-                continue
-            return entry.revision, desired
-        return None
 
     def _took_hangup(self) -> None:
         if self.hup_pending:
@@ -699,6 +567,9 @@ class Agent:
             # The gauges before the events: what a deploy's event says is in /metrics by the time it is said.
             self.metrics.observe(desired, observed, drifting - {o.app for o in outcomes if o.result is Result.APPLIED})
 
+        def died(app: str, spec: AppSpec, observed: ObservedState, why: str) -> None:
+            self._died(app, spec, observed, applier, why)
+
         def applied(outcomes: list[Outcome], plan: Plan) -> None:
             self._report(outcomes, revision)
             self._remember_failures(outcomes, plan, revision)
@@ -713,7 +584,7 @@ class Agent:
             planned=planned,
             observed_after=observed_after,
             applied=applied,
-            finished=lambda observed: self._watch_stable(desired, observed, applier),
+            finished=lambda observed: self.stable.look(desired, observed, applier, source=self.source, died=died),
             cut=cut,
             judge_live=False,  # the stable clock judges the releases that die in their window (``_watch_stable``)
             look_after=True,
@@ -845,45 +716,6 @@ class Agent:
 
     # -- stable ------------------------------------------------------------------------------------
 
-    def _watch_stable(self, desired: DesiredState, observed: ObservedState, applier: Applier) -> None:
-        """Sample the apps on their way to stable (``core.stable``) and promote those that stayed healthy."""
-        assert self.journal is not None and self.engine is not None
-        now = time.time()
-        candidates = {app: self._candidate(app, spec, observed) for app, spec in desired.apps.items()}
-        # Kept before sampling: an engine outage mid-way keeps what the clock learned so far.
-        self.stable_watch, look = track(self.stable_watch, candidates, now=now)
-        for app in look:
-            spec = desired.apps[app]
-            current = observed.of_app(app, service=spec.service)
-            assert current is not None
-            if spec.service:
-                seen, updated = applier.services.sample(current.id, spec)
-                sample = StableSample.of(seen, at=now, started_at=updated)
-            else:
-                sample = StableSample.of(
-                    applier.sample(current.id, spec.gate), at=now, started_at=self.engine.started_at(current.id)
-                )
-            watch = self.stable_watch[app] = self.stable_watch[app].observe(sample)
-            if watch.failure and spec.service:
-                # Swarm replaces a service's dead tasks and its rollout judged them: only the clock starts over.
-                watch = self.stable_watch[app] = replace(watch, failure="")
-            if watch.failure:
-                self.stable_watch.pop(app, None)  # judged: it is a failed release now, held as one
-                self._died(app, spec, observed, applier, watch.failure)
-                continue
-            if watch.promote:
-                self.stable_watch.pop(app, None)  # done, or tried again from the next pass on
-                source = stable_source(spec.image, current)
-                try:
-                    hold(self.engine, source)
-                    self._promote(app, spec.image, current.version, source, current.commit, how="auto")
-                except EngineUnavailable:
-                    raise
-                except ReconcileError as exc:
-                    self.events.once(f"stable:{app}", Event.STABLE_UNPUBLISHED, f"{app}: not promoted: {exc}", app=app)
-                else:
-                    self.events.clear(f"stable:{app}")
-
     def _died(self, app: str, spec: AppSpec, observed: ObservedState, applier: Applier, why: str) -> None:
         """A release that died inside its stable window (``core.stable.died``) is a failed release: taken
         back (``Applier.fail_live``), said once, and held as a failed gate is."""
@@ -894,54 +726,6 @@ class Agent:
             raise
         self._report([outcome], outcome.revision or self.revision)
         self._remember_failures([outcome], None, outcome.revision or self.revision)
-
-    def _candidate(self, app: str, spec: AppSpec, observed: ObservedState) -> Candidate | None:
-        """What the engine and the journal say of ``app``'s container, for the stable clock."""
-        assert self.journal is not None
-        if spec.canary is not None and spec.version == STABLE:
-            # This host follows the stable its canary promotes and publishes: promoting (and publishing)
-            # what it runs here could only put an older stable back over the canary's.
-            return None
-        current = observed.of_app(app, service=spec.service)
-        if current is None or not current.managed or not current.spec_hash:
-            return None
-        image_id = stable_source(spec.image, current)
-        if not image_id:
-            return None
-        promoted = self.journal.stable(app)
-        deployed = self.journal.last(app, result=JournalResult.SUCCEEDED)
-        return Candidate(
-            spec_hash=current.spec_hash,
-            image_id=image_id,
-            stable_after=spec.stable_after,
-            deployed_hash=deployed.spec_hash if deployed is not None else None,
-            deployed_at=deployed.finished_at if deployed is not None else None,
-            stable_image_id=promoted.image_id if promoted is not None else None,
-        )
-
-    def _promote(self, app: str, image: str, version: str, image_id: str, revision: str, *, how: str) -> None:
-        assert self.journal is not None and self.engine is not None
-        concrete = version
-        if version == STABLE:
-            previous = self.journal.stable(app)
-            concrete = previous.version if previous is not None else version
-        problems = publish_stable(
-            self.engine, self.journal, self.source, app=app, image=image, version=concrete, image_id=image_id,
-            revision=revision, how=how, publish=self.config.publish_stable,
-        )  # fmt: skip
-        self.events.emit(Event.STABLE_PROMOTED, f"{app} {concrete} is stable ({image}:stable)", app=app,
-                         commit=revision[:8])  # fmt: skip
-        for problem in problems:
-            self.events.emit(Event.STABLE_UNPUBLISHED, f"{app}: {problem}", app=app)
-
-    def _stable_due(self) -> float:
-        """Seconds until the next app could be promoted (the loop wakes then to look)."""
-        if not self.stable_watch:
-            return float("inf")
-        now = time.time()
-        due = min(watch.due(now) for watch in self.stable_watch.values())
-        # Look at least every 5 s meanwhile: staying healthy is what earns the promotion.
-        return max(0.05, min(due, 5.0))
 
 
 def run_agent(

@@ -94,6 +94,15 @@ def stable_source(image: str, current: ObservedContainer) -> str:
     return current.image_id
 
 
+def concrete_version(app: str, version: str, journal: Journal) -> str:
+    """The version a release of ``app`` at ``version`` is promoted as: ``stable`` itself names the version
+    the journal last promoted (a release that runs ``stable`` is that one again), as long as there is one."""
+    if version != STABLE:
+        return version
+    promoted = journal.stable(app)
+    return promoted.version if promoted is not None else version
+
+
 def hold(engine: Engine, source: str) -> None:
     """Make sure the engine holds ``source`` before it is tagged: a service's image by its digest is pulled
     when the manager does not have it (its tasks run on other nodes only)."""
@@ -120,10 +129,7 @@ def promote_running(settings: Settings, app: str, *, publish: bool) -> tuple[str
         raise UserError(f"{app}: no running container or service of reconciler's to promote")
     journal = Journal(settings.state_dir)
     try:
-        version = current.version
-        if version == STABLE:
-            promoted = journal.stable(app)
-            version = promoted.version if promoted is not None else version
+        version = concrete_version(app, current.version, journal)
         if current.kind == "service":
             image = _repository(engine.service_image(current.id).split("@", 1)[0])
         else:

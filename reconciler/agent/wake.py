@@ -1,0 +1,138 @@
+"""What wakes the agent's loop from its wait: a pipe, signals, a watched repository, webhooks.
+
+Guarantees:
+- ``Waker.set`` takes no lock, so that a signal handler may call it whatever the code it interrupted holds.
+- SIGTERM and SIGINT stop the agent; SIGHUP asks for a pass now, with a fetch. The handlers only set flags
+  and the waker: the code they interrupted turns a hangup into a fetch (no lock is taken in a handler).
+- A local repository is watched for writes to its refs (a push, a commit): each wakes the loop at once
+  and marks the branch as maybe moved. Reads of the refs (the agent's own) wake nothing; a mirrored
+  repository is not watched (its fetch is on the interval).
+- Pushes announced by webhooks mark the branch as maybe moved at once and start passes at most every
+  ``HOOK_SPACING`` seconds: a flood is one pass now and one after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from reconciler.adapters.git import Source
+
+HOOK_SPACING = 2.0  # seconds between passes that webhooks start: 1,000 hooks in a second are two passes
+
+
+class Waker:
+    """What wakes the agent's loop from its wait: a pipe, so that a signal handler may set it too.
+
+    A ``threading.Event`` takes a lock to be set; a handler that runs while the interrupted code holds that
+    lock (in ``clear()``, say) waits for itself for ever. A write to a non-blocking pipe takes no lock.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def set(self) -> None:
+        with contextlib.suppress(OSError):  # a full pipe is already set
+            os.write(self._write, b"\0")
+
+    def wait(self, timeout: float) -> None:
+        select.select([self._read], [], [], max(0.0, timeout))
+
+    def clear(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._read, 4096):
+                pass
+
+
+def on_signals(*, stop: Callable[[], None], hangup: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT call ``stop``, SIGHUP ``hangup``: both must take no lock (``Waker``)."""
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        stop()
+
+    def hungup(signum: int, frame: FrameType | None) -> None:
+        hangup()
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
+    signal.signal(signal.SIGHUP, hungup)
+
+
+class _InactiveEmitter(logging.Filter):
+    """Drops watchdog's "called when the thread is inactive": its reader woke after we stopped it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "thread is inactive" not in record.getMessage()
+
+
+def watch_refs(source: Source, changed: Callable[[], None]) -> Any:
+    """Call ``changed`` when refs change in a local repository (a push to a bare one, a commit); the
+    watchdog observer to stop, or None for a mirror."""
+    if source.mirrored:
+        return None
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    class RefsChanged(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            # Only writes: our own reads of the refs raise open/close events, which must not wake us.
+            if event.event_type not in ("created", "modified", "moved", "deleted", "closed"):
+                return
+            path = str(event.src_path) + " " + str(getattr(event, "dest_path", ""))
+            if "refs" in path or "HEAD" in path:
+                changed()
+
+    # watchdog 7.1 logs an error when its reader wakes after stop() (a race inside its inotify
+    # emitter, harmless at shutdown); our stderr is the event stream, so that line is dropped.
+    logging.getLogger("watchdog.observers.inotify").addFilter(_InactiveEmitter())
+    observer = Observer()
+    git_dir = Path(source.repo.git_dir)
+    # refs/ for loose refs (a push renames refs/heads/x.lock into place); the git dir itself, not
+    # recursively, for packed-refs and HEAD. Objects are left alone: a push writes many of them.
+    observer.schedule(RefsChanged(), str(git_dir / "refs"), recursive=True)
+    observer.schedule(RefsChanged(), str(git_dir), recursive=False)
+    observer.daemon = True
+    observer.start()
+    return observer
+
+
+class HookWake:
+    """Pushes announced by webhooks: ``changed`` at once (a gate under way sees the newer commit), ``wake``
+    at most every ``HOOK_SPACING`` seconds (a later one is put off to then, once)."""
+
+    def __init__(self, changed: Callable[[], None], wake: Callable[[], None]) -> None:
+        self._changed, self._wake = changed, wake
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._last = float("-inf")
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._last = time.monotonic()
+        self._wake()
+
+    def pushed(self) -> None:
+        self._changed()
+        with self._lock:
+            if self._timer is not None:
+                return
+            delay = self._last + HOOK_SPACING - time.monotonic()
+            if delay > 0:
+                self._timer = threading.Timer(delay, self._fire)
+                self._timer.daemon = True
+                self._timer.start()
+                return
+            self._last = time.monotonic()
+        self._wake()
