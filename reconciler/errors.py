@@ -9,6 +9,8 @@ traceback. The tree::
     │   ├── InvalidDesiredState     desired-state.yaml broken or invalid (carries every FILE:LINE:COL error)
     │   ├── SourceError             repo, ref or file not found
     │   ├── CommitRefused           unsigned, signed by a key not allowed, or beyond --policy: not applied
+    │   │   └── PolicyViolation     beyond --policy: every violation at its FILE:LINE:COL (core.guard)
+    │   ├── InvalidPolicy           the --policy file broken or invalid: every error at its place (core.guard)
     │   ├── ImageError              image or tag does not exist, or access denied
     │   ├── ContainerError          the engine refused a container (port taken, bad mount, name in use)
     │   ├── EnvFileError            an app's env_file cannot be read where it runs, or is not KEY=VALUE text

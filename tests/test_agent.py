@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.support import AppNames, ImageFactory, free_port, http_get, state
-from tests.support.agent import KNOWN_EVENTS, AgentProcess, LogLine, World, wait_body
+from tests.support.agent import KNOWN_EVENTS, PASS_DONE, AgentProcess, LogLine, World, wait_body
 from tests.support.state import FILE, cli, desired, inspect, is_running, labels, must_inspect, names_of, show
 
 DEPLOY_EVENTS = ("deploy.succeeded", "deploy.rolled-back", "deploy.failed", "deploy.superseded")
@@ -45,12 +45,13 @@ def deploy_lines(agent: AgentProcess, app: str, since: int = 0) -> list[LogLine]
 
 
 def agent_after_first_pass(world: World, *apps: str, extra: tuple[str, ...] = ()) -> AgentProcess:
-    """`world.agent(*extra)`, once its first pass has deployed each of `apps` and its watcher is up.
+    """`world.agent(*extra)`, once its first pass has deployed each of `apps` and its watcher is up; it says
+    `pass.done` after each pass (``AgentProcess.pass_after``).
 
     From then on a push wakes the agent through the watcher; a push during the first pass has a test of
     its own (test_push_during_the_first_pass_is_not_missed).
     """
-    agent = world.agent(*extra)
+    agent = world.agent(*extra, env=PASS_DONE)
     for app in apps:
         agent.wait_for("deploy.succeeded", app=app, timeout=20)
     agent.wait_watching()
@@ -166,8 +167,9 @@ def test_broken_releases_roll_back_are_held_and_retried_only_on_demand(
     held = agent.wait_for("deploy.held", app=app, since=mark, timeout=10)
     assert "v2-crash" in held.message and f"reconcile retry {app}" in held.message, held.raw
     for _ in range(3):
+        asked = time.time()
         agent.hup()
-        time.sleep(0.7)  # nothing to wait for: the point is that nothing happens
+        agent.pass_after(asked)  # the pass the hangup asked for went through, and nothing happened
         assert len(history_rows(world, app)) == attempts, history_rows(world, app)
     assert len(deploy_lines(agent, app, since=mark)) == 1, agent.log()
     assert len(agent.events("deploy.held", app=app, since=mark)) == 1, agent.log()
@@ -339,9 +341,10 @@ def test_a_commit_with_an_app_that_cannot_be_resolved_deploys_none_of_its_apps(
     )
     blocked = agent.wait_for("commit.blocked", since=mark, timeout=20)
     assert sha[:8] in blocked.message and bad in blocked.message and "v404" in blocked.message, blocked.raw
-    agent.hup()
-    agent.hup()
-    time.sleep(1.0)
+    for _ in range(2):
+        asked = time.time()
+        agent.hup()
+        agent.pass_after(asked)  # the pass the hangup asked for went through
     assert body(good_port) == "v1" and body(bad_port) == "v1", agent.log()
     assert not agent.events("deploy.succeeded", since=mark), agent.log()
     assert len(agent.events("commit.blocked", since=mark)) == 1, agent.log()  # logged once, not every pass
@@ -404,8 +407,9 @@ def test_no_self_heal_only_reports_drift(world: World, images: ImageFactory, app
     found = agent.wait_for("drift.found", app=app, since=mark, timeout=15)
     assert "--no-self-heal" in found.message, found.raw
     for _ in range(2):
+        asked = time.time()
         agent.hup()
-        time.sleep(0.7)  # nothing to wait for: the point is that nothing happens
+        agent.pass_after(asked)  # the pass the hangup asked for went through, and nothing happened
     assert not is_running(must_inspect(world.client, app))
     assert len(agent.events("drift.found", app=app, since=mark)) == 1, agent.log()
     assert not agent.events("drift.healing", since=mark), agent.log()
@@ -426,7 +430,7 @@ def test_remote_unreachable_is_logged_once_and_its_return_deploys_what_was_pushe
     bare = world.remote.bare_path
     url = bare.as_uri()
     world.commit(desired(app_yaml(app, world.web(), "v1", port)), "v1")
-    agent = world.agent(repo=url, interval="1s")
+    agent = world.agent(repo=url, interval="1s", env=PASS_DONE)
     agent.wait_for("deploy.succeeded", app=app, timeout=20)
 
     away = tmp_path / "remote-away.git"
@@ -437,8 +441,9 @@ def test_remote_unreachable_is_logged_once_and_its_return_deploys_what_was_pushe
         # A commit pushed while the agent cannot see the remote.
         world.remote.write(FILE, desired(app_yaml(app, world.web(), "v2", port)))
         meanwhile = world.remote.commit("v2 while the remote is away")
+        pushed = time.time()
         world.remote.git("push", "-q", str(away), "HEAD:refs/heads/main")
-        time.sleep(4)  # several 1 s intervals go by: still one line, the app untouched
+        agent.pass_after(pushed, count=3)  # several passes go by: still one line, the app untouched
         assert len(agent.events("remote.unreachable", since=mark)) == 1, agent.log()
         assert body(port) == "v1"
         assert is_running(must_inspect(world.client, app))
@@ -696,6 +701,7 @@ def test_a_second_agent_on_the_same_state_dir_exits_1_and_the_first_keeps_runnin
     assert first.alive(), first.log()
     assert pid_file.exists() and pid_file.read_text().strip() == str(first.pid)
     assert body(port) == "v1"
+    asked = time.time()
     first.hup()  # the first agent still works
-    time.sleep(0.5)
+    first.pass_after(asked)
     assert first.alive(), first.log()

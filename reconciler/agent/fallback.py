@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from reconciler.adapters.git import Source
 from reconciler.converge.run import Trust, desired_at
 from reconciler.core.model import DesiredState
-from reconciler.errors import ReconcileError
+from reconciler.errors import UserError
 from reconciler.state.journal import Journal, JournalResult
 
 HISTORY_LOOKED_AT = 50  # journal rows looked through for a trusted commit after a start
@@ -57,7 +57,7 @@ class TrustFallback:
             seen.add(entry.revision)
             try:
                 desired = desired_at(source, self.ref, entry.revision, self.file, self.trust)
-            except ReconcileError:  # refused now, or unreadable: not one to keep to
+            except UserError:  # refused now, or not valid: not one to keep to (an outage stops the pass)
                 continue
             return entry.revision, desired
         return None

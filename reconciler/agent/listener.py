@@ -25,7 +25,8 @@ Guarantees:
   is alive, its last pass is recent and passes do not keep failing, ``503`` otherwise, with the age of
   the last pass in its JSON. ``HEAD`` of either answers as ``GET`` does, without the body (load
   balancers probe with it).
-- A request that fails inside the listener is ``500`` and one line on stderr, never a traceback.
+- A request that fails inside the listener is ``500`` and one line on stderr, never a traceback there; given
+  ``crashed`` (the agent's crash files), the traceback is kept by it and the line says where.
 - Nothing it answers or logs holds the secret or the signature a client sent.
 """
 
@@ -90,6 +91,7 @@ class Listener:
         secret: bytes = b"",
         followed: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        crashed: Callable[[BaseException], str] | None = None,
     ) -> None:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -97,6 +99,7 @@ class Listener:
         self.host, self.port = host.strip("[]"), int(port)
         self.metrics, self.health, self.on_push, self.on_refused = metrics, health, on_push, on_refused
         self.secret, self.followed, self.clock = secret, followed, clock
+        self.crashed = crashed  # keeps a bug's traceback and says where (the agent's crash files)
         self.limit = RateLimit()
         self._limit_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,7 +168,11 @@ class Listener:
             return answered[0][0], answered[0][1], body
         except Exception as exc:  # a bug: one line, and the client is told
             what = f"{environ.get('REQUEST_METHOD')} {str(environ.get('PATH_INFO'))[:64]}"
-            _log.error("listener: %s: internal error: %s: %s", what, type(exc).__name__, str(exc)[:200])
+            said = (what, type(exc).__name__, str(exc)[:200])
+            if self.crashed is not None:  # the traceback is kept apart (the agent's crash files): the line says where
+                _log.error("listener: %s: internal error: %s: %s (%s)", *said, self.crashed(exc))
+            else:
+                _log.error("listener: %s: internal error: %s: %s", *said)
             data = (json.dumps({"result": "error", "reason": f"internal error: {type(exc).__name__}"}) + "\n").encode()
             return (
                 "500 Internal Server Error",

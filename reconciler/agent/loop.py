@@ -1,5 +1,10 @@
 """``reconcile agent``: follow a branch and keep the host converged to it, for as long as it runs.
 
+This module is the process and its tick; each pass is the one pass (``converge.run.apply_pass``) with the
+agent's rules and notices as its hooks. What wakes it is in ``agent.wake``, the stable clock in
+``agent.promotion``, the trust fallback in ``agent.fallback``, the route follower in ``agent.routes``,
+crash files in ``agent.crash``. The guarantees below are the agent's, whichever of them keeps each.
+
 Guarantees:
 - Each pass reads the tip of the branch (a URL is mirrored and fetched every ``interval``, with
   jitter; a rewritten branch is followed to its new tip). A local repository is also watched, so a
@@ -11,8 +16,9 @@ Guarantees:
   one is made again with its pid file; a corrupt journal or mirror is moved aside and started again
   (``journal.reset``, ``mirror.reset``). ``agent.pid`` is held with ``flock`` for the agent's life (a
   second agent on the state directory exits 1 naming the holder) and removed at exit only while it is ours.
-- A bug in a pass is one ``pass.crashed`` line; its traceback goes to ``STATE/crash-TIME.txt`` (the
-  newest ``CRASH_FILES_KEPT`` are kept), or to stderr with ``RECONCILE_DEBUG`` set. The agent goes on.
+- A bug in a pass is one ``pass.crashed`` line; its traceback goes to ``STATE/crash-TIME.txt``
+  (``agent.crash``), or to stderr with ``RECONCILE_DEBUG`` set. The agent goes on. So does a bug in the
+  listener's answer to one request: one line, its traceback kept the same way.
 - An engine outage in the middle of a deploy or a rollback is not a failed release: the pass stops
   (what it did before is reported), no ``deploy.failed`` is logged, and the engine is asked again
   every ``ENGINE_RETRY_MID_DEPLOY`` seconds, whatever the backoff, so that the next pass resumes the
@@ -33,11 +39,13 @@ Guarantees:
   is said once (``proxy.failed``, again when the reason changes) and holds back only the routed apps: the
   others deploy. One that goes away mid-deploy (``ProxyUnavailable``) is like an engine outage: no verdict
   on the release; the next pass, at once, brings the proxy back and deploys the release again.
+- With ``RECONCILE_PASS_DONE`` set, every pass ends with one ``pass.done`` line (when it started, in
+  ``started``): a fact for tests and drills to wait on. Without it nothing is said every pass.
 - A pass that fails as a whole is one ``pass.error`` per fault (again when the fault changes, and one
   ``pass.recovered`` when a pass goes through). ``/healthz`` says 503 ``failing`` once ``FAILED_PASSES``
   passes in a row failed (an error, an outage, a proxy that holds routed apps back); the systemd watchdog
   is fed on the loop's liveness alone.
-- Between passes, a routed service's route follows its tasks every ``FOLLOW`` seconds (only while no
+- Between passes, a routed service's route follows its tasks every ``routes.FOLLOW`` seconds (only while no
   pass holds the engine, here or in another process): a task Swarm replaced serves within seconds.
 - SIGTERM ends the current step (a gate's wait is abandoned, its verdict given by the next start),
   exits 0 and leaves every container running. A deploy cut short by SIGKILL is finished or rolled
@@ -50,21 +58,20 @@ import contextlib
 import functools
 import os
 import random
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.adapters.docker import Engine, connect
 from reconciler.adapters.git import Source, open_source
+from reconciler.agent.crash import keep_traceback
 from reconciler.agent.fallback import TrustFallback
 from reconciler.agent.listener import Health, Listener
 from reconciler.agent.promotion import StableClock
 from reconciler.agent.routes import follow_routes
-from reconciler.agent.wake import HookWake, Waker, on_signals, watch_refs
+from reconciler.agent.wake import HookWake, Wakes, on_signals, watch_refs
 from reconciler.converge.run import (
     PassHooks,
     Settings,
@@ -93,15 +100,12 @@ from reconciler.errors import (
     UserError,
 )
 from reconciler.state.journal import REFUSED, SUSPENDED, Journal, JournalResult, PidFile, locked
-from reconciler.state.private import write_private
 from reconciler.telemetry import sdnotify
 from reconciler.telemetry.log import Events
 from reconciler.telemetry.metrics import Metrics
 from reconciler.telemetry.notify import Notifier
-from reconciler.telemetry.scrub import scrub
 
 ENGINE_RETRY_MID_DEPLOY = 2.0  # seconds: an outage cut a deploy short; the app may be down until resumed
-CRASH_FILES_KEPT = 20  # a bug that crashes every pass must not fill the state directory
 # Passes that failed in a row (an error, an outage, a proxy that cannot be brought in line) before /healthz
 # says 503: one is a blip that the next pass, seconds later, often clears; three is a fault to look at.
 FAILED_PASSES = 3
@@ -139,32 +143,37 @@ class AgentSettings:
 
 @dataclass
 class Agent:
+    """The agent's process: its collaborators, what its passes learned, and its liveness. What wakes it
+    (``wakes``), the trust fallback (``fallback``) and the stable clock (``stable``) are records of their own."""
+
     config: AgentSettings
     events: Events
     on_step: Callable[[str, str], None] | None = None
-    wake: Waker = field(default_factory=Waker)
-    hup_pending: bool = False  # SIGHUP came: a pass now, with a fetch (turned into ``changed`` off the handler)
-    changed: threading.Event = field(default_factory=threading.Event)
+    wakes: Wakes = field(default_factory=Wakes)
     stopping: bool = False
+    # what it reads and acts on, opened (again) by the loop
     source: Source | None = None
     engine: Engine | None = None
     journal: Journal | None = None
     last_fetch: float = 0.0
-    failing: dict[str, int] = field(default_factory=dict)  # what keeps failing -> how many times in a row
     revision: str = ""
+    # what failed, and how soon to try again
+    failing: dict[str, int] = field(default_factory=dict)  # what keeps failing -> how many times in a row
     retry_in: float = float("inf")  # a sooner pass to retry what failed in this one (the remote)
     cut_short: bool = False  # an engine outage stopped a deploy or rollback that the next pass resumes
+    # liveness and health (``liveness``, ``health``)
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.monotonic)
     pass_started: float | None = None  # monotonic; set while a pass runs
     pass_ended: float | None = None
     loop_at: float = field(default_factory=time.monotonic)  # when the loop last went round (a pass, or a wait)
     pass_cap: float = 900.0  # seconds a pass may run and still be alive: longer when the file's gates are
-    routing: DesiredState | None = None  # the last file converged to, while it routes a service (``_follow``)
+    routing: DesiredState | None = None  # the last file converged to, while it routes a service (``routes``)
     busy: threading.Lock = field(default_factory=threading.Lock)  # held while a pass uses the engine
     proxy_down: str = ""  # why the proxy could not be brought in line this pass (routed apps wait), or ""
     failed_passes: int = 0  # passes in a row that failed (``FAILED_PASSES``: /healthz says so)
     pass_failure: str = ""  # why the last one failed
+    say_passes: bool = field(default_factory=lambda: bool(os.environ.get("RECONCILE_PASS_DONE")))  # pass.done
     trust: Trust = field(init=False)  # what this server trusts of a commit: built once, for every read
     fallback: TrustFallback = field(init=False)  # the last commit that passed it, kept to while the tip is refused
     stable: StableClock = field(init=False)  # the apps on their way to stable
@@ -181,7 +190,7 @@ class Agent:
         settings = self.config.settings
         state_dir = settings.state_dir
         pid_file = PidFile(state_dir, os.getpid())
-        on_signals(stop=self.stop, hangup=self._hangup)
+        on_signals(stop=self.stop, hangup=self.wakes.hangup)
 
         def ready() -> float | None:
             """None when the state directory can be written (made again if it was removed, our pid file in
@@ -237,13 +246,13 @@ class Agent:
                             )
                     if observer is None and self.config.watch and self.source is not None:
                         # Watch before the first pass, so that a push during it is not missed.
-                        observer = watch_refs(self.source, self._refs_changed)
+                        observer = watch_refs(self.source, self.wakes.moved)
                     wait = self.tick()
                 self.loop_at = time.monotonic()  # also while it waits for a state directory it can write
                 if self.stopping:
                     break
-                self.wake.wait(wait)
-                self.wake.clear()
+                self.wakes.waker.wait(wait)
+                self.wakes.waker.clear()
         finally:
             watchdog_stop.set()
             sdnotify.notify("STOPPING=1")
@@ -263,7 +272,7 @@ class Agent:
 
     def stop(self) -> None:
         self.stopping = True
-        self.wake.set()
+        self.wakes.waker.set()
 
     def _notifier(self) -> Notifier | None:
         """``--notify`` targets, fed by the agent's events; their trouble is logged once, off the deploy path."""
@@ -294,10 +303,11 @@ class Agent:
             self.config.listen,
             metrics=self.metrics,
             health=self.health,
-            on_push=HookWake(changed=self.changed.set, wake=self.wake.set).pushed,
+            on_push=HookWake(changed=self.wakes.changed.set, wake=self.wakes.waker.set).pushed,
             on_refused=refused,
             secret=self.config.webhook_secret,
             followed=f"refs/heads/{branch}" if branch else None,
+            crashed=lambda exc: keep_traceback(exc, self.config.settings.state_dir),
         )
         listener.start()
         return listener
@@ -325,15 +335,6 @@ class Agent:
         idle = now - self.loop_at
         detail = "no pass yet" if age is None else f"the last pass ended {age:.0f}s ago"
         return Health(idle < limit, age, detail if idle < limit else f"the loop has not moved for {idle:.0f}s")
-
-    def _hangup(self) -> None:
-        # No lock in a handler (``wake.Waker``): ``changed`` is set by the code it interrupted, not here.
-        self.hup_pending = True
-        self.wake.set()
-
-    def _refs_changed(self) -> None:
-        self.changed.set()
-        self.wake.set()
 
     # -- one pass ------------------------------------------------------------------------------------
 
@@ -373,6 +374,7 @@ class Agent:
     def tick(self) -> float:
         """One pass; returns how long to sleep before the next one (unless woken)."""
         self.pass_started = time.monotonic()
+        started = time.time()
         self.pass_failure = self.proxy_down = ""
         try:
             return self._tick()
@@ -380,7 +382,11 @@ class Agent:
             # An invalid or refused commit is not a failed pass: the host keeps what it runs, as it should.
             self.failed_passes = self.failed_passes + 1 if self.pass_failure else 0
             self.pass_ended = time.monotonic()
-            self.metrics.passed(self.pass_ended - self.pass_started)
+            took = self.pass_ended - self.pass_started
+            self.metrics.passed(took)
+            if self.say_passes:  # a fact to wait on: "nothing happened" is only known once a pass went through
+                self.events.emit(Event.PASS_DONE, f"a pass ended after {took:.2f}s", started=f"{started:.3f}",
+                                 commit=self.revision[:8])  # fmt: skip
 
     def _tick(self) -> float:
         settings = self.config.settings
@@ -419,7 +425,7 @@ class Agent:
             return self._next_interval()
         except Exception as exc:  # a bug must not take the host's agent down: log it, try again later
             self.pass_failure = f"internal error: {type(exc).__name__}"
-            where = self._keep_traceback(exc)
+            where = keep_traceback(exc, self.config.settings.state_dir)
             self.events.emit(Event.PASS_CRASHED, f"internal error: {type(exc).__name__}: {exc} (a bug in reconciler:"
                              f" {where}; please report it)", commit=revision[:8])  # fmt: skip
             self.engine = None
@@ -438,10 +444,11 @@ class Agent:
             self.source = open_source(settings.repo, state_dir=settings.state_dir, fetch=False)
             self.last_fetch = 0.0
         now = time.monotonic()
-        self._took_hangup()
-        due = now - self.last_fetch >= self.config.interval * 0.5 or self.changed.is_set() or "remote" in self.failing
+        self.wakes.took_hangup()
+        stale = now - self.last_fetch >= self.config.interval * 0.5
+        due = stale or self.wakes.changed.is_set() or "remote" in self.failing
         # Cleared before the fetch: a push announced while it runs gets a fetch of its own.
-        self.changed.clear()
+        self.wakes.changed.clear()
         if self.source.mirrored and due:
             try:
                 self.source.fetch()
@@ -481,27 +488,22 @@ class Agent:
             with contextlib.suppress(ReconcileError):
                 self.journal.set_flag(key, value)
 
-    def _took_hangup(self) -> None:
-        if self.hup_pending:
-            self.hup_pending = False
-            self.changed.set()
-
     def _newer_commit(self, revision: str) -> bool:
         """True when the branch moved past ``revision`` (checked when a watcher or SIGHUP said so)."""
         if self.stopping:
             return True
-        self._took_hangup()
-        if not self.changed.is_set() or self.source is None:
+        self.wakes.took_hangup()
+        if not self.wakes.changed.is_set() or self.source is None:
             return False
         try:
-            self.changed.clear()  # one announcement, one fetch: not one every WATCH_STEP of a gate
+            self.wakes.changed.clear()  # one announcement, one fetch: not one every WATCH_STEP of a gate
             if self.source.mirrored:
                 self.source.fetch()
             moved = self.source.resolve(self.config.ref) != revision
         except ReconcileError:
             return False
         if moved:
-            self.changed.set()  # the next pass fetches (and reads) it
+            self.wakes.changed.set()  # the next pass fetches (and reads) it
         return moved
 
     def _converge(self, revision: str, desired: DesiredState) -> list[Outcome]:
@@ -647,7 +649,7 @@ class Agent:
         try:
             committed = desired_at(self.source, self.config.ref, good.revision, settings.file, self.trust)
             old = holdback.last_good(app, committed)
-        except ReconcileError:  # a commit this server does not trust now is restored by nobody
+        except UserError:  # a commit this server does not trust now is restored by nobody
             return ()
         if old is None:
             return ()
@@ -670,24 +672,6 @@ class Agent:
                 app=failure.app, spec_hash=failure.spec_hash, revision=failure.revision, version=failure.version,
                 reason=failure.reason, culprit=failure.culprit,
             )  # fmt: skip
-
-    def _keep_traceback(self, exc: Exception) -> str:
-        """Put a crash's traceback where a person looks for it, and say where: too long for the event line."""
-        text = scrub("".join(traceback.format_exception(exc)))
-        if os.environ.get("RECONCILE_DEBUG"):
-            sys.stderr.write(text)
-            sys.stderr.flush()
-            return "traceback above on stderr (RECONCILE_DEBUG)"
-        state_dir = self.config.settings.state_dir
-        now = time.time()
-        path = state_dir / f"crash-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now % 1 * 1000):03d}Z.txt"
-        try:
-            write_private(path, text)
-            for old in sorted(state_dir.glob("crash-*.txt"))[:-CRASH_FILES_KEPT]:
-                old.unlink()
-        except OSError as error:
-            return f"traceback not written to {path} ({error.strerror or error}); RECONCILE_DEBUG=1 prints it on stderr"
-        return f"traceback in {path}"
 
     def _report(self, outcomes: list[Outcome], revision: str) -> None:
         for outcome in outcomes:

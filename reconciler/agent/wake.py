@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -53,6 +54,31 @@ class Waker:
         with contextlib.suppress(OSError):
             while os.read(self._read, 4096):
                 pass
+
+
+@dataclass
+class Wakes:
+    """What wakes the loop's wait (``waker``), and whether the branch may have moved since it was last read
+    (``changed``: a watcher, a webhook or SIGHUP said so; the next read fetches)."""
+
+    waker: Waker = field(default_factory=Waker)
+    changed: threading.Event = field(default_factory=threading.Event)
+    hup_pending: bool = False  # SIGHUP came: turned into ``changed`` by the code it interrupted (``took_hangup``)
+
+    def hangup(self) -> None:
+        """In the SIGHUP handler: no lock (``Waker``), so ``changed`` is not set here."""
+        self.hup_pending = True
+        self.waker.set()
+
+    def took_hangup(self) -> None:
+        if self.hup_pending:
+            self.hup_pending = False
+            self.changed.set()
+
+    def moved(self) -> None:
+        """The branch may have moved (a watched ref was written): read it now."""
+        self.changed.set()
+        self.waker.set()
 
 
 def on_signals(*, stop: Callable[[], None], hangup: Callable[[], None]) -> None:

@@ -70,6 +70,7 @@ class Event(StrEnum):
     PASS_ERROR = "pass.error"
     PASS_CRASHED = "pass.crashed"  # a bug: its traceback is kept apart
     PASS_RECOVERED = "pass.recovered"  # a pass went through after pass.error
+    PASS_DONE = "pass.done"  # a pass ended, whatever it did: only with RECONCILE_PASS_DONE (tests, drills)
 
     @classmethod
     def of_app(cls, kind: str) -> Event:

@@ -112,6 +112,7 @@ KNOWN_EVENTS = frozenset(
         "desired.invalid",
         "pass.error",
         "pass.recovered",
+        "pass.done",
     }
 )
 
@@ -306,6 +307,17 @@ class AgentProcess:
         return self.wait_until(lambda: next(iter(self.events(event, *words, app=app, since=since)), None), what,
                                timeout)  # fmt: skip
 
+    def pass_after(self, started: float, *, count: int = 1, timeout: float = 15.0) -> LogLine:
+        """The `count`th `pass.done` of a pass that started at or after `started` (``time.time()``): the fact that
+        the agent looked again, for a test that checks that nothing happens (its agent runs with
+        ``PASS_DONE``)."""
+
+        def found() -> LogLine | None:
+            done = [line for line in self.events("pass.done") if float(line.data.get("started", 0)) >= started]
+            return done[count - 1] if len(done) >= count else None
+
+        return self.wait_until(found, f"{count} pass.done of passes started after {started:.3f}", timeout)
+
     def wait_until(self, found: Callable[[], LogLine | None], what: str, timeout: float) -> LogLine:
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -345,6 +357,9 @@ class AgentProcess:
         assert "Traceback" not in text, text
         strays = [line.raw for line in self.lines if not line.event]
         assert not strays, f"lines that are not events: {strays}\n{text}"
+
+
+PASS_DONE = {"RECONCILE_PASS_DONE": "1"}  # the agent says `pass.done` at the end of each pass (``pass_after``)
 
 
 def agent_args(
