@@ -1,7 +1,15 @@
 """One pass of `reconcile`, end to end: read the commit, observe, resolve, plan, and (unless dry) apply.
 
 Guarantees:
-- The desired state is read from a commit (``Source``), never from a working tree.
+- The desired state is read from a commit (``Source``), never from a working tree. A commit's file is
+  read and parsed once (``read_at``): the signature rule, the policy and the dangerous-mount warnings
+  (``Read.dangers``) all use the positions of that one parse. What this server trusts is one ``Trust``
+  value (policy, signer rule, host), built once from the options and handed to every read.
+- ``apply_pass`` is the one pass of the one-shot, a fleet's push and the agent: proxy, unfinished
+  verdicts, (the one-shot: live verdicts), plan, the caller's plan filters, apply, proxy again. What the
+  agent adds (hold-back, whole commit, self-heal, its notices, metrics and stable clock) comes in as
+  ``PassHooks``; the pass returns one ``PassResult``. Its ``Applier`` is built in one place
+  (``new_applier``), every collaborator given to its constructor.
 - A dry run takes no lock, pulls nothing and changes nothing on the engine: images are resolved from
   the local image list, else from the registry's API.
 - An apply holds the state directory's lock and observes the engine *after* taking it, so two passes
@@ -13,8 +21,8 @@ Guarantees:
   containers that this source deployed.
 - Env values of the file are remembered by ``scrub`` before the file is validated, so that no
   message, however it quotes them, prints them.
-- A proxy that cannot be brought in line (``PassResult.proxy_error``) holds back the routed apps only:
-  the apps without a route deploy in the same pass.
+- A proxy that cannot be brought in line (``PassResult.proxy_error``), before the deploys or after them,
+  holds back the routed apps only: the apps without a route deploy in the same pass, and are reported.
 """
 
 from __future__ import annotations
