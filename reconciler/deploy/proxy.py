@@ -44,7 +44,7 @@ from pathlib import Path
 from reconciler.adapters.docker import INSTANCE, LABEL, MANAGED, SOURCE, Engine, Inspected, owner_of
 from reconciler.core import proxy as core
 from reconciler.core.model import DesiredState, ObservedContainer, ObservedState, ProxySpec
-from reconciler.errors import ContainerError, ProxyError, ProxyUnavailable, ReconcileError
+from reconciler.errors import ProxyError, ProxyUnavailable, ReconcileError
 
 PROXY_LABEL = f"{LABEL}.proxy"  # its container hash: image and listen addresses
 LISTEN_LABEL = f"{LABEL}.proxy.listen"  # the addresses it binds, IP:PORT with commas
@@ -442,10 +442,7 @@ class Proxy:
 
     def _local_image(self, ref: str) -> str:
         """The id of ``ref`` on the engine, or "" when it is not there (nothing is pulled)."""
-        try:
-            return str(self.engine.call("inspect image", lambda: self.engine.api.inspect_image(ref))["Id"])
-        except ContainerError:
-            return ""
+        return self.engine.image_id(ref)
 
     def _check_free(self, spec: ProxySpec, *, keep: Sequence[str] = ()) -> None:
         """A ``ProxyError`` naming the holder of a listen address (``keep``: ours already, not checked)."""
@@ -482,22 +479,16 @@ class Proxy:
         binds = [f"{self.dir}:{core.CONFIG_DIR}:rw"]
         if spec.tls is not None:
             binds += self.engine.held_binds(self.name, [f"{spec.tls.certs}:{core.CERTS_DIR}:ro"], desired.limits)
-        api = self.engine.api
-        created = self.engine.call(
-            f"create {self.name}",
-            lambda: api.create_container(
-                image=spec.ref,
-                name=self.name,
-                entrypoint=["haproxy"],
-                command=["-W", "-db", "-f", f"{core.CONFIG_DIR}/{core.CONFIG_FILE}"],
-                user="0",  # binds :80 and :443 in the host's namespace; the official image is USER haproxy
-                labels=labels,
-                host_config=api.create_host_config(
-                    network_mode="host", binds=binds, restart_policy={"Name": "unless-stopped"}
-                ),
-            ),
+        created = self.engine.create_in_host_network(
+            self.name,
+            image=spec.ref,
+            entrypoint=["haproxy"],
+            command=["-W", "-db", "-f", f"{core.CONFIG_DIR}/{core.CONFIG_FILE}"],
+            user="0",  # binds :80 and :443 in the host's namespace; the official image is USER haproxy
+            labels=labels,
+            binds=binds,
         )
-        self._start(str(created["Id"]), spec)
+        self._start(created, spec)
 
     def _start(self, container_id: str, spec: ProxySpec) -> None:
         (self.dir / core.ADMIN_SOCKET).unlink(missing_ok=True)
