@@ -1,11 +1,10 @@
 """Runs a Plan against the engine: each deploy a sequence of named steps, health-gated, rolled back on failure.
 
 Guarantees:
-- A deploy is a sequence of ``Step`` values, one sequence per strategy: ``STOP_FIRST`` for apps with
-  host ports (pull, create, stop-old, keep-old, rename-new, start-new, gate) and ``START_FIRST`` for
-  routed apps (pull, create, start-next, gate-next, switch, keep-old, rename-new, drain). ``RULES`` is
-  the one place that says, per step, what a failure at it takes back (``Undo``) and what the next pass
-  does with a deploy cut short at it (``Resume``). On the stop-first path the steps of ``SWAP`` are one
+- A deploy is a sequence of ``core.steps.Step`` values, one sequence per strategy (``STOP_FIRST`` for
+  apps with host ports, ``START_FIRST`` for routed apps); what a failure at a step takes back and what the
+  next pass does with a deploy cut short there is ``core.steps.RULES``, carried out here (``_take_back``),
+  by ``deploy.rollback`` and by ``deploy.recovery``. On the stop-first path the steps of ``SWAP`` are one
   ``swap.swap_in`` call (the same swap that break-glass makes), which announces each of them.
 - A replicated app (``replicas:``) is a Swarm service: its create, rollout, removal and undo are
   ``services.Services``, behind the same ``apply`` (whole-commit undo included).
@@ -27,9 +26,8 @@ Guarantees:
   stopped as ``APP.failed``, and the warm ``APP.prev`` stays in place (and serving) throughout. A
   container that Docker is restarting is stopped before it is renamed.
 - A release that died inside its ``stable_after`` window (``core.stable.died``) is a failed release:
-  ``fail_live`` takes it back as a failed gate is (kept stopped as ``APP.failed``, the route or the
-  app's name back on ``APP.prev``, started and gated first unless warm), its deploy's row then says
-  rolled back. The agent finds it with its stable watch; a one-shot pass with ``verify_live``.
+  ``fail_live`` (``deploy.recovery``) takes it back as a failed gate is. The agent finds it with its
+  stable watch; a one-shot pass with ``verify_live``.
 - The apps of a pass are deployed concurrently, at most ``parallel`` at once, their gates
   overlapping; the actions of one app run one after another, in the plan's order. A start that takes a
   host port another app of the pass holds now waits (at most ``PORT_WAIT``) until that app stopped its
@@ -47,8 +45,8 @@ Guarantees:
   not a failed one, and no message of ours ends in an empty reason. Once ``interrupted()`` says so,
   it holds for the rest of the pass, and no further action starts.
 - A verdict is journaled before the rollback starts (``rolling-back``) and is final: a rollback cut
-  short (SIGKILL, an engine outage) is finished by ``verify_unfinished`` at once, without gating the
-  failed release again.
+  short (SIGKILL, an engine outage) is finished by ``verify_unfinished`` (``deploy.recovery``) at once,
+  without gating the failed release again.
 - An engine that stops answering (``EngineUnavailable``, from any step, a gate's sampling or a
   rollback, in any deploy of the pass) is not a verdict on the release: no further action starts, the
   ones under way end, and it leaves ``apply`` then; the journal rows stay unfinished, and
@@ -57,9 +55,11 @@ Guarantees:
   A proxy whose runtime API does not answer at a switch (``ProxyUnavailable``: killed, removed) is the
   same: an outage, not the release's failure. A container removed by hand while a pass starts it is no
   verdict either: ``superseded``, and the next pass deploys it again.
-- Each probe has its own deadline (``core.health.probe_timeout``): a hung http, tcp or exec probe is
-  one failed sample (an http or tcp probe that nothing answered is asked once more first), and the gate
-  decides at its own timeout.
+- Every sample and gate is the one ``deploy.prober.Prober``'s (``prober``), whose gates are abandoned
+  once ``interrupted()`` says so.
+- A journal that cannot be written (a full or read-only disk, a file it cannot write: ``deploy.rows``) is
+  no app's failure: it leaves ``apply`` as an outage does (no further action starts), with no outcome for
+  the deploy it met.
 - The removal of an ``APP.next`` that an interrupted deploy left is journaled as ``cleanup``, not as
   a removal of the app.
 - Each step is announced to ``on_step(app, step)`` before it runs, so tests can stop the process at

@@ -44,7 +44,7 @@ PAUSED = frozenset({"paused", "rollback_started", "rollback_paused", "rollback_c
 
 
 class Rows(Protocol):
-    """The deploys' journal calls (``applier._Rows``: one at a time across the deploys of a pass)."""
+    """The deploys' journal calls (``rows.Rows``: one at a time across the deploys of a pass)."""
 
     def start(self, **fields: str) -> int: ...
 
