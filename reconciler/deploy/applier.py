@@ -214,10 +214,6 @@ class Applier(Recovery):
         """``Prober.sample``: kept for the agent's stable clock until it asks the prober itself."""
         return self.prober.sample(container_id, spec)
 
-    def gate(self, container_id: str, spec: HealthSpec, *, started_at: float | None = None) -> Gate:
-        """``Prober.gate``, abandoned once ``interrupted()`` says so (it stays pending then)."""
-        return self.prober.gate(container_id, spec, started_at=started_at)
-
     # -- the plan --------------------------------------------------------------------------------
 
     def apply(self, plan: Plan, observed: ObservedState, *, atomic: bool = False) -> list[Outcome]:
