@@ -4,9 +4,11 @@ Guarantees:
 - ``swap_back`` (``rollback --local``) puts the kept ``APP.prev`` back under the app's name and keeps
   what ran stopped as ``APP.prev``: no git, no pull, no create. For a routed app it is a switch: the
   previous release (started first unless it is warm) passes a fresh gate, the proxy's route moves to
-  it, and what ran is kept warm as ``APP.prev``; a gate that fails switches nothing. It touches only containers of ours,
-  and works under the state directory's lock, so no agent pass runs between what it looks at and
-  what it changes; the agent is suspended before the lock lets the next pass in.
+  it, and what ran is kept warm as ``APP.prev``; a gate that fails switches nothing. That switch-back is
+  a deploy's rollback's (``deploy.rollback.switch_back``), its probes the deploys' (``deploy.prober``).
+  It touches only containers of ours, and works under the state directory's lock, so no agent pass
+  runs between what it looks at and what it changes; the agent is suspended before the lock lets the
+  next pass in.
 - A swap that fails puts every container back under the name it had and starts what ran again
   (``deploy.swap.swap_in`` with ``undo``); the journal records the attempt either way.
 - ``status`` says the host differs from git (the ``break-glass:APP`` flag) until ``resume``.
