@@ -36,6 +36,7 @@ from reconciler.core.proxy import Server
 from reconciler.core.report import Outcome, Result
 from reconciler.core.steps import Released
 from reconciler.deploy.prober import Prober
+from reconciler.deploy.rows import JournalFailed
 from reconciler.errors import UserError
 from reconciler.state.journal import Entry, JournalResult
 
@@ -126,6 +127,8 @@ class Services:
                 self.rows.set_flag(_kept(entry), json.dumps(previous))
                 _keep_unwritten(arguments, previous)
                 self.engine.update_service(app, service_id, version, arguments)
+        except JournalFailed:
+            raise  # the spec from before could not be kept: the pass's trouble, not this rollout's
         except UserError as exc:
             self._finish(entry, JournalResult.FAILED, str(exc))
             return Outcome(app, action.kind, app, Result.FAILED, f"{spec.version}: {exc}", release_failed=True), None
