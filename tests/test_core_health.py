@@ -293,3 +293,36 @@ def test_health_values_and_verdicts() -> None:
     assert [h.value for h in Health] == ["healthy", "progressing", "unhealthy", "missing"]
     assert Health("unhealthy") is Health.UNHEALTHY
     assert [v.done for v in Verdict] == [False, True, True]
+
+
+# -- the health of an app, for status ----------------------------------------------------------------
+
+
+def test_health_is_ordered_from_healthy_to_missing() -> None:
+    from reconciler.core.health import is_worse, worst
+
+    order = [Health.HEALTHY, Health.PROGRESSING, Health.UNHEALTHY, Health.MISSING]
+    assert sorted(Health, key=lambda h: h.rank) == order
+    assert is_worse(Health.UNHEALTHY, Health.PROGRESSING) and not is_worse(Health.HEALTHY, Health.HEALTHY)
+    assert worst(Health.HEALTHY, Health.MISSING, Health.PROGRESSING) is Health.MISSING
+    assert worst() is Health.HEALTHY
+
+
+@pytest.mark.parametrize(
+    ("sample", "expected"),
+    [
+        (good(0), Health.HEALTHY),
+        (good(0, docker_health="healthy"), Health.HEALTHY),
+        (good(0, docker_health="unhealthy"), Health.UNHEALTHY),
+        (bad(0), Health.UNHEALTHY),
+        (good(0, docker_health="starting"), Health.PROGRESSING),
+        (Sample(at=0, running=True, probe_ok=False, docker_health="starting"), Health.PROGRESSING),
+        (Sample(at=0, running=False), Health.UNHEALTHY),
+    ],
+)
+def test_a_sample_reads_as_the_worse_of_docker_and_the_probe_unless_docker_is_starting(
+    sample: Sample, expected: Health
+) -> None:
+    from reconciler.core.health import of_sample
+
+    assert of_sample(sample) is expected

@@ -50,7 +50,9 @@ from reconciler.core.plan import PRUNED, Action, ActionKind, Plan
 from reconciler.core.proxy import (
     CERTS_DIR,
     CHECKS,
+    Points,
     Server,
+    Slot,
     backups,
     container_hash,
     render,
@@ -1241,3 +1243,57 @@ def test_a_switch_written_into_the_config_is_the_config_rendered_with_the_new_se
     assert with_server(text, "shop", new) == render(proxy(), routes, {**old, "shop": new})
     assert with_server(text, "shop", None) == render(proxy(), routes, {**old, "shop": None})
     assert with_server(text, "gone", new) == text  # no such backend: nothing changes
+
+
+# -- what to change: decided once, acted on by sync, described by the dry run --------------------------
+
+
+def test_the_container_change_comes_first_and_a_new_or_removed_proxy_needs_nothing_else() -> None:
+    from reconciler.core.proxy import Do, Seen, changes, container_change
+
+    spec = proxy(listen=["127.0.0.1:8080"])
+    assert container_change(None, Seen(ours=True, prunable=True), name="p")[0].do is Do.REMOVE
+    assert container_change(None, Seen(ours=True, prunable=False), name="p") == []
+    assert [c.do for c in container_change(spec, Seen(ours=False), name="p")] == [Do.START]
+    assert [c.do for c in container_change(spec, Seen(ours=True, current=False, running=False), name="p")] == [
+        Do.RECREATE
+    ]
+    assert [c.do for c in container_change(spec, Seen(ours=True, answers=False), name="p")] == [Do.REVIVE]
+    stopped = Seen(ours=True, running=False, rerouted=True)
+    assert [c.do for c in container_change(spec, stopped, name="p")] == [Do.RESTART, Do.RELOAD]
+    assert [c.do for c in container_change(spec, Seen(ours=True, edited=True), name="p")] == [Do.REWRITE]
+    assert [c.do for c in container_change(spec, Seen(ours=True, unrouted=True, edited=True), name="p")] == [Do.RELOAD]
+    # A proxy that is started or made again routes as its new config says: no switch is listed for it.
+    web = Server("web", "10.0.0.2", 80)
+    wrong = {"web": Points("10.0.0.9", 80, True)}
+    assert [c.do for c in changes(spec, Seen(ours=False), name="p", live={"web": web}, live_points=wrong)] == [Do.START]
+    assert [c.do for c in changes(spec, Seen(ours=True), name="p", live={"web": web}, live_points=wrong)] == [Do.SWITCH]
+
+
+def test_a_route_is_misrouted_only_where_the_runtime_said_where_it_points() -> None:
+    from reconciler.core.proxy import Do, misrouted
+
+    web, api = Server("web", "10.0.0.2", 80), Server("api", "10.0.0.3", 8080)
+    points = {"web": Points("10.0.0.2", 80, True), "api": Points("10.0.0.3", 8080, False), "old": None}
+    found = misrouted({"web": web, "api": api, "old": None, "unasked": None}, points)
+    assert [(c.do, c.app, c.server) for c in found] == [(Do.SWITCH, "api", api)]
+    assert misrouted({"web": None}, {"web": Points("127.0.0.1", 1, False)}) == []  # out of use, as wanted
+    assert [c.do for c in misrouted({"web": None}, points, backup=True)] == [Do.BACKUP]
+
+
+def test_each_change_says_itself_done_by_a_pass_and_to_do_by_a_dry_run() -> None:
+    from reconciler.core.proxy import Change, Do, pool_changes
+
+    web = Server("web", "10.0.0.2", 80)
+    assert Change(Do.SWITCH, app="web", server=web).said(done=True) == "web: route switched to web"
+    assert Change(Do.SWITCH, app="web").said(done=False) == "web: switch its route to nothing (503)"
+    assert Change(Do.BACKUP, app="web").said(done=True) is None  # a pass points a backup server silently
+    assert Change(Do.BACKUP, app="web", server=web).said(done=False) == "web: point its backup server at web"
+    started = Change(Do.START, "reconciler-proxy", "haproxy:3, 127.0.0.1:8080")
+    assert started.said(done=True) == "started the proxy reconciler-proxy (haproxy:3, 127.0.0.1:8080)"
+    assert started.said(done=False) == "start the proxy reconciler-proxy (haproxy:3, 127.0.0.1:8080)"
+    (pooled,) = pool_changes({"api": (web,)}, {"api": [Slot("task1", "127.0.0.1", 1, False)], "other": []})
+    assert pooled.assigned == (("task1", web),)
+    assert pooled.said(done=True) == "api: route follows its tasks: 10.0.0.2:80"
+    assert pooled.said(done=False) == "api: point its route at its tasks: 10.0.0.2:80"
+    assert pool_changes({"api": (web,)}, {}) == []  # slots not read (the runtime API away): left as they are

@@ -27,7 +27,7 @@ from reconciler.adapters.docker import (
     port_bindings,
 )
 from reconciler.core.model import DEFAULT_HEALTH, Role, container_name
-from reconciler.deploy.applier import Applier
+from reconciler.deploy.prober import Prober
 from reconciler.deploy.swap import swap_in
 from reconciler.errors import ContainerError, ImageError
 from reconciler.ops.controls import resume, suspend
@@ -121,11 +121,7 @@ def test_an_engine_error_on_inspect_is_an_error_not_a_gone_container() -> None:
 
 
 def test_a_gate_sample_of_a_refused_inspect_is_a_stopped_container_with_the_engines_reason(tmp_path: Any) -> None:
-    journal = Journal(tmp_path)
-    try:
-        sample = Applier(Engine(_Client(), "unix:///nowhere"), journal).sample("web", DEFAULT_HEALTH)
-    finally:
-        journal.close()
+    sample = Prober(Engine(_Client(), "unix:///nowhere")).sample("web", DEFAULT_HEALTH)
     assert not sample.running
     assert "lock timeout" in sample.detail
 

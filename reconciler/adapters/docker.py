@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 import urllib3.exceptions
 
@@ -448,6 +449,144 @@ class Engine:
                     pause = min(pause * 2, 0.1)  # quick probes answer in tens of ms; slow ones cost few calls
         except ContainerError as exc:
             return False, f"{what}: {exc}"
+
+    # -- for deploys: the engine's answer, Swarm services, the proxy's container ------------------------
+    # (the SDK's calls and its docker.types stay here: ``reconciler.deploy`` imports nothing of docker)
+
+    def answers(self) -> None:
+        """Raise ``EngineUnavailable`` unless the engine answers a ping on a new connection.
+
+        A dockerd that is shutting down has closed its socket, then stops every container, and still
+        answers on the connections already open: so the pooled ones are dropped first.
+        """
+        self.api.close()
+        self.call("ping", self.api.ping)
+
+    def image_id(self, ref: str) -> str:
+        """The id of ``ref`` on the engine, or "" when it is not there (nothing is pulled)."""
+        try:
+            return str(self.call("inspect image", lambda: self.api.inspect_image(ref))["Id"])
+        except ContainerError:
+            return ""
+
+    def create_in_host_network(
+        self, name: str, *, image: str, entrypoint: list[str], command: list[str], user: str,
+        labels: Mapping[str, str], binds: list[str],
+    ) -> str:  # fmt: skip
+        """Create (not start) a container in the host's network namespace, restarted unless stopped; its id."""
+        created = self.call(
+            f"create {name}",
+            lambda: self.api.create_container(
+                image=image, name=name, entrypoint=entrypoint, command=command, user=user, labels=dict(labels),
+                host_config=self.api.create_host_config(
+                    network_mode="host", binds=binds, restart_policy={"Name": "unless-stopped"}
+                ),
+            ),
+        )  # fmt: skip
+        return str(created["Id"])
+
+    def inspect_service(self, service_id: str) -> dict[str, Any]:
+        """The service as the manager has it (its spec, version, update status)."""
+        return dict(self.call("inspect service", lambda: self.api.inspect_service(service_id)))
+
+    def tasks_of(self, service_id: str) -> list[dict[str, Any]]:
+        """The task rows of a service (``task_from_row`` reads them)."""
+        return self.call("list tasks", lambda: list(self.api.tasks(filters={"service": service_id})))
+
+    def service_arguments(self, target: Target, env: Mapping[str, str]) -> dict[str, Any]:
+        """The keyword arguments of a service's create or update for ``target`` (``swarm`` decides them, the
+        SDK's types carry them): the task template's ``Networks`` and its container's ``Secrets`` and
+        ``Configs`` may be set on the result as on plain dicts."""
+        spec = target.spec
+        assert spec.replicas is not None
+        check = swarm.healthcheck(spec)
+        mounts = [self._service_mount(volume) for volume in spec.volumes]
+        container = docker.types.ContainerSpec(
+            image=self._pinned(target.resolution.ref, target.resolution.digest),
+            args=list(spec.command) if spec.command is not None else None,
+            env=[f"{key}={value}" for key, value in env.items()],
+            mounts=mounts or None,
+            stop_grace_period=round(spec.stop_timeout * swarm.NANOSECONDS),
+            healthcheck=docker.types.Healthcheck(
+                test=check["Test"],
+                interval=check["Interval"],
+                timeout=check["Timeout"],
+                retries=check["Retries"],
+                start_period=check["StartPeriod"],
+            )
+            if check is not None
+            else None,
+            init=spec.init,
+        )
+        condition = {"no": "none", "on-failure": "on-failure"}.get(spec.restart, "any")
+        template = docker.types.TaskTemplate(
+            container,
+            restart_policy=docker.types.RestartPolicy(condition=condition),
+            placement=docker.types.Placement(constraints=swarm.constraints(spec)) if spec.on is not None else None,
+        )
+        update = spec.update
+        gate = spec.gate
+        rolling = docker.types.UpdateConfig(
+            parallelism=update.parallelism if update is not None else 1,
+            delay=round(update.delay * swarm.NANOSECONDS) if update is not None else 0,
+            failure_action="pause",  # our gate decides, and puts back the spec from before
+            monitor=round(max(gate.healthy_for, 1.0) * swarm.NANOSECONDS),
+            order=update.order if update is not None else swarm.default_order(spec),
+        )
+        ports: list[dict[str, Any]] = []  # the API's form: 53:53/tcp and 53:53/udp are two entries
+        if spec.route is not None:  # on a host port each node picks: two tasks on a node never clash
+            ports.append({"Protocol": "tcp", "TargetPort": spec.route.port, "PublishMode": "host"})
+        for port in spec.ports:
+            _, host_port, container_port, proto = parse_port(port)
+            assert host_port is not None  # AppSpec: a service publishes HOST:CONTAINER
+            # No routing mesh: each task publishes on its own node.
+            ports.append({"Protocol": proto, "TargetPort": container_port, "PublishedPort": host_port,
+                          "PublishMode": "host"})  # fmt: skip
+        return {
+            "task_template": template,
+            "name": target.app,
+            "labels": release_labels(target, self.instance),
+            "mode": docker.types.ServiceMode("replicated", replicas=spec.replicas),
+            "update_config": rolling,
+            "endpoint_spec": docker.types.EndpointSpec(ports=ports) if ports else None,
+        }
+
+    def create_service(self, app: str, arguments: Mapping[str, Any]) -> str:
+        """Create a service from ``service_arguments``; its id."""
+        created = self.call(f"create service {app}", lambda: self.api.create_service(**arguments))
+        return str(created["ID"])
+
+    def update_service(self, app: str, service_id: str, version: int, arguments: Mapping[str, Any]) -> None:
+        """Send a new spec (``service_arguments``) to the service at its ``version`` index."""
+        self.call(f"update service {app}", lambda: self.api.update_service(service_id, version, **arguments))
+
+    def restore_service(self, app: str, service_id: str, version: int, previous: Mapping[str, Any]) -> None:
+        """Send a spec the service had (as ``inspect_service`` read it) back to it."""
+        self.call(
+            f"roll service {app} back",
+            lambda: self.api.update_service(
+                service_id, version,
+                task_template=previous.get("TaskTemplate"), name=previous.get("Name"),
+                labels=previous.get("Labels"), mode=previous.get("Mode"),
+                update_config=previous.get("UpdateConfig"), endpoint_spec=previous.get("EndpointSpec"),
+            ),
+        )  # fmt: skip
+
+    def remove_service(self, service_id: str, name: str) -> None:
+        self.call(f"remove service {name}", lambda: self.api.remove_service(service_id))
+
+    @staticmethod
+    def _pinned(ref: str, digest: str) -> str:
+        """``repo:tag@sha256:...`` when the registry's digest is known (as ``docker service create`` pins it):
+        every node runs the same image, and a tag that moved is a new spec that Swarm rolls out."""
+        return f"{ref}@{digest}" if digest and "@" not in ref else ref
+
+    @staticmethod
+    def _service_mount(volume: str) -> docker.types.Mount:
+        """``NAME_OR_ABS_PATH:CONTAINER_PATH[:ro|rw]`` as a service mount (a bind for an absolute path)."""
+        source, target, *mode = volume.split(":")
+        kind = "bind" if source.startswith("/") else "volume"
+        return docker.types.Mount(target, source, type=kind, read_only=mode == ["ro"])
 
 
 def port_bindings(ports: Iterable[str]) -> dict[str, list[Any]]:

@@ -9,6 +9,10 @@ Guarantees:
   seconds of the start fails.
 - Each probe has a deadline of its own (``probe_timeout``): the gate's interval or timeout, whichever is
   shorter, kept between 1 s and 2 s. A probe that hangs is one failed sample, and the gate goes on.
+- ``Health`` is ordered (``rank``, ``is_worse``, ``worst``): healthy, progressing, unhealthy, missing.
+  ``of_sample`` is what ``status`` says of a running container's sample: the worse of Docker's own
+  healthcheck and our probe, except that a healthcheck still starting is progressing, whatever the probe
+  says (the release is not expected to answer yet).
 """
 
 from __future__ import annotations
@@ -37,6 +41,21 @@ class Health(StrEnum):
     UNHEALTHY = "unhealthy"
     MISSING = "missing"
 
+    @property
+    def rank(self) -> int:
+        """0 for healthy, growing as it gets worse (the order of the members)."""
+        return list(Health).index(self)
+
+
+def is_worse(a: Health, b: Health) -> bool:
+    """Whether ``a`` is worse than ``b``."""
+    return a.rank > b.rank
+
+
+def worst(*found: Health) -> Health:
+    """The worst of ``found`` (healthy when none is given)."""
+    return max(found, key=lambda health: health.rank, default=Health.HEALTHY)
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -50,6 +69,15 @@ class Sample:
     detail: str = ""
     restarting: bool = False  # it exited and Docker's restart policy is about to start it again
     exit_code: int = 0  # of its last exit (when not running)
+
+
+def of_sample(sample: Sample) -> Health:
+    """What ``status`` says of a container from one sample (see the module docstring)."""
+    if sample.docker_health == "starting":
+        return Health.PROGRESSING
+    probe = Health.HEALTHY if sample.running and sample.probe_ok else Health.UNHEALTHY
+    docker = Health.HEALTHY if sample.docker_health in ("", "healthy") else Health.UNHEALTHY
+    return worst(probe, docker)
 
 
 class Verdict(StrEnum):

@@ -29,6 +29,12 @@ Guarantees:
   new ones before it frees the slots of tasks that went, so a rolling update never empties the route.
 - A warm release is one that is running as ``APP.prev`` of a routed app; it is cooled (stopped, kept for
   a rollback) once ``keep_warm`` has passed since the release that replaced it was created.
+- What to change in the proxy is decided here, once, from what was seen of it (``Seen``, the runtime's
+  ``Points`` and ``Slot``s): ``container_change`` (remove, start, recreate, start again, reload),
+  ``misrouted`` (the runtime switches of live and backup servers), ``pool_changes`` (a service's slots)
+  and ``to_cool``; ``changes`` is all of them at once. ``deploy.proxy`` acts on them (``sync``, stage by
+  stage, each on what the stage before left) and describes them (``drift``, the dry run): each
+  ``Change`` says itself as done or as to do (``said``), the same words either way.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from reconciler.core.model import (
     AppSpec,
@@ -470,3 +477,170 @@ def route_lines(
                 f" (serves if {app} dies; a rollback to it is a switch)"
             )
     return lines
+
+
+# -- what to change --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Points:
+    """Where a backend's server points now, as the runtime API says."""
+
+    ip: str
+    port: int
+    enabled: bool
+
+
+def same(points: Points, server: Server | None) -> bool:
+    """Whether a server pointing at ``points`` serves ``server`` (None: out of use)."""
+    if server is None:
+        return not points.enabled
+    return points.enabled and points.ip == server.ip and points.port == server.port
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What was seen of the proxy's container and config before anything changes."""
+
+    ours: bool  # a proxy container of ours exists (another's is refused before this)
+    prunable: bool = False  # ours and this source's: a file without ``proxy:`` removes it
+    current: bool = True  # its container hash (image, listen addresses) is the one the file asks for
+    running: bool = True
+    answers: bool = True  # its runtime API answers
+    rerouted: bool = False  # the routes it runs differ from the file's (``routes.cfg``)
+    unrouted: bool = False  # a route's backend is missing from the runtime (sync reloads for it)
+    edited: bool = False  # its config differs from the one written, once the runtime's switches are in
+
+
+class Do(StrEnum):
+    REMOVE = "remove"  # no proxy: in the file
+    START = "start"  # none of ours exists
+    RECREATE = "recreate"  # its image or listen addresses changed
+    REVIVE = "revive"  # runs, but its runtime API does not answer: made again
+    RESTART = "restart"  # stopped: started again
+    RELOAD = "reload"  # its routes changed: rewritten and reloaded (hitless)
+    REWRITE = "rewrite"  # its config was edited by hand: rewritten
+    SWITCH = "switch"  # a route's live server to where ``serving`` says
+    BACKUP = "backup"  # a route's backup server to where ``backups`` says
+    POOL = "pool"  # a service's slots to its tasks
+    COOL = "cool"  # a warm release whose window passed, stopped
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change of the proxy; ``said`` words it as done (``sync``) or to do (``drift``)."""
+
+    do: Do
+    proxy: str = ""  # the proxy's container name
+    what: str = ""  # its image and listen addresses, as the file says them
+    app: str = ""
+    server: Server | None = None
+    members: tuple[Server, ...] = ()
+    assigned: tuple[tuple[str, Server | None], ...] = ()  # POOL: (slot, server) as ``assign`` gives them
+    cooled: ObservedContainer | None = None
+    config: str = ""  # REWRITE: the config file's path
+
+    def said(self, *, done: bool) -> str | None:
+        """The change in words, as done or to do; None where that side says nothing of it (a backup server
+        pointed or a config rewritten by a pass, a release cooled by a dry run: each as it always was)."""
+        served = self.server.container if self.server is not None else ""
+        words: dict[Do, tuple[str | None, str | None]] = {
+            Do.REMOVE: (f"removed the proxy {self.proxy} (no proxy: in the file)",
+                        f"remove the proxy {self.proxy} (no proxy: in the file)"),
+            Do.START: (f"started the proxy {self.proxy} ({self.what})", f"start the proxy {self.proxy} ({self.what})"),
+            Do.RECREATE: (f"recreated the proxy {self.proxy} ({self.what})",
+                          f"recreate the proxy {self.proxy} ({self.what}): its image or listen addresses changed"),
+            Do.REVIVE: (f"recreated the proxy {self.proxy}: its runtime API did not answer (its folder or admin.sock"
+                        " gone?)",
+                        f"recreate the proxy {self.proxy}: its runtime API does not answer (its folder or admin.sock"
+                        " gone?)"),
+            Do.RESTART: (f"started the proxy {self.proxy} again", f"start the proxy {self.proxy} again"),
+            Do.RELOAD: ("reloaded the proxy's config (routes changed)",
+                        "rewrite and reload the proxy's config (routes changed)"),
+            Do.REWRITE: (None, f"rewrite the proxy's config {self.config}: it differs from the file and what runs"
+                               " (edited by hand?)"),
+            Do.SWITCH: (f"{self.app}: route switched to {served or 'nothing (503)'}",
+                        f"{self.app}: switch its route to {served or 'nothing (503)'}"),
+            Do.BACKUP: (None, f"{self.app}: point its backup server at {served or 'nothing'}"),
+            Do.POOL: (f"{self.app}: route follows its tasks: {addresses(self.members)}",
+                      f"{self.app}: point its route at its tasks: {addresses(self.members)}"),
+            Do.COOL: (f"{self.cooled.app}: stopped the warm {self.cooled.name} ({self.cooled.version}): its window"
+                      " passed" if self.cooled is not None else None, None),
+        }  # fmt: skip
+        return words[self.do][0 if done else 1]
+
+
+def addresses(members: Sequence[Server]) -> str:
+    return ", ".join(member.address for member in members) or "none (503)"
+
+
+def container_change(proxy: ProxySpec | None, seen: Seen, *, name: str, config: str = "") -> list[Change]:
+    """What the proxy's container (and its config) needs, first: the route changes follow it. At most one of
+    remove, start, recreate and revive, each alone; a restart, then a reload or a rewrite of its config."""
+    if proxy is None:
+        return [Change(Do.REMOVE, name)] if seen.ours and seen.prunable else []
+    what = f"{proxy.ref}, {', '.join(proxy.listen)}"
+    if not seen.ours:
+        return [Change(Do.START, name, what)]
+    if not seen.current:
+        return [Change(Do.RECREATE, name, what)]
+    if seen.running and not seen.answers:
+        return [Change(Do.REVIVE, name, what)]
+    found = [Change(Do.RESTART, name, what)] if not seen.running else []
+    if seen.rerouted or seen.unrouted:
+        found.append(Change(Do.RELOAD, name, what))
+    elif seen.edited:
+        found.append(Change(Do.REWRITE, name, what, config=config))
+    return found
+
+
+def misrouted(
+    wanted: Mapping[str, Server | None], points: Mapping[str, Points | None], *, backup: bool = False
+) -> list[Change]:
+    """The routes whose live (or backup) server does not point where ``wanted`` says: ``points`` as the runtime
+    said them (an app it has no server for, or was not asked about, is left as it is)."""
+    found = []
+    for app, server in wanted.items():
+        seen = points.get(app)
+        if seen is not None and not same(seen, server):
+            found.append(Change(Do.BACKUP if backup else Do.SWITCH, app=app, server=server))
+    return found
+
+
+def pool_changes(pools: Mapping[str, tuple[Server, ...]], slots: Mapping[str, Sequence[Slot]]) -> list[Change]:
+    """The routed services whose slots (as the runtime said them; one not asked is left out) do not serve their
+    tasks: each with the runtime changes ``assign`` makes."""
+    found = []
+    for app, members in pools.items():
+        if app in slots and (assigned := assign(slots[app], members)):
+            found.append(Change(Do.POOL, app=app, members=members, assigned=tuple(assigned)))
+    return found
+
+
+def changes(
+    proxy: ProxySpec | None,
+    seen: Seen,
+    *,
+    name: str,
+    config: str = "",
+    live: Mapping[str, Server | None] | None = None,
+    live_points: Mapping[str, Points | None] | None = None,
+    backups: Mapping[str, Server | None] | None = None,
+    backup_points: Mapping[str, Points | None] | None = None,
+    pools: Mapping[str, tuple[Server, ...]] | None = None,
+    slots: Mapping[str, Sequence[Slot]] | None = None,
+    cool: Sequence[ObservedContainer] = (),
+) -> list[Change]:
+    """Every change the proxy needs, in the order ``sync`` makes them: its container (and config) first; then,
+    unless the container is removed, started, recreated or revived (its new config routes as the file says),
+    the live servers, the backup servers, the services' slots, and the warm releases to cool."""
+    first = container_change(proxy, seen, name=name, config=config)
+    if any(change.do in (Do.REMOVE, Do.START, Do.RECREATE, Do.REVIVE) for change in first) or proxy is None:
+        return first
+    return [
+        *first,
+        *misrouted(live or {}, live_points or {}),
+        *misrouted(backups or {}, backup_points or {}, backup=True),
+        *pool_changes(pools or {}, slots or {}),
+        *(Change(Do.COOL, cooled=container) for container in cool),
+    ]

@@ -24,7 +24,11 @@ Guarantees:
   anything changes (also before a stopped proxy is started again); so is a proxy that exits at start
   (its last log lines say why). A runtime API that does not answer is ``ProxyUnavailable``: an outage,
   not a verdict on the release being switched to.
-- ``drift`` also says a config that differs from what ``sync`` would write (a hand edit it overwrites).
+- What to change is decided once, by ``core.proxy`` (``container_change``, ``misrouted``, ``pool_changes``,
+  ``to_cool``) from what is read here: ``sync`` makes the changes, stage by stage, and ``drift`` (the dry
+  run) says them (``core.proxy.changes``), reading without changing anything, pulling nothing, and leaving
+  out a route the runtime API does not answer for. ``drift`` also says a config that differs from what
+  ``sync`` would write (a hand edit it overwrites).
 - Nothing here prints an env value: the proxy's config holds addresses and names only.
 """
 
@@ -37,14 +41,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from reconciler.adapters.docker import INSTANCE, LABEL, MANAGED, SOURCE, Engine, Inspected, owner_of
 from reconciler.core import proxy as core
 from reconciler.core.model import DesiredState, ObservedContainer, ObservedState, ProxySpec
-from reconciler.errors import ContainerError, ProxyError, ProxyUnavailable, ReconcileError
+from reconciler.errors import ProxyError, ProxyUnavailable, ReconcileError
 
 PROXY_LABEL = f"{LABEL}.proxy"  # its container hash: image and listen addresses
 LISTEN_LABEL = f"{LABEL}.proxy.listen"  # the addresses it binds, IP:PORT with commas
@@ -52,16 +56,8 @@ READY_TIMEOUT = 15.0  # seconds for a started or reloaded proxy to answer its ru
 # srv_admin_state bits that stop traffic: forced, inherited and resolver maintenance. A server written
 # ``disabled`` keeps its config bit (0x04) once ``set server ... state ready`` enabled it.
 _MAINTENANCE = 0x23
+T = TypeVar("T")
 _SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; longer paths are reached through /proc/self/fd
-
-
-@dataclass(frozen=True)
-class Points:
-    """Where a backend's server points now, as the runtime API says."""
-
-    ip: str
-    port: int
-    enabled: bool
 
 
 class Proxy:
@@ -115,11 +111,11 @@ class Proxy:
                 return int(line.split(":", 1)[1])
         return 0
 
-    def points(self, app: str, name: str = core.SERVER) -> Points | None:
+    def points(self, app: str, name: str = core.SERVER) -> core.Points | None:
         """Where ``be_APP/live`` (or its backup ``warm``) points now; None when the proxy has no such server."""
         for slot in self.slots(app):
             if slot.name == name:
-                return Points(slot.ip, slot.port, slot.enabled)
+                return core.Points(slot.ip, slot.port, slot.enabled)
         return None
 
     def slots(self, app: str) -> list[core.Slot]:
@@ -134,15 +130,22 @@ class Proxy:
 
     def follow(self, desired: DesiredState, observed: ObservedState) -> list[str]:
         """Point each routed service's backend at the tasks ``observed`` lists; what changed."""
-        return [
-            f"{app}: route follows its tasks: {_addresses(members)}"
-            for app, members in core.pools(desired, observed).items()
-            if self.pool(app, members)
-        ]
+        pools = core.pools(desired, observed)
+        found = core.pool_changes(pools, {app: self.slots(app) for app in pools})
+        for change in found:
+            self._assign(change.app, change.members, change.assigned)
+        return [said for change in found if (said := change.said(done=True))]
 
     def pool(self, app: str, members: Sequence[core.Server]) -> bool:
         """Point a routed service's backend at ``members`` (``core.proxy.assign``); whether anything changed."""
         changes = core.assign(self.slots(app), members)
+        self._assign(app, members, changes)
+        return bool(changes)
+
+    def _assign(
+        self, app: str, members: Sequence[core.Server], changes: Sequence[tuple[str, core.Server | None]]
+    ) -> None:
+        """The runtime commands of ``changes`` (slot, server), and the config written to say so."""
         for name, server in changes:
             target = f"{core.backend(app)}/{name}"
             if server is None:
@@ -158,7 +161,6 @@ class Proxy:
                 config = _read(self.dir / core.CONFIG_FILE)
                 if config is not None:
                     self._write(core.CONFIG_FILE, core.with_pool(config, app, members))
-        return bool(changes)
 
     def switch(self, app: str, server: core.Server | None) -> None:
         """Point ``app``'s route at ``server`` (None: nothing serves it, its backup neither; HAProxy answers
@@ -248,18 +250,21 @@ class Proxy:
         return desired.source is None or owner is None or desired.source.same(owner)
 
     def sync(self, desired: DesiredState, observed: ObservedState, *, now: float | None = None) -> list[str]:
-        """Make the proxy match the file and what runs (see the module docstring); what it changed."""
+        """Make the proxy match the file and what runs (see the module docstring); what it changed. Each stage
+        is decided by ``core.proxy`` on what the one before it left: the container, then the live servers,
+        the backup servers, the services' slots and the warm releases to cool."""
         spec = desired.proxy
         found = self.engine.inspect(self.name)
         if spec is None:
-            if found is not None and self._prunable(found, desired):
+            prunable = found is not None and self._prunable(found, desired)
+            seen = core.Seen(ours=found is not None, prunable=prunable)
+            removal = core.container_change(None, seen, name=self.name)
+            if removal and found is not None:
                 self.engine.remove(found.id, self.name)
                 self.engine.remove_network(self.network)
-                return [f"removed the proxy {self.name} (no proxy: in the file)"]
-            return []
+            return [said for change in removal if (said := change.said(done=True))]
         self._local()
-        running = self._ours(found, desired)
-        done: list[str] = []
+        ours = self._ours(found, desired)
         self.engine.ensure_network(self.network)
         self.dir.mkdir(parents=True, exist_ok=True)
         now = time.time() if now is None else now
@@ -272,49 +277,52 @@ class Proxy:
         rerouted = _read(self.dir / core.ROUTES_FILE) != routes
         config = core.render(spec, core.routed(desired), live, pools=pools, backup=backups, uid=os.getuid())
         self._write(core.CONFIG_FILE, config)
-        image_id = self._image(spec.ref)
-        wanted = core.container_hash(spec, image_id)
-        if running and found is not None and found.labels.get(PROXY_LABEL) != wanted:
+        wanted = core.container_hash(spec, self._image(spec.ref))
+        current = found is None or found.labels.get(PROXY_LABEL) == wanted
+        # Asked only of a proxy that runs as the file says, in that order: each look needs the one before.
+        answers = not (ours and current and found is not None and found.running) or self._answering()
+        runs = found is not None and found.running and current and answers
+        unrouted = runs and (any(self.points(app) is None for app in live) or any(not self.slots(app) for app in pools))
+        seen = core.Seen(
+            ours=ours, current=current, running=found is not None and found.running, answers=answers,
+            rerouted=rerouted, unrouted=unrouted,
+        )  # fmt: skip
+        first = core.container_change(spec, seen, name=self.name)
+        done = [said for change in first[:1] if (said := change.said(done=True))]
+        kinds = {change.do for change in first}
+        if found is not None and core.Do.RECREATE in kinds:
             # Checked before the proxy that serves goes: a new address someone else holds changes nothing.
             self._check_free(spec, keep=found.labels.get(LISTEN_LABEL, "").split(","))
+        if found is not None and kinds & {core.Do.RECREATE, core.Do.REVIVE}:
+            # REVIVE: its folder (or admin socket) was removed under it: the runtime API is out of reach and
+            # its bind mount holds a folder that is gone; or it restarts for ever (its port taken: ``_create``
+            # names the holder). It is ours: made again from the file and what runs.
             self.engine.remove(found.id, self.name)
-            done.append(f"recreated the proxy {self.name} ({_what(spec)})")
-            found = None
-        elif found is not None and found.running and not self._answering():
-            # Its folder (or admin socket) was removed under it: the runtime API is out of reach and its bind
-            # mount holds a folder that is gone; or it restarts for ever (its port taken: ``_create`` names the
-            # holder). It is ours: made again from the file and what runs.
-            self.engine.remove(found.id, self.name)
-            done.append(
-                f"recreated the proxy {self.name}: its runtime API did not answer (its folder or admin.sock gone?)"
-            )
             found = None
         if found is None or not found.running:
             self._write(core.CONFIG_FILE, config)  # again: the folder may have gone since (``rm -rf STATE``)
         if found is None:
             self._create(spec, wanted, desired)
-            if not done:
-                done.append(f"started the proxy {self.name} ({_what(spec)})")
-        elif not found.running:
+        elif core.Do.RESTART in kinds:
             self._check_free(spec)  # named now, not after a start that waits for a port it cannot bind
             self._start(found.id, spec)
-            done.append(f"started the proxy {self.name} again")
-        elif rerouted or any(self.points(app) is None for app in live) or any(not self.slots(app) for app in pools):
+        elif core.Do.RELOAD in kinds:
             self.reload()
-            done.append("reloaded the proxy's config (routes changed)")
         self._write(core.ROUTES_FILE, routes)
-        for app, server in self._misrouted(live):
-            self.switch(app, server)
-            done.append(f"{app}: route switched to {server.container if server else 'nothing (503)'}")
+        switches = core.misrouted(live, {app: self.points(app) for app in live})
+        for change in switches:
+            self.switch(change.app, change.server)
         # Before a warm release is cooled: the backup no longer points at it once its window has passed.
-        for app, server in self._misrouted(backups, core.BACKUP):
-            self._point(app, core.BACKUP, server)
+        for change in core.misrouted(backups, {app: self.points(app, core.BACKUP) for app in backups}, backup=True):
+            self._point(change.app, core.BACKUP, change.server)
+        done += [said for change in switches if (said := change.said(done=True))]
         done += self.follow(desired, observed)
         for container in core.to_cool(desired, observed, self.network, self.switched(), now):
             if container.id in self.cooling:
                 continue  # stopping since this pass's first sync
             self._cool(container)
-            done.append(f"{container.app}: stopped the warm {container.name} ({container.version}): its window passed")
+            said = core.Change(core.Do.COOL, cooled=container).said(done=True)
+            done += [said] if said else []
         return done
 
     def _answering(self) -> bool:
@@ -345,65 +353,63 @@ class Proxy:
             thread.join()
 
     def drift(self, desired: DesiredState, observed: ObservedState) -> list[str]:
-        """What ``sync`` would change, read without changing anything (for a dry run)."""
+        """What ``sync`` would change (``core.proxy.changes``), read without changing anything (for a dry run):
+        nothing is pulled, and a route the runtime API does not answer for is left out."""
         spec = desired.proxy
         found = self.engine.inspect(self.name)
         if spec is None:
             prunable = found is not None and self._prunable(found, desired)
-            return [f"remove the proxy {self.name} (no proxy: in the file)"] if prunable else []
+            seen = core.Seen(ours=found is not None, prunable=prunable)
+            return [said for change in core.changes(None, seen, name=self.name) if (said := change.said(done=False))]
         self._local()
-        if not self._ours(found, desired) or found is None:
-            return [f"start the proxy {self.name} ({_what(spec)})"]
-        said: list[str] = []
-        if found.labels.get(PROXY_LABEL) != core.container_hash(spec, self._local_image(spec.ref)):
-            return [f"recreate the proxy {self.name} ({_what(spec)}): its image or listen addresses changed"]
-        if not found.running:
-            said.append(f"start the proxy {self.name} again")
-        elif not self.answers():
-            return [f"recreate the proxy {self.name}: its runtime API does not answer (its folder or admin.sock gone?)"]
+        ours = self._ours(found, desired) and found is not None
+        current = (
+            ours
+            and found is not None
+            and found.labels.get(PROXY_LABEL) == core.container_hash(spec, self._local_image(spec.ref))
+        )
+        running = found is not None and found.running
+        # Each look only when the one before it leaves something to say: a stopped proxy's API is not asked.
+        answers = not (ours and current and running) or self.answers()
         live = core.servers(desired, observed, self.network)
         backups = core.backups(desired, observed, self.network, self.switched(), time.time())
         pools = core.pools(desired, observed)
-        misrouted = self._misrouted(live, quiet=True) if found.running else []
-        misbacked = self._misrouted(backups, core.BACKUP, quiet=True) if found.running else []
-        # The config as the switches of the next pass leave it: what differs then was edited by hand.
-        config = _read(self.dir / core.CONFIG_FILE)
-        for name, wrong in ((core.SERVER, misrouted), (core.BACKUP, misbacked)):
-            for app, server in wrong:
-                config = None if config is None else core.with_server(config, app, server, name)
-        if _read(self.dir / core.ROUTES_FILE) != _routes(desired, spec):
-            said.append("rewrite and reload the proxy's config (routes changed)")
-        elif config != core.render(spec, core.routed(desired), live, pools=pools, backup=backups, uid=os.getuid()):
-            said.append(
-                f"rewrite the proxy's config {self.dir / core.CONFIG_FILE}: it differs from the file and what runs"
-                " (edited by hand?)"
-            )
-        for app, server in misrouted:
-            said.append(f"{app}: switch its route to {server.container if server else 'nothing (503)'}")
-        for app, server in misbacked:
-            said.append(f"{app}: point its backup server at {server.container if server else 'nothing'}")
-        for app, members in pools.items() if found.running else []:
-            with contextlib.suppress(ProxyError):  # a dry run does not fail on a runtime API that is away
-                if core.assign(self.slots(app), members):
-                    said.append(f"{app}: point its route at its tasks: {_addresses(members)}")
-        return said
+        look = ours and current and answers
+        asked = look and running
+        live_points = self._quietly(lambda app: self.points(app), live) if asked else {}
+        backup_points = self._quietly(lambda app: self.points(app, core.BACKUP), backups) if asked else {}
+        slots = self._quietly(self.slots, pools) if asked else {}
+        edited = False
+        if look:
+            # The config as the switches of the next pass leave it: what differs then was edited by hand.
+            config = _read(self.dir / core.CONFIG_FILE)
+            for name, wrong in (
+                (core.SERVER, core.misrouted(live, live_points)),
+                (core.BACKUP, core.misrouted(backups, backup_points)),
+            ):
+                for change in wrong:
+                    config = None if config is None else core.with_server(config, change.app, change.server, name)
+            rendered = core.render(spec, core.routed(desired), live, pools=pools, backup=backups, uid=os.getuid())
+            edited = config != rendered
+        seen = core.Seen(
+            ours=ours, current=current, running=running, answers=answers,
+            rerouted=look and _read(self.dir / core.ROUTES_FILE) != _routes(desired, spec), edited=edited,
+        )  # fmt: skip
+        found_changes = core.changes(
+            spec, seen, name=self.name, config=str(self.dir / core.CONFIG_FILE), live=live, live_points=live_points,
+            backups=backups, backup_points=backup_points, pools=pools, slots=slots,
+        )  # fmt: skip
+        return [said for change in found_changes if (said := change.said(done=False))]
 
-    def _misrouted(
-        self, live: Mapping[str, core.Server | None], name: str = core.SERVER, *, quiet: bool = False
-    ) -> list[tuple[str, core.Server | None]]:
-        """The routes whose runtime address (of server ``name``) is not the one in ``live`` (``quiet``: a route
-        the runtime API does not answer for is left out, as a dry run must not fail on it)."""
-        wrong = []
-        for app, server in live.items():
-            try:
-                points = self.points(app, name)
-            except ProxyError:
-                if not quiet:
-                    raise
-                continue
-            if points is not None and not _same(points, server):
-                wrong.append((app, server))
-        return wrong
+    @staticmethod
+    def _quietly(read: Callable[[str], T], apps: Mapping[str, object]) -> dict[str, T]:
+        """``read`` of each app, leaving out those the runtime API does not answer for (a dry run does not fail
+        on a runtime API that is away)."""
+        found = {}
+        for app in apps:
+            with contextlib.suppress(ProxyError):
+                found[app] = read(app)
+        return found
 
     def _local(self) -> None:
         """The proxy's config and admin socket are files here: its engine must run on this machine."""
@@ -442,10 +448,7 @@ class Proxy:
 
     def _local_image(self, ref: str) -> str:
         """The id of ``ref`` on the engine, or "" when it is not there (nothing is pulled)."""
-        try:
-            return str(self.engine.call("inspect image", lambda: self.engine.api.inspect_image(ref))["Id"])
-        except ContainerError:
-            return ""
+        return self.engine.image_id(ref)
 
     def _check_free(self, spec: ProxySpec, *, keep: Sequence[str] = ()) -> None:
         """A ``ProxyError`` naming the holder of a listen address (``keep``: ours already, not checked)."""
@@ -482,22 +485,16 @@ class Proxy:
         binds = [f"{self.dir}:{core.CONFIG_DIR}:rw"]
         if spec.tls is not None:
             binds += self.engine.held_binds(self.name, [f"{spec.tls.certs}:{core.CERTS_DIR}:ro"], desired.limits)
-        api = self.engine.api
-        created = self.engine.call(
-            f"create {self.name}",
-            lambda: api.create_container(
-                image=spec.ref,
-                name=self.name,
-                entrypoint=["haproxy"],
-                command=["-W", "-db", "-f", f"{core.CONFIG_DIR}/{core.CONFIG_FILE}"],
-                user="0",  # binds :80 and :443 in the host's namespace; the official image is USER haproxy
-                labels=labels,
-                host_config=api.create_host_config(
-                    network_mode="host", binds=binds, restart_policy={"Name": "unless-stopped"}
-                ),
-            ),
+        created = self.engine.create_in_host_network(
+            self.name,
+            image=spec.ref,
+            entrypoint=["haproxy"],
+            command=["-W", "-db", "-f", f"{core.CONFIG_DIR}/{core.CONFIG_FILE}"],
+            user="0",  # binds :80 and :443 in the host's namespace; the official image is USER haproxy
+            labels=labels,
+            binds=binds,
         )
-        self._start(str(created["Id"]), spec)
+        self._start(created, spec)
 
     def _start(self, container_id: str, spec: ProxySpec) -> None:
         (self.dir / core.ADMIN_SOCKET).unlink(missing_ok=True)
@@ -524,20 +521,6 @@ def _routes(desired: DesiredState, spec: ProxySpec) -> str:
     """The config as rendered with no server: what decides a reload (the addresses follow switches, a
     service's tasks the runtime API; its number of slots is a route's shape)."""
     return core.render(spec, core.routed(desired), {}, uid=os.getuid())
-
-
-def _addresses(members: Sequence[core.Server]) -> str:
-    return ", ".join(member.address for member in members) or "none (503)"
-
-
-def _what(spec: ProxySpec) -> str:
-    return f"{spec.ref}, {', '.join(spec.listen)}"
-
-
-def _same(points: Points, server: core.Server | None) -> bool:
-    if server is None:
-        return not points.enabled
-    return points.enabled and points.ip == server.ip and points.port == server.port
 
 
 def _read(path: Path) -> str | None:

@@ -27,36 +27,25 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import docker.types
-
-from reconciler.adapters.docker import Engine, _epoch, fingerprint_of, release_labels, task_from_row
+from reconciler.adapters.docker import Engine, _epoch, fingerprint_of
 from reconciler.core import swarm
 from reconciler.core.health import Gate, Sample, Verdict
-from reconciler.core.model import AppSpec, ObservedContainer, parse_port
-from reconciler.core.plan import Action, ActionKind, Target
+from reconciler.core.model import AppSpec, ObservedContainer
+from reconciler.core.plan import Action, ActionKind
 from reconciler.core.proxy import Server
 from reconciler.core.report import Outcome, Result
-from reconciler.errors import EngineUnavailable, ReconcileError
+from reconciler.core.steps import Released
+from reconciler.deploy.prober import Prober
+from reconciler.deploy.rows import JournalFailed
+from reconciler.errors import UserError
 from reconciler.state.journal import Entry, JournalResult
 
 LOOK = 0.2  # seconds between looks at a rollout's tasks
 PAUSED = frozenset({"paused", "rollback_started", "rollback_paused", "rollback_completed"})
 
 
-@dataclass(frozen=True)
-class Released:
-    """A service rollout that passed: enough to put the service back as it was (whole-commit undo)."""
-
-    app: str
-    service_id: str
-    previous: dict[str, Any] | None  # the service's spec before the rollout; None: it was new
-    previous_version: str
-    spec: AppSpec
-    entry: int
-
-
 class Rows(Protocol):
-    """The deploys' journal calls (``applier._Rows``: one at a time across the deploys of a pass)."""
+    """The deploys' journal calls (``rows.Rows``: one at a time across the deploys of a pass)."""
 
     def start(self, **fields: str) -> int: ...
 
@@ -71,6 +60,7 @@ class Rows(Protocol):
 class Services:
     engine: Engine
     rows: Rows
+    prober: Prober  # its looks at a service's tasks (``look``)
     author: str = ""
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
@@ -79,64 +69,6 @@ class Services:
     stale: Callable[[], bool] = lambda: False
     # A routed service's tasks as the proxy reaches them, at each look of a gate (the proxy follows them).
     route: Callable[[str, tuple[Server, ...]], None] = lambda app, members: None
-
-    # -- the spec ---------------------------------------------------------------------------------
-
-    def _spec(self, target: Target, env: Mapping[str, str]) -> dict[str, Any]:
-        """The keyword arguments of ``create_service`` / ``update_service`` for ``target``."""
-        spec = target.spec
-        assert spec.replicas is not None
-        check = swarm.healthcheck(spec)
-        mounts = [_mount(volume) for volume in spec.volumes]
-        container = docker.types.ContainerSpec(
-            image=_pinned(target.resolution.ref, target.resolution.digest),
-            args=list(spec.command) if spec.command is not None else None,
-            env=[f"{key}={value}" for key, value in env.items()],
-            mounts=mounts or None,
-            stop_grace_period=round(spec.stop_timeout * swarm.NANOSECONDS),
-            healthcheck=docker.types.Healthcheck(
-                test=check["Test"],
-                interval=check["Interval"],
-                timeout=check["Timeout"],
-                retries=check["Retries"],
-                start_period=check["StartPeriod"],
-            )
-            if check is not None
-            else None,
-            init=spec.init,
-        )
-        condition = {"no": "none", "on-failure": "on-failure"}.get(spec.restart, "any")
-        template = docker.types.TaskTemplate(
-            container,
-            restart_policy=docker.types.RestartPolicy(condition=condition),
-            placement=docker.types.Placement(constraints=swarm.constraints(spec)) if spec.on is not None else None,
-        )
-        update = spec.update
-        gate = spec.gate
-        rolling = docker.types.UpdateConfig(
-            parallelism=update.parallelism if update is not None else 1,
-            delay=round(update.delay * swarm.NANOSECONDS) if update is not None else 0,
-            failure_action="pause",  # our gate decides, and puts back the spec from before
-            monitor=round(max(gate.healthy_for, 1.0) * swarm.NANOSECONDS),
-            order=update.order if update is not None else swarm.default_order(spec),
-        )
-        ports: list[dict[str, Any]] = []  # the API's form: 53:53/tcp and 53:53/udp are two entries
-        if spec.route is not None:  # on a host port each node picks: two tasks on a node never clash
-            ports.append({"Protocol": "tcp", "TargetPort": spec.route.port, "PublishMode": "host"})
-        for port in spec.ports:
-            _, host_port, container_port, proto = parse_port(port)
-            assert host_port is not None  # AppSpec: a service publishes HOST:CONTAINER
-            # No routing mesh: each task publishes on its own node.
-            ports.append({"Protocol": proto, "TargetPort": container_port, "PublishedPort": host_port,
-                          "PublishMode": "host"})  # fmt: skip
-        return {
-            "task_template": template,
-            "name": target.app,
-            "labels": release_labels(target, self.engine.instance),
-            "mode": docker.types.ServiceMode("replicated", replicas=spec.replicas),
-            "update_config": rolling,
-            "endpoint_spec": docker.types.EndpointSpec(ports=ports) if ports else None,
-        }
 
     # -- deploys ----------------------------------------------------------------------------------
 
@@ -179,13 +111,12 @@ class Services:
             from_image=current.digest if current else "", to_image=target.resolution.identity,
             spec_hash=target.spec_hash,
         )  # fmt: skip
-        arguments = self._spec(target, env)
+        arguments = self.engine.service_arguments(target, env)
         previous: dict[str, Any] | None = None
         self.step(app, "create" if current is None else "update")
         try:
             if current is None:
-                created = self.engine.call(f"create service {app}", lambda: self.engine.api.create_service(**arguments))
-                service_id = str(created["ID"])
+                service_id = self.engine.create_service(app, arguments)
             else:
                 service_id = current.id
                 before = self._inspect(service_id)
@@ -195,22 +126,17 @@ class Services:
                 # pass, which puts this spec back if it failed.
                 self.rows.set_flag(_kept(entry), json.dumps(previous))
                 _keep_unwritten(arguments, previous)
-                self.engine.call(
-                    f"update service {app}",
-                    lambda: self.engine.api.update_service(service_id, version, **arguments),
-                )
-        except EngineUnavailable:
-            raise
-        except ReconcileError as exc:
+                self.engine.update_service(app, service_id, version, arguments)
+        except JournalFailed:
+            raise  # the spec from before could not be kept: the pass's trouble, not this rollout's
+        except UserError as exc:
             self._finish(entry, JournalResult.FAILED, str(exc))
             return Outcome(app, action.kind, app, Result.FAILED, f"{spec.version}: {exc}", release_failed=True), None
         since = _epoch(str(self._inspect(service_id).get("UpdatedAt", "")))
         self.step(app, "gate")
         try:
             gate = self.gate(service_id, spec, since=since, before=_route_port(current.fingerprint if current else {}))
-        except EngineUnavailable:
-            raise  # the next pass plans it again
-        except ReconcileError as exc:  # the manager refused a look (the service removed by hand, ...)
+        except UserError as exc:  # the manager refused a look (the service removed by hand, ...); an outage is raised
             gate = Gate(spec.gate, started_at=self.clock(), verdict=Verdict.FAILED, reason=str(exc))
         was = f"{current.version or '?'} -> " if current else ""
         if gate.verdict is Verdict.PENDING:
@@ -244,7 +170,7 @@ class Services:
         self._finish(entry, JournalResult.ROLLING_BACK, reason)
         self.step(app, "roll-back")
         if previous is None:
-            problem = self._attempt(lambda: self.engine.api.remove_service(service_id), f"remove service {app}")
+            problem = self._attempt(lambda: self.engine.remove_service(service_id, app))
             self._finish(entry, JournalResult.FAILED, reason + (f"; {problem}" if problem else ""))
             self.log(f"deploy of service {app} {version} failed: {reason}; removed (nothing to roll back to)")
             message = f"{version} failed: {reason}; the new service was removed; nothing to roll back to"
@@ -264,19 +190,9 @@ class Services:
         """Send ``previous`` back to the service and gate it; what went wrong, or ""."""
         try:
             version = self._inspect(service_id)["Version"]["Index"]
-            self.engine.call(
-                f"roll service {app} back",
-                lambda: self.engine.api.update_service(
-                    service_id, version,
-                    task_template=previous.get("TaskTemplate"), name=previous.get("Name"),
-                    labels=previous.get("Labels"), mode=previous.get("Mode"),
-                    update_config=previous.get("UpdateConfig"), endpoint_spec=previous.get("EndpointSpec"),
-                ),
-            )  # fmt: skip
+            self.engine.restore_service(app, service_id, version, previous)
             since = _epoch(str(self._inspect(service_id).get("UpdatedAt", "")))
-        except EngineUnavailable:
-            raise
-        except ReconcileError as exc:
+        except UserError as exc:
             return str(exc)
         replicas = int(((previous.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 1))
         before = _route_port(fingerprint_of(previous.get("Labels") or {}))
@@ -289,7 +205,7 @@ class Services:
         self.step(app, "undo")
         kind = ActionKind.REPLACE if done.previous is not None else ActionKind.CREATE
         if done.previous is None:
-            problem = self._attempt(lambda: self.engine.api.remove_service(done.service_id), f"remove service {app}")
+            problem = self._attempt(lambda: self.engine.remove_service(done.service_id, app))
             back = "nothing (it is new in this commit)"
         else:
             problem = self._restore(app, done.service_id, done.previous, done.spec)
@@ -307,7 +223,7 @@ class Services:
             from_version=current.version, from_image=current.digest,
         )  # fmt: skip
         self.step(action.app, "remove")
-        problem = self._attempt(lambda: self.engine.api.remove_service(current.id), f"remove service {current.name}")
+        problem = self._attempt(lambda: self.engine.remove_service(current.id, current.name))
         if problem:
             self._finish(entry, JournalResult.FAILED, problem)
             return Outcome(action.app, action.kind, action.container, Result.FAILED, problem)
@@ -350,48 +266,22 @@ class Services:
         return gate
 
     def look(self, service_id: str) -> tuple[dict[str, Any], list[swarm.Task]]:
-        """The service as the manager has it, and its tasks."""
-        info = self._inspect(service_id)
-        template = (info.get("Spec") or {}).get("TaskTemplate")
-        rows = self.engine.call("list tasks", lambda: self._tasks(service_id))
-        return info, [task_from_row(row, template) for row in rows]
+        """The service as the manager has it, and its tasks (``Prober.look``)."""
+        return self.prober.look(service_id)
 
     def sample(self, service_id: str, spec: AppSpec) -> tuple[Sample, float]:
-        """One look for status and the stable clock: healthy when every task of the spec runs; and since
-        when the spec is the service's (its last update)."""
-        assert spec.replicas is not None
-        info, tasks = self.look(service_id)
-        whole, detail = swarm.tally(tasks, spec.replicas)
-        sample = Sample(at=self.clock(), running=True, restarts=swarm.failures(tasks), probe_ok=whole, detail=detail)
-        return sample, _epoch(str(info.get("UpdatedAt", "")))
-
-    def task_lines(self, service_id: str) -> list[str]:
-        """Each wanted task by node (``web-2: running``), then each node that is not ready."""
-        _, tasks = self.look(service_id)
-        nodes = self.engine.nodes()
-        lines = []
-        for task in sorted(tasks, key=lambda t: (t.slot, t.created)):
-            if task.desired != "running":
-                continue
-            host, state, _ = nodes.get(task.node, (task.node[:12] or "(no node yet)", "", ""))
-            why = f": {task.message}" if task.message and task.state != "running" else ""
-            down = f" (node {state})" if state and state != "ready" else ""
-            lines.append(f"slot {task.slot} on {host}{down}: {task.state}{why}")
-        lines += [f"node {host} is {state}" for host, state, _ in sorted(nodes.values()) if state != "ready"]
-        return lines
-
-    def _tasks(self, service_id: str) -> list[dict[str, Any]]:
-        return list(self.engine.api.tasks(filters={"service": service_id}))
+        """``Prober.service_sample``: kept for the agent's stable clock until it asks the prober itself."""
+        return self.prober.service_sample(service_id, spec)
 
     def _inspect(self, service_id: str) -> dict[str, Any]:
-        return dict(self.engine.call("inspect service", lambda: self.engine.api.inspect_service(service_id)))
+        return self.engine.inspect_service(service_id)
 
-    def _attempt(self, fn: Callable[[], object], what: str) -> str:
+    @staticmethod
+    def _attempt(fn: Callable[[], object]) -> str:
+        """What the manager refused, or "" (an outage is raised: the pass stops, the next one resumes)."""
         try:
-            self.engine.call(what, fn)
-        except EngineUnavailable:
-            raise
-        except ReconcileError as exc:
+            fn()
+        except UserError as exc:
             return str(exc)
         return ""
 
@@ -399,19 +289,6 @@ class Services:
 def _kept(entry: Entry | int) -> str:
     """The journal flag that holds a rollout's spec from before, until its verdict."""
     return f"service-spec:{entry if isinstance(entry, int) else entry.id}"
-
-
-def _pinned(ref: str, digest: str) -> str:
-    """``repo:tag@sha256:...`` when the registry's digest is known (as ``docker service create`` pins it):
-    every node runs the same image, and a tag that moved is a new spec that Swarm rolls out."""
-    return f"{ref}@{digest}" if digest and "@" not in ref else ref
-
-
-def _mount(volume: str) -> docker.types.Mount:
-    """``NAME_OR_ABS_PATH:CONTAINER_PATH[:ro|rw]`` as a service mount (a bind for an absolute path)."""
-    source, target, *mode = volume.split(":")
-    kind = "bind" if source.startswith("/") else "volume"
-    return docker.types.Mount(target, source, type=kind, read_only=mode == ["ro"])
 
 
 def _route_port(fingerprint: Mapping[str, Any]) -> int | None:

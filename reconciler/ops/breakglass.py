@@ -4,9 +4,11 @@ Guarantees:
 - ``swap_back`` (``rollback --local``) puts the kept ``APP.prev`` back under the app's name and keeps
   what ran stopped as ``APP.prev``: no git, no pull, no create. For a routed app it is a switch: the
   previous release (started first unless it is warm) passes a fresh gate, the proxy's route moves to
-  it, and what ran is kept warm as ``APP.prev``; a gate that fails switches nothing. It touches only containers of ours,
-  and works under the state directory's lock, so no agent pass runs between what it looks at and
-  what it changes; the agent is suspended before the lock lets the next pass in.
+  it, and what ran is kept warm as ``APP.prev``; a gate that fails switches nothing. That switch-back is
+  a deploy's rollback's (``deploy.rollback.switch_back``), its probes the deploys' (``deploy.prober``).
+  It touches only containers of ours, and works under the state directory's lock, so no agent pass
+  runs between what it looks at and what it changes; the agent is suspended before the lock lets the
+  next pass in.
 - A swap that fails puts every container back under the name it had and starts what ran again
   (``deploy.swap.swap_in`` with ``undo``); the journal records the attempt either way.
 - ``status`` says the host differs from git (the ``break-glass:APP`` flag) until ``resume``.
@@ -16,6 +18,7 @@ Guarantees:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from reconciler.adapters.docker import Engine
 from reconciler.converge.run import Settings, read_desired
@@ -30,7 +33,7 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
 
     Returns what happened, and the version that runs now."""
     from reconciler.adapters.docker import connect
-    from reconciler.deploy.applier import Applier
+    from reconciler.deploy.prober import Prober
     from reconciler.state.journal import locked
 
     desired = _committed(settings)  # read once, before the lock: git is the slow part
@@ -65,7 +68,7 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
             )  # fmt: skip
             try:
                 if routed is not None:
-                    _switch_back(engine, journal, settings, app, previous, current, routed)
+                    _switch_back(engine, settings, app, previous, current, routed)
                 else:
                     swap_in(
                         engine, app, previous.id, current, incoming_name=previous.name,
@@ -83,8 +86,8 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
             journal.finish(
                 entry, result=JournalResult.SUCCEEDED, message="break-glass: host differs from git until resume"
             )
-        gate = Applier(engine, journal).sample(previous.id, committed.gate if committed is not None else DEFAULT_HEALTH)
-        state = "answering" if gate.running and gate.probe_ok else f"started, not healthy yet ({gate.detail})"
+        seen = Prober(engine).sample(previous.id, committed.gate if committed is not None else DEFAULT_HEALTH)
+        state = "answering" if seen.running and seen.probe_ok else f"started, not healthy yet ({seen.detail})"
         if routed is not None:
             kept = f"{was} kept warm as {app}.prev" if current is not None else "nothing else ran"
             said = f"{app}: the route switched to {previous.version} ({state}); {kept}"
@@ -104,33 +107,37 @@ def _committed(settings: Settings) -> DesiredState | None:
 
 def _switch_back(
     engine: Engine,
-    journal: Journal,
     settings: Settings,
     app: str,
     previous: ObservedContainer,
     current: ObservedContainer | None,
     spec: AppSpec,
 ) -> None:
-    """A routed app: the previous release (started unless warm) passes a fresh gate, the route switches to
-    it, and the names follow (what ran is kept warm as APP.prev). A gate that fails switches nothing."""
+    """A routed app: ``deploy.rollback.switch_back``, the one a deploy's rollback makes, with every refusal
+    raised. What ran is kept warm as APP.prev (through APP.next, which frees APP for the previous release).
+    A gate that fails switches nothing, and stops the previous release again unless it was warm."""
     from reconciler.core.health import Verdict
-    from reconciler.deploy.applier import Applier
+    from reconciler.deploy.prober import Prober
     from reconciler.deploy.proxy import Proxy
+    from reconciler.deploy.rollback import switch_back
 
-    applier = Applier(engine, journal, proxy=Proxy(engine, settings.state_dir))
-    warm = previous.running
-    if not warm:
-        engine.start(previous.id, previous.name)
-    gate = applier.gate(previous.id, spec.gate.one_answer() if warm else spec.gate)
+    def attempt(what: str, fn: Callable[[], object]) -> bool:
+        fn()  # break-glass stops at the first refusal: the journal row says it, and the caller raises it
+        return True
+
+    def set_aside() -> None:
+        # The route no longer points at what ran: its names can move (each step leaves a route on a release
+        # that passed, by ``core.proxy.serving``).
+        if current is not None:
+            engine.rename(current.id, container_name(app, Role.NEXT))
+
+    prober = Prober(engine)
+    gate, warm = switch_back(
+        prober, Proxy(engine, settings.state_dir), app, previous, spec, attempt=attempt, set_aside=set_aside
+    )
     if gate.verdict is Verdict.FAILED:
         if not warm:
             engine.stop(previous.id, previous.name, previous.stop_timeout)
         raise UserError(f"{app}: {previous.version} did not pass its gate ({gate.reason}); nothing switched")
-    applier.switch(app, previous.id, spec)
-    # The route no longer points at what ran: its names can move (each step leaves a route on a release
-    # that passed, by ``core.proxy.serving``).
-    if current is not None:
-        engine.rename(current.id, container_name(app, Role.NEXT))
-    engine.rename(previous.id, app)
     if current is not None:
         engine.rename(current.id, container_name(app, Role.PREVIOUS))

@@ -1,7 +1,8 @@
 """``reconcile status``: per app, what git asks for against what runs, and what the journal knows.
 
 Guarantees: read-only (no lock, no change to the engine or the journal); one health probe per running
-app; an app that is only on the engine (ours, gone from the file) is listed too. A desired state or a
+app (``deploy.prober.Prober``, the one a deploy's gate probes with; ``core.health.of_sample`` reads it);
+an app that is only on the engine (ours, gone from the file) is listed too. A desired state or a
 journal that cannot be read (a corrupt repository, a corrupt ``journal.db``) is reported in the result
 (``desired_error``, ``journal_error``) rather than failing it: status is what you run when something is
 wrong. A corrupt journal is left where it is for ``reconcile`` or the agent to move aside. The result is
@@ -14,11 +15,11 @@ from __future__ import annotations
 from reconciler.adapters.docker import Engine, connect
 from reconciler.converge.run import Settings, plan_against, read_desired
 from reconciler.core.failures import held_back
-from reconciler.core.health import Health
+from reconciler.core.health import Health, is_worse, of_sample
 from reconciler.core.model import DesiredState, ObservedState
 from reconciler.core.proxy import route_lines
 from reconciler.core.status import AppStatus, DeployRecord, Status
-from reconciler.deploy.applier import Applier
+from reconciler.deploy.prober import Prober
 from reconciler.deploy.proxy import Proxy
 from reconciler.errors import CommitRefused, ProxyError, ReconcileError
 from reconciler.state.journal import BREAK_GLASS, REFUSED, SUSPENDED, Entry, Journal, JournalResult, read_pid
@@ -46,7 +47,7 @@ def collect(settings: Settings) -> Status:
     # Refused by the agent (its flags, not necessarily this command's): status says so too.
     refused = refused or journal.flag(REFUSED) or ""
     try:
-        applier = Applier(engine, journal)
+        prober = Prober(engine)
         plan = plan_against(engine, desired, settings, observed=observed)[0] if desired is not None else None
         drift = {action.app for action in plan.actions} if plan is not None else set()
         targets = {a.app: a.target.spec_hash for a in (plan.actions if plan else ()) if a.target is not None}
@@ -73,20 +74,15 @@ def collect(settings: Settings) -> Status:
             elif not current.running:
                 health = f"{Health.UNHEALTHY}: {current.state}"
             elif current.kind == "service":
-                tasks = tuple(applier.services.task_lines(current.id))
+                tasks = tuple(prober.task_lines(current.id))
                 if spec is not None:
-                    sample, _ = applier.services.sample(current.id, spec)
-                    health = str(Health.HEALTHY) if sample.probe_ok else f"{Health.UNHEALTHY}: {sample.detail}"
+                    sample, _ = prober.service_sample(current.id, spec)
+                    health = _said(Health.HEALTHY if sample.probe_ok else Health.UNHEALTHY, sample.detail)
                 else:
                     health = "running (no longer in the file)"
             elif spec is not None:
-                sample = applier.sample(current.id, spec.gate)
-                if sample.running and sample.probe_ok and sample.docker_health in ("", "healthy"):
-                    health = str(Health.HEALTHY)
-                elif sample.docker_health == "starting":
-                    health = str(Health.PROGRESSING)
-                else:
-                    health = f"{Health.UNHEALTHY}: {sample.detail}"
+                sample = prober.sample(current.id, spec.gate)
+                health = _said(of_sample(sample), sample.detail)
             else:
                 health = "running (no longer in the file)"
             stable = journal.stable(app)
@@ -137,6 +133,11 @@ def _routes(
         in_flight = None  # not running: its drift says so
     routes = route_lines(desired, observed, proxy.network, proxy.switched(), in_flight)
     return tuple(routes), tuple(proxy.drift(desired, observed))
+
+
+def _said(health: Health, detail: str) -> str:
+    """A health as ``AppStatus.health`` says it: its detail only when it is worse than progressing."""
+    return f"{health}: {detail}" if is_worse(health, Health.PROGRESSING) else str(health)
 
 
 def _record(entry: Entry | None) -> DeployRecord | None:

@@ -8,7 +8,7 @@ names move only after the switch, and the old release is never stopped before th
 
 from __future__ import annotations
 
-from reconciler.deploy.applier import RULES, START_FIRST, STOP_FIRST, SWAP, Resume, Step, Undo
+from reconciler.core.steps import RULES, START_FIRST, STOP_FIRST, SWAP, Resume, Step, Undo
 
 
 def test_each_strategy_names_its_steps_once_and_every_step_has_a_rule() -> None:
