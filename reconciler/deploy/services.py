@@ -29,9 +29,10 @@ from typing import Any, Protocol
 
 import docker.types
 
-from reconciler.adapters.docker import Engine, _epoch, fingerprint_of, release_labels, task_from_row
+from reconciler.adapters.docker import Engine, fingerprint_of, release_labels, task_from_row
 from reconciler.core import swarm
 from reconciler.core.health import Gate, Sample, Verdict
+from reconciler.core.labels import epoch as _epoch
 from reconciler.core.model import AppSpec, ObservedContainer, parse_port
 from reconciler.core.plan import Action, ActionKind, Target
 from reconciler.core.proxy import Server
