@@ -88,7 +88,9 @@ from reconciler.errors import (
     UserError,
 )
 from reconciler.ops.stable import hold, publish_stable, stable_source
-from reconciler.state.journal import REFUSED, SUSPENDED, Journal, JournalResult, PidFile, locked
+from reconciler.state.journal import REFUSED, SUSPENDED, Journal, JournalResult
+from reconciler.state.lock import locked
+from reconciler.state.pidfile import PidFile
 from reconciler.state.private import write_private
 from reconciler.telemetry import sdnotify
 from reconciler.telemetry.log import Events

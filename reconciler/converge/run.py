@@ -284,7 +284,8 @@ def applying(
     """An ``Applier`` for ``engine`` while ``state_dir``'s lock is held and its journal is open."""
     from reconciler.deploy.applier import Applier
     from reconciler.deploy.proxy import Proxy
-    from reconciler.state.journal import Journal, locked
+    from reconciler.state.journal import Journal
+    from reconciler.state.lock import locked
 
     with locked(state_dir, timeout=settings.lock_timeout):
         journal = Journal(state_dir)

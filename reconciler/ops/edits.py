@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.adapters.git import Source, is_url, open_source
-from reconciler.adapters.yamlfile import parse_yaml, set_versions
+from reconciler.adapters.yamledit import set_versions
+from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.converge.run import Settings, parse_desired
 from reconciler.core.model import STABLE, AppSpec, DesiredState, image_ref
 from reconciler.errors import ReconcileError, SourceError, UserError
