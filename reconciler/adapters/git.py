@@ -317,6 +317,21 @@ class Source:
     def close(self) -> None:
         self.repo.close()
 
+    @property
+    def git_dir(self) -> str:
+        """The repository's git directory (``.git`` of a clone, the repository itself when bare)."""
+        return str(self.repo.git_dir)
+
+    @property
+    def bare(self) -> bool:
+        """No working tree: a mirror or a bare repository."""
+        return bool(self.repo.bare)
+
+    def default_remote(self) -> str | None:
+        """The name of the repository's first remote; None when it has none."""
+        remotes = self.repo.remotes
+        return str(remotes[0].name) if remotes else None
+
     # -- writing: commits, branches, tags, pushes ------------------------------------------------
 
     def _git(self, *args: str, env: dict[str, str] | None = None) -> str:

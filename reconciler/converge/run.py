@@ -148,7 +148,7 @@ def check_signature(source: Source, revision: str, signed_by: str) -> None:
     """``CommitRefused`` unless ``revision`` carries a good signature by a key ``signed_by`` allows."""
     from reconciler.trust import signatures
 
-    found = signatures.verify(str(source.repo.git_dir), revision, signatures.parse_rule(signed_by))
+    found = signatures.verify(source.git_dir, revision, signatures.parse_rule(signed_by))
     if found.verdict is signatures.Verdict.GOOD:
         return
     if found.verdict is signatures.Verdict.UNSIGNED:
