@@ -17,32 +17,32 @@ from reconciler.core.model import DesiredState
 from reconciler.core.plan import ActionKind, Plan
 from reconciler.core.policy import failures_of, held_in, hold_back
 from reconciler.core.report import Outcome, Result
-from tests.support.fake_world import World
+from tests.support.fake_host import FakeHost
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    world = World(tmp_path / "state")
+def host(tmp_path: Path) -> FakeHost:
+    host = FakeHost(tmp_path / "state")
     for app in ("alpha", "beta"):
-        world.engine.publish(f"example/{app}:v1")
-        world.engine.publish(f"example/{app}:v3")
-    world.engine.publish("example/alpha:v2")
-    world.engine.publish("example/beta:v2", healthy=False)
-    world.deploy({"alpha": "v1", "beta": "v1"})
-    return world
+        host.engine.publish(f"example/{app}:v1")
+        host.engine.publish(f"example/{app}:v3")
+    host.engine.publish("example/alpha:v2")
+    host.engine.publish("example/beta:v2", healthy=False)
+    host.deploy({"alpha": "v1", "beta": "v1"})
+    return host
 
 
-def agent_pass(world: World, desired: DesiredState) -> tuple[Plan, list[Outcome], list[str]]:
+def agent_pass(host: FakeHost, desired: DesiredState) -> tuple[Plan, list[Outcome], list[str]]:
     """What the agent's pass does with hold-back: plan, hold back what failed, apply the rest whole-commit,
     record the new failures. The plan it applied, the outcomes, and the hold-back lines it logged."""
-    observed = world.engine.observe()
-    planned = world.plan(desired)
-    held = held_in(planned, world.journal.failures())
+    observed = host.engine.observe()
+    planned = host.plan(desired)
+    held = held_in(planned, host.journal.failures())
     kept, notices = hold_back(planned, observed, held, restore={}, said=())
-    applier = world.applier()
+    applier = host.applier()
     outcomes = applier.apply(kept, observed, atomic=True)
     for failure in failures_of(outcomes, kept, revision=desired.revision, applied={}, latest={}):
-        world.journal.record_failure(
+        host.journal.record_failure(
             app=failure.app, spec_hash=failure.spec_hash, revision=failure.revision, version=failure.version,
             reason=failure.reason, culprit=failure.culprit,
         )  # fmt: skip
@@ -50,35 +50,35 @@ def agent_pass(world: World, desired: DesiredState) -> tuple[Plan, list[Outcome]
     return kept, outcomes, lines
 
 
-def test_a_failed_commit_is_recorded_culprit_and_companion(world: World) -> None:
-    desired = world.commit({"alpha": "v2", "beta": "v2"})
+def test_a_failed_commit_is_recorded_culprit_and_companion(host: FakeHost) -> None:
+    desired = host.commit({"alpha": "v2", "beta": "v2"})
 
-    _, outcomes, _ = agent_pass(world, desired)
+    _, outcomes, _ = agent_pass(host, desired)
 
     assert {o.app: o.result for o in outcomes} == {"alpha": Result.ROLLED_BACK, "beta": Result.ROLLED_BACK}
-    failures = {f.app: f for f in world.journal.failures()}
+    failures = {f.app: f for f in host.journal.failures()}
     assert set(failures) == {"alpha", "beta"}
     assert failures["beta"].culprit
     assert (failures["beta"].version, failures["beta"].revision) == ("v2", desired.revision)
     assert "not healthy after 10s" in failures["beta"].reason
     assert not failures["alpha"].culprit
     assert failures["alpha"].reason.startswith("rolled back with its commit (beta: v2 failed")
-    assert (world.version_of("alpha"), world.version_of("beta")) == ("v1", "v1")
+    assert (host.version_of("alpha"), host.version_of("beta")) == ("v1", "v1")
 
 
-def test_the_same_commit_is_not_tried_again_and_what_runs_stays(world: World) -> None:
-    desired = world.commit({"alpha": "v2", "beta": "v2"})
-    agent_pass(world, desired)
-    running = {name: world.engine.container(name).id for name in ("alpha", "beta")}
-    world.steps.clear()
+def test_the_same_commit_is_not_tried_again_and_what_runs_stays(host: FakeHost) -> None:
+    desired = host.commit({"alpha": "v2", "beta": "v2"})
+    agent_pass(host, desired)
+    running = {name: host.engine.container(name).id for name in ("alpha", "beta")}
+    host.steps.clear()
 
-    kept, outcomes, lines = agent_pass(world, desired)
+    kept, outcomes, lines = agent_pass(host, desired)
 
     assert [a for a in kept.actions if a.kind in (ActionKind.CREATE, ActionKind.REPLACE)] == []
     assert outcomes == []
-    assert world.steps == []  # nothing was pulled, created, stopped or gated
-    assert {name: world.running(name).id for name in ("alpha", "beta")} == running
-    assert (world.version_of("alpha"), world.version_of("beta")) == ("v1", "v1")
+    assert host.steps == []  # nothing was pulled, created, stopped or gated
+    assert {name: host.running(name).id for name in ("alpha", "beta")} == running
+    assert (host.version_of("alpha"), host.version_of("beta")) == ("v1", "v1")
     assert sorted(lines) == [
         f"alpha: release v2 of {desired.revision[:8]} was rolled back with its commit; not tried again until a"
         " commit changes alpha or `reconcile retry alpha` (`reconcile status` says why)",
@@ -87,38 +87,38 @@ def test_the_same_commit_is_not_tried_again_and_what_runs_stays(world: World) ->
     ]
 
 
-def test_a_commit_that_changes_the_culprit_releases_the_whole_commit_again(world: World) -> None:
-    agent_pass(world, world.commit({"alpha": "v2", "beta": "v2"}))
+def test_a_commit_that_changes_the_culprit_releases_the_whole_commit_again(host: FakeHost) -> None:
+    agent_pass(host, host.commit({"alpha": "v2", "beta": "v2"}))
 
-    _, outcomes, lines = agent_pass(world, world.commit({"alpha": "v2", "beta": "v3"}))
+    _, outcomes, lines = agent_pass(host, host.commit({"alpha": "v2", "beta": "v3"}))
 
     assert lines == []  # alpha's companion record no longer holds: its culprit's spec changed
     assert {o.app: (o.result, o.message) for o in outcomes} == {
         "alpha": (Result.APPLIED, "v1 -> v2"),
         "beta": (Result.APPLIED, "v1 -> v3"),
     }
-    assert (world.version_of("alpha"), world.version_of("beta")) == ("v2", "v3")
+    assert (host.version_of("alpha"), host.version_of("beta")) == ("v2", "v3")
 
 
-def test_a_held_app_whose_container_was_stopped_is_started_not_redeployed(world: World) -> None:
-    desired = world.commit({"alpha": "v2", "beta": "v2"})
-    agent_pass(world, desired)
-    world.engine.die("beta", exit_code=0)  # stopped by hand
+def test_a_held_app_whose_container_was_stopped_is_started_not_redeployed(host: FakeHost) -> None:
+    desired = host.commit({"alpha": "v2", "beta": "v2"})
+    agent_pass(host, desired)
+    host.engine.die("beta", exit_code=0)  # stopped by hand
 
-    kept, outcomes, _ = agent_pass(world, desired)
+    kept, outcomes, _ = agent_pass(host, desired)
 
     assert [(a.app, a.kind) for a in kept.actions] == [("beta", ActionKind.START)]
     assert [(o.app, o.result) for o in outcomes] == [("beta", Result.APPLIED)]
-    assert world.running("beta").image.ref == "example/beta:v1"
+    assert host.running("beta").image.ref == "example/beta:v1"
 
 
-def test_retry_clears_the_record_and_the_release_is_tried_again(world: World) -> None:
-    desired = world.commit({"alpha": "v2", "beta": "v2"})
-    agent_pass(world, desired)
+def test_retry_clears_the_record_and_the_release_is_tried_again(host: FakeHost) -> None:
+    desired = host.commit({"alpha": "v2", "beta": "v2"})
+    agent_pass(host, desired)
 
-    assert world.journal.clear_failures() == 2  # `reconcile retry`
-    _, outcomes, lines = agent_pass(world, desired)
+    assert host.journal.clear_failures() == 2  # `reconcile retry`
+    _, outcomes, lines = agent_pass(host, desired)
 
     assert lines == []
     assert {o.app: o.result for o in outcomes} == {"alpha": Result.ROLLED_BACK, "beta": Result.ROLLED_BACK}
-    assert (world.version_of("alpha"), world.version_of("beta")) == ("v1", "v1")
+    assert (host.version_of("alpha"), host.version_of("beta")) == ("v1", "v1")

@@ -1,4 +1,4 @@
-"""The only module that talks to the Docker engine (through the Docker SDK).
+"""The only module that calls the Docker SDK: the real ``adapters.protocols.DockerEngine``.
 
 Guarantees:
 - Every SDK or transport error leaves this module as a ``ReconcileError``: ``EngineUnavailable`` (names
@@ -15,6 +15,8 @@ Guarantees:
   with our labels are ever passed to stop, remove or rename).
 - Registry credentials come from the docker CLI's ``config.json`` (``DOCKER_CONFIG``) and never leave
   the SDK; no message built here contains an env value or a credential.
+- Rows and labels become records, and records labels, only by the core's mapping (``core.labels``), the
+  one the in-memory engine of the tests uses too; an ``ssh://`` engine is reached by ``adapters.ssh``.
 """
 
 from __future__ import annotations

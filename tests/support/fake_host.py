@@ -1,9 +1,9 @@
-"""One host in memory for the fast tests: the in-memory engine, a clock that moves when waited on, the real
+"""One Docker host in memory for the fast tests: the in-memory engine, a clock that moves when waited on, the real
 journal in a temporary state directory, and passes that plan and apply a commit as the pass does.
 
 Guarantees: ``deploy`` reads the file text as a commit is read (``converge.run.parse_desired``), resolves
 and plans with the real functions (``converge.run.resolve``, ``core.plan.plan``) and applies with the real
-``Applier``; only the engine is in memory. A world never sleeps: its health gates run on ``clock``.
+``Applier``; only the engine is in memory. A fake host never sleeps: its health gates run on ``clock``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def as_engine(fake: FakeEngine) -> Engine:
 
 
 @dataclass
-class World:
+class FakeHost:
     state_dir: Path
     clock: FakeClock = field(default_factory=FakeClock)
     engine: FakeEngine = field(init=False)
