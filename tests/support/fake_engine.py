@@ -83,6 +83,11 @@ class FakeContainer:
     probes: list[bool] = field(default_factory=list)  # scripted answers of its exec probe, first first
     healthy: bool | None = None  # once set (``fail_health``), what its probe answers after the scripted ones
 
+    def _networks(self) -> dict[str, dict[str, str]]:
+        # As docker: attached to its networks always, an address on them only while it runs.
+        running = self.state == "running"
+        return {name: {"IPAddress": ip if running else ""} for name, ip in self.networks.items()}
+
     def row(self) -> dict[str, Any]:
         """As one row of ``GET /containers/json?all=1``."""
         running = self.state == "running"
@@ -100,7 +105,7 @@ class FakeContainer:
             "Labels": dict(self.labels),
             "Created": int(self.created),
             "Ports": published,
-            "NetworkSettings": {"Networks": {name: {"IPAddress": ip} for name, ip in self.networks.items()}},
+            "NetworkSettings": {"Networks": self._networks()},
         }
 
     def inspect_json(self) -> dict[str, Any]:
@@ -121,7 +126,7 @@ class FakeContainer:
                 **({"Health": {"Status": self.docker_health}} if self.docker_health else {}),
             },
             "Config": {"Image": self.ref, "Labels": dict(self.labels), "StopTimeout": int(self.stop_timeout)},
-            "NetworkSettings": {"Networks": {name: {"IPAddress": ip} for name, ip in self.networks.items()}},
+            "NetworkSettings": {"Networks": self._networks()},
         }
 
 
@@ -168,9 +173,12 @@ class FakeEngine:
         self.registry[ref] = image
         return image
 
-    def build(self, ref: str, *, healthy: bool = True, exits: int | None = None) -> FakeImage:
-        """An image the engine holds under ``ref`` and no registry has (as ``docker build``/``import``)."""
-        image = FakeImage(ref, f"sha256:{next(self._ids):064x}", "", healthy, exits)
+    def build(
+        self, ref: str, *, healthy: bool = True, exits: int | None = None, image_id: str | None = None
+    ) -> FakeImage:
+        """An image the engine holds under ``ref`` and no registry has (as ``docker build``/``import``); its id
+        is ``image_id`` when given (the id a real engine gave the same image)."""
+        image = FakeImage(ref, image_id or f"sha256:{next(self._ids):064x}", "", healthy, exits)
         self.images[ref] = image
         return image
 
@@ -349,9 +357,11 @@ class FakeEngine:
                 stop_timeout=spec.stop_timeout,
                 created=self.clock(),
             )
+            # Docker's default bridge when no network is named, as ``docker run`` without ``--network``.
+            subnet = "172.30.0" if network is not None else "172.17.0"
             if network is not None:
                 self.networks.add(network)
-                container.networks[network] = f"172.30.0.{len(self.containers) + 2}"
+            container.networks[network or "bridge"] = f"{subnet}.{len(self.containers) + 2}"
             self.containers[container.id] = container
             self.calls.append(f"create {name}")
             return container.id
