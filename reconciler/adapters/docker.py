@@ -35,7 +35,6 @@ import docker.errors
 import requests.exceptions
 import urllib3.exceptions
 
-from reconciler.adapters import ssh
 from reconciler.adapters.envfile import EnvFiles
 from reconciler.core import images as image_match
 from reconciler.core import swarm
@@ -406,6 +405,8 @@ def connect(
     base_url = named
     files = EnvFiles()
     if named.startswith("ssh://"):
+        from reconciler.adapters import ssh  # only for an ssh:// engine: its subprocess and threads
+
         ssh.preflight(named)
         base_url = ssh.SshTunnel(named).url
         files = EnvFiles(ssh.ssh_argv(named), host=named)
