@@ -9,6 +9,7 @@ kept beside it, the outcome's result and message, the journal's row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,16 @@ from tests.support.fake_host import FakeHost
 
 class Crash(BaseException):
     """The process dies at a step (SIGKILL): nothing of ours runs after it, no row is finished."""
+
+
+def crash_at(step: str) -> Callable[[str, str], None]:
+    """An ``on_step`` that kills the process (as SIGKILL would) when a deploy reaches ``step``."""
+
+    def on_step(app: str, reached: str) -> None:
+        if reached == step:
+            raise Crash(step)
+
+    return on_step
 
 
 @pytest.fixture
@@ -169,7 +180,7 @@ def test_without_atomic_the_release_that_passed_stays(host: FakeHost) -> None:
 def test_a_deploy_cut_short_in_its_gate_is_verified_by_the_next_process(host: FakeHost) -> None:
     host.deploy({"web": "v1"})
     applier = host.applier()
-    applier.on_step = lambda app, step: (_ for _ in ()).throw(Crash(step)) if step == "gate" else None
+    applier.on_step = crash_at("gate")
 
     with pytest.raises(Crash):
         host.deploy({"web": "v2"}, applier=applier)
@@ -192,7 +203,7 @@ def test_a_deploy_cut_short_whose_release_is_bad_is_rolled_back_by_the_next_proc
     host.engine.publish("example/web:v2", healthy=False)
     host.deploy({"web": "v1"})
     applier = host.applier()
-    applier.on_step = lambda app, step: (_ for _ in ()).throw(Crash(step)) if step == "gate" else None
+    applier.on_step = crash_at("gate")
     with pytest.raises(Crash):
         host.deploy({"web": "v2"}, applier=applier)
 
@@ -210,7 +221,7 @@ def test_a_deploy_cut_short_whose_release_is_bad_is_rolled_back_by_the_next_proc
 def test_a_deploy_cut_short_before_its_release_took_the_name_is_planned_again(host: FakeHost) -> None:
     host.deploy({"web": "v1"})
     applier = host.applier()
-    applier.on_step = lambda app, step: (_ for _ in ()).throw(Crash(step)) if step == "stop-old" else None
+    applier.on_step = crash_at("stop-old")
     with pytest.raises(Crash):
         host.deploy({"web": "v2"}, applier=applier)
     assert host.engine.names() == {"web": "running", "web.next": "created"}
@@ -233,7 +244,7 @@ def test_a_rollback_cut_short_is_finished_without_gating_the_failed_release_agai
     host.engine.publish("example/web:v2", healthy=False)
     host.deploy({"web": "v1"})
     applier = host.applier()
-    applier.on_step = lambda app, step: (_ for _ in ()).throw(Crash(step)) if step == "roll-back" else None
+    applier.on_step = crash_at("roll-back")
     with pytest.raises(Crash):
         host.deploy({"web": "v2"}, applier=applier)
     [row] = host.journal.unverified()

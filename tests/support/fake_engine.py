@@ -15,7 +15,8 @@ Guarantees:
 Differences from the real engine (which the end-to-end tests still cover): no restart policy (a dead
 container stays dead, its restart count never grows), no Swarm (no services, tasks or nodes), no
 http/tcp health (no process listens: use ``exec`` or ``docker`` health), no logs, no bind-mount checks of
-real paths (a host path is its own real path), and ids are counters, not digests.
+real paths (a host path is its own real path), a stop is instant (no stop timeout is waited), and ids
+are counters, not digests. ``tests/test_fake_engine_parity.py`` checks the records against a real engine.
 """
 
 from __future__ import annotations
