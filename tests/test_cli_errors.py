@@ -150,7 +150,7 @@ def test_tag_missing_in_the_registry_is_a_clear_error(
 HOLDER = """
 import sys
 from pathlib import Path
-from reconciler.state.journal import locked
+from reconciler.state.lock import locked
 with locked(Path(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.readline()

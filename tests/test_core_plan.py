@@ -1,7 +1,7 @@
 """plan(desired, resolutions, observed): what to do to each container and why; images and report formatting.
 
 Observed containers are built the way the engine lists them: a ``GET /containers/json`` row with the
-labels ``Engine.create`` writes, turned into a record by ``reconciler.adapters.docker.observed_from_row``
+labels ``Engine.create`` writes, turned into a record by ``reconciler.core.labels.observed_from_row``
 (pure; no engine is contacted).
 """
 
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.adapters.docker import LABEL, MANAGED, SOURCE, observed_from_row
 from reconciler.core import images, report
 from reconciler.core.images import LocalImage
+from reconciler.core.labels import LABEL, MANAGED, SOURCE, observed_from_row
 from reconciler.core.model import (
     AppSpec,
     DesiredState,

@@ -28,9 +28,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.adapters.docker import node_from_row
 from reconciler.converge.run import parse_desired
 from reconciler.core import swarm
+from reconciler.core.labels import node_from_row
 from reconciler.core.model import AppSpec, DesiredState, ObservedContainer, ObservedState, ProxySpec
 from reconciler.core.plan import fingerprint
 from reconciler.core.proxy import Server, Slot, assign, pools, render, route_lines, routed, with_pool

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.adapters.yamlfile import set_versions
+from reconciler.adapters.yamledit import set_versions
 from reconciler.converge.run import parse_desired
 from reconciler.errors import InvalidDesiredState
 

@@ -270,7 +270,7 @@ def test_a_full_disk_under_the_agent_is_logged_once_and_nothing_changes_until_it
 HOLDER = """
 import sys
 from pathlib import Path
-from reconciler.state.journal import locked
+from reconciler.state.lock import locked
 state = Path(sys.argv[1])
 sys.argv = ["reconcile", *sys.argv[2:]]
 with locked(state):

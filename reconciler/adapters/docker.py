@@ -1,4 +1,4 @@
-"""The only module that talks to the Docker engine (through the Docker SDK).
+"""The only module that calls the Docker SDK: the real ``adapters.protocols.DockerEngine``.
 
 Guarantees:
 - Every SDK or transport error leaves this module as a ``ReconcileError``: ``EngineUnavailable`` (names
@@ -15,27 +15,19 @@ Guarantees:
   with our labels are ever passed to stop, remove or rename).
 - Registry credentials come from the docker CLI's ``config.json`` (``DOCKER_CONFIG``) and never leave
   the SDK; no message built here contains an env value or a credential.
+- Rows and labels become records, and records labels, only by the core's mapping (``core.labels``), the
+  one the in-memory engine of the tests uses too; an ``ssh://`` engine is reached by ``adapters.ssh``.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import json
 import math
 import os
 import re
-import shutil
-import socket
-import subprocess
-import tempfile
-import threading
 import time
-import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, TypeVar
 
 import docker
@@ -48,22 +40,33 @@ from reconciler.adapters.envfile import EnvFiles
 from reconciler.core import images as image_match
 from reconciler.core import swarm
 from reconciler.core.guard import HostUse, PolicyViolation, bind_source, real_binds, real_violation
-from reconciler.core.model import (
-    DEFAULT_STOP_TIMEOUT,
-    HostLimits,
-    ObservedContainer,
-    ObservedState,
-    Owner,
-    Role,
-    parse_port,
+from reconciler.core.labels import (
+    INSTANCE,
+    LABEL,
+    MANAGED,
+    SOURCE,
+    Inspected,
+    fingerprint_of,
+    inspected_from,
+    node_from_row,
+    observed_from_row,
+    observed_from_service,
+    owner_of,
+    port_bindings,
+    release_labels,
+    task_from_row,
 )
+from reconciler.core.model import HostLimits, ObservedContainer, ObservedState, parse_port
 from reconciler.core.plan import Target
 from reconciler.errors import ContainerError, EngineUnavailable, ImageError, ReconcileError
 
-LABEL = "io.reconciler"
-MANAGED = f"{LABEL}.managed"
-INSTANCE = f"{LABEL}.instance"
-SOURCE = f"{LABEL}.source"  # + .root, .location, .branch, .file
+# Re-exported: the layers above read these names from the engine's module (the mapping itself is the core's).
+__all__ = [
+    "API_VERSION", "INSTANCE", "LABEL", "MANAGED", "SOURCE", "Engine", "Inspected", "connect", "fingerprint_of",
+    "inspected_from", "node_from_row", "observed_from_row", "observed_from_service", "owner_of", "port_bindings",
+    "release_labels", "task_from_row",
+]  # fmt: skip
+
 API_VERSION = "1.41"  # docker 20.10 and later; fixed so that connecting costs no version round-trip
 
 T = TypeVar("T")
@@ -95,69 +98,6 @@ def _lookup_failure(ref: str, reason: str) -> str:
             "or point DOCKER_CONFIG at a config.json that holds its credentials"
         )
     return f"image {ref} is not on this host, and its registry cannot be asked ({reason})"
-
-
-@dataclass(frozen=True)
-class Inspected:
-    """One container as ``GET /containers/{id}/json`` reports it: the facts the shell acts on."""
-
-    id: str
-    name: str  # without docker's leading "/"
-    running: bool
-    restarting: bool
-    paused: bool
-    exit_code: int
-    error: str  # why the engine could not run it ("" when it could)
-    restart_count: int
-    health: str  # docker's own HEALTHCHECK: "" (none), "starting", "healthy" or "unhealthy"
-    started_at: float  # epoch seconds of its last start; 0.0 when it never started
-    image_id: str
-    image: str  # the reference it was created from: ``repo:tag`` or ``repo@sha256:...``
-    labels: Mapping[str, str]
-    ours: bool  # carries our labels, and this instance's
-    stop_timeout: float  # what docker waits after SIGTERM, as it was created
-    networks: Mapping[str, str]  # network name -> its IPv4 address there
-    fingerprint: Mapping[str, Any]  # what it was created with (ours only; see ``core.plan.fingerprint``)
-
-
-def inspected_from(data: Mapping[str, Any], *, instance: str = "default") -> Inspected:
-    """The inspect JSON of one container as an ``Inspected``."""
-    state = data.get("State") or {}
-    config = data.get("Config") or {}
-    labels: Mapping[str, str] = config.get("Labels") or {}
-    stop_timeout = config.get("StopTimeout")
-    return Inspected(
-        id=str(data.get("Id", "")),
-        name=str(data.get("Name", "")).lstrip("/"),
-        running=bool(state.get("Running")),
-        restarting=bool(state.get("Restarting")),
-        paused=bool(state.get("Paused")),
-        exit_code=int(state.get("ExitCode") or 0),
-        error=str(state.get("Error") or ""),
-        restart_count=int(data.get("RestartCount") or 0),
-        health=str((state.get("Health") or {}).get("Status") or ""),
-        started_at=_epoch(str(state.get("StartedAt") or "")),
-        image_id=str(data.get("Image", "")),
-        image=str(config.get("Image", "")),
-        labels=dict(labels),
-        ours=labels.get(MANAGED) == "true" and labels.get(INSTANCE, "default") == instance,
-        stop_timeout=float(stop_timeout) if stop_timeout is not None else DEFAULT_STOP_TIMEOUT,
-        networks=_addresses(data),
-        fingerprint=fingerprint_of(labels),
-    )
-
-
-def _epoch(stamp: str) -> float:
-    """Docker's RFC 3339 time as epoch seconds; 0.0 for its zero time (never started) or none at all.
-
-    Python 3.11's ``fromisoformat`` reads Docker's nanoseconds (it keeps the first six digits) and
-    its ``Z``: no trimming of our own is needed.
-    """
-    try:
-        when = datetime.fromisoformat(stamp).timestamp()
-    except ValueError:
-        return 0.0
-    return max(when, 0.0)
 
 
 class Engine:
@@ -589,256 +529,10 @@ class Engine:
         return docker.types.Mount(target, source, type=kind, read_only=mode == ["ro"])
 
 
-def port_bindings(ports: Iterable[str]) -> dict[str, list[Any]]:
-    """``[IP:]HOST:CONTAINER[/udp]`` strings as the SDK's ``port_bindings``: ``{"80/tcp": [8080, ("::1", 8081)]}``.
-
-    Ours, not ``docker.utils.ports.build_port_bindings``: that one gives the same bindings for
-    ``IP:HOST:CONTAINER`` (``[::1]`` too), ``/udp`` and one container port bound twice, but refuses
-    ``IP:CONTAINER`` (a random host port on that address), which the file accepts.
-    """
-    bindings: dict[str, list[Any]] = {}
-    for port in ports:
-        ip, host_port, container_port, proto = parse_port(port)
-        bindings.setdefault(f"{container_port}/{proto}", []).append((ip, host_port) if ip else host_port)
-    return bindings
-
-
 def _exposed(key: str) -> int | tuple[str, str]:
     # The SDK reads a bare int as tcp and appends "/tcp" to any string, so udp goes as a pair.
     port, _, proto = key.partition("/")
     return (port, proto) if proto == "udp" else int(port)
-
-
-def observed_from_row(row: Mapping[str, Any], *, instance: str = "default") -> ObservedContainer:
-    """One row of ``GET /containers/json`` as an ``ObservedContainer``; ours only with our labels and
-    ``instance``."""
-    labels: Mapping[str, str] = row.get("Labels") or {}
-    names = row.get("Names") or ["/"]
-    name = str(names[0]).lstrip("/")
-    managed = (
-        labels.get(MANAGED) == "true"
-        and bool(labels.get(f"{LABEL}.app"))
-        and labels.get(INSTANCE, "default") == instance
-    )
-    app = labels.get(f"{LABEL}.app") if managed else None
-    role: Role | None = None
-    if app is not None:
-        role = next((r for r in Role if name == app + r.suffix), None)
-    fingerprint = fingerprint_of(labels) if managed else {}
-    return ObservedContainer(
-        id=str(row.get("Id", "")),
-        name=name,
-        state=str(row.get("State", "")),
-        image_id=str(row.get("ImageID", "")),
-        managed=managed and role is not None,
-        app=app if role is not None else None,
-        role=role,
-        fingerprint=fingerprint,
-        commit=labels.get(f"{LABEL}.commit", ""),
-        version=labels.get(f"{LABEL}.version", ""),
-        digest=labels.get(f"{LABEL}.digest", ""),
-        spec_hash=labels.get(f"{LABEL}.spec-hash", ""),
-        owner=owner_of(labels),
-        created=float(row.get("Created") or 0),
-        networks=_addresses(row),
-    )
-
-
-def release_labels(target: Target, instance: str) -> dict[str, str]:
-    """What a container or service of ours carries: whose it is, and what release of the app it runs."""
-    labels = {
-        MANAGED: "true",
-        INSTANCE: instance,
-        f"{LABEL}.app": target.app,
-        f"{LABEL}.commit": target.revision,
-        f"{LABEL}.version": target.spec.version,
-        f"{LABEL}.digest": target.resolution.identity,
-        f"{LABEL}.spec-hash": target.spec_hash,
-        f"{LABEL}.fingerprint": json.dumps(target.fingerprint, sort_keys=True, separators=(",", ":")),
-    }
-    if target.spec.service:
-        labels[f"{LABEL}.image"] = target.resolution.image_id
-    if target.source is not None:
-        labels.update({f"{SOURCE}.{key}": value for key, value in target.source.model_dump().items()})
-    return labels
-
-
-def observed_from_service(row: Mapping[str, Any], *, instance: str = "default") -> ObservedContainer:
-    """One service of ``GET /services``, as the planner pairs it with an app (``kind`` "service")."""
-    spec = row.get("Spec") or {}
-    labels: Mapping[str, str] = spec.get("Labels") or {}
-    name = str(spec.get("Name", ""))
-    managed = (
-        labels.get(MANAGED) == "true"
-        and labels.get(f"{LABEL}.app") == name
-        and labels.get(INSTANCE, "default") == instance
-    )
-    # What the service runs now, not only what its labels say we deployed: a change made by hand (`docker
-    # service scale`, `docker service update --image`) is drift like any other.
-    fingerprint = swarm.read_back(name, spec, fingerprint_of(labels)) if managed else {}
-    image = str((((spec.get("TaskTemplate") or {}).get("ContainerSpec")) or {}).get("Image", ""))
-    named, _, pinned = image.partition("@")
-    last = named.rpartition("/")[2]
-    tag = last.partition(":")[2]
-    return ObservedContainer(
-        id=str(row.get("ID", "")),
-        name=name,
-        state="running",  # Swarm keeps its tasks running; how many do is the gate's and status's business
-        image_id=labels.get(f"{LABEL}.image", "") if managed else "",
-        managed=managed,
-        app=name if managed else None,
-        role=Role.CURRENT if managed else None,
-        fingerprint=fingerprint,
-        commit=labels.get(f"{LABEL}.commit", ""),
-        version=tag or labels.get(f"{LABEL}.version", ""),
-        digest=pinned or labels.get(f"{LABEL}.digest", ""),
-        spec_hash=labels.get(f"{LABEL}.spec-hash", ""),
-        owner=owner_of(labels),
-        created=_epoch(str(row.get("CreatedAt", ""))),
-        kind="service",
-    )
-
-
-def task_from_row(row: Mapping[str, Any], template: object) -> swarm.Task:
-    """One task of ``GET /tasks``; ``current`` when it was made from ``template`` (its service's spec now)."""
-    status = row.get("Status") or {}
-    published = ((status.get("PortStatus") or {}).get("Ports")) or []
-    return swarm.Task(
-        id=str(row.get("ID", "")),
-        node=str(row.get("NodeID", "")),
-        slot=int(row.get("Slot") or 0),
-        state=str(status.get("State", "")),
-        desired=str(row.get("DesiredState", "")),
-        created=_epoch(str(row.get("CreatedAt", ""))),
-        current=_task_spec(row.get("Spec")) == _task_spec(template),
-        message=str(status.get("Err") or status.get("Message") or ""),
-        ports=tuple((int(p.get("TargetPort") or 0), int(p.get("PublishedPort") or 0)) for p in published),
-    )
-
-
-def _task_spec(spec: object) -> object:
-    """A task's spec as comparable with its service's TaskTemplate (the manager adds ``Runtime`` there)."""
-    return {key: value for key, value in spec.items() if key != "Runtime"} if isinstance(spec, dict) else spec
-
-
-def node_from_row(row: Mapping[str, Any]) -> tuple[str, str, str]:
-    """(hostname, state, address) of one node of ``GET /nodes``. A manager may list itself at 0.0.0.0 or
-    127.0.0.1 (moby#35437): its address is then the one it manages the swarm on."""
-    status = row.get("Status") or {}
-    hostname = str((row.get("Description") or {}).get("Hostname", "?"))
-    address = str(status.get("Addr", ""))
-    if address in ("", "0.0.0.0", "127.0.0.1"):
-        managing = str((row.get("ManagerStatus") or {}).get("Addr", ""))
-        address = managing.rpartition(":")[0].strip("[]") if managing else ""
-    return hostname, str(status.get("State", "?")), address
-
-
-def fingerprint_of(labels: Mapping[str, str]) -> dict[str, Any]:
-    """The fingerprint a container or service of ours carries in its labels ({} when it has none)."""
-    try:
-        found = json.loads(labels.get(f"{LABEL}.fingerprint", "{}"))
-    except ValueError:
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def _addresses(row: Mapping[str, Any]) -> dict[str, str]:
-    networks = (row.get("NetworkSettings") or {}).get("Networks") or {}
-    return {str(name): str(net.get("IPAddress")) for name, net in networks.items() if net and net.get("IPAddress")}
-
-
-def owner_of(labels: Mapping[str, str]) -> Owner | None:
-    """The source a container of ours records in its labels; None for one from before they did."""
-    if not any(key.startswith(SOURCE + ".") for key in labels):
-        return None
-    return Owner(**{key: labels.get(f"{SOURCE}.{key}", "") for key in Owner.model_fields})
-
-
-SSH_TIMEOUT = 20.0  # seconds for an ssh:// host to log in and answer `docker version`
-
-
-def _ssh_preflight(url: str) -> None:
-    """Log in to an ``ssh://`` engine host once with the ssh client, as the tunnel will, and ask the far
-    side's docker for its version: so that an unreachable host, a refused key or a missing docker is
-    one clear line in seconds, rather than ssh's own stderr and a hang inside the SDK."""
-    argv = [*_ssh_argv(url), "docker", "version", "--format", "{{.Server.Version}}"]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=SSH_TIMEOUT, stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise EngineUnavailable(f"Docker engine at {url}: no ssh client on this machine") from None
-    except subprocess.TimeoutExpired:
-        raise EngineUnavailable(
-            f"Docker engine at {url} does not answer: ssh gave no answer in {SSH_TIMEOUT:g}s"
-        ) from None
-    if done.returncode != 0:
-        lines = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-        why = lines[-1] if lines else f"ssh exited {done.returncode}"
-        raise EngineUnavailable(f"Docker engine at {url} does not answer: {why}")
-
-
-class SshTunnel:
-    """A private unix socket that reaches an ``ssh://`` engine: each connection to it runs
-    ``ssh HOST docker system dial-stdio`` and relays bytes both ways (what ``docker -H ssh://`` does).
-
-    By hand because the SDK's own ssh transport imports paramiko (and cryptography) into every run,
-    ssh or not, which costs more than the rest of our start-up; ssh's stderr is kept out of ours.
-    """
-
-    def __init__(self, url: str) -> None:
-        self.argv = [*_ssh_argv(url), "docker", "system", "dial-stdio"]
-        self.dir = tempfile.mkdtemp(prefix="reconcile-ssh-")
-        self.path = os.path.join(self.dir, "docker.sock")
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(self.path)
-        self.server.listen(8)
-        atexit.register(shutil.rmtree, self.dir, True)
-        threading.Thread(target=self._serve, name="ssh-tunnel", daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.path}"
-
-    def _serve(self) -> None:
-        while True:
-            conn, _ = self.server.accept()
-            process = subprocess.Popen(
-                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0
-            )
-            threading.Thread(target=self._upstream, args=(conn, process), daemon=True).start()
-            threading.Thread(target=self._downstream, args=(conn, process), daemon=True).start()
-
-    @staticmethod
-    def _upstream(conn: socket.socket, process: subprocess.Popen[bytes]) -> None:
-        assert process.stdin is not None
-        with contextlib.suppress(OSError):
-            while data := conn.recv(65536):
-                process.stdin.write(data)
-        with contextlib.suppress(OSError):
-            process.stdin.close()
-
-    @staticmethod
-    def _downstream(conn: socket.socket, process: subprocess.Popen[bytes]) -> None:
-        assert process.stdout is not None
-        with contextlib.suppress(OSError):
-            while data := process.stdout.read(65536):
-                conn.sendall(data)
-        with contextlib.suppress(OSError):
-            conn.close()
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(5)
-
-
-def _ssh_argv(url: str) -> list[str]:
-    parts = urllib.parse.urlsplit(url)
-    try:
-        port = ["-p", str(parts.port)] if parts.port else []  # none: the user's ssh config decides
-    except ValueError:
-        raise EngineUnavailable(f"{url}: the port is not a number from 1 to 65535") from None
-    if not parts.hostname:
-        raise EngineUnavailable(f"{url}: no host; write ssh://[user@]host[:port]")
-    target = f"{parts.username}@{parts.hostname}" if parts.username else parts.hostname
-    return ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(SSH_TIMEOUT / 2)}", *port, "--", target]
 
 
 def connect(
@@ -850,9 +544,11 @@ def connect(
     base_url = named
     files = EnvFiles()
     if named.startswith("ssh://"):
-        _ssh_preflight(named)
-        base_url = SshTunnel(named).url
-        files = EnvFiles(_ssh_argv(named), host=named)
+        from reconciler.adapters import ssh  # only for an ssh:// engine: its subprocess and threads
+
+        ssh.preflight(named)
+        base_url = ssh.SshTunnel(named).url
+        files = EnvFiles(ssh.ssh_argv(named), host=named)
     try:
         # A pass's deploys share the client (up to 32 at once, each with a gate and a removal): a pool
         # smaller than that would open and drop a connection per request, with a warning each time.

@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import socket
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -49,6 +48,7 @@ import git.exc
 from reconciler.core.model import Owner
 from reconciler.errors import RemoteUnavailable, SourceError, state_dir_error
 from reconciler.state.private import private_dir
+from reconciler.telemetry.log import warn_on_stderr
 from reconciler.telemetry.scrub import MASK, redact_url
 
 T = TypeVar("T")
@@ -154,9 +154,37 @@ def _corrupt(display: str, what: str) -> str:
     return f"{display}: {what} is unreadable (the repository is corrupt: git fsck)"
 
 
-def _warn_on_stderr(message: str) -> None:
-    # The command line's default; the agent passes its event log instead.
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+@dataclass(frozen=True)
+class _Pushed:
+    """One ref's line of ``git push --porcelain``: ``FLAG<TAB>FROM:TO<TAB>SUMMARY (REASON)``."""
+
+    flag: str  # " " fast-forward, "+" forced, "-" deleted, "*" new, "=" up to date, "!" refused
+    to: str
+    summary: str  # "[rejected]", "[remote rejected]", "[remote failure]", or what was done
+    reason: str  # "non-fast-forward", "fetch first", "pre-receive hook declined", ... ("" without one)
+
+    def shown(self, sha: str) -> str:
+        """As git's own human line says it: ``[remote rejected] SHA -> main (pre-receive hook declined)``."""
+        to = self.to.removeprefix("refs/heads/").removeprefix("refs/tags/")
+        return f"{self.summary} {sha} -> {to}" + (f" ({self.reason})" if self.reason else "")
+
+
+_PORCELAIN = re.compile(r"^([ +\-*=!])\t[^\t]*:([^\t]+)\t(\[[^\]]+\]|\S+)(?: \((.*)\))?$")
+
+
+def _pushed(exc: git.exc.GitCommandError) -> list[_Pushed]:
+    """The ref lines of a failed ``git push --porcelain`` (none when it failed before it pushed anything)."""
+    found = (_PORCELAIN.match(line.rstrip("\r")) for line in _output(exc, "stdout").splitlines())
+    return [_Pushed(m.group(1), m.group(2), m.group(3), m.group(4) or "") for m in found if m]
+
+
+def _output(exc: git.exc.GitCommandError, stream: str) -> str:
+    """What the failed command wrote on ``stream`` ("stdout" or "stderr"), as it wrote it: GitPython keeps
+    it as ``\n  stderr: '...'``."""
+    text = str(getattr(exc, stream) or "").strip().removeprefix(f"{stream}:").strip()
+    if len(text) >= 2 and text[0] == text[-1] == "'":
+        text = text[1:-1]
+    return text
 
 
 def is_url(repo: str) -> bool:
@@ -166,10 +194,7 @@ def is_url(repo: str) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     if isinstance(exc, git.exc.GitCommandError):
-        text = str(exc.stderr or "").strip().removeprefix("stderr:").strip()
-        if len(text) >= 2 and text[0] == text[-1] == "'":  # GitPython quotes the whole of stderr
-            text = text[1:-1]
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        lines = [line.strip() for line in _output(exc, "stderr").splitlines() if line.strip()]
         # git says what went wrong on its first fatal:/error: line; the lines after it are advice.
         first = next((line for line in lines if line.startswith(("fatal:", "error:"))), lines[0] if lines else "")
         return first.removeprefix("fatal: ").removeprefix("error: ") or f"git exited {exc.status}"
@@ -183,7 +208,7 @@ class Source:
     repo: git.Repo
     display: str
     mirrored: bool = False
-    warn: Callable[[str], None] = _warn_on_stderr  # told when a broken mirror is cloned again
+    warn: Callable[[str], None] = warn_on_stderr  # told when a broken mirror is cloned again
     _roots: dict[str, str] = field(default_factory=dict, repr=False)
 
     def fetch(self) -> None:
@@ -292,6 +317,21 @@ class Source:
     def close(self) -> None:
         self.repo.close()
 
+    @property
+    def git_dir(self) -> str:
+        """The repository's git directory (``.git`` of a clone, the repository itself when bare)."""
+        return str(self.repo.git_dir)
+
+    @property
+    def bare(self) -> bool:
+        """No working tree: a mirror or a bare repository."""
+        return bool(self.repo.bare)
+
+    def default_remote(self) -> str | None:
+        """The name of the repository's first remote; None when it has none."""
+        remotes = self.repo.remotes
+        return str(remotes[0].name) if remotes else None
+
     # -- writing: commits, branches, tags, pushes ------------------------------------------------
 
     def _git(self, *args: str, env: dict[str, str] | None = None) -> str:
@@ -354,21 +394,25 @@ class Source:
             return self.repo.remotes[0].name, branch
 
     def push(self, remote: str, sha: str, ref: str, *, force: bool = False) -> bool:
-        """Push ``sha`` to ``ref`` on ``remote``; False when refused because the remote moved on."""
+        """Push ``sha`` to ``ref`` on ``remote``; False when refused because the remote moved on.
+
+        What happened to the ref is read from ``git push --porcelain`` (its flag and summary), not from
+        the human text on stderr: ``!`` with ``[rejected]`` is a remote that moved on, ``[remote rejected]``
+        a hook or a protected branch (a human has to look), any other failure the remote's trouble."""
         try:
-            self.repo.git.push(*(["--force"] if force else []), remote, f"{sha}:{ref}")
+            self.repo.git.push("--porcelain", *(["--force"] if force else []), remote, f"{sha}:{ref}")
         except git.exc.GitCommandError as exc:
             denied = _refusal(f"git push to {remote}", exc)
             if denied is not None:
                 raise denied from None
-            text = str(exc.stderr or "")
-            if "[remote rejected]" in text:  # a hook or a protected branch: a human has to look
-                refused = next((line.strip() for line in text.splitlines() if "[remote rejected]" in line), text)
+            refused = next((line for line in _pushed(exc) if line.flag == "!"), None)
+            if refused is not None and refused.summary == "[remote rejected]":
+                text = str(exc.stderr or "")
                 said = [found.group(1).strip() for found in re.finditer(r"remote:(.*)", text) if found.group(1).strip()]
                 because = f" (the remote said: {' / '.join(said)})" if said else ""
-                raise SourceError(f"git push to {remote} refused: {refused.lstrip('! ')}{because}") from None
-            if any(word in text for word in ("non-fast-forward", "fetch first", "[rejected]")):
-                return False
+                raise SourceError(f"git push to {remote} refused: {refused.shown(sha)}{because}") from None
+            if refused is not None and refused.summary == "[rejected]":
+                return False  # non-fast-forward, fetch first: the remote moved on
             raise RemoteUnavailable(f"git push to {remote}: {_first_line(exc)}") from None
         return True
 
@@ -597,7 +641,7 @@ def _forget_older(url: str, path: Path, state_dir: Path) -> None:
 
 
 def open_source(
-    repo: str, *, state_dir: Path, fetch: bool = True, warn: Callable[[str], None] = _warn_on_stderr
+    repo: str, *, state_dir: Path, fetch: bool = True, warn: Callable[[str], None] = warn_on_stderr
 ) -> Source:
     """Open ``repo``: a path is used as it is; a URL is mirrored under ``state_dir`` and fetched.
 

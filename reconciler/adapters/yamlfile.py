@@ -20,9 +20,8 @@ Guarantees:
   recurses deeper than ``MAX_DEPTH``.
 - Duplicate keys are refused naming the key and both places; an anchor defined twice and an alias
   inside its own anchor are refused; ``<<`` merges are followed.
-- ``set_versions`` edits only the version scalars asked for and never changes another app: an app whose
-  ``version: *v`` is an alias gets its own scalar instead; a version that other places share through
-  an anchor is refused, naming the anchor and the places that share it.
+- What the reader keeps of each node (``Node``: its span, style, anchor and where aliases lead) is what
+  the editor (``adapters.yamledit``) splices by: both read a file the same way.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -63,7 +61,7 @@ MAX_NODES: Final = 15_000
 _MAX_DIGITS: Final = 64  # longer integers stay text: no port, count or id has more digits
 
 _YAML_TAG: Final = "tag:yaml.org,2002:"
-_STR: Final = _YAML_TAG + "str"
+STR_TAG: Final = _YAML_TAG + "str"
 _MAP: Final = _YAML_TAG + "map"
 _SEQ: Final = _YAML_TAG + "seq"
 _MERGE: Final = _YAML_TAG + "merge"
@@ -87,7 +85,7 @@ class _Refused(Exception):
 
 
 @dataclass(eq=False, slots=True)
-class _Node:
+class Node:
     """A node as written. ``start``/``end`` are offsets in the text; an alias points at its anchored node."""
 
     kind: str  # scalar | seq | map | alias
@@ -96,15 +94,15 @@ class _Node:
     end: int = 0
     anchor: str | None = None
     tag: str | None = None  # as written; None when the node has none
-    resolved: str = _STR  # a scalar's type by the YAML version's rules for plain scalars
+    resolved: str = STR_TAG  # a scalar's type by the YAML version's rules for plain scalars
     value: str = ""
     style: str | None = None
-    items: list[_Node] = field(default_factory=list)
-    pairs: list[tuple[_Node, _Node]] = field(default_factory=list)
-    target: _Node | None = None
+    items: list[Node] = field(default_factory=list)
+    pairs: list[tuple[Node, Node]] = field(default_factory=list)
+    target: Node | None = None
 
 
-def _deref(node: _Node) -> tuple[_Node, tuple[_Node, ...]]:
+def deref(node: Node) -> tuple[Node, tuple[Node, ...]]:
     """The node an alias stands for (anchored nodes are never aliases), and the alias followed, if any."""
     if node.kind == "alias" and node.target is not None:
         return node.target, (node,)
@@ -118,7 +116,7 @@ def _escaped(text: str) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
-def _name(text: str) -> str:
+def shown_name(text: str) -> str:
     """An anchor's or a tag's name as ``_escaped`` writes it, cut when long: ``aaaa… (300000 characters)``."""
     if len(text) > QUOTED_MAX:
         return _escaped(text[:QUOTED_CUT]) + f"… ({len(text)} characters)"
@@ -132,7 +130,7 @@ def _quoted(text: str) -> str:
 
 
 def _show_tag(tag: str) -> str:
-    return _name("!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag)
+    return shown_name("!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag)
 
 
 def _line_col(text: str, index: int) -> Where:
@@ -157,7 +155,7 @@ def max_file_bytes() -> int:
     return limit
 
 
-def _decoded(text: str | bytes, filename: str, max_bytes: int | None) -> str:
+def decoded(text: str | bytes, filename: str, max_bytes: int | None) -> str:
     """``text`` as str, refused at 1:1 when it is bigger than the limit (before any parsing)."""
     limit = max_file_bytes() if max_bytes is None else max_bytes
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
@@ -220,20 +218,20 @@ class _Scanner(Scanner):
         return chunks
 
 
-def _compose(text: str) -> tuple[_Node | None, tuple[int, int]]:
+def _compose(text: str) -> tuple[Node | None, tuple[int, int]]:
     """The document's node tree and its YAML version; walks the parser's events without recursion."""
     yaml = YAML(typ="safe", pure=True)
     yaml.Scanner = _Scanner
     resolver = yaml.resolver
-    anchors: dict[str, _Node] = {}
+    anchors: dict[str, Node] = {}
     opened: dict[str, Where] = {}  # anchors of collections not yet closed: an alias to one would loop
-    stack: list[_Node] = []
-    keys: list[_Node | None] = []  # per open collection: a mapping's key waiting for its value
-    root: _Node | None = None
+    stack: list[Node] = []
+    keys: list[Node | None] = []  # per open collection: a mapping's key waiting for its value
+    root: Node | None = None
     version: tuple[int, int] = (1, 2)
     documents = nodes = 0
 
-    def attach(node: _Node) -> None:
+    def attach(node: Node) -> None:
         nonlocal root
         if not stack:
             root = node
@@ -273,21 +271,21 @@ def _compose(text: str) -> tuple[_Node | None, tuple[int, int]]:
         if isinstance(event, AliasEvent):
             assert anchor is not None
             if anchor in opened:
-                raise _Refused(where, f"the alias *{_name(anchor)} is inside the node it stands for")
+                raise _Refused(where, f"the alias *{shown_name(anchor)} is inside the node it stands for")
             target = anchors.get(anchor)
             if target is None:
-                raise _Refused(where, f"the alias *{_name(anchor)} has no anchor &{_name(anchor)} before it")
-            attach(_Node("alias", where, event.start_mark.index, event.end_mark.index, anchor=anchor, target=target))
+                raise _Refused(where, f"the alias *{shown_name(anchor)} has no anchor &{shown_name(anchor)} before it")
+            attach(Node("alias", where, event.start_mark.index, event.end_mark.index, anchor=anchor, target=target))
             continue
         if anchor is not None and (anchor in anchors or anchor in opened):
             first = anchors[anchor].where if anchor in anchors else opened[anchor]
             raise _Refused(
-                where, f"the anchor &{_name(anchor)} is defined twice (first at {first[0]}:{first[1]}); rename one"
+                where, f"the anchor &{shown_name(anchor)} is defined twice (first at {first[0]}:{first[1]}); rename one"
             )
         tag = event.tag
         if isinstance(event, ScalarEvent):
-            resolved = _STR if tag is not None else str(resolver.resolve(ScalarNode, event.value, event.implicit))
-            node = _Node(
+            resolved = STR_TAG if tag is not None else str(resolver.resolve(ScalarNode, event.value, event.implicit))
+            node = Node(
                 "scalar", where, event.start_mark.index, event.end_mark.index, anchor, tag, resolved,
                 value=event.value, style=event.style,
             )  # fmt: skip
@@ -298,14 +296,14 @@ def _compose(text: str) -> tuple[_Node | None, tuple[int, int]]:
         if len(stack) >= MAX_DEPTH:
             raise _Refused(where, f"nested deeper than {MAX_DEPTH} levels")
         kind = "map" if isinstance(event, MappingStartEvent) else "seq"
-        stack.append(_Node(kind, where, event.start_mark.index, anchor=anchor, tag=tag))
+        stack.append(Node(kind, where, event.start_mark.index, anchor=anchor, tag=tag))
         keys.append(None)
         if anchor is not None:
             opened[anchor] = where
     return root, version
 
 
-def _read(text: str, filename: str) -> tuple[_Node | None, tuple[int, int]]:
+def _read(text: str, filename: str) -> tuple[Node | None, tuple[int, int]]:
     """``_compose`` with every parser error located and on one line."""
     try:
         return _compose(text)
@@ -356,7 +354,7 @@ def _real(text: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
-class _Expander:
+class Expander:
     """Node tree -> plain values and positions, following aliases and merges within the caps."""
 
     def __init__(self, version: tuple[int, int], *, record_uses: bool = False) -> None:
@@ -364,29 +362,29 @@ class _Expander:
         self.positions = Positions()
         self.problems: dict[tuple[Where, str], str] = {}  # one line per place and problem, however reached
         self.produced = 0
-        self.via: list[_Node] = []  # the aliases being expanded, outermost first
+        self.via: list[Node] = []  # the aliases being expanded, outermost first
         self.uses: dict[int, list[Use]] | None = {} if record_uses else None
-        self.aliases: dict[int, _Node] = {}
+        self.aliases: dict[int, Node] = {}
         self.shared: dict[int, list[Path]] = {}  # scalars reached through an alias: every path they have
 
-    def problem(self, node: _Node, path: Path, message: str) -> None:
+    def problem(self, node: Node, path: Path, message: str) -> None:
         self.problems.setdefault((node.where, message), f"{dotted(path)}: {message}")
 
-    def count(self, node: _Node, path: Path) -> None:
+    def count(self, node: Node, path: Path) -> None:
         self.produced += 1
         if self.produced > MAX_NODES:
             if self.via:  # the place to fix is where the expansion starts
                 alias = self.via[0]
                 raise _Refused(
-                    alias.where, f"the alias *{_name(alias.anchor or '')} expands to more than {MAX_NODES} nodes"
+                    alias.where, f"the alias *{shown_name(alias.anchor or '')} expands to more than {MAX_NODES} nodes"
                 )
             raise _Refused(node.where, f"the file has more than {MAX_NODES} nodes", path)
 
-    def record(self, node: _Node, path: Path) -> None:
+    def record(self, node: Node, path: Path) -> None:
         if self.uses is not None:
             self.uses.setdefault(id(node), []).append((path, tuple(id(alias) for alias in self.via)))
 
-    def value(self, node: _Node, path: Path, depth: int, where: Where | None = None) -> Any:
+    def value(self, node: Node, path: Path, depth: int, where: Where | None = None) -> Any:
         self.positions.values[path] = where or node.where
         self.record(node, path)
         if node.kind == "alias" and node.target is not None:
@@ -421,15 +419,15 @@ class _Expander:
                 del self.via[len(self.via) - len(via) :]
         return out
 
-    def check_tag(self, node: _Node, path: Path) -> None:
-        allowed = {"scalar": _STR, "seq": _SEQ, "map": _MAP}[node.kind]
+    def check_tag(self, node: Node, path: Path) -> None:
+        allowed = {"scalar": STR_TAG, "seq": _SEQ, "map": _MAP}[node.kind]
         if node.tag is not None and node.tag not in ("!", allowed):
             self.problem(node, path, f"the YAML tag {_show_tag(node.tag)} is not supported; write the value plainly")
 
-    def scalar(self, node: _Node, path: Path) -> Any:
+    def scalar(self, node: Node, path: Path) -> Any:
         if node.tag is not None:
             self.check_tag(node, path)
-            return node.value if node.tag in ("!", _STR) else None
+            return node.value if node.tag in ("!", STR_TAG) else None
         kind = node.resolved.removeprefix(_YAML_TAG)
         if kind == "null":
             return None
@@ -443,28 +441,28 @@ class _Expander:
             return node.value if real is None else real
         return node.value  # str; a timestamp, `<<` or `=` as a value stay the text that was written
 
-    def key(self, node: _Node, path: Path) -> str | None:
+    def key(self, node: Node, path: Path) -> str | None:
         """A key's text, or None (and a problem) for a key that is not a plain string."""
-        target, _ = _deref(node)
+        target, _ = deref(node)
         if target.kind != "scalar":
             self.problem(node, path, f"keys must be plain strings, not {_KINDS.get(target.kind, 'a node')}")
             return None
-        if target.tag is not None and target.tag not in ("!", _STR):
+        if target.tag is not None and target.tag not in ("!", STR_TAG):
             self.problem(node, path, f"the YAML tag {_show_tag(target.tag)} is not supported: keys are plain strings")
             return None
         return target.value
 
     def pairs(
-        self, node: _Node, path: Path, depth: int, via: tuple[_Node, ...] = ()
-    ) -> list[tuple[str, _Node, _Node, tuple[_Node, ...]]]:
+        self, node: Node, path: Path, depth: int, via: tuple[Node, ...] = ()
+    ) -> list[tuple[str, Node, Node, tuple[Node, ...]]]:
         """A mapping's entries as the document means them: its own keys, then keys merged in by ``<<``
         that it does not have (earlier merges win), each with the aliases followed to reach it."""
         if depth >= MAX_DEPTH:
             raise _Refused(node.where, f"'<<' merges nest deeper than {MAX_DEPTH} levels", path)
-        own: dict[str, tuple[_Node, _Node, tuple[_Node, ...]]] = {}
-        sources: list[tuple[_Node, tuple[_Node, ...]]] = []
+        own: dict[str, tuple[Node, Node, tuple[Node, ...]]] = {}
+        sources: list[tuple[Node, tuple[Node, ...]]] = []
         for key_node, value_node in node.pairs:
-            written, _ = _deref(key_node)
+            written, _ = deref(key_node)
             if written.kind == "scalar" and written.tag is None and written.resolved == _MERGE:
                 sources.extend(self.merge_sources(value_node, path, via))
                 continue
@@ -489,14 +487,14 @@ class _Expander:
                     entries.append((key, key_node, value_node, entry_via))
         return entries
 
-    def merge_sources(self, value: _Node, path: Path, via: tuple[_Node, ...]) -> list[tuple[_Node, tuple[_Node, ...]]]:
-        target, followed = _deref(value)
+    def merge_sources(self, value: Node, path: Path, via: tuple[Node, ...]) -> list[tuple[Node, tuple[Node, ...]]]:
+        target, followed = deref(value)
         candidates = [value] if target.kind == "map" else target.items if target.kind == "seq" else []
         if not candidates:
             self.problem(value, path, "'<<' merges a mapping or a list of mappings (<<: *defaults)")
         sources = []
         for candidate in candidates:
-            source, more = _deref(candidate)
+            source, more = deref(candidate)
             if source.kind != "map":
                 self.problem(candidate, path, "'<<' merges a mapping or a list of mappings (<<: *defaults)")
                 continue
@@ -508,9 +506,9 @@ def _is_env(path: Path) -> bool:
     return len(path) == 4 and path[0] == "apps" and path[2] == "env"
 
 
-def _expand(text: str, filename: str, *, record_uses: bool = False) -> tuple[_Node | None, Any, _Expander]:
+def expand(text: str, filename: str, *, record_uses: bool = False) -> tuple[Node | None, Any, Expander]:
     root, version = _read(text, filename)
-    expander = _Expander(version, record_uses=record_uses)
+    expander = Expander(version, record_uses=record_uses)
     data = None
     if root is not None:
         try:
@@ -532,137 +530,5 @@ def parse_yaml(text: str | bytes, *, filename: str, max_bytes: int | None = None
 
     ``max_bytes`` overrides ``RECONCILE_MAX_FILE_BYTES`` (default 512 KiB).
     """
-    _, data, expander = _expand(_decoded(text, filename, max_bytes), filename)
+    _, data, expander = expand(decoded(text, filename, max_bytes), filename)
     return data, expander.positions
-
-
-_PROPERTIES = re.compile(r"(?:[&!]\S*\s+)+")
-
-
-def _reads_back(value: str, version: tuple[int, int]) -> bool:
-    """Whether ``value`` written plain reads back as that string under YAML ``version``.
-
-    Both 1.1 and 1.2 are asked: a file may declare ``%YAML 1.1``, where ``yes`` and ``on`` are booleans.
-    """
-    loader = YAML(typ="safe", pure=True)
-    loader.version = version
-    try:
-        with warnings.catch_warnings():  # ruamel warns about 1.1 spellings such as 1e5: that is the question
-            warnings.simplefilter("ignore")
-            plain = loader.load(f"k: {value}\n")
-    except YAMLError:
-        return False
-    return isinstance(plain, dict) and isinstance(plain.get("k"), str) and plain["k"] == value
-
-
-def _scalar(value: str, style: str | None) -> str:
-    """``value`` as a YAML scalar in ``style`` (the one the file used), quoted when plain would not read
-    back as the same string (``1.10``, ``true``, ``2024-01-01``)."""
-    if style == "'":
-        return "'" + value.replace("'", "''") + "'"
-    if style == '"':
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if all(_reads_back(value, version) for version in ((1, 1), (1, 2))):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _text_of(node: _Node) -> str | None:
-    """A scalar's value when the file reads it as a string."""
-    if node.kind == "scalar" and (node.tag in ("!", _STR) or (node.tag is None and node.resolved == _STR)):
-        return node.value
-    return None
-
-
-def _version_token(root: _Node | None, app: str, expander: _Expander) -> _Node | None:
-    """The token written for ``apps.APP.version`` (a scalar, or an alias of one), following aliases and
-    merges on the way; None when there is no such scalar."""
-    node = root
-    for key in ("apps", app, "version"):
-        if node is None:
-            return None
-        mapping, _ = _deref(node)
-        if mapping.kind != "map":
-            return None
-        node = next((value for name, _, value, _ in expander.pairs(mapping, (), 0) if name == key), None)
-    return node if node is not None and _deref(node)[0].kind == "scalar" else None
-
-
-def _shared_message(app: str, token: _Node, others: list[Use], own: list[Use], expander: _Expander) -> str:
-    anchors = {token.anchor} if token.anchor else set()
-    for _, via in [*others, *own]:
-        anchors.update(expander.aliases[alias].anchor or "" for alias in via)
-    names = " and ".join(f"&{_name(name)}" for name in sorted(anchors - {""}))
-    places = list(dict.fromkeys(dotted(path) for path, _ in others))
-    shown = ", ".join(places[:5]) + (f" and {len(places) - 5} more" if len(places) > 5 else "")
-    return (
-        f"apps.{app}.version: this value is shared through the anchor {names} with {shown}; changing it would "
-        f"change them too: give {app} a version of its own, or set all of them to the same version"
-    )
-
-
-def set_versions(text: str, versions: dict[str, str], *, filename: str) -> str:
-    """``text`` with ``apps.APP.version`` replaced for each app of ``versions``, byte for byte elsewhere.
-
-    Only the version token is spliced: comments, key order, quoting (the old value's style is kept),
-    flow style, anchors and blank lines stay as they were. ``version: *v`` becomes the app's own scalar
-    (the anchor and the other apps stay as they are), unless the anchor itself is set to the same value.
-    A token that another place uses too (an anchored version, or an app that is an alias of another)
-    changes only when every such place is an app set to the same version; otherwise it is refused.
-    """
-    root, _, expander = _expand(_decoded(text, filename, None), filename, record_uses=True)
-    expander.produced = 0  # the lookups below walk what the expansion already counted
-    tokens: dict[str, _Node] = {}
-    for app in versions:
-        token = _version_token(root, app, expander)
-        if token is not None:
-            tokens[app] = token
-    missing = sorted(set(versions) - set(tokens))
-    if missing:
-        raise InvalidDesiredState([f"{filename}: apps.{app}.version: not found" for app in missing])
-    uses = expander.uses or {}
-    edited = {id(token): versions[app] for app, token in tokens.items() if token.kind == "scalar"}
-    replaced = {
-        id(token)
-        for app, token in tokens.items()
-        if token.kind == "alias"
-        and token.target is not None
-        and edited.get(id(token.target), _text_of(token.target)) != versions[app]
-    }
-    edits: dict[tuple[int, int], str] = {}
-    refused: list[tuple[Where, str]] = []
-    for app, token in tokens.items():
-        if token.kind == "alias" and id(token) not in replaced:
-            continue  # follows its anchor, which is (or is set to) the same value
-        own: list[Use] = []
-        others: list[Use] = []
-        for path, via in uses.get(id(token), []):
-            if path == ("apps", app, "version"):
-                own.append((path, via))
-            elif any(alias in replaced for alias in via):
-                continue  # reached through an alias that becomes a scalar of its own
-            elif (
-                len(path) == 3
-                and path[0] == "apps"
-                and path[2] == "version"
-                and versions.get(str(path[1])) == versions[app]
-            ):
-                continue  # another app set to the same value
-            else:
-                others.append((path, via))
-        if others:
-            refused.append((token.where, _shared_message(app, token, others, own, expander)))
-            continue
-        start, end = token.start, token.end
-        target, _ = _deref(token)
-        if token.kind == "scalar":
-            # The span starts at the anchor or tag (`&v v1`, `!!str v1`): keep those, swap the value.
-            properties = _PROPERTIES.match(text, start, end)
-            start = properties.end() if properties else start
-        edits[(start, end)] = _scalar(versions[app], target.style)
-    if refused:
-        raise InvalidDesiredState([f"{filename}:{line}:{col}: {message}" for (line, col), message in sorted(refused)])
-    out = text
-    for (start, end), scalar in sorted(edits.items(), reverse=True):  # from the end: earlier offsets stay valid
-        out = out[:start] + scalar + out[end:]
-    return out

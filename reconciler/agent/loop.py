@@ -99,7 +99,9 @@ from reconciler.errors import (
     TransientError,
     UserError,
 )
-from reconciler.state.journal import REFUSED, SUSPENDED, Journal, JournalResult, PidFile, locked
+from reconciler.state.journal import REFUSED, SUSPENDED, Journal, JournalResult
+from reconciler.state.lock import locked
+from reconciler.state.pidfile import PidFile
 from reconciler.telemetry import sdnotify
 from reconciler.telemetry.log import Events
 from reconciler.telemetry.metrics import Metrics

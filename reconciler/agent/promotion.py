@@ -24,7 +24,7 @@ from reconciler.adapters.docker import Engine
 from reconciler.adapters.git import Source
 from reconciler.core.events import Event
 from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState
-from reconciler.core.stable import Candidate, StableSample, StableWatch, track
+from reconciler.core.stable import Candidate, StableWatch, track
 from reconciler.deploy.applier import Applier
 from reconciler.errors import UserError
 from reconciler.ops.stable import concrete_version, hold, publish_stable, stable_source
@@ -59,13 +59,7 @@ class StableClock:
             spec = desired.apps[app]
             current = observed.of_app(app, service=spec.service)
             assert current is not None
-            if spec.service:
-                seen, updated = applier.services.sample(current.id, spec)
-                sample = StableSample.of(seen, at=now, started_at=updated)
-            else:
-                sample = StableSample.of(
-                    applier.sample(current.id, spec.gate), at=now, started_at=engine.started_at(current.id)
-                )
+            sample = applier.prober.stable_sample(current, spec, at=now)
             watch = self.watching[app] = self.watching[app].observe(sample)
             if watch.failure and spec.service:
                 # Swarm replaces a service's dead tasks and its rollout judged them: only the clock starts over.

@@ -19,7 +19,7 @@ from reconciler.adapters.docker import Engine
 from reconciler.core.model import DesiredState
 from reconciler.deploy.proxy import Proxy
 from reconciler.errors import ReconcileError
-from reconciler.state.journal import locked
+from reconciler.state.lock import locked
 
 FOLLOW = 2.0  # seconds between looks at a routed service's tasks between passes
 

@@ -123,7 +123,7 @@ def watch_refs(source: Source, changed: Callable[[], None]) -> Any:
     # emitter, harmless at shutdown); our stderr is the event stream, so that line is dropped.
     logging.getLogger("watchdog.observers.inotify").addFilter(_InactiveEmitter())
     observer = Observer()
-    git_dir = Path(source.repo.git_dir)
+    git_dir = Path(source.git_dir)
     # refs/ for loose refs (a push renames refs/heads/x.lock into place); the git dir itself, not
     # recursively, for packed-refs and HEAD. Objects are left alone: a push writes many of them.
     observer.schedule(RefsChanged(), str(git_dir / "refs"), recursive=True)

@@ -196,7 +196,7 @@ def check_signature(source: Source, revision: str, signed_by: str) -> None:
     """``CommitRefused`` unless ``revision`` carries a good signature by a key ``signed_by`` allows."""
     from reconciler.trust import signatures
 
-    found = signatures.verify(str(source.repo.git_dir), revision, signatures.parse_rule(signed_by))
+    found = signatures.verify(source.git_dir, revision, signatures.parse_rule(signed_by))
     if found.verdict is signatures.Verdict.GOOD:
         return
     if found.verdict is signatures.Verdict.UNSIGNED:
@@ -351,7 +351,8 @@ def applying(
     interrupted: Callable[[], bool] | None = None,
 ) -> Iterator[Applier]:
     """An ``Applier`` for ``engine`` while ``state_dir``'s lock is held and its journal is open."""
-    from reconciler.state.journal import Journal, locked
+    from reconciler.state.journal import Journal
+    from reconciler.state.lock import locked
 
     with locked(state_dir, timeout=settings.lock_timeout):
         journal = Journal(state_dir)

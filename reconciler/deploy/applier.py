@@ -78,8 +78,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from reconciler.adapters.docker import Engine
-from reconciler.core.health import Gate, Sample, Verdict
-from reconciler.core.model import AppSpec, HealthSpec, ObservedContainer, ObservedState, Role, container_name
+from reconciler.core.health import Gate, Verdict
+from reconciler.core.model import AppSpec, ObservedContainer, ObservedState, Role, container_name
 from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan, Target, port_waits
 from reconciler.core.proxy import Server, proxy_network
 from reconciler.core.report import Outcome, Result
@@ -209,10 +209,6 @@ class Applier(Recovery):
     def _log(self, line: str) -> None:
         with self._said:
             self.log(line)
-
-    def sample(self, container_id: str, spec: HealthSpec) -> Sample:
-        """``Prober.sample``: kept for the agent's stable clock until it asks the prober itself."""
-        return self.prober.sample(container_id, spec)
 
     # -- the plan --------------------------------------------------------------------------------
 

@@ -29,9 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.adapters.docker import Engine, Inspected, _epoch, task_from_row
+from reconciler.adapters.docker import Engine, Inspected, task_from_row
 from reconciler.core import swarm
 from reconciler.core.health import Gate, Sample, Verdict, probe_timeout
+from reconciler.core.labels import epoch as _epoch
 from reconciler.core.model import ON_CONTAINER, AppSpec, HealthSpec, ObservedContainer
 from reconciler.core.proxy import proxy_network
 from reconciler.core.stable import StableSample

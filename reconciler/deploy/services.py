@@ -27,9 +27,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from reconciler.adapters.docker import Engine, _epoch, fingerprint_of
+from reconciler.adapters.docker import Engine, fingerprint_of
 from reconciler.core import swarm
-from reconciler.core.health import Gate, Sample, Verdict
+from reconciler.core.health import Gate, Verdict
+from reconciler.core.labels import epoch as _epoch
 from reconciler.core.model import AppSpec, ObservedContainer
 from reconciler.core.plan import Action, ActionKind
 from reconciler.core.proxy import Server
@@ -268,10 +269,6 @@ class Services:
     def look(self, service_id: str) -> tuple[dict[str, Any], list[swarm.Task]]:
         """The service as the manager has it, and its tasks (``Prober.look``)."""
         return self.prober.look(service_id)
-
-    def sample(self, service_id: str, spec: AppSpec) -> tuple[Sample, float]:
-        """``Prober.service_sample``: kept for the agent's stable clock until it asks the prober itself."""
-        return self.prober.service_sample(service_id, spec)
 
     def _inspect(self, service_id: str) -> dict[str, Any]:
         return self.engine.inspect_service(service_id)

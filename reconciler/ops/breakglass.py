@@ -34,7 +34,7 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
     Returns what happened, and the version that runs now."""
     from reconciler.adapters.docker import connect
     from reconciler.deploy.prober import Prober
-    from reconciler.state.journal import locked
+    from reconciler.state.lock import locked
 
     desired = _committed(settings)  # read once, before the lock: git is the slow part
     committed = desired.apps.get(app) if desired is not None else None

@@ -22,7 +22,8 @@ from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.core.desired import load_desired
 from reconciler.core.model import DesiredState
 from reconciler.errors import SourceError, UserError
-from reconciler.state.journal import BREAK_GLASS, SUSPENDED, Entry, Journal, read_pid
+from reconciler.state.journal import BREAK_GLASS, SUSPENDED, Entry, Journal
+from reconciler.state.pidfile import read_pid
 from reconciler.telemetry import scrub
 from reconciler.trust import server_policy
 

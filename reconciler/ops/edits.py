@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.adapters.git import Source, is_url, open_source
-from reconciler.adapters.yamlfile import parse_yaml, set_versions
+from reconciler.adapters.yamledit import set_versions
+from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.converge.run import Settings, parse_desired
 from reconciler.core.model import STABLE, AppSpec, DesiredState, image_ref
 from reconciler.errors import ReconcileError, SourceError, UserError
@@ -246,7 +247,7 @@ def desired_at_head(source: Source, file: str) -> DesiredState:
 def revert(source: Source, revision: str, *, file: str, push: bool) -> Written:
     """``git revert`` of ``revision`` on the checked-out branch, validated; pushed with one retry. A push
     that is refused or fails leaves the branch and the checkout where they were: no revert commit."""
-    if source.repo.bare:
+    if source.bare:
         raise UserError(f"{source.display}: revert needs a clone with a working tree")
     branch = source.branch()
     if source.is_dirty(file):

@@ -73,9 +73,9 @@ def publish_stable(
             problems.append(str(exc))
     if not publish:
         return problems
-    if source is not None and revision and source.repo.remotes:
+    if source is not None and revision and (remote := source.default_remote()) is not None:
         try:
-            source.push_tags(source.repo.remotes[0].name, tags)
+            source.push_tags(remote, tags)
         except ReconcileError as exc:
             problems.append(f"git push of the stable tags: {exc}")
     try:

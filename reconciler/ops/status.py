@@ -22,7 +22,8 @@ from reconciler.core.status import AppStatus, DeployRecord, Status
 from reconciler.deploy.prober import Prober
 from reconciler.deploy.proxy import Proxy
 from reconciler.errors import CommitRefused, ProxyError, ReconcileError
-from reconciler.state.journal import BREAK_GLASS, REFUSED, SUSPENDED, Entry, Journal, JournalResult, read_pid
+from reconciler.state.journal import BREAK_GLASS, REFUSED, SUSPENDED, Entry, Journal, JournalResult
+from reconciler.state.pidfile import read_pid
 
 
 def collect(settings: Settings) -> Status:

@@ -1,4 +1,6 @@
-"""The state directory: the SQLite journal, failed releases, stable pointers, flags, the agent's pid, the lock.
+"""The state directory's SQLite journal: deploys, failed releases, stable pointers, flags.
+
+The agent's pid file is ``state.pidfile``; the state directory's lock is ``state.lock``.
 
 Guarantees:
 - Every apply of an app is one ``deploys`` row: commit and its author, app, from/to version and
@@ -10,8 +12,6 @@ Guarantees:
   this version does not know is a ``StateError``).
 - ``failures`` holds releases that failed their gate (the culprit) or were rolled back with it (its
   companions); ``stable`` holds every promotion, newest last; ``flags`` holds agent switches.
-- One holder of the lock per state directory; a second waits ``timeout`` seconds, then gets
-  ``LockHeld`` naming the holder (pid, host, command, since when).
 - No ``sqlite3.Error`` or ``OSError`` leaves this module: each becomes a ``ReconcileError`` naming the
   file. A read-only or full file system is a ``TransientError`` (``state directory X: read-only file
   system``), so the agent waits for it and changes nothing meanwhile; what needs a human (owner,
@@ -21,25 +21,16 @@ Guarantees:
   it is opened (``PRAGMA quick_check``) or when a query fails, which is then run once more on the
   new file. A journal deleted under an open ``Journal`` (the state directory removed) is started
   again at its next use; one replaced by another process is reopened.
-- ``agent.pid`` is held with ``flock`` by the agent it names for as long as it runs, and removed only by
-  it (``PidFile``); a pid in a file that nobody holds is not a running agent (``read_pid``).
-- The state directory is ``0700`` and every file written here ``0600`` (``state.private``); ``lock.owner``
-  holds the command line without a secret (``--notify`` URLs masked whole, URL passwords masked), and
-  one written by an older version is masked so when it is shown.
+- The state directory is ``0700`` and every file written here ``0600`` (``state.private``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
-import socket
 import sqlite3
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -48,15 +39,14 @@ from typing import Any, TypeVar
 from reconciler.core.failures import Failure
 from reconciler.errors import (
     STATE_DIR_FIX,
-    LockHeld,
     ReconcileError,
     SourceError,
     StateError,
     TransientError,
-    UserError,
     state_dir_error,
 )
-from reconciler.state.private import open_private, private_dir, shown_command, write_private
+from reconciler.state.private import open_private, private_dir
+from reconciler.telemetry.log import warn_on_stderr
 from reconciler.telemetry.scrub import scrub
 
 T = TypeVar("T")
@@ -183,7 +173,7 @@ class Journal:
         self.state_dir = state_dir
         self.path = state_dir / "journal.db" if state_dir is not None else Path(":memory:")
         self.repair = repair
-        self.warn = warn or _warn_on_stderr
+        self.warn = warn or warn_on_stderr
         self._inode: tuple[int, int] | None = None
         if state_dir is not None and not create and not self.path.exists():
             raise SourceError(f"no journal at {self.path}: nothing was applied with this --state-dir")
@@ -519,207 +509,3 @@ def _free_bytes(directory: Path) -> int | None:
     except OSError:
         return None
     return stat.f_bavail * stat.f_frsize
-
-
-def _warn_on_stderr(message: str) -> None:
-    # The command line's default; the agent passes its event log instead.
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-# -- the agent's pid file ------------------------------------------------------------------------------
-
-
-PID_FILE = "agent.pid"
-
-
-def read_pid(state_dir: Path) -> int | None:
-    """The pid of the agent running on ``state_dir``: the one ``agent.pid`` names while a process holds
-    its lock. A pid in a file that nobody holds is not a running agent (its process may be another now)."""
-    try:
-        fd = os.open(state_dir / PID_FILE, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _pid_in(fd)
-        except OSError:
-            return None
-        return None  # nobody holds it (the descriptor's close drops our probe)
-    finally:
-        os.close(fd)
-
-
-def _pid_in(fd: int) -> int | None:
-    try:
-        return int(os.pread(fd, 32, 0).decode().strip())
-    except (OSError, ValueError):
-        return None
-
-
-class PidFile:
-    """``agent.pid`` of one agent, held with ``flock(2)`` for as long as it runs.
-
-    The kernel drops the lock when the agent dies (even by SIGKILL), so a stale file never keeps an
-    agent out, and a reused pid never passes for an agent. ``claim`` is called at every pass: a file
-    removed with its state directory is made again; a file another agent holds, or that names another
-    live process, is never taken over (``UserError`` naming that pid).
-    """
-
-    def __init__(self, state_dir: Path, pid: int) -> None:
-        self.state_dir = state_dir
-        self.pid = pid
-        self._fd: int | None = None
-
-    @property
-    def path(self) -> Path:
-        return self.state_dir / PID_FILE
-
-    def claim(self) -> None:
-        """Hold ``agent.pid`` naming our pid, or raise why not (``TransientError`` for a read-only or full disk)."""
-        try:
-            if self._fd is not None and self._ours_still():
-                return
-            self._close()
-            self._take()
-        except OSError as exc:
-            raise state_dir_error(self.state_dir, exc) from None
-
-    def release(self) -> None:
-        """Remove ``agent.pid`` while it is still ours (our lock, our pid in it), then drop the lock."""
-        if self._fd is None:
-            return
-        with contextlib.suppress(OSError):
-            if self._same_file(self._fd) and _pid_in(self._fd) == self.pid:
-                self.path.unlink()
-        self._close()
-
-    def _ours_still(self) -> bool:
-        """True when the locked file is still ``agent.pid`` and names us; False when the path is another file
-        (the directory was removed); ``UserError`` when our file now names another live process."""
-        assert self._fd is not None
-        if not self._same_file(self._fd):
-            return False
-        named = _pid_in(self._fd)
-        if named == self.pid:
-            return True
-        if named is not None and _alive(named):
-            raise self._taken(named)
-        self._write(self._fd)  # emptied or naming a dead process: ours again
-        return True
-
-    def _take(self) -> None:
-        private_dir(self.state_dir)
-        while True:
-            fd = open_private(self.path, os.O_RDWR)
-            try:
-                if not self._lock(fd):
-                    raise self._taken(_pid_in(fd))
-                # Locked a file that its holder removed as we opened it: start again on the new one.
-                if self._same_file(fd):
-                    self._write(fd)
-                    self._fd, fd = fd, -1
-                    return
-            finally:
-                if fd >= 0:
-                    os.close(fd)
-
-    @staticmethod
-    def _lock(fd: int) -> bool:
-        # A few tries: `reconcile status` holds a shared lock for an instant when it reads the pid.
-        for _ in range(10):
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                time.sleep(0.02)
-            else:
-                return True
-        return False
-
-    def _same_file(self, fd: int) -> bool:
-        try:
-            here = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        held = os.fstat(fd)
-        return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
-
-    def _write(self, fd: int) -> None:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(self.pid).encode(), 0)
-
-    def _taken(self, other: int | None) -> UserError:
-        holder = f"an agent (pid {other})" if other is not None else "another agent"
-        return UserError(f"{holder} already runs on {self.state_dir}; one per state directory")
-
-    def _close(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)  # closing the descriptor releases the lock
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # alive, another user's
-    return True
-
-
-@contextmanager
-def locked(state_dir: Path, *, timeout: float = 0.0) -> Iterator[None]:
-    """Hold the state directory's lock; ``LockHeld`` names the holder when it cannot be had in time.
-
-    ``flock(2)`` on ``state/lock``: the kernel drops it when the holder dies, even by SIGKILL, so a
-    crash never leaves a stale lock. (By hand rather than the filelock package, whose import alone
-    costs every ``reconcile`` run more than this whole function.)
-    """
-    owner = state_dir / "lock.owner"
-    try:
-        private_dir(state_dir)
-        fd = open_private(state_dir / "lock", os.O_WRONLY | os.O_APPEND)
-    except OSError as exc:
-        raise state_dir_error(state_dir, exc) from None
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockHeld(
-                        f"state directory {state_dir} is locked by {_holder(owner)}; waited {timeout:g}s "
-                        "(--lock-timeout to wait longer)"
-                    ) from None
-                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-        # Who holds the lock is only shown to a waiter: a full disk must not make the pass fail here.
-        with contextlib.suppress(OSError):
-            write_private(
-                owner,
-                json.dumps(
-                    {
-                        "pid": os.getpid(),
-                        "host": socket.gethostname(),
-                        "command": shown_command(["reconcile", *sys.argv[1:]])[:200],
-                        "since": time.time(),
-                    }
-                ),
-            )
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-def _holder(owner: Path) -> str:
-    try:
-        holder = json.loads(owner.read_text())
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["since"]))
-        # Masked again: a file written by an older version holds the command line as it was given.
-        command = shown_command(str(holder["command"]).split(" "))
-        return f"pid {holder['pid']} on {holder['host']} ({command}), since {since}"
-    except (OSError, ValueError, KeyError):
-        return "another process"
