@@ -25,7 +25,7 @@ def agent_with(tmp_path: Path, faults: list[Exception | None]) -> tuple[Agent, i
     state = tmp_path / "state"
     state.mkdir()
     agent = Agent(AgentSettings(Settings(state_dir=state), interval=1.0), Events(fmt="json", stream=stream))
-    agent.engine = SimpleNamespace(host="unix:///fake.sock")  # type: ignore[assignment]
+    agent.engine = SimpleNamespace(host="unix:///fake.sock")
     agent._read = lambda: (REVISION, DesiredState(apps={}))  # type: ignore[method-assign]
     pending = list(faults)
 

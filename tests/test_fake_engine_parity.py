@@ -13,7 +13,6 @@ from reconciler.converge.run import parse_desired, resolve
 from reconciler.core.plan import plan
 from tests.support import RUN_LABEL, AppNames, ImageFactory
 from tests.support.fake_engine import FakeEngine
-from tests.support.fake_host import as_engine
 
 _ENGINE_OWN = {"id", "image_id", "created", "networks"}
 
@@ -34,7 +33,7 @@ def test_a_release_reads_back_the_same_from_the_fake_as_from_the_real_engine(
     fake.build(ref, image_id=str(docker_client.images.get(ref).id))  # the image is the same one
 
     made: dict[str, str] = {}
-    for name, engine in (("real", real), ("fake", as_engine(fake))):
+    for name, engine in (("real", real), ("fake", fake)):
         [action] = plan(desired, resolve(engine, desired), engine.observe()).actions
         assert action.target is not None
         made[name] = engine.create(action.target, app, env=dict(action.target.spec.env))

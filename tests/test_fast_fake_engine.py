@@ -11,12 +11,12 @@ from reconciler.converge.run import parse_desired, resolve
 from reconciler.core.plan import Target, plan
 from reconciler.errors import ContainerError, EngineUnavailable, ImageError
 from tests.support.fake_engine import FakeClock, FakeEngine
-from tests.support.fake_host import as_engine, file_of
+from tests.support.fake_host import file_of
 
 
 def target_of(fake: FakeEngine, app: str, version: str) -> Target:
     desired = parse_desired(file_of({app: version}).encode(), "desired-state.yaml", "b" * 40)
-    [action] = plan(desired, resolve(as_engine(fake), desired), fake.observe()).actions
+    [action] = plan(desired, resolve(fake, desired), fake.observe()).actions
     assert action.target is not None
     return action.target
 

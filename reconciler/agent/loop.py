@@ -64,8 +64,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.adapters.docker import Engine, connect
+from reconciler.adapters.docker import connect
 from reconciler.adapters.git import Source, open_source
+from reconciler.adapters.protocols import DockerEngine
 from reconciler.agent.crash import keep_traceback
 from reconciler.agent.fallback import TrustFallback
 from reconciler.agent.listener import Health, Listener
@@ -155,7 +156,7 @@ class Agent:
     stopping: bool = False
     # what it reads and acts on, opened (again) by the loop
     source: Source | None = None
-    engine: Engine | None = None
+    engine: DockerEngine | None = None
     journal: Journal | None = None
     last_fetch: float = 0.0
     revision: str = ""

@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from reconciler.adapters.docker import Engine
 from reconciler.adapters.git import Source
+from reconciler.adapters.protocols import DockerEngine
 from reconciler.core.events import Event
 from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState
 from reconciler.core.stable import Candidate, StableWatch, track
@@ -80,7 +80,7 @@ class StableClock:
                     self.events.clear(f"stable:{app}")
 
     def _promote(
-        self, engine: Engine, journal: Journal, source: Source | None, app: str, image: str, version: str,
+        self, engine: DockerEngine, journal: Journal, source: Source | None, app: str, image: str, version: str,
         image_id: str, revision: str,
     ) -> None:  # fmt: skip
         concrete = concrete_version(app, version, journal)

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from reconciler.adapters.docker import Engine
+from reconciler.adapters.protocols import DockerEngine
 from reconciler.core.model import DesiredState
 from reconciler.deploy.proxy import Proxy
 from reconciler.errors import ReconcileError
@@ -29,7 +29,7 @@ def follow_routes(
     *,
     state_dir: Path,
     busy: threading.Lock,
-    following: Callable[[], tuple[DesiredState | None, Engine | None]],
+    following: Callable[[], tuple[DesiredState | None, DockerEngine | None]],
     changed: Callable[[str], None],
 ) -> None:
     """Until ``stop``: every ``FOLLOW`` seconds, the proxy follows the tasks of what ``following()`` routes."""

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler.adapters.docker import Engine, connect
+from reconciler.adapters.docker import connect
 from reconciler.adapters.git import Source, open_source
+from reconciler.adapters.protocols import DockerEngine
 from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.core import fleet
 from reconciler.core import images as image_match
@@ -217,7 +218,7 @@ def read_desired(settings: Settings) -> DesiredState:
         source.close()
 
 
-def resolve(engine: Engine, desired: DesiredState) -> dict[str, Resolution]:
+def resolve(engine: DockerEngine, desired: DesiredState) -> dict[str, Resolution]:
     """Each app's image as a local image id, else as a registry digest (to pull), else an error.
 
     ``stable`` is the local ``IMAGE:stable`` tag, except for an app with a ``canary:`` on the hosts that
@@ -247,7 +248,9 @@ def resolve(engine: Engine, desired: DesiredState) -> dict[str, Resolution]:
     return resolutions
 
 
-def _registry_stable(engine: Engine, ref: str, image: str, found: image_match.LocalImage | None) -> Resolution | None:
+def _registry_stable(
+    engine: DockerEngine, ref: str, image: str, found: image_match.LocalImage | None
+) -> Resolution | None:
     """``IMAGE:stable`` as the registry has it: the local image when the local tag already carries that
     digest, else that digest to pull. None when the registry cannot say (no answer, no ``stable`` tag yet,
     an image only built here): then the local tag stands, as without a canary."""
@@ -264,7 +267,7 @@ def _registry_stable(engine: Engine, ref: str, image: str, found: image_match.Lo
 
 
 def plan_against(
-    engine: Engine, desired: DesiredState, settings: Settings, *, observed: ObservedState | None = None
+    engine: DockerEngine, desired: DesiredState, settings: Settings, *, observed: ObservedState | None = None
 ) -> tuple[Plan, ObservedState]:
     """Observe (unless given), resolve and plan. An app with a host path whose real path on the engine's
     host leads out of the policy's folders is an error of the plan (``server_policy.on_host``), not a deploy."""
@@ -317,7 +320,7 @@ def reconcile_once(
 
 
 def new_applier(
-    engine: Engine,
+    engine: DockerEngine,
     journal: Journal,
     state_dir: Path,
     desired: DesiredState,
@@ -341,7 +344,7 @@ def new_applier(
 
 @contextlib.contextmanager
 def applying(
-    engine: Engine,
+    engine: DockerEngine,
     state_dir: Path,
     desired: DesiredState,
     settings: Settings,

@@ -77,7 +77,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from reconciler.adapters.docker import Engine
+from reconciler.adapters.protocols import DockerEngine
 from reconciler.core.health import Gate, Verdict
 from reconciler.core.model import AppSpec, ObservedContainer, ObservedState, Role, container_name
 from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan, Target, port_waits
@@ -150,7 +150,7 @@ class _Deploy:
 
 @dataclass
 class Applier(Recovery):
-    engine: Engine
+    engine: DockerEngine
     journal: Journal
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.adapters.docker import Engine, Inspected, task_from_row
+from reconciler.adapters.docker import Inspected, task_from_row
+from reconciler.adapters.protocols import DockerEngine
 from reconciler.core import swarm
 from reconciler.core.health import Gate, Sample, Verdict, probe_timeout
 from reconciler.core.labels import epoch as _epoch
@@ -45,7 +46,7 @@ WATCH_STEP = 0.1  # seconds between looks at a gated container's state
 class Prober:
     """Samples and gates of the releases on ``engine``; see the module docstring."""
 
-    engine: Engine
+    engine: DockerEngine
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     stale: Callable[[], bool] = field(default=lambda: False)  # a gate abandons its wait once it says so
@@ -120,7 +121,7 @@ class Prober:
             self._wait_watching(container_id, gate.next_sample_at(self.clock()), gate.restarts_at_start)
 
     def engine_answers(self) -> None:
-        """Raise ``EngineUnavailable`` unless the engine answers a ping on a new connection (``Engine.answers``)."""
+        """Raise ``EngineUnavailable`` unless the engine answers a ping on a new connection (``answers``)."""
         self.engine.answers()
 
     def _wait_watching(self, container_id: str, until: float, restarts: int) -> None:

@@ -45,7 +45,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from reconciler.adapters.docker import INSTANCE, LABEL, MANAGED, SOURCE, Engine, Inspected, owner_of
+from reconciler.adapters.docker import INSTANCE, LABEL, MANAGED, SOURCE, Inspected, owner_of
+from reconciler.adapters.protocols import DockerEngine
 from reconciler.core import proxy as core
 from reconciler.core.model import DesiredState, ObservedContainer, ObservedState, ProxySpec
 from reconciler.errors import ProxyError, ProxyUnavailable, ReconcileError
@@ -63,7 +64,7 @@ _SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; longer paths are reached thr
 class Proxy:
     """The proxy of one instance on one engine; see the module docstring."""
 
-    def __init__(self, engine: Engine, state_dir: Path) -> None:
+    def __init__(self, engine: DockerEngine, state_dir: Path) -> None:
         self.engine = engine
         self.name = core.proxy_container(engine.instance)
         self.network = core.proxy_network(engine.instance)

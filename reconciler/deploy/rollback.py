@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from reconciler.adapters.docker import Engine
+from reconciler.adapters.protocols import DockerEngine
 from reconciler.core.health import Gate, Verdict
 from reconciler.core.model import AppSpec, HealthSpec, ObservedContainer, Role, container_name
 from reconciler.core.plan import Action, ActionKind
@@ -68,7 +68,7 @@ def switch_back(
 ) -> tuple[Gate, bool]:
     """A routed app back on ``previous`` (see the module docstring); its gate, and whether it was warm.
     ``set_aside`` moves what it replaces out of the way, after the switch, before it takes the app's name."""
-    engine: Engine = prober.engine
+    engine: DockerEngine = prober.engine
     found = prober.inspect(previous.id)
     warm = found is not None and found.running
     if warm and proxy is not None and previous.id in proxy.cooling:
@@ -93,7 +93,7 @@ def switch_back(
 class Rollback:
     """The taking back of ``Applier`` (a part of it: ``Applier`` provides what is declared here)."""
 
-    engine: Engine
+    engine: DockerEngine
     prober: Prober
     proxy: Proxy | None
     services: Services

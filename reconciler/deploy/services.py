@@ -27,7 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from reconciler.adapters.docker import Engine, fingerprint_of
+from reconciler.adapters.docker import fingerprint_of
+from reconciler.adapters.protocols import DockerEngine
 from reconciler.core import swarm
 from reconciler.core.health import Gate, Verdict
 from reconciler.core.labels import epoch as _epoch
@@ -59,7 +60,7 @@ class Rows(Protocol):
 
 @dataclass
 class Services:
-    engine: Engine
+    engine: DockerEngine
     rows: Rows
     prober: Prober  # its looks at a service's tasks (``look``)
     author: str = ""

@@ -24,7 +24,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 
-from reconciler.adapters.docker import Engine
+from reconciler.adapters.protocols import DockerEngine
 from reconciler.core.model import DEFAULT_STOP_TIMEOUT, ObservedContainer
 from reconciler.errors import ReconcileError
 
@@ -36,7 +36,7 @@ def _nothing(_: str) -> None:
 
 
 def swap_in(
-    engine: Engine,
+    engine: DockerEngine,
     app: str,
     incoming: str,
     current: ObservedContainer | None,
@@ -75,7 +75,9 @@ def swap_in(
         raise
 
 
-def _remove_meanwhile(engine: Engine, container: ObservedContainer, log: Callable[[str], None]) -> threading.Thread:
+def _remove_meanwhile(
+    engine: DockerEngine, container: ObservedContainer, log: Callable[[str], None]
+) -> threading.Thread:
     def remove() -> None:
         try:
             engine.remove(container.id, container.name)
@@ -87,7 +89,9 @@ def _remove_meanwhile(engine: Engine, container: ObservedContainer, log: Callabl
     return thread
 
 
-def _put_back(engine: Engine, app: str, incoming: str, incoming_name: str, current: ObservedContainer | None) -> None:
+def _put_back(
+    engine: DockerEngine, app: str, incoming: str, incoming_name: str, current: ObservedContainer | None
+) -> None:
     """Every container under the name it had, ``current`` running again if it ran. Each step is tried
     whatever became of the one before: where the swap stopped is not known for sure."""
     with contextlib.suppress(ReconcileError):

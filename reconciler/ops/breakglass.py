@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from reconciler.adapters.docker import Engine
+from reconciler.adapters.protocols import DockerEngine
 from reconciler.converge.run import Settings, read_desired
 from reconciler.core.model import DEFAULT_HEALTH, AppSpec, DesiredState, ObservedContainer, Role, container_name
 from reconciler.deploy.swap import swap_in
@@ -106,7 +106,7 @@ def _committed(settings: Settings) -> DesiredState | None:
 
 
 def _switch_back(
-    engine: Engine,
+    engine: DockerEngine,
     settings: Settings,
     app: str,
     previous: ObservedContainer,

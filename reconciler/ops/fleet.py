@@ -29,7 +29,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from reconciler.adapters.docker import Engine, connect
+from reconciler.adapters.docker import connect
+from reconciler.adapters.protocols import DockerEngine
 from reconciler.converge.run import ALL_HOSTS, PassResult, Settings, apply_pass, applying, plan_against, read_desired
 from reconciler.core import fleet, rollout
 from reconciler.core.model import DesiredState, Role
@@ -86,7 +87,7 @@ def fleet_desired(settings: Settings) -> DesiredState:
 
 def _engine_of(
     desired: DesiredState, host: str, settings: Settings, timeout: float, *, calls: float | None = None
-) -> Engine:
+) -> DockerEngine:
     assert desired.hosts is not None
     address = desired.hosts[host].engine
     if not address:

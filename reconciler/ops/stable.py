@@ -12,8 +12,8 @@ Guarantees:
 
 from __future__ import annotations
 
-from reconciler.adapters.docker import Engine
 from reconciler.adapters.git import Source
+from reconciler.adapters.protocols import DockerEngine
 from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.converge.run import Settings
 from reconciler.core.model import STABLE, ObservedContainer
@@ -43,7 +43,7 @@ def stable_version(app: str, *, journal: Journal | None, source: Source, file: s
 
 
 def publish_stable(
-    engine: Engine,
+    engine: DockerEngine,
     journal: Journal,
     source: Source | None,
     *,
@@ -103,7 +103,7 @@ def concrete_version(app: str, version: str, journal: Journal) -> str:
     return promoted.version if promoted is not None else version
 
 
-def hold(engine: Engine, source: str) -> None:
+def hold(engine: DockerEngine, source: str) -> None:
     """Make sure the engine holds ``source`` before it is tagged: a service's image by its digest is pulled
     when the manager does not have it (its tasks run on other nodes only)."""
     if "@" in source and not engine.has_image(source):

@@ -12,7 +12,8 @@ their ``as_dict``.
 
 from __future__ import annotations
 
-from reconciler.adapters.docker import Engine, connect
+from reconciler.adapters.docker import connect
+from reconciler.adapters.protocols import DockerEngine
 from reconciler.converge.run import Settings, plan_against, read_desired
 from reconciler.core.failures import held_back
 from reconciler.core.health import Health, is_worse, of_sample
@@ -122,7 +123,7 @@ def collect(settings: Settings) -> Status:
 
 
 def _routes(
-    engine: Engine, settings: Settings, desired: DesiredState | None, observed: ObservedState
+    engine: DockerEngine, settings: Settings, desired: DesiredState | None, observed: ObservedState
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The routes with what serves them and their requests in flight, and the proxy's drift."""
     if desired is None or desired.proxy is None:

@@ -41,7 +41,7 @@ from reconciler.core.model import DesiredState
 from reconciler.errors import InvalidDesiredState, UserError
 
 if TYPE_CHECKING:  # the engine is only passed in: validating a file never imports docker
-    from reconciler.adapters.docker import Engine
+    from reconciler.adapters.protocols import DockerEngine
 
 __all__ = ["InvalidPolicy", "PolicyViolation", "ServerPolicy", "check", "enforce", "load_policy", "on_host"]
 
@@ -99,7 +99,7 @@ def enforce(positions: Positions, file: str, desired: DesiredState, policy: Serv
     return desired.model_copy(update={"limits": limits_of(policy)})
 
 
-def on_host(engine: Engine, desired: DesiredState) -> dict[str, list[str]]:
+def on_host(engine: DockerEngine, desired: DesiredState) -> dict[str, list[str]]:
     """At apply time: each host path of ``desired`` whose real path on ``engine``'s host leads out of the
     folders it passed, as ``FILE: path: message`` lines by app ("" for the proxy). ``engine`` keeps the
     folders, so that each create and env_file read of the pass checks again just before it."""

@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
-from reconciler.adapters.docker import Engine
 from reconciler.converge.run import parse_desired, resolve
 from reconciler.core.model import DesiredState
 from reconciler.core.plan import Plan, plan
@@ -39,11 +37,6 @@ def file_of(versions: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def as_engine(fake: FakeEngine) -> Engine:
-    """The fake where the deploys' hints still name the SDK's ``Engine`` (they take any ``DockerEngine``)."""
-    return cast(Engine, fake)
-
-
 @dataclass
 class FakeHost:
     state_dir: Path
@@ -61,7 +54,7 @@ class FakeHost:
     def applier(self, **options: object) -> Applier:
         """A new ``Applier`` on this host, as a new process of ``reconcile`` builds one."""
         return Applier(
-            as_engine(self.engine),
+            self.engine,
             self.journal,
             clock=self.clock,
             sleep=self.clock.sleep,
@@ -77,7 +70,7 @@ class FakeHost:
         return parse_desired(file_of(versions).encode(), "desired-state.yaml", f"{self.commits:040x}")
 
     def plan(self, desired: DesiredState) -> Plan:
-        return plan(desired, resolve(as_engine(self.engine), desired), self.engine.observe())
+        return plan(desired, resolve(self.engine, desired), self.engine.observe())
 
     def deploy(
         self, versions: Mapping[str, str], *, atomic: bool = False, applier: Applier | None = None
@@ -85,7 +78,7 @@ class FakeHost:
         """One pass of a new commit that pins ``versions``: plan against the engine and apply."""
         desired = self.commit(versions)
         observed = self.engine.observe()
-        the_plan = plan(desired, resolve(as_engine(self.engine), desired), observed)
+        the_plan = plan(desired, resolve(self.engine, desired), observed)
         return (applier or self.applier()).apply(the_plan, observed, atomic=atomic)
 
     def running(self, name: str) -> FakeContainer:
