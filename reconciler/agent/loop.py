@@ -282,11 +282,11 @@ class Agent:
         if not self.config.notify:
             return None
 
-        def said(line: str) -> None:
-            event = Event.NOTIFY_RECOVERED if line.endswith("recovered") else Event.NOTIFY_FAILED
-            self.events.emit(event, line)
-
-        notifier = Notifier(self.config.notify, log=said)
+        notifier = Notifier(
+            self.config.notify,
+            log=lambda line: self.events.emit(Event.NOTIFY_FAILED, line),
+            recovered=lambda line: self.events.emit(Event.NOTIFY_RECOVERED, line),
+        )
         self.events.listeners.append(notifier)
         return notifier
 

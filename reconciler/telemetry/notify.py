@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 import time
+import traceback
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -192,7 +194,7 @@ class _Target:
                 self.owner._count("sent")
                 if self.failing:
                     self.failing = False
-                    self.owner._log(f"notify: {self.name} recovered")
+                    self.owner._log(f"notify: {self.name} recovered", recovered=True)
             else:
                 self.owner._count("failed")
                 if not self.failing:
@@ -254,6 +256,7 @@ class Notifier:
         urls: Sequence[str],
         *,
         log: Callable[[str], None],
+        recovered: Callable[[str], None] | None = None,
         timeout: float = 10.0,
         queue_size: int = 100,
     ) -> None:
@@ -265,6 +268,7 @@ class Notifier:
 
         self.timeout = float(timeout)
         self._logger = log
+        self._recovered = recovered  # a target that delivers again after failing; else said through ``log``
         self._lock = threading.Lock()
         self._counts = {"sent": 0, "failed": 0, "dropped": 0}
         self._closing = False
@@ -288,7 +292,7 @@ class Notifier:
 
     def __call__(self, event: Event | str, message: str, fields: Mapping[str, Any]) -> None:
         """Queue a notification of ``event`` for every target when it is one of ``NOTIFIED``; never
-        blocks, never raises."""
+        blocks, never raises (a bug here is printed with its traceback: the agent's log line stands)."""
         try:
             name, app = str(event), str(fields.get("app") or "")
             if app and name in _TROUBLE:
@@ -302,8 +306,8 @@ class Notifier:
             item = notification(event, message, fields)
             for target in self._targets:
                 target.put(item)
-        except Exception:  # a notification is never worth failing the agent's log line
-            return
+        except Exception:  # a notification is never worth failing the agent's log line; the bug is kept
+            traceback.print_exc(file=sys.stderr)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the threads: what is queued is still sent until ``timeout``, then given up. Returns
@@ -338,11 +342,12 @@ class Notifier:
         with self._lock:
             self._counts[name] += 1
 
-    def _log(self, line: str) -> None:
+    def _log(self, line: str, *, recovered: bool = False) -> None:
+        said = self._recovered if recovered and self._recovered is not None else self._logger
         try:
-            self._logger(scrub(line))
-        except Exception:
-            return
+            said(scrub(line))
+        except Exception:  # a target's thread outlives a bug in what it reports to; the bug is kept
+            traceback.print_exc(file=sys.stderr)
 
 
 def _load(index: int, url: str, asset: apprise.AppriseAsset, timeout: float) -> tuple[str, apprise.Apprise]:
