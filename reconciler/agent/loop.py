@@ -3,7 +3,7 @@
 This module is the process and its tick; each pass is the one pass (``converge.run.apply_pass``) with the
 agent's rules and notices as its hooks. What wakes it is in ``agent.wake``, the stable clock in
 ``agent.promotion``, the trust fallback in ``agent.fallback``, the route follower in ``agent.routes``,
-crash files in ``agent.crash``. The guarantees below are the agent's, whichever of them keeps each.
+crash files in ``state.crash``. The guarantees below are the agent's, whichever of them keeps each.
 
 Guarantees:
 - Each pass reads the tip of the branch (a URL is mirrored and fetched every ``interval``, with
@@ -17,7 +17,7 @@ Guarantees:
   (``journal.reset``, ``mirror.reset``). ``agent.pid`` is held with ``flock`` for the agent's life (a
   second agent on the state directory exits 1 naming the holder) and removed at exit only while it is ours.
 - A bug in a pass is one ``pass.crashed`` line; its traceback goes to ``STATE/crash-TIME.txt``
-  (``agent.crash``), or to stderr with ``RECONCILE_DEBUG`` set. The agent goes on. So does a bug in the
+  (``state.crash``), or to stderr with ``RECONCILE_DEBUG`` set. The agent goes on. So does a bug in the
   listener's answer to one request: one line, its traceback kept the same way.
 - An engine outage in the middle of a deploy or a rollback is not a failed release: the pass stops
   (what it did before is reported), no ``deploy.failed`` is logged, and the engine is asked again
@@ -67,7 +67,6 @@ from typing import Any
 from reconciler.adapters.docker import connect
 from reconciler.adapters.git import Source, open_source
 from reconciler.adapters.protocols import DockerEngine
-from reconciler.agent.crash import keep_traceback
 from reconciler.agent.fallback import TrustFallback
 from reconciler.agent.listener import Health, Listener
 from reconciler.agent.promotion import StableClock
@@ -100,6 +99,7 @@ from reconciler.errors import (
     TransientError,
     UserError,
 )
+from reconciler.state.crash import keep_traceback
 from reconciler.state.journal import REFUSED, SUSPENDED, Journal, JournalResult
 from reconciler.state.lock import locked
 from reconciler.state.pidfile import PidFile

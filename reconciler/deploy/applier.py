@@ -73,10 +73,10 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from reconciler import pool
 from reconciler.adapters.protocols import DockerEngine
 from reconciler.core.health import Gate, Verdict
 from reconciler.core.model import AppSpec, ObservedContainer, ObservedState, Role, container_name
@@ -266,27 +266,7 @@ class Applier(Recovery):
         An exception in one (an engine outage) starts no further task; it is raised once the tasks under
         way have ended, which the outage ends soon too. A task not run gives None.
         """
-        if self.parallel <= 1 or len(tasks) <= 1:
-            return [task() for task in tasks]
-        results: list[T | None] = [None] * len(tasks)
-        errors: list[BaseException] = []
-        stop = threading.Event()
-
-        def run(index: int) -> None:
-            if stop.is_set():
-                return
-            try:
-                results[index] = tasks[index]()
-            except BaseException as exc:  # handed to the caller's thread below
-                errors.append(exc)
-                stop.set()
-
-        with ThreadPoolExecutor(max_workers=min(self.parallel, len(tasks)), thread_name_prefix="deploy") as pool:
-            for index in range(len(tasks)):
-                pool.submit(run, index)
-        if errors:
-            raise errors[0]
-        return results
+        return pool.run_all(tasks, parallel=self.parallel, name="deploy")
 
     def _run(
         self, action: Action, observed: ObservedState, revision: str

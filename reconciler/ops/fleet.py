@@ -18,17 +18,16 @@ Guarantees:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
+import functools
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from reconciler import pool
 from reconciler.adapters.docker import connect
 from reconciler.adapters.protocols import DockerEngine
 from reconciler.converge.run import ALL_HOSTS, PassResult, Settings, apply_pass, applying, plan_against, read_desired
@@ -37,6 +36,7 @@ from reconciler.core.model import DesiredState, Role
 from reconciler.core.plan import Plan
 from reconciler.core.report import Outcome, Result
 from reconciler.errors import EngineUnavailable, ReconcileError, UserError
+from reconciler.state.crash import keep_traceback
 from reconciler.telemetry import scrub
 
 if TYPE_CHECKING:
@@ -95,51 +95,32 @@ def _engine_of(
     return connect(address, instance=settings.instance, timeout=timeout, calls=calls)
 
 
-def ask_each(hosts: list[str], ask: Callable[[str], T], *, parallel: int, timeout: float) -> dict[str, T | Unanswered]:
+def ask_each(
+    hosts: list[str], ask: Callable[[str], T], *, parallel: int, timeout: float, state_dir: Path | None = None
+) -> dict[str, T | Unanswered]:
     """``ask(host)`` for every host, ``parallel`` at once, each waited for at most ``timeout`` seconds from
     its start; a host that does not answer in time (or raises) gives ``Unanswered``. A host past its time
-    gives its slot up: the hosts after it are not held up."""
+    gives its slot up: the hosts after it are not held up (``pool.ask_all``). A bug's traceback is kept
+    under ``state_dir``."""
+    answers = pool.ask_all(hosts, ask, parallel=parallel, timeout=timeout, name="host")
     results: dict[str, T | Unanswered] = {}
-    slots = threading.Semaphore(max(1, parallel))
-    lock = threading.Lock()
-    started: dict[str, float] = {}
-    done: set[str] = set()
-
-    def finish(host: str, answer: T | Unanswered) -> None:
-        with lock:
-            if host in done:
-                return
-            done.add(host)
+    for host, answer in answers.items():
+        if answer is pool.LATE:
+            results[host] = Unanswered(f"did not answer within {timeout:g}s")
+        elif isinstance(answer, Exception):  # a host's trouble is reported with its name; the others go on
+            results[host] = Unanswered(_reason(answer, state_dir))
+        else:
             results[host] = answer
-        slots.release()
-
-    def run(host: str) -> None:
-        slots.acquire()
-        with lock:
-            started[host] = time.monotonic()
-        try:
-            answer: T | Unanswered = ask(host)
-        except Exception as exc:  # a host's trouble is reported with its name; the others go on
-            answer = Unanswered(_reason(exc))
-        finish(host, answer)
-
-    for host in hosts:
-        threading.Thread(target=run, args=(host,), name=f"host-{host}", daemon=True).start()
-    while True:
-        with lock:
-            if len(done) == len(hosts):
-                return results
-            late = [h for h, at in started.items() if h not in done and time.monotonic() - at >= timeout]
-        for host in late:
-            finish(host, Unanswered(f"did not answer within {timeout:g}s"))
-        time.sleep(0.01)
+    return results
 
 
-def _ask_hosts(desired: DesiredState, ask: Callable[[str], T], *, parallel: int, timeout: float) -> list[HostAnswer[T]]:
+def _ask_hosts(
+    desired: DesiredState, ask: Callable[[str], T], *, parallel: int, timeout: float, state_dir: Path
+) -> list[HostAnswer[T]]:
     """``ask`` every host of the file (``ask_each``), the answers in host order."""
     assert desired.hosts is not None
     hosts = sorted(desired.hosts)
-    answers = ask_each(hosts, ask, parallel=parallel, timeout=timeout)
+    answers = ask_each(hosts, ask, parallel=parallel, timeout=timeout, state_dir=state_dir)
     found: list[HostAnswer[T]] = []
     for host in hosts:
         engine, answer = desired.hosts[host].engine or "", answers[host]
@@ -162,7 +143,7 @@ def preview(
         engine = _engine_of(desired, host, settings, timeout)
         return plan_against(engine, fleet.placed(desired, host), settings)[0]
 
-    return desired, order, _ask_hosts(desired, ask, parallel=parallel, timeout=timeout)
+    return desired, order, _ask_hosts(desired, ask, parallel=parallel, timeout=timeout, state_dir=settings.state_dir)
 
 
 @dataclass(frozen=True)
@@ -199,7 +180,7 @@ def status(
         wanted = {app: spec.version for app, spec in fleet.placed(desired, host).apps.items()}
         return tuple(AppOnHost(app, wanted.get(app), found.get(app)) for app in sorted(found.keys() | wanted.keys()))
 
-    return desired, _ask_hosts(desired, ask, parallel=parallel, timeout=timeout)
+    return desired, _ask_hosts(desired, ask, parallel=parallel, timeout=timeout, state_dir=settings.state_dir)
 
 
 def _running_on(desired: DesiredState, settings: Settings, timeout: float) -> Callable[[str], tuple[Running, ...]]:
@@ -219,7 +200,8 @@ def running(
 ) -> dict[str, tuple[Running, ...] | Unanswered]:
     """What runs on every host of ``desired`` (as ``status`` reads it), by host name."""
     assert desired.hosts is not None
-    return ask_each(sorted(desired.hosts), _running_on(desired, settings, timeout), parallel=parallel, timeout=timeout)
+    ask = _running_on(desired, settings, timeout)
+    return ask_each(sorted(desired.hosts), ask, parallel=parallel, timeout=timeout, state_dir=settings.state_dir)
 
 
 def runs_line(runs: tuple[Running, ...] | Unanswered) -> str:
@@ -349,7 +331,7 @@ def _push_group(
                 done = appliers.get(host)
                 part.outcomes = list(done.done) if done is not None else []
                 part.state = Pushed.UNREACHABLE if isinstance(exc, EngineUnavailable) else Pushed.FAILED
-                part.error = _reason(exc)
+                part.error = _reason(exc, settings.state_dir)
             else:
                 part.outcomes = result.outcomes
                 broken = [f"{o.app} {o.result}" for o in result.outcomes if not o.result.ok]
@@ -361,18 +343,15 @@ def _push_group(
                 part.state = Pushed.INTERRUPTED
             say(f"  {host}: {part.state}" + (f": {part.error}" if part.error else ""))
 
-        pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(group))), thread_name_prefix="push")
-        futures = [pool.submit(push, host) for host in group]
-        try:
-            concurrent.futures.wait(futures)
-        except KeyboardInterrupt:
+        def interrupted() -> None:
             # The gates under way are abandoned at their next look (``Applier.interrupted``): a release
             # that was not judged stays, and the next run's pass judges it (``verify_unfinished``).
             stop.set()
             say("interrupted: no further step, host or group is started")
-            concurrent.futures.wait(futures)
-        finally:
-            pool.shutdown(wait=True)
+
+        pool.run_all(
+            [functools.partial(push, host) for host in group], parallel=parallel, name="push", on_interrupt=interrupted
+        )
         failed = [host for host in group if not found[host].ok]
         if not failed or stop.is_set():
             return
@@ -383,7 +362,7 @@ def _push_group(
             try:
                 undone = appliers[host].undo_deployed(reason)
             except Exception as exc:  # reported with the host: it still runs what it converged to
-                part.state, part.error = Pushed.FAILED, f"could not be rolled back: {_reason(exc)}"
+                part.state, part.error = Pushed.FAILED, f"could not be rolled back: {_reason(exc, settings.state_dir)}"
                 say(f"  {host}: {part.state}: {part.error}")
                 return
             part.outcomes = list(appliers[host].done)
@@ -399,13 +378,15 @@ def _push_group(
         # Every host of the group, the failed ones too: a host that failed for another reason than a
         # release (an app that could not be resolved, an outage after its deploys) keeps none of them.
         back = [host for host in group if host in appliers]
-        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(back) or 1)), thread_name_prefix="back") as undo:
-            list(undo.map(take_back, back))
+        pool.run_all([functools.partial(take_back, host) for host in back], parallel=parallel, name="back")
 
 
-def _reason(exc: BaseException) -> str:
-    """One line of what went wrong, secrets masked."""
+def _reason(exc: BaseException, state_dir: Path | None) -> str:
+    """One line of what went wrong, secrets masked; a bug (not one of our errors) names its type, and its
+    traceback is kept under ``state_dir`` (``state.crash``), the line saying where."""
     text = str(exc).splitlines()[0] if str(exc) else ""
-    if not isinstance(exc, ReconcileError):
-        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return scrub.scrub(text)
+    if isinstance(exc, ReconcileError):
+        return scrub.scrub(text)
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    where = keep_traceback(exc, state_dir) if state_dir is not None else ""
+    return scrub.scrub(f"{text} ({where})" if where else text)

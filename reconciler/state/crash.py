@@ -1,4 +1,4 @@
-"""Crash files: the traceback of a bug the agent survives, kept where a person looks for it.
+"""Crash files: the traceback of a bug the agent or a fleet command survives, kept where a person looks.
 
 Guarantees:
 - ``keep_traceback`` writes the scrubbed traceback to ``STATE/crash-TIME.txt`` (private to the user) and
