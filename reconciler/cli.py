@@ -22,7 +22,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from reconciler.errors import InvalidDesiredState, ReconcileError
+from reconciler.errors import InvalidDesiredState, ReconcileError, Refused
 
 T = TypeVar("T")
 
@@ -257,6 +257,8 @@ def _guarded(fn: Callable[[], T]) -> T:
             typer.echo(line, err=True)
         count = len(exc.errors)
         _fail(f"{count} error{'s' if count != 1 else ''}; nothing was changed")
+    except Refused as exc:  # the command's own refusal: said as it is
+        _fail(str(exc))
     except ReconcileError as exc:
         _fail(f"error: {exc}")
     except KeyboardInterrupt:
@@ -461,8 +463,6 @@ def history(
     output: OutputOpt = None,
 ) -> None:
     """What was applied, when, from which commit, and how it ended."""
-    import time
-
     from reconciler.ops import controls
 
     directory: Path = _option(ctx, "state_dir", state_dir)
@@ -473,42 +473,22 @@ def history(
     if not entries:
         typer.echo(f"no deploys recorded in {directory}")
         return
-    for entry in entries:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.started_at))
-        took = f" {entry.finished_at - entry.started_at:.1f}s" if entry.finished_at else ""
-        change = f"{entry.from_version or '-'} -> {entry.to_version or '-'}" if entry.action != "cleanup" else ""
-        commit = entry.revision[:8] or "-"
-        line = f"{when}  {commit:8}  {entry.app:<20} {entry.action:<8} {change:<24} {entry.result}{took}"
-        by = f"  by {entry.author}" if entry.author else ""
-        typer.echo(line + by + (f"  {entry.message}" if entry.message else ""))
+    from reconciler.core.report import history_line
+
+    typer.echo("\n".join(history_line(entry) for entry in entries))
 
 
 def _fleet_preview(settings: Any, spec: str | None, *, fmt: Output, parallel: int, timeout: float) -> NoReturn:
     """``--dry-run --all-hosts [--rollout GROUPS]``: every host's drift, one report grouped by host (and the
     groups a push would take). Exit 1 if a host could not be read, 2 if one drifts, 0 when all are in sync."""
-    from reconciler.core import report
+    from reconciler.core import fleet_report
     from reconciler.ops import fleet
 
     desired, groups, hosts = _guarded(lambda: fleet.preview(settings, parallel=parallel, timeout=timeout, spec=spec))
     if fmt is Output.json:
-        _emit({
-            "revision": desired.revision, "file": settings.file, "rollout": groups,
-            "hosts": [{"host": h.host, "engine": h.engine, "error": h.error or None,
-                       "plan": report.plan_as_dict(h.answer, file=settings.file) if h.answer else None}
-                      for h in hosts],
-        })  # fmt: skip
+        _emit(fleet_report.preview_json(desired.revision, settings.file, groups, hosts))
     else:
-        lines = [f"{settings.file} @ {desired.short}: {len(hosts)} hosts"]
-        if groups is not None:
-            lines.append(f"rollout {spec}: " + "; ".join(f"{n}. {', '.join(g)}" for n, g in enumerate(groups, 1)))
-        for h in hosts:
-            if h.answer is None:
-                lines.append(f"== {h.host} ({h.engine}): could not be read: {h.error}")
-            else:
-                body = report.plan_lines(h.answer, file=settings.file)
-                lines.append(f"== {h.host} ({h.engine}): " + body[0].split(": ", 1)[1])
-                lines.extend(body[1:])
-        typer.echo("\n".join(lines))
+        typer.echo("\n".join(fleet_report.preview_lines(desired.short, settings.file, spec, groups, hosts)))
     if any(h.answer is None for h in hosts):
         raise typer.Exit(1)
     raise typer.Exit(2 if any(h.answer is not None and not h.answer.in_sync for h in hosts) else 0)
@@ -517,7 +497,7 @@ def _fleet_preview(settings: Any, spec: str | None, *, fmt: Output, parallel: in
 def _fleet_push(settings: Any, spec: str, *, fmt: Output, parallel: int, timeout: float) -> NoReturn:
     """``--all-hosts [--rollout GROUPS]``: push the commit group by group; the report says where each host
     was left and what it runs. Exit 0 when every host of the rollout converged, 1 otherwise."""
-    from reconciler.core import report
+    from reconciler.core import fleet_report
     from reconciler.ops import fleet
 
     def say(line: str) -> None:
@@ -529,62 +509,25 @@ def _fleet_push(settings: Any, spec: str, *, fmt: Output, parallel: int, timeout
     )
     runs = fleet.running(desired, settings, parallel=parallel, timeout=timeout)
     if fmt is Output.json:
-        _emit({
-            "revision": desired.revision, "file": settings.file, "rollout": groups,
-            "ok": all(h.ok for h in hosts),
-            "hosts": [{"host": h.host, "engine": h.engine, "group": h.group or None, "state": str(h.state),
-                       "error": h.error or None, "outcomes": [o.as_dict() for o in h.outcomes],
-                       "runs": fleet.runs_as_dict(runs[h.host])}
-                      for h in hosts],
-        })  # fmt: skip
+        _emit(fleet_report.push_json(desired.revision, settings.file, groups, hosts, runs))
     else:
-        lines = [f"{settings.file} @ {desired.short}: rollout {spec}"]
-        for h in hosts:
-            group = f"group {h.group}, " if h.group else ""
-            lines.append(f"== {h.host} ({group}{h.engine}): {h.state}" + (f": {h.error}" if h.error else ""))
-            if h.outcomes:
-                done = report.outcome_lines(h.outcomes, revision=desired.revision, file="")
-                lines.extend("  " + line for line in done)
-            lines.append("  runs: " + fleet.runs_line(runs[h.host]))
-        tally: dict[str, int] = {}
-        for h in hosts:
-            tally[str(h.state)] = tally.get(str(h.state), 0) + 1
-        lines.append("fleet: " + ", ".join(f"{count} {state}" for state, count in tally.items()))
-        typer.echo("\n".join(lines))
+        typer.echo(
+            "\n".join(fleet_report.push_lines(desired.revision, desired.short, settings.file, spec, hosts, runs))
+        )
     raise typer.Exit(0 if all(h.ok for h in hosts) else 1)
 
 
 def _fleet_status(settings: Any, *, fmt: Output, parallel: int, timeout: float) -> NoReturn:
     """``status --all-hosts``: host by app -> version, desired, commit, state, from each engine's labels, and
     how many hosts run what the commit asks (a rollback commit shows who has followed it)."""
+    from reconciler.core import fleet_report
     from reconciler.ops import fleet
 
     desired, hosts = _guarded(lambda: fleet.status(settings, parallel=parallel, timeout=timeout))
-    converged = sum(1 for h in hosts if h.answer is not None and all(a.in_sync for a in h.answer))
     if fmt is Output.json:
-        _emit({
-            "revision": desired.revision, "file": settings.file, "converged": converged,
-            "hosts": [{"host": h.host, "engine": h.engine, "error": h.error or None,
-                       "converged": h.answer is not None and all(a.in_sync for a in h.answer),
-                       "apps": [a.as_dict() for a in h.answer or ()]}
-                      for h in hosts],
-        })  # fmt: skip
+        _emit(fleet_report.status_json(desired.revision, settings.file, hosts))
     else:
-        rows = [("HOST", "APP", "VERSION", "DESIRED", "COMMIT", "STATE")]
-        for h in hosts:
-            if h.error:
-                rows.append((h.host, "-", "-", "-", "-", f"not read: {h.error}"))
-            for a in h.answer or ():
-                r = a.running
-                state = (r.state if r else "missing") + ("" if a.in_sync else ", DRIFT")
-                # Which stable: hosts that follow a canary's differ only in the image they run.
-                which = f" ({r.digest.split(':')[-1][:12]})" if r and r.version == "stable" and r.digest else ""
-                rows.append((h.host, a.app, r.version + which if r else "-", a.desired or "(not on this host)",
-                             r.commit if r else "-", state))  # fmt: skip
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
-        lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5] for row in rows]
-        lines.append(f"{converged} of {len(hosts)} hosts run what {settings.file} @ {desired.short} asks for")
-        typer.echo("\n".join(lines))
+        typer.echo("\n".join(fleet_report.status_lines(desired.short, settings.file, hosts)))
     raise typer.Exit(1 if any(h.error for h in hosts) else 0)
 
 
@@ -794,10 +737,11 @@ def _source_for_writing(ctx: typer.Context, repo: str | None) -> Any:
     return source
 
 
-def _written(written: Any, message: str) -> None:
-    where = f"pushed to {written.pushed_to}" if written.pushed_to else "not pushed (--push to push it)"
-    again = " after the remote moved (edit re-applied on its tip)" if written.retried else ""
-    typer.echo(f"committed {written.revision[:8]} on {written.branch}: {message}; {where}{again}")
+def _written(committed: Any) -> None:
+    from reconciler.core.report import written_line
+
+    w = committed.written
+    typer.echo(written_line(w.revision, w.branch, w.pushed_to, w.retried, committed.message))
 
 
 @app.command(epilog=COMMON_EPILOG)
@@ -843,47 +787,19 @@ def rollback(
         return
     if app_name is None and to is None:
         _fail("name an app (reconcile rollback APP) or roll every app back with --to stable|previous")
+    from reconciler.core.report import choices_lines
+    from reconciler.ops import rollback as rolling
+
     source = _source_for_writing(ctx, repo)
-    journal = edits.state_dir_journal(settings.state_dir)
-    try:
-        desired = _guarded(lambda: edits.desired_at_head(source, settings.file))
-        apps = [app_name] if app_name is not None else sorted(desired.apps)
-        for name in apps:
-            if name not in desired.apps:
-                _fail(f"{name}: no such app in {settings.file} (apps: {', '.join(sorted(desired.apps))})")
-        if to is None:
-            assert app_name is not None
-            _list_versions(source, settings, desired, app_name, journal)
-            return
-        if app_name is None and to not in (edits.PREVIOUS, "stable"):
-            _fail(f"--to {to} for every app: use stable or previous, or name the app")
-        wanted = _guarded(
-            lambda: edits.rollback_edits(source, settings, desired, apps, to, journal=journal, single=app_name)
-        )
-        if not wanted:
-            _fail("nothing to change: every app already runs that version")
-        message = "rollback " + "; ".join(edit.describe() for edit in wanted)
-        written = _guarded(lambda: edits.write(source, file=settings.file, edits=wanted, message=message,
-                                                 push=push, branch=branch))  # fmt: skip
-        _written(written, message)
-    finally:
-        if journal is not None:
-            journal.close()
-
-
-def _list_versions(source: Any, settings: Any, desired: Any, app_name: str, journal: Any) -> None:
-    import time
-
-    from reconciler.ops import edits
-
-    choices = edits.choices(source, settings.file, desired, app_name, journal=journal)
-    typer.echo(f"{app_name}: {settings.file} asks for {choices.current} @ {desired.short}")
-    for label, found in (("previous", choices.previous), ("stable", choices.stable)):
-        typer.echo(f"  --to {label:<9} {found}")
-    typer.echo("  versions in git history, newest first:")
-    for item in choices.seen:
-        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(item.when))
-        typer.echo(f"    {item.version:<16} {item.revision[:8]}  {when}Z  {item.author}")
+    if to is None:
+        assert app_name is not None
+        desired, found = _guarded(lambda: rolling.choices(source=source, settings=settings, app=app_name))
+        lines = choices_lines(app_name, settings.file, desired.short, current=found.current,
+                              previous=found.previous, stable=found.stable, seen=found.seen)  # fmt: skip
+        typer.echo("\n".join(lines))
+        return
+    _written(_guarded(lambda: rolling.rollback(source=source, settings=settings, app=app_name, to=to, push=push,
+                                               branch=branch)))  # fmt: skip
 
 
 @app.command(name="set-version", epilog=COMMON_EPILOG)
@@ -899,23 +815,12 @@ def set_version(
     docker_host: HostOpt = None,
 ) -> None:
     """Set APP's version in the file and commit it: what CI runs after it built and pushed an image."""
-    from reconciler.ops import edits
+    from reconciler.ops import rollback as rolling
 
     settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=None, docker_host=docker_host)
     source = _source_for_writing(ctx, repo)
-    desired = _guarded(lambda: edits.desired_at_head(source, settings.file))
-    if app_name not in desired.apps:
-        _fail(f"{app_name}: no such app in {settings.file} (apps: {', '.join(sorted(desired.apps))})")
-    spec = desired.apps[app_name]
-    if spec.version == version:
-        _fail(f"{app_name} is already at {version} in {settings.file}; nothing to commit")
-    seen = edits.versions_seen(source, source.branch(), settings.file, app_name)
-    _guarded(lambda: edits.check_exists(spec.image, version, seen=seen, settings=settings))
-    edit = edits.Edit(app_name, spec.version, version)
-    message = f"set-version {edit.describe()}"
-    written = _guarded(lambda: edits.write(source, file=settings.file, edits=[edit], message=message, push=push,
-                                             branch=branch))  # fmt: skip
-    _written(written, message)
+    _written(_guarded(lambda: rolling.set_version(source=source, settings=settings, app=app_name, version=version,
+                                                  push=push, branch=branch)))  # fmt: skip
 
 
 @app.command(epilog=COMMON_EPILOG)
@@ -929,11 +834,12 @@ def revert(
 ) -> None:
     """`git revert` a deploy commit (validated before it is committed); never a force push."""
     from reconciler.ops import edits
+    from reconciler.ops import rollback as rolling
 
     settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=None)
     source = _source_for_writing(ctx, repo)
     written = _guarded(lambda: edits.revert(source, revision, file=settings.file, push=push))
-    _written(written, f"revert {revision[:8]}")
+    _written(rolling.Committed(written, f"revert {revision[:8]}"))
 
 
 @app.command(epilog=COMMON_EPILOG)

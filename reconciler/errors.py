@@ -6,6 +6,7 @@ traceback. The tree::
 
     ReconcileError                  exit 1, message printed as is
     ├── UserError                   needs a human: fix the file, the ref, the name; retrying will not help
+    │   ├── Refused                 a command refused what it was asked (no such app, nothing to change): said as is
     │   ├── InvalidDesiredState     desired-state.yaml broken or invalid (carries every FILE:LINE:COL error)
     │   ├── SourceError             repo, ref or file not found
     │   ├── CommitRefused           unsigned, signed by a key not allowed, or beyond --policy: not applied
@@ -35,6 +36,11 @@ class ReconcileError(Exception):
 
 class UserError(ReconcileError):
     """Needs a human to change something; the same input will fail the same way."""
+
+
+class Refused(UserError):
+    """A command refuses what it was asked (no such app, nothing to change): the CLI says the message as it
+    is, without ``error:``, and changes nothing."""
 
 
 class InvalidDesiredState(UserError):

@@ -111,8 +111,9 @@ def test_a_host_that_hangs_is_reported_and_holds_up_no_other() -> None:
     import threading
     import time
 
+    from reconciler.core.fleet import Unanswered
     from reconciler.errors import EngineUnavailable
-    from reconciler.ops.fleet import Unanswered, ask_each
+    from reconciler.ops.fleet import ask_each
 
     release = threading.Event()
 

@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Generic, TypeVar
 
 from reconciler.core.model import AppSpec, DesiredState, HostSpec
+from reconciler.core.report import Outcome
 
 Selector = Mapping[str, str] | tuple[str, ...]
 
@@ -132,3 +136,87 @@ def _canary_problems(app: str, spec: AppSpec, hosts: Mapping[str, HostSpec] | No
         elif mine and name not in mine:
             found.append(((*where, index), f"host {name!r} does not run the app ({runs_on}): it cannot be its canary"))
     return found
+
+
+# -- what a fleet command found on each host (records; the text is ``core.fleet_report``) -------------
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Unanswered:
+    """Why a host gave no answer (its engine is down, a login hung, the file gives it no engine)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class HostAnswer(Generic[T]):
+    """One host's answer: its plan or what runs on it, or ``error`` (then ``answer`` is None)."""
+
+    host: str
+    engine: str
+    answer: T | None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Running:
+    """One app on one host, as its container's labels say."""
+
+    app: str
+    version: str
+    commit: str
+    digest: str
+    state: str
+
+
+@dataclass(frozen=True)
+class AppOnHost:
+    """One app on one host: what runs (its labels) beside what the file asks of that host."""
+
+    app: str
+    desired: str | None  # the version the file places on this host; None: the file places it elsewhere
+    running: Running | None  # None: placed here, and nothing of ours runs under its name
+
+    @property
+    def in_sync(self) -> bool:
+        """It runs the version the file asks of this host (a host that converged to the commit)."""
+        return self.running is not None and self.running.version == self.desired and self.running.state == "running"
+
+    def as_dict(self) -> dict[str, str | bool | None]:
+        r = self.running
+        return {
+            "app": self.app, "desired": self.desired, "in_sync": self.in_sync,
+            "version": r.version if r else None, "commit": r.commit if r else None,
+            "digest": r.digest if r else None, "state": r.state if r else "missing",
+        }  # fmt: skip
+
+
+class Pushed(StrEnum):
+    """Where a push rollout left a host."""
+
+    CONVERGED = "converged"  # it runs the commit (something changed)
+    IN_SYNC = "in sync"  # it ran the commit already: nothing to do
+    FAILED = "failed"  # a release failed its gate (or would not start); the host's others went back
+    TAKEN_BACK = "rolled back"  # it converged, and went back with its failed group
+    UNREACHABLE = "unreachable"  # its engine did not answer (before or during the pass): see its outcomes
+    INTERRUPTED = "interrupted"  # Ctrl-C: its pass stopped at the next step; the next run finishes it
+    NOT_STARTED = "not started"  # a group before it failed, or the rollout was interrupted
+    OUTSIDE = "not in the rollout"  # no group names it
+
+
+@dataclass
+class HostPush:
+    """One host's part of a push rollout."""
+
+    host: str
+    engine: str
+    group: int  # 1-based; 0 for a host no group names
+    state: Pushed
+    outcomes: list[Outcome] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state in (Pushed.CONVERGED, Pushed.IN_SYNC, Pushed.OUTSIDE)

@@ -7,9 +7,10 @@ names the commit it came from.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.core.plan import ActionKind, Plan
 from reconciler.core.status import Status
@@ -76,20 +77,30 @@ _SIGN = {
 }
 
 
-def plan_lines(plan: Plan, *, file: str) -> list[str]:
-    short = plan.revision[:8] or "(no commit)"
+def plan_summary(plan: Plan) -> str:
+    """``in sync, nothing to do`` or ``2 changes, 1 problem``: a plan in a few words."""
     if plan.in_sync:
-        return [f"{file} @ {short}: in sync, nothing to do", *note_lines(plan)]
-    changing = len(plan.changes)
-    lines = [
-        f"{file} @ {short}: {changing} change{'s' if changing != 1 else ''}"
-        + (f", {len(plan.problems)} problem{'s' if len(plan.problems) != 1 else ''}" if plan.problems else "")
-    ]
+        return "in sync, nothing to do"
+    changing, problems = len(plan.changes), len(plan.problems)
+    return f"{changing} change{'s' if changing != 1 else ''}" + (
+        f", {problems} problem{'s' if problems != 1 else ''}" if problems else ""
+    )
+
+
+def plan_lines(plan: Plan, *, file: str) -> list[str]:
+    """``FILE @ SHORT: summary``, then each action with its reasons, then the notes."""
+    short = plan.revision[:8] or "(no commit)"
+    return [f"{file} @ {short}: {plan_summary(plan)}", *action_lines(plan), *note_lines(plan)]
+
+
+def action_lines(plan: Plan) -> list[str]:
+    """Each action of the plan, with the reasons of each change under it."""
+    lines = []
     for action in plan.actions:
         head = f"  {_SIGN[action.kind]} {action.kind.value:<8} {action.container}"
         lines.append(head + (f": {action.message}" if action.message else ""))
         lines.extend(f"      {change}" for change in action.reasons)
-    return lines + note_lines(plan)
+    return lines
 
 
 def note_lines(plan: Plan) -> list[str]:
@@ -151,3 +162,84 @@ def status_lines(status: Status) -> list[str]:
     out.extend(status.routes)
     out.extend(f"proxy: {drift}" for drift in status.proxy)
     return out
+
+
+class HistoryRow(Protocol):
+    """A journal row as ``history`` shows it (``state.journal.Entry``)."""
+
+    @property
+    def started_at(self) -> float: ...
+
+    @property
+    def finished_at(self) -> float | None: ...
+
+    @property
+    def revision(self) -> str: ...
+
+    @property
+    def author(self) -> str: ...
+
+    @property
+    def app(self) -> str: ...
+
+    @property
+    def action(self) -> str: ...
+
+    @property
+    def from_version(self) -> str: ...
+
+    @property
+    def to_version(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def result(self) -> object: ...
+
+
+def history_line(entry: HistoryRow) -> str:
+    """One deploy of ``reconcile history``: when (local time), commit, app, action, change, result, who, why."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.started_at))
+    took = f" {entry.finished_at - entry.started_at:.1f}s" if entry.finished_at else ""
+    change = f"{entry.from_version or '-'} -> {entry.to_version or '-'}" if entry.action != "cleanup" else ""
+    commit = entry.revision[:8] or "-"
+    line = f"{when}  {commit:8}  {entry.app:<20} {entry.action:<8} {change:<24} {entry.result}{took}"
+    by = f"  by {entry.author}" if entry.author else ""
+    return line + by + (f"  {entry.message}" if entry.message else "")
+
+
+class SeenVersion(Protocol):
+    """A version in the file's git history (``ops.edits.Seen``)."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def revision(self) -> str: ...
+
+    @property
+    def when(self) -> float: ...
+
+    @property
+    def author(self) -> str: ...
+
+
+def choices_lines(
+    app: str, file: str, short: str, *, current: str, previous: str, stable: str, seen: Sequence[SeenVersion]
+) -> list[str]:
+    """``reconcile rollback APP``: where the app can go back to, and its versions in git, newest first."""
+    lines = [f"{app}: {file} asks for {current} @ {short}"]
+    lines += [f"  --to {label:<9} {found}" for label, found in (("previous", previous), ("stable", stable))]
+    lines.append("  versions in git history, newest first:")
+    for item in seen:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(item.when))
+        lines.append(f"    {item.version:<16} {item.revision[:8]}  {when}Z  {item.author}")
+    return lines
+
+
+def written_line(revision: str, branch: str, pushed_to: str, retried: bool, message: str) -> str:
+    """What a command that commits says: the commit, its message, where it went."""
+    where = f"pushed to {pushed_to}" if pushed_to else "not pushed (--push to push it)"
+    again = " after the remote moved (edit re-applied on its tip)" if retried else ""
+    return f"committed {revision[:8]} on {branch}: {message}; {where}{again}"

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from reconciler.adapters.git import Source, is_url, open_source
 from reconciler.adapters.yamledit import set_versions
 from reconciler.adapters.yamlfile import parse_yaml
@@ -162,9 +164,10 @@ def check_exists(image: str, version: str, *, seen: list[Seen], settings: Settin
 
     try:
         ref = image_ref(AppSpec(image=image, version=version))
-    except ValueError as exc:  # pydantic's ValidationError: the version is not a tag or a digest
-        reason = str(exc).splitlines()[2].strip() if len(str(exc).splitlines()) > 2 else str(exc)
-        raise UserError(f"{version!r}: {reason.split(' [type=')[0].removeprefix('Value error, ')}") from None
+    except ValidationError as exc:  # the version is not a tag or a digest: the validator's own words
+        first = exc.errors(include_url=False)[0]
+        raised = first.get("ctx", {}).get("error")
+        raise UserError(f"{version!r}: {raised if raised is not None else first['msg']}") from None
     engine = connect(settings.docker_host, instance=settings.instance)
     if image_match.find_local(ref, engine.local_images()) is None:
         engine.registry_digest(ref)  # raises ImageError naming what is wrong

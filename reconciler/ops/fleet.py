@@ -22,19 +22,19 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from reconciler import pool
 from reconciler.adapters.docker import connect
 from reconciler.adapters.protocols import DockerEngine
 from reconciler.converge.run import ALL_HOSTS, PassResult, Settings, apply_pass, applying, plan_against, read_desired
 from reconciler.core import fleet, rollout
+from reconciler.core.fleet import AppOnHost, HostAnswer, HostPush, Pushed, Running, Unanswered
 from reconciler.core.model import DesiredState, Role
 from reconciler.core.plan import Plan
-from reconciler.core.report import Outcome, Result
+from reconciler.core.report import Result
 from reconciler.errors import EngineUnavailable, ReconcileError, UserError
 from reconciler.state.crash import keep_traceback
 from reconciler.telemetry import scrub
@@ -47,34 +47,6 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0  # seconds per host
 # seconds per engine call once a push reached its host: a pull or a stop may outlast the host timeout
 CALL_TIMEOUT = 120.0
-
-
-@dataclass(frozen=True)
-class Unanswered:
-    """Why a host gave no answer (its engine is down, a login hung, the file gives it no engine)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class HostAnswer(Generic[T]):
-    """One host's answer: its plan or what runs on it, or ``error`` (then ``answer`` is None)."""
-
-    host: str
-    engine: str
-    answer: T | None
-    error: str = ""
-
-
-@dataclass(frozen=True)
-class Running:
-    """One app on one host, as its container's labels say."""
-
-    app: str
-    version: str
-    commit: str
-    digest: str
-    state: str
 
 
 def fleet_desired(settings: Settings) -> DesiredState:
@@ -146,28 +118,6 @@ def preview(
     return desired, order, _ask_hosts(desired, ask, parallel=parallel, timeout=timeout, state_dir=settings.state_dir)
 
 
-@dataclass(frozen=True)
-class AppOnHost:
-    """One app on one host: what runs (its labels) beside what the file asks of that host."""
-
-    app: str
-    desired: str | None  # the version the file places on this host; None: the file places it elsewhere
-    running: Running | None  # None: placed here, and nothing of ours runs under its name
-
-    @property
-    def in_sync(self) -> bool:
-        """It runs the version the file asks of this host (a host that converged to the commit)."""
-        return self.running is not None and self.running.version == self.desired and self.running.state == "running"
-
-    def as_dict(self) -> dict[str, str | bool | None]:
-        r = self.running
-        return {
-            "app": self.app, "desired": self.desired, "in_sync": self.in_sync,
-            "version": r.version if r else None, "commit": r.commit if r else None,
-            "digest": r.digest if r else None, "state": r.state if r else "missing",
-        }  # fmt: skip
-
-
 def status(
     settings: Settings, *, parallel: int, timeout: float = DEFAULT_TIMEOUT
 ) -> tuple[DesiredState, list[HostAnswer[tuple[AppOnHost, ...]]]]:
@@ -204,52 +154,7 @@ def running(
     return ask_each(sorted(desired.hosts), ask, parallel=parallel, timeout=timeout, state_dir=settings.state_dir)
 
 
-def runs_line(runs: tuple[Running, ...] | Unanswered) -> str:
-    """``web v2, worker v1 (exited)``: what a host runs, for a report."""
-    if isinstance(runs, Unanswered):
-        return f"unknown ({runs.reason})"
-    shown = [f"{r.app} {r.version}" + ("" if r.state == "running" else f" ({r.state})") for r in runs]
-    return ", ".join(shown) or "nothing of ours"
-
-
-def runs_as_dict(runs: tuple[Running, ...] | Unanswered) -> list[dict[str, str]] | None:
-    if isinstance(runs, Unanswered):
-        return None
-    return [
-        {"app": r.app, "version": r.version, "commit": r.commit, "digest": r.digest, "state": r.state} for r in runs
-    ]
-
-
 # -- push mode -------------------------------------------------------------------------------------
-
-
-class Pushed(StrEnum):
-    """Where a push rollout left a host."""
-
-    CONVERGED = "converged"  # it runs the commit (something changed)
-    IN_SYNC = "in sync"  # it ran the commit already: nothing to do
-    FAILED = "failed"  # a release failed its gate (or would not start); the host's others went back
-    TAKEN_BACK = "rolled back"  # it converged, and went back with its failed group
-    UNREACHABLE = "unreachable"  # its engine did not answer (before or during the pass): see its outcomes
-    INTERRUPTED = "interrupted"  # Ctrl-C: its pass stopped at the next step; the next run finishes it
-    NOT_STARTED = "not started"  # a group before it failed, or the rollout was interrupted
-    OUTSIDE = "not in the rollout"  # no group names it
-
-
-@dataclass
-class HostPush:
-    """One host's part of a push rollout."""
-
-    host: str
-    engine: str
-    group: int  # 1-based; 0 for a host no group names
-    state: Pushed
-    outcomes: list[Outcome] = field(default_factory=list)
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.state in (Pushed.CONVERGED, Pushed.IN_SYNC, Pushed.OUTSIDE)
 
 
 def host_state_dir(state_dir: Path, host: str) -> Path:
