@@ -87,7 +87,7 @@ ENGINE_FAULT_DEADLINE = 150.0  # dockerd stopping every container and coming bac
 POLL_EVERY = 0.05
 MEMORY_GUARD_MB = 1024  # an agent expanding an alias bomb or reading /dev/zero is killed before the machine
 BAD_WORDS = ("internal error", "pass.crashed", "Traceback")
-# Events that say "this input or this pass went wrong": what a refused fault is expected to log.
+# EventLog that say "this input or this pass went wrong": what a refused fault is expected to log.
 ERROR_EVENTS = frozenset(
     {
         "desired.invalid",

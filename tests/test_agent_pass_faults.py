@@ -14,7 +14,7 @@ from reconciler.converge.run import Settings
 from reconciler.core.model import DesiredState
 from reconciler.core.report import Outcome
 from reconciler.errors import ProxyError
-from reconciler.telemetry.log import Events
+from reconciler.telemetry.log import EventLog
 
 REVISION = "a" * 40
 
@@ -24,7 +24,7 @@ def agent_with(tmp_path: Path, faults: list[Exception | None]) -> tuple[Agent, i
     stream = io.StringIO()
     state = tmp_path / "state"
     state.mkdir()
-    agent = Agent(AgentSettings(Settings(state_dir=state), interval=1.0), Events(fmt="json", stream=stream))
+    agent = Agent(AgentSettings(Settings(state_dir=state), interval=1.0), EventLog(fmt="json", stream=stream))
     agent.engine = SimpleNamespace(host="unix:///fake.sock")
     agent._read = lambda: (REVISION, DesiredState(apps={}))  # type: ignore[method-assign]
     pending = list(faults)

@@ -8,7 +8,7 @@ from typing import Any
 from reconciler.core.events import Event
 from reconciler.core.failures import Failure
 from reconciler.core.holdback import (
-    Deployed,
+    LastDeploy,
     Notice,
     Say,
     failures_of,
@@ -274,10 +274,10 @@ def test_nothing_is_recorded_when_no_release_failed() -> None:
 
 
 def test_a_late_verdict_is_recorded_as_the_journal_last_had_the_release() -> None:
-    latest = {"web": Deployed("abc123", "v2")}
+    latest = {"web": LastDeploy("abc123", "v2")}
     recorded = failures_of([failed("web")], None, revision=OLD_COMMIT, applied={}, latest=latest)
     assert [(f.app, f.spec_hash, f.version, f.revision, f.culprit) for f in recorded] == [
         ("web", "abc123", "v2", OLD_COMMIT, True)
     ]
     # A journal row without a release (nothing was created yet) holds nothing back.
-    assert failures_of([failed("web")], None, revision=COMMIT, applied={}, latest={"web": Deployed("", "v2")}) == []
+    assert failures_of([failed("web")], None, revision=COMMIT, applied={}, latest={"web": LastDeploy("", "v2")}) == []

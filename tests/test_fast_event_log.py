@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from reconciler.core.events import Event
-from reconciler.telemetry.log import Events
+from reconciler.telemetry.log import EventLog
 
 
 def broken_listener(event: Event, message: str, fields: Mapping[str, Any]) -> None:
@@ -19,7 +19,7 @@ def broken_listener(event: Event, message: str, fields: Mapping[str, Any]) -> No
 
 def test_a_listener_that_raises_keeps_its_traceback_and_the_line_is_written(capsys: pytest.CaptureFixture[str]) -> None:
     stream = io.StringIO()
-    events = Events(stream=stream)
+    events = EventLog(stream=stream)
     heard: list[str] = []
     events.listeners += [broken_listener, lambda event, message, fields: heard.append(message)]
 
@@ -34,7 +34,7 @@ def test_a_listener_that_raises_keeps_its_traceback_and_the_line_is_written(caps
 
 
 def test_the_failure_goes_to_listener_failed_when_one_is_set() -> None:
-    events = Events(stream=io.StringIO())
+    events = EventLog(stream=io.StringIO())
     failed: list[tuple[object, BaseException]] = []
     events.listener_failed = lambda listener, exc: failed.append((listener, exc))
     events.listeners.append(broken_listener)

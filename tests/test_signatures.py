@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import SourceError, UserError
-from reconciler.trust.signatures import SignatureRule, Verdict, Verification, parse_rule, verify
+from reconciler.trust.signatures import SignatureRule, SignatureVerdict, Verification, parse_rule, verify
 from tests.support import GitRemote, run_git
 from tests.support.gitrepo import AUTHOR_EMAIL, AUTHOR_NAME, BRANCH, git_env
 
@@ -226,7 +226,7 @@ def openpgp(keys: Keys) -> SignatureRule:
     return parse_rule(f"gpg:{keys.keyring}")
 
 
-def check(found: Verification, commit: str, verdict: Verdict) -> Verification:
+def check(found: Verification, commit: str, verdict: SignatureVerdict) -> Verification:
     assert found.verdict is verdict, found
     assert found.commit == commit, found
     assert found.detail and "\n" not in found.detail and found.detail == found.detail.strip(), found
@@ -240,7 +240,7 @@ def test_a_good_ssh_signature_names_the_principal_and_the_fingerprint(
     repo: Repo, keys: Keys, ssh: SignatureRule
 ) -> None:
     sha = repo.commits["ssh good"]
-    found = check(verify(repo.bare, sha, ssh), sha, Verdict.GOOD)
+    found = check(verify(repo.bare, sha, ssh), sha, SignatureVerdict.GOOD)
     assert found.key == f"alice@example.com {keys.alice.fingerprint}", found
     assert "alice@example.com" in found.detail, found
 
@@ -248,13 +248,13 @@ def test_a_good_ssh_signature_names_the_principal_and_the_fingerprint(
 def test_an_unsigned_commit_is_unsigned_for_either_rule(repo: Repo, ssh: SignatureRule, openpgp: SignatureRule) -> None:
     sha = repo.commits["unsigned"]
     for rule in (ssh, openpgp):
-        found = check(verify(repo.bare, sha, rule), sha, Verdict.UNSIGNED)
+        found = check(verify(repo.bare, sha, rule), sha, SignatureVerdict.UNSIGNED)
         assert found.key == "", found
 
 
 def test_an_ssh_key_not_in_allowed_signers_is_bad(repo: Repo, keys: Keys, ssh: SignatureRule) -> None:
     sha = repo.commits["ssh not allowed"]
-    found = check(verify(repo.bare, sha, ssh), sha, Verdict.BAD)
+    found = check(verify(repo.bare, sha, ssh), sha, SignatureVerdict.BAD)
     assert found.key == keys.mallory.fingerprint, found  # git names the key even when no principal matched
     assert "does not allow" in found.detail, found
 
@@ -275,14 +275,14 @@ def test_an_ssh_key_past_its_valid_before_is_bad_even_on_a_backdated_commit(
 
     for what in ("ssh expired", "ssh expired, backdated"):
         sha = repo.commits[what]
-        found = check(verify(repo.bare, sha, ssh), sha, Verdict.BAD)
+        found = check(verify(repo.bare, sha, ssh), sha, SignatureVerdict.BAD)
         assert keys.old.fingerprint in found.key, (what, found)
         assert "expired" in found.detail and "valid-before" in found.detail, (what, found)
 
 
 def test_an_ssh_signature_that_does_not_match_the_commit_is_bad(repo: Repo, ssh: SignatureRule) -> None:
     sha = repo.commits["ssh tampered"]
-    found = check(verify(repo.bare, sha, ssh), sha, Verdict.BAD)
+    found = check(verify(repo.bare, sha, ssh), sha, SignatureVerdict.BAD)
     assert "does not match" in found.detail, found
 
 
@@ -291,35 +291,35 @@ def test_an_ssh_signature_that_does_not_match_the_commit_is_bad(repo: Repo, ssh:
 
 def test_a_good_gpg_signature_names_the_fingerprint(repo: Repo, keys: Keys, openpgp: SignatureRule) -> None:
     sha = repo.commits["gpg good"]
-    found = check(verify(repo.bare, sha, openpgp), sha, Verdict.GOOD)
+    found = check(verify(repo.bare, sha, openpgp), sha, SignatureVerdict.GOOD)
     assert found.key == keys.galice.fingerprint, found
     assert "alice <alice@example.com>" in found.detail, found
 
 
 def test_a_gpg_key_not_in_the_keyring_is_bad(repo: Repo, keys: Keys, openpgp: SignatureRule) -> None:
     sha = repo.commits["gpg not allowed"]
-    found = check(verify(repo.bare, sha, openpgp), sha, Verdict.BAD)
+    found = check(verify(repo.bare, sha, openpgp), sha, SignatureVerdict.BAD)
     assert found.key == keys.gmallory.fingerprint, found  # from ERRSIG: gpg never saw the key
     assert "not in keyring" in found.detail, found
 
 
 def test_an_expired_gpg_key_is_bad(repo: Repo, keys: Keys, openpgp: SignatureRule) -> None:
     sha = repo.commits["gpg expired"]
-    found = check(verify(repo.bare, sha, openpgp), sha, Verdict.BAD)
+    found = check(verify(repo.bare, sha, openpgp), sha, SignatureVerdict.BAD)
     assert found.key == keys.gold.fingerprint, found
     assert "expired" in found.detail, found
 
 
 def test_a_revoked_gpg_key_is_bad(repo: Repo, keys: Keys) -> None:
     sha = repo.commits["gpg good"]
-    found = check(verify(repo.bare, sha, parse_rule(f"gpg:{keys.revoked}")), sha, Verdict.BAD)
+    found = check(verify(repo.bare, sha, parse_rule(f"gpg:{keys.revoked}")), sha, SignatureVerdict.BAD)
     assert found.key == keys.galice.fingerprint, found
     assert "revoked" in found.detail, found
 
 
 def test_a_gpg_signature_that_does_not_match_the_commit_is_bad(repo: Repo, keys: Keys, openpgp: SignatureRule) -> None:
     sha = repo.commits["gpg tampered"]
-    found = check(verify(repo.bare, sha, openpgp), sha, Verdict.BAD)
+    found = check(verify(repo.bare, sha, openpgp), sha, SignatureVerdict.BAD)
     assert "does not match" in found.detail, found
     assert found.key.endswith(keys.galice.fingerprint[-16:]), found  # BADSIG gives the long key id
 
@@ -328,7 +328,7 @@ def test_a_signature_of_the_other_kind_is_bad(repo: Repo, ssh: SignatureRule, op
     # git picks its verifier from the signature's armor, not from gpg.format: the kind is checked first.
     for what, rule, said in (("ssh good", openpgp, "an ssh signature"), ("gpg good", ssh, "an OpenPGP signature")):
         sha = repo.commits[what]
-        found = check(verify(repo.bare, sha, rule), sha, Verdict.BAD)
+        found = check(verify(repo.bare, sha, rule), sha, SignatureVerdict.BAD)
         assert said in found.detail, found
 
 
@@ -339,13 +339,13 @@ def test_a_clone_and_a_ref_name_work_too_and_give_the_full_sha(
     repo: Repo, ssh: SignatureRule, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     head = repo.commits["gpg expired"]
-    found = check(verify(repo.remote.clone_path, BRANCH, ssh), head, Verdict.BAD)  # an OpenPGP one
+    found = check(verify(repo.remote.clone_path, BRANCH, ssh), head, SignatureVerdict.BAD)  # an OpenPGP one
     assert len(found.commit) == 40
     short = repo.commits["ssh good"][:10]
-    check(verify(str(repo.remote.clone_path), short, ssh), repo.commits["ssh good"], Verdict.GOOD)
+    check(verify(str(repo.remote.clone_path), short, ssh), repo.commits["ssh good"], SignatureVerdict.GOOD)
     # A hook's GIT_DIR names another repository: the path given wins.
     monkeypatch.setenv("GIT_DIR", str(repo.remote.clone_path / ".git"))
-    check(verify(repo.bare, "tampered-ssh", ssh), repo.commits["ssh tampered"], Verdict.BAD)
+    check(verify(repo.bare, "tampered-ssh", ssh), repo.commits["ssh tampered"], SignatureVerdict.BAD)
 
 
 @pytest.mark.parametrize("commit", ["0" * 40, "no-such-branch", "--help"])

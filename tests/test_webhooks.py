@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from reconciler.agent.listener import MAX_BODY, Health, Listener
+from reconciler.agent.listener import MAX_BODY, AgentHealth, Listener
 from reconciler.agent.loop import Agent, AgentSettings
 from reconciler.converge.run import Settings
-from reconciler.core.webhooks import Provider, RateLimit, Verdict, judge
-from reconciler.telemetry.log import Events
+from reconciler.core.webhooks import HookVerdict, Provider, RateLimit, judge
+from reconciler.telemetry.log import EventLog
 from reconciler.telemetry.metrics import Metrics
 from tests.support.hostile import Hostile, probe
 
@@ -45,7 +45,7 @@ def proof(provider: Provider, body: bytes, secret: bytes = SECRET) -> dict[str, 
 @pytest.mark.parametrize("provider", list(Provider))
 def test_an_authentic_push_to_the_followed_branch_is_a_push(provider: Provider) -> None:
     answer = judge(provider, proof(provider, PUSH), PUSH, SECRET, "refs/heads/main")
-    assert (answer.verdict, answer.status, answer.ref) == (Verdict.PUSH, 202, "refs/heads/main")
+    assert (answer.verdict, answer.status, answer.ref) == (HookVerdict.PUSH, 202, "refs/heads/main")
 
 
 @pytest.mark.parametrize("provider", list(Provider))
@@ -53,22 +53,22 @@ def test_a_wrong_or_missing_proof_is_unauthorized_and_the_body_is_not_read(provi
     wrong = judge(provider, proof(provider, PUSH, b"other"), PUSH, SECRET, "refs/heads/main")
     missing = judge(provider, {}, b"not json at all", SECRET, "refs/heads/main")
     for answer in (wrong, missing):
-        assert (answer.verdict, answer.status) == (Verdict.UNAUTHORIZED, 401)
+        assert (answer.verdict, answer.status) == (HookVerdict.UNAUTHORIZED, 401)
         assert SECRET.decode() not in answer.reason and "other" not in answer.reason
-    assert judge(provider, proof(provider, PUSH), PUSH, b"", None).verdict is Verdict.UNAUTHORIZED  # no secret
+    assert judge(provider, proof(provider, PUSH), PUSH, b"", None).verdict is HookVerdict.UNAUTHORIZED  # no secret
 
 
 def test_other_branches_events_and_bodies() -> None:
     other = json.dumps({"ref": "refs/heads/feature"}).encode()
     answer = judge(Provider.GITHUB, proof(Provider.GITHUB, other), other, SECRET, "refs/heads/main")
-    assert (answer.verdict, answer.status) == (Verdict.IGNORED, 202) and "refs/heads/feature" in answer.reason
+    assert (answer.verdict, answer.status) == (HookVerdict.IGNORED, 202) and "refs/heads/feature" in answer.reason
     # Following the default branch (no name to check): any push wakes the agent.
-    assert judge(Provider.GITHUB, proof(Provider.GITHUB, other), other, SECRET, None).verdict is Verdict.PUSH
+    assert judge(Provider.GITHUB, proof(Provider.GITHUB, other), other, SECRET, None).verdict is HookVerdict.PUSH
     ping = {**proof(Provider.GITHUB, PUSH), "x-github-event": "ping"}
-    assert judge(Provider.GITHUB, ping, PUSH, SECRET, "refs/heads/main").verdict is Verdict.IGNORED
+    assert judge(Provider.GITHUB, ping, PUSH, SECRET, "refs/heads/main").verdict is HookVerdict.IGNORED
     for body in (b"[1, 2]", b"{not json", json.dumps({"no": "ref"}).encode()):
         answer = judge(Provider.GITEA, proof(Provider.GITEA, body), body, SECRET, "refs/heads/main")
-        assert (answer.verdict, answer.status) == (Verdict.BAD, 400), body
+        assert (answer.verdict, answer.status) == (HookVerdict.BAD, 400), body
 
 
 def test_the_rate_limit_is_per_source_refills_and_forgets_the_oldest() -> None:
@@ -103,7 +103,7 @@ def a_listener(*, secret: bytes = SECRET, alive: bool = True) -> tuple[Listener,
     listener = Listener(
         "127.0.0.1:0",
         metrics=Metrics(),
-        health=lambda: Health(alive, 12.0, "the last pass ended 12s ago"),
+        health=lambda: AgentHealth(alive, 12.0, "the last pass ended 12s ago"),
         on_push=lambda: pushes.append("push"),
         on_refused=lambda key, message: refused.append(message) if message else None,
         secret=secret,
@@ -148,7 +148,7 @@ def test_without_a_secret_hooks_are_off_and_a_flood_is_429_and_a_big_body_413() 
 
 
 def test_the_agent_is_alive_while_its_passes_are_recent(tmp_path: Path) -> None:
-    agent = Agent(AgentSettings(settings=Settings(state_dir=tmp_path), interval=60.0), Events(stream=io.StringIO()))
+    agent = Agent(AgentSettings(settings=Settings(state_dir=tmp_path), interval=60.0), EventLog(stream=io.StringIO()))
     assert agent.health().alive and agent.health().last_pass_age is None  # just started
     now = agent.started_at
     agent.pass_started, agent.pass_ended = now - 200.0, now - 190.0
@@ -168,7 +168,11 @@ def test_the_agent_is_alive_while_its_passes_are_recent(tmp_path: Path) -> None:
 def test_a_signed_body_nested_too_deeply_is_a_bad_request() -> None:
     body = b"[" * 100_000
     answer = judge(Provider.GITHUB, proof(Provider.GITHUB, body), body, SECRET, "refs/heads/main")
-    assert (answer.verdict, answer.status, answer.reason) == (Verdict.BAD, 400, "the body is JSON nested too deeply")
+    assert (answer.verdict, answer.status, answer.reason) == (
+        HookVerdict.BAD,
+        400,
+        "the body is JSON nested too deeply",
+    )
 
 
 @contextmanager
@@ -236,7 +240,7 @@ def test_a_signed_body_nested_too_deeply_is_400_and_one_line_without_a_traceback
         for _ in range(2):
             status, _, answer = send(listener.port, "POST", "/hooks/gitea", body, headers_of_http(Provider.GITEA, body))
             assert status == 400 and json.loads(answer)["reason"] == "the body is JSON nested too deeply", answer
-    assert pushes == [] and len(refused) == 2  # the agent says it once per provider (Events.once)
+    assert pushes == [] and len(refused) == 2  # the agent says it once per provider (EventLog.once)
     assert refused[0] == "a gitea hook from 127.0.0.1: the body is JSON nested too deeply; not fetched"
     assert "Traceback" not in capfd.readouterr().err
 

@@ -51,7 +51,7 @@ from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
-from reconciler.core.webhooks import Provider, RateLimit, Verdict, judge
+from reconciler.core.webhooks import HookVerdict, Provider, RateLimit, judge
 from reconciler.errors import UserError
 from reconciler.telemetry.metrics import Metrics
 
@@ -70,7 +70,7 @@ _log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Health:
+class AgentHealth:
     alive: bool
     last_pass_age: float | None  # seconds; None before the first pass ended
     detail: str
@@ -85,7 +85,7 @@ class Listener:
         address: str,
         *,
         metrics: Metrics,
-        health: Callable[[], Health],
+        health: Callable[[], AgentHealth],
         on_push: Callable[[], None],
         on_refused: Callable[[str, str], None],
         secret: bytes = b"",
@@ -219,18 +219,18 @@ class Listener:
         answer = judge(provider, headers, body, self.secret, self.followed)
         # The proof first, then the rate: hooks that fail it have a bucket of their own, so that a stranger
         # behind the same address (a TLS proxy in front) cannot use up the real sender's.
-        trusted = answer.verdict is not Verdict.UNAUTHORIZED
+        trusted = answer.verdict is not HookVerdict.UNAUTHORIZED
         with self._limit_lock:
             allowed = self.limit.allow(("" if trusted else "unproven ") + source, self.clock())
         if not allowed:
             self.metrics.webhooks.labels(str(provider), "rate-limited").inc()
             return _json(start_response, 429, {"result": "rate-limited", "reason": "too many hooks; slow down"})
         self.metrics.webhooks.labels(str(provider), str(answer.verdict)).inc()
-        if answer.verdict in (Verdict.UNAUTHORIZED, Verdict.BAD):
+        if answer.verdict in (HookVerdict.UNAUTHORIZED, HookVerdict.BAD):
             self.on_refused(str(provider), f"a {provider} hook from {source}: {answer.reason}; not fetched")
         else:
             self.on_refused(str(provider), "")  # a good one: the next bad one is said again
-            if answer.verdict is Verdict.PUSH:
+            if answer.verdict is HookVerdict.PUSH:
                 self.on_push()
         return _answer(start_response, answer.status, answer.body, "application/json")
 

@@ -68,7 +68,7 @@ from reconciler.adapters.docker import connect
 from reconciler.adapters.git import Source, open_source
 from reconciler.adapters.protocols import DockerEngine
 from reconciler.agent.fallback import TrustFallback
-from reconciler.agent.listener import Health, Listener
+from reconciler.agent.listener import AgentHealth, Listener
 from reconciler.agent.promotion import StableClock
 from reconciler.agent.routes import follow_routes
 from reconciler.agent.wake import HookWake, Wakes, on_signals, watch_refs
@@ -84,7 +84,7 @@ from reconciler.converge.run import (
 )
 from reconciler.core import holdback
 from reconciler.core.events import Event
-from reconciler.core.holdback import Deployed, Notice, Say
+from reconciler.core.holdback import LastDeploy, Notice, Say
 from reconciler.core.model import AppSpec, DesiredState, ObservedState
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.report import Outcome, Result
@@ -104,7 +104,7 @@ from reconciler.state.journal import REFUSED, SUSPENDED, Journal, JournalResult
 from reconciler.state.lock import locked
 from reconciler.state.pidfile import PidFile
 from reconciler.telemetry import sdnotify
-from reconciler.telemetry.log import Events
+from reconciler.telemetry.log import EventLog
 from reconciler.telemetry.metrics import Metrics
 from reconciler.telemetry.notify import Notifier
 
@@ -150,7 +150,7 @@ class Agent:
     (``wakes``), the trust fallback (``fallback``) and the stable clock (``stable``) are records of their own."""
 
     config: AgentSettings
-    events: Events
+    events: EventLog
     on_step: Callable[[str, str], None] | None = None
     wakes: Wakes = field(default_factory=Wakes)
     stopping: bool = False
@@ -315,16 +315,16 @@ class Agent:
         listener.start()
         return listener
 
-    def health(self) -> Health:
+    def health(self) -> AgentHealth:
         """What /healthz says: ``liveness``, and not alive when the last ``FAILED_PASSES`` passes failed (the
         loop goes on, but nothing converges: a broken proxy, an engine away, a lock held)."""
         alive = self.liveness()
         if alive.alive and self.failed_passes >= FAILED_PASSES:
             detail = f"the last {self.failed_passes} passes failed: {self.pass_failure}"
-            return Health(False, alive.last_pass_age, detail, failing=True)
+            return AgentHealth(False, alive.last_pass_age, detail, failing=True)
         return alive
 
-    def liveness(self) -> Health:
+    def liveness(self) -> AgentHealth:
         """Whether the loop is alive: a pass ended recently, or the one under way has not run too long (what
         the systemd watchdog is fed on: a pass that fails is no reason to restart the agent)."""
         now = time.monotonic()
@@ -334,10 +334,10 @@ class Agent:
         if started is not None and (ended is None or started > ended):
             running = now - started
             # A pass gates deploys: as long as the file's longest gate allows, twice, and some.
-            return Health(running < max(limit, self.pass_cap), age, f"a pass has been running for {running:.0f}s")
+            return AgentHealth(running < max(limit, self.pass_cap), age, f"a pass has been running for {running:.0f}s")
         idle = now - self.loop_at
         detail = "no pass yet" if age is None else f"the last pass ended {age:.0f}s ago"
-        return Health(idle < limit, age, detail if idle < limit else f"the loop has not moved for {idle:.0f}s")
+        return AgentHealth(idle < limit, age, detail if idle < limit else f"the loop has not moved for {idle:.0f}s")
 
     # -- one pass ------------------------------------------------------------------------------------
 
@@ -664,11 +664,11 @@ class Agent:
         assert self.journal is not None
         if not any(outcome.release_failed for outcome in outcomes):
             return
-        latest: dict[str, Deployed] = {}
+        latest: dict[str, LastDeploy] = {}
         for outcome in outcomes:
             last = self.journal.last(outcome.app) if outcome.release_failed else None
             if last is not None:
-                latest[outcome.app] = Deployed(last.spec_hash, last.to_version)
+                latest[outcome.app] = LastDeploy(last.spec_hash, last.to_version)
         applied = self._applied(plan.actions if plan is not None else ())
         for failure in holdback.failures_of(outcomes, plan, revision=revision, applied=applied, latest=latest):
             self.journal.record_failure(
@@ -718,4 +718,4 @@ class Agent:
 def run_agent(
     config: AgentSettings, *, log_format: str = "text", on_step: Callable[[str, str], None] | None = None
 ) -> int:
-    return Agent(config, Events(fmt=log_format), on_step=on_step).run()
+    return Agent(config, EventLog(fmt=log_format), on_step=on_step).run()

@@ -29,14 +29,14 @@ from reconciler.deploy.applier import Applier
 from reconciler.errors import UserError
 from reconciler.ops.stable import concrete_version, hold, publish_stable, stable_source
 from reconciler.state.journal import Journal, JournalResult
-from reconciler.telemetry.log import Events
+from reconciler.telemetry.log import EventLog
 
 
 @dataclass
 class StableClock:
     """The apps on their way to stable (``core.stable.StableWatch`` each), and what to do when one is due."""
 
-    events: Events
+    events: EventLog
     publish: bool = False  # push the stable git tags and IMAGE:stable on promotion
     watching: dict[str, StableWatch] = field(default_factory=dict)
 

@@ -198,9 +198,9 @@ def check_signature(source: Source, revision: str, signed_by: str) -> None:
     from reconciler.trust import signatures
 
     found = signatures.verify(source.git_dir, revision, signatures.parse_rule(signed_by))
-    if found.verdict is signatures.Verdict.GOOD:
+    if found.verdict is signatures.SignatureVerdict.GOOD:
         return
-    if found.verdict is signatures.Verdict.UNSIGNED:
+    if found.verdict is signatures.SignatureVerdict.UNSIGNED:
         message = f"commit {revision[:8]} is not signed; not applied (--require-signed-by {signed_by})"
     else:
         key = f" (key {found.key})" if found.key else ""

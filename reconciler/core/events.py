@@ -1,7 +1,7 @@
 """The names of the agent's log lines: every event it can emit, and nothing else. Pure.
 
 Guarantees: the values are the names in the log (text and JSON) and never change, since people and
-their alerting match on them; an event is emitted only by its member (``telemetry.log.Events`` takes no
+their alerting match on them; an event is emitted only by its member (``telemetry.log.EventLog`` takes no
 other), so this list is the whole vocabulary. ``app.*`` names what one app's pass skipped or noted, after its
 ``ActionKind`` (conflict, error, remove) or its ``Note.kind`` (``Event.of_app``).
 """

@@ -64,7 +64,7 @@ class Notice:
 
 
 @dataclass(frozen=True)
-class Deployed:
+class LastDeploy:
     """An app's newest deploy row, whatever its result: the release a late verdict was given on."""
 
     spec_hash: str
@@ -217,7 +217,7 @@ def failures_of(
     *,
     revision: str,
     applied: Mapping[str, str],
-    latest: Mapping[str, Deployed],
+    latest: Mapping[str, LastDeploy],
 ) -> list[Failure]:
     """The failures to record when releases of ``outcomes`` failed: the culprits, and every other new release
     of ``plan`` (its companions: rolled back or never tried). A culprit with no action in the plan (a late

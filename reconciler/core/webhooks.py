@@ -6,7 +6,7 @@ Guarantees:
   ``X-Gitlab-Token`` (the secret itself). Every comparison is constant-time (``hmac.compare_digest``),
   and nothing is parsed before the proof holds: an unauthenticated body is never read as JSON. An
   authentic body that is not a JSON object with a ``ref`` (or nests too deeply to parse) is ``400``.
-- An authentic push to the followed branch is ``Verdict.PUSH`` (the agent fetches and runs a pass at
+- An authentic push to the followed branch is ``HookVerdict.PUSH`` (the agent fetches and runs a pass at
   once); any other authentic hook (a ping, another event, another branch) is acknowledged and ignored.
 - ``RateLimit`` is a token bucket per source, its clock passed in: a flood is answered ``429`` and never
   queued; its memory is bounded (``max_sources``; the oldest source is forgotten first).
@@ -30,7 +30,7 @@ class Provider(StrEnum):
     GITEA = "gitea"
 
 
-class Verdict(StrEnum):
+class HookVerdict(StrEnum):
     PUSH = "push"  # authentic, a push to the followed branch: fetch and converge now
     IGNORED = "ignored"  # authentic, but not a push to the followed branch
     UNAUTHORIZED = "unauthorized"  # the proof is missing or wrong
@@ -39,7 +39,7 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True)
 class Answer:
-    verdict: Verdict
+    verdict: HookVerdict
     status: int
     reason: str
     ref: str = ""  # the pushed ref, when the hook names one
@@ -78,25 +78,25 @@ def judge(provider: Provider, headers: Mapping[str, str], body: bytes, secret: b
     follows the repository's default branch, whose name the hook cannot be checked against: any push
     then wakes the agent, and the fetch finds whether its branch moved."""
     if not secret or not authentic(provider, headers, body, secret):
-        return Answer(Verdict.UNAUTHORIZED, 401, "the signature or token does not match the shared secret")
+        return Answer(HookVerdict.UNAUTHORIZED, 401, "the signature or token does not match the shared secret")
     header, push = _EVENT[provider]
     event = headers.get(header, "")
     if event != push:
-        return Answer(Verdict.IGNORED, 202, f"{event or 'an event'} is not a push: ignored")
+        return Answer(HookVerdict.IGNORED, 202, f"{event or 'an event'} is not a push: ignored")
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return Answer(Verdict.BAD, 400, "the body is not JSON")
+        return Answer(HookVerdict.BAD, 400, "the body is not JSON")
     except RecursionError:  # a signed body of 100,000 nested brackets: no hook nests that deep
-        return Answer(Verdict.BAD, 400, "the body is JSON nested too deeply")
+        return Answer(HookVerdict.BAD, 400, "the body is JSON nested too deeply")
     if not isinstance(payload, dict):
-        return Answer(Verdict.BAD, 400, "the body is not a JSON object")
+        return Answer(HookVerdict.BAD, 400, "the body is not a JSON object")
     ref = payload.get("ref")
     if not isinstance(ref, str):
-        return Answer(Verdict.BAD, 400, "a push without a ref")
+        return Answer(HookVerdict.BAD, 400, "a push without a ref")
     if followed is not None and ref != followed:
-        return Answer(Verdict.IGNORED, 202, f"a push to {ref}, not to {followed}: ignored", ref)
-    return Answer(Verdict.PUSH, 202, f"a push to {ref}: fetching", ref)
+        return Answer(HookVerdict.IGNORED, 202, f"a push to {ref}, not to {followed}: ignored", ref)
+    return Answer(HookVerdict.PUSH, 202, f"a push to {ref}: fetching", ref)
 
 
 class RateLimit:

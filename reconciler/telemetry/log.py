@@ -24,7 +24,7 @@ from reconciler.core.events import Event
 from reconciler.telemetry import scrub
 
 
-class Events:
+class EventLog:
     def __init__(self, *, fmt: str = "text", stream: TextIO | None = None) -> None:
         self.fmt = fmt
         self.stream = stream if stream is not None else sys.stderr

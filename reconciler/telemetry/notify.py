@@ -4,7 +4,7 @@ Guarantees:
 - Only the events in ``NOTIFIED`` (a deploy failed, rolled back or held; a release promoted to stable;
   drift seen with self-heal off; the remote or the engine unreachable and recovered; a commit refused by
   its signature) are sent, and only when the agent emits them: the agent logs each condition once
-  (``Events.once``), so a notification is sent on a change, never every pass.
+  (``EventLog.once``), so a notification is sent on a change, never every pass.
 - ``Notifier(...)`` is the call the agent makes for every event it emits: it never blocks and never
   raises. Each target has its own daemon thread and its own bounded queue; a full queue drops its
   oldest notification (counted in ``dropped``), so a target that hangs or fails delays neither a

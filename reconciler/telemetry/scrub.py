@@ -6,7 +6,7 @@ Guarantees:
   password of every URL (``scheme://user:***@host``), wherever the text came from (an engine's error
   that echoes a container's environment, a probe's detail, a validation message). Occurrences of
   remembered values that overlap are masked together, as one ``***``.
-- The boundaries call it: the CLI's streams, ``Events.emit``, the journal's writes. Values shorter than
+- The boundaries call it: the CLI's streams, ``EventLog.emit``, the journal's writes. Values shorter than
   ``MIN_SECRET`` characters are scrubbed only as ``KEY=VALUE`` (a ``1`` or an ``on`` cannot be told
   apart from the rest of a message).
 - Its time grows with the text, not with the text times the number of remembered values: the values

@@ -94,7 +94,7 @@ class SignatureRule:
         return f"{self.kind}:{self.path}"
 
 
-class Verdict(StrEnum):
+class SignatureVerdict(StrEnum):
     GOOD = "good"
     UNSIGNED = "unsigned"
     BAD = "bad-signature"  # a key not allowed, a signature that does not verify, an expired or revoked key
@@ -109,7 +109,7 @@ class Verification:
     neither git nor gpg named one. ``detail``: one line, why."""
 
     commit: str
-    verdict: Verdict
+    verdict: SignatureVerdict
     key: str
     detail: str
 
@@ -185,14 +185,14 @@ def verify(repo_path: str | Path, commit: str, rule: SignatureRule, *, timeout: 
 
     signature = _signature(raw.stdout, sha)
     if signature is None:
-        return Verification(sha, Verdict.UNSIGNED, "", f"commit {sha[:8]} is not signed")
+        return Verification(sha, SignatureVerdict.UNSIGNED, "", f"commit {sha[:8]} is not signed")
     armor = signature.splitlines()[0].strip() if signature.strip() else ""
     kind = _ARMOR.get(armor, "")
     if kind != rule.kind:
         # git would hand it to another verifier than the rule names, with the user's config for it.
         what = _KIND_NAME.get(kind, "an unknown kind of")
         return Verification(
-            sha, Verdict.BAD, "", f"commit {sha[:8]} carries {what} signature; {rule} wants {rule.kind}"
+            sha, SignatureVerdict.BAD, "", f"commit {sha[:8]} carries {what} signature; {rule} wants {rule.kind}"
         )
 
     if rule.kind == "ssh":
@@ -235,26 +235,34 @@ def _verify_ssh(run: _Runner, sha: str, rule: SignatureRule, signature: str) -> 
         # git checked valid-before/valid-after against the committer date, which the signer chose.
         stale = run.ssh_principals_now(signature, rule.path, principal)
         if stale is not None:
-            return Verification(sha, Verdict.BAD, key, f"signed by {principal} ({good['type']} key {fpr}): {stale}")
-        return Verification(sha, Verdict.GOOD, key, f"good signature by {principal} ({good['type']} key {fpr})")
+            return Verification(
+                sha, SignatureVerdict.BAD, key, f"signed by {principal} ({good['type']} key {fpr}): {stale}"
+            )
+        return Verification(
+            sha, SignatureVerdict.GOOD, key, f"good signature by {principal} ({good['type']} key {fpr})"
+        )
     # ssh-keygen prints "Good … with KEY" (check-novalidate) before it says no principal matched: the
     # signature is intact, but its key is not allowed; "Good" on its own means nothing here.
     fpr = anon["fpr"] if anon else (good["fpr"] if good else "")
     signer = f"{anon['type']} key {fpr}" if anon else f"key {fpr}" if fpr else "a key"
     for line in lines:
         if expired := _SSH_EXPIRED.search(line):
-            return Verification(sha, Verdict.BAD, fpr, f"signed by {signer}, expired in {rule.path} ({expired[0]})")
+            return Verification(
+                sha, SignatureVerdict.BAD, fpr, f"signed by {signer}, expired in {rule.path} ({expired[0]})"
+            )
         if early := _SSH_NOT_YET.search(line):
-            return Verification(sha, Verdict.BAD, fpr, f"signed by {signer}, not yet valid in {rule.path} ({early[0]})")
+            return Verification(
+                sha, SignatureVerdict.BAD, fpr, f"signed by {signer}, not yet valid in {rule.path} ({early[0]})"
+            )
     if any("incorrect signature" in line or "Could not verify signature" in line for line in lines):
-        return Verification(sha, Verdict.BAD, fpr, f"the ssh signature does not match commit {sha[:8]}")
+        return Verification(sha, SignatureVerdict.BAD, fpr, f"the ssh signature does not match commit {sha[:8]}")
     if any("No principal matched" in line for line in lines):
-        return Verification(sha, Verdict.BAD, fpr, f"signed by {signer}, which {rule.path} does not allow")
+        return Verification(sha, SignatureVerdict.BAD, fpr, f"signed by {signer}, which {rule.path} does not allow")
     why = (
         next((line for line in lines if not line.startswith("Good ")), "")
         or f"git verify-commit exited {done.returncode}"
     )
-    return Verification(sha, Verdict.BAD, fpr, f"the ssh signature of commit {sha[:8]} is not good: {why}")
+    return Verification(sha, SignatureVerdict.BAD, fpr, f"the ssh signature of commit {sha[:8]} is not good: {why}")
 
 
 def _verify_gpg(run: _Runner, sha: str, rule: SignatureRule) -> Verification:
@@ -291,25 +299,29 @@ def _verify_gpg(run: _Runner, sha: str, rule: SignatureRule) -> Verification:
     signer = f"{who} (key {key})" if who else f"key {key}" if key else "an unknown key"
 
     if "BADSIG" in status:
-        return Verification(sha, Verdict.BAD, key, f"the signature by {signer} does not match commit {sha[:8]}")
+        return Verification(
+            sha, SignatureVerdict.BAD, key, f"the signature by {signer} does not match commit {sha[:8]}"
+        )
     if "EXPKEYSIG" in status:
-        return Verification(sha, Verdict.BAD, key, f"signed by {signer}, which has expired")
+        return Verification(sha, SignatureVerdict.BAD, key, f"signed by {signer}, which has expired")
     if "REVKEYSIG" in status:
-        return Verification(sha, Verdict.BAD, key, f"signed by {signer}, which has been revoked")
+        return Verification(sha, SignatureVerdict.BAD, key, f"signed by {signer}, which has been revoked")
     if "EXPSIG" in status:
-        return Verification(sha, Verdict.BAD, key, f"the signature by {signer} has expired")
+        return Verification(sha, SignatureVerdict.BAD, key, f"the signature by {signer} has expired")
     if errsig:
         if "NO_PUBKEY" in status or (len(errsig) >= 6 and errsig[5] == "9"):
-            return Verification(sha, Verdict.BAD, key, f"signed by {signer}, which is not in keyring {rule.path}")
+            return Verification(
+                sha, SignatureVerdict.BAD, key, f"signed by {signer}, which is not in keyring {rule.path}"
+            )
         code = errsig[5] if len(errsig) >= 6 else "?"
         return Verification(
-            sha, Verdict.BAD, key, f"the signature by {signer} cannot be checked (gpg ERRSIG code {code})"
+            sha, SignatureVerdict.BAD, key, f"the signature by {signer} cannot be checked (gpg ERRSIG code {code})"
         )
     if done.returncode == 0 and "GOODSIG" in status and valid:
-        return Verification(sha, Verdict.GOOD, key, f"good signature by {signer}")
+        return Verification(sha, SignatureVerdict.GOOD, key, f"good signature by {signer}")
     why = next((line for line in lines if not line.startswith("[GNUPG:]")), "")
     why = why or f"git verify-commit exited {done.returncode}"
-    return Verification(sha, Verdict.BAD, key, f"the OpenPGP signature of commit {sha[:8]} is not good: {why}")
+    return Verification(sha, SignatureVerdict.BAD, key, f"the OpenPGP signature of commit {sha[:8]} is not good: {why}")
 
 
 def _raise_when_not_run(lines: list[str], sha: str) -> None:
