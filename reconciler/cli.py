@@ -13,6 +13,7 @@ import copy
 import functools
 import inspect
 import json
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -925,8 +926,6 @@ def schema() -> None:
 
 
 def main() -> None:
-    import os
-
     from reconciler.telemetry.scrub import ScrubbedStream
 
     # The one boundary every line we print crosses: no env value or URL password gets past it.
@@ -940,9 +939,21 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("RECONCILE_DEBUG"):
             raise
-        typer.echo(
-            f"internal error: {type(exc).__name__}: {exc} (a bug in reconciler: rerun with RECONCILE_DEBUG=1 "
-            "for the traceback, and report it)",
-            err=True,
-        )
+        typer.echo(f"internal error: {type(exc).__name__}: {exc} (a bug in reconciler: {_crash_file(exc)}; "
+                   "report it)", err=True)  # fmt: skip
         sys.exit(1)
+
+
+def _crash_file(exc: BaseException) -> str:
+    """Where the traceback of a bug went: a private folder of this user's under the temp directory (the
+    command's own state directory may be what failed)."""
+    import tempfile
+
+    from reconciler.state.crash import keep_traceback
+
+    folder = Path(tempfile.gettempdir()) / f"reconcile-crashes-{os.geteuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+    except OSError as error:
+        return f"no traceback kept ({error.strerror or error}); RECONCILE_DEBUG=1 prints it"
+    return keep_traceback(exc, folder)

@@ -7,11 +7,14 @@ use are in tests/support/state.py).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
 
 from tests.support import AppNames, ImageFactory, Registry, cli_env, free_port
 from tests.support.state import FILE, Site, app_yaml, body, cli, desired, inspect, is_running, must_inspect, show
@@ -257,3 +260,28 @@ def test_a_state_dir_that_is_a_regular_file_is_one_line_and_no_internal_error(
     assert len(stderr_lines(result)) == 1, show(result)
     assert str(not_a_dir) in result.stderr, show(result)
     assert not_a_dir.read_text() == "I am a file\n"
+
+
+def test_a_bug_in_the_cli_is_one_line_that_says_where_its_traceback_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tempfile
+
+    from reconciler import cli as the_cli
+
+    def broken(**_: object) -> None:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(the_cli, "app", broken)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.delenv("RECONCILE_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "stdout", sys.stdout)
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    with pytest.raises(SystemExit) as exited:
+        the_cli.main()
+    assert exited.value.code == 1
+    said = capsys.readouterr().err
+    assert said.startswith("internal error: ZeroDivisionError: division by zero (a bug in reconciler: traceback in ")
+    (kept,) = (tmp_path / f"reconcile-crashes-{os.geteuid()}").glob("crash-*.txt")
+    assert str(kept) in said and "Traceback" not in said
+    assert "ZeroDivisionError" in kept.read_text() and "in broken" in kept.read_text()
