@@ -1,6 +1,7 @@
 """Fixtures over real parts: the Docker engine, images, registries, git repositories.
 
-Nothing here fakes anything (DESIGN.md, "Real parts in tests"):
+Nothing here fakes anything (DESIGN.md, "Tests"; the in-memory engine for the fast tests is
+`tests/support/fake_engine.py`, used only where a test asks for it):
 
 - `docker_client` (session): a client to the local engine. No engine: the test FAILS, it never
   skips. At session end it removes everything this run made (see `run_prefix`).

@@ -6,7 +6,7 @@ tests/test_agent_engine_restart.py and tests/test_release.py.
 Guarantees:
 - `app_yaml` returns one app entry of desired-state.yaml (`FILE`), indented under `apps:`: the
   image, version, `ports: ["127.0.0.1:PORT:8000"]`, `init: true` and `stop_timeout: 2s` (busybox
-  as PID 1 ignores SIGTERM, DESIGN.md), then `env` when given, then an HTTP gate on
+  as PID 1 ignores SIGTERM), then `env` when given, then an HTTP gate on
   GET http://127.0.0.1:PORT/health probed every 200ms, passing after `healthy_for` of good probes
   and failing after `timeout`, then `stable_after` when given. The text depends only on the
   arguments; `desired(*apps)` joins entries into a whole file (`apps: {}` when there are none).
