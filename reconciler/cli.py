@@ -717,25 +717,15 @@ BranchOpt = Annotated[
 
 
 def _source_for_writing(ctx: typer.Context, repo: str | None) -> Any:
-    """The repository to commit to; with --require-signed-by or --policy, its tip must pass them first: a
-    commit of ours signed on top of an untrusted tip would carry that tip's file in."""
-    from reconciler.converge.run import ALL_HOSTS, Trust, desired_at
-    from reconciler.errors import CommitRefused, UserError
-    from reconciler.ops import edits
+    """The repository to commit to, its tip checked against --require-signed-by and --policy first."""
+    from reconciler.ops import rollback as rolling
 
-    source = _guarded(lambda: edits.open_for_writing(_option(ctx, "repo", repo)))
-    policy, signed_by = _option(ctx, "policy", None), _option(ctx, "require_signed_by", None)
-
-    def trusted() -> None:
-        try:
-            desired_at(source, "HEAD", source.resolve("HEAD"), _option(ctx, "file", None),
-                       Trust(policy=policy, signed_by=signed_by, host=ALL_HOSTS))  # fmt: skip
-        except CommitRefused as exc:
-            raise UserError(f"{exc}; no commit is built on it here") from None
-
-    if policy is not None or signed_by is not None:
-        _guarded(trusted)
-    return source
+    return _guarded(
+        lambda: rolling.open_for_writing(
+            repo=_option(ctx, "repo", repo), file=_option(ctx, "file", None),
+            policy=_option(ctx, "policy", None), signed_by=_option(ctx, "require_signed_by", None),
+        )
+    )  # fmt: skip
 
 
 def _written(committed: Any) -> None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from reconciler.adapters.git import Source
-from reconciler.converge.run import Settings
+from reconciler.converge.run import ALL_HOSTS, Settings, Trust, desired_at
 from reconciler.core.model import DesiredState
-from reconciler.errors import Refused
+from reconciler.errors import CommitRefused, Refused, UserError
 from reconciler.ops import edits
 from reconciler.state.journal import Journal
 
@@ -45,6 +46,19 @@ def _apps(desired: DesiredState, file: str, names: list[str]) -> None:
     for name in names:
         if name not in desired.apps:
             raise Refused(f"{name}: no such app in {file} (apps: {', '.join(sorted(desired.apps))})")
+
+
+def open_for_writing(*, repo: str, file: str, policy: Path | None, signed_by: str | None) -> Source:
+    """The clone at ``repo``, to commit to. With a signer rule or a policy, its tip must pass them first: a
+    commit of ours signed on top of an untrusted tip would carry that tip's file in."""
+    source = edits.open_for_writing(repo)
+    if policy is not None or signed_by is not None:
+        try:
+            desired_at(source, "HEAD", source.resolve("HEAD"), file,
+                       Trust(policy=policy, signed_by=signed_by, host=ALL_HOSTS))  # fmt: skip
+        except CommitRefused as exc:
+            raise UserError(f"{exc}; no commit is built on it here") from None
+    return source
 
 
 def choices(*, source: Source, settings: Settings, app: str) -> tuple[DesiredState, edits.Choices]:
