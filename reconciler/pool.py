@@ -3,9 +3,9 @@
 Guarantees:
 - ``run_all`` gives the tasks' results in their order. The first exception a task raises starts no
   further task, and is raised in the caller's thread once the tasks under way have ended (a task never
-  started gives None). Ctrl-C while it waits: with ``on_interrupt`` that is called (the tasks under way
-  stop at their next look) and the running tasks are still waited for; without it, no further task
-  starts and ``KeyboardInterrupt`` is raised once the running ones end.
+  started gives None). Ctrl-C while it waits: with ``on_interrupt`` that is called and every task is
+  still run and waited for (each sees the caller's own stop and says where it stopped); without it, no
+  further task starts and ``KeyboardInterrupt`` is raised once the running ones end.
 - ``ask_all`` asks every key, at most ``parallel`` at once; each is waited for at most ``timeout``
   seconds from its own start. One past its time gives ``LATE`` and its slot up, so the keys after it
   are not held up (its thread is a daemon: a hung login does not keep the process alive). An exception
@@ -64,10 +64,10 @@ def run_all(
         try:
             concurrent.futures.wait(futures)
         except KeyboardInterrupt:
-            stop.set()
             if on_interrupt is None:
+                stop.set()
                 raise  # ``shutdown`` below still waits for the tasks under way
-            on_interrupt()
+            on_interrupt()  # every task still runs, and sees the caller's own stop: each says where it stopped
             concurrent.futures.wait(futures)
     finally:
         pool.shutdown(wait=True)

@@ -61,3 +61,35 @@ def test_a_late_key_gives_its_slot_up_and_the_others_answer() -> None:
     assert answers["hangs"] is pool.LATE
     assert isinstance(answers["breaks"], ValueError)
     assert took < 2  # one slot: "d" did not wait for "hangs" to end
+
+
+def test_ctrl_c_with_on_interrupt_still_runs_every_task_which_sees_the_callers_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import concurrent.futures
+
+    stop = threading.Event()
+    real_wait = concurrent.futures.wait
+    calls = {"n": 0}
+
+    def interrupted_once(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        return real_wait(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(concurrent.futures, "wait", interrupted_once)
+    tasks = [lambda i=i: "not started" if stop.is_set() else f"ran {i}" for i in range(3)]
+    gate = threading.Event()
+
+    def first() -> str:
+        gate.wait(1)
+        return "ran 0"
+
+    def ctrl_c() -> None:
+        stop.set()
+        gate.set()
+
+    results = pool.run_all([first, *tasks[1:]], parallel=1, name="t", on_interrupt=ctrl_c)
+    assert results[0] == "ran 0"
+    assert results[1:] == ["not started", "not started"]  # run, and each said where it stopped
