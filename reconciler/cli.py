@@ -705,8 +705,9 @@ def retry(
     from reconciler.ops import controls
 
     pid = _guarded(lambda: controls.retry(state_dir=_option(ctx, "state_dir", state_dir), app=app_name))
-    typer.echo(f"{app_name}: failed release forgotten; " + (f"agent (pid {pid}) asked for a pass now"
-               if pid else "the next reconcile or agent pass tries it again"))  # fmt: skip
+    from reconciler.core.report import retried_line
+
+    typer.echo(retried_line(app_name, pid))
 
 
 PushOpt = Annotated[bool, typer.Option("--push", help="Push the commit to the branch's remote.")]
@@ -771,10 +772,9 @@ def rollback(
             _fail("--local swaps APP back to its kept previous container: reconcile rollback APP --local")
         text, version = _guarded(lambda: breakglass.swap_back(settings, app_name))
         typer.echo(text)
-        typer.echo(
-            f"!! the agent is suspended and the host differs from git. Make git match with "
-            f"`reconcile rollback {app_name} --to {version} --push` (or a commit of your own), then `reconcile resume`."
-        )
+        from reconciler.core.report import swapped_back_warning
+
+        typer.echo(swapped_back_warning(app_name, version))
         return
     if app_name is None and to is None:
         _fail("name an app (reconcile rollback APP) or roll every app back with --to stable|previous")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from reconciler.core import fleet_report
 from reconciler.core.fleet import AppOnHost, HostAnswer, HostPush, Pushed, Running, Unanswered
-from reconciler.core.report import choices_lines, history_line, written_line
+from reconciler.core.report import choices_lines, history_line, retried_line, swapped_back_warning, written_line
 
 
 def test_a_fleet_status_is_a_table_with_drift_marked_and_a_count_of_converged_hosts() -> None:
@@ -91,3 +91,15 @@ def test_rollback_choices_and_a_commit_line() -> None:
     assert written_line("a" * 40, "main", "", False, "rollback web v3 -> v2") == (
         "committed aaaaaaaa on main: rollback web v3 -> v2; not pushed (--push to push it)"
     )
+
+
+def test_a_retry_says_who_tries_the_release_again() -> None:
+    assert retried_line("web", 4242) == "web: failed release forgotten; agent (pid 4242) asked for a pass now"
+    assert retried_line("web", None) == "web: failed release forgotten; the next reconcile or agent pass tries it again"
+
+
+def test_a_local_swap_back_says_how_to_make_git_match() -> None:
+    warning = swapped_back_warning("web", "1.2")
+    assert warning.startswith("!! the agent is suspended and the host differs from git.")
+    assert "`reconcile rollback web --to 1.2 --push`" in warning
+    assert warning.endswith("then `reconcile resume`.")

@@ -243,3 +243,17 @@ def written_line(revision: str, branch: str, pushed_to: str, retried: bool, mess
     where = f"pushed to {pushed_to}" if pushed_to else "not pushed (--push to push it)"
     again = " after the remote moved (edit re-applied on its tip)" if retried else ""
     return f"committed {revision[:8]} on {branch}: {message}; {where}{again}"
+
+
+def retried_line(app: str, pid: int | None) -> str:
+    """``reconcile retry APP``: the failed release is forgotten, and who tries it again (a running agent, asked now)."""
+    then = f"agent (pid {pid}) asked for a pass now" if pid else "the next reconcile or agent pass tries it again"
+    return f"{app}: failed release forgotten; {then}"
+
+
+def swapped_back_warning(app: str, version: str) -> str:
+    """``reconcile rollback APP --local``: the host now differs from git, and how to make git match."""
+    return (
+        "!! the agent is suspended and the host differs from git. Make git match with "
+        f"`reconcile rollback {app} --to {version} --push` (or a commit of your own), then `reconcile resume`."
+    )
