@@ -285,3 +285,18 @@ def test_a_bug_in_the_cli_is_one_line_that_says_where_its_traceback_is(
     (kept,) = (tmp_path / f"reconcile-crashes-{os.geteuid()}").glob("crash-*.txt")
     assert str(kept) in said and "Traceback" not in said
     assert "ZeroDivisionError" in kept.read_text() and "in broken" in kept.read_text()
+
+
+def test_the_collector_is_on_again_after_a_command_ran_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from reconciler import cli as the_cli
+
+    monkeypatch.setattr(sys, "argv", ["reconcile", "--help"])
+    monkeypatch.setattr(sys, "stdout", sys.stdout)
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    with pytest.raises(SystemExit):
+        the_cli.main()
+    assert gc.isenabled()
+    ran = the_cli._guarded(lambda: gc.isenabled())  # a command's work runs with the collector on
+    assert ran and gc.isenabled()
