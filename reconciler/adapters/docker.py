@@ -37,9 +37,8 @@ import requests.exceptions
 import urllib3.exceptions
 
 from reconciler.adapters.envfile import EnvFiles
+from reconciler.core import guard, swarm
 from reconciler.core import images as image_match
-from reconciler.core import swarm
-from reconciler.core.guard import HostUse, PolicyViolation, bind_source, real_binds, real_violation
 from reconciler.core.labels import (
     INSTANCE,
     LABEL,
@@ -130,16 +129,7 @@ class Engine:
         What no check here can close: a folder on that path that a running container can write may be
         swapped for a link after this check, before Docker mounts it at the start (or at a restart of its
         own); the window is a create and a start, and the next pass refuses the commit."""
-        if limits is None or limits.volumes is None:
-            return list(volumes)
-        held = [HostUse(("volumes", index), source, "volumes") for index, volume in enumerate(volumes)
-                if (source := bind_source(volume)) is not None]  # fmt: skip
-        real_of, unknown = self.real_paths([*(host.written for host in held), *limits.volumes])
-        found = [real_violation(host, limits, real_of, unknown) for host in held]
-        refused = [f"{what}: {violation.message}" for violation in found if violation is not None]
-        if refused:
-            raise PolicyViolation(refused)
-        return real_binds(volumes, real_of)
+        return guard.held_binds(what, volumes, limits, self.real_paths)
 
     @property
     def local(self) -> bool:

@@ -55,7 +55,7 @@ from __future__ import annotations
 import ipaddress
 import posixpath
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -516,3 +516,24 @@ def validate_policy(data: Any, positions: Positions, *, filename: str) -> Server
             where = positions.of(path, key=error["type"] == "extra_forbidden")
             found.append((where, f"{filename}:{where[0]}:{where[1]}: {dotted(path)}: {_message(error, path)}"))
         raise InvalidPolicy(list(dict.fromkeys(text for _, text in sorted(found)))) from None
+
+
+def held_binds(
+    what: str,
+    volumes: Sequence[str],
+    limits: HostLimits | None,
+    real_paths: Callable[[Sequence[str]], tuple[dict[str, str | None], str]],
+) -> list[str]:
+    """``volumes`` with each host path as ``real_paths`` resolved it, once every one was checked against
+    ``limits``: ``PolicyViolation`` (each line prefixed by ``what``) when one leads out of them. The engine
+    adapter and the tests' in-memory engine differ only in how a path is resolved."""
+    if limits is None or limits.volumes is None:
+        return list(volumes)
+    held = [HostUse(("volumes", index), source, "volumes") for index, volume in enumerate(volumes)
+            if (source := bind_source(volume)) is not None]  # fmt: skip
+    real_of, unknown = real_paths([*(host.written for host in held), *limits.volumes])
+    found = [real_violation(host, limits, real_of, unknown) for host in held]
+    refused = [f"{what}: {violation.message}" for violation in found if violation is not None]
+    if refused:
+        raise PolicyViolation(refused)
+    return real_binds(volumes, real_of)

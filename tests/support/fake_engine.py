@@ -32,8 +32,8 @@ from typing import Any, TypeVar
 
 from reconciler.adapters.envfile import EnvFiles
 from reconciler.adapters.protocols import DockerEngine
+from reconciler.core import guard
 from reconciler.core import images as image_match
-from reconciler.core.guard import HostUse, PolicyViolation, bind_source, real_binds, real_violation
 from reconciler.core.labels import (
     Inspected,
     inspected_from,
@@ -252,16 +252,7 @@ class FakeEngine:
         return {path: path for path in paths}, ""
 
     def held_binds(self, what: str, volumes: Sequence[str], limits: HostLimits | None) -> list[str]:
-        if limits is None or limits.volumes is None:
-            return list(volumes)
-        held = [HostUse(("volumes", index), source, "volumes") for index, volume in enumerate(volumes)
-                if (source := bind_source(volume)) is not None]  # fmt: skip
-        real_of, unknown = self.real_paths([*(host.written for host in held), *limits.volumes])
-        found = [real_violation(host, limits, real_of, unknown) for host in held]
-        refused = [f"{what}: {violation.message}" for violation in found if violation is not None]
-        if refused:
-            raise PolicyViolation(refused)
-        return real_binds(volumes, real_of)
+        return guard.held_binds(what, volumes, limits, self.real_paths)
 
     def observe(self) -> ObservedState:
         with self._lock:
