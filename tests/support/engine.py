@@ -148,7 +148,8 @@ class AppNames:
 
     `names("web")` -> "<prefix>-web-<n>" (n counts across the session, so no two tests share a
     name). `cleanup()` force-removes `{app}`, `{app}.prev`, `{app}.next` (and any other
-    `{app}.*`) and volumes named `{app}` or `{app}-*`, for every name handed out.
+    `{app}.*`), volumes named `{app}` or `{app}-*` and networks named `*_{app}` (a network of that name in
+    the file), for every name handed out.
     """
 
     _counter = itertools.count(1)
@@ -190,4 +191,12 @@ class AppNames:
                 vname = volume.get("Name", "")
                 if vname == app or vname.startswith(app + "-"):
                     errors += _remove(f"volume {vname}", self.client.api.remove_volume, vname, force=True)
+            try:  # a network named after it in the file: reconciler_NAME (or reconciler-INSTANCE_NAME)
+                networks = self.client.api.networks()
+            except Exception as exc:
+                errors.append(f"listing networks: {exc}")
+                networks = []
+            for network in networks:
+                if str(network.get("Name", "")).endswith("_" + app):
+                    errors += _remove(f"network {network['Name']}", self.client.api.remove_network, network["Id"])
         return errors
