@@ -643,7 +643,7 @@ def agent(
     """Follow a branch and keep this host converged to it: health-gated deploys, automatic rollback,
     self-heal, promotion to stable. SIGHUP: a pass now. SIGTERM: finish the step, exit 0."""
     from reconciler.agent.loop import AgentSettings, run_agent
-    from reconciler.core.model import parse_duration
+    from reconciler.core.fields import parse_duration
 
     try:
         every = parse_duration(interval)

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from reconciler.adapters.yamlfile import parse_yaml
-from reconciler.core import schema
+from reconciler.core import model, schema
 from reconciler.core.desired import load_desired
-from reconciler.core.model import DURATION_LIMITS, DURATION_PATTERN, parse_duration
+from reconciler.core.fields import DURATION_LIMITS, DURATION_PATTERN, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = ROOT / schema.SCHEMA_PATH
@@ -50,8 +50,8 @@ def test_the_schema_is_as_strict_as_the_models() -> None:
     assert data["required"] == ["apps"]
     for node in (data, app, probe, route, proxy, tls):
         assert node["additionalProperties"] is False
-    assert set(data["properties"]) == {"apps", "proxy", "hosts"}
-    assert set(route["properties"]) == {"hosts", "path_prefix", "port", "drain", "keep_warm"}
+    assert set(data["properties"]) == {"apps", "proxy", "hosts", "networks"}
+    assert set(route["properties"]) == {"hosts", "path_prefix", "port", "drain", "keep_warm", "shared_volumes"}
     assert route["required"] == ["port"]
     assert set(proxy["properties"]) == {"listen", "image", "version", "tls"}
     assert set(tls["properties"]) == {"certs", "ports"}
@@ -74,6 +74,8 @@ def test_the_schema_is_as_strict_as_the_models() -> None:
         "canary",
         "replicas",
         "update",
+        *model.CONTAINER_ONLY,
+        "depends_on",
     }
     assert set(probe["properties"]) == {"http", "tcp", "exec", "docker", "interval", "timeout", "healthy_for"}
     durations = [app["properties"][k] for k in ("stop_timeout", "stable_after")]
@@ -87,8 +89,13 @@ def test_every_duration_in_the_schema_states_its_bounds() -> None:
     data = checked_in_schema()
     app, probe = data["$defs"]["AppSpec"]["properties"], data["$defs"]["HealthSpec"]["properties"]
     route, update = data["$defs"]["RouteSpec"]["properties"], data["$defs"]["UpdateSpec"]["properties"]
+    release = data["$defs"]["ReleaseSpec"]["properties"]
     described = {
-        name: (app.get(name) or probe.get(name) or route.get(name) or update[name])["description"]
+        name: (
+            release["timeout"]
+            if name == "release"
+            else app.get(name) or probe.get(name) or route.get(name) or update[name]
+        )["description"]
         for name in DURATION_LIMITS
     }
     assert described == {
@@ -101,6 +108,7 @@ def test_every_duration_in_the_schema_states_its_bounds() -> None:
         "keep_warm": "the previous release stays running, out of rotation, this long (a rollback is then a switch);"
         " default: the app's stable_after; 0s stops it after drain; at most 720h",
         "delay": "between batches; at most 1h",
+        "release": "killed past this: the deploy failed; 1s to 24h",
     }
 
 

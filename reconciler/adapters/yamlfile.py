@@ -48,7 +48,7 @@ from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scanner import Scanner, ScannerError
 
 from reconciler.core.desired import Path, Positions, dotted
-from reconciler.core.model import QUOTED_CUT, QUOTED_MAX
+from reconciler.core.fields import QUOTED_CUT, QUOTED_MAX
 from reconciler.errors import InvalidDesiredState, UserError
 
 MAX_FILE_BYTES_ENV: Final = "RECONCILE_MAX_FILE_BYTES"

@@ -19,9 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from reconciler.core import fleet
+from reconciler.core import fleet, stack
+from reconciler.core.fields import QUOTED_MAX, shown
 from reconciler.core.model import (
-    QUOTED_MAX,
     AppSpec,
     CanarySpec,
     DesiredFile,
@@ -31,7 +31,6 @@ from reconciler.core.model import (
     ProxySpec,
     RouteSpec,
     TlsSpec,
-    shown,
 )
 from reconciler.errors import InvalidDesiredState
 
@@ -82,6 +81,16 @@ def _model_at(path: Path) -> type[BaseModel] | None:
         return RouteSpec
     if len(path) == 3 and path[0] == "apps" and path[2] == "canary":
         return CanarySpec
+    if len(path) == 3 and path[0] == "apps":
+        return _APP_PARTS.get(str(path[2]))
+    if len(path) == 4 and path[0] == "apps" and path[2] == "secrets":
+        return stack.SecretSpec
+    if len(path) == 4 and path[0] == "apps" and path[2] == "networks":
+        return stack.Attachment
+    if len(path) == 4 and path[0] == "apps" and path[2] == "ulimits":
+        return stack.Ulimit
+    if len(path) == 2 and path[0] == "networks":
+        return stack.NetworkSpec
     if path == ("proxy",):
         return ProxySpec
     if len(path) == 2 and path[0] == "hosts":
@@ -90,6 +99,8 @@ def _model_at(path: Path) -> type[BaseModel] | None:
         return TlsSpec
     return None
 
+
+_APP_PARTS: dict[str, type[BaseModel]] = {"release": stack.ReleaseSpec, "logging": stack.LoggingSpec}
 
 ModelAt = Callable[[Path], "type[BaseModel] | None"]  # the model that validates the node at a path
 
@@ -174,13 +185,20 @@ def load_desired(
         unique = dict.fromkeys(text for _, text in sorted(found))
         raise InvalidDesiredState(list(unique)) from None
     wrong = _route_problems(parsed, positions) + [
-        (positions.of(path), path, message) for path, message in fleet.problems(parsed.apps, parsed.hosts)
+        (positions.of(path), path, message)
+        for path, message in fleet.problems(parsed.apps, parsed.hosts) + stack.problems(parsed.apps, parsed.networks)
     ]
     problems = [f"{filename}:{line}:{col}: {dotted(path)}: {message}" for (line, col), path, message in sorted(wrong)]
     if problems:
         raise InvalidDesiredState(problems)
     return DesiredState(
-        apps=parsed.apps, proxy=parsed.proxy, hosts=parsed.hosts, revision=revision, path=filename, author=author
+        apps=parsed.apps,
+        proxy=parsed.proxy,
+        hosts=parsed.hosts,
+        networks=parsed.networks,
+        revision=revision,
+        path=filename,
+        author=author,
     )
 
 

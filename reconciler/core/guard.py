@@ -62,7 +62,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ValidationError, field_validator, model_validator
 
 from reconciler.core.desired import Path, Positions, data_path, dotted, message
-from reconciler.core.model import DesiredState, HostLimits, Strict, parse_port
+from reconciler.core.fields import Strict
+from reconciler.core.model import DesiredState, HostLimits, parse_port
 from reconciler.errors import CommitRefused, UserError
 
 ANY_IPV4 = "0.0.0.0"  # what a port written without an IP binds

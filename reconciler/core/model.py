@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import math
 import re
 import urllib.parse
 from enum import StrEnum
@@ -24,102 +23,92 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")  # ASCII digits: `\d` takes any script's
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"
+from reconciler.core.fields import (
+    MAX_ENV_KEY,
+    MAX_IMAGE,
+    MAX_PATH,
+    MAX_PORT_MAPPING,
+    ArgStr,
+    Delay,
+    Drain,
+    EnvValue,
+    HealthyFor,
+    HostPortStr,
+    Interval,
+    KeepWarm,
+    Labels,
+    PathStr,
+    Size,
+    StableAfter,
+    StopTimeout,
+    Strict,
+    Timeout,
+    UrlStr,
+    check_argv,
+    limits,
+    shown,
+)
+from reconciler.core.stack import (
+    DEFAULT_NETWORK,
+    AppNetworks,
+    Attachment,
+    Capability,
+    DependsOn,
+    DeviceStr,
+    DnsName,
+    ExtraHost,
+    LoggingSpec,
+    NetworkName,
+    NetworkSpec,
+    ReleaseSpec,
+    SecretSpec,
+    SecurityOpt,
+    SignalStr,
+    Sysctls,
+    TmpfsStr,
+    Ulimits,
+    UserStr,
+)
 
-# The longest (and shortest) each duration may be, as the file spells it. Docker takes the stop timeout
-# as whole seconds in an int; a probe interval of 0 would probe in a busy loop; past these ceilings a
-# value is a typo (10000h for 10000s), not a wish.
-DURATION_LIMITS: dict[str, tuple[str, str]] = {
-    "stop_timeout": ("0s", "1h"),
-    "interval": ("1ms", "1h"),
-    "timeout": ("0s", "24h"),
-    "healthy_for": ("0s", "24h"),
-    "stable_after": ("0s", "720h"),  # 30 days
-    "drain": ("0s", "1h"),
-    "keep_warm": ("0s", "720h"),
-    "delay": ("0s", "1h"),
-}
-
-
-def parse_duration(value: object) -> float:
-    """``"500ms" | "30s" | "10m" | "1h"`` -> seconds. Bare numbers are refused: units are never guessed."""
-    if isinstance(value, float | int) and not isinstance(value, bool):
-        raise ValueError(f"a duration needs a unit: write {value}s (units: ms, s, m, h)")
-    if not isinstance(value, str):
-        raise ValueError("a duration is a string such as 500ms, 30s, 10m or 1h")
-    match = _DURATION.match(value)
-    if not match:
-        raise ValueError(f"{shown(value)} is not a duration: use 500ms, 30s, 10m or 1h")
-    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if not math.isfinite(seconds):  # 400 nines are inf as a float
-        raise ValueError(f"{shown(value)} is too long to be a duration")
-    return seconds
-
-
-QUOTED_MAX = 80  # a value longer than this is quoted by its first QUOTED_CUT characters and its length
-QUOTED_CUT = 60
-
-
-def shown(value: str | None) -> str:
-    """``value`` quoted for a message, cut short: a file may hold 300 KB where a duration goes, and a
-    message is one line a person reads (``'aaaa…' (100000 characters)``)."""
-    if value is None or len(value) <= QUOTED_MAX:
-        return repr(value)
-    return f"{value[:QUOTED_CUT] + '…'!r} ({len(value)} characters)"
-
-
-def _bounded_duration(field: str) -> Any:
-    """A validator that parses a duration and refuses one outside ``DURATION_LIMITS[field]``."""
-    shortest, longest = DURATION_LIMITS[field]
-    floor, ceiling = parse_duration(shortest), parse_duration(longest)
-
-    def check(value: object) -> float:
-        seconds = parse_duration(value)
-        if seconds > ceiling:
-            raise ValueError(f"{shown(str(value))} is longer than {longest}, the most {field} may be")
-        if seconds < floor:
-            raise ValueError(f"{shown(str(value))} is shorter than {shortest}, the least {field} may be")
-        return seconds
-
-    return BeforeValidator(check)
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest file spelling of ``seconds`` (inverse of ``parse_duration`` for whole units)."""
-    for unit in ("h", "m", "s"):
-        size = _UNIT_SECONDS[unit]
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{round(seconds * 1000)}ms"
-
-
-_DURATION_SCHEMA = WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["500ms", "30s", "10m"]})
-StopTimeout = Annotated[float, _bounded_duration("stop_timeout"), _DURATION_SCHEMA]
-Interval = Annotated[float, _bounded_duration("interval"), _DURATION_SCHEMA]
-Timeout = Annotated[float, _bounded_duration("timeout"), _DURATION_SCHEMA]
-HealthyFor = Annotated[float, _bounded_duration("healthy_for"), _DURATION_SCHEMA]
-StableAfter = Annotated[float, _bounded_duration("stable_after"), _DURATION_SCHEMA]
-Drain = Annotated[float, _bounded_duration("drain"), _DURATION_SCHEMA]
-KeepWarm = Annotated[float, _bounded_duration("keep_warm"), _DURATION_SCHEMA]
-Delay = Annotated[float, _bounded_duration("delay"), _DURATION_SCHEMA]
-
-
-def _limits(field: str) -> str:
-    shortest, longest = DURATION_LIMITS[field]
-    return f"at most {longest}" if parse_duration(shortest) == 0 else f"{shortest} to {longest}"
-
+_CONTAINER_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,254}$")
+SECRETS_DIR = "/run/secrets"  # where an app's secrets: are, as Docker and Compose put them
+# What a Swarm service (replicas:) does not take (yet): the options of one container on this engine.
+CONTAINER_ONLY = frozenset(
+    [
+        "networks",
+        "release",
+        "secrets",
+        "user",
+        "entrypoint",
+        "working_dir",
+        "hostname",
+        "extra_hosts",
+        "labels",
+        "stop_signal",
+        "cap_add",
+        "cap_drop",
+        "read_only",
+        "tmpfs",
+        "sysctls",
+        "ulimits",
+        "shm_size",
+        "memory",
+        "cpus",
+        "pids_limit",
+        "logging",
+        "network_mode",
+        "devices",
+        "privileged",
+        "security_opt",
+    ]
+)
 
 APP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")  # in the file's env: and in an env_file alike
@@ -133,28 +122,6 @@ _PORT = re.compile(
 )
 _VOLUME = re.compile(r"^(?P<source>[^:]+):(?P<target>/[^:]*)(?::(?P<mode>ro|rw))?$")
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-
-# Length bounds, checked before any pattern, so that a value of 300 KB (the file may hold 1 MiB) is one
-# short message at once. Each is far above what a real value needs:
-# - an image repository: Docker refuses a reference longer than 255 characters;
-# - a URL (health.http, a host's engine): 2,048, the practical limit of URLs (browsers, proxies);
-# - HOST:PORT and a port mapping: a DNS name is at most 253 characters, an IPv6 address in brackets 41;
-# - a path on the server (env_file, tls.certs, a path prefix) 4,096 (Linux's PATH_MAX), a volume two;
-# - an env value or one argument of a command: 32,768 characters; Linux refuses one KEY=VALUE or
-#   argument over 128 KiB (MAX_ARG_STRLEN) and a character may take 4 bytes in UTF-8.
-MAX_IMAGE = 255
-MAX_URL = 2048
-MAX_HOST_PORT = 300
-MAX_PORT_MAPPING = 64
-MAX_PATH = 4096
-MAX_ARG = 32_768
-MAX_ENV_KEY = 256  # not a kernel limit: a name that long is a mistake, and it is printed in messages
-
-UrlStr = Annotated[str, StringConstraints(max_length=MAX_URL)]
-HostPortStr = Annotated[str, StringConstraints(max_length=MAX_HOST_PORT)]
-PathStr = Annotated[str, StringConstraints(max_length=MAX_PATH)]
-ArgStr = Annotated[str, StringConstraints(max_length=MAX_ARG)]
-
 STABLE = "stable"
 ON_CONTAINER = "the-container.invalid"  # in a probe URL: the gated container's own address (never resolves)
 DEFAULT_STOP_TIMEOUT = 10.0  # seconds: docker's own, and AppSpec's; for a container that records none
@@ -178,27 +145,6 @@ def _check_port(port: str) -> str:
 
 
 # Tab and newline are text (a PEM key written with `|` has newlines); the others corrupt what they reach.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def _check_env_value(value: str) -> str:
-    # The message names the character, never the value: env values are secrets.
-    bad = _CONTROL.search(value)
-    if bad is not None:
-        char = bad.group()
-        raise ValueError(
-            "the value holds a NUL character"
-            if char == "\x00"
-            else f"the value holds the control character U+{ord(char):04X}"
-        )
-    return value
-
-
-def _check_argv(argv: tuple[str, ...] | None) -> tuple[str, ...] | None:
-    for index, arg in enumerate(argv or ()):
-        if "\x00" in arg:
-            raise ValueError(f"argument {index} holds a NUL character, which no program can receive")
-    return argv
 
 
 def _check_volume(volume: str) -> str:
@@ -224,12 +170,6 @@ VolumeStr = Annotated[str, StringConstraints(max_length=2 * MAX_PATH + 4), After
 AppName = Annotated[str, AfterValidator(_check_app_name)]
 
 
-class Strict(BaseModel):
-    """Frozen, no unknown keys."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class HealthSpec(Strict):
     """How a deploy proves itself. At most one probe; none means "running, no restart, for healthy_for"."""
 
@@ -241,14 +181,14 @@ class HealthSpec(Strict):
     tcp: HostPortStr | None = Field(None, description="HOST:PORT that must accept a connection")
     exec: tuple[ArgStr, ...] | None = Field(None, description="argv run in the container; exit 0 is healthy")
     docker: bool = Field(False, description="use the image's own Docker HEALTHCHECK")
-    interval: Interval = Field("1s", validate_default=True, description=f"time between probes; {_limits('interval')}")
+    interval: Interval = Field("1s", validate_default=True, description=f"time between probes; {limits('interval')}")
     timeout: Timeout = Field(
-        "30s", validate_default=True, description=f"not healthy by then: the deploy failed; {_limits('timeout')}"
+        "30s", validate_default=True, description=f"not healthy by then: the deploy failed; {limits('timeout')}"
     )
     healthy_for: HealthyFor = Field(
         "5s",
         validate_default=True,
-        description=f"must stay healthy this long to count as good; {_limits('healthy_for')}",
+        description=f"must stay healthy this long to count as good; {limits('healthy_for')}",
     )
 
     @field_validator("http")
@@ -284,7 +224,7 @@ class HealthSpec(Strict):
     def _exec(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         if value is not None and not value:
             raise ValueError("exec needs at least the program to run")
-        return _check_argv(value)
+        return check_argv(value)
 
     @model_validator(mode="after")
     def _one_probe(self) -> HealthSpec:
@@ -317,26 +257,6 @@ class HealthSpec(Strict):
 DEFAULT_HEALTH = HealthSpec()
 
 
-def _scalar_to_str(value: object) -> object:
-    # YAML reads `PORT: 8000` and `DEBUG: true` as int and bool; docker wants strings, so does compose.
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("a number that is not finite (inf, nan): quote the text you mean")
-    if isinstance(value, int | float):
-        return str(value)
-    return value
-
-
-EnvValue = Annotated[
-    str,
-    StringConstraints(max_length=MAX_ARG),  # before the BeforeValidator: a str's bound, not a generic one
-    BeforeValidator(_scalar_to_str),
-    AfterValidator(_check_env_value),
-    WithJsonSchema({"type": ["string", "number", "boolean"], "maxLength": MAX_ARG}),
-]
-
-
 def check_image(value: str) -> str:
     if "@" in value:
         raise ValueError("image is the repository only; put the digest in version: sha256:...")
@@ -361,16 +281,6 @@ def check_version(value: str) -> str:
 
 HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-
-def _scalar_labels(value: object) -> object:
-    # `canary: true` and `zone: 1` are YAML booleans and numbers; a label is text, as in the file.
-    if isinstance(value, dict):
-        return {key: _scalar_to_str(item) for key, item in value.items()}
-    return value
-
-
-Labels = Annotated[dict[str, str], BeforeValidator(_scalar_labels)]
 
 
 class HostSpec(Strict):
@@ -411,12 +321,17 @@ class RouteSpec(Strict):
     )
     port: int = Field(ge=1, le=65535, description="the port the container listens on")
     drain: Drain = Field(
-        "10s", validate_default=True, description=f"in-flight requests of the old release finish; {_limits('drain')}"
+        "10s", validate_default=True, description=f"in-flight requests of the old release finish; {limits('drain')}"
     )
     keep_warm: KeepWarm | None = Field(
         None,
         description="the previous release stays running, out of rotation, this long (a rollback is then a"
-        f" switch); default: the app's stable_after; 0s stops it after drain; {_limits('keep_warm')}",
+        f" switch); default: the app's stable_after; 0s stops it after drain; {limits('keep_warm')}",
+    )
+    shared_volumes: bool = Field(
+        False,
+        description="two releases may share the app's named volumes while a deploy overlaps them (never for a"
+        " database); without it a routed app has no named volume",
     )
 
     @field_validator("hosts")
@@ -536,7 +451,7 @@ class UpdateSpec(Strict):
     """How Swarm rolls a new spec over a service's tasks (its ``update_config``)."""
 
     parallelism: int = Field(1, ge=0, le=1000, description="tasks updated at once; 0: all at once")
-    delay: Delay = Field("0s", validate_default=True, description=f"between batches; {_limits('delay')}")
+    delay: Delay = Field("0s", validate_default=True, description=f"between batches; {limits('delay')}")
     order: Literal["stop-first", "start-first"] = Field(
         "stop-first", description="start-first: a task's replacement starts before it stops (needs room for both)"
     )
@@ -555,7 +470,7 @@ class AppSpec(Strict):
     restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
     init: bool = Field(False, description="run an init as PID 1 (docker --init)")
     stop_timeout: StopTimeout = Field(
-        "10s", validate_default=True, description=f"SIGTERM, then SIGKILL after this long; {_limits('stop_timeout')}"
+        "10s", validate_default=True, description=f"SIGTERM, then SIGKILL after this long; {limits('stop_timeout')}"
     )
     health: HealthSpec | None = None
     route: RouteSpec | None = Field(
@@ -564,7 +479,7 @@ class AppSpec(Strict):
     stable_after: StableAfter = Field(
         "10m",
         validate_default=True,
-        description=f"healthy this long after a deploy: promoted to stable; {_limits('stable_after')}",
+        description=f"healthy this long after a deploy: promoted to stable; {limits('stable_after')}",
     )
     on: Labels | tuple[str, ...] | None = Field(
         None, description="the hosts it runs on: {label: value, ...} (all must match) or [host, ...]; none: every host"
@@ -576,6 +491,48 @@ class AppSpec(Strict):
         None, ge=0, le=1000, description="present: a Docker Swarm service of this many tasks (the engine is a manager)"
     )
     update: UpdateSpec | None = Field(None, description="how a service rolls out a new spec; needs replicas:")
+    # A stack: names, order, a release command, file secrets (``core.stack``).
+    networks: AppNetworks = Field(
+        default_factory=lambda: {DEFAULT_NETWORK: Attachment()},
+        description="the instance's networks it joins, reached there by its app name; default: [default]",
+    )
+    depends_on: DependsOn = Field(
+        default_factory=dict,
+        description="apps deployed (healthy, started or completed) before it: [db] or {db: healthy}",
+    )
+    release: ReleaseSpec | None = Field(
+        None, description="run once per new release, before it starts or takes traffic (a migration)"
+    )
+    secrets: tuple[SecretSpec, ...] = Field((), description="files on the server, mounted at /run/secrets/TARGET")
+    # Container options, as Docker and Compose name them.
+    user: UserStr | None = Field(None, description="USER[:GROUP] the process runs as")
+    entrypoint: tuple[ArgStr, ...] | None = Field(None, description="argv; default: the image's ENTRYPOINT")
+    working_dir: PathStr | None = Field(None, description="absolute path in the container")
+    hostname: DnsName | None = Field(None, description="the container's own host name")
+    extra_hosts: tuple[ExtraHost, ...] = Field((), description="NAME:IP lines added to /etc/hosts (IP: host-gateway)")
+    labels: Labels = Field(
+        default_factory=dict, description="Docker labels of the container (io.reconciler.* are ours)"
+    )
+    stop_signal: SignalStr | None = Field(None, description="the signal that stops it (default SIGTERM)")
+    cap_add: tuple[Capability, ...] = Field((), description="Linux capabilities added")
+    cap_drop: tuple[Capability, ...] = Field((), description="Linux capabilities dropped (ALL)")
+    read_only: bool = Field(False, description="the root filesystem is read-only")
+    tmpfs: tuple[TmpfsStr, ...] = Field((), description="/PATH[:OPTIONS] mounted as tmpfs")
+    sysctls: Sysctls = Field(default_factory=dict, description="namespaced kernel parameters")
+    ulimits: Ulimits = Field(default_factory=dict, description="name -> N or {soft, hard}")
+    shm_size: Size | None = Field(None, description="size of /dev/shm (64m)")
+    memory: Size | None = Field(None, description="memory limit (512m, 1g)")
+    cpus: float | None = Field(None, gt=0, le=1024, description="CPUs it may use (1.5)")
+    pids_limit: int | None = Field(None, ge=-1, le=4_194_304, description="most processes at once (-1: no limit)")
+    logging: LoggingSpec | None = Field(None, description="log driver and its options")
+    network_mode: Literal["host", "none"] | None = Field(
+        None, description="host: the host's network stack (refused by a policy unless allowed); none: no network"
+    )
+    devices: tuple[DeviceStr, ...] = Field((), description="/dev/HOST[:/dev/CONTAINER][:rwm] passed in")
+    privileged: bool = Field(
+        False, description="every capability and device of the host (refused by a policy unless allowed)"
+    )
+    security_opt: tuple[SecurityOpt, ...] = Field((), description="no-new-privileges, seccomp=..., apparmor=...")
 
     @field_validator("env")
     @classmethod
@@ -589,10 +546,45 @@ class AppSpec(Strict):
                 raise ValueError(f"{shown(key)} is not an environment variable name")
         return value
 
-    @field_validator("command")
+    @field_validator("command", "entrypoint")
     @classmethod
     def _command(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        return _check_argv(value)
+        return check_argv(value)
+
+    @field_validator("working_dir")
+    @classmethod
+    def _working_dir(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("working_dir must be an absolute path in the container")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _CONTAINER_LABEL.match(key):
+                raise ValueError(f"{shown(key)} is not a label name (letters, digits, '.', '-', '_' and '/')")
+            if key == "io.reconciler" or key.startswith("io.reconciler."):
+                raise ValueError(f"{shown(key)}: io.reconciler.* labels are reconciler's own")
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, value: tuple[SecretSpec, ...]) -> tuple[SecretSpec, ...]:
+        targets = [secret.target for secret in value]
+        for target in targets:
+            if targets.count(target) > 1:
+                raise ValueError(f"two secrets have the target {shown(target)}")
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for volume in value:
+            target = volume.split(":")[1]
+            if target.rstrip("/") == SECRETS_DIR or target.startswith(SECRETS_DIR + "/"):
+                raise ValueError(f"{shown(volume)}: {SECRETS_DIR} holds the app's secrets: mount elsewhere")
+        return value
 
     @field_validator("env_file")
     @classmethod
@@ -614,6 +606,8 @@ class AppSpec(Strict):
                     raise ValueError(f"route.{key}: a service {why} (Swarm replaces its tasks): leave it out")
         if self.canary is not None:
             raise ValueError("canary: of a replicated app (replicas:) is not supported: a service runs one spec")
+        for key in sorted(self.model_fields_set & CONTAINER_ONLY):
+            raise ValueError(f"{key}: is not supported for a service (replicas:) yet: leave it out, or run a container")
         for port in self.ports:
             ip, host_port, _, _ = parse_port(port)
             if ip or host_port is None:
@@ -708,6 +702,9 @@ class DesiredFile(Strict):
         None, description="a fleet: host name -> its engine and labels; each host's agent runs the apps placed on it"
     )
     proxy: ProxySpec | None = Field(None, description="the HAProxy that routed apps are served through")
+    networks: dict[NetworkName, NetworkSpec] | None = Field(
+        None, description="private networks of this instance beside its default one: name -> {internal: bool}"
+    )
     apps: dict[AppName, AppSpec] = Field(description="app name (also the container name) -> what runs")
 
     @field_validator("hosts")
@@ -734,6 +731,7 @@ class DesiredState(Strict):
     apps: dict[str, AppSpec]
     proxy: ProxySpec | None = None
     hosts: dict[str, HostSpec] | None = None
+    networks: dict[str, NetworkSpec] | None = None
     host: str | None = None  # the host whose apps ``apps`` holds (a fleet's file, placed); None: every app
     revision: str = ""
     path: str = "desired-state.yaml"

@@ -144,11 +144,35 @@ PRUNED = Change("app", "not in the file", "removed")
 UNLABELLED = "deployed before containers carried their source"
 
 
-def fingerprint(app: str, spec: AppSpec, *, env_file_hash: str = "") -> dict[str, Any]:
-    """The container-shaping fields of ``spec`` as plain JSON values; env values only as salted hashes.
+# The container options of a stack (``core.stack``), in a fingerprint only when set: a container made
+# before they existed, which has none, is not drift.
+OPTIONS = (
+    "user", "entrypoint", "working_dir", "hostname", "extra_hosts", "labels", "stop_signal", "cap_add", "cap_drop",
+    "read_only", "tmpfs", "sysctls", "ulimits", "shm_size", "memory", "cpus", "pids_limit", "logging",
+    "network_mode", "devices", "privileged", "security_opt",
+)  # fmt: skip
 
-    Health and stable_after are absent on purpose: changing how we judge a container does not
-    require a new one.
+
+def _options(spec: AppSpec) -> dict[str, Any]:
+    dumped = spec.model_dump(include=set(OPTIONS), mode="json")
+    return {key: value for key, value in dumped.items() if value not in (None, False, [], {}, ())}
+
+
+def networks_of(spec: AppSpec) -> dict[str, list[str]]:
+    """The networks a release of ``spec`` joins: name -> its extra aliases (none with ``network_mode``)."""
+    if spec.network_mode is not None or spec.service:
+        return {}
+    return {name: sorted(attachment.aliases) for name, attachment in sorted(spec.networks.items())}
+
+
+def fingerprint(
+    app: str, spec: AppSpec, *, env_file_hash: str = "", secret_hashes: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The container-shaping fields of ``spec`` as plain JSON values; env values only as salted hashes,
+    secrets only as the keyed digests of their contents (``secret_hashes``, by target).
+
+    Health, stable_after, depends_on and release are absent on purpose: changing how we judge, order or
+    prepare a release does not require a new container.
     """
     # A routed release listens on its route's port, on the proxy's network: the port is the release's own,
     # so a new port is a new release, gated on it before any traffic goes there.
@@ -168,6 +192,18 @@ def fingerprint(app: str, spec: AppSpec, *, env_file_hash: str = "") -> dict[str
             "init": spec.init,
             "stop_timeout": spec.stop_timeout,
         }
+        | _options(spec)
+        | ({"networks": networks_of(spec)} if not spec.service else {})
+        | (
+            {
+                "secrets": {
+                    secret.target: [(secret_hashes or {}).get(secret.target, ""), secret.mode, secret.uid, secret.gid]
+                    for secret in spec.secrets
+                }
+            }
+            if spec.secrets
+            else {}
+        )
     )
 
 
@@ -181,6 +217,8 @@ def _show(value: Any) -> str:
         return "(none)"
     if isinstance(value, list):
         return "[" + ", ".join(str(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_show(item)}" for key, item in value.items()) + "}"
     return str(value)
 
 
@@ -223,7 +261,9 @@ def diff(observed: ObservedContainer, target: Target) -> tuple[Change, ...]:
             changes.append(Change(name, _show(have.get(name)), _show(want.get(name))))
     if have.get("healthcheck") != want.get("healthcheck"):
         changes.append(Change("health", "as deployed", "changed"))
-    for name in ("env_file", "ports", "volumes", "command", "restart", "init", "stop_timeout", "route_port"):
+    changes.extend(_secret_changes(have.get("secrets") or {}, want.get("secrets") or {}))
+    for name in ("env_file", "ports", "volumes", "command", "restart", "init", "stop_timeout", "route_port", "networks",
+                 *OPTIONS):  # fmt: skip
         if have.get(name) != want.get(name):
             was: Any = have.get(name)
             now: Any = want.get(name)
@@ -237,6 +277,27 @@ def diff(observed: ObservedContainer, target: Target) -> tuple[Change, ...]:
     return tuple(changes)
 
 
+def _secret_changes(have: Mapping[str, Any], want: Mapping[str, Any]) -> list[Change]:
+    """Each secret that differs, by its target name only: never a value, nor its digest."""
+    changes: list[Change] = []
+    for target in sorted(set(have) | set(want)):
+        was, now = have.get(target), want.get(target)
+        if was == now:
+            continue
+        if was is None or now is None:
+            changes.append(
+                Change(
+                    f"secret {target}", "(none)" if was is None else "mounted", "added" if was is None else "removed"
+                )
+            )
+            continue
+        parts = [
+            part for part, index in (("contents", 0), ("mode", 1), ("uid", 2), ("gid", 3)) if was[index] != now[index]
+        ]
+        changes.append(Change(f"secret {target}", "as deployed", f"{', '.join(parts)} changed"))
+    return changes
+
+
 def _other_source(container: ObservedContainer, source: Owner | None) -> bool:
     """Whether ``container`` (ours by its labels) was deployed by a source other than ``source``."""
     return source is not None and container.owner is not None and not source.same(container.owner)
@@ -248,13 +309,14 @@ def plan(
     observed: ObservedState,
     *,
     env_file_hashes: Mapping[str, str | None] | None = None,
+    secret_hashes: Mapping[str, Mapping[str, str | None]] | None = None,
     adopt: bool = False,
     prune_foreign: bool = False,
     relabel: bool = False,
 ) -> Plan:
     """Pair each app of ``desired`` with its containers in ``observed`` and decide what to do.
 
-    An env_file hash of None means its contents could not be read here: they are not compared.
+    An env_file or secret hash of None means its contents could not be read here: they are not compared.
     """
     actions: list[Action] = []
     notes: list[Note] = []
@@ -321,7 +383,12 @@ def plan(
             app=app,
             spec=spec,
             resolution=resolution,
-            fingerprint=fingerprint(app, spec, env_file_hash=hashes.get(app) or ""),
+            fingerprint=fingerprint(
+                app,
+                spec,
+                env_file_hash=hashes.get(app) or "",
+                secret_hashes={target: digest or "" for target, digest in (secret_hashes or {}).get(app, {}).items()},
+            ),
             revision=desired.revision,
             source=source,
         )
@@ -331,6 +398,16 @@ def plan(
             if isinstance(seen, list) and seen[:1] == [spec.env_file]:
                 target = replace(target, fingerprint={**target.fingerprint, "env_file": seen})
             why = f"env_file {spec.env_file}: not checked (it cannot be read from here)"
+            notes.append(Note("unchecked", app, app, why))
+        unread = sorted(target for target, digest in (secret_hashes or {}).get(app, {}).items() if digest is None)
+        if unread:
+            seen_secrets = current.fingerprint.get("secrets") if current is not None else None
+            wanted = dict(target.fingerprint.get("secrets") or {})
+            for name in unread:
+                if isinstance(seen_secrets, dict) and isinstance(seen_secrets.get(name), list):
+                    wanted[name] = [seen_secrets[name][0], *wanted[name][1:]]
+            target = replace(target, fingerprint={**target.fingerprint, "secrets": wanted})
+            why = f"secrets {', '.join(unread)}: contents not checked (cannot be read from here)"
             notes.append(Note("unchecked", app, app, why))
         stale_next = observed.named(container_name(app, Role.NEXT))
         if stale_next is not None:
