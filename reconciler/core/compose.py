@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Final
 
-from reconciler.core.model import APP_NAME
+from reconciler.core.model import APP_NAME, CONTAINER_ONLY
 from reconciler.errors import UserError
 
 Path = tuple[str | int, ...]
@@ -78,6 +78,7 @@ class _Problems:
 # --- interpolation ---------------------------------------------------------------------------------------
 
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FREE_KEYS: Final = frozenset({"environment", "labels", "sysctls", "options", "extra_hosts", "ulimits"})
 _OPERATORS: Final = (":-", ":?", ":+", "-", "?", "+")
 
 
@@ -170,7 +171,8 @@ def _braced(inner: str, env: Mapping[str, str], unset: Callable[[str], None] | N
 
 
 def _interpolated(value: Any, env: Mapping[str, str], path: Path, problems: _Problems) -> Any:
-    """Every string of ``value`` interpolated (keys not; ``x-`` keys dropped)."""
+    """Every string of ``value`` interpolated (keys not); ``x-`` keys dropped, but for the keys of the user's
+    own mappings (``environment``, ``labels``...), where ``x-`` is a name like any other."""
     if isinstance(value, str):
 
         def unset(name: str) -> None:
@@ -187,7 +189,7 @@ def _interpolated(value: Any, env: Mapping[str, str], path: Path, problems: _Pro
         return {
             key: _interpolated(item, env, (*path, key), problems)
             for key, item in value.items()
-            if not str(key).startswith("x-")
+            if not str(key).startswith("x-") or (path and path[-1] in _FREE_KEYS)
         }
     if isinstance(value, list):
         return [_interpolated(item, env, (*path, index), problems) for index, item in enumerate(value)]
@@ -279,7 +281,9 @@ def convert(
         raise ComposeError(["the file is not a mapping with services:"])
     data = _interpolated(compose, env, (), problems)
     for key in data:
-        if key not in ("services", "networks", "volumes", "secrets", *_TOP_IGNORED_SILENTLY):
+        if key == "include":
+            problems.error((key,), "not supported: bring the included services into this file")
+        elif key not in ("services", "networks", "volumes", "secrets", *_TOP_IGNORED_SILENTLY):
             problems.ignored((key,))
     services = data.get("services")
     if not isinstance(services, Mapping) or not services:
@@ -379,7 +383,7 @@ class _Context:
         services: set[str],
         left_out: set[str],
     ) -> None:
-        self.problems, self.folder, self.env, self.secrets = problems, folder, env, secrets
+        self.problems, self.folder, self.env, self.declared = problems, folder, env, secrets
         self.services, self.left_out = services, left_out
 
     def absolute(self, path: Path, written: str, what: str) -> str:
@@ -413,6 +417,14 @@ class _Context:
                 handler(self, here, value, app)
             else:
                 self.problems.ignored(here)
+        if "replicas" in app:
+            refused = [key for key in app if key in CONTAINER_ONLY]
+            if refused:
+                self.problems.error(
+                    (*path, "deploy", "replicas"),
+                    f"a Swarm service (replicas:) cannot have {', '.join(refused)} yet: remove deploy.replicas to run"
+                    " one container, or remove those",
+                )
         return app
 
     def image(self, path: Path, value: Any, app: dict[str, Any]) -> None:
@@ -586,7 +598,7 @@ class _Context:
         else:
             self.problems.error(path, "expected a string or a list of strings")
             return
-        app[path[-1]] = argv
+        app[str(path[-1])] = argv
 
     def restart(self, path: Path, value: Any, app: dict[str, Any]) -> None:
         text = "no" if value is False else _text(value)
@@ -633,7 +645,9 @@ class _Context:
             elif kind == "CMD-SHELL" and rest:
                 health["exec"] = ["/bin/sh", "-c", " ".join(rest)]
             else:
-                self.problems.error((*path, "test"), 'expected ["CMD", ...], ["CMD-SHELL", "..."], ["NONE"] or a string')
+                self.problems.error(
+                    (*path, "test"), 'expected ["CMD", ...], ["CMD-SHELL", "..."], ["NONE"] or a string'
+                )
                 return
         elif test is None:
             health["docker"] = True  # the image's own HEALTHCHECK, with these timings
@@ -671,7 +685,9 @@ class _Context:
             for name, spec in value.items():
                 condition = _as_map(spec).get("condition", "service_started")
                 if condition not in _DEPENDENCY:
-                    self.problems.error((*path, name, "condition"), f"{condition!r} is not one of {', '.join(_DEPENDENCY)}")
+                    self.problems.error(
+                        (*path, name, "condition"), f"{condition!r} is not one of {', '.join(_DEPENDENCY)}"
+                    )
                     continue
                 conditions[str(name)] = _DEPENDENCY[condition]
         else:
@@ -720,7 +736,7 @@ class _Context:
             here: Path = (*path, index)
             given = dict(item) if isinstance(item, Mapping) else {"source": item}
             name = _text(given.get("source", ""))
-            declared = self.secrets.get(name)
+            declared = self.declared.get(name)
             if not isinstance(declared, Mapping):
                 self.problems.error(here, f"the secret {name!r} is not declared in the top-level secrets:")
                 continue
@@ -803,8 +819,8 @@ class _Context:
                 app[name] = value
             elif name in _SAME_LISTS:
                 listed = _strings(value, path, self.problems)
-                if listed is not None:
-                    app[name] = listed
+                if listed is not None:  # docker takes capabilities in any case: ours are written in capitals
+                    app[name] = [item.upper() for item in listed] if name != "security_opt" else listed
             elif name in ("memory", "shm_size"):
                 app[name] = _size(value)
             elif name == "cpus":
@@ -827,7 +843,7 @@ class _Context:
                 app[name] = self.logging(path, value)
             elif name == "devices":
                 app[name] = self.devices(path, value)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:
             self.problems.error(path, str(exc) if isinstance(exc, ValueError) else "not a value of the right kind")
 
     def extra_hosts(self, path: Path, value: Any) -> list[str]:
@@ -903,10 +919,21 @@ _HANDLERS: Final[dict[str, Callable[[_Context, Path, Any, dict[str, Any]], None]
     **{
         name: _same(name)
         for name in (
-            *_SAME_STRINGS, *_SAME_BOOLS, *_SAME_LISTS, "shm_size", "cpus", "pids_limit", "tmpfs", "labels",
-            "sysctls", "extra_hosts", "ulimits", "logging", "devices",
+            *_SAME_STRINGS,
+            *_SAME_BOOLS,
+            *_SAME_LISTS,
+            "shm_size",
+            "cpus",
+            "pids_limit",
+            "tmpfs",
+            "labels",
+            "sysctls",
+            "extra_hosts",
+            "ulimits",
+            "logging",
+            "devices",
         )
-    },  # fmt: skip
+    },
 }
 
 

@@ -8,7 +8,8 @@ Guarantees:
 - Every problem of the input is one line of a ``ComposeError`` (a YAML error at ``FILE:LINE:COL``); nothing
   is written then either. Warnings are returned, one line each, for the caller to say.
 - Variables come from ``env_file`` (or the ``.env`` beside the compose file, when there is one) and the
-  process environment given, the environment winning, as compose does.
+  process environment given, the environment winning, as compose does; without ``profiles``, those of
+  ``COMPOSE_PROFILES`` (comma-separated) are used.
 - ``out`` is written atomically (a temporary file beside it, then a rename); an existing ``out`` is
   replaced only with ``force``: without it the file is linked into place, which fails if one appeared meanwhile.
 """
@@ -69,6 +70,8 @@ def import_compose(
     elif beside.is_file():
         variables = compose_file.read_env_file(beside)
     variables.update(environ)
+    if not profiles and variables.get("COMPOSE_PROFILES"):  # as compose reads them
+        profiles = [name.strip() for name in variables["COMPOSE_PROFILES"].split(",") if name.strip()]
     folder = str(path.resolve().parent)
     converted = convert(data, variables, folder, profiles)
     name = out.name if out is not None else "desired-state.yaml"
@@ -78,8 +81,8 @@ def import_compose(
         load_desired(parsed, positions, filename=name)
     except InvalidDesiredState as exc:
         raise ComposeError(
-            [f"the imported file does not validate (a bug of reconcile import compose; report it): {line}"
-             for line in exc.errors]
+            [f"the converted file does not validate: {line} (if the compose file is right there, this is a bug of"
+             " reconcile import compose: report it)" for line in exc.errors]
         ) from None  # fmt: skip
     warnings = list(converted.warnings)
     if out is None and scrub.redact_url(text) != text:
