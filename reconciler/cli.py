@@ -919,16 +919,20 @@ app.add_typer(import_app, name="import")
 
 @import_app.command("compose")
 def import_compose(
-    path: Annotated[Path, typer.Argument(help="The compose file (docker-compose.yml, compose.yaml).")],
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="The compose file (docker-compose.yml, compose.yaml).")],
     env_file: Annotated[
         Path | None,
-        typer.Option("--env-file", help="Variables for ${VAR}. [default: .env beside the file, if any]"),
+        typer.Option(
+            "--env-file", metavar="FILE", help="Variables for ${VAR}. [default: .env beside the file, if any]"
+        ),
     ] = None,
     profile: Annotated[
-        list[str] | None, typer.Option("--profile", help="Also the services of this profile (repeatable).")
+        list[str] | None,
+        typer.Option("--profile", metavar="NAME", help="Also the services of this profile (repeatable)."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("-o", "--out", help="Write it here (atomically). [default: stdout]")
+        Path | None,
+        typer.Option("-o", "--out", metavar="FILE", help="Write it here (atomically). [default: stdout]"),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the --out file if it exists.")] = False,
 ) -> None:
@@ -953,7 +957,7 @@ def import_compose(
         typer.echo(imported.text, nl=False)
     else:
         count = len(imported.apps)
-        typer.echo(f"{imported.written}: written, {count} app{'s' if count != 1 else ''}", err=True)
+        typer.echo(f"{imported.written}: written, {count} app{'s' if count != 1 else ''}")
 
 
 @app.command(hidden=True)

@@ -229,3 +229,10 @@ def test_extension_keys_are_dropped_but_a_label_may_start_with_x() -> None:
     app, warnings = _app({"x-note": "${NEVER:?read}", "labels": {"x-team": "shop"}}, **{"x-anchors": {"a": 1}})
     assert app == {"image": "example/s", "version": "1", "labels": {"x-team": "shop"}}
     assert warnings == ()
+
+
+def test_deeply_nested_references_are_an_error_not_a_crash() -> None:
+    deep = "${A:-" * 5000 + "x" + "}" * 5000
+    with pytest.raises(ValueError, match="nested deeper than"):
+        interpolate(deep, {})
+    assert interpolate("${A:-" * 10 + "x" + "}" * 10, {}) == "x"

@@ -83,8 +83,9 @@ def test_written_file_is_what_stdout_shows_and_validates(name: str, tmp_path: Pa
     folder = tmp_path.resolve()
     code, stdout, _ = _convert(name, folder, "-o", "desired-state.yaml")
     assert code == 0
-    assert stdout == ""
     written = (folder / "desired-state.yaml").read_text()
+    count = written.count("\n    image: ")
+    assert stdout == f"desired-state.yaml: written, {count} app{'s' if count != 1 else ''}\n"
     assert written == _golden(name, ".expected.yaml").read_text().replace("{FOLDER}", str(folder))
     checked = run_cli("validate", "desired-state.yaml", cwd=folder)
     assert checked.returncode == 0, checked.stderr

@@ -86,10 +86,18 @@ class _Missing(ValueError):
     """``${VAR:?message}`` with VAR unset (or empty): the message to say."""
 
 
-def interpolate(text: str, env: Mapping[str, str], unset: Callable[[str], None] | None = None) -> str:
+MAX_NESTING: Final = 16  # ${A:-${B:-...}} this deep at most: a default is a value, not a program
+
+
+def interpolate(
+    text: str, env: Mapping[str, str], unset: Callable[[str], None] | None = None, *, depth: int = 0
+) -> str:
     """``text`` with compose's ``$`` references replaced from ``env``; ``unset(NAME)`` is told of each plain
     reference to a variable that is not set (it becomes ""). Raises ``ValueError`` with compose's meaning
-    for ``${VAR:?message}`` of a missing variable, and for a ``${`` that is never closed."""
+    for ``${VAR:?message}`` of a missing variable, for a ``${`` that is never closed, and for references
+    nested deeper than ``MAX_NESTING``."""
+    if depth > MAX_NESTING:
+        raise ValueError(f"references nested deeper than {MAX_NESTING} levels")
     out: list[str] = []
     index = 0
     while index < len(text):
@@ -106,7 +114,7 @@ def interpolate(text: str, env: Mapping[str, str], unset: Callable[[str], None] 
             end = _closing(text, index + 2)
             if end < 0:
                 raise ValueError(f"{text[index:]!r}: '${{' is never closed by '}}'")
-            out.append(_braced(text[index + 2 : end], env, unset))
+            out.append(_braced(text[index + 2 : end], env, unset, depth))
             index = end + 1
         else:
             match = _NAME.match(text, index + 1)
@@ -147,7 +155,7 @@ def _lookup(name: str, env: Mapping[str, str], unset: Callable[[str], None] | No
     return ""
 
 
-def _braced(inner: str, env: Mapping[str, str], unset: Callable[[str], None] | None) -> str:
+def _braced(inner: str, env: Mapping[str, str], unset: Callable[[str], None] | None, depth: int) -> str:
     match = _NAME.match(inner)
     if match is None:
         raise ValueError(f"'${{{inner}}}' is not a variable reference")
@@ -161,11 +169,11 @@ def _braced(inner: str, env: Mapping[str, str], unset: Callable[[str], None] | N
     value = env.get(name)
     present = value is not None and (value != "" or not operator.startswith(":"))
     if operator in (":-", "-"):
-        return value if present and value is not None else interpolate(word, env, unset)
+        return value if present and value is not None else interpolate(word, env, unset, depth=depth + 1)
     if operator in (":+", "+"):
-        return interpolate(word, env, unset) if present else ""
+        return interpolate(word, env, unset, depth=depth + 1) if present else ""
     if not present or value is None:
-        said = interpolate(word, env, unset)
+        said = interpolate(word, env, unset, depth=depth + 1)
         raise _Missing(f"required variable {name} is missing a value" + (f": {said}" if said else ""))
     return value
 
