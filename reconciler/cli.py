@@ -391,15 +391,22 @@ def main_command(
 
     result = _guarded(lambda: reconcile_once(settings, dry_run=dry_run, on_step=_kill_hook()))
     plan = result.plan
-    proxied = report.proxy_lines(result.proxy, result.routes, dry_run=dry_run)
+    proxied = report.proxy_lines(result.proxy, result.routes, dry_run=dry_run) + result.networks
     if dry_run:
         if fmt is Output.json:
-            _emit({**report.plan_as_dict(plan, file=settings.file), "proxy": result.proxy, "routes": result.routes})
+            _emit(
+                {
+                    **report.plan_as_dict(plan, file=settings.file),
+                    "proxy": result.proxy,
+                    "routes": result.routes,
+                    "networks": result.networks,
+                }
+            )
         else:
             typer.echo("\n".join(report.plan_lines(plan, file=settings.file) + proxied))
         if plan.problems:  # a conflict or an unresolvable image: applying would fail too
             raise typer.Exit(1)
-        raise typer.Exit(0 if plan.in_sync and not result.proxy else 2)
+        raise typer.Exit(0 if plan.in_sync and not result.proxy and not result.networks else 2)
     if fmt is Output.json:
         _emit(
             {
@@ -407,6 +414,7 @@ def main_command(
                 "outcomes": [outcome.as_dict() for outcome in result.outcomes],
                 "proxy": result.proxy,
                 "routes": result.routes,
+                "networks": result.networks,
                 "proxy_error": result.proxy_error or None,
                 "ok": result.ok,
             }

@@ -22,9 +22,11 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import re
+import tarfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -43,8 +45,10 @@ from reconciler.core.labels import (
     INSTANCE,
     LABEL,
     MANAGED,
+    SECRETS_VOLUME,
     SOURCE,
     Inspected,
+    NetworkRow,
     fingerprint_of,
     inspected_from,
     node_from_row,
@@ -55,8 +59,9 @@ from reconciler.core.labels import (
     release_labels,
     task_from_row,
 )
-from reconciler.core.model import HostLimits, ObservedContainer, ObservedState, parse_port
+from reconciler.core.model import SECRETS_DIR, AppSpec, HostLimits, ObservedContainer, ObservedState, parse_port
 from reconciler.core.plan import Target
+from reconciler.core.stack import SecretSpec, device_mapping, tmpfs_mounts
 from reconciler.errors import ContainerError, EngineUnavailable, ImageError, ReconcileError
 
 # Re-exported: the layers above read these names from the engine's module (the mapping itself is the core's).
@@ -249,46 +254,100 @@ class Engine:
                     raise
                 raise ImageError(f"pull {ref}: {_reason(exc)}") from None
 
-    def create(self, target: Target, name: str, *, env: Mapping[str, str], network: str | None = None) -> str:
-        """Create (not start) the container for ``target`` under ``name``, on ``network`` if given; its id."""
+    def create(
+        self,
+        target: Target,
+        name: str,
+        *,
+        env: Mapping[str, str],
+        networks: Mapping[str, Sequence[str]] | None = None,
+        secrets: Sequence[tuple[SecretSpec, bytes]] = (),
+        job: Sequence[str] | None = None,
+    ) -> str:
+        """Create (not start) the container for ``target`` under ``name``; its id.
+
+        ``networks`` maps each Docker network it joins to its extra aliases there (its own name resolves on
+        each of them). ``secrets`` are copied in at ``/run/secrets/TARGET`` with their owner and mode before it
+        ever starts. ``job`` makes it a release command's throwaway container instead: that argv, no ports, no
+        restart, no aliases."""
         spec = target.spec
-        resolution = target.resolution
-        ports = port_bindings(spec.ports)
-        restart: dict[str, Any] = {"Name": spec.restart}
-        if spec.restart == "on-failure":
+        ports = port_bindings(spec.ports) if job is None else {}
+        restart: dict[str, Any] = {"Name": spec.restart if job is None else "no"}
+        if restart["Name"] == "on-failure":
             restart["MaximumRetryCount"] = 0
-        labels = release_labels(target, self.instance)
+        labels = {**spec.labels, **release_labels(target, self.instance)}
+        joined = list((networks or {}).items())
+        # A read-only root takes no copy: the secrets go on a volume of the container's own (removed with it).
+        secret_volume = bool(secrets) and spec.read_only
+        if secret_volume:
+            labels[SECRETS_VOLUME] = "true"
         with self._calls(f"create {name}"):
             host_config = self.api.create_host_config(
                 port_bindings=ports,
                 binds=self.held_binds(name, spec.volumes, self.limits),
                 restart_policy=restart,
                 init=spec.init,
+                **_host_options(spec),
             )
+            first = joined[0] if joined else None
             created = self.api.create_container(
-                image=resolution.ref,
+                image=target.resolution.ref,
                 name=name,
-                command=list(spec.command) if spec.command is not None else None,
+                command=list(job) if job is not None else list(spec.command) if spec.command is not None else None,
                 environment=[f"{key}={value}" for key, value in env.items()],
                 ports=[_exposed(key) for key in ports],
                 labels=labels,
                 host_config=host_config,
                 stop_timeout=math.ceil(spec.stop_timeout),
-                networking_config=self.api.create_networking_config({network: self.api.create_endpoint_config()})
-                if network
+                volumes=[SECRETS_DIR] if secret_volume else None,
+                networking_config=self.api.create_networking_config(
+                    {first[0]: self.api.create_endpoint_config(aliases=list(first[1]) if job is None else None)}
+                )
+                if first is not None
                 else None,
+                **_create_options(spec),
             )
-        return str(created["Id"])
+            container_id = str(created["Id"])
+            for network, aliases in joined[1:]:
+                self.api.connect_container_to_network(
+                    container_id, network, aliases=list(aliases) if job is None and aliases else None
+                )
+            if secrets:
+                where = SECRETS_DIR if secret_volume else "/"
+                self.api.put_archive(container_id, where, secrets_tar(secrets, volume=secret_volume))
+        return container_id
 
-    def ensure_network(self, name: str) -> None:
+    def ensure_network(self, name: str, *, internal: bool = False, labels: Mapping[str, str] | None = None) -> None:
         """A bridge network of ours named ``name`` (created once; one of that name already there is used)."""
         with self._calls(f"create network {name}"):
             if not self.api.networks(names=[name]):
                 try:
-                    self.api.create_network(name, driver="bridge", labels={MANAGED: "true", INSTANCE: self.instance})
+                    self.api.create_network(
+                        name,
+                        driver="bridge",
+                        internal=internal,
+                        labels={**(labels or {}), MANAGED: "true", INSTANCE: self.instance},
+                    )
                 except docker.errors.APIError as exc:
                     if exc.status_code != 409:  # another pass made it meanwhile
                         raise
+
+    def networks_of_instance(self) -> list[NetworkRow]:
+        """Every network labelled with this instance: its name, labels, whether internal, who is on it."""
+        with self._calls("list networks"):
+            rows = self.api.networks(filters={"label": [f"{MANAGED}=true", f"{INSTANCE}={self.instance}"]})
+            found = []
+            for row in rows:
+                full = self.api.inspect_network(row["Id"])
+                found.append(
+                    NetworkRow(
+                        name=str(full.get("Name", "")),
+                        labels=dict(full.get("Labels") or {}),
+                        internal=bool(full.get("Internal")),
+                        attached=tuple(sorted(str(c.get("Name", "")) for c in (full.get("Containers") or {}).values())),
+                    )
+                )
+            return found
 
     def remove_network(self, name: str) -> None:
         """Remove our network ``name`` when nothing is attached to it (else it stays; no error)."""
@@ -333,9 +392,24 @@ class Engine:
             self.api.rename(container_id, name)
 
     def remove(self, container_id: str, name: str) -> None:
-        """Remove the container; one that is gone already is no error."""
+        """Remove the container; one that is gone already is no error. Its volumes stay (a database's data
+        outlives its releases), but for the one that held its secrets (a read-only root's)."""
         with self._calls(f"remove {name}"), contextlib.suppress(docker.errors.NotFound):
+            held = self._secrets_volume(container_id)
             self.api.remove_container(container_id, force=True, v=False)
+            if held:
+                with contextlib.suppress(docker.errors.APIError):
+                    self.api.remove_volume(held)
+
+    def _secrets_volume(self, container_id: str) -> str:
+        """The anonymous volume at /run/secrets of a container of ours with a read-only root ("" for none)."""
+        data = self.api.inspect_container(container_id)
+        if ((data.get("Config") or {}).get("Labels") or {}).get(SECRETS_VOLUME) != "true":
+            return ""
+        for mount in data.get("Mounts") or ():
+            if mount.get("Destination") == SECRETS_DIR and mount.get("Type") == "volume":
+                return str(mount.get("Name", ""))
+        return ""
 
     def started_at(self, container_id: str) -> float:
         """When the container last started (epoch seconds; 0 when unknown or gone)."""
@@ -517,6 +591,67 @@ class Engine:
         source, target, *mode = volume.split(":")
         kind = "bind" if source.startswith("/") else "volume"
         return docker.types.Mount(target, source, type=kind, read_only=mode == ["ro"])
+
+
+def _host_options(spec: AppSpec) -> dict[str, Any]:
+    """The container options of ``spec`` that go in its HostConfig, in the SDK's terms (none when unset)."""
+    options: dict[str, Any] = {
+        "cap_add": list(spec.cap_add) or None,
+        "cap_drop": list(spec.cap_drop) or None,
+        "read_only": spec.read_only or None,
+        "tmpfs": tmpfs_mounts(spec.tmpfs) or None,
+        "sysctls": dict(spec.sysctls) or None,
+        "ulimits": [docker.types.Ulimit(name=n, soft=u.soft, hard=u.hard) for n, u in spec.ulimits.items()] or None,
+        "shm_size": spec.shm_size,
+        "mem_limit": spec.memory,
+        "nano_cpus": round(spec.cpus * 1e9) if spec.cpus is not None else None,
+        "pids_limit": spec.pids_limit,
+        "log_config": docker.types.LogConfig(type=spec.logging.driver, config=dict(spec.logging.options))
+        if spec.logging is not None
+        else None,
+        "network_mode": spec.network_mode,
+        "devices": [":".join(device_mapping(device)) for device in spec.devices] or None,
+        "privileged": spec.privileged or None,
+        "security_opt": list(spec.security_opt) or None,
+        "extra_hosts": [entry.replace("=", ":", 1) for entry in spec.extra_hosts] or None,
+    }
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _create_options(spec: AppSpec) -> dict[str, Any]:
+    """The container options of ``spec`` that go in its Config (none when unset)."""
+    options: dict[str, Any] = {
+        "user": spec.user,
+        "entrypoint": list(spec.entrypoint) if spec.entrypoint is not None else None,
+        "working_dir": spec.working_dir,
+        "hostname": spec.hostname,
+        "stop_signal": spec.stop_signal,
+    }
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def secrets_tar(secrets: Sequence[tuple[SecretSpec, bytes]], *, volume: bool) -> bytes:
+    """A tar of ``/run/secrets/TARGET`` files with their owner and mode (docker applies a tar's headers as they
+    are), to unpack at ``/``; with ``volume``, of the bare names, to unpack in the volume at /run/secrets."""
+    buffer = io.BytesIO()
+    prefix = "" if volume else "run/secrets/"
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        if not volume:
+            for folder in ("run", "run/secrets"):
+                info = tarfile.TarInfo(folder)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                archive.addfile(info)
+        for secret, data in secrets:
+            info = tarfile.TarInfo(prefix + secret.target)
+            info.size, info.mode, info.uid, info.gid, info.mtime = (
+                len(data),
+                secret.permissions,
+                secret.uid,
+                secret.gid,
+                0,
+            )
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def _exposed(key: str) -> int | tuple[str, str]:

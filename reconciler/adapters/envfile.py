@@ -85,43 +85,43 @@ class EnvFiles:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise EnvFileError(f"{what}{where}: cannot read it over ssh ({type(exc).__name__})") from None
 
-    def _bytes(self, path: str) -> bytes:
+    def _bytes(self, path: str, what: str = "env_file") -> bytes:
         where = f" on {self.host}" if self.ssh and self.host else ""
         if self.ssh is not None:
-            done = self._ssh(_REMOTE.format(path=shlex.quote(path), limit=MAX_BYTES + 1), f"env_file {path}")
+            done = self._ssh(_REMOTE.format(path=shlex.quote(path), limit=MAX_BYTES + 1), f"{what} {path}")
             if done.returncode != 0:
                 why = _REMOTE_FAILURES.get(done.returncode, f"ssh exited {done.returncode}")
-                raise EnvFileError(f"env_file {path}{where}: cannot read it ({why})")
+                raise EnvFileError(f"{what} {path}{where}: cannot read it ({why})")
             opened, _, data = done.stdout.partition(b"\0")
-            self._confined(path, os.fsdecode(opened), where)
+            self._confined(path, os.fsdecode(opened), where, what)
         else:
             real = os.path.realpath(path)
             if real.startswith(_SPECIAL):
-                raise EnvFileError(f"env_file {path}: cannot read it (not a regular file)")
+                raise EnvFileError(f"{what} {path}: cannot read it (not a regular file)")
             try:
                 if not stat.S_ISREG(os.stat(path).st_mode):
-                    raise EnvFileError(f"env_file {path}: cannot read it (not a regular file)")
+                    raise EnvFileError(f"{what} {path}: cannot read it (not a regular file)")
                 with Path(path).open("rb") as handle:
-                    self._confined(path, _opened(handle.fileno(), path), where)
+                    self._confined(path, _opened(handle.fileno(), path), where, what)
                     data = handle.read(MAX_BYTES + 1)
             except OSError as exc:
                 raise EnvFileError(
-                    f"env_file {path}: cannot read it ({(exc.strerror or type(exc).__name__).lower()})"
+                    f"{what} {path}: cannot read it ({(exc.strerror or type(exc).__name__).lower()})"
                 ) from None
         if len(data) > MAX_BYTES:
-            raise EnvFileError(f"env_file {path}{where}: larger than {MAX_BYTES // 1024} KiB; not read")
+            raise EnvFileError(f"{what} {path}{where}: larger than {MAX_BYTES // 1024} KiB; not read")
         return data
 
-    def _confined(self, path: str, opened: str, where: str) -> None:
+    def _confined(self, path: str, opened: str, where: str, what: str) -> None:
         """Refuse the file opened for ``path`` unless its real path ``opened`` stays in the allowed folders."""
         if opened.startswith(_SPECIAL):
-            raise EnvFileError(f"env_file {path}{where}: cannot read it (not a regular file)")
+            raise EnvFileError(f"{what} {path}{where}: cannot read it (not a regular file)")
         if self.allowed is None or real_allowed(opened, self.allowed, self.allowed_real):
             return
         how = "is" if opened == normalize_path(path) else "leads through a symlink to"
         shown = ", ".join(self.allowed) or "none"
         raise EnvFileError(
-            f"env_file {path}{where} {how} {opened}, which is not under an allowed host path"
+            f"{what} {path}{where} {how} {opened}, which is not under an allowed host path"
             f" (policy env_files: {shown}); not read"
         )
 
@@ -165,6 +165,24 @@ class EnvFiles:
             env[key] = value
         scrub.remember_env(env)
         return env
+
+    def secret(self, path: str) -> bytes:
+        """The bytes of a file secret's source (as an env_file is read: a regular file, at most ``MAX_BYTES``,
+        confined to the policy's folders); remembered by ``scrub`` so that no output ever shows it."""
+        data = self._bytes(path, "secret")
+        text = data.decode(errors="replace")
+        scrub.remember([text, text.strip(), *(line.strip() for line in text.splitlines())])
+        return data
+
+    def secret_digest(self, app: str, target: str, path: str) -> str | None:
+        """What a container's labels carry of a secret: a salted, stretched digest (scrypt) of its bytes, so
+        that a short password cannot be found from a label by trying guesses; None: unreadable here."""
+        try:
+            data = self.secret(path)
+        except EnvFileError:
+            return None
+        salt = f"io.reconciler.secret\0{app}\0{target}".encode()
+        return hashlib.scrypt(data, salt=salt, n=2**14, r=8, p=1, dklen=16).hex()
 
     def digest(self, path: str) -> str | None:
         """A hash of the file's bytes (so that editing it on the server is drift); None: unreadable here."""

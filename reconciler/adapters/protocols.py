@@ -17,9 +17,10 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler.core.images import LocalImage
-from reconciler.core.labels import Inspected
+from reconciler.core.labels import Inspected, NetworkRow
 from reconciler.core.model import HostLimits, ObservedState, Owner
 from reconciler.core.plan import Target
+from reconciler.core.stack import SecretSpec
 
 if TYPE_CHECKING:
     from reconciler.adapters.envfile import EnvFiles
@@ -69,9 +70,20 @@ class DockerEngine(Protocol):
     # -- changing
     def pull(self, ref: str) -> str: ...
 
-    def create(self, target: Target, name: str, *, env: Mapping[str, str], network: str | None = None) -> str: ...
+    def create(
+        self,
+        target: Target,
+        name: str,
+        *,
+        env: Mapping[str, str],
+        networks: Mapping[str, Sequence[str]] | None = None,
+        secrets: Sequence[tuple[SecretSpec, bytes]] = (),
+        job: Sequence[str] | None = None,
+    ) -> str: ...
 
-    def ensure_network(self, name: str) -> None: ...
+    def ensure_network(self, name: str, *, internal: bool = False, labels: Mapping[str, str] | None = None) -> None: ...
+
+    def networks_of_instance(self) -> list[NetworkRow]: ...
 
     def remove_network(self, name: str) -> None: ...
 

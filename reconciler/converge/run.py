@@ -47,6 +47,7 @@ from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState, 
 from reconciler.core.plan import Plan, Resolution, plan
 from reconciler.core.proxy import route_lines, routed, unrouted
 from reconciler.core.report import Outcome, Result
+from reconciler.deploy import networks
 from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, ReconcileError, UserError
 from reconciler.telemetry import scrub
 
@@ -104,6 +105,7 @@ class PassResult:
     waited: list[Outcome] = field(default_factory=list)  # routed changes not deployed: their proxy is not in line
     notices: list[Notice] = field(default_factory=list)  # what the rules said of what they held back
     cut_short: str = ""  # the outage that ended the deploys early, when a hook chose to end the pass there
+    networks: list[str] = field(default_factory=list)  # what the pass did of the instance's networks (dry: would do)
 
     def done(self) -> PassResult:
         self.outcomes = self.verified + self.applied + self.waited
@@ -280,11 +282,17 @@ def plan_against(
         if app in resolutions:
             resolutions[app] = Resolution(ref=resolutions[app].ref, error="; ".join(lines))
     digests = {app: engine.files.digest(spec.env_file) for app, spec in desired.apps.items() if spec.env_file}
+    secrets = {
+        app: {s.target: engine.files.secret_digest(app, s.target, s.source) for s in spec.secrets}
+        for app, spec in desired.apps.items()
+        if spec.secrets
+    }
     the_plan = plan(
         desired,
         resolutions,
         observed,
         env_file_hashes=digests,
+        secret_hashes=secrets,
         adopt=settings.adopt,
         prune_foreign=settings.prune_foreign,
         relabel=settings.relabel,
@@ -308,7 +316,8 @@ def reconcile_once(
         proxy = Proxy(engine, settings.state_dir)
         the_plan, observed = plan_against(engine, desired, settings)
         routes = route_lines(desired, observed, proxy.network, proxy.switched())
-        return PassResult(desired, the_plan, proxy=proxy.drift(desired, observed), routes=routes)
+        said = networks.ensure(engine, desired, dry=True) + networks.prune(engine, desired, dry=True)
+        return PassResult(desired, the_plan, proxy=proxy.drift(desired, observed), routes=routes, networks=said)
     from reconciler.trust import server_policy
 
     # before anything changes: the commit is applied whole or not at all
@@ -437,6 +446,7 @@ def apply_pass(
     else:
         hooks.proxy_synced(changed)
     waiting = routed(desired) if proxy_error else {}
+    made = networks.ensure(engine, desired)  # before any deploy joins them
     hooks.started(observed, waiting)
     # A deploy that an earlier run never finished (killed mid-gate) gets its verdict first.
     try:
@@ -472,7 +482,9 @@ def apply_pass(
         to_apply, said = rule(to_apply, observed)
         hooks.say(said)
         notices += said
-    record = PassResult(desired, the_plan, proxy=changed, notices=notices, verified=verified, waited=waited)
+    record = PassResult(
+        desired, the_plan, proxy=changed, notices=notices, verified=verified, waited=waited, networks=made
+    )
     if to_apply.changes:
         try:
             record.applied = applier.apply(to_apply, observed, atomic=atomic)
@@ -503,6 +515,7 @@ def apply_pass(
             changed += late
             hooks.proxy_synced(late)
     record.proxy, record.proxy_error = changed, proxy_error
+    record.networks += networks.prune(engine, desired)
     record.routes = route_lines(desired, observed, proxy.network, proxy.switched())
     hooks.finished(observed)
     return record.done()

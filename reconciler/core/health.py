@@ -98,11 +98,14 @@ class Gate:
     healthy_since: float | None = None
     verdict: Verdict = Verdict.PENDING
     reason: str = ""
+    completes: bool = False  # a job (``AppSpec.completes``): exiting 0 passes, as running healthy_for does
 
     def observe(self, sample: Sample) -> Gate:
         """The gate after ``sample``; a decided gate stays decided."""
         if self.verdict.done:
             return self
+        if self.completes and not sample.running and not sample.restarting and sample.exit_code == 0:
+            return replace(self, verdict=Verdict.PASSED, reason="it completed (exit 0)")
         if not sample.running:
             return self._fail(sample.detail or "the container is not running")
         if sample.restarts > self.restarts_at_start:

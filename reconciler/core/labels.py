@@ -13,6 +13,7 @@ Guarantees:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,21 @@ LABEL = "io.reconciler"
 MANAGED = f"{LABEL}.managed"
 INSTANCE = f"{LABEL}.instance"
 SOURCE = f"{LABEL}.source"  # + .root, .location, .branch, .file
+SECRETS_VOLUME = f"{LABEL}.secrets-volume"  # "true": its /run/secrets is a volume of its own (a read-only root)
+NETWORK = f"{LABEL}.network"  # a network of ours: its name in the file (default, backend, ...)
+
+
+_EXITED = re.compile(r"^Exited \((-?[0-9]+)\)")  # a listing's Status: "Exited (0) 5 minutes ago"
+
+
+@dataclass(frozen=True)
+class NetworkRow:
+    """One network of the instance, as the engine has it."""
+
+    name: str
+    labels: Mapping[str, str]
+    internal: bool
+    attached: tuple[str, ...]  # the names of the containers on it
 
 
 @dataclass(frozen=True)
@@ -137,6 +153,7 @@ def observed_from_row(row: Mapping[str, Any], *, instance: str = "default") -> O
         owner=owner_of(labels),
         created=float(row.get("Created") or 0),
         networks=addresses(row),
+        exit_code=int(exited.group(1)) if (exited := _EXITED.match(str(row.get("Status") or ""))) else None,
     )
 
 

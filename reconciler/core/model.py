@@ -636,6 +636,12 @@ class AppSpec(Strict):
         """A Swarm service rather than a container."""
         return self.replicas is not None
 
+    @property
+    def completes(self) -> bool:
+        """A job: not restarted on a clean exit and with no probe, so that exiting 0 is its success (its gate
+        passes, and what ``depends_on: {APP: completed}`` waits for); it is not started again once done."""
+        return self.restart in ("no", "on-failure") and (self.health is None or self.health.probe is None)
+
     @model_validator(mode="after")
     def _routed(self) -> AppSpec:
         if self.health is not None and self.health.on_container and self.route is None and self.replicas is None:
@@ -770,16 +776,24 @@ class Owner(Strict):
 
 
 class Role(StrEnum):
-    """Where a container of ours stands, read from its name: ``app``, ``app.prev``, ``app.next``, ``app.failed``."""
+    """Where a container of ours stands, read from its name: ``app``, ``app.prev``, ``app.next``, ``app.failed``,
+    ``app.release``."""
 
     CURRENT = "current"
     PREVIOUS = "previous"
     NEXT = "next"
     FAILED = "failed"  # the last release that failed its gate, kept stopped for its logs
+    RELEASE = "release"  # a release command's throwaway container, while it runs
 
     @property
     def suffix(self) -> str:
-        return {Role.CURRENT: "", Role.PREVIOUS: ".prev", Role.NEXT: ".next", Role.FAILED: ".failed"}[self]
+        return {
+            Role.CURRENT: "",
+            Role.PREVIOUS: ".prev",
+            Role.NEXT: ".next",
+            Role.FAILED: ".failed",
+            Role.RELEASE: ".release",
+        }[self]
 
 
 def container_name(app: str, role: Role = Role.CURRENT) -> str:
@@ -805,6 +819,7 @@ class ObservedContainer(Strict):
     owner: Owner | None = None  # None: deployed before containers carried their source
     created: float = 0.0  # epoch seconds
     networks: dict[str, str] = Field(default_factory=dict)  # network name -> its IPv4 address there
+    exit_code: int | None = None  # of its last exit, when it exited (the engine's listing says it)
     kind: Literal["container", "service"] = "container"  # a service: a Swarm service named after the app
     # A routed service: "IP:PORT" of each task that runs, on its route's port (``core.swarm.endpoints``).
     endpoints: tuple[str, ...] = ()

@@ -140,6 +140,7 @@ class Plan:
 
 
 STALE_NEXT = Change("container", "left by an interrupted deploy", "removed")
+STALE_RELEASE = Change("release command", "left running by an interrupted deploy", "removed")
 PRUNED = Change("app", "not in the file", "removed")
 UNLABELLED = "deployed before containers carried their source"
 
@@ -419,6 +420,9 @@ def plan(
                     (STALE_NEXT,),
                 )
             )
+        stale_job = observed.named(container_name(app, Role.RELEASE))
+        if stale_job is not None and stale_job.managed:
+            actions.append(Action(ActionKind.REMOVE, app, stale_job.name, (STALE_RELEASE,)))
         if current is None:
             image = Change("image", "(none)", f"{spec.version} {_wanted_image(resolution)}")
             created = (Change("container", "missing", "created"), image)
@@ -429,7 +433,7 @@ def plan(
             )
         elif reasons := _owner_change(current, source, relabel) + diff(current, target):
             actions.append(Action(ActionKind.REPLACE, app, current.name, reasons, target))
-        elif not current.running:
+        elif not current.running and not (spec.completes and current.state == "exited" and current.exit_code == 0):
             actions.append(
                 Action(ActionKind.START, app, current.name, (Change("state", current.state, "running"),), target)
             )

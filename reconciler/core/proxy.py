@@ -56,6 +56,7 @@ from reconciler.core.model import (
     container_name,
 )
 from reconciler.core.plan import Plan
+from reconciler.core.stack import DEFAULT_NETWORK, docker_network
 
 CONFIG_DIR = "/usr/local/etc/haproxy"  # the official image's; our test image keeps it
 CONFIG_FILE = "haproxy.cfg"
@@ -81,8 +82,9 @@ def proxy_container(instance: str) -> str:
 
 
 def proxy_network(instance: str) -> str:
-    """The Docker network that routed apps of an instance join, and that the proxy reaches them on."""
-    return "reconciler" if instance == "default" else f"reconciler-{instance}"
+    """The Docker network that routed apps of an instance join, and that the proxy reaches them on: the
+    instance's default network (``core.stack.docker_network``)."""
+    return docker_network(instance, DEFAULT_NETWORK)
 
 
 def backend(app: str) -> str:

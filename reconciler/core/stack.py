@@ -367,6 +367,24 @@ def problems(apps: Mapping[str, Any], networks: Mapping[str, NetworkSpec] | None
             found.append((("apps", app, "network_mode"), "network_mode: and networks: exclude each other"))
         if spec.network_mode is not None and spec.route is not None:
             found.append((("apps", app, "network_mode"), "a routed app is on the instance's network: no network_mode"))
+        if spec.network_mode is not None and spec.ports:
+            found.append(
+                (("apps", app, "ports"), f"network_mode {spec.network_mode}: the app publishes no ports (drop them)")
+            )
+        if spec.route is not None and spec.network_mode is None and DEFAULT_NETWORK not in spec.networks:
+            found.append(
+                (("apps", app, "networks"), "a routed app is reached by the proxy on the default network: list default")
+            )
+        if spec.route is not None:
+            for name, attachment in sorted(spec.networks.items()):
+                if attachment.aliases:
+                    found.append(
+                        (
+                            ("apps", app, "networks", name, "aliases"),
+                            "a routed app's releases overlap while it deploys, and an alias would name both: it is"
+                            f" reached by its name, {app}, which only the serving release holds",
+                        )
+                    )
         if spec.route is not None and not spec.route.shared_volumes:
             named = [volume for volume in spec.volumes if _named_volume(volume)]
             if named:
@@ -376,6 +394,17 @@ def problems(apps: Mapping[str, Any], networks: Mapping[str, NetworkSpec] | None
                         f"a routed app is deployed start-first, two releases at once, and {named[0].split(':')[0]}"
                         " is a named volume: two releases of a database on one volume corrupt it; serve it without"
                         " a route, or say route.shared_volumes: true if the app allows it",
+                    )
+                )
+    for app, spec in sorted(apps.items()):
+        for name, condition in sorted(spec.depends_on.items()):
+            other = apps.get(name)
+            if condition == "completed" and other is not None and not other.completes:
+                found.append(
+                    (
+                        ("apps", app, "depends_on", name),
+                        f"{name} runs until it is stopped (restart: {other.restart}): completed waits for a job that"
+                        ' exits, with restart: "no" and no health probe',
                     )
                 )
     for cycle in _cycles({app: tuple(sorted(spec.depends_on)) for app, spec in apps.items()}):
@@ -410,6 +439,27 @@ def _cycles(edges: Mapping[str, tuple[str, ...]]) -> list[list[str]]:
     for node in sorted(edges):
         if node not in state:
             walk(node, [])
+    return found
+
+
+def docker_network(instance: str, name: str) -> str:
+    """The Docker network of an instance's network ``name``: ``reconciler`` (or ``reconciler-INSTANCE``) for its
+    default one, which the proxy reaches routed apps on too, ``reconciler_backend`` for ``backend``."""
+    base = "reconciler" if instance == "default" else f"reconciler-{instance}"
+    return base if name == DEFAULT_NETWORK else f"{base}_{name}"
+
+
+def wanted_networks(
+    apps: Mapping[str, Any], declared: Mapping[str, NetworkSpec] | None, instance: str
+) -> dict[str, tuple[str, bool]]:
+    """The Docker networks the apps of a pass join: Docker name -> (name in the file, internal)."""
+    found: dict[str, tuple[str, bool]] = {}
+    for spec in apps.values():
+        if spec.network_mode is not None or spec.service:
+            continue
+        for name in spec.networks:
+            internal = bool(declared and name in declared and declared[name].internal)
+            found[docker_network(instance, name)] = (name, internal)
     return found
 
 

@@ -2,8 +2,9 @@
 
 Guarantees:
 - A deploy is a sequence of ``Step`` values, one sequence per strategy: ``STOP_FIRST`` for apps with
-  host ports (pull, create, stop-old, keep-old, rename-new, start-new, gate) and ``START_FIRST`` for
-  routed apps (pull, create, start-next, gate-next, switch, keep-old, rename-new, drain).
+  host ports (pull, release, create, stop-old, keep-old, rename-new, start-new, gate) and ``START_FIRST``
+  for routed apps (pull, release, create, start-next, gate-next, switch, keep-old, rename-new, drain). The
+  release step runs the app's release command (when it has one) before anything of the app changes.
 - ``RULES`` is the one place that says, per step, what a failure at it takes back (``Undo``) and what
   the next pass does with a deploy cut short at it (``Resume``). ``deploy.applier`` runs the sequences,
   ``deploy.rollback`` takes back what ``Undo`` says, ``deploy.recovery`` resumes as ``Resume`` says.
@@ -33,6 +34,7 @@ class Step(StrEnum):
     """The named steps of what ``apply`` does (``RECONCILE_KILL_AT=APP:STEP`` names them too)."""
 
     PULL = "pull"
+    RELEASE = "release"  # the release command ran in APP.release (a migration), before anything of the app changed
     CREATE = "create"  # as APP.next
     STOP_OLD = "stop-old"
     KEEP_OLD = "keep-old"  # the stopped one renamed to APP.prev (or APP.adopted)
@@ -76,6 +78,9 @@ class Rule:
 
 RULES: Mapping[Step, Rule] = {
     Step.PULL: Rule(Undo.NOTHING, Resume.REPLAN),
+    # The command's container is removed whatever became of it; cut short, the plan removes the stale one and
+    # the next pass runs the command again (a release command is written to run more than once: a migration).
+    Step.RELEASE: Rule(Undo.NOTHING, Resume.REPLAN),
     Step.CREATE: Rule(Undo.DISCARD, Resume.REPLAN),  # the plan cleans up a stale APP.next
     Step.STOP_OLD: Rule(Undo.ROLL_BACK, Resume.REPLAN),
     Step.KEEP_OLD: Rule(Undo.ROLL_BACK, Resume.REPLAN),
@@ -94,6 +99,7 @@ RULES: Mapping[Step, Rule] = {
 # Stop-first: the host port is free for the new release only once the old one stopped.
 STOP_FIRST: tuple[Step, ...] = (
     Step.PULL,
+    Step.RELEASE,  # while the old release serves: it stops only once the command succeeded
     Step.CREATE,
     Step.STOP_OLD,
     Step.KEEP_OLD,
@@ -105,6 +111,7 @@ STOP_FIRST: tuple[Step, ...] = (
 # before any rename, so that a route only ever points at a release that passed (``core.proxy.serving``).
 START_FIRST: tuple[Step, ...] = (
     Step.PULL,
+    Step.RELEASE,
     Step.CREATE,
     Step.START_NEXT,
     Step.GATE_NEXT,
@@ -147,6 +154,8 @@ def why(step: Step, reason: str) -> str:
         return reason
     if step is Step.SWITCH:
         return f"the proxy did not switch to it: {reason}"
+    if step is Step.RELEASE:
+        return f"its release command failed: {reason}"
     if step in (Step.KEEP_OLD, Step.RENAME_NEW) and reason:
         return f"it did not take the app's name ({step}): {reason}"
     return f"it did not start: {reason}"

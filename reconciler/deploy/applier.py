@@ -80,9 +80,10 @@ from reconciler import pool
 from reconciler.adapters.protocols import DockerEngine
 from reconciler.core.health import Gate, Verdict
 from reconciler.core.model import AppSpec, ObservedContainer, ObservedState, Role, container_name
-from reconciler.core.plan import STALE_NEXT, Action, ActionKind, Plan, Target, port_waits
-from reconciler.core.proxy import Server, proxy_network
+from reconciler.core.plan import STALE_NEXT, STALE_RELEASE, Action, ActionKind, Plan, Target, networks_of, port_waits
+from reconciler.core.proxy import Server
 from reconciler.core.report import Outcome, Result
+from reconciler.core.stack import Condition, SecretSpec, docker_network, waves
 from reconciler.core.steps import (
     ABANDONED,
     RULES,
@@ -96,6 +97,7 @@ from reconciler.core.steps import (
     breaks_release,
     why,
 )
+from reconciler.deploy.job import ReleaseAbandoned, run_release
 from reconciler.deploy.prober import WATCH_STEP, Prober
 from reconciler.deploy.proxy import Proxy
 from reconciler.deploy.recovery import Recovery
@@ -130,6 +132,7 @@ class _Deploy:
     reused: bool = False  # start-first: the new release is the warm APP.prev, already running
     set_aside: bool = False  # start-first: the old release was renamed to APP.prev (or APP.adopted)
     dying: bool = False  # start-first: APP restarted or does not run, and APP.prev is warm: that one serves
+    warm: ObservedContainer | None = None  # start-first: the warm APP.prev this deploy goes back to (``_warm``)
 
     @property
     def serving(self) -> ObservedContainer | None:
@@ -172,6 +175,9 @@ class Applier(Recovery):
     # The pass's apps whose start waits for others to free a host port, and each app's "its old one stopped".
     _waits: Mapping[str, frozenset[str]] = field(default_factory=dict, init=False, repr=False)
     _freed: dict[str, threading.Event] = field(default_factory=dict, init=False, repr=False)
+    # Each app of the pass: its new release started; its deploy ended (``depends_on`` waits on them).
+    _started: dict[str, threading.Event] = field(default_factory=dict, init=False, repr=False)
+    _finished: dict[str, threading.Event] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rows = Rows(self.journal)
@@ -224,7 +230,16 @@ class Applier(Recovery):
             return self._stale() or (atomic and failed.is_set())
 
         def run_app(indices: Sequence[int]) -> None:
+            app = plan.actions[indices[0]].app
             try:
+                if halted():
+                    return
+                blocked = self._wait_for_dependencies(app, needs.get(app, {}), slots, by_app, observed, halted)
+                if blocked:
+                    action = plan.actions[indices[-1]]
+                    slots[indices[-1]] = Outcome(app, action.kind, action.container, Result.SKIPPED, blocked)
+                    self._log(f"{app}: not deployed, {blocked}")
+                    return
                 for index in indices:
                     if halted():
                         return  # a newer commit, a shutdown, or a commit that is going back
@@ -233,16 +248,26 @@ class Applier(Recovery):
                     if atomic and breaks_release(outcome):
                         failed.set()
             finally:
-                self._freed[plan.actions[indices[0]].app].set()  # whatever became of it, nobody waits on it
+                self._freed[app].set()  # whatever became of it, nobody waits on it
+                self._started[app].set()
+                self._finished[app].set()
 
         by_app: dict[str, list[int]] = {}
+        needs: dict[str, dict[str, Condition]] = {}
         for index, action in enumerate(plan.actions):
             by_app.setdefault(action.app, []).append(index)
+            if action.target is not None:
+                needs[action.app] = dict(action.target.spec.depends_on)
         # Apps run one after another (parallel 1) cannot wait for each other: only concurrent ones do.
         self._waits = port_waits(plan, observed) if self.parallel > 1 else {}
         self._freed = {app: threading.Event() for app in by_app}
+        self._started = {app: threading.Event() for app in by_app}
+        self._finished = {app: threading.Event() for app in by_app}
+        # Dependencies first: the pool starts its tasks in this order, so an app waits only on apps already under
+        # way or done, whatever ``parallel`` is (no app holds a slot waiting for one that has none).
+        ordered = [app for wave in waves({app: needs.get(app, {}) for app in by_app}) for app in wave]
         try:
-            self._all([functools.partial(run_app, indices) for indices in by_app.values()])
+            self._all([functools.partial(run_app, by_app[app]) for app in ordered])
         finally:
             self.done = [outcome for outcome in slots if outcome is not None]
             self.deployed = [done for done in kept if done is not None]
@@ -250,6 +275,47 @@ class Applier(Recovery):
         if atomic and culprits:
             self.undo_deployed(f"rolled back with the rest of commit {plan.revision[:8]}: {', '.join(culprits)} failed")
         return self.done
+
+    def _wait_for_dependencies(
+        self,
+        app: str,
+        needs: Mapping[str, Condition],
+        slots: Sequence[Outcome | None],
+        by_app: Mapping[str, Sequence[int]],
+        observed: ObservedState,
+        halted: Callable[[], bool],
+    ) -> str:
+        """Wait until each dependency of ``app`` is as its condition says: deployed in this pass (healthy: its gate
+        passed; started: its new release started; completed: it exited 0), or, when this pass does not deploy it,
+        already so. "" when they all are; else why not (``waiting for db: ...``), and ``app`` is not deployed."""
+        for name, condition in sorted(needs.items()):
+            if name in by_app:
+                event = self._started[name] if condition == "started" else self._finished[name]
+                while not event.wait(WATCH_STEP):
+                    if halted():
+                        return f"waiting for {name}: the pass was stopped"
+                outcome = next((slots[i] for i in reversed(by_app[name]) if slots[i] is not None), None)
+                if self._finished[name].is_set() and (outcome is None or not outcome.result.ok):
+                    why = outcome.message if outcome is not None and outcome.message else "it was not deployed"
+                    return f"waiting for {name}: {why}"
+            found = observed.named(name) if name not in by_app else None
+            current = self.prober.inspect(found.id if found is not None else name)
+            if condition == "completed":
+                if current is None or current.running or current.exit_code != 0:
+                    state = "it does not exist" if current is None else "it runs" if current.running else (
+                        f"it exited {current.exit_code}"
+                    )  # fmt: skip
+                    return f"waiting for {name} to complete: {state}"
+            elif current is None or not current.running or current.health == "unhealthy":
+                state = (
+                    "it does not exist"
+                    if current is None
+                    else "it is unhealthy"
+                    if current.running
+                    else "it does not run"
+                )
+                return f"waiting for {name}: {state}"
+        return ""
 
     def undo_deployed(self, reason: str) -> list[Outcome]:
         """Take back every release the last ``apply`` put in place, newest first (its commit failed
@@ -298,7 +364,7 @@ class Applier(Recovery):
         container = observed.named(action.container)
         if container is None or not container.managed:
             return Outcome(action.app, action.kind, action.container, Result.SKIPPED, "not ours or already gone")
-        if action.reasons[:1] == (STALE_NEXT,):
+        if action.reasons[:1] in ((STALE_NEXT,), (STALE_RELEASE,)):
             # Not a removal of the app: what runs under its name stays; only debris of a deploy goes.
             entry = self._journal_start(revision, action.app, CLEANUP)
             message = f"removed {container.name} left by an interrupted deploy"
@@ -404,6 +470,7 @@ class Applier(Recovery):
             spec_hash=target.spec_hash,
         )
         deploy = _Deploy(action, target, observed, entry, current, fallback, started_at=self.clock(), dying=dying)
+        deploy.warm = self._warm(deploy)
         for step in steps:
             if not self._needed(step, deploy):
                 continue
@@ -413,8 +480,13 @@ class Applier(Recovery):
                 else:
                     self._announce(deploy, step)
                     self._do(step, deploy)
+                if deploy.started_at and deploy.reached in (Step.START_NEW, Step.START_NEXT) and app in self._started:
+                    self._started[app].set()  # its new release runs: ``depends_on: {APP: started}`` may go on
             except NOT_A_VERDICT:
                 raise  # cut short, not failed: the next pass finds the unfinished row and resumes it (RULES)
+            except ReleaseAbandoned as exc:
+                self._rows.finish(entry, result=JournalResult.SUPERSEDED, message=str(exc))
+                return Outcome(app, action.kind, app, Result.SUPERSEDED, f"{spec.version}: {exc}"), None
             except UserError as exc:
                 return self._take_back(deploy, deploy.reached, str(exc)), None
         gate = deploy.gate
@@ -436,11 +508,22 @@ class Applier(Recovery):
             return False  # start-first: a release that did not pass its gate never takes traffic
         if step is Step.PULL:
             return not deploy.target.resolution.image_id and not deploy.reused
+        if step is Step.RELEASE:
+            # A switch back to the warm release runs nothing: its command ran when it was deployed.
+            return deploy.spec.release is not None and deploy.warm is None
         if step is Step.START_NEXT:
             return not deploy.reused
         if step in SWAP:
             return not deploy.swapped
         return True
+
+    def _materials(self, spec: AppSpec) -> tuple[dict[str, str], dict[str, list[str]], list[tuple[SecretSpec, bytes]]]:
+        """What a container of ``spec`` is made with, read now: its env (env_file, then env), its Docker networks
+        with their aliases, its secrets' bytes. A file that cannot be read is an ``EnvFileError``."""
+        env = {**(self.engine.files.read(spec.env_file) if spec.env_file else {}), **spec.env}
+        networks = {docker_network(self.engine.instance, name): aliases for name, aliases in networks_of(spec).items()}
+        secrets = [(secret, self.engine.files.secret(secret.source)) for secret in spec.secrets]
+        return env, networks, secrets
 
     def _announce(self, deploy: _Deploy, step: Step) -> None:
         """Say ``step`` to ``on_step`` before it runs, and remember it as the step a failure is at. A start
@@ -494,13 +577,23 @@ class Applier(Recovery):
             self._log(f"deploying {app} {was.version + ' -> ' if was else ''}{spec.version}")
             if self._reuse_warm(deploy):
                 return
-            env = {**(self.engine.files.read(spec.env_file) if spec.env_file else {}), **spec.env}
-            network = proxy_network(self.engine.instance) if spec.route is not None else None
-            deploy.new_id = self.engine.create(deploy.target, container_name(app, Role.NEXT), env=env, network=network)
+            env, networks, secrets = self._materials(spec)
+            deploy.new_id = self.engine.create(
+                deploy.target, container_name(app, Role.NEXT), env=env, networks=networks, secrets=secrets
+            )
+        elif step is Step.RELEASE:
+            env, networks, secrets = self._materials(spec)
+            took = run_release(
+                self.engine, deploy.target, env=env, networks=networks, secrets=secrets,
+                clock=self.clock, sleep=self.sleep, interrupted=self._stale,
+            )  # fmt: skip
+            self._log(f"{app}: release command of {spec.version} done in {took:.1f}s")
         elif step in (Step.GATE, Step.GATE_NEXT):
             # A warm release served and stayed up: one good answer is its fresh gate.
             gate = spec.gate.one_answer() if deploy.reused else spec.gate
-            deploy.gate = self.prober.gate(deploy.new_id, gate, started_at=deploy.started_at)
+            deploy.gate = self.prober.gate(
+                deploy.new_id, gate, started_at=deploy.started_at, completes=spec.completes and not deploy.reused
+            )
         elif step is Step.START_NEXT:
             self.engine.start(deploy.new_id, container_name(app, Role.NEXT))
         elif step is Step.SWITCH:
@@ -516,11 +609,10 @@ class Applier(Recovery):
 
     # -- start-first: the steps of a routed app -----------------------------------------------------------
 
-    def _reuse_warm(self, deploy: _Deploy) -> bool:
-        """A commit back to the warm previous release: it is gated again (under its own name) and switched
-        to, not started. Only a warm one: when APP does not run, APP.prev is what serves."""
-        app = deploy.app
-        warm = deploy.observed.named(container_name(app, Role.PREVIOUS))
+    def _warm(self, deploy: _Deploy) -> ObservedContainer | None:
+        """The warm previous release, when the deploy is a commit back to it (it is then gated again and switched
+        to, not made anew). Only a warm one: when APP does not run, APP.prev is what serves."""
+        warm = deploy.observed.named(container_name(deploy.app, Role.PREVIOUS))
         if (
             deploy.spec.route is None
             or warm is None
@@ -530,6 +622,13 @@ class Applier(Recovery):
             or deploy.serving is warm
             or (self.proxy is not None and warm.id in self.proxy.cooling)  # its window passed: it is stopping
         ):
+            return None
+        return warm
+
+    def _reuse_warm(self, deploy: _Deploy) -> bool:
+        """A commit back to the warm previous release (``deploy.warm``): it takes the new release's place."""
+        app, warm = deploy.app, deploy.warm
+        if warm is None:
             return False
         deploy.new_id, deploy.reused = warm.id, True
         deploy.started_at = self.clock()

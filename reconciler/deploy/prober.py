@@ -102,10 +102,14 @@ class Prober:
         port = route_port(found, parts.port or 80)
         return parts._replace(netloc=f"{ip}:{port}").geturl()
 
-    def gate(self, container_id: str, spec: HealthSpec, *, started_at: float | None = None) -> Gate:
-        """Probe the container until the gate decides, or ``stale()`` (then it stays pending)."""
+    def gate(
+        self, container_id: str, spec: HealthSpec, *, started_at: float | None = None, completes: bool = False
+    ) -> Gate:
+        """Probe the container until the gate decides, or ``stale()`` (then it stays pending). ``completes``: a
+        job, whose exit 0 passes."""
         found = self.inspect(container_id)
         gate = Gate(
+            completes=completes,
             spec=spec,
             started_at=self.clock() if started_at is None else started_at,
             restarts_at_start=found.restart_count if found is not None else 0,  # none: the first sample says why

@@ -14,7 +14,8 @@ Guarantees:
 
 Differences from the real engine (which the end-to-end tests still cover): no restart policy (a dead
 container stays dead, its restart count never grows), no Swarm (no services, tasks or nodes), no
-http/tcp health (no process listens: use ``exec`` or ``docker`` health), no logs, no bind-mount checks of
+http/tcp health (no process listens: use ``exec`` or ``docker`` health), no logs but a release command's
+(``FakeImage.job_output``; it ends at once with ``job_exits``), no bind-mount checks of
 real paths (a host path is its own real path), a stop is instant (no stop timeout is waited), and ids
 are counters, not digests. ``tests/test_fake_engine_parity.py`` checks the records against a real engine.
 """
@@ -35,7 +36,10 @@ from reconciler.adapters.protocols import DockerEngine
 from reconciler.core import guard
 from reconciler.core import images as image_match
 from reconciler.core.labels import (
+    INSTANCE,
+    MANAGED,
     Inspected,
+    NetworkRow,
     inspected_from,
     observed_from_row,
     port_bindings,
@@ -43,6 +47,7 @@ from reconciler.core.labels import (
 )
 from reconciler.core.model import HostLimits, ObservedState, parse_port
 from reconciler.core.plan import Target
+from reconciler.core.stack import SecretSpec
 from reconciler.errors import ContainerError, EngineUnavailable, ImageError
 
 T = TypeVar("T")
@@ -58,10 +63,19 @@ class FakeImage:
     digest: str  # the registry's manifest digest ("" for an image only built here)
     healthy: bool = True  # what an exec probe in a container of it answers
     exits: int | None = None  # a start exits at once with this code (a release that crashes)
+    job_exits: int = 0  # a release command run in a container of it exits at once with this code
+    job_output: str = ""  # ... after printing this (its logs)
 
     @property
     def repository(self) -> str:
         return self.ref.rpartition(":")[0] if ":" in self.ref.rpartition("/")[2] else self.ref
+
+
+@dataclass
+class FakeNetwork:
+    name: str
+    labels: dict[str, str]
+    internal: bool
 
 
 @dataclass
@@ -75,6 +89,10 @@ class FakeContainer:
     stop_timeout: float
     created: float
     networks: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)  # network -> its extra names there
+    env: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, tuple[bytes, str, int, int]] = field(default_factory=dict)  # target -> data, mode, uid, gid
+    job: tuple[str, ...] | None = None  # a release command's container: its argv
     state: str = "created"  # created | running | exited
     exit_code: int = 0
     error: str = ""
@@ -103,6 +121,7 @@ class FakeContainer:
             "Image": self.ref,
             "ImageID": self.image.id,
             "State": self.state,
+            "Status": f"Exited ({self.exit_code}) 1 second ago" if self.state == "exited" else self.state.title(),
             "Labels": dict(self.labels),
             "Created": int(self.created),
             "Ports": published,
@@ -144,7 +163,7 @@ class FakeEngine:
         self.registry: dict[str, FakeImage] = {}
         self.images: dict[str, FakeImage] = {}  # by every ref it is tagged as, here
         self.containers: dict[str, FakeContainer] = {}  # by id
-        self.networks: set[str] = set()
+        self.networks: dict[str, FakeNetwork] = {}
         self.calls: list[str] = []  # what was asked, in order ("start web", "rename web.next web", ...)
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -307,8 +326,12 @@ class FakeEngine:
         return self._local(ref) is not None
 
     def logs(self, container_id: str, *, tail: int = 20) -> str:
-        self._asked("read logs")
-        return ""
+        with self._lock:
+            self._asked("read logs")
+            found = self._find(container_id)
+            if found is None or found.job is None or not found.started:
+                return ""
+            return "\n".join(found.image.job_output.splitlines()[-tail:])
 
     def publishers(self, port: int) -> list[str]:
         with self._lock:
@@ -345,7 +368,16 @@ class FakeEngine:
             self.images[ref] = found
             return found.id
 
-    def create(self, target: Target, name: str, *, env: Mapping[str, str], network: str | None = None) -> str:
+    def create(
+        self,
+        target: Target,
+        name: str,
+        *,
+        env: Mapping[str, str],
+        networks: Mapping[str, Sequence[str]] | None = None,
+        secrets: Sequence[tuple[SecretSpec, bytes]] = (),
+        job: Sequence[str] | None = None,
+    ) -> str:
         spec = target.spec
         with self._lock:
             self._asked(f"create {name}")
@@ -354,6 +386,9 @@ class FakeEngine:
                 raise ContainerError(f"create {name}: No such image: {target.resolution.ref}")
             if self._find_named(name) is not None:
                 raise ContainerError(f'create {name}: Conflict. The container name "/{name}" is already in use')
+            for network in networks or {}:
+                if network not in self.networks:
+                    raise ContainerError(f"create {name}: network {network} not found")
             port_bindings(spec.ports)  # refuses what the real create refuses to bind
             self.held_binds(name, spec.volumes, self.limits)
             container = FakeContainer(
@@ -361,28 +396,51 @@ class FakeEngine:
                 name=name,
                 image=image,
                 ref=target.resolution.ref,
-                labels=release_labels(target, self.instance),
-                ports=tuple(spec.ports),
+                labels={**spec.labels, **release_labels(target, self.instance)},
+                ports=tuple(spec.ports) if job is None else (),
                 stop_timeout=spec.stop_timeout,
                 created=self.clock(),
+                env=dict(env),
+                secrets={s.target: (data, s.mode, s.uid, s.gid) for s, data in secrets},
+                job=tuple(job) if job is not None else None,
             )
             # Docker's default bridge when no network is named, as ``docker run`` without ``--network``.
-            subnet = "172.30.0" if network is not None else "172.17.0"
-            if network is not None:
-                self.networks.add(network)
-            container.networks[network or "bridge"] = f"{subnet}.{len(self.containers) + 2}"
+            for network, aliases in (networks or {"bridge": ()}).items():
+                subnet = "172.17.0" if network == "bridge" else "172.30.0"
+                container.networks[network] = f"{subnet}.{len(self.containers) + 2}"
+                if aliases and job is None:
+                    container.aliases[network] = tuple(aliases)
             self.containers[container.id] = container
             self.calls.append(f"create {name}")
             return container.id
 
-    def ensure_network(self, name: str) -> None:
-        self._asked(f"create network {name}")
-        self.networks.add(name)
+    def ensure_network(self, name: str, *, internal: bool = False, labels: Mapping[str, str] | None = None) -> None:
+        with self._lock:
+            self._asked(f"create network {name}")
+            if name not in self.networks:
+                self.networks[name] = FakeNetwork(
+                    name, {**(labels or {}), MANAGED: "true", INSTANCE: self.instance}, internal
+                )
+
+    def networks_of_instance(self) -> list[NetworkRow]:
+        with self._lock:
+            self._asked("list networks")
+            return [
+                NetworkRow(
+                    name=net.name,
+                    labels=dict(net.labels),
+                    internal=net.internal,
+                    attached=tuple(sorted(c.name for c in self.containers.values() if net.name in c.networks)),
+                )
+                for net in self.networks.values()
+                if net.labels.get(INSTANCE) == self.instance and net.labels.get(MANAGED) == "true"
+            ]
 
     def remove_network(self, name: str) -> None:
-        self._asked(f"remove network {name}")
-        if not any(name in c.networks for c in self.containers.values()):
-            self.networks.discard(name)
+        with self._lock:
+            self._asked(f"remove network {name}")
+            if not any(name in c.networks for c in self.containers.values()):
+                self.networks.pop(name, None)
 
     def kill(self, container_id: str, name: str, signal: str) -> None:
         with self._lock:
@@ -404,7 +462,9 @@ class FakeEngine:
                         f"Bind for 0.0.0.0:{port} failed: port is already allocated"
                     )
             found.started = self.clock()
-            if found.image.exits is not None:
+            if found.job is not None:  # a release command: it ran, and ended
+                found.state, found.exit_code = "exited", found.image.job_exits
+            elif found.image.exits is not None:
                 found.state, found.exit_code = "exited", found.image.exits
             else:
                 found.state, found.exit_code = "running", 0

@@ -16,6 +16,7 @@ from reconciler.converge.run import parse_desired, resolve
 from reconciler.core.model import DesiredState
 from reconciler.core.plan import Plan, plan
 from reconciler.core.report import Outcome
+from reconciler.core.stack import DEFAULT_NETWORK, docker_network
 from reconciler.deploy.applier import Applier
 from reconciler.state.journal import Journal
 from tests.support.fake_engine import FakeClock, FakeContainer, FakeEngine
@@ -49,6 +50,8 @@ class FakeHost:
 
     def __post_init__(self) -> None:
         self.engine = FakeEngine(clock=self.clock)
+        # What a pass makes before its deploys (``deploy.networks.ensure``): the apps' default network.
+        self.engine.ensure_network(docker_network(self.engine.instance, DEFAULT_NETWORK))
         self.journal = Journal(self.state_dir)
 
     def applier(self, **options: object) -> Applier:
