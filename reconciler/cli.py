@@ -919,6 +919,55 @@ def completion(
     typer.echo(_guarded(lambda: controls.completion_script(shell=shell.value)), nl=False)
 
 
+import_app = typer.Typer(
+    help="Convert another tool's file into a desired-state.yaml.", rich_markup_mode=None, no_args_is_help=True
+)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("compose")
+def import_compose(
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="The compose file (docker-compose.yml, compose.yaml).")],
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--env-file", metavar="FILE", help="Variables for ${VAR}. [default: .env beside the file, if any]"
+        ),
+    ] = None,
+    profile: Annotated[
+        list[str] | None,
+        typer.Option("--profile", metavar="NAME", help="Also the services of this profile (repeatable)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("-o", "--out", metavar="FILE", help="Write it here (atomically). [default: stdout]"),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the --out file if it exists.")] = False,
+) -> None:
+    """Convert a Compose file into a desired-state.yaml. Exit 0 converted, 1 not (every problem one line)."""
+    from reconciler.core.compose import ComposeError
+    from reconciler.ops import importer
+
+    def run() -> Any:
+        try:
+            return importer.import_compose(
+                path, environ=dict(os.environ), env_file=env_file, profiles=profile or [], out=out, force=force
+            )
+        except ComposeError as exc:
+            for line in exc.problems:
+                typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(1) from None
+
+    imported = _guarded(run)
+    for line in imported.warnings:
+        typer.echo(f"warning: {line}", err=True)
+    if imported.written is None:
+        typer.echo(imported.text, nl=False)
+    else:
+        count = len(imported.apps)
+        typer.echo(f"{imported.written}: written, {count} app{'s' if count != 1 else ''}")
+
+
 @app.command(hidden=True)
 def schema() -> None:
     """Print the JSON Schema of desired-state.yaml (the source of schemas/desired-state.schema.json)."""
