@@ -7,10 +7,12 @@ Guarantees:
   network with no route out of the host. A network of ours whose ``internal`` differs from the file is made
   again when no container is on it, and left with a note while one is.
 - ``prune`` removes this source's networks that no app of the file names any more, once nothing is on them;
-  one still in use stays, with a note naming who is on it. The default network is never pruned here (the
-  proxy's teardown removes it when nothing uses it), nor a network of another source or instance, nor one
-  without our labels: networks are looked up by our labels, never by name alone.
-- Each line it returns says what it did (``network backend: created``); nothing is said of what was in line.
+  one still in use stays, with a note naming who is on it. The instance's default network goes, without a
+  word, once no app of the file joins it, the file has no proxy and nothing is on it. Never a network of
+  another source or instance, nor one without our labels: networks are looked up by our labels, never by
+  name alone.
+- Each line it returns says what it did (``network backend: created``); nothing is said of what was in line,
+  nor of the default network's creation (the instance's own, as the proxy's network is).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 from reconciler.adapters.protocols import DockerEngine
 from reconciler.core.labels import NETWORK, SOURCE, owner_of
 from reconciler.core.model import DesiredState
-from reconciler.core.stack import DEFAULT_NETWORK, wanted_networks
+from reconciler.core.stack import DEFAULT_NETWORK, docker_network, wanted_networks
 
 
 def _labels(desired: DesiredState, name: str) -> dict[str, str]:
@@ -46,13 +48,17 @@ def ensure(engine: DockerEngine, desired: DesiredState, *, dry: bool = False) ->
                 f" {str(internal).lower()}; left as it is while {', '.join(row.attached)} use it"
             )
             continue
+        # The default network is the instance's own, there for every app as the proxy's is: made without a word.
+        quiet = name == DEFAULT_NETWORK and row is None
         if dry:
-            said.append(f"network {name} ({docker_name}): {'to make again' if row is not None else 'to create'}")
+            if not quiet:
+                said.append(f"network {name} ({docker_name}): {'to make again' if row is not None else 'to create'}")
             continue
         if row is not None:
             engine.remove_network(docker_name)
         engine.ensure_network(docker_name, internal=internal, labels=_labels(desired, name))
-        said.append(f"network {name} ({docker_name}): {'made again' if row is not None else 'created'}")
+        if not quiet:
+            said.append(f"network {name} ({docker_name}): {'made again' if row is not None else 'created'}")
     return said
 
 
@@ -63,7 +69,12 @@ def prune(engine: DockerEngine, desired: DesiredState, *, dry: bool = False) -> 
     said: list[str] = []
     for row in engine.networks_of_instance():
         name = row.labels.get(NETWORK, "")
-        if not name or name == DEFAULT_NETWORK or row.name in wanted:
+        if row.name == docker_network(engine.instance, DEFAULT_NETWORK):
+            # The instance's own: removed without a word once no app nor proxy of the instance is on it.
+            if row.name not in wanted and desired.proxy is None and not row.attached and not dry:
+                engine.remove_network(row.name)
+            continue
+        if not name or row.name in wanted:
             continue
         owner = owner_of(row.labels)
         if desired.source is not None and (owner is None or not desired.source.same(owner)):

@@ -199,4 +199,25 @@ class AppNames:
             for network in networks:
                 if str(network.get("Name", "")).endswith("_" + app):
                     errors += _remove(f"network {network['Name']}", self.client.api.remove_network, network["Id"])
+        return errors + self._instance_networks()
+
+    def _instance_networks(self) -> list[str]:
+        """Remove the networks of the test's own instance once its containers are gone (Docker has room for about
+        30 bridge networks: one left per test would soon refuse the next)."""
+        from .cli import test_instance
+
+        own = f"reconciler-{test_instance()}"
+        errors: list[str] = []
+        try:
+            networks = self.client.api.networks()
+        except Exception as exc:
+            return [f"listing networks: {exc}"]
+        for network in networks:
+            name = str(network.get("Name", ""))
+            if name == own or name.startswith(own + "_"):
+                try:
+                    self.client.api.remove_network(network["Id"])
+                except docker.errors.APIError as exc:
+                    if exc.status_code not in (404, 403, 409):  # gone, or still in use by what another fixture keeps
+                        errors.append(f"network {name}: {exc}")
         return errors
