@@ -344,3 +344,51 @@ def test_a_failing_release_command_of_a_routed_app_keeps_the_old_release_serving
     assert "exited 2: migration 0042 failed" in output(result), show(result)
     assert hits and all(hit.error == "" and hit.status == 200 for hit in hits), hits[:5]
     assert {hit.body for hit in hits} == {f"{web.name} v1"}
+
+
+def test_a_compose_stack_imported_with_reconcile_import_compose_converges(
+    site: Site, images: ImageFactory, app_names: AppNames, tmp_path: Path
+) -> None:
+    images.build("web", "db", body="db-body")
+    images.build("web", "front", body="front-body")
+    db, web, back, port = app_names("db"), app_names("web"), app_names("back"), free_port()
+    (tmp_path / "pw.txt").write_text("imported-secret-789\n")
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(f"""services:
+  {db}:
+    image: {site.web()}:db
+    init: true
+    networks: [{back}]
+    healthcheck:
+      test: ["CMD", "wget", "-qO-", "http://127.0.0.1:8000/health"]
+      interval: 200ms
+      retries: 20
+  {web}:
+    image: {site.web()}:front
+    init: true
+    stop_grace_period: 1s
+    ports: ["127.0.0.1:{port}:8000"]
+    depends_on:
+      {db}: {{condition: service_healthy}}
+    networks: [default, {back}]
+    secrets: [pw]
+    healthcheck:
+      test: wget -qO- http://{db}:8000/ | grep -q db-body
+      interval: 200ms
+secrets:
+  pw: {{file: ./pw.txt}}
+networks:
+  {back}: {{internal: true}}
+""")
+    written = tmp_path / "desired-state.yaml"
+
+    imported = cli("import", "compose", compose, "-o", written)
+
+    assert imported.returncode == 0, show(imported)
+    site.commit(written.read_text())
+    result = site.converge()
+    assert "imported-secret-789" not in output(imported) + output(result)
+    assert body(port) == "front-body"
+    assert execute(site, web, "wget", "-qO-", f"http://{db}:8000/") == (0, "db-body")
+    assert execute(site, web, "cat", "/run/secrets/pw") == (0, "imported-secret-789")
+    assert execute(site, web, "stat", "-c", "%a", "/run/secrets/pw") == (0, "444")  # compose's default mode
