@@ -76,6 +76,7 @@ def test_the_schema_is_as_strict_as_the_models() -> None:
         "update",
         *model.CONTAINER_ONLY,
         "depends_on",
+        "release",
     }
     assert set(probe["properties"]) == {"http", "tcp", "exec", "docker", "interval", "timeout", "healthy_for"}
     durations = [app["properties"][k] for k in ("stop_timeout", "stable_after")]

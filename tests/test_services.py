@@ -544,3 +544,28 @@ def test_between_passes_the_agent_routes_to_the_task_that_swarm_put_in_place_of_
         site.commit(message="no apps, no proxy")
         site.reconcile()
     agent.assert_clean_log()
+
+
+def test_a_service_runs_its_release_command_once_per_rollout_and_a_failing_one_rolls_nothing_out(
+    site: Site, tmp_path: Path
+) -> None:
+    api = name(site, "api")
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    release = f'    volumes: ["{out}:/out"]\n    release: {{command: [sh, -c, "echo ran-$$RELEASE >> /out/log"]}}\n'
+    release = release.replace("$$RELEASE", "once")
+    site.commit(service_yaml(api, site.repo, "v1", 2, 18109, release))
+    assert site.reconcile().returncode == 0
+    site.commit(service_yaml(api, site.repo, "v2", 2, 18109, release))
+    rolled = site.reconcile()
+    assert rolled.returncode == 0 and "v1 -> v2" in rolled.stdout, show(rolled)
+    assert (out / "log").read_text().splitlines() == ["ran-once", "ran-once"]  # v1, then v2: once each, not per task
+
+    failing = release.replace("echo ran-once >> /out/log", "echo migration failed; exit 5")
+    site.commit(service_yaml(api, site.repo, "v1", 2, 18109, failing))
+    failed = site.reconcile()
+
+    assert failed.returncode == 1 and "exited 5: migration failed" in failed.stdout, show(failed)
+    wait_running(site, api, ["v2", "v2"])  # nothing rolled out
+    assert site.swarm.manager.client.api.containers(all=True, filters={"name": f"{api}.release"}) == []

@@ -83,7 +83,6 @@ SECRETS_DIR = "/run/secrets"  # where an app's secrets: are, as Docker and Compo
 CONTAINER_ONLY = frozenset(
     [
         "networks",
-        "release",
         "secrets",
         "user",
         "entrypoint",

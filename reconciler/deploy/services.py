@@ -7,6 +7,9 @@ Guarantees:
 - Swarm rolls a new spec out as the file's ``update:`` says, pausing (``failure_action: pause``) rather
   than going on when a task fails within ``monitor`` (``healthy_for``, at least 1 s) of its start. Our
   gate decides: every task of the new spec running at once for ``healthy_for``, within ``timeout``.
+- A service's release command runs once per rollout, not per task: in a throwaway container on the manager
+  (``deploy.job``), before the new spec is created or rolled out; one that fails leaves the service as it
+  was, journaled failed and held as a failed release.
 - What a service has and the file cannot say (networks, secrets, configs) is kept through every update
   and through adoption.
 - A rollout that fails is put back to the spec the service had before it (read just before the update
@@ -33,10 +36,11 @@ from reconciler.core import swarm
 from reconciler.core.health import Gate, Verdict
 from reconciler.core.labels import epoch as _epoch
 from reconciler.core.model import AppSpec, ObservedContainer
-from reconciler.core.plan import Action, ActionKind
+from reconciler.core.plan import Action, ActionKind, Target
 from reconciler.core.proxy import Server
 from reconciler.core.report import Outcome, Result
 from reconciler.core.steps import Released
+from reconciler.deploy.job import ReleaseAbandoned, run_release
 from reconciler.deploy.prober import Prober
 from reconciler.deploy.rows import JournalFailed
 from reconciler.errors import UserError
@@ -113,6 +117,10 @@ class Services:
             from_image=current.digest if current else "", to_image=target.resolution.identity,
             spec_hash=target.spec_hash,
         )  # fmt: skip
+        if spec.release is not None:
+            failed = self._release(action, target, entry, env)
+            if failed is not None:
+                return failed, None
         arguments = self.engine.service_arguments(target, env)
         previous: dict[str, Any] | None = None
         self.step(app, "create" if current is None else "update")
@@ -154,6 +162,27 @@ class Services:
             return Outcome(app, action.kind, app, Result.APPLIED, f"{was}{spec.version}"), done
         back = current.version if current is not None else ""
         return self._put_back(action, entry, service_id, previous, back, gate.reason, spec), None
+
+    def _release(self, action: Action, target: Target, entry: int, env: Mapping[str, str]) -> Outcome | None:
+        """The service's release command, once per rollout (not per task): in a throwaway container on the
+        manager, before the new spec rolls out. Its outcome when it failed or was abandoned; None when it ran."""
+        app, spec = action.app, target.spec
+        self.step(app, "release")
+        try:
+            if not self.engine.has_image(target.resolution.ref):
+                self.engine.pull(target.resolution.ref)
+            took = run_release(
+                self.engine, target, env=env, networks={}, secrets=[], clock=self.clock, sleep=self.sleep,
+                interrupted=self.stale,
+            )  # fmt: skip
+        except ReleaseAbandoned as exc:
+            self._finish(entry, JournalResult.SUPERSEDED, str(exc))
+            return Outcome(app, action.kind, app, Result.SUPERSEDED, f"{spec.version}: {exc}")
+        except UserError as exc:
+            self._finish(entry, JournalResult.FAILED, str(exc))
+            return Outcome(app, action.kind, app, Result.FAILED, f"{spec.version}: {exc}", release_failed=True)
+        self.log(f"{app}: release command of {spec.version} done in {took:.1f}s")
+        return None
 
     def _put_back(
         self,
