@@ -77,9 +77,16 @@ class Attachment(Strict):
     aliases: tuple[DnsName, ...] = Field((), description="more DNS names for the app on this network")
 
 
+def _names(value: list[Any] | tuple[Any, ...], written: str) -> None:
+    # A list of maps or lists (`[{backend: {}}]`) cannot become the keys of a map: say what to write.
+    if any(isinstance(item, Mapping | list | tuple | set) for item in value):
+        raise ValueError(f"write a list of names or a map, not a list of lists or maps: {written}")
+
+
 def _networks_map(value: object) -> object:
     # `networks: [default, backend]` and `networks: {backend: {aliases: [db]}, default: }` are one thing.
     if isinstance(value, list | tuple):
+        _names(value, "[default, backend] or {backend: {aliases: [db]}}")
         return {name: {} for name in value}
     if isinstance(value, Mapping):
         return {name: ({} if item is None else item) for name, item in value.items()}
@@ -103,6 +110,7 @@ AppNetworks = Annotated[
 def _depends_map(value: object) -> object:
     # `depends_on: [db]` is `depends_on: {db: healthy}`, as in Compose's short form.
     if isinstance(value, list | tuple):
+        _names(value, "[db] or {db: healthy}")
         if len(set(map(str, value))) != len(value):
             raise ValueError("an app is listed twice")
         return {name: "healthy" for name in value}
