@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reconciler.adapters.yamlfile import parse_yaml
-from reconciler.converge.run import parse_desired
+from reconciler.converge.run import Trust, parse_desired, read_at
 from reconciler.core import guard as core
 from reconciler.core.guard import ContainerPolicy, ServerPolicy, image_allowed, path_under, security_opt_allowed
 from reconciler.errors import InvalidDesiredState, UserError
@@ -656,6 +656,34 @@ def test_container_options_that_hand_over_the_host_are_warned_about_without_a_po
         f"{FILE}:19:48: apps.web.cap_add[2]: ALL gives the container every capability, SYS_ADMIN and SYS_MODULE"
         " among them",
     ]
+
+
+class OneFile:
+    """A source that holds one commit's file: what ``read_at`` reads, as the agent's pass does."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text.encode()
+
+    def read(self, revision: str, file: str) -> bytes:
+        return self.text
+
+    def author(self, revision: str) -> str:
+        return "someone"
+
+    def identity(self, ref: str, revision: str, file: str) -> None:
+        return None
+
+
+def test_the_agent_is_handed_the_container_warnings_with_the_mounts() -> None:
+    # read_at is what the agent reads a commit with; it prints each of Read.dangers once as a policy.warning.
+    text = CONTAINERS.replace("    network_mode: host\n", "    volumes: [/:/host]\n", 1)
+    read = read_at(OneFile(text), "main", "abc123", FILE, Trust())  # type: ignore[arg-type]
+    assert read.dangers[:2] == (
+        f"{FILE}:5:15: apps.web.volumes[0]: / mounts the host's whole file system",
+        f"{FILE}:6:17: apps.web.privileged: true gives the container every capability and device of the host:"
+        " root on the host",
+    )
+    assert read.dangers == tuple(lines_of(text, None))
 
 
 @pytest.mark.parametrize(
