@@ -14,6 +14,8 @@ tabs, NULs, bytes that are not UTF-8), lines duplicated, dropped, swapped and re
 anchors and aliases (also alias bombs), deep nesting, odd keys and huge numbers, and (issue 18)
 double-quoted unicode escapes (``"\\UFFFFFFFF"``, surrogates), ``%YAML``/``%TAG`` directives (other
 versions, twice, a second document) and values, keys and URLs of 100 to 300 KB, several per file.
+Issue 20: a seed holds a stack with every key it adds (networks, depends_on, release, secrets and every
+container option), and the odd keys and values include the stack's (modes, ulimits, aliases, devices...).
 
 Run: ``.venv/bin/python bench/fuzz.py [-n 10000] [--seed 7] [--show 5]``. Exit 0 when there is no
 internal error, no unlocated, long or leaking message and no hang.
@@ -115,6 +117,75 @@ apps:
       tcp: 127.0.0.1:8080
       interval: 1s
 """,
+    # Issue 20: a stack with every key it adds (networks, start order, a release command, file secrets,
+    # every container option), so that the mutations reach the stack's validators.
+    f"""\
+networks:
+  backend: {{internal: true}}
+  front: {{}}
+apps:
+  db:
+    image: registry.example.com/postgres
+    version: "16.4"
+    networks: [backend]
+    volumes: ["pgdata:/var/lib/postgresql/data"]
+    env: {{POSTGRES_PASSWORD_FILE: /run/secrets/db_password, PW: {SECRET}}}
+    secrets:
+      - {{source: /etc/shop/db_password, target: db_password, mode: "0400", uid: 999, gid: 999}}
+    shm_size: 256m
+    stop_signal: SIGINT
+  web:
+    image: registry.example.com/shop
+    version: v2.3.0
+    networks:
+      default:
+      backend: {{aliases: [shop, shop.internal]}}
+      front: {{}}
+    depends_on: {{db: healthy, cache: started, seed: completed}}
+    release:
+      command: ["/app/manage", "migrate"]
+      timeout: 10m
+    user: "1000:1000"
+    entrypoint: ["/app/entry"]
+    working_dir: /app
+    hostname: web
+    extra_hosts: ["host.docker.internal:host-gateway", "legacy:10.0.0.5"]
+    labels: {{team: shop, tier: web}}
+    stop_signal: SIGINT
+    cap_drop: [ALL]
+    cap_add: [NET_BIND_SERVICE, CAP_CHOWN]
+    read_only: true
+    tmpfs: ["/var/cache/shop:size=64m", /tmp]
+    sysctls: {{net.core.somaxconn: "1024", net.ipv4.tcp_syncookies: 1}}
+    ulimits: {{nofile: {{soft: 65536, hard: 65536}}, nproc: 512}}
+    shm_size: 64m
+    memory: 512m
+    cpus: 1.5
+    pids_limit: 200
+    logging: {{driver: json-file, options: {{max-size: 10m, max-file: "3", compress: true}}}}
+    security_opt: [no-new-privileges, "apparmor=docker-default"]
+  cache:
+    image: redis
+    version: "7.2"
+    networks: [backend]
+    depends_on: [seed]
+    memory: 1g
+    logging: {{driver: local}}
+  seed:
+    image: registry.example.com/seed
+    version: v1
+    network_mode: none
+    restart: "no"
+  gpu:
+    image: registry.example.com/render
+    version: v5
+    network_mode: host
+    privileged: true
+    devices: ["/dev/dri/renderD128", "/dev/ttyUSB0:/dev/ttyS0:rw"]
+    security_opt: ["seccomp=unconfined", "label:disable"]
+    cap_add: [SYS_ADMIN]
+    ulimits: {{memlock: -1}}
+""",
 ]
 
 INDICATORS = [*":-?[]{},&*!|>'\"%@`#\t\n ", "\x00", "\\", "\r", "\u2028", "\ufeff", "~", "<<", ": ", "- "]
@@ -125,10 +196,16 @@ TAGS = [
 WEIRD_KEYS = [
     "? [a, [b]]\n:", "? {a: 1}\n:", '"a\\nb":', "<<:", "~:", "null:", "1.5:", "true:", "!!int 1:", "'':",
     '"\\0":', "*k:", "? |\n  x\n:", "0x1F:", "version:", "apps:", "-1:",
+    "networks:", "depends_on:", "release:", "secrets:", "default:", "privileged:", "cap_add:", "ulimits:",
 ]  # fmt: skip
 NUMBERS = [
     "9" * 400 + "h", "1000000000h", ".inf", "-.inf", ".nan", "1e999", "9" * 5000, "0x" + "f" * 80, "1:30:00",
     "300.1.1.1:80:80", "0s", "-1s", "1e5", "0o777", "0b_", "99999", "721h", "25h", "1_000s",
+    # issue 20: values the stack's keys hold or refuse
+    "0400", "'0999'", "-1", "0", "2147483648", "9223372036854775808", "64q", "1e999m", "0.0", "[ALL]", "[web, web]",
+    "{soft: 2, hard: 1}", "{web: healthy}", "{db: started, web: completed}", "[db]", "{x: {aliases: [a]}}",
+    "host", "none", "bridge", "/dev/../..", "/dev/x:/dev/y:rwmx", "SIGKILL", "seccomp=unconfined", "{}", "[]",
+    "{internal: yes}", "{command: []}", "[{source: x, target: ../y}]", "{nofile: 1e99}", "{a.b: 1}",
 ]  # fmt: skip
 ESCAPES = [
     "\\UFFFFFFFF", "\\U00110000", "\\U0010FFFF", "\\uD800", "\\uDFFF", "\\x00", "\\0", "\\e", "\\N", "\\_",

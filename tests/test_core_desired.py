@@ -20,7 +20,7 @@ from reconciler.core.model import AppSpec, DesiredState
 from reconciler.errors import InvalidDesiredState, UserError
 
 FILE = "desired-state.yaml"
-APP_KEYS = ", ".join(sorted(AppSpec.model_fields))  # every key of an app, as the message lists them
+APP_KEYS = f"`reconcile schema` lists the {len(AppSpec.model_fields)} valid keys"  # too many to list
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
@@ -256,7 +256,7 @@ def test_missing_apps_at_the_top() -> None:
         ),
         pytest.param(
             one_app("zzz: 1"),
-            f"{FILE}:5:5: apps.web.zzz: unknown key 'zzz'; valid keys: {APP_KEYS}",
+            f"{FILE}:5:5: apps.web.zzz: unknown key 'zzz'; {APP_KEYS}",
             id="nothing-close",
         ),
     ],
@@ -631,7 +631,7 @@ def test_a_key_is_the_text_that_was_written() -> None:
          "lowercase letters, digits, '-' and '_', starting with a letter or digit"),
         ('apps:\n  "": {image: a, version: v1}\n', f"{FILE}:2:3: apps['']: app name '': lowercase letters, "
          "digits, '-' and '_', starting with a letter or digit"),
-        (one_app('"x\\ny": 1'), f"{FILE}:5:5: apps.web['x\\ny']: unknown key 'x\\ny'; valid keys: {APP_KEYS}"),
+        (one_app('"x\\ny": 1'), f"{FILE}:5:5: apps.web['x\\ny']: unknown key 'x\\ny'; {APP_KEYS}"),
     ],
 )  # fmt: skip
 def test_a_key_with_a_newline_or_no_text_stays_on_one_line(text: str, expected: str) -> None:

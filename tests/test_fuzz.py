@@ -5,9 +5,11 @@ scrubbed of the file's env values: what ``reconcile validate`` and the agent run
 ``DesiredState`` or raises ``InvalidDesiredState`` whose every line is ``FILE:LINE:COL: ...``, never
 another exception, never a traceback, never an env value of the file.
 
-- The corpus (tests/fuzz_corpus/, one file per case) holds the cases of issue 7; each file starts with
-  the exact lines it must be refused with (``# expect: ...``). Each runs in a thread that must finish
-  within a generous bound: that catches a hang (a missing cap), it is not a measure of speed.
+- The corpus (tests/fuzz_corpus/, one file per case) holds the cases of issue 7 and the stacks of issue 20;
+  each file starts with the exact lines it must be refused with (``# expect: ...``), or ``# expect: valid``
+  for a file that must load (``stack-every-key.yaml``: every key of issue 20, each checked present). Each
+  runs in a thread that must finish within a generous bound: that catches a hang (a missing cap), it is
+  not a measure of speed.
 - Hypothesis mutates valid files (bytes, lines, tags, anchors and aliases, deep nesting, odd keys,
   huge numbers, and from issue 18: unicode escapes, ``%YAML`` directives, values of 100 KB) and
   builds random structures for the validator alone. bench/fuzz.py runs the same kinds of mutation
@@ -38,6 +40,11 @@ LOCATED = re.compile(r"^[^:\n]+:\d+:\d+: ")
 SECRET = "Zq7-secret-Vx9"
 HANG_GUARD_SECONDS = 60  # only a missing cap gets near it: every corpus file takes milliseconds
 FILE = "desired-state.yaml"
+# The keys of an app before issue 20 (the stack keys, the container options): the rest must be in the corpus.
+_BEFORE_ISSUE_20 = (
+    "canary", "command", "env", "env_file", "health", "image", "init", "on", "ports", "replicas", "restart",
+    "route", "stable_after", "stop_timeout", "update", "version", "volumes",
+)  # fmt: skip
 
 
 def outcome(data: str | bytes, filename: str = FILE) -> DesiredState | InvalidDesiredState:
@@ -99,9 +106,22 @@ def test_a_corpus_file_is_refused_with_exactly_its_expected_lines(path: Path) ->
 
     result = in_thread(data, path.name)
 
+    if expected == ["valid"]:  # a file that holds every key of a kind (``# expect: valid``): it loads
+        assert isinstance(result, DesiredState), f"{path.name}: {result!r}"
+        return
     assert isinstance(result, InvalidDesiredState), f"{path.name}: {result!r}"
     assert result.errors == expected
     assert_user_facing(result, secret="hunter2")
+
+
+def test_the_stack_file_in_the_corpus_holds_every_key_of_issue_20() -> None:
+    result = outcome((CORPUS / "stack-every-key.yaml").read_bytes())
+    assert isinstance(result, DesiredState)
+    stack_keys = set(AppSpec.model_fields) - set(_BEFORE_ISSUE_20)
+    assert stack_keys, "the model's keys of issue 20"
+    for key in sorted(stack_keys):
+        assert any(key in spec.model_fields_set for spec in result.apps.values()), f"{key} is in no app"
+    assert result.networks, "the top-level networks: too"
 
 
 def test_a_duplicate_env_key_names_both_places_and_neither_value() -> None:
@@ -200,6 +220,73 @@ apps:
     <<: &base {{image: example/api, restart: "no"}}
     version: *v
     env: *common
+""",  # issue 20: every key of a stack
+    f"""\
+networks:
+  backend: {{internal: true}}
+  front: {{}}
+apps:
+  db:
+    image: registry.example.com/postgres
+    version: "16.4"
+    networks: [backend]
+    volumes: ["pgdata:/var/lib/postgresql/data"]
+    env: {{POSTGRES_PASSWORD_FILE: /run/secrets/db_password, PW: {SECRET}}}
+    secrets:
+      - {{source: /etc/shop/db_password, target: db_password, mode: "0400", uid: 999, gid: 999}}
+    shm_size: 256m
+    stop_signal: SIGINT
+  web:
+    image: registry.example.com/shop
+    version: v2.3.0
+    networks:
+      default:
+      backend: {{aliases: [shop, shop.internal]}}
+      front: {{}}
+    depends_on: {{db: healthy, cache: started, seed: completed}}
+    release:
+      command: ["/app/manage", "migrate"]
+      timeout: 10m
+    user: "1000:1000"
+    entrypoint: ["/app/entry"]
+    working_dir: /app
+    hostname: web
+    extra_hosts: ["host.docker.internal:host-gateway", "legacy:10.0.0.5"]
+    labels: {{team: shop, tier: web}}
+    stop_signal: SIGINT
+    cap_drop: [ALL]
+    cap_add: [NET_BIND_SERVICE, CAP_CHOWN]
+    read_only: true
+    tmpfs: ["/var/cache/shop:size=64m", /tmp]
+    sysctls: {{net.core.somaxconn: "1024", net.ipv4.tcp_syncookies: 1}}
+    ulimits: {{nofile: {{soft: 65536, hard: 65536}}, nproc: 512}}
+    shm_size: 64m
+    memory: 512m
+    cpus: 1.5
+    pids_limit: 200
+    logging: {{driver: json-file, options: {{max-size: 10m, max-file: "3", compress: true}}}}
+    security_opt: [no-new-privileges, "apparmor=docker-default"]
+  cache:
+    image: redis
+    version: "7.2"
+    networks: [backend]
+    depends_on: [seed]
+    memory: 1g
+    logging: {{driver: local}}
+  seed:
+    image: registry.example.com/seed
+    version: v1
+    network_mode: none
+    restart: "no"
+  gpu:
+    image: registry.example.com/render
+    version: v5
+    network_mode: host
+    privileged: true
+    devices: ["/dev/dri/renderD128", "/dev/ttyUSB0:/dev/ttyS0:rw"]
+    security_opt: ["seccomp=unconfined", "label:disable"]
+    cap_add: [SYS_ADMIN]
+    ulimits: {{memlock: -1}}
 """,
 ]
 
@@ -332,6 +419,10 @@ trees = st.recursive(
 FIELDS = [
     "image", "version", "ports", "env", "env_file", "volumes", "command", "restart", "init", "stop_timeout",
     "health", "stable_after", "apps", "interval", "timeout", "healthy_for", "http", "tcp", "exec", "docker",
+    # issue 20
+    "networks", "depends_on", "release", "secrets", "aliases", "source", "target", "mode", "uid", "ulimits",
+    "soft", "hard", "logging", "options", "network_mode", "devices", "privileged", "security_opt", "cap_add",
+    "tmpfs", "sysctls", "memory", "cpus", "user", "extra_hosts",
 ]  # fmt: skip
 
 
@@ -421,6 +512,7 @@ def test_a_long_key_and_app_name_are_shown_cut_and_an_env_value_over_its_bound_i
     assert result.errors == [
         f"{FILE}:2:5: apps[{cut}]: app name {cut}: lowercase letters, digits, '-' and '_', starting with a letter"
         " or digit",
-        f"{FILE}:7:7: apps.web[{cut}]: unknown key {cut}; valid keys: {', '.join(sorted(AppSpec.model_fields))}",
+        f"{FILE}:7:7: apps.web[{cut}]: unknown key {cut}; `reconcile schema` lists the"
+        f" {len(AppSpec.model_fields)} valid keys",
         f"{FILE}:9:15: apps.web.env.PW: String should have at most 32768 characters",
     ]

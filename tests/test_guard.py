@@ -16,11 +16,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reconciler.adapters.yamlfile import parse_yaml
-from reconciler.converge.run import parse_desired
+from reconciler.converge.run import Trust, parse_desired, read_at
 from reconciler.core import guard as core
-from reconciler.core.guard import ServerPolicy, image_allowed, path_under
+from reconciler.core.guard import ContainerPolicy, ServerPolicy, image_allowed, path_under, security_opt_allowed
 from reconciler.errors import InvalidDesiredState, UserError
 from reconciler.trust.server_policy import InvalidPolicy, PolicyViolation, check, enforce, load_policy
+from tests.support.state import cli, show
 
 FILE = "desired-state.yaml"
 
@@ -58,6 +59,12 @@ env_files: ["/etc/myapp/"]
 ports:
   interfaces: ["127.0.0.1", "0.0.0.0"]
   ranges: ["8000-8999", 443]
+containers:
+  host_network: true
+  privileged: false
+  devices: ["/dev/dri", "/dev/ttyUSB0"]
+  security_opt: ["apparmor=", "seccomp=/etc/docker/seccomp/web.json"]
+  cap_add: ["NET_BIND_SERVICE", "CAP_NET_RAW"]
 """
 
 
@@ -70,6 +77,12 @@ def test_the_documented_policy_loads(tmp_path: Path) -> None:
     assert policy.ports is not None
     assert policy.ports.interfaces == ("127.0.0.1", "0.0.0.0")
     assert policy.ports.ranges == ("8000-8999", "443")  # a bare number is a range of one
+    assert policy.containers == ContainerPolicy(
+        host_network=True,
+        devices=("/dev/dri", "/dev/ttyUSB0"),
+        security_opt=("apparmor=", "seccomp=/etc/docker/seccomp/web.json"),
+        cap_add=("NET_BIND_SERVICE", "CAP_NET_RAW"),
+    )
 
 
 def test_every_error_of_a_policy_file_at_once_at_its_place(tmp_path: Path) -> None:
@@ -110,15 +123,18 @@ def test_bad_values_of_a_policy_file(tmp_path: Path) -> None:
     assert policy_errors(tmp_path, "images: myrepo/\nports: [443]\nfrobnicate: 1\n") == [
         f"{name}:1:9: images: write a list ([...])",
         f"{name}:2:8: ports: write a mapping (interfaces: [...], ranges: [...])",
-        f"{name}:3:1: frobnicate: unknown key 'frobnicate'; valid keys: env_files, images, ports, volumes",
+        f"{name}:3:1: frobnicate: unknown key 'frobnicate'; valid keys: containers, env_files, images, ports, volumes",
     ]
 
 
 def test_an_empty_or_broken_policy_file_is_refused_at_its_place(tmp_path: Path) -> None:
     name = tmp_path / "policy.yaml"
-    assert policy_errors(tmp_path, "") == [f"{name}:1:1: the policy file is empty; write {{}} to allow anything"]
+    assert policy_errors(tmp_path, "") == [
+        f"{name}:1:1: the policy file is empty; write {{}} to allow any image, host path and port"
+        " (containers: keeps its defaults)"
+    ]
     assert policy_errors(tmp_path, "- images\n") == [
-        f"{name}:1:1: the top level must be a mapping (images, volumes, env_files, ports)"
+        f"{name}:1:1: the top level must be a mapping (images, volumes, env_files, ports, containers)"
     ]
     (broken,) = policy_errors(tmp_path, 'images: ["myrepo/"\nvolumes: []\n')
     assert broken.startswith(f"{name}:")
@@ -391,6 +407,201 @@ def test_enforce_refuses_the_whole_commit_with_every_line(tmp_path: Path) -> Non
     enforce(positions, FILE, parse_desired(allowed, FILE, ""), policy)  # nothing to refuse: returns
 
 
+# --- the container options that hand a container the host ----------------------------------------------
+
+CONTAINERS = """\
+apps:
+  web:
+    image: myrepo/web
+    version: v1
+    network_mode: host
+    privileged: true
+    devices:
+      - /dev/dri/renderD128
+      - /dev/sda:/dev/xvda:r
+      - /dev/dri/../mem
+      - /dev/drix
+    security_opt:
+      - no-new-privileges
+      - no-new-privileges:true
+      - seccomp=unconfined
+      - apparmor:myprofile
+      - label:disable
+      - seccomp=/etc/docker/seccomp/web.json
+    cap_add: [NET_BIND_SERVICE, CAP_SYS_ADMIN, ALL, CAP_NET_RAW]
+  quiet:
+    image: myrepo/quiet
+    version: v1
+    network_mode: none
+    cap_drop: [ALL]
+    read_only: true
+"""
+
+
+def test_a_policy_that_says_nothing_of_containers_refuses_what_hands_over_the_host(tmp_path: Path) -> None:
+    # The policy limits only images; the four options of issue 20 are refused all the same, cap_add is not.
+    lines = checked(tmp_path, 'images: ["myrepo/"]\n', CONTAINERS)
+    default = "(policy containers.security_opt: no-new-privileges by default)"
+    assert lines == [
+        f"{FILE}:5:19: apps.web.network_mode: host (the host's own network stack) is not allowed"
+        " (policy containers.host_network: false by default)",
+        f"{FILE}:6:17: apps.web.privileged: true (every capability and device of the host) is not allowed"
+        " (policy containers.privileged: false by default)",
+        f"{FILE}:8:9: apps.web.devices[0]: /dev/dri/renderD128 is not under an allowed device path"
+        " (policy containers.devices: none by default)",
+        f"{FILE}:9:9: apps.web.devices[1]: /dev/sda:/dev/xvda:r (host device /dev/sda) is not under an allowed"
+        " device path (policy containers.devices: none by default)",
+        f"{FILE}:10:9: apps.web.devices[2]: /dev/dri/../mem (host device /dev/mem) is not under an allowed"
+        " device path (policy containers.devices: none by default)",
+        f"{FILE}:11:9: apps.web.devices[3]: /dev/drix is not under an allowed device path"
+        " (policy containers.devices: none by default)",
+        # no-new-privileges, in either form, only takes power away: never refused
+        f"{FILE}:15:9: apps.web.security_opt[2]: seccomp=unconfined is not an allowed security option {default}",
+        f"{FILE}:16:9: apps.web.security_opt[3]: apparmor:myprofile is not an allowed security option {default}",
+        f"{FILE}:17:9: apps.web.security_opt[4]: label:disable is not an allowed security option {default}",
+        f"{FILE}:18:9: apps.web.security_opt[5]: seccomp=/etc/docker/seccomp/web.json is not an allowed security"
+        f" option {default}",
+    ]
+    assert checked(tmp_path, "{}\n", CONTAINERS) == lines  # {} too: the defaults are the same
+
+
+def test_what_the_containers_key_allows(tmp_path: Path) -> None:
+    policy = """\
+containers:
+  host_network: true
+  privileged: true
+  devices: ["/dev/dri", "/dev/sda"]
+  security_opt: ["apparmor=", "label:disable", "seccomp=/etc/docker/seccomp/web.json"]
+  cap_add: [CAP_NET_BIND_SERVICE, NET_RAW]
+"""
+    devices = "(policy containers.devices: /dev/dri, /dev/sda)"
+    options = (
+        "(policy containers.security_opt: no-new-privileges, apparmor=, label:disable,"
+        " seccomp=/etc/docker/seccomp/web.json)"
+    )
+    capabilities = "(policy containers.cap_add: CAP_NET_BIND_SERVICE, NET_RAW)"
+    assert checked(tmp_path, policy, CONTAINERS) == [
+        # /dev/dri allows what lies under it, by whole components; .. is folded before
+        f"{FILE}:10:9: apps.web.devices[2]: /dev/dri/../mem (host device /dev/mem) is not under an allowed device"
+        f" path {devices}",
+        f"{FILE}:11:9: apps.web.devices[3]: /dev/drix is not under an allowed device path {devices}",
+        # a prefix ending in = or : allows what follows it; ':' and '=' are one separator
+        f"{FILE}:15:9: apps.web.security_opt[2]: seccomp=unconfined is not an allowed security option {options}",
+        # CAP_ is folded on both sides
+        f"{FILE}:19:33: apps.web.cap_add[1]: CAP_SYS_ADMIN is not an allowed capability {capabilities}",
+        f"{FILE}:19:48: apps.web.cap_add[2]: ALL is not an allowed capability {capabilities}",
+    ]
+    everything = 'containers: {host_network: true, privileged: true, devices: ["/dev"],'
+    everything += ' security_opt: ["seccomp=", "apparmor=", "label="], cap_add: [ALL]}\n'
+    assert checked(tmp_path, everything, CONTAINERS) == []
+
+
+def test_validate_with_a_policy_refuses_privileged_at_its_place_and_exits_1(tmp_path: Path) -> None:
+    (tmp_path / FILE).write_text("apps:\n  web:\n    image: myrepo/web\n    version: v1\n    privileged: true\n")
+    (tmp_path / "policy.yaml").write_text('images: ["myrepo/"]\n')
+
+    refused = cli("validate", FILE, "--policy", "policy.yaml", cwd=tmp_path)
+    (tmp_path / "allows.yaml").write_text('images: ["myrepo/"]\ncontainers: {privileged: true}\n')
+    allowed = cli("validate", FILE, "--policy", "allows.yaml", cwd=tmp_path)
+
+    assert refused.returncode == 1, show(refused)
+    assert refused.stderr.splitlines() == [
+        f"error: {FILE}:5:17: apps.web.privileged: true (every capability and device of the host) is not allowed"
+        " (policy containers.privileged: false by default)"
+    ], show(refused)
+    assert allowed.returncode == 0 and allowed.stdout.strip() == f"{FILE}: valid, 1 app", show(allowed)
+
+
+@pytest.mark.parametrize(
+    ("option", "entry", "allowed"),
+    [
+        ("seccomp=unconfined", "seccomp=unconfined", True),
+        ("seccomp:unconfined", "seccomp=unconfined", True),  # Docker reads ':' as '=' when there is no '='
+        ("seccomp=unconfined", "seccomp=", True),
+        ("seccomp=unconfined", "seccomp:", True),
+        ("seccomp=unconfined", "seccomp", False),  # no separator: exactly
+        ("seccompx=1", "seccomp=", False),
+        ("seccomp=/etc/p/x.json", "seccomp=/etc/p/x.json", True),
+        ("seccomp=/etc/p/x.json", "seccomp=/etc/p/", False),  # a path is not a prefix: it could hold ..
+        ("label=user:u", "label:user:", True),  # label:user:u is label=user:u
+        ("label=disable", "label=user:", False),
+        ("apparmor=unconfined", "apparmor=docker-default", False),
+    ],
+)
+def test_security_options_exactly_or_by_a_prefix_ending_in_a_separator(option: str, entry: str, allowed: bool) -> None:
+    assert security_opt_allowed(option, entry) is allowed
+
+
+def test_cap_add_left_out_allows_any_and_an_empty_list_none(tmp_path: Path) -> None:
+    app = "apps:\n  web:\n    image: myrepo/web\n    version: v1\n    cap_add: [CAP_SYS_ADMIN, NET_BIND_SERVICE]\n"
+    assert checked(tmp_path, "containers: {}\n", app) == []
+    assert checked(tmp_path, "containers: {cap_add: []}\n", app) == [
+        f"{FILE}:5:15: apps.web.cap_add[0]: CAP_SYS_ADMIN is not an allowed capability"
+        " (policy containers.cap_add: none)",
+        f"{FILE}:5:30: apps.web.cap_add[1]: NET_BIND_SERVICE is not an allowed capability"
+        " (policy containers.cap_add: none)",
+    ]
+    # A flag written false says so without "by default".
+    assert checked(
+        tmp_path,
+        "containers: {privileged: false}\n",
+        app.replace("cap_add: [CAP_SYS_ADMIN, NET_BIND_SERVICE]", "privileged: true"),
+    ) == [
+        f"{FILE}:5:17: apps.web.privileged: true (every capability and device of the host) is not allowed"
+        " (policy containers.privileged: false)"
+    ]
+
+
+def test_an_env_value_aliased_into_a_device_is_never_shown(tmp_path: Path) -> None:
+    desired = """\
+apps:
+  web:
+    image: myrepo/web
+    version: v1
+    env: {DEV: &d "/dev/hunter2"}
+    devices: [*d]
+"""
+    assert checked(tmp_path, 'containers: {devices: ["/dev/dri"]}\n', desired) == [
+        f"{FILE}:6:15: apps.web.devices[0]: <an env value> is not under an allowed device path"
+        " (policy containers.devices: /dev/dri)"
+    ]
+
+
+def test_bad_values_of_the_containers_key_at_their_place(tmp_path: Path) -> None:
+    name = tmp_path / "policy.yaml"
+    policy = """\
+containers:
+  host_network: yes
+  privileged:
+  devices: [dev/dri, "/dev/ok"]
+  security_opt: ["Seccomp=x", "apparmor="]
+  cap_add: [net_raw, "CAP_NET_RAW"]
+  priviledged: true
+"""
+    assert policy_errors(tmp_path, policy) == [
+        f"{name}:2:17: containers.host_network: write true or false",
+        f"{name}:3:3: containers.privileged: no value: write true or false (left out: false)",
+        f"{name}:4:13: containers.devices[0]: 'dev/dri' is not an absolute path: host paths start with /",
+        f"{name}:5:18: containers.security_opt[0]: 'Seccomp=x' is not a security option"
+        " (no-new-privileges, seccomp=, apparmor=PROFILE)",
+        f"{name}:6:13: containers.cap_add[0]: 'net_raw' is not a capability in capitals"
+        " (NET_BIND_SERVICE, CAP_NET_RAW, ALL)",
+        f"{name}:7:3: containers.priviledged: unknown key 'priviledged'; did you mean 'privileged'?",
+    ]
+    assert policy_errors(tmp_path, "containers: [privileged]\nprivileged: true\n") == [
+        f"{name}:1:13: containers: write a mapping (host_network: true, privileged: true, devices: [...],"
+        " security_opt: [...], cap_add: [...])",
+        f"{name}:2:1: privileged: unknown key 'privileged'; valid keys: containers, env_files, images, ports, volumes",
+    ]
+    assert policy_errors(tmp_path, "containers:\n") == [
+        f"{name}:1:1: containers: no value: write what to allow (host_network: true, ...), or leave the key out"
+    ]
+    assert policy_errors(tmp_path, "containers: {devices: , security_opt: }\n") == [
+        f"{name}:1:14: containers.devices: no value: write the list of what to allow (left out or []: none)",
+        f"{name}:1:25: containers.security_opt: no value: write the list of what to allow (left out or []: none)",
+    ]
+
+
 # --- no policy: what the agent warns about --------------------------------------------------------------
 
 
@@ -422,6 +633,75 @@ apps:
         f"{FILE}:13:9: apps.web.volumes[7]: /run mounts the folder of the Docker socket: the container can run"
         " anything on the host",
     ]
+
+
+def test_container_options_that_hand_over_the_host_are_warned_about_without_a_policy() -> None:
+    assert lines_of(CONTAINERS, None) == [
+        f"{FILE}:5:19: apps.web.network_mode: host shares the host's own network stack: every service on its"
+        " loopback, every port of the host",
+        f"{FILE}:6:17: apps.web.privileged: true gives the container every capability and device of the host:"
+        " root on the host",
+        f"{FILE}:8:9: apps.web.devices[0]: /dev/dri/renderD128 passes a device of the host into the container",
+        f"{FILE}:9:9: apps.web.devices[1]: /dev/sda:/dev/xvda:r (host device /dev/sda) passes a device of the host"
+        " into the container",
+        f"{FILE}:10:9: apps.web.devices[2]: /dev/dri/../mem (host device /dev/mem) passes a device of the host"
+        " into the container",
+        f"{FILE}:11:9: apps.web.devices[3]: /dev/drix passes a device of the host into the container",
+        # no-new-privileges, an AppArmor profile, a seccomp profile: confined still, nothing to say
+        f"{FILE}:15:9: apps.web.security_opt[2]: seccomp=unconfined turns off the container's system-call filter"
+        " (seccomp)",
+        f"{FILE}:17:9: apps.web.security_opt[4]: label:disable turns off the container's SELinux labels",
+        f"{FILE}:19:33: apps.web.cap_add[1]: CAP_SYS_ADMIN gives the container mounts, namespaces and most of"
+        " root's power over the host kernel",
+        f"{FILE}:19:48: apps.web.cap_add[2]: ALL gives the container every capability, SYS_ADMIN and SYS_MODULE"
+        " among them",
+    ]
+
+
+class OneFile:
+    """A source that holds one commit's file: what ``read_at`` reads, as the agent's pass does."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text.encode()
+
+    def read(self, revision: str, file: str) -> bytes:
+        return self.text
+
+    def author(self, revision: str) -> str:
+        return "someone"
+
+    def identity(self, ref: str, revision: str, file: str) -> None:
+        return None
+
+
+def test_the_agent_is_handed_the_container_warnings_with_the_mounts() -> None:
+    # read_at is what the agent reads a commit with; it prints each of Read.dangers once as a policy.warning.
+    text = CONTAINERS.replace("    network_mode: host\n", "    volumes: [/:/host]\n", 1)
+    read = read_at(OneFile(text), "main", "abc123", FILE, Trust())  # type: ignore[arg-type]
+    assert read.dangers[:2] == (
+        f"{FILE}:5:15: apps.web.volumes[0]: / mounts the host's whole file system",
+        f"{FILE}:6:17: apps.web.privileged: true gives the container every capability and device of the host:"
+        " root on the host",
+    )
+    assert read.dangers == tuple(lines_of(text, None))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("security_opt", "apparmor=unconfined", "turns off the container's AppArmor profile"),
+        ("security_opt", "systempaths=unconfined", "unmasks the host kernel's /proc and /sys paths"),
+        ("security_opt", "label:type:spc_t", "runs the container as an unconfined SELinux process (spc_t)"),
+        ("cap_add", "SYS_MODULE", "lets the container load modules into the host's kernel"),
+        ("cap_add", "CAP_SYS_PTRACE", "lets the container trace and read the memory"),
+        ("cap_add", "NET_ADMIN", "lets the container rewrite its network"),
+        ("cap_add", "DAC_READ_SEARCH", "lets the container open any file of the host by its handle"),
+        ("cap_add", "SYS_RAWIO", "gives the container raw access to the host's memory"),
+    ],
+)
+def test_each_unconfining_option_is_named_with_what_it_turns_off(key: str, value: str, said: str) -> None:
+    (line,) = lines_of(f"apps:\n  web:\n    image: a/b\n    version: v1\n    {key}: [{value}]\n", None)
+    assert line.startswith(f"{FILE}:5:") and f"apps.web.{key}[0]: {value} {said}" in line
 
 
 def test_a_file_with_no_dangerous_mount_has_nothing_to_warn_about() -> None:

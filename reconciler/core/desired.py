@@ -102,6 +102,8 @@ def _model_at(path: Path) -> type[BaseModel] | None:
 
 _APP_PARTS: dict[str, type[BaseModel]] = {"release": stack.ReleaseSpec, "logging": stack.LoggingSpec}
 
+MAX_LISTED = 20  # valid keys named in an unknown key's message, at most
+
 ModelAt = Callable[[Path], "type[BaseModel] | None"]  # the model that validates the node at a path
 
 
@@ -134,7 +136,12 @@ def message(error: Any, path: Path, model_at: ModelAt | None = None) -> str:
         model = (model_at or _model_at)(path[:-1])
         valid = sorted(model.model_fields) if model else []
         close = difflib.get_close_matches(str(path[-1]), valid, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
+        if close:
+            hint = f"; did you mean {close[0]!r}?"
+        elif len(valid) > MAX_LISTED:  # an app takes 40-odd keys: a list that long is not one line a person reads
+            hint = f"; `reconcile schema` lists the {len(valid)} valid keys"
+        else:
+            hint = f"; valid keys: {', '.join(valid)}" if valid else ""
         return f"unknown key {shown(str(path[-1]))}{hint}"
     if kind == "missing":
         return "required key is missing"

@@ -198,13 +198,13 @@ def parse_size(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError("a size is a number of bytes or a string such as 512k, 64m or 1g")
     if isinstance(value, int):
-        number, unit = float(value), ""
+        size = value  # exact: float() of an int past 1e308 raises
     else:
         match = _SIZE.match(value.strip().lower())
         if not match:
             raise ValueError(f"{shown(value)} is not a size: use 512k, 64m, 1g (or a number of bytes)")
-        number, unit = float(match.group(1)), match.group(2)
-    size = int(number * _UNIT_BYTES[unit])
+        scaled = float(match.group(1)) * _UNIT_BYTES[match.group(2)]
+        size = int(scaled) if math.isfinite(scaled) else MAX_SIZE + 1  # 400 digits are past any float
     if not 0 < size <= MAX_SIZE:
         raise ValueError(f"{shown(str(value))}: a size is more than 0 and at most 1024g")
     return size

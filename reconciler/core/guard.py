@@ -5,8 +5,10 @@ any host file as an ``env_file`` and publish any port on any interface. The serv
 in a policy file (``--policy /etc/reconciler/policy.yaml``); a commit that asks for more is not applied
 at all, and each thing it asks for beyond the policy is one ``Violation`` placed in the file.
 
-The policy file (every key optional; a key left out allows anything of its kind; an empty list allows
-nothing of its kind; ``key:`` with no value is an error, so that "nothing" is never read as "anything")::
+The policy file (every key optional; a key left out allows anything of its kind, but for the container
+options under ``containers:``, each of which hands a container the host and so is refused unless the policy
+allows it; an empty list allows nothing of its kind; ``key:`` with no value is an error, so that "nothing"
+is never read as "anything")::
 
     images: ["registry.example.com/team/", "myrepo/", "haproxy"]
     volumes: ["/srv/apps/", "/var/lib/myapp"]
@@ -14,6 +16,12 @@ nothing of its kind; ``key:`` with no value is an error, so that "nothing" is ne
     ports:
       interfaces: ["127.0.0.1", "0.0.0.0"]
       ranges: ["8000-8999", 443]
+    containers:
+      host_network: true
+      privileged: false
+      devices: ["/dev/dri", "/dev/ttyUSB0"]
+      security_opt: ["apparmor=", "seccomp=/etc/docker/seccomp/web.json"]
+      cap_add: ["NET_BIND_SERVICE", "CAP_NET_RAW"]
 
 - ``images``: repository prefixes, compared by whole name components. ``registry.example.com/team/``
   (ending in ``/``: a namespace) allows every repository under it; ``myrepo/web`` (no ``/`` at the end:
@@ -41,10 +49,36 @@ nothing of its kind; ``key:`` with no value is an error, so that "nothing" is ne
   name. A port with no host port (``8000``, ``127.0.0.1:8000``) is given a random host port by Docker: it
   is allowed when its interface is, whatever ``ranges`` says. Ranges hold for tcp and udp alike.
 
+- ``containers``: the container options that hand a container the host. Unlike the keys above, what
+  ``containers:`` (or the whole key) leaves out is refused, not allowed: each of these turns off a wall
+  between the container and the host, a commit that asks for one is asking for the host, and a server
+  that wrote a policy before these options existed must not start allowing them silently.
+
+  - ``host_network`` (default ``false``): ``network_mode: host``, the host's own network stack: every
+    service that listens on the host's loopback, every port of the host, out of the reach of
+    ``ports.interfaces``/``ports.ranges``. (``network_mode: none`` takes the network away: always allowed.)
+  - ``privileged`` (default ``false``): ``privileged: true``, every capability and every device of the
+    host, no seccomp or AppArmor profile: root on the host.
+  - ``devices`` (default none): host device paths an app's ``devices`` may pass in (``/dev/HOST[:...]``),
+    compared as ``volumes`` are: ``/dev/dri`` allows ``/dev/dri/renderD128``, never ``/dev/drix``; ``..``
+    is folded first (``/dev/dri/../sda`` is ``/dev/sda``).
+  - ``security_opt`` (default: only ``no-new-privileges``): the options an app's ``security_opt`` may
+    hold; an entry is matched exactly, or as a prefix when it ends in ``=`` or ``:`` (``apparmor=``
+    allows any AppArmor profile, ``apparmor=unconfined`` too; ``label=user:`` any SELinux user).
+    ``:`` and ``=`` are one separator, as Docker reads them (``label:disable`` is ``label=disable``).
+    ``no-new-privileges`` (in any form) is always allowed: it only takes power away from the container.
+  - ``cap_add`` (left out: any, as the keys above): the Linux capabilities an app may add; ``CAP_`` is
+    folded (``CAP_NET_RAW`` is ``NET_RAW``); ``ALL`` in the list allows every one. A server that holds
+    the host should list it: ``SYS_ADMIN`` alone is nearly ``privileged``.
+
 ``violations`` says what a ``DesiredState`` asks beyond a policy; ``dangerous`` says, when there is no
-policy, which mounts give a container the host: ``/`` itself, ``/proc`` or ``/sys`` or anything under
-them, and the Docker socket (``/run/docker.sock``, ``/var/run/docker.sock``) or the folder that holds it
-(``/run``, ``/var/run``). Each ``Violation`` is a path into the file (``("apps", "web", "volumes", 0)``)
+policy, what gives a container the host: a mount of ``/`` itself, of ``/proc`` or ``/sys`` or anything
+under them, of the Docker socket (``/run/docker.sock``, ``/var/run/docker.sock``) or the folder that holds
+it (``/run``, ``/var/run``); ``privileged: true``; ``network_mode: host``; any device; a security option
+that turns a confinement off (``seccomp=unconfined``, ``apparmor=unconfined``, ``label=disable``,
+``label=type:spc_t``, ``systempaths=unconfined``); and the capabilities that reach past the container
+(``ALL``, ``SYS_ADMIN``, ``SYS_MODULE``, ``SYS_PTRACE``, ``SYS_RAWIO``, ``DAC_READ_SEARCH``,
+``NET_ADMIN``). Each ``Violation`` is a path into the file (``("apps", "web", "volumes", 0)``)
 and a one-line message saying what is refused and what the policy allows; no message shows an env value.
 ``validate_policy`` turns the policy file (plain data and positions) into a ``ServerPolicy``, or raises
 ``InvalidPolicy`` with every error as ``FILE:LINE:COL: path: message``.
@@ -59,11 +93,20 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from reconciler.core.desired import Path, Positions, data_path, dotted, message
 from reconciler.core.fields import Strict
-from reconciler.core.model import DesiredState, HostLimits, parse_port
+from reconciler.core.model import AppSpec, DesiredState, HostLimits, parse_port
+from reconciler.core.stack import device_mapping
 from reconciler.errors import CommitRefused, UserError
 
 ANY_IPV4 = "0.0.0.0"  # what a port written without an IP binds
@@ -256,18 +299,114 @@ class PortPolicy(Strict):
         return self.ranges is None or any(low <= port <= high for low, high in map(port_range, self.ranges))
 
 
+# --- container options ---------------------------------------------------------------------------------
+
+NO_NEW_PRIVILEGES = "no-new-privileges"  # only takes power away: always allowed
+_SECURITY_OPT = re.compile(r"^[a-z-]+([=:].{0,4095})?$")
+_CAPABILITY = re.compile(r"^(CAP_)?[A-Z_]{2,32}$")
+
+
+def capability(name: str) -> str:
+    """``CAP_NET_RAW`` and ``NET_RAW`` are one capability: ``NET_RAW``."""
+    return name.removeprefix("CAP_")
+
+
+def security_option(option: str) -> str:
+    """``option`` as Docker reads it: ``name=value``, split at the first ``=``, or at the first ``:`` when
+    there is no ``=`` (``label:disable`` is ``label=disable``, ``apparmor:p`` is ``apparmor=p``)."""
+    if "=" not in option and ":" in option:
+        name, _, value = option.partition(":")
+        return f"{name}={value}"
+    return option
+
+
+def security_opt_allowed(option: str, entry: str) -> bool:
+    """Whether the policy's ``entry`` allows ``option``: exactly, or as a prefix when it ends in = or :."""
+    option, entry = security_option(option), security_option(entry)
+    return option.startswith(entry) if entry.endswith(("=", ":")) else option == entry
+
+
+def _check_security_entry(value: str) -> str:
+    if not _SECURITY_OPT.match(value):
+        raise ValueError(f"{value[:80]!r} is not a security option (no-new-privileges, seccomp=, apparmor=PROFILE)")
+    return value
+
+
+def _check_capability(value: str) -> str:
+    if not _CAPABILITY.match(value):
+        raise ValueError(f"{value[:80]!r} is not a capability in capitals (NET_BIND_SERVICE, CAP_NET_RAW, ALL)")
+    return value
+
+
+SecurityEntry = Annotated[str, AfterValidator(_check_security_entry)]
+CapabilityName = Annotated[str, AfterValidator(_check_capability)]
+
+
+class ContainerPolicy(Strict):
+    """The container options that hand a container the host: each refused unless allowed here. Left out,
+    ``cap_add`` allows any capability (None)."""
+
+    host_network: StrictBool = False
+    privileged: StrictBool = False
+    devices: tuple[HostPath, ...] = ()
+    security_opt: tuple[SecurityEntry, ...] = ()
+    cap_add: tuple[CapabilityName, ...] | None = None
+
+    @field_validator("host_network", "privileged", mode="before")
+    @classmethod
+    def _flag(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("no value: write true or false (left out: false)")
+        return value
+
+    @field_validator("devices", "security_opt", mode="before")
+    @classmethod
+    def _listed(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("no value: write the list of what to allow (left out or []: none)")
+        return value
+
+    @field_validator("cap_add", mode="before")
+    @classmethod
+    def _given(cls, value: object) -> object:
+        return _not_null(value)
+
+    def device_allowed(self, host_path: str) -> bool:
+        return any(path_under(host_path, allowed) for allowed in self.devices)
+
+    def security_opt_allowed(self, option: str) -> bool:
+        if security_option(option).partition("=")[0] == NO_NEW_PRIVILEGES:
+            return True
+        return any(security_opt_allowed(option, entry) for entry in self.security_opt)
+
+    def capability_allowed(self, name: str) -> bool:
+        if self.cap_add is None:
+            return True
+        allowed = {capability(entry) for entry in self.cap_add}
+        return "ALL" in allowed or capability(name) in allowed
+
+
 class ServerPolicy(Strict):
-    """What the commits may ask of this host. A field left out (None) allows anything of its kind."""
+    """What the commits may ask of this host. A field left out (None) allows anything of its kind, but
+    ``containers``, whose defaults refuse what hands a container the host."""
 
     images: tuple[ImagePrefix, ...] | None = None
     volumes: tuple[HostPath, ...] | None = None
     env_files: tuple[HostPath, ...] | None = None
     ports: PortPolicy | None = None
+    containers: ContainerPolicy = ContainerPolicy()
 
     @field_validator("images", "volumes", "env_files", "ports", mode="before")
     @classmethod
     def _given(cls, value: object) -> object:
         return _not_null(value)
+
+    @field_validator("containers", mode="before")
+    @classmethod
+    def _containers(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("no value: write what to allow (host_network: true, ...), or leave the key out")
+        return value
 
 
 # --- checking a desired state --------------------------------------------------------------------------
@@ -313,11 +452,55 @@ def _binding_violations(path: Path, shown: str, ip: str, port: int | None, polic
     return found
 
 
+def _device_shown(entry: str) -> tuple[str, str]:
+    """A ``devices`` entry as the message quotes it, and its host path (normalised)."""
+    host = device_mapping(entry)[0]
+    folded = normalize_path(host)
+    if entry == host == folded:
+        return entry, folded
+    return f"{entry} (host device {folded})", folded
+
+
+def _container_violations(at: Path, spec: AppSpec, policy: ContainerPolicy) -> list[Violation]:
+    """What ``spec`` (at ``at``) asks of the host beyond ``policy.containers``: one ``Violation`` each."""
+    written = policy.model_fields_set
+    found = []
+
+    def allows(key: str, entries: Iterable[str | int] | bool) -> str:
+        default = "" if key in written else " by default"
+        if isinstance(entries, bool):
+            return f"(policy containers.{key}: {str(entries).lower()}{default})"
+        return _allows(f"containers.{key}", entries).removesuffix(")") + default + ")"
+
+    if spec.network_mode == "host" and not policy.host_network:
+        rest = f" (the host's own network stack) is not allowed {allows('host_network', False)}"
+        found.append(Violation.of((*at, "network_mode"), "host", rest))
+    if spec.privileged and not policy.privileged:
+        rest = f" (every capability and device of the host) is not allowed {allows('privileged', False)}"
+        found.append(Violation.of((*at, "privileged"), "true", rest))
+    for index, entry in enumerate(spec.devices):
+        shown, host = _device_shown(entry)
+        if not policy.device_allowed(host):
+            rest = f" is not under an allowed device path {allows('devices', policy.devices)}"
+            found.append(Violation.of((*at, "devices", index), shown, rest))
+    for index, option in enumerate(spec.security_opt):
+        if not policy.security_opt_allowed(option):
+            entries = (NO_NEW_PRIVILEGES, *policy.security_opt)
+            rest = f" is not an allowed security option {allows('security_opt', entries)}"
+            found.append(Violation.of((*at, "security_opt", index), option, rest))
+    for index, name in enumerate(spec.cap_add):
+        if not policy.capability_allowed(name):
+            rest = f" is not an allowed capability {allows('cap_add', policy.cap_add or ())}"
+            found.append(Violation.of((*at, "cap_add", index), name, rest))
+    return found
+
+
 def violations(desired: DesiredState, policy: ServerPolicy) -> list[Violation]:
     """Everything ``desired`` asks for beyond ``policy``, in the order of the file's apps, then the proxy."""
     found: list[Violation | None] = []
     for app, spec in desired.apps.items():
         at: Path = ("apps", app)
+        found.extend(_container_violations(at, spec, policy.containers))
         if policy.images is not None:
             found.append(_image_violation((*at, "image"), spec.image, policy.images))
         if policy.volumes is not None:
@@ -463,8 +646,52 @@ def _danger(host_path: str) -> str | None:
     return None
 
 
+# What each unconfining security option turns off (as ``security_option`` writes it).
+_UNCONFINED = {
+    "seccomp=unconfined": "turns off the container's system-call filter (seccomp)",
+    "apparmor=unconfined": "turns off the container's AppArmor profile",
+    "label=disable": "turns off the container's SELinux labels",
+    "label=type:spc_t": "runs the container as an unconfined SELinux process (spc_t)",
+    "label=type:unconfined_t": "runs the container as an unconfined SELinux process",
+    "systempaths=unconfined": "unmasks the host kernel's /proc and /sys paths in the container",
+}
+# The capabilities that reach past the container, and how.
+_POWERFUL = {
+    "ALL": "gives the container every capability, SYS_ADMIN and SYS_MODULE among them",
+    "SYS_ADMIN": "gives the container mounts, namespaces and most of root's power over the host kernel",
+    "SYS_MODULE": "lets the container load modules into the host's kernel",
+    "SYS_PTRACE": "lets the container trace and read the memory of the processes it can see",
+    "SYS_RAWIO": "gives the container raw access to the host's memory and I/O ports",
+    "DAC_READ_SEARCH": "lets the container open any file of the host by its handle (open_by_handle_at)",
+    "NET_ADMIN": "lets the container rewrite its network (interfaces, routes, firewall); the host's, if shared",
+}
+
+
+def _container_dangers(at: Path, spec: AppSpec) -> list[Violation]:
+    found = []
+    if spec.network_mode == "host":
+        rest = " shares the host's own network stack: every service on its loopback, every port of the host"
+        found.append(Violation.of((*at, "network_mode"), "host", rest))
+    if spec.privileged:
+        rest = " gives the container every capability and device of the host: root on the host"
+        found.append(Violation.of((*at, "privileged"), "true", rest))
+    for index, entry in enumerate(spec.devices):
+        shown, _ = _device_shown(entry)
+        found.append(Violation.of((*at, "devices", index), shown, " passes a device of the host into the container"))
+    for index, option in enumerate(spec.security_opt):
+        unconfined = _UNCONFINED.get(security_option(option))
+        if unconfined is not None:
+            found.append(Violation.of((*at, "security_opt", index), option, f" {unconfined}"))
+    for index, name in enumerate(spec.cap_add):
+        power = _POWERFUL.get(capability(name))
+        if power is not None:
+            found.append(Violation.of((*at, "cap_add", index), name, f" {power}"))
+    return found
+
+
 def dangerous(desired: DesiredState) -> list[Violation]:
-    """With no policy: each mount that gives a container the host (see the module's docstring), one each."""
+    """With no policy: each mount and container option that gives a container the host (see the module's
+    docstring), one each."""
     found = []
     for app, spec in desired.apps.items():
         for index, volume in enumerate(spec.volumes):
@@ -472,6 +699,7 @@ def dangerous(desired: DesiredState) -> list[Violation]:
             danger = _danger(source) if source is not None else None
             if source is not None and danger is not None:
                 found.append(Violation.of(("apps", app, "volumes", index), _shown_path(source), f" mounts {danger}"))
+        found.extend(_container_dangers(("apps", app), spec))
     tls = desired.proxy.tls if desired.proxy is not None else None
     if tls is not None:
         danger = _danger(tls.certs)
@@ -483,10 +711,15 @@ def dangerous(desired: DesiredState) -> list[Violation]:
 # --- reading the policy file ---------------------------------------------------------------------------
 
 
+_MODELS: dict[Path, type[BaseModel]] = {(): ServerPolicy, ("ports",): PortPolicy, ("containers",): ContainerPolicy}
+_MAPPINGS: dict[Path, str] = {
+    ("ports",): "interfaces: [...], ranges: [...]",
+    ("containers",): "host_network: true, privileged: true, devices: [...], security_opt: [...], cap_add: [...]",
+}
+
+
 def _model_at(path: Path) -> type[BaseModel] | None:
-    if path == ():
-        return ServerPolicy
-    return PortPolicy if path == ("ports",) else None
+    return _MODELS.get(path)
 
 
 def _message(error: Any, path: Path) -> str:
@@ -494,7 +727,9 @@ def _message(error: Any, path: Path) -> str:
     if kind == "tuple_type":
         return "write a list ([...])"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return "write a mapping (interfaces: [...], ranges: [...])"
+        return f"write a mapping ({_MAPPINGS.get(path, '...')})"
+    if kind == "bool_type":
+        return "write true or false"
     return message(error, path, _model_at)
 
 
@@ -502,11 +737,19 @@ def validate_policy(data: Any, positions: Positions, *, filename: str) -> Server
     """The policy file (as plain data, with where each node stood) as a ``ServerPolicy``, or ``InvalidPolicy``
     with every error, sorted by place."""
     if data is None:
-        raise InvalidPolicy([f"{filename}:1:1: the policy file is empty; write {{}} to allow anything"])
+        raise InvalidPolicy(
+            [
+                f"{filename}:1:1: the policy file is empty; write {{}} to allow any image, host path and port"
+                " (containers: keeps its defaults)"
+            ]
+        )
     if not isinstance(data, Mapping):
         line, col = positions.of(())
         raise InvalidPolicy(
-            [f"{filename}:{line}:{col}: the top level must be a mapping (images, volumes, env_files, ports)"]
+            [
+                f"{filename}:{line}:{col}: the top level must be a mapping"
+                " (images, volumes, env_files, ports, containers)"
+            ]
         )
     try:
         return ServerPolicy.model_validate(data)

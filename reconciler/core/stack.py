@@ -77,9 +77,18 @@ class Attachment(Strict):
     aliases: tuple[DnsName, ...] = Field((), description="more DNS names for the app on this network")
 
 
+def _names(value: list[Any] | tuple[Any, ...], written: str) -> None:
+    # A list of maps or lists (`[{backend: {}}]`) cannot become the keys of a map: say what to write.
+    if any(isinstance(item, Mapping | list | tuple | set) for item in value):
+        raise ValueError(f"write a list of names or a map, not a list of lists or maps: {written}")
+    if len(set(value)) != len(value):
+        raise ValueError("a name is listed twice")
+
+
 def _networks_map(value: object) -> object:
     # `networks: [default, backend]` and `networks: {backend: {aliases: [db]}, default: }` are one thing.
     if isinstance(value, list | tuple):
+        _names(value, "[default, backend] or {backend: {aliases: [db]}}")
         return {name: {} for name in value}
     if isinstance(value, Mapping):
         return {name: ({} if item is None else item) for name, item in value.items()}
@@ -103,6 +112,7 @@ AppNetworks = Annotated[
 def _depends_map(value: object) -> object:
     # `depends_on: [db]` is `depends_on: {db: healthy}`, as in Compose's short form.
     if isinstance(value, list | tuple):
+        _names(value, "[db] or {db: healthy}")
         if len(set(map(str, value))) != len(value):
             raise ValueError("an app is listed twice")
         return {name: "healthy" for name in value}
@@ -268,6 +278,9 @@ class LoggingSpec(Strict):
     @classmethod
     def _options(cls, value: object) -> object:
         if isinstance(value, Mapping):
+            for key, item in value.items():
+                if isinstance(item, Mapping | list | tuple | set) or item is None:
+                    raise ValueError(f"option {shown(str(key))}: a driver's option is one value (max-size: 10m)")
             return {key: str(item).lower() if isinstance(item, bool) else str(item) for key, item in value.items()}
         return value
 
@@ -422,7 +435,7 @@ def _cycles(edges: Mapping[str, tuple[str, ...]]) -> list[list[str]]:
         state[node] = 1
         trail.append(node)
         for nxt in edges.get(node, ()):
-            if nxt not in edges:
+            if nxt not in edges or nxt == node:  # unknown, or itself: each said once, by ``problems``
                 continue
             if state.get(nxt) == 1:
                 cycle = trail[trail.index(nxt) :]

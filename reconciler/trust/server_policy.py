@@ -4,7 +4,8 @@ Guarantees:
 - ``load_policy`` returns a ``ServerPolicy`` or raises ``InvalidPolicy`` whose every line is
   ``POLICY_FILE:LINE:COL: path: message`` (YAML errors included), or a one-line ``UserError`` when the
   file cannot be read. The format is in ``reconciler.core.guard``.
-- ``check`` places each violation of a policy (with no policy: each dangerous mount) in the
+- ``check`` places each violation of a policy (with no policy: each dangerous mount or container option:
+  ``privileged``, ``network_mode: host``, a device, an unconfining ``security_opt`` or ``cap_add``) in the
   desired-state file, at the positions of its one parse (the file is not parsed again), as
   ``FILE:LINE:COL: apps.web.volumes[0]: message``, sorted by place. No line shows
   an env value, even one that reached a checked field through a YAML alias.
@@ -77,8 +78,8 @@ def _message(violation: Violation, positions: Positions) -> str:
 
 def check(positions: Positions, file: str, desired: DesiredState, policy: ServerPolicy | None) -> list[str]:
     """Each violation of ``policy`` by ``desired`` (read from ``file``, whose reading gave ``positions``: the
-    file is parsed once, by its reader), or with no policy each dangerous mount, as ``FILE:LINE:COL: path:
-    message``, sorted by place."""
+    file is parsed once, by its reader), or with no policy each dangerous mount or container option, as
+    ``FILE:LINE:COL: path: message``, sorted by place."""
     found = violations(desired, policy) if policy is not None else dangerous(desired)
     if not found:
         return []
