@@ -103,7 +103,8 @@ PolicyOpt = Annotated[
         "--policy",
         envvar="RECONCILE_POLICY",
         show_default=False,
-        help="This server's policy (allowed images, host paths, ports): a commit that asks for more is not applied.",
+        help="This server's policy (allowed images, host paths, ports, container powers): a commit that asks for more"
+        " is not applied.",
     ),
 ]
 AllHostsOpt = Annotated[

@@ -222,6 +222,22 @@ apps:
     ]
 
 
+def test_a_secrets_source_is_held_to_the_env_files_folders(tmp_path: Path) -> None:
+    desired = """\
+apps:
+  web:
+    image: myrepo/web
+    version: v1
+    secrets:
+      - {source: /etc/myapp/db_password, target: db_password}
+      - {source: /etc/shadow, target: shadow}
+"""
+    assert checked(tmp_path, 'env_files: ["/etc/myapp/"]\n', desired) == [
+        f"{FILE}:7:18: apps.web.secrets[1].source: /etc/shadow is not under an allowed host path"
+        " (policy env_files: /etc/myapp/)",
+    ]
+
+
 PORTS = """\
 apps:
   web:

@@ -35,7 +35,8 @@ is never read as "anything")::
   ``/srv/apps/x``, never ``/srv/appsevil``), after ``..``, ``.`` and repeated ``/`` are folded away
   (``/srv/apps/../../etc`` is ``/etc``). Named volumes (``data:/data``) are always allowed. The folder of
   ``proxy.tls.certs``, which is mounted into the proxy, is checked against the same list.
-- ``env_files``: host paths an app's ``env_file`` may name, compared as ``volumes`` are.
+- ``env_files``: host paths an app's ``env_file`` and its secrets' ``source`` may name, compared as ``volumes``
+  are (both are host files whose contents go into the container).
 - Real paths: a symlink under an allowed folder can lead out of it, and a container with a bind of that
   folder can make one. So a commit is checked twice: as written (``violations``, when it is read) and, at
   apply time, by the real path of each of its host paths on the engine's host (``real_violations``: every
@@ -510,6 +511,11 @@ def violations(desired: DesiredState, policy: ServerPolicy) -> list[Violation]:
                     found.append(_path_violation((*at, "volumes", index), source, policy.volumes, "volumes"))
         if policy.env_files is not None and spec.env_file is not None:
             found.append(_path_violation((*at, "env_file"), spec.env_file, policy.env_files, "env_files"))
+        if policy.env_files is not None:  # a secret's source is a host file read into the container, as an env_file
+            for index, secret in enumerate(spec.secrets):
+                found.append(
+                    _path_violation((*at, "secrets", index, "source"), secret.source, policy.env_files, "env_files")
+                )
         if policy.ports is not None:
             for index, port in enumerate(spec.ports):
                 ip, host_port, _, _ = parse_port(port)
@@ -569,6 +575,9 @@ def host_paths(desired: DesiredState) -> list[HostUse]:
                     found.append(HostUse(("apps", app, "volumes", index), source, "volumes"))
         if limits.env_files is not None and spec.env_file is not None:
             found.append(HostUse(("apps", app, "env_file"), spec.env_file, "env_files"))
+        if limits.env_files is not None:
+            for index, secret in enumerate(spec.secrets):
+                found.append(HostUse(("apps", app, "secrets", index, "source"), secret.source, "env_files"))
     tls = desired.proxy.tls if desired.proxy is not None else None
     if limits.volumes is not None and tls is not None:
         found.append(HostUse(("proxy", "tls", "certs"), tls.certs, "volumes"))
