@@ -50,7 +50,12 @@ def execute(site: Site, container: str, *argv: str) -> tuple[int, str]:
 def stack(site: Site, names: AppNames, *, db_version: str = "db") -> tuple[str, str, str, int, str]:
     db, api, web, backend = names("db"), names("api"), names("web"), names("back")
     port = free_port()
-    text = f"""networks:
+    site.commit(stack_text(site, db, api, web, port, backend, db_version=db_version))
+    return db, api, web, port, backend
+
+
+def stack_text(site: Site, db: str, api: str, web: str, port: int, backend: str, *, db_version: str = "db") -> str:
+    return f"""networks:
   {backend}: {{internal: true}}
 apps:
   {web}:
@@ -79,8 +84,6 @@ apps:
     stop_timeout: 1s
     health: {GATE}
 """
-    site.commit(text)
-    return db, api, web, port, backend
 
 
 def test_a_three_app_stack_reaches_each_other_by_name_in_order_and_on_its_networks_only(
@@ -111,6 +114,18 @@ def test_a_three_app_stack_reaches_each_other_by_name_in_order_and_on_its_networ
     assert made["Internal"] is True and made["Labels"]["io.reconciler.network"] == backend
     dry = site.dry_run()
     assert dry.returncode == 0, show(dry)
+    # The file drops the network: it stays while the kept releases (stopped) are on it, so that a rollback
+    # to one of them can start it.
+    moved = stack_text(site, db, api, web, port, backend).replace(f"networks:\n  {backend}: {{internal: true}}\n", "")
+    moved = moved.replace(f"networks: [default, {backend}]", "networks: [default]").replace(
+        f"networks: [{backend}]", "networks: [default]"
+    )
+    site.commit(moved)
+    result = site.converge()
+    assert f"network {backend} ({network_of(backend)}): not in the file; left while {api}.prev, {db}.prev use it" in (
+        output(result)
+    ), output(result)
+    assert execute(site, web, "wget", "-qO-", f"http://{api}:8000/cgi-bin/db") == (0, "db-body")
 
 
 def test_a_failed_dependency_holds_its_dependents(site: Site, images: ImageFactory, app_names: AppNames) -> None:

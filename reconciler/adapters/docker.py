@@ -338,13 +338,15 @@ class Engine:
             rows = self.api.networks(filters={"label": [f"{MANAGED}=true", f"{INSTANCE}={self.instance}"]})
             found = []
             for row in rows:
-                full = self.api.inspect_network(row["Id"])
+                # Every container on it, stopped ones too (a kept APP.prev): the network's own inspect lists only
+                # those that run, and a network removed under a stopped container would break its next start.
+                on_it = self.api.containers(all=True, filters={"network": row["Id"]})
                 found.append(
                     NetworkRow(
-                        name=str(full.get("Name", "")),
-                        labels=dict(full.get("Labels") or {}),
-                        internal=bool(full.get("Internal")),
-                        attached=tuple(sorted(str(c.get("Name", "")) for c in (full.get("Containers") or {}).values())),
+                        name=str(row.get("Name", "")),
+                        labels=dict(row.get("Labels") or {}),
+                        internal=bool(row.get("Internal")),
+                        attached=tuple(sorted(str((c.get("Names") or ["/?"])[0]).lstrip("/") for c in on_it)),
                     )
                 )
             return found

@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 from reconciler.core import swarm
+from reconciler.core.fields import format_size
 from reconciler.core.model import (
     AppSpec,
     DesiredState,
@@ -154,6 +155,9 @@ OPTIONS = (
 )  # fmt: skip
 
 
+SIZES = ("memory", "shm_size")
+
+
 def _options(spec: AppSpec) -> dict[str, Any]:
     dumped = spec.model_dump(include=set(OPTIONS), mode="json")
     return {key: value for key, value in dumped.items() if value not in (None, False, [], {}, ())}
@@ -274,6 +278,8 @@ def diff(observed: ObservedContainer, target: Target) -> tuple[Change, ...]:
                 if was == now:
                     changes.append(Change("env_file", str(now), f"{now} (contents changed)"))
                     continue
+            if name in SIZES:  # as the file spells them (64m), not in bytes
+                was, now = (format_size(v) if isinstance(v, int) else v for v in (was, now))
             changes.append(Change(name, _show(was), _show(now)))
     return tuple(changes)
 
