@@ -89,14 +89,14 @@ def test_each_host_deploys_only_its_apps_from_one_file(world: World) -> None:
     )
     world.remote.commit_file(FILE, text, "a fleet")
     base = ["--repo", world.repo, "--state-dir"]
-    first = run_cli(*base, world.tmp / "web-1", "--host", "web-1", "--instance", f"{world.names.prefix}-web1")
+    first = run_cli(*base, world.tmp / "web-1", "--host", "web-1", "--instance", f"{web.name}-host")
     assert first.returncode == 0, show(first)
     wait_body(web.port, "v1", timeout=10)
     assert world.client.api.containers(all=True, filters={"name": f"^/{worker.name}$"}) == []
-    dry = run_cli(*base, world.tmp / "jobs-1", "--host", "jobs-1", "--instance", f"{world.names.prefix}-jobs1",
+    dry = run_cli(*base, world.tmp / "jobs-1", "--host", "jobs-1", "--instance", f"{worker.name}-host",
                   "--dry-run")  # fmt: skip
     assert dry.returncode == 2 and worker.name in dry.stdout and web.name not in dry.stdout, show(dry)
-    second = run_cli(*base, world.tmp / "jobs-1", "--host", "jobs-1", "--instance", f"{world.names.prefix}-jobs1")
+    second = run_cli(*base, world.tmp / "jobs-1", "--host", "jobs-1", "--instance", f"{worker.name}-host")
     assert second.returncode == 0, show(second)
     wait_body(worker.port, "v1", timeout=10)
     # A name the file does not declare, and this machine's own name by default: one clear line each.

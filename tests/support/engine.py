@@ -148,8 +148,8 @@ class AppNames:
 
     `names("web")` -> "<prefix>-web-<n>" (n counts across the session, so no two tests share a
     name). `cleanup()` force-removes `{app}`, `{app}.prev`, `{app}.next` (and any other
-    `{app}.*`), volumes named `{app}` or `{app}-*` and networks named `*_{app}` (a network of that name in
-    the file), for every name handed out.
+    `{app}.*`), volumes named `{app}` or `{app}-*` and networks whose name holds `{app}` (a network of that
+    name in the file, or the default network of an instance named after it), for every name handed out.
     """
 
     _counter = itertools.count(1)
@@ -191,19 +191,12 @@ class AppNames:
                 vname = volume.get("Name", "")
                 if vname == app or vname.startswith(app + "-"):
                     errors += _remove(f"volume {vname}", self.client.api.remove_volume, vname, force=True)
-            try:  # a network named after it in the file: reconciler_NAME (or reconciler-INSTANCE_NAME)
-                networks = self.client.api.networks()
-            except Exception as exc:
-                errors.append(f"listing networks: {exc}")
-                networks = []
-            for network in networks:
-                if str(network.get("Name", "")).endswith("_" + app):
-                    errors += _remove(f"network {network['Name']}", self.client.api.remove_network, network["Id"])
-        return errors + self._instance_networks()
+        return errors + self._networks()
 
-    def _instance_networks(self) -> list[str]:
-        """Remove the networks of the test's own instance once its containers are gone (Docker has room for about
-        30 bridge networks: one left per test would soon refuse the next)."""
+    def _networks(self) -> list[str]:
+        """Once every container of the test is gone: remove the networks of the test's own instance, and those
+        whose name holds one of its app names (a network of that name in the file, an instance named after an
+        app). Docker has room for about 30 bridge networks: one left per test would soon refuse the next."""
         from .cli import test_instance
 
         own = f"reconciler-{test_instance()}"
@@ -214,7 +207,7 @@ class AppNames:
             return [f"listing networks: {exc}"]
         for network in networks:
             name = str(network.get("Name", ""))
-            if name == own or name.startswith(own + "_"):
+            if name == own or name.startswith(own + "_") or any(app in name for app in self.names):
                 try:
                     self.client.api.remove_network(network["Id"])
                 except docker.errors.APIError as exc:
