@@ -13,6 +13,7 @@ Run: ``.venv/bin/python bench/parallel.py [--apps 20] [--many 200]`` (needs the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import docker.errors  # noqa: E402
 
 from bench.converge import remove_containers  # noqa: E402
 from tests.support import GitRemote, ImageFactory, cleanup_run, connect  # noqa: E402
@@ -54,6 +57,18 @@ def clear(client: Any, prefix: str) -> None:
         list(pool.map(lambda name: remove_containers(client, [name]), ours))
 
 
+def clear_networks(client: Any, prefix: str) -> None:
+    """Remove the networks of this run's instances (``reconciler-bench-PREFIX-...``), once their containers are gone."""
+    for network in client.api.networks():
+        if f"bench-{prefix}" in str(network.get("Name", "")):
+            remove_network(client, network["Id"])
+
+
+def remove_network(client: Any, network_id: str) -> None:
+    with contextlib.suppress(docker.errors.APIError):  # gone, or still in use: `docker network ls` says what is left
+        client.api.remove_network(network_id)
+
+
 def run(images: ImageFactory, work: Path, label: str, count: int, parallel: int | None) -> float:
     """Seconds of one whole ``reconcile`` process that deploys ``count`` apps from empty."""
     client, prefix = images.client, images.prefix
@@ -76,6 +91,7 @@ def run(images: ImageFactory, work: Path, label: str, count: int, parallel: int 
         return took
     finally:
         clear(client, prefix)
+        clear_networks(client, prefix)
 
 
 def main() -> None:
