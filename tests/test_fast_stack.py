@@ -289,3 +289,43 @@ def test_a_job_that_fails_holds_the_app_waiting_for_it(host: FakeHost) -> None:
 
     assert outcomes["migrate"].result is Result.FAILED
     assert outcomes["web"].result is Result.SKIPPED and outcomes["web"].message.startswith("waiting for migrate")
+
+
+def test_a_failed_release_command_is_held_by_the_agent_and_never_run_again_for_that_commit(host: FakeHost) -> None:
+    from tests.test_fast_holdback import agent_pass
+
+    apply(host, commit(host, RELEASE.replace("VERSION", "v1")))
+    host.engine.publish("example/web:v2").job_exits = 1
+    desired = commit(host, RELEASE.replace("VERSION", "v2"))
+
+    _, outcomes, _ = agent_pass(host, desired)
+    assert [o.result for o in outcomes] == [Result.FAILED]
+    [failure] = host.journal.failures()
+    assert failure.culprit and "exited 1" in failure.reason
+    host.engine.calls.clear()
+
+    kept, outcomes, _ = agent_pass(host, desired)
+
+    assert outcomes == [] and not [a for a in kept.actions if a.target is not None]
+    assert "create web.release" not in host.engine.calls  # the command is not run again in a loop
+    assert host.version_of("web") == "v1"
+
+
+def test_in_the_agent_a_failed_dependency_takes_the_whole_commit_back(host: FakeHost) -> None:
+    apply(host, commit(host, CHAIN))
+    broken = CHAIN.replace("example/db\n    version: v1", "example/db\n    version: v2").replace(
+        "example/cache\n    version: v1", "example/cache\n    version: v2"
+    )
+    host.engine.publish("example/db:v2", healthy=False)
+    desired = commit(host, broken)
+    networks.ensure(host.engine, desired)
+    observed = host.engine.observe()
+
+    outcomes = by_app(host.applier(parallel=4).apply(plan(desired, resolve(host.engine, desired), observed), observed,
+                                                    atomic=True))  # fmt: skip
+
+    assert outcomes["db"].result in (Result.ROLLED_BACK, Result.FAILED)
+    assert outcomes["cache"].result is Result.ROLLED_BACK  # deployed, then taken back with its commit
+    assert {app: host.version_of(app) for app in ("db", "cache", "api", "web")} == dict.fromkeys(
+        ("db", "cache", "api", "web"), "v1"
+    )

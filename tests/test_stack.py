@@ -273,8 +273,9 @@ def test_a_secret_is_copied_in_with_its_mode_and_owner_redeploys_on_change_and_i
         for r in (first, dry, second, site.history(), cli("status", "--repo", site.repo, "--state-dir", site.state))
     )
     labels = str(must_inspect(site.client, app)["Config"]["Labels"])
+    journal = (site.state / "journal.db").read_bytes().decode(errors="replace")
     for secret in ("first-secret-value-123", "rotated-secret-value-456"):
-        assert secret not in said and secret not in labels
+        assert secret not in said and secret not in labels and secret not in journal
 
 
 def test_every_container_option_is_what_docker_inspect_shows(

@@ -97,7 +97,7 @@ from reconciler.core.steps import (
     breaks_release,
     why,
 )
-from reconciler.deploy.job import ReleaseAbandoned, run_release
+from reconciler.deploy.job import ReleaseAbandoned, ReleaseFailed, run_release
 from reconciler.deploy.prober import WATCH_STEP, Prober
 from reconciler.deploy.proxy import Proxy
 from reconciler.deploy.recovery import Recovery
@@ -488,7 +488,7 @@ class Applier(Recovery):
                 self._rows.finish(entry, result=JournalResult.SUPERSEDED, message=str(exc))
                 return Outcome(app, action.kind, app, Result.SUPERSEDED, f"{spec.version}: {exc}"), None
             except UserError as exc:
-                return self._take_back(deploy, deploy.reached, str(exc)), None
+                return self._take_back(deploy, deploy.reached, str(exc), held=isinstance(exc, ReleaseFailed)), None
         gate = deploy.gate
         assert gate is not None
         if gate.verdict is Verdict.PENDING:
@@ -692,8 +692,9 @@ class Applier(Recovery):
         """Where the running container is kept once set aside: APP.prev, or APP.adopted when not ours."""
         return container_name(app, Role.PREVIOUS) if current.managed else app + ADOPTED
 
-    def _take_back(self, deploy: _Deploy, step: Step, reason: str) -> Outcome:
-        """What a failure at ``step`` leaves to undo, as ``RULES`` says; ``reason`` is why it failed."""
+    def _take_back(self, deploy: _Deploy, step: Step, reason: str, *, held: bool = False) -> Outcome:
+        """What a failure at ``step`` leaves to undo, as ``RULES`` says; ``reason`` is why it failed. ``held``: the
+        release itself failed (its release command), so the agent holds it until a new commit."""
         app, action = deploy.app, deploy.action
         undo = RULES[step].undo
         if undo is Undo.SET_ASIDE:
@@ -704,7 +705,8 @@ class Applier(Recovery):
         if undo is Undo.DISCARD and deploy.new_id:
             self.engine.remove(deploy.new_id, container_name(app, Role.NEXT))
         self._rows.finish(deploy.entry, result=JournalResult.FAILED, message=reason)
-        return Outcome(app, action.kind, app, Result.FAILED, f"{reason}; {self._left_as_it_was(deploy.current)}")
+        said = f"{reason}; {self._left_as_it_was(deploy.current)}"
+        return Outcome(app, action.kind, app, Result.FAILED, said, release_failed=held)
 
     def _set_new_aside(self, deploy: _Deploy, step: Step, reason: str) -> Outcome:
         """Start-first: the new release never served (or served for the instant of a refused switch): the
