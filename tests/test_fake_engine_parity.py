@@ -54,3 +54,54 @@ def test_a_release_reads_back_the_same_from_the_fake_as_from_the_real_engine(
         assert inspected_fake.fingerprint == inspected_real.fingerprint
     finally:
         real.remove(made["real"], app)
+
+
+def test_networks_and_a_release_command_read_back_the_same_from_the_fake_as_from_the_real_engine(
+    docker_client: Any, images: ImageFactory, app_names: AppNames, run_prefix: str
+) -> None:
+    import time
+
+    from reconciler.core.stack import docker_network
+    from reconciler.deploy import networks
+
+    app = app_names("parity")
+    ref = images.build(f"{run_prefix}-parity", "v1")
+    repository, _, tag = ref.rpartition(":")
+    text = (
+        f"networks:\n  back: {{internal: true}}\napps:\n  {app}:\n    image: {repository}\n    version: {tag}\n"
+        "    networks: {default: {}, back: {aliases: [also-known-as]}}\n    init: true\n    stop_timeout: 1s\n"
+    )
+    desired = parse_desired(text.encode(), "desired-state.yaml", "a" * 40)
+    real = connect(instance=f"{app}-i")  # its networks hold the app's name: the test's cleanup removes them
+    fake = FakeEngine(instance=real.instance)
+    fake.build(ref, image_id=str(docker_client.images.get(ref).id)).job_exits = 3
+    joined = {docker_network(real.instance, "default"): [], docker_network(real.instance, "back"): ["also-known-as"]}
+    job = f"{app}.release"
+    for engine in (real, fake):
+        assert networks.ensure(engine, desired) == [f"network back ({docker_network(real.instance, 'back')}): created"]
+        [action] = plan(desired, resolve(engine, desired), engine.observe()).actions
+        assert action.target is not None
+        made = engine.create(action.target, app, env={}, networks=joined)
+        engine.start(made, app)
+        engine.stop(made, app, 1)  # stopped, it is still on its networks
+        ran = engine.create(action.target, job, env={}, networks=joined, job=["sh", "-c", "exit 3"])
+        engine.start(ran, job)
+    deadline = time.monotonic() + 10
+    while (found := real.observe().named(job)) is not None and found.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    for name in (app, job):
+        seen_real, seen_fake = real.observe().named(name), fake.observe().named(name)
+        assert seen_real is not None and seen_fake is not None
+        assert seen_fake.model_dump(exclude=_ENGINE_OWN) == seen_real.model_dump(exclude=_ENGINE_OWN)
+    released = real.observe().named(job)
+    assert released is not None and (released.state, released.exit_code, released.role) == ("exited", 3, "release")
+    real_rows = sorted((r.name, r.internal, r.attached, r.labels.get("io.reconciler.network"))
+                       for r in real.networks_of_instance())  # fmt: skip
+    fake_rows = sorted((r.name, r.internal, r.attached, r.labels.get("io.reconciler.network"))
+                       for r in fake.networks_of_instance())  # fmt: skip
+    assert fake_rows == real_rows
+    assert real_rows == [
+        (docker_network(real.instance, "default"), False, tuple(sorted((app, job))), "default"),
+        (docker_network(real.instance, "back"), True, tuple(sorted((app, job))), "back"),
+    ]

@@ -478,7 +478,7 @@ class FakeEngine:
         with self._lock:
             found = self._existing(container_id, f"stop {name}")
             if found.state == "running":
-                found.state, found.exit_code = "exited", 0
+                found.state, found.exit_code = "exited", 143  # as a process that SIGTERM ended (128 + 15)
             self.calls.append(f"stop {found.name}")
 
     def rename(self, container_id: str, name: str) -> None:
