@@ -186,6 +186,9 @@ def test_a_release_command_migrates_before_the_release_serves_and_a_failing_one_
     assert body(port) == "v2" and body_of(port, "/schema") == "migrated-for-v2"
     history = cli("history", "--state-dir", site.state)
     assert "exited 4" in output(history) and f"s3cret-of-the-release-{app}" not in output(history)
+    status = cli("status", "--repo", site.repo, "--state-dir", site.state)
+    assert "last attempted: v3" in output(status) and "exited 4: applying 0042" in output(status), output(status)
+    assert f"s3cret-of-the-release-{app}" not in output(status)
     assert not present(site) & {f"{app}.release", f"{app}.next"}
 
 

@@ -153,7 +153,11 @@ def status_lines(status: Status) -> list[str]:
         for label, entry in (("last applied", app.last_applied), ("last attempted", app.last_attempted)):
             if entry is not None:
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.at)) + "Z"
-                out.append(f"    {label}: {entry.version} @ {entry.revision[:8]} {entry.result} {when}")
+                # Why the last attempt failed (a release command's last lines), unless hold-back says it below.
+                why = entry.message if entry.result in ("failed", "rolled-back") and app.held is None else ""
+                out.append(f"    {label}: {entry.version} @ {entry.revision[:8]} {entry.result} {when}" + (
+                    f": {why}" if why else ""
+                ))  # fmt: skip
         if app.held is not None and app.held.reason:
             out.append(f"    held back: {app.held.reason} (`reconcile retry {app.app}` to try again)")
         for failed in app.failed:
