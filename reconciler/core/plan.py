@@ -8,7 +8,10 @@ Guarantees:
   container of another source whose app is not in the file is left alone with a ``Note`` (pruned only
   with ``prune_foreign``). A container deployed before containers carried their source counts as this
   source's, with a ``Note`` saying how to label it (``relabel`` redeploys it with the label).
-- Every action carries its reasons as ``Change(field, was, now)``; env changes name keys, never values.
+- Every action carries its reasons as ``Change(field, was, now)``; env changes name keys, never values;
+  secrets are named by their target, never shown (``secret db_password: as deployed -> contents changed``).
+- A stale ``APP.next`` or ``APP.release`` (an interrupted deploy, a release command cut short) is removed
+  before the app is deployed again; a job (``AppSpec.completes``) that exited 0 is not started again.
 - An app whose image could not be resolved gets an ``error`` action and no change.
 - Planning the state that results from applying a plan (``simulate``) gives a plan with no changes.
 - ``port_waits`` names, for each app a plan deploys, the other apps of the plan whose running container

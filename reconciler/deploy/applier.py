@@ -34,6 +34,15 @@ Guarantees:
   old container (``core.plan.port_waits``): two apps that swap ports in one commit both start. Outcomes come back
   in the plan's order whatever order they finished in. ``parallel=1`` runs the plan in this thread,
   one app after another.
+- ``depends_on`` orders a pass: each app's work is handed to the pool after the apps it depends on (waves of
+  ``core.stack.waves``), so an app only ever waits on apps under way or done, whatever ``parallel`` is; it
+  starts once each dependency is as its condition says (``_wait_for_dependencies``), else it is not
+  deployed and its outcome says ``waiting for APP: why``.
+- An app with a release command runs it (``deploy.job``) after the pull and before anything of the app
+  changes; one that fails is the release's failure (held by the agent), one abandoned for a newer commit or
+  a shutdown is ``superseded``. A switch back to a warm release runs none.
+- Each container of a release is made with its materials read at that moment (``_materials``): the env_file
+  and env, its Docker networks (the app's name resolves there), its secrets' bytes.
 - One app's failure does not stop the others; every app gets an ``Outcome`` and a journal row. With
   ``atomic=True`` (the agent), a release that fails takes the whole commit back: no further deploy
   of the pass starts, the ones under way finish, and every app this pass deployed returns to what ran
