@@ -329,3 +329,32 @@ def test_in_the_agent_a_failed_dependency_takes_the_whole_commit_back(host: Fake
     assert {app: host.version_of(app) for app in ("db", "cache", "api", "web")} == dict.fromkeys(
         ("db", "cache", "api", "web"), "v1"
     )
+
+
+def test_a_dependency_placed_on_another_host_of_a_fleet_is_that_hosts_to_order(host: FakeHost) -> None:
+    from reconciler.converge.run import place
+
+    fleet = commit(
+        host,
+        f"""
+hosts:
+  web-1: {{labels: {{role: web}}}}
+  db-1: {{labels: {{role: db}}}}
+apps:
+  db:
+    image: example/db
+    version: v1
+    on: [db-1]
+    {GATE}
+  web:
+    image: example/web
+    version: v1
+    on: [web-1]
+    depends_on: [db]
+    {GATE}
+""",
+    )
+
+    outcomes = by_app(apply(host, place(fleet, "web-1")))
+
+    assert list(outcomes) == ["web"] and outcomes["web"].result is Result.APPLIED

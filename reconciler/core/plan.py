@@ -129,6 +129,9 @@ class Plan:
     revision: str
     actions: tuple[Action, ...] = field(default_factory=tuple)
     notes: tuple[Note, ...] = field(default_factory=tuple)
+    # The apps of the file this plan is of (a fleet's: those placed on this host); None: not known. An app's
+    # ``depends_on`` is ordered among these only: a dependency placed on another host is that host's.
+    apps: frozenset[str] | None = None
 
     @property
     def changes(self) -> tuple[Action, ...]:
@@ -471,7 +474,7 @@ def plan(
             if not (relabel and container.app in desired.apps):
                 why = f"{UNLABELLED}; treated as this source's (`reconcile --relabel` redeploys it with its label)"
                 notes.append(Note("unlabelled", container.app or "", container.name, why))
-    return Plan(revision=desired.revision, actions=tuple(actions), notes=tuple(notes))
+    return Plan(revision=desired.revision, actions=tuple(actions), notes=tuple(notes), apps=frozenset(desired.apps))
 
 
 def _owner_change(current: ObservedContainer, source: Owner | None, relabel: bool) -> tuple[Change, ...]:

@@ -266,7 +266,11 @@ class Applier(Recovery):
         for index, action in enumerate(plan.actions):
             by_app.setdefault(action.app, []).append(index)
             if action.target is not None:
-                needs[action.app] = dict(action.target.spec.depends_on)
+                needs[action.app] = {
+                    name: condition
+                    for name, condition in action.target.spec.depends_on.items()
+                    if plan.apps is None or name in plan.apps  # placed on another host: that host's to order
+                }
         # Apps run one after another (parallel 1) cannot wait for each other: only concurrent ones do.
         self._waits = port_waits(plan, observed) if self.parallel > 1 else {}
         self._freed = {app: threading.Event() for app in by_app}
