@@ -311,6 +311,10 @@ class Applier(Recovery):
                 if self._finished[name].is_set() and (outcome is None or not outcome.result.ok):
                     why = outcome.message if outcome is not None and outcome.message else "it was not deployed"
                     return f"waiting for {name}: {why}"
+                if condition != "completed":
+                    continue  # its own deploy judged it: it started, or its gate passed
+            elif condition != "completed" and observed.service(name) is not None:
+                continue  # a Swarm service: Swarm keeps its tasks running (its gate judged its rollout)
             found = observed.named(name) if name not in by_app else None
             current = self.prober.inspect(found.id if found is not None else name)
             if condition == "completed":
