@@ -46,12 +46,13 @@ def test_as_dict_is_the_json_of_reconcile_status() -> None:
     assert data["break_glass"] == {"web": "v1", "api": "v0"} and list(data["break_glass"]) == ["web", "api"]
     assert data["apps"][0] == {
         "app": "old", "desired": None, "running": None, "state": "missing", "health": "missing", "in_sync": True,
-        "last_applied": None, "last_attempted": None, "stable": None, "held": None, "tasks": [], "failed": [],
+        "last_applied": None, "last_attempted": None, "stable": None, "held": None, "tasks": [], "stack": None,
+        "failed": [],
     }  # fmt: skip
     web = data["apps"][1]
     assert list(web) == [
         "app", "desired", "running", "state", "health", "in_sync", "last_applied", "last_attempted", "stable",
-        "held", "tasks", "failed",
+        "held", "tasks", "stack", "failed",
     ]  # fmt: skip
     assert web["last_applied"] == {"commit": "c0ffee00", "version": "v1", "result": "succeeded", "at": AT,
                                    "message": "ok"}  # fmt: skip
@@ -99,3 +100,20 @@ def test_status_lines_read_the_records() -> None:
 def test_the_records_are_frozen() -> None:
     with pytest.raises(FrozenInstanceError):
         a_status().apps[0].in_sync = False  # type: ignore[misc]
+
+
+def test_an_apps_place_in_a_stack_is_one_line_of_names() -> None:
+    from reconciler.core.model import AppSpec
+    from reconciler.core.status import StackLine
+
+    spec = AppSpec.model_validate({
+        "image": "shop", "version": "v1", "networks": ["default", "backend"], "depends_on": {"db": "healthy"},
+        "release": {"command": ["/app/manage", "migrate"]},
+        "secrets": [{"source": "/etc/shop/pw", "target": "db_password"}],
+    })  # fmt: skip
+    line = StackLine.of(spec)
+    assert line is not None
+    assert line.said() == (
+        "needs db (healthy); networks backend, default; release command /app/manage migrate; secrets db_password"
+    )
+    assert StackLine.of(AppSpec.model_validate({"image": "shop", "version": "v1"})) is None

@@ -114,6 +114,8 @@ def test_a_three_app_stack_reaches_each_other_by_name_in_order_and_on_its_networ
     assert made["Internal"] is True and made["Labels"]["io.reconciler.network"] == backend
     dry = site.dry_run()
     assert dry.returncode == 0, show(dry)
+    status = output(cli("status", "--repo", site.repo, "--state-dir", site.state))
+    assert f"    stack: needs {db} (healthy); networks default, {backend}" in status, status
     # The file drops the network: it stays while the kept releases (stopped) are on it, so that a rollback
     # to one of them can start it.
     moved = stack_text(site, db, api, web, port, backend).replace(f"networks:\n  {backend}: {{internal: true}}\n", "")

@@ -150,6 +150,8 @@ def status_lines(status: Status) -> list[str]:
             f"{app.health}), {sync}, stable {app.stable or '-'}"
         )
         out.extend(f"    {line}" for line in app.tasks)
+        if app.stack is not None:
+            out.append(f"    stack: {app.stack.said()}")
         for label, entry in (("last applied", app.last_applied), ("last attempted", app.last_attempted)):
             if entry is not None:
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.at)) + "Z"

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.core.failures import Failure
+from reconciler.core.model import AppSpec
+from reconciler.core.plan import networks_of
+from reconciler.core.stack import DEFAULT_NETWORK
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,47 @@ class DeployRecord:
 
 
 @dataclass(frozen=True)
+class StackLine:
+    """An app's place in a stack, as the file says it: names only, never a secret's contents."""
+
+    depends_on: tuple[tuple[str, str], ...] = ()  # (app, condition)
+    networks: tuple[str, ...] = ()
+    release: tuple[str, ...] | None = None  # its release command
+    secrets: tuple[str, ...] = ()  # their targets
+
+    @classmethod
+    def of(cls, spec: AppSpec) -> StackLine | None:
+        line = cls(
+            depends_on=tuple(sorted(spec.depends_on.items())),
+            networks=tuple(networks_of(spec)),
+            release=spec.release.command if spec.release is not None else None,
+            secrets=tuple(secret.target for secret in spec.secrets),
+        )
+        plain = not line.depends_on and line.networks in ((), (DEFAULT_NETWORK,)) and not line.release
+        return None if plain and not line.secrets else line
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "depends_on": dict(self.depends_on),
+            "networks": list(self.networks),
+            "release": list(self.release) if self.release is not None else None,
+            "secrets": list(self.secrets),
+        }
+
+    def said(self) -> str:
+        parts = []
+        if self.depends_on:
+            parts.append("needs " + ", ".join(f"{app} ({condition})" for app, condition in self.depends_on))
+        if self.networks:
+            parts.append("networks " + ", ".join(self.networks))
+        if self.release is not None:
+            parts.append("release command " + " ".join(self.release))
+        if self.secrets:
+            parts.append("secrets " + ", ".join(self.secrets))
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
 class AppStatus:
     """One app: what git asks for against what runs, and what the journal knows of it."""
 
@@ -52,6 +96,7 @@ class AppStatus:
     held: Failure | None = None  # the failed release the file still asks for: not deployed again
     failed: tuple[Failure, ...] = ()  # its failed releases on record, oldest first
     tasks: tuple[str, ...] = ()  # a service's tasks by node (``slot 1 on web-2: running``), then nodes down
+    stack: StackLine | None = None  # what the file says of it as part of a stack
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +111,7 @@ class AppStatus:
             "stable": self.stable,
             "held": self.held.reason if self.held is not None else None,
             "tasks": list(self.tasks),
+            "stack": self.stack.as_dict() if self.stack is not None else None,
             "failed": [
                 {"version": f.version, "commit": f.revision[:8], "reason": f.reason, "culprit": f.culprit}
                 for f in self.failed

@@ -19,7 +19,7 @@ from reconciler.core.failures import held_back
 from reconciler.core.health import Health, is_worse, of_sample
 from reconciler.core.model import DesiredState, ObservedState
 from reconciler.core.proxy import route_lines
-from reconciler.core.status import AppStatus, DeployRecord, Status
+from reconciler.core.status import AppStatus, DeployRecord, StackLine, Status
 from reconciler.deploy.prober import Prober
 from reconciler.deploy.proxy import Proxy
 from reconciler.errors import CommitRefused, ProxyError, ReconcileError
@@ -102,6 +102,7 @@ def collect(settings: Settings) -> Status:
                     held=held.get(app),
                     failed=tuple(f for f in failures if f.app == app),
                     tasks=tasks,
+                    stack=StackLine.of(spec) if spec is not None else None,
                 )
             )
         routes, proxied = _routes(engine, settings, desired, observed)
