@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 
 from tests.support import AppNames, ImageFactory, free_port
+from tests.support.agent import World
 from tests.support.cli import cli_env, test_instance
 from tests.support.routed import Routed, RoutedApp
-from tests.support.state import Site, body, cli, must_inspect, output, show
+from tests.support.state import Site, app_yaml, body, cli, desired, must_inspect, output, show
 from tests.test_zero_downtime import first_v1, load_on
 
 pytestmark = pytest.mark.docker
@@ -413,3 +414,33 @@ networks:
     assert execute(site, web, "wget", "-qO-", f"http://{db}:8000/") == (0, "db-body")
     assert execute(site, web, "cat", "/run/secrets/pw") == (0, "imported-secret-789")
     assert execute(site, web, "stat", "-c", "%a", "/run/secrets/pw") == (0, "444")  # compose's default mode
+
+
+def test_the_agent_deploys_a_stack_in_order_and_a_failed_dependency_takes_the_whole_commit_back(
+    world: World, images: ImageFactory, app_names: AppNames
+) -> None:
+    for tag in ("v1", "v2"):
+        images.build("web", tag)
+    images.build("web", "v2-broken", healthy=False)
+    db, web, db_port, web_port = app_names("db"), app_names("web"), free_port(), free_port()
+
+    def text(db_version: str, web_version: str) -> str:
+        return desired(
+            app_yaml(db, world.web(), db_version, db_port, timeout="2s"),
+            app_yaml(web, world.web(), web_version, web_port, timeout="2s") + f"    depends_on: [{db}]\n",
+        )
+
+    world.commit(text("v1", "v1"), "a stack")
+    agent = world.agent()
+    agent.wait_for("deploy.succeeded", app=web, timeout=30)
+    started = [must_inspect(world.client, name)["State"]["StartedAt"] for name in (db, web)]
+    assert started == sorted(started), started  # db first: web waited for its gate
+
+    mark = agent.mark()
+    world.commit(text("v2-broken", "v2"), "db broken")
+    agent.wait_for("deploy.rolled-back", app=db, since=mark, timeout=30)
+    waiting = agent.wait_for("app.waiting", app=web, since=mark, timeout=15)
+    assert f"waiting for {db}: " in waiting.message, waiting.raw
+    assert body(db_port) == "v1" and body(web_port) == "v1"
+    assert not agent.events("deploy.succeeded", since=mark), agent.log()
+    assert not agent.events("pass.crashed"), agent.log()

@@ -679,8 +679,8 @@ class Agent:
     def _report(self, outcomes: list[Outcome], revision: str) -> None:
         for outcome in outcomes:
             if outcome.result is Result.SKIPPED:
-                self.events.once(f"problem:{outcome.app}", Event.of_app(outcome.kind), outcome.message,
-                                 app=outcome.app)  # fmt: skip
+                said = Event.APP_WAITING if outcome.waiting_for else Event.of_app(outcome.kind)
+                self.events.once(f"problem:{outcome.app}", said, outcome.message, app=outcome.app)
                 continue
             self.events.clear(f"problem:{outcome.app}")
             name = _VERDICT_EVENTS.get(outcome.result, Event.DEPLOY_DONE)

@@ -50,6 +50,7 @@ class Event(StrEnum):
     APP_FOREIGN = "app.foreign"
     APP_UNLABELLED = "app.unlabelled"
     APP_UNCHECKED = "app.unchecked"
+    APP_WAITING = "app.waiting"  # not deployed: a dependency (depends_on) is not as it needs it
     # stable
     STABLE_PROMOTED = "stable.promoted"
     STABLE_UNPUBLISHED = "stable.unpublished"

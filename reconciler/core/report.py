@@ -37,6 +37,7 @@ class Outcome:
     message: str = ""
     release_failed: bool = False  # the new release itself did not start or failed its gate
     revision: str = ""  # the commit of the release, when it is not the pass's own (a late verdict)
+    waiting_for: str = ""  # not deployed: the dependency (``depends_on``) that is not as it needs it
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -245,9 +245,11 @@ class Applier(Recovery):
                     return
                 blocked = self._wait_for_dependencies(app, needs.get(app, {}), slots, by_app, observed, halted)
                 if blocked:
-                    action = plan.actions[indices[-1]]
-                    slots[indices[-1]] = Outcome(app, action.kind, action.container, Result.SKIPPED, blocked)
-                    self._log(f"{app}: not deployed, {blocked}")
+                    action, (on, why) = plan.actions[indices[-1]], blocked
+                    slots[indices[-1]] = Outcome(
+                        app, action.kind, action.container, Result.SKIPPED, why, waiting_for=on
+                    )
+                    self._log(f"{app}: not deployed, {why}")
                     return
                 for index in indices:
                     if halted():
@@ -297,20 +299,21 @@ class Applier(Recovery):
         by_app: Mapping[str, Sequence[int]],
         observed: ObservedState,
         halted: Callable[[], bool],
-    ) -> str:
+    ) -> tuple[str, str] | None:
         """Wait until each dependency of ``app`` is as its condition says: deployed in this pass (healthy: its gate
         passed; started: its new release started; completed: it exited 0), or, when this pass does not deploy it,
-        already so. "" when they all are; else why not (``waiting for db: ...``), and ``app`` is not deployed."""
+        already so. None when they all are; else the dependency and why (``waiting for db: ...``), and ``app`` is not
+        deployed."""
         for name, condition in sorted(needs.items()):
             if name in by_app:
                 event = self._started[name] if condition == "started" else self._finished[name]
                 while not event.wait(WATCH_STEP):
                     if halted():
-                        return f"waiting for {name}: the pass was stopped"
+                        return name, f"waiting for {name}: the pass was stopped"
                 outcome = next((slots[i] for i in reversed(by_app[name]) if slots[i] is not None), None)
                 if self._finished[name].is_set() and (outcome is None or not outcome.result.ok):
                     why = outcome.message if outcome is not None and outcome.message else "it was not deployed"
-                    return f"waiting for {name}: {why}"
+                    return name, f"waiting for {name}: {why}"
                 if condition != "completed":
                     continue  # its own deploy judged it: it started, or its gate passed
             elif condition != "completed" and observed.service(name) is not None:
@@ -322,7 +325,7 @@ class Applier(Recovery):
                     state = "it does not exist" if current is None else "it runs" if current.running else (
                         f"it exited {current.exit_code}"
                     )  # fmt: skip
-                    return f"waiting for {name} to complete: {state}"
+                    return name, f"waiting for {name} to complete: {state}"
             elif current is None or not current.running or current.health == "unhealthy":
                 state = (
                     "it does not exist"
@@ -331,8 +334,8 @@ class Applier(Recovery):
                     if current.running
                     else "it does not run"
                 )
-                return f"waiting for {name}: {state}"
-        return ""
+                return name, f"waiting for {name}: {state}"
+        return None
 
     def undo_deployed(self, reason: str) -> list[Outcome]:
         """Take back every release the last ``apply`` put in place, newest first (its commit failed

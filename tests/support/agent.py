@@ -105,6 +105,7 @@ KNOWN_EVENTS = frozenset(
         "app.foreign",
         "app.unlabelled",
         "app.unchecked",
+        "app.waiting",
         "journal.reset",
         "mirror.reset",
         "state.error",
