@@ -1,0 +1,200 @@
+"""SOPS files as bytes: parsed by the store sops picks for the path, rendered as `sops -d` prints them.
+
+Guarantees: the store is chosen by extension as sops does (`.yaml`/`.yml`, `.json`, `.env`, else
+binary); the data key comes from age identities (pyrage, every identity tried) or the gpg keyring
+(`gpg --batch --decrypt`, GNUPGHOME from the environment); a missing or wrong key is one `SopsError`
+naming the recipients, never the key. The format itself lives in `core/sops.py`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from typing import Any
+
+import pyrage  # type: ignore[import-untyped]  # ships no stubs
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.scalarstring import LiteralScalarString
+
+from reconciler.core.sops import (
+    Document,
+    Metadata,
+    SopsError,
+    Tree,
+    binary_document,
+    binary_plaintext,
+    metadata_from_dict,
+    metadata_to_dict,
+    parse_dotenv,
+    render_dotenv,
+)
+
+
+def store_for(path: str) -> str:
+    lower = path.lower()
+    if lower.endswith((".yaml", ".yml")):
+        return "yaml"
+    if lower.endswith(".json"):
+        return "json"
+    if lower.endswith(".env"):
+        return "dotenv"
+    return "binary"
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's nodes as plain Python, keeping the order of keys."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    # timestamps and other scalars: sops treats them as their text
+    return str(node)
+
+
+def _split(raw: Any, kind: str) -> Document:
+    if not isinstance(raw, dict):
+        raise SopsError(f"not a SOPS {kind} file: the top level is not a mapping")
+    if "sops" not in raw:
+        raise SopsError(f"not a SOPS {kind} file: no `sops` metadata")
+    tree = {k: v for k, v in raw.items() if k != "sops"}
+    return Document(tree=tree, metadata=metadata_from_dict(raw["sops"]), kind=kind)
+
+
+def parse(content: bytes, path: str) -> Document:
+    """The encrypted document of a file's bytes (no key needed)."""
+    kind = store_for(path)
+    try:
+        text = content.decode()
+    except UnicodeDecodeError as exc:
+        raise SopsError(f"{path}: not UTF-8") from exc
+    if kind == "dotenv":
+        return parse_dotenv(text)
+    if kind == "yaml":
+        yaml = YAML(typ="safe", pure=True)
+        try:
+            raw = _plain(yaml.load(text))
+        except Exception as exc:  # ruamel raises many types; the position is enough
+            raise SopsError(f"{path}: not YAML ({type(exc).__name__})") from exc
+        return _split(raw, "yaml")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SopsError(f"{path}: not JSON (line {exc.lineno})") from exc
+    if kind == "binary":
+        return binary_document(raw)
+    return _split(raw, "json")
+
+
+def _commented(node: Any) -> Any:
+    if isinstance(node, dict):
+        out = CommentedMap()
+        for k, v in node.items():
+            out[k] = _commented(v)
+        return out
+    if isinstance(node, list):
+        return CommentedSeq([_commented(v) for v in node])
+    if isinstance(node, str) and "\n" in node:
+        # armored keys are written as literal blocks, as sops writes them
+        return LiteralScalarString(node)
+    return node
+
+
+def _yaml_text(tree: Tree) -> str:
+    yaml = YAML()
+    # sops' yaml store: 4-space maps, list dashes indented 4 inside a 6-column sequence
+    yaml.indent(mapping=4, sequence=6, offset=4)
+    yaml.width = 4096
+    buf = io.StringIO()
+    yaml.dump(_commented(tree), buf)
+    return buf.getvalue()
+
+
+def render_plaintext(tree: Tree, kind: str) -> bytes:
+    """A decrypted document as `sops -d` prints it (no `sops` metadata)."""
+    if kind == "binary":
+        return binary_plaintext(tree)
+    if kind == "dotenv":
+        return render_dotenv(tree, None).encode()
+    if kind == "yaml":
+        return _yaml_text(tree).encode()
+    return (json.dumps(tree, indent=4, ensure_ascii=False) + "\n").encode()
+
+
+def render_encrypted(document: Document, kind: str) -> bytes:
+    """An encrypted document as sops writes it, `sops` metadata last."""
+    if kind == "dotenv":
+        return render_dotenv(document.tree, document.metadata).encode()
+    whole = dict(document.tree)
+    whole["sops"] = metadata_to_dict(document.metadata)
+    if kind == "yaml":
+        return _yaml_text(whole).encode()
+    return (json.dumps(whole, indent=4, ensure_ascii=False) + "\n").encode()
+
+
+def _short(recipient: str) -> str:
+    return recipient if len(recipient) <= 12 else recipient[:12] + "…"
+
+
+def data_key(metadata: Metadata, age_identities: list[str], gpg: bool) -> bytes:
+    """The file's data key, from the first age identity or gpg key that opens one of its key slots."""
+    identities = []
+    for line in age_identities:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            identities.append(pyrage.x25519.Identity.from_str(line))
+        except Exception as exc:  # pyrage raises its own IdentityError; the line is secret
+            raise SopsError("an age identity is malformed") from exc
+    if metadata.age and identities:
+        for slot in metadata.age:
+            try:
+                return bytes(pyrage.decrypt(slot.enc.encode(), identities))
+            except Exception:  # not for these identities: try the next slot
+                continue
+    if gpg:
+        for pgp in metadata.pgp:
+            done = subprocess.run(
+                ["gpg", "--batch", "--quiet", "--decrypt"],
+                input=pgp.enc.encode(),
+                capture_output=True,
+                check=False,
+            )
+            if done.returncode == 0 and done.stdout:
+                return done.stdout
+    names = [_short(r) for r in metadata.recipients()] or ["no recipients"]
+    if metadata.age and not metadata.pgp:
+        raise SopsError(f"no age identity matches {', '.join(names)} (tried {len(identities)})")
+    raise SopsError(f"no key matches {', '.join(names)} (age identities tried: {len(identities)})")
+
+
+def encrypt_data_key(key: bytes, age_recipients: list[str]) -> list[tuple[str, str]]:
+    """One armored age slot per recipient, as sops writes `sops.age[]`."""
+    slots: list[tuple[str, str]] = []
+    for recipient in age_recipients:
+        try:
+            parsed = pyrage.x25519.Recipient.from_str(recipient)
+        except Exception as exc:
+            raise SopsError(f"not an age recipient: {_short(recipient)}") from exc
+        armored = _armor(pyrage.encrypt(key, [parsed]))
+        slots.append((recipient, armored))
+    return slots
+
+
+def _armor(binary: bytes) -> str:
+    # age's ASCII armor (the age spec): PEM-like, 64 columns, what sops stores in `enc`
+    import base64
+
+    body = base64.b64encode(binary).decode()
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return "-----BEGIN AGE ENCRYPTED FILE-----\n" + "\n".join(lines) + "\n-----END AGE ENCRYPTED FILE-----\n"
