@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from datetime import UTC, datetime
@@ -150,3 +151,18 @@ def test_not_sops_is_one_error() -> None:
         sops.metadata_from_dict(None)
     with pytest.raises(SopsError, match="no `mac`"):
         sops.metadata_from_dict({"lastmodified": "x"})
+
+
+def test_flipping_mac_only_encrypted_in_the_metadata_breaks_the_mac() -> None:
+    doc = sops.encrypt({"password": "p"}, KEY, _meta(mac_only_encrypted=True), NOW)
+    flipped = dataclasses.replace(doc.metadata, mac_only_encrypted=False)
+    with pytest.raises(SopsError, match="MAC mismatch"):
+        sops.decrypt(sops.Document(doc.tree, flipped, "yaml"), KEY)
+
+
+def test_a_plaintext_value_where_a_secret_belongs_is_refused() -> None:
+    doc = sops.encrypt({"password": "p"}, KEY, _meta(), NOW)
+    for edited in ("plain-hunter2", 987654):
+        with pytest.raises(SopsError, match="should be encrypted and is not") as caught:
+            sops.decrypt(sops.Document({"password": edited}, doc.metadata, "yaml"), KEY)
+        assert str(edited) not in str(caught.value)

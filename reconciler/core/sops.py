@@ -28,6 +28,9 @@ Tree = Any
 # sops uses a 32-byte nonce with GCM (aes/cipher.go: `nonceSize = 32`).
 NONCE_SIZE = 32
 DEFAULT_UNENCRYPTED_SUFFIX = "_unencrypted"
+# sops.go MACOnlyEncryptedInitialization (sha256 of b"sops"): written first into the MAC when
+# mac_only_encrypted is set, so the two settings never give the same MAC
+MAC_ONLY_ENCRYPTED_INIT = hashlib.sha256(b"sops").digest()
 SOPS_VERSION = "3.9.0"
 
 _ENC = re.compile(r"^ENC\[AES256_GCM,data:(.*),iv:(.*),tag:(.*),type:(.*)\]$", re.DOTALL)
@@ -240,7 +243,7 @@ def decrypt_value(text: str, key: bytes, additional_data: str) -> Any:
         return ""
     match = _ENC.match(text)
     if match is None:
-        raise SopsError(f"not an encrypted value at {additional_data!r}")
+        raise SopsError(f"the value at {additional_data!r} should be encrypted and is not")
     try:
         data, iv, tag = (base64.b64decode(part, validate=True) for part in match.group(1, 2, 3))
     except ValueError as exc:
@@ -327,14 +330,29 @@ def _ad(path: list[str]) -> str:
     return ":".join(path) + ":"
 
 
+def _new_mac(metadata: Metadata) -> Any:
+    digest = hashlib.sha512()
+    if metadata.mac_only_encrypted:
+        digest.update(MAC_ONLY_ENCRYPTED_INIT)
+    return digest
+
+
 def decrypt(document: Document, data_key: bytes) -> Tree:
     """The plaintext tree, returned only once the MAC matches."""
     metadata = document.metadata
-    digest = hashlib.sha512()
+    digest = _new_mac(metadata)
 
     def leaf(value: Any, path: list[str]) -> Any:
+        if value is None:  # sops' walkValue never hands a null to its leaf function
+            return None
         encrypted = should_encrypt(path, metadata)
-        plain = decrypt_value(value, data_key, _ad(path)) if encrypted and is_encrypted(value) else value
+        if encrypted:
+            if not isinstance(value, str):
+                # sops cannot decrypt it either: a hand-edited value where a secret belongs
+                raise SopsError(f"the value at {_ad(path)!r} should be encrypted and is not")
+            plain = decrypt_value(value, data_key, _ad(path))
+        else:
+            plain = value
         if not isinstance(plain, Comment) and (encrypted or not metadata.mac_only_encrypted):
             digest.update(_mac_bytes(plain))
         return plain
@@ -361,7 +379,7 @@ def encrypt(
     `lastmodified` are replaced."""
     if len(data_key) != 32:
         raise SopsError("the data key is not 32 bytes")
-    digest = hashlib.sha512()
+    digest = _new_mac(metadata)
 
     def leaf(value: Any, path: list[str]) -> Any:
         if isinstance(value, (dict, list)):
@@ -373,8 +391,6 @@ def encrypt(
             if value is None:
                 return None
             return encrypt_value(value, data_key, _ad(path))
-        if isinstance(value, Comment):
-            return value
         return value
 
     encrypted_tree = _walk(tree, [], leaf)
