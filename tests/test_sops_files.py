@@ -178,3 +178,15 @@ def test_not_a_sops_file() -> None:
         sops_file.parse(b"a: 1\n", "plain.yaml")
     with pytest.raises(SopsError, match="not JSON"):
         sops_file.parse(b"\x00garbage", "x.bin")
+
+
+def test_an_age_slot_written_by_sops_opens_with_its_identity() -> None:
+    identity = (FIXTURES / "age_mock_identity.txt").read_text().strip()
+    slot = sops.AgeKey(
+        "age1lzd99uklcjnc0e7d860axevet2cz99ce9pq6tzuzd05l5nr28ams36nvun",
+        (FIXTURES / "age_mock_encrypted_key.txt").read_text(),
+    )
+    meta = Metadata(lastmodified="x", mac="x", age=(slot,))
+    assert sops_file.data_key(meta, ["# a comment line", identity], gpg=False) == b"data"
+    with pytest.raises(SopsError, match=r"^no age identity matches age1lzd99ukl… \(tried 0\)$"):
+        sops_file.data_key(meta, [], gpg=False)

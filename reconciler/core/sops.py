@@ -267,7 +267,7 @@ def decrypt_value(text: str, key: bytes, additional_data: str) -> Any:
         return text_plain
     if kind == "comment":
         return Comment(text_plain)
-    if kind == "int":
+    if kind in ("int", "int64"):
         try:
             return int(text_plain)
         except ValueError as exc:
