@@ -44,7 +44,7 @@ def _keygen(tmp_path: Path, name: str) -> tuple[str, str]:
     ("name", "expected"),
     [
         ("format.enc.yaml", b"foo: bar\n"),
-        ("format.enc.json", b'{\n    "foo": "bar"\n}\n'),
+        ("format.enc.json", b'{\n\t"foo": "bar"\n}\n'),
         ("format.enc.env", b"foo = bar\n"),
     ],
 )
@@ -95,7 +95,7 @@ def _encrypted_file(tree: object, recipients: list[str], kind: str) -> bytes:
         (
             "s.json",
             {"token": "hunter2", "ratio": 0.5, "on": True},
-            b'{\n    "token": "hunter2",\n    "ratio": 0.5,\n    "on": true\n}\n',
+            b'{\n\t"token": "hunter2",\n\t"ratio": 0.5,\n\t"on": true\n}\n',
         ),
         ("s.env", {"TOKEN": "hunter2", "OTHER": "x"}, b"TOKEN=hunter2\nOTHER=x\n"),
     ],
@@ -190,3 +190,31 @@ def test_an_age_slot_written_by_sops_opens_with_its_identity() -> None:
     assert sops_file.data_key(meta, ["# a comment line", identity], gpg=False) == b"data"
     with pytest.raises(SopsError, match=r"^no age identity matches age1lzd99ukl… \(tried 0\)$"):
         sops_file.data_key(meta, [], gpg=False)
+
+
+@needs_age
+@pytest.mark.parametrize(
+    ("path", "plaintext"),
+    [
+        ("app.yaml", b"db:\n    password: hunter2\n    port: 5432\n    hosts:\n        - a\n        - b\n"),
+        ("app.json", b'{\n\t"token": "hunter2 \\u003c\\u0026\\u003e",\n\t"port": 5432,\n\t"ratio": 0.25\n}\n'),
+        ("app.env", b"TOKEN=hunter2\nMULTI=a\\nb\n"),
+        ("tls.key", b"\x00\xffhunter2 not utf-8\n"),
+    ],
+)
+def test_plaintext_file_encrypted_and_decrypted_prints_the_same_bytes(
+    tmp_path: Path, path: str, plaintext: bytes
+) -> None:
+    identity, recipient = _keygen(tmp_path, "k")
+    content = _encrypted_file(sops_file.parse_plaintext(plaintext, path), [recipient], sops_file.store_for(path))
+    assert b"hunter2" not in content
+    document = sops_file.parse(content, path)
+    plain = sops.decrypt(document, sops_file.data_key(document.metadata, [identity], gpg=False))
+    assert sops_file.render_plaintext(plain, document.kind) == plaintext
+
+
+def test_json_numbers_are_floats_as_in_go() -> None:
+    tree = sops_file.parse_plaintext(b'{"port": 5432}', "a.json")
+    assert tree == {"port": 5432.0}
+    assert isinstance(tree["port"], float)
+    assert sops.encrypt_value(tree["port"], bytes(32), "port:").endswith(",type:float]")

@@ -25,6 +25,7 @@ from reconciler.core.sops import (
     Tree,
     binary_document,
     binary_plaintext,
+    binary_tree,
     metadata_from_dict,
     metadata_to_dict,
     parse_dotenv,
@@ -119,6 +120,61 @@ def _yaml_text(tree: Tree) -> str:
     return buf.getvalue()
 
 
+def _go_numbers(node: Any) -> Any:
+    # Go's JSON decoder reads every number as float64 and encodes an integral one without ".0"
+    if isinstance(node, dict):
+        return {k: _go_numbers(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_go_numbers(v) for v in node]
+    if isinstance(node, float) and node.is_integer() and abs(node) < 1e21:
+        return int(node)
+    return node
+
+
+def _json_text(tree: Tree) -> str:
+    """JSON as sops' json store writes it: tab indent (its default), Go's escaping of <, >, &."""
+    text = json.dumps(_go_numbers(tree), indent="\t", ensure_ascii=False)
+    for char, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e")):
+        text = text.replace(char, escaped)
+    return text + "\n"
+
+
+def parse_plaintext(content: bytes, path: str) -> Tree:
+    """A plaintext file as the tree sops would encrypt (JSON numbers are floats, as in Go)."""
+    kind = store_for(path)
+    if kind == "binary":
+        return binary_tree(content)
+    try:
+        text = content.decode()
+    except UnicodeDecodeError as exc:
+        raise SopsError(f"{path}: not UTF-8") from exc
+    if kind == "dotenv":
+        tree: dict[str, Any] = {}
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            if "=" not in line:
+                raise SopsError(f"{path}:{number}: no '='")
+            key, value = line.split("=", 1)
+            tree[key] = value.replace("\\n", "\n")
+        return tree
+    if kind == "yaml":
+        try:
+            raw = _plain(YAML(typ="safe", pure=True).load(text))
+        except Exception as exc:  # ruamel raises many types
+            raise SopsError(f"{path}: not YAML ({type(exc).__name__})") from exc
+    else:
+        try:
+            raw = json.loads(text, parse_int=float)
+        except json.JSONDecodeError as exc:
+            raise SopsError(f"{path}: not JSON (line {exc.lineno})") from exc
+    if not isinstance(raw, dict):
+        raise SopsError(f"{path}: the top level is not a mapping")
+    if "sops" in raw:
+        raise SopsError(f"{path}: already encrypted (it has a `sops` key)")
+    return raw
+
+
 def render_plaintext(tree: Tree, kind: str) -> bytes:
     """A decrypted document as `sops -d` prints it (no `sops` metadata)."""
     if kind == "binary":
@@ -127,7 +183,7 @@ def render_plaintext(tree: Tree, kind: str) -> bytes:
         return render_dotenv(tree, None).encode()
     if kind == "yaml":
         return _yaml_text(tree).encode()
-    return (json.dumps(tree, indent=4, ensure_ascii=False) + "\n").encode()
+    return _json_text(tree).encode()
 
 
 def render_encrypted(document: Document, kind: str) -> bytes:
@@ -138,7 +194,7 @@ def render_encrypted(document: Document, kind: str) -> bytes:
     whole["sops"] = metadata_to_dict(document.metadata)
     if kind == "yaml":
         return _yaml_text(whole).encode()
-    return (json.dumps(whole, indent=4, ensure_ascii=False) + "\n").encode()
+    return _json_text(whole).encode()
 
 
 def _short(recipient: str) -> str:

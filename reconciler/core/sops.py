@@ -217,7 +217,7 @@ def _mac_bytes(value: Any) -> bytes:
     if value is None:
         return b""
     text, _ = _to_text(value)
-    return text if isinstance(text, bytes) else text.encode()
+    return text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
 
 
 def encrypt_value(value: Any, key: bytes, additional_data: str, nonce: bytes | None = None) -> str:
@@ -225,7 +225,7 @@ def encrypt_value(value: Any, key: bytes, additional_data: str, nonce: bytes | N
     if isinstance(value, str) and value == "":
         return ""
     plain, kind = _to_text(value)
-    raw = plain if isinstance(plain, bytes) else plain.encode()
+    raw = plain if isinstance(plain, bytes) else plain.encode("utf-8", "surrogateescape")
     iv = nonce if nonce is not None else os.urandom(NONCE_SIZE)
     sealed = AESGCM(key).encrypt(iv, raw, additional_data.encode())
     data, tag = sealed[:-16], sealed[-16:]
@@ -259,10 +259,8 @@ def decrypt_value(text: str, key: bytes, additional_data: str) -> Any:
         raise SopsError(f"cannot decrypt the value at {additional_data!r}: wrong data key or tampered value") from exc
     if kind == "bytes":
         return plain
-    try:
-        text_plain = plain.decode()
-    except UnicodeDecodeError as exc:
-        raise SopsError(f"the value at {additional_data!r} is not UTF-8") from exc
+    # a Go string holds any bytes (a binary file is one `str`): keep non-UTF-8 bytes as they are
+    text_plain = plain.decode("utf-8", "surrogateescape")
     if kind == "str":
         return text_plain
     if kind == "comment":
@@ -523,4 +521,9 @@ def binary_document(raw: dict[str, Any]) -> Document:
 
 def binary_plaintext(tree: Tree) -> bytes:
     data = tree["data"]
-    return data if isinstance(data, bytes) else str(data).encode()
+    return data if isinstance(data, bytes) else str(data).encode("utf-8", "surrogateescape")
+
+
+def binary_tree(content: bytes) -> Tree:
+    """A binary file's plaintext as sops' binary store holds it: one `data` string of any bytes."""
+    return {"data": content.decode("utf-8", "surrogateescape")}
