@@ -218,3 +218,16 @@ def test_json_numbers_are_floats_as_in_go() -> None:
     assert tree == {"port": 5432.0}
     assert isinstance(tree["port"], float)
     assert sops.encrypt_value(tree["port"], bytes(32), "port:").endswith(",type:float]")
+
+
+@needs_age
+def test_yaml_quotes_as_go_yaml_does(tmp_path: Path) -> None:
+    identity, recipient = _keygen(tmp_path, "k")
+    plaintext = b"rotated: 2026-01-02\nquoted: 'yes'\ntoken: hunter2\n"
+    content = _encrypted_file(sops_file.parse_plaintext(plaintext, "a.yaml"), [recipient], "yaml")
+    assert b'lastmodified: "2026-03-01T12:00:00Z"' in content
+    document = sops_file.parse(content, "a.yaml")
+    plain = sops.decrypt(document, sops_file.data_key(document.metadata, [identity], gpg=False))
+    # yaml.v3 reads a timestamp into a string, and writes back any string that is not plain in double quotes
+    assert plain == {"rotated": "2026-01-02", "quoted": "yes", "token": "hunter2"}
+    assert sops_file.render_plaintext(plain, "yaml") == b'rotated: "2026-01-02"\nquoted: "yes"\ntoken: hunter2\n'

@@ -16,7 +16,8 @@ from typing import Any
 import pyrage  # type: ignore[import-untyped]  # ships no stubs
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.scalarstring import LiteralScalarString
+from ruamel.yaml.emitter import Emitter
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString, LiteralScalarString
 
 from reconciler.core.sops import (
     Document,
@@ -62,6 +63,13 @@ def _plain(node: Any) -> Any:
     return str(node)
 
 
+def _yaml_load(text: str) -> Any:
+    yaml = YAML(typ="safe", pure=True)
+    # a timestamp stays the text it was written as: that text is what sops encrypted and MACed
+    yaml.constructor.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node))
+    return yaml.load(text)
+
+
 def _split(raw: Any, kind: str) -> Document:
     if not isinstance(raw, dict):
         raise SopsError(f"not a SOPS {kind} file: the top level is not a mapping")
@@ -81,9 +89,8 @@ def parse(content: bytes, path: str) -> Document:
     if kind == "dotenv":
         return parse_dotenv(text)
     if kind == "yaml":
-        yaml = YAML(typ="safe", pure=True)
         try:
-            raw = _plain(yaml.load(text))
+            raw = _plain(_yaml_load(text))
         except Exception as exc:  # ruamel raises many types; the position is enough
             raise SopsError(f"{path}: not YAML ({type(exc).__name__})") from exc
         return _split(raw, "yaml")
@@ -94,6 +101,34 @@ def parse(content: bytes, path: str) -> Document:
     if kind == "binary":
         return binary_document(raw)
     return _split(raw, "json")
+
+
+_OLD_BOOLS = frozenset(
+    [
+        "y",
+        "Y",
+        "yes",
+        "Yes",
+        "YES",
+        "n",
+        "N",
+        "no",
+        "No",
+        "NO",
+        "true",
+        "True",
+        "TRUE",
+        "false",
+        "False",
+        "FALSE",
+        "on",
+        "On",
+        "ON",
+        "off",
+        "Off",
+        "OFF",
+    ]
+)
 
 
 def _commented(node: Any) -> Any:
@@ -107,11 +142,23 @@ def _commented(node: Any) -> Any:
     if isinstance(node, str) and "\n" in node:
         # armored keys are written as literal blocks, as sops writes them
         return LiteralScalarString(node)
+    if isinstance(node, str) and node in _OLD_BOOLS:
+        # yaml.v3 quotes YAML 1.1 booleans so a 1.1 reader keeps them strings; ruamel (1.2) would not
+        return DoubleQuotedScalarString(node)
     return node
+
+
+class _GoEmitter(Emitter):
+    """ruamel's emitter with yaml.v3's quoting: a string that cannot stay plain gets double quotes."""
+
+    def choose_scalar_style(self) -> Any:
+        style = super().choose_scalar_style()
+        return '"' if style == "'" else style
 
 
 def _yaml_text(tree: Tree) -> str:
     yaml = YAML()
+    yaml.Emitter = _GoEmitter
     # sops' yaml store: 4-space maps, list dashes indented 4 inside a 6-column sequence
     yaml.indent(mapping=4, sequence=6, offset=4)
     yaml.width = 4096
@@ -160,7 +207,7 @@ def parse_plaintext(content: bytes, path: str) -> Tree:
         return tree
     if kind == "yaml":
         try:
-            raw = _plain(YAML(typ="safe", pure=True).load(text))
+            raw = _plain(_yaml_load(text))
         except Exception as exc:  # ruamel raises many types
             raise SopsError(f"{path}: not YAML ({type(exc).__name__})") from exc
     else:
