@@ -45,6 +45,7 @@ def test_default_rule_is_the_unencrypted_suffix() -> None:
     assert doc.tree["user_unencrypted"] == "admin"
     assert doc.tree["password"].startswith("ENC[AES256_GCM,")
     assert "hunter2" not in repr(doc)
+    assert sops.metadata_to_dict(doc.metadata)["unencrypted_suffix"] == "_unencrypted"
 
 
 @pytest.mark.parametrize(

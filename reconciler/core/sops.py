@@ -392,6 +392,15 @@ def encrypt(
         return value
 
     encrypted_tree = _walk(tree, [], leaf)
+    no_rule = all(
+        rule is None
+        for rule in (
+            metadata.unencrypted_suffix,
+            metadata.encrypted_suffix,
+            metadata.unencrypted_regex,
+            metadata.encrypted_regex,
+        )
+    )
     lastmodified = format_time(now)
     mac = encrypt_value(digest.hexdigest().upper(), data_key, lastmodified)
     new_metadata = Metadata(
@@ -400,7 +409,8 @@ def encrypt(
         version=metadata.version,
         age=metadata.age,
         pgp=metadata.pgp,
-        unencrypted_suffix=metadata.unencrypted_suffix,
+        # sops writes the default rule out: `unencrypted_suffix: _unencrypted`
+        unencrypted_suffix=DEFAULT_UNENCRYPTED_SUFFIX if no_rule else metadata.unencrypted_suffix,
         encrypted_suffix=metadata.encrypted_suffix,
         unencrypted_regex=metadata.unencrypted_regex,
         encrypted_regex=metadata.encrypted_regex,
