@@ -220,74 +220,9 @@ apps:
     <<: &base {{image: example/api, restart: "no"}}
     version: *v
     env: *common
-""",  # issue 20: every key of a stack
-    f"""\
-networks:
-  backend: {{internal: true}}
-  front: {{}}
-apps:
-  db:
-    image: registry.example.com/postgres
-    version: "16.4"
-    networks: [backend]
-    volumes: ["pgdata:/var/lib/postgresql/data"]
-    env: {{POSTGRES_PASSWORD_FILE: /run/secrets/db_password, PW: {SECRET}}}
-    secrets:
-      - {{source: /etc/shop/db_password, target: db_password, mode: "0400", uid: 999, gid: 999}}
-    shm_size: 256m
-    stop_signal: SIGINT
-  web:
-    image: registry.example.com/shop
-    version: v2.3.0
-    networks:
-      default:
-      backend: {{aliases: [shop, shop.internal]}}
-      front: {{}}
-    depends_on: {{db: healthy, cache: started, seed: completed}}
-    release:
-      command: ["/app/manage", "migrate"]
-      timeout: 10m
-    user: "1000:1000"
-    entrypoint: ["/app/entry"]
-    working_dir: /app
-    hostname: web
-    extra_hosts: ["host.docker.internal:host-gateway", "legacy:10.0.0.5"]
-    labels: {{team: shop, tier: web}}
-    stop_signal: SIGINT
-    cap_drop: [ALL]
-    cap_add: [NET_BIND_SERVICE, CAP_CHOWN]
-    read_only: true
-    tmpfs: ["/var/cache/shop:size=64m", /tmp]
-    sysctls: {{net.core.somaxconn: "1024", net.ipv4.tcp_syncookies: 1}}
-    ulimits: {{nofile: {{soft: 65536, hard: 65536}}, nproc: 512}}
-    shm_size: 64m
-    memory: 512m
-    cpus: 1.5
-    pids_limit: 200
-    logging: {{driver: json-file, options: {{max-size: 10m, max-file: "3", compress: true}}}}
-    security_opt: [no-new-privileges, "apparmor=docker-default"]
-  cache:
-    image: redis
-    version: "7.2"
-    networks: [backend]
-    depends_on: [seed]
-    memory: 1g
-    logging: {{driver: local}}
-  seed:
-    image: registry.example.com/seed
-    version: v1
-    network_mode: none
-    restart: "no"
-  gpu:
-    image: registry.example.com/render
-    version: v5
-    network_mode: host
-    privileged: true
-    devices: ["/dev/dri/renderD128", "/dev/ttyUSB0:/dev/ttyS0:rw"]
-    security_opt: ["seccomp=unconfined", "label:disable"]
-    cap_add: [SYS_ADMIN]
-    ulimits: {{memlock: -1}}
 """,
+    # issue 20: every key of a stack (the corpus's own file, the planted secret in place of its "hunter2")
+    (CORPUS / "stack-every-key.yaml").read_text().replace("hunter2", SECRET),
 ]
 
 TAGS = ["!!int", "!!float", "!!bool", "!!null", "!!set", "!!omap", "!!binary", "!!str", "!!map", "!vault", "!"]
