@@ -113,8 +113,6 @@ def _depends_map(value: object) -> object:
     # `depends_on: [db]` is `depends_on: {db: healthy}`, as in Compose's short form.
     if isinstance(value, list | tuple):
         _names(value, "[db] or {db: healthy}")
-        if len(set(map(str, value))) != len(value):
-            raise ValueError("an app is listed twice")
         return {name: "healthy" for name in value}
     return value
 

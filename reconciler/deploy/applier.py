@@ -123,6 +123,15 @@ ADOPTED = ".adopted"
 PORT_WAIT = 60.0  # seconds a start waits for another app of its pass to free a host port (``port_waits``)
 
 
+@dataclass(frozen=True)
+class _Materials:
+    """What the containers of one deploy are made with (``Applier._materials``)."""
+
+    env: dict[str, str]
+    networks: dict[str, list[str]]  # Docker network -> the app's extra aliases there
+    secrets: list[tuple[SecretSpec, bytes]]
+
+
 @dataclass
 class _Deploy:
     """One deploy under way: what its steps read, and what each leaves for the next."""
@@ -142,6 +151,7 @@ class _Deploy:
     set_aside: bool = False  # start-first: the old release was renamed to APP.prev (or APP.adopted)
     dying: bool = False  # start-first: APP restarted or does not run, and APP.prev is warm: that one serves
     warm: ObservedContainer | None = None  # start-first: the warm APP.prev this deploy goes back to (``_warm``)
+    materials: _Materials | None = None  # read once, for its release command and its new release
 
     @property
     def serving(self) -> ObservedContainer | None:
@@ -371,8 +381,7 @@ class Applier(Recovery):
             if action.kind is ActionKind.START:
                 return self._start(action, observed, revision), None
             if action.service and action.target is not None:
-                spec = action.target.spec
-                env = {**(self.engine.files.read(spec.env_file) if spec.env_file else {}), **spec.env}
+                env = self._env(action.target.spec)
                 return self.services.deploy(action, observed.service(action.container), revision, env)
             return self._deploy(action, observed, revision)
         except NOT_A_VERDICT:
@@ -537,13 +546,22 @@ class Applier(Recovery):
             return not deploy.swapped
         return True
 
-    def _materials(self, spec: AppSpec) -> tuple[dict[str, str], dict[str, list[str]], list[tuple[SecretSpec, bytes]]]:
-        """What a container of ``spec`` is made with, read now: its env (env_file, then env), its Docker networks
-        with their aliases, its secrets' bytes. A file that cannot be read is an ``EnvFileError``."""
-        env = {**(self.engine.files.read(spec.env_file) if spec.env_file else {}), **spec.env}
-        networks = {docker_network(self.engine.instance, name): aliases for name, aliases in networks_of(spec).items()}
-        secrets = [(secret, self.engine.files.secret(secret.source)) for secret in spec.secrets]
-        return env, networks, secrets
+    def _env(self, spec: AppSpec) -> dict[str, str]:
+        """The env of a container of ``spec``: its env_file read now, then its env (which wins)."""
+        return {**(self.engine.files.read(spec.env_file) if spec.env_file else {}), **spec.env}
+
+    def _materials(self, deploy: _Deploy) -> _Materials:
+        """What the containers of a deploy (its release command's, its new release's) are made with, read once:
+        its env, its Docker networks with their aliases, its secrets' bytes. A file that cannot be read is an
+        ``EnvFileError``."""
+        if deploy.materials is None:
+            spec = deploy.spec
+            networks = {
+                docker_network(self.engine.instance, name): aliases for name, aliases in networks_of(spec).items()
+            }
+            secrets = [(secret, self.engine.files.secret(secret.source)) for secret in spec.secrets]
+            deploy.materials = _Materials(self._env(spec), networks, secrets)
+        return deploy.materials
 
     def _announce(self, deploy: _Deploy, step: Step) -> None:
         """Say ``step`` to ``on_step`` before it runs, and remember it as the step a failure is at. A start
@@ -597,14 +615,15 @@ class Applier(Recovery):
             self._log(f"deploying {app} {was.version + ' -> ' if was else ''}{spec.version}")
             if self._reuse_warm(deploy):
                 return
-            env, networks, secrets = self._materials(spec)
+            made = self._materials(deploy)
             deploy.new_id = self.engine.create(
-                deploy.target, container_name(app, Role.NEXT), env=env, networks=networks, secrets=secrets
-            )
+                deploy.target, container_name(app, Role.NEXT), env=made.env, networks=made.networks,
+                secrets=made.secrets,
+            )  # fmt: skip
         elif step is Step.RELEASE:
-            env, networks, secrets = self._materials(spec)
+            made = self._materials(deploy)
             took = run_release(
-                self.engine, deploy.target, env=env, networks=networks, secrets=secrets,
+                self.engine, deploy.target, env=made.env, networks=made.networks, secrets=made.secrets,
                 clock=self.clock, sleep=self.sleep, interrupted=self._stale,
             )  # fmt: skip
             self._log(f"{app}: release command of {spec.version} done in {took:.1f}s")
