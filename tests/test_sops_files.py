@@ -21,7 +21,10 @@ from reconciler.core.sops import Metadata, SopsError
 FIXTURES = Path(__file__).parent / "sops_fixtures"
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
-needs_age = pytest.mark.skipif(shutil.which("age-keygen") is None, reason="age is not installed")
+# Skipped by hand without the age CLI; in CI (scripts/setup-host installs it) a missing one fails, never skips.
+needs_age = pytest.mark.skipif(
+    shutil.which("age-keygen") is None and os.environ.get("CI") != "true", reason="age is not installed"
+)
 
 
 @pytest.fixture
