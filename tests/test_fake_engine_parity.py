@@ -8,29 +8,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.adapters.docker import connect
+from reconciler.adapters.docker import Engine, connect
 from reconciler.converge.run import parse_desired, resolve
 from reconciler.core.plan import plan
 from tests.support import RUN_LABEL, AppNames, ImageFactory
-from tests.support.fake_engine import FakeEngine
+from tests.support.fake_engine import FakeEngine, FakeImage
 
 _ENGINE_OWN = {"id", "image_id", "created", "networks"}
+
+
+def both_engines(
+    docker_client: Any, images: ImageFactory, run_prefix: str, instance: str
+) -> tuple[Engine, FakeEngine, str, FakeImage]:
+    """The real engine and the in-memory one as ``instance``, both holding the same test image: its ref, and
+    the fake's record of it (to script what its containers do)."""
+    ref = images.build(f"{run_prefix}-parity", "v1")
+    real = connect(instance=instance)
+    fake = FakeEngine(instance=instance)
+    return real, fake, ref, fake.build(ref, image_id=str(docker_client.images.get(ref).id))
 
 
 def test_a_release_reads_back_the_same_from_the_fake_as_from_the_real_engine(
     docker_client: Any, images: ImageFactory, app_names: AppNames, run_prefix: str
 ) -> None:
     app = app_names("parity")
-    ref = images.build(f"{run_prefix}-parity", "v1")
+    real, fake, ref, _ = both_engines(docker_client, images, run_prefix, f"{run_prefix}-parity")
     repository, _, tag = ref.rpartition(":")
     text = (
         f"apps:\n  {app}:\n    image: {repository}\n    version: {tag}\n    init: true\n    stop_timeout: 1s\n"
         "    env: {MODE: zq9-fake-env}\n    health: {exec: [check], interval: 1s, timeout: 5s, healthy_for: 1s}\n"
     )
     desired = parse_desired(text.encode(), "desired-state.yaml", "a" * 40)
-    real = connect(instance=f"{run_prefix}-parity")
-    fake = FakeEngine(instance=real.instance)
-    fake.build(ref, image_id=str(docker_client.images.get(ref).id))  # the image is the same one
 
     made: dict[str, str] = {}
     for name, engine in (("real", real), ("fake", fake)):
@@ -65,16 +73,15 @@ def test_networks_and_a_release_command_read_back_the_same_from_the_fake_as_from
     from reconciler.deploy import networks
 
     app = app_names("parity")
-    ref = images.build(f"{run_prefix}-parity", "v1")
+    # Its instance's networks hold the app's name: the test's cleanup removes them.
+    real, fake, ref, image = both_engines(docker_client, images, run_prefix, f"{app}-i")
+    image.job_exits = 3
     repository, _, tag = ref.rpartition(":")
     text = (
         f"networks:\n  back: {{internal: true}}\napps:\n  {app}:\n    image: {repository}\n    version: {tag}\n"
         "    networks: {default: {}, back: {aliases: [also-known-as]}}\n    init: true\n    stop_timeout: 1s\n"
     )
     desired = parse_desired(text.encode(), "desired-state.yaml", "a" * 40)
-    real = connect(instance=f"{app}-i")  # its networks hold the app's name: the test's cleanup removes them
-    fake = FakeEngine(instance=real.instance)
-    fake.build(ref, image_id=str(docker_client.images.get(ref).id)).job_exits = 3
     joined = {docker_network(real.instance, "default"): [], docker_network(real.instance, "back"): ["also-known-as"]}
     job = f"{app}.release"
     for engine in (real, fake):
