@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyrage  # type: ignore[import-untyped]  # ships no stubs
@@ -27,6 +30,7 @@ from reconciler.core.sops import (
     binary_document,
     binary_plaintext,
     binary_tree,
+    decrypt,
     metadata_from_dict,
     metadata_to_dict,
     parse_dotenv,
@@ -248,7 +252,52 @@ def _short(recipient: str) -> str:
     return recipient if len(recipient) <= 12 else recipient[:12] + "…"
 
 
-def data_key(metadata: Metadata, age_identities: list[str], gpg: bool) -> bytes:
+# Where sops looks for age identities when neither --sops-age-key-file nor SOPS_AGE_KEY_FILE says.
+DEFAULT_AGE_KEY_FILE = "~/.config/sops/age/keys.txt"
+GPG_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The keys this machine holds to open SOPS files: age identities (their lines, never printed) read from
+    ``where``, and whether gpg's keyring (GNUPGHOME) is asked too."""
+
+    age: tuple[str, ...] = ()
+    where: str = ""  # the age key file they came from ("" when none was found)
+    gpg: bool = True
+    missing: str = ""  # why there are no age identities, for the message of a file they cannot open
+
+    def __repr__(self) -> str:  # the identities are secret
+        return f"Keys(where={self.where!r}, age={len(self.age)}, gpg={self.gpg})"
+
+
+def load_keys(key_file: str | None = None, environ: dict[str, str] | None = None) -> Keys:
+    """The age identities of ``key_file``, else ``SOPS_AGE_KEY_FILE``, else sops' default file, plus the
+    identities of ``SOPS_AGE_KEY`` (as sops reads them). A file that is not there is no identity, said in
+    ``Keys.missing``; one that cannot be read or holds no identity is a ``SopsError`` naming the file."""
+    env = os.environ if environ is None else environ
+    given = key_file or env.get("SOPS_AGE_KEY_FILE") or ""
+    path = Path(given or DEFAULT_AGE_KEY_FILE).expanduser()
+    lines = [line for line in env.get("SOPS_AGE_KEY", "").splitlines() if line.strip()]
+    missing = ""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        missing = f"no age key file {path}"
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise SopsError(f"age key file {path}: cannot read it ({why.lower()})") from None
+    found = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if text and not found:
+        raise SopsError(f"age key file {path}: holds no age identity")
+    for line in found + lines:
+        if not line.startswith("AGE-SECRET-KEY-"):
+            raise SopsError(f"age key file {path}: a line is not an age identity (AGE-SECRET-KEY-…)")
+    return Keys(age=tuple(found + lines), where=str(path) if found else "", missing=missing if not lines else "")
+
+
+def data_key(metadata: Metadata, age_identities: list[str] | tuple[str, ...], gpg: bool) -> bytes:
     """The file's data key, from the first age identity or gpg key that opens one of its key slots."""
     identities = []
     for line in age_identities:
@@ -267,18 +316,33 @@ def data_key(metadata: Metadata, age_identities: list[str], gpg: bool) -> bytes:
                 continue
     if gpg:
         for pgp in metadata.pgp:
-            done = subprocess.run(
-                ["gpg", "--batch", "--quiet", "--decrypt"],
-                input=pgp.enc.encode(),
-                capture_output=True,
-                check=False,
-            )
+            try:
+                done = subprocess.run(
+                    ["gpg", "--batch", "--quiet", "--decrypt"],
+                    input=pgp.enc.encode(),
+                    capture_output=True,
+                    check=False,
+                    timeout=GPG_TIMEOUT,
+                )
+            except (OSError, subprocess.TimeoutExpired):  # no gpg here, or it hangs on an agent: not this key
+                break
             if done.returncode == 0 and done.stdout:
                 return done.stdout
     names = [_short(r) for r in metadata.recipients()] or ["no recipients"]
     if metadata.age and not metadata.pgp:
         raise SopsError(f"no age identity matches {', '.join(names)} (tried {len(identities)})")
     raise SopsError(f"no key matches {', '.join(names)} (age identities tried: {len(identities)})")
+
+
+def decrypt_file(content: bytes, path: str, keys: Keys) -> tuple[Document, Tree]:
+    """A SOPS file's encrypted document and its plaintext tree (its MAC checked first); a ``SopsError``
+    names the recipients when no key here opens it."""
+    document = parse(content, path)
+    try:
+        key = data_key(document.metadata, keys.age, keys.gpg)
+    except SopsError as exc:
+        raise SopsError(f"{exc}; {keys.missing}" if keys.missing else str(exc)) from None
+    return document, decrypt(document, key)
 
 
 def encrypt_data_key(key: bytes, age_recipients: list[str]) -> list[tuple[str, str]]:
