@@ -24,7 +24,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from reconciler.errors import InvalidDesiredState, ReconcileError, Refused
+from reconciler.errors import InvalidDesiredState, ReconcileError, Refused, UserError
 
 T = TypeVar("T")
 
@@ -145,6 +145,16 @@ SignedByOpt = Annotated[
         help="Apply only commits signed by an allowed key: ssh:ALLOWED_SIGNERS_FILE or gpg:KEYRING_DIR.",
     ),
 ]
+SopsKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sops-age-key-file",
+        envvar="SOPS_AGE_KEY_FILE",
+        show_default=False,
+        help="The age identities that open the SOPS files of the repository (several in one file are all tried). "
+        "[default: ~/.config/sops/age/keys.txt, as sops; PGP: gpg's keyring, GNUPGHOME]",
+    ),
+]
 ParallelOpt = Annotated[
     int,
     typer.Option(
@@ -172,6 +182,7 @@ DEFAULTS: dict[str, Any] = {
     "policy": None,
     "require_signed_by": None,
     "host": None,
+    "sops_age_key_file": None,
 }
 
 
@@ -275,7 +286,7 @@ def _settings(ctx: typer.Context, **given: Any) -> Any:
     from reconciler.converge.run import Settings
 
     # What the server trusts holds for every command that reads the branch (status and the edits too).
-    given = {"policy": None, "require_signed_by": None, "host": None, **given}
+    given = {"policy": None, "require_signed_by": None, "host": None, "sops_age_key_file": None, **given}
     values = {name: _option(ctx, name, value) for name, value in given.items()}
     return Settings(**{k: v for k, v in values.items() if k in Settings.__dataclass_fields__})
 
@@ -334,6 +345,7 @@ def main_command(
     policy: PolicyOpt = None,
     require_signed_by: SignedByOpt = None,
     host: FleetHostOpt = None,
+    sops_age_key_file: SopsKeyOpt = None,
     all_hosts: AllHostsOpt = False,
     rollout: RolloutOpt = None,
     host_timeout: HostTimeoutOpt = 10.0,
@@ -358,6 +370,7 @@ def main_command(
         "policy": policy,
         "require_signed_by": require_signed_by,
         "host": host,
+        "sops_age_key_file": sops_age_key_file,
     }
     if ctx.invoked_subcommand is not None:
         return
@@ -377,6 +390,7 @@ def main_command(
         policy=policy,
         require_signed_by=require_signed_by,
         host=host,
+        sops_age_key_file=sops_age_key_file,
     )
     fmt = _option(ctx, "output", output)
     if rollout is not None and not all_hosts:
@@ -453,10 +467,14 @@ def validate(
         from dataclasses import replace
 
         from reconciler.converge.run import ALL_HOSTS, read_desired
+        from reconciler.converge.sealed import Mode
 
         settings = _settings(ctx, repo=repo, ref=ref, file=file, state_dir=None, policy=policy)
-        # A fleet's file is valid or not wherever it is checked: every app, unless --host names one host.
-        return read_desired(settings if settings.host is not None else replace(settings, host=ALL_HOSTS))
+        # A fleet's file is valid or not wherever it is checked: every app, unless --host names one host. Its SOPS
+        # files exist and parse; no key is needed to say so.
+        return read_desired(
+            settings if settings.host is not None else replace(settings, host=ALL_HOSTS), sops=Mode.PARSE
+        )
 
     desired = _guarded(check)
     where = str(path) if path is not None else f"{desired.path} @ {desired.short}"
@@ -553,6 +571,16 @@ def _trust_files(settings: Any) -> None:
         server_policy.load_policy(settings.policy)
     if settings.require_signed_by is not None:
         signatures.parse_rule(settings.require_signed_by)
+    if settings.sops_age_key_file is not None:
+        from reconciler.adapters.sops_file import load_keys
+        from reconciler.core.sops import SopsError
+
+        try:
+            keys = load_keys(settings.sops_age_key_file)
+        except SopsError as exc:
+            raise UserError(f"--sops-age-key-file: {exc}") from None
+        if keys.missing:
+            raise UserError(f"--sops-age-key-file: {keys.missing}")
 
 
 def _secret_file(path: Path) -> bytes:
@@ -624,6 +652,7 @@ def agent(
     policy: PolicyOpt = None,
     require_signed_by: SignedByOpt = None,
     host: FleetHostOpt = None,
+    sops_age_key_file: SopsKeyOpt = None,
     webhook_secret_file: Annotated[
         Path | None,
         typer.Option(
@@ -662,7 +691,8 @@ def agent(
         _fail("--interval: at least 1s (a local repository is watched anyway: a push converges at once)")
     settings = _settings(ctx, repo=repo, ref=None, file=file, state_dir=state_dir, docker_host=docker_host,
                          instance=instance, parallel=parallel, policy=policy,
-                         require_signed_by=require_signed_by, host=host)  # fmt: skip
+                         require_signed_by=require_signed_by, host=host,
+                         sops_age_key_file=sops_age_key_file)  # fmt: skip
     secret = _secret_file(webhook_secret_file) if webhook_secret_file is not None else b""
     if secret and listen is None:
         _fail("--webhook-secret-file: webhooks come in through --listen HOST:PORT; give it too")

@@ -19,6 +19,7 @@ from reconciler.core.fields import DURATION_PATTERN, format_duration, parse_dura
 from reconciler.core.model import AppSpec, DesiredState
 from reconciler.errors import InvalidDesiredState, UserError
 
+ABSOLUTE = "env_file must be an absolute path on the server, or {sops: PATH}"
 FILE = "desired-state.yaml"
 APP_KEYS = f"`reconcile schema` lists the {len(AppSpec.model_fields)} valid keys"  # too many to list
 DIGEST = "sha256:" + "0123456789abcdef" * 4
@@ -177,7 +178,7 @@ def test_all_errors_are_reported_at_once_in_file_order() -> None:
         f"{FILE}:5:13: apps.web.ports[0]: port 99999 is out of range 1-65535",
         f"{FILE}:5:25: apps.web.ports[1]: 'abc' is not [IP:]HOST:CONTAINER[/udp]",
         f"{FILE}:6:15: apps.web.volumes[0]: 'data' is not SOURCE:/CONTAINER/PATH[:ro|rw]",
-        f"{FILE}:7:15: apps.web.env_file: env_file must be an absolute path on the server",
+        f"{FILE}:7:15: apps.web.env_file: {ABSOLUTE}",
         f"{FILE}:8:19: apps.web.stop_timeout: a duration needs a unit: write 10s (units: ms, s, m, h)",
         f"{FILE}:9:19: apps.web.stable_after: '10x' is not a duration: use 500ms, 30s, 10m or 1h",
         f"{FILE}:11:7: apps.web.health: choose one probe, not http and tcp",
@@ -389,8 +390,14 @@ def test_an_app_must_be_a_mapping() -> None:
             "5:15: apps.web.volumes[0]: './rel' is neither a volume name nor an absolute path",
         ),
         # env and env_file
-        ("env_file: app.env", "5:15: apps.web.env_file: env_file must be an absolute path on the server"),
-        ("env_file: ./etc/app.env", "5:15: apps.web.env_file: env_file must be an absolute path on the server"),
+        (
+            "env_file: app.env",
+            f"5:15: apps.web.env_file: {ABSOLUTE}",
+        ),
+        (
+            "env_file: ./etc/app.env",
+            f"5:15: apps.web.env_file: {ABSOLUTE}",
+        ),
         ("env: {'BAD KEY': x}", "5:10: apps.web.env: 'BAD KEY' is not an environment variable name"),
         ("env: [A=b]", "5:10: apps.web.env: Input should be a valid dictionary"),
         # restart, init, command, health probes

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.converge.run import parse_desired, resolve
+from reconciler.converge.run import parse_desired, resolve, secret_digest
 from reconciler.core.model import DesiredState
 from reconciler.core.plan import ActionKind, plan
 from reconciler.core.report import Outcome, Result
@@ -43,7 +43,7 @@ def apply(host: FakeHost, desired: DesiredState, **options: object) -> list[Outc
     networks.ensure(host.engine, desired)
     observed = host.engine.observe()
     secrets = {
-        app: {s.target: host.engine.files.secret_digest(app, s.target, s.source) for s in spec.secrets}
+        app: {s.target: secret_digest(host.engine, desired, app, s) for s in spec.secrets}
         for app, spec in desired.apps.items()
     }
     the_plan = plan(desired, resolve(host.engine, desired), observed, secret_hashes=secrets)

@@ -30,6 +30,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
@@ -45,6 +46,7 @@ from reconciler.core.labels import (
     INSTANCE,
     LABEL,
     MANAGED,
+    SECRET_FILES,
     SECRETS_VOLUME,
     SOURCE,
     Inspected,
@@ -61,8 +63,10 @@ from reconciler.core.labels import (
 )
 from reconciler.core.model import SECRETS_DIR, AppSpec, HostLimits, ObservedContainer, ObservedState, parse_port
 from reconciler.core.plan import Target
-from reconciler.core.stack import SecretSpec, device_mapping, tmpfs_mounts
+from reconciler.core.stack import SecretSpec, SopsRef, device_mapping, tmpfs_mounts
 from reconciler.errors import ContainerError, EngineUnavailable, ImageError, ReconcileError
+from reconciler.state import secret_files
+from reconciler.state.secret_files import SecretFile
 
 # Re-exported: the layers above read these names from the engine's module (the mapping itself is the core's).
 __all__ = [
@@ -263,13 +267,16 @@ class Engine:
         networks: Mapping[str, Sequence[str]] | None = None,
         secrets: Sequence[tuple[SecretSpec, bytes]] = (),
         job: Sequence[str] | None = None,
+        files_dir: Path | None = None,
     ) -> str:
         """Create (not start) the container for ``target`` under ``name``; its id.
 
         ``networks`` maps each Docker network it joins to its extra aliases there (its own name resolves on
         each of them). ``secrets`` are copied in at ``/run/secrets/TARGET`` with their owner and mode before it
-        ever starts. ``job`` makes it a release command's throwaway container instead: that argv, no ports, no
-        restart, no aliases."""
+        ever starts; but with ``files_dir`` (an engine on this host), a secret of a SOPS file is written there
+        (``state.secret_files``) and bind-mounted read-only, so that its plaintext never lands in the
+        container's layer. ``job`` makes it a release command's throwaway container instead: that argv, no
+        ports, no restart, no aliases."""
         spec = target.spec
         ports = port_bindings(spec.ports) if job is None else {}
         restart: dict[str, Any] = {"Name": spec.restart if job is None else "no"}
@@ -277,16 +284,31 @@ class Engine:
             restart["MaximumRetryCount"] = 0
         labels = {**spec.labels, **release_labels(target, self.instance)}
         joined = list((networks or {}).items())
+        mounted = [item for item in secrets if isinstance(item[0].source, SopsRef)] if self._local(files_dir) else []
+        copied = [item for item in secrets if item not in mounted]
         # A read-only root takes no copy: the secrets go on a volume of the container's own (removed with it).
-        secret_volume = bool(secrets) and spec.read_only
+        secret_volume = bool(copied) and spec.read_only
         if secret_volume:
             labels[SECRETS_VOLUME] = "true"
-        with self._calls(f"create {name}"):
+        mounts: list[docker.types.Mount] = []
+        if mounted:
+            assert files_dir is not None
+            folder, paths = secret_files.write(
+                files_dir,
+                [SecretFile(s.target, data, s.permissions, s.uid, s.gid) for s, data in mounted],
+            )
+            labels[SECRET_FILES] = folder
+            mounts = [
+                docker.types.Mount(f"{SECRETS_DIR}/{target}", str(path), type="bind", read_only=True)
+                for target, path in paths.items()
+            ]
+        with self._calls(f"create {name}"), self._dropped_on_failure(files_dir, labels.get(SECRET_FILES)):
             host_config = self.api.create_host_config(
                 port_bindings=ports,
                 binds=self.held_binds(name, spec.volumes, self.limits),
                 restart_policy=restart,
                 init=spec.init,
+                mounts=mounts or None,
                 **_host_options(spec),
             )
             first = joined[0] if joined else None
@@ -312,10 +334,31 @@ class Engine:
                 self.api.connect_container_to_network(
                     container_id, network, aliases=list(aliases) if job is None and aliases else None
                 )
-            if secrets:
+            if copied:
                 where = SECRETS_DIR if secret_volume else "/"
-                self.api.put_archive(container_id, where, secrets_tar(secrets, volume=secret_volume))
+                self.api.put_archive(container_id, where, secrets_tar(copied, volume=secret_volume))
         return container_id
+
+    def _local(self, files_dir: Path | None) -> bool:
+        """Whether secrets can be bind-mounted from ``files_dir``: the engine runs on this host."""
+        return files_dir is not None and self.files.ssh is None
+
+    @contextmanager
+    def _dropped_on_failure(self, files_dir: Path | None, folder: str | None) -> Iterator[None]:
+        """The secrets' folder of a container whose create failed is removed with it."""
+        try:
+            yield
+        except BaseException:
+            if files_dir is not None and folder:
+                secret_files.remove(files_dir, folder)
+            raise
+
+    def prune_secret_files(self, files_dir: Path) -> list[str]:
+        """Remove the folders of ``files_dir`` that no container of this engine mounts any more."""
+        with self._calls("list containers"):
+            rows = self.api.containers(all=True, filters={"label": SECRET_FILES})
+        keep = {str((row.get("Labels") or {}).get(SECRET_FILES, "")) for row in rows}
+        return secret_files.prune(files_dir, keep)
 
     def ensure_network(self, name: str, *, internal: bool = False, labels: Mapping[str, str] | None = None) -> None:
         """A bridge network of ours named ``name`` (created once; one of that name already there is used)."""

@@ -58,6 +58,8 @@ _SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")
 # (ValueError "SHA could not be resolved", BadObject), a failed git command, a vanished directory.
 _UNREADABLE = (git.exc.GitError, git.exc.ODBError, ValueError, OSError)
 _FETCHED = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+_SYMLINK = 0o120000  # a tree entry's mode for a symlink
+_MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
 LOCAL_TAGS = "refs/reconciler/tags/"  # tags written into a mirror: out of reach of the fetch's --prune
 
 
@@ -300,6 +302,55 @@ class Source:
             raise _Unreadable(_corrupt(self.display, f"commit {sha[:8]}")) from None
         if blob.type != "blob":
             raise SourceError(f"{path}: is not a file in commit {sha[:8]} of {self.display}")
+        try:
+            data: bytes = blob.data_stream.read()
+        except _UNREADABLE:
+            raise _Unreadable(_corrupt(self.display, f"{path} in commit {sha[:8]}")) from None
+        return data
+
+    def read_inside(self, sha: str, path: str) -> bytes:
+        """The bytes of ``path`` at commit ``sha``, following symlinks of the commit only while they stay inside
+        the repository: one that leads out of it (or through too many links) is a ``SourceError``."""
+        return self._mended(lambda: self._read_inside(sha, path))
+
+    def _read_inside(self, sha: str, path: str) -> bytes:
+        try:
+            tree = self.repo.commit(sha).tree
+        except _UNREADABLE:
+            raise _Unreadable(_corrupt(self.display, f"commit {sha[:8]}")) from None
+        where = f"in commit {sha[:8]} of {self.display}"
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        done: list[str] = []
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if not done:
+                    raise SourceError(f"{path}: leads outside the repository {where}")
+                done.pop()
+                continue
+            try:
+                entry = tree / "/".join([*done, part])
+            except KeyError:
+                raise SourceError(f"{path}: not found {where}") from None
+            except _UNREADABLE:
+                raise _Unreadable(_corrupt(self.display, f"{path} in commit {sha[:8]}")) from None
+            if entry.type == "blob" and entry.mode == _SYMLINK:
+                hops += 1
+                link = entry.data_stream.read().decode(errors="replace")
+                if link.startswith("/") or hops > _MAX_LINKS:
+                    raise SourceError(f"{path}: a symlink that leads outside the repository {where}")
+                parts = [p for p in link.split("/") if p not in ("", ".")] + parts
+                continue
+            if parts and entry.type != "tree":
+                raise SourceError(f"{path}: not found {where}")
+            done.append(part)
+        try:
+            blob = tree / "/".join(done) if done else tree
+        except KeyError:
+            raise SourceError(f"{path}: not found {where}") from None
+        if blob.type != "blob":
+            raise SourceError(f"{path}: is not a file {where}")
         try:
             data: bytes = blob.data_stream.read()
         except _UNREADABLE:

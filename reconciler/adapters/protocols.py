@@ -14,6 +14,7 @@ Guarantees:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler.core.images import LocalImage
@@ -79,7 +80,10 @@ class DockerEngine(Protocol):
         networks: Mapping[str, Sequence[str]] | None = None,
         secrets: Sequence[tuple[SecretSpec, bytes]] = (),
         job: Sequence[str] | None = None,
+        files_dir: Path | None = None,
     ) -> str: ...
+
+    def prune_secret_files(self, files_dir: Path) -> list[str]: ...
 
     def ensure_network(self, name: str, *, internal: bool = False, labels: Mapping[str, str] | None = None) -> None: ...
 

@@ -252,6 +252,10 @@ def _short(recipient: str) -> str:
     return recipient if len(recipient) <= 12 else recipient[:12] + "…"
 
 
+class NoKey(SopsError):
+    """No key here opens the file (its contents are not known, not wrong)."""
+
+
 # Where sops looks for age identities when neither --sops-age-key-file nor SOPS_AGE_KEY_FILE says.
 DEFAULT_AGE_KEY_FILE = "~/.config/sops/age/keys.txt"
 GPG_TIMEOUT = 30.0
@@ -341,7 +345,12 @@ def decrypt_file(content: bytes, path: str, keys: Keys) -> tuple[Document, Tree]
     try:
         key = data_key(document.metadata, keys.age, keys.gpg)
     except SopsError as exc:
-        raise SopsError(f"{exc}; {keys.missing}" if keys.missing else str(exc)) from None
+        said = str(exc)
+        if keys.missing:  # why none was tried: where they were looked for
+            said = said.replace("(tried 0)", f"(tried 0: {keys.missing})").replace(
+                "(age identities tried: 0)", f"(age identities tried: 0: {keys.missing})"
+            )
+        raise NoKey(said) from None
     return document, decrypt(document, key)
 
 

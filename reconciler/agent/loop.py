@@ -547,7 +547,7 @@ class Agent:
 
         def hold_back(plan: Plan, observed: ObservedState) -> tuple[Plan, list[Notice]]:
             held = holdback.held_in(plan, journal.failures())
-            restore = {app: self._last_good(app, observed, journal) for app in holdback.lost(plan, held)}
+            restore = {app: self._last_good(app, observed, applier) for app in holdback.lost(plan, held)}
             return holdback.hold_back(plan, observed, held, restore=restore, said=self.events.active(holdback.HELD))
 
         def whole_or_nothing(plan: Plan, observed: ObservedState) -> tuple[Plan, list[Notice]]:
@@ -642,10 +642,10 @@ class Agent:
                 applied[app] = entry.spec_hash
         return applied
 
-    def _last_good(self, app: str, observed: ObservedState, journal: Journal) -> tuple[Action, ...]:
-        """The create of ``app`` as its last good deploy had it (its commit's file), for a held app that
-        lost its container: what ran before the failed release runs again."""
-        good = journal.last(app, result=JournalResult.SUCCEEDED)
+    def _last_good(self, app: str, observed: ObservedState, applier: Applier) -> tuple[Action, ...]:
+        """The create of ``app`` as its last good deploy had it (its commit's file, its commit's SOPS files),
+        for a held app that lost its container: what ran before the failed release runs again."""
+        good = applier.journal.last(app, result=JournalResult.SUCCEEDED)
         if good is None or self.source is None or self.engine is None:
             return ()
         settings = self.config.settings
@@ -656,6 +656,7 @@ class Agent:
             return ()
         if old is None:
             return ()
+        applier.sealed.setdefault(committed.revision, committed.sealed)
         plan, _ = plan_against(self.engine, old, settings, observed=observed)
         return holdback.restore_actions(app, plan)
 

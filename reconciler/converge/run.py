@@ -39,6 +39,7 @@ from reconciler.adapters.docker import connect
 from reconciler.adapters.git import Source, open_source
 from reconciler.adapters.protocols import DockerEngine
 from reconciler.adapters.yamlfile import parse_yaml
+from reconciler.converge.sealed import Mode, open_sealed
 from reconciler.core import fleet
 from reconciler.core import images as image_match
 from reconciler.core.desired import Positions, load_desired
@@ -47,6 +48,8 @@ from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState, 
 from reconciler.core.plan import Plan, Resolution, plan
 from reconciler.core.proxy import route_lines, routed, unrouted
 from reconciler.core.report import Outcome, Result
+from reconciler.core.sealed import ENV_FILE
+from reconciler.core.stack import SecretSpec, SopsRef
 from reconciler.deploy import networks
 from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, ReconcileError, UserError
 from reconciler.telemetry import scrub
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
 # two rounds of the default 5 s gate (8 took three rounds, 18.6 s: over the 15 s target), and 200 apps
 # in about 7 x that; bench/parallel.py measures it.
 DEFAULT_PARALLEL = 16
+SECRETS = "secrets"  # STATE/secrets: the decrypted SOPS file secrets of the releases that run
 
 
 @dataclass(frozen=True)
@@ -83,11 +87,15 @@ class Settings:
     policy: Path | None = None  # this server's policy file: what a commit may ask for (read at each pass)
     require_signed_by: str | None = None  # ssh:ALLOWED_SIGNERS_FILE or gpg:KEYRING_DIR
     host: str | None = None  # this host's name in a fleet's hosts: (None: this machine's hostname)
+    sops_age_key_file: str | None = None  # age identities for SOPS files (None: SOPS_AGE_KEY_FILE, sops' default)
 
     @property
     def trust(self) -> Trust:
         """The one ``Trust`` value of these settings, handed to every read of a commit."""
-        return Trust(policy=self.policy, signed_by=self.require_signed_by, host=self.host)
+        return Trust(
+            policy=self.policy, signed_by=self.require_signed_by, host=self.host,
+            sops_key_file=self.sops_age_key_file, state_dir=self.state_dir,
+        )  # fmt: skip
 
 
 @dataclass
@@ -124,6 +132,9 @@ class Trust:
     policy: Path | None = None  # this server's policy file: what a commit may ask for (read at each read)
     signed_by: str | None = None  # ssh:ALLOWED_SIGNERS_FILE or gpg:KEYRING_DIR: whose signature a commit needs
     host: str | None = None  # this host's name in a fleet's hosts: (None: this machine's hostname; ``ALL_HOSTS``)
+    sops: Mode = Mode.OPEN  # how the commit's SOPS files are opened: every one (or refused), a preview, parsed only
+    sops_key_file: str | None = None  # --sops-age-key-file
+    state_dir: Path | None = None  # where the key of the secrets' digests is kept
 
 
 @dataclass(frozen=True)
@@ -160,7 +171,8 @@ def read_at(source: Source, ref: str, revision: str, file: str, trust: Trust) ->
     With ``trust.signed_by``, a commit without a good signature by an allowed key is ``CommitRefused`` before
     its file is even read; with a ``trust.policy`` file, one that asks for more than it allows is a
     ``PolicyViolation``. Either way nothing of it is applied. Without a policy, the dangerous mounts are
-    placed in the file (``Read.dangers``) from the same parse."""
+    placed in the file (``Read.dangers``) from the same parse. The SOPS files it names are read at the same
+    commit and opened as ``trust.sops`` says (``converge.sealed``): one that cannot be is ``CommitRefused``."""
     from reconciler.trust import server_policy
 
     if trust.signed_by is not None:
@@ -170,6 +182,9 @@ def read_at(source: Source, ref: str, revision: str, file: str, trust: Trust) ->
     if trust.policy is not None:
         desired = server_policy.enforce(positions, file, desired, server_policy.load_policy(trust.policy))
     desired = place(desired, trust.host)
+    desired = open_sealed(
+        source, revision, desired, mode=trust.sops, key_file=trust.sops_key_file, state_dir=trust.state_dir
+    )
     dangers = server_policy.check(positions, file, desired, None) if trust.policy is None else []
     return Read(desired.model_copy(update={"source": source.identity(ref, revision, file)}), tuple(dangers))
 
@@ -210,12 +225,14 @@ def check_signature(source: Source, revision: str, signed_by: str) -> None:
     raise CommitRefused(str(found.verdict), message)
 
 
-def read_desired(settings: Settings) -> DesiredState:
-    """The validated desired state at ``settings.ref`` of ``settings.repo``."""
+def read_desired(settings: Settings, *, sops: Mode = Mode.OPEN) -> DesiredState:
+    """The validated desired state at ``settings.ref`` of ``settings.repo``, its SOPS files opened as ``sops``
+    says."""
     source = open_source(settings.repo, state_dir=settings.state_dir)
     try:
         revision = source.resolve(settings.ref)
-        return desired_at(source, settings.ref, revision, settings.file, settings.trust)
+        trust = dataclasses.replace(settings.trust, sops=sops)
+        return desired_at(source, settings.ref, revision, settings.file, trust)
     finally:
         source.close()
 
@@ -281,9 +298,9 @@ def plan_against(
     for app, lines in refused.items():
         if app in resolutions:
             resolutions[app] = Resolution(ref=resolutions[app].ref, error="; ".join(lines))
-    digests = {app: engine.files.digest(spec.env_file) for app, spec in desired.apps.items() if spec.env_file}
+    digests = {app: env_file_digest(engine, desired, app, spec) for app, spec in desired.apps.items() if spec.env_file}
     secrets = {
-        app: {s.target: engine.files.secret_digest(app, s.target, s.source) for s in spec.secrets}
+        app: {s.target: secret_digest(engine, desired, app, s) for s in spec.secrets}
         for app, spec in desired.apps.items()
         if spec.secrets
     }
@@ -300,6 +317,20 @@ def plan_against(
     return the_plan, observed
 
 
+def env_file_digest(engine: DockerEngine, desired: DesiredState, app: str, spec: AppSpec) -> str | None:
+    """What the labels carry of an env_file's contents: its host file's hash, or a SOPS file's keyed digest
+    (None: not read here)."""
+    if isinstance(spec.env_file, SopsRef):
+        return desired.sealed.digest(app, ENV_FILE, spec.env_file)
+    return engine.files.digest(spec.env_file) if spec.env_file else None
+
+
+def secret_digest(engine: DockerEngine, desired: DesiredState, app: str, secret: SecretSpec) -> str | None:
+    if isinstance(secret.source, SopsRef):
+        return desired.sealed.digest(app, secret.target, secret.source)
+    return engine.files.secret_digest(app, secret.target, secret.source)
+
+
 def reconcile_once(
     settings: Settings,
     *,
@@ -308,7 +339,7 @@ def reconcile_once(
     log: Callable[[str], None] | None = None,
 ) -> PassResult:
     """Read, plan, and unless ``dry_run`` apply; raise ``ReconcileError`` for what stops the whole pass."""
-    desired = read_desired(settings)
+    desired = read_desired(settings, sops=Mode.PREVIEW if dry_run else Mode.OPEN)
     engine = connect(settings.docker_host, instance=settings.instance)
     if dry_run:
         from reconciler.deploy.proxy import Proxy
@@ -347,6 +378,7 @@ def new_applier(
     given: dict[str, Any] = {"on_step": on_step, "log": log, "interrupted": interrupted}
     return Applier(
         engine, journal, author=desired.author, parallel=settings.parallel, proxy=Proxy(engine, state_dir),
+        sealed={desired.revision: desired.sealed}, secrets_dir=(state_dir / SECRETS).absolute(),
         **{name: value for name, value in given.items() if value is not None},
     )  # fmt: skip
 
@@ -516,6 +548,8 @@ def apply_pass(
             hooks.proxy_synced(late)
     record.proxy, record.proxy_error = changed, proxy_error
     record.networks += networks.prune(engine, desired)
+    if applier.secrets_dir is not None and (verified or to_apply.changes):
+        engine.prune_secret_files(applier.secrets_dir)  # the file secrets of the releases this pass removed
     record.routes = route_lines(desired, observed, proxy.network, proxy.switched())
     hooks.finished(observed)
     return record.done()

@@ -509,13 +509,16 @@ def violations(desired: DesiredState, policy: ServerPolicy) -> list[Violation]:
                 source = bind_source(volume)
                 if source is not None:
                     found.append(_path_violation((*at, "volumes", index), source, policy.volumes, "volumes"))
-        if policy.env_files is not None and spec.env_file is not None:
+        # A secret's host source is read into the container, as an env_file; a SOPS file of the repository is
+        # no host path (the commit holds it).
+        if policy.env_files is not None and isinstance(spec.env_file, str):
             found.append(_path_violation((*at, "env_file"), spec.env_file, policy.env_files, "env_files"))
-        if policy.env_files is not None:  # a secret's source is a host file read into the container, as an env_file
+        if policy.env_files is not None:
             for index, secret in enumerate(spec.secrets):
-                found.append(
-                    _path_violation((*at, "secrets", index, "source"), secret.source, policy.env_files, "env_files")
-                )
+                if isinstance(secret.source, str):
+                    found.append(
+                        _path_violation((*at, "secrets", index, "source"), secret.source, policy.env_files, "env_files")
+                    )
         if policy.ports is not None:
             for index, port in enumerate(spec.ports):
                 ip, host_port, _, _ = parse_port(port)
@@ -573,11 +576,12 @@ def host_paths(desired: DesiredState) -> list[HostUse]:
                 source = bind_source(volume)
                 if source is not None:
                     found.append(HostUse(("apps", app, "volumes", index), source, "volumes"))
-        if limits.env_files is not None and spec.env_file is not None:
+        if limits.env_files is not None and isinstance(spec.env_file, str):
             found.append(HostUse(("apps", app, "env_file"), spec.env_file, "env_files"))
         if limits.env_files is not None:
             for index, secret in enumerate(spec.secrets):
-                found.append(HostUse(("apps", app, "secrets", index, "source"), secret.source, "env_files"))
+                if isinstance(secret.source, str):
+                    found.append(HostUse(("apps", app, "secrets", index, "source"), secret.source, "env_files"))
     tls = desired.proxy.tls if desired.proxy is not None else None
     if limits.volumes is not None and tls is not None:
         found.append(HostUse(("proxy", "tls", "certs"), tls.certs, "volumes"))

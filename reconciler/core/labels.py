@@ -28,6 +28,7 @@ MANAGED = f"{LABEL}.managed"
 INSTANCE = f"{LABEL}.instance"
 SOURCE = f"{LABEL}.source"  # + .root, .location, .branch, .file
 SECRETS_VOLUME = f"{LABEL}.secrets-volume"  # "true": its /run/secrets is a volume of its own (a read-only root)
+SECRET_FILES = f"{LABEL}.secret-files"  # its decrypted SOPS file secrets: the folder of STATE/secrets it mounts
 NETWORK = f"{LABEL}.network"  # a network of ours: its name in the file (default, backend, ...)
 
 

@@ -25,6 +25,7 @@ from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     field_validator,
     model_validator,
@@ -55,6 +56,7 @@ from reconciler.core.fields import (
     limits,
     shown,
 )
+from reconciler.core.sealed import Sealed
 from reconciler.core.stack import (
     DEFAULT_NETWORK,
     AppNetworks,
@@ -67,10 +69,12 @@ from reconciler.core.stack import (
     LoggingSpec,
     NetworkName,
     NetworkSpec,
+    PathOrSops,
     ReleaseSpec,
     SecretSpec,
     SecurityOpt,
     SignalStr,
+    SopsRef,
     Sysctls,
     TmpfsStr,
     Ulimits,
@@ -463,7 +467,9 @@ class AppSpec(Strict):
     version: VersionStr = Field(description="tag | sha256:<digest> | stable")
     ports: tuple[PortStr, ...] = Field((), description="[IP:]HOST:CONTAINER[/udp]")
     env: dict[str, EnvValue] = Field(default_factory=dict, repr=False, description="values are never printed")
-    env_file: PathStr | None = Field(None, description="KEY=VALUE file read on the server when applying")
+    env_file: PathOrSops | None = Field(
+        None, description="KEY=VALUE file read on the server when applying, or {sops: PATH} of the repository"
+    )
     volumes: tuple[VolumeStr, ...] = Field((), description="NAME_OR_ABS_PATH:CONTAINER_PATH[:ro|rw]")
     command: tuple[ArgStr, ...] | None = Field(None, description="argv; default: the image's CMD")
     restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
@@ -587,10 +593,22 @@ class AppSpec(Strict):
 
     @field_validator("env_file")
     @classmethod
-    def _env_file(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("/"):
-            raise ValueError("env_file must be an absolute path on the server")
+    def _env_file(cls, value: str | SopsRef | None) -> str | SopsRef | None:
+        if isinstance(value, str) and not value.startswith("/"):
+            raise ValueError("env_file must be an absolute path on the server, or {sops: PATH}")
+        if isinstance(value, SopsRef) and value.key is not None:
+            raise ValueError("env_file takes a whole SOPS file (KEY=VALUE pairs): no key")
         return value
+
+    @property
+    def env_file_name(self) -> str:
+        """The env_file as messages and labels name it: its host path, or ``sops:PATH``."""
+        return self.env_file.shown if isinstance(self.env_file, SopsRef) else self.env_file or ""
+
+    def sops_refs(self) -> list[SopsRef]:
+        """The SOPS files of the repository this app reads: its env_file's, its secrets'."""
+        found = [self.env_file] if isinstance(self.env_file, SopsRef) else []
+        return found + [secret.source for secret in self.secrets if isinstance(secret.source, SopsRef)]
 
     @model_validator(mode="after")
     def _service(self) -> AppSpec:
@@ -743,6 +761,22 @@ class DesiredState(Strict):
     author: str = ""  # of the commit, "Name <email>"
     source: Owner | None = None  # where it was read from; what its containers are labelled with
     limits: HostLimits | None = None  # the --policy's host folders it passed: apply checks real paths against them
+    # The SOPS files of the commit as this server opened them: never validated, dumped or printed.
+    _sealed: Sealed = PrivateAttr(default_factory=Sealed)
+
+    @property
+    def sealed(self) -> Sealed:
+        return self._sealed
+
+    def with_sealed(self, sealed: Sealed) -> DesiredState:
+        """This state with the SOPS files of its commit opened (``sealed``)."""
+        copy = self.model_copy()
+        copy._sealed = sealed
+        return copy
+
+    def sops_paths(self) -> list[str]:
+        """Each SOPS file of the repository the apps read, once, in the order they name them."""
+        return list(dict.fromkeys(ref.sops for spec in self.apps.values() for ref in spec.sops_refs()))
 
     @property
     def short(self) -> str:

@@ -40,6 +40,7 @@ from reconciler.core.model import (
     parse_port,
     secret_hash,
 )
+from reconciler.core.stack import SopsRef
 
 
 class ActionKind(StrEnum):
@@ -195,7 +196,7 @@ def fingerprint(
         | service
         | {
             "env": {key: secret_hash(app, key, value) for key, value in sorted(spec.env.items())},
-            "env_file": [spec.env_file, env_file_hash] if spec.env_file else None,
+            "env_file": [spec.env_file_name, env_file_hash] if spec.env_file else None,
             "ports": sorted(spec.ports),
             "volumes": sorted(spec.volumes),
             "command": list(spec.command) if spec.command is not None else None,
@@ -408,9 +409,10 @@ def plan(
         if spec.env_file and app in hashes and hashes[app] is None:
             # Unreadable here (a dry run far from the server): its contents are not compared; say so.
             seen = current.fingerprint.get("env_file") if current is not None else None
-            if isinstance(seen, list) and seen[:1] == [spec.env_file]:
+            if isinstance(seen, list) and seen[:1] == [spec.env_file_name]:
                 target = replace(target, fingerprint={**target.fingerprint, "env_file": seen})
-            why = f"env_file {spec.env_file}: not checked (it cannot be read from here)"
+            where = "no key here opens it" if isinstance(spec.env_file, SopsRef) else "it cannot be read from here"
+            why = f"env_file {spec.env_file_name}: not checked ({where})"
             notes.append(Note("unchecked", app, app, why))
         unread = sorted(target for target, digest in (secret_hashes or {}).get(app, {}).items() if digest is None)
         if unread:

@@ -24,7 +24,16 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, WithJsonSchema, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+)
 
 from reconciler.core.fields import (
     MAX_PATH,
@@ -152,10 +161,51 @@ class ReleaseSpec(Strict):
         return checked
 
 
-class SecretSpec(Strict):
-    """A file on the server, mounted read-only at ``/run/secrets/TARGET`` with this owner and mode."""
+_SOPS_KEY = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
 
-    source: PathStr = Field(description="absolute path of the file on the server")
+
+class SopsRef(Strict):
+    """A SOPS-encrypted file of the repository, read at the same commit as the file and decrypted on the
+    server; ``key`` picks one value of it by its path in the tree (``db.password``)."""
+
+    sops: str = Field(max_length=MAX_PATH, description="path of the SOPS file inside the repository")
+    key: str | None = Field(None, max_length=MAX_PATH, description="one value by its path: db.password")
+
+    @field_validator("sops")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        parts = value.split("/")
+        if not value or value.startswith("/") or ".." in parts or "\0" in value:
+            raise ValueError(f"{shown(value)}: a path inside the repository (relative, without '..')")
+        return "/".join(part for part in parts if part not in ("", "."))
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and not _SOPS_KEY.match(value):
+            raise ValueError(f"{shown(value)} is not a path in the file's tree (db.password)")
+        return value
+
+    @property
+    def shown(self) -> str:
+        return f"sops:{self.sops}" + (f"#{self.key}" if self.key else "")
+
+
+def _source_kind(value: Any) -> str:
+    return "<sops>" if isinstance(value, (Mapping, SopsRef)) else "<path>"
+
+
+# A host path, or a SOPS file of the repository: told apart by their shape, so that each has its own message.
+PathOrSops = Annotated[
+    Annotated[PathStr, Tag("<path>")] | Annotated[SopsRef, Tag("<sops>")], Discriminator(_source_kind)
+]
+
+
+class SecretSpec(Strict):
+    """A file mounted read-only at ``/run/secrets/TARGET`` with this owner and mode: a file on the server, or
+    a SOPS file of the repository (whole, or one value of it)."""
+
+    source: PathOrSops = Field(description="absolute path of the file on the server, or {sops: PATH, key}")
     target: str = Field(description="its name under /run/secrets/")
     mode: str = Field("0400", description='octal, quoted ("0400"): who may read it in the container')
     uid: int = Field(0, ge=0, le=MAX_ID, description="its owner in the container")
@@ -163,8 +213,8 @@ class SecretSpec(Strict):
 
     @field_validator("source")
     @classmethod
-    def _source(cls, value: str) -> str:
-        if not value.startswith("/"):
+    def _source(cls, value: str | SopsRef) -> str | SopsRef:
+        if isinstance(value, str) and not value.startswith("/"):
             raise ValueError("source must be an absolute path on the server")
         return value
 

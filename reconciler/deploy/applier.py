@@ -83,6 +83,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from reconciler import pool
@@ -92,7 +93,8 @@ from reconciler.core.model import AppSpec, ObservedContainer, ObservedState, Rol
 from reconciler.core.plan import STALE_NEXT, STALE_RELEASE, Action, ActionKind, Plan, Target, networks_of, port_waits
 from reconciler.core.proxy import Server
 from reconciler.core.report import Outcome, Result
-from reconciler.core.stack import Condition, SecretSpec, docker_network, waves
+from reconciler.core.sealed import Sealed
+from reconciler.core.stack import Condition, SecretSpec, SopsRef, docker_network, waves
 from reconciler.core.steps import (
     ABANDONED,
     RULES,
@@ -114,7 +116,7 @@ from reconciler.deploy.rollback import NOT_A_VERDICT
 from reconciler.deploy.rows import Rows
 from reconciler.deploy.services import Services
 from reconciler.deploy.swap import swap_in
-from reconciler.errors import ContainerError, ProxyError, UserError
+from reconciler.errors import ContainerError, EnvFileError, ProxyError, UserError
 from reconciler.state.journal import CLEANUP, UNVERIFIED, Journal, JournalResult
 
 T = TypeVar("T")
@@ -183,6 +185,9 @@ class Applier(Recovery):
     author: str = ""
     parallel: int = 1  # deploys of a pass at once (the pass's setting); 1: one after another, in this thread
     proxy: Proxy | None = None  # routed apps' proxy (start-first deploys switch it)
+    # The SOPS files of each commit a release of the pass comes from, as its read opened them.
+    sealed: dict[str, Sealed] = field(default_factory=dict, repr=False)
+    secrets_dir: Path | None = None  # where their file secrets are written for a container to mount (STATE/secrets)
     done: list[Outcome] = field(default_factory=list)  # the outcomes of the last ``apply`` so far
     deployed: list[Deployed | Released] = field(default_factory=list)  # its releases that passed, until undone
     prober: Prober = field(init=False, repr=False)  # its gates are abandoned once ``interrupted()`` says so
@@ -381,7 +386,7 @@ class Applier(Recovery):
             if action.kind is ActionKind.START:
                 return self._start(action, observed, revision), None
             if action.service and action.target is not None:
-                env = self._env(action.target.spec)
+                env = self._env(action.target)
                 return self.services.deploy(action, observed.service(action.container), revision, env)
             return self._deploy(action, observed, revision)
         except NOT_A_VERDICT:
@@ -546,9 +551,27 @@ class Applier(Recovery):
             return not deploy.swapped
         return True
 
-    def _env(self, spec: AppSpec) -> dict[str, str]:
-        """The env of a container of ``spec``: its env_file read now, then its env (which wins)."""
+    def _env(self, target: Target) -> dict[str, str]:
+        """The env of a container of ``target``: its env_file read now (or its SOPS file as its commit's read
+        opened it), then its env (which wins)."""
+        spec = target.spec
+        if isinstance(spec.env_file, SopsRef):
+            env = self._sealed(target).env(spec.env_file)
+            if env is None:
+                raise EnvFileError(f"env_file {spec.env_file_name}: not opened (no key here opens it)")
+            return {**env, **spec.env}
         return {**(self.engine.files.read(spec.env_file) if spec.env_file else {}), **spec.env}
+
+    def _sealed(self, target: Target) -> Sealed:
+        return self.sealed.get(target.revision) or Sealed()
+
+    def _secret(self, target: Target, secret: SecretSpec) -> bytes:
+        if isinstance(secret.source, SopsRef):
+            data = self._sealed(target).material(secret.source)
+            if data is None:
+                raise EnvFileError(f"secret {secret.target} ({secret.source.shown}): not opened (no key here)")
+            return data
+        return self.engine.files.secret(secret.source)
 
     def _materials(self, deploy: _Deploy) -> _Materials:
         """What the containers of a deploy (its release command's, its new release's) are made with, read once:
@@ -559,8 +582,8 @@ class Applier(Recovery):
             networks = {
                 docker_network(self.engine.instance, name): aliases for name, aliases in networks_of(spec).items()
             }
-            secrets = [(secret, self.engine.files.secret(secret.source)) for secret in spec.secrets]
-            deploy.materials = _Materials(self._env(spec), networks, secrets)
+            secrets = [(secret, self._secret(deploy.target, secret)) for secret in spec.secrets]
+            deploy.materials = _Materials(self._env(deploy.target), networks, secrets)
         return deploy.materials
 
     def _announce(self, deploy: _Deploy, step: Step) -> None:
@@ -618,13 +641,13 @@ class Applier(Recovery):
             made = self._materials(deploy)
             deploy.new_id = self.engine.create(
                 deploy.target, container_name(app, Role.NEXT), env=made.env, networks=made.networks,
-                secrets=made.secrets,
+                secrets=made.secrets, files_dir=self.secrets_dir,
             )  # fmt: skip
         elif step is Step.RELEASE:
             made = self._materials(deploy)
             took = run_release(
                 self.engine, deploy.target, env=made.env, networks=made.networks, secrets=made.secrets,
-                clock=self.clock, sleep=self.sleep, interrupted=self._stale,
+                clock=self.clock, sleep=self.sleep, interrupted=self._stale, files_dir=self.secrets_dir,
             )  # fmt: skip
             self._log(f"{app}: release command of {spec.version} done in {took:.1f}s")
         elif step in (Step.GATE, Step.GATE_NEXT):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from reconciler.adapters.protocols import DockerEngine
 from reconciler.core.model import Role, container_name
@@ -47,13 +48,16 @@ def run_release(
     clock: Callable[[], float],
     sleep: Callable[[float], None],
     interrupted: Callable[[], bool] = lambda: False,
+    files_dir: Path | None = None,
 ) -> float:
     """Run ``target``'s release command to its end; the seconds it ran. Raises as the module says."""
     release = target.spec.release
     assert release is not None
     name = container_name(target.app, Role.RELEASE)
     started = clock()
-    job = engine.create(target, name, env=env, networks=networks, secrets=secrets, job=release.command)
+    job = engine.create(
+        target, name, env=env, networks=networks, secrets=secrets, job=release.command, files_dir=files_dir
+    )
     try:
         engine.start(job, name)
         deadline = clock() + release.timeout

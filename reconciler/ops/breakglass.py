@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from reconciler.adapters.protocols import DockerEngine
 from reconciler.converge.run import Settings, read_desired
+from reconciler.converge.sealed import Mode
 from reconciler.core.model import DEFAULT_HEALTH, AppSpec, DesiredState, ObservedContainer, Role, container_name
 from reconciler.deploy.swap import swap_in
 from reconciler.errors import ReconcileError, UserError
@@ -100,7 +101,7 @@ def swap_back(settings: Settings, app: str, *, lock_timeout: float = 60.0) -> tu
 def _committed(settings: Settings) -> DesiredState | None:
     """The committed file, when it can be read (the app's gate, its route, the proxy)."""
     try:
-        return read_desired(settings)
+        return read_desired(settings, sops=Mode.PARSE)  # its gate and route: no secret is opened
     except ReconcileError:
         return None
 

@@ -30,6 +30,7 @@ from reconciler import pool
 from reconciler.adapters.docker import connect
 from reconciler.adapters.protocols import DockerEngine
 from reconciler.converge.run import ALL_HOSTS, PassResult, Settings, apply_pass, applying, plan_against, read_desired
+from reconciler.converge.sealed import Mode
 from reconciler.core import fleet, rollout
 from reconciler.core.fleet import AppOnHost, HostAnswer, HostPush, Pushed, Running, Unanswered
 from reconciler.core.model import DesiredState, Role
@@ -49,9 +50,10 @@ DEFAULT_TIMEOUT = 10.0  # seconds per host
 CALL_TIMEOUT = 120.0
 
 
-def fleet_desired(settings: Settings) -> DesiredState:
-    """The committed file, every app (not placed); a ``UserError`` when it declares no ``hosts:``."""
-    desired = read_desired(replace(settings, host=ALL_HOSTS))
+def fleet_desired(settings: Settings, *, sops: Mode = Mode.OPEN) -> DesiredState:
+    """The committed file, every app (not placed), its SOPS files opened as ``sops`` says; a ``UserError`` when
+    it declares no ``hosts:``."""
+    desired = read_desired(replace(settings, host=ALL_HOSTS), sops=sops)
     if not desired.hosts:
         raise UserError(f"--all-hosts: {desired.path} declares no hosts:")
     return desired
@@ -108,7 +110,7 @@ def preview(
 ) -> tuple[DesiredState, list[list[str]] | None, list[HostAnswer[Plan]]]:
     """Every host's drift, as ``reconcile --dry-run --host HOST`` on that host would show it; with ``spec``,
     also the groups a push would take (checked before any host is asked)."""
-    desired = fleet_desired(settings)
+    desired = fleet_desired(settings, sops=Mode.PREVIEW)
     order = rollout_order(desired, spec) if spec is not None else None
 
     def ask(host: str) -> Plan:
@@ -122,7 +124,7 @@ def status(
     settings: Settings, *, parallel: int, timeout: float = DEFAULT_TIMEOUT
 ) -> tuple[DesiredState, list[HostAnswer[tuple[AppOnHost, ...]]]]:
     """Every host's apps, from the labels of our containers on its engine, against what the file places."""
-    desired = fleet_desired(settings)
+    desired = fleet_desired(settings, sops=Mode.PARSE)
     running = _running_on(desired, settings, timeout)
 
     def ask(host: str) -> tuple[AppOnHost, ...]:

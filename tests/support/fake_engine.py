@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from reconciler.adapters.envfile import EnvFiles
@@ -38,6 +39,7 @@ from reconciler.core import images as image_match
 from reconciler.core.labels import (
     INSTANCE,
     MANAGED,
+    SECRET_FILES,
     Inspected,
     NetworkRow,
     inspected_from,
@@ -47,8 +49,10 @@ from reconciler.core.labels import (
 )
 from reconciler.core.model import HostLimits, ObservedState, parse_port
 from reconciler.core.plan import Target
-from reconciler.core.stack import SecretSpec
+from reconciler.core.stack import SecretSpec, SopsRef
 from reconciler.errors import ContainerError, EngineUnavailable, ImageError
+from reconciler.state import secret_files
+from reconciler.state.secret_files import SecretFile
 
 T = TypeVar("T")
 _NEVER = "0001-01-01T00:00:00Z"  # docker's StartedAt of a container that never started
@@ -377,8 +381,16 @@ class FakeEngine:
         networks: Mapping[str, Sequence[str]] | None = None,
         secrets: Sequence[tuple[SecretSpec, bytes]] = (),
         job: Sequence[str] | None = None,
+        files_dir: Path | None = None,
     ) -> str:
         spec = target.spec
+        labels = {**spec.labels, **release_labels(target, self.instance)}
+        mounted = [(s, data) for s, data in secrets if isinstance(s.source, SopsRef)] if files_dir else []
+        if mounted:  # as the real engine on this host: written under files_dir, its folder a label
+            assert files_dir is not None
+            labels[SECRET_FILES], _ = secret_files.write(
+                files_dir, [SecretFile(s.target, data, s.permissions, s.uid, s.gid) for s, data in mounted]
+            )
         with self._lock:
             self._asked(f"create {name}")
             image = self._local(target.resolution.ref)
@@ -396,7 +408,7 @@ class FakeEngine:
                 name=name,
                 image=image,
                 ref=target.resolution.ref,
-                labels={**spec.labels, **release_labels(target, self.instance)},
+                labels=labels,
                 ports=tuple(spec.ports) if job is None else (),
                 stop_timeout=spec.stop_timeout,
                 created=self.clock(),
@@ -413,6 +425,11 @@ class FakeEngine:
             self.containers[container.id] = container
             self.calls.append(f"create {name}")
             return container.id
+
+    def prune_secret_files(self, files_dir: Path) -> list[str]:
+        with self._lock:
+            keep = {c.labels[SECRET_FILES] for c in self.containers.values() if SECRET_FILES in c.labels}
+        return secret_files.prune(files_dir, keep)
 
     def ensure_network(self, name: str, *, internal: bool = False, labels: Mapping[str, str] | None = None) -> None:
         with self._lock:
