@@ -326,7 +326,7 @@ class Source:
             part = parts.pop(0)
             if part == "..":
                 if not done:
-                    raise SourceError(f"{path}: leads outside the repository {where}")
+                    raise SourceError(f"{path}: leads outside the repository through a symlink {where}")
                 done.pop()
                 continue
             try:
@@ -339,7 +339,7 @@ class Source:
                 hops += 1
                 link = entry.data_stream.read().decode(errors="replace")
                 if link.startswith("/") or hops > _MAX_LINKS:
-                    raise SourceError(f"{path}: a symlink that leads outside the repository {where}")
+                    raise SourceError(f"{path}: leads outside the repository through a symlink {where}")
                 parts = [p for p in link.split("/") if p not in ("", ".")] + parts
                 continue
             if parts and entry.type != "tree":

@@ -80,7 +80,10 @@ class Sealed:
             return None
         if ref.key is None:
             return found.plain
-        value = value_at(found.tree, ref.key)
+        try:
+            value = value_at(found.tree, ref.key)
+        except SopsError as exc:
+            raise SopsError(f"{ref.sops}: {exc}") from None
         if isinstance(value, bytes):
             return value
         text = _text(value)
@@ -143,8 +146,8 @@ class Sealed:
                     walk(value)
             else:
                 text = node.decode(errors="replace") if isinstance(node, bytes) else _text(node)
-                if text:
-                    texts.append(text)
+                if text:  # as a file secret's: whole, and line by line (an error may quote one line of it)
+                    texts.extend([text, text.strip(), *(line.strip() for line in text.splitlines())])
 
         for found in self.files.values():
             if not found.why:
