@@ -25,6 +25,7 @@ from reconciler.converge.sealed import Mode
 from reconciler.core.model import DesiredState
 from reconciler.core.plan import ActionKind, Plan
 from reconciler.core.report import Result, plan_lines
+from reconciler.core.sops import Document
 from reconciler.errors import CommitRefused
 from reconciler.telemetry import scrub
 from tests.support.fake_host import FakeHost
@@ -285,19 +286,19 @@ def test_a_key_that_is_not_in_the_file_is_named(world: World) -> None:
 def test_a_file_is_decrypted_once_per_process(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     world.standard()
     calls: list[str] = []
-    real = sops_file.decrypt_file
+    real = sops_file.decrypt_document
 
-    def counted(content: bytes, path: str, keys: sops_file.Keys) -> object:
-        calls.append(path)
-        return real(content, path, keys)
+    def counted(document: Document, keys: sops_file.Keys) -> object:
+        calls.append(document.kind)
+        return real(document, keys)
 
-    monkeypatch.setattr(sops_file, "decrypt_file", counted)
+    monkeypatch.setattr(sops_file, "decrypt_document", counted)
     world.read()
     world.read()
     world.commit(STACK.replace("version: v1", "version: v2", 1), "another commit, the same files")
     world.read()
 
-    assert sorted(calls) == ["secrets/blob.bin", "secrets/db.yaml", "secrets/web.env"]
+    assert sorted(calls) == ["binary", "dotenv", "yaml"]  # each of the three files once
 
 
 def test_the_digest_key_is_made_once_and_private(world: World) -> None:

@@ -40,7 +40,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import git
 import git.exc
@@ -212,6 +212,8 @@ class Source:
     mirrored: bool = False
     warn: Callable[[str], None] = warn_on_stderr  # told when a broken mirror is cloned again
     _roots: dict[str, str] = field(default_factory=dict, repr=False)
+    # The trees of the last commit read by ``read_inside``, by folder: a commit's SOPS files are read together.
+    _trees: tuple[str, dict[str, Any]] = field(default=("", {}), repr=False)
 
     def fetch(self) -> None:
         """Bring a mirror up to date with its remote (no-op for a local repository)."""
@@ -313,46 +315,48 @@ class Source:
         the repository: one that leads out of it (or through too many links) is a ``SourceError``."""
         return self._mended(lambda: self._read_inside(sha, path))
 
+    def _tree(self, sha: str, folder: list[str]) -> Any:
+        """The tree of ``folder`` at ``sha`` (a KeyError when there is none), parsed once per commit."""
+        if self._trees[0] != sha:
+            self._trees = (sha, {"": self.repo.commit(sha).tree})
+        trees = self._trees[1]
+        key = "/".join(folder)
+        if key not in trees:
+            parent = self._tree(sha, folder[:-1])
+            trees[key] = parent[folder[-1]]
+        return trees[key]
+
     def _read_inside(self, sha: str, path: str) -> bytes:
-        try:
-            tree = self.repo.commit(sha).tree
-        except _UNREADABLE:
-            raise _Unreadable(_corrupt(self.display, f"commit {sha[:8]}")) from None
         where = f"in commit {sha[:8]} of {self.display}"
         parts = [p for p in path.split("/") if p not in ("", ".")]
         done: list[str] = []
         hops = 0
-        while parts:
-            part = parts.pop(0)
-            if part == "..":
-                if not done:
-                    raise SourceError(f"{path}: leads outside the repository through a symlink {where}")
-                done.pop()
-                continue
-            try:
-                entry = tree / "/".join([*done, part])
-            except KeyError:
-                raise SourceError(f"{path}: not found {where}") from None
-            except _UNREADABLE:
-                raise _Unreadable(_corrupt(self.display, f"{path} in commit {sha[:8]}")) from None
-            if entry.type == "blob" and entry.mode == _SYMLINK:
-                hops += 1
-                link = entry.data_stream.read().decode(errors="replace")
-                if link.startswith("/") or hops > _MAX_LINKS:
-                    raise SourceError(f"{path}: leads outside the repository through a symlink {where}")
-                parts = [p for p in link.split("/") if p not in ("", ".")] + parts
-                continue
-            if parts and entry.type != "tree":
-                raise SourceError(f"{path}: not found {where}")
-            done.append(part)
+        entry: Any = None
         try:
-            blob = tree / "/".join(done) if done else tree
+            while parts:
+                part = parts.pop(0)
+                if part == "..":
+                    if not done:
+                        raise SourceError(f"{path}: leads outside the repository through a symlink {where}")
+                    done.pop()
+                    continue
+                tree = self._tree(sha, done)
+                if tree.type != "tree":
+                    raise SourceError(f"{path}: not found {where}")
+                entry = tree[part]
+                if entry.type == "blob" and entry.mode == _SYMLINK:
+                    hops += 1
+                    link = entry.data_stream.read().decode(errors="replace")
+                    if link.startswith("/") or hops > _MAX_LINKS:
+                        raise SourceError(f"{path}: leads outside the repository through a symlink {where}")
+                    parts = [p for p in link.split("/") if p not in ("", ".")] + parts
+                    continue
+                done.append(part)
+            if entry is None or entry.type != "blob":
+                raise SourceError(f"{path}: is not a file {where}")
+            data: bytes = entry.data_stream.read()
         except KeyError:
             raise SourceError(f"{path}: not found {where}") from None
-        if blob.type != "blob":
-            raise SourceError(f"{path}: is not a file {where}")
-        try:
-            data: bytes = blob.data_stream.read()
         except _UNREADABLE:
             raise _Unreadable(_corrupt(self.display, f"{path} in commit {sha[:8]}")) from None
         return data

@@ -24,6 +24,7 @@ import hashlib
 import os
 import secrets as random
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 from reconciler.adapters import sops_file
@@ -31,6 +32,7 @@ from reconciler.adapters.git import Source
 from reconciler.core.model import DesiredState
 from reconciler.core.sealed import Opened, Sealed
 from reconciler.core.sops import SopsError
+from reconciler.core.stack import SopsRef
 from reconciler.errors import CommitRefused, SourceError, UserError
 from reconciler.state.private import private_dir
 from reconciler.telemetry import scrub
@@ -46,7 +48,10 @@ class Mode(enum.Enum):
     OPEN = "open"  # an apply: every file opened, or the commit refused
 
 
+# Files opened, by (path, sha256 of the bytes, keys and mode); and each commit's files, by (revision, path, keys
+# and mode): a commit is immutable, so a pass of a commit seen before reads nothing of git again.
 _opened: OrderedDict[tuple[str, str, str], Opened] = OrderedDict()
+_by_commit: OrderedDict[tuple[str, str, str], tuple[str, str, str]] = OrderedDict()
 
 
 def digest_key(state_dir: Path) -> bytes:
@@ -84,41 +89,46 @@ def open_sealed(
     paths = desired.sops_paths()
     if not paths:
         return desired
-    problems: list[str] = []
-    contents: dict[str, bytes] = {}
-    for path in paths:
+    keys = sops_file.Keys()
+    if mode is not Mode.PARSE:
         try:
-            data = source.read_inside(revision, path)
-            if len(data) > MAX_BYTES:
-                raise SopsError(f"larger than {MAX_BYTES // 1024} KiB")
-            sops_file.parse(data, path)
+            keys = sops_file.load_keys(key_file)
+        except SopsError as exc:
+            if mode is Mode.OPEN:
+                raise CommitRefused("sops", f"{exc}; not applied") from None
+            keys = sops_file.Keys(missing=str(exc))
+    # A file only parsed is cached apart from one opened: a dry run and an apply share what they opened.
+    keyed = hashlib.sha256("\n".join([*keys.age, str(keys.gpg), str(mode is Mode.PARSE)]).encode()).hexdigest()
+    problems: list[str] = []
+    files: dict[str, Opened] = {}
+    # The plaintext of a file as `sops -d` prints it is made only for the files a secret takes whole.
+    whole = {
+        secret.source.sops
+        for spec in desired.apps.values()
+        for secret in spec.secrets
+        if isinstance(secret.source, SopsRef) and secret.source.key is None
+    }
+    for path in paths:
+        seen = _by_commit.get((revision, path, keyed))
+        found = _opened.get(seen) if seen is not None else None
+        if found is not None and (found.rendered or path not in whole):
+            files[path] = found  # this commit's file, opened before with these keys: nothing to read again
+            continue
+        try:
+            files[path] = _open(source, revision, path, keys, keyed, mode, render=path in whole)
         except SourceError as exc:
             problems.append(str(exc))
+        except sops_file.NoKey as exc:
+            if mode is not Mode.PREVIEW:
+                problems.append(f"{path}: {_without_path(str(exc), path)}")
+            else:  # unknown here, not wrong: a dry run says "not checked"
+                files[path] = Opened(path, sops_file.store_for(path), why=_without_path(str(exc), path))
         except SopsError as exc:
             problems.append(f"{path}: {_without_path(str(exc), path)}")
-        else:
-            contents[path] = data
     if problems:
         raise CommitRefused("sops", "\n".join(f"{line}; not applied" for line in problems))
     if mode is Mode.PARSE:
         return desired
-    try:
-        keys = sops_file.load_keys(key_file)
-    except SopsError as exc:
-        if mode is Mode.OPEN:
-            raise CommitRefused("sops", f"{exc}; not applied") from None
-        keys = sops_file.Keys(missing=str(exc))
-    keyed = hashlib.sha256("\n".join([*keys.age, str(keys.gpg)]).encode()).hexdigest()
-    files: dict[str, Opened] = {}
-    for path, data in contents.items():
-        try:
-            files[path] = _open(path, data, keys, keyed)
-        except SopsError as exc:
-            message = _without_path(str(exc), path)
-            if mode is Mode.PREVIEW and isinstance(exc, sops_file.NoKey):  # unknown here, not wrong
-                files[path] = Opened(path, sops_file.store_for(path), why=message)
-            else:
-                problems.append(f"{path}: {message}")
     sealed = Sealed(files, digest_key(state_dir) if state_dir is not None else b"")
     for app, spec in desired.apps.items():
         problems += sealed.problems(app, spec)
@@ -127,20 +137,36 @@ def open_sealed(
     return desired.with_sealed(sealed)
 
 
-def _open(path: str, data: bytes, keys: sops_file.Keys, keyed: str) -> Opened:
+def _open(
+    source: Source, revision: str, path: str, keys: sops_file.Keys, keyed: str, mode: Mode, *, render: bool
+) -> Opened:
+    """One file of the commit, parsed (and unless ``PARSE`` decrypted; with ``render``, printed as ``sops -d``
+    does), through the caches."""
+    data = source.read_inside(revision, path)
+    if len(data) > MAX_BYTES:
+        raise SopsError(f"larger than {MAX_BYTES // 1024} KiB")
     cached = (path, hashlib.sha256(data).hexdigest(), keyed)
     found = _opened.get(cached)
-    if found is not None:
-        _opened.move_to_end(cached)
-        return found
-    document, tree = sops_file.decrypt_file(data, path, keys)
-    opened = Opened(path, document.kind, tree, sops_file.render_plaintext(tree, document.kind))
-    names = [key for key in tree if isinstance(key, str)] if isinstance(tree, dict) else []
-    scrub.remember(Sealed({path: opened}).remembered(), keys=names)
-    _opened[cached] = opened
-    while len(_opened) > CACHED:
-        _opened.popitem(last=False)
-    return opened
+    if found is None:
+        document = sops_file.parse(data, path)
+        if mode is Mode.PARSE:
+            found = Opened(path, document.kind, why="parsed only")
+        else:
+            tree = sops_file.decrypt_document(document, keys)
+            found = Opened(path, document.kind, tree)
+            names = [key for key in tree if isinstance(key, str)] if isinstance(tree, dict) else []
+            scrub.remember(Sealed({path: found}).remembered(), keys=names)
+    if render and not found.rendered and not found.why:
+        found = replace(found, plain=sops_file.render_plaintext(found.tree, found.kind), rendered=True)
+    if found is not _opened.get(cached):
+        _opened[cached] = found
+        while len(_opened) > CACHED:
+            _opened.popitem(last=False)
+    _opened.move_to_end(cached)
+    _by_commit[(revision, path, keyed)] = cached
+    while len(_by_commit) > CACHED:
+        _by_commit.popitem(last=False)
+    return found
 
 
 def _without_path(message: str, path: str) -> str:

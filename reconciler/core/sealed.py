@@ -40,6 +40,7 @@ class Opened:
     tree: Tree = field(default=None, repr=False)
     plain: bytes = field(default=b"", repr=False)  # the document as `sops -d` prints it
     why: str = ""  # why it is not opened here ("" when it is)
+    rendered: bool = False  # ``plain`` is made (only for a file that a secret takes whole)
 
 
 def _text(value: object) -> str | None:
@@ -79,6 +80,7 @@ class Sealed:
         if found is None:
             return None
         if ref.key is None:
+            assert found.rendered, f"{ref.sops}: taken whole, but not rendered when it was opened"
             return found.plain
         try:
             value = value_at(found.tree, ref.key)
