@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.adapters.git import Source
+from reconciler.converge.sealed import Mode
 from reconciler.converge.run import ALL_HOSTS, Settings, Trust, desired_at
 from reconciler.core.model import DesiredState
 from reconciler.errors import CommitRefused, Refused, UserError
@@ -55,7 +56,7 @@ def open_for_writing(*, repo: str, file: str, policy: Path | None, signed_by: st
     if policy is not None or signed_by is not None:
         try:
             desired_at(source, "HEAD", source.resolve("HEAD"), file,
-                       Trust(policy=policy, signed_by=signed_by, host=ALL_HOSTS))  # fmt: skip
+                       Trust(policy=policy, signed_by=signed_by, host=ALL_HOSTS, sops=Mode.PARSE))  # fmt: skip
         except CommitRefused as exc:
             raise UserError(f"{exc}; no commit is built on it here") from None
     return source
