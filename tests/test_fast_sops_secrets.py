@@ -220,6 +220,7 @@ def test_a_dry_run_without_the_key_says_not_checked_and_a_tampered_file_is_refus
     lines = plan_lines(world.plan(desired), file=FILE)
 
     assert "  note: web: env_file sops:secrets/web.env: not checked (no key here opens it)" in lines
+    assert "  note: web: secrets blob, db_password: contents not checked (no key here opens them)" in lines
     assert world.plan(desired).in_sync
 
     path = world.remote.clone_path / "secrets/web.env"
@@ -310,3 +311,31 @@ def test_the_digest_key_is_made_once_and_private(world: World) -> None:
 
     assert path.read_bytes() == first and len(first) == 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_json_env_file_is_flat_key_value_and_a_tampered_mac_is_refused(world: World) -> None:
+    world.write("secrets/web.json", b'{"API_TOKEN": "json-plain-5521", "PORT": 8000, "DEBUG": true}')
+    world.write("secrets/db.yaml", DB)
+    world.write("secrets/blob.bin", BLOB)
+    world.commit(STACK.replace("secrets/web.env", "secrets/web.json"))
+
+    env = world.read().sealed.env(world.read().apps["web"].env_file)  # type: ignore[arg-type]
+    assert env == {"API_TOKEN": "json-plain-5521", "PORT": "8000", "DEBUG": "true"}
+
+    path = world.remote.clone_path / "secrets/web.json"
+    text = path.read_text()
+    at = text.index('"mac": "ENC[AES256_GCM,data:') + len('"mac": "ENC[AES256_GCM,data:')
+    path.write_text(text[:at] + ("A" if text[at] != "A" else "B") + text[at + 1 :])
+    world.commit(STACK.replace("secrets/web.env", "secrets/web.json"), "the MAC tampered")
+    assert "secrets/web.json: MAC mismatch" in refusal(world)
+
+
+def test_a_nested_file_is_no_env_file(world: World) -> None:
+    world.write("secrets/web.yaml", DB)
+    world.write("secrets/db.yaml", DB)
+    world.write("secrets/blob.bin", BLOB)
+    world.commit(STACK.replace("secrets/web.env", "secrets/web.yaml"))
+
+    said = refusal(world)
+    assert "apps.web: secrets/web.yaml: db is not one value (an env_file is flat KEY: VALUE)" in said
+    assert "hunter2" not in said

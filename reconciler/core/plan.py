@@ -422,7 +422,9 @@ def plan(
                 if isinstance(seen_secrets, dict) and isinstance(seen_secrets.get(name), list):
                     wanted[name] = [seen_secrets[name][0], *wanted[name][1:]]
             target = replace(target, fingerprint={**target.fingerprint, "secrets": wanted})
-            why = f"secrets {', '.join(unread)}: contents not checked (cannot be read from here)"
+            sealed = {x.target for x in spec.secrets if isinstance(x.source, SopsRef)}
+            where = "no key here opens them" if set(unread) <= sealed else "cannot be read from here"
+            why = f"secrets {', '.join(unread)}: contents not checked ({where})"
             notes.append(Note("unchecked", app, app, why))
         stale_next = observed.named(container_name(app, Role.NEXT))
         if stale_next is not None:
