@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.adapters.git import Source
-from reconciler.converge.sealed import Mode
 from reconciler.converge.run import ALL_HOSTS, Settings, Trust, desired_at
+from reconciler.converge.sealed import Mode
 from reconciler.core.model import DesiredState
 from reconciler.errors import CommitRefused, Refused, UserError
 from reconciler.ops import edits
