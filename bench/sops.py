@@ -14,7 +14,8 @@ the secret is a key of a yaml file of its own (100 files). Encrypted for a key m
   longer to parse too).
 - an in-sync pass of the same commit again: how many files it decrypts (target: 0) and what SOPS adds.
 
-Run: ``.venv/bin/python bench/sops.py [--runs 5] [--apps 50]`` (needs ``age-keygen``; no Docker engine).
+Run: ``.venv/bin/python bench/sops.py [--runs 5] [--apps 50] [--kind dotenv|yaml] [--files-per-app 1|2]``
+(needs ``age-keygen``; no Docker engine).
 """
 
 from __future__ import annotations
@@ -45,37 +46,37 @@ from tests.support.sops import age_key, encrypt  # noqa: E402
 FILE = "desired-state.yaml"
 
 
-def text(apps: int, *, sops: bool, files: int) -> str:
+def text(apps: int, *, sops: bool, files: int, kind: str) -> str:
     lines = ["apps:"]
     for n in range(apps):
         lines += [f"  app{n}:", f"    image: example/app{n}", "    version: v1", f'    ports: ["{9000 + n}:80"]']
         if sops:
+            env = f"secrets/app{n}.{'env' if kind == 'dotenv' else 'yaml'}"
             secret = (
-                f"{{sops: secrets/app{n}.yaml, key: db.password}}"
-                if files == 2
-                else (f"{{sops: secrets/app{n}.env, key: TOKEN}}")
+                f"{{sops: secrets/app{n}.db.yaml, key: db.password}}" if files == 2 else f"{{sops: {env}, key: TOKEN}}"
             )
-            lines += [
-                f"    env_file: {{sops: secrets/app{n}.env}}",
-                f"    secrets: [{{source: {secret}, target: db_password}}]",
-            ]
+            lines += [f"    env_file: {{sops: {env}}}", f"    secrets: [{{source: {secret}, target: db_password}}]"]
     return "\n".join(lines) + "\n"
 
 
-def repository(root: Path, apps: int, recipient: str, files: int) -> tuple[GitRemote, str, str]:
+def repository(root: Path, apps: int, recipient: str, files: int, kind: str) -> tuple[GitRemote, str, str]:
     """The repository: a commit without SOPS references, then one with them (same apps): their shas."""
     remote = GitRemote(root / "repo")
     for n in range(apps):
-        made = [(f"secrets/app{n}.env", f"TOKEN=token-{n}-abcdef\nUSER=app{n}\nLEVEL=info\n".encode())]
+        pairs = {"TOKEN": f"token-{n}-abcdef", "USER": f"app{n}", "LEVEL": "info"}
+        if kind == "dotenv":
+            made = [(f"secrets/app{n}.env", "".join(f"{k}={v}\n" for k, v in pairs.items()).encode())]
+        else:
+            made = [(f"secrets/app{n}.yaml", "".join(f"{k}: {v}\n" for k, v in pairs.items()).encode())]
         if files == 2:
-            made.append((f"secrets/app{n}.yaml", f"db:\n    password: pw-{n}-0123456789\n    port: 5432\n".encode()))
+            made.append((f"secrets/app{n}.db.yaml", f"db:\n    password: pw-{n}-0123456789\n    port: 5432\n".encode()))
         for path, content in made:
             target = remote.clone_path / path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(encrypt(content, path, [recipient]))
-    remote.write(FILE, text(apps, sops=False, files=files))
+    remote.write(FILE, text(apps, sops=False, files=files, kind=kind))
     plain = remote.commit("without sops")
-    remote.write(FILE, text(apps, sops=True, files=files))
+    remote.write(FILE, text(apps, sops=True, files=files, kind=kind))
     return remote, plain, remote.commit("with sops")
 
 
@@ -115,9 +116,9 @@ def timed(work: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def one_run(root: Path, apps: int, files: int) -> dict[str, float]:
+def one_run(root: Path, apps: int, files: int, kind: str) -> dict[str, float]:
     key, recipient = age_key(root, "server")
-    remote, plain_sha, sops_sha = repository(root, apps, recipient, files)
+    remote, plain_sha, sops_sha = repository(root, apps, recipient, files, kind)
     host = FakeHost(root / "state")
     for n in range(apps):
         host.engine.publish(f"example/app{n}:v1")
@@ -183,18 +184,20 @@ def main() -> int:
         type=int,
         choices=(1, 2),
         default=1,
-        help="1: one dotenv per app (its env_file, and a key of it as a file secret); 2: and a yaml file too",
+        help="1: one file per app (its env_file, and a key of it as a file secret); 2: and a nested yaml file",
     )
+    parser.add_argument("--kind", choices=("dotenv", "yaml"), default="dotenv", help="the store of each env_file")
     args = parser.parse_args()
     runs = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="bench-sops-") as folder:
-            runs.append(one_run(Path(folder), args.apps, args.files_per_app))
+            runs.append(one_run(Path(folder), args.apps, args.files_per_app, args.kind))
     first = [r["sops_first_ms"] for r in runs]
     again = [r["sops_in_sync_ms"] for r in runs]
     summary = {
         "apps": args.apps,
         "sops_files": args.files_per_app * args.apps,
+        "kind": args.kind,
         "pass_without_sops_ms": round(statistics.median(r["without_s"] for r in runs) * 1000, 1),
         "pass_with_sops_first_ms": round(statistics.median(r["first_pass_s"] for r in runs) * 1000, 1),
         "sops_first_median_ms": round(statistics.median(first), 1),

@@ -234,3 +234,32 @@ def test_yaml_quotes_as_go_yaml_does(tmp_path: Path) -> None:
     # yaml.v3 reads a timestamp into a string, and writes back any string that is not plain in double quotes
     assert plain == {"rotated": "2026-01-02", "quoted": "yes", "token": "hunter2"}
     assert sops_file.render_plaintext(plain, "yaml") == b'rotated: "2026-01-02"\nquoted: "yes"\ntoken: hunter2\n'
+
+
+def test_reading_a_sops_yaml_file_leaves_every_other_yaml_loader_as_it_was() -> None:
+    from ruamel.yaml import YAML
+
+    document = sops_file.parse((FIXTURES / "format.enc.yaml").read_bytes(), "format.enc.yaml")
+    assert document.kind == "yaml"
+    # sops' timestamps stay text in its files; a date in a desired-state.yaml is still a date elsewhere.
+    assert YAML(typ="safe", pure=True).load("a: 2024-01-01\n")["a"].isoformat() == "2024-01-01"
+
+
+@pytest.mark.parametrize(
+    "scalar",
+    ["1", "-1", "+1", "010", "0o17", "0x1F", "-0x1f", "1_000", "0b101", "1.5", "1e5", "-.inf", "1.0", "+.5", "3.",
+     "true", "True", "FALSE", "yes", "no", "on", "off", "null", "~", "", "12:30", "abc", "0755", "Null", "e5", "0x"],
+)  # fmt: skip
+def test_yaml_scalars_read_as_yaml_1_2_reads_them(scalar: str) -> None:
+    from ruamel.yaml import YAML
+
+    ours = sops_file.parse_plaintext(f"k: {scalar}\n".encode(), "s.yaml")["k"]
+    reference = YAML(typ="safe", pure=True).load(f"k: {scalar}\n")["k"]  # ruamel's YAML 1.2
+    assert (type(ours), ours) == (type(reference), reference)
+
+
+def test_a_yaml_date_stays_the_text_that_was_encrypted() -> None:
+    assert sops_file.parse_plaintext(b"day: 2024-01-01\nat: 2024-01-01T10:00:00Z\n", "s.yaml") == {
+        "day": "2024-01-01",
+        "at": "2024-01-01T10:00:00Z",
+    }
