@@ -15,6 +15,11 @@ Guarantees:
   with our labels are ever passed to stop, remove or rename).
 - Registry credentials come from the docker CLI's ``config.json`` (``DOCKER_CONFIG``) and never leave
   the SDK; no message built here contains an env value or a credential.
+- A file secret is copied into a new container before it starts (a tar with its owner and mode); a SOPS
+  file's secret on an engine of this host is written under the pass's ``files_dir`` instead
+  (``state.secret_files``) and bind-mounted read-only, its folder named by the container's
+  ``io.reconciler.secret-files`` label, so that ``prune_secret_files`` removes it once no container
+  mounts it.
 - Rows and labels become records, and records labels, only by the core's mapping (``core.labels``), the
   one the in-memory engine of the tests uses too; an ``ssh://`` engine is reached by ``adapters.ssh``.
 """

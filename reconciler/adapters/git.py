@@ -20,6 +20,8 @@ Guarantees:
   (``NAME.git.corrupt-TIMESTAMP``) and cloned again, with one ``warn`` line; a remote that does not
   answer is told apart from a broken mirror by ``git ls-remote``, so a broken mirror is never blamed
   on the remote.
+- ``read_inside`` reads a file of a commit through the commit's own symlinks only while they stay inside
+  the repository (the SOPS files a desired state names).
 - Tags that this host writes into a mirror (``stable``, ``stable-APP``) live in
   ``refs/reconciler/tags/``, which the fetch does not prune, and are read from there before
   ``refs/tags/``; ``push_tags`` publishes them as ``refs/tags/NAME``.

@@ -42,7 +42,8 @@ Guarantees:
   changes; one that fails is the release's failure (held by the agent), one abandoned for a newer commit or
   a shutdown is ``superseded``. A switch back to a warm release runs none.
 - Each container of a release is made with its materials read at that moment (``_materials``): the env_file
-  and env, its Docker networks (the app's name resolves there), its secrets' bytes.
+  and env, its Docker networks (the app's name resolves there), its secrets' bytes. A SOPS file gives what
+  the read of the release's own commit opened (``sealed``, by revision), never what another commit holds.
 - One app's failure does not stop the others; every app gets an ``Outcome`` and a journal row. With
   ``atomic=True`` (the agent), a release that fails takes the whole commit back: no further deploy
   of the pass starts, the ones under way finish, and every app this pass deployed returns to what ran
