@@ -999,6 +999,71 @@ def import_compose(
         typer.echo(f"{imported.written}: written, {count} app{'s' if count != 1 else ''}")
 
 
+secrets_app = typer.Typer(
+    help="SOPS files of the repository, for teams without the sops binary.",
+    rich_markup_mode=None,
+    no_args_is_help=True,
+)
+app.add_typer(secrets_app, name="secrets")
+
+
+@secrets_app.command("encrypt")
+def secrets_encrypt(
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="A plaintext yaml, json, .env or any other file.")],
+    in_place: Annotated[bool, typer.Option("--in-place", "-i", help="Replace FILE (its mode kept).")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", metavar="OUT", help="Write it to OUT (mode 600). [default: stdout]"),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", metavar="PATH", help="The .sops.yaml. [default: the nearest one, as sops]"),
+    ] = None,
+) -> None:
+    """Encrypt FILE as sops does, for the age recipients of the .sops.yaml creation rule that matches it."""
+    from reconciler.ops import secrets
+    from reconciler.ops.files import write_atomically
+
+    if in_place and out is not None:
+        _fail("--in-place and --output: give one of them")
+    data = _guarded(lambda: secrets.encrypt(path, config=config))
+    if in_place:
+        _guarded(lambda: write_atomically(path, data, force=True, mode=path.stat().st_mode & 0o7777))
+    elif out is not None:
+        _guarded(lambda: write_atomically(out, data, force=True, mode=0o600))
+    else:
+        _raw_stdout(data)
+
+
+def _raw_stdout(data: bytes) -> None:
+    """Bytes to the process's own stdout, past the masking of ``main`` (a file's bytes: ciphertext, or what
+    ``secrets show`` was asked to print)."""
+    stream = sys.__stdout__
+    assert stream is not None
+    stream.buffer.write(data)
+    stream.buffer.flush()
+
+
+@secrets_app.command("show")
+def secrets_show(
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="A SOPS file.")],
+    key: Annotated[
+        str | None, typer.Option("--key", metavar="PATH", help="Only this value (db.password).", show_default=False)
+    ] = None,
+    sops_age_key_file: SopsKeyOpt = None,
+) -> None:
+    """Decrypt FILE to stdout with this machine's keys, as sops -d prints it (for debugging: it prints secrets)."""
+    from reconciler.adapters.sops_file import load_keys
+    from reconciler.core.sops import SopsError
+    from reconciler.ops import secrets
+
+    try:
+        keys = load_keys(sops_age_key_file)
+    except SopsError as exc:
+        _fail(f"error: {exc}")
+    _raw_stdout(_guarded(lambda: secrets.show(path, keys, key=key)))
+
+
 @app.command(hidden=True)
 def schema() -> None:
     """Print the JSON Schema of desired-state.yaml (the source of schemas/desired-state.schema.json)."""

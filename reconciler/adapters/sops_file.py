@@ -244,6 +244,8 @@ def parse_plaintext(content: bytes, path: str) -> Tree:
     """A plaintext file as the tree sops would encrypt (JSON numbers are floats, as in Go)."""
     kind = store_for(path)
     if kind == "binary":
+        if _is_sops_binary(content):
+            raise SopsError(f"{path}: already encrypted (a SOPS file of the binary format)")
         return binary_tree(content)
     try:
         text = content.decode()
@@ -258,6 +260,8 @@ def parse_plaintext(content: bytes, path: str) -> Tree:
                 raise SopsError(f"{path}:{number}: no '='")
             key, value = line.split("=", 1)
             tree[key] = value.replace("\\n", "\n")
+        if "sops_mac" in tree or "sops_version" in tree:
+            raise SopsError(f"{path}: already encrypted (it has `sops_` lines)")
         return tree
     if kind == "yaml":
         try:
@@ -274,6 +278,14 @@ def parse_plaintext(content: bytes, path: str) -> Tree:
     if "sops" in raw:
         raise SopsError(f"{path}: already encrypted (it has a `sops` key)")
     return raw
+
+
+def _is_sops_binary(content: bytes) -> bool:
+    try:
+        raw = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(raw, dict) and set(raw) == {"data", "sops"}
 
 
 def render_plaintext(tree: Tree, kind: str) -> bytes:

@@ -56,6 +56,21 @@ def _text(value: object) -> str | None:
     return None
 
 
+def one_value(tree: Tree, key: str, path: str) -> bytes:
+    """The value at ``key`` (``db.password``) of a decrypted file ``path`` as a secret's bytes: its text (YAML's
+    true as ``true``), or the bytes of a binary value; a ``SopsError`` when there is none, or a map or list."""
+    try:
+        value = value_at(tree, key)
+    except SopsError as exc:
+        raise SopsError(f"{path}: {exc}") from None
+    if isinstance(value, bytes):
+        return value
+    text = _text(value)
+    if text is None:
+        raise SopsError(f"{path}: {key} is not one value")
+    return text.encode()
+
+
 def _env_key_ok(key: str) -> bool:
     from reconciler.core.model import ENV_KEY
 
@@ -82,16 +97,7 @@ class Sealed:
         if ref.key is None:
             assert found.rendered, f"{ref.sops}: taken whole, but not rendered when it was opened"
             return found.plain
-        try:
-            value = value_at(found.tree, ref.key)
-        except SopsError as exc:
-            raise SopsError(f"{ref.sops}: {exc}") from None
-        if isinstance(value, bytes):
-            return value
-        text = _text(value)
-        if text is None:
-            raise SopsError(f"{ref.sops}: {ref.key} is not one value")
-        return text.encode()
+        return one_value(found.tree, ref.key, ref.sops)
 
     def env(self, ref: SopsRef) -> dict[str, str] | None:
         """An env_file's KEY=VALUE pairs; None when the file is not opened here."""

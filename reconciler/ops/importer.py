@@ -16,9 +16,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.core.compose import ComposeError, convert
 from reconciler.core.desired import load_desired
 from reconciler.errors import InvalidDesiredState, UserError
+from reconciler.ops.files import write_atomically
 from reconciler.telemetry import scrub
 
 
@@ -87,30 +85,5 @@ def import_compose(
     warnings = list(converted.warnings)
     if out is None and scrub.redact_url(text) != text:
         warnings.append("a URL password in the output is masked on the terminal (***): write the file with -o")
-    written = _write(out, text, force=force) if out is not None else None
+    written = write_atomically(out, text.encode(), force=force) if out is not None else None
     return Imported(text, tuple(converted.desired["apps"]), tuple(warnings), written)
-
-
-def _write(out: Path, text: str, *, force: bool) -> Path:
-    folder = out.parent if str(out.parent) else Path(".")
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise UserError(f"{out}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        if force:
-            os.replace(temporary, out)
-        else:
-            os.link(temporary, out)  # fails if out appeared since the check: never replaced without --force
-    except FileExistsError:
-        raise UserError(f"{out} exists; --force replaces it") from None
-    except OSError as exc:
-        raise UserError(f"{out}: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-    return out
