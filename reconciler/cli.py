@@ -24,7 +24,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from reconciler.errors import InvalidDesiredState, ReconcileError, Refused, UserError
+from reconciler.errors import InvalidDesiredState, ReconcileError, Refused
 
 T = TypeVar("T")
 
@@ -572,15 +572,9 @@ def _trust_files(settings: Any) -> None:
     if settings.require_signed_by is not None:
         signatures.parse_rule(settings.require_signed_by)
     if settings.sops_age_key_file is not None:
-        from reconciler.adapters.sops_file import load_keys
-        from reconciler.core.sops import SopsError
+        from reconciler.ops.secrets import keys_of
 
-        try:
-            keys = load_keys(settings.sops_age_key_file)
-        except SopsError as exc:
-            raise UserError(f"--sops-age-key-file: {exc}") from None
-        if keys.missing:
-            raise UserError(f"--sops-age-key-file: {keys.missing}")
+        keys_of(settings.sops_age_key_file, given=True)
 
 
 def _secret_file(path: Path) -> bytes:
@@ -1053,14 +1047,9 @@ def secrets_show(
     sops_age_key_file: SopsKeyOpt = None,
 ) -> None:
     """Decrypt FILE to stdout with this machine's keys, as sops -d prints it (for debugging: it prints secrets)."""
-    from reconciler.adapters.sops_file import load_keys
-    from reconciler.core.sops import SopsError
     from reconciler.ops import secrets
 
-    try:
-        keys = load_keys(sops_age_key_file)
-    except SopsError as exc:
-        _fail(f"error: {exc}")
+    keys = _guarded(lambda: secrets.keys_of(sops_age_key_file))
     _raw_stdout(_guarded(lambda: secrets.show(path, keys, key=key)))
 
 

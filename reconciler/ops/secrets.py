@@ -65,6 +65,18 @@ def encrypt(path: Path, *, config: Path | None = None, cwd: Path | None = None) 
         raise UserError(said if said.startswith((str(path), str(found))) else f"{path}: {said}") from None
 
 
+def keys_of(key_file: str | None, *, given: bool = False) -> sops_file.Keys:
+    """This machine's keys (``sops_file.load_keys``); with ``given`` (``--sops-age-key-file`` was), a key file
+    that is not there is an error too. Every failure is one ``UserError``."""
+    try:
+        keys = sops_file.load_keys(key_file)
+    except SopsError as exc:
+        raise UserError(f"--sops-age-key-file: {exc}") from None
+    if given and keys.missing:
+        raise UserError(f"--sops-age-key-file: {keys.missing}")
+    return keys
+
+
 def show(path: Path, keys: sops_file.Keys, *, key: str | None = None) -> bytes:
     """``path`` decrypted (or the one value ``key`` names) with ``keys``."""
     data = _read(path)
