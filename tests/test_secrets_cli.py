@@ -154,3 +154,14 @@ def test_a_file_it_writes_has_what_sops_writes(repo: tuple[Path, Path, Path, str
     assert common <= set(ours) and common <= set(theirs)
     assert set(ours["age"][0]) == {"recipient", "enc"}
     assert ours["mac"].startswith("ENC[AES256_GCM,data:") and ours["mac"].endswith(",type:str]")
+
+
+def test_the_agent_does_not_start_on_a_key_file_it_cannot_use(tmp_path: Path) -> None:
+    (tmp_path / "bad.txt").write_text("not a key\n")
+    for given, said in (
+        (tmp_path / "none.txt", f"error: --sops-age-key-file: no age key file {tmp_path / 'none.txt'}"),
+        (tmp_path / "bad.txt", "a line is not an age identity (AGE-SECRET-KEY-…)"),
+    ):
+        done = cli("agent", "--repo", tmp_path, "--state-dir", tmp_path / "state", "--sops-age-key-file", given)
+        assert done.returncode == 1 and said in done.stderr, show(done)
+        assert "not a key" not in output(done)
