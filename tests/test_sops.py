@@ -104,8 +104,21 @@ def test_sops_values_reach_the_container_from_a_folder_that_goes_with_the_releas
     for plain in (TOKEN, PASSWORD, BLOB_LINE):
         assert plain not in said and plain not in labels and plain not in journal
 
+    # Rotation: every file encrypted anew (new data keys) for two recipients; the server uses the new key.
+    second, recipient2 = age_key(tmp_path, "second")
+    plaintexts = {
+        "secrets/web.env": f"API_TOKEN={TOKEN}\nMODE=prod\n".encode(),
+        "secrets/db.yaml": f"db:\n    password: {PASSWORD}\n".encode(),
+        "secrets/blob.bin": BLOB,
+    }
+    rotated = {path: encrypt(data, path, [recipient, recipient2]) for path, data in plaintexts.items()}
+    commit_files(site, rotated, app_text(site, app, port), "rotate the keys")
+    assert site.dry_run("--sops-age-key-file", second).returncode == 0
+    site.converge("--sops-age-key-file", second)
+    assert must_inspect(site.client, app)["Id"] == inspected["Id"]  # no redeploy
+
     commit_files(site, {}, "apps: {}\n", "the app goes")
-    site.converge("--sops-age-key-file", key)
+    site.converge("--sops-age-key-file", second)
     assert not folder.exists() and list((site.state / "secrets").iterdir()) == []
 
 
