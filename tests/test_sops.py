@@ -60,18 +60,32 @@ def app_text(site: Site, app: str, port: int) -> str:
 """
 
 
-def test_sops_values_reach_the_container_from_a_folder_that_goes_with_the_release_and_are_never_printed(
-    site: Site, images: ImageFactory, app_names: AppNames, tmp_path: Path
-) -> None:
+PLAINTEXTS = {
+    "secrets/web.env": f"API_TOKEN={TOKEN}\nMODE=prod\n".encode(),
+    "secrets/db.yaml": f"db:\n    password: {PASSWORD}\n".encode(),
+    "secrets/blob.bin": BLOB,
+}
+
+
+def encrypted(recipients: list[str]) -> dict[str, bytes]:
+    """The files of ``app_text``, each encrypted anew (a fresh data key) for ``recipients``."""
+    return {path: encrypt(data, path, recipients) for path, data in PLAINTEXTS.items()}
+
+
+def committed_app(site: Site, images: ImageFactory, app_names: AppNames, tmp_path: Path) -> tuple[str, int, Path, str]:
+    """An app of ``app_text`` committed with its SOPS files for a new server key: its name, port, key file and
+    recipient."""
     images.build("web", "v1")
     app, port = app_names("web"), free_port()
     key, recipient = age_key(tmp_path, "server")
-    files = {
-        "secrets/web.env": encrypt(f"API_TOKEN={TOKEN}\nMODE=prod\n".encode(), "secrets/web.env", [recipient]),
-        "secrets/db.yaml": encrypt(f"db:\n    password: {PASSWORD}\n".encode(), "secrets/db.yaml", [recipient]),
-        "secrets/blob.bin": encrypt(BLOB, "secrets/blob.bin", [recipient]),
-    }
-    commit_files(site, files, app_text(site, app, port), "an app with SOPS secrets")
+    commit_files(site, encrypted([recipient]), app_text(site, app, port), "an app with SOPS secrets")
+    return app, port, key, recipient
+
+
+def test_sops_values_reach_the_container_from_a_folder_that_goes_with_the_release_and_are_never_printed(
+    site: Site, images: ImageFactory, app_names: AppNames, tmp_path: Path
+) -> None:
+    app, port, key, recipient = committed_app(site, images, app_names, tmp_path)
 
     dry = site.dry_run()  # no key here: nothing decrypted, nothing guessed
     assert dry.returncode == 2, show(dry)
@@ -106,13 +120,7 @@ def test_sops_values_reach_the_container_from_a_folder_that_goes_with_the_releas
 
     # Rotation: every file encrypted anew (new data keys) for two recipients; the server uses the new key.
     second, recipient2 = age_key(tmp_path, "second")
-    plaintexts = {
-        "secrets/web.env": f"API_TOKEN={TOKEN}\nMODE=prod\n".encode(),
-        "secrets/db.yaml": f"db:\n    password: {PASSWORD}\n".encode(),
-        "secrets/blob.bin": BLOB,
-    }
-    rotated = {path: encrypt(data, path, [recipient, recipient2]) for path, data in plaintexts.items()}
-    commit_files(site, rotated, app_text(site, app, port), "rotate the keys")
+    commit_files(site, encrypted([recipient, recipient2]), app_text(site, app, port), "rotate the keys")
     assert site.dry_run("--sops-age-key-file", second).returncode == 0
     site.converge("--sops-age-key-file", second)
     assert must_inspect(site.client, app)["Id"] == inspected["Id"]  # no redeploy
@@ -125,16 +133,8 @@ def test_sops_values_reach_the_container_from_a_folder_that_goes_with_the_releas
 def test_a_commit_no_key_here_opens_is_refused_whole_and_what_runs_keeps_running(
     site: Site, images: ImageFactory, app_names: AppNames, tmp_path: Path
 ) -> None:
-    images.build("web", "v1")
-    app, port = app_names("web"), free_port()
-    key, recipient = age_key(tmp_path, "server")
+    app, port, key, _ = committed_app(site, images, app_names, tmp_path)
     _, stranger = age_key(tmp_path, "stranger")
-    files = {
-        "secrets/web.env": encrypt(f"API_TOKEN={TOKEN}\n".encode(), "secrets/web.env", [recipient]),
-        "secrets/db.yaml": encrypt(f"db:\n    password: {PASSWORD}\n".encode(), "secrets/db.yaml", [recipient]),
-        "secrets/blob.bin": encrypt(BLOB, "secrets/blob.bin", [recipient]),
-    }
-    commit_files(site, files, app_text(site, app, port), "an app with SOPS secrets")
     site.converge("--sops-age-key-file", key)
     before = must_inspect(site.client, app)["Id"]
 

@@ -19,12 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.adapters import sops_config, sops_file
+from reconciler.converge.sealed import MAX_BYTES  # as the files a commit's desired state names
 from reconciler.core import sops
 from reconciler.core.sealed import one_value
 from reconciler.core.sops import SopsError
 from reconciler.errors import UserError
-
-MAX_BYTES = 256 * 1024  # as the files a commit's desired state names
 
 
 def _read(path: Path) -> bytes:
@@ -44,25 +43,30 @@ def encrypt(path: Path, *, config: Path | None = None, cwd: Path | None = None) 
     if found is None:
         raise UserError(f"{path}: no {sops_config.CONFIG} here or in a parent folder (or give --config)")
     try:
-        rule = sops_config.rule_for(found, path)
-        tree = sops_file.parse_plaintext(data, str(path))
-        data_key = os.urandom(32)
-        slots = sops_file.encrypt_data_key(data_key, list(rule.age))
-        metadata = sops.Metadata(
-            lastmodified="",
-            mac="",
-            age=tuple(sops.AgeKey(recipient, enc) for recipient, enc in slots),
-            unencrypted_suffix=rule.unencrypted_suffix,
-            encrypted_suffix=rule.encrypted_suffix,
-            unencrypted_regex=rule.unencrypted_regex,
-            encrypted_regex=rule.encrypted_regex,
-            mac_only_encrypted=rule.mac_only_encrypted,
-        )
-        document = sops.encrypt(tree, data_key, metadata, datetime.now(UTC))
-        return sops_file.render_encrypted(document, sops_file.store_for(str(path)))
+        return encrypt_for(data, str(path), sops_config.rule_for(found, path))
     except SopsError as exc:
         said = str(exc)
         raise UserError(said if said.startswith((str(path), str(found))) else f"{path}: {said}") from None
+
+
+def encrypt_for(data: bytes, path: str, rule: sops_config.CreationRule) -> bytes:
+    """A plaintext file's bytes as the SOPS file ``path`` (its store by extension) for ``rule``: a fresh data key,
+    one age slot per recipient; a ``SopsError`` for a file that is already encrypted or cannot be parsed."""
+    tree = sops_file.parse_plaintext(data, path)
+    data_key = os.urandom(32)
+    slots = sops_file.encrypt_data_key(data_key, list(rule.age))
+    metadata = sops.Metadata(
+        lastmodified="",
+        mac="",
+        age=tuple(sops.AgeKey(recipient, enc) for recipient, enc in slots),
+        unencrypted_suffix=rule.unencrypted_suffix,
+        encrypted_suffix=rule.encrypted_suffix,
+        unencrypted_regex=rule.unencrypted_regex,
+        encrypted_regex=rule.encrypted_regex,
+        mac_only_encrypted=rule.mac_only_encrypted,
+    )
+    document = sops.encrypt(tree, data_key, metadata, datetime.now(UTC))
+    return sops_file.render_encrypted(document, sops_file.store_for(path))
 
 
 def keys_of(key_file: str | None, *, given: bool = False) -> sops_file.Keys:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from reconciler.adapters import sops_file
-from reconciler.core import sops
+from reconciler.adapters.sops_config import CreationRule
+from reconciler.ops.secrets import encrypt_for
 
 # Skipped by hand without the age CLI; in CI (scripts/setup-host installs it) a missing one fails, never skips.
 needs_age = pytest.mark.skipif(
@@ -35,17 +34,4 @@ def age_key(folder: Path, name: str) -> tuple[Path, str]:
 
 def encrypt(plain: bytes, path: str, recipients: list[str]) -> bytes:
     """``plain`` as the SOPS file ``path`` (yaml, json, dotenv or binary by its extension) for ``recipients``."""
-    tree = sops_file.parse_plaintext(plain, path)
-    data_key = os.urandom(32)
-    slots = sops_file.encrypt_data_key(data_key, recipients)
-    metadata = sops.Metadata(lastmodified="", mac="", age=tuple(sops.AgeKey(r, enc) for r, enc in slots))
-    document = sops.encrypt(tree, data_key, metadata, datetime.now(UTC))
-    return sops_file.render_encrypted(document, sops_file.store_for(path))
-
-
-def write_encrypted(repo: Path, path: str, plain: bytes, recipients: list[str]) -> Path:
-    """``encrypt`` written at ``repo/path`` (its folders made)."""
-    target = repo / path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(encrypt(plain, path, recipients))
-    return target
+    return encrypt_for(plain, path, CreationRule(age=tuple(recipients)))
