@@ -398,6 +398,24 @@ def test_an_app_must_be_a_mapping() -> None:
             "env_file: ./etc/app.env",
             f"5:15: apps.web.env_file: {ABSOLUTE}",
         ),
+        # a SOPS file of the repository
+        (
+            "env_file: {sops: s.env, key: A}",
+            "5:15: apps.web.env_file: env_file takes a whole SOPS file (KEY=VALUE pairs): no key",
+        ),
+        (
+            "env_file: {sops: ../s.env}",
+            "5:22: apps.web.env_file.sops: '../s.env': a path inside the repository (relative, without '..')",
+        ),
+        (
+            "secrets: [{source: {sops: s.yaml, kye: x}, target: t}]",
+            "5:39: apps.web.secrets[0].source.kye: unknown key 'kye'; did you mean 'key'?",
+        ),
+        ("secrets: [{source: {key: x}, target: t}]", "5:16: apps.web.secrets[0].source.sops: required key is missing"),
+        (
+            "secrets: [{source: {sops: s.yaml, key: 'db..x'}, target: t}]",
+            "5:44: apps.web.secrets[0].source.key: 'db..x' is not a path in the file's tree (db.password)",
+        ),
         ("env: {'BAD KEY': x}", "5:10: apps.web.env: 'BAD KEY' is not an environment variable name"),
         ("env: [A=b]", "5:10: apps.web.env: Input should be a valid dictionary"),
         # restart, init, command, health probes

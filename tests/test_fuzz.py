@@ -5,7 +5,8 @@ scrubbed of the file's env values: what ``reconcile validate`` and the agent run
 ``DesiredState`` or raises ``InvalidDesiredState`` whose every line is ``FILE:LINE:COL: ...``, never
 another exception, never a traceback, never an env value of the file.
 
-- The corpus (tests/fuzz_corpus/, one file per case) holds the cases of issue 7 and the stacks of issue 20;
+- The corpus (tests/fuzz_corpus/, one file per case) holds the cases of issue 7, the stacks of issue 20 and
+  the SOPS references of issue 21;
   each file starts with the exact lines it must be refused with (``# expect: ...``), or ``# expect: valid``
   for a file that must load (``stack-every-key.yaml``: every key of issue 20, each checked present). Each
   runs in a thread that must finish within a generous bound: that catches a hang (a missing cap), it is

@@ -85,6 +85,8 @@ def _model_at(path: Path) -> type[BaseModel] | None:
         return _APP_PARTS.get(str(path[2]))
     if len(path) == 4 and path[0] == "apps" and path[2] == "secrets":
         return stack.SecretSpec
+    if len(path) == 5 and path[0] == "apps" and path[2] == "secrets" and path[4] == "source":
+        return stack.SopsRef  # a map there is {sops: PATH, key}
     if len(path) == 4 and path[0] == "apps" and path[2] == "networks":
         return stack.Attachment
     if len(path) == 4 and path[0] == "apps" and path[2] == "ulimits":
@@ -100,7 +102,11 @@ def _model_at(path: Path) -> type[BaseModel] | None:
     return None
 
 
-_APP_PARTS: dict[str, type[BaseModel]] = {"release": stack.ReleaseSpec, "logging": stack.LoggingSpec}
+_APP_PARTS: dict[str, type[BaseModel]] = {
+    "release": stack.ReleaseSpec,
+    "logging": stack.LoggingSpec,
+    "env_file": stack.SopsRef,  # a map there is {sops: PATH}
+}
 
 MAX_LISTED = 20  # valid keys named in an unknown key's message, at most
 
@@ -116,6 +122,8 @@ def data_path(data: Any, loc: tuple[str | int, ...], model_at: ModelAt | None = 
     for part in loc:
         if part == "[key]":
             break
+        if part in stack.SOURCE_TAGS:
+            continue
         if isinstance(node, Mapping):
             if part in node:
                 node = node[part]

@@ -191,13 +191,16 @@ class SopsRef(Strict):
         return f"sops:{self.sops}" + (f"#{self.key}" if self.key else "")
 
 
+SOURCE_TAGS = ("<path>", "<sops>")  # pydantic puts the union's tag in an error's loc: it is no key of the file
+
+
 def _source_kind(value: Any) -> str:
-    return "<sops>" if isinstance(value, (Mapping, SopsRef)) else "<path>"
+    return SOURCE_TAGS[1] if isinstance(value, (Mapping, SopsRef)) else SOURCE_TAGS[0]
 
 
 # A host path, or a SOPS file of the repository: told apart by their shape, so that each has its own message.
 PathOrSops = Annotated[
-    Annotated[PathStr, Tag("<path>")] | Annotated[SopsRef, Tag("<sops>")], Discriminator(_source_kind)
+    Annotated[PathStr, Tag(SOURCE_TAGS[0])] | Annotated[SopsRef, Tag(SOURCE_TAGS[1])], Discriminator(_source_kind)
 ]
 
 
