@@ -431,12 +431,15 @@ def main_command(
                 "routes": result.routes,
                 "networks": result.networks,
                 "proxy_error": result.proxy_error or None,
+                "cert_errors": result.cert_errors,
                 "ok": result.ok,
             }
         )
     else:
         lines = report.outcome_lines(result.outcomes, revision=plan.revision, file=settings.file)
         typer.echo("\n".join(lines + report.note_lines(plan) + proxied))
+        for line in result.cert_errors:  # a certificate not had: the deploys stand, plain HTTP keeps serving
+            typer.echo(f"warning: {line}", err=True)
         if result.proxy_error:
             typer.echo(f"error: {result.proxy_error}", err=True)
     raise typer.Exit(0 if result.ok else 1)

@@ -54,7 +54,9 @@ def test_the_schema_is_as_strict_as_the_models() -> None:
     assert set(route["properties"]) == {"hosts", "path_prefix", "port", "drain", "keep_warm", "shared_volumes"}
     assert route["required"] == ["port"]
     assert set(proxy["properties"]) == {"listen", "image", "version", "tls"}
-    assert set(tls["properties"]) == {"certs", "ports"}
+    assert set(tls["properties"]) == {"certs", "ports", "acme", "redirect", "hsts"}
+    assert set(data["$defs"]["AcmeSpec"]["properties"]) == {"email", "directory", "ca_file"}
+    assert data["$defs"]["AcmeSpec"]["required"] == ["email"]
     assert app["required"] == ["image", "version"]
     assert set(app["properties"]) == {
         "image",

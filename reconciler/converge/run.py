@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import socket
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from reconciler.adapters.git import Source, open_source
 from reconciler.adapters.protocols import DockerEngine
 from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.converge.sealed import Mode, open_sealed
+from reconciler.core import certs as core_certs
 from reconciler.core import fleet
 from reconciler.core import images as image_match
 from reconciler.core.desired import Positions, load_desired
@@ -56,6 +58,8 @@ from reconciler.telemetry import scrub
 
 if TYPE_CHECKING:
     from reconciler.deploy.applier import Applier
+    from reconciler.deploy.certs import CertReport
+    from reconciler.deploy.proxy import Proxy
     from reconciler.state.journal import Journal
 
 # The proxy, the journal, signatures and the policy are imported where they are used: a fleet's preview
@@ -114,6 +118,7 @@ class PassResult:
     notices: list[Notice] = field(default_factory=list)  # what the rules said of what they held back
     cut_short: str = ""  # the outage that ended the deploys early, when a hook chose to end the pass there
     networks: list[str] = field(default_factory=list)  # what the pass did of the instance's networks (dry: would do)
+    cert_errors: list[str] = field(default_factory=list)  # ACME: a line per host whose order failed (pass goes on)
 
     def done(self) -> PassResult:
         self.outcomes = self.verified + self.applied + self.waited
@@ -348,6 +353,7 @@ def reconcile_once(
         the_plan, observed = plan_against(engine, desired, settings)
         routes = route_lines(desired, observed, proxy.network, proxy.switched())
         said = networks.ensure(engine, desired, dry=True) + networks.prune(engine, desired, dry=True)
+        routes += cert_lines(proxy, settings.state_dir, desired)
         return PassResult(desired, the_plan, proxy=proxy.drift(desired, observed), routes=routes, networks=said)
     from reconciler.trust import server_policy
 
@@ -411,6 +417,20 @@ def applying(
             journal.close()
 
 
+def acme_on(desired: DesiredState) -> bool:
+    tls = desired.proxy.tls if desired.proxy is not None else None
+    return tls is not None and tls.acme is not None
+
+
+def cert_lines(proxy: Proxy, state_dir: Path, desired: DesiredState) -> list[str]:
+    """Each ACME host's certificate as stored (``cert HOST: expires ..., renews ...``); nothing is asked."""
+    if not acme_on(desired):
+        return []
+    from reconciler.deploy.certs import Certs
+
+    return core_certs.lines(Certs(proxy, state_dir).look(desired), time.time())
+
+
 def _nothing(*args: object) -> None:
     return None
 
@@ -447,6 +467,7 @@ class PassHooks:
     # An outage (``EngineUnavailable``, ``ProxyUnavailable``) cut the deploys short, ``done`` being what they
     # did before: True ends the pass there with its record; False (the default) raises it. An outage met by
     # the unfinished verdicts is told (with nothing done) and always raised.
+    certified: Callable[[CertReport], None] = _nothing  # ACME: what the pass did of the certificates (proxy in line)
     cut: Callable[[ReconcileError, list[Outcome], Plan | None], bool] = _raise
     judge_live: bool = True  # judge the releases that died in their stable window (the agent's clock does)
     look_after: bool = False  # look at what runs after any deploy (the agent's gauges and stable clock)
@@ -477,6 +498,14 @@ def apply_pass(
         hooks.proxy_failed(exc)
     else:
         hooks.proxy_synced(changed)
+    certified = None
+    if not proxy_error and acme_on(desired):
+        from reconciler.deploy.certs import Certs
+
+        # Before the deploys: a route's certificate is there before its first HTTPS request where it can be.
+        certified = Certs(proxy, settings.state_dir).sync(desired)
+        changed = changed + certified.done
+        hooks.certified(certified)
     waiting = routed(desired) if proxy_error else {}
     made = networks.ensure(engine, desired)  # before any deploy joins them
     hooks.started(observed, waiting)
@@ -551,5 +580,10 @@ def apply_pass(
     if applier.secrets_dir is not None and (verified or to_apply.changes):
         engine.prune_secret_files(applier.secrets_dir)  # the file secrets of the releases this pass removed
     record.routes = route_lines(desired, observed, proxy.network, proxy.switched())
+    if certified is not None:
+        record.routes += certified.lines(time.time())
+        record.cert_errors = list(certified.failed.values())
+    elif acme_on(desired):
+        record.routes += cert_lines(proxy, settings.state_dir, desired)
     hooks.finished(observed)
     return record.done()

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from reconciler.core import fleet, stack
 from reconciler.core.fields import QUOTED_MAX, shown
 from reconciler.core.model import (
+    AcmeSpec,
     AppSpec,
     CanarySpec,
     DesiredFile,
@@ -99,6 +100,8 @@ def _model_at(path: Path) -> type[BaseModel] | None:
         return HostSpec
     if path == ("proxy", "tls"):
         return TlsSpec
+    if path == ("proxy", "tls", "acme"):
+        return AcmeSpec
     return None
 
 
@@ -218,15 +221,29 @@ def load_desired(
 
 
 def _route_problems(parsed: DesiredFile, positions: Positions) -> list[tuple[tuple[int, int], Path, str]]:
-    """Routes that no proxy serves, and two apps that claim the same host and path prefix."""
+    """Routes that no proxy serves, two apps that claim the same host and path prefix, and a wildcard host that
+    ACME would have to order (HTTP-01 cannot prove one) with no ``tls.certs`` folder to serve it from."""
     found: list[tuple[tuple[int, int], Path, str]] = []
     claimed: dict[tuple[str, str], str] = {}
+    tls = parsed.proxy.tls if parsed.proxy is not None else None
+    wildcards_refused = tls is not None and tls.acme is not None and tls.certs is None
     for app, spec in sorted(parsed.apps.items(), key=lambda item: positions.of(("apps", item[0]))):
         if spec.route is None:
             continue
         path: Path = ("apps", app, "route")
         if parsed.proxy is None:
             found.append((positions.of(path, key=True), path, "a route needs a top-level proxy: to serve it"))
+        for index, host in enumerate(spec.route.hosts):
+            if wildcards_refused and host.startswith("*."):
+                at: Path = (*path, "hosts", index)
+                found.append(
+                    (
+                        positions.of(at),
+                        at,
+                        f"{host}: ACME cannot order a wildcard certificate over HTTP-01; put its certificate in a"
+                        " proxy.tls.certs folder (a PEM there serves it, and ACME orders the exact hosts)",
+                    )
+                )
         for host in spec.route.hosts or ("*",):
             claim = (host, spec.route.path_prefix)
             other = claimed.setdefault(claim, app)

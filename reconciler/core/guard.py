@@ -529,7 +529,7 @@ def violations(desired: DesiredState, policy: ServerPolicy) -> list[Violation]:
             written = "image" in proxy.model_fields_set
             note = "" if written else " (the default proxy image)"
             found.append(_image_violation(("proxy", "image"), proxy.image, policy.images, note))
-        if policy.volumes is not None and proxy.tls is not None:
+        if policy.volumes is not None and proxy.tls is not None and proxy.tls.certs is not None:
             found.append(_path_violation(("proxy", "tls", "certs"), proxy.tls.certs, policy.volumes, "volumes"))
         if policy.ports is not None:
             written = "listen" in proxy.model_fields_set
@@ -583,7 +583,7 @@ def host_paths(desired: DesiredState) -> list[HostUse]:
                 if isinstance(secret.source, str):
                     found.append(HostUse(("apps", app, "secrets", index, "source"), secret.source, "env_files"))
     tls = desired.proxy.tls if desired.proxy is not None else None
-    if limits.volumes is not None and tls is not None:
+    if limits.volumes is not None and tls is not None and tls.certs is not None:
         found.append(HostUse(("proxy", "tls", "certs"), tls.certs, "volumes"))
     return found
 
@@ -714,7 +714,7 @@ def dangerous(desired: DesiredState) -> list[Violation]:
                 found.append(Violation.of(("apps", app, "volumes", index), _shown_path(source), f" mounts {danger}"))
         found.extend(_container_dangers(("apps", app), spec))
     tls = desired.proxy.tls if desired.proxy is not None else None
-    if tls is not None:
+    if tls is not None and tls.certs is not None:
         danger = _danger(tls.certs)
         if danger is not None:
             found.append(Violation.of(("proxy", "tls", "certs"), _shown_path(tls.certs), f" mounts {danger}"))

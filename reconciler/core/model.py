@@ -23,15 +23,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from reconciler.core.fields import (
+    DURATION_PATTERN,
     MAX_ENV_KEY,
     MAX_IMAGE,
     MAX_PATH,
@@ -54,6 +57,7 @@ from reconciler.core.fields import (
     UrlStr,
     check_argv,
     limits,
+    parse_duration,
     shown,
 )
 from reconciler.core.sealed import Sealed
@@ -360,11 +364,73 @@ class RouteSpec(Strict):
         return value
 
 
-class TlsSpec(Strict):
-    """Certificates the proxy serves by SNI on the listen addresses of ``ports``."""
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_HSTS_DAYS = re.compile(r"^([0-9]+)d$")
+HSTS_MAX = 2 * 365 * 86400  # two years: what browsers' preload lists ask for, and more is a typo
 
-    certs: PathStr = Field(description="folder on the server with one PEM file (certificate + key) per name")
+
+def _hsts(value: object) -> float:
+    """``180d`` (days, as HSTS is spoken of) or any duration, at most two years."""
+    days = _HSTS_DAYS.match(value) if isinstance(value, str) else None
+    seconds = int(days.group(1)) * 86400.0 if days else parse_duration(value)
+    if seconds > HSTS_MAX:
+        raise ValueError(f"{shown(str(value))} is longer than 730d, the most an HSTS max-age may be")
+    return seconds
+
+
+HstsAge = Annotated[
+    float,
+    BeforeValidator(_hsts),
+    WithJsonSchema({"type": "string", "pattern": f"^[0-9]+d$|{DURATION_PATTERN}", "examples": ["180d", "1h"]}),
+]
+
+
+class AcmeSpec(Strict):
+    """Certificates ordered from an ACME server (Let's Encrypt, its staging, step-ca, ...) for every exact host
+    of every route, answered over HTTP-01 by the proxy itself, renewed before they expire."""
+
+    email: Annotated[str, StringConstraints(max_length=254)] = Field(
+        description="the ACME account's contact (the CA mails expiry warnings there)"
+    )
+    directory: UrlStr = Field(LETS_ENCRYPT, description="the ACME directory URL (default: Let's Encrypt production)")
+    ca_file: PathStr | None = Field(
+        None, description="a PEM bundle on the server that the ACME server's own TLS is verified against"
+    )
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if not _EMAIL.match(value):
+            raise ValueError(f"{shown(value)} is not an email address")
+        return value
+
+    @field_validator("directory")
+    @classmethod
+    def _directory(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError(f"{shown(value)} is not an https:// URL (an ACME directory is served over TLS)")
+        return value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("ca_file must be an absolute path on the server")
+        return value
+
+
+class TlsSpec(Strict):
+    """Certificates the proxy serves by SNI on the listen addresses of ``ports``: PEM files of a folder
+    (``certs``), certificates ordered by ACME (``acme``), or both (a PEM of ``certs`` wins for its names)."""
+
+    certs: PathStr | None = Field(
+        None, description="folder on the server with one PEM file (certificate + key) per name"
+    )
     ports: tuple[int, ...] = Field((TLS_PORT,), description="listen ports that serve TLS (the others plain HTTP)")
+    acme: AcmeSpec | None = None
+    redirect: bool = Field(False, description="plain HTTP answers 308 to https:// (the ACME challenge path excepted)")
+    hsts: HstsAge | None = Field(None, description="Strict-Transport-Security max-age on HTTPS answers (180d, 1h)")
 
     @field_validator("ports")
     @classmethod
@@ -378,10 +444,16 @@ class TlsSpec(Strict):
 
     @field_validator("certs")
     @classmethod
-    def _certs(cls, value: str) -> str:
-        if not value.startswith("/"):
+    def _certs(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
             raise ValueError("certs must be an absolute path on the server")
         return value
+
+    @model_validator(mode="after")
+    def _some_certificate(self) -> TlsSpec:
+        if self.certs is None and self.acme is None:
+            raise ValueError("name where certificates come from: certs: (a folder of PEM files), acme:, or both")
+        return self
 
 
 def _check_listen(value: str) -> str:
@@ -418,6 +490,15 @@ class ProxySpec(Strict):
         if len(set(value)) != len(value):
             raise ValueError("an address is listed twice")
         return value
+
+    @model_validator(mode="after")
+    def _plain_for_acme(self) -> ProxySpec:
+        listens = self.listens()
+        if self.tls is not None and (self.tls.acme is not None or self.tls.redirect) and all(t for _, _, t in listens):
+            raise ValueError(
+                "tls.acme and tls.redirect need a plain HTTP listen address (port 80: ACME's HTTP-01 asks there)"
+            )
+        return self
 
     @property
     def ref(self) -> str:

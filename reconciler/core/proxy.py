@@ -65,6 +65,10 @@ ROUTES_FILE = "routes.cfg"  # the config as rendered with no server: what a relo
 ADMIN_SOCKET = "admin.sock"
 MASTER_SOCKET = "master.sock"
 CERTS_DIR = CONFIG_DIR + "/certs"
+ACME_DIR = "acme"  # in the proxy's folder: the certificates ACME issued, one PEM per host (``deploy.certs``)
+DEFAULT_CERT = "default.pem"  # a self-signed certificate served to a name no other certificate serves
+CHALLENGES = "acme-challenges.map"  # HTTP-01 tokens -> key authorizations, filled by the runtime API
+CHALLENGE_PATH = "/.well-known/acme-challenge/"
 SERVER = "live"
 BACKUP = "warm"  # the backup server of a container app's backend (see ``backups``)
 # Checked every second, down after 2 failed checks or at the first connection the release refused, up at
@@ -343,7 +347,8 @@ def render(
     for index, (ip, port, tls) in enumerate(proxy.listens()):
         host = f"[{ip}]" if ":" in ip else ip
         lines.append(f"frontend listen_{index}")
-        lines.append(f"  bind {host}:{port}" + (f" ssl crt {CERTS_DIR}" if tls else ""))
+        lines.append(f"  bind {host}:{port}" + (f" ssl {_certificates(proxy)}" if tls else ""))
+        lines.extend(_tls_lines(proxy, tls=tls))
         lines.extend(f"  {acl}" for acl in acls)
         for rule in rules:
             lines.append(f"  use_backend {backend(rule.app)}" + (f" if {rule.condition}" if rule.condition else ""))
@@ -362,6 +367,44 @@ def render(
                 "",
             ]
     return "\n".join(lines)
+
+
+def _certificates(proxy: ProxySpec) -> str:
+    """A TLS bind's certificates. The first one loaded is what a client without SNI (or with an unknown name) gets:
+    a PEM of ``tls.certs``, else the self-signed default; ACME's come last, and never win over a PEM of
+    ``tls.certs`` (no order is made for its names)."""
+    tls = proxy.tls
+    assert tls is not None
+    if tls.acme is None:
+        return f"crt {CERTS_DIR}"
+    found = [f"crt {CERTS_DIR}"] if tls.certs is not None else []
+    return " ".join([*found, f"crt {CONFIG_DIR}/{DEFAULT_CERT}", f"crt {CONFIG_DIR}/{ACME_DIR}"])
+
+
+def _tls_lines(proxy: ProxySpec, *, tls: bool) -> list[str]:
+    """A frontend's answers before any route: an ACME challenge (from the map the runtime API fills), the
+    redirect of plain HTTP to https://, and HSTS on what HTTPS answers."""
+    spec = proxy.tls
+    if spec is None:
+        return []
+    found = []
+    if spec.acme is not None:
+        found += [
+            f"  http-request set-var(txn.acme) path,field(4,/),map({CONFIG_DIR}/{CHALLENGES})"
+            f" if {{ path_beg {CHALLENGE_PATH} }}",
+            '  http-request return status 200 content-type text/plain lf-string "%[var(txn.acme)]"'
+            " if { var(txn.acme) -m found }",
+        ]
+    if spec.redirect and not tls:
+        secure = next((port for _, port, serves in proxy.listens() if serves), 443)
+        at = "" if secure == 443 else f":{secure}"
+        found.append(
+            f"  http-request redirect location https://%[req.hdr(host),field(1,:)]{at}%[capture.req.uri] code 308"
+            f" unless {{ path_beg {CHALLENGE_PATH} }}"
+        )
+    if spec.hsts is not None and tls:
+        found.append(f'  http-response set-header Strict-Transport-Security "max-age={int(spec.hsts)}"')
+    return found
 
 
 def _balanced(spec: AppSpec) -> list[str]:
@@ -435,7 +478,7 @@ def container_hash(proxy: ProxySpec, image_id: str) -> str:
             "ref": proxy.ref,
             "image": image_id,
             "listen": list(proxy.listen),
-            "certs": proxy.tls.certs if proxy.tls else "",
+            "certs": (proxy.tls.certs or "") if proxy.tls else "",
         },
         sort_keys=True,
     )

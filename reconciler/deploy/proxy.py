@@ -45,6 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from reconciler.adapters.acme import self_signed
 from reconciler.adapters.docker import INSTANCE, LABEL, MANAGED, SOURCE, Inspected, owner_of
 from reconciler.adapters.protocols import DockerEngine
 from reconciler.core import proxy as core
@@ -98,6 +99,19 @@ class Proxy:
                 f"proxy {self.name}: its runtime API does not answer ({exc.strerror or exc})"
             ) from None
         return b"".join(chunks).decode(errors="replace")
+
+    def ask_ok(self, command: str, expect: Sequence[str]) -> str:
+        """A runtime API command whose answer holds one of ``expect`` ("": an empty answer); a ``ProxyError``
+        naming the command (its first line: never a payload) and the answer otherwise."""
+        answer = self.ask(command).strip()
+        if any(word in answer if word else not answer for word in expect):
+            return answer
+        said = answer.splitlines()[0] if answer else "no answer"
+        raise ProxyError(f"proxy {self.name}: {command.splitlines()[0]}: {said}")
+
+    def write_private(self, name: str, data: bytes) -> None:
+        """A key's file of the proxy's folder (``0600``), written when it differs."""
+        self._write(name, data.decode(), private=True)
 
     def answers(self) -> bool:
         try:
@@ -278,6 +292,7 @@ class Proxy:
         rerouted = _read(self.dir / core.ROUTES_FILE) != routes
         config = core.render(spec, core.routed(desired), live, pools=pools, backup=backups, uid=os.getuid())
         self._write(core.CONFIG_FILE, config)
+        self._tls_files(spec)
         wanted = core.container_hash(spec, self._image(spec.ref))
         current = found is None or found.labels.get(PROXY_LABEL) == wanted
         # Asked only of a proxy that runs as the file says, in that order: each look needs the one before.
@@ -302,6 +317,7 @@ class Proxy:
             found = None
         if found is None or not found.running:
             self._write(core.CONFIG_FILE, config)  # again: the folder may have gone since (``rm -rf STATE``)
+            self._tls_files(spec)
         if found is None:
             self._create(spec, wanted, desired)
         elif core.Do.RESTART in kinds:
@@ -325,6 +341,20 @@ class Proxy:
             said = core.Change(core.Do.COOL, cooled=container).said(done=True)
             done += [said] if said else []
         return done
+
+    def _tls_files(self, spec: ProxySpec) -> None:
+        """What the config names for ACME, before HAProxy reads it: the self-signed default certificate (made
+        once), the folder of ACME's certificates and the map of HTTP-01 challenges (empty: the runtime API
+        fills it while an order runs)."""
+        if spec.tls is None or spec.tls.acme is None:
+            return
+        default = self.dir / core.DEFAULT_CERT
+        if not default.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._write(core.DEFAULT_CERT, self_signed().decode(), private=True)
+        (self.dir / core.ACME_DIR).mkdir(mode=0o700, exist_ok=True)
+        if not (self.dir / core.CHALLENGES).exists():
+            self._write(core.CHALLENGES, "")
 
     def _answering(self) -> bool:
         """Whether the runtime API answers, given a moment (a proxy the engine just restarted binds it soon)."""
@@ -432,14 +462,17 @@ class Proxy:
             time.sleep(0.02)
         raise ProxyError(f"proxy {self.name}: no new worker {READY_TIMEOUT:.0f} s after a reload: {self._last_words()}")
 
-    def _write(self, name: str, text: str) -> bool:
-        """Write a file of the proxy's folder when it differs (atomically: a reload never reads half a file)."""
+    def _write(self, name: str, text: str, *, private: bool = False) -> bool:
+        """Write a file of the proxy's folder when it differs (atomically: a reload never reads half a file);
+        ``private``: ``0600`` (a key)."""
         path = self.dir / name
         if _read(path) == text:
             return False
         self.dir.mkdir(parents=True, exist_ok=True)  # removed under a running agent: made again, not a crash
         scratch = path.with_name(path.name + ".new")
-        scratch.write_text(text)
+        scratch.unlink(missing_ok=True)
+        with os.fdopen(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644), "w") as out:
+            out.write(text)
         scratch.replace(path)
         return True
 
@@ -484,7 +517,7 @@ class Proxy:
         if desired.source is not None:
             labels.update({f"{SOURCE}.{key}": value for key, value in desired.source.model_dump().items()})
         binds = [f"{self.dir}:{core.CONFIG_DIR}:rw"]
-        if spec.tls is not None:
+        if spec.tls is not None and spec.tls.certs is not None:
             binds += self.engine.held_binds(self.name, [f"{spec.tls.certs}:{core.CERTS_DIR}:ro"], desired.limits)
         created = self.engine.create_in_host_network(
             self.name,

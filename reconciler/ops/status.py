@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from reconciler.adapters.docker import connect
 from reconciler.adapters.protocols import DockerEngine
-from reconciler.converge.run import Settings, plan_against, read_desired
+from reconciler.converge.run import Settings, cert_lines, plan_against, read_desired
 from reconciler.converge.sealed import Mode
 from reconciler.core.failures import held_back
 from reconciler.core.health import Health, is_worse, of_sample
@@ -136,6 +136,7 @@ def _routes(
     except ProxyError:
         in_flight = None  # not running: its drift says so
     routes = route_lines(desired, observed, proxy.network, proxy.switched(), in_flight)
+    routes += cert_lines(proxy, settings.state_dir, desired)
     return tuple(routes), tuple(proxy.drift(desired, observed))
 
 

@@ -12,6 +12,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +47,7 @@ class RoutedApp(App):
             f"      drain: {self.drain}",
         ]
         if self.hosts:
-            lines.append(f"      hosts: [{', '.join(self.hosts)}]")
+            lines.append(f"      hosts: [{', '.join(json.dumps(host) for host in self.hosts)}]")
         if self.path_prefix != "/":
             lines.append(f"      path_prefix: {self.path_prefix}")
         if self.keep_warm is not None:
@@ -69,6 +70,7 @@ class Routed:
     image: str  # "repo:tag" of the HAProxy image
     port: int = field(default_factory=free_port)
     tls: str = ""  # the `tls:` mapping's YAML, inline, when set
+    tls_port: int | None = None  # a second listen address, on this port (for TLS beside plain HTTP)
 
     def __post_init__(self) -> None:
         self.world.header = self.proxy_yaml
@@ -87,7 +89,8 @@ class Routed:
 
     def proxy_yaml(self) -> str:
         repo, _, tag = self.image.rpartition(":")
-        lines = ["proxy:", f'  listen: ["127.0.0.1:{self.port}"]', f"  image: {repo}", f'  version: "{tag}"']
+        listen = [f'"127.0.0.1:{port}"' for port in (self.port, self.tls_port) if port is not None]
+        lines = ["proxy:", f"  listen: [{', '.join(listen)}]", f"  image: {repo}", f'  version: "{tag}"']
         if self.tls:
             lines.append(f"  tls: {self.tls}")
         return "\n".join(lines) + "\n"
