@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import ssl
 import stat
@@ -18,11 +19,13 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support.agent import PASS_DONE
 from tests.support.load import Load
-from tests.support.net import free_port
+from tests.support.net import free_port, http_request
 from tests.support.pebble import fake_rate_limited, pebble
 from tests.support.routed import Routed
 from tests.support.state import show
+from tests.test_notify import Receiver
 
 EMAIL = "ops@example.com"
 
@@ -226,3 +229,47 @@ def test_a_wildcard_route_with_acme_and_no_certs_folder_is_refused_at_its_line(r
     assert result.returncode == 1, show(result)
     assert "apps." in result.stderr and "route.hosts[1]: *.shop.test: ACME cannot order a wildcard" in result.stderr
     assert "desired-state.yaml:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_agent_issues_renews_and_says_a_failure_once_with_its_recovery_notified_and_in_metrics(
+    routed: Routed, tmp_path: Path
+) -> None:
+    routed.tls_port = free_port()
+    listen = free_port()
+    receiver = Receiver()
+    try:
+        with pebble(tmp_path / "pebble", routed.port) as server:
+            routed.tls = acme_tls(routed, server.directory, server.ca_file)
+            routed.app("web", hosts=("shop.test",))
+            routed.world.commit_apps("v1")
+            agent = routed.world.agent("--listen", f"127.0.0.1:{listen}", "--notify", receiver.url(), env=PASS_DONE)
+            agent.wait_for("cert.issued", timeout=30)
+            metrics = http_request(f"http://127.0.0.1:{listen}/metrics").body
+            gauge = re.search(r'reconciler_cert_expiry_timestamp_seconds\{host="shop.test"\} (\S+)', metrics)
+            assert gauge is not None and float(gauge.group(1)) > time.time() + 86400, metrics
+            # Due, with the ACME server down: said once over two passes, and notified.
+            record_file = next(p for p in store_files(routed.world.state) if p.name == "shop.test.json")
+            record = json.loads(record_file.read_text())
+            record_file.write_text(json.dumps({**record, "renew_at": 1.0}))
+            server.stop()
+            mark = agent.mark()
+            agent.hup()
+            agent.wait_for("cert.failed", timeout=30)
+            record = json.loads(record_file.read_text())
+            record_file.write_text(json.dumps({**record, "next_try": 0.0}))  # the backoff's end, without waiting it
+            started = time.time()
+            agent.hup()
+            agent.pass_after(started, count=1, timeout=30)
+            assert len(agent.events("cert.failed", since=mark)) == 1, agent.log
+            # Back: renewed, recovered (said and notified once).
+            server.start()
+            record = json.loads(record_file.read_text())
+            record_file.write_text(json.dumps({**record, "next_try": 0.0}))
+            agent.hup()
+            agent.wait_for("cert.recovered", timeout=30)
+            assert agent.events("cert.renewed", since=mark), agent.log
+            names = [body.get("title", "") + body.get("message", "") for body in receiver.wait_for(2, timeout=10)]
+            assert any("cert.failed" in name or "shop.test" in name for name in names), names
+            assert len(receiver.bodies) == 2, receiver.bodies
+    finally:
+        receiver.close()

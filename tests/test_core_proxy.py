@@ -453,6 +453,10 @@ def proxy_file(*lines: str) -> str:
     )
 
 
+NOT_HTTPS = "(an ACME directory is served over TLS)"
+NO_PLAIN = "(port 80: ACME's HTTP-01 asks there)"
+
+
 @pytest.mark.parametrize(
     ("lines", "error"),
     [
@@ -468,15 +472,23 @@ def proxy_file(*lines: str) -> str:
         ),
         (["tls:", "  certs: etc/certs"], "3:12: proxy.tls.certs: certs must be an absolute path on the server"),
         (["tls:", "  certs: /etc/certs", "  ports: [0]"], "4:12: proxy.tls.ports: port 0 is out of range 1-65535"),
-        (["tls: {ports: [443]}"], "2:8: proxy.tls: name where certificates come from: certs: (a folder of PEM files),"
-         " acme:, or both"),
+        (
+            ["tls: {ports: [443]}"],
+            "2:8: proxy.tls: name where certificates come from: certs: (a folder of PEM files), acme:, or both",
+        ),
         (["tls: {acme: {email: ops}}"], "2:23: proxy.tls.acme.email: 'ops' is not an email address"),
-        (["tls: {acme: {email: a@b.co, directory: 'http://x/dir'}}"],
-         "2:42: proxy.tls.acme.directory: 'http://x/dir' is not an https:// URL (an ACME directory is served over TLS)"),
-        (["tls: {acme: {email: a@b.co}, hsts: 800d}"], "2:38: proxy.tls.hsts: '800d' is longer than 730d, the most an"
-         " HSTS max-age may be"),
-        (["tls: {acme: {email: a@b.co}, ports: [443]}", 'listen: ["0.0.0.0:443"]'],
-         "2:3: proxy: tls.acme and tls.redirect need a plain HTTP listen address (port 80: ACME's HTTP-01 asks there)"),
+        (
+            ["tls: {acme: {email: a@b.co, directory: 'http://x/dir'}}"],
+            "2:42: proxy.tls.acme.directory: 'http://x/dir' is not an https:// URL " + NOT_HTTPS,
+        ),
+        (
+            ["tls: {acme: {email: a@b.co}, hsts: 800d}"],
+            "2:38: proxy.tls.hsts: '800d' is longer than 730d, the most an HSTS max-age may be",
+        ),
+        (
+            ["tls: {acme: {email: a@b.co}, ports: [443]}", 'listen: ["0.0.0.0:443"]'],
+            "2:3: proxy: tls.acme and tls.redirect need a plain HTTP listen address " + NO_PLAIN,
+        ),
         (["listen: []"], "2:11: proxy.listen: name at least one address, or leave listen out for 0.0.0.0:80"),
         (
             ["tls:", "  certs: /etc/certs", "  ports: []"],

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -137,13 +138,20 @@ class Acme:
         self._net: _Network | None = None
 
     def account(self, email: str, stored: Account | None) -> Account:
-        """Use ``stored`` (registering nothing), else register a new account; the account either way."""
+        """Use ``stored`` (registering nothing), else register a new account; the account either way (a new one
+        when the server no longer knows the stored one)."""
         with self._failures():
             if stored is not None:
                 key = JWKEC.load(stored.key_pem)
                 resource = messages.RegistrationResource.json_loads(stored.resource)
-                self._connect(key, resource)
-                return stored
+                acme = self._connect(key, resource)
+                try:
+                    acme.query_registration(resource)
+                    return stored
+                except messages.Error as exc:
+                    if exc.code != "accountDoesNotExist":
+                        raise
+                # The server forgot it (a test CA restarted, an account deactivated): a new one, stored anew.
             key_pem = new_key()
             key = JWKEC.load(key_pem)
             acme = self._connect(key, None)
@@ -157,6 +165,8 @@ class Acme:
             return Account(key_pem, resource.json_dumps())
 
     def _connect(self, key: JWK, resource: messages.RegistrationResource | None) -> client.ClientV2:
+        if self.ca_file and not os.path.isfile(self.ca_file):
+            raise AcmeFailed(f"tls.acme.ca_file {self.ca_file}: no such file on this server")
         verify: Any = self.ca_file if self.ca_file else True  # requests takes a bundle's path as well as a flag
         net = _Network(key, account=resource, alg=ES256, verify_ssl=verify, user_agent=USER_AGENT,
                        timeout=self.timeout)  # fmt: skip

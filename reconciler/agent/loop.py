@@ -89,6 +89,7 @@ from reconciler.core.model import AppSpec, DesiredState, ObservedState
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.report import Outcome, Result
 from reconciler.deploy.applier import Applier
+from reconciler.deploy.certs import CertReport
 from reconciler.errors import (
     CommitRefused,
     EngineUnavailable,
@@ -584,6 +585,7 @@ class Agent:
             say=self._say,
             proxy_synced=lambda changes: self._proxied(changes, revision),
             proxy_failed=self._proxy_failed,
+            certified=lambda report: self._certified(report, revision),
             started=started,
             verified=verified,
             planned=planned,
@@ -607,6 +609,22 @@ class Agent:
             self.events.emit(Event.PROXY_CHANGED, "the proxy is back in line: routed apps deploy again")
         for change in changes:
             self.events.emit(Event.PROXY_CHANGED, change, commit=revision[:8])
+
+    def _certified(self, report: CertReport, revision: str) -> None:
+        """Each certificate issued or renewed, said; a host's failure said once (and notified), its recovery once;
+        the expiry gauges."""
+        for line in report.done:
+            event = Event.CERT_RENEWED if ": renewed by " in line else Event.CERT_ISSUED
+            if ": no route names it" in line:
+                event = Event.PROXY_CHANGED
+            self.events.emit(event, line, commit=revision[:8])
+        for record in report.records:
+            key = f"cert:{record.host}"
+            if record.host in report.failed:
+                self.events.once(key, Event.CERT_FAILED, report.failed[record.host], again_if_changed=False)
+            elif record.failures == 0 and self.events.clear(key):
+                self.events.emit(Event.CERT_RECOVERED, f"cert {record.host}: has its certificate again")
+        self.metrics.certificates({record.host: record.not_after for record in report.records if record.issued})
 
     def _notes(self, plan: Plan) -> None:
         """Log each note once (another source's container, an unread env_file), and again if it comes back."""

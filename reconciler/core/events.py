@@ -37,6 +37,11 @@ class Event(StrEnum):
     # the proxy of routed apps: started, reloaded, a route switched, a warm release stopped
     PROXY_CHANGED = "proxy.changed"
     PROXY_FAILED = "proxy.failed"
+    # certificates by ACME: each issued or renewed; a host's failure once, until it has one again
+    CERT_ISSUED = "cert.issued"
+    CERT_RENEWED = "cert.renewed"
+    CERT_FAILED = "cert.failed"
+    CERT_RECOVERED = "cert.recovered"
     NOTIFY_FAILED = "notify.failed"  # a --notify target that errs or hangs (once, until it delivers again)
     NOTIFY_RECOVERED = "notify.recovered"  # it could not be brought in line after a pass's deploys (once, until it is)
     # drift: what the host changed, not git

@@ -150,7 +150,7 @@ class Certs:
         text = store.account(spec.email)
         stored = account_from_json(text) if text is not None else None
         account = acme.account(spec.email, stored)
-        if stored is None:
+        if account != stored:
             store.save_account(spec.email, account_json(account))
         return acme
 

@@ -57,9 +57,16 @@ class Metrics:
         )
         self.webhooks = Counter("reconciler_webhooks", "Webhook deliveries by provider and verdict",
                                 ["provider", "result"], registry=r)  # fmt: skip
+        self.cert_expiry = Gauge(
+            "reconciler_cert_expiry_timestamp_seconds",
+            "When the ACME certificate the proxy serves for the host expires",
+            ["host"],
+            registry=r,
+        )
         self.remote_up.set(1)
         self.engine_up.set(1)
         self._info: dict[str, tuple[str, str, str, str]] = {}
+        self._cert_hosts: set[str] = set()
         self._lock = threading.Lock()
 
     def render(self) -> bytes:
@@ -108,6 +115,15 @@ class Metrics:
                 self.app_info.remove(*self._info.pop(app))
                 self.app_healthy.remove(app)
                 self.app_drift.remove(app)
+
+    def certificates(self, expiries: Mapping[str, float]) -> None:
+        """The expiry of each ACME host's certificate (a host with none yet has no sample); hosts gone, removed."""
+        with self._lock:
+            for host, at in expiries.items():
+                self.cert_expiry.labels(host).set(at)
+            for host in self._cert_hosts - set(expiries):
+                self.cert_expiry.remove(host)
+            self._cert_hosts = set(expiries)
 
     def passed(self, seconds: float) -> None:
         self.pass_duration.observe(seconds)
