@@ -22,7 +22,7 @@ from pathlib import Path
 from tests.support.agent import PASS_DONE
 from tests.support.load import Load
 from tests.support.net import free_port, http_request
-from tests.support.pebble import fake_rate_limited, pebble
+from tests.support.pebble import fake_rate_limited, pebble, tls_pair
 from tests.support.routed import Routed
 from tests.support.state import show
 from tests.test_notify import Receiver
@@ -124,7 +124,9 @@ def test_certificates_issue_for_each_host_serve_pebbles_chain_and_a_second_run_o
         assert https(routed.tls_port, "shop.test", root=root)[0] == 200
 
 
-def test_a_renewal_under_load_fails_no_request_and_is_served_without_a_restart(routed: Routed, tmp_path: Path) -> None:
+def test_an_issuance_and_a_renewal_under_load_fail_no_request_and_need_no_restart(
+    routed: Routed, tmp_path: Path
+) -> None:
     routed.tls_port = free_port()
     with pebble(tmp_path / "pebble", routed.port) as server:
         routed.tls = acme_tls(routed, server.directory, server.ca_file)
@@ -136,10 +138,13 @@ def test_a_renewal_under_load_fails_no_request_and_is_served_without_a_restart(r
         proxy_started = routed.container_of(routed.container)["State"]["StartedAt"]  # type: ignore[index]
         # Due now: what the clock says at two thirds of the lifetime (the record's renewal time).
         record_file.write_text(json.dumps({**before, "renew_at": 1.0}))
+        web.hosts = ("shop.test", "new.shop.test")
+        routed.world.commit_apps("a new host: issued in the same pass as the renewal")
         with Load(routed.tls_port, tls=True, host_header="shop.test", threads=2, keepalive_threads=2) as load:
             result = routed.world.server()
             hits = load.hits
         assert result.returncode == 0 and "cert shop.test: renewed by" in result.stdout, show(result)
+        assert "cert new.shop.test: issued by" in result.stdout, show(result)
         after = json.loads(record_file.read_text())
         assert after["serial"] != before["serial"] and after["renew_at"] > 1.0
         assert hits and all(hit.status == 200 for hit in load.stop()), [h for h in hits if h.status != 200][:3]
@@ -273,3 +278,33 @@ def test_the_agent_issues_renews_and_says_a_failure_once_with_its_recovery_notif
             assert len(receiver.bodies) == 2, receiver.bodies
     finally:
         receiver.close()
+
+
+def test_a_wrong_ca_file_and_a_host_that_does_not_resolve_to_us_are_one_line_each_and_the_rest_goes_on(
+    routed: Routed, tmp_path: Path
+) -> None:
+    routed.tls_port = free_port()
+    with pebble(tmp_path / "pebble", routed.port) as server:
+        wrong, _ = tls_pair(tmp_path, "stranger")  # a CA that did not sign pebble's certificate
+        routed.tls = acme_tls(routed, server.directory, wrong)
+        web = routed.app("web", hosts=("shop.test",))
+        routed.world.commit_apps("v1")
+        result = routed.world.server()
+        assert result.returncode == 0, show(result)
+        assert (
+            f"warning: cert shop.test: the ACME server {server.directory} is not trusted: certificate verify failed"
+            f" (ca_file {wrong})" in result.stderr
+        ), show(result)
+        assert plain(routed.port, "shop.test", "/")[1:] == ("", f"{web.name} v1")
+        # The right CA; one host resolves elsewhere: it fails alone, naming the cause, the other is issued.
+        server.resolve("elsewhere.shop.test", "127.0.0.2")
+        routed.tls = acme_tls(routed, server.directory, server.ca_file)
+        web.hosts = ("shop.test", "elsewhere.shop.test")
+        routed.world.commit_apps("right CA, a host elsewhere")
+        (routed.world.state / "acme").rename(tmp_path / "backed-off")  # the backoff of the first try, forgotten
+        result = routed.world.server()
+        assert result.returncode == 0, show(result)
+        assert "proxy: cert shop.test: issued by" in result.stdout, show(result)
+        lines = [line for line in result.stderr.splitlines() if line.startswith("warning: cert ")]
+        assert len(lines) == 1 and "cert elsewhere.shop.test: the HTTP-01 challenge failed: connection:" in lines[0]
+        assert "127.0.0.2" in lines[0], lines
