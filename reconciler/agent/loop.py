@@ -612,19 +612,20 @@ class Agent:
 
     def _certified(self, report: CertReport, revision: str) -> None:
         """Each certificate issued or renewed, said; a host's failure said once (and notified), its recovery once;
-        the expiry gauges."""
-        for line in report.done:
-            event = Event.CERT_RENEWED if ": renewed by " in line else Event.CERT_ISSUED
-            if ": no route names it" in line:
-                event = Event.PROXY_CHANGED
-            self.events.emit(event, line, commit=revision[:8])
+        the expiry gauges (set first: what an event says is in /metrics by the time it is said)."""
+        self.metrics.certificates({record.host: record.not_after for record in report.records if record.issued})
+        for event, lines in (
+            (Event.PROXY_CHANGED, report.withdrawn), (Event.CERT_ISSUED, report.issued),
+            (Event.CERT_RENEWED, report.renewed),
+        ):  # fmt: skip
+            for line in lines:
+                self.events.emit(event, line, commit=revision[:8])
         for record in report.records:
             key = f"cert:{record.host}"
             if record.host in report.failed:
                 self.events.once(key, Event.CERT_FAILED, report.failed[record.host], again_if_changed=False)
             elif record.failures == 0 and self.events.clear(key):
                 self.events.emit(Event.CERT_RECOVERED, f"cert {record.host}: has its certificate again")
-        self.metrics.certificates({record.host: record.not_after for record in report.records if record.issued})
 
     def _notes(self, plan: Plan) -> None:
         """Log each note once (another source's container, an unread env_file), and again if it comes back."""

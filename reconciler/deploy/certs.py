@@ -2,9 +2,10 @@
 
 Guarantees:
 - ``Certs.sync`` (a pass, once the proxy is in line) serves every stored certificate of a host that a route
-  names (``core.certs.to_order``), then orders the hosts that are due (``core.certs.due``), one order per
-  host, HTTP-01 answered by the proxy itself: each token goes into the proxy's challenge map through the
-  runtime API for the order's length, so nothing but HAProxy needs to listen.
+  names (``core.certs.to_order``), then orders the hosts that are due (``core.certs.due``): one order per
+  host, the hosts due at once (``MAX_ORDERS``, each in a thread with a client of its own), HTTP-01
+  answered by the proxy itself: each token goes into the proxy's challenge map through the runtime API
+  for the order's length, so nothing but HAProxy needs to listen.
 - Hitless: a certificate goes into the running HAProxy through its runtime API (``new/set/commit ssl cert``
   and ``add ssl crt-list`` for a new host, ``set/commit`` for a renewal); a certificate of a host no route
   names any more leaves it the same way. Its file is written into the proxy's ``acme/`` folder first, so a
@@ -19,12 +20,14 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.adapters.acme import Acme, AcmeFailed, account_from_json, account_json, names_of
+from reconciler.adapters.acme import Account, Acme, AcmeFailed, account_from_json, account_json, names_of
 from reconciler.core import certs as core
 from reconciler.core import proxy as proxies
 from reconciler.core.model import AcmeSpec, DesiredState
@@ -32,6 +35,7 @@ from reconciler.deploy.proxy import Proxy
 from reconciler.errors import ProxyError
 from reconciler.state.certs import CertStore
 
+MAX_ORDERS = 8  # orders at once (Let's Encrypt allows 300 new orders per account every 3 hours)
 # Files HAProxy reads from a crt folder that are not certificates of their own.
 _NOT_CERTS = (".key", ".ocsp", ".issuer", ".sctl", ".crt-list")
 
@@ -40,9 +44,15 @@ _NOT_CERTS = (".key", ".ocsp", ".issuer", ".sctl", ".crt-list")
 class CertReport:
     """What a pass did of the certificates, and where each stands after it."""
 
-    done: list[str] = field(default_factory=list)  # issued, renewed, withdrawn
+    withdrawn: list[str] = field(default_factory=list)  # a line per host that no route names any more
+    issued: list[str] = field(default_factory=list)  # a line per host's first certificate
+    renewed: list[str] = field(default_factory=list)  # a line per host's new certificate in place of one
     failed: dict[str, str] = field(default_factory=dict)  # host -> this pass's failure, one line naming both
     records: list[core.CertRecord] = field(default_factory=list)  # each host that a route names, after the pass
+
+    @property
+    def done(self) -> list[str]:
+        return self.withdrawn + self.issued + self.renewed
 
     def lines(self, now: float) -> list[str]:
         return core.lines(self.records, now)
@@ -85,6 +95,7 @@ class Certs:
         self.clock = clock
         self.client = client or (lambda spec: Acme(spec.directory, ca_file=spec.ca_file))
         self.folder = proxy.dir / proxies.ACME_DIR
+        self._serving = threading.Lock()
 
     def look(self, desired: DesiredState) -> list[core.CertRecord]:
         """Each host's certificate as stored (nothing is asked of the ACME server or the proxy)."""
@@ -104,7 +115,7 @@ class Certs:
         hosts = wanted(desired)
         try:
             loaded = self._loaded()
-            report.done += self._withdraw(set(hosts), loaded)
+            report.withdrawn += self._withdraw(set(hosts), loaded)
             for host in hosts:
                 pem = store.pem(host)
                 if pem is not None:
@@ -113,46 +124,66 @@ class Certs:
             report.failed.update({host: f"cert {host}: not ordered: {exc}" for host in hosts})
             report.records = [store.record(host) for host in hosts]
             return report
-        acme: Acme | None = None
-        for host in hosts:
-            record = store.record(host)
-            now = self.clock()
-            if not core.due(record, now):
-                continue
+        due = [host for host in hosts if core.due(store.record(host), self.clock())]
+        if due:
             try:
-                if acme is None:
-                    acme = self._account(spec, store)
-                made = acme.order(host, answer=self._answer, withdraw=self._unanswer)
-                renew_at = acme.renewal(made.pem) or core.renew_time(made.not_before, made.not_after)
-                renewed = record.issued
-                record = core.issued(
-                    record, not_before=made.not_before, not_after=made.not_after, serial=made.serial, renew_at=renew_at
-                )
-                store.save(record, made.pem)
-                self._serve(host, made.pem, self._loaded())
-                what = "renewed" if renewed else "issued"
-                report.done.append(
-                    f"cert {host}: {what} by {spec.directory}, expires {core.day(made.not_after)},"
-                    f" renews {core.day(renew_at)}"
-                )
-            except (AcmeFailed, ProxyError) as exc:
-                retry = exc.retry_after if isinstance(exc, AcmeFailed) else None
-                cause = str(exc).removeprefix(f"{host}: ")
-                record = core.failed(record, now, cause, retry)
-                store.save(record)
-                keeps = " (the certificate it has keeps serving)" if record.issued else ""
-                report.failed[host] = f"cert {host}: {cause}; next try {core.moment(record.next_try)}{keeps}"
+                account = self._account(spec, store)
+            except AcmeFailed as exc:  # no account, no order: each due host says why
+                for host in due:
+                    report.failed[host] = self._failed(store, host, exc)
+            else:
+                # One order per host, at once: a first pass with many hosts waits for one order, not for all.
+                with ThreadPoolExecutor(max_workers=min(MAX_ORDERS, len(due)), thread_name_prefix="acme") as pool:
+                    for host, (done, failed, renewed) in zip(
+                        due, pool.map(lambda host: self._order(spec, store, account, host), due), strict=True
+                    ):
+                        if failed:
+                            report.failed[host] = failed
+                        else:
+                            (report.renewed if renewed else report.issued).append(done)
         report.records = [store.record(host) for host in hosts]
         return report
 
-    def _account(self, spec: AcmeSpec, store: CertStore) -> Acme:
-        acme = self.client(spec)
+    def _order(self, spec: AcmeSpec, store: CertStore, account: Account, host: str) -> tuple[str, str, bool]:
+        """One host's order (in a thread of its own, with a client of its own): what was done, or what failed, and
+        whether it replaced a certificate."""
+        record = store.record(host)
+        try:
+            acme = self.client(spec)
+            acme.account(spec.email, account)
+            made = acme.order(host, answer=self._answer, withdraw=self._unanswer)
+            renew_at = acme.renewal(made.pem) or core.renew_time(made.not_before, made.not_after)
+            fresh = core.issued(
+                record, not_before=made.not_before, not_after=made.not_after, serial=made.serial, renew_at=renew_at
+            )
+            store.save(fresh, made.pem)
+            with self._serving:  # HAProxy keeps one certificate transaction at a time
+                self._serve(host, made.pem, self._loaded())
+        except (AcmeFailed, ProxyError) as exc:
+            return "", self._failed(store, host, exc), False
+        what = "renewed" if record.issued else "issued"
+        line = (
+            f"cert {host}: {what} by {spec.directory}, expires {core.day(made.not_after)}, renews {core.day(renew_at)}"
+        )
+        return line, "", record.issued
+
+    def _failed(self, store: CertStore, host: str, exc: AcmeFailed | ProxyError) -> str:
+        """A host's failure kept (its backoff) and said: the host, the cause, the next try."""
+        retry = exc.retry_after if isinstance(exc, AcmeFailed) else None
+        cause = str(exc).removeprefix(f"{host}: ")
+        record = core.failed(store.record(host), self.clock(), cause, retry)
+        store.save(record)
+        keeps = " (the certificate it has keeps serving)" if record.issued else ""
+        return f"cert {host}: {cause}; next try {core.moment(record.next_try)}{keeps}"
+
+    def _account(self, spec: AcmeSpec, store: CertStore) -> Account:
+        """The account of (directory, email): the stored one, else a new one, stored."""
         text = store.account(spec.email)
         stored = account_from_json(text) if text is not None else None
-        account = acme.account(spec.email, stored)
+        account = self.client(spec).account(spec.email, stored)
         if account != stored:
             store.save_account(spec.email, account_json(account))
-        return acme
+        return account
 
     # -- HTTP-01, answered by the proxy ---------------------------------------------------------------
 
