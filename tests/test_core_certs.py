@@ -52,7 +52,6 @@ def test_a_host_with_no_certificate_is_due_at_once_one_with_one_at_its_renewal_t
     assert not certs.due(issued, 59 * DAY)
     assert certs.due(issued, 60 * DAY)
     assert certs.renew_time(0.0, 90 * DAY) == 60 * DAY  # two thirds
-    assert certs.renew_time(0.0, 90 * DAY, (70 * DAY, 72 * DAY)) == 71 * DAY  # ARI's window wins
     backed_off = certs.failed(issued, 61 * DAY, "down")
     assert not certs.due(backed_off, 61 * DAY + 59) and certs.due(backed_off, 61 * DAY + 60)
 

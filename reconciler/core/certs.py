@@ -6,7 +6,8 @@ Guarantees:
   (HTTP-01 cannot prove one), never a host that no route names, never one that a PEM of ``tls.certs``
   covers (that PEM wins for its names).
 - ``due``: a host with no certificate is ordered at once; one with a certificate at its renewal time
-  (the server's ARI window when it offers one, else two thirds of the lifetime), or once it expired; and
+  (a time inside the server's ARI window when it offers one, ``adapters.acme``; else two thirds of the
+  lifetime, ``renew_time``), or once it expired; and
   never before ``next_try``, which a failure pushes out (``failed``).
 - A failure backs off exponentially: 1 min, 2 min, then at most one try an hour after the third failure
   (1 h, 2 h, 4 h ... at most a day); a ``Retry-After`` (a ``rateLimited`` answer) that asks for longer
@@ -112,11 +113,8 @@ class CertRecord:
             return cls(host)
 
 
-def renew_time(not_before: float, not_after: float, window: tuple[float, float] | None = None) -> float:
-    """When a certificate renews: inside the server's ARI window (its middle: every host of a restart does not
-    renew at one instant, and it is reproducible), else at two thirds of its lifetime."""
-    if window is not None and window[0] <= window[1]:
-        return (window[0] + window[1]) / 2
+def renew_time(not_before: float, not_after: float) -> float:
+    """When a certificate renews when the server offers no ARI window: at two thirds of its lifetime."""
     return not_before + RENEW_AT * (not_after - not_before)
 
 
