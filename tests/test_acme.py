@@ -22,8 +22,8 @@ from pathlib import Path
 from tests.support.agent import PASS_DONE
 from tests.support.load import Load
 from tests.support.net import free_port, http_request
-from tests.support.pebble import fake_rate_limited, pebble, tls_pair
-from tests.support.routed import Routed
+from tests.support.pebble import Pebble, fake_rate_limited, pebble, tls_pair
+from tests.support.routed import Routed, RoutedApp
 from tests.support.state import show
 from tests.test_notify import Receiver
 
@@ -80,6 +80,28 @@ def store_files(state: Path) -> list[Path]:
     return sorted(path for path in (state / "acme").rglob("*") if path.is_file())
 
 
+def issued(routed: Routed, server: Pebble, *hosts: str) -> RoutedApp:
+    """A routed app for `hosts`, deployed by one pass that had its certificates issued by `server`."""
+    routed.tls = acme_tls(routed, server.directory, server.ca_file)
+    web = routed.app("web", hosts=hosts)
+    routed.world.commit_apps("v1")
+    result = routed.world.server()
+    assert result.returncode == 0 and not result.stderr, show(result)
+    return web
+
+
+def record_of(routed: Routed, host: str) -> Path:
+    """The store's record of `host`'s certificate."""
+    return next(path for path in store_files(routed.world.state) if path.name == f"{host}.json")
+
+
+def make_due(record: Path, **fields: float) -> dict[str, object]:
+    """The record as it was, written back due now (what the clock says at its renewal time), with `fields`."""
+    before: dict[str, object] = json.loads(record.read_text())
+    record.write_text(json.dumps({**before, "renew_at": 1.0, **fields}))
+    return before
+
+
 def test_certificates_issue_for_each_host_serve_pebbles_chain_and_a_second_run_orders_nothing(
     routed: Routed, tmp_path: Path
 ) -> None:
@@ -129,15 +151,10 @@ def test_an_issuance_and_a_renewal_under_load_fail_no_request_and_need_no_restar
 ) -> None:
     routed.tls_port = free_port()
     with pebble(tmp_path / "pebble", routed.port) as server:
-        routed.tls = acme_tls(routed, server.directory, server.ca_file)
-        web = routed.app("web", hosts=("shop.test",))
-        routed.world.commit_apps("v1")
-        assert routed.world.server().returncode == 0
-        record_file = next(p for p in store_files(routed.world.state) if p.name == "shop.test.json")
-        before = json.loads(record_file.read_text())
+        web = issued(routed, server, "shop.test")
+        record_file = record_of(routed, "shop.test")
         proxy_started = routed.container_of(routed.container)["State"]["StartedAt"]  # type: ignore[index]
-        # Due now: what the clock says at two thirds of the lifetime (the record's renewal time).
-        record_file.write_text(json.dumps({**before, "renew_at": 1.0}))
+        before = make_due(record_file)
         web.hosts = ("shop.test", "new.shop.test")
         routed.world.commit_apps("a new host: issued in the same pass as the renewal")
         with Load(routed.tls_port, tls=True, host_header="shop.test", threads=2, keepalive_threads=2) as load:
@@ -158,13 +175,9 @@ def test_the_acme_server_down_is_one_line_per_host_backs_off_and_the_old_certifi
 ) -> None:
     routed.tls_port = free_port()
     with pebble(tmp_path / "pebble", routed.port) as server:
-        routed.tls = acme_tls(routed, server.directory, server.ca_file)
-        web = routed.app("web", hosts=("shop.test",))
-        routed.world.commit_apps("v1")
-        assert routed.world.server().returncode == 0
+        web = issued(routed, server, "shop.test")
         root = server.root()
-        record_file = next(p for p in store_files(routed.world.state) if p.name == "shop.test.json")
-        record_file.write_text(json.dumps({**json.loads(record_file.read_text()), "renew_at": 1.0}))
+        make_due(record_of(routed, "shop.test"))
         server.stop()
         web.hosts = ("shop.test", "new.shop.test")
         routed.world.commit_apps("a new host, while the ACME server is down")
@@ -195,7 +208,7 @@ def test_a_rate_limited_answer_waits_its_retry_after(routed: Routed, tmp_path: P
         result = routed.world.server()
     assert result.returncode == 0, show(result)
     assert "warning: cert shop.test: rateLimited: too many certificates" in result.stderr, show(result)
-    record = json.loads(next(p for p in store_files(routed.world.state) if p.name == "shop.test.json").read_text())
+    record = json.loads(record_of(routed, "shop.test").read_text())
     # 3600 s asked, longer than the first backoff (60 s): the server's wait wins.
     assert 3500 < record["next_try"] - time.time() <= 3600
 
@@ -253,23 +266,20 @@ def test_the_agent_issues_renews_and_says_a_failure_once_with_its_recovery_notif
             gauge = re.search(r'reconciler_cert_expiry_timestamp_seconds\{host="shop.test"\} (\S+)', metrics)
             assert gauge is not None and float(gauge.group(1)) > time.time() + 86400, metrics
             # Due, with the ACME server down: said once over two passes, and notified.
-            record_file = next(p for p in store_files(routed.world.state) if p.name == "shop.test.json")
-            record = json.loads(record_file.read_text())
-            record_file.write_text(json.dumps({**record, "renew_at": 1.0}))
+            record_file = record_of(routed, "shop.test")
+            make_due(record_file)
             server.stop()
             mark = agent.mark()
             agent.hup()
             agent.wait_for("cert.failed", timeout=30)
-            record = json.loads(record_file.read_text())
-            record_file.write_text(json.dumps({**record, "next_try": 0.0}))  # the backoff's end, without waiting it
+            make_due(record_file, next_try=0.0)  # the backoff's end, without waiting it
             started = time.time()
             agent.hup()
             agent.pass_after(started, count=1, timeout=30)
             assert len(agent.events("cert.failed", since=mark)) == 1, agent.log
             # Back: renewed, recovered (said and notified once).
             server.start()
-            record = json.loads(record_file.read_text())
-            record_file.write_text(json.dumps({**record, "next_try": 0.0}))
+            make_due(record_file, next_try=0.0)
             agent.hup()
             agent.wait_for("cert.recovered", timeout=30)
             assert agent.events("cert.renewed", since=mark), agent.log
