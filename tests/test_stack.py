@@ -21,7 +21,8 @@ import pytest
 
 from tests.support import AppNames, ImageFactory, free_port
 from tests.support.agent import World
-from tests.support.cli import cli_env, test_instance
+from tests.support.cli import cli_env
+from tests.support.cli import test_instance as instance_of_this_test
 from tests.support.routed import Routed, RoutedApp
 from tests.support.state import Site, app_yaml, body, cli, desired, must_inspect, output, show
 from tests.test_zero_downtime import first_v1, load_on
@@ -37,7 +38,7 @@ API_COMMAND = (
 
 
 def network_of(name: str) -> str:
-    base = f"reconciler-{test_instance()}"
+    base = f"reconciler-{instance_of_this_test()}"
     return base if name == "default" else f"{base}_{name}"
 
 
