@@ -32,6 +32,7 @@ import math
 import os
 import re
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -83,6 +84,7 @@ __all__ = [
 API_VERSION = "1.41"  # docker 20.10 and later; fixed so that connecting costs no version round-trip
 
 T = TypeVar("T")
+DIE_SETTLE = 1.0  # seconds a die event waits for the engine's listing to say the container no longer runs
 
 
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)|\w+Error\(-?\d+, '([^']+)'\)")
@@ -503,6 +505,55 @@ class Engine:
                     pause = min(pause * 2, 0.1)  # quick probes answer in tens of ms; slow ones cost few calls
         except ContainerError as exc:
             return False, f"{what}: {exc}"
+
+    def deaths(self, stop: threading.Event, *, since: float | None = None) -> Iterator[str]:
+        """The name of each container of this instance (our labels) that dies from now on (from ``since``,
+        epoch seconds, when given: the engine replays what it said meanwhile), as the engine says it (its
+        ``die`` event), until ``stop`` is set: then it ends. A stream the engine closes (a dockerd
+        restarting) is ``EngineUnavailable``, as a refused connection is; the caller connects again.
+
+        Each is yielded once the engine's listing (what ``observe`` reads) no longer shows it running, or
+        after ``DIE_SETTLE`` seconds (a restart policy may have started it again): the engine says ``die``
+        a few milliseconds before its listing says so, and a pass woken at once would see it still running.
+        """
+        filters = {"type": "container", "event": "die", "label": [f"{MANAGED}=true", f"{INSTANCE}={self.instance}"]}
+        with self._calls("follow die events"):
+            stream = self.api.events(decode=True, filters=filters, since=None if since is None else int(since))
+        done = threading.Event()
+
+        def closer() -> None:
+            # The stream blocks in a socket read: closing it from here is the one way to end that read.
+            while not done.is_set() and not stop.wait(0.2):
+                pass
+            with contextlib.suppress(Exception):
+                stream.close()
+
+        threading.Thread(target=closer, name="deaths-closer", daemon=True).start()
+        try:
+            with self._calls("follow die events"):
+                for event in stream:
+                    if stop.is_set():
+                        return
+                    attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                    self._settled(str(event.get("id") or ""), stop)
+                    yield str(attributes.get("name") or event.get("id") or "")
+            if not stop.is_set():
+                raise EngineUnavailable(f"Docker engine at {self.host} closed its event stream")
+        except Exception:
+            if stop.is_set():  # our own close of the stream (whatever the read raised then), not the engine's
+                return
+            raise
+        finally:
+            done.set()
+
+    def _settled(self, container_id: str, stop: threading.Event) -> None:
+        """Wait until the listing shows ``container_id`` not running (see ``deaths``), at most ``DIE_SETTLE`` s."""
+        deadline = time.monotonic() + DIE_SETTLE
+        while container_id and time.monotonic() < deadline and not stop.is_set():
+            rows = self.api.containers(all=True, filters={"id": container_id})
+            if not rows or rows[0].get("State") != "running":
+                return
+            stop.wait(0.02)
 
     # -- for deploys: the engine's answer, Swarm services, the proxy's container ------------------------
     # (the SDK's calls and its docker.types stay here: ``reconciler.deploy`` imports nothing of docker)

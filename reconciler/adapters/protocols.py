@@ -13,7 +13,8 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -67,6 +68,8 @@ class DockerEngine(Protocol):
     def started_at(self, container_id: str) -> float: ...
 
     def exec_probe(self, container_id: str, argv: list[str], *, timeout: float) -> tuple[bool, str]: ...
+
+    def deaths(self, stop: threading.Event, *, since: float | None = None) -> Iterator[str]: ...
 
     # -- changing
     def pull(self, ref: str) -> str: ...

@@ -71,7 +71,7 @@ from reconciler.agent.fallback import TrustFallback
 from reconciler.agent.listener import AgentHealth, Listener
 from reconciler.agent.promotion import StableClock
 from reconciler.agent.routes import follow_routes
-from reconciler.agent.wake import HookWake, Wakes, on_signals, watch_refs
+from reconciler.agent.wake import DeathWatch, HookWake, Wakes, on_signals, watch_refs
 from reconciler.converge.run import (
     PassHooks,
     Settings,
@@ -221,6 +221,7 @@ class Agent:
         listener: Listener | None = None
         watchdog_stop = threading.Event()
         observer = None
+        deaths = DeathWatch(lambda: self.engine, self.wakes.waker.set)  # a release that dies: a pass at once
         try:
             notifier = self._notifier()
             listener = self._listen()
@@ -232,6 +233,7 @@ class Agent:
                 changed=lambda change: self.events.emit(Event.PROXY_CHANGED, change, commit=self.revision[:8]),
             )  # fmt: skip
             threading.Thread(target=follow, name="follow-routes", daemon=True).start()
+            deaths.start()
             self.events.emit(
                 Event.AGENT_STARTED,
                 f"following {self.config.ref} of {settings.repo}",
@@ -259,6 +261,7 @@ class Agent:
                 self.wakes.waker.clear()
         finally:
             watchdog_stop.set()
+            deaths.stop()
             sdnotify.notify("STOPPING=1")
             if notifier is not None:
                 notifier.close()

@@ -9,6 +9,12 @@ Guarantees:
   repository is not watched (its fetch is on the interval).
 - Pushes announced by webhooks mark the branch as maybe moved at once and start passes at most every
   ``HOOK_SPACING`` seconds: a flood is one pass now and one after it.
+- The engine's ``die`` event for a container of this instance (``DeathWatch``) wakes the loop at once, not
+  at its interval, and at most once every ``DEATH_SPACING`` seconds: the dies that a pass causes itself
+  (a deploy stopping the old release, a warm release cooled) are one more pass, not a storm. The watcher
+  follows the engine the agent holds; when the stream breaks (a dockerd restarting) it connects again with
+  a backoff and asks the engine for what it said meanwhile, so that no death is missed; it ends when the
+  agent stops.
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ from types import FrameType
 from typing import Any
 
 from reconciler.adapters.git import Source
+from reconciler.adapters.protocols import DockerEngine
 
 HOOK_SPACING = 2.0  # seconds between passes that webhooks start: 1,000 hooks in a second are two passes
+DEATH_SPACING = 1.0  # seconds between passes that die events start: a pass's own stops are one more pass
+DEATH_RETRY = (0.5, 30.0)  # the backoff, first and longest, while the engine's event stream cannot be opened
 
 
 class Waker:
@@ -133,12 +142,12 @@ def watch_refs(source: Source, changed: Callable[[], None]) -> Any:
     return observer
 
 
-class HookWake:
-    """Pushes announced by webhooks: ``changed`` at once (a gate under way sees the newer commit), ``wake``
-    at most every ``HOOK_SPACING`` seconds (a later one is put off to then, once)."""
+class Spaced:
+    """Calls ``wake`` at once, but at most every ``spacing`` seconds: a call within that time is put off to
+    its end, once, however many there were."""
 
-    def __init__(self, changed: Callable[[], None], wake: Callable[[], None]) -> None:
-        self._changed, self._wake = changed, wake
+    def __init__(self, wake: Callable[[], None], spacing: float) -> None:
+        self._wake, self._spacing = wake, spacing
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._last = float("-inf")
@@ -149,12 +158,11 @@ class HookWake:
             self._last = time.monotonic()
         self._wake()
 
-    def pushed(self) -> None:
-        self._changed()
+    def __call__(self) -> None:
         with self._lock:
             if self._timer is not None:
                 return
-            delay = self._last + HOOK_SPACING - time.monotonic()
+            delay = self._last + self._spacing - time.monotonic()
             if delay > 0:
                 self._timer = threading.Timer(delay, self._fire)
                 self._timer.daemon = True
@@ -162,3 +170,66 @@ class HookWake:
                 return
             self._last = time.monotonic()
         self._wake()
+
+
+class HookWake:
+    """Pushes announced by webhooks: ``changed`` at once (a gate under way sees the newer commit), ``wake``
+    at most every ``HOOK_SPACING`` seconds (a later one is put off to then, once)."""
+
+    def __init__(self, changed: Callable[[], None], wake: Callable[[], None]) -> None:
+        self._changed, self._wake = changed, Spaced(wake, HOOK_SPACING)
+
+    def pushed(self) -> None:
+        self._changed()
+        self._wake()
+
+
+class DeathWatch:
+    """A thread that follows the engine's ``die`` events for this instance's containers and wakes the loop.
+
+    ``engine`` gives the engine the agent holds now (None while it has none: the engine is away); ``wake``
+    is called at most every ``spacing`` seconds. A die while a pass runs sets the waker: the loop runs one
+    more pass when this one ends, which is what ``core.stable.died`` needs to bring the app in line.
+    """
+
+    def __init__(
+        self, engine: Callable[[], DockerEngine | None], wake: Callable[[], None], *, spacing: float = DEATH_SPACING
+    ) -> None:
+        self._engine = engine
+        self._wake = Spaced(wake, spacing)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="deaths", daemon=True)
+        self.deaths = 0  # how many die events came: for the tests and for a look in a debugger
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+
+    def _follow(self) -> None:
+        # From a second before now: a death before the stream is open (the agent connects in its first pass)
+        # is replayed by the engine (its clock and ours may round apart; a die said twice is one pass).
+        retry, since = DEATH_RETRY[0], time.time() - 1.0
+        while not self._stop.is_set():
+            engine = self._engine()
+            if engine is None:  # the agent has none now (the engine is away): its next pass connects again
+                if self._stop.wait(DEATH_RETRY[0]):
+                    return
+                continue
+            opened = time.monotonic()
+            try:
+                for _name in engine.deaths(self._stop, since=since):
+                    self.deaths += 1
+                    self._wake()
+                return  # it ends only when we stop
+            except Exception:  # EngineUnavailable, or a bug: a lost watcher must not end the agent
+                if time.monotonic() - opened > 10 * DEATH_RETRY[0]:
+                    # A new outage (the stream had been open a while): what the engine says from a second
+                    # before now is asked again once it is back, and the backoff starts again.
+                    retry, since = DEATH_RETRY[0], time.time() - 1.0
+            if self._stop.wait(retry):
+                return
+            retry = min(retry * 2, DEATH_RETRY[1])

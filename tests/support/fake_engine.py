@@ -10,6 +10,9 @@ Guarantees:
 - Nothing runs: a container's life is what the test scripts. An image says whether its exec probe
   passes (``healthy``) and whether a start dies at once (``exits``); ``die``, ``fail_health`` and
   ``script_probes`` change one container after it started.
+- A container of this instance that stops running (``die``, ``kill``, ``stop``, a start that exits) is a
+  ``die`` event that ``deaths`` yields, as the real engine's event stream does; the stream breaks
+  (``EngineUnavailable``) while the engine is ``down``, and ``since`` replays what was said meanwhile.
 - Time comes from ``clock`` (epoch seconds): pass the test's clock so that started-at times follow it.
 
 Differences from the real engine (which the end-to-end tests still cover): no restart policy (a dead
@@ -171,6 +174,8 @@ class FakeEngine:
         self.calls: list[str] = []  # what was asked, in order ("start web", "rename web.next web", ...)
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
+        self._died: list[tuple[float, str]] = []  # every die event: when (``clock``), which container
+        self._said = threading.Condition(self._lock)
 
     # -- what a test sets up ------------------------------------------------------------------------
 
@@ -202,8 +207,10 @@ class FakeEngine:
 
     def die(self, name_or_id: str, exit_code: int = 1) -> None:
         """The container's process exits (a crash): it stays exited."""
-        found = self.container(name_or_id)
-        found.state, found.exit_code = "exited", exit_code
+        with self._lock:
+            found = self.container(name_or_id)
+            found.state, found.exit_code = "exited", exit_code
+            self._die(found)
 
     def fail_health(self, name_or_id: str, healthy: bool = False) -> None:
         """From now on the container's exec probe answers ``healthy`` (after any scripted answers)."""
@@ -465,6 +472,7 @@ class FakeEngine:
             if found.state != "running":
                 raise ContainerError(f"signal {name}: Container {container_id} is not running")
             found.state, found.exit_code = "exited", 137
+            self._die(found)
 
     def start(self, container_id: str, name: str) -> None:
         with self._lock:
@@ -481,8 +489,10 @@ class FakeEngine:
             found.started = self.clock()
             if found.job is not None:  # a release command: it ran, and ended
                 found.state, found.exit_code = "exited", found.image.job_exits
+                self._die(found)
             elif found.image.exits is not None:
                 found.state, found.exit_code = "exited", found.image.exits
+                self._die(found)
             else:
                 found.state, found.exit_code = "running", 0
             self.calls.append(f"start {found.name}")
@@ -496,6 +506,7 @@ class FakeEngine:
             found = self._existing(container_id, f"stop {name}")
             if found.state == "running":
                 found.state, found.exit_code = "exited", 143  # as a process that SIGTERM ended (128 + 15)
+                self._die(found)
             self.calls.append(f"stop {found.name}")
 
     def rename(self, container_id: str, name: str) -> None:
@@ -533,7 +544,31 @@ class FakeEngine:
                 raise ImageError(f"push {repository}:{tag}: An image does not exist locally with the tag")
             self.registry[f"{repository}:{tag}"] = image
 
+    def deaths(self, stop: threading.Event, *, since: float | None = None) -> Iterator[str]:
+        self._asked("follow die events")
+        with self._lock:
+            seen = len(self._died) if since is None else next(
+                (i for i, (when, _) in enumerate(self._died) if when >= since), len(self._died)
+            )  # fmt: skip
+        while not stop.is_set():
+            with self._said:
+                if not self.available:
+                    raise EngineUnavailable(f"Docker engine at {self.host} closed its event stream")
+                if seen == len(self._died):
+                    self._said.wait(0.05)
+                new, seen = self._died[seen:], len(self._died)
+            for _, name in new:
+                if stop.is_set():
+                    return
+                yield name
+
     # -- inside ---------------------------------------------------------------------------------------
+
+    def _die(self, found: FakeContainer) -> None:
+        """A container that stopped running: a die event, when it is one of this instance's."""
+        if found.labels.get(MANAGED) == "true" and found.labels.get(INSTANCE) == self.instance:
+            self._died.append((self.clock(), found.name))
+            self._said.notify_all()
 
     def _asked(self, what: str) -> None:
         self.answer(what)
