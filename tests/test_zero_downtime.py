@@ -6,7 +6,8 @@ answers one, a commit back to the warm release is a switch with no container sta
 new step leaves the route on a release that passed its gate, the proxy comes back when it is removed
 or stopped by hand, a route added or removed reloads HAProxy without a failed request, TLS works with
 a self-signed certificate, a listen address held by someone else is refused with the holder's name, and
-a live release killed while a warm one runs hands its traffic to the warm one at once, with no pass.
+a live release killed while a warm one runs hands its traffic to the warm one at once, with no pass, and
+the agent, woken by the engine's die event rather than its interval, brings the app in line at once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import docker.errors
 import pytest
 
 from tests.support import GitRemote
+from tests.support.agent import PASS_DONE
 from tests.support.cli import run_cli as cli
 from tests.support.load import Hit, Load, bodies, failed, summary
 from tests.support.routed import Routed, RoutedApp
@@ -350,6 +352,30 @@ def test_a_live_release_killed_hands_its_traffic_to_the_warm_one_with_no_failed_
     after = [hit for hit in hits if hit.started > killed + 1.0]
     assert after and set(bodies(after)) <= {f"{web.name} v1", f"{web.name} v2"}, summary(after)
     assert f"{web.name} v1" in bodies(after), summary(after)  # the warm release answered
+
+
+def test_the_agent_is_woken_by_the_death_of_the_live_release_not_by_its_interval(routed: Routed) -> None:
+    web = routed.app("web", keep_warm="10m")
+    first_v1(routed, web)
+    assert deployed(routed, web, "v2").returncode == 0
+    agent = routed.world.agent(interval="300s", env=PASS_DONE)
+    # While v2 earns its promotion the stable clock looks every 5 s: the kill comes just after one of those
+    # passes, so that a pass within 2.5 s of it is the die event's, not the clock's (nor the interval's).
+    agent.pass_after(time.time(), count=2, timeout=30)
+    done = agent.pass_after(time.time(), timeout=10)
+    mark = agent.mark()
+    routed.world.client.api.kill(web.name)
+    killed = time.time()
+    switched = agent.wait_for("proxy.changed", f"route switched to {web.name}.prev", since=mark, timeout=20)
+    took = switched.at - killed
+    assert took < 2.5, (
+        f"the pass came {took:.1f}s after the kill (the last pass ended at {done.raw[:24]})\n{agent.log()}"
+    )
+    healed = agent.wait_for("drift.healing", "exited -> running", app=web.name, since=mark, timeout=10)
+    assert healed.at - killed < 2.5, agent.log()
+    agent.wait_for("proxy.changed", f"route switched to {web.name} ", since=mark, timeout=10)
+    routed.wait_serving(f"{web.name} v2", timeout=5)  # the killed release started again, and live
+    assert state_of(routed, f"{web.name}.prev") == "running"  # still warm
 
 
 def test_a_new_proxy_version_is_drift_and_recreates_the_proxy(routed: Routed) -> None:
