@@ -17,14 +17,26 @@ E. The proxy's overhead: an unpaced load (same threads) straight at the app's co
    proxy's network and through the proxy, in alternating 1 s slices, ~5 s each: p50 latency added (target
    <= 1 ms) and throughput through the proxy as a share of direct (target >= 90 %), with how busy the
    host's CPUs were (the load, HAProxy and the app share them).
+E'. The same, measured fairly: a release that keeps connections alive and forks nothing per request
+   (``ka``: HAProxy's own binary answering ``http-request return``, one thread), ``wrk`` (native, keep-alive,
+   ``--connections``) pinned to the last CPU with ``taskset``, the app and HAProxy pinned to the others
+   (``docker update --cpuset-cpus``), in alternating slices: direct, through the proxy as reconcile
+   configures it (``option http-server-close``: a new server connection per request), and through a copy of
+   that configuration edited by hand in this bench only (``option http-keep-alive`` + ``http-reuse
+   always``: server connections reused), each with its p50 and each CPU's busy share.
+F. Failover: the routed app's live release killed (``docker kill``) under the paced load while the release
+   before it is warm (HAProxy's ``backup``): the failed GETs (target 0) and the time from the kill until
+   every request is answered again (target <= 2 s): the end of the last request that failed or took 50 ms
+   or more (0 when none did), with the slowest request of the 2 s after the kill. No pass runs meanwhile.
 
 Each deploy is a commit to a local bare repository and a ``reconcile_once`` in this process, as an instance
 of the bench's own. The load runs in a child process (``tests/support/load.py``) so that a pass's CPU does
 not hold its threads back; its hits are timed on the same monotonic clock (CLOCK_MONOTONIC).
 
 Run: ``.venv/bin/python bench/zero_downtime.py [--deploys 20] [--rollbacks 5] [--rate 300] [--overhead-seconds 5]
-[--quick] [--json]``
-(needs the Docker engine, busybox-static and haproxy, as the tests do). It removes what it creates. It
+[--connections 32] [--quick] [--json]``
+(needs the Docker engine, busybox-static and haproxy, as the tests do, and ``wrk`` and ``taskset``:
+``apt-get install -y wrk util-linux``). It removes what it creates. It
 reports: it exits 0 whether or not a target is met.
 """
 
@@ -34,11 +46,16 @@ import argparse
 import bisect
 import collections
 import contextlib
+import io
 import json
 import multiprocessing
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -59,7 +76,7 @@ from reconciler.errors import ReconcileError  # noqa: E402
 from reconciler.ops.breakglass import swap_back  # noqa: E402
 from reconciler.ops.controls import resume  # noqa: E402
 from tests.support import GitRemote, ImageFactory, cleanup_run, connect, free_port, http_get  # noqa: E402
-from tests.support.engine import new_run_prefix  # noqa: E402
+from tests.support.engine import RUN_LABEL, new_run_prefix  # noqa: E402
 from tests.support.haproxy import build_haproxy_image  # noqa: E402
 from tests.support.load import Hit, Load, bodies, failed  # noqa: E402
 
@@ -70,7 +87,23 @@ GAP = 0.3  # seconds between two deploys, so that each failure falls in its own 
 SETTLE = 0.5  # seconds of load before the first deploy and after the last
 OVERHEAD_SLICE = 1.0  # seconds of one slice of E's loads
 SLOW = 0.5  # seconds: a request that took this long stalled (a SYN retransmit takes 1 s)
-TARGETS = {"rate": 200.0, "switch_ms": 50.0, "rollback_ms": 100.0, "added_ms": 1.0, "throughput_pct": 90.0}
+TARGETS = {"rate": 200.0, "switch_ms": 50.0, "rollback_ms": 100.0, "added_ms": 1.0, "throughput_pct": 90.0,
+           "fair_added_ms": 0.5, "failover_s": 2.0, "failover_failed": 0}  # fmt: skip
+FAIR_SLICE = 2.0  # seconds of one wrk run in E'
+FAILOVER_AFTER = 3.0  # seconds of load after the kill in F
+FAILOVER_SLOW = 0.05  # seconds: a request of F that took this long waited for the failover
+KEEPALIVE_APP = """global
+  nbthread 1
+defaults
+  mode http
+  timeout client 30s
+  timeout connect 5s
+  timeout server 30s
+  timeout http-keep-alive 30s
+frontend app
+  bind :8000
+  http-request return status 200 content-type text/plain string "ka"
+"""
 
 
 @dataclass(frozen=True)
@@ -400,6 +433,179 @@ def run_overhead(direct: tuple[str, int], proxy_port: int, seconds: float) -> di
     return out
 
 
+# -- E': the fair overhead (wrk pinned to its own CPU, a keep-alive release) ---------------------------------
+
+
+def keepalive_image(client: Any, haproxy: str, repo: str) -> str:
+    """``repo:ka``: the HAProxy image with ``KEEPALIVE_APP`` as its configuration (keep-alive, no fork)."""
+    container = client.api.create_container(haproxy, command=["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"])
+    try:
+        data = KEEPALIVE_APP.encode()
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo("usr/local/etc/haproxy/haproxy.cfg")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        client.api.put_archive(container["Id"], "/", buffer.getvalue())
+        client.api.commit(container["Id"], repository=repo, tag="ka")
+    finally:
+        remove_quietly(client.api.remove_container, container["Id"], force=True)
+    return f"{repo}:ka"
+
+
+def cpu_each() -> list[tuple[int, int]]:
+    """Each CPU's time so far, all and idle (iowait included), from /proc/stat."""
+    out = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        if re.match(r"cpu\d+ ", line):
+            fields = [int(value) for value in line.split()[1:]]
+            out.append((sum(fields), fields[3] + fields[4]))
+    return out
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, seconds: float, connections: int, cpu: int) -> dict[str, Any]:
+    """One ``wrk`` run pinned to ``cpu``: requests/s, p50 in ms, the errors it counted, each CPU's busy %."""
+    before = cpu_each()
+    argv = ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", url]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    after = cpu_each()
+    rate = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    p50 = re.search(r"^\s+50%\s+([0-9.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+    errors = re.search(r"Socket errors: (.*)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if rate is None or p50 is None:
+        raise RuntimeError(f"wrk said nothing to read: {out}")
+    busy = [
+        100 * (1 - (a[1] - b[1]) / (a[0] - b[0])) if a[0] > b[0] else 0.0
+        for a, b in zip(after, before, strict=True)
+    ]  # fmt: skip
+    return {
+        "rate": float(rate[1]),
+        "p50_ms": float(p50[1]) * _UNITS[p50[2]],
+        "errors": (errors[1].strip() if errors else "") + (f" non-2xx {non2xx[1]}" if non2xx else ""),
+        "cpu_busy_pct": busy,
+    }
+
+
+def reuse_config(config: str, port: int) -> str:
+    """The proxy's own configuration edited by hand for E' only: server connections kept alive and reused,
+    bound to ``port``, without the admin socket (it lives in the proxy's own folder)."""
+    lines = []
+    for line in config.splitlines():
+        if line.strip().startswith("stats socket") or line.strip() == "master-worker":
+            continue
+        if line.strip() == "option http-server-close":
+            lines += ["  option http-keep-alive", "  http-reuse always"]
+            continue
+        if line.strip().startswith("bind "):
+            line = f"  bind 127.0.0.1:{port}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def run_fair_overhead(
+    client: Any, *, app: str, proxy: str, haproxy: str, config: Path, direct: str, proxy_port: int,
+    seconds: float, connections: int, work: Path, prefix: str,
+) -> dict[str, Any]:  # fmt: skip
+    """E': wrk on the last CPU, the app and HAProxy on the others; direct, proxied, proxied with reuse."""
+    cpus = os.cpu_count() or 1
+    load_cpu, others = cpus - 1, f"0-{cpus - 2}" if cpus > 2 else "0"
+    reuse_port = free_port()
+    folder = work / "reuse"
+    folder.mkdir()
+    (folder / "haproxy.cfg").write_text(reuse_config(config.read_text(), reuse_port))
+    reuse = client.api.create_container(
+        haproxy, name=f"{prefix}-reuse-proxy", labels={RUN_LABEL: prefix},
+        command=["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"],
+        host_config=client.api.create_host_config(
+            network_mode="host", cpuset_cpus=others,
+            binds={str(folder): {"bind": "/usr/local/etc/haproxy", "mode": "ro"}},
+        ),
+    )  # fmt: skip
+    client.api.start(reuse["Id"])
+    for container in (app, proxy):
+        client.api.update_container(container, cpuset_cpus=others)
+    urls = {
+        "direct": f"http://{direct}/",
+        "proxy": f"http://127.0.0.1:{proxy_port}/",
+        "proxy_reuse": f"http://127.0.0.1:{reuse_port}/",
+    }
+    wait_body(urls["proxy_reuse"], "ka", timeout=10)
+    runs: dict[str, list[dict[str, Any]]] = {which: [] for which in urls}
+    try:
+        for _ in range(max(1, round(seconds / FAIR_SLICE))):
+            for which, url in urls.items():
+                runs[which].append(wrk(url, FAIR_SLICE, connections, load_cpu))
+        # One connection, one request at a time: the latency a request gains, with no queue in front of it.
+        alone = {which: wrk(url, FAIR_SLICE, 1, load_cpu) for which, url in urls.items()}
+    finally:
+        for container in (app, proxy):
+            remove_quietly(client.api.update_container, container, cpuset_cpus=f"0-{cpus - 1}")
+        remove_quietly(client.api.remove_container, reuse["Id"], force=True)
+    out: dict[str, Any] = {"connections": connections, "load_cpu": load_cpu, "server_cpus": others}
+    for which, got in runs.items():
+        out[which] = {
+            "rate": statistics.mean(run["rate"] for run in got),
+            "p50_ms": statistics.median(run["p50_ms"] for run in got),
+            "errors": "; ".join(sorted({run["errors"] for run in got if run["errors"]})),
+            "cpu_busy_pct": [statistics.mean(run["cpu_busy_pct"][cpu] for run in got) for cpu in range(cpus)],
+            "alone_rate": alone[which]["rate"],
+            "alone_p50_ms": alone[which]["p50_ms"],
+        }
+    for which in ("proxy", "proxy_reuse"):
+        out[which]["share_pct"] = 100 * out[which]["rate"] / out["direct"]["rate"] if out["direct"]["rate"] else None
+        out[which]["added_ms"] = out[which]["p50_ms"] - out["direct"]["p50_ms"]
+        out[which]["alone_added_ms"] = out[which]["alone_p50_ms"] - out["direct"]["alone_p50_ms"]
+    return out
+
+
+# -- F: failover to the warm release ------------------------------------------------------------------------
+
+
+def run_failover(site: Site, client: Any, load_port: int, rate: float, tags: tuple[str, str]) -> dict[str, Any]:
+    """F: ``tags[0]`` then ``tags[1]`` deployed (the first stays warm), the live one killed under the load."""
+    notes: list[str] = []
+    for tag in tags:
+        deployed = site.deploy(Release("good", tag))
+        if not deployed.ok:
+            raise RuntimeError(f"F: the deploy of {tag} failed: {site.log[-3:]}")
+    warm, live = tags
+    wait_body(f"http://127.0.0.1:{load_port}/", live)
+    load = LoadProcess(load_port, rate=rate / (THREADS + KEEPALIVE_THREADS))
+    time.sleep(1.0)
+    killed = time.monotonic()
+    client.api.kill(site.name)
+    time.sleep(FAILOVER_AFTER)
+    hits = load.stop()
+    after = [hit for hit in hits if hit.ended > killed]
+    bad = failed(after)
+    stalled = [hit for hit in after if hit not in bad and hit.ended - max(hit.started, killed) >= SLOW]
+    # Every request is answered again once the last one that failed or waited (for the dead release's
+    # connect timeout, say: FAILOVER_SLOW is 50 times the p50 here) has ended.
+    waited = [hit for hit in after if hit.ended - hit.started >= FAILOVER_SLOW]
+    last = max((hit.ended for hit in [*bad, *waited]), default=killed)
+    window = [hit for hit in after if hit.started < killed + 2.0 and hit not in bad]
+    late = [hit for hit in hits if hit.started > killed + 1.0 and hit.body not in (warm,) and hit not in bad]
+    if late:
+        notes.append(f"{len(late)} requests answered by another than {warm} more than 1 s after the kill")
+    return {
+        "requests": len(hits),
+        "after_kill": len(after),
+        "failed": len(bad),
+        "failed_gets": len([hit for hit in bad if hit.started >= killed]),  # the load sends GETs only
+        "cut_in_flight": len([hit for hit in bad if hit.started < killed]),
+        "failure_reasons": dict(collections.Counter(hit.error or str(hit.status) for hit in bad)),
+        "stalled": len(stalled),
+        "answered_again_s": last - killed,
+        "slowest_ms": max(((hit.ended - hit.started) * 1000 for hit in window), default=None),
+        "served_by_warm": len([hit for hit in after if hit.body == warm]),
+        "notes": notes,
+    }
+
+
 # -- the report ---------------------------------------------------------------------------------------------
 
 
@@ -421,6 +627,10 @@ def percent(value: float | None) -> str:
 
 def ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
+
+
+def fine_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
 
 
 def report(results: dict[str, Any], plan: list[Release], rate: float, took: float) -> str:
@@ -493,7 +703,48 @@ def report(results: dict[str, Any], plan: list[Release], rate: float, took: floa
         f" host CPU busy {percent(direct['host_cpu_busy_pct'])} / {percent(proxied['host_cpu_busy_pct'])}"
         f" of {os.cpu_count()} CPUs"
     )
-    for name, figures in (("routed", routed), ("stop-first", ported), ("rollback", rollback)):
+    fair = results.get("fair")
+    if fair is None:
+        lines.append("E' fair overhead: not measured (no wrk or taskset: apt-get install -y wrk util-linux)")
+    else:
+        direct = fair["direct"]
+
+        def cpus(figures: dict[str, Any]) -> str:
+            return "/".join(f"{busy:.0f}" for busy in figures["cpu_busy_pct"])
+
+        lines.append(
+            f"E' fair overhead (wrk -c{fair['connections']} keep-alive on CPU {fair['load_cpu']}, app and HAProxy on"
+            f" CPU {fair['server_cpus']}; a keep-alive release that forks nothing): direct {direct['rate']:.0f} req/s,"
+            f" p50 {fine_ms(direct['p50_ms'])}, CPU busy % {cpus(direct)}; at one connection p50"
+            f" {fine_ms(direct['alone_p50_ms'])}"
+        )
+        for which, label in (("proxy", "through the proxy"), ("proxy_reuse", "through the proxy, server reuse")):
+            got = fair[which]
+            share = "-" if got["share_pct"] is None else f"{got['share_pct']:.1f} %"
+            lines.append(
+                f"  {label}: {got['rate']:.0f} req/s = {share} of direct (target >= {TARGETS['throughput_pct']:.0f}"
+                f" %: {verdict(got['share_pct'], TARGETS['throughput_pct'], at_most=False)}),"
+                f" p50 {fine_ms(got['p50_ms'])}, added {fine_ms(got['added_ms'])}"
+                f" (target <= {TARGETS['fair_added_ms']} ms:"
+                f" {verdict(got['added_ms'], TARGETS['fair_added_ms'], at_most=True)}), CPU busy % {cpus(got)}"
+                + (f", errors {got['errors']}" if got["errors"] else "")
+            )
+            lines.append(
+                f"    at one connection (no queue): p50 {fine_ms(got['alone_p50_ms'])},"
+                f" added {fine_ms(got['alone_added_ms'])}"
+                f" (target <= {TARGETS['fair_added_ms']} ms:"
+                f" {verdict(got['alone_added_ms'], TARGETS['fair_added_ms'], at_most=True)})"
+            )
+    fail = results["failover"]
+    lines.append(
+        f"F failover (live release killed, warm one present, {fail['after_kill']} requests after the kill): all"
+        f" answered again {fail['answered_again_s']:.2f} s after it (target <= {TARGETS['failover_s']:.0f} s:"
+        f" {verdict(fail['answered_again_s'], TARGETS['failover_s'], at_most=True)}); failed GETs started after"
+        f" it {fail['failed_gets']} (target 0: {verdict(fail['failed_gets'], 0, at_most=True)}), cut in flight"
+        f" {fail['cut_in_flight']}, stalled {fail['stalled']}, slowest of the next 2 s {ms(fail['slowest_ms'])},"
+        f" answered by the warm release {fail['served_by_warm']}"
+    )
+    for name, figures in (("routed", routed), ("stop-first", ported), ("rollback", rollback), ("failover", fail)):
         if figures["failure_reasons"]:
             lines.append(f"failures ({name}): {figures['failure_reasons']}")
     # What the product did against what it says (a pass that ended otherwise, a failed request or a failed
@@ -509,6 +760,7 @@ def report(results: dict[str, Any], plan: list[Release], rate: float, took: floa
         *([f"rollback: {rollback['failed']} failed requests"] if rollback["failed"] else []),
         *(f"routed: {note}" for note in routed["notes"]),
         *(f"rollback: {note}" for note in rollback["notes"]),
+        *(f"failover: {note}" for note in fail["notes"]),
     ]  # fmt: skip
     lines.append("anomalies: " + ("none" if not anomalies else "\n  " + "\n  ".join(anomalies)))
     if ported["notes"]:
@@ -528,6 +780,7 @@ def main() -> None:
     parser.add_argument("--rollbacks", type=int, default=5, help="rounds of deploy + rollback --local + resume")
     parser.add_argument("--rate", type=float, default=300.0, help="requests/s of the load, all threads together")
     parser.add_argument("--overhead-seconds", type=float, default=5.0, help="seconds of each unpaced load (E)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk's keep-alive connections (E')")
     parser.add_argument("--quick", action="store_true", help="a short trial: 4 deploys, 2 rollbacks, 2 s loads")
     parser.add_argument("--json", action="store_true", help="also print every figure as one JSON line")
     args = parser.parse_args()
@@ -548,6 +801,9 @@ def main() -> None:
             images.build("zd", tag, body=tag)
         for release in plan:
             images.build("zd", release.tag, healthy=release.kind != "gate", exit_at_start=release.kind == "exit")
+        for tag in ("f1", "f2"):
+            images.build("zd", tag, body=tag)
+        keepalive_image(client, haproxy, repo)
         with tempfile.TemporaryDirectory(prefix="reconciler-bench-zd-") as tmp:
             work = Path(tmp)
             proxy_port, host_port = free_port(), free_port()
@@ -566,6 +822,19 @@ def main() -> None:
                 found = client.api.inspect_container(routed.name)
                 ip = found["NetworkSettings"]["Networks"][proxy_network(instance)]["IPAddress"]
                 results["overhead"] = run_overhead((ip, 8000), proxy_port, args.overhead_seconds)
+                if shutil.which("wrk") and shutil.which("taskset"):
+                    if not routed.deploy(Release("good", "ka")).ok:
+                        raise RuntimeError(f"the keep-alive release was not deployed: {routed.log[-3:]}")
+                    wait_body(proxy_url, "ka")
+                    found = client.api.inspect_container(routed.name)
+                    ip = found["NetworkSettings"]["Networks"][proxy_network(instance)]["IPAddress"]
+                    results["fair"] = run_fair_overhead(
+                        client, app=routed.name, proxy=proxy_container(instance), haproxy=haproxy,
+                        config=routed.settings.state_dir / f"proxy-{instance}" / "haproxy.cfg",
+                        direct=f"{ip}:8000", proxy_port=proxy_port, seconds=3 * args.overhead_seconds,
+                        connections=args.connections, work=work, prefix=prefix,
+                    )  # fmt: skip
+                results["failover"] = run_failover(routed, client, proxy_port, args.rate, ("f1", "f2"))
                 results["stop_first"] = run_deploys(ported, port_url, host_port, plan, args.rate)
             finally:
                 for load in list(LoadProcess.running):
