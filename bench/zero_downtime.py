@@ -46,12 +46,14 @@ import argparse
 import bisect
 import collections
 import contextlib
+import http.client
 import io
 import json
 import multiprocessing
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -71,7 +73,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from reconciler.converge.run import Settings, reconcile_once  # noqa: E402
-from reconciler.core.proxy import proxy_container, proxy_network  # noqa: E402
+from reconciler.core.proxy import SERVER, backend, proxy_container, proxy_network  # noqa: E402
 from reconciler.errors import ReconcileError  # noqa: E402
 from reconciler.ops.breakglass import swap_back  # noqa: E402
 from reconciler.ops.controls import resume  # noqa: E402
@@ -90,6 +92,7 @@ SLOW = 0.5  # seconds: a request that took this long stalled (a SYN retransmit t
 TARGETS = {"rate": 200.0, "switch_ms": 50.0, "rollback_ms": 100.0, "added_ms": 1.0, "throughput_pct": 90.0,
            "fair_added_ms": 0.5, "failover_s": 2.0, "failover_failed": 0}  # fmt: skip
 FAIR_SLICE = 2.0  # seconds of one wrk run in E'
+REUSE_SOCKET = "admin.sock"
 FAILOVER_AFTER = 3.0  # seconds of load after the kill in F
 FAILOVER_SLOW = 0.05  # seconds: a request of F that took this long waited for the failover
 KEEPALIVE_APP = """global
@@ -492,10 +495,12 @@ def wrk(url: str, seconds: float, connections: int, cpu: int) -> dict[str, Any]:
 
 def reuse_config(config: str, port: int) -> str:
     """The proxy's own configuration edited by hand for E' only: server connections kept alive and reused,
-    bound to ``port``, without the admin socket (it lives in the proxy's own folder)."""
+    bound to ``port``, its admin socket in its own folder."""
     lines = []
     for line in config.splitlines():
-        if line.strip().startswith("stats socket") or line.strip() == "master-worker":
+        if line.strip().startswith("stats socket"):
+            line = f"  stats socket /usr/local/etc/haproxy/{REUSE_SOCKET} mode 600 level admin"
+        elif line.strip() == "master-worker":
             continue
         if line.strip() == "option http-server-close":
             lines += ["  option http-keep-alive", "  http-reuse always"]
@@ -506,8 +511,47 @@ def reuse_config(config: str, port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def established(ip: str) -> int:
+    """TCP connections of this host (HAProxy runs in its network) established to ``ip``:8000."""
+    argv = ["ss", "-Htn", "state", "established", "dst", f"{ip}:8000"]
+    return len(subprocess.run(argv, capture_output=True, text=True, check=True).stdout.splitlines())
+
+
+def reuse_switch(sock: Path, port: int, app: str, old: str, new: str) -> dict[str, Any]:
+    """With server connections reused: does a request after a switch (reconcile's runtime commands: maint,
+    addr, ready) ever go over an idle connection to the old release? 200 requests on 4 keep-alive client
+    connections before and after; their bodies, and the connections established to each address."""
+
+    def command(line: str) -> str:
+        with socket.socket(socket.AF_UNIX) as admin:
+            admin.connect(str(sock))
+            admin.sendall(line.encode() + b"\n")
+            return b"".join(iter(lambda: admin.recv(4096), b"")).decode().strip()
+
+    clients = [http.client.HTTPConnection("127.0.0.1", port, timeout=5) for _ in range(4)]
+
+    def burst() -> dict[str, int]:
+        bodies: collections.Counter[str] = collections.Counter()
+        for index in range(200):
+            conn = clients[index % len(clients)]
+            conn.request("GET", "/")
+            bodies[conn.getresponse().read().decode().strip()] += 1
+        return dict(bodies)
+
+    try:
+        before = {"bodies": burst(), "to_old": established(old), "to_new": established(new)}
+        target = f"{backend(app)}/{SERVER}"
+        said = [command(f"set server {target} state maint"), command(f"set server {target} addr {new} port 8000"),
+                command(f"set server {target} state ready")]  # fmt: skip
+        after = {"bodies": burst(), "to_old": established(old), "to_new": established(new)}
+    finally:
+        for conn in clients:
+            conn.close()
+    return {"before": before, "after": after, "said": [line for line in said if line]}
+
+
 def run_fair_overhead(
-    client: Any, *, app: str, proxy: str, haproxy: str, config: Path, direct: str, proxy_port: int,
+    client: Any, *, app: str, proxy: str, haproxy: str, config: Path, direct: str, warm_ip: str, proxy_port: int,
     seconds: float, connections: int, work: Path, prefix: str,
 ) -> dict[str, Any]:  # fmt: skip
     """E': wrk on the last CPU, the app and HAProxy on the others; direct, proxied, proxied with reuse."""
@@ -522,7 +566,7 @@ def run_fair_overhead(
         command=["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"],
         host_config=client.api.create_host_config(
             network_mode="host", cpuset_cpus=others,
-            binds={str(folder): {"bind": "/usr/local/etc/haproxy", "mode": "ro"}},
+            binds={str(folder): {"bind": "/usr/local/etc/haproxy", "mode": "rw"}},
         ),
     )  # fmt: skip
     client.api.start(reuse["Id"])
@@ -541,11 +585,12 @@ def run_fair_overhead(
                 runs[which].append(wrk(url, FAIR_SLICE, connections, load_cpu))
         # One connection, one request at a time: the latency a request gains, with no queue in front of it.
         alone = {which: wrk(url, FAIR_SLICE, 1, load_cpu) for which, url in urls.items()}
+        switch = reuse_switch(folder / REUSE_SOCKET, reuse_port, app, direct.partition(":")[0], warm_ip)
     finally:
         for container in (app, proxy):
             remove_quietly(client.api.update_container, container, cpuset_cpus=f"0-{cpus - 1}")
         remove_quietly(client.api.remove_container, reuse["Id"], force=True)
-    out: dict[str, Any] = {"connections": connections, "load_cpu": load_cpu, "server_cpus": others}
+    out: dict[str, Any] = {"connections": connections, "load_cpu": load_cpu, "server_cpus": others, "switch": switch}
     for which, got in runs.items():
         out[which] = {
             "rate": statistics.mean(run["rate"] for run in got),
@@ -735,6 +780,12 @@ def report(results: dict[str, Any], plan: list[Release], rate: float, took: floa
                 f" (target <= {TARGETS['fair_added_ms']} ms:"
                 f" {verdict(got['alone_added_ms'], TARGETS['fair_added_ms'], at_most=True)})"
             )
+        switch = fair["switch"]
+        lines.append(
+            f"  server reuse across a switch (maint, addr, ready): before {switch['before']['bodies']},"
+            f" {switch['before']['to_old']} connections to the old release; after {switch['after']['bodies']},"
+            f" {switch['after']['to_old']} to the old, {switch['after']['to_new']} to the new"
+        )
     fail = results["failover"]
     lines.append(
         f"F failover (live release killed, warm one present, {fail['after_kill']} requests after the kill): all"
@@ -828,10 +879,12 @@ def main() -> None:
                     wait_body(proxy_url, "ka")
                     found = client.api.inspect_container(routed.name)
                     ip = found["NetworkSettings"]["Networks"][proxy_network(instance)]["IPAddress"]
+                    warm = client.api.inspect_container(f"{routed.name}.prev")
+                    warm_ip = warm["NetworkSettings"]["Networks"][proxy_network(instance)]["IPAddress"]
                     results["fair"] = run_fair_overhead(
                         client, app=routed.name, proxy=proxy_container(instance), haproxy=haproxy,
                         config=routed.settings.state_dir / f"proxy-{instance}" / "haproxy.cfg",
-                        direct=f"{ip}:8000", proxy_port=proxy_port, seconds=3 * args.overhead_seconds,
+                        direct=f"{ip}:8000", warm_ip=warm_ip, proxy_port=proxy_port, seconds=3 * args.overhead_seconds,
                         connections=args.connections, work=work, prefix=prefix,
                     )  # fmt: skip
                 results["failover"] = run_failover(routed, client, proxy_port, args.rate, ("f1", "f2"))
