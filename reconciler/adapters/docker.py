@@ -85,6 +85,7 @@ API_VERSION = "1.41"  # docker 20.10 and later; fixed so that connecting costs n
 
 T = TypeVar("T")
 DIE_SETTLE = 1.0  # seconds a die event waits for the engine's listing to say the container no longer runs
+OWN_DEATH_WINDOW = 120.0  # seconds a container this process stopped may take to die (a stop_timeout) and not be news
 
 
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)|\w+Error\(-?\d+, '([^']+)'\)")
@@ -125,6 +126,9 @@ class Engine:
         self.instance = instance
         self.files = files if files is not None else EnvFiles()  # env_files, read on the engine's host
         self.limits: HostLimits | None = None  # the policy's host folders; the pass that plans sets them
+        # Containers this process stopped, killed or removed (id -> when): their die is no news (``deaths``).
+        self._ending: dict[str, float] = {}
+        self._ending_lock = threading.Lock()
 
     def real_paths(self, paths: Sequence[str]) -> tuple[dict[str, str | None], str]:
         """Each of ``paths`` as its real path on the engine's host, and why where it cannot be told.
@@ -410,7 +414,23 @@ class Engine:
                     with contextlib.suppress(docker.errors.APIError):
                         self.api.remove_network(network["Id"])
 
+    def _ends(self, container_id: str) -> None:
+        """``container_id`` is about to die by our hand: ``deaths`` does not report it."""
+        with self._ending_lock:
+            now = time.monotonic()
+            self._ending = {key: at for key, at in self._ending.items() if now - at < OWN_DEATH_WINDOW}
+            self._ending[container_id] = now
+
+    def _ours_ended(self, container_id: str) -> bool:
+        with self._ending_lock:
+            return any(
+                container_id.startswith(key) or key.startswith(container_id)
+                for key, at in self._ending.items()
+                if key and container_id and time.monotonic() - at < OWN_DEATH_WINDOW
+            )
+
     def kill(self, container_id: str, name: str, signal: str) -> None:
+        self._ends(container_id)
         with self._calls(f"signal {name}"):
             self.api.kill(container_id, signal=signal)
 
@@ -436,6 +456,7 @@ class Engine:
             self.api.unpause(container_id)
 
     def stop(self, container_id: str, name: str, timeout: float) -> None:
+        self._ends(container_id)
         with self._calls(f"stop {name}"):
             self.api.stop(container_id, timeout=math.ceil(timeout))
 
@@ -446,6 +467,7 @@ class Engine:
     def remove(self, container_id: str, name: str) -> None:
         """Remove the container; one that is gone already is no error. Its volumes stay (a database's data
         outlives its releases), but for the one that held its secrets (a read-only root's)."""
+        self._ends(container_id)
         with self._calls(f"remove {name}"), contextlib.suppress(docker.errors.NotFound):
             held = self._secrets_volume(container_id)
             self.api.remove_container(container_id, force=True, v=False)
@@ -515,6 +537,9 @@ class Engine:
         Each is yielded once the engine's listing (what ``observe`` reads) no longer shows it running, or
         after ``DIE_SETTLE`` seconds (a restart policy may have started it again): the engine says ``die``
         a few milliseconds before its listing says so, and a pass woken at once would see it still running.
+
+        A container this process stopped, killed or removed (a deploy's old release, a cooled warm one)
+        is no news: its death is not yielded.
         """
         filters = {"type": "container", "event": "die", "label": [f"{MANAGED}=true", f"{INSTANCE}={self.instance}"]}
         with self._calls("follow die events"):
@@ -535,6 +560,8 @@ class Engine:
                     if stop.is_set():
                         return
                     attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                    if self._ours_ended(str(event.get("id") or "")):
+                        continue  # a release a pass stopped (a deploy, a cooled warm one): no pass for it
                     self._settled(str(event.get("id") or ""), stop)
                     yield str(attributes.get("name") or event.get("id") or "")
             if not stop.is_set():
