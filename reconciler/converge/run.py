@@ -417,14 +417,9 @@ def applying(
             journal.close()
 
 
-def acme_on(desired: DesiredState) -> bool:
-    tls = desired.proxy.tls if desired.proxy is not None else None
-    return tls is not None and tls.acme is not None
-
-
 def cert_lines(proxy: Proxy, state_dir: Path, desired: DesiredState) -> list[str]:
     """Each ACME host's certificate as stored (``cert HOST: expires ..., renews ...``); nothing is asked."""
-    if not acme_on(desired):
+    if core_certs.acme_of(desired) is None:
         return []
     from reconciler.deploy.certs import Certs
 
@@ -499,7 +494,7 @@ def apply_pass(
     else:
         hooks.proxy_synced(changed)
     certified = None
-    if not proxy_error and acme_on(desired):
+    if not proxy_error and core_certs.acme_of(desired) is not None:
         from reconciler.deploy.certs import Certs
 
         # Before the deploys: a route's certificate is there before its first HTTPS request where it can be.
@@ -583,7 +578,7 @@ def apply_pass(
     if certified is not None:
         record.routes += certified.lines(time.time())
         record.cert_errors = list(certified.failed.values())
-    elif acme_on(desired):
+    else:
         record.routes += cert_lines(proxy, settings.state_dir, desired)
     hooks.finished(observed)
     return record.done()

@@ -26,7 +26,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from reconciler.core.model import DesiredState
+from reconciler.core.model import AcmeSpec, DesiredState
 
 RENEW_AT = 2 / 3  # of the lifetime, when the server gives no renewal window
 FIRST_BACKOFFS = (60.0, 120.0)  # after the first and second failures
@@ -50,11 +50,16 @@ def covers(names: Iterable[str], host: str) -> bool:
     return False
 
 
+def acme_of(desired: DesiredState) -> AcmeSpec | None:
+    """The file's ``proxy.tls.acme``, or None when it orders no certificate."""
+    tls = desired.proxy.tls if desired.proxy is not None else None
+    return tls.acme if tls is not None else None
+
+
 def to_order(desired: DesiredState, covered: Callable[[str], bool] = lambda host: False) -> list[str]:
     """The hosts ACME orders for: each exact host of a route that ``covered`` (a PEM of ``tls.certs``) does
     not serve. None without ``proxy.tls.acme``."""
-    proxy = desired.proxy
-    if proxy is None or proxy.tls is None or proxy.tls.acme is None:
+    if acme_of(desired) is None:
         return []
     hosts = {
         host

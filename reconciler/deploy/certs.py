@@ -99,7 +99,7 @@ class Certs:
 
     def look(self, desired: DesiredState) -> list[core.CertRecord]:
         """Each host's certificate as stored (nothing is asked of the ACME server or the proxy)."""
-        spec = _acme(desired)
+        spec = core.acme_of(desired)
         if spec is None:
             return []
         store = CertStore(self.state_dir, spec.directory)
@@ -108,7 +108,7 @@ class Certs:
     def sync(self, desired: DesiredState) -> CertReport:
         """Serve what is stored, order what is due (see the module docstring)."""
         report = CertReport()
-        spec = _acme(desired)
+        spec = core.acme_of(desired)
         if spec is None:
             return report
         store = CertStore(self.state_dir, spec.directory)
@@ -240,8 +240,3 @@ class Certs:
             path.unlink(missing_ok=True)
             done.append(f"cert {host}: no route names it: no longer served (kept in the store)")
         return done
-
-
-def _acme(desired: DesiredState) -> AcmeSpec | None:
-    tls = desired.proxy.tls if desired.proxy is not None else None
-    return tls.acme if tls is not None else None
