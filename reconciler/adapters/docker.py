@@ -85,6 +85,7 @@ API_VERSION = "1.41"  # docker 20.10 and later; fixed so that connecting costs n
 
 T = TypeVar("T")
 DIE_SETTLE = 1.0  # seconds a die event waits for the engine's listing to say the container no longer runs
+REMOVAL_WAIT = 2.0  # seconds a listing waits for a container of ours that the engine is removing to be gone
 OWN_DEATH_WINDOW = 120.0  # seconds a container this process stopped may take to die (a stop_timeout) and not be news
 
 
@@ -179,10 +180,22 @@ class Engine:
     # -- reading ---------------------------------------------------------------------------------
 
     def observe(self) -> ObservedState:
-        rows = self.call("list containers", lambda: self.api.containers(all=True))
+        """What runs. A container of this instance that the engine is removing (a ``docker rm -f`` under way)
+        is waited for, at most ``REMOVAL_WAIT`` s: planned on, it would be started as it goes."""
+        deadline = time.monotonic() + REMOVAL_WAIT
+        while True:
+            rows = self.call("list containers", lambda: self.api.containers(all=True))
+            if time.monotonic() >= deadline or not any(self._removing(row) for row in rows):
+                break
+            time.sleep(0.05)
         containers = tuple(observed_from_row(row, instance=self.instance) for row in rows)
         services = tuple(observed_from_service(row, instance=self.instance) for row in self.services())
         return ObservedState(containers=containers + self._reached(services))
+
+    def _removing(self, row: Mapping[str, Any]) -> bool:
+        labels = row.get("Labels") or {}
+        ours = labels.get(MANAGED) == "true" and labels.get(INSTANCE) == self.instance
+        return ours and row.get("State") == "removing"
 
     def _reached(self, services: tuple[ObservedContainer, ...]) -> tuple[ObservedContainer, ...]:
         """``services`` with the endpoints of each routed one of ours (two more calls, only when there is one)."""
