@@ -580,14 +580,16 @@ def _trust_files(settings: Any) -> None:
         keys_of(settings.sops_age_key_file, given=True)
 
 
-def _secret_file(path: Path) -> bytes:
-    """A secret from a file (its surrounding whitespace dropped); a missing or empty one is a usage error."""
+def _secret_file(path: Path, option: str = "--webhook-secret-file", *, least: int = 1) -> bytes:
+    """A secret from a file (its surrounding whitespace dropped); a missing, empty or short one is a usage error."""
     try:
         secret = path.read_bytes().strip()
     except OSError as exc:
-        _fail(f"--webhook-secret-file {path}: {exc.strerror or exc}")
+        _fail(f"{option} {path}: {exc.strerror or exc}")
     if not secret:
-        _fail(f"--webhook-secret-file {path}: the file is empty")
+        _fail(f"{option} {path}: the file is empty")
+    if len(secret) < least:
+        _fail(f"{option} {path}: at least {least} characters (e.g. `openssl rand -hex 32 > {path}`)")
     return secret
 
 
@@ -643,7 +645,18 @@ def agent(
             "--listen",
             envvar="RECONCILE_LISTEN",
             show_default=False,
-            help="HOST:PORT for /metrics, /healthz and /hooks/{github,gitlab,gitea}. [default: no listener]",
+            help="HOST:PORT for the dashboard (/), /metrics, /healthz and /hooks/{github,gitlab,gitea}. Keep it on"
+            " loopback or behind the proxy with TLS. [default: no listener]",
+        ),
+    ] = None,
+    ui_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ui-token-file",
+            envvar="RECONCILE_UI_TOKEN_FILE",
+            show_default=False,
+            help="File holding the dashboard's login token (never printed): a browser logged in with it may suspend,"
+            " resume, retry, break glass and roll back. Without it the dashboard is read-only.",
         ),
     ] = None,
     policy: PolicyOpt = None,
@@ -693,10 +706,13 @@ def agent(
     secret = _secret_file(webhook_secret_file) if webhook_secret_file is not None else b""
     if secret and listen is None:
         _fail("--webhook-secret-file: webhooks come in through --listen HOST:PORT; give it too")
+    ui_token = _secret_file(ui_token_file, "--ui-token-file", least=16) if ui_token_file is not None else b""
+    if ui_token and listen is None:
+        _fail("--ui-token-file: the dashboard is served on --listen HOST:PORT; give it too")
     _guarded(lambda: _trust_files(settings))  # a mistake in them is said now, not at the first pass
     config = AgentSettings(
         settings=settings, branch=branch, interval=every, self_heal=self_heal, publish_stable=publish_stable,
-        listen=listen, webhook_secret=secret, notify=tuple(notify or ()),
+        listen=listen, webhook_secret=secret, notify=tuple(notify or ()), ui_token=ui_token,
     )  # fmt: skip
     code = _guarded(lambda: run_agent(config, log_format=log_format.value, on_step=_kill_hook()))
     raise typer.Exit(code)

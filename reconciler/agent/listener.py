@@ -44,7 +44,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from tornado import gen, httputil, iostream, netutil
 from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
@@ -55,6 +55,9 @@ from reconciler.core.webhooks import HookVerdict, Provider, RateLimit, judge
 from reconciler.errors import UserError
 from reconciler.telemetry.metrics import Metrics
 
+if TYPE_CHECKING:
+    from reconciler.agent.dashboard import Dashboard, Hub
+
 MAX_BODY = 1024 * 1024
 HEAD_TIMEOUT = 5.0  # seconds for a whole request head: from the connection (or the last answer) on
 BODY_TIMEOUT = 10.0  # seconds for a whole body
@@ -63,6 +66,7 @@ MAX_CONNECTIONS = 2048
 PER_ADDRESS = 1024
 THREADS = 4
 _FILES_KEPT = 256  # files the rest of the agent may open (journal, git, docker): not for connections
+KEEPALIVE = 15.0  # seconds between an event stream's keep-alive comments
 _LINGER = 2.0  # seconds a refused body is read and dropped, so that the client reads the answer, not a reset
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
@@ -92,6 +96,7 @@ class Listener:
         followed: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         crashed: Callable[[BaseException], str] | None = None,
+        dashboard: Dashboard | None = None,
     ) -> None:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -100,6 +105,7 @@ class Listener:
         self.metrics, self.health, self.on_push, self.on_refused = metrics, health, on_push, on_refused
         self.secret, self.followed, self.clock = secret, followed, clock
         self.crashed = crashed  # keeps a bug's traceback and says where (the agent's crash files)
+        self.dashboard = dashboard  # the pages, their actions and /events (``agent.dashboard``)
         self.limit = RateLimit()
         self._limit_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -149,6 +155,10 @@ class Listener:
         finally:
             server.stop()
             loop.run_until_complete(_close_all(server))
+            pending = asyncio.all_tasks(loop)  # event streams wait on their queues: ended, not left pending
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
     def stop(self) -> None:
@@ -196,6 +206,13 @@ class Listener:
             if method != "POST":
                 return _json(start_response, 405, {"result": "method", "reason": "hooks are POSTed"})
             return self._hook(provider, environ, start_response)
+        if self.dashboard is not None:
+            answered = self.dashboard.answer(method, path, environ)
+            if answered is not None:
+                status, headers, body = answered
+                headers = [*headers, ("Content-Length", str(len(body)))]
+                start_response(f"{status} {_REASONS.get(status, 'Status')}", headers)
+                return [body]
         return _json(start_response, 404, {"result": "not-found", "reason": f"nothing at {path[:64]}"})
 
     def _healthz(self, start_response: StartResponse) -> Iterable[bytes]:
@@ -240,7 +257,8 @@ def _json(start_response: StartResponse, status: int, body: Mapping[str, Any]) -
 
 
 _REASONS = {
-    200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+    200: "OK", 202: "Accepted", 303: "See Other", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed",
     413: "Payload Too Large", 429: "Too Many Requests", 503: "Service Unavailable",
 }  # fmt: skip
 
@@ -373,6 +391,10 @@ class _Exchange(httputil.HTTPMessageDelegate):
         }
         self.chunks = []
         pool = self.listener._pool
+        dashboard = self.listener.dashboard
+        if dashboard is not None and environ["PATH_INFO"] == "/events" and self.start_line.method == "GET":
+            await self._stream(dashboard.hub)
+            return
         try:
             if pool is None:
                 return
@@ -392,6 +414,38 @@ class _Exchange(httputil.HTTPMessageDelegate):
         finally:
             self._release()
             self.room.busy.discard(self.stream)
+
+    async def _stream(self, hub: Hub) -> None:
+        """``/events``: the dashboard's server-sent events, for as long as the client reads them. The connection
+        is not busy meanwhile: a newcomer may push it out, as it would an idle one."""
+        self.room.busy.discard(self.stream)
+        self._release()
+        queue = hub.subscribe()
+        head = httputil.HTTPHeaders({"Server": "reconciler", "Cache-Control": "no-store"})
+        try:
+            if queue is None:
+                body = b'{"result": "busy", "reason": "too many event streams open"}\n'
+                head.update({"Content-Type": "application/json", "Content-Length": str(len(body))})
+                await self.conn.write_headers(httputil.ResponseStartLine("HTTP/1.1", 503, "Service Unavailable"), head,
+                                              body)  # fmt: skip
+                self.conn.finish()
+                return
+            head["Content-Type"] = "text/event-stream; charset=utf-8"
+            await self.conn.write_headers(httputil.ResponseStartLine("HTTP/1.1", 200, "OK"), head, b": open\n\n")
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(queue.get(), KEEPALIVE)
+                except TimeoutError:
+                    chunk = b": keep-alive\n\n"
+                if chunk is None:  # the listener stops
+                    break
+                await self.conn.write(chunk)
+            self.conn.finish()
+        except (iostream.StreamClosedError, RuntimeError):
+            self.conn.close()
+        finally:
+            if queue is not None:
+                hub.unsubscribe(queue)
 
     def _release(self) -> None:
         self.room.held -= self.reserved

@@ -67,6 +67,7 @@ from typing import Any
 from reconciler.adapters.docker import connect
 from reconciler.adapters.git import Source, open_source
 from reconciler.adapters.protocols import DockerEngine
+from reconciler.agent.dashboard import Dashboard, Facts
 from reconciler.agent.fallback import TrustFallback
 from reconciler.agent.listener import AgentHealth, Listener
 from reconciler.agent.promotion import StableClock
@@ -139,6 +140,7 @@ class AgentSettings:
     listen: str | None = None  # HOST:PORT of the HTTP listener (metrics, healthz, webhooks); None: none
     webhook_secret: bytes = field(default=b"", repr=False)  # never printed
     notify: tuple[str, ...] = field(default=(), repr=False)  # apprise URLs: they hold tokens, never printed
+    ui_token: bytes = field(default=b"", repr=False)  # the dashboard's actions log in with it; empty: read-only
 
     @property
     def ref(self) -> str:
@@ -160,7 +162,10 @@ class Agent:
     engine: DockerEngine | None = None
     journal: Journal | None = None
     last_fetch: float = 0.0
-    revision: str = ""
+    revision: str = ""  # the tip last read
+    applied: str = ""  # the commit the last pass converged to (the tip, or the last trusted one)
+    next_at: float | None = None  # epoch seconds of the next pass by the interval
+    dashboard: Dashboard | None = None  # with the listener
     # what failed, and how soon to try again
     failing: dict[str, int] = field(default_factory=dict)  # what keeps failing -> how many times in a row
     retry_in: float = float("inf")  # a sooner pass to retry what failed in this one (the remote)
@@ -254,6 +259,7 @@ class Agent:
                         # Watch before the first pass, so that a push during it is not missed.
                         observer = watch_refs(self.source, self.wakes.moved)
                     wait = self.tick()
+                    self.next_at = time.time() + wait
                 self.loop_at = time.monotonic()  # also while it waits for a state directory it can write
                 if self.stopping:
                     break
@@ -306,6 +312,9 @@ class Agent:
                 self.events.clear(f"webhook:{provider}")
 
         branch = self.config.branch
+        settings = self.config.settings
+        self.dashboard = Dashboard(settings, self.config.ref, self._facts, self.events, token=self.config.ui_token)
+        self.events.listeners.append(self.dashboard.on_event)
         listener = Listener(
             self.config.listen,
             metrics=self.metrics,
@@ -315,9 +324,16 @@ class Agent:
             secret=self.config.webhook_secret,
             followed=f"refs/heads/{branch}" if branch else None,
             crashed=lambda exc: keep_traceback(exc, self.config.settings.state_dir),
+            dashboard=self.dashboard,
         )
         listener.start()
         return listener
+
+    def _facts(self) -> Facts:
+        """The dashboard's header: the commits, and when the last pass ended and the next one is due."""
+        ended = self.pass_ended
+        last = None if ended is None else time.time() - (time.monotonic() - ended)
+        return Facts(self.config.settings.instance, self.config.ref, self.applied, self.revision, last, self.next_at)
 
     def health(self) -> AgentHealth:
         """What /healthz says: ``liveness``, and not alive when the last ``FAILED_PASSES`` passes failed (the
@@ -391,6 +407,8 @@ class Agent:
             self.pass_ended = time.monotonic()
             took = self.pass_ended - self.pass_started
             self.metrics.passed(took)
+            if self.dashboard is not None:
+                self.dashboard.passed()
             if self.say_passes:  # a fact to wait on: "nothing happened" is only known once a pass went through
                 self.events.emit(Event.PASS_DONE, f"a pass ended after {took:.2f}s", started=f"{started:.3f}",
                                  commit=self.revision[:8])  # fmt: skip
@@ -416,6 +434,7 @@ class Agent:
             with self.busy, locked(settings.state_dir, timeout=self.config.lock_timeout):
                 self._recovered("lock", Event.LOCK_RECOVERED, "state directory lock taken")
                 outcomes = self._converge(revision, desired)
+                self.applied = revision
             self.cut_short = False
         except EngineUnavailable as exc:
             self.engine = None

@@ -26,6 +26,7 @@ class Event(StrEnum):
     COMMIT_REFUSED = "commit.refused"  # --policy: the commit asks for more than the server allows
     POLICY_WARNING = "policy.warning"  # no --policy, and the file mounts /, /proc, /sys or the Docker socket
     WEBHOOK_REFUSED = "webhook.refused"  # a hook whose signature or token is wrong: not fetched
+    UI_ACTION = "ui.action"  # the dashboard: a login, a logout, or an action, with the session that asked
     # deploys, one line per verdict
     DEPLOY_SUCCEEDED = "deploy.succeeded"
     DEPLOY_ROLLED_BACK = "deploy.rolled-back"

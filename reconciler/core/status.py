@@ -134,6 +134,7 @@ class Status:
     apps: tuple[AppStatus, ...] = ()  # sorted by name
     routes: tuple[str, ...] = ()  # each route, what serves it and its requests in flight; warm releases
     proxy: tuple[str, ...] = ()  # how the proxy differs from the file and what runs (empty: it matches)
+    pending: tuple[str, ...] = ()  # the dry-run of the file against what runs (``core.report.plan_lines``)
 
     def as_dict(self) -> dict[str, Any]:
         return {

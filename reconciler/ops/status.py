@@ -20,6 +20,7 @@ from reconciler.core.failures import held_back
 from reconciler.core.health import Health, is_worse, of_sample
 from reconciler.core.model import DesiredState, ObservedState
 from reconciler.core.proxy import route_lines
+from reconciler.core.report import plan_lines
 from reconciler.core.status import AppStatus, DeployRecord, StackLine, Status
 from reconciler.deploy.prober import Prober
 from reconciler.deploy.proxy import Proxy
@@ -119,6 +120,7 @@ def collect(settings: Settings) -> Status:
             suspended=journal.flag(SUSPENDED),
             break_glass=tuple(journal.flags(BREAK_GLASS).items()),
             apps=tuple(apps),
+            pending=tuple(plan_lines(plan, file=settings.file)) if plan is not None else (),
         )
     finally:
         journal.close()

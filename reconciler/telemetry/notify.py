@@ -3,9 +3,9 @@
 Guarantees:
 - Only the events in ``NOTIFIED`` (a deploy failed, rolled back or held; a release promoted to stable;
   drift seen with self-heal off; the remote or the engine unreachable and recovered; a commit refused by
-  its signature; a host's certificate that could not be had, and had again) are sent, and only when the
-  agent emits them: the agent logs each condition once
-  (``EventLog.once``), so a notification is sent on a change, never every pass.
+  its signature; a host's certificate that could not be had, and had again; an action from the dashboard)
+  are sent, and only when the agent emits them: the agent logs each condition once (``EventLog.once``), so
+  a notification is sent on a change, never every pass.
 - ``Notifier(...)`` is the call the agent makes for every event it emits: it never blocks and never
   raises. Each target has its own daemon thread and its own bounded queue; a full queue drops its
   oldest notification (counted in ``dropped``), so a target that hangs or fails delays neither a
@@ -64,6 +64,7 @@ NOTIFIED: frozenset[Event] = frozenset(
         Event.COMMIT_BAD_SIGNATURE,
         Event.CERT_FAILED,  # a host's certificate could not be had (once), and had again
         Event.CERT_RECOVERED,
+        Event.UI_ACTION,  # who did what from the dashboard
     }
 )
 RECOVERED = "deploy.recovered"  # a notification's name (not a log line): a deploy that succeeds after trouble
@@ -72,7 +73,8 @@ NOTIFIED_NAMES: frozenset[str] = frozenset(event.value for event in NOTIFIED) | 
 _TROUBLE = frozenset({Event.DEPLOY_FAILED.value, Event.DEPLOY_ROLLED_BACK.value, Event.DEPLOY_HELD.value})
 _GOOD = frozenset({Event.REMOTE_RECOVERED.value, Event.ENGINE_RECOVERED.value, Event.NODE_RECOVERED.value,
                    Event.STABLE_PROMOTED.value, Event.CERT_RECOVERED.value, RECOVERED})  # fmt: skip
-_WARNING = frozenset({Event.DEPLOY_HELD.value, Event.DRIFT_FOUND.value, Event.CERT_FAILED.value})
+_WARNING = frozenset({Event.DEPLOY_HELD.value, Event.DRIFT_FOUND.value, Event.CERT_FAILED.value,
+                      Event.UI_ACTION.value})  # fmt: skip
 
 _SCHEME = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+.-]{0,31})://")
 _APPRISE_LOGGER = "apprise"

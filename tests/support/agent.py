@@ -70,6 +70,7 @@ KNOWN_EVENTS = frozenset(
         "agent.stopped",
         "agent.suspended",
         "agent.resumed",
+        "ui.action",
         "commit.seen",
         "deploy.succeeded",
         "deploy.rolled-back",
