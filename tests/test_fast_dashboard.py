@@ -1,0 +1,200 @@
+"""The dashboard's logic without an engine: its rows and their order, the versions to go back to, and what its
+answers do with sessions, CSRF and a read-only agent (the board given in-process; the real agent and a real
+browser are tests/test_dashboard.py's)."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.agent.dashboard import Dashboard, Facts
+from reconciler.converge.run import Settings
+from reconciler.core import dashboard as view
+from reconciler.core.failures import Failure
+from reconciler.core.status import AppStatus, DeployRecord, Status
+from reconciler.state.journal import SUSPENDED, Journal
+from reconciler.telemetry import scrub
+from reconciler.telemetry.log import EventLog
+
+TOKEN = b"0123456789abcdef0123"
+
+
+def record(version: str, result: str) -> DeployRecord:
+    return DeployRecord(revision="a" * 40, version=version, result=result, at=1.0, message="")
+
+
+def app(name: str, **fields: Any) -> AppStatus:
+    given: dict[str, Any] = {"desired": "v2", "running": "v2", "state": "running", "health": "healthy", "in_sync": True}
+    return AppStatus(app=name, **{**given, **fields})
+
+
+def test_failing_apps_come_first_then_drifting_then_the_rest_each_by_name() -> None:
+    status = Status(
+        file="desired-state.yaml",
+        apps=(
+            app("alpha"),
+            app("beta", in_sync=False),
+            app("gamma", last_attempted=record("v3", "rolled-back")),
+            app("delta", health="unhealthy: the container exited with code 1"),
+            app(
+                "omega",
+                held=Failure(app="omega", version="v3", revision="b" * 40, spec_hash="h", reason="gate", culprit=True),
+            ),
+            app("zeta", desired=None, health="running (no longer in the file)", in_sync=False),
+        ),
+        routes=("cert shop.test: expires 2027-02-01, renews 2027-01-02", "cert other.test: expires 2027-03-01"),
+    )
+    rows = view.rows(status, {"alpha": ("shop.test",)})
+    assert [(row.app, row.state) for row in rows] == [
+        ("delta", "failing"), ("gamma", "failing"), ("omega", "failing"),
+        ("beta", "drift"), ("zeta", "drift"), ("alpha", "ok"),
+    ]  # fmt: skip
+    alpha = rows[-1]
+    assert alpha.route == "shop.test" and alpha.certs == ("cert shop.test: expires 2027-02-01, renews 2027-01-02",)
+    assert rows[2].held == "gate" and rows[4].desired == "(not in the file)"
+
+
+@dataclass(frozen=True)
+class Row:
+    started_at: float
+    finished_at: float | None
+    revision: str
+    author: str
+    app: str
+    action: str
+    from_version: str
+    to_version: str
+    message: str
+    result: str
+
+
+def deploy(to: str, result: str, frm: str = "") -> Row:
+    return Row(10.0, 12.5, "c" * 40, "ann <ann@example.com>", "web", "update", frm, to, "", result)
+
+
+def test_history_and_the_versions_to_go_back_to() -> None:
+    entries = [deploy("v4", "rolled-back", "v3"), deploy("v3", "succeeded", "v2"), deploy("v2", "succeeded", "v1"),
+               deploy("v3", "succeeded", "v1"), deploy("v1", "succeeded")]  # fmt: skip
+    assert view.back_to(entries, current="v3") == ["v2", "v1"]  # newest first, once each, never v4 (it failed)
+    first = view.history(entries)[0]
+    assert (first.change, first.result, first.took, first.commit) == ("v3 → v4", "rolled-back", "2.5s", "c" * 8)
+
+
+class Planted:
+    """A status whose journal message carries a value the scrubber knows as a secret."""
+
+    secret = "s3cr3t-planted-value"
+
+    def __call__(self, settings: Settings) -> Status:
+        return Status(
+            file="desired-state.yaml",
+            revision="d" * 40,
+            apps=(app("web", health=f"unhealthy: its log says {self.secret}"),),
+        )
+
+
+@pytest.fixture
+def planted() -> Iterator[Planted]:
+    scrub.remember([Planted.secret])
+    try:
+        yield Planted()
+    finally:
+        scrub.forget()
+
+
+def board(tmp_path: Path, collect: Planted, *, token: bytes = TOKEN) -> tuple[Dashboard, io.StringIO]:
+    stream = io.StringIO()
+    facts = Facts("test", "refs/heads/main", "d" * 40, "d" * 40, time.time(), None)
+    settings = Settings(repo=str(tmp_path / "repo"), state_dir=tmp_path / "state")
+    dash = Dashboard(settings, "refs/heads/main", lambda: facts, EventLog(stream=stream), token=token, collect=collect)
+    return dash, stream
+
+
+def request(
+    dash: Dashboard, method: str, path: str, body: str = "", cookie: str = ""
+) -> tuple[int, dict[str, str], str]:
+    data = body.encode()
+    environ = {"wsgi.input": io.BytesIO(data), "CONTENT_LENGTH": str(len(data)), "HTTP_COOKIE": cookie,
+               "REMOTE_ADDR": "127.0.0.1"}  # fmt: skip
+    answered = dash.answer(method, path, environ)
+    if answered is None:
+        return 404, {}, ""
+    status, headers, text = answered
+    return status, dict(headers), text.decode()
+
+
+def login(dash: Dashboard) -> tuple[str, str]:
+    status, headers, _ = request(dash, "POST", "/login", "token=" + TOKEN.decode())
+    assert status == 303
+    cookie = headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    pair = cookie.split(";")[0]
+    _, _, page = request(dash, "GET", "/", cookie=pair)
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found is not None, page
+    return pair, found.group(1)
+
+
+def test_read_only_without_a_token_no_form_no_login_no_action(tmp_path: Path, planted: Planted) -> None:
+    dash, _ = board(tmp_path, planted, token=b"")
+    status, headers, page = request(dash, "GET", "/")
+    assert status == 200 and 'data-app="web"' in page and "<form" not in page and "/login" not in page
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert request(dash, "GET", "/login")[0] == 404
+    assert request(dash, "POST", "/actions/suspend", "csrf=x")[0] == 404
+
+
+def test_a_page_never_carries_a_planted_secret(tmp_path: Path, planted: Planted) -> None:
+    dash, _ = board(tmp_path, planted)
+    for path in ("/", "/pending"):
+        status, _, page = request(dash, "GET", path)
+        assert status == 200 and planted.secret not in page
+    page = request(dash, "GET", "/")[2]
+    assert 'data-state="failing"' in page and "unhealthy: its log says" in page  # the line is there, masked
+
+
+def test_actions_need_a_session_and_its_csrf_token_and_are_said_as_events(tmp_path: Path, planted: Planted) -> None:
+    dash, log = board(tmp_path, planted)
+    status, _, page = request(dash, "POST", "/login", "token=wrong")
+    assert status == 401 and 'id="flash"' in page and TOKEN.decode() not in page
+    assert request(dash, "POST", "/actions/suspend", "csrf=x&reason=r")[0] == 403  # no session
+    cookie, csrf = login(dash)
+    status, _, page = request(dash, "POST", "/actions/suspend", "csrf=wrong&reason=r", cookie=cookie)
+    assert status == 403 and "CSRF" in page
+    assert not (tmp_path / "state" / "journal.db").exists()  # nothing was done
+
+    status, headers, _ = request(dash, "POST", "/actions/suspend", f"csrf={csrf}&reason=window", cookie=cookie)
+    assert status == 303 and headers["Location"] == "/"
+    journal = Journal(tmp_path / "state")
+    try:
+        assert "window" in (journal.flag(SUSPENDED) or "")
+    finally:
+        journal.close()
+    _, _, page = request(dash, "GET", "/", cookie=cookie)
+    assert 'id="flash"' in page and "suspended: window" in page
+    said = [line for line in log.getvalue().splitlines() if "ui.action" in line]
+    assert len(said) == 2 and "logged in" in said[0] and "suspended: window" in said[1]
+    assert cookie.split("=", 1)[1] not in log.getvalue()  # the session's cookie is never said
+
+    status, headers, page = request(dash, "POST", "/apps/web/rollback", f"csrf={csrf}&version=v1", cookie=cookie)
+    _, _, page = request(dash, "GET", "/apps/web", cookie=cookie)
+    assert 'role="alert"' in page and "rollback refused" in page  # no repository there: refused, said
+
+
+def test_events_reach_the_recent_list_scrubbed_and_pass_done_does_not(tmp_path: Path, planted: Planted) -> None:
+    dash, _ = board(tmp_path, planted, token=b"")
+    dash.events.listeners.append(dash.on_event)
+    from reconciler.core.events import Event
+
+    dash.events.emit(Event.DEPLOY_FAILED, f"web: v2 failed: {planted.secret}", app="web")
+    dash.events.emit(Event.PASS_DONE, "a pass ended")
+    page = request(dash, "GET", "/")[2]
+    assert 'data-event="deploy.failed" data-app="web"' in page and "pass.done" not in page
+    assert planted.secret not in page
