@@ -10,6 +10,8 @@ Guarantees:
   seconds, or an open event stream), and at the next page asked for otherwise: an agent nobody looks at does
   no more work than one without a dashboard. Every string of a page and of the stream is scrubbed
   (``telemetry.scrub``) on its way out, on top of the records holding no env value.
+- An app's page adds what the agent heard of its releases' gates (the samples, kept in memory for the last
+  ``GATED`` releases) and the last ``LOG_LINES`` of its failed release's log, scrubbed.
 - ``/events`` is a server-sent event stream: each agent event (``event: agent``, scrubbed as the log is) as
   it is said, and ``event: board`` when the board was taken again. At most ``MAX_STREAMS`` are open at once.
 - Without a token the dashboard is read-only: no form, and ``/login`` and every action answer 404. With one,
@@ -34,7 +36,7 @@ import json
 import secrets
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +44,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from reconciler.adapters.git import is_url
+from reconciler.adapters.protocols import DockerEngine
 from reconciler.converge.run import Settings
 from reconciler.core import dashboard as view
 from reconciler.core.events import Event
+from reconciler.core.health import Sample
+from reconciler.core.model import Role, container_name
 from reconciler.core.status import Status
 from reconciler.errors import ReconcileError
 from reconciler.telemetry import scrub
@@ -55,6 +60,9 @@ MAX_STREAMS = 64
 SESSION_TTL = 12 * 3600.0
 MAX_SESSIONS = 64
 RECENT = 30  # agent events the overview lists before the stream adds to them
+GATED = 64  # containers whose gate samples are kept (the newest), at most ``SAMPLES`` each
+SAMPLES = 40
+LOG_LINES = 30  # of a failed release's log, on its app's page
 COOKIE = "reconciler_session"
 HERE = Path(__file__).parent
 STATIC = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
@@ -136,6 +144,17 @@ def _offer(queue: asyncio.Queue[bytes | None], chunk: bytes | None) -> None:
         queue.put_nowait(chunk)
 
 
+@dataclass(frozen=True)
+class Heard:
+    """One sample of a gate, as the app page shows it."""
+
+    after: float  # seconds since its gate started
+    running: bool
+    probe_ok: bool
+    restarts: int
+    detail: str
+
+
 @dataclass
 class Board:
     status: Status
@@ -155,6 +174,9 @@ class Dashboard:
     hub: Hub = field(default_factory=Hub)
     sessions: dict[str, Session] = field(default_factory=dict)
     collect: Callable[[Settings], Status] | None = None  # ops.status.collect; given by tests
+    engine: Callable[[], DockerEngine | None] = lambda: None  # the agent's, for a failed release's log
+    # container id -> its last gate: when it started, its samples
+    gates: OrderedDict[str, tuple[float, deque[Heard]]] = field(default_factory=OrderedDict)
     _board: Board | None = None
     _stale: bool = True
     _viewed: float = float("-inf")
@@ -176,6 +198,39 @@ class Dashboard:
         }
         self.hub.recent.appendleft(said)
         self.hub.publish("agent", said)
+
+    def sampled(self, container_id: str, started_at: float, sample: Sample) -> None:
+        """A deploy's gate (started at ``started_at``) took ``sample`` of ``container_id`` (``Applier.on_sample``,
+        from its threads): a container's last gate is kept, a rollback's gate of it replaces its deploy's."""
+        heard = Heard(sample.at - started_at, sample.running, sample.probe_ok, sample.restarts, sample.detail)
+        with self._sessions_lock:
+            gate = self.gates.get(container_id)
+            if gate is None or gate[0] != started_at:
+                gate = self.gates[container_id] = (started_at, deque(maxlen=SAMPLES))
+            gate[1].append(heard)
+            self.gates.move_to_end(container_id)
+            while len(self.gates) > GATED:
+                self.gates.popitem(last=False)
+
+    def _releases(self, app: str) -> tuple[list[tuple[str, list[Heard]]], str]:
+        """The gate samples of the app's running and failed releases (those heard), and the failed one's log."""
+        engine = self.engine()
+        if engine is None:
+            return [], ""
+        gated: list[tuple[str, list[Heard]]] = []
+        log = ""
+        with contextlib.suppress(ReconcileError):
+            for role, said in ((Role.CURRENT, "running release"), (Role.FAILED, "failed release")):
+                found = engine.inspect(container_name(app, role))
+                if found is None or not found.ours:
+                    continue
+                with self._sessions_lock:
+                    heard = list(self.gates.get(found.id, (0.0, ()))[1])
+                if heard:
+                    gated.append((f"{said} ({found.image})", heard))
+                if role is Role.FAILED:
+                    log = engine.logs(found.id, tail=LOG_LINES)
+        return gated, scrub.scrub(log)
 
     def passed(self) -> None:
         """A pass ended: the board is taken again now if somebody looks, else at the next page."""
@@ -398,8 +453,10 @@ class Dashboard:
             if journal is not None:
                 journal.close()
         row = next(row for row in view.rows(board.status, board.hosts) if row.app == name)
+        gated, failed_log = self._releases(name)
         return self._render(
-            "app.html", 200, session, page=f"/apps/{name}", board=board, app=found, row=row,
+            "app.html", 200, session, page=f"/apps/{name}", board=board, app=found, row=row, gated=gated,
+            failed_log=failed_log,
             deploys=view.history(entries), versions=view.back_to(entries, found.desired), promoted=promoted,
             rollback_off=self.rollback_off(), refused=board.status.refused or board.status.desired_error,
             suspended=board.status.suspended,

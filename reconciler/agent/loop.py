@@ -313,7 +313,8 @@ class Agent:
 
         branch = self.config.branch
         settings = self.config.settings
-        self.dashboard = Dashboard(settings, self.config.ref, self._facts, self.events, token=self.config.ui_token)
+        self.dashboard = Dashboard(settings, self.config.ref, self._facts, self.events, token=self.config.ui_token,
+                                   engine=lambda: self.engine)  # fmt: skip
         self.events.listeners.append(self.dashboard.on_event)
         listener = Listener(
             self.config.listen,
@@ -547,6 +548,7 @@ class Agent:
         applier = new_applier(
             engine, journal, settings.state_dir, desired, settings,
             on_step=self.on_step, interrupted=lambda: self._newer_commit(tip),
+            on_sample=self.dashboard.sampled if self.dashboard is not None else None,
         )  # fmt: skip
         drifting: set[str] = set()
 

@@ -57,6 +57,7 @@ from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, Re
 from reconciler.telemetry import scrub
 
 if TYPE_CHECKING:
+    from reconciler.core.health import Sample
     from reconciler.deploy.applier import Applier
     from reconciler.deploy.certs import CertReport
     from reconciler.deploy.proxy import Proxy
@@ -375,13 +376,14 @@ def new_applier(
     on_step: Callable[[str, str], None] | None = None,
     log: Callable[[str], None] | None = None,
     interrupted: Callable[[], bool] | None = None,
+    on_sample: Callable[[str, float, Sample], None] | None = None,
 ) -> Applier:
     """The ``Applier`` of a pass, every collaborator given to its constructor (the one place one is built
     for a pass: the one-shot, a fleet's push and the agent)."""
     from reconciler.deploy.applier import Applier
     from reconciler.deploy.proxy import Proxy
 
-    given: dict[str, Any] = {"on_step": on_step, "log": log, "interrupted": interrupted}
+    given: dict[str, Any] = {"on_step": on_step, "log": log, "interrupted": interrupted, "on_sample": on_sample}
     return Applier(
         engine, journal, author=desired.author, parallel=settings.parallel, proxy=Proxy(engine, state_dir),
         sealed={desired.revision: desired.sealed}, secrets_dir=(state_dir / SECRETS).absolute(),

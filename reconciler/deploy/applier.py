@@ -89,7 +89,7 @@ from typing import TypeVar
 
 from reconciler import pool
 from reconciler.adapters.protocols import DockerEngine
-from reconciler.core.health import Gate, Verdict
+from reconciler.core.health import Gate, Sample, Verdict
 from reconciler.core.model import AppSpec, ObservedContainer, ObservedState, Role, container_name
 from reconciler.core.plan import STALE_NEXT, STALE_RELEASE, Action, ActionKind, Plan, Target, networks_of, port_waits
 from reconciler.core.proxy import Server
@@ -182,6 +182,7 @@ class Applier(Recovery):
     on_step: Callable[[str, str], None] = field(default=lambda app, step: None)
     log: Callable[[str], None] = field(default=lambda line: None)
     interrupted: Callable[[], bool] = field(default=lambda: False)
+    on_sample: Callable[[str, float, Sample], None] = field(default=lambda cid, started_at, sample: None)  # ``heard``
     wall: Callable[[], float] = time.time  # epoch seconds, as the journal's times are
     author: str = ""
     parallel: int = 1  # deploys of a pass at once (the pass's setting); 1: one after another, in this thread
@@ -206,7 +207,7 @@ class Applier(Recovery):
 
     def __post_init__(self) -> None:
         self._rows = Rows(self.journal)
-        self.prober = Prober(self.engine, clock=self.clock, sleep=self.sleep, stale=self._stale)
+        self.prober = Prober(self.engine, clock=self.clock, sleep=self.sleep, stale=self._stale, heard=self.on_sample)
         self.services = Services(
             self.engine, self._rows, self.prober, author=self.author, clock=self.clock, sleep=self.sleep,
             log=self._log, step=self._step, stale=self._stale, route=self._route_tasks,

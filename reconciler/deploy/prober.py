@@ -10,7 +10,8 @@ Guarantees:
   is one failed sample; an http or tcp probe that nothing answered in time is asked once more first.
   ``on-container`` addresses are the container's own (on the proxy's network first, at the port the
   release was deployed with).
-- ``gate`` probes until ``core.health.Gate`` decides, or ``stale()`` (the gate stays pending then). It
+- ``gate`` probes until ``core.health.Gate`` decides, or ``stale()`` (the gate stays pending then); each of
+  its samples is told to ``heard`` with the container's id and the gate's start (the dashboard shows them). It
   looks at the container every ``WATCH_STEP`` between samples, so a release that exits fails at once. A
   gate that fails first checks that the engine still answers (``engine_answers``): an engine going away
   raises ``EngineUnavailable``, it is no verdict on the release.
@@ -50,6 +51,8 @@ class Prober:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     stale: Callable[[], bool] = field(default=lambda: False)  # a gate abandons its wait once it says so
+    # A gate's samples: the container's id, when the gate started (its clock), the sample.
+    heard: Callable[[str, float, Sample], None] = field(default=lambda container_id, started_at, sample: None)
 
     # -- containers ----------------------------------------------------------------------------------
 
@@ -115,7 +118,9 @@ class Prober:
             restarts_at_start=found.restart_count if found is not None else 0,  # none: the first sample says why
         )
         while True:
-            gate = gate.observe(self.sample(container_id, spec))
+            sample = self.sample(container_id, spec)
+            self.heard(container_id, gate.started_at, sample)
+            gate = gate.observe(sample)
             if gate.verdict is Verdict.FAILED:
                 # An engine going away looks like a container that is gone or exited: that judges
                 # the engine, not the release.
