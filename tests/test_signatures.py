@@ -245,6 +245,29 @@ def test_a_good_ssh_signature_names_the_principal_and_the_fingerprint(
     assert "alice@example.com" in found.detail, found
 
 
+def test_a_commit_the_tool_writes_is_signed_where_the_repository_signs_its_commits(
+    keys: Keys, ssh: SignatureRule, tmp_path: Path
+) -> None:
+    """``rollback``, ``set-version`` and the dashboard commit with ``commit-tree``, which does not read
+    ``commit.gpgsign`` by itself: the commit must carry the signature the agent's rule asks for all the same."""
+    from reconciler.adapters.git import open_source
+
+    remote = GitRemote(tmp_path)
+    base = remote.commit("unsigned base")
+    source = open_source(str(remote.clone_path), state_dir=tmp_path, fetch=False)
+    try:
+        unsigned = source.commit_file(base=base, path="f.txt", content=b"1\n", message="plain")
+        for key, value in (("gpg.format", "ssh"), ("user.signingkey", str(keys.alice.private)),
+                           ("commit.gpgsign", "true")):  # fmt: skip
+            run_git("config", key, value, cwd=remote.clone_path)
+        signed = source.commit_file(base=base, path="f.txt", content=b"2\n", message="signed")
+    finally:
+        source.close()
+    check(verify(remote.clone_path, unsigned, ssh), unsigned, SignatureVerdict.UNSIGNED)
+    found = check(verify(remote.clone_path, signed, ssh), signed, SignatureVerdict.GOOD)
+    assert found.key == f"alice@example.com {keys.alice.fingerprint}", found
+
+
 def test_an_unsigned_commit_is_unsigned_for_either_rule(repo: Repo, ssh: SignatureRule, openpgp: SignatureRule) -> None:
     sha = repo.commits["unsigned"]
     for rule in (ssh, openpgp):

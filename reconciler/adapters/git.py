@@ -415,8 +415,17 @@ class Source:
         except git.exc.GitCommandError:
             raise SourceError(f"{self.display}: HEAD is detached; check out a branch first") from None
 
+    def signs(self) -> bool:
+        """Whether commits made here are signed: the repository's ``commit.gpgsign`` (git's own setting, with
+        ``gpg.format`` and ``user.signingkey`` saying how), which ``commit-tree`` does not read by itself."""
+        try:
+            return str(self.repo.git.config("--type=bool", "--get", "commit.gpgsign")).strip() == "true"
+        except git.exc.GitCommandError:
+            return False
+
     def commit_file(self, *, base: str, path: str, content: bytes, message: str) -> str:
-        """A new commit on top of ``base`` whose only change is ``path`` := ``content``; no ref moves."""
+        """A new commit on top of ``base`` whose only change is ``path`` := ``content``; no ref moves. Signed
+        when the repository says commits are (``signs``)."""
         with tempfile.TemporaryDirectory(prefix="reconciler-index-") as tmp:
             env = {**self.identity_env(), "GIT_INDEX_FILE": str(Path(tmp) / "index")}
             self._git("read-tree", base, env=env)
@@ -427,7 +436,8 @@ class Source:
             blob = self._git("hash-object", "-w", "--path", path, str(staged), env=env)
             self._git("update-index", "--add", "--cacheinfo", f"{mode},{blob.strip()},{path}", env=env)
             tree = self._git("write-tree", env=env).strip()
-            return self._git("commit-tree", tree, "-p", base, "-m", message, env=env).strip()
+            sign = ["-S"] if self.signs() else []
+            return self._git("commit-tree", *sign, tree, "-p", base, "-m", message, env=env).strip()
 
     def is_dirty(self, path: str) -> bool:
         return not self.repo.bare and self.repo.is_dirty(index=True, working_tree=True, path=path)

@@ -19,9 +19,10 @@ Guarantees:
   random, kept in memory for ``SESSION_TTL``); an action needs that cookie and the session's CSRF token in its
   form, else ``403`` and nothing is done. The token is compared in constant time and never shown.
 - Actions: suspend, resume, retry a held release, break-glass ``rollback --local``, and a rollback as the commit
-  ``reconcile rollback APP --to V`` writes, on the followed branch of a local repository; where that commit
-  cannot be made (a URL, a branch that is not the repository's HEAD, signed commits required), the page says
-  why instead of offering it. Each action is one ``ui.action`` event naming the session and what was done.
+  ``reconcile rollback APP --to V`` writes, on the followed branch of a local repository, signed where that
+  repository signs its commits; where that commit cannot be made (a URL, a branch that is not the repository's
+  HEAD, signed commits required of a repository that does not sign), the page says why instead of offering it.
+  Each action is one ``ui.action`` event naming the session and what was done.
 """
 
 from __future__ import annotations
@@ -376,10 +377,22 @@ class Dashboard:
         if is_url(self.settings.repo):
             return ("the agent follows a URL, which it does not push to: roll back from a clone with"
                     " `reconcile rollback APP --to VERSION`")  # fmt: skip
-        if self.settings.require_signed_by:
-            return ("this agent requires signed commits, and the dashboard does not sign: roll back from a clone"
-                    " with `reconcile rollback APP --to VERSION`, signed")  # fmt: skip
+        if self.settings.require_signed_by and not self._signs():
+            return (f"this agent requires signed commits, and {self.settings.repo} does not sign the commits made"
+                    " in it (git config commit.gpgsign true, with gpg.format and user.signingkey there)")  # fmt: skip
         return ""
+
+    def _signs(self) -> bool:
+        from reconciler.adapters.git import open_source
+
+        try:
+            source = open_source(self.settings.repo, state_dir=self.settings.state_dir, fetch=False)
+        except ReconcileError:
+            return False
+        try:
+            return source.signs()
+        finally:
+            source.close()
 
     def _rollback(self, app: str, version: str) -> str:
         from reconciler.ops.rollback import open_for_writing, rollback
