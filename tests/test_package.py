@@ -240,6 +240,14 @@ def test_pipx_install_of_the_wheel_gives_a_working_reconcile(
     assert helped.returncode == 0 and "Converge this Docker host" in helped.stdout, helped.stderr
     where = run(home / "venvs" / "reconciler" / "bin" / "python", "-c", "import reconciler; print(reconciler.__file__)")
     assert where.stdout.startswith(str(home)), where
+    # The dashboard's templates, style sheet and script are package data: in the wheel, and they load.
+    load = ("from reconciler.agent.dashboard import HERE, STATIC; import jinja2; "
+            "env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / 'templates'))); "
+            "[env.get_template(n) for n in ('overview.html', 'app.html', 'pending.html', 'login.html')]; "
+            "print(HERE, sum((HERE / 'static' / n).stat().st_size > 0 for n in STATIC))")  # fmt: skip
+    loaded = run(home / "venvs" / "reconciler" / "bin" / "python", "-c", load)
+    assert loaded.returncode == 0 and loaded.stdout.startswith(str(home)), loaded.stdout + loaded.stderr
+    assert loaded.stdout.split()[-1] == "2", loaded.stdout
 
     # A real answer from the engine: the drift of a new app in a repository of the test's.
     images.build("web", "v1")
