@@ -83,6 +83,7 @@ class Facts:
     """What the agent knows of itself, for the overview's header."""
 
     instance: str
+    host: str  # this host's name (in a fleet's ``hosts:``)
     ref: str
     applied: str  # the commit last converged to, or ""
     attempted: str  # the tip last read, or ""

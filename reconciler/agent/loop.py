@@ -58,6 +58,7 @@ import contextlib
 import functools
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -334,7 +335,9 @@ class Agent:
         """The dashboard's header: the commits, and when the last pass ended and the next one is due."""
         ended = self.pass_ended
         last = None if ended is None else time.time() - (time.monotonic() - ended)
-        return Facts(self.config.settings.instance, self.config.ref, self.applied, self.revision, last, self.next_at)
+        settings = self.config.settings
+        host = settings.host or socket.gethostname()
+        return Facts(settings.instance, host, self.config.ref, self.applied, self.revision, last, self.next_at)
 
     def health(self) -> AgentHealth:
         """What /healthz says: ``liveness``, and not alive when the last ``FAILED_PASSES`` passes failed (the
