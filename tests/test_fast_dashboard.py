@@ -118,11 +118,11 @@ def board(tmp_path: Path, collect: Planted, *, token: bytes = TOKEN) -> tuple[Da
 
 
 def request(
-    dash: Dashboard, method: str, path: str, body: str = "", cookie: str = ""
+    dash: Dashboard, method: str, path: str, body: str = "", cookie: str = "", origin: str = "http://dash.test:9400"
 ) -> tuple[int, dict[str, str], str]:
     data = body.encode()
     environ = {"wsgi.input": io.BytesIO(data), "CONTENT_LENGTH": str(len(data)), "HTTP_COOKIE": cookie,
-               "REMOTE_ADDR": "127.0.0.1"}  # fmt: skip
+               "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "dash.test:9400", "HTTP_ORIGIN": origin}  # fmt: skip
     answered = dash.answer(method, path, environ)
     if answered is None:
         return 404, {}, ""
@@ -198,3 +198,47 @@ def test_events_reach_the_recent_list_scrubbed_and_pass_done_does_not(tmp_path: 
     page = request(dash, "GET", "/")[2]
     assert 'data-event="deploy.failed" data-app="web"' in page and "pass.done" not in page
     assert planted.secret not in page
+
+
+def test_a_post_from_another_site_is_refused_even_with_the_session_and_its_token(
+    tmp_path: Path, planted: Planted
+) -> None:
+    dash, _ = board(tmp_path, planted)
+    cookie, csrf = login(dash)
+    status, _, page = request(dash, "POST", "/actions/suspend", f"csrf={csrf}&reason=r", cookie, "https://evil.test")
+    assert status == 403 and "Cross-origin" in page
+    assert not (tmp_path / "state" / "journal.db").exists()
+
+
+def test_wrong_tokens_from_one_address_are_throttled(tmp_path: Path, planted: Planted) -> None:
+    dash, _ = board(tmp_path, planted)
+    statuses = [request(dash, "POST", "/login", "token=nope")[0] for _ in range(11)]
+    assert statuses == [401] * 10 + [429]
+    assert request(dash, "POST", "/login", "token=" + TOKEN.decode())[0] == 429  # even the right one, for now
+
+
+def test_a_page_asked_for_while_the_board_is_taken_gets_the_last_one_at_once(tmp_path: Path) -> None:
+    import threading
+
+    gate, taken = threading.Event(), []
+
+    def slow(settings: Settings) -> Status:
+        taken.append(1)
+        if len(taken) > 1:
+            gate.wait(10)  # the second taking hangs until the test lets it go
+        return Status(file="desired-state.yaml", apps=(app(f"web{len(taken)}"),))
+
+    dash, _ = board(tmp_path, slow)  # type: ignore[arg-type]
+    assert 'data-app="web1"' in request(dash, "GET", "/")[2]
+    dash._viewed = time.monotonic()
+    dash.passed()  # the refresher takes the board again, and hangs in it
+    deadline = time.monotonic() + 5
+    while len(taken) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(taken) == 2 and not gate.is_set()
+    page = request(dash, "GET", "/")[2]  # answered while the new board hangs in its taking
+    assert 'data-app="web1"' in page
+    gate.set()
+    while 'data-app="web2"' not in request(dash, "GET", "/")[2] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert 'data-app="web2"' in request(dash, "GET", "/")[2]

@@ -17,7 +17,9 @@ Guarantees:
 - Without a token the dashboard is read-only: no form, and ``/login`` and every action answer 404. With one,
   a browser that posts the token to ``/login`` gets a session cookie (``HttpOnly``, ``SameSite=Strict``,
   random, kept in memory for ``SESSION_TTL``); an action needs that cookie and the session's CSRF token in its
-  form, else ``403`` and nothing is done. The token is compared in constant time and never shown.
+  form, else ``403`` and nothing is done; so is a post whose ``Origin`` is another site. The token is compared
+  in constant time and never shown; after ``LOGIN_TRIES`` wrong ones from an address in ``LOGIN_WINDOW``
+  seconds, its logins are ``429`` until the window moves on.
 - Actions: suspend, resume, retry a held release, break-glass ``rollback --local``, and a rollback as the commit
   ``reconcile rollback APP --to V`` writes, on the followed branch of a local repository, signed where that
   repository signs its commits; where that commit cannot be made (a URL, a branch that is not the repository's
@@ -64,6 +66,7 @@ RECENT = 30  # agent events the overview lists before the stream adds to them
 GATED = 64  # containers whose gate samples are kept (the newest), at most ``SAMPLES`` each
 SAMPLES = 40
 LOG_LINES = 30  # of a failed release's log, on its app's page
+LOGIN_TRIES, LOGIN_WINDOW = 10, 60.0  # wrong tokens from one address in that many seconds, then 429
 COOKIE = "reconciler_session"
 HERE = Path(__file__).parent
 STATIC = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
@@ -105,7 +108,15 @@ class Hub:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._streams: dict[asyncio.Queue[bytes | None], asyncio.AbstractEventLoop] = {}
-        self.recent: deque[dict[str, str]] = deque(maxlen=RECENT)
+        self._recent: deque[dict[str, str]] = deque(maxlen=RECENT)
+
+    def said(self, item: dict[str, str]) -> None:
+        with self._lock:
+            self._recent.appendleft(item)
+
+    def recent(self) -> list[dict[str, str]]:
+        with self._lock:
+            return list(self._recent)
 
     def subscribe(self) -> asyncio.Queue[bytes | None] | None:
         """A queue for a new stream, on the running loop; None when ``MAX_STREAMS`` are open."""
@@ -183,6 +194,9 @@ class Dashboard:
     _stale: bool = True
     _viewed: float = float("-inf")
     _lock: threading.Lock = field(default_factory=threading.Lock)  # one taking of the board at a time
+    _wanted: threading.Event = field(default_factory=threading.Event)  # a pass ended: take the board again
+    _refresher: threading.Thread | None = None
+    _failed_logins: dict[str, deque[float]] = field(default_factory=dict)  # address -> when its wrong tokens came
     _sessions_lock: threading.Lock = field(default_factory=threading.Lock)
     _templates: Any = None
 
@@ -198,7 +212,7 @@ class Dashboard:
             "app": str(fields.get("app") or ""),
             "message": message,
         }
-        self.hub.recent.appendleft(said)
+        self.hub.said(said)
         self.hub.publish("agent", said)
 
     def sampled(self, container_id: str, started_at: float, sample: Sample) -> None:
@@ -235,17 +249,30 @@ class Dashboard:
         return gated, scrub.scrub(log)
 
     def passed(self) -> None:
-        """A pass ended: the board is taken again now if somebody looks, else at the next page."""
+        """A pass ended: the board is taken again now if somebody looks (by one thread: passes that end while
+        it is being taken make one more taking, not a queue), else at the next page."""
         self._stale = True
         if self.hub.watching or time.monotonic() - self._viewed < WATCHED:
-            threading.Thread(target=self._refresh, name="dashboard-board", daemon=True).start()
+            with self._sessions_lock:
+                if self._refresher is None:
+                    self._refresher = threading.Thread(target=self._refreshing, name="dashboard-board", daemon=True)
+                    self._refresher.start()
+            self._wanted.set()
 
-    def _refresh(self) -> None:
-        with contextlib.suppress(ReconcileError):
-            self.board(force=True)
-            self.hub.publish("board", {"at": time.time()})
+    def _refreshing(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            with contextlib.suppress(ReconcileError):
+                self.board(force=True)
+                self.hub.publish("board", {"at": time.time()})
 
     def board(self, *, force: bool = False) -> Board:
+        """The board: taken again when ``force``d or stale, except that a page asked for while it is being
+        taken gets the last one at once (it is seconds old; the stream says when the new one is there)."""
+        current = self._board
+        if current is not None and not force and (not self._stale or self._lock.locked()):
+            return current
         with self._lock:
             if self._board is None or force or self._stale:
                 self._stale = False
@@ -292,6 +319,8 @@ class Dashboard:
             return None
         if method != "POST":
             return None
+        if not _same_origin(environ):
+            return self._message(403, "Cross-origin post refused: the form was not sent by this dashboard.")
         form = _form(environ)
         if path == "/login":
             return self._login(form, environ) if self.token else None
@@ -321,7 +350,16 @@ class Dashboard:
             return session
 
     def _login(self, form: Mapping[str, str], environ: Mapping[str, Any]) -> Answer:
+        address, now = str(environ.get("REMOTE_ADDR", "?")), time.monotonic()
+        with self._sessions_lock:
+            failed = self._failed_logins.setdefault(address, deque(maxlen=LOGIN_TRIES))
+            while failed and failed[0] < now - LOGIN_WINDOW:
+                failed.popleft()
+            if len(failed) >= LOGIN_TRIES:
+                return self._message(429, f"Too many wrong tokens from {address}: wait a minute.")
         if not hmac.compare_digest(form.get("token", "").strip().encode(), self.token):
+            with self._sessions_lock:
+                failed.append(now)
             return self._login_form(None, status=401, flash="Wrong token.")
         key = secrets.token_urlsafe(32)
         who = "session " + hashlib.sha256(key.encode()).hexdigest()[:6]
@@ -445,7 +483,7 @@ class Dashboard:
         status = board.status
         return self._render(
             template, 200, session, page=page, board=board, st=status, rows=view.rows(status, board.hosts),
-            recent=list(self.hub.recent), suspended=status.suspended,
+            recent=self.hub.recent(), suspended=status.suspended,
             refused=status.refused or status.desired_error,
         )  # fmt: skip
 
@@ -499,6 +537,15 @@ def _form(environ: Mapping[str, Any]) -> dict[str, str]:
     except (UnicodeDecodeError, ValueError):
         return {}
     return {key: values[0] for key, values in parsed.items()}
+
+
+def _same_origin(environ: Mapping[str, Any]) -> bool:
+    """A post whose ``Origin`` (browsers send it with every post) names another host than the one asked is
+    another site's: refused before the cookie or the CSRF token are even looked at."""
+    origin = str(environ.get("HTTP_ORIGIN", ""))
+    if not origin or origin == "null":
+        return True  # not a browser's cross-site post (curl, or a privacy setting): the CSRF token decides
+    return origin.partition("://")[2] == str(environ.get("HTTP_HOST", ""))
 
 
 def _action_of(path: str) -> tuple[str | None, str | None]:
