@@ -111,7 +111,7 @@ def planted() -> Iterator[Planted]:
 
 def board(tmp_path: Path, collect: Planted, *, token: bytes = TOKEN) -> tuple[Dashboard, io.StringIO]:
     stream = io.StringIO()
-    facts = Facts("test", "web-1", "refs/heads/main", "d" * 40, "d" * 40, time.time(), None)
+    facts = Facts("test", "web-1", "refs/heads/main", "d" * 40, "d" * 40, "", time.time(), None)
     settings = Settings(repo=str(tmp_path / "repo"), state_dir=tmp_path / "state")
     dash = Dashboard(settings, "refs/heads/main", lambda: facts, EventLog(stream=stream), token=token, collect=collect)
     return dash, stream

@@ -5,7 +5,8 @@ the agent and the one-shot ``reconcile`` against the real engine. What a user se
 or one signed by a key not allowed, or one that asks for more than the policy allows, is not applied,
 is logged once naming the commit (and the key), is shown by ``status``; the host keeps the last
 verified commit (drift healed), and the next good commit deploys. Without a policy, a mount of the
-Docker socket is warned about at the agent's start.
+Docker socket is warned about at the agent's start. The dashboard names the key that signed the commit it
+applied, says why a tip is refused, and offers no rollback commit that the repository would not sign.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import World, wait_body
+from tests.support.net import free_port, http_get
 from tests.support.state import show
 
 pytestmark = pytest.mark.docker
@@ -64,6 +66,8 @@ def test_the_one_shot_applies_only_a_commit_signed_by_an_allowed_key(world: Worl
 def test_the_agent_keeps_the_last_verified_commit_until_a_good_one_comes(world: World) -> None:
     web = world.app()
     good, public = ssh_key(world.tmp, "good")
+    fingerprint = subprocess.run(["ssh-keygen", "-l", "-f", f"{good}.pub"], capture_output=True, text=True,
+                                 check=True).stdout.split()[1]  # fmt: skip
     stranger, _ = ssh_key(world.tmp, "stranger")
     rule = f"ssh:{allowed(world, public)}"
     commit(world, "v1", key=good)
@@ -87,7 +91,8 @@ def test_the_agent_keeps_the_last_verified_commit_until_a_good_one_comes(world: 
     assert world.remote_file().count("version: v2") == 1
     # A restarted agent keeps to the last commit it applied that still verifies (from its journal).
     agent.stop()
-    agent = world.agent("--require-signed-by", rule, interval="1s")
+    port = free_port()
+    agent = world.agent("--require-signed-by", rule, "--listen", f"127.0.0.1:{port}", interval="1s")
     agent.wait_for("commit.unsigned", timeout=30)
     world.client.api.stop(web.name, timeout=1)
     wait_body(web.port, "v1", timeout=30, agent=agent)
@@ -97,9 +102,17 @@ def test_the_agent_keeps_the_last_verified_commit_until_a_good_one_comes(world: 
     assert other[:8] in line.message and "SHA256:" in line.message, agent.log()
     wait_body(web.port, "v1", timeout=5, agent=agent)
 
+    page = f"http://127.0.0.1:{port}"
+    overview = http_get(page + "/", timeout=10)[1]
+    assert 'id="refused"' in overview and "not signed by an allowed key" in overview, overview
+
     commit(world, "v3, signed", key=good, versions={web.name: "v3"})
     agent.wait_for("deploy.succeeded", "v3", app=web.name, timeout=60)
     wait_body(web.port, "v3", timeout=10, agent=agent)
+    overview = http_get(page + "/", timeout=10)[1]
+    assert 'id="refused"' not in overview and f"deploy@example.com {fingerprint}" in overview, overview
+    app_page = http_get(f"{page}/apps/{web.name}", timeout=10)[1]
+    assert 'id="rollback-off"' in app_page and "does not sign" in app_page, app_page
 
 
 POLICY = """\

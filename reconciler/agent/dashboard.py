@@ -90,6 +90,7 @@ class Facts:
     ref: str
     applied: str  # the commit last converged to, or ""
     attempted: str  # the tip last read, or ""
+    signer: str  # the key that signed it (``--require-signed-by``), or ""
     last_pass: float | None  # epoch seconds
     next_pass: float | None
 

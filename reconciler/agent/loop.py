@@ -165,6 +165,7 @@ class Agent:
     last_fetch: float = 0.0
     revision: str = ""  # the tip last read
     applied: str = ""  # the commit the last pass converged to (the tip, or the last trusted one)
+    signer: str = ""  # the key that signed the tip last read (--require-signed-by), or ""
     next_at: float | None = None  # epoch seconds of the next pass by the interval
     dashboard: Dashboard | None = None  # with the listener
     # what failed, and how soon to try again
@@ -337,7 +338,8 @@ class Agent:
         last = None if ended is None else time.time() - (time.monotonic() - ended)
         settings = self.config.settings
         host = settings.host or socket.gethostname()
-        return Facts(settings.instance, host, self.config.ref, self.applied, self.revision, last, self.next_at)
+        return Facts(settings.instance, host, self.config.ref, self.applied, self.revision, self.signer, last,
+                     self.next_at)  # fmt: skip
 
     def health(self) -> AgentHealth:
         """What /healthz says: ``liveness``, and not alive when the last ``FAILED_PASSES`` passes failed (the
@@ -495,6 +497,7 @@ class Agent:
         try:
             read = read_at(self.source, self.config.ref, revision, settings.file, self.trust)
         except CommitRefused as exc:
+            self.signer = ""  # the refusal says whose key it was, if any
             said = str(exc).replace("\n", " | ")
             said = said if revision[:8] in said else f"commit {revision[:8]}: {said}"
             self.events.once("refused", _REFUSED.get(exc.reason, Event.COMMIT_REFUSED), said, commit=revision[:8])
@@ -506,6 +509,7 @@ class Agent:
             return kept
         self.events.clear("refused")
         self._flag(REFUSED, None)
+        self.signer = read.signer
         if self.fallback.passed(revision, read.desired):
             # Without --policy: one line per mount of /, /proc, /sys or the Docker socket (once each).
             for line in read.dangers:

@@ -150,6 +150,7 @@ class Read:
 
     desired: DesiredState
     dangers: tuple[str, ...] = ()  # without a policy: each dangerous mount, as FILE:LINE:COL: path: message
+    signer: str = ""  # with ``trust.signed_by``: the key that signed it, as git names it (``PRINCIPAL SHA256:…``)
 
 
 def parse_desired(text: bytes, file: str, revision: str, *, author: str = "") -> DesiredState:
@@ -181,8 +182,7 @@ def read_at(source: Source, ref: str, revision: str, file: str, trust: Trust) ->
     commit and opened as ``trust.sops`` says (``converge.sealed``): one that cannot be is ``CommitRefused``."""
     from reconciler.trust import server_policy
 
-    if trust.signed_by is not None:
-        check_signature(source, revision, trust.signed_by)
+    signer = check_signature(source, revision, trust.signed_by) if trust.signed_by is not None else ""
     text = source.read(revision, file)
     desired, positions = _parse(text, file, revision, author=source.author(revision))
     if trust.policy is not None:
@@ -192,7 +192,7 @@ def read_at(source: Source, ref: str, revision: str, file: str, trust: Trust) ->
         source, revision, desired, mode=trust.sops, key_file=trust.sops_key_file, state_dir=trust.state_dir
     )
     dangers = server_policy.check(positions, file, desired, None) if trust.policy is None else []
-    return Read(desired.model_copy(update={"source": source.identity(ref, revision, file)}), tuple(dangers))
+    return Read(desired.model_copy(update={"source": source.identity(ref, revision, file)}), tuple(dangers), signer)
 
 
 ALL_HOSTS = "*"  # ``Settings.host`` for a reader of the whole fleet: every app, placed nowhere
@@ -216,13 +216,14 @@ def place(desired: DesiredState, host: str | None) -> DesiredState:
     return fleet.placed(desired, name)
 
 
-def check_signature(source: Source, revision: str, signed_by: str) -> None:
-    """``CommitRefused`` unless ``revision`` carries a good signature by a key ``signed_by`` allows."""
+def check_signature(source: Source, revision: str, signed_by: str) -> str:
+    """The key that signed ``revision``; ``CommitRefused`` unless it is a good signature by a key ``signed_by``
+    allows."""
     from reconciler.trust import signatures
 
     found = signatures.verify(source.git_dir, revision, signatures.parse_rule(signed_by))
     if found.verdict is signatures.SignatureVerdict.GOOD:
-        return
+        return found.key
     if found.verdict is signatures.SignatureVerdict.UNSIGNED:
         message = f"commit {revision[:8]} is not signed; not applied (--require-signed-by {signed_by})"
     else:
