@@ -47,6 +47,8 @@ Guarantees:
   is fed on the loop's liveness alone.
 - Between passes, a routed service's route follows its tasks every ``routes.FOLLOW`` seconds (only while no
   pass holds the engine, here or in another process): a task Swarm replaced serves within seconds.
+- With ``--listen``, the dashboard (``agent.dashboard``) hears every event, each gate's samples and the end
+  of each pass; what it does never holds a pass up (its board is taken on a thread of its own).
 - SIGTERM ends the current step (a gate's wait is abandoned, its verdict given by the next start),
   exits 0 and leaves every container running. A deploy cut short by SIGKILL is finished or rolled
   back by the next pass (``Applier.verify_unfinished``).
