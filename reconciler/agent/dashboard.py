@@ -409,7 +409,8 @@ class Dashboard:
                              app=app or "")  # fmt: skip
             return self._flash(session, f"{action} refused: {exc}", error=True, back=back)
         self.events.emit(Event.UI_ACTION, f"{session.who}: {done}", app=app or "")
-        self._stale = True
+        with contextlib.suppress(ReconcileError):
+            self.board(force=True)  # the page it goes back to shows what the action did, not the board before it
         return self._flash(session, done, error=False, back=back)
 
     def rollback_off(self) -> str:

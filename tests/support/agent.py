@@ -410,6 +410,7 @@ class App:
     port: int
     version: str
     stable_after: str | None = None
+    env: dict[str, str] | None = None
 
     def yaml(self) -> str:
         """The app under `apps:`, with a comment to keep: loopback port, init, a fast HTTP gate."""
@@ -421,6 +422,7 @@ class App:
             timeout="5s",
             healthy_for="300ms",
             stable_after=self.stable_after,
+            env=self.env,
             comment=f"{self.name} stays commented",
         )
 
