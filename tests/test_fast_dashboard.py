@@ -8,7 +8,6 @@ import io
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from reconciler.converge.run import Settings
 from reconciler.core import dashboard as view
 from reconciler.core.failures import Failure
 from reconciler.core.status import AppStatus, DeployRecord, Status
-from reconciler.state.journal import SUSPENDED, Journal
+from reconciler.state.journal import SUSPENDED, Entry, Journal, JournalResult
 from reconciler.telemetry import scrub
 from reconciler.telemetry.log import EventLog
 
@@ -61,22 +60,10 @@ def test_failing_apps_come_first_then_drifting_then_the_rest_each_by_name() -> N
     assert rows[2].held == "gate" and rows[4].desired == "(not in the file)"
 
 
-@dataclass(frozen=True)
-class Row:
-    started_at: float
-    finished_at: float | None
-    revision: str
-    author: str
-    app: str
-    action: str
-    from_version: str
-    to_version: str
-    message: str
-    result: str
-
-
-def deploy(to: str, result: str, frm: str = "") -> Row:
-    return Row(10.0, 12.5, "c" * 40, "ann <ann@example.com>", "web", "update", frm, to, "", result)
+def deploy(to: str, result: str, frm: str = "") -> Entry:
+    return Entry(id=1, started_at=10.0, finished_at=12.5, revision="c" * 40, author="ann <ann@example.com>",
+                 app="web", action="update", from_version=frm, to_version=to, from_image="", to_image="",
+                 spec_hash="h", result=JournalResult(result), message="")  # fmt: skip
 
 
 def test_history_and_the_versions_to_go_back_to() -> None:
