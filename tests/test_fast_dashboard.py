@@ -38,7 +38,7 @@ def test_failing_apps_come_first_then_drifting_then_the_rest_each_by_name() -> N
     status = Status(
         file="desired-state.yaml",
         apps=(
-            app("alpha"),
+            app("alpha", hosts=("shop.test",)),
             app("beta", in_sync=False),
             app("gamma", last_attempted=record("v3", "rolled-back")),
             app("delta", health="unhealthy: the container exited with code 1"),
@@ -50,7 +50,7 @@ def test_failing_apps_come_first_then_drifting_then_the_rest_each_by_name() -> N
         ),
         routes=("cert shop.test: expires 2027-02-01, renews 2027-01-02", "cert other.test: expires 2027-03-01"),
     )
-    rows = view.rows(status, {"alpha": ("shop.test",)})
+    rows = view.rows(status)
     assert [(row.app, row.state) for row in rows] == [
         ("delta", "failing"), ("gamma", "failing"), ("omega", "failing"),
         ("beta", "drift"), ("zeta", "drift"), ("alpha", "ok"),

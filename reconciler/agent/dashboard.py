@@ -172,7 +172,6 @@ class Heard:
 @dataclass
 class Board:
     status: Status
-    hosts: dict[str, tuple[str, ...]]
     at: float
 
 
@@ -281,18 +280,9 @@ class Dashboard:
             return self._board
 
     def _take(self) -> Board:
-        from reconciler.converge.run import read_desired
-        from reconciler.converge.sealed import Mode
         from reconciler.ops.status import collect
 
-        settings = dataclasses.replace(self.settings, ref=self.ref)
-        status = (self.collect or collect)(settings)
-        hosts: dict[str, tuple[str, ...]] = {}
-        if status.revision is not None:
-            with contextlib.suppress(ReconcileError):
-                desired = read_desired(settings, sops=Mode.PARSE)
-                hosts = {name: tuple(spec.route.hosts) for name, spec in desired.apps.items() if spec.route}
-        return Board(status, hosts, time.time())
+        return Board((self.collect or collect)(dataclasses.replace(self.settings, ref=self.ref)), time.time())
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -484,7 +474,7 @@ class Dashboard:
         board = self.board()
         status = board.status
         return self._render(
-            template, 200, session, page=page, board=board, st=status, rows=view.rows(status, board.hosts),
+            template, 200, session, page=page, board=board, st=status, rows=view.rows(status),
             recent=self.hub.recent(), suspended=status.suspended,
             refused=status.refused or status.desired_error,
         )  # fmt: skip
@@ -506,7 +496,7 @@ class Dashboard:
         finally:
             if journal is not None:
                 journal.close()
-        row = next(row for row in view.rows(board.status, board.hosts) if row.app == name)
+        row = next(row for row in view.rows(board.status) if row.app == name)
         gated, failed_log = self._releases(name)
         return self._render(
             "app.html", 200, session, page=f"/apps/{name}", board=board, app=found, row=row, gated=gated,

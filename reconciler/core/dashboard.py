@@ -71,12 +71,12 @@ def state_of(app: AppStatus) -> str:
 _ORDER = {"failing": 0, "drift": 1, "ok": 2}
 
 
-def rows(status: Status, hosts: dict[str, tuple[str, ...]]) -> list[Row]:
-    """The overview's rows; ``hosts`` is each routed app's route hosts, as the file says them."""
+def rows(status: Status) -> list[Row]:
+    """The overview's rows."""
     certs = [line for line in status.routes if line.startswith("cert ")]
     made = []
     for app in status.apps:
-        names = hosts.get(app.app, ())
+        names = app.hosts
         last = app.last_attempted
         made.append(
             Row(

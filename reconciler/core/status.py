@@ -97,6 +97,7 @@ class AppStatus:
     failed: tuple[Failure, ...] = ()  # its failed releases on record, oldest first
     tasks: tuple[str, ...] = ()  # a service's tasks by node (``slot 1 on web-2: running``), then nodes down
     stack: StackLine | None = None  # what the file says of it as part of a stack
+    hosts: tuple[str, ...] = ()  # its route's hosts, as the file says them (the dashboard's; not in the JSON)
 
     def as_dict(self) -> dict[str, Any]:
         return {
