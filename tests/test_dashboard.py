@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import secrets
 import threading
 from collections.abc import Callable
@@ -56,14 +57,19 @@ class Stream:
         self.connection.close()
 
 
-def post(port: int, path: str, body: str, cookie: str) -> int:
-    """A form post as another client would send it: the session's cookie, whatever the body."""
+def answer(port: int, path: str, body: str, cookie: str) -> tuple[int, dict[str, str], str]:
+    """A form post as another client would send it, the session's cookie whatever the body: status, headers, page."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         connection.request("POST", path, body, {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie})
-        return connection.getresponse().status
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode()
     finally:
         connection.close()
+
+
+def post(port: int, path: str, body: str, cookie: str) -> int:
+    return answer(port, path, body, cookie)[0]
 
 
 def steady(read: Callable[[], T]) -> T:
@@ -154,7 +160,12 @@ def test_the_overview_an_app_live_updates_javascript_off_a_refused_commit_and_no
             assert driver.find_element("tag name", "body").get_attribute("data-live") == "off"
             driver.get(f"{base}/apps/{web.name}")
             assert len(driver.find_elements("css selector", "table#history tr.deploy")) >= 2
-            assert http_get(base + "/login")[0] == 404 and post(port, "/actions/suspend", "csrf=x", "") == 404
+            assert http_get(base + "/login")[0] == 404
+            actions = ("/login", "/logout", "/actions/suspend", "/actions/resume", f"/apps/{web.name}/retry",
+                       f"/apps/{web.name}/break-glass", f"/apps/{web.name}/rollback")  # fmt: skip
+            assert {path: post(port, path, "csrf=x&version=v1&token=x", "") for path in actions} == dict.fromkeys(
+                actions, 404
+            )
 
         # A commit that cannot be applied: said on the overview and the pending change, with its place.
         world.remote.write("desired-state.yaml", world.desired_text().replace("    init: true", "    init: maybe", 1))
@@ -163,8 +174,8 @@ def test_the_overview_an_app_live_updates_javascript_off_a_refused_commit_and_no
         agent.wait_for("desired.invalid", timeout=30)
         with browser() as driver:
             driver.get(base + "/pending")
-            wait_text(driver, "#refused", "desired-state.yaml:", timeout=15)
-            assert "init" in driver.find_element("id", "refused").text
+            refused = wait_text(driver, "#refused", "desired-state.yaml:", timeout=15)
+            assert re.search(r"desired-state\.yaml:\d+:\d+", refused) and "init" in refused, refused
 
         pages = [http_get(base + path)[1] for path in ("/", "/pending", f"/apps/{web.name}", f"/apps/{bad.name}")]
     finally:
@@ -204,15 +215,24 @@ def test_actions_from_the_browser_need_the_login_and_the_csrf_token(world: World
         driver.find_element("css selector", "#login input[name=token]").send_keys("not-the-token")
         submit(driver, "#login")
         assert "Wrong token" in wait_css(driver, "#flash").text
+        status, _, page = answer(port, "/login", "token=not-the-token", "")
+        assert status == 401 and 'id="flash"' in page and "Wrong token" in page, (status, page[-1500:])
         login(driver, base, token)
         [cookie] = [c for c in driver.get_cookies() if c["name"] == "reconciler_session"]
         assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict", cookie
         session = f"reconciler_session={cookie['value']}"
 
         # CSRF: the session's cookie without the form's token is refused, and nothing changes.
-        assert post(port, "/actions/suspend", "reason=forged", session) == 403
+        status, _, page = answer(port, "/actions/suspend", "reason=forged", session)
+        assert status == 403 and "CSRF" in page, (status, page[-1500:])
         assert post(port, "/actions/suspend", "csrf=forged&reason=forged", session) == 403
         assert "suspended" not in world.status_text().lower()
+        head = world.remote_log()[0]
+        assert post(port, f"/apps/{web.name}/rollback", "csrf=forged&version=v1", session) == 403
+        assert post(port, f"/apps/{web.name}/rollback", "version=v1", session) == 403
+        assert world.remote_log()[0] == head, "a forged rollback made no commit"
+        status, _, page = answer(port, "/actions/suspend", "reason=forged", "")  # no session at all
+        assert status == 403 and "log in" in page.lower(), (status, page[-1500:])
 
         driver.find_element("css selector", "form[data-action=suspend] input[name=reason]").send_keys("db migration")
         submit(driver, "form[data-action=suspend]")

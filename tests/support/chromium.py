@@ -76,11 +76,17 @@ def wait_css(driver: Any, selector: str, timeout: float = 10.0) -> Any:
     return driver.find_element("css selector", selector)
 
 
-def wait_text(driver: Any, selector: str, text: str, timeout: float = 10.0) -> Any:
-    """The first element matching ``selector`` once its text holds ``text``."""
+def wait_text(driver: Any, selector: str, text: str, timeout: float = 10.0) -> str:
+    """The text of the first element matching ``selector`` once it holds ``text``.
+
+    The text is the one read while waiting: the live page may replace the element right after (a pass ended),
+    and reading it again then would fail on an element no longer there.
+    """
+    seen: list[str] = []
 
     def holds() -> bool:
-        return any(text in element.text for element in driver.find_elements("css selector", selector))
+        seen[:] = [t for t in (e.text for e in driver.find_elements("css selector", selector)) if text in t][:1]
+        return bool(seen)
 
     wait_until(driver, holds, f"{selector} holding {text!r}", timeout)
-    return next(e for e in driver.find_elements("css selector", selector) if text in e.text)
+    return seen[0]
