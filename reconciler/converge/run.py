@@ -27,11 +27,9 @@ Guarantees:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -159,38 +157,14 @@ def parse_desired(text: bytes, file: str, revision: str, *, author: str = "") ->
     return _parse(text, file, revision, author=author)[0]
 
 
-_PARSED: collections.OrderedDict[tuple[bytes, str, str, str], tuple[Any, DesiredState, Positions]] = (
-    collections.OrderedDict()
-)
-_PARSED_KEPT = 4  # valid files kept parsed: a commit of 200 apps takes ~0.7 s of CPU to parse and validate
-_PARSED_LOCK = threading.Lock()
-
-
 def _parse(text: bytes, file: str, revision: str, *, author: str = "") -> tuple[DesiredState, Positions]:
-    """The validated file and the positions of its one parse, for the checkers that place what they find.
-
-    The same bytes at the same commit are parsed once (the agent's passes and its dashboard read one commit
-    again and again); the records are frozen, and the file's env values are remembered for scrubbing each
-    time."""
-    key = (text, file, revision, author)
-    with _PARSED_LOCK:
-        kept = _PARSED.get(key)
-        if kept is not None:
-            _PARSED.move_to_end(key)
-    if kept is not None:
-        scrub.remember_in(kept[0])
-        return kept[1], kept[2]
+    """The validated file and the positions of its one parse, for the checkers that place what they find."""
     data, positions = parse_yaml(text, filename=file)
     scrub.remember_in(data)
     try:
-        desired = load_desired(data, positions, filename=file, revision=revision, author=author)
+        return load_desired(data, positions, filename=file, revision=revision, author=author), positions
     except InvalidDesiredState as exc:
         raise InvalidDesiredState([scrub.scrub(line) for line in exc.errors]) from None
-    with _PARSED_LOCK:
-        _PARSED[key] = (data, desired, positions)
-        while len(_PARSED) > _PARSED_KEPT:
-            _PARSED.popitem(last=False)
-    return desired, positions
 
 
 def desired_at(source: Source, ref: str, revision: str, file: str, trust: Trust) -> DesiredState:
