@@ -12,6 +12,7 @@ applied, says why a tip is refused, and offers no rollback commit that the repos
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,10 @@ def test_the_agent_keeps_the_last_verified_commit_until_a_good_one_comes(world: 
     commit(world, "v3, signed", key=good, versions={web.name: "v3"})
     agent.wait_for("deploy.succeeded", "v3", app=web.name, timeout=60)
     wait_body(web.port, "v3", timeout=10, agent=agent)
-    overview = http_get(page + "/", timeout=10)[1]
+    # The page may show its last board for a moment while the pass's new one is taken: wait for it.
+    deadline = time.monotonic() + 15
+    while 'id="refused"' in (overview := http_get(page + "/", timeout=10)[1]) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert 'id="refused"' not in overview and f"deploy@example.com {fingerprint}" in overview, overview
     app_page = http_get(f"{page}/apps/{web.name}", timeout=10)[1]
     assert 'id="rollback-off"' in app_page and "does not sign" in app_page, app_page
