@@ -432,12 +432,13 @@ def main_command(
                 "networks": result.networks,
                 "proxy_error": result.proxy_error or None,
                 "cert_errors": result.cert_errors,
+                "rollouts": result.rollouts,
                 "ok": result.ok,
             }
         )
     else:
         lines = report.outcome_lines(result.outcomes, revision=plan.revision, file=settings.file)
-        typer.echo("\n".join(lines + report.note_lines(plan) + proxied))
+        typer.echo("\n".join(lines + result.rollouts + report.note_lines(plan) + proxied))
         for line in result.cert_errors:  # a certificate not had: the deploys stand, plain HTTP keeps serving
             typer.echo(f"warning: {line}", err=True)
         if result.proxy_error:
@@ -936,6 +937,41 @@ def resume(ctx: typer.Context, state_dir: StateOpt = None) -> None:
 
     _guarded(lambda: controls.resume(state_dir=_option(ctx, "state_dir", state_dir)))
     typer.echo("resumed: the agent converges to git again")
+
+
+rollout_app = typer.Typer(
+    help="End a routed app's weighted rollout (rollout:) early; the next pass (the agent's, at once) does it.",
+    rich_markup_mode=None,
+    no_args_is_help=True,
+)
+app.add_typer(rollout_app, name="rollout")
+
+
+def _rollout(ctx: typer.Context, app_name: str, what: str, state_dir: Path | None) -> None:
+    from reconciler.ops import controls
+
+    where = _option(ctx, "state_dir", state_dir)
+    record, pid = _guarded(lambda: controls.rollout(state_dir=where, app=app_name, what=what))
+    when = f"the agent (pid {pid}) does it now" if pid else "the next `reconcile` does it"
+    typer.echo(f"{app_name}: {what} of its rollout {record.from_version} -> {record.to_version} asked; {when}")
+
+
+@rollout_app.command("promote", epilog=COMMON_EPILOG)
+@_common
+def rollout_promote(
+    ctx: typer.Context, app_name: Annotated[str, typer.Argument(metavar="APP")], state_dir: StateOpt = None
+) -> None:
+    """APP's new release serves alone now, whatever step its rollout is at (journaled)."""
+    _rollout(ctx, app_name, "promote", state_dir)
+
+
+@rollout_app.command("abort", epilog=COMMON_EPILOG)
+@_common
+def rollout_abort(
+    ctx: typer.Context, app_name: Annotated[str, typer.Argument(metavar="APP")], state_dir: StateOpt = None
+) -> None:
+    """Every request back on APP's old release now; the new one is kept stopped as APP.failed and held."""
+    _rollout(ctx, app_name, "abort", state_dir)
 
 
 class Shell(StrEnum):

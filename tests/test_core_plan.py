@@ -831,7 +831,7 @@ def test_outcome_lines_and_dicts() -> None:
         "result": "rolled-back",
         "message": "health: not healthy after 30s",
     }
-    assert [result for result in report.Result if result.ok] == [report.Result.APPLIED]
+    assert [result for result in report.Result if result.ok] == [report.Result.APPLIED, report.Result.ROLLING_OUT]
 
 
 def test_action_kinds_that_change_the_engine() -> None:

@@ -76,11 +76,16 @@ def test_the_schema_is_as_strict_as_the_models() -> None:
         "canary",
         "replicas",
         "update",
+        "rollout",
         *model.CONTAINER_ONLY,
         "depends_on",
         "release",
     }
     assert set(probe["properties"]) == {"http", "tcp", "exec", "docker", "interval", "timeout", "healthy_for"}
+    rollout, analysis = data["$defs"]["RolloutSpec"], data["$defs"]["AnalysisSpec"]
+    assert rollout["additionalProperties"] is False and analysis["additionalProperties"] is False
+    assert set(rollout["properties"]) == {"steps", "analysis", "sticky"} and rollout["required"] == ["steps"]
+    assert set(analysis["properties"]) == {"max_5xx_ratio", "max_avg_ms", "min_requests", "on_no_traffic"}
     durations = [app["properties"][k] for k in ("stop_timeout", "stable_after")]
     durations += [probe["properties"][k] for k in ("interval", "timeout", "healthy_for")]
     assert all(d["type"] == "string" and d["pattern"] == DURATION_PATTERN for d in durations)
@@ -93,11 +98,12 @@ def test_every_duration_in_the_schema_states_its_bounds() -> None:
     app, probe = data["$defs"]["AppSpec"]["properties"], data["$defs"]["HealthSpec"]["properties"]
     route, update = data["$defs"]["RouteSpec"]["properties"], data["$defs"]["UpdateSpec"]["properties"]
     release = data["$defs"]["ReleaseSpec"]["properties"]
+    step = data["$defs"]["RolloutStep"]["properties"]
     described = {
         name: (
             release["timeout"]
             if name == "release"
-            else app.get(name) or probe.get(name) or route.get(name) or update[name]
+            else app.get(name) or probe.get(name) or route.get(name) or step.get(name) or update[name]
         )["description"]
         for name in DURATION_LIMITS
     }
@@ -112,6 +118,7 @@ def test_every_duration_in_the_schema_states_its_bounds() -> None:
         " default: the app's stable_after; 0s stops it after drain; at most 720h",
         "delay": "between batches; at most 1h",
         "release": "killed past this: the deploy failed; 1s to 24h",
+        "pause": "how long the step lasts before its traffic is judged; 1s to 24h",
     }
 
 

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import random
 import socket
@@ -127,6 +128,7 @@ _VERDICT_EVENTS = {  # an outcome's line in the log; any other result of a chang
     Result.ROLLED_BACK: Event.DEPLOY_ROLLED_BACK,
     Result.FAILED: Event.DEPLOY_FAILED,
     Result.SUPERSEDED: Event.DEPLOY_SUPERSEDED,
+    Result.ROLLING_OUT: Event.ROLLOUT_STARTED,
 }
 
 
@@ -169,6 +171,7 @@ class Agent:
     applied: str = ""  # the commit the last pass converged to (the tip, or the last trusted one)
     signer: str = ""  # the key that signed the tip last read (--require-signed-by), or ""
     next_at: float | None = None  # epoch seconds of the next pass by the interval
+    next_step: float = math.inf  # epoch seconds: a rollout's step is judged then (a pass wakes for it)
     dashboard: Dashboard | None = None  # with the listener
     # what failed, and how soon to try again
     failing: dict[str, int] = field(default_factory=dict)  # what keeps failing -> how many times in a row
@@ -470,7 +473,8 @@ class Agent:
             if outcome.result is Result.SUPERSEDED:
                 return 0.0  # a newer commit is waiting
         retry, self.retry_in = self.retry_in, float("inf")
-        return min(self._next_interval(), self.stable.due(), retry)
+        step = max(0.05, self.next_step - time.time())  # the agent owns a rollout's clock
+        return min(self._next_interval(), self.stable.due(), retry, step)
 
     def _read(self) -> tuple[str, DesiredState]:
         settings = self.config.settings
@@ -609,6 +613,10 @@ class Agent:
         def died(app: str, spec: AppSpec, observed: ObservedState, why: str) -> None:
             self._died(app, spec, observed, applier, why)
 
+        def rolled(said: list[str]) -> None:
+            for line in said:
+                self.events.emit(Event.ROLLOUT_STEP, line, commit=revision[:8])
+
         def applied(outcomes: list[Outcome], plan: Plan) -> None:
             self._report(outcomes, revision)
             self._remember_failures(outcomes, plan, revision)
@@ -621,6 +629,7 @@ class Agent:
             certified=lambda report: self._certified(report, revision),
             started=started,
             verified=verified,
+            rolled=rolled,
             planned=planned,
             observed_after=observed_after,
             applied=applied,
@@ -631,6 +640,8 @@ class Agent:
         )
         record = apply_pass(applier, desired, settings, atomic=True, hooks=hooks)
         self.proxy_down = record.proxy_error
+        self.next_step = record.next_step
+        self.metrics.rollouts(record.shares)
         return record.applied
 
     def _proxy_failed(self, exc: UserError) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,17 +42,20 @@ from reconciler.adapters.git import Source, open_source
 from reconciler.adapters.protocols import DockerEngine
 from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.converge.sealed import Mode, open_sealed
+from reconciler.core import canary as core_canary
 from reconciler.core import certs as core_certs
 from reconciler.core import fleet
 from reconciler.core import images as image_match
+from reconciler.core.canary import Rollout
 from reconciler.core.desired import Positions, load_desired
 from reconciler.core.holdback import Notice
 from reconciler.core.model import STABLE, AppSpec, DesiredState, ObservedState, image_ref
 from reconciler.core.plan import Plan, Resolution, plan
-from reconciler.core.proxy import route_lines, routed, unrouted
+from reconciler.core.proxy import Canary, route_lines, routed, unrouted
 from reconciler.core.report import Outcome, Result
 from reconciler.core.sealed import ENV_FILE
 from reconciler.core.stack import SecretSpec, SopsRef
+from reconciler.deploy import canary as canaries
 from reconciler.deploy import networks
 from reconciler.errors import CommitRefused, ImageError, InvalidDesiredState, ReconcileError, UserError
 from reconciler.telemetry import scrub
@@ -120,6 +124,9 @@ class PassResult:
     cut_short: str = ""  # the outage that ended the deploys early, when a hook chose to end the pass there
     networks: list[str] = field(default_factory=list)  # what the pass did of the instance's networks (dry: would do)
     cert_errors: list[str] = field(default_factory=list)  # ACME: a line per host whose order failed (pass goes on)
+    rollouts: list[str] = field(default_factory=list)  # what the pass did of the weighted rollouts under way
+    next_step: float = math.inf  # when a rollout's step is judged next (epoch seconds): the agent wakes then
+    shares: dict[str, tuple[int, int]] = field(default_factory=dict)  # each rollout under way: (step, weight)
 
     def done(self) -> PassResult:
         self.outcomes = self.verified + self.applied + self.waited
@@ -293,7 +300,12 @@ def _registry_stable(
 
 
 def plan_against(
-    engine: DockerEngine, desired: DesiredState, settings: Settings, *, observed: ObservedState | None = None
+    engine: DockerEngine,
+    desired: DesiredState,
+    settings: Settings,
+    *,
+    observed: ObservedState | None = None,
+    rolling: Mapping[str, str] | None = None,
 ) -> tuple[Plan, ObservedState]:
     """Observe (unless given), resolve and plan. An app with a host path whose real path on the engine's
     host leads out of the policy's folders is an error of the plan (``server_policy.on_host``), not a deploy."""
@@ -320,6 +332,7 @@ def plan_against(
         adopt=settings.adopt,
         prune_foreign=settings.prune_foreign,
         relabel=settings.relabel,
+        rolling=rolling,
     )
     return the_plan, observed
 
@@ -352,11 +365,14 @@ def reconcile_once(
         from reconciler.deploy.proxy import Proxy
 
         proxy = Proxy(engine, settings.state_dir)
-        the_plan, observed = plan_against(engine, desired, settings)
+        rollouts = canaries.peek(settings.state_dir) if desired.proxy is not None else {}
+        the_plan, observed = plan_against(engine, desired, settings, rolling=canaries.rolling(rollouts))
         routes = route_lines(desired, observed, proxy.network, proxy.switched())
+        routes += rollout_lines(rollouts, desired)
         said = networks.ensure(engine, desired, dry=True) + networks.prune(engine, desired, dry=True)
         routes += cert_lines(proxy, settings.state_dir, desired)
-        return PassResult(desired, the_plan, proxy=proxy.drift(desired, observed), routes=routes, networks=said)
+        drift = proxy.drift(desired, observed, canaries=weights(rollouts, desired, observed, proxy))
+        return PassResult(desired, the_plan, proxy=drift, routes=routes, networks=said)
     from reconciler.trust import server_policy
 
     # before anything changes: the commit is applied whole or not at all
@@ -420,6 +436,18 @@ def applying(
             journal.close()
 
 
+def weights(
+    rollouts: Mapping[str, Rollout], desired: DesiredState, observed: ObservedState, proxy: Proxy
+) -> dict[str, Canary | None]:
+    """The canary server and weights of each app with ``rollout:`` (``core.canary.canaries``)."""
+    return core_canary.canaries(rollouts, desired, observed, proxy.network)
+
+
+def rollout_lines(rollouts: Mapping[str, Rollout], desired: DesiredState) -> list[str]:
+    """Each rollout under way as ``status`` and the report say it (``core.canary.lines``)."""
+    return [line for app, found in sorted(rollouts.items()) for line in core_canary.lines(found, desired.apps.get(app))]
+
+
 def cert_lines(proxy: Proxy, state_dir: Path, desired: DesiredState) -> list[str]:
     """Each ACME host's certificate as stored (``cert HOST: expires ..., renews ...``); nothing is asked."""
     if core_certs.acme_of(desired) is None:
@@ -447,7 +475,8 @@ class PassHooks:
     defaults are the one-shot's: nothing is told as it happens, the record says it all at the end.
 
     Each hook is called at one point of the pass, in this order: ``proxy_synced`` / ``proxy_failed`` (the
-    proxy first), ``started``, ``verified`` (the unfinished deploys' verdicts), ``planned``, the ``filters``
+    proxy first), ``started``, ``verified`` (the unfinished deploys' verdicts), ``planned``, ``rolled`` and
+    ``verified`` again (the weighted rollouts under way: what each step did, the ones that ended), the ``filters``
     in turn (each one's notices to ``say``), ``observed_after`` (what runs after the deploys),
     ``applied`` (the deploys' outcomes, also when the look after them failed), ``proxy_synced`` /
     ``proxy_failed`` again (the proxy after the deploys), ``finished``."""
@@ -458,6 +487,7 @@ class PassHooks:
     proxy_failed: Callable[[UserError], None] = _nothing  # it cannot be brought in line: routed apps wait
     started: Callable[[ObservedState, Mapping[str, AppSpec]], None] = _nothing  # what runs, the apps that wait
     verified: Callable[[list[Outcome]], None] = _nothing  # each under the commit that released it
+    rolled: Callable[[list[str]], None] = _nothing  # what the pass did of the weighted rollouts under way
     planned: Callable[[Plan, ObservedState], None] = _nothing  # the plan, before any filter
     observed_after: Callable[[ObservedState, list[Outcome]], None] = _nothing  # only when the pass deployed
     applied: Callable[[list[Outcome], Plan], None] = _nothing  # the outcomes of the plan that was applied
@@ -488,9 +518,10 @@ def apply_pass(
     proxy_error = ""
     changed: list[str] = []
     observed = engine.observe()
+    rollouts = canaries.records(applier.journal) if desired.proxy is not None else {}
     # The proxy first: whatever happened to it, it routes to what runs before anything changes.
     try:
-        changed = proxy.sync(desired, observed)
+        changed = proxy.sync(desired, observed, canaries=weights(rollouts, desired, observed, proxy))
     except UserError as exc:  # the proxy (its port taken, its image missing): the routed apps wait for it
         proxy_error = str(exc)
         hooks.proxy_failed(exc)
@@ -526,8 +557,20 @@ def apply_pass(
         if died:
             observed = engine.observe()
         verified += died
-    the_plan, observed = plan_against(engine, desired, settings, observed=observed)
-    judged = {outcome.app for outcome in died}
+    rolling = canaries.rolling(rollouts)
+    the_plan, observed = plan_against(engine, desired, settings, observed=observed, rolling=rolling)
+    tended = canaries.Tended()
+    if rollouts and not proxy_error:
+        # Each rollout under way moves before the deploys: one a newer commit supersedes goes first.
+        tended = canaries.tend(applier, desired, observed, the_plan)
+        hooks.rolled(tended.said)
+        hooks.verified(tended.outcomes)
+        if tended.outcomes:
+            verified += tended.outcomes
+            rolling = canaries.rolling(canaries.records(applier.journal))
+            the_plan, observed = plan_against(engine, desired, settings, rolling=rolling)
+    # A release taken back (died in its window, its rollout aborted) is not deployed again by this pass.
+    judged = {outcome.app for outcome in died} | {o.app for o in tended.outcomes if o.result is not Result.SUPERSEDED}
     the_plan = dataclasses.replace(the_plan, actions=tuple(a for a in the_plan.actions if a.app not in judged))
     hooks.planned(the_plan, observed)
     to_apply, held = unrouted(the_plan, desired) if proxy_error else (the_plan, [])
@@ -542,8 +585,9 @@ def apply_pass(
         hooks.say(said)
         notices += said
     record = PassResult(
-        desired, the_plan, proxy=changed, notices=notices, verified=verified, waited=waited, networks=made
-    )
+        desired, the_plan, proxy=changed, notices=notices, verified=verified, waited=waited, networks=made,
+        rollouts=tended.said, next_step=tended.due,
+    )  # fmt: skip
     if to_apply.changes:
         try:
             record.applied = applier.apply(to_apply, observed, atomic=atomic)
@@ -556,7 +600,7 @@ def apply_pass(
             return record.done()
     else:  # what ``apply`` says of a plan without a change, without asking it
         record.applied = [Outcome(a.app, a.kind, a.container, Result.SKIPPED, a.message) for a in to_apply.problems]
-    resync = desired.proxy is not None and bool(verified or record.applied) and not waiting
+    resync = desired.proxy is not None and bool(verified or record.applied or tended.said) and not waiting
     try:
         if resync or (hooks.look_after and to_apply.changes):
             observed = engine.observe()
@@ -566,7 +610,8 @@ def apply_pass(
         hooks.applied(record.applied, to_apply)
     if resync:
         try:
-            late = proxy.sync(desired, observed)
+            rollouts = canaries.records(applier.journal)
+            late = proxy.sync(desired, observed, canaries=weights(rollouts, desired, observed, proxy))
         except UserError as exc:  # the deploys happened: they are reported, and this with them
             proxy_error = str(exc)
             hooks.proxy_failed(exc)
@@ -578,6 +623,12 @@ def apply_pass(
     if applier.secrets_dir is not None and (verified or to_apply.changes):
         engine.prune_secret_files(applier.secrets_dir)  # the file secrets of the releases this pass removed
     record.routes = route_lines(desired, observed, proxy.network, proxy.switched())
+    record.routes += rollout_lines(canaries.records(applier.journal), desired)  # after the deploys began theirs
+    for app, found in canaries.records(applier.journal).items():
+        spec = desired.apps.get(app)
+        if spec is not None and spec.rollout is not None:
+            record.next_step = min(record.next_step, core_canary.ends(spec, found))
+            record.shares[app] = (found.step + 1, core_canary.weight(spec, found))
     if certified is not None:
         record.routes += certified.lines(time.time())
         record.cert_errors = list(certified.failed.values())

@@ -35,6 +35,9 @@ class Event(StrEnum):
     DEPLOY_HELD = "deploy.held"
     DEPLOY_DONE = "deploy.done"
     DEPLOY_CLEANUP = "deploy.cleanup"  # APP.next left by an interrupted deploy, removed
+    # a weighted rollout (rollout:): begun, and each step's verdict; its end is a deploy verdict above
+    ROLLOUT_STARTED = "rollout.started"
+    ROLLOUT_STEP = "rollout.step"
     # the proxy of routed apps: started, reloaded, a route switched, a warm release stopped
     PROXY_CHANGED = "proxy.changed"
     PROXY_FAILED = "proxy.failed"
@@ -56,6 +59,7 @@ class Event(StrEnum):
     APP_FOREIGN = "app.foreign"
     APP_UNLABELLED = "app.unlabelled"
     APP_UNCHECKED = "app.unchecked"
+    APP_ROLLOUT = "app.rollout"  # its weighted rollout is under way: the plan leaves it to that
     APP_WAITING = "app.waiting"  # not deployed: a dependency (depends_on) is not as it needs it
     # stable
     STABLE_PROMOTED = "stable.promoted"

@@ -34,6 +34,7 @@ DURATION_LIMITS: dict[str, tuple[str, str]] = {
     "keep_warm": ("0s", "720h"),
     "delay": ("0s", "1h"),
     "release": ("1s", "24h"),  # a release command (a migration) that runs past a day is stuck
+    "pause": ("1s", "24h"),  # a rollout step's: its traffic is judged at its end
 }
 
 
@@ -99,6 +100,7 @@ Drain = Annotated[float, bounded_duration("drain"), _DURATION_SCHEMA]
 KeepWarm = Annotated[float, bounded_duration("keep_warm"), _DURATION_SCHEMA]
 Delay = Annotated[float, bounded_duration("delay"), _DURATION_SCHEMA]
 ReleaseTimeout = Annotated[float, bounded_duration("release"), _DURATION_SCHEMA]
+Pause = Annotated[float, bounded_duration("pause"), _DURATION_SCHEMA]
 
 
 def limits(field: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 import re
 import urllib.parse
 from enum import StrEnum
@@ -49,6 +50,7 @@ from reconciler.core.fields import (
     KeepWarm,
     Labels,
     PathStr,
+    Pause,
     Size,
     StableAfter,
     StopTimeout,
@@ -541,6 +543,54 @@ class UpdateSpec(Strict):
     )
 
 
+class OnNoTraffic(StrEnum):
+    """What a rollout step with too few requests to judge (``inconclusive``) does: said, never silent."""
+
+    FAIL = "fail"  # aborted, as a failed step is
+    ADVANCE = "advance"  # taken as passed: on to the next step
+    HOLD = "hold"  # the step is judged again after another pause
+
+
+class RolloutStep(Strict):
+    """One step of a weighted rollout: the share of requests the new release gets, and for how long."""
+
+    weight: int = Field(ge=1, le=99, description="percent of the route's requests sent to the new release")
+    pause: Pause = Field(description=f"how long the step lasts before its traffic is judged; {limits('pause')}")
+
+
+class AnalysisSpec(Strict):
+    """How a rollout step is judged at its end, from the proxy's counters of the new and the serving release."""
+
+    max_5xx_ratio: float = Field(
+        0.01, ge=0, le=1, description="the new release fails when more of its answers are 5xx (and more than the old's)"
+    )
+    max_avg_ms: int | None = Field(
+        None, ge=1, le=600_000, description="it fails when its average response time is higher (and the old's lower)"
+    )
+    min_requests: int = Field(100, ge=1, le=10_000_000, description="fewer answers of the new release: inconclusive")
+    on_no_traffic: OnNoTraffic = Field(
+        OnNoTraffic.FAIL,
+        description="an inconclusive step: fail (abort), advance, or hold (judged again later)",
+    )
+
+
+class RolloutSpec(Strict):
+    """A routed app's weighted rollout: a new release that passed its gate takes a growing share of requests,
+    judged by the proxy at the end of each step, before it serves alone."""
+
+    steps: tuple[RolloutStep, ...] = Field(min_length=1, max_length=20, description="[{weight: 5, pause: 2m}, ...]")
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="how each step is judged")
+    sticky: bool = Field(False, description="a client stays on the release it first got (a cookie), for sessions")
+
+    @field_validator("steps")
+    @classmethod
+    def _growing(cls, value: tuple[RolloutStep, ...]) -> tuple[RolloutStep, ...]:
+        for before, after in itertools.pairwise(value):
+            if after.weight <= before.weight:
+                raise ValueError(f"weights grow step by step: {after.weight} after {before.weight}")
+        return value
+
+
 class AppSpec(Strict):
     """One app: one container named after the app, or with ``replicas:`` one Swarm service."""
 
@@ -577,6 +627,9 @@ class AppSpec(Strict):
         None, ge=0, le=1000, description="present: a Docker Swarm service of this many tasks (the engine is a manager)"
     )
     update: UpdateSpec | None = Field(None, description="how a service rolls out a new spec; needs replicas:")
+    rollout: RolloutSpec | None = Field(
+        None, description="a routed app's new release takes a growing share of requests, judged step by step"
+    )
     # A stack: names, order, a release command, file secrets (``core.stack``).
     networks: AppNetworks = Field(
         default_factory=lambda: {DEFAULT_NETWORK: Attachment()},
@@ -704,6 +757,8 @@ class AppSpec(Strict):
                     raise ValueError(f"route.{key}: a service {why} (Swarm replaces its tasks): leave it out")
         if self.canary is not None:
             raise ValueError("canary: of a replicated app (replicas:) is not supported: a service runs one spec")
+        if self.rollout is not None:
+            raise ValueError("rollout: of a replicated app (replicas:) is not supported: Swarm replaces its tasks")
         for key in sorted(self.model_fields_set & CONTAINER_ONLY):
             raise ValueError(f"{key}: is not supported for a service (replicas:) yet: leave it out, or run a container")
         for port in self.ports:
@@ -742,6 +797,8 @@ class AppSpec(Strict):
 
     @model_validator(mode="after")
     def _routed(self) -> AppSpec:
+        if self.rollout is not None and self.route is None:
+            raise ValueError("rollout: weighs the proxy's requests between two releases: it needs route:")
         if self.health is not None and self.health.on_container and self.route is None and self.replicas is None:
             raise ValueError(f"health.http {shown(self.health.http)} is a bare path: it needs route: (or a full URL)")
         if self.route is not None and self.health is not None:

@@ -11,7 +11,8 @@ Guarantees:
 - Every action carries its reasons as ``Change(field, was, now)``; env changes name keys, never values;
   secrets are named by their target, never shown (``secret db_password: as deployed -> contents changed``).
 - A stale ``APP.next`` or ``APP.release`` (an interrupted deploy, a release command cut short) is removed
-  before the app is deployed again; a job (``AppSpec.completes``) that exited 0 is not started again.
+  before the app is deployed again (never the ``APP.next`` of a weighted rollout under way: ``rolling``);
+  a job (``AppSpec.completes``) that exited 0 is not started again.
 - An app whose image could not be resolved gets an ``error`` action and no change.
 - Planning the state that results from applying a plan (``simulate``) gives a plan with no changes.
 - ``port_waits`` names, for each app a plan deploys, the other apps of the plan whose running container
@@ -327,10 +328,14 @@ def plan(
     adopt: bool = False,
     prune_foreign: bool = False,
     relabel: bool = False,
+    rolling: Mapping[str, str] | None = None,
 ) -> Plan:
     """Pair each app of ``desired`` with its containers in ``observed`` and decide what to do.
 
     An env_file or secret hash of None means its contents could not be read here: they are not compared.
+    ``rolling`` names the apps whose weighted rollout is under way (the spec hash of its new release): an app
+    whose file still asks for that release is left to its rollout (a ``rollout`` note, no action), its
+    ``APP.next`` included; one whose file asks for another has its rollout aborted by the pass first.
     """
     actions: list[Action] = []
     notes: list[Note] = []
@@ -427,6 +432,13 @@ def plan(
             why = f"secrets {', '.join(unread)}: contents not checked ({where})"
             notes.append(Note("unchecked", app, app, why))
         stale_next = observed.named(container_name(app, Role.NEXT))
+        if (
+            stale_next is not None
+            and stale_next.managed
+            and (rolling or {}).get(app) == target.spec_hash == stale_next.spec_hash
+        ):
+            notes.append(Note("rollout", app, stale_next.name, f"{spec.version}: its weighted rollout is under way"))
+            continue
         if stale_next is not None:
             actions.append(
                 Action(

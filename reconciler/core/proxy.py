@@ -75,6 +75,8 @@ BACKUP = "warm"  # the backup server of a container app's backend (see ``backups
 # the first good check: a dead live release hands its traffic to the backup in well under a second.
 CHECKS = " check inter 1s fall 2 rise 1 observe layer4 error-limit 1 on-error mark-down"
 SLOT = "task"  # a routed service's servers: task1, task2, ...
+CANARY = "canary"  # the server of a rollout's new release, beside ``live`` (apps with ``rollout:``)
+FULL = 100  # the weights of an app with ``rollout:`` are percents: live 100 - w, canary w
 NO_SERVER = ("127.0.0.1", 1)  # a disabled server's placeholder address: nothing serves the route
 # Only what may be sent twice is retried after it reached a release: a POST that got no answer is not.
 ONLY_GETS_AGAIN = "  http-request disable-l7-retry unless METH_GET"
@@ -197,6 +199,7 @@ class Slot:
     ip: str
     port: int
     enabled: bool
+    weight: int = 1  # its user weight (``set weight``)
 
     @property
     def address(self) -> str:
@@ -305,10 +308,12 @@ def render(
     *,
     pools: Mapping[str, Sequence[Server]] | None = None,
     backup: Mapping[str, Server | None] | None = None,
+    canaries: Mapping[str, Canary | None] | None = None,
     uid: int = 0,
 ) -> str:
     """The whole haproxy.cfg: one frontend per listen address, one backend per routed app (``live`` and its
-    ``backup`` for a container app, ``pools`` for a service)."""
+    ``backup`` for a container app, with its rollout's ``canary`` when it has ``rollout:``; ``pools`` for a
+    service)."""
     drains = [spec.route.drain for spec in routes.values() if spec.route is not None]
     lines = [
         "# Written by reconciler from desired-state.yaml and what runs; it is rewritten at every pass.",
@@ -361,7 +366,7 @@ def render(
             lines += [
                 f"backend {backend(app)}",
                 *_check(spec),
-                server_line(live.get(app)),
+                *_weighed(app, spec, live.get(app), (canaries or {}).get(app)),
                 server_line((backup or {}).get(app), BACKUP),
                 ONLY_GETS_AGAIN,
                 "",
@@ -448,17 +453,47 @@ def with_pool(text: str, app: str, members: Sequence[Server]) -> str:
     return "\n".join(lines[:first] + _slot_lines(end - first, members) + lines[end:])
 
 
-def server_line(server: Server | None, name: str = SERVER) -> str:
-    """A container app's ``live`` server (checked) or its ``warm`` backup (not checked: it is only used
-    once ``live`` is down)."""
+@dataclass(frozen=True)
+class Canary:
+    """A rollout's new release in its app's backend, and the percent of the route's requests it gets."""
+
+    server: Server
+    weight: int
+
+
+def _weighed(app: str, spec: AppSpec, live: Server | None, canary: Canary | None) -> list[str]:
+    """A container app's active servers: ``live`` alone, or, with ``rollout:``, ``live`` and ``canary`` weighed
+    in percents (the canary disabled between rollouts), with a cookie per release when ``sticky``."""
+    if spec.rollout is None:
+        return [server_line(live)]
+    share = canary.weight if canary is not None else 0
+    sticky = spec.rollout.sticky
+    found = [f"  cookie {cookie_name(app)} insert indirect nocache httponly"] if sticky else []
+    return [
+        *found,
+        server_line(live, weight=FULL - share, cookie=SERVER if sticky else ""),
+        server_line(canary.server if canary else None, CANARY, weight=share, cookie=CANARY if sticky else ""),
+    ]
+
+
+def cookie_name(app: str) -> str:
+    """The cookie that keeps a client on the release it got (``rollout.sticky``)."""
+    return f"rcv_{app}"
+
+
+def server_line(server: Server | None, name: str = SERVER, *, weight: int | None = None, cookie: str = "") -> str:
+    """A container app's ``live`` server (checked), a rollout's ``canary`` (checked), or its ``warm`` backup
+    (not checked: it is only used once ``live`` is down)."""
     ip, port = NO_SERVER if server is None else (server.ip, server.port)
     state = " disabled" if server is None else ""
-    return f"  server {name} {ip}:{port}" + (f"{state}{CHECKS}" if name == SERVER else f" backup{state}")
+    extra = (f" weight {weight}" if weight is not None else "") + (f" cookie {cookie}" if cookie else "")
+    return f"  server {name} {ip}:{port}{extra}" + (f" backup{state}" if name == BACKUP else f"{state}{CHECKS}")
 
 
-def with_server(text: str, app: str, server: Server | None, name: str = SERVER) -> str:
-    """``text`` (a config ``render`` wrote) with ``app``'s server ``name`` pointing at ``server``: what a
-    runtime switch changed, so that a proxy restarted before the next pass routes where the switch did."""
+def with_server(text: str, app: str, server: Server | None, name: str = SERVER, *, weight: int | None = None) -> str:
+    """``text`` (a config ``render`` wrote) with ``app``'s server ``name`` pointing at ``server`` (and at
+    ``weight``, else the weight it had): what a runtime switch changed, so that a proxy restarted before
+    the next pass routes where the switch did."""
     lines = text.split("\n")
     try:
         index = lines.index(f"backend {backend(app)}") + 1
@@ -466,7 +501,28 @@ def with_server(text: str, app: str, server: Server | None, name: str = SERVER) 
         return text
     while index < len(lines) and lines[index]:
         if lines[index].startswith(f"  server {name} "):
-            lines[index] = server_line(server, name)
+            words = lines[index].split()
+            had = {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i] in ("weight", "cookie")}
+            kept = int(had["weight"]) if "weight" in had else None
+            lines[index] = server_line(
+                server, name, weight=weight if weight is not None else kept, cookie=had.get("cookie", "")
+            )
+        index += 1
+    return "\n".join(lines)
+
+
+def with_weight(text: str, app: str, name: str, weight: int) -> str:
+    """``text`` with the weight of ``app``'s server ``name`` set to ``weight`` (a runtime ``set weight``)."""
+    lines = text.split("\n")
+    try:
+        index = lines.index(f"backend {backend(app)}") + 1
+    except ValueError:
+        return text
+    while index < len(lines) and lines[index]:
+        words = lines[index].split(" ")
+        if lines[index].startswith(f"  server {name} ") and "weight" in words:
+            at = words.index("weight")
+            lines[index] = " ".join([*words[: at + 1], str(weight), *words[at + 2 :]])
         index += 1
     return "\n".join(lines)
 
@@ -568,6 +624,7 @@ class Do(StrEnum):
     SWITCH = "switch"  # a route's live server to where ``serving`` says
     BACKUP = "backup"  # a route's backup server to where ``backups`` says
     POOL = "pool"  # a service's slots to its tasks
+    WEIGH = "weigh"  # a rollout's canary server and the weights of live and canary
     COOL = "cool"  # a warm release whose window passed, stopped
 
 
@@ -584,6 +641,7 @@ class Change:
     assigned: tuple[tuple[str, Server | None], ...] = ()  # POOL: (slot, server) as ``assign`` gives them
     cooled: ObservedContainer | None = None
     config: str = ""  # REWRITE: the config file's path
+    weight: int = 0  # WEIGH: the canary's percent of the route's requests
 
     def said(self, *, done: bool) -> str | None:
         """The change in words, as done or to do; None where that side says nothing of it (a backup server
@@ -609,6 +667,10 @@ class Change:
             Do.BACKUP: (None, f"{self.app}: point its backup server at {served or 'nothing'}"),
             Do.POOL: (f"{self.app}: route follows its tasks: {addresses(self.members)}",
                       f"{self.app}: point its route at its tasks: {addresses(self.members)}"),
+            Do.WEIGH: (f"{self.app}: {self.weight}% of its requests to {served}" if served else
+                       f"{self.app}: its rollout's new release takes no request",
+                       f"{self.app}: send {self.weight}% of its requests to {served}" if served else
+                       f"{self.app}: take its rollout's new release out of rotation"),
             Do.COOL: (f"{self.cooled.app}: stopped the warm {self.cooled.name} ({self.cooled.version}): its window"
                       " passed" if self.cooled is not None else None, None),
         }  # fmt: skip
@@ -652,6 +714,24 @@ def misrouted(
     return found
 
 
+def weighed(wanted: Mapping[str, Canary | None], seen: Mapping[str, Sequence[Slot]]) -> list[Change]:
+    """The apps with ``rollout:`` whose ``canary`` server, or the weights of ``live`` and ``canary``, are not as
+    ``wanted`` says (None: no rollout, the canary out of use and ``live`` at full weight); ``seen`` is each
+    backend's servers as the runtime said them (an app not asked, or without a canary server, is left out)."""
+    found = []
+    for app, canary in wanted.items():
+        by_name = {slot.name: slot for slot in seen.get(app, ())}
+        live, look = by_name.get(SERVER), by_name.get(CANARY)
+        if live is None or look is None:
+            continue
+        share = canary.weight if canary is not None else 0
+        server = canary.server if canary is not None else None
+        points = Points(look.ip, look.port, look.enabled)
+        if not same(points, server) or live.weight != FULL - share or (server is not None and look.weight != share):
+            found.append(Change(Do.WEIGH, app=app, server=server, weight=share))
+    return found
+
+
 def pool_changes(pools: Mapping[str, tuple[Server, ...]], slots: Mapping[str, Sequence[Slot]]) -> list[Change]:
     """The routed services whose slots (as the runtime said them; one not asked is left out) do not serve their
     tasks: each with the runtime changes ``assign`` makes."""
@@ -674,11 +754,14 @@ def changes(
     backup_points: Mapping[str, Points | None] | None = None,
     pools: Mapping[str, tuple[Server, ...]] | None = None,
     slots: Mapping[str, Sequence[Slot]] | None = None,
+    canaries: Mapping[str, Canary | None] | None = None,
+    weights: Mapping[str, Sequence[Slot]] | None = None,
     cool: Sequence[ObservedContainer] = (),
 ) -> list[Change]:
     """Every change the proxy needs, in the order ``sync`` makes them: its container (and config) first; then,
     unless the container is removed, started, recreated or revived (its new config routes as the file says),
-    the live servers, the backup servers, the services' slots, and the warm releases to cool."""
+    the live servers, the backup servers, the rollouts' weights, the services' slots, and the warm releases to
+    cool."""
     first = container_change(proxy, seen, name=name, config=config)
     if any(change.do in (Do.REMOVE, Do.START, Do.RECREATE, Do.REVIVE) for change in first) or proxy is None:
         return first
@@ -686,6 +769,7 @@ def changes(
         *first,
         *misrouted(live or {}, live_points or {}),
         *misrouted(backups or {}, backup_points or {}, backup=True),
+        *weighed(canaries or {}, weights or {}),
         *pool_changes(pools or {}, slots or {}),
         *(Change(Do.COOL, cooled=container) for container in cool),
     ]

@@ -22,10 +22,11 @@ class Result(StrEnum):
     ROLLED_BACK = "rolled-back"  # the new release failed its gate; the previous one runs again
     SKIPPED = "skipped"  # conflict or unresolvable image: reported, not touched
     SUPERSEDED = "superseded"  # its gate abandoned (a newer commit, a shutdown), or its container removed mid-start
+    ROLLING_OUT = "rolling-out"  # passed its gate; its weighted rollout gives the verdict at later passes
 
     @property
     def ok(self) -> bool:
-        return self is Result.APPLIED
+        return self in (Result.APPLIED, Result.ROLLING_OUT)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Guarantees:
 - A deploy is a sequence of ``Step`` values, one sequence per strategy: ``STOP_FIRST`` for apps with
   host ports (pull, release, create, stop-old, keep-old, rename-new, start-new, gate) and ``START_FIRST``
-  for routed apps (pull, release, create, start-next, gate-next, switch, keep-old, rename-new, drain). The
+  for routed apps (pull, release, create, start-next, gate-next, canary, switch, keep-old, rename-new, drain,
+  where canary is only for a ``rollout:`` and ends the deploy until the rollout is promoted). The
   release step runs the app's release command (when it has one) before anything of the app changes.
 - ``RULES`` is the one place that says, per step, what a failure at it takes back (``Undo``) and what
   the next pass does with a deploy cut short at it (``Resume``). ``deploy.applier`` runs the sequences,
@@ -49,6 +50,7 @@ class Step(StrEnum):
     # Start-first (routed apps): the new release runs and passes its gate beside the old one first.
     START_NEXT = "start-next"  # APP.next started; the old one serves on
     GATE_NEXT = "gate-next"  # APP.next gated on itself; traffic has not moved
+    CANARY = "canary"  # rollout: APP.next takes its first step's share of requests beside the old release
     SWITCH = "switch"  # the proxy's server now points at APP.next
     DRAIN = "drain"  # the old one finishes its requests, then is kept warm or stopped
 
@@ -92,6 +94,8 @@ RULES: Mapping[Step, Rule] = {
     # Start-first: until the switch, traffic is on the old release and a crash leaves it there.
     Step.START_NEXT: Rule(Undo.SET_ASIDE, Resume.REPLAN),
     Step.GATE_NEXT: Rule(Undo.SET_ASIDE, Resume.REPLAN),
+    # Its record journaled, a rollout is carried on by the passes (``deploy.canary``), not resumed as a deploy.
+    Step.CANARY: Rule(Undo.SET_ASIDE, Resume.REPLAN),
     Step.SWITCH: Rule(Undo.SET_ASIDE, Resume.REPLAN),  # the route is re-derived: back on APP, the old one
     Step.DRAIN: Rule(Undo.NOTHING, Resume.VERIFY),  # APP is the new release, and it passed its gate
 }
@@ -115,6 +119,7 @@ START_FIRST: tuple[Step, ...] = (
     Step.CREATE,
     Step.START_NEXT,
     Step.GATE_NEXT,
+    Step.CANARY,  # with rollout: the deploy ends here; the steps after it run when its rollout is promoted
     Step.SWITCH,
     Step.KEEP_OLD,  # the old one renamed to APP.prev, still running: it finishes its requests
     Step.RENAME_NEW,

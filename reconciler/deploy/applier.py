@@ -83,16 +83,27 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
 from reconciler import pool
 from reconciler.adapters.protocols import DockerEngine
+from reconciler.core import canary
 from reconciler.core.health import Gate, Sample, Verdict
 from reconciler.core.model import AppSpec, ObservedContainer, ObservedState, Role, container_name
-from reconciler.core.plan import STALE_NEXT, STALE_RELEASE, Action, ActionKind, Plan, Target, networks_of, port_waits
-from reconciler.core.proxy import Server
+from reconciler.core.plan import (
+    STALE_NEXT,
+    STALE_RELEASE,
+    Action,
+    ActionKind,
+    Plan,
+    Resolution,
+    Target,
+    networks_of,
+    port_waits,
+)
+from reconciler.core.proxy import CANARY, SERVER, Server
 from reconciler.core.report import Outcome, Result
 from reconciler.core.sealed import Sealed
 from reconciler.core.stack import Condition, SecretSpec, SopsRef, docker_network, waves
@@ -110,7 +121,7 @@ from reconciler.core.steps import (
     why,
 )
 from reconciler.deploy.job import ReleaseAbandoned, ReleaseFailed, run_release
-from reconciler.deploy.prober import WATCH_STEP, Prober
+from reconciler.deploy.prober import WATCH_STEP, Prober, route_port
 from reconciler.deploy.proxy import Proxy
 from reconciler.deploy.recovery import Recovery
 from reconciler.deploy.rollback import NOT_A_VERDICT
@@ -154,6 +165,7 @@ class _Deploy:
     set_aside: bool = False  # start-first: the old release was renamed to APP.prev (or APP.adopted)
     dying: bool = False  # start-first: APP restarted or does not run, and APP.prev is warm: that one serves
     warm: ObservedContainer | None = None  # start-first: the warm APP.prev this deploy goes back to (``_warm``)
+    rolling: bool = False  # rollout: the new release takes a share of requests; the steps after CANARY wait
     materials: _Materials | None = None  # read once, for its release command and its new release
 
     @property
@@ -527,6 +539,12 @@ class Applier(Recovery):
                 return self._take_back(deploy, deploy.reached, str(exc), held=isinstance(exc, ReleaseFailed)), None
         gate = deploy.gate
         assert gate is not None
+        if deploy.rolling:
+            assert spec.rollout is not None
+            was = f"{fallback.version or '?'} -> " if fallback else ""
+            share = spec.rollout.steps[0].weight
+            said = f"{was}{spec.version}: rollout step 1/{len(spec.rollout.steps)}, {share}% of requests"
+            return Outcome(app, action.kind, app, Result.ROLLING_OUT, said), None
         if gate.verdict is Verdict.PENDING:
             self._rows.finish(entry, result=JournalResult.SUPERSEDED, message="the health gate was abandoned")
             return Outcome(app, action.kind, app, Result.SUPERSEDED, f"{spec.version} started, gate abandoned"), None
@@ -538,10 +556,22 @@ class Applier(Recovery):
         done = Deployed(app, deploy.new_id, fallback, spec, entry)
         return Outcome(app, action.kind, app, Result.APPLIED, f"{was}{spec.version}"), done
 
-    @staticmethod
-    def _needed(step: Step, deploy: _Deploy) -> bool:
+    def _needed(self, step: Step, deploy: _Deploy) -> bool:
         if deploy.gate is not None and deploy.gate.verdict is not Verdict.PASSED:
             return False  # start-first: a release that did not pass its gate never takes traffic
+        if deploy.rolling:
+            return False  # its rollout carries it on from here (``end_rollout``)
+        if step is Step.CANARY:
+            # A rollout weighs a new release against the one that serves: a first release, a switch back to
+            # the warm one (a rollback), or an app whose release under its name does not serve, switch at once.
+            serving = deploy.serving
+            return (
+                deploy.spec.rollout is not None
+                and self.proxy is not None
+                and not deploy.reused
+                and serving is not None
+                and serving is deploy.current
+            )
         if step is Step.PULL:
             return not deploy.target.resolution.image_id and not deploy.reused
         if step is Step.RELEASE:
@@ -660,6 +690,8 @@ class Applier(Recovery):
             )
         elif step is Step.START_NEXT:
             self.engine.start(deploy.new_id, container_name(app, Role.NEXT))
+        elif step is Step.CANARY:
+            self._begin_rollout(deploy)
         elif step is Step.SWITCH:
             self.switch(app, deploy.new_id, spec)
         elif step is Step.KEEP_OLD:
@@ -734,6 +766,82 @@ class Applier(Recovery):
         self.engine.rename(current.id, self._keep_as(app, current))
         deploy.set_aside = True
 
+    def _begin_rollout(self, deploy: _Deploy) -> None:
+        """The new release (passed its gate) takes the first step's share of requests beside the old one. Its
+        record is journaled before the proxy moves, so that a crash after it resumes this step."""
+        app, spec, proxy = deploy.app, deploy.spec, self.proxy
+        assert spec.rollout is not None and proxy is not None and deploy.current is not None
+        counted = proxy.counters(app)
+        now = self.wall()
+        record = canary.Rollout(
+            app=app, entry=deploy.entry, revision=deploy.target.revision, spec_hash=deploy.target.spec_hash,
+            canary=deploy.new_id, from_version=deploy.current.version, to_version=spec.version, started=now,
+            since=now, base_canary=counted.get(CANARY, canary.Counters()),
+            base_stable=counted.get(SERVER, canary.Counters()),
+        )  # fmt: skip
+        self._rows.set_flag(canary.FLAG + app, record.to_json())
+        self.weigh(app, deploy.new_id, spec, spec.rollout.steps[0].weight)
+        self._rows.finish(deploy.entry, result=JournalResult.ROLLING_OUT, message=canary.lines(record, spec)[0])
+        deploy.rolling = True
+        self._log(f"{app}: {spec.version} takes {spec.rollout.steps[0].weight}% of requests (its rollout's step 1)")
+
+    def weigh(self, app: str, container_id: str, spec: AppSpec, weight: int) -> None:
+        """``weight`` percent of the route's requests to the release ``container_id`` (``""``: none, at once)."""
+        assert spec.route is not None and self.proxy is not None
+        if not container_id:
+            self.proxy.weigh(app, None, 0)
+            return
+        found = self.prober.inspect(container_id)
+        ip = found.networks.get(self.proxy.network) if found is not None else None
+        if found is None or not ip:
+            raise ContainerError(f"{app}: the new release has no address on the proxy's network")
+        self.proxy.weigh(app, Server(found.name, ip, route_port(found, spec.route.port)), weight)
+
+    def end_rollout(
+        self, record: canary.Rollout, spec: AppSpec, observed: ObservedState, decision: canary.Decision
+    ) -> Outcome:
+        """End ``record``'s rollout as ``decision`` says: promoted (the steps after CANARY: the switch, the old
+        release set aside and kept warm), aborted (all requests back on the old release at once, the new one
+        kept stopped as APP.failed and held), or superseded (its new release removed: a newer commit follows)."""
+        app = record.app
+        released = spec.model_copy(update={"version": record.to_version})
+        target = Target(app, released, Resolution(ref=""), {}, record.revision)
+        current = observed.named(app)
+        found = observed.named(container_name(app, Role.NEXT))
+        new_id = record.canary if found is not None and found.id == record.canary else ""
+        action = Action(ActionKind.REPLACE, app, app, target=target)
+        deploy = _Deploy(action, target, observed, record.entry, current, current, new_id=new_id, reached=Step.CANARY)
+        move = decision.move
+        if move is canary.Move.PROMOTE:
+            try:
+                for step in (Step.SWITCH, Step.KEEP_OLD, Step.RENAME_NEW, Step.DRAIN):
+                    self._announce(deploy, step)
+                    self._do(step, deploy)
+                    if step is Step.SWITCH:
+                        self.weigh(app, "", spec, 0)  # it serves alone under live: the canary server goes out
+            except NOT_A_VERDICT:
+                raise
+            except UserError as exc:
+                self._rows.set_flag(canary.FLAG + app, None)
+                return replace(self._take_back(deploy, deploy.reached, str(exc)), revision=record.revision)
+            self._rows.finish(record.entry, result=JournalResult.SUCCEEDED, message=decision.reason)
+            self._rows.set_flag(canary.FLAG + app, None)
+            self._log(f"deployed {app} {record.from_version} -> {record.to_version} ({decision.reason})")
+            said = f"{record.from_version} -> {record.to_version}: {decision.reason}"
+            return Outcome(app, action.kind, app, Result.APPLIED, said, revision=record.revision)
+        self.weigh(app, "", spec, 0)  # every request back on the release that served before the rollout
+        if move is canary.Move.SUPERSEDE:
+            if new_id:
+                self.engine.remove(new_id, container_name(app, Role.NEXT))
+            said = f"{record.to_version}: {decision.reason} (at step {record.step + 1})"
+            self._rows.finish(record.entry, result=JournalResult.INTERRUPTED, message=said)
+            self._rows.set_flag(canary.FLAG + app, None)
+            self._log(f"{app}: rollout of {said}")
+            return Outcome(app, action.kind, app, Result.SUPERSEDED, said, revision=record.revision)
+        outcome = self._set_new_aside(deploy, Step.CANARY, decision.reason)
+        self._rows.set_flag(canary.FLAG + app, None)
+        return replace(outcome, revision=record.revision)
+
     def _drain(self, deploy: _Deploy) -> None:
         """The old release keeps its in-flight requests for ``drain``; then it is stopped, unless kept warm.
         A stop the engine refuses is noted, not a failure of the release, which serves by now."""
@@ -788,7 +896,9 @@ class Applier(Recovery):
             self._keep_failed(app, deploy.new_id, spec, problems)
         kept = f"; kept stopped as {container_name(app, Role.FAILED)}" if deploy.new_id else ""
         serving = (old.version or old.name) if old is not None else "nothing"
-        moved = "the route is back on" if step is Step.SWITCH else "traffic never moved:"
+        moved = {Step.SWITCH: "the route is back on", Step.CANARY: "every request is back on"}.get(
+            step, "traffic never moved:"
+        )
         said = f"{cause}; {moved} {serving} serves on{kept}"
         result = JournalResult.ROLLED_BACK if not problems else JournalResult.FAILED
         self._rows.finish(deploy.entry, result=result, message="; ".join([said, *problems]))

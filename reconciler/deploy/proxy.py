@@ -49,6 +49,7 @@ from reconciler.adapters.acme import self_signed
 from reconciler.adapters.docker import INSTANCE, LABEL, MANAGED, SOURCE, Inspected, owner_of
 from reconciler.adapters.protocols import DockerEngine
 from reconciler.core import proxy as core
+from reconciler.core.canary import Counters
 from reconciler.core.model import DesiredState, ObservedContainer, ObservedState, ProxySpec
 from reconciler.errors import ProxyError, ProxyUnavailable, ReconcileError
 
@@ -138,9 +139,10 @@ class Proxy:
         found = []
         for line in self.ask(f"show servers state {core.backend(app)}").splitlines():
             fields = line.split()
-            # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ... srv_port is field 18
+            # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight ... srv_port is 18
             if len(fields) > 18 and fields[1] == core.backend(app):
-                found.append(core.Slot(fields[3], fields[4], int(fields[18]), not int(fields[6]) & _MAINTENANCE))
+                enabled = not int(fields[6]) & _MAINTENANCE
+                found.append(core.Slot(fields[3], fields[4], int(fields[18]), enabled, int(fields[7])))
         return found
 
     def follow(self, desired: DesiredState, observed: ObservedState) -> list[str]:
@@ -220,6 +222,42 @@ class Proxy:
             return {}
         return {str(app): float(at) for app, at in data.items()} if isinstance(data, dict) else {}
 
+    def weigh(self, app: str, server: core.Server | None, weight: int) -> None:
+        """A rollout's weights: ``weight`` percent of ``app``'s requests to ``server`` as its ``canary``, the rest to
+        ``live``; None takes the canary out at once (maintenance: a sticky client of it is sent to ``live`` too)
+        and gives ``live`` the full weight."""
+        backend = core.backend(app)
+        if server is None:
+            self._command(f"set server {backend}/{core.CANARY} state maint")
+            self._command(f"set weight {backend}/{core.CANARY} 0")
+            self._command(f"set weight {backend}/{core.SERVER} {core.FULL}")
+        else:
+            self._command(f"set server {backend}/{core.CANARY} addr {server.ip} port {server.port}")
+            self._command(f"set server {backend}/{core.CANARY} health up")  # it passed its gate: it serves at once
+            self._command(f"set weight {backend}/{core.SERVER} {core.FULL - weight}")
+            self._command(f"set weight {backend}/{core.CANARY} {weight}")
+            self._command(f"set server {backend}/{core.CANARY} state ready")
+        with self._switching:
+            config = _read(self.dir / core.CONFIG_FILE)
+            if config is not None:
+                config = core.with_server(config, app, server, core.CANARY, weight=weight if server else 0)
+                config = core.with_weight(config, app, core.SERVER, core.FULL - (weight if server else 0))
+                self._write(core.CONFIG_FILE, config)
+
+    def counters(self, app: str) -> dict[str, Counters]:
+        """The answers of each server of ``be_APP`` as ``show stat`` counts them (``core.canary.Counters``)."""
+        found: dict[str, Counters] = {}
+        lines = self.ask(f"show stat {core.backend(app)} 4 -1").splitlines()
+        header = lines[0].lstrip("# ").split(",") if lines else []
+        for line in lines[1:]:
+            row = dict(zip(header, line.split(","), strict=False))
+            if row.get("pxname") != core.backend(app):
+                continue
+            codes = ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other")
+            responses = sum(int(row.get(code) or 0) for code in codes)
+            found[row["svname"]] = Counters(responses, int(row.get("hrsp_5xx") or 0), int(row.get("rtime") or 0))
+        return found
+
     def _command(self, command: str) -> None:
         answer = self.ask(command).strip()
         if answer and not any(word in answer for word in ("changed", "no need to change")):
@@ -264,10 +302,18 @@ class Proxy:
         owner = owner_of(found.labels)
         return desired.source is None or owner is None or desired.source.same(owner)
 
-    def sync(self, desired: DesiredState, observed: ObservedState, *, now: float | None = None) -> list[str]:
+    def sync(
+        self,
+        desired: DesiredState,
+        observed: ObservedState,
+        *,
+        now: float | None = None,
+        canaries: Mapping[str, core.Canary | None] | None = None,
+    ) -> list[str]:
         """Make the proxy match the file and what runs (see the module docstring); what it changed. Each stage
         is decided by ``core.proxy`` on what the one before it left: the container, then the live servers,
-        the backup servers, the services' slots and the warm releases to cool."""
+        the backup servers, the rollouts' weights (``canaries``: each app with ``rollout:``, its new release and
+        weight or None; an app left out keeps what it has), the services' slots and the warm releases to cool."""
         spec = desired.proxy
         found = self.engine.inspect(self.name)
         if spec is None:
@@ -290,7 +336,9 @@ class Proxy:
         # The routes decide a reload (``routes.cfg`` is written once the proxy runs them); the addresses in
         # the config only follow the runtime's switches.
         rerouted = _read(self.dir / core.ROUTES_FILE) != routes
-        config = core.render(spec, core.routed(desired), live, pools=pools, backup=backups, uid=os.getuid())
+        config = core.render(
+            spec, core.routed(desired), live, pools=pools, backup=backups, canaries=canaries, uid=os.getuid()
+        )
         self._write(core.CONFIG_FILE, config)
         self._tls_files(spec)
         wanted = core.container_hash(spec, self._image(spec.ref))
@@ -332,7 +380,10 @@ class Proxy:
         # Before a warm release is cooled: the backup no longer points at it once its window has passed.
         for change in core.misrouted(backups, {app: self.points(app, core.BACKUP) for app in backups}, backup=True):
             self._point(change.app, core.BACKUP, change.server)
-        done += [said for change in switches if (said := change.said(done=True))]
+        weights = core.weighed(canaries or {}, {app: self.slots(app) for app in canaries or {}})
+        for change in weights:
+            self.weigh(change.app, change.server, change.weight)
+        done += [said for change in [*switches, *weights] if (said := change.said(done=True))]
         done += self.follow(desired, observed)
         for container in core.to_cool(desired, observed, self.network, self.switched(), now):
             if container.id in self.cooling:
@@ -383,7 +434,13 @@ class Proxy:
         for thread in self._coolers:
             thread.join()
 
-    def drift(self, desired: DesiredState, observed: ObservedState) -> list[str]:
+    def drift(
+        self,
+        desired: DesiredState,
+        observed: ObservedState,
+        *,
+        canaries: Mapping[str, core.Canary | None] | None = None,
+    ) -> list[str]:
         """What ``sync`` would change (``core.proxy.changes``), read without changing anything (for a dry run):
         nothing is pulled, and a route the runtime API does not answer for is left out."""
         spec = desired.proxy
@@ -410,6 +467,7 @@ class Proxy:
         live_points = self._quietly(lambda app: self.points(app), live) if asked else {}
         backup_points = self._quietly(lambda app: self.points(app, core.BACKUP), backups) if asked else {}
         slots = self._quietly(self.slots, pools) if asked else {}
+        weights = self._quietly(self.slots, canaries or {}) if asked else {}
         edited = False
         if look:
             # The config as the switches of the next pass leave it: what differs then was edited by hand.
@@ -420,7 +478,13 @@ class Proxy:
             ):
                 for change in wrong:
                     config = None if config is None else core.with_server(config, change.app, change.server, name)
-            rendered = core.render(spec, core.routed(desired), live, pools=pools, backup=backups, uid=os.getuid())
+            for change in core.weighed(canaries or {}, weights):
+                if config is not None:
+                    config = core.with_server(config, change.app, change.server, core.CANARY, weight=change.weight)
+                    config = core.with_weight(config, change.app, core.SERVER, core.FULL - change.weight)
+            rendered = core.render(
+                spec, core.routed(desired), live, pools=pools, backup=backups, canaries=canaries, uid=os.getuid()
+            )
             edited = config != rendered
         seen = core.Seen(
             ours=ours, current=current, running=running, answers=answers,
@@ -428,7 +492,7 @@ class Proxy:
         )  # fmt: skip
         found_changes = core.changes(
             spec, seen, name=self.name, config=str(self.dir / core.CONFIG_FILE), live=live, live_points=live_points,
-            backups=backups, backup_points=backup_points, pools=pools, slots=slots,
+            backups=backups, backup_points=backup_points, pools=pools, slots=slots, canaries=canaries, weights=weights,
         )  # fmt: skip
         return [said for change in found_changes if (said := change.said(done=False))]
 

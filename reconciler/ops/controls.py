@@ -1,7 +1,7 @@
 """The user's light operations, as keyword-only functions: validate a file, read the history, and
 suspend, resume or retry what the agent does.
 
-Guarantees: ``suspend``, ``resume`` and ``retry`` change only flags or failure rows of the journal in
+Guarantees: ``suspend``, ``resume``, ``retry`` and ``rollout`` change only flags or failure rows of the journal in
 ``state_dir``, then wake the agent that runs on it (SIGHUP), so that it acts at once; each returns the
 pid it woke (None: no agent runs there, the next pass acts on it). ``resume`` clears every break-glass
 flag too. ``validate_file`` reads a plain file, never git. Errors are ``ReconcileError``s naming the
@@ -12,6 +12,7 @@ file or state directory; nothing is printed here, and nothing here imports docke
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 from reconciler.adapters.yamlfile import parse_yaml
+from reconciler.core import canary
 from reconciler.core.desired import load_desired
 from reconciler.core.model import DesiredState
 from reconciler.errors import SourceError, UserError
@@ -92,6 +94,25 @@ def retry(*, state_dir: Path, app: str) -> int | None:
     if not cleared:
         raise UserError(f"{app}: no failed release recorded in {state_dir}; nothing to retry")
     return wake_agent(state_dir)
+
+
+def rollout(*, state_dir: Path, app: str, what: str) -> tuple[canary.Rollout, int | None]:
+    """Journal a promote or an abort (``core.canary.PROMOTE_ASKED``, ``ABORT_ASKED``) of ``app``'s rollout under
+    way, carried out by the next pass (the agent's, woken now); the record, and the pid woken. A ``UserError``
+    when ``app`` has no rollout under way."""
+    journal = Journal(state_dir, create=False)
+    try:
+        found = {name: text for name, text in journal.flags(canary.FLAG).items()}
+        if app not in found:
+            under_way = ", ".join(sorted(found)) or "none"
+            raise UserError(f"{app}: no rollout under way in {state_dir} (under way: {under_way})")
+        record = dataclasses.replace(canary.Rollout.from_json(found[app]), asked=what)
+        journal.set_flag(canary.FLAG + app, record.to_json())
+    except ValueError as exc:
+        raise UserError(f"{app}: its rollout's record cannot be read ({exc})") from None
+    finally:
+        journal.close()
+    return record, wake_agent(state_dir)
 
 
 COMPLETE_VAR = "_RECONCILE_COMPLETE"

@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 
 from reconciler.adapters.docker import connect
 from reconciler.adapters.protocols import DockerEngine
-from reconciler.converge.run import Settings, cert_lines, plan_against, read_desired
+from reconciler.converge.run import Settings, cert_lines, plan_against, read_desired, rollout_lines, weights
 from reconciler.converge.sealed import Mode
+from reconciler.core.canary import Rollout
 from reconciler.core.failures import Failure, held_back
 from reconciler.core.health import Health, is_worse, of_sample
 from reconciler.core.model import DesiredState, ObservedState
 from reconciler.core.proxy import route_lines
 from reconciler.core.report import plan_lines
 from reconciler.core.status import AppStatus, DeployRecord, StackLine, Status
+from reconciler.deploy import canary as canaries
 from reconciler.deploy.prober import Prober
 from reconciler.deploy.proxy import Proxy
 from reconciler.errors import CommitRefused, ProxyError, ReconcileError
@@ -57,8 +60,11 @@ def collect(settings: Settings) -> Status:
     refused = refused or journal.flag(REFUSED) or ""
     try:
         prober = Prober(engine)
-        plan = plan_against(engine, desired, settings, observed=observed)[0] if desired is not None else None
-        drift = {action.app for action in plan.actions} if plan is not None else set()
+        rollouts = canaries.peek(settings.state_dir) if desired is not None and desired.proxy is not None else {}
+        rolling = canaries.rolling(rollouts)
+        plan = plan_against(engine, desired, settings, observed=observed, rolling=rolling)[0] if desired else None
+        # An app whose rollout is under way is not in sync: it serves two releases (its routes say how).
+        drift = {action.app for action in plan.actions} | set(rolling) if plan is not None else set()
         targets = {a.app: a.target.spec_hash for a in (plan.actions if plan else ()) if a.target is not None}
         failures = journal.failures()
         held = held_back(failures, targets)
@@ -74,7 +80,7 @@ def collect(settings: Settings) -> Status:
         apps = [a for a in run_all([functools.partial(_app, app, desired, observed, prober) for app in sorted(names)],
                                    parallel=settings.parallel, name="status") if a is not None]  # fmt: skip
         apps = [_journaled(app, journal, failures, held, drift) for app in apps]
-        routes, proxied = _routes(engine, settings, desired, observed)
+        routes, proxied = _routes(engine, settings, desired, observed, rollouts)
         return Status(
             refused=refused or None,
             routes=routes,
@@ -147,9 +153,14 @@ def _journaled(
 
 
 def _routes(
-    engine: DockerEngine, settings: Settings, desired: DesiredState | None, observed: ObservedState
+    engine: DockerEngine,
+    settings: Settings,
+    desired: DesiredState | None,
+    observed: ObservedState,
+    rollouts: Mapping[str, Rollout],
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The routes with what serves them and their requests in flight, and the proxy's drift."""
+    """The routes with what serves them and their requests in flight, the rollouts under way, and the proxy's
+    drift."""
     if desired is None or desired.proxy is None:
         return (), ()
     proxy = Proxy(engine, settings.state_dir)
@@ -158,8 +169,10 @@ def _routes(
     except ProxyError:
         in_flight = None  # not running: its drift says so
     routes = route_lines(desired, observed, proxy.network, proxy.switched(), in_flight)
+    routes += rollout_lines(rollouts, desired)
     routes += cert_lines(proxy, settings.state_dir, desired)
-    return tuple(routes), tuple(proxy.drift(desired, observed))
+    drift = proxy.drift(desired, observed, canaries=weights(rollouts, desired, observed, proxy))
+    return tuple(routes), tuple(drift)
 
 
 def _said(health: Health, detail: str) -> str:

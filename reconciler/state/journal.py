@@ -104,6 +104,7 @@ class JournalResult(StrEnum):
     ROLLED_BACK = "rolled-back"  # the release failed its gate; the previous one runs again
     SUPERSEDED = "superseded"  # its gate was abandoned (a newer commit, a shutdown): verified by a later pass
     INTERRUPTED = "interrupted"  # cut short; a later pass finished it or planned it again
+    ROLLING_OUT = "rolling-out"  # passed its gate, takes a share of requests: its rollout gives the verdict
 
     @property
     def unverified(self) -> bool:
@@ -111,6 +112,7 @@ class JournalResult(StrEnum):
         return self in (JournalResult.STARTED, JournalResult.SUPERSEDED, JournalResult.ROLLING_BACK)
 
 
+JOURNAL_FILE = "journal.db"
 CLEANUP = "cleanup"  # the action of removing what an interrupted deploy left: not a deploy of the app
 UNVERIFIED = tuple(result for result in JournalResult if result.unverified)
 SUSPENDED = "suspended"  # the flag that stops the agent from changing anything; its value says why
@@ -171,7 +173,7 @@ class Journal:
         aside; ``warn`` receives the one line that says a journal was moved aside (default: stderr).
         """
         self.state_dir = state_dir
-        self.path = state_dir / "journal.db" if state_dir is not None else Path(":memory:")
+        self.path = state_dir / JOURNAL_FILE if state_dir is not None else Path(":memory:")
         self.repair = repair
         self.warn = warn or warn_on_stderr
         self._inode: tuple[int, int] | None = None

@@ -63,6 +63,16 @@ class Metrics:
             ["host"],
             registry=r,
         )
+        self.rollout_weight = Gauge(
+            "reconciler_rollout_weight_percent",
+            "The percent of a routed app's requests sent to the new release of its rollout under way",
+            ["app"],
+            registry=r,
+        )
+        self.rollout_step = Gauge(
+            "reconciler_rollout_step", "The step its rollout under way is at", ["app"], registry=r
+        )
+        self._rolling: set[str] = set()
         self.remote_up.set(1)
         self.engine_up.set(1)
         self._info: dict[str, tuple[str, str, str, str]] = {}
@@ -124,6 +134,17 @@ class Metrics:
             for host in self._cert_hosts - set(expiries):
                 self.cert_expiry.remove(host)
             self._cert_hosts = set(expiries)
+
+    def rollouts(self, shares: Mapping[str, tuple[int, int]]) -> None:
+        """Each rollout under way: its step and its new release's percent; the ones that ended, removed."""
+        with self._lock:
+            for app, (step, weight) in shares.items():
+                self.rollout_step.labels(app).set(step)
+                self.rollout_weight.labels(app).set(weight)
+            for app in self._rolling - set(shares):
+                self.rollout_step.remove(app)
+                self.rollout_weight.remove(app)
+            self._rolling = set(shares)
 
     def passed(self, seconds: float) -> None:
         self.pass_duration.observe(seconds)

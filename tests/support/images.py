@@ -3,8 +3,10 @@
 Guarantees:
 - `ImageFactory.build(...)` returns "repo:tag" of an image on the engine that serves, with
   busybox httpd on the given port, `/index.html` (the body, byte for byte, no newline added),
-  `/health` ("ok", absent when healthy=False so it answers 404), and `/cgi-bin/env` (the
-  container's environment, sorted, one VAR=value a line; httpd's CGI variables included). An
+  `/health` ("ok", absent when healthy=False so it answers 404), `/cgi-bin/env` (the
+  container's environment, sorted, one VAR=value a line; httpd's CGI variables included), and
+  `/cgi-bin/app` (the body again, as a program: `faults` of its answers are 500s, each after
+  `delay` seconds; a release that errs or is slow under load, for weighted rollouts). An
   empty `/data` folder is there for volume tests. CMD is httpd in the foreground; with
   exit_at_start=True it is a shell that exits 1 at once; with dies_after=N it serves (httpd in the
   background) for N seconds, then exits 3 (a release that dies after it went live).
@@ -87,6 +89,8 @@ class ImageSpec:
     env: tuple[tuple[str, str], ...]
     docker_healthcheck: bool
     dies_after: float | None = None
+    faults: float = 0.0
+    delay: float = 0.0
 
 
 class ImageBuildError(RuntimeError):
@@ -139,6 +143,8 @@ class ImageFactory:
         env: dict[str, str] | None = None,
         docker_healthcheck: bool = False,
         dies_after: float | None = None,
+        faults: float = 0.0,
+        delay: float = 0.0,
     ) -> str:
         """Build (or reuse) the image and return its "repo:tag". `body` defaults to `tag`."""
         spec = ImageSpec(
@@ -151,6 +157,8 @@ class ImageFactory:
             env=tuple(sorted((env or {}).items())),
             docker_healthcheck=docker_healthcheck,
             dies_after=dies_after,
+            faults=faults,
+            delay=delay,
         )
         ref = f"{spec.repo}:{spec.tag}"
         cached = self._built.get(ref)
@@ -198,6 +206,7 @@ class ImageFactory:
         buf = io.BytesIO(self._base_tar())
         with tarfile.open(fileobj=buf, mode="a", format=tarfile.GNU_FORMAT) as tar:
             _add_file(tar, "www/index.html", spec.body.encode(), 0o644)
+            _add_file(tar, "www/cgi-bin/app", _app_script(spec), 0o755)
             if spec.healthy:
                 _add_file(tar, "www/health", b"ok", 0o644)
         return buf.getvalue()
@@ -226,6 +235,22 @@ class ImageFactory:
     def _import(self, spec: ImageSpec, ref: str) -> str:
         import_rootfs(self.client, self._rootfs(spec), spec.repo, spec.tag, self._changes(spec))
         return self.image_id(ref)
+
+
+def _app_script(spec: ImageSpec) -> bytes:
+    """``/cgi-bin/app``: the body, or a 500 for ``faults`` of the requests (ash's $RANDOM), after ``delay``."""
+    lines = ["#!/bin/sh"]
+    if spec.delay:
+        lines.append(f"sleep {spec.delay:g}")
+    if spec.faults:
+        permille = round(spec.faults * 1000)
+        lines.append(
+            f"if [ $((RANDOM % 1000)) -lt {permille} ]; then"
+            " printf 'Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\nfault ';"
+            " cat /www/index.html; exit 0; fi"
+        )
+    lines.append("printf 'Content-Type: text/plain\\r\\n\\r\\n'; cat /www/index.html")
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _add_file(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:

@@ -34,6 +34,7 @@ class RoutedApp(App):
     keep_warm: str | None = None
     healthy_for: str = "300ms"
     timeout: str = "3s"
+    rollout: str = ""  # the `rollout:` mapping's YAML, inline, when set
 
     def yaml(self) -> str:
         lines = [
@@ -61,6 +62,8 @@ class RoutedApp(App):
         ]
         if self.stable_after is not None:
             lines.append(f"    stable_after: {self.stable_after}")
+        if self.rollout:
+            lines.append(f"    rollout: {self.rollout}")
         return "\n".join(lines) + "\n"
 
 
@@ -104,11 +107,13 @@ class Routed:
         exits: tuple[str, ...] = (),
         dies: tuple[str, ...] = (),
         dies_after: float = 3.0,
+        faulty: dict[str, tuple[float, float]] | None = None,
         version: str = "v1",
         **route: Any,
     ) -> RoutedApp:
         """A routed app; `broken` tags answer `/` but 404 on `/health`, `exits` tags exit 1 at start, `dies`
-        tags serve `dies_after` seconds, then exit 3 (Docker restarts them, and they die again)."""
+        tags serve `dies_after` seconds, then exit 3 (Docker restarts them, and they die again); `faulty`
+        tags answer `/cgi-bin/app` with a 500 for a share of requests, after a delay: {tag: (share, delay)}."""
         name = self.world.names(word)
         images = self.world.images
         for tag in tags:
@@ -119,6 +124,8 @@ class Routed:
             images.build(name, tag, exit_at_start=True)
         for tag in dies:
             images.build(name, tag, body=f"{name} {tag}", dies_after=dies_after)
+        for tag, (share, delay) in (faulty or {}).items():
+            images.build(name, tag, body=f"{name} {tag}", faults=share, delay=delay)
         app = RoutedApp(name, images.repo(name), 8000, version, **route)
         self.world.apps[name] = app
         return app

@@ -1,0 +1,143 @@
+"""Weighted rollouts (``rollout:``) behind the real HAProxy container, under a real load.
+
+What a user sees: a release that passed its gate takes a share of the route's requests beside the old
+one, step by step, judged at each step's end from the proxy's own counters. A release that answers 5xx is
+aborted at its first step (every request back on the old release at once, the new one kept as APP.failed
+and held), a slow one is aborted by latency, a good one is promoted (it serves alone, the old one warm). A
+step without enough requests says what ``on_no_traffic`` made of it. A sticky client stays on the release
+it got. The agent owns the clock: it wakes for a step's end, and a SIGKILL at any step resumes that step,
+at its weight. ``reconcile rollout promote|abort`` ends one early. ``status``, ``--dry-run`` and
+``/metrics`` show the step and the weights.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from tests.support.load import Hit, Load, failed, summary
+from tests.support.net import free_port, http_get
+from tests.support.routed import Routed, RoutedApp
+from tests.support.state import show
+
+pytestmark = pytest.mark.docker
+
+APP_PATH = "/cgi-bin/app"  # the test image's program: errs or is slow as its tag was built to
+
+
+@contextmanager
+def load_on(routed: Routed, rate: float = 60) -> Iterator[list[Hit]]:
+    """New connections, ``rate`` requests a second in each of two threads, on the app's program."""
+    hits: list[Hit] = []
+    load = Load(routed.port, path=APP_PATH, threads=2, rate=rate, timeout=5.0)
+    load.start()
+    try:
+        yield hits
+    finally:
+        hits.extend(load.stop())
+
+
+def rollout_yaml(*steps: tuple[int, str], **analysis: object) -> str:
+    said = ", ".join(f"{{weight: {weight}, pause: {pause}}}" for weight, pause in steps)
+    judged = ", ".join(f"{key}: {value}" for key, value in analysis.items())
+    return f"{{steps: [{said}], analysis: {{{judged}}}}}"
+
+
+def first_v1(routed: Routed, app: RoutedApp) -> None:
+    routed.world.commit_apps("v1")
+    result = routed.world.server()
+    assert result.returncode == 0, show(result)
+    routed.wait_serving(f"{app.name} v1")
+
+
+def answered_by(hits: list[Hit], body: str) -> list[Hit]:
+    return [hit for hit in hits if hit.body.endswith(body)]
+
+
+def test_a_release_that_answers_5xx_is_aborted_at_its_first_step_and_held(routed: Routed) -> None:
+    web = routed.app("web", faulty={"v2": (0.2, 0.0)})
+    web.rollout = rollout_yaml((10, "4s"), (50, "4s"), min_requests=15)
+    first_v1(routed, web)
+    with load_on(routed) as hits:
+        routed.world.set(web.name, "v2")
+        started = routed.world.server()
+        assert started.returncode == 0, show(started)
+        assert "rolling-out" in started.stdout and "rollout step 1/2, 10% of requests" in started.stdout, show(started)
+        begun = time.monotonic()
+        status = routed.world.status_text()
+        assert f"rollout {web.name} v1 -> v2: step 1/2, 10% of requests to v2, 90% to v1" in status, status
+        dry = routed.world.server("--dry-run")
+        assert f"{web.name}.next: v2: its weighted rollout is under way" in dry.stdout, show(dry)
+        assert f"replace  {web.name}" not in dry.stdout, show(dry)
+        time.sleep(max(0.0, begun + 4.2 - time.monotonic()))
+        judged = routed.world.server()
+        verdict_at = time.monotonic()
+        time.sleep(1.5)
+    assert judged.returncode == 1, show(judged)
+    assert "rolled-back" in judged.stdout and "every request is back on v1" in judged.stdout, show(judged)
+    assert "step 1 (10%): failed: " in judged.stdout and "> max_5xx_ratio 1%" in judged.stdout, show(judged)
+    assert not failed([hit for hit in hits if hit.status == 0]), summary(hits)
+    step = [hit for hit in hits if begun <= hit.started <= verdict_at]
+    on_v2 = answered_by(step, f"{web.name} v2")
+    # The new release got about its weight of the step's requests, and none once the verdict was given.
+    assert 0 < len(on_v2) <= 0.2 * len(step), summary(step)
+    late = [hit for hit in answered_by(hits, f"{web.name} v2") if hit.started > verdict_at + 1.0]
+    assert not late, summary(late)
+    assert routed.container_of(f"{web.name}.failed") is not None
+    assert routed.container_of(f"{web.name}.next") is None
+    assert "rollout " not in routed.world.status_text()
+
+
+def test_a_good_release_is_promoted_step_by_step_and_the_old_one_stays_warm(routed: Routed) -> None:
+    web = routed.app("web")
+    web.rollout = rollout_yaml((20, "2s"), (60, "2s"), min_requests=10)
+    first_v1(routed, web)
+    with load_on(routed) as hits:
+        routed.world.set(web.name, "v2")
+        assert routed.world.server().returncode == 0
+        time.sleep(2.2)
+        second = routed.world.server()
+        assert second.returncode == 0, show(second)
+        assert "step 1 (20%): passed" in second.stdout and "60% of requests to v2 now" in second.stdout, show(second)
+        time.sleep(2.2)
+        done = routed.world.server()
+        promoted_at = time.monotonic()
+        time.sleep(1.0)
+    assert done.returncode == 0, show(done)
+    assert "applied" in done.stdout and "v1 -> v2" in done.stdout, show(done)
+    assert not failed(hits), summary(hits)
+    late = [hit for hit in answered_by(hits, f"{web.name} v1") if hit.started > promoted_at + 0.5]
+    assert not late, summary(late)
+    assert routed.container_of(f"{web.name}.prev") is not None  # warm
+    routed.wait_serving(f"{web.name} v2")
+    history = routed.world.server("history", "--app", web.name)
+    assert "succeeded" in history.stdout, show(history)
+
+
+def test_the_agent_owns_the_clock_and_a_sigkill_resumes_the_step(routed: Routed) -> None:
+    web = routed.app("web", tags=("v1", "v2"))
+    web.rollout = rollout_yaml((25, "6s"), (50, "3s"), min_requests=5, on_no_traffic="advance")
+    routed.world.commit_apps("v1")
+    port = free_port()
+    agent = routed.world.agent("--listen", f"127.0.0.1:{port}", interval="300s")
+    agent.wait_for("deploy.succeeded", timeout=60)
+    mark = agent.mark()
+    routed.world.set(web.name, "v2")
+    agent.hup()
+    agent.wait_for("rollout.started", "v2", since=mark, timeout=60)
+    gauge = f'reconciler_rollout_weight_percent{{app="{web.name}"}} 25.0'
+    deadline = time.monotonic() + 10  # set as the pass ends, just after its events
+    while gauge not in (metrics := http_get(f"http://127.0.0.1:{port}/metrics")[1]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gauge in metrics and f'reconciler_rollout_step{{app="{web.name}"}} 1.0' in metrics, metrics[-2000:]
+    agent.signal(signal.SIGKILL)
+    agent.wait_exit(10)
+    agent = routed.world.agent(interval="300s")
+    # Restarted mid-step: the same step at its weight, judged at its own end (woken for it, not by the interval).
+    agent.wait_for("rollout.step", "step 1 (25%)", timeout=30)
+    agent.wait_for("deploy.succeeded", "v2", timeout=30)
+    routed.wait_serving(f"{web.name} v2")
