@@ -12,6 +12,7 @@ at its weight. ``reconcile rollout promote|abort`` ends one early. ``status``, `
 
 from __future__ import annotations
 
+import http.client
 import signal
 import time
 from collections.abc import Iterator
@@ -141,3 +142,102 @@ def test_the_agent_owns_the_clock_and_a_sigkill_resumes_the_step(routed: Routed)
     agent.wait_for("rollout.step", "step 1 (25%)", timeout=30)
     agent.wait_for("deploy.succeeded", "v2", timeout=30)
     routed.wait_serving(f"{web.name} v2")
+
+
+def test_a_slow_release_is_aborted_by_latency_and_one_without_traffic_as_on_no_traffic_says(routed: Routed) -> None:
+    slow = routed.app("slow", faulty={"v2": (0.0, 0.3)}, hosts=("slow.test",))
+    quiet = routed.app("quiet", hosts=("quiet.test",))
+    slow.rollout = rollout_yaml((30, "3s"), (60, "3s"), min_requests=10, max_avg_ms=150)
+    quiet.rollout = rollout_yaml((30, "3s"), (60, "3s"), min_requests=10)
+    routed.world.commit_apps("v1")
+    assert routed.world.server().returncode == 0
+    routed.wait_serving(f"{slow.name} v1", host="slow.test")
+    load = Load(routed.port, path=APP_PATH, threads=2, rate=40, host_header="slow.test")
+    with load:
+        routed.world.commit_apps("v2 of both", {slow.name: "v2", quiet.name: "v2"})
+        started = routed.world.server()
+        assert started.returncode == 0 and started.stdout.count("rolling-out") == 2, show(started)
+        time.sleep(3.3)
+        judged = routed.world.server()
+    assert judged.returncode == 1, show(judged)
+    assert f"{slow.name}: step 1 (30%): failed: " in judged.stdout and "> max_avg_ms 150" in judged.stdout, show(judged)
+    # Said, not silent: too few answers, and what on_no_traffic made of it.
+    assert f"{quiet.name}: step 1 (30%): inconclusive: 0 answers" in judged.stdout, show(judged)
+    assert "0 answers < min_requests 10; on_no_traffic: fail" in judged.stdout, show(judged)
+    for app in (slow, quiet):
+        assert routed.container_of(f"{app.name}.failed") is not None, app.name
+        assert routed.container_of(app.name) is not None
+    assert not failed(load.hits), summary(load.hits)
+
+
+def sticky_client(routed: Routed) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection("127.0.0.1", routed.port, timeout=5)
+
+
+def ask(conn: http.client.HTTPConnection, cookie: str) -> tuple[str, str]:
+    """One GET of the app on a client's own connection, its cookie sent; (body, the cookie it holds after)."""
+    conn.request("GET", APP_PATH, headers={"Cookie": cookie} if cookie else {})
+    answer = conn.getresponse()
+    body = answer.read().decode().strip()
+    given = answer.getheader("Set-Cookie") or ""
+    return body, given.split(";", 1)[0] or cookie
+
+
+def test_sticky_clients_never_flap_and_a_rollout_is_promoted_or_aborted_by_hand(routed: Routed) -> None:
+    web = routed.app("web", tags=("v1", "v2", "v3"))
+    web.rollout = "{steps: [{weight: 50, pause: 1h}], sticky: true}"
+    first_v1(routed, web)
+    routed.world.set(web.name, "v2")
+    assert routed.world.server().returncode == 0
+    seen: dict[int, set[str]] = {}
+    for client in range(12):
+        conn, cookie = sticky_client(routed), ""
+        for _ in range(6):
+            body, cookie = ask(conn, cookie)
+            seen.setdefault(client, set()).add(body)
+        conn.close()
+    assert all(len(bodies) == 1 for bodies in seen.values()), seen  # each client on one release
+    assert {body for bodies in seen.values() for body in bodies} == {f"{web.name} v1", f"{web.name} v2"}, seen
+    # A newer commit mid-rollout: the rollout of v2 is aborted first (not held), v3's begins.
+    routed.world.set(web.name, "v3")
+    newer = routed.world.server()
+    assert newer.returncode == 0, show(newer)
+    assert "the rollout of v2 ended at step 1: a newer commit changes" in newer.stdout, show(newer)
+    assert "rolling-out" in newer.stdout and "v1 -> v3" in newer.stdout, show(newer)
+    asked = routed.world.server("rollout", "promote", web.name)
+    assert asked.returncode == 0 and "promote of its rollout v1 -> v3 asked" in asked.stdout, show(asked)
+    done = routed.world.server()
+    assert done.returncode == 0 and "promoted by hand" in done.stdout, show(done)
+    routed.wait_serving(f"{web.name} v3")
+    conn = sticky_client(routed)
+    assert {ask(conn, "")[0] for _ in range(10)} == {f"{web.name} v3"}
+    nothing = routed.world.server("rollout", "abort", web.name)
+    assert nothing.returncode == 1 and f"{web.name}: no rollout under way" in nothing.stderr, show(nothing)
+
+
+@pytest.mark.parametrize("step", ["canary", "rename-new"])
+def test_a_sigkill_at_a_rollout_step_resumes_it_never_at_full_weight(routed: Routed, step: str) -> None:
+    web = routed.app("web")
+    web.rollout = rollout_yaml((20, "2s"), min_requests=1, on_no_traffic="advance")
+    first_v1(routed, web)
+    routed.world.set(web.name, "v2")
+    kill = {"RECONCILE_KILL_AT": f"{web.name}:{step}"}
+    if step == "canary":
+        killed = routed.world.server(env=kill)
+    else:
+        assert routed.world.server().returncode == 0
+        time.sleep(2.2)
+        killed = routed.world.server(env=kill)  # judged, promoted, killed while names move
+    assert killed.returncode < 0 or killed.returncode == 137, show(killed)
+    with load_on(routed, rate=30) as hits:
+        again = routed.world.server()
+        assert again.returncode == 0, show(again)
+        if step == "canary":
+            # The rollout had not begun: it begins again, at its first step, never at full weight.
+            assert "rollout step 1/1, 20% of requests" in again.stdout, show(again)
+            time.sleep(2.2)
+            assert routed.world.server().returncode == 0
+        routed.wait_serving(f"{web.name} v2")
+    assert not failed(hits), summary(hits)
+    assert routed.container_of(f"{web.name}.next") is None
+    assert routed.container_of(f"{web.name}.prev") is not None

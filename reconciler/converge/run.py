@@ -565,12 +565,12 @@ def apply_pass(
         tended = canaries.tend(applier, desired, observed, the_plan)
         hooks.rolled(tended.said)
         hooks.verified(tended.outcomes)
-        if tended.outcomes:
-            verified += tended.outcomes
+        verified += tended.outcomes
+        if tended.ended:
             rolling = canaries.rolling(canaries.records(applier.journal))
             the_plan, observed = plan_against(engine, desired, settings, rolling=rolling)
     # A release taken back (died in its window, its rollout aborted) is not deployed again by this pass.
-    judged = {outcome.app for outcome in died} | {o.app for o in tended.outcomes if o.result is not Result.SUPERSEDED}
+    judged = {outcome.app for outcome in died} | {outcome.app for outcome in tended.outcomes}
     the_plan = dataclasses.replace(the_plan, actions=tuple(a for a in the_plan.actions if a.app not in judged))
     hooks.planned(the_plan, observed)
     to_apply, held = unrouted(the_plan, desired) if proxy_error else (the_plan, [])

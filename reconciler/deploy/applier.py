@@ -833,10 +833,10 @@ class Applier(Recovery):
         if move is canary.Move.SUPERSEDE:
             if new_id:
                 self.engine.remove(new_id, container_name(app, Role.NEXT))
-            said = f"{record.to_version}: {decision.reason} (at step {record.step + 1})"
+            said = f"the rollout of {record.to_version} ended at step {record.step + 1}: {decision.reason}"
             self._rows.finish(record.entry, result=JournalResult.INTERRUPTED, message=said)
             self._rows.set_flag(canary.FLAG + app, None)
-            self._log(f"{app}: rollout of {said}")
+            self._log(f"{app}: {said}")
             return Outcome(app, action.kind, app, Result.SUPERSEDED, said, revision=record.revision)
         outcome = self._set_new_aside(deploy, Step.CANARY, decision.reason)
         self._rows.set_flag(canary.FLAG + app, None)

@@ -8,8 +8,9 @@ Guarantees:
 - ``tend`` moves each rollout once: ``WAIT`` changes nothing; ``ADVANCE`` and ``HOLD`` journal the new
   record first and then set the proxy's weights (a crash between the two is put right by the next pass's
   proxy sync, which weighs from the record); ``PROMOTE``, ``ABORT`` and ``SUPERSEDE`` end it through
-  ``Applier.end_rollout``. The counters are read from the proxy only when a step is judged. A proxy whose
-  counters cannot be read is no verdict: the step is judged at the next pass.
+  ``Applier.end_rollout``; a superseded one is said, not an outcome (the newer commit's deploy is the
+  verdict). The counters are read from the proxy only when a step is judged. A proxy whose counters cannot
+  be read is no verdict: the step is judged at the next pass.
 - ``due`` is when the next step of any rollout is judged: the agent wakes then, not at its interval.
 - Every move is said in one line naming the app, the step, its weight and what each release answered.
 """
@@ -26,7 +27,7 @@ from reconciler.core import canary
 from reconciler.core.model import DesiredState, ObservedState, Role, container_name
 from reconciler.core.plan import Plan
 from reconciler.core.proxy import CANARY, SERVER
-from reconciler.core.report import Outcome
+from reconciler.core.report import Outcome, Result
 from reconciler.deploy.applier import Applier
 from reconciler.errors import ProxyError, ReconcileError, UserError
 from reconciler.state.journal import JOURNAL_FILE, Journal
@@ -78,6 +79,7 @@ class Tended:
     outcomes: list[Outcome] = field(default_factory=list)
     said: list[str] = field(default_factory=list)
     due: float = math.inf
+    ended: bool = False  # a rollout ended (its containers moved): the pass plans again
 
 
 def tend(applier: Applier, desired: DesiredState, observed: ObservedState, plan: Plan) -> Tended:
@@ -139,9 +141,14 @@ def tend(applier: Applier, desired: DesiredState, observed: ObservedState, plan:
             continue
         if decision.judged is not None:
             done.said.append(f"{app}: {decision.judged.said(record.from_version)}")
+        done.ended = True
         if spec is None:
             # The app left the file: the plan prunes its containers; the rollout's record goes now.
             applier.journal.set_flag(canary.FLAG + app, None)
             continue
-        done.outcomes.append(applier.end_rollout(record, spec, observed, decision))
+        outcome = applier.end_rollout(record, spec, observed, decision)
+        if outcome.result is Result.SUPERSEDED:
+            done.said.append(f"{app}: {outcome.message}")  # the newer commit's deploy is this pass's verdict
+        else:
+            done.outcomes.append(outcome)
     return done
