@@ -171,3 +171,86 @@ def deferred(desired: DesiredState, plan: Plan, applied: Plan) -> bool:
     previewed = desired.previewed or Previewed()
     wanted = {a.app for a in plan.actions if a.kind in DEPLOYS and a.app in previewed.of}
     return bool(wanted - {a.app for a in applied.actions})
+
+
+# -- what ``reconcile previews`` shows ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreviewRow:
+    """One pull request on record and what became of its preview."""
+
+    number: int
+    head_sha: str
+    fork: bool
+    opened_at: float
+    updated_at: float
+    app: str = ""  # the preview app (web-pr-7); "" when the file makes none
+    of: str = ""  # the app it is made from
+    host: str = ""
+    version: str = ""
+    state: str = "no preview"  # running, not running, refused, expired, fork (ignored), no preview
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "number": self.number, "app": self.app, "of": self.of, "host": self.host, "version": self.version,
+            "state": self.state, "head_sha": self.head_sha, "fork": self.fork,
+            "opened_at": self.opened_at, "updated_at": self.updated_at, "detail": self.detail,
+        }  # fmt: skip
+
+
+def rows(desired: DesiredState | None, pulls: Iterable[OpenPull], running: Iterable[str]) -> list[PreviewRow]:
+    """Each pull request on record, per app of the file's previews (or alone, when the file makes none)."""
+    up = set(running)
+    previewed = desired.previewed if desired is not None and desired.previewed is not None else Previewed()
+    said = {key: message for key, _, message in previewed.notes}
+    specs = (desired.previews or {}) if desired is not None else {}
+    found: list[PreviewRow] = []
+    for pull in sorted(pulls, key=lambda pull: pull.number):
+        base = PreviewRow(pull.number, pull.head_sha, pull.fork, pull.opened_at, pull.updated_at)
+        made_any = False
+        for app, preview in sorted(specs.items()):
+            name = name_of(app, pull.number)
+            values = {"number": str(pull.number), "head_sha": pull.head_sha}
+            row = replace(
+                base, app=name, of=app, host=fill(preview.host, values), version=fill(preview.version, values)
+            )
+            if name in previewed.of:
+                row = replace(row, state="running" if name in up else "not running")
+            elif f"preview:expired:{name}" in said:
+                row = replace(row, state="expired", detail=said[f"preview:expired:{name}"])
+            elif f"preview:refused:{name}" in said:
+                row = replace(row, state="refused", detail=said[f"preview:refused:{name}"])
+            elif pull.fork and not preview.forks:
+                row = replace(row, state="fork", detail="from a fork: previewed only with forks: true")
+            else:
+                continue  # the app is not placed on this host
+            found.append(row)
+            made_any = True
+        if not made_any:
+            found.append(base)
+    return found
+
+
+def lines(found: Iterable[PreviewRow], now: float) -> list[str]:
+    """``reconcile previews`` as text: one line per pull request and app."""
+    out = []
+    for row in found:
+        age = _age(now - row.updated_at)
+        if not row.app:
+            out.append(
+                f"#{row.number}  {row.head_sha[:8]}  no preview (the file has no previews: for it)  updated {age} ago"
+            )
+            continue
+        detail = f"  ({row.detail})" if row.detail else ""
+        out.append(f"#{row.number}  {row.app}  {row.state}  {row.host}  {row.version}  updated {age} ago{detail}")
+    return out or ["no pull request on record"]
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"

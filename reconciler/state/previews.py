@@ -53,7 +53,7 @@ def record(state_dir: Path, event: PullEvent, now: float) -> str:
         elif known is None:
             pulls[event.number] = OpenPull(event.number, event.head_sha, now, now, event.fork, str(event.provider))
             changed = "opened"
-        elif known.head_sha == event.head_sha and event.action is PullAction.UPDATED:
+        elif known.head_sha == event.head_sha:  # a redelivery, or an update that pushed nothing: the same preview
             return ""
         else:
             pulls[event.number] = OpenPull(event.number, event.head_sha, known.opened_at, now, event.fork,
