@@ -341,13 +341,13 @@ class Agent:
         from reconciler.state import previews
 
         changed = previews.record(self.config.settings.state_dir, event, time.time())
+        self.wakes.waker.set()  # a redelivery too (CI sends it once the image is pushed): the preview is made now
         if not changed:
             return
         fork = " (from a fork: previewed only with forks: true)" if event.fork and changed != "closed" else ""
         merged = " (merged)" if event.merged else ""
         self.events.emit(Event(f"preview.{changed}"), f"pull request #{event.number} {changed}{merged}{fork}",
                          pull=str(event.number), head=event.head_sha[:12])  # fmt: skip
-        self.wakes.waker.set()
 
     def _facts(self) -> Facts:
         """The dashboard's header: the commits, and when the last pass ended and the next one is due."""
