@@ -1108,6 +1108,55 @@ def secrets_show(
     _raw_stdout(_guarded(lambda: secrets.show(path, keys, key=key)))
 
 
+class PreviewsAction(StrEnum):
+    list = "list"
+    remove = "remove"
+
+
+@app.command(epilog=COMMON_EPILOG)
+@_common
+def previews(
+    ctx: typer.Context,
+    action: Annotated[PreviewsAction, typer.Argument(help="list (the default), or remove N.")] = PreviewsAction.list,
+    number: Annotated[
+        int | None, typer.Argument(metavar="N", help="The pull request's number.", show_default=False)
+    ] = None,
+    repo: RepoOpt = None,
+    ref: RefOpt = None,
+    file: FileOpt = None,
+    state_dir: StateOpt = None,
+    docker_host: HostOpt = None,
+    instance: InstanceOpt = None,
+    output: OutputOpt = None,
+) -> None:
+    """Pull-request previews: each pull request on record and its preview; `remove N` takes one down by hand."""
+    import time
+
+    from reconciler.core.previews import lines
+    from reconciler.ops import previews as ops
+
+    settings = _settings(ctx, repo=repo, ref=ref, file=file, state_dir=state_dir, docker_host=docker_host,
+                         instance=instance)  # fmt: skip
+    if action is PreviewsAction.remove:
+        if number is None:
+            _fail("previews remove N: give the pull request's number")
+        gone, pid = _guarded(lambda: ops.remove(state_dir=settings.state_dir, number=number))
+        if gone is None:
+            _fail(f"pull request #{number} is not on record: no preview to remove (`reconcile previews` lists them)")
+        when = f"the agent (pid {pid}) removes it now" if pid else "the next pass (`reconcile`) removes it"
+        typer.echo(f"pull request #{number} taken off the record: {when}; a push to it brings it back")
+        return
+    if number is not None:
+        _fail("previews: N goes with remove (`reconcile previews remove N`)")
+    found, problem = _guarded(lambda: ops.listed(settings))
+    if problem:
+        typer.echo(f"warning: {problem}", err=True)
+    if _option(ctx, "output", output) is Output.json:
+        _emit([row.as_dict() for row in found])
+    else:
+        typer.echo("\n".join(lines(found, time.time())))
+
+
 @app.command(hidden=True)
 def schema() -> None:
     """Print the JSON Schema of desired-state.yaml (the source of schemas/desired-state.schema.json)."""

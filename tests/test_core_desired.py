@@ -228,7 +228,7 @@ def test_missing_image_and_version_are_both_reported() -> None:
 def test_missing_apps_at_the_top() -> None:
     assert errors_of("# nothing but\nversion: 1\n") == [
         f"{FILE}:2:1: apps: required key is missing",
-        f"{FILE}:2:1: version: unknown key 'version'; valid keys: apps, hosts, networks, proxy",
+        f"{FILE}:2:1: version: unknown key 'version'; valid keys: apps, hosts, networks, previews, proxy",
     ]
 
 

@@ -50,7 +50,7 @@ def test_the_schema_is_as_strict_as_the_models() -> None:
     assert data["required"] == ["apps"]
     for node in (data, app, probe, route, proxy, tls):
         assert node["additionalProperties"] is False
-    assert set(data["properties"]) == {"apps", "proxy", "hosts", "networks"}
+    assert set(data["properties"]) == {"apps", "proxy", "hosts", "networks", "previews"}
     assert set(route["properties"]) == {"hosts", "path_prefix", "port", "drain", "keep_warm", "shared_volumes"}
     assert route["required"] == ["port"]
     assert set(proxy["properties"]) == {"listen", "image", "version", "tls"}

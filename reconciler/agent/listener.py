@@ -17,7 +17,9 @@ Guarantees:
 - ``POST /hooks/{github,gitlab,gitea}`` is judged by ``core.webhooks``: an authentic push to the
   followed branch calls ``on_push`` (the agent wakes, fetches and runs a pass; many pushes while a
   pass runs give one more pass, never a queue); other hooks are acknowledged. A wrong or missing
-  proof is ``401``, an authentic hook whose body cannot be read ``400``; each is logged once per
+  proof is ``401``, an authentic hook whose body cannot be read ``400``; an authentic pull request event
+  (``core.webhooks.PullEvent``) goes to ``on_pull`` (the agent records it for its preview: ``503`` when the
+  state directory cannot take it); each is logged once per
   provider until the source or the reason changes, or a good hook comes; a source past its rate is
   ``429`` (hooks that fail the proof are counted apart from good ones). Without a secret the hooks
   answer ``404``: a hook is never trusted unsigned.
@@ -51,8 +53,8 @@ from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
-from reconciler.core.webhooks import HookVerdict, Provider, RateLimit, judge
-from reconciler.errors import UserError
+from reconciler.core.webhooks import HookVerdict, Provider, PullEvent, RateLimit, judge
+from reconciler.errors import ReconcileError, UserError
 from reconciler.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -97,6 +99,7 @@ class Listener:
         clock: Callable[[], float] = time.monotonic,
         crashed: Callable[[BaseException], str] | None = None,
         dashboard: Dashboard | None = None,
+        on_pull: Callable[[PullEvent], None] | None = None,
     ) -> None:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -106,6 +109,7 @@ class Listener:
         self.secret, self.followed, self.clock = secret, followed, clock
         self.crashed = crashed  # keeps a bug's traceback and says where (the agent's crash files)
         self.dashboard = dashboard  # the pages, their actions and /events (``agent.dashboard``)
+        self.on_pull = on_pull  # a pull request's event: recorded for its preview (None: acknowledged only)
         self.limit = RateLimit()
         self._limit_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -249,6 +253,11 @@ class Listener:
             self.on_refused(str(provider), "")  # a good one: the next bad one is said again
             if answer.verdict is HookVerdict.PUSH:
                 self.on_push()
+            if answer.verdict is HookVerdict.PULL and answer.pull is not None and self.on_pull is not None:
+                try:
+                    self.on_pull(answer.pull)
+                except ReconcileError as exc:  # the state directory: the forge is told, and may send it again
+                    return _json(start_response, 503, {"result": "not-recorded", "reason": str(exc)[:300]})
         return _answer(start_response, answer.status, answer.body, "application/json")
 
 

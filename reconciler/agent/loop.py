@@ -93,6 +93,7 @@ from reconciler.core.holdback import LastDeploy, Notice, Say
 from reconciler.core.model import AppSpec, DesiredState, ObservedState
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.report import Outcome, Result
+from reconciler.core.webhooks import PullEvent
 from reconciler.deploy.applier import Applier
 from reconciler.deploy.certs import CertReport
 from reconciler.errors import (
@@ -333,9 +334,23 @@ class Agent:
             followed=f"refs/heads/{branch}" if branch else None,
             crashed=lambda exc: keep_traceback(exc, self.config.settings.state_dir),
             dashboard=self.dashboard,
+            on_pull=self._pulled,
         )
         listener.start()
         return listener
+
+    def _pulled(self, event: PullEvent) -> None:
+        """A pull request's hook: recorded for its preview (``state.previews``), said, and a pass at once."""
+        from reconciler.state import previews
+
+        changed = previews.record(self.config.settings.state_dir, event, time.time())
+        self.wakes.waker.set()  # a redelivery too (CI sends it once the image is pushed): the preview is made now
+        if not changed:
+            return
+        fork = " (from a fork: previewed only with forks: true)" if event.fork and changed != "closed" else ""
+        merged = " (merged)" if event.merged else ""
+        self.events.emit(Event(f"preview.{changed}"), f"pull request #{event.number} {changed}{merged}{fork}",
+                         pull=str(event.number), head=event.head_sha[:12])  # fmt: skip
 
     def _facts(self) -> Facts:
         """The dashboard's header: the commits, and when the last pass ended and the next one is due."""
@@ -642,6 +657,8 @@ class Agent:
         self.proxy_down = record.proxy_error
         self.next_step = record.next_step
         self.metrics.rollouts(record.shares)
+        if record.previews_deferred:  # a preview deploys alone: the next one goes at once
+            self.retry_in = 0.0
         return record.applied
 
     def _proxy_failed(self, exc: UserError) -> None:

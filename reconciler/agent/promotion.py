@@ -52,7 +52,11 @@ class StableClock:
         """Sample the apps on their way to stable and promote those that stayed healthy."""
         engine, journal = applier.engine, applier.journal
         now = time.time()
-        candidates = {app: candidate(app, spec, observed, journal) for app, spec in desired.apps.items()}
+        # A preview is never promoted: IMAGE:stable is its app's, and a pull request's release is not one.
+        previews = desired.previewed.of if desired.previewed is not None else {}
+        candidates = {
+            app: candidate(app, spec, observed, journal) for app, spec in desired.apps.items() if app not in previews
+        }
         # Kept before sampling: an engine outage mid-way keeps what the clock learned so far.
         self.watching, look = track(self.watching, candidates, now=now)
         for app in look:

@@ -21,6 +21,9 @@ Guarantees:
   containers that this source deployed.
 - Env values of the file are remembered by ``scrub`` before the file is validated, so that no
   message, however it quotes them, prints them.
+- With ``previews:``, the desired state holds one app per open pull request on record in the state directory
+  (``previewed``, ``core.previews``): planned, gated, routed and pruned as any app; a preview's image is looked
+  up in the registry each pass (its tag moves), and its trouble never holds the file's own apps back.
 - A proxy that cannot be brought in line (``PassResult.proxy_error``), before the deploys or after them,
   holds back the routed apps only: the apps without a route deploy in the same pass, and are reported.
 """
@@ -127,6 +130,7 @@ class PassResult:
     rollouts: list[str] = field(default_factory=list)  # what the pass did of the weighted rollouts under way
     next_step: float = math.inf  # when a rollout's step is judged next (epoch seconds): the agent wakes then
     shares: dict[str, tuple[int, int]] = field(default_factory=dict)  # each rollout under way: (step, weight)
+    previews_deferred: bool = False  # a preview's new release waits for the next pass (it deploys alone)
 
     def done(self) -> PassResult:
         self.outcomes = self.verified + self.applied + self.waited
@@ -195,6 +199,7 @@ def read_at(source: Source, ref: str, revision: str, file: str, trust: Trust) ->
     if trust.policy is not None:
         desired = server_policy.enforce(positions, file, desired, server_policy.load_policy(trust.policy))
     desired = place(desired, trust.host)
+    desired = previewed(desired, trust.state_dir)
     desired = open_sealed(
         source, revision, desired, mode=trust.sops, key_file=trust.sops_key_file, state_dir=trust.state_dir
     )
@@ -221,6 +226,17 @@ def place(desired: DesiredState, host: str | None) -> DesiredState:
             " give --host NAME (or RECONCILE_HOST)"
         )
     return fleet.placed(desired, name)
+
+
+def previewed(desired: DesiredState, state_dir: Path | None) -> DesiredState:
+    """The file's apps and, when it has ``previews:``, one app per open pull request on record in ``state_dir``
+    (``core.previews``): the one-shot and the agent read the same record, so neither prunes the other's."""
+    if not desired.previews or state_dir is None:
+        return desired
+    from reconciler.core.previews import with_previews
+    from reconciler.state import previews
+
+    return with_previews(desired, previews.load(state_dir), time.time())
 
 
 def check_signature(source: Source, revision: str, signed_by: str) -> str:
@@ -262,7 +278,9 @@ def resolve(engine: DockerEngine, desired: DesiredState) -> dict[str, Resolution
     for app, spec in desired.apps.items():
         ref = image_ref(spec)
         found = image_match.find_local(ref, local)
-        followed = _registry_stable(engine, ref, spec.image, found) if spec.canary and spec.version == STABLE else None
+        # A preview's tag is pushed again by CI for each commit of its pull request: the registry says what it is.
+        follows = (spec.canary and spec.version == STABLE) or (desired.previewed and app in desired.previewed.of)
+        followed = _registry_stable(engine, ref, spec.image, found) if follows else None
         if followed is not None:
             resolutions[app] = followed
         elif found is not None:
@@ -580,6 +598,15 @@ def apply_pass(
         if action.app in held
     ]
     notices: list[Notice] = []
+    deferred = False
+    if desired.previewed is not None:  # before the caller's rules: a preview's trouble stays its own
+        from reconciler.core import previews
+
+        before = to_apply
+        to_apply, told = previews.preview_rule(desired, alone=atomic)(to_apply, observed)
+        deferred = previews.deferred(desired, before, to_apply)
+        hooks.say(told)
+        notices += told
     for rule in hooks.filters:
         to_apply, said = rule(to_apply, observed)
         hooks.say(said)
@@ -587,6 +614,7 @@ def apply_pass(
     record = PassResult(
         desired, the_plan, proxy=changed, notices=notices, verified=verified, waited=waited, networks=made,
         rollouts=tended.said, next_step=tended.due,
+        previews_deferred=deferred,
     )  # fmt: skip
     if to_apply.changes:
         try:

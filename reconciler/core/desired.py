@@ -29,6 +29,7 @@ from reconciler.core.model import (
     DesiredState,
     HealthSpec,
     HostSpec,
+    PreviewSpec,
     ProxySpec,
     RouteSpec,
     TlsSpec,
@@ -96,6 +97,8 @@ def _model_at(path: Path) -> type[BaseModel] | None:
         return stack.NetworkSpec
     if path == ("proxy",):
         return ProxySpec
+    if len(path) == 2 and path[0] == "previews":
+        return PreviewSpec
     if len(path) == 2 and path[0] == "hosts":
         return HostSpec
     if path == ("proxy", "tls"):
@@ -204,7 +207,9 @@ def load_desired(
         raise InvalidDesiredState(list(unique)) from None
     wrong = _route_problems(parsed, positions) + [
         (positions.of(path), path, message)
-        for path, message in fleet.problems(parsed.apps, parsed.hosts) + stack.problems(parsed.apps, parsed.networks)
+        for path, message in fleet.problems(parsed.apps, parsed.hosts)
+        + stack.problems(parsed.apps, parsed.networks)
+        + _preview_problems(parsed)
     ]
     problems = [f"{filename}:{line}:{col}: {dotted(path)}: {message}" for (line, col), path, message in sorted(wrong)]
     if problems:
@@ -214,6 +219,7 @@ def load_desired(
         proxy=parsed.proxy,
         hosts=parsed.hosts,
         networks=parsed.networks,
+        previews=parsed.previews,
         revision=revision,
         path=filename,
         author=author,
@@ -257,4 +263,27 @@ def _route_problems(parsed: DesiredFile, positions: Positions) -> list[tuple[tup
                         " the same host and path prefix",
                     )
                 )
+    return found
+
+
+def _preview_problems(parsed: DesiredFile) -> list[tuple[Path, str]]:
+    """Previews of an app the file does not have, of one without a route (a preview is reached by its own host
+    name), of a service, or that keep a secret the app does not have."""
+    found: list[tuple[Path, str]] = []
+    for app, preview in (parsed.previews or {}).items():
+        path: Path = ("previews", app)
+        spec = parsed.apps.get(app)
+        if spec is None:
+            close = difflib.get_close_matches(app, sorted(parsed.apps), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            found.append((path, f"no app {shown(app)} to make previews of{hint}"))
+            continue
+        if spec.route is None:
+            found.append((path, f"{app} has no route: a preview is served by the proxy at its own host"))
+        if spec.service:
+            found.append((path, f"{app} is a service (replicas:): previews are made of containers only"))
+        targets = {secret.target for secret in spec.secrets}
+        for index, target in enumerate(preview.secrets):
+            if target not in targets:
+                found.append(((*path, "secrets", index), f"{app} has no secret with the target {shown(target)}"))
     return found

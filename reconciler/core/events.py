@@ -61,6 +61,13 @@ class Event(StrEnum):
     APP_UNCHECKED = "app.unchecked"
     APP_ROLLOUT = "app.rollout"  # its weighted rollout is under way: the plan leaves it to that
     APP_WAITING = "app.waiting"  # not deployed: a dependency (depends_on) is not as it needs it
+    # pull-request previews: a forge's hook recorded, a preview refused (max), expired (ttl) or held (its image)
+    PREVIEW_OPENED = "preview.opened"
+    PREVIEW_UPDATED = "preview.updated"
+    PREVIEW_CLOSED = "preview.closed"
+    PREVIEW_REFUSED = "preview.refused"
+    PREVIEW_EXPIRED = "preview.expired"
+    PREVIEW_HELD = "preview.held"
     # stable
     STABLE_PROMOTED = "stable.promoted"
     STABLE_UNPUBLISHED = "stable.unpublished"

@@ -9,7 +9,9 @@ that reach a pattern are bounded in length first (``MAX_*``), and a message quot
 ``QUOTED_CUT`` characters of a value, with its length (``shown``). No message
 of a validator shows an env value; env values and argv hold no NUL (env values: no control character
 but tab), which Docker and execve could not pass on. A canary's version (``canary.version``) is a tag or
-a digest, never ``stable``: it is the candidate that becomes stable.
+a digest, never ``stable``: it is the candidate that becomes stable. A preview's host and version
+(``previews:``) hold only the ``{number}`` and ``{head_sha}`` placeholders, and are a host name and a tag
+once filled with the longest values they take.
 """
 
 from __future__ import annotations
@@ -849,6 +851,91 @@ class AppSpec(Strict):
         return self.route.keep_warm if self.route.keep_warm is not None else self.stable_after
 
 
+# -- pull-request previews (``previews:``; decided in ``core.previews``) ----------------------------------
+
+PREVIEW_FIELDS = ("number", "head_sha")  # the placeholders a preview's host and version may hold
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_TTL = re.compile(r"^([0-9]+)d$")
+TTL_MAX = 365 * 86400.0
+_TTL_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d)$"
+_SAMPLE = {"number": "99999999", "head_sha": "0" * 64}  # the longest values a placeholder takes, to check the result
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """``template`` with each ``{number}`` and ``{head_sha}`` replaced."""
+    return _PLACEHOLDER.sub(lambda found: values[found.group(1)], template)
+
+
+def _template(kind: str, check: Any) -> Any:
+    def validate(value: str) -> str:
+        names = _PLACEHOLDER.findall(value)
+        for name in names:
+            if name not in PREVIEW_FIELDS:
+                raise ValueError(
+                    f"{shown(value)}: {{{name[:20]}}} is not a placeholder: use {{number}} or {{head_sha}}"
+                )
+        if not names:
+            raise ValueError(
+                f"{shown(value)}: a preview's {kind} differs per pull request: put {{number}} or {{head_sha}} in it"
+            )
+        if "{" in _PLACEHOLDER.sub("", value) or "}" in _PLACEHOLDER.sub("", value):
+            raise ValueError(f"{shown(value)}: a brace outside a placeholder ({{number}}, {{head_sha}})")
+        check(fill(value, _SAMPLE))
+        return value
+
+    return AfterValidator(validate)
+
+
+def _preview_host(value: str) -> str:
+    if not _HOSTNAME.match(value) or len(value) > 253 or value.startswith("*."):
+        raise ValueError(f"{shown(value)} is not a host name once filled (lowercase, e.g. pr-7.preview.example.com)")
+    return value
+
+
+def _ttl(value: object) -> float:
+    days = _TTL.match(value) if isinstance(value, str) else None
+    seconds = float(days.group(1)) * 86400 if days else parse_duration(value)
+    if not 0 < seconds <= TTL_MAX:
+        raise ValueError(f"{shown(str(value))}: a preview's ttl is more than 0s and at most 365d")
+    return seconds
+
+
+class PreviewSpec(Strict):
+    """A preview per open pull request of the repository, made from one routed app of the file."""
+
+    host: Annotated[str, StringConstraints(max_length=253), _template("host", _preview_host)] = Field(
+        description="the preview's host name: pr-{number}.preview.example.com ({number}, {head_sha})"
+    )
+    version: Annotated[str, StringConstraints(max_length=128), _template("version", check_version)] = Field(
+        description="the image tag CI pushes for the pull request: pr-{number} or pr-{head_sha}"
+    )
+    env: dict[str, EnvValue] = Field(
+        default_factory=dict, repr=False, description="env overrides of the app's env; values are never printed"
+    )
+    secrets: tuple[Annotated[str, StringConstraints(max_length=MAX_PATH)], ...] = Field(
+        (), description="targets of the app's secrets: a preview gets these (none unless listed)"
+    )
+    env_file: bool = Field(False, description="true: the preview reads the app's env_file too (default: not)")
+    max: int = Field(5, ge=1, le=100, description="previews of this app at once: the oldest pull requests get them")
+    ttl: Annotated[float, BeforeValidator(_ttl), WithJsonSchema({"type": "string", "pattern": _TTL_PATTERN})] = Field(
+        "7d", validate_default=True, description="a preview not updated this long is removed (5d, 12h)"
+    )
+    forks: bool = Field(False, description="true: pull requests from forks get previews too (they run their code)")
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        return AppSpec._env(value)
+
+
+class Previewed(Strict):
+    """What ``core.previews`` added to a desired state: each preview app's source app, and what it said."""
+
+    of: dict[str, str] = Field(default_factory=dict)  # preview app -> the app it was made from
+    pulls: dict[str, int] = Field(default_factory=dict)  # preview app -> its pull request's number
+    notes: tuple[tuple[str, str, str], ...] = ()  # (key, event, message) to say once: refused, expired
+
+
 class DesiredFile(Strict):
     """The whole desired-state.yaml, version 1."""
 
@@ -867,6 +954,9 @@ class DesiredFile(Strict):
         None, description="private networks of this instance beside its default one: name -> {internal: bool}"
     )
     apps: dict[AppName, AppSpec] = Field(description="app name (also the container name) -> what runs")
+    previews: dict[AppName, PreviewSpec] | None = Field(
+        None, description="pull-request previews: app (with a route:) -> how its preview per open pull request runs"
+    )
 
     @field_validator("hosts")
     @classmethod
@@ -899,6 +989,8 @@ class DesiredState(Strict):
     author: str = ""  # of the commit, "Name <email>"
     source: Owner | None = None  # where it was read from; what its containers are labelled with
     limits: HostLimits | None = None  # the --policy's host folders it passed: apply checks real paths against them
+    previews: dict[str, PreviewSpec] | None = None  # the file's previews: (the apps they make: ``previewed``)
+    previewed: Previewed | None = None  # the preview apps ``core.previews`` added to ``apps``, and their notes
     # The SOPS files of the commit as this server opened them: never validated, dumped or printed.
     _sealed: Sealed = PrivateAttr(default_factory=Sealed)
 

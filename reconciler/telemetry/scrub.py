@@ -197,6 +197,14 @@ def remember_in(data: Any) -> None:
     apps = data.get("apps") if isinstance(data, Mapping) else None
     if not isinstance(apps, Mapping):
         return
+    previews = data.get("previews")
+    for spec in previews.values() if isinstance(previews, Mapping) else ():  # a preview's env overrides
+        env = spec.get("env") if isinstance(spec, Mapping) else None
+        if isinstance(env, Mapping):
+            remember(
+                (str(value) for value in env.values() if isinstance(value, str | int | float)),
+                keys=(key for key in env if isinstance(key, str)),
+            )
     for spec in apps.values():
         if not isinstance(spec, Mapping):
             continue

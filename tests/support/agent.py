@@ -67,6 +67,12 @@ _TEXT_FIELD = re.compile(r" (?P<key>[a-z_]+)=(?P<value>\S*)$")
 KNOWN_EVENTS = frozenset(
     {
         "agent.started",
+        "preview.opened",
+        "preview.updated",
+        "preview.closed",
+        "preview.refused",
+        "preview.expired",
+        "preview.held",
         "agent.stopped",
         "agent.suspended",
         "agent.resumed",
