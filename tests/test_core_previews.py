@@ -15,7 +15,7 @@ from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.core.desired import load_desired
 from reconciler.core.events import Event
 from reconciler.core.holdback import Say
-from reconciler.core.model import DesiredState, ObservedState
+from reconciler.core.model import DesiredState, ObservedState, RolloutSpec
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.previews import OpenPull, decide, deferred, preview_rule, with_previews
 from reconciler.core.webhooks import HookVerdict, Provider, PullAction, judge
@@ -36,13 +36,16 @@ apps:
     version: v1.0.0
     env: {LOG_LEVEL: info, DB_URL: postgres://db/shop}
     env_file: /etc/shop/web.env
-    volumes: ["cache:/cache", "/srv/static:/static:ro"]
+    volumes: ["cache:/cache", "/srv/static:/static:rw"]
     secrets: [{source: /etc/shop/db-password, target: db-password}, {source: /etc/shop/api-key, target: api-key}]
     route: {hosts: [shop.example.com], port: 8000, shared_volumes: true}
   db:
     image: shop/db
     version: v1
 """
+
+
+STEPS = RolloutSpec.model_validate({"steps": [{"weight": 10, "pause": "1m"}]})
 
 
 def load(text: str) -> DesiredState:
@@ -155,9 +158,11 @@ def test_a_preview_is_the_app_with_its_version_host_and_env_and_without_its_secr
     }  # fmt: skip
     assert preview.env_file is None
     assert [secret.target for secret in preview.secrets] == ["api-key"]
-    assert preview.volumes == ("web-pr-7-cache:/cache", "/srv/static:/static:ro")
+    assert preview.volumes == ("web-pr-7-cache:/cache", "/srv/static:/static:ro")  # the app's files: read only
     assert made.previewed is not None and made.previewed.of == {"web-pr-7": "web"}
     assert made.previewed.pulls == {"web-pr-7": 7}
+    rolled = desired.model_copy(update={"apps": {**desired.apps, "web": web.model_copy(update={"rollout": STEPS})}})
+    assert with_previews(rolled, [pull(7)], now=100.0).apps["web-pr-7"].rollout is None  # replaced at once
 
 
 def test_without_previews_or_pull_requests_the_state_is_the_file() -> None:

@@ -7,9 +7,9 @@ Guarantees:
 - A preview is the app's spec with the preview's version, its route's hosts replaced by the preview's one host,
   its env updated with the preview's overrides and ``PREVIEW_PR`` / ``PREVIEW_SHA`` (so that every push to the
   pull request is a new release, even under the same tag). The app's ``secrets:`` and ``env_file:`` are not
-  copied unless the preview lists them; its named volumes become the preview's own (``APP-pr-N-VOLUME``), so a
-  preview never writes the app's data; its ``canary:``, ``on:`` and ``hostname:`` are dropped. The app it was
-  made from is never changed.
+  copied unless the preview lists them; its named volumes become the preview's own (``APP-pr-N-VOLUME``) and its
+  host paths are mounted read-only, so a preview never writes the app's data; its ``canary:``, ``rollout:``,
+  ``on:`` and ``hostname:`` are dropped. The app it was made from is never changed.
 - Which pull requests get one: those of the file's previews (a fork's only with ``forks: true``), updated within
   ``ttl`` of ``now``; of those, the ``max`` opened first (the number breaks ties), so that a preview that runs
   is never pushed out by a newer pull request. Each one refused or expired is one note, said once.
@@ -61,8 +61,10 @@ def made(app: str, spec: AppSpec, preview: PreviewSpec, pull: OpenPull) -> AppSp
     volumes = []
     for volume in spec.volumes:
         source, _, rest = volume.partition(":")
-        own = f"{name}-{source}" if _NAMED_VOLUME.match(source) else source  # a host path starts with /
-        volumes.append(f"{own}:{rest}")
+        if _NAMED_VOLUME.match(source):
+            volumes.append(f"{name}-{source}:{rest}")
+        else:  # a host path (it starts with /): read, never written
+            volumes.append(f"{source}:{rest.split(':')[0]}:ro")
     # Copied, not validated again: every part was validated in the file, and the filled host and version were
     # checked with the longest values their placeholders take (``model.PreviewSpec``).
     return spec.model_copy(
@@ -74,6 +76,7 @@ def made(app: str, spec: AppSpec, preview: PreviewSpec, pull: OpenPull) -> AppSp
             "secrets": tuple(secret for secret in spec.secrets if secret.target in preview.secrets),
             "env_file": spec.env_file if preview.env_file else None,
             "canary": None,
+            "rollout": None,  # a pull request's new push replaces its preview at once
             "on": None,
             "hostname": None,
         }
