@@ -415,13 +415,16 @@ def main_command(
                     "proxy": result.proxy,
                     "routes": result.routes,
                     "networks": result.networks,
+                    "rollouts": result.rollouts,
                 }
             )
         else:
-            typer.echo("\n".join(report.plan_lines(plan, file=settings.file) + proxied))
+            typer.echo("\n".join(report.plan_lines(plan, file=settings.file) + result.rollouts + proxied))
         if plan.problems:  # a conflict or an unresolvable image: applying would fail too
             raise typer.Exit(1)
-        raise typer.Exit(0 if plan.in_sync and not result.proxy and not result.networks else 2)
+        # A rollout under way is not converged: a pass moves it on when its step is due.
+        in_line = plan.in_sync and not result.proxy and not result.networks and not result.rollouts
+        raise typer.Exit(0 if in_line else 2)
     if fmt is Output.json:
         _emit(
             {

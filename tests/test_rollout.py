@@ -72,6 +72,7 @@ def test_a_release_that_answers_5xx_is_aborted_at_its_first_step_and_held(routed
         status = routed.world.status_text()
         assert f"rollout {web.name} v1 -> v2: step 1/2, 10% of requests to v2, 90% to v1" in status, status
         dry = routed.world.server("--dry-run")
+        assert dry.returncode == 2 and f"rollout {web.name} v1 -> v2: step 1/2" in dry.stdout, show(dry)
         assert f"{web.name}.next: v2: its weighted rollout is under way" in dry.stdout, show(dry)
         assert f"replace  {web.name}" not in dry.stdout, show(dry)
         time.sleep(max(0.0, begun + 4.2 - time.monotonic()))

@@ -127,7 +127,7 @@ class PassResult:
     cut_short: str = ""  # the outage that ended the deploys early, when a hook chose to end the pass there
     networks: list[str] = field(default_factory=list)  # what the pass did of the instance's networks (dry: would do)
     cert_errors: list[str] = field(default_factory=list)  # ACME: a line per host whose order failed (pass goes on)
-    rollouts: list[str] = field(default_factory=list)  # what the pass did of the weighted rollouts under way
+    rollouts: list[str] = field(default_factory=list)  # what the pass did of the rollouts under way (a dry run: each)
     next_step: float = math.inf  # when a rollout's step is judged next (epoch seconds): the agent wakes then
     shares: dict[str, tuple[int, int]] = field(default_factory=dict)  # each rollout under way: (step, weight)
     previews_deferred: bool = False  # a preview's new release waits for the next pass (it deploys alone)
@@ -386,11 +386,11 @@ def reconcile_once(
         rollouts = canaries.peek(settings.state_dir) if desired.proxy is not None else {}
         the_plan, observed = plan_against(engine, desired, settings, rolling=canaries.rolling(rollouts))
         routes = route_lines(desired, observed, proxy.network, proxy.switched())
-        routes += rollout_lines(rollouts, desired)
         said = networks.ensure(engine, desired, dry=True) + networks.prune(engine, desired, dry=True)
         routes += cert_lines(proxy, settings.state_dir, desired)
         drift = proxy.drift(desired, observed, canaries=weights(rollouts, desired, observed, proxy))
-        return PassResult(desired, the_plan, proxy=drift, routes=routes, networks=said)
+        under_way = rollout_lines(rollouts, desired)
+        return PassResult(desired, the_plan, proxy=drift, routes=routes, networks=said, rollouts=under_way)
     from reconciler.trust import server_policy
 
     # before anything changes: the commit is applied whole or not at all
