@@ -26,6 +26,7 @@ Run: ``.venv/bin/python bench/dashboard.py [--apps 200] [--views 200] [--rounds 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import statistics
@@ -212,6 +213,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 agent.stop()
                 results["trouble"] += trouble(agent.lines)
             results["cleanup_errors"] = cleanup_run(client, prefix)
+            with contextlib.suppress(Exception):  # the instance's network, which its passes made
+                client.api.remove_network(f"reconciler-{instance}")
     return results
 
 

@@ -265,7 +265,8 @@ def test_a_rollback_commit_and_which_hosts_have_converged_to_it(fleet: Fleet) ->
 
 def test_ctrl_c_stops_a_rollout_where_it_is_and_the_next_push_finishes_it(fleet: Fleet) -> None:
     fleet.commit("v1")
-    assert fleet.push()[0] == 0
+    code, _, first = fleet.push()
+    assert code == 0, show(first)
     fleet.commit("v2")
     # What Ctrl-C sends, during e1's gate (1 s of health).
     code, out, err = fleet.push_during_e1_gate(lambda push: push.send_signal(signal.SIGINT), timeout=120)
