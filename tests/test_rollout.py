@@ -31,10 +31,10 @@ APP_PATH = "/cgi-bin/app"  # the test image's program: errs or is slow as its ta
 
 
 @contextmanager
-def load_on(routed: Routed, rate: float = 60) -> Iterator[list[Hit]]:
-    """New connections, ``rate`` requests a second in each of two threads, on the app's program."""
+def load_on(routed: Routed, rate: float = 60, threads: int = 2) -> Iterator[list[Hit]]:
+    """New connections, ``rate`` requests a second in each of ``threads`` threads, on the app's program."""
     hits: list[Hit] = []
-    load = Load(routed.port, path=APP_PATH, threads=2, rate=rate, timeout=5.0)
+    load = Load(routed.port, path=APP_PATH, threads=threads, rate=rate, timeout=5.0)
     load.start()
     try:
         yield hits
@@ -60,33 +60,35 @@ def answered_by(hits: list[Hit], body: str) -> list[Hit]:
 
 
 def test_a_release_that_answers_5xx_is_aborted_at_its_first_step_and_held(routed: Routed) -> None:
+    # A release that errs on a fifth of its requests: about ten of the fifty or so it gets at 5 %, so that the
+    # verdict is never a coin toss (bench/rollout.py measures one that errs on 5 % under more requests).
     web = routed.app("web", faulty={"v2": (0.2, 0.0)})
-    web.rollout = rollout_yaml((10, "4s"), (50, "4s"), min_requests=15)
+    web.rollout = rollout_yaml((5, "5s"), (50, "4s"), min_requests=10)
     first_v1(routed, web)
-    with load_on(routed) as hits:
+    with load_on(routed, threads=3) as hits:
         routed.world.set(web.name, "v2")
         started = routed.world.server()
         assert started.returncode == 0, show(started)
-        assert "rolling-out" in started.stdout and "rollout step 1/2, 10% of requests" in started.stdout, show(started)
+        assert "rolling-out" in started.stdout and "rollout step 1/2, 5% of requests" in started.stdout, show(started)
         begun = time.monotonic()
         status = routed.world.status_text()
-        assert f"rollout {web.name} v1 -> v2: step 1/2, 10% of requests to v2, 90% to v1" in status, status
+        assert f"rollout {web.name} v1 -> v2: step 1/2, 5% of requests to v2, 95% to v1" in status, status
         dry = routed.world.server("--dry-run")
         assert dry.returncode == 2 and f"rollout {web.name} v1 -> v2: step 1/2" in dry.stdout, show(dry)
         assert f"{web.name}.next: v2: its weighted rollout is under way" in dry.stdout, show(dry)
         assert f"replace  {web.name}" not in dry.stdout, show(dry)
-        time.sleep(max(0.0, begun + 4.2 - time.monotonic()))
+        time.sleep(max(0.0, begun + 5.2 - time.monotonic()))
         judged = routed.world.server()
         verdict_at = time.monotonic()
         time.sleep(1.5)
     assert judged.returncode == 1, show(judged)
     assert "rolled-back" in judged.stdout and "every request is back on v1" in judged.stdout, show(judged)
-    assert "step 1 (10%): failed: " in judged.stdout and "> max_5xx_ratio 1%" in judged.stdout, show(judged)
+    assert "step 1 (5%): failed: " in judged.stdout and "> max_5xx_ratio 1%" in judged.stdout, show(judged)
     assert not failed([hit for hit in hits if hit.status == 0]), summary(hits)
     step = [hit for hit in hits if begun <= hit.started <= verdict_at]
     on_v2 = answered_by(step, f"{web.name} v2")
-    # The new release got about its weight of the step's requests, and none once the verdict was given.
-    assert 0 < len(on_v2) <= 0.2 * len(step), summary(step)
+    # The new release got its weight of the step's requests (under 6 %), and none once the verdict was given.
+    assert 0 < len(on_v2) < 0.06 * len(step), summary(step)
     late = [hit for hit in answered_by(hits, f"{web.name} v2") if hit.started > verdict_at + 1.0]
     assert not late, summary(late)
     assert routed.container_of(f"{web.name}.failed") is not None

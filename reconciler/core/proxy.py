@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -490,10 +490,8 @@ def server_line(server: Server | None, name: str = SERVER, *, weight: int | None
     return f"  server {name} {ip}:{port}{extra}" + (f" backup{state}" if name == BACKUP else f"{state}{CHECKS}")
 
 
-def with_server(text: str, app: str, server: Server | None, name: str = SERVER, *, weight: int | None = None) -> str:
-    """``text`` (a config ``render`` wrote) with ``app``'s server ``name`` pointing at ``server`` (and at
-    ``weight``, else the weight it had): what a runtime switch changed, so that a proxy restarted before
-    the next pass routes where the switch did."""
+def _edit_server(text: str, app: str, name: str, edit: Callable[[str], str]) -> str:
+    """``text`` (a config ``render`` wrote) with the line of ``app``'s server ``name`` as ``edit`` makes it."""
     lines = text.split("\n")
     try:
         index = lines.index(f"backend {backend(app)}") + 1
@@ -501,30 +499,36 @@ def with_server(text: str, app: str, server: Server | None, name: str = SERVER, 
         return text
     while index < len(lines) and lines[index]:
         if lines[index].startswith(f"  server {name} "):
-            words = lines[index].split()
-            had = {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i] in ("weight", "cookie")}
-            kept = int(had["weight"]) if "weight" in had else None
-            lines[index] = server_line(
-                server, name, weight=weight if weight is not None else kept, cookie=had.get("cookie", "")
-            )
+            lines[index] = edit(lines[index])
         index += 1
     return "\n".join(lines)
+
+
+def with_server(text: str, app: str, server: Server | None, name: str = SERVER, *, weight: int | None = None) -> str:
+    """``text`` (a config ``render`` wrote) with ``app``'s server ``name`` pointing at ``server`` (and at
+    ``weight``, else the weight it had): what a runtime switch changed, so that a proxy restarted before
+    the next pass routes where the switch did."""
+
+    def pointed(line: str) -> str:
+        words = line.split()
+        had = {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i] in ("weight", "cookie")}
+        kept = int(had["weight"]) if "weight" in had else None
+        return server_line(server, name, weight=weight if weight is not None else kept, cookie=had.get("cookie", ""))
+
+    return _edit_server(text, app, name, pointed)
 
 
 def with_weight(text: str, app: str, name: str, weight: int) -> str:
     """``text`` with the weight of ``app``'s server ``name`` set to ``weight`` (a runtime ``set weight``)."""
-    lines = text.split("\n")
-    try:
-        index = lines.index(f"backend {backend(app)}") + 1
-    except ValueError:
-        return text
-    while index < len(lines) and lines[index]:
-        words = lines[index].split(" ")
-        if lines[index].startswith(f"  server {name} ") and "weight" in words:
-            at = words.index("weight")
-            lines[index] = " ".join([*words[: at + 1], str(weight), *words[at + 2 :]])
-        index += 1
-    return "\n".join(lines)
+
+    def weighed(line: str) -> str:
+        words = line.split(" ")
+        if "weight" not in words:
+            return line
+        at = words.index("weight")
+        return " ".join([*words[: at + 1], str(weight), *words[at + 2 :]])
+
+    return _edit_server(text, app, name, weighed)
 
 
 def container_hash(proxy: ProxySpec, image_id: str) -> str:
