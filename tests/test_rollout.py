@@ -244,3 +244,20 @@ def test_a_sigkill_at_a_rollout_step_resumes_it_never_at_full_weight(routed: Rou
     assert not failed(hits), summary(hits)
     assert routed.container_of(f"{web.name}.next") is None
     assert routed.container_of(f"{web.name}.prev") is not None
+
+
+def test_a_rollout_begun_by_a_commit_that_fails_elsewhere_is_taken_back_with_it(routed: Routed) -> None:
+    web = routed.app("web")
+    bad = routed.app("bad", exits=("v2",), path_prefix="/bad")
+    web.rollout = rollout_yaml((20, "1h"))
+    first_v1(routed, web)
+    agent = routed.world.agent(interval="300s")
+    with load_on(routed, rate=30) as hits:
+        mark = agent.mark()
+        routed.world.commit_apps("both to v2", {web.name: "v2", bad.name: "v2"})
+        line = agent.wait_for("deploy.rolled-back", "every request is back on v1", app=web.name, since=mark, timeout=60)
+    assert "rolled back with the rest of commit" in line.message, agent.log()
+    assert not failed(hits), summary(hits)
+    assert routed.container_of(f"{web.name}.next") is None
+    assert "rollout " not in routed.world.status_text()
+    routed.wait_serving(f"{web.name} v1")

@@ -204,6 +204,7 @@ class Applier(Recovery):
     secrets_dir: Path | None = None  # where their file secrets are written for a container to mount (STATE/secrets)
     done: list[Outcome] = field(default_factory=list)  # the outcomes of the last ``apply`` so far
     deployed: list[Deployed | Released] = field(default_factory=list)  # its releases that passed, until undone
+    begun: list[tuple[canary.Rollout, AppSpec]] = field(default_factory=list)  # its rollouts begun, until undone
     prober: Prober = field(init=False, repr=False)  # its gates are abandoned once ``interrupted()`` says so
     _rows: Rows = field(init=False, repr=False)
     _said: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -261,7 +262,7 @@ class Applier(Recovery):
         done before)."""
         slots: list[Outcome | None] = [None] * len(plan.actions)
         kept: list[Deployed | Released | None] = [None] * len(plan.actions)
-        self.done = []
+        self.done, self.begun = [], []
         failed = threading.Event()  # atomic: a release of the commit failed, start nothing more
 
         def halted() -> bool:
@@ -372,8 +373,25 @@ class Applier(Recovery):
         deployed, self.deployed = self.deployed, []
         taken_back = self._all([functools.partial(self._undo, done, reason) for done in reversed(deployed)])
         undone = {done.app: outcome for done, outcome in zip(reversed(deployed), taken_back, strict=True) if outcome}
+        begun, self.begun = self.begun, []
+        # A rollout the commit began is part of it: its new release goes, every request back on the old one.
+        undone.update({record.app: self._undo_rollout(record, spec, reason) for record, spec in begun})
         self.done = [undone.get(outcome.app) or outcome for outcome in self.done]
-        return [undone[done.app] for done in deployed if done.app in undone]
+        return [undone[app] for app in [*(done.app for done in deployed), *(r.app for r, _ in begun)] if app in undone]
+
+    def _undo_rollout(self, record: canary.Rollout, spec: AppSpec, reason: str) -> Outcome:
+        """Take back a rollout that this apply began, because another app of its commit failed."""
+        app, problems = record.app, list[str]()
+        self._step(app, Step.UNDO)
+        self._attempt("take its share of requests back", lambda: self.weigh(app, "", spec, 0), problems)
+        self._attempt("remove it", lambda: self.engine.remove(record.canary, container_name(app, Role.NEXT)), problems)
+        self._rows.set_flag(canary.FLAG + app, None)
+        said = f"{record.to_version}: {reason}; every request is back on {record.from_version}"
+        result = JournalResult.ROLLED_BACK if not problems else JournalResult.FAILED
+        self._rows.finish(record.entry, result=result, message="; ".join([said, *problems]))
+        self._log(f"{app}: {said}")
+        outcome = Result.ROLLED_BACK if not problems else Result.FAILED
+        return Outcome(app, ActionKind.REPLACE, app, outcome, "; ".join([said, *problems]))
 
     def _all(self, tasks: Sequence[Callable[[], T]]) -> list[T | None]:
         """Run ``tasks``, at most ``parallel`` at once; their results in their order.
@@ -780,6 +798,7 @@ class Applier(Recovery):
             base_stable=counted.get(SERVER, canary.Counters()),
         )  # fmt: skip
         self._rows.set_flag(canary.FLAG + app, record.to_json())
+        self.begun.append((record, spec))
         self.weigh(app, deploy.new_id, spec, spec.rollout.steps[0].weight)
         self._rows.finish(deploy.entry, result=JournalResult.ROLLING_OUT, message=canary.lines(record, spec)[0])
         deploy.rolling = True
