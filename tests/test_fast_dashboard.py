@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pytest
 from reconciler.agent.dashboard import Dashboard, Facts
 from reconciler.converge.run import Settings
 from reconciler.core import dashboard as view
+from reconciler.core.canary import FLAG, Rollout
 from reconciler.core.failures import Failure
 from reconciler.core.status import AppStatus, DeployRecord, Status
 from reconciler.state.journal import SUSPENDED, Entry, Journal, JournalResult
@@ -96,7 +97,9 @@ def planted() -> Iterator[Planted]:
         scrub.forget()
 
 
-def board(tmp_path: Path, collect: Planted, *, token: bytes = TOKEN) -> tuple[Dashboard, io.StringIO]:
+def board(
+    tmp_path: Path, collect: Callable[[Settings], Status], *, token: bytes = TOKEN
+) -> tuple[Dashboard, io.StringIO]:
     stream = io.StringIO()
     facts = Facts("test", "web-1", "refs/heads/main", "d" * 40, "d" * 40, "", time.time(), None)
     settings = Settings(repo=str(tmp_path / "repo"), state_dir=tmp_path / "state")
@@ -215,7 +218,7 @@ def test_a_page_asked_for_while_the_board_is_taken_gets_the_last_one_at_once(tmp
             gate.wait(10)  # the second taking hangs until the test lets it go
         return Status(file="desired-state.yaml", apps=(app(f"web{len(taken)}"),))
 
-    dash, _ = board(tmp_path, slow)  # type: ignore[arg-type]
+    dash, _ = board(tmp_path, slow)
     assert 'data-app="web1"' in request(dash, "GET", "/")[2]
     dash._viewed = time.monotonic()
     dash.passed()  # the refresher takes the board again, and hangs in it
@@ -229,3 +232,45 @@ def test_a_page_asked_for_while_the_board_is_taken_gets_the_last_one_at_once(tmp
     while 'data-app="web2"' not in request(dash, "GET", "/")[2] and time.monotonic() < deadline:
         time.sleep(0.01)
     assert 'data-app="web2"' in request(dash, "GET", "/")[2]
+
+
+class Rolling:
+    """A status whose routes say that web's rollout is under way (as ``core.canary.lines`` words it)."""
+
+    def __call__(self, settings: Settings) -> Status:
+        return Status(
+            file="desired-state.yaml",
+            revision="d" * 40,
+            apps=(app("web"), app("api")),
+            routes=(
+                "route * / -> web v1 (10.0.0.2:8000)",
+                "rollout web v1 -> v2: step 2/3, 25% of requests to v2, 75% to v1; judged at 12:40:05Z",
+                "  step 1 (5%): passed: 412 answers, 5xx 0.2%, avg 14 ms (the old v1: 5xx 0.1%, avg 12 ms); ok",
+                "cert shop.test: expires 2027-02-01, renews 2027-01-02",
+            ),
+        )
+
+
+def test_an_app_page_shows_its_rollout_and_promote_or_abort_is_journaled(tmp_path: Path) -> None:
+    dash, log = board(tmp_path, Rolling())
+    journal = Journal(tmp_path / "state")
+    record = Rollout("web", 7, "d" * 40, "h2", "c2", "v1", "v2", started=1000.0, since=1000.0)
+    journal.set_flag(FLAG + "web", record.to_json())
+    journal.close()
+    cookie, csrf = login(dash)
+    _, _, page = request(dash, "GET", "/apps/web", cookie=cookie)
+    section = page[page.index('id="rollout"') :]
+    assert "step 2/3, 25% of requests to v2, 75% to v1" in section and "step 1 (5%): passed: 412 answers" in section
+    assert 'data-action="promote"' in section and 'data-action="abort"' in section
+    assert 'id="rollout"' not in request(dash, "GET", "/apps/api", cookie=cookie)[2]
+    status, headers, _ = request(dash, "POST", "/apps/web/abort", f"csrf={csrf}", cookie=cookie)
+    assert status == 303 and headers["Location"] == "/apps/web"
+    journal = Journal(tmp_path / "state")
+    try:
+        assert Rollout.from_json(journal.flag(FLAG + "web") or "").asked == "abort"
+    finally:
+        journal.close()
+    assert "web: abort of its rollout v1 -> v2 asked" in log.getvalue()
+    status, _, _ = request(dash, "POST", "/apps/api/promote", f"csrf={csrf}", cookie=cookie)
+    _, _, page = request(dash, "GET", "/apps/api", cookie=cookie)
+    assert "promote refused: api: no rollout under way" in page

@@ -138,6 +138,13 @@ def test_the_agent_owns_the_clock_and_a_sigkill_resumes_the_step(routed: Routed)
     while gauge not in (metrics := http_get(f"http://127.0.0.1:{port}/metrics")[1]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert gauge in metrics and f'reconciler_rollout_step{{app="{web.name}"}} 1.0' in metrics, metrics[-2000:]
+    # The dashboard's page of the app says it too (its board is taken once a page is asked for).
+    wanted = f"rollout {web.name} v1 -&gt; v2: step 1/2, 25% of requests to v2"
+    deadline = time.monotonic() + 10
+    while wanted not in (page := http_get(f"http://127.0.0.1:{port}/apps/{web.name}")[1]):
+        assert time.monotonic() < deadline, page[-3000:]
+        time.sleep(0.2)
+    assert 'id="rollout"' in page
     agent.signal(signal.SIGKILL)
     agent.wait_exit(10)
     agent = routed.world.agent(interval="300s")

@@ -20,7 +20,8 @@ Guarantees:
   form, else ``403`` and nothing is done; so is a post whose ``Origin`` is another site. The token is compared
   in constant time and never shown; after ``LOGIN_TRIES`` wrong ones from an address in ``LOGIN_WINDOW``
   seconds, its logins are ``429`` until the window moves on.
-- Actions: suspend, resume, retry a held release, break-glass ``rollback --local``, and a rollback as the commit
+- Actions: suspend, resume, retry a held release, promote or abort a rollout under way (``reconcile rollout``),
+  break-glass ``rollback --local``, and a rollback as the commit
   ``reconcile rollback APP --to V`` writes, on the followed branch of a local repository, signed where that
   repository signs its commits; where that commit cannot be made (a URL, a branch that is not the repository's
   HEAD, signed commits required of a repository that does not sign), the page says why instead of offering it.
@@ -392,6 +393,10 @@ class Dashboard:
                         f" {app} at {version} (reconcile rollback {app} --to {version}) and resume")  # fmt: skip
             elif action == "rollback" and app is not None:
                 done = self._rollback(app, form.get("version", ""))
+            elif action in ("promote", "abort") and app is not None:
+                record, _ = controls.rollout(state_dir=state_dir, app=app, what=action)
+                went = f"{record.from_version} -> {record.to_version}"
+                done = f"{app}: {action} of its rollout {went} asked; a pass does it now"
             else:
                 return self._message(404, "No such action.")
         except ReconcileError as exc:
@@ -503,7 +508,7 @@ class Dashboard:
             failed_log=failed_log,
             deploys=view.history(entries), versions=view.back_to(entries, found.desired), promoted=promoted,
             rollback_off=self.rollback_off(), refused=board.status.refused or board.status.desired_error,
-            suspended=board.status.suspended,
+            suspended=board.status.suspended, rollout=view.rollout_of(board.status, name),
         )  # fmt: skip
 
     def _login_form(self, session: Session | None, *, status: int, flash: str = "") -> Answer:
@@ -547,7 +552,7 @@ def _action_of(path: str) -> tuple[str | None, str | None]:
     parts = path.strip("/").split("/")
     if len(parts) == 2 and parts[0] == "actions" and parts[1] in ("suspend", "resume"):
         return parts[1], None
-    if len(parts) == 3 and parts[0] == "apps" and parts[2] in ("retry", "break-glass", "rollback"):
+    if len(parts) == 3 and parts[0] == "apps" and parts[2] in ("retry", "break-glass", "rollback", "promote", "abort"):
         return parts[2], parts[1]
     return None, None
 

@@ -10,6 +10,7 @@ Guarantees:
 - An app's history is its journal rows, newest first, each with its change (``v1 → v2``), result and duration.
 - The versions an app can go back to are the versions of its earlier good deploys, newest first, each once,
   without the one the file asks for now.
+- An app's rollout under way is its lines among the status's routes (``rollout_of``).
 """
 
 from __future__ import annotations
@@ -121,3 +122,17 @@ def back_to(entries: Sequence[HistoryRow], current: str | None) -> list[str]:
         if str(entry.result) in GOOD_RESULTS and version and version != current and version not in seen:
             seen.append(version)
     return seen
+
+
+def rollout_of(status: Status, app: str) -> list[str]:
+    """The lines of ``app``'s rollout under way among the status's routes (``core.canary.lines``): its step and
+    weights, then each judged step; none when it has none."""
+    found: list[str] = []
+    for line in status.routes:
+        if line.startswith(f"rollout {app} "):
+            found.append(line)
+        elif found and line.startswith("  "):
+            found.append(line.strip())
+        elif found:
+            break
+    return found
