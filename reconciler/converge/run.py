@@ -613,8 +613,7 @@ def apply_pass(
         notices += said
     record = PassResult(
         desired, the_plan, proxy=changed, notices=notices, verified=verified, waited=waited, networks=made,
-        rollouts=tended.said, next_step=tended.due,
-        previews_deferred=deferred,
+        rollouts=tended.said, previews_deferred=deferred,
     )  # fmt: skip
     if to_apply.changes:
         try:
@@ -638,7 +637,7 @@ def apply_pass(
         hooks.applied(record.applied, to_apply)
     if resync:
         try:
-            rollouts = canaries.records(applier.journal)
+            rollouts = canaries.records(applier.journal)  # with the ones the deploys began
             late = proxy.sync(desired, observed, canaries=weights(rollouts, desired, observed, proxy))
         except UserError as exc:  # the deploys happened: they are reported, and this with them
             proxy_error = str(exc)
@@ -651,8 +650,9 @@ def apply_pass(
     if applier.secrets_dir is not None and (verified or to_apply.changes):
         engine.prune_secret_files(applier.secrets_dir)  # the file secrets of the releases this pass removed
     record.routes = route_lines(desired, observed, proxy.network, proxy.switched())
-    record.routes += rollout_lines(canaries.records(applier.journal), desired)  # after the deploys began theirs
-    for app, found in canaries.records(applier.journal).items():
+    rollouts = canaries.records(applier.journal)  # after the deploys began theirs
+    record.routes += rollout_lines(rollouts, desired)
+    for app, found in rollouts.items():
         spec = desired.apps.get(app)
         if spec is not None and spec.rollout is not None:
             record.next_step = min(record.next_step, core_canary.ends(spec, found))

@@ -531,6 +531,12 @@ def with_weight(text: str, app: str, name: str, weight: int) -> str:
     return _edit_server(text, app, name, weighed)
 
 
+def with_canary(text: str, app: str, server: Server | None, weight: int) -> str:
+    """``text`` with ``app``'s rollout weighed as ``Proxy.weigh`` makes it: ``canary`` at ``server`` (None: out of
+    use) with ``weight``, ``live`` with the rest."""
+    return with_weight(with_server(text, app, server, CANARY, weight=weight), app, SERVER, FULL - weight)
+
+
 def container_hash(proxy: ProxySpec, image_id: str) -> str:
     """What shapes the proxy's container (its image and where it listens): a change recreates it."""
     blob = json.dumps(

@@ -11,14 +11,11 @@ Guarantees:
   ``Applier.end_rollout``; a superseded one is said, not an outcome (the newer commit's deploy is the
   verdict). The counters are read from the proxy only when a step is judged. A proxy whose counters cannot
   be read is no verdict: the step is judged at the next pass.
-- ``due`` is when the next step of any rollout is judged: the agent wakes then, not at its interval.
 - Every move is said in one line naming the app, the step, its weight and what each release answered.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +30,24 @@ from reconciler.errors import ProxyError, ReconcileError, UserError
 from reconciler.state.journal import JOURNAL_FILE, Journal
 
 
-def records(journal: Journal, *, warn: Callable[[str], None] = lambda line: None) -> dict[str, canary.Rollout]:
-    """The rollouts under way, by app (see the module docstring)."""
+def _read(journal: Journal) -> tuple[dict[str, canary.Rollout], dict[str, str]]:
+    """The journal's rollout records by app, and why each one that cannot be read cannot."""
     found: dict[str, canary.Rollout] = {}
+    broken: dict[str, str] = {}
     for app, text in journal.flags(canary.FLAG).items():
         try:
             found[app] = canary.Rollout.from_json(text)
         except ValueError as exc:
-            warn(f"{app}: its rollout's record cannot be read ({exc}): dropped; its new release is deployed again")
-            journal.set_flag(canary.FLAG + app, None)
+            broken[app] = str(exc)
+    return found, broken
+
+
+def records(journal: Journal, *, warn: Callable[[str], None] = lambda line: None) -> dict[str, canary.Rollout]:
+    """The rollouts under way, by app (see the module docstring)."""
+    found, broken = _read(journal)
+    for app, why in broken.items():
+        warn(f"{app}: its rollout's record cannot be read ({why}): dropped; its new release is deployed again")
+        journal.set_flag(canary.FLAG + app, None)
     return found
 
 
@@ -55,11 +61,7 @@ def peek(state_dir: Path) -> dict[str, canary.Rollout]:
     except ReconcileError:
         return {}
     try:
-        found = {}
-        for app, text in journal.flags(canary.FLAG).items():
-            with contextlib.suppress(ValueError):
-                found[app] = canary.Rollout.from_json(text)
-        return found
+        return _read(journal)[0]
     except ReconcileError:
         return {}
     finally:
@@ -73,12 +75,10 @@ def rolling(found: Mapping[str, canary.Rollout]) -> dict[str, str]:
 
 @dataclass
 class Tended:
-    """What ``tend`` did: the rollouts it ended (their outcomes), what it said of the others, and when the
-    next step of one still under way is judged (epoch seconds; ``inf``: none)."""
+    """What ``tend`` did: the rollouts it ended (their outcomes), and what it said of the others."""
 
     outcomes: list[Outcome] = field(default_factory=list)
     said: list[str] = field(default_factory=list)
-    due: float = math.inf
     ended: bool = False  # a rollout ended (its containers moved): the pass plans again
 
 
@@ -116,8 +116,6 @@ def tend(applier: Applier, desired: DesiredState, observed: ObservedState, plan:
         if decision.move is canary.Move.WAIT:
             if decision.reason:
                 done.said.append(f"{app}: {decision.reason}")
-            if spec is not None and spec.rollout is not None:
-                done.due = min(done.due, canary.ends(spec, record))
             continue
         if decision.move in (canary.Move.ADVANCE, canary.Move.HOLD):
             assert spec is not None and counted is not None
@@ -137,7 +135,6 @@ def tend(applier: Applier, desired: DesiredState, observed: ObservedState, plan:
                 else "judged again after another pause"
             )
             done.said.append(f"{app}: {decision.judged.said(record.from_version)}; {next_step}")
-            done.due = min(done.due, canary.ends(spec, moved))
             continue
         if decision.judged is not None:
             done.said.append(f"{app}: {decision.judged.said(record.from_version)}")

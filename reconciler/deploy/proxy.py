@@ -240,23 +240,23 @@ class Proxy:
         with self._switching:
             config = _read(self.dir / core.CONFIG_FILE)
             if config is not None:
-                config = core.with_server(config, app, server, core.CANARY, weight=weight if server else 0)
-                config = core.with_weight(config, app, core.SERVER, core.FULL - (weight if server else 0))
-                self._write(core.CONFIG_FILE, config)
+                self._write(core.CONFIG_FILE, core.with_canary(config, app, server, weight if server else 0))
 
     def counters(self, app: str) -> dict[str, Counters]:
         """The answers of each server of ``be_APP`` as ``show stat`` counts them (``core.canary.Counters``)."""
         found: dict[str, Counters] = {}
-        lines = self.ask(f"show stat {core.backend(app)} 4 -1").splitlines()
-        header = lines[0].lstrip("# ").split(",") if lines else []
-        for line in lines[1:]:
-            row = dict(zip(header, line.split(","), strict=False))
-            if row.get("pxname") != core.backend(app):
-                continue
-            codes = ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other")
-            responses = sum(int(row.get(code) or 0) for code in codes)
-            found[row["svname"]] = Counters(responses, int(row.get("hrsp_5xx") or 0), int(row.get("rtime") or 0))
+        codes = ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other")
+        for row in self._stat(f"show stat {core.backend(app)} 4 -1"):
+            if row.get("pxname") == core.backend(app):
+                responses = sum(int(row.get(code) or 0) for code in codes)
+                found[row["svname"]] = Counters(responses, int(row.get("hrsp_5xx") or 0), int(row.get("rtime") or 0))
         return found
+
+    def _stat(self, command: str) -> list[dict[str, str]]:
+        """The rows of a ``show stat`` answer (CSV under a ``# name,...`` header), by column name."""
+        lines = self.ask(command).splitlines()
+        header = lines[0].lstrip("# ").split(",") if lines else []
+        return [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
 
     def _command(self, command: str) -> None:
         answer = self.ask(command).strip()
@@ -266,10 +266,7 @@ class Proxy:
     def sessions(self) -> dict[str, int]:
         """Requests in flight per routed app (``show stat``'s current sessions of its backend)."""
         found: dict[str, int] = {}
-        lines = self.ask("show stat -1 2 -1").splitlines()
-        header = lines[0].lstrip("# ").split(",") if lines else []
-        for line in lines[1:]:
-            row = dict(zip(header, line.split(","), strict=False))
+        for row in self._stat("show stat -1 2 -1"):
             if row.get("pxname", "").startswith("be_") and row.get("svname") == "BACKEND":
                 found[row["pxname"].removeprefix("be_")] = int(row.get("scur") or 0)
         return found
@@ -479,9 +476,7 @@ class Proxy:
                 for change in wrong:
                     config = None if config is None else core.with_server(config, change.app, change.server, name)
             for change in core.weighed(canaries or {}, weights):
-                if config is not None:
-                    config = core.with_server(config, change.app, change.server, core.CANARY, weight=change.weight)
-                    config = core.with_weight(config, change.app, core.SERVER, core.FULL - change.weight)
+                config = None if config is None else core.with_canary(config, change.app, change.server, change.weight)
             rendered = core.render(
                 spec, core.routed(desired), live, pools=pools, backup=backups, canaries=canaries, uid=os.getuid()
             )

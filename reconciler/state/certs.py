@@ -13,14 +13,12 @@ Guarantees:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from reconciler.core.certs import CertRecord, store_key
-from reconciler.state.private import open_private, private_dir
+from reconciler.state.private import replace_private
 
 ACME_DIR = "acme"
 
@@ -39,7 +37,7 @@ class CertStore:
         return _read_text(self._account_path(email))
 
     def save_account(self, email: str, text: str) -> None:
-        _write(self._account_path(email), text.encode())
+        replace_private(self._account_path(email), text.encode())
 
     def pem(self, host: str) -> bytes | None:
         return _read(self.root / "certs" / f"{host}.pem")
@@ -57,8 +55,10 @@ class CertStore:
         """Keep ``record`` (and its certificate, when a new one came): the PEM first, so that a record never
         speaks of a certificate that is not there."""
         if pem is not None:
-            _write(self.root / "certs" / f"{record.host}.pem", pem)
-        _write(self.root / "certs" / f"{record.host}.json", json.dumps(record.to_json(), sort_keys=True).encode())
+            replace_private(self.root / "certs" / f"{record.host}.pem", pem)
+        replace_private(
+            self.root / "certs" / f"{record.host}.json", json.dumps(record.to_json(), sort_keys=True).encode()
+        )
 
 
 def _read(path: Path) -> bytes | None:
@@ -71,23 +71,3 @@ def _read(path: Path) -> bytes | None:
 def _read_text(path: Path) -> str | None:
     data = _read(path)
     return None if data is None else data.decode(errors="replace")
-
-
-def _write(path: Path, data: bytes) -> None:
-    """``data`` into ``path``, ``0600``, whole or not at all."""
-    private_dir(path.parent)
-    scratch = path.with_name(f".{path.name}.{os.getpid()}.new")
-    scratch.unlink(missing_ok=True)
-    descriptor = open_private(scratch, os.O_WRONLY | os.O_TRUNC)
-    try:
-        with os.fdopen(descriptor, "wb") as out:
-            descriptor = -1
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        scratch.replace(path)
-    finally:
-        if descriptor >= 0:
-            os.close(descriptor)
-        with contextlib.suppress(OSError):
-            scratch.unlink()

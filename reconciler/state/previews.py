@@ -25,7 +25,7 @@ from pathlib import Path
 from reconciler.core.previews import OpenPull
 from reconciler.core.webhooks import PullAction, PullEvent
 from reconciler.errors import state_dir_error
-from reconciler.state.private import open_private, private_dir
+from reconciler.state.private import open_private, private_dir, replace_private
 
 RECORD = "previews.json"
 LOCK = "previews.lock"
@@ -113,16 +113,5 @@ def _pull(row: dict[str, object]) -> OpenPull:
 
 
 def _write(state_dir: Path, pulls: dict[int, OpenPull]) -> None:
-    path = state_dir / RECORD
-    scratch = path.with_name(f".{path.name}.{os.getpid()}.new")
     data = json.dumps({"pulls": [asdict(pulls[number]) for number in sorted(pulls)]}, indent=1) + "\n"
-    fd = open_private(scratch, os.O_WRONLY | os.O_TRUNC)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        scratch.replace(path)
-    finally:
-        with contextlib.suppress(OSError):
-            scratch.unlink()
+    replace_private(state_dir / RECORD, data.encode())

@@ -6,7 +6,8 @@ Guarantees:
   narrowed; one of another user, or on a read-only disk, is left as it is (what cannot be written
   there is said where it is).
 - ``open_private``/``write_private`` create a file ``0600`` and narrow a wider one of ours, whatever
-  the umask: the journal, the lock and its owner, the pid file, crash reports.
+  the umask: the journal, the lock and its owner, the pid file, crash reports. ``replace_private`` writes
+  one whole or not at all (ACME's store, the previews' record).
 - ``masked_url(url)`` is a notification URL masked whole after its scheme (``slack://***``): its host,
   path and query are tokens as much as its password is. ``shown_command(argv)`` is a command line as it
   may be written or shown: the value of every ``--notify`` masked so, every URL without its password.
@@ -57,6 +58,26 @@ def write_private(path: Path, text: str) -> None:
     fd = open_private(path, os.O_WRONLY | os.O_TRUNC)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+
+
+def replace_private(path: Path, data: bytes) -> None:
+    """``data`` into ``path``, ``0600`` in a ``0700`` folder, whole or not at all (a new file renamed over it)."""
+    private_dir(path.parent)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.new")
+    scratch.unlink(missing_ok=True)
+    descriptor = open_private(scratch, os.O_WRONLY | os.O_TRUNC)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            descriptor = -1
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        scratch.replace(path)
+    finally:
+        if descriptor >= 0:
+            os.close(descriptor)
+        with contextlib.suppress(OSError):
+            scratch.unlink()
 
 
 def _narrow(found: os.stat_result, target: Path | int, mode: int) -> None:
