@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from reconciler.adapters.yamlfile import parse_yaml
 from reconciler.core import canary
 from reconciler.core.canary import Counters, Move, Rollout, Verdict
+from reconciler.core.desired import load_desired
 from reconciler.core.model import AnalysisSpec, AppSpec, OnNoTraffic, ProxySpec
 from reconciler.core.proxy import Canary, Server, render
+from reconciler.errors import InvalidDesiredState
 
 
 def spec(on_no_traffic: str = "fail", sticky: bool = False, **analysis: object) -> AppSpec:
@@ -147,3 +150,21 @@ def test_the_file_refuses_a_rollout_it_cannot_carry_out() -> None:
         AppSpec.model_validate({"image": "w", "version": "v", "route": {"port": 80},
                                 "rollout": {"steps": [{"weight": 100, "pause": "1m"}]}})  # fmt: skip
     assert AnalysisSpec().on_no_traffic is OnNoTraffic.FAIL
+
+
+def test_a_mistyped_key_of_rollout_is_placed_and_the_nearest_one_named() -> None:
+    text = (
+        "apps:\n  web:\n    image: w\n    version: v\n    route: {port: 80}\n"
+        "    rollout: {steps: [{weight: 5, pauze: 1m}], analysis: {min_request: 3}, sticki: true}\n"
+        "  api:\n    image: w\n    version: v\n    route: {port: 80, hosts: [a.test]}\n    rollout: {steps: []}\n"
+    )
+    data, positions = parse_yaml(text.encode(), filename="f.yaml")
+    with pytest.raises(InvalidDesiredState) as raised:
+        load_desired(data, positions, filename="f.yaml")
+    assert raised.value.errors == [
+        "f.yaml:6:23: apps.web.rollout.steps[0].pause: required key is missing",
+        "f.yaml:6:35: apps.web.rollout.steps[0].pauze: unknown key 'pauze'; did you mean 'pause'?",
+        "f.yaml:6:59: apps.web.rollout.analysis.min_request: unknown key 'min_request'; did you mean 'min_requests'?",
+        "f.yaml:6:76: apps.web.rollout.sticki: unknown key 'sticki'; did you mean 'sticky'?",
+        "f.yaml:11:22: apps.api.rollout.steps: a rollout needs at least one step: [{weight: 5, pause: 2m}, ...]",
+    ]

@@ -23,6 +23,7 @@ from reconciler.core import fleet, stack
 from reconciler.core.fields import QUOTED_MAX, shown
 from reconciler.core.model import (
     AcmeSpec,
+    AnalysisSpec,
     AppSpec,
     CanarySpec,
     DesiredFile,
@@ -31,6 +32,8 @@ from reconciler.core.model import (
     HostSpec,
     PreviewSpec,
     ProxySpec,
+    RolloutSpec,
+    RolloutStep,
     RouteSpec,
     TlsSpec,
 )
@@ -85,6 +88,10 @@ def _model_at(path: Path) -> type[BaseModel] | None:
         return CanarySpec
     if len(path) == 3 and path[0] == "apps":
         return _APP_PARTS.get(str(path[2]))
+    if len(path) == 4 and path[0] == "apps" and path[2:] == ("rollout", "analysis"):
+        return AnalysisSpec
+    if len(path) == 5 and path[0] == "apps" and path[2:4] == ("rollout", "steps"):
+        return RolloutStep
     if len(path) == 4 and path[0] == "apps" and path[2] == "secrets":
         return stack.SecretSpec
     if len(path) == 5 and path[0] == "apps" and path[2] == "secrets" and path[4] == "source":
@@ -112,6 +119,7 @@ _APP_PARTS: dict[str, type[BaseModel]] = {
     "release": stack.ReleaseSpec,
     "logging": stack.LoggingSpec,
     "env_file": stack.SopsRef,  # a map there is {sops: PATH}
+    "rollout": RolloutSpec,
 }
 
 MAX_LISTED = 20  # valid keys named in an unknown key's message, at most

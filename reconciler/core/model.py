@@ -580,13 +580,19 @@ class RolloutSpec(Strict):
     """A routed app's weighted rollout: a new release that passed its gate takes a growing share of requests,
     judged by the proxy at the end of each step, before it serves alone."""
 
-    steps: tuple[RolloutStep, ...] = Field(min_length=1, max_length=20, description="[{weight: 5, pause: 2m}, ...]")
+    # At least one step: said by ``_growing``, after the steps themselves (pydantic's min_length would add a
+    # second, wrong error beside a step that is itself invalid).
+    steps: tuple[RolloutStep, ...] = Field(
+        max_length=20, description="[{weight: 5, pause: 2m}, ...]", json_schema_extra={"minItems": 1}
+    )
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="how each step is judged")
     sticky: bool = Field(False, description="a client stays on the release it first got (a cookie), for sessions")
 
     @field_validator("steps")
     @classmethod
     def _growing(cls, value: tuple[RolloutStep, ...]) -> tuple[RolloutStep, ...]:
+        if not value:
+            raise ValueError("a rollout needs at least one step: [{weight: 5, pause: 2m}, ...]")
         for before, after in itertools.pairwise(value):
             if after.weight <= before.weight:
                 raise ValueError(f"weights grow step by step: {after.weight} after {before.weight}")
